@@ -1,0 +1,60 @@
+# One entry point for every set-up step: `make demo` and `make test` work on a
+# fresh Debian machine (as root, apt-get installs the test peers when missing).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+# Debian packages the tests start as real peers, keyed by a command each provides.
+SYSDEPS := sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client \
+           dig:bind9-dnsutils dnsmasq:dnsmasq dnsperf:dnsperf tcpdump:tcpdump \
+           ip:iproute2 iperf3:iperf3 unshare:util-linux getent:libc-bin
+
+.PHONY: all venv sysdeps test check fmt demo demo-once bench clean
+
+all: check test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,fast]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Install the missing test peers when apt-get is there; say what is missing otherwise.
+sysdeps:
+	@missing=""; for pair in $(SYSDEPS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; done; \
+	missing=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
+	if [ -n "$${missing// /}" ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing test peers:$$missing"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing test peers (tests that need them will be skipped):$$missing"; fi; \
+	fi
+
+test: venv sysdeps
+	$(PY) -m pytest -q -p no:cacheprovider
+
+check: venv
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy --strict
+
+fmt: venv
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+demo: venv
+	$(BIN)/blitzdns demo
+
+demo-once: venv
+	$(BIN)/blitzdns demo --once
+
+bench: venv sysdeps
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
