@@ -1,0 +1,893 @@
+"""Configuration: TOML (plus preset, plus flags) → validated, frozen dataclasses.
+
+Everything is checked once, here; the rest of the program trusts the :class:`Config`.
+A mistake raises :class:`~blitzdns.errors.ConfigError` naming the file, the key and what
+was expected. Unknown keys are errors, never silently ignored.
+
+Shape of the file (``blitzdns config init`` writes a commented copy)::
+
+    preset = "blitzmail"              # the built-in table; "none" starts empty
+    [dns]
+    listen = ["127.0.0.1:53"]
+    upstreams = []                    # empty: detected from the system
+    ttl = 5
+    cache_size = 10000                # 0: no cache
+    allow = ["127.0.0.0/8", "::1/128"]
+    [tunnel]
+    gateways = ["jsmith@nimbus.dartmouth.edu"]
+    mouths = "127.77.0.0/24"
+    hosts = []                        # empty: every host; else only these are protected
+    [services]
+    mail = { port = 2151 }
+    [hosts.dasher]
+    names = ["dasher.dartmouth.edu", "dasher"]
+    services = ["mail"]
+    mouth = "127.77.0.3"
+    remote = "dasher.dartmouth.edu"
+    [[shared]]                        # local-IP mode: serve another machine on a LAN address
+    address = "192.168.1.10"
+    allow = ["192.168.1.0/24"]
+    hosts = ["dnd", "dasher"]
+    [locations.campus]
+    match = [{ subnet = "129.170.0.0/16" }, { search_domain = "dartmouth.edu" }]
+    gateways = ["jsmith@gateway.dartmouth.edu"]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from blitzdns.blitzmail.preset import PRESETS
+from blitzdns.errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+DEFAULT_MOUTHS = "127.77.0.0/24"
+DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128")
+RESOLVER_TARGETS = ("auto", "macos", "systemd-resolved", "networkmanager", "resolvconf", "nrpt")
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An IP address and port: ``127.0.0.1:53``, ``[::1]:53``; a bare address takes a default."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, *, default_port: int = 53) -> Endpoint:
+        """Parse ``ADDR[:PORT]`` or ``[V6ADDR][:PORT]``; raise ValueError with the reason."""
+        text = text.strip()
+        host, port_text = text, ""
+        if text.startswith("["):
+            close = text.find("]")
+            if close < 0:
+                raise ValueError(f"missing ']' in {text!r}")
+            host, rest = text[1:close], text[close + 1 :]
+            if rest and not rest.startswith(":"):
+                raise ValueError(f"expected ':PORT' after ']' in {text!r}")
+            port_text = rest[1:]
+        elif text.count(":") == 1:
+            host, port_text = text.split(":")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IP address") from None
+        port = default_port
+        if port_text:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise ValueError(f"{port_text!r} is not a port (1-65535)")
+            port = int(port_text)
+        return cls(str(address), port)
+
+    @property
+    def address(self) -> IPAddress:
+        return ipaddress.ip_address(self.host)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A service a host offers: the mouth listens on ``port``, the target on ``remote_port``."""
+
+    name: str
+    port: int
+    proto: Literal["tcp", "udp"] = "tcp"
+    remote_port: int = 0
+
+    @property
+    def target_port(self) -> int:
+        return self.remote_port or self.port
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """One protected host: the names the stub answers and the mouth that stands in for it."""
+
+    key: str
+    #: Normalised names (lower case, no trailing dot), fully qualified and short.
+    names: tuple[str, ...]
+    services: tuple[str, ...]
+    mouth: ipaddress.IPv4Address
+    #: The target's name as the gateway resolves it.
+    remote: str
+    #: Optional IPv6 mouth; without one, AAAA answers NODATA.
+    mouth6: ipaddress.IPv6Address | None = None
+
+    @property
+    def canonical_name(self) -> str:
+        return self.names[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardSpec:
+    """A (mouth address, port) → (target as the gateway sees it, port) pair."""
+
+    host: str
+    service: str
+    mouth: str
+    port: int
+    remote: str
+    remote_port: int
+    #: Client networks allowed on this mouth; None: loopback mouth, anyone local.
+    allowed_peers: tuple[IPNetwork, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """The resolver half."""
+
+    listen: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", 53),)
+    #: Empty: detected from the system at start (see :mod:`blitzdns.dns.upstream`).
+    upstreams: tuple[Endpoint, ...] = ()
+    ttl: int = 5
+    cache_size: int = 10000
+    allow: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_ALLOW)
+    #: A dead upstream gives SERVFAIL within this bound.
+    timeout_s: float = 2.0
+    #: RFC 7766 §6.2.3: close idle TCP clients after this long.
+    tcp_idle_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelConfig:
+    """The SSH half."""
+
+    gateways: tuple[str, ...] = ()
+    mouths: ipaddress.IPv4Network = field(
+        default_factory=lambda: ipaddress.IPv4Network(DEFAULT_MOUTHS)
+    )
+    #: Empty: every host of the table; otherwise only these host keys are protected.
+    hosts: tuple[str, ...] = ()
+    known_hosts: Path | None = None
+    ssh_config: Path | None = None
+    keepalive_s: float = 15.0
+    wait_for_link_s: float = 10.0
+    trust_new_host_key: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SharedAddress:
+    """Local-IP mode: mouths also on a LAN/bridge address, for the listed client networks."""
+
+    address: IPAddress
+    allow: tuple[IPNetwork, ...]
+    hosts: tuple[str, ...]
+    #: Also serve DNS on this address (port of the first listen endpoint).
+    dns: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MatchRule:
+    """Facts that recognise a network; every key given must hold (an empty rule never matches)."""
+
+    gateway: IPAddress | None = None
+    subnet: IPNetwork | None = None
+    search_domain: str | None = None
+    ssid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Overrides that apply on one network; ``match`` rules are alternatives (any may match)."""
+
+    name: str
+    match: tuple[MatchRule, ...] = ()
+    gateways: tuple[str, ...] | None = None
+    upstreams: tuple[Endpoint, ...] | None = None
+    hosts: tuple[str, ...] | None = None
+    resolver_target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration. Derived views are methods, never stored twice."""
+
+    preset: str = "blitzmail"
+    source: Path | None = None
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    tunnel: TunnelConfig = field(default_factory=TunnelConfig)
+    services: Mapping[str, Service] = field(default_factory=dict)
+    #: Every host of the table, in definition order, active or not.
+    all_hosts: tuple[Host, ...] = ()
+    shared: tuple[SharedAddress, ...] = ()
+    locations: Mapping[str, Location] = field(default_factory=dict)
+    resolver_target: str = "auto"
+    #: The location whose overrides are applied, if any.
+    location: str | None = None
+
+    @property
+    def hosts(self) -> tuple[Host, ...]:
+        """The protected hosts: all of the table, or those ``tunnel.hosts`` selects."""
+        if not self.tunnel.hosts:
+            return self.all_hosts
+        chosen = set(self.tunnel.hosts)
+        return tuple(h for h in self.all_hosts if h.key in chosen)
+
+    def host(self, key: str) -> Host:
+        for host in self.all_hosts:
+            if host.key == key:
+                return host
+        raise KeyError(key)
+
+    def forwards(self) -> tuple[ForwardSpec, ...]:
+        """Each protected host's mouth × its TCP services, plus the shared-address mouths."""
+        result: list[ForwardSpec] = []
+        protected = {h.key for h in self.hosts}
+        for host in self.hosts:
+            for name in host.services:
+                svc = self.services[name]
+                result.append(
+                    ForwardSpec(
+                        host.key, name, str(host.mouth), svc.port, host.remote, svc.target_port
+                    )
+                )
+        for shared in self.shared:
+            for key in shared.hosts:
+                if key not in protected:
+                    continue
+                host = self.host(key)
+                for name in host.services:
+                    svc = self.services[name]
+                    result.append(
+                        ForwardSpec(
+                            host.key,
+                            name,
+                            str(shared.address),
+                            svc.port,
+                            host.remote,
+                            svc.target_port,
+                            allowed_peers=shared.allow,
+                        )
+                    )
+        return tuple(result)
+
+    def domains(self) -> tuple[str, ...]:
+        """The DNS domains the protected names live in (for split-DNS resolver configs)."""
+        found: list[str] = []
+        for host in self.hosts:
+            for name in host.names:
+                if "." in name:
+                    parent = name.split(".", 1)[1]
+                    if parent not in found:
+                        found.append(parent)
+        return tuple(found)
+
+    def short_names(self) -> tuple[str, ...]:
+        return tuple(n for h in self.hosts for n in h.names if "." not in n)
+
+    def at_location(self, name: str | None) -> Config:
+        """This configuration with the named location's overrides applied."""
+        if name is None:
+            return replace(self, location=None)
+        if name not in self.locations:
+            known = ", ".join(self.locations) or "none defined"
+            raise ConfigError(f"no location named {name!r} (known: {known})", key="locations")
+        loc = self.locations[name]
+        dns, tunnel = self.dns, self.tunnel
+        if loc.upstreams is not None:
+            dns = replace(dns, upstreams=loc.upstreams)
+        if loc.gateways is not None:
+            tunnel = replace(tunnel, gateways=loc.gateways)
+        if loc.hosts is not None:
+            tunnel = replace(tunnel, hosts=loc.hosts)
+        return replace(
+            self,
+            dns=dns,
+            tunnel=tunnel,
+            resolver_target=loc.resolver_target or self.resolver_target,
+            location=name,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective configuration as plain data (``config show``, ``plan --json``)."""
+        return {
+            "preset": self.preset,
+            "source": str(self.source) if self.source else None,
+            "location": self.location,
+            "dns": {
+                "listen": [str(e) for e in self.dns.listen],
+                "upstreams": [str(e) for e in self.dns.upstreams],
+                "ttl": self.dns.ttl,
+                "cache_size": self.dns.cache_size,
+                "allow": [str(n) for n in self.dns.allow],
+                "timeout_s": self.dns.timeout_s,
+                "tcp_idle_s": self.dns.tcp_idle_s,
+            },
+            "tunnel": {
+                "gateways": list(self.tunnel.gateways),
+                "mouths": str(self.tunnel.mouths),
+                "hosts": list(self.tunnel.hosts),
+                "known_hosts": str(self.tunnel.known_hosts) if self.tunnel.known_hosts else None,
+                "ssh_config": str(self.tunnel.ssh_config) if self.tunnel.ssh_config else None,
+                "keepalive_s": self.tunnel.keepalive_s,
+                "wait_for_link_s": self.tunnel.wait_for_link_s,
+                "trust_new_host_key": self.tunnel.trust_new_host_key,
+            },
+            "resolver": {"target": self.resolver_target},
+            "services": {
+                s.name: {"port": s.port, "proto": s.proto, "remote_port": s.target_port}
+                for s in self.services.values()
+            },
+            "hosts": {
+                h.key: {
+                    "names": list(h.names),
+                    "services": list(h.services),
+                    "mouth": str(h.mouth),
+                    "mouth6": str(h.mouth6) if h.mouth6 else None,
+                    "remote": h.remote,
+                    "protected": h in self.hosts,
+                }
+                for h in self.all_hosts
+            },
+            "shared": [
+                {
+                    "address": str(s.address),
+                    "allow": [str(n) for n in s.allow],
+                    "hosts": list(s.hosts),
+                    "dns": s.dns,
+                }
+                for s in self.shared
+            ],
+            "locations": {
+                loc.name: {
+                    "match": [{k: str(v) for k, v in _rule_items(rule)} for rule in loc.match],
+                    **({"gateways": list(loc.gateways)} if loc.gateways is not None else {}),
+                    **(
+                        {"upstreams": [str(e) for e in loc.upstreams]}
+                        if loc.upstreams is not None
+                        else {}
+                    ),
+                    **({"hosts": list(loc.hosts)} if loc.hosts is not None else {}),
+                    **({"resolver_target": loc.resolver_target} if loc.resolver_target else {}),
+                }
+                for loc in self.locations.values()
+            },
+        }
+
+
+def _rule_items(rule: MatchRule) -> Iterable[tuple[str, object]]:
+    for key in ("gateway", "subnet", "search_domain", "ssid"):
+        value = getattr(rule, key)
+        if value is not None:
+            yield key, value
+
+
+# --------------------------------------------------------------------------- names
+
+
+def normalise_name(name: str) -> str:
+    """Lower-case, strip one trailing dot; raise ValueError when not a valid host name."""
+    text = name.strip().lower()
+    if text.endswith("."):
+        text = text[:-1]
+    if not text or len(text) > 253:
+        raise ValueError(f"{name!r} is not a host name")
+    for label in text.split("."):
+        if not _LABEL.match(label):
+            raise ValueError(f"{name!r} is not a host name (bad label {label!r})")
+    return text
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def default_config_paths() -> tuple[Path, ...]:
+    """Where ``run`` looks for a file when ``--config`` is not given, in order."""
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return (Path(xdg) / "blitzdns" / "config.toml", Path("/etc/blitzdns/config.toml"))
+
+
+def find_config_file(explicit: Path | None = None) -> Path | None:
+    """``--config FILE``, else the first existing default path, else None (preset alone)."""
+    if explicit is not None:
+        return explicit
+    for path in default_config_paths():
+        if path.is_file():
+            return path
+    return None
+
+
+def load_config(path: Path | None = None, *, search: bool = True) -> Config:
+    """Load and validate ``path`` (or the default file when ``search``), merged over its preset."""
+    chosen = find_config_file(path) if search else path
+    if chosen is None:
+        return build_config({}, source=None)
+    try:
+        text = chosen.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("no such file", file=str(chosen)) from None
+    except PermissionError:
+        raise ConfigError("cannot read the file (permission denied)", file=str(chosen)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the file ({exc})", file=str(chosen)) from None
+    return parse_config(text, source=chosen)
+
+
+def parse_config(text: str, *, source: Path | None = None) -> Config:
+    """Parse TOML text into a :class:`Config` (``source`` only names the file in errors)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", file=str(source) if source else None) from None
+    return build_config(data, source=source)
+
+
+def build_config(data: Mapping[str, Any], *, source: Path | None) -> Config:
+    """Validate raw data (already parsed TOML) merged over its preset."""
+    return _Builder(str(source) if source else None).build(data, source)
+
+
+class _Builder:
+    """Walks the raw data once, naming the file and dotted key in every error."""
+
+    def __init__(self, file: str | None):
+        self.file = file
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(message, file=self.file, key=key)
+
+    # -- primitive readers
+
+    def table(self, data: Mapping[str, Any], key: str, allowed: Iterable[str]) -> Mapping[str, Any]:
+        if not isinstance(data, Mapping):
+            raise self.fail(key, f"expected a table, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            where = f"{key}.{unknown[0]}" if key else unknown[0]
+            raise self.fail(where, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+        return data
+
+    def string(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, f"expected a non-empty string, got {value!r}")
+        return value
+
+    def strings(self, value: Any, key: str) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.fail(key, f"expected a list of strings, got {value!r}")
+        return tuple(self.string(v, f"{key}[{i}]") for i, v in enumerate(value))
+
+    def integer(self, value: Any, key: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(key, f"expected a whole number from {low} to {high}, got {value!r}")
+        return value
+
+    def number(self, value: Any, key: str, low: float, high: float) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
+            raise self.fail(key, f"expected a number from {low} to {high}, got {value!r}")
+        return float(value)
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {value!r}")
+        return value
+
+    def endpoints(self, value: Any, key: str) -> tuple[Endpoint, ...]:
+        result = []
+        for i, text in enumerate(self.strings(value, key)):
+            try:
+                result.append(Endpoint.parse(text))
+            except ValueError as exc:
+                raise self.fail(f"{key}[{i}]", f"expected ADDR[:PORT]: {exc}") from None
+        return tuple(result)
+
+    def networks(self, value: Any, key: str) -> tuple[IPNetwork, ...]:
+        result = []
+        for i, text in enumerate(self.strings(value, key)):
+            try:
+                result.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                raise self.fail(
+                    f"{key}[{i}]", f"expected a network like 10.0.0.0/8, got {text!r}"
+                ) from None
+        return tuple(result)
+
+    def address(self, value: Any, key: str) -> IPAddress:
+        try:
+            return ipaddress.ip_address(self.string(value, key))
+        except ValueError:
+            raise self.fail(key, f"expected an IP address, got {value!r}") from None
+
+    def path(self, value: Any, key: str) -> Path:
+        return Path(self.string(value, key)).expanduser()
+
+    # -- sections
+
+    def build(self, data: Mapping[str, Any], source: Path | None) -> Config:
+        top = self.table(
+            data,
+            "",
+            ("preset", "dns", "tunnel", "services", "hosts", "shared", "locations", "resolver"),
+        )
+        preset = self.string(top.get("preset", "blitzmail"), "preset")
+        if preset not in PRESETS:
+            raise self.fail("preset", f"expected one of {', '.join(PRESETS)}, got {preset!r}")
+        base = PRESETS[preset]()
+        dns = self.dns(top.get("dns", {}))
+        tunnel = self.tunnel(top.get("tunnel", {}))
+        services = self.services({**base["services"], **self._mapping(top, "services")})
+        hosts = self.hosts(base["hosts"], self._mapping(top, "hosts"), services, tunnel.mouths)
+        keys = {h.key for h in hosts}
+        for i, key in enumerate(tunnel.hosts):
+            if key not in keys:
+                raise self.fail(f"tunnel.hosts[{i}]", f"no host named {key!r}")
+        shared = self.shared(top.get("shared", []), hosts, services)
+        resolver = self.table(top.get("resolver", {}), "resolver", ("target",))
+        target = self.string(resolver.get("target", "auto"), "resolver.target")
+        if target not in RESOLVER_TARGETS:
+            raise self.fail("resolver.target", f"expected one of {', '.join(RESOLVER_TARGETS)}")
+        locations = self.locations(self._mapping(top, "locations"), keys)
+        return Config(
+            preset=preset,
+            source=source,
+            dns=dns,
+            tunnel=tunnel,
+            services=services,
+            all_hosts=hosts,
+            shared=shared,
+            locations=locations,
+            resolver_target=target,
+        )
+
+    def _mapping(self, top: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+        value = top.get(key, {})
+        if not isinstance(value, Mapping):
+            raise self.fail(key, "expected a table")
+        return value
+
+    def dns(self, raw: Any) -> DnsConfig:
+        t = self.table(
+            raw,
+            "dns",
+            ("listen", "upstreams", "ttl", "cache_size", "allow", "timeout_s", "tcp_idle_s"),
+        )
+        d = DnsConfig()
+        listen = self.endpoints(t["listen"], "dns.listen") if "listen" in t else d.listen
+        if not listen:
+            raise self.fail("dns.listen", "expected at least one ADDR:PORT")
+        return DnsConfig(
+            listen=listen,
+            upstreams=self.endpoints(t["upstreams"], "dns.upstreams") if "upstreams" in t else (),
+            ttl=self.integer(t.get("ttl", d.ttl), "dns.ttl", 0, 86400),
+            cache_size=self.integer(
+                t.get("cache_size", d.cache_size), "dns.cache_size", 0, 10_000_000
+            ),
+            allow=self.networks(t["allow"], "dns.allow") if "allow" in t else d.allow,
+            timeout_s=self.number(t.get("timeout_s", d.timeout_s), "dns.timeout_s", 0.1, 30),
+            tcp_idle_s=self.number(t.get("tcp_idle_s", d.tcp_idle_s), "dns.tcp_idle_s", 0.1, 3600),
+        )
+
+    def tunnel(self, raw: Any) -> TunnelConfig:
+        t = self.table(
+            raw,
+            "tunnel",
+            (
+                "gateways",
+                "mouths",
+                "hosts",
+                "known_hosts",
+                "ssh_config",
+                "keepalive_s",
+                "wait_for_link_s",
+                "trust_new_host_key",
+            ),
+        )
+        d = TunnelConfig()
+        mouths = d.mouths
+        if "mouths" in t:
+            text = self.string(t["mouths"], "tunnel.mouths")
+            try:
+                mouths = ipaddress.IPv4Network(text, strict=False)
+            except ValueError:
+                raise self.fail(
+                    "tunnel.mouths", f"expected an IPv4 block like {DEFAULT_MOUTHS}"
+                ) from None
+            if not mouths.is_loopback:
+                raise self.fail(
+                    "tunnel.mouths", "expected a block inside 127.0.0.0/8 (loopback only)"
+                )
+            if mouths.num_addresses < 4:
+                raise self.fail("tunnel.mouths", "expected a block of at least 4 addresses (/30)")
+        return TunnelConfig(
+            gateways=self.strings(t.get("gateways", []), "tunnel.gateways"),
+            mouths=mouths,
+            hosts=self.strings(t.get("hosts", []), "tunnel.hosts"),
+            known_hosts=self.path(t["known_hosts"], "tunnel.known_hosts")
+            if "known_hosts" in t
+            else None,
+            ssh_config=self.path(t["ssh_config"], "tunnel.ssh_config")
+            if "ssh_config" in t
+            else None,
+            keepalive_s=self.number(
+                t.get("keepalive_s", d.keepalive_s), "tunnel.keepalive_s", 1, 3600
+            ),
+            wait_for_link_s=self.number(
+                t.get("wait_for_link_s", d.wait_for_link_s), "tunnel.wait_for_link_s", 0, 600
+            ),
+            trust_new_host_key=self.boolean(
+                t.get("trust_new_host_key", False), "tunnel.trust_new_host_key"
+            ),
+        )
+
+    def services(self, raw: Mapping[str, Any]) -> dict[str, Service]:
+        result = {}
+        for name, spec in raw.items():
+            key = f"services.{name}"
+            t = self.table(spec, key, ("port", "proto", "remote_port"))
+            if "port" not in t:
+                raise self.fail(f"{key}.port", "missing (expected a port number)")
+            proto = t.get("proto", "tcp")
+            if proto not in ("tcp", "udp"):
+                raise self.fail(f"{key}.proto", f'expected "tcp" or "udp", got {proto!r}')
+            result[name] = Service(
+                name=name,
+                port=self.integer(t["port"], f"{key}.port", 1, 65535),
+                proto=proto,
+                remote_port=self.integer(t.get("remote_port", 0), f"{key}.remote_port", 0, 65535),
+            )
+        return result
+
+    def hosts(
+        self,
+        preset: Mapping[str, Any],
+        user: Mapping[str, Any],
+        services: Mapping[str, Service],
+        block: ipaddress.IPv4Network,
+    ) -> tuple[Host, ...]:
+        merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in preset.items()}
+        for key, spec in user.items():
+            self.table(spec, f"hosts.{key}", ("names", "services", "mouth", "mouth6", "remote"))
+            entry = merged.setdefault(key, {})
+            entry.update(spec)
+            if "mouth" in spec:
+                entry.pop("mouth_offset", None)
+        # Mouths: pinned addresses first, then preset offsets, then a stable hash per key.
+        taken: dict[ipaddress.IPv4Address, str] = {}
+        mouths: dict[str, ipaddress.IPv4Address] = {}
+        for key, entry in merged.items():
+            if "mouth" in entry:
+                mouth = self.address(entry["mouth"], f"hosts.{key}.mouth")
+                if not isinstance(mouth, ipaddress.IPv4Address) or not mouth.is_loopback:
+                    raise self.fail(f"hosts.{key}.mouth", "expected an IPv4 address in 127.0.0.0/8")
+                self._claim(taken, mouth, key, f"hosts.{key}.mouth")
+                mouths[key] = mouth
+        usable = list(block.hosts()) if block.num_addresses > 2 else list(block)
+        for key, entry in merged.items():
+            if key in mouths or "mouth_offset" not in entry:
+                continue
+            offset = int(entry["mouth_offset"])
+            candidate = usable[offset - 1] if offset - 1 < len(usable) else None
+            if candidate is not None and candidate not in taken:
+                self._claim(taken, candidate, key, f"hosts.{key}")
+                mouths[key] = candidate
+        for key in merged:
+            if key in mouths:
+                continue
+            start = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % len(usable)
+            for step in range(len(usable)):
+                candidate = usable[(start + step) % len(usable)]
+                if candidate not in taken:
+                    self._claim(taken, candidate, key, f"hosts.{key}")
+                    mouths[key] = candidate
+                    break
+            else:
+                raise self.fail(
+                    "tunnel.mouths", f"the block {block} has no free address for {key!r}"
+                )
+
+        seen_names: dict[str, str] = {}
+        hosts = []
+        for key, entry in merged.items():
+            where = f"hosts.{key}"
+            if not _LABEL.match(key):
+                raise self.fail(where, "a host key is one word of letters, digits, '-' or '_'")
+            raw_names = self.strings(entry.get("names", []), f"{where}.names")
+            if not raw_names:
+                raise self.fail(f"{where}.names", "expected at least one name")
+            names: list[str] = []
+            for i, raw_name in enumerate(raw_names):
+                try:
+                    name = normalise_name(raw_name)
+                except ValueError as exc:
+                    raise self.fail(f"{where}.names[{i}]", str(exc)) from None
+                if name in seen_names and seen_names[name] != key:
+                    raise self.fail(
+                        f"{where}.names[{i}]",
+                        f"{name!r} already belongs to host {seen_names[name]!r}",
+                    )
+                seen_names[name] = key
+                if name not in names:
+                    names.append(name)
+            host_services = self.strings(entry.get("services", []), f"{where}.services")
+            for i, svc in enumerate(host_services):
+                if svc not in services:
+                    raise self.fail(
+                        f"{where}.services[{i}]",
+                        f"no service named {svc!r} (defined: {', '.join(services) or 'none'})",
+                    )
+                if services[svc].proto != "tcp":
+                    raise self.fail(
+                        f"{where}.services[{i}]",
+                        f"{svc!r} is UDP; SSH forwarding carries TCP only",
+                    )
+            mouth6 = None
+            if "mouth6" in entry:
+                address = self.address(entry["mouth6"], f"{where}.mouth6")
+                if not isinstance(address, ipaddress.IPv6Address) or not address.is_loopback:
+                    raise self.fail(
+                        f"{where}.mouth6", "expected ::1 (the only IPv6 loopback address)"
+                    )
+                mouth6 = address
+            remote = entry.get("remote", names[0])
+            try:
+                remote = normalise_name(self.string(remote, f"{where}.remote"))
+            except ValueError as exc:
+                raise self.fail(f"{where}.remote", str(exc)) from None
+            hosts.append(
+                Host(
+                    key=key,
+                    names=tuple(names),
+                    services=host_services,
+                    mouth=mouths[key],
+                    remote=remote,
+                    mouth6=mouth6,
+                )
+            )
+        return tuple(hosts)
+
+    def _claim(
+        self,
+        taken: dict[ipaddress.IPv4Address, str],
+        mouth: ipaddress.IPv4Address,
+        key: str,
+        where: str,
+    ) -> None:
+        if mouth in taken:
+            raise self.fail(where, f"mouth {mouth} is already host {taken[mouth]!r}'s")
+        taken[mouth] = key
+
+    def shared(
+        self, raw: Any, hosts: Sequence[Host], services: Mapping[str, Service]
+    ) -> tuple[SharedAddress, ...]:
+        if not isinstance(raw, list):
+            raise self.fail("shared", "expected an array of tables ([[shared]])")
+        by_key = {h.key: h for h in hosts}
+        used: dict[tuple[str, int], str] = {}
+        result = []
+        for i, spec in enumerate(raw):
+            where = f"shared[{i}]"
+            t = self.table(spec, where, ("address", "allow", "hosts", "dns"))
+            if "address" not in t or "allow" not in t:
+                raise self.fail(where, "expected both 'address' and 'allow'")
+            address = self.address(t["address"], f"{where}.address")
+            if address.is_unspecified or address.is_multicast:
+                raise self.fail(
+                    f"{where}.address", "expected one address this machine holds, not a wildcard"
+                )
+            allow = self.networks(t["allow"], f"{where}.allow")
+            if not allow:
+                raise self.fail(f"{where}.allow", "expected at least one client network")
+            chosen = self.strings(t.get("hosts", []), f"{where}.hosts")
+            for j, key in enumerate(chosen):
+                if key not in by_key:
+                    raise self.fail(f"{where}.hosts[{j}]", f"no host named {key!r}")
+                for svc in by_key[key].services:
+                    pair = (str(address), services[svc].port)
+                    if pair in used and used[pair] != key:
+                        raise self.fail(
+                            f"{where}.hosts[{j}]",
+                            f"{key!r} and {used[pair]!r} would both need {address} port "
+                            f"{pair[1]}; one shared address serves one host per port",
+                        )
+                    used[pair] = key
+            result.append(
+                SharedAddress(
+                    address=address,
+                    allow=allow,
+                    hosts=chosen,
+                    dns=self.boolean(t.get("dns", False), f"{where}.dns"),
+                )
+            )
+        return tuple(result)
+
+    def locations(self, raw: Mapping[str, Any], host_keys: set[str]) -> dict[str, Location]:
+        result = {}
+        for name, spec in raw.items():
+            where = f"locations.{name}"
+            t = self.table(
+                spec, where, ("match", "gateways", "upstreams", "hosts", "resolver_target")
+            )
+            rules_raw = t.get("match", [])
+            if isinstance(rules_raw, Mapping):
+                rules_raw = [rules_raw]
+            if not isinstance(rules_raw, list):
+                raise self.fail(f"{where}.match", "expected a table or a list of tables")
+            rules = tuple(self.rule(r, f"{where}.match[{i}]") for i, r in enumerate(rules_raw))
+            hosts = None
+            if "hosts" in t:
+                hosts = self.strings(t["hosts"], f"{where}.hosts")
+                for i, key in enumerate(hosts):
+                    if key not in host_keys:
+                        raise self.fail(f"{where}.hosts[{i}]", f"no host named {key!r}")
+            target = None
+            if "resolver_target" in t:
+                target = self.string(t["resolver_target"], f"{where}.resolver_target")
+                if target not in RESOLVER_TARGETS:
+                    raise self.fail(
+                        f"{where}.resolver_target", f"expected one of {', '.join(RESOLVER_TARGETS)}"
+                    )
+            result[name] = Location(
+                name=name,
+                match=rules,
+                gateways=self.strings(t["gateways"], f"{where}.gateways")
+                if "gateways" in t
+                else None,
+                upstreams=self.endpoints(t["upstreams"], f"{where}.upstreams")
+                if "upstreams" in t
+                else None,
+                hosts=hosts,
+                resolver_target=target,
+            )
+        return result
+
+    def rule(self, raw: Any, where: str) -> MatchRule:
+        t = self.table(raw, where, ("gateway", "subnet", "search_domain", "ssid"))
+        if not t:
+            raise self.fail(where, "an empty match rule would never match; give at least one key")
+        subnet = None
+        if "subnet" in t:
+            nets = self.networks([t["subnet"]], f"{where}.subnet")
+            subnet = nets[0]
+        domain = None
+        if "search_domain" in t:
+            try:
+                domain = normalise_name(self.string(t["search_domain"], f"{where}.search_domain"))
+            except ValueError as exc:
+                raise self.fail(f"{where}.search_domain", str(exc)) from None
+        return MatchRule(
+            gateway=self.address(t["gateway"], f"{where}.gateway") if "gateway" in t else None,
+            subnet=subnet,
+            search_domain=domain,
+            ssid=self.string(t["ssid"], f"{where}.ssid") if "ssid" in t else None,
+        )
