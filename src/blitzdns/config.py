@@ -698,9 +698,15 @@ class _Builder:
                 continue
             offset = int(entry["mouth_offset"])
             candidate = usable[offset - 1] if offset - 1 < len(usable) else None
-            if candidate is not None and candidate not in taken:
-                self._claim(taken, candidate, key, f"hosts.{key}")
-                mouths[key] = candidate
+            if candidate is None:
+                continue
+            if candidate in taken:
+                raise self.fail(
+                    f"hosts.{taken[candidate]}.mouth",
+                    f"{candidate} is host {key!r}'s preset mouth; pin another address",
+                )
+            self._claim(taken, candidate, key, f"hosts.{key}")
+            mouths[key] = candidate
         for key in merged:
             if key in mouths:
                 continue
