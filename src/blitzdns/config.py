@@ -177,6 +177,8 @@ class TunnelConfig:
     hosts: tuple[str, ...] = ()
     known_hosts: Path | None = None
     ssh_config: Path | None = None
+    #: Private keys to offer (like ``ssh -i``); empty: ssh_config IdentityFile, agent, ~/.ssh/id_*.
+    identity_files: tuple[Path, ...] = ()
     keepalive_s: float = 15.0
     wait_for_link_s: float = 10.0
     trust_new_host_key: bool = False
@@ -336,6 +338,7 @@ class Config:
                 "hosts": list(self.tunnel.hosts),
                 "known_hosts": str(self.tunnel.known_hosts) if self.tunnel.known_hosts else None,
                 "ssh_config": str(self.tunnel.ssh_config) if self.tunnel.ssh_config else None,
+                "identity_files": [str(p) for p in self.tunnel.identity_files],
                 "keepalive_s": self.tunnel.keepalive_s,
                 "wait_for_link_s": self.tunnel.wait_for_link_s,
                 "trust_new_host_key": self.tunnel.trust_new_host_key,
@@ -387,6 +390,38 @@ def _rule_items(rule: MatchRule) -> Iterable[tuple[str, object]]:
         value = getattr(rule, key)
         if value is not None:
             yield key, value
+
+
+def apply_overrides(
+    config: Config,
+    *,
+    listen: Sequence[str] = (),
+    upstreams: Sequence[str] = (),
+    gateways: Sequence[str] = (),
+    trust_new_host_key: bool = False,
+) -> Config:
+    """The command-line flags applied over a loaded config (re-applied on every reload)."""
+    from blitzdns.errors import UsageError
+
+    def endpoints(values: Sequence[str], flag: str) -> tuple[Endpoint, ...]:
+        result = []
+        for value in values:
+            try:
+                result.append(Endpoint.parse(value))
+            except ValueError as exc:
+                raise UsageError(f"{flag} {value}: expected ADDR[:PORT] ({exc})") from None
+        return tuple(result)
+
+    dns, tunnel = config.dns, config.tunnel
+    if listen:
+        dns = replace(dns, listen=endpoints(listen, "--listen"))
+    if upstreams:
+        dns = replace(dns, upstreams=endpoints(upstreams, "--upstream"))
+    if gateways:
+        tunnel = replace(tunnel, gateways=tuple(gateways))
+    if trust_new_host_key:
+        tunnel = replace(tunnel, trust_new_host_key=True)
+    return replace(config, dns=dns, tunnel=tunnel)
 
 
 # --------------------------------------------------------------------------- names
@@ -608,6 +643,7 @@ class _Builder:
                 "hosts",
                 "known_hosts",
                 "ssh_config",
+                "identity_files",
                 "keepalive_s",
                 "wait_for_link_s",
                 "trust_new_host_key",
@@ -639,6 +675,12 @@ class _Builder:
             ssh_config=self.path(t["ssh_config"], "tunnel.ssh_config")
             if "ssh_config" in t
             else None,
+            identity_files=tuple(
+                self.path(p, f"tunnel.identity_files[{i}]")
+                for i, p in enumerate(
+                    self.strings(t.get("identity_files", []), "tunnel.identity_files")
+                )
+            ),
             keepalive_s=self.number(
                 t.get("keepalive_s", d.keepalive_s), "tunnel.keepalive_s", 1, 3600
             ),
