@@ -1,0 +1,72 @@
+"""sd_notify against a real unix datagram socket, path and abstract namespace."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from blitzdns.system import sdnotify
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "notify"
+    sock.bind(str(path))
+    sock.settimeout(2)
+    yield sock, str(path)
+    sock.close()
+
+
+def test_ready_and_status_arrive_in_one_datagram(
+    listener: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sock, path = listener
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    assert sdnotify.notify(ready=True, status="link up via gw\nsecond line")
+    assert sock.recv(4096) == b"READY=1\nSTATUS=link up via gw second line"
+
+
+def test_stopping_and_reloading(listener: tuple[socket.socket, str]) -> None:
+    sock, path = listener
+    assert sdnotify.notify(stopping=True, env={"NOTIFY_SOCKET": path})
+    assert sock.recv(4096) == b"STOPPING=1"
+    assert sdnotify.notify(reloading=True, env={"NOTIFY_SOCKET": path})
+    lines = sock.recv(4096).decode().split("\n")
+    assert lines[0] == "RELOADING=1"
+    assert lines[1].startswith("MONOTONIC_USEC=") and int(lines[1].split("=")[1]) > 0
+
+
+@pytest.mark.skipif(os.uname().sysname != "Linux", reason="abstract sockets are Linux-only")
+def test_abstract_namespace_address() -> None:
+    name = f"blitzdns-test-{os.getpid()}-{os.urandom(4).hex()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(2)
+        assert sdnotify.notify(ready=True, env={"NOTIFY_SOCKET": "@" + name})
+        assert sock.recv(4096) == b"READY=1"
+
+
+def test_without_the_variable_nothing_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert sdnotify.notify(ready=True) is False
+    assert sdnotify.notify(ready=True, env={"NOTIFY_SOCKET": "relative/path"}) is False
+
+
+def test_a_dead_socket_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert sdnotify.notify(ready=True, env={"NOTIFY_SOCKET": str(tmp_path / "gone")}) is False
+    assert "could not notify systemd" in caplog.text
+
+
+def test_nothing_to_say_sends_nothing(listener: tuple[socket.socket, str]) -> None:
+    sock, path = listener
+    assert sdnotify.notify(env={"NOTIFY_SOCKET": path}) is False
+    sock.settimeout(0.05)
+    with pytest.raises(TimeoutError):
+        sock.recv(4096)
