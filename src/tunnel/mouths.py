@@ -1,0 +1,326 @@
+"""The mouths: our own listeners, each accepted connection carried on one SSH channel.
+
+A mouth is bound once and outlives any number of links. Every accepted connection opens
+a ``direct-tcpip`` channel (RFC 4254 §7.2) on the current link; while the link is down it
+waits (``wait_for_link_s``) and is then closed. It is never connected to the target any
+other way: the tunnel fails closed.
+
+The data path is two small protocol objects wired back to back with no task and no
+buffer copy per chunk: bytes read from the client go straight to ``SSHTCPChannel.write``
+and bytes from the channel to ``Transport.write``; each side's ``pause_writing`` pauses
+the other side's reading, so a slow reader holds back the fast writer (bounded memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+from typing import Protocol
+
+import asyncssh
+
+from tunnel.errors import MouthBindError
+from tunnel.forwards import Forward, mouth_ip
+from tunnel.link import SSHLink, describe
+from tunnel.state import ForwardCounters
+
+log = logging.getLogger("tunnel.mouths")
+
+LISTEN_BACKLOG = 1024
+PENDING_MAX = 256 * 1024
+"""Bytes a client may send before its channel is open; beyond that reading pauses."""
+CLIENT_WRITE_HIGH_WATER = 1024 * 1024
+"""Bytes queued towards a local client before the channel is paused (then resumed at ¼)."""
+
+
+class LinkSource(Protocol):
+    """What a mouth needs from the tunnel: the current link, or a bounded wait for one."""
+
+    @property
+    def current_link(self) -> SSHLink | None: ...
+
+    async def wait_link(self) -> SSHLink | None: ...
+
+    @property
+    def channel_window(self) -> int: ...
+
+    @property
+    def channel_max_packet(self) -> int: ...
+
+
+def _bind_reason(exc: OSError, port: int) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use"
+    if exc.errno == errno.EACCES:
+        if port < 1024:
+            return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        return "permission denied"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available on this machine (on macOS: sudo ifconfig lo0 alias ADDR)"
+    return exc.strerror or str(exc)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``, or :class:`MouthBindError` saying why not."""
+    address = mouth_ip(host)
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((str(address), port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        shown = f"[{address}]" if address.version == 6 else str(address)
+        reason = _bind_reason(exc, port)
+        raise MouthBindError(
+            f"cannot listen on {shown}:{port}: {reason}",
+            address=str(address),
+            port=port,
+            reason=reason,
+        ) from None
+    return sock
+
+
+class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
+    """Channel → client: every SSH data packet is written straight to the client."""
+
+    __slots__ = ("client", "counters", "transport")
+
+    def __init__(self, client: _ClientSide) -> None:
+        self.client = client
+        self.transport = client.transport
+        self.counters = client.counters
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self.counters.bytes_in += len(data)
+        self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.debug("%s: channel ended: %s", self.client.label, describe(exc))
+        self.transport.close()
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self.client.closed:
+            self.transport.resume_reading()
+
+
+class _ClientSide(asyncio.Protocol):
+    """Client → channel, and the life cycle of one accepted connection."""
+
+    def __init__(self, mouth: Mouth) -> None:
+        self.mouth = mouth
+        self.counters = mouth.counters
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.channel: asyncssh.SSHTCPChannel[bytes] | None = None
+        self.pending: list[bytes] = []
+        self.pending_len = 0
+        self.eof = False
+        self.closed = False
+        self.opener: asyncio.Task[None] | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.label = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peername = transport.get_extra_info("peername")
+        self.peer = (str(peername[0]), int(peername[1])) if peername else ("", 0)
+        forward = self.mouth.forward
+        self.label = f"{forward.name or forward.mouth_host}:{forward.mouth_port} ← {self.peer[0]}"
+        if forward.allowed_peers is not None and not forward.admits(
+            ipaddress.ip_address(self.peer[0].partition("%")[0])
+        ):
+            self.counters.rejected += 1
+            self.closed = True
+            log.warning(
+                "mouth %s:%d: refused connection from %s:%d (not an allowed peer)",
+                forward.mouth_host,
+                forward.mouth_port,
+                *self.peer,
+            )
+            transport.abort()
+            return
+        self.counters.open += 1
+        self.counters.total += 1
+        self.mouth.clients.add(self)
+        transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH_WATER)
+        self.opener = asyncio.get_running_loop().create_task(self._open(forward))
+
+    async def _open(self, forward: Forward) -> None:
+        source = self.mouth.source
+        link = source.current_link or await source.wait_link()
+        if self.closed:
+            return
+        if link is None:
+            log.info("%s: link is down; connection closed (failing closed)", self.label)
+            self.transport.close()
+            return
+        try:
+            channel, _ = await link.conn.create_connection(
+                lambda: _ChannelSide(self),
+                forward.target_host,
+                forward.target_port,
+                orig_host=self.peer[0],
+                orig_port=self.peer[1],
+                window=source.channel_window,
+                max_pktsize=source.channel_max_packet,
+            )
+        except asyncssh.ChannelOpenError as exc:
+            log.info(
+                "%s: gateway could not open %s:%d: %s",
+                self.label,
+                forward.target_host,
+                forward.target_port,
+                exc.reason,
+            )
+            self.transport.close()
+            return
+        except (OSError, asyncssh.Error) as exc:
+            log.info("%s: channel open failed: %s", self.label, describe(exc))
+            self.transport.close()
+            return
+        if self.closed:
+            channel.close()
+            return
+        self.channel = channel
+        if self.pending:
+            for chunk in self.pending:
+                channel.write(chunk)
+            self.counters.bytes_out += self.pending_len
+            self.pending.clear()
+            self.pending_len = 0
+            self.transport.resume_reading()
+        if self.eof:
+            channel.write_eof()
+
+    def data_received(self, data: bytes) -> None:
+        channel = self.channel
+        if channel is None:
+            self.pending.append(data)
+            self.pending_len += len(data)
+            if self.pending_len > PENDING_MAX:
+                self.transport.pause_reading()
+            return
+        self.counters.bytes_out += len(data)
+        try:
+            channel.write(data)
+        except OSError:
+            self.transport.abort()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.channel is not None:
+            try:
+                self.channel.write_eof()
+            except OSError:
+                return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.counters.open -= 1
+        self.mouth.clients.discard(self)
+        if self.opener is not None and not self.opener.done():
+            self.opener.cancel()
+        if self.channel is not None:
+            self.channel.close()
+
+    def pause_writing(self) -> None:
+        if self.channel is not None:
+            self.channel.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.channel is not None:
+            self.channel.resume_reading()
+
+    def abort(self) -> None:
+        """Drop this connection now (mouth closed, forward changed, tunnel closing)."""
+        if self.channel is not None:
+            self.channel.abort()
+        self.transport.abort()
+
+
+class Mouth:
+    """One listener for one forward, and the connections it accepted."""
+
+    def __init__(self, forward: Forward, source: LinkSource) -> None:
+        self.forward = forward
+        self.source = source
+        self.counters = ForwardCounters()
+        self.clients: set[_ClientSide] = set()
+        self.server: asyncio.Server | None = None
+
+    async def bind(self) -> None:
+        """Listen now; raises :class:`MouthBindError`."""
+        if self.server is not None:
+            return
+        if not self.forward.is_loopback:
+            log.warning(
+                "mouth %s:%d is not on loopback: reachable from other machines%s",
+                self.forward.mouth_host,
+                self.forward.mouth_port,
+                "" if self.forward.allowed_peers is None else " in the allowed networks",
+            )
+        sock = bind_socket(self.forward.mouth_host, self.forward.mouth_port)
+        loop = asyncio.get_running_loop()
+        try:
+            self.server = await loop.create_server(lambda: _ClientSide(self), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    def retarget(self, forward: Forward) -> None:
+        """Serve ``forward`` (same mouth) from now on; drop connections it would not allow."""
+        old, self.forward = self.forward, forward
+        changed_target = (old.target_host, old.target_port) != (
+            forward.target_host,
+            forward.target_port,
+        )
+        for client in list(self.clients):
+            peer = client.peer[0].partition("%")[0]
+            if changed_target or (peer and not forward.admits(ipaddress.ip_address(peer))):
+                client.abort()
+
+    def abort_clients(self) -> list[asyncio.Task[None]]:
+        """Abort every connection; return their unfinished channel-open tasks."""
+        openers = []
+        for client in list(self.clients):
+            if client.opener is not None and not client.opener.done():
+                client.opener.cancel()
+                openers.append(client.opener)
+            client.abort()
+        return openers
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection."""
+        server, self.server = self.server, None
+        if server is not None:
+            server.close()
+        openers = self.abort_clients()
+        if openers:
+            await asyncio.wait(openers, timeout=0.5)
+        if server is not None:
+            try:
+                async with asyncio.timeout(0.5):
+                    await server.wait_closed()
+            except TimeoutError:
+                log.warning("mouth %s:%d: listener slow to close", *self.forward.mouth)

@@ -1,0 +1,114 @@
+"""Link state and per-forward counters, published as immutable snapshots.
+
+The hot path increments plain integer attributes of :class:`ForwardCounters`; readers get a
+:class:`TunnelState` built on demand, so status polling costs the data path nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from tunnel.forwards import Forward
+
+
+class LinkStatus(enum.Enum):
+    """Where the SSH link stands."""
+
+    CONNECTING = "connecting"
+    """An attempt is under way (first start, or after a drop)."""
+    UP = "up"
+    DOWN = "down"
+    """Lost or not reachable; waiting for the next attempt."""
+    STOPPED = "stopped"
+    """Not started yet, or closed."""
+    FAILED = "failed"
+    """Stopped for good by a final error (authentication, host key); see ``final_error``."""
+
+
+class ForwardCounters:
+    """Mutable counters for one mouth, written by the data path."""
+
+    __slots__ = ("bytes_in", "bytes_out", "open", "rejected", "total")
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.total = 0
+        self.rejected = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+
+@dataclass(frozen=True)
+class ForwardState:
+    """One forward's counters at the time of the snapshot.
+
+    ``bytes_out`` went from local clients out through the tunnel to the target;
+    ``bytes_in`` came back in from the target to the clients.
+    """
+
+    forward: Forward
+    open: int
+    total: int
+    rejected: int
+    bytes_in: int
+    bytes_out: int
+
+    @classmethod
+    def of(cls, forward: Forward, counters: ForwardCounters) -> ForwardState:
+        return cls(
+            forward=forward,
+            open=counters.open,
+            total=counters.total,
+            rejected=counters.rejected,
+            bytes_in=counters.bytes_in,
+            bytes_out=counters.bytes_out,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        f = self.forward
+        return {
+            "name": f.name,
+            "mouth": f"{f.mouth_host}:{f.mouth_port}",
+            "mouth_host": f.mouth_host,
+            "mouth_port": f.mouth_port,
+            "target_host": f.target_host,
+            "target_port": f.target_port,
+            "allowed_peers": (
+                None if f.allowed_peers is None else [str(n) for n in f.allowed_peers]
+            ),
+            "open": self.open,
+            "total": self.total,
+            "rejected": self.rejected,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+        }
+
+
+@dataclass(frozen=True)
+class TunnelState:
+    """An immutable snapshot of the tunnel: link status and every forward's counters."""
+
+    status: LinkStatus
+    since: float
+    """Wall-clock time (epoch seconds) of the last status change."""
+    gateway: str | None
+    """The gateway in use (when UP) or being tried (when CONNECTING)."""
+    last_error: str | None
+    final_error: str | None
+    forwards: tuple[ForwardState, ...]
+    attempts: int = 0
+    """Connection attempts made since start (one per gateway tried)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return {
+            "status": self.status.value,
+            "since": self.since,
+            "gateway": self.gateway,
+            "last_error": self.last_error,
+            "final_error": self.final_error,
+            "attempts": self.attempts,
+            "forwards": [f.to_dict() for f in self.forwards],
+        }

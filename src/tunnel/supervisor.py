@@ -1,0 +1,101 @@
+"""Keeps one link up: tries the gateways in order, backs off, stops on final errors.
+
+The policy is free of sockets and clocks: it is handed ``connect`` (gateway → link) and
+``sleep`` (seconds → awaitable), so tests drive it with fakes and the real tunnel hands it
+:func:`tunnel.link.open_link` and an interruptible sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, Protocol, TypeVar
+
+from tunnel.backoff import Backoff
+from tunnel.errors import FinalError, RetryableError, TunnelError
+from tunnel.forwards import Gateway
+from tunnel.state import LinkStatus
+
+log = logging.getLogger("tunnel.supervisor")
+
+
+class Link(Protocol):
+    """What the supervisor needs of an established link."""
+
+    async def wait_closed(self) -> TunnelError:
+        """Return (with the reason) once the link has ended."""
+        ...
+
+
+L = TypeVar("L", bound=Link)
+
+
+class Supervisor(Generic[L]):
+    """Runs connect → wait until lost → reconnect, forever or until a final error.
+
+    Each round tries every gateway in order; the first that connects is used. When a round
+    fails, the next begins after ``backoff.delay(failures)``: the first retry is immediate.
+    A final error (authentication, host key) on any gateway of a round where none
+    connected ends the run: one clear error, no retry storm.
+    """
+
+    def __init__(
+        self,
+        *,
+        gateways: Callable[[], Sequence[Gateway]],
+        connect: Callable[[Gateway], Awaitable[L]],
+        sleep: Callable[[float], Awaitable[None]],
+        backoff: Backoff,
+        random: Callable[[], float],
+        on_event: Callable[[LinkStatus, Gateway | None, TunnelError | None, L | None], None],
+    ) -> None:
+        self._gateways = gateways
+        self._connect = connect
+        self._sleep = sleep
+        self._backoff = backoff
+        self._random = random
+        self._on_event = on_event
+        self.attempts = 0
+
+    async def _try_round(self) -> tuple[Gateway, L] | TunnelError:
+        """One pass over the gateways: the first link made, else the error to act on."""
+        first_final: FinalError | None = None
+        last_error: TunnelError | None = None
+        for gateway in tuple(self._gateways()):
+            self._on_event(LinkStatus.CONNECTING, gateway, None, None)
+            self.attempts += 1
+            try:
+                return gateway, await self._connect(gateway)
+            except FinalError as exc:
+                log.error("%s", exc)
+                first_final = first_final or exc
+                last_error = exc
+            except RetryableError as exc:
+                log.info("%s", exc)
+                last_error = exc
+            except Exception as exc:
+                log.exception("unexpected error connecting to %s", gateway)
+                last_error = RetryableError(f"gateway {gateway}: {exc!r}")
+        if first_final is not None:
+            return first_final
+        return last_error or RetryableError("no gateway configured")
+
+    async def run(self) -> FinalError:
+        """Supervise until a final error, which is returned (cancel the task to stop)."""
+        failures = 0
+        while True:
+            outcome = await self._try_round()
+            if isinstance(outcome, FinalError):
+                self._on_event(LinkStatus.FAILED, None, outcome, None)
+                return outcome
+            if isinstance(outcome, TunnelError):
+                failures += 1
+                self._on_event(LinkStatus.DOWN, None, outcome, None)
+                await self._sleep(self._backoff.delay(failures, self._random))
+                continue
+            gateway, link = outcome
+            failures = 0
+            self._on_event(LinkStatus.UP, gateway, None, link)
+            reason = await link.wait_closed()
+            log.warning("%s", reason)
+            self._on_event(LinkStatus.DOWN, gateway, reason, None)

@@ -1,0 +1,345 @@
+"""The :class:`Tunnel`: mouths, one supervised link, state; the API the daemon calls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+
+from tunnel.errors import FinalError, TunnelConfigError, TunnelError
+from tunnel.forwards import Forward, Gateway
+from tunnel.link import SSHLink, open_link
+from tunnel.mouths import Mouth
+from tunnel.options import TunnelOptions
+from tunnel.state import ForwardState, LinkStatus, TunnelState
+from tunnel.supervisor import Supervisor
+
+log = logging.getLogger("tunnel")
+
+DEMAND_GAP_S = 1.0
+"""A connection waiting for a down link may cut the backoff short, at most once per second."""
+CLOSE_TIMEOUT_S = 0.5
+
+
+def _check_forwards(forwards: Iterable[Forward], options: TunnelOptions) -> tuple[Forward, ...]:
+    try:
+        checked = tuple(forwards)
+    except TypeError:
+        raise TunnelConfigError(f"forwards: expected a list, got {forwards!r}") from None
+    seen: dict[tuple[str, int], Forward] = {}
+    for forward in checked:
+        if not isinstance(forward, Forward):
+            raise TunnelConfigError(f"forwards: expected Forward objects, got {forward!r}")
+        if not forward.is_loopback and not options.allow_non_loopback:
+            raise TunnelConfigError(
+                f"forward {forward}: mouth {forward.mouth_host} is not a loopback address; "
+                "binding it exposes the tunnel to other machines and needs allow_non_loopback"
+            )
+        other = seen.setdefault(forward.mouth, forward)
+        if other is not forward:
+            raise TunnelConfigError(
+                f"forwards {other} and {forward} share the mouth "
+                f"{forward.mouth_host}:{forward.mouth_port}"
+            )
+    return checked
+
+
+def _check_gateways(gateways: Iterable[Gateway | str]) -> tuple[Gateway, ...]:
+    if isinstance(gateways, str | Gateway):
+        gateways = (gateways,)
+    parsed = tuple(Gateway.parse(g) if isinstance(g, str) else g for g in gateways)
+    if not parsed or not all(isinstance(g, Gateway) for g in parsed):
+        raise TunnelConfigError("gateways: expected at least one gateway")
+    return parsed
+
+
+class Tunnel:
+    """Local mouths carried over one supervised SSH link to the first reachable gateway.
+
+    Use: ``await bind()`` (optional: e.g. as root before dropping privileges), ``await
+    start()``, read :attr:`state`, ``await close()``. Also an async context manager.
+    """
+
+    def __init__(self, options: TunnelOptions, forwards: Iterable[Forward]) -> None:
+        if not isinstance(options, TunnelOptions):
+            raise TunnelConfigError(f"options: expected TunnelOptions, got {options!r}")
+        self.options = options
+        self._gateways = options.gateways
+        self._mouths: dict[tuple[str, int], Mouth] = {
+            f.mouth: Mouth(f, self) for f in _check_forwards(forwards, options)
+        }
+        self._bound = False
+        self._closed = False
+        self._link: SSHLink | None = None
+        self._gateway_in_use: Gateway | None = None
+        self._link_changed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._wake_handle: asyncio.TimerHandle | None = None
+        self._last_attempt = 0.0
+        self._status = LinkStatus.STOPPED
+        self._since = time.time()
+        self._gateway_label: str | None = None
+        self._last_error: str | None = None
+        self._final: FinalError | None = None
+        self._callbacks: list[Callable[[TunnelState], None]] = []
+        self._supervisor: Supervisor[SSHLink] | None = None
+        self._task: asyncio.Task[FinalError] | None = None
+
+    # --- what mouths need (LinkSource) ----------------------------------------------------
+
+    @property
+    def current_link(self) -> SSHLink | None:
+        return self._link
+
+    @property
+    def channel_window(self) -> int:
+        return self.options.channel_window
+
+    @property
+    def channel_max_packet(self) -> int:
+        return self.options.channel_max_packet
+
+    async def wait_link(self) -> SSHLink | None:
+        """The link, waiting up to ``wait_for_link_s`` for it; ``None`` when it stays down."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.wait_for_link_s
+        while self._link is None:
+            if self._closed or self._status is LinkStatus.FAILED or self._task is None:
+                return None
+            self._nudge()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._link_changed.wait()
+        return self._link
+
+    def _nudge(self) -> None:
+        """Someone waits for the link: cut a backoff sleep short, at most once per gap."""
+        if self._status is not LinkStatus.DOWN or self._wake.is_set() or self._wake_handle:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._last_attempt + DEMAND_GAP_S - loop.time()
+        if wait <= 0:
+            self._wake.set()
+        else:
+            self._wake_handle = loop.call_later(wait, self._wake_now)
+
+    def _wake_now(self) -> None:
+        self._wake_handle = None
+        self._wake.set()
+
+    async def _sleep(self, delay: float) -> None:
+        if delay <= 0:
+            return
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+
+    # --- supervisor events ----------------------------------------------------------------
+
+    def _set_status(self, status: LinkStatus) -> None:
+        if status is self._status:
+            return
+        self._status = status
+        self._since = time.time()
+        if not self._callbacks:
+            return
+        snapshot = self.state
+        for callback in list(self._callbacks):
+            try:
+                callback(snapshot)
+            except Exception:
+                log.exception("state-change callback %r failed", callback)
+
+    def _on_event(
+        self,
+        status: LinkStatus,
+        gateway: Gateway | None,
+        error: TunnelError | None,
+        link: SSHLink | None,
+    ) -> None:
+        if error is not None:
+            self._last_error = str(error)
+        if status is LinkStatus.CONNECTING:
+            self._last_attempt = asyncio.get_running_loop().time()
+            self._gateway_label = str(gateway)
+            self._link_changed.clear()
+        elif status is LinkStatus.UP:
+            self._link = link
+            self._gateway_in_use = gateway
+            self._gateway_label = str(gateway)
+            self._link_changed.set()
+        elif status is LinkStatus.DOWN:
+            self._link = None
+            self._gateway_in_use = None
+            self._gateway_label = None
+            self._link_changed.clear()
+        elif status is LinkStatus.FAILED:
+            assert isinstance(error, FinalError)
+            self._final = error
+            self._link = None
+            self._gateway_label = None
+            self._link_changed.set()
+        self._set_status(status)
+
+    # --- public API -----------------------------------------------------------------------
+
+    @property
+    def state(self) -> TunnelState:
+        """An immutable snapshot of link status and per-forward counters."""
+        return TunnelState(
+            status=self._status,
+            since=self._since,
+            gateway=self._gateway_label,
+            last_error=self._last_error,
+            final_error=str(self._final) if self._final is not None else None,
+            forwards=tuple(ForwardState.of(m.forward, m.counters) for m in self._mouths.values()),
+            attempts=self._supervisor.attempts if self._supervisor is not None else 0,
+        )
+
+    @property
+    def forwards(self) -> tuple[Forward, ...]:
+        return tuple(m.forward for m in self._mouths.values())
+
+    def on_state_change(self, callback: Callable[[TunnelState], None]) -> None:
+        """Call ``callback(state)`` (synchronously) on every link status change."""
+        self._callbacks.append(callback)
+
+    async def bind(self) -> None:
+        """Bind every mouth now; on failure none stays bound and :class:`MouthBindError` says
+        which ``address:port`` and why."""
+        if self._closed:
+            raise TunnelConfigError("tunnel is closed")
+        await self._bind_all(list(self._mouths.values()))
+        self._bound = True
+
+    @staticmethod
+    async def _bind_all(mouths: list[Mouth]) -> None:
+        done: list[Mouth] = []
+        try:
+            for mouth in mouths:
+                await mouth.bind()
+                done.append(mouth)
+        except BaseException:
+            for mouth in done:
+                await mouth.close()
+            raise
+
+    async def start(self) -> None:
+        """Bind (if not yet) and start the supervisor; returns at once."""
+        if self._task is not None:
+            return
+        if not self._bound:
+            await self.bind()
+        self._supervisor = Supervisor(
+            gateways=lambda: self._gateways,
+            connect=lambda gateway: open_link(gateway, self.options),
+            sleep=self._sleep,
+            backoff=self.options.backoff,
+            random=random.random,
+            on_event=self._on_event,
+        )
+        self._set_status(LinkStatus.CONNECTING)
+        self._task = asyncio.get_running_loop().create_task(
+            self._supervisor.run(), name="tunnel-supervisor"
+        )
+
+    async def wait_up(self, timeout: float | None = None) -> bool:
+        """True once the link is up; False on timeout; raises the :class:`FinalError` that
+        stopped the tunnel."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            if self._final is not None:
+                raise self._final
+            if self._link is not None:
+                return True
+            if self._closed:
+                return False
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._link_changed.wait()
+            except TimeoutError:
+                return self._link is not None
+
+    async def update_forwards(self, forwards: Iterable[Forward]) -> None:
+        """Reload: bind added mouths, close removed ones with their connections, keep the
+        unchanged ones (and their connections) untouched.
+
+        A forward whose mouth stays but whose target or allowed peers change keeps its
+        listener (no rebind, so no privileges are needed) and drops only the connections
+        the new forward would not carry. If an added mouth cannot be bound, nothing changes
+        and :class:`MouthBindError` is raised.
+        """
+        wanted = {f.mouth: f for f in _check_forwards(forwards, self.options)}
+        added = [Mouth(f, self) for key, f in wanted.items() if key not in self._mouths]
+        if self._bound:
+            await self._bind_all(added)
+        for key in [key for key in self._mouths if key not in wanted]:
+            mouth = self._mouths.pop(key)
+            log.info("forward %s removed", mouth.forward)
+            await mouth.close()
+        for key, forward in wanted.items():
+            kept = self._mouths.get(key)
+            if kept is not None and kept.forward != forward:
+                log.info("forward %s changed to %s", kept.forward, forward)
+                kept.retarget(forward)
+        for mouth in added:
+            log.info("forward %s added", mouth.forward)
+            self._mouths[mouth.forward.mouth] = mouth
+        self._mouths = {key: self._mouths[key] for key in wanted}
+
+    async def update_gateways(self, gateways: Iterable[Gateway | str]) -> None:
+        """Switch gateway list; reconnect only if the gateway in use is no longer listed."""
+        self._gateways = _check_gateways(gateways)
+        if self._link is not None and self._gateway_in_use not in self._gateways:
+            log.info("gateway %s no longer listed; reconnecting", self._gateway_in_use)
+            self._link.close()
+        elif self._status is LinkStatus.DOWN:
+            self._wake.set()
+
+    async def close(self) -> None:
+        """Close mouths, channels and the link (within about a second); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._link_changed.set()
+        if self._wake_handle is not None:
+            self._wake_handle.cancel()
+            self._wake_handle = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        link, self._link = self._link, None
+        await asyncio.gather(*(mouth.close() for mouth in self._mouths.values()))
+        if link is not None:
+            await link.aclose(CLOSE_TIMEOUT_S)
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await task
+        self._gateway_label = None
+        if self._status is not LinkStatus.FAILED:
+            self._set_status(LinkStatus.STOPPED)
+
+    async def __aenter__(self) -> Tunnel:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

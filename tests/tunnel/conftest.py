@@ -1,0 +1,82 @@
+"""Fixtures for the tunnel tests: a real sshd, a private $HOME, options reaching the sshd,
+and echo / sink targets. Helpers live in tunnel_testlib.py (tests/tunnel has no
+__init__.py: as a package it would be imported as ``tunnel`` and shadow the real one)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from tunnel_testlib import SSHD, Sshd, Target, free_port, keygen
+
+from tunnel import TunnelOptions
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    """A running sshd; the client key in ``client_key`` is authorized."""
+    if not os.path.exists(SSHD):
+        pytest.skip("sshd not installed (Debian: openssh-server)")
+    if os.geteuid() != 0:
+        pytest.skip("the sshd fixture runs sshd with privilege separation: needs root")
+    root = tmp_path / "sshd"
+    root.mkdir()
+    server = Sshd(
+        root=root,
+        port=free_port(),
+        user=getpass.getuser(),
+        host_key=keygen(root / "host_ed25519"),
+        client_key=keygen(root / "client_ed25519"),
+        log=root / "sshd.log",
+    )
+    server.authorize(server.client_key.with_suffix(".pub"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private $HOME (with ~/.ssh) and no agent, so the user's own ssh setup stays out."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return home
+
+
+@pytest.fixture
+def options(sshd: Sshd, home: Path, tmp_path: Path) -> TunnelOptions:
+    """Options reaching ``sshd`` with explicit key, config and known_hosts files."""
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(sshd.known_hosts_line())
+    config = tmp_path / "ssh_config"
+    config.write_text("")
+    return TunnelOptions(
+        gateways=(f"{sshd.user}@127.0.0.1:{sshd.port}",),  # type: ignore[arg-type]
+        known_hosts=known_hosts,
+        ssh_config=config,
+        client_keys=(sshd.client_key,),
+        keepalive_s=5,
+        wait_for_link_s=5,
+        connect_timeout_s=5,
+    )
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[Target]:
+    target = await Target("echo").start()
+    yield target
+    await target.close()
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[Target]:
+    target = await Target("sink").start()
+    yield target
+    await target.close()
