@@ -10,7 +10,6 @@ import shutil
 import socket
 import sys
 import tempfile
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import pytest
 
 from blitzdns.errors import PermissionProblem, UsageError
 from blitzdns.system import privileges
+
+ChildRunner = Callable[[Callable[[], None]], None]
 
 needs_root_linux = pytest.mark.skipif(
     os.geteuid() != 0 or not sys.platform.startswith("linux"),
@@ -88,29 +89,6 @@ def test_target_user_as_root(monkeypatch: pytest.MonkeyPatch) -> None:
 # --------------------------------------------------------------------------- real drop
 
 
-def in_child(body: Callable[[], None]) -> None:
-    """Run ``body`` in a forked child (it may change users); re-raise its failure here."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        try:
-            body()
-            report = b"OK"
-        except BaseException:
-            report = traceback.format_exc().encode()
-        os.write(write_end, report)
-        os._exit(0)
-    os.close(write_end)
-    chunks = []
-    while chunk := os.read(read_end, 65536):
-        chunks.append(chunk)
-    os.close(read_end)
-    os.waitpid(pid, 0)
-    report = b"".join(chunks).decode()
-    assert report == "OK", f"in the child:\n{report}"
-
-
 def bind_privileged(kind: int = socket.SOCK_STREAM) -> socket.socket:
     """A socket bound to a random privileged port on a random 127.x address."""
     rng = random.Random()
@@ -150,7 +128,7 @@ def readable_dir() -> Iterator[Path]:
 
 @needs_root_linux
 def test_drop_keeps_bound_sockets_and_the_bind_capability_only(
-    readable_dir: Path, monkeypatch: pytest.MonkeyPatch
+    readable_dir: Path, monkeypatch: pytest.MonkeyPatch, in_child: ChildRunner
 ) -> None:
     nobody = pwd.getpwnam("nobody")
     monkeypatch.setenv("SSH_AUTH_SOCK", str(readable_dir / "secret"))
@@ -190,7 +168,7 @@ def test_drop_keeps_bound_sockets_and_the_bind_capability_only(
 
 
 @needs_root_linux
-def test_drop_without_the_capability_cannot_bind_privileged_ports() -> None:
+def test_drop_without_the_capability_cannot_bind_privileged_ports(in_child: ChildRunner) -> None:
     def body() -> None:
         assert privileges.drop_privileges("nobody", keep_bind_capability=False) is False
         assert os.getuid() == pwd.getpwnam("nobody").pw_uid
@@ -204,7 +182,7 @@ def test_drop_without_the_capability_cannot_bind_privileged_ports() -> None:
 
 
 @needs_root_linux
-def test_drop_when_not_root_or_to_nobody_known_fails_clearly() -> None:
+def test_drop_when_not_root_or_to_nobody_known_fails_clearly(in_child: ChildRunner) -> None:
     with pytest.raises(PermissionProblem, match="no such user"):
         privileges.drop_privileges("no-such-user-xyz")
 

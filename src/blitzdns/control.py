@@ -1,0 +1,588 @@
+"""The control socket: the daemon's state for ``blitzdns status``, and a reload trigger.
+
+A unix stream socket, owner-only (0600) inside an owner-only (0700) directory:
+``$XDG_RUNTIME_DIR/blitzdns/control.sock`` for a daemon running as an ordinary user,
+``/run/blitzdns/control.sock`` for one started as root or by systemd
+(``RuntimeDirectory=blitzdns``). The client tries the same places in the same order.
+
+The protocol is one request per connection, each side one line of JSON::
+
+    → {"cmd": "status"}
+    ← {"ok": true, "result": <Snapshot>}
+    → {"cmd": "reload"}
+    ← {"ok": true, "result": {...}}   or   {"ok": false, "error": "why"}
+
+The snapshot's shape is :class:`Snapshot` below; ``status --json`` prints it as is, so
+scripts may rely on those keys. Times are Unix epoch seconds (wall clock), because the
+reader is another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+import socket as socketlib
+import stat
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO, TypedDict
+
+from blitzdns.errors import AddressInUse, BlitzdnsError, NotRunning, PermissionProblem
+
+log = logging.getLogger("blitzdns.control")
+
+SOCKET_NAME = "control.sock"
+SYSTEM_RUNTIME_DIR = Path("/run/blitzdns")
+#: A request line longer than this is refused (the real ones are a few bytes).
+MAX_REQUEST = 4096
+#: A reply longer than this is refused by the client (a snapshot is a few KiB).
+MAX_REPLY = 16 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------- the shape
+
+
+class ForwardStatus(TypedDict):
+    """One mouth → target forward and its counters (``bytes_out``: client → target)."""
+
+    name: str
+    mouth_host: str
+    mouth_port: int
+    target_host: str
+    target_port: int
+    open: int
+    total: int
+    rejected: int
+    bytes_in: int
+    bytes_out: int
+
+
+class TunnelStatus(TypedDict):
+    """The SSH link: ``status`` is connecting, up, down, stopped or failed."""
+
+    status: str
+    since: float
+    gateway: str | None
+    last_error: str | None
+    final_error: str | None
+    forwards: list[ForwardStatus]
+
+
+class UpstreamStatus(TypedDict):
+    """One upstream resolver; ``ok`` is None until it has been asked."""
+
+    address: str
+    ok: bool | None
+    answered: int
+    timeouts: int
+    last_error: str | None
+
+
+class DnsStatus(TypedDict):
+    """The stub's listeners and counters since start."""
+
+    listen: list[str]
+    answered_local: int
+    forwarded: int
+    cache_hits: int
+    servfail: int
+    refused: int
+    formerr: int
+    dropped: int
+    upstreams: list[UpstreamStatus]
+
+
+class Snapshot(TypedDict):
+    """What ``{"cmd": "status"}`` returns; ``tunnel`` is None when run with ``--no-tunnel``."""
+
+    version: str
+    pid: int
+    started: float
+    location: str | None
+    tunnel: TunnelStatus | None
+    dns: DnsStatus
+
+
+class ControlError(BlitzdnsError):
+    """The daemon answered, but with an error (or with something that is not a reply)."""
+
+
+# --------------------------------------------------------------------------- where
+
+
+def socket_candidates(env: Mapping[str, str] | None = None) -> list[Path]:
+    """Where a client looks, in order: the user's runtime directory, then the system one."""
+    runtime = (os.environ if env is None else env).get("XDG_RUNTIME_DIR", "")
+    found = [Path(runtime) / "blitzdns" / SOCKET_NAME] if runtime.startswith("/") else []
+    return [*found, SYSTEM_RUNTIME_DIR / SOCKET_NAME]
+
+
+def default_socket_path(env: Mapping[str, str] | None = None) -> Path:
+    """Where the daemon listens: /run/blitzdns as root, else ``$XDG_RUNTIME_DIR/blitzdns``.
+
+    A root daemon ignores ``XDG_RUNTIME_DIR`` (root's own, or one kept by ``sudo -E``):
+    the user it drops to looks in /run/blitzdns.
+    """
+    candidates = socket_candidates(env)
+    return candidates[-1] if os.geteuid() == 0 else candidates[0]
+
+
+# --------------------------------------------------------------------------- server
+
+SnapshotSource = Callable[[], Mapping[str, Any]]
+ReloadHook = Callable[[], Awaitable[Any] | Any]
+
+
+class ControlServer:
+    """Serves ``status`` (and ``reload`` when given a hook) on a unix socket.
+
+    ``owner_uid``: the user the daemon is about to become; the socket and its directory
+    are handed to that user so that its ``blitzdns status`` can connect and the daemon,
+    once switched, can remove the socket at exit.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        snapshot: SnapshotSource,
+        *,
+        reload: ReloadHook | None = None,
+        owner_uid: int | None = None,
+        request_timeout: float = 5.0,
+    ):
+        self.path = Path(path)
+        self.snapshot = snapshot
+        self.reload = reload
+        self.owner_uid = owner_uid
+        self.request_timeout = request_timeout
+        self._server: asyncio.AbstractServer | None = None
+        self._inode: int | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> ControlServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Create the directory and the socket; replace a dead daemon's, refuse a live one's."""
+        self._prepare_directory()
+        self._clear_stale_socket()
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self.path), limit=MAX_REQUEST
+            )
+            os.chmod(self.path, 0o600)
+            if self.owner_uid is not None:
+                os.chown(self.path, self.owner_uid, -1)
+            self._inode = os.stat(self.path).st_ino
+        except PermissionError:
+            await self.close()
+            raise PermissionProblem(
+                f"cannot create the control socket {self.path} (permission denied): "
+                "run as root or pass --control-socket PATH in a directory you own"
+            ) from None
+        except OSError as exc:
+            await self.close()
+            raise AddressInUse(f"cannot create the control socket {self.path}: {exc}") from None
+        log.debug("control socket on %s", self.path)
+
+    def _prepare_directory(self) -> None:
+        directory = self.path.parent
+        created = False
+        try:
+            directory.mkdir(mode=0o700, parents=True)
+            created = True
+        except FileExistsError:
+            pass
+        except PermissionError:
+            raise PermissionProblem(
+                f"cannot create {directory} (permission denied): run as root, "
+                "set XDG_RUNTIME_DIR, or pass --control-socket PATH"
+            ) from None
+        ours = {p.parent for p in socket_candidates()}
+        if not (created or directory in ours):
+            return
+        with contextlib.suppress(PermissionError):
+            os.chmod(directory, 0o700)
+            if self.owner_uid is not None:
+                os.chown(directory, self.owner_uid, -1)
+
+    def _clear_stale_socket(self) -> None:
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise AddressInUse(
+                f"{self.path} exists and is not a socket: remove it or choose another "
+                "--control-socket"
+            )
+        with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            try:
+                probe.connect(str(self.path))
+            except (ConnectionRefusedError, FileNotFoundError):
+                pass
+            except PermissionError:
+                raise PermissionProblem(
+                    f"cannot check the control socket {self.path} (permission denied)"
+                ) from None
+            except OSError as exc:
+                log.debug("probe of %s failed (%s); treating it as stale", self.path, exc)
+            else:
+                raise AddressInUse(
+                    f"another blitzdns daemon already answers on {self.path}; "
+                    "stop it first (blitzdns status shows its pid)"
+                )
+        log.info("replacing the stale control socket %s", self.path)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def close(self) -> None:
+        """Stop listening, end open requests, and remove the socket if it is still ours."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for writer in list(self._writers):
+            writer.close()
+        if server is not None:
+            await server.wait_closed()
+        if self._inode is not None:
+            with contextlib.suppress(OSError):
+                if os.stat(self.path).st_ino == self._inode:
+                    self.path.unlink()
+            self._inode = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            try:
+                line = await asyncio.wait_for(reader.readline(), self.request_timeout)
+            except (TimeoutError, ValueError, ConnectionError):
+                return
+            reply = await self.answer(line)
+            writer.write(json.dumps(reply, default=str).encode() + b"\n")
+            await asyncio.wait_for(writer.drain(), self.request_timeout)
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def answer(self, line: bytes) -> dict[str, Any]:
+        """The reply to one request line; never raises."""
+        try:
+            request = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            return _error("expected one line of JSON")
+        command = request.get("cmd") if isinstance(request, dict) else None
+        try:
+            if command == "status":
+                return {"ok": True, "result": dict(self.snapshot())}
+            if command == "reload":
+                if self.reload is None:
+                    return _error("this daemon does not take reload requests")
+                outcome = self.reload()
+                if inspect.isawaitable(outcome):
+                    outcome = await outcome
+                if outcome is False:
+                    return _error("reload failed; the running configuration is kept (see its log)")
+                result = outcome if isinstance(outcome, dict) else {"reloaded": True}
+                return {"ok": True, "result": result}
+        except BlitzdnsError as exc:
+            return _error(str(exc))
+        except Exception as exc:
+            log.exception("control request %r failed", command)
+            return _error(f"internal error: {type(exc).__name__}: {exc}")
+        return _error(f"unknown command {command!r} (known: status, reload)")
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"ok": False, "error": message}
+
+
+# --------------------------------------------------------------------------- client
+
+
+def request(command: str, path: Path | None = None, *, timeout: float = 2.0) -> dict[str, Any]:
+    """Send ``{"cmd": command}`` to the daemon and return its ``result``.
+
+    With ``path`` None the :func:`socket_candidates` are tried in order. Raises
+    :class:`~blitzdns.errors.NotRunning` when nothing answers,
+    :class:`~blitzdns.errors.PermissionProblem` when the socket belongs to another user,
+    :class:`ControlError` when the daemon answers with an error.
+    """
+    paths = [path] if path is not None else socket_candidates()
+    for candidate in paths:
+        try:
+            reply = _exchange(candidate, command, timeout)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            continue
+        except PermissionError:
+            raise PermissionProblem(
+                f"cannot open the control socket {candidate} (permission denied): the "
+                "daemon runs as another user; try `sudo blitzdns status`"
+            ) from None
+        except TimeoutError:
+            raise NotRunning(
+                f"the daemon on {candidate} did not answer within {timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise NotRunning(f"cannot reach the daemon on {candidate}: {exc}") from None
+        if not isinstance(reply, dict) or "ok" not in reply:
+            raise ControlError(f"{candidate} answered something that is not a blitzdns reply")
+        if not reply["ok"]:
+            raise ControlError(str(reply.get("error", "the daemon refused the request")))
+        result = reply.get("result")
+        return result if isinstance(result, dict) else {}
+    where = " or ".join(str(p) for p in paths)
+    raise NotRunning(f"blitzdns is not running (nothing answers on {where})")
+
+
+def _exchange(path: Path, command: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(json.dumps({"cmd": command}).encode() + b"\n")
+        received = bytearray()
+        while not received.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            sock.settimeout(remaining)
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+            if len(received) > MAX_REPLY:
+                raise ControlError(f"{path} sent a reply larger than {MAX_REPLY} bytes")
+    try:
+        return json.loads(received)
+    except ValueError:
+        raise ControlError(f"{path} answered something that is not JSON") from None
+
+
+def query_status(path: Path | None = None, timeout: float = 2.0) -> dict[str, Any]:
+    """The running daemon's :class:`Snapshot`; NotRunning (exit 3) when none answers."""
+    return request("status", path, timeout=timeout)
+
+
+def request_reload(path: Path | None = None, timeout: float = 10.0) -> dict[str, Any]:
+    """Ask the running daemon to re-read its configuration (like SIGHUP, with an answer)."""
+    return request("reload", path, timeout=timeout)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_status(snapshot: Mapping[str, Any], now: float | None = None) -> str:
+    """The snapshot as the table ``blitzdns status`` prints; tolerant of missing keys."""
+    now = time.time() if now is None else now
+    started = snapshot.get("started")
+    head = [f"blitzdns {snapshot.get('version', '?')}", f"pid {snapshot.get('pid', '?')}"]
+    if isinstance(started, int | float):
+        head.append(f"up {format_duration(now - started)}")
+    if snapshot.get("location"):
+        head.append(f"location {snapshot['location']}")
+    lines = [" · ".join(head), ""]
+    lines += _render_tunnel(snapshot.get("tunnel"), now)
+    lines += _render_dns(snapshot.get("dns") or {})
+    return "\n".join(lines)
+
+
+def _render_tunnel(tunnel: Mapping[str, Any] | None, now: float) -> list[str]:
+    if not tunnel:
+        return ["link       none (resolver only)", ""]
+    status = str(tunnel.get("status", "unknown"))
+    link = f"link       {status.upper() if status == 'failed' else status}"
+    if tunnel.get("gateway"):
+        link += f" via {tunnel['gateway']}" if status == "up" else f" ({tunnel['gateway']})"
+    since = tunnel.get("since")
+    if isinstance(since, int | float):
+        link += f" since {format_clock(since)} ({format_duration(now - since)} ago)"
+    lines = [link]
+    if tunnel.get("final_error"):
+        lines.append(f"           final error: {tunnel['final_error']}")
+    elif tunnel.get("last_error"):
+        lines.append(f"           last error: {tunnel['last_error']}")
+    forwards = tunnel.get("forwards") or []
+    lines.append(f"forwards   {len(forwards)}")
+    rows = [
+        [
+            str(f.get("name", "")),
+            format_endpoint(f.get("mouth_host", "?"), f.get("mouth_port", "?")),
+            format_endpoint(f.get("target_host", "?"), f.get("target_port", "?")),
+            str(f.get("open", 0)),
+            str(f.get("total", 0)),
+            str(f.get("rejected", 0)),
+            format_bytes(f.get("bytes_out", 0)),
+            format_bytes(f.get("bytes_in", 0)),
+        ]
+        for f in forwards
+    ]
+    if rows:
+        headers = ["NAME", "MOUTH", "TARGET", "OPEN", "TOTAL", "REJECTED", "SENT", "RECEIVED"]
+        lines += format_table(headers, rows, numeric=range(3, 8))
+    return [*lines, ""]
+
+
+_DNS_COUNTERS = (
+    ("answered_local", "answered locally"),
+    ("forwarded", "forwarded"),
+    ("cache_hits", "cache hits"),
+    ("servfail", "SERVFAIL"),
+    ("refused", "refused"),
+    ("formerr", "FORMERR"),
+    ("dropped", "dropped"),
+)
+
+
+def _render_dns(dns: Mapping[str, Any]) -> list[str]:
+    listen = ", ".join(str(e) for e in dns.get("listen") or []) or "nothing"
+    lines = [f"dns        listening on {listen}"]
+    lines.append(
+        "           " + "   ".join(f"{label} {dns.get(key, 0)}" for key, label in _DNS_COUNTERS)
+    )
+    upstreams = dns.get("upstreams") or []
+    lines.append(f"upstreams  {len(upstreams)}")
+    rows = [
+        [
+            str(u.get("address", "?")),
+            _health(u.get("ok")),
+            str(u.get("answered", 0)),
+            str(u.get("timeouts", 0)),
+            str(u.get("last_error") or "-"),
+        ]
+        for u in upstreams
+    ]
+    if rows:
+        headers = ["ADDRESS", "HEALTH", "ANSWERED", "TIMEOUTS", "LAST ERROR"]
+        lines += format_table(headers, rows, numeric=range(2, 4))
+    return lines
+
+
+def _health(ok: object) -> str:
+    if ok is None:
+        return "unknown"
+    return "ok" if ok else "failing"
+
+
+def format_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[int] = ()
+) -> list[str]:
+    """Columns padded to their widest cell, numbers right-aligned, indented by two."""
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+            for i, cell in enumerate(cells)
+        ]
+        return ("  " + "  ".join(padded)).rstrip()
+
+    return [line(headers), *(line(r) for r in rows)]
+
+
+def format_endpoint(host: object, port: object) -> str:
+    text = str(host)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
+def format_bytes(count: object) -> str:
+    """1023 B, 1.5 KiB, 12.0 MiB… (binary units, one decimal)."""
+    value = float(count) if isinstance(count, int | float) else 0.0
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_duration(seconds: float) -> str:
+    """42s, 5m07s, 3h02m, 4d05h: two units at most."""
+    total = max(0, int(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def format_clock(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+# --------------------------------------------------------------------------- the command
+
+_CLEAR = "\x1b[H\x1b[2J"
+WATCH_INTERVAL_S = 1.0
+
+
+def status_command(
+    json_out: bool,
+    watch: bool,
+    socket: Path | None,
+    *,
+    out: TextIO | None = None,
+    rounds: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """``blitzdns status [--json] [--watch]``.
+
+    Once: the table (or the snapshot as JSON). ``--watch``: refresh every second until
+    Ctrl-C, in place on a terminal; with ``--json`` one compact JSON line per refresh.
+    NotRunning (exit 3) when no daemon answers at first; during a watch a vanished daemon
+    is shown and waited for. ``rounds`` bounds the watch (tests).
+    """
+    stream = sys.stdout if out is None else out
+    snapshot: Mapping[str, Any] | None = query_status(socket)
+    if not watch:
+        assert snapshot is not None
+        stream.write(
+            json.dumps(snapshot, indent=2) + "\n" if json_out else render_status(snapshot) + "\n"
+        )
+        return
+    in_place = stream.isatty() and not json_out
+    done = 0
+    try:
+        while True:
+            if json_out:
+                stream.write(json.dumps(snapshot, separators=(",", ":")) + "\n")
+            else:
+                text = render_status(snapshot) if snapshot is not None else _waiting(socket)
+                stream.write(
+                    (_CLEAR if in_place else "") + text + "\n" + ("" if in_place else "\n")
+                )
+            stream.flush()
+            done += 1
+            if rounds is not None and done >= rounds:
+                return
+            sleep(WATCH_INTERVAL_S)
+            try:
+                snapshot = query_status(socket)
+            except NotRunning:
+                snapshot = None
+                if json_out:
+                    snapshot = {"error": "not running"}
+    except KeyboardInterrupt:
+        stream.write("\n")
+
+
+def _waiting(socket: Path | None) -> str:
+    where = str(socket) if socket else " or ".join(str(p) for p in socket_candidates())
+    return f"blitzdns is not running (nothing answers on {where}); waiting for it…"
