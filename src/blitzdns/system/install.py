@@ -1,0 +1,484 @@
+"""Apply a resolver :class:`~blitzdns.system.resolvers.Plan` to a machine, and undo it exactly.
+
+Guarantees:
+
+- **Atomic writes.** Each file is written beside its target (``.NAME.blitzdns-new``), fsynced,
+  then renamed over it and the directory fsynced: a crash leaves the old file or the new one,
+  never half of either (a stale ``-new`` file is overwritten by the next run).
+- **Backups first.** Before a file is replaced, its bytes (or its symlink target, or the fact
+  that it did not exist) are saved under ``ROOT/var/lib/blitzdns/backup`` and recorded in the
+  state file ``ROOT/var/lib/blitzdns/resolver-state.json``, which is written *before* the
+  first rename, so every file that may have changed is always on record.
+- **Idempotent.** Installing the same plan again writes nothing. Installing another plan
+  (another target or location) restores the files the new plan no longer writes.
+- **Exact uninstall.** Every file is restored byte for byte with its mode (symlinks as
+  symlinks), files blitzdns created are removed, and so are the directories it created, when
+  empty. With nothing installed, uninstall does nothing.
+- **No half-changes for lack of permission.** Every path is checked before anything is
+  written; the error names the file and the ``sudo`` command line.
+
+``--root DIR`` (``root``) applies everything under another directory, for tests and images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from blitzdns.errors import BlitzdnsError, PermissionProblem, UsageError
+from blitzdns.system.resolvers import Plan
+
+STATE_DIR = "/var/lib/blitzdns"
+STATE_FILE = f"{STATE_DIR}/resolver-state.json"
+BACKUP_DIR = f"{STATE_DIR}/backup"
+STATE_VERSION = 1
+TEMP_SUFFIX = ".blitzdns-new"
+
+
+class StateCorrupt(UsageError):
+    """The state file exists but cannot be read back; the message names it."""
+
+
+class ApplyFailed(BlitzdnsError):
+    """A reload or NRPT command (``--apply``) failed or its tool is missing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What install or uninstall did to one path (``created``, ``replaced``, ``unchanged``,
+    ``restored``, ``removed``)."""
+
+    path: str
+    action: str
+
+    def __str__(self) -> str:
+        return f"{self.action:<9} {self.path}"
+
+
+@dataclass(slots=True)
+class State:
+    """The record of one installation (JSON on disk; see the module docstring)."""
+
+    target: str
+    location: str | None = None
+    #: system path → {"before": what was there ({"kind": "absent" | "file" | "symlink", …}),
+    #: "written": sha256 of what blitzdns wrote (None until written)}.
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Directories install created, in creation order (removed in reverse when empty).
+    created_dirs: list[str] = field(default_factory=list)
+    upstreams: list[str] = field(default_factory=list)
+    undo_commands: list[str] = field(default_factory=list)
+    command_shell: list[str] = field(default_factory=list)
+    reload: list[list[str]] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        data = {
+            "version": STATE_VERSION,
+            "target": self.target,
+            "location": self.location,
+            "files": self.files,
+            "created_dirs": self.created_dirs,
+            "upstreams": self.upstreams,
+            "undo_commands": self.undo_commands,
+            "command_shell": self.command_shell,
+            "reload": self.reload,
+        }
+        return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, where: Path) -> State:
+        try:
+            raw = json.loads(data)
+            if raw.get("version") != STATE_VERSION:
+                raise ValueError(f"unknown version {raw.get('version')!r}")
+            return cls(
+                target=str(raw["target"]),
+                location=raw.get("location"),
+                files={str(k): dict(v) for k, v in raw["files"].items()},
+                created_dirs=[str(d) for d in raw.get("created_dirs", [])],
+                upstreams=[str(u) for u in raw.get("upstreams", [])],
+                undo_commands=[str(c) for c in raw.get("undo_commands", [])],
+                command_shell=[str(c) for c in raw.get("command_shell", [])],
+                reload=[[str(a) for a in argv] for argv in raw.get("reload", [])],
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StateCorrupt(
+                f"{where}: cannot read blitzdns's install record ({exc}); restore the files "
+                f"from {where.parent / 'backup'} by hand, then delete {where}"
+            ) from None
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def load_state(root: Path = Path("/")) -> State | None:
+    """The current installation record, or None when nothing is installed."""
+    path = _under(root, STATE_FILE)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        raise PermissionProblem(f"cannot read {path} (permission denied); use sudo") from None
+    return State.from_json(data, path)
+
+
+def saved_upstreams(root: Path = Path("/")) -> tuple[str, ...]:
+    """The nameservers a whole-resolver install replaced, for ``run`` to forward to; () if none.
+
+    Never raises: a missing or unreadable record just means there is nothing saved.
+    """
+    try:
+        state = load_state(root)
+    except BlitzdnsError:
+        return ()
+    return tuple(state.upstreams) if state else ()
+
+
+def original_bytes(path: Path, root: Path = Path("/")) -> bytes | None:
+    """``path``'s content as it was before blitzdns touched it (the live file if untouched).
+
+    None when the file did not exist (or cannot be read). A symlink is followed inside
+    ``root``, as the system would.
+    """
+    system_path = str(path)
+    try:
+        state = load_state(root)
+    except BlitzdnsError:
+        state = None
+    record = state.files.get(system_path) if state else None
+    before = record["before"] if record else None
+    try:
+        if before is None:
+            return _read_in_root(root, system_path)
+        if before["kind"] == "file":
+            return _under(root, before["backup"]).read_bytes()
+        if before["kind"] == "symlink":
+            return _read_in_root(root, _link_target(system_path, before["target"]))
+    except OSError:
+        return None
+    return None
+
+
+def detect_target(root: Path = Path("/"), platform: str = sys.platform) -> str:
+    """The target ``auto`` means here: the split-DNS mechanism the running system uses."""
+    if platform == "darwin":
+        return "macos"
+    if platform.startswith("win"):
+        return "nrpt"
+    if _under(root, "/run/systemd/resolve").is_dir():
+        return "systemd-resolved"
+    if _under(root, "/run/NetworkManager").is_dir():
+        return "networkmanager"
+    return "resolvconf"
+
+
+# --------------------------------------------------------------------------- install
+
+
+def install(
+    plan: Plan, root: Path = Path("/"), *, sudo_hint: str, location: str | None = None
+) -> list[Change]:
+    """Apply ``plan`` under ``root``; see the module docstring for the guarantees."""
+    state = load_state(root)
+    wanted = {f.path: f for f in plan.files}
+    dropped = [p for p in (state.files if state else {}) if p not in wanted]
+    _check_writable(root, [*wanted, *dropped, STATE_FILE], sudo_hint)
+
+    new_state = State(
+        target=plan.target,
+        location=location,
+        files=dict(state.files) if state else {},
+        created_dirs=list(state.created_dirs) if state else [],
+        upstreams=list(plan.upstreams),
+        undo_commands=list(plan.undo_commands),
+        command_shell=list(plan.command_shell) if plan.undo_commands else [],
+        reload=[list(argv) for argv in plan.reload],
+    )
+    pending = [f for f in plan.files if not _holds(_under(root, f.path), f.content, f.mode)]
+    if (
+        state is not None
+        and not pending
+        and not dropped
+        and new_state.to_json() == (state.to_json())
+    ):
+        return [Change(p, "unchanged") for p in wanted]
+
+    changes: list[Change] = []
+    for item in plan.files:
+        if item.path not in new_state.files:
+            before = _back_up(root, item.path, new_state)
+            new_state.files[item.path] = {"before": before, "written": None}
+    # The record lists every file that may change before the first one does.
+    _write_state(root, new_state)
+
+    for path in dropped:
+        _restore(root, path, new_state.files.pop(path)["before"])
+        changes.append(Change(path, "restored"))
+    _remove_empty_dirs(root, new_state)
+
+    for item in plan.files:
+        record = new_state.files[item.path]
+        record["written"] = hashlib.sha256(item.content).hexdigest()
+        if item not in pending:
+            changes.append(Change(item.path, "unchanged"))
+            continue
+        _make_parents(root, item.path, new_state)
+        atomic_write(_under(root, item.path), item.content, item.mode)
+        kind = record["before"]["kind"]
+        changes.append(Change(item.path, "created" if kind == "absent" else "replaced"))
+    _write_state(root, new_state)
+    return changes
+
+
+def uninstall(root: Path = Path("/"), *, sudo_hint: str) -> tuple[list[Change], State | None]:
+    """Restore everything the recorded install changed; harmless when nothing is installed.
+
+    Returns the changes and the record that was undone (its undo commands and reload are
+    for the caller to run with ``--apply``).
+    """
+    state = load_state(root)
+    if state is None:
+        return [], None
+    _check_writable(root, [*state.files, STATE_FILE], sudo_hint)
+    changes = []
+    for path, record in list(state.files.items()):
+        edited = _edited_since_install(_under(root, path), record.get("written"))
+        _restore(root, path, record["before"])
+        action = "removed" if record["before"]["kind"] == "absent" else "restored"
+        changes.append(Change(path, action + (" (it was edited after install)" if edited else "")))
+        del state.files[path]
+        _write_state(root, state)
+    _remove_empty_dirs(root, state)
+    _under(root, STATE_FILE).unlink()
+    for directory in reversed(state.created_dirs):
+        _rmdir_if_empty(_under(root, directory))
+    return changes, state
+
+
+# --------------------------------------------------------------------------- --apply
+
+
+def run_commands(
+    argvs: Sequence[Sequence[str]], *, what: str, runner: Any = subprocess.run
+) -> list[str]:
+    """Run each command, in order; refuse before running any when a tool is missing.
+
+    Returns one line per command run; raises :class:`ApplyFailed` on the first failure.
+    """
+    missing = sorted({argv[0] for argv in argvs if shutil.which(argv[0]) is None})
+    if missing:
+        raise ApplyFailed(
+            f"--apply needs {', '.join(missing)} to {what}, and this system has no such "
+            "command; run without --apply and use the printed commands where they exist"
+        )
+    done = []
+    for argv in argvs:
+        result = runner(list(argv), capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout or "").strip().splitlines()
+            raise ApplyFailed(
+                f"{' '.join(argv)} failed (exit {result.returncode})"
+                + (f": {detail[-1]}" if detail else "")
+            )
+        done.append(" ".join(argv))
+    return done
+
+
+def shell_commands(shell: Sequence[str], lines: Iterable[str]) -> list[list[str]]:
+    """Each line as an argv for ``shell`` (PowerShell: ``powershell … -Command LINE``).
+
+    ``pwsh`` stands in for ``powershell`` where only PowerShell 7 is installed.
+    """
+    prefix = list(shell)
+    if prefix[:1] == ["powershell"] and not shutil.which("powershell") and shutil.which("pwsh"):
+        prefix[0] = "pwsh"
+    return [[*prefix, line] for line in lines]
+
+
+# --------------------------------------------------------------------------- file primitives
+
+
+def atomic_write(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` beside ``path``, fsync, rename over it, fsync the directory."""
+    temp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _atomic_symlink(path: Path, target: str) -> None:
+    temp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
+    temp.unlink(missing_ok=True)
+    os.symlink(target, temp)
+    os.replace(temp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _under(root: Path, system_path: str) -> Path:
+    return root / system_path.lstrip("/")
+
+
+def _link_target(system_path: str, target: str) -> str:
+    return target if target.startswith("/") else str(Path(system_path).parent / target)
+
+
+def _read_in_root(root: Path, system_path: str, depth: int = 0) -> bytes:
+    """Read a file under ``root``, following absolute symlinks inside ``root`` (not the host)."""
+    path = _under(root, system_path)
+    if path.is_symlink() and depth < 8:
+        return _read_in_root(root, _link_target(system_path, os.readlink(path)), depth + 1)
+    return path.read_bytes()
+
+
+def _holds(path: Path, content: bytes, mode: int) -> bool:
+    try:
+        info = path.lstat()
+        return (
+            stat.S_ISREG(info.st_mode)
+            and stat.S_IMODE(info.st_mode) == mode
+            and path.read_bytes() == content
+        )
+    except OSError:
+        return False
+
+
+def _back_up(root: Path, system_path: str, state: State) -> dict[str, Any]:
+    """Save what is at ``system_path`` now; return its record for the state file."""
+    path = _under(root, system_path)
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return {"kind": "absent"}
+    if stat.S_ISLNK(info.st_mode):
+        return {"kind": "symlink", "target": os.readlink(path)}
+    if not stat.S_ISREG(info.st_mode):
+        raise UsageError(f"{path} is not a regular file; blitzdns will not replace it")
+    data = path.read_bytes()
+    backup = f"{BACKUP_DIR}{system_path}"
+    _make_parents(root, backup, state)
+    atomic_write(_under(root, backup), data, 0o600)
+    return {
+        "kind": "file",
+        "backup": backup,
+        "mode": stat.S_IMODE(info.st_mode),
+        "uid": info.st_uid,
+        "gid": info.st_gid,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+    }
+
+
+def _restore(root: Path, system_path: str, before: dict[str, Any]) -> None:
+    path = _under(root, system_path)
+    kind = before["kind"]
+    if kind == "absent":
+        path.unlink(missing_ok=True)
+        return
+    if kind == "symlink":
+        _atomic_symlink(path, before["target"])
+        return
+    backup = _under(root, before["backup"])
+    data = backup.read_bytes()
+    if hashlib.sha256(data).hexdigest() != before["sha256"]:
+        raise StateCorrupt(
+            f"the backup {backup} of {system_path} does not match its record; "
+            "nothing more was restored"
+        )
+    atomic_write(path, data, int(before["mode"]))
+    with contextlib.suppress(PermissionError):
+        os.chown(path, int(before["uid"]), int(before["gid"]))
+    backup.unlink()
+
+
+def _edited_since_install(path: Path, written: str | None) -> bool:
+    """Whether something else rewrote the file after blitzdns did (said in uninstall's output)."""
+    if written is None:
+        return False
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() != written
+    except OSError:
+        return True
+
+
+def _make_parents(root: Path, system_path: str, state: State) -> None:
+    missing = []
+    parent = Path(system_path).parent
+    while not _under(root, str(parent)).exists():
+        missing.append(str(parent))
+        parent = parent.parent
+    for directory in reversed(missing):
+        _under(root, directory).mkdir(mode=0o755)
+        state.created_dirs.append(directory)
+
+
+def _remove_empty_dirs(root: Path, state: State) -> None:
+    """Drop created directories that nothing of ours needs any more, deepest first."""
+    needed = {str(Path(p).parent) for p in state.files} | {STATE_DIR, BACKUP_DIR}
+    for directory in reversed(list(state.created_dirs)):
+        if any(n == directory or n.startswith(directory + "/") for n in needed):
+            continue
+        if _rmdir_if_empty(_under(root, directory)):
+            state.created_dirs.remove(directory)
+
+
+def _rmdir_if_empty(path: Path) -> bool:
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _write_state(root: Path, state: State) -> None:
+    _make_parents(root, STATE_FILE, state)
+    path = _under(root, STATE_FILE)
+    data = state.to_json()
+    if not _holds(path, data, 0o600):
+        atomic_write(path, data, 0o600)
+
+
+def _check_writable(root: Path, system_paths: Iterable[str], sudo_hint: str) -> None:
+    """Raise PermissionProblem (naming the file) unless every path can be replaced."""
+    for system_path in system_paths:
+        path = _under(root, system_path)
+        directory = path.parent
+        while not directory.exists() and directory != directory.parent:
+            directory = directory.parent
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionProblem(
+                f"cannot write {path} (permission denied); nothing was changed. "
+                f"Run it as root: sudo {sudo_hint}"
+            )
