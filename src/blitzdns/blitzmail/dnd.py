@@ -26,10 +26,6 @@ Errors (one base, :class:`DndError`)::
         └── BadPassword       530
 """
 
-# A `timeout` argument is this module's contract: it bounds a whole exchange and
-# turns into DndTimeout, which callers cannot get from wrapping asyncio.timeout.
-# ruff: noqa: ASYNC109
-
 from __future__ import annotations
 
 import asyncio
@@ -46,6 +42,9 @@ DND_PORT = 902
 DEFAULT_TIMEOUT = 10.0
 MAX_LINE = 4096
 """Longest line either side accepts; DND lines are short, so more is an attack or junk."""
+
+QUIT_GRACE = 1.0
+"""Longest wait for the ``200`` after ``QUIT``; the answer is a courtesy."""
 
 BLITZSERV_FIELDS = ("NAME", "UID", "BLITZSERV")
 
@@ -239,7 +238,7 @@ class Reply:
         return f"{self.code:03d} {self.text}"
 
 
-_REPLY_LINE = re.compile(r"(\d{3})(?: (.*))?", re.DOTALL)
+_REPLY_LINE = re.compile(r"([0-9]{3})(?: (.*))?", re.DOTALL)
 
 
 def parse_reply(line: str) -> Reply:
@@ -375,7 +374,7 @@ class LookupResult:
         return self.records[0]
 
 
-_COUNTS = re.compile(r"(\d{1,6}) (\d{1,4})")
+_COUNTS = re.compile(r"([0-9]{1,6}) ([0-9]{1,4})")
 
 
 class LookupReader(ReplyReader[LookupResult]):
@@ -446,9 +445,10 @@ class FieldsReader(ReplyReader[tuple[FieldInfo, ...]]):
         if self._count is None:
             if reply.code != FIELD_COUNT:
                 raise refusal_for(reply)
-            if not reply.text.strip().isdecimal():
+            count = re.fullmatch(r"[0-9]{1,4}", reply.text.strip())
+            if count is None:
                 raise ProtocolError("malformed field count", str(reply))
-            self._count = int(reply.text)
+            self._count = int(count.group())
             return None
         if len(self._infos) < self._count:
             parts = reply.text.split()
@@ -629,12 +629,15 @@ class DndClient(ClosesOnExit):
             raise ConnectionClosed("DND server closed the connection mid-reply")
         return parse_reply(decode_line(raw))
 
-    async def _exchange(self, command: str | None, machine: ReplyReader[T]) -> T:
+    async def _exchange(
+        self, command: str | None, machine: ReplyReader[T], *, timeout: float | None = None
+    ) -> T:
         """Send ``command`` (None: only read) and feed replies to ``machine``."""
         if self._broken:
             raise ConnectionClosed("this DND connection failed earlier")
+        timeout = self.timeout if timeout is None else timeout
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(timeout):
                 if command is not None:
                     self.writer.write(command.encode("utf-8") + b"\r\n")
                     await self.writer.drain()
@@ -646,7 +649,7 @@ class DndClient(ClosesOnExit):
             raise
         except TimeoutError as exc:
             self._broken = True
-            raise DndTimeout(f"DND gave no complete reply in {self.timeout:g}s") from exc
+            raise DndTimeout(f"DND gave no complete reply in {timeout:g}s") from exc
         except OSError as exc:
             self._broken = True
             raise ConnectionClosed(f"DND connection failed: {exc.strerror or exc}") from exc
@@ -687,11 +690,15 @@ class DndClient(ClosesOnExit):
         return (await self._exchange(f"PASE {answer}", LookupReader(names))).unique()
 
     async def quit(self) -> None:
-        """Say ``QUIT`` (when the connection is still in step) and close it."""
+        """Say ``QUIT`` (when the connection is still in step) and close it.
+
+        Never fails: the answer to QUIT is awaited for at most :data:`QUIT_GRACE`.
+        """
         try:
             if not self._broken and not self.writer.is_closing():
                 with contextlib.suppress(DndError):
-                    await self._exchange("QUIT", StatusReader(OK))
+                    grace = min(self.timeout, QUIT_GRACE)
+                    await self._exchange("QUIT", StatusReader(OK), timeout=grace)
         finally:
             await close_stream(self.writer)
 
@@ -718,10 +725,14 @@ async def find_blitzserv(
     :class:`DndUnavailable` / :class:`ProtocolError`.
     """
     lookup_command(user, BLITZSERV_FIELDS)
+    client: DndClient | None = None
     try:
         async with asyncio.timeout(timeout):
-            async with dnd_session(host, port, timeout=timeout) as client:
-                record = await client.lookup_unique(user, BLITZSERV_FIELDS)
+            client = await DndClient.connect(host, port, timeout=timeout)
+            record = await client.lookup_unique(user, BLITZSERV_FIELDS)
     except TimeoutError as exc:
         raise DndTimeout(f"DND at {host}:{port} gave no complete answer in {timeout:g}s") from exc
+    finally:
+        if client is not None:
+            await client.quit()
     return account_from_record(record)

@@ -20,10 +20,6 @@ raises a :class:`ProbeError` when nothing did::
 The judgements are pure functions; the asyncio part is one helper.
 """
 
-# A `timeout` argument is the probes' contract: it bounds a whole probe and
-# becomes ProbeTimeout, with the stage that ran out.
-# ruff: noqa: ASYNC109
-
 from __future__ import annotations
 
 import asyncio
@@ -106,8 +102,8 @@ class ProbeResult:
 # Pure judgements
 
 
-_REPLY_CODE = re.compile(r"(\d{3})(?: |$)")
-_BLITZ_REPLY = re.compile(r"([01])(\d\d)(?: (.*))?", re.DOTALL)
+_REPLY_CODE = re.compile(r"([0-9]{3})(?: |$)")
+_BLITZ_REPLY = re.compile(r"([01])([0-9]{2})(?: (.*))?", re.DOTALL)
 
 
 def reply_code(line: str) -> int | None:
@@ -344,7 +340,7 @@ def probe_for_service(service: str | int) -> Probe:
         name = service.strip().lower()
         if name in _PROBES_BY_NAME:
             return _PROBES_BY_NAME[name]
-        if not name.isdecimal():
+        if not (name.isascii() and name.isdigit()):
             return probe_tcp
         service = int(name)
     return _PROBES_BY_PORT.get(service, probe_tcp)
