@@ -246,3 +246,26 @@ def test_account_short_server() -> None:
     )
     assert account.blitzserv == "dasher.dartmouth.edu"
     assert account.short_server == "dasher"
+
+
+reply_lines = st.one_of(
+    st.builds(
+        lambda code, text: f"{code} {text}",
+        st.sampled_from([101, 110, 200, 201, 220, 520, 522, 999]),
+        st.one_of(st.text(max_size=12), st.sampled_from(["1 1", "2 1", "0 1", "1 0", "x y"])),
+    ),
+    st.text(max_size=20),
+)
+
+
+@given(st.lists(reply_lines, max_size=12))
+def test_lookup_reader_fails_only_with_dnd_errors(lines: list[str]) -> None:
+    reader = LookupReader(("NAME",))
+    try:
+        for line in lines:
+            result = reader.feed(parse_reply(line))
+            if result is not None:
+                assert all(len(row) == 1 for row in result.rows)
+                return
+    except dnd.DndError:
+        return

@@ -11,6 +11,7 @@ from blitzdns.blitzmail.dnd import LineReader, close_stream, decode_line
 from blitzdns.blitzmail.fakes import (
     DEMO_PASSWORD,
     DEMO_RECORDS,
+    Answer,
     DemoFleet,
     DndRecord,
     DndSession,
@@ -18,6 +19,7 @@ from blitzdns.blitzmail.fakes import (
     FakeBulletins,
     FakeDnd,
     ScriptedServer,
+    Session,
     match_records,
 )
 
@@ -196,3 +198,53 @@ async def test_demo_fleet_starts_every_role_and_stops_them() -> None:
     for port in ports:
         with pytest.raises(OSError):
             await asyncio.open_connection(LOOPBACK, port)
+
+
+async def test_two_users_on_two_servers_at_once() -> None:
+    from blitzdns.blitzmail.dnd import find_blitzserv
+    from blitzdns.blitzmail.probes import converse_blitzserv
+
+    async with DemoFleet() as fleet:
+        accounts = await asyncio.gather(
+            *(
+                find_blitzserv(LOOPBACK, fleet.dnd.port, user, timeout=5)
+                for user in ("demo", "wheelock")
+            )
+        )
+        talks = await asyncio.gather(
+            *(
+                converse_blitzserv(
+                    LOOPBACK, fleet.blitzservers[a.blitzserv].port, ["VERS x", "NOOP"]
+                )
+                for a in accounts
+            )
+        )
+    assert [a.blitzserv for a in accounts] == ["dasher.dartmouth.edu", "prancer.dartmouth.edu"]
+    assert [str(reply) for _, reply in talks[1]] == [
+        "010 BlitzServ 3.6 (blitzdns fake prancer.dartmouth.edu)",
+        "010 Ok.",
+    ]
+    assert {entry.connection for entry in fleet.dnd.transcript} == {1, 2}
+    assert all(not server.errors for server in fleet.all)
+
+
+class BrokenSession:
+    def greeting(self) -> list[str]:
+        return ["200 hi"]
+
+    def handle(self, line: str) -> Answer:
+        raise RuntimeError("defect")
+
+
+class BrokenServer(FakeDnd):
+    def new_session(self) -> Session:
+        return BrokenSession()
+
+
+async def test_a_session_defect_hangs_up_and_is_kept() -> None:
+    async with BrokenServer() as server:
+        peer = await Peer.open(server.port)
+        assert (await peer.hear()) == "200 hi"
+        assert (await peer.ask("NOOP")) is None
+        await peer.close()
+    assert [str(error) for error in server.errors] == ["defect"]

@@ -511,6 +511,8 @@ class FakeServer(ClosesOnExit):
         self._requested_port = port
         self.line_end = line_end
         self.transcript: list[Exchange] = []
+        self.errors: list[Exception] = []
+        """Exceptions a session raised (each hung up on its client); empty when healthy."""
         self.connections = 0
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -569,6 +571,8 @@ class FakeServer(ClosesOnExit):
             await self._converse(number, reader, writer)
         except (OSError, LineTooLong, asyncio.CancelledError):
             pass
+        except Exception as exc:  # a defect in a session: hang up, keep it for the test
+            self.errors.append(exc)
         finally:
             self._handlers.discard(task)
             await close_stream(writer)

@@ -125,6 +125,9 @@ class BlitzReply:
     code: int
     text: str
 
+    def __str__(self) -> str:
+        return f"{int(self.warning)}{self.code:02d} {self.text}"
+
 
 class BlitzReplyError(ValueError):
     """A line that is not a BlitzServ reply."""
