@@ -1,0 +1,123 @@
+"""A TTL-respecting cache of upstream replies, stored as bytes; ``now`` is passed in.
+
+An entry is the upstream's reply as it came, plus the offsets of its TTL fields (found
+once by :func:`~blitzdns.dns.fastpath.scan_response`). Serving a hit copies the bytes with
+the client's ID and question letters put in and every TTL lowered by the entry's age in
+whole seconds (RFC 1035 §7.3 / RFC 2181 §8); the patched body is kept per age, so most
+hits within a second cost four slices and a join.
+
+What is cached (RFC 2308 §5): positive replies for min(TTL of every record); NXDOMAIN and
+NODATA replies for min(SOA TTL, SOA MINIMUM) when the authority section holds an SOA, and
+not at all without one; never SERVFAIL, REFUSED, other errors, or truncated replies.
+``max_ttl`` and ``max_negative_ttl`` cap how long anything stays.
+
+The key is the lower-case question (name, type, class) plus one byte for the query flags
+that change a reply's contents: EDNS present, DO, RD and CD. Eviction is first in, first
+out when ``size`` is reached: cheap, and the TTL bounds staleness anyway.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from blitzdns.dns.decide import NOERROR, NXDOMAIN
+from blitzdns.dns.fastpath import Scan
+
+DEFAULT_MAX_TTL = 86400
+#: RFC 2308 §5 suggests one to three hours as the upper bound for negative caching.
+DEFAULT_MAX_NEGATIVE_TTL = 10800
+
+_pack_ttl = struct.Struct(">I").pack_into
+
+
+class Entry:
+    """One cached reply and its TTL patch points."""
+
+    __slots__ = ("age", "body", "expires", "original", "stored", "ttl_offsets", "ttls")
+
+    def __init__(self, original: bytes, scan: Scan, stored: float, lifetime: int) -> None:
+        self.original = original
+        self.ttl_offsets = scan.ttl_offsets
+        self.ttls = scan.ttls
+        self.stored = stored
+        self.expires = stored + lifetime
+        self.age = 0
+        self.body = original
+
+    def at_age(self, age: int) -> bytes:
+        """The reply with every TTL lowered by ``age`` seconds (never below zero)."""
+        if age != self.age:
+            patched = bytearray(self.original)
+            for offset, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
+                _pack_ttl(patched, offset, ttl - age if ttl > age else 0)
+            self.body = bytes(patched)
+            self.age = age
+        return self.body
+
+
+def lifetime(scan: Scan, *, max_ttl: int, max_negative_ttl: int) -> int:
+    """How many seconds a reply may be cached; 0 means not at all."""
+    if scan.truncated:
+        return 0
+    if scan.rcode == NOERROR and scan.ancount > 0:
+        return min(min(scan.ttls, default=0), max_ttl)
+    if scan.rcode in (NOERROR, NXDOMAIN) and scan.negative_ttl is not None:
+        return min(scan.negative_ttl, max_negative_ttl)
+    return 0
+
+
+class Cache:
+    """Bounded map from question key to :class:`Entry`."""
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        max_ttl: int = DEFAULT_MAX_TTL,
+        max_negative_ttl: int = DEFAULT_MAX_NEGATIVE_TTL,
+    ) -> None:
+        self.size = size
+        self.max_ttl = max_ttl
+        self.max_negative_ttl = max_negative_ttl
+        self._entries: dict[bytes, Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes, now: float) -> Entry | None:
+        """The live entry for ``key``; an expired one is removed and None returned."""
+        entry = self._entries.get(key)
+        if entry is not None and now >= entry.expires:
+            del self._entries[key]
+            return None
+        return entry
+
+    def put(self, key: bytes, response: bytes, scan: Scan, now: float) -> bool:
+        """Store ``response`` when its records allow; True when stored."""
+        if self.size <= 0:
+            return False
+        seconds = lifetime(scan, max_ttl=self.max_ttl, max_negative_ttl=self.max_negative_ttl)
+        if seconds <= 0:
+            return False
+        entries = self._entries
+        entries.pop(key, None)
+        while len(entries) >= self.size:
+            del entries[next(iter(entries))]
+        entries[key] = Entry(response, scan, now, seconds)
+        return True
+
+    def resize(self, size: int) -> None:
+        self.size = size
+        while len(self._entries) > max(size, 0):
+            del self._entries[next(iter(self._entries))]
+
+    def drop_where(self, condition: Callable[[bytes], bool]) -> int:
+        """Remove every entry whose key satisfies ``condition``; how many were removed."""
+        doomed = [key for key in self._entries if condition(key)]
+        for key in doomed:
+            del self._entries[key]
+        return len(doomed)
+
+    def clear(self) -> None:
+        self._entries.clear()

@@ -1,0 +1,292 @@
+"""Bytes in, bytes (or a forwarding job) out: the resolver without its sockets.
+
+:class:`Engine` ties the table, the cache and the counters together. The asyncio layer
+(:mod:`blitzdns.dns.server`) hands it each packet with the client's address and the
+current time, and sends back what it returns:
+
+* ``bytes`` — the reply, at once (local answers, cache hits, errors);
+* a :class:`ForwardJob` — ask an upstream, then call :meth:`Engine.finish`;
+* ``None`` — send nothing (no readable header, a response, a loop probe of our own).
+
+:meth:`Engine.handle` first tries the byte-level fast path (plain queries for protected
+names and cache hits), and falls back to :meth:`Engine.handle_slow` — dnslib parse, then
+:func:`~blitzdns.dns.decide.decide` — for everything else. Both must agree; the property
+tests feed them the same packets. Pure: the caller passes ``now`` in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from blitzdns.dns import wire
+from blitzdns.dns.cache import Cache
+from blitzdns.dns.decide import (
+    AAAA,
+    ANY,
+    CLASS_IN,
+    FORMERR,
+    NOTIMP,
+    PTR,
+    REFUSED,
+    SERVFAIL,
+    TXT,
+    A,
+    Drop,
+    Forward,
+    Local,
+    Query,
+    Question,
+    Reject,
+    decide,
+    local_answer,
+)
+from blitzdns.dns.fastpath import (
+    KEY_FLAG_BYTES,
+    FastAnswer,
+    encode_local,
+    error_reply,
+    key_flags,
+    name_end,
+    scan_response,
+    simple_query,
+    udp_limit,
+    upstream_query,
+)
+from blitzdns.dns.stats import ResolverStats
+from blitzdns.dns.table import Name, Table, View, to_wire
+
+_IN = b"\x00\x01"
+_MEMO_LIMIT = 4096
+
+
+def wire_labels(wire_name: bytes) -> Name:
+    """Labels of the uncompressed wire name at the start of ``wire_name``."""
+    labels = []
+    i = 0
+    while i < len(wire_name) and wire_name[i]:
+        length = wire_name[i]
+        labels.append(wire_name[i + 1 : i + 1 + length])
+        i += length + 1
+    return tuple(labels)
+
+
+@dataclass(frozen=True, slots=True)
+class FastView:
+    """A view's local answers, precomputed: by (wire name, type, class), and NODATA by name."""
+
+    local: dict[bytes, FastAnswer]
+    nodata: dict[bytes, FastAnswer]
+
+    @classmethod
+    def build(cls, view: View, table: Table) -> FastView:
+        local: dict[bytes, FastAnswer] = {}
+        nodata: dict[bytes, FastAnswer] = {}
+        for name in (*view.targets, *view.pointers):
+            wire_name = to_wire(name)
+            for qtype in (A, AAAA, ANY, PTR):
+                answer = local_answer(view, table, Question(name, qtype, CLASS_IN))
+                assert isinstance(answer, Local)
+                local[wire_name + qtype.to_bytes(2, "big") + _IN] = encode_local(answer)
+            other = local_answer(view, table, Question(name, TXT, CLASS_IN))
+            assert isinstance(other, Local)
+            nodata[wire_name] = encode_local(other)
+        return cls(local, nodata)
+
+
+#: Clients that are refused: the fast path never answers them.
+_REFUSED = FastView({}, {})
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardJob:
+    """A query the cache could not answer, ready for the forwarder."""
+
+    #: Cache key (lower-case question + flag byte), also the key for coalescing.
+    key: bytes
+    #: What to send upstream, with ID 0.
+    query: bytes
+    #: The client's packet, and where its question ends (for the ID and letters).
+    packet: bytes
+    qend: int
+    edns: int
+    #: Largest reply the client takes; None over TCP.
+    limit: int | None
+    client: str
+    table: Table
+
+
+class Engine:
+    """The resolver's core: one per :class:`~blitzdns.dns.server.Resolver`."""
+
+    def __init__(self, table: Table, cache: Cache, stats: ResolverStats) -> None:
+        self.table = table
+        self.cache = cache
+        self.stats = stats
+        self._fast: dict[str, FastView] = {}
+        self._fast_by_view: dict[int, FastView] = {}
+        #: Loop probes in flight (lower wire name) and those our own listener received.
+        self.probes: set[bytes] = set()
+        self.probes_seen: set[bytes] = set()
+
+    def update(self, table: Table) -> int:
+        """Use ``table`` from now on; drop cached names it protects. Returns how many."""
+        self.table = table
+        self._fast = {}
+        self._fast_by_view = {}
+        return self.cache.drop_where(lambda key: table.protects(wire_labels(key)))
+
+    def _fast_view(self, client: str) -> FastView:
+        view = self.table.view_for(client)
+        if view is None:
+            fast = _REFUSED
+        else:
+            fast = self._fast_by_view.get(id(view)) or FastView.build(view, self.table)
+            self._fast_by_view[id(view)] = fast
+        if len(self._fast) >= _MEMO_LIMIT:
+            self._fast.clear()
+        self._fast[client] = fast
+        return fast
+
+    def handle(
+        self, packet: bytes, client: str, now: float, udp: bool = True
+    ) -> bytes | ForwardJob | None:
+        """React to one message from ``client``; see the module docstring for the results."""
+        fast = self._fast.get(client) or self._fast_view(client)
+        parsed = simple_query(packet)
+        if parsed is None or fast is _REFUSED:
+            return self.handle_slow(packet, client, now, udp)
+        qn, qend, flags, edns = parsed
+        name = packet[12:qn].lower()
+        qkey = name + packet[qn:qend]
+        answer = fast.local.get(qkey)
+        if answer is None and name in fast.nodata:
+            if packet[qend - 2 : qend] != _IN:
+                return self.handle_slow(packet, client, now, udp)
+            answer = fast.nodata[name]
+        if answer is not None:
+            self.stats.answered_local += 1
+            return answer.reply(packet, qend, flags, edns)
+        key = qkey + KEY_FLAG_BYTES[key_flags(flags, edns)]
+        entry = self.cache.get(key, now)
+        if entry is not None:
+            self.stats.cache_hits += 1
+            body = entry.at_age(int(now - entry.stored))
+            return self._deliver(packet, qend, edns, body, udp)
+        if self.table.protected_ancestor(wire_labels(name)) is not None:
+            return self.handle_slow(packet, client, now, udp)
+        return self._forward(packet, client, key, qend, flags, edns, udp)
+
+    def handle_slow(
+        self, packet: bytes, client: str, now: float, udp: bool = True
+    ) -> bytes | ForwardJob | None:
+        """The general path: dnslib parse, :func:`decide`, dnslib encode."""
+        if len(packet) < 12 or packet[2] & 0x80:
+            self.stats.dropped += 1
+            return None
+        try:
+            query = wire.parse_query(packet)
+        except wire.Malformed:
+            self.stats.formerr += 1
+            return error_reply(packet, question_end(packet), FORMERR, -1)
+        decision = decide(query, self.table, client)
+        if isinstance(decision, Drop):
+            self.stats.dropped += 1
+            return None
+        if isinstance(decision, Reject):
+            self._count_rejection(decision.rcode)
+            return wire.encode(query, decision)
+        if isinstance(decision, Local):
+            self.stats.answered_local += 1
+            return wire.encode(query, decision)
+        assert isinstance(decision, Forward)
+        qn = name_end(packet)
+        if qn < 0:
+            self.stats.formerr += 1
+            return wire.encode(query, Reject(FORMERR, "compressed question name"))
+        qend = qn + 4
+        edns = _edns_code(query)
+        flags = packet[2] << 8 | packet[3]
+        key = packet[12:qn].lower() + packet[qn:qend] + KEY_FLAG_BYTES[key_flags(flags, edns)]
+        entry = self.cache.get(key, now)
+        if entry is not None:
+            self.stats.cache_hits += 1
+            body = entry.at_age(int(now - entry.stored))
+            return self._deliver(packet, qend, edns, body, udp)
+        return self._forward(packet, client, key, qend, flags, edns, udp)
+
+    def _forward(
+        self,
+        packet: bytes,
+        client: str,
+        key: bytes,
+        qend: int,
+        flags: int,
+        edns: int,
+        udp: bool,
+    ) -> ForwardJob | None:
+        name = key[: qend - 16]
+        if name in self.probes:
+            self.probes_seen.add(name)
+            self.stats.dropped += 1
+            return None
+        self.stats.forwarded += 1
+        return ForwardJob(
+            key=key,
+            query=upstream_query(packet, qend, flags, edns),
+            packet=packet,
+            qend=qend,
+            edns=edns,
+            limit=udp_limit(edns) if udp else None,
+            client=client,
+            table=self.table,
+        )
+
+    def finish(self, job: ForwardJob, response: bytes | None, now: float) -> bytes:
+        """The client's reply to ``job`` given the upstream's ``response`` (None: it failed).
+
+        The reply is cached when its records allow, unless a reload made the name ours
+        while it was in flight: then the client gets the local answer instead.
+        """
+        if job.table is not self.table and self.table.protects(
+            wire_labels(job.packet[12 : job.qend])
+        ):
+            redone = self.handle(job.packet, job.client, now, job.limit is not None)
+            if isinstance(redone, bytes):
+                return redone
+        if response is None:
+            self.stats.servfail += 1
+            return error_reply(job.packet, job.qend, SERVFAIL, job.edns)
+        scan = scan_response(response)
+        if scan is not None:
+            self.cache.put(job.key, response, scan, now)
+        return self._deliver(job.packet, job.qend, job.edns, response, job.limit is not None)
+
+    def _deliver(self, packet: bytes, qend: int, edns: int, body: bytes, udp: bool) -> bytes:
+        """``body`` with the client's ID and letters; TC alone when too big for UDP."""
+        if udp and len(body) > udp_limit(edns):
+            self.stats.truncated += 1
+            return error_reply(packet, qend, 0, edns, truncated=True)
+        return packet[:2] + body[2:12] + packet[12:qend] + body[qend:]
+
+    def _count_rejection(self, rcode: int) -> None:
+        if rcode == REFUSED:
+            self.stats.refused += 1
+        elif rcode == NOTIMP:
+            self.stats.notimp += 1
+        else:
+            self.stats.formerr += 1
+
+
+def question_end(packet: bytes) -> int:
+    """Where the question ends when one can be read (so FORMERR can echo it), else 12."""
+    qn = name_end(packet)
+    if packet[4:6] == b"\x00\x01" and qn > 0 and qn + 4 <= len(packet):
+        return qn + 4
+    return 12
+
+
+def _edns_code(query: Query) -> int:
+    """The fast path's EDNS integer (-1, or payload | DO << 16) for a parsed query."""
+    if query.edns is None:
+        return -1
+    return (query.edns.payload & 0xFFFF) | (0x10000 if query.edns.dnssec_ok else 0)

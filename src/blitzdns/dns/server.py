@@ -1,0 +1,536 @@
+"""The resolver's asyncio layer: UDP and TCP listeners around :class:`~blitzdns.dns.engine.Engine`.
+
+Each callback is a few lines: read the clock, hand the packet to the engine, send what it
+returns, or start the forwarding task it asks for. No exception escapes a callback (an
+error while handling becomes SERVFAIL and one log line). Binding is separate from serving
+(:meth:`Resolver.bind`, :meth:`Resolver.start`) so the daemon can bind port 53 as root and
+drop privileges before serving.
+
+TCP (RFC 7766): length-prefixed messages, several per connection, answered as each is
+ready (out of order is allowed, §6.2.1.1), the connection closed after ``dns.tcp_idle_s``
+without a query (§6.2.3).
+
+``python -m blitzdns.dns.server --listen 127.0.0.1:5300 --upstream 127.0.0.1:53`` runs the
+resolver alone (debugging, and the benchmark's subject).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import Coroutine, Sequence
+from dataclasses import replace
+from typing import Any, cast
+
+from blitzdns.config import Config, Endpoint, build_config, load_config
+from blitzdns.dns import wire
+from blitzdns.dns.cache import Cache
+from blitzdns.dns.decide import SERVFAIL
+from blitzdns.dns.engine import Engine, ForwardJob, question_end
+from blitzdns.dns.fastpath import error_reply
+from blitzdns.dns.stats import ResolverStats, UpstreamHealth
+from blitzdns.dns.table import Table, labels_of, to_wire
+from blitzdns.dns.upstream import Forwarder
+from blitzdns.errors import (
+    AddressInUse,
+    BlitzdnsError,
+    ConfigError,
+    PermissionProblem,
+    UpstreamLoop,
+)
+
+__all__ = ["Resolver", "ResolverStats", "UpstreamHealth", "main"]
+
+_TCP_BACKLOG = 64
+#: How long one loop probe waits for its query to come back to us.
+_PROBE_WAIT_S = 1.0
+
+
+class Resolver:
+    """The DNS stub: answers protected names, forwards the rest, caches."""
+
+    def __init__(
+        self,
+        config: Config,
+        upstreams: Sequence[Endpoint],
+        *,
+        log: logging.Logger | None = None,
+        verbose: bool = False,
+        loop_probe: bool = True,
+    ) -> None:
+        self.config = config
+        self.log = log or logging.getLogger("blitzdns.dns")
+        self.verbose = verbose
+        self.loop_probe = loop_probe
+        self.stats = ResolverStats()
+        self.cache = Cache(config.dns.cache_size)
+        self.engine = Engine(Table.from_config(config), self.cache, self.stats)
+        self.forwarder = self._forwarder(upstreams, config)
+        self._bound: list[tuple[Endpoint, socket.socket, socket.socket]] = []
+        self._transports: list[asyncio.DatagramTransport] = []
+        self._servers: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._connections: set[asyncio.StreamWriter] = set()
+        self._pending: dict[bytes, asyncio.Task[bytes | None]] = {}
+        self._started = False
+
+    def _forwarder(self, upstreams: Sequence[Endpoint], config: Config) -> Forwarder:
+        self.stats.upstreams = [UpstreamHealth(str(u)) for u in upstreams]
+        return Forwarder(upstreams, self.stats.upstreams, config.dns.timeout_s)
+
+    # ------------------------------------------------------------------ sockets
+
+    @property
+    def bound_endpoints(self) -> tuple[Endpoint, ...]:
+        return tuple(endpoint for endpoint, _, _ in self._bound)
+
+    async def bind(self) -> None:
+        """Bind UDP and TCP on every listen endpoint (and DNS-serving shared addresses)."""
+        if self._bound:
+            return
+        try:
+            for i, endpoint in enumerate(self.config.dns.listen):
+                self._bound.append(_bind_pair(endpoint, f"dns.listen[{i}]"))
+            port = self._bound[0][0].port
+            for i, shared in enumerate(self.config.shared):
+                if shared.dns:
+                    endpoint = Endpoint(str(shared.address), port)
+                    self._bound.append(_bind_pair(endpoint, f"shared[{i}].address"))
+        except BaseException:
+            self._close_sockets()
+            raise
+
+    async def start(self) -> None:
+        """Serve on the bound sockets (binding first if needed)."""
+        if self._started:
+            return
+        await self.bind()
+        loop = asyncio.get_running_loop()
+        for _, udp, tcp in self._bound:
+            transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=udp)
+            self._transports.append(transport)
+            server = await asyncio.start_server(self._serve_tcp, sock=tcp)
+            self._servers.append(server)
+        self._started = True
+        upstreams = ", ".join(str(u) for u in self.forwarder.upstreams) or "none"
+        self.log.info(
+            "DNS stub listening on %s; forwarding to %s; answering %d protected names",
+            ", ".join(str(e) for e in self.bound_endpoints),
+            upstreams,
+            len(self.engine.table.protected),
+        )
+        if self.loop_probe and self.forwarder.upstreams:
+            self._spawn(self._background_loop_check())
+
+    async def close(self) -> None:
+        for transport in self._transports:
+            transport.close()
+        for server in self._servers:
+            server.close()
+        for writer in list(self._connections):
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+        self._transports.clear()
+        self._servers.clear()
+        self._close_sockets()
+        if self._started:
+            self.log.info("DNS stub stopped (%s)", _summary(self.stats))
+        self._started = False
+
+    def _close_sockets(self) -> None:
+        for _, udp, tcp in self._bound:
+            udp.close()
+            tcp.close()
+        self._bound.clear()
+
+    # ------------------------------------------------------------------ reload
+
+    def update(self, config: Config, upstreams: Sequence[Endpoint] | None = None) -> None:
+        """Swap in a new configuration: table and policy at once, cache kept where it may be.
+
+        Names that became protected are answered locally from the next packet on, and
+        their cached entries are dropped; names no longer protected are forwarded again.
+        New listen addresses need a restart (logged).
+        """
+        dropped = self.engine.update(Table.from_config(config))
+        self.cache.resize(config.dns.cache_size)
+        if upstreams is not None:
+            self.forwarder = self._forwarder(upstreams, config)
+        self.forwarder.timeout_s = config.dns.timeout_s
+        if config.dns.listen != self.config.dns.listen or [s for s in config.shared if s.dns] != [
+            s for s in self.config.shared if s.dns
+        ]:
+            self.log.warning("listen addresses changed: restart blitzdns to listen on them")
+        self.config = config
+        self.log.info(
+            "DNS table reloaded: %d protected names, %d cached entries dropped",
+            len(self.engine.table.protected),
+            dropped,
+        )
+
+    # ------------------------------------------------------------------ handling
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _crashed(self, packet: bytes, client: str) -> bytes | None:
+        """An exception while handling: SERVFAIL when the header is readable, and a log line."""
+        self.stats.errors += 1
+        self.log.exception(
+            "error while handling a query from %s: %s", client, wire.describe(packet)
+        )
+        if len(packet) < 12:
+            return None
+        self.stats.servfail += 1
+        return error_reply(packet, question_end(packet), SERVFAIL, -1)
+
+    async def _answer(self, job: ForwardJob) -> bytes | None:
+        """The upstream's reply for ``job``; identical questions in flight share one query."""
+        try:
+            shared = self._pending.get(job.key)
+            if shared is None:
+                shared = asyncio.get_running_loop().create_task(self.forwarder.resolve(job.query))
+                self._pending[job.key] = shared
+                shared.add_done_callback(lambda _: self._pending.pop(job.key, None))
+            response = await asyncio.shield(shared)
+            return self.engine.finish(job, response, asyncio.get_running_loop().time())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return self._crashed(job.packet, job.client)
+
+    def _trace(self, client: str, packet: bytes, reply: bytes | None, how: str) -> None:
+        self.log.debug(
+            "%s %s %s -> %s",
+            how,
+            client,
+            wire.describe(packet),
+            wire.describe(reply) if reply else "no reply",
+        )
+
+    async def _forward_udp(
+        self, job: ForwardJob, transport: asyncio.DatagramTransport, address: Any
+    ) -> None:
+        reply = await self._answer(job)
+        if reply is not None and not transport.is_closing():
+            transport.sendto(reply, address)
+        if self.verbose:
+            self._trace(job.client, job.packet, reply, "udp")
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if peer else "?"
+        idle = self.config.dns.tcp_idle_s
+        inflight: set[asyncio.Task[None]] = set()
+        self._connections.add(writer)
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(idle):
+                        size = int.from_bytes(await reader.readexactly(2), "big")
+                        packet = await reader.readexactly(size)
+                except TimeoutError:
+                    if inflight:
+                        await asyncio.wait(inflight)
+                        continue
+                    break
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                try:
+                    out = self.engine.handle(
+                        packet, client, asyncio.get_running_loop().time(), False
+                    )
+                except Exception:
+                    out = self._crashed(packet, client)
+                if isinstance(out, ForwardJob):
+                    task = asyncio.get_running_loop().create_task(self._forward_tcp(out, writer))
+                    inflight.add(task)
+                    task.add_done_callback(inflight.discard)
+                    continue
+                if out is not None:
+                    writer.write(len(out).to_bytes(2, "big") + out)
+                if self.verbose:
+                    self._trace(client, packet, out, "tcp")
+            if inflight:
+                await asyncio.wait(inflight)
+        finally:
+            self._connections.discard(writer)
+            for task in inflight:
+                task.cancel()
+            writer.close()
+
+    async def _forward_tcp(self, job: ForwardJob, writer: asyncio.StreamWriter) -> None:
+        reply = await self._answer(job)
+        if reply is not None and not writer.is_closing():
+            writer.write(len(reply).to_bytes(2, "big") + reply)
+        if self.verbose:
+            self._trace(job.client, job.packet, reply, "tcp")
+
+    # ------------------------------------------------------------------ loop detection
+
+    async def check_loops(self, wait_s: float = _PROBE_WAIT_S) -> tuple[Endpoint, ...]:
+        """Send each upstream a query for a random name; one that reaches our own listener loops.
+
+        Like dnsmasq's ``--dns-loop-detect``. Probe names lie in every protected domain (a
+        split-DNS stub sends exactly those to us) and in a name of our own. Looping upstreams
+        are never used again; if every upstream loops, raise :class:`UpstreamLoop`.
+        """
+        suffixes = (*self.config.domains(), "blitzdns-loop-check.test")
+        looping: list[Endpoint] = []
+        forwarder = self.forwarder
+        for endpoint, health in zip(forwarder.upstreams, forwarder.health, strict=True):
+            names = [f"{secrets.token_hex(8)}.{suffix}" for suffix in suffixes]
+            wires = [to_wire(labels_of(name)) for name in names]
+            self.engine.probes.update(wires)
+            try:
+                await asyncio.gather(
+                    *(self._probe(endpoint, name, wait_s) for name in names),
+                    return_exceptions=True,
+                )
+            finally:
+                self.engine.probes.difference_update(wires)
+            if self.engine.probes_seen.intersection(wires):
+                health.loops = True
+                health.failed("routes queries back to this stub (forwarding loop)")
+                looping.append(endpoint)
+                self.log.error(
+                    "upstream %s sends queries back to this stub (a forwarding loop); not using it",
+                    endpoint,
+                )
+        if looping and len(looping) == len(forwarder.upstreams):
+            raise UpstreamLoop(
+                "every upstream resolver sends queries back to this stub ("
+                + ", ".join(str(e) for e in looping)
+                + "): give a real one with --upstream ADDR[:PORT]"
+            )
+        return tuple(looping)
+
+    async def _probe(self, endpoint: Endpoint, name: str, wait_s: float) -> None:
+        query = _probe_query(name)
+        single = Forwarder((endpoint,), [UpstreamHealth(str(endpoint))], wait_s)
+        await single.resolve(query)
+
+    async def _background_loop_check(self) -> None:
+        try:
+            await self.check_loops()
+        except UpstreamLoop as exc:
+            self.log.error("%s", exc)
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    """One per UDP socket; everything it does happens in :meth:`datagram_received`."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+        self.engine = resolver.engine
+        self.transport: asyncio.DatagramTransport | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport does not subclass asyncio.DatagramTransport.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        resolver = self.resolver
+        client = addr[0]
+        try:
+            out = resolver.engine.handle(data, client, self.loop.time())
+        except Exception:
+            out = resolver._crashed(data, client)
+        if out is None:
+            if resolver.verbose:
+                resolver._trace(client, data, None, "udp")
+            return
+        transport = self.transport
+        assert transport is not None
+        if isinstance(out, bytes):
+            transport.sendto(out, addr)
+            if resolver.verbose:
+                resolver._trace(client, data, out, "udp")
+            return
+        resolver._spawn(resolver._forward_udp(out, transport, addr))
+
+    def error_received(self, exc: Exception) -> None:
+        self.resolver.log.debug("UDP error (an earlier reply was not delivered): %s", exc)
+
+
+def _probe_query(name: str) -> bytes:
+    """A TXT query for ``name`` with ID 0 and RD set (the forwarder sets the ID)."""
+    return (
+        b"\x00\x00\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+        + to_wire(labels_of(name))
+        + (b"\x00\x10\x00\x01")
+    )
+
+
+def _summary(stats: ResolverStats) -> str:
+    return (
+        f"{stats.answered_local} answered locally, {stats.forwarded} forwarded, "
+        f"{stats.cache_hits} cache hits, {stats.servfail} SERVFAIL, {stats.refused} refused"
+    )
+
+
+# ---------------------------------------------------------------------- binding
+
+
+def _bind_pair(endpoint: Endpoint, key: str) -> tuple[Endpoint, socket.socket, socket.socket]:
+    """UDP and TCP sockets on the same address and port (port 0: one the kernel picks)."""
+    attempts = 20 if endpoint.port == 0 else 1
+    for attempt in range(attempts):
+        udp = _bound_socket(endpoint, socket.SOCK_DGRAM, key)
+        port = udp.getsockname()[1]
+        try:
+            tcp = _bound_socket(Endpoint(endpoint.host, port), socket.SOCK_STREAM, key)
+        except AddressInUse:
+            udp.close()
+            if attempt + 1 < attempts:
+                continue
+            raise
+        return Endpoint(endpoint.host, port), udp, tcp
+    raise AssertionError("unreachable")
+
+
+def _bound_socket(endpoint: Endpoint, kind: socket.SocketKind, key: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+    sock = socket.socket(family, kind)
+    proto = "TCP" if kind == socket.SOCK_STREAM else "UDP"
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((endpoint.host, endpoint.port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(_TCP_BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise _bind_error(exc, endpoint, proto, key) from None
+    return sock
+
+
+def _bind_error(exc: OSError, endpoint: Endpoint, proto: str, key: str) -> BlitzdnsError:
+    if exc.errno == errno.EADDRINUSE:
+        return AddressInUse(
+            f"{endpoint} ({proto}) is already in use by another program: stop it "
+            f"(`ss -lunpt 'sport = :{endpoint.port}'` shows which; systemd-resolved and "
+            "dnsmasq are the usual ones) or listen elsewhere with --listen ADDR:PORT"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return PermissionProblem(
+            f"not allowed to listen on {endpoint} ({proto}): ports below 1024 need root or "
+            "CAP_NET_BIND_SERVICE; run as root (blitzdns drops privileges after binding) "
+            "or use a port above 1023, e.g. --listen 127.0.0.1:5300"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(
+            f"{endpoint.host} is not an address of this machine (cannot listen on {endpoint})",
+            key=key,
+        )
+    return ConfigError(f"cannot listen on {endpoint} ({proto}): {exc.strerror or exc}", key=key)
+
+
+# ---------------------------------------------------------------------- debugging entry
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m blitzdns.dns.server",
+        description="Run the blitzdns DNS stub alone (debugging and benchmarks).",
+    )
+    parser.add_argument("--listen", action="append", default=[], help="ADDR:PORT (repeatable)")
+    parser.add_argument("--upstream", action="append", default=[], help="ADDR[:PORT]")
+    parser.add_argument("--config", help="a blitzdns TOML file (default: the built-in preset)")
+    parser.add_argument("--no-cache", action="store_true", help="switch the cache off")
+    parser.add_argument("--no-loop-probe", action="store_true", help="skip the loop check")
+    parser.add_argument("-v", "--verbose", action="store_true", help="a log line per query")
+    return parser.parse_args(argv)
+
+
+def _listen_endpoint(text: str) -> Endpoint:
+    """``ADDR:PORT``, where port 0 (any free port, reported on the ``ready`` line) is allowed."""
+    if text.endswith(":0"):
+        return Endpoint(Endpoint.parse(text[:-2]).host, 0)
+    return Endpoint.parse(text)
+
+
+def _debug_config(args: argparse.Namespace) -> tuple[Config, tuple[Endpoint, ...]]:
+    from pathlib import Path
+
+    from blitzdns.dns.detect import detect_upstreams
+
+    config = (
+        load_config(Path(args.config), search=False)
+        if args.config
+        else build_config({}, source=None)
+    )
+    dns = config.dns
+    try:
+        if args.listen:
+            dns = replace(dns, listen=tuple(_listen_endpoint(t) for t in args.listen))
+        if args.upstream:
+            dns = replace(dns, upstreams=tuple(Endpoint.parse(t) for t in args.upstream))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if args.no_cache:
+        dns = replace(dns, cache_size=0)
+    config = replace(config, dns=dns)
+    upstreams = dns.upstreams or detect_upstreams(dns.listen)
+    return config, upstreams
+
+
+async def _serve(config: Config, upstreams: tuple[Endpoint, ...], args: argparse.Namespace) -> None:
+    resolver = Resolver(config, upstreams, verbose=args.verbose, loop_probe=not args.no_loop_probe)
+    await resolver.start()
+    print("ready", " ".join(str(e) for e in resolver.bound_endpoints), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await resolver.close()
+        print("stats", resolver.stats.to_dict(), flush=True)
+
+
+def _run(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop when it is installed, on the standard loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coroutine)
+    else:
+        uvloop.run(coroutine)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    try:
+        config, upstreams = _debug_config(args)
+        _run(_serve(config, upstreams, args))
+    except BlitzdnsError as exc:
+        print(f"blitzdns: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

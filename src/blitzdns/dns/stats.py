@@ -1,0 +1,56 @@
+"""Counters the resolver keeps, read by ``status`` and the tests (plain data, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class UpstreamHealth:
+    """One upstream as the forwarder has seen it."""
+
+    address: str
+    ok: bool = True
+    last_error: str | None = None
+    answered: int = 0
+    timeouts: int = 0
+    #: Refused connections, unusable replies, TCP failures (timeouts counted apart).
+    errors: int = 0
+    #: Replies that did not match the query asked (wrong ID or question): ignored.
+    mismatched: int = 0
+    #: Our own listener received a loop probe sent to this upstream (see ``check_loops``).
+    loops: bool = False
+
+    def succeeded(self) -> None:
+        self.ok = True
+        self.answered += 1
+
+    def failed(self, error: str, *, timeout: bool = False) -> None:
+        self.ok = False
+        self.last_error = error
+        if timeout:
+            self.timeouts += 1
+        else:
+            self.errors += 1
+
+
+@dataclass(slots=True)
+class ResolverStats:
+    """What the resolver did since it started (counters only grow)."""
+
+    answered_local: int = 0
+    forwarded: int = 0
+    cache_hits: int = 0
+    servfail: int = 0
+    refused: int = 0
+    formerr: int = 0
+    notimp: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    #: Handler exceptions (each answered SERVFAIL and logged).
+    errors: int = 0
+    upstreams: list[UpstreamHealth] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
