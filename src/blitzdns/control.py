@@ -345,7 +345,9 @@ def request(command: str, path: Path | None = None, *, timeout: float = 2.0) -> 
         result = reply.get("result")
         return result if isinstance(result, dict) else {}
     where = " or ".join(str(p) for p in paths)
-    raise NotRunning(f"blitzdns is not running (nothing answers on {where})")
+    raise NotRunning(
+        f"no daemon is running (nothing answers on {where}); start it with `blitzdns run`"
+    )
 
 
 def _exchange(path: Path, command: str, timeout: float) -> Any:
@@ -585,4 +587,4 @@ def status_command(
 
 def _waiting(socket: Path | None) -> str:
     where = str(socket) if socket else " or ".join(str(p) for p in socket_candidates())
-    return f"blitzdns is not running (nothing answers on {where}); waiting for it…"
+    return f"no daemon is running (nothing answers on {where}); waiting for it…"
