@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,8 @@ SSH_KEYGEN = shutil.which("ssh-keygen")
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago on ``host``."""
-    with socket.socket() as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
@@ -192,6 +194,7 @@ class Target:
         self.peers: list[tuple[str, int]] = []
         self.owners: list[set[str]] = []
         self.received = 0
+        self.active = 0
         self.server: asyncio.Server | None = None
         self.port = 0
         self.check_owner = False
@@ -207,6 +210,7 @@ class Target:
         if self.check_owner:
             self.owners.append(socket_owners(peer[1], peer[0]))
         count = 0
+        self.active += 1
         try:
             while chunk := await reader.read(1 << 16):
                 count += len(chunk)
@@ -221,6 +225,7 @@ class Target:
         except (ConnectionError, OSError):
             pass
         finally:
+            self.active -= 1
             writer.close()
 
     async def close(self) -> None:
@@ -232,7 +237,11 @@ class Target:
 
 
 async def exchange(host: str, port: int, payload: bytes, *, source: str | None = None) -> bytes:
-    """Connect, send ``payload``, half-close, read everything back."""
+    """Connect, send ``payload``, half-close, read everything back.
+
+    A reset (or a socket already disconnected when we write) counts as closed with nothing
+    read (``b""``): the mouth refused the connection.
+    """
     reader, writer = await asyncio.open_connection(
         host, port, local_addr=(source, 0) if source else None
     )
@@ -241,7 +250,26 @@ async def exchange(host: str, port: int, payload: bytes, *, source: str | None =
         await writer.drain()
         writer.write_eof()
         return await reader.read()
+    except OSError:
+        return b""
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
+
+
+async def wait_until(condition: Callable[[], object], timeout_s: float = 10) -> None:
+    """Poll ``condition`` (state held by other processes or objects without an event) until
+    it is true; ``TimeoutError`` after ``timeout_s`` (a safety bound, not a measurement)."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Everything left on ``reader``; a reset counts as closed with nothing (``b""``)."""
+    try:
+        async with asyncio.timeout(5):
+            return await reader.read()
+    except ConnectionResetError:
+        return b""

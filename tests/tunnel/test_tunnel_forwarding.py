@@ -1,0 +1,159 @@
+"""Forwarding through a real OpenSSH sshd: data, concurrency, outages, failing closed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+
+from tunnel_testlib import Sshd, Target, exchange, free_port, wait_until
+
+from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
+
+
+def forward_to(target: Target, name: str = "") -> Forward:
+    return Forward("127.0.0.1", free_port(), "127.0.0.1", target.port, name=name)
+
+
+async def test_data_both_ways_with_half_close(options: TunnelOptions, echo: Target) -> None:
+    forward = forward_to(echo)
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    async with Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        assert await exchange(*forward.mouth, payload) == payload
+        assert await exchange(*forward.mouth, b"") == b""
+        state = tunnel.state.forwards[0]
+    assert (state.total, state.open) == (2, 0)
+    assert state.bytes_out == state.bytes_in == len(payload)
+
+
+async def test_server_speaks_first_and_client_reads_count(
+    options: TunnelOptions, sink: Target
+) -> None:
+    forward = forward_to(sink)
+    async with Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        assert await exchange(*forward.mouth, b"x" * 100_000) == b"100000\n"
+
+
+async def test_200_concurrent_connections(options: TunnelOptions, echo: Target) -> None:
+    forward = forward_to(echo)
+
+    async def one(index: int) -> bool:
+        payload = f"connection {index} ".encode() * 300
+        return await exchange(*forward.mouth, payload) == payload
+
+    async with Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        results = await asyncio.gather(*(one(i) for i in range(200)))
+        assert all(results)
+        assert tunnel.state.forwards[0].total == 200
+    assert len(echo.peers) == 200
+
+
+async def test_targets_see_only_sshd(options: TunnelOptions, echo: Target) -> None:
+    """Every connection a target accepts comes from an sshd process, never from us."""
+    echo.check_owner = True
+    forward = forward_to(echo)
+    async with Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        for _ in range(5):
+            assert await exchange(*forward.mouth, b"ping") == b"ping"
+    assert len(echo.owners) == 5
+    assert all(owners == {"sshd"} for owners in echo.owners), echo.owners
+
+
+async def test_link_down_fails_closed(options: TunnelOptions, sshd: Sshd, echo: Target) -> None:
+    """With sshd gone, a connection waits wait_for_link_s, is closed, and nothing reaches
+    the target."""
+    forward = forward_to(echo)
+    options = dataclasses.replace(options, wait_for_link_s=0.3)
+    sshd.kill()
+    async with Tunnel(options, [forward]) as tunnel:
+        reader, writer = await asyncio.open_connection(*forward.mouth)
+        writer.write(b"secret")
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""
+        writer.close()
+        assert tunnel.state.status in (LinkStatus.DOWN, LinkStatus.CONNECTING)
+        assert tunnel.state.last_error is not None
+        assert "refused" in tunnel.state.last_error
+    assert echo.peers == []
+
+
+async def test_sshd_restart_and_connection_opened_during_outage_completes(
+    options: TunnelOptions, sshd: Sshd, echo: Target
+) -> None:
+    forward = forward_to(echo)
+    async with Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        assert await exchange(*forward.mouth, b"before") == b"before"
+        statuses: list[LinkStatus] = []
+        tunnel.on_state_change(lambda state: statuses.append(state.status))
+        sshd.kill()
+        await wait_until(lambda: tunnel.state.status is not LinkStatus.UP)
+        during = asyncio.create_task(exchange(*forward.mouth, b"during the outage"))
+        await asyncio.sleep(0.5)
+        assert not during.done()
+        sshd.start()
+        async with asyncio.timeout(10):
+            assert await during == b"during the outage"
+        assert tunnel.state.status is LinkStatus.UP
+        assert LinkStatus.DOWN in statuses and statuses[-1] is LinkStatus.UP
+        assert await exchange(*forward.mouth, b"after") == b"after"
+
+
+async def test_missed_keepalives_declare_the_link_dead(
+    options: TunnelOptions, sshd: Sshd, echo: Target
+) -> None:
+    """A frozen sshd (no FIN, no RST) is detected by keepalives, then replaced."""
+    forward = forward_to(echo)
+    options = dataclasses.replace(options, keepalive_s=0.2, keepalive_count_max=2)
+    async with Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        frozen = sshd.session_pids()
+        assert frozen
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            await wait_until(lambda: tunnel.state.status is not LinkStatus.UP)
+            assert tunnel.state.last_error is not None
+            assert await tunnel.wait_up(10)
+            assert await exchange(*forward.mouth, b"new link") == b"new link"
+        finally:
+            for pid in frozen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+
+async def test_refusing_target_closes_only_that_connection(
+    options: TunnelOptions, echo: Target
+) -> None:
+    good = forward_to(echo, "good")
+    bad = Forward("127.0.0.1", free_port(), "127.0.0.1", free_port(), name="bad")
+    async with Tunnel(options, [good, bad]) as tunnel:
+        assert await tunnel.wait_up(10)
+        reader, writer = await asyncio.open_connection(*good.mouth)
+        writer.write(b"kept ")
+        assert await reader.readexactly(5) == b"kept "
+        assert await exchange(*bad.mouth, b"hello") == b""
+        writer.write(b"open")
+        assert await reader.readexactly(4) == b"open"
+        writer.close()
+        assert tunnel.state.status is LinkStatus.UP
+        states = {f.forward.name: f for f in tunnel.state.forwards}
+        assert states["bad"].total == 1 and states["bad"].open == 0
+
+
+async def test_client_gone_before_the_channel_opens(options: TunnelOptions, echo: Target) -> None:
+    forward = forward_to(echo)
+    async with Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        for _ in range(20):
+            _, writer = await asyncio.open_connection(*forward.mouth)
+            writer.transport.abort()
+        assert await exchange(*forward.mouth, b"still fine") == b"still fine"
+        await wait_until(lambda: tunnel.state.forwards[0].open == 0)
+        assert tunnel.state.forwards[0].total == 21
