@@ -80,9 +80,15 @@ class DemoGateway:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.client_key.write_private_key(str(self.client_key_path))
         self.client_key_path.chmod(0o600)
+        self.trust_as(self.host, self.port)
+
+    def trust_as(self, host: str, port: int) -> None:
+        """Write the client's known_hosts for the address it will dial (maybe a relay's).
+
+        The key is trusted explicitly, as a reviewed ``ssh-keyscan`` would: never on first use.
+        """
         public = self.host_key.export_public_key().decode().strip()
-        # Trusted explicitly, as `ssh-keyscan` + review would: never on first use.
-        self.known_hosts_path.write_text(f"[{self.host}]:{self.port} {public}\n")
+        self.known_hosts_path.write_text(f"[{host}]:{port} {public}\n")
 
     async def pipe(
         self, target: Route, reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]

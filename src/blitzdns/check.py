@@ -1,0 +1,269 @@
+"""``blitzdns check``: every step the classic recipe verified by hand, as ✓/✗ with a fix.
+
+1. the stub answers every variant of every protected name with its mouth, and no real
+   address for any record type;
+2. the system resolver sends those names to the stub (getaddrinfo, not dig);
+3. the mouths listen on loopback only (or on a shared address, as configured);
+4. the SSH link is up and the gateway's host key is known;
+5. an end-to-end probe through each forward gets the service's own greeting or reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from blitzdns import lookup
+from blitzdns.config import Config, ForwardSpec
+
+PROBE_TYPES = ("A", "AAAA", "ANY", "MX", "TXT", "HTTPS")
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One verdict: what was checked, whether it held, what was seen, what to do if not."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def name_variants(name: str) -> list[str]:
+    """The spellings a client may use: as is, upper, mixed case; each with and without a dot."""
+    mixed = "".join(c.upper() if i % 2 else c for i, c in enumerate(name))
+    return [v + dot for v in dict.fromkeys((name, name.upper(), mixed)) for dot in ("", ".")]
+
+
+async def check_stub(config: Config, stub: tuple[str, int]) -> list[Step]:
+    """Step 1: A → the mouth for every variant; no other type carries a non-mouth address."""
+    steps = []
+    for host in config.hosts:
+        mouths = {str(host.mouth), *([str(host.mouth6)] if host.mouth6 else [])}
+        wrong: list[str] = []
+        try:
+            for name in host.names:
+                for variant in name_variants(name):
+                    reply = await lookup.query(stub, variant, "A")
+                    if reply.rcode != "NOERROR" or reply.addresses() != [str(host.mouth)]:
+                        wrong.append(f"{variant} A → {reply.rcode} {reply.addresses()}")
+                for qtype in PROBE_TYPES[1:]:
+                    reply = await lookup.query(stub, name, qtype)
+                    leaked = [a for a in reply.addresses() if a not in mouths]
+                    if leaked or reply.rcode not in ("NOERROR",):
+                        wrong.append(f"{name} {qtype} → {reply.rcode} {leaked}")
+        except lookup.LookupFailed as exc:
+            return [
+                Step(
+                    "stub answers",
+                    False,
+                    f"the stub at {stub[0]}:{stub[1]} does not answer ({exc})",
+                    "start it: `sudo blitzdns run` (or check [dns] listen)",
+                )
+            ]
+        steps.append(
+            Step(
+                f"stub: {host.key}",
+                not wrong,
+                f"{len(host.names)} names × case/dot variants → {host.mouth}; other types local"
+                if not wrong
+                else "; ".join(wrong[:3]),
+                ""
+                if not wrong
+                else "the stub is not answering this host itself; check `blitzdns plan`",
+            )
+        )
+    return steps
+
+
+def check_system_resolver(config: Config) -> list[Step]:
+    """Step 2: the platform's own lookup (getaddrinfo) yields the mouths."""
+    steps = []
+    for host in config.hosts:
+        name = host.canonical_name
+        try:
+            infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+            seen = sorted({str(info[4][0]) for info in infos})
+        except OSError as exc:
+            seen = [f"error: {exc}"]
+        ok = seen == [str(host.mouth)] or set(seen) <= {str(host.mouth), "::1"}
+        steps.append(
+            Step(
+                f"system resolver: {name}",
+                ok,
+                f"getaddrinfo → {', '.join(seen)}",
+                ""
+                if ok
+                else "point the system resolver at the stub: "
+                "`blitzdns resolver-config show` then `sudo blitzdns resolver-config install`",
+            )
+        )
+    return steps
+
+
+def listening_sockets(port: int) -> list[str]:
+    """Local addresses listening on TCP ``port`` (Linux /proc/net/tcp{,6})."""
+    found = []
+    for path, family in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 6)):
+        try:
+            lines = Path(path).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            if state != "0A":
+                continue
+            addr_hex, port_hex = local.split(":")
+            if int(port_hex, 16) != port:
+                continue
+            raw = bytes.fromhex(addr_hex)
+            if family == 4:
+                address = str(ipaddress.IPv4Address(raw[::-1]))
+            else:
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                address = str(ipaddress.IPv6Address(words))
+            found.append(address)
+    return found
+
+
+def check_mouths(config: Config, forwards: Iterable[ForwardSpec] | None = None) -> list[Step]:
+    """Step 3: each mouth listens, and nothing listens on its port on a non-loopback address."""
+    steps = []
+    allowed_shared = {str(s.address) for s in config.shared}
+    for f in forwards if forwards is not None else config.forwards():
+        addresses = listening_sockets(f.port)
+        exposed = [
+            a
+            for a in addresses
+            if a not in allowed_shared and not ipaddress.ip_address(a).is_loopback
+        ]
+        listening = f.mouth in addresses
+        ok = listening and not exposed
+        detail = (
+            f"{f.mouth}:{f.port} listening" if listening else f"{f.mouth}:{f.port} not listening"
+        )
+        if exposed:
+            detail += f"; ALSO on {', '.join(exposed)} (reachable from the network)"
+        fix = ""
+        if not listening:
+            fix = "start `blitzdns run` with the tunnel (not --no-tunnel)"
+        elif exposed:
+            fix = (
+                "something (an `ssh -g -L`?) listens on all interfaces: stop it; "
+                "blitzdns binds loopback only"
+            )
+        steps.append(Step(f"mouth {f.host}/{f.service}", ok, detail, fix))
+    return steps
+
+
+def check_link(status: dict[str, Any] | None) -> list[Step]:
+    """Step 4: from the daemon's status: link up, host key known (no final error)."""
+    if status is None:
+        return [
+            Step(
+                "SSH link",
+                False,
+                "no daemon answers on the control socket",
+                "start `sudo blitzdns run` (see `blitzdns status`)",
+            )
+        ]
+    tunnel = status.get("tunnel")
+    if not tunnel:
+        return [Step("SSH link", False, "the daemon runs without the tunnel", "drop --no-tunnel")]
+    final = tunnel.get("final_error")
+    up = str(tunnel.get("status", "")).lower() == "up"
+    key_step = Step(
+        "gateway host key",
+        not (final and "host key" in final.lower()),
+        "known" if not (final and "host key" in final.lower()) else final,
+        ""
+        if not final
+        else "follow the command in the message to trust the key, after checking it",
+    )
+    detail = f"up via {tunnel.get('gateway')}" if up else f"{tunnel.get('status')}"
+    if not up and (tunnel.get("last_error") or final):
+        detail += f": {final or tunnel.get('last_error')}"
+    link_step = Step(
+        "SSH link",
+        up,
+        detail,
+        "" if up else "check the gateway name and your SSH access (`ssh GATEWAY true`)",
+    )
+    return [link_step, key_step]
+
+
+Prober = Callable[[str, int, float], Awaitable[Any]]
+
+
+def prober_for(config: Config, forward: ForwardSpec) -> Prober:
+    """The dialect probe: by the target's well-known port, else by service name."""
+    from blitzdns.blitzmail import probes
+
+    probe = probes.probe_for_service(forward.remote_port)
+    if probe is probes.probe_tcp:
+        probe = probes.probe_for_service(forward.service)
+    return probe
+
+
+async def check_end_to_end(config: Config, timeout: float = 5.0) -> list[Step]:
+    """Step 5: through each loopback forward, the service's own greeting or reply."""
+    from blitzdns.blitzmail import probes
+
+    async def one(f: ForwardSpec) -> Step:
+        try:
+            result = await prober_for(config, f)(f.mouth, f.port, timeout)
+        except probes.ProbeError as exc:
+            return Step(
+                f"end to end {f.host}/{f.service}",
+                False,
+                str(exc),
+                "the gateway could not reach the target, or the link is down: `blitzdns status`",
+            )
+        return Step(
+            f"end to end {f.host}/{f.service}",
+            result.ok,
+            f"{f.mouth}:{f.port} → {result.seen}",
+            ""
+            if result.ok
+            else f"expected {result.expected}; is {f.remote}:{f.remote_port} right?",
+        )
+
+    loopback = [f for f in config.forwards() if f.allowed_peers is None]
+    return list(await asyncio.gather(*(one(f) for f in loopback)))
+
+
+async def run_checks(
+    config: Config, *, status: dict[str, Any] | None, system_resolver: bool = True
+) -> list[Step]:
+    stub_endpoint = config.dns.listen[0]
+    stub = (stub_endpoint.host, stub_endpoint.port)
+    steps = await check_stub(config, stub)
+    if system_resolver:
+        loop = asyncio.get_running_loop()
+        steps += await loop.run_in_executor(None, check_system_resolver, config)
+    steps += check_mouths(config)
+    steps += check_link(status)
+    steps += await check_end_to_end(config)
+    return steps
+
+
+def render(steps: list[Step]) -> str:
+    lines = []
+    for step in steps:
+        lines.append(f"{'✓' if step.ok else '✗'} {step.name}: {step.detail}")
+        if not step.ok and step.fix:
+            lines.append(f"    → {step.fix}")
+    passed = sum(s.ok for s in steps)
+    verdict = "all good" if passed == len(steps) else "see the ✗ steps above"
+    lines.append(f"check: {passed} of {len(steps)} steps hold; {verdict}")
+    return "\n".join(lines)
+
+
+def to_json(steps: list[Step]) -> list[dict[str, Any]]:
+    return [asdict(s) for s in steps]

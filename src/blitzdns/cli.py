@@ -1,0 +1,284 @@
+"""The ``blitzdns`` command line: parse, load the config, call one function per command.
+
+This is the one edge where typed errors become one line on stderr and an exit code
+(:mod:`blitzdns.errors`, :mod:`tunnel.errors`); nothing below it prints tracebacks for a
+user's mistake.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from blitzdns.config import Config, apply_overrides, load_config
+from blitzdns.errors import BlitzdnsError, UsageError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="A local DNS stub and a supervised SSH tunnel for legacy cleartext services.",
+)
+config_app = typer.Typer(no_args_is_help=True, help="Write or show the configuration.")
+app.add_typer(config_app, name="config")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config file (default: ~/.config/blitzdns/config.toml)."),
+]
+LocationOption = Annotated[
+    str | None,
+    typer.Option("--location", help="Apply this location's overrides ('auto': detect)."),
+]
+
+
+def effective_config(
+    config_path: Path | None,
+    *,
+    location: str | None = None,
+    listen: list[str] | None = None,
+    upstreams: list[str] | None = None,
+    gateways: list[str] | None = None,
+    trust_new_host_key: bool = False,
+) -> Config:
+    """The file (or preset) with the location and the command-line flags applied on top."""
+    config = load_config(config_path)
+    if location and location != "auto":
+        config = config.at_location(location)
+    return apply_overrides(
+        config,
+        listen=listen or (),
+        upstreams=upstreams or (),
+        gateways=gateways or (),
+        trust_new_host_key=trust_new_host_key,
+    )
+
+
+@app.command()
+def run(
+    config_path: ConfigOption = None,
+    listen: Annotated[
+        list[str] | None,
+        typer.Option("--listen", help="ADDR:PORT for the stub (repeatable; default 127.0.0.1:53)."),
+    ] = None,
+    upstream: Annotated[
+        list[str] | None,
+        typer.Option("--upstream", help="Upstream resolver ADDR[:PORT] (repeatable)."),
+    ] = None,
+    gateway: Annotated[
+        list[str] | None,
+        typer.Option("--gateway", help="SSH gateway [user@]host[:port] (repeatable, in order)."),
+    ] = None,
+    no_tunnel: Annotated[bool, typer.Option("--no-tunnel", help="Run the resolver only.")] = False,
+    trust_new_host_key: Annotated[
+        bool,
+        typer.Option(
+            "--trust-new-host-key", help="Accept and record an unknown gateway host key (TOFU)."
+        ),
+    ] = False,
+    user: Annotated[
+        str | None,
+        typer.Option("--user", help="Drop to this user after binding (default: SUDO_USER)."),
+    ] = None,
+    location: LocationOption = None,
+    control_socket: Annotated[
+        Path | None, typer.Option("--control-socket", help="Path of the status socket.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every query.")] = False,
+) -> None:
+    """Start the DNS stub and the SSH tunnel and keep them running."""
+    from blitzdns.daemon import RunOptions, run_daemon
+
+    config = effective_config(
+        config_path,
+        location=location,
+        listen=listen,
+        upstreams=upstream,
+        gateways=gateway,
+        trust_new_host_key=trust_new_host_key,
+    )
+    options = RunOptions(
+        config_path=config_path,
+        no_tunnel=no_tunnel,
+        user=user,
+        auto_location=location == "auto",
+        control_socket=control_socket,
+        verbose=verbose,
+        flag_listen=tuple(listen or ()),
+        flag_upstreams=tuple(upstream or ()),
+        flag_gateways=tuple(gateway or ()),
+        trust_new_host_key=trust_new_host_key,
+    )
+    raise typer.Exit(run_daemon(config, options))
+
+
+@app.command()
+def plan(
+    config_path: ConfigOption = None,
+    location: LocationOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show the names the stub answers, each host's mouth, and the forwards."""
+    from blitzdns.plan import plan_dict, render_plan
+
+    config = effective_config(config_path, location=location)
+    if as_json:
+        typer.echo(json.dumps(plan_dict(config), indent=2))
+    else:
+        typer.echo(render_plan(config))
+
+
+@config_app.command("show")
+def config_show(
+    config_path: ConfigOption = None,
+    location: LocationOption = None,
+) -> None:
+    """Print the effective configuration (preset, file and location merged) as JSON."""
+    config = effective_config(config_path, location=location)
+    typer.echo(json.dumps(config.to_dict(), indent=2))
+
+
+@config_app.command("init")
+def config_init(
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="Where to write (default: ~/.config/blitzdns/config.toml)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starting configuration file."""
+    from blitzdns.config import default_config_paths
+    from blitzdns.config_template import TEMPLATE
+
+    target = path or default_config_paths()[0]
+    if target.exists() and not force:
+        raise UsageError(f"{target} exists; pass --force to overwrite it")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(TEMPLATE, encoding="utf-8")
+    except PermissionError:
+        from blitzdns.errors import PermissionProblem
+
+        raise PermissionProblem(
+            f"cannot write {target} (permission denied); choose a path you own or use sudo"
+        ) from None
+    typer.echo(f"wrote {target}")
+
+
+@app.command()
+def demo(
+    once: Annotated[
+        bool, typer.Option("--once", help="Exit after the verdict: 0 all verified, 1 otherwise.")
+    ] = False,
+) -> None:
+    """Run the whole job on loopback: fake servers, a throwaway gateway, the full stack."""
+    from blitzdns.demo import demo_command
+
+    raise typer.Exit(demo_command(once))
+
+
+@app.command()
+def check(
+    config_path: ConfigOption = None,
+    location: LocationOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    control_socket: Annotated[
+        Path | None, typer.Option("--control-socket", help="Path of the status socket.")
+    ] = None,
+    skip_system_resolver: Annotated[
+        bool,
+        typer.Option(
+            "--skip-system-resolver", help="Do not test getaddrinfo (no resolver config)."
+        ),
+    ] = False,
+) -> None:
+    """Verify a running setup step by step; exit 0 only when every step holds."""
+    import asyncio
+
+    from blitzdns.check import render, run_checks, to_json
+    from blitzdns.control import query_status
+    from blitzdns.errors import NotRunning
+
+    config = effective_config(config_path, location=location)
+    try:
+        status: dict[str, object] | None = query_status(control_socket)
+    except NotRunning:
+        status = None
+    if status and status.get("location") and location is None:
+        config = config.at_location(str(status["location"]))
+    steps = asyncio.run(run_checks(config, status=status, system_resolver=not skip_system_resolver))
+    if as_json:
+        typer.echo(json.dumps([*to_json(steps)], indent=2))
+    else:
+        typer.echo(render(steps))
+    raise typer.Exit(0 if all(s.ok for s in steps) else 1)
+
+
+@app.command()
+def discover(
+    user: Annotated[str, typer.Argument(help="A DND name, nickname or #uid.")],
+    config_path: ConfigOption = None,
+    write: Annotated[
+        bool,
+        typer.Option("--write", help="Record the server: protect DND, it and bulletins only."),
+    ] = False,
+) -> None:
+    """Ask DND, through the tunnel, which BlitzMail server holds USER's mailbox."""
+    import asyncio
+
+    from blitzdns.config import find_config_file
+    from blitzdns.discover import discover as run_discover
+    from blitzdns.discover import write_discovery
+
+    config = effective_config(config_path)
+    found = asyncio.run(run_discover(config, user))
+    where = f" (host {found.host.key}, mouth {found.host.mouth})" if found.host else ""
+    typer.echo(f"{found.account.name} (uid {found.account.uid}): {found.account.blitzserv}{where}")
+    if write:
+        from blitzdns.config import default_config_paths
+
+        path = find_config_file(config_path) or default_config_paths()[0]
+        kept = write_discovery(config, found, path)
+        typer.echo(f"wrote {path}: tunnel.hosts = {kept}; reload with `kill -HUP` or restart")
+
+
+def _register_optional_commands() -> None:
+    """Attach the commands whose modules live apart from this file."""
+    from blitzdns.commands import service
+    from blitzdns.control import status_command
+
+    app.add_typer(service.app, name="service")
+
+    @app.command()
+    def status(
+        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+        watch: Annotated[bool, typer.Option("--watch", help="Refresh every second.")] = False,
+        control_socket: Annotated[
+            Path | None, typer.Option("--control-socket", help="Path of the status socket.")
+        ] = None,
+    ) -> None:
+        """Show the running daemon's link, forwards and DNS counters."""
+        status_command(as_json, watch, control_socket)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    """Console entry point: run the app, translating typed errors to one line and a code."""
+    from tunnel.errors import TunnelError
+
+    try:
+        app()
+    except BlitzdnsError as exc:
+        print(f"blitzdns: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except TunnelError as exc:
+        print(f"blitzdns: {exc}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 1))
+    except KeyboardInterrupt:
+        sys.exit(130)

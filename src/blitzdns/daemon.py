@@ -1,0 +1,421 @@
+"""``blitzdns run``: bind everything, drop privileges, serve, reload, stop.
+
+Order of work, and why:
+
+1. Choose the location (``--location auto``) and the upstreams (never ourselves).
+2. Bind every socket while we may: the stub's UDP/TCP listeners, every mouth, the
+   control socket. A port that is taken or privileged fails here, before anything runs.
+3. Drop to the target user (``--user``, else ``SUDO_USER``), keeping only
+   CAP_NET_BIND_SERVICE, so the SSH link uses that user's ~/.ssh and agent.
+4. Serve DNS and start the tunnel supervisor. The stub answers protected names with
+   their mouths from the first moment, link up or not: a mouth holds a connection
+   until the link is back, and nothing ever falls back to a real address.
+5. SIGHUP reloads (tunnel first on additions, so a name is never answered before its
+   mouth listens); SIGTERM/SIGINT stop everything within 2 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from blitzdns import __version__
+from blitzdns.config import Config, Endpoint, apply_overrides, load_config
+from blitzdns.errors import BlitzdnsError, UsageError
+
+if TYPE_CHECKING:
+    from blitzdns.control import ControlServer
+    from blitzdns.dns.server import Resolver
+    from tunnel import Tunnel, TunnelState
+
+log = logging.getLogger("blitzdns")
+
+STOP_GRACE_S = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """What ``run`` was asked on its command line, beyond the config file."""
+
+    config_path: Path | None = None
+    no_tunnel: bool = False
+    user: str | None = None
+    auto_location: bool = False
+    control_socket: Path | None = None
+    verbose: bool = False
+    flag_listen: tuple[str, ...] = ()
+    flag_upstreams: tuple[str, ...] = ()
+    flag_gateways: tuple[str, ...] = ()
+    trust_new_host_key: bool = False
+    #: Switch to the target user after binding (the demo runs in-process and keeps its user).
+    drop_privileges: bool = True
+    #: How often ``--location auto`` re-reads the network facts.
+    location_poll_s: float = 3.0
+
+
+def setup_logging(verbose: bool) -> None:
+    """Plain lines on stderr: journald and launchd add their own time stamps."""
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = "%(levelname)s %(message)s"
+    if sys.stderr.isatty():
+        fmt = "%(asctime)s " + fmt
+    handler.setFormatter(logging.Formatter(fmt, "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+
+
+def install_fast_loop() -> bool:
+    """Use uvloop when it is installed (it roughly halves the per-packet cost)."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+def preload_modules() -> None:
+    """Import now what the link and the resolver may import lazily later.
+
+    After the switch to the target user, the interpreter's own files may be unreadable
+    (a Python under /root/.pyenv, mode 0700): a lazy import would then fail mid-connect
+    and look like an SSH error.
+    """
+    import encodings.idna  # noqa: F401  (socket.getaddrinfo of a name)
+    import importlib
+    import pkgutil
+
+    import asyncssh
+
+    for module in pkgutil.walk_packages(asyncssh.__path__, "asyncssh."):
+        with contextlib.suppress(Exception):
+            importlib.import_module(module.name)
+
+
+def run_daemon(config: Config, options: RunOptions) -> int:
+    """Run until stopped; the exit status for the CLI. Typed errors propagate to the CLI."""
+    setup_logging(options.verbose)
+    install_fast_loop()
+    daemon = Daemon(config, options)
+    return asyncio.run(daemon.main())
+
+
+def to_tunnel_forwards(config: Config) -> tuple[Any, ...]:
+    """The config's forward specs as :class:`tunnel.Forward` values."""
+    from tunnel import Forward
+
+    return tuple(
+        Forward(
+            mouth_host=f.mouth,
+            mouth_port=f.port,
+            target_host=f.remote,
+            target_port=f.remote_port,
+            allowed_peers=f.allowed_peers,
+            name=f"{f.host}/{f.service}",
+        )
+        for f in config.forwards()
+    )
+
+
+def to_gateways(config: Config) -> tuple[Any, ...]:
+    from tunnel import Gateway
+
+    return tuple(Gateway.parse(g) for g in config.tunnel.gateways)
+
+
+class Daemon:
+    """One running resolver + tunnel, with its reload and stop logic."""
+
+    def __init__(self, config: Config, options: RunOptions):
+        self.config = config
+        self.options = options
+        self.resolver: Resolver | None = None
+        self.tunnel: Tunnel | None = None
+        self.control: ControlServer | None = None
+        self.upstreams: tuple[Endpoint, ...] = ()
+        self.started = time.time()
+        self.stopping = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self.ready_sent = False
+
+    # ------------------------------------------------------------------ start
+
+    async def main(self) -> int:
+        from blitzdns.system import sdnotify
+
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+        tasks = [asyncio.create_task(self._reload_loop(), name="reload")]
+        if self.options.auto_location:
+            tasks.append(asyncio.create_task(self._location_loop(), name="location"))
+        status = 0
+        try:
+            await self.stopping.wait()
+            state = self.tunnel.state if self.tunnel else None
+            if state is not None and state.final_error:
+                status = 1
+        finally:
+            log.info("stopping")
+            sdnotify.notify(stopping=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.close()
+            log.info("stopped")
+        return status
+
+    async def start(self) -> None:
+        from blitzdns.control import ControlServer, default_socket_path
+        from blitzdns.dns.server import Resolver
+        from blitzdns.system import privileges, sdnotify
+
+        if self.options.auto_location:
+            self.config = await self._located(self.config)
+        config = self.config
+        if not self.options.no_tunnel and not config.tunnel.gateways:
+            raise UsageError(
+                "no SSH gateway configured: pass --gateway [user@]host, set tunnel.gateways "
+                "in the config, or run the resolver alone with --no-tunnel"
+            )
+        ports = [e.port for e in config.dns.listen]
+        if not self.options.no_tunnel:
+            ports += [f.port for f in config.forwards()]
+        needed = privileges.privileged_ports(ports)
+        if needed and not privileges.can_bind_privileged(min(needed)):
+            from blitzdns.errors import PermissionProblem
+
+            raise PermissionProblem(privileges.explain_privileged(needed))
+
+        self.upstreams = self._upstreams(config)
+        self.resolver = Resolver(config, self.upstreams, log=log, verbose=self.options.verbose)
+        await self.resolver.bind()
+        if not self.options.no_tunnel:
+            self.tunnel = self._make_tunnel(config)
+            await self.tunnel.bind()
+        user = privileges.target_user(self.options.user) if self.options.drop_privileges else None
+        path = self.options.control_socket or default_socket_path()
+        self.control = ControlServer(
+            path, self.snapshot, reload=self.reload, owner_uid=user.pw_uid if user else None
+        )
+        await self.control.start()
+        if user is not None and os.geteuid() == 0:
+            preload_modules()
+            privileges.drop_privileges(user)
+            log.info("running as %s (kept CAP_NET_BIND_SERVICE only)", user.pw_name)
+
+        await self.resolver.start()
+        names = sum(len(h.names) for h in config.hosts)
+        log.info(
+            "DNS stub on %s; %d protected names; other names go to %s",
+            ", ".join(str(e) for e in self.resolver.bound_endpoints),
+            names,
+            ", ".join(str(e) for e in self.upstreams),
+        )
+        if self.tunnel is not None:
+            self.tunnel.on_state_change(self._on_link_change)
+            await self.tunnel.start()
+            log.info(
+                "%d forwards listening; connecting to %s",
+                len(config.forwards()),
+                ", ".join(config.tunnel.gateways),
+            )
+        else:
+            self.ready_sent = True
+            sdnotify.notify(ready=True, status="resolver only (--no-tunnel)")
+
+    def _upstreams(self, config: Config) -> tuple[Endpoint, ...]:
+        from blitzdns.dns.detect import detect_upstreams
+        from blitzdns.system.install import saved_upstreams
+
+        if config.dns.upstreams:
+            return config.dns.upstreams
+        saved = tuple(Endpoint.parse(text) for text in saved_upstreams())
+        return tuple(detect_upstreams(config.dns.listen, saved=saved))
+
+    def _make_tunnel(self, config: Config) -> Tunnel:
+        from tunnel import Tunnel, TunnelOptions
+
+        options = TunnelOptions(
+            gateways=to_gateways(config),
+            known_hosts=config.tunnel.known_hosts,
+            ssh_config=config.tunnel.ssh_config,
+            client_keys=config.tunnel.identity_files or None,
+            trust_new_host_key=config.tunnel.trust_new_host_key,
+            keepalive_s=config.tunnel.keepalive_s,
+            wait_for_link_s=config.tunnel.wait_for_link_s,
+            allow_non_loopback=bool(config.shared),
+        )
+        return Tunnel(options, to_tunnel_forwards(config))
+
+    def _on_link_change(self, state: TunnelState) -> None:
+        from blitzdns.system import sdnotify
+        from tunnel import LinkStatus
+
+        if state.status == LinkStatus.UP:
+            log.info("link up via %s", state.gateway)
+            if not self.ready_sent:
+                self.ready_sent = True
+                sdnotify.notify(ready=True, status=f"link up via {state.gateway}")
+            else:
+                sdnotify.notify(status=f"link up via {state.gateway}")
+        elif state.status == LinkStatus.FAILED:
+            log.error("%s", state.final_error)
+            sdnotify.notify(status=f"failed: {state.final_error}")
+            self.stopping.set()
+        else:
+            reason = f": {state.last_error}" if state.last_error else ""
+            log.warning("link %s%s", state.status.value.lower(), reason)
+            sdnotify.notify(status=f"link {state.status.value.lower()}{reason}")
+
+    # ------------------------------------------------------------------ reload
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self.reload_requested.wait()
+            self.reload_requested.clear()
+            await self.reload()
+
+    def _load(self) -> Config:
+        opts = self.options
+        return apply_overrides(
+            load_config(opts.config_path),
+            listen=opts.flag_listen,
+            upstreams=opts.flag_upstreams,
+            gateways=opts.flag_gateways,
+            trust_new_host_key=opts.trust_new_host_key,
+        )
+
+    async def reload(self, new: Config | None = None) -> bool:
+        """Apply a new config; on any error keep the old one and log why."""
+        try:
+            if new is None:
+                new = self._load()
+                if self.options.auto_location:
+                    new = await self._located(new)
+                elif self.config.location:
+                    new = new.at_location(self.config.location)
+            await self.apply(new)
+        except BlitzdnsError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return False
+        except Exception as exc:
+            from tunnel.errors import TunnelError
+
+            if not isinstance(exc, TunnelError):
+                raise
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return False
+        return True
+
+    async def apply(self, new: Config) -> None:
+        """Swap to ``new``: mouths first for added hosts, names last; then the rest."""
+        old = self.config
+        if new.dns.listen != old.dns.listen:
+            log.warning("dns.listen changed; it takes effect at the next restart")
+        if self.tunnel is not None:
+            await self.tunnel.update_forwards(to_tunnel_forwards(new))
+            if new.tunnel.gateways != old.tunnel.gateways:
+                await self.tunnel.update_gateways(to_gateways(new))
+        upstreams = self._upstreams(new) if new.dns.upstreams != old.dns.upstreams else None
+        assert self.resolver is not None
+        self.resolver.update(new, upstreams=upstreams)
+        if upstreams is not None:
+            self.upstreams = upstreams
+        self.config = new
+        added = {h.key for h in new.hosts} - {h.key for h in old.hosts}
+        removed = {h.key for h in old.hosts} - {h.key for h in new.hosts}
+        log.info(
+            "reloaded%s: %d hosts (added: %s; removed: %s)",
+            f" (location {new.location})" if new.location else "",
+            len(new.hosts),
+            ", ".join(sorted(added)) or "none",
+            ", ".join(sorted(removed)) or "none",
+        )
+
+    # ------------------------------------------------------------------ locations
+
+    async def _located(self, config: Config) -> Config:
+        from blitzdns.system.locations import match_location
+        from blitzdns.system.netfacts import read_facts
+
+        facts = await asyncio.get_running_loop().run_in_executor(None, read_facts)
+        match = match_location(config, facts)
+        if match is None:
+            if config.locations:
+                log.info("no location matches this network; using the base configuration")
+            return config.at_location(None)
+        log.info("location %s: %s", match.name, "; ".join(match.reasons))
+        return config.at_location(match.name)
+
+    async def _location_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.location_poll_s)
+            try:
+                candidate = await self._located(self._base_config())
+            except BlitzdnsError as exc:
+                log.error("location check failed: %s", exc)
+                continue
+            if candidate.location != self.config.location:
+                log.info(
+                    "network changed: location %s → %s",
+                    self.config.location or "(none)",
+                    candidate.location or "(none)",
+                )
+                await self.reload(candidate)
+
+    def _base_config(self) -> Config:
+        try:
+            return self._load()
+        except BlitzdnsError:
+            return self.config.at_location(None)
+
+    # ------------------------------------------------------------------ status, stop
+
+    def snapshot(self) -> dict[str, Any]:
+        """The daemon's state for ``blitzdns status`` (shape: :mod:`blitzdns.control`)."""
+        dns: dict[str, Any] = {"listen": [], "upstreams": []}
+        if self.resolver is not None:
+            dns = {
+                **self.resolver.stats.to_dict(),
+                "listen": [str(e) for e in self.resolver.bound_endpoints],
+            }
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started": self.started,
+            "location": self.config.location,
+            "tunnel": self.tunnel.state.to_dict() if self.tunnel is not None else None,
+            "dns": dns,
+        }
+
+    async def close(self) -> None:
+        """Close everything within the stop budget, in reverse order of start."""
+        closers: list[Callable[[], Any]] = []
+        if self.control is not None:
+            closers.append(self.control.close)
+        if self.tunnel is not None:
+            closers.append(self.tunnel.close)
+        if self.resolver is not None:
+            closers.append(self.resolver.close)
+        for close in closers:
+            with contextlib.suppress(Exception, asyncio.TimeoutError):
+                await asyncio.wait_for(close(), STOP_GRACE_S)
+        self.control = self.tunnel = self.resolver = None

@@ -1,0 +1,94 @@
+"""The scripted BlitzMail client the demo plays through the stub and the tunnel.
+
+What a real client does first: resolve the DND host, read its ``220`` greeting, ``LOOKUP``
+the user's ``NAME UID BLITZSERV``, resolve the server DND names, then ``VERS`` and ``NOOP``
+there. Two users on two reindeer servers run at once: every mail server gets its own
+mouth, which the one-tunnel classic recipe could not offer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from blitzdns import lookup
+from blitzdns.blitzmail import dnd, probes
+from blitzdns.blitzmail.fakes import DndRecord
+from blitzdns.config import Config
+
+
+@dataclass
+class SessionLog:
+    """Transcript lines, printed per user in order even though users run at once."""
+
+    say: Callable[[str], None]
+    lines: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, user: str, line: str) -> None:
+        self.lines.setdefault(user, []).append(line)
+
+    def flush(self) -> None:
+        for user, lines in self.lines.items():
+            self.say(f"-- user {user!r}")
+            for line in lines:
+                self.say(f"   {line}")
+        self.lines.clear()
+
+
+def secrets_of(records: Sequence[DndRecord], users: Sequence[str]) -> list[str]:
+    """The cleartext a wire must not show: keys, commands, and the looked-up field values."""
+    found = [r for r in records if r.nickname in users]
+    values = [v for r in found for v in (r.name, str(r.uid), r.blitzserv)]
+    return [*users, "LOOKUP", "BLITZSERV", "VERS blitzdns-demo", *values]
+
+
+async def resolve(log: SessionLog, user: str, stub: tuple[str, int], name: str) -> str:
+    """A and AAAA through the stub, as a client's resolver would ask."""
+    a = await lookup.query(stub, name, "A")
+    aaaa = await lookup.query(stub, name, "AAAA")
+    address = a.addresses()[0] if a.addresses() else ""
+    log.add(
+        user,
+        f"resolve {name} → {address or a.rcode} (answer echoes {a.question!r}); "
+        f"AAAA → {', '.join(aaaa.addresses()) or 'none'}",
+    )
+    return address
+
+
+async def user_session(log: SessionLog, user: str, stub: tuple[str, int], config: Config) -> bool:
+    """One user's first steps; True when every step answered as a real server would."""
+    dnd_port = config.services["dnd"].port
+    mail_port = config.services["mail"].port
+    mouth = await resolve(log, user, stub, "DND.Dartmouth.EDU.")
+    greeting = await probes.probe_dnd(mouth, dnd_port, timeout=5)
+    log.add(user, f"connect {mouth}:{dnd_port} → {greeting.seen}")
+    account = await dnd.find_blitzserv(mouth, dnd_port, user, timeout=5)
+    log.add(
+        user,
+        f"LOOKUP {user},NAME UID BLITZSERV → {account.name!r}, {account.uid}, "
+        f"{account.blitzserv_raw!r}",
+    )
+    server_name = account.blitzserv_raw.split("@", 1)[0]
+    server_mouth = await resolve(log, user, stub, server_name)
+    replies = await probes.converse_blitzserv(
+        server_mouth, mail_port, ["VERS blitzdns-demo", "NOOP"], timeout=5
+    )
+    for command, reply in replies:
+        log.add(user, f"{command} → {int(reply.warning)}{reply.code:02d} {reply.text}")
+    expected = config.host(account.short_server).mouth
+    return greeting.ok and str(expected) == server_mouth and all(r.code == 10 for _, r in replies)
+
+
+async def client_session(
+    log: SessionLog, *, stub: tuple[str, int], config: Config, users: Sequence[str]
+) -> bool:
+    """All users at once; the transcript is printed user by user."""
+    try:
+        results = await asyncio.gather(*(user_session(log, u, stub, config) for u in users))
+    except (lookup.LookupFailed, dnd.DndError, probes.ProbeError) as exc:
+        log.flush()
+        log.say(f"✗ {exc}")
+        return False
+    log.flush()
+    return all(results)

@@ -1,0 +1,134 @@
+"""A minimal DNS client for ``demo`` and ``check``: one question over UDP, the answer's records.
+
+Deliberately independent of the server's wire code (it uses no dnslib): ``check`` asks the
+stub with a second implementation, as a real client would, so a bug shared by the
+server's encoder and decoder cannot hide itself. RFC 1035 §4.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import secrets
+import struct
+from dataclasses import dataclass
+
+TYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28}
+TYPES.update({"SRV": 33, "HTTPS": 65, "ANY": 255})
+RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+
+
+class LookupFailed(Exception):
+    """No usable answer: timeout, or a reply that does not parse."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    rtype: int
+    ttl: int
+    #: Addresses for A/AAAA as text; the raw RDATA otherwise.
+    value: str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    rcode: str
+    question: str
+    answers: tuple[Record, ...]
+
+    def addresses(self) -> list[str]:
+        return [r.value for r in self.answers if isinstance(r.value, str)]
+
+
+def build_query(name: str, qtype: str, query_id: int) -> bytes:
+    """A standard recursive query for ``name`` (kept in its exact letter case)."""
+    header = struct.pack("!HHHHHH", query_id, 0x0100, 1, 0, 0, 0)
+    labels = b"".join(bytes([len(p)]) + p.encode("ascii") for p in name.rstrip(".").split(".") if p)
+    return header + labels + b"\x00" + struct.pack("!HH", TYPES[qtype], 1)
+
+
+def _skip_name(packet: bytes, offset: int) -> int:
+    while True:
+        if offset >= len(packet):
+            raise LookupFailed("truncated name")
+        length = packet[offset]
+        if length == 0:
+            return offset + 1
+        if length & 0xC0 == 0xC0:
+            return offset + 2
+        offset += 1 + length
+
+
+def _read_name(packet: bytes, offset: int) -> str:
+    labels: list[str] = []
+    jumps = 0
+    while True:
+        length = packet[offset]
+        if length == 0:
+            return ".".join(labels)
+        if length & 0xC0 == 0xC0:
+            jumps += 1
+            if jumps > 16:
+                raise LookupFailed("compression loop")
+            offset = struct.unpack_from("!H", packet, offset)[0] & 0x3FFF
+            continue
+        labels.append(packet[offset + 1 : offset + 1 + length].decode("ascii", "replace"))
+        offset += 1 + length
+
+
+def parse_reply(packet: bytes, query_id: int) -> Reply:
+    """The rcode, the question as echoed, and the answer section's records."""
+    try:
+        rid, flags, qd, an, _ns, _ar = struct.unpack_from("!HHHHHH", packet)
+        if rid != query_id or not flags & 0x8000:
+            raise LookupFailed("not the reply to our query")
+        offset = 12
+        question = _read_name(packet, offset) if qd else ""
+        for _ in range(qd):
+            offset = _skip_name(packet, offset) + 4
+        answers = []
+        for _ in range(an):
+            offset = _skip_name(packet, offset)
+            rtype, _cls, ttl, length = struct.unpack_from("!HHIH", packet, offset)
+            offset += 10
+            rdata = packet[offset : offset + length]
+            offset += length
+            value: str | bytes = rdata
+            if rtype in (1, 28) and len(rdata) in (4, 16):
+                value = str(ipaddress.ip_address(rdata))
+            answers.append(Record(rtype, ttl, value))
+    except (struct.error, IndexError, UnicodeError) as exc:
+        raise LookupFailed(f"unparseable reply: {exc}") from None
+    return Reply(RCODES.get(flags & 0xF, str(flags & 0xF)), question, tuple(answers))
+
+
+class _Once(asyncio.DatagramProtocol):
+    def __init__(self, query_id: int):
+        self.query_id = query_id
+        self.done: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if self.done.done():
+            return
+        with contextlib.suppress(LookupFailed):
+            self.done.set_result(parse_reply(data, self.query_id))
+
+
+async def query(
+    server: tuple[str, int], name: str, qtype: str = "A", *, timeout: float = 2.0
+) -> Reply:
+    """Ask ``server`` one question over UDP; raise LookupFailed when nothing usable comes."""
+    query_id = secrets.randbelow(65536)
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: _Once(query_id), remote_addr=server
+    )
+    try:
+        transport.sendto(build_query(name, qtype, query_id))
+        async with asyncio.timeout(timeout):
+            return await protocol.done
+    except TimeoutError:
+        raise LookupFailed(f"no answer from {server[0]}:{server[1]} in {timeout:g}s") from None
+    finally:
+        transport.close()
