@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -269,29 +270,38 @@ def uninstall(root: Path = Path("/"), *, sudo_hint: str) -> tuple[list[Change], 
 # --------------------------------------------------------------------------- --apply
 
 
-def run_commands(
-    argvs: Sequence[Sequence[str]], *, what: str, runner: Any = subprocess.run
-) -> list[str]:
-    """Run each command, in order; refuse before running any when a tool is missing.
-
-    Returns one line per command run; raises :class:`ApplyFailed` on the first failure.
-    """
+def require_tools(argvs: Iterable[Sequence[str]], *, what: str) -> None:
+    """Refuse (before anything runs or changes) when a command's program is not installed."""
     missing = sorted({argv[0] for argv in argvs if shutil.which(argv[0]) is None})
     if missing:
         raise ApplyFailed(
             f"--apply needs {', '.join(missing)} to {what}, and this system has no such "
-            "command; run without --apply and use the printed commands where they exist"
+            "command; nothing was changed. Run without --apply and use the printed commands "
+            "where they exist"
         )
+
+
+def run_commands(argvs: Sequence[Sequence[str]], *, what: str) -> list[str]:
+    """Run each command in order (after :func:`require_tools`); stop at the first failure.
+
+    Returns one line per command run; raises :class:`ApplyFailed` naming the failed command.
+    """
+    require_tools(argvs, what=what)
     done = []
     for argv in argvs:
-        result = runner(list(argv), capture_output=True, text=True, check=False)
+        try:
+            result = subprocess.run(
+                list(argv), capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
+            )
+        except OSError as exc:
+            raise ApplyFailed(f"{shlex.join(argv)} could not start: {exc}") from None
         if result.returncode != 0:
             detail = (result.stderr or result.stdout or "").strip().splitlines()
             raise ApplyFailed(
-                f"{' '.join(argv)} failed (exit {result.returncode})"
+                f"{shlex.join(argv)} failed (exit {result.returncode})"
                 + (f": {detail[-1]}" if detail else "")
             )
-        done.append(" ".join(argv))
+        done.append(shlex.join(argv))
     return done
 
 

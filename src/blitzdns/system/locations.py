@@ -66,19 +66,6 @@ class Facts:
             "ssids": list(self.ssids),
         }
 
-    def describe(self) -> list[str]:
-        """One line per kind of fact, for ``blitzdns location``."""
-
-        def listing(items: Iterable[object]) -> str:
-            return ", ".join(str(i) for i in items) or "(none found)"
-
-        return [
-            f"default gateways: {listing(self.default_gateways)}",
-            f"addresses:        {listing(self.addresses)}",
-            f"search domains:   {listing(self.search_domains)}",
-            f"Wi-Fi networks:   {listing(self.ssids)}",
-        ]
-
 
 @dataclass(frozen=True, slots=True)
 class Match:

@@ -270,10 +270,7 @@ def _networkmanager(n: Names) -> Plan:
         names=n,
         files=(FileWrite(NM_MAIN_DROPIN, main), FileWrite(NM_DNSMASQ_SNIPPET, snippet)),
         reload=(("nmcli", "general", "reload"),),
-        checks=(
-            *(f"getent hosts {name}" for name in n.examples),
-            f"dig @127.0.0.1 {n.example}",
-        ),
+        checks=tuple(f"getent hosts {name}" for name in n.examples),
         can=tuple(can),
         cannot=(
             "leave NetworkManager's DNS mode alone: dns=dnsmasq replaces dns=systemd-resolved "
@@ -339,7 +336,7 @@ def _nrpt(n: Names) -> Plan:
     servers = ", ".join(_ps(e.host) for e in n.stub)
     remove = (
         f"Get-DnsClientNrptRule | Where-Object Comment -eq {_ps(NRPT_COMMENT)} "
-        "| Remove-DnsClientNrptRule -Force"
+        "| ForEach-Object { Remove-DnsClientNrptRule -Name $_.Name -Force }"
     )
     adds = tuple(
         f"Add-DnsClientNrptRule -Namespace {_ps('.' + d)} -NameServers {servers} "
@@ -400,8 +397,7 @@ def _examples(config: Config) -> tuple[str, str | None]:
         bare = [n for n in host.names if "." not in n]
         if dotted:
             return dotted[0], (bare[0] if bare else None)
-    first = config.hosts[0].names[0]
-    return first, first
+    return config.hosts[0].names[0], None
 
 
 def _ps(text: str) -> str:

@@ -1,0 +1,221 @@
+"""``blitzdns resolver-config show|install|uninstall``: point the system resolver at the stub.
+
+``show`` prints exactly what ``install`` would write (or run, for NRPT), plus what the target
+can and cannot do for short names; ``install`` applies it atomically with backups;
+``uninstall`` restores the machine byte for byte. ``--apply`` also runs the platform's
+reload; without it the reload and test commands are printed. The plans come from
+:mod:`blitzdns.system.resolvers`, the file work from :mod:`blitzdns.system.install`.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from blitzdns.commands.location import ConfigOption, choose_location
+from blitzdns.config import Config, load_config
+from blitzdns.errors import UsageError
+from blitzdns.system import install as installer
+from blitzdns.system.resolvers import RESOLV_CONF, TARGETS, Plan, build_plan
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Point the system resolver at the stub (split DNS where the platform allows), and back.",
+)
+
+TargetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        help=f"{'|'.join(TARGETS)} (default: the config's resolver target, else detected).",
+    ),
+]
+LocationOption = Annotated[
+    str | None,
+    typer.Option("--location", help="Use this location's overrides ('auto': detect it)."),
+]
+RootOption = Annotated[
+    Path, typer.Option("--root", help="Apply under this directory instead of /.")
+]
+ApplyOption = Annotated[
+    bool,
+    typer.Option("--apply", help="Also run the platform's reload (and NRPT's commands)."),
+]
+
+
+@app.command()
+def show(
+    config_path: ConfigOption = None,
+    target: TargetOption = None,
+    location: LocationOption = None,
+    root: RootOption = Path("/"),
+) -> None:
+    """Print exactly what install would write, and what the target can and cannot do."""
+    _, plan = prepare(config_path, target, location, root)
+    typer.echo("\n".join(render_plan(plan, root)))
+
+
+@app.command()
+def install(
+    config_path: ConfigOption = None,
+    target: TargetOption = None,
+    location: LocationOption = None,
+    root: RootOption = Path("/"),
+    apply: ApplyOption = False,
+) -> None:
+    """Write the resolver config (atomically, with backups); --apply also reloads."""
+    config, plan = prepare(config_path, target, location, root)
+    if apply:
+        _refuse_apply_under_root(root)
+        installer.require_tools([*_command_argvs(plan, plan.commands), *plan.reload], what="apply")
+    hint = _command_line("install", config_path, plan.target, location, root, apply)
+    changes = installer.install(plan, root, sudo_hint=hint, location=config.location)
+    for change in changes:
+        typer.echo(str(change))
+    if plan.upstreams:
+        typer.echo(f"previous nameservers kept for run to forward to: {', '.join(plan.upstreams)}")
+    if apply:
+        for line in installer.run_commands(_command_argvs(plan, plan.commands), what="apply"):
+            typer.echo(f"ran: {line}")
+        for line in installer.run_commands(plan.reload, what="reload"):
+            typer.echo(f"ran: {line}")
+    else:
+        typer.echo("\n".join(_next_steps(plan)))
+    typer.echo("test with:\n" + "\n".join(f"  {c}" for c in plan.checks))
+
+
+@app.command()
+def uninstall(
+    root: RootOption = Path("/"),
+    apply: ApplyOption = False,
+) -> None:
+    """Restore every file install changed, byte for byte; harmless when nothing is installed."""
+    state = installer.load_state(root)
+    if state is None:
+        typer.echo(f"nothing to undo: no install record under {root}")
+        return
+    undo = [[*state.command_shell, line] for line in state.undo_commands]
+    if apply:
+        _refuse_apply_under_root(root)
+        installer.require_tools([*undo, *state.reload], what="apply")
+    hint = shlex.join(
+        ["blitzdns", "resolver-config", "uninstall", *_root_args(root), *(["--apply"] * apply)]
+    )
+    changes, _ = installer.uninstall(root, sudo_hint=hint)
+    for change in changes:
+        typer.echo(str(change))
+    typer.echo(f"removed the {state.target} install record")
+    if apply:
+        for line in installer.run_commands(undo, what="apply"):
+            typer.echo(f"ran: {line}")
+        for line in installer.run_commands(state.reload, what="reload"):
+            typer.echo(f"ran: {line}")
+        return
+    if undo:
+        typer.echo("run these in an elevated PowerShell:")
+        typer.echo("\n".join(f"  {line}" for line in state.undo_commands))
+    if state.reload:
+        typer.echo("reload with:\n" + "\n".join(f"  {shlex.join(argv)}" for argv in state.reload))
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def prepare(
+    config_path: Path | None, target: str | None, location: str | None, root: Path
+) -> tuple[Config, Plan]:
+    """The effective config (location applied) and the plan for the chosen target."""
+    config, _ = choose_location(load_config(config_path), location)
+    chosen = target or config.resolver_target
+    if chosen == "auto":
+        chosen = installer.detect_target(root)
+    if chosen not in TARGETS:
+        raise UsageError(f"--target {chosen}: expected one of {', '.join(TARGETS)}")
+    current = installer.original_bytes(Path(RESOLV_CONF), root) if chosen == "resolvconf" else None
+    return config, build_plan(config, chosen, current_resolv_conf=current)
+
+
+def render_plan(plan: Plan, root: Path) -> list[str]:
+    """What ``show`` prints: the files verbatim (or the commands), then what the target can do."""
+    names = plan.names
+    kind = "every name goes to the stub" if plan.whole_resolver else "split DNS"
+    if plan.target == "nrpt":
+        kind = "split DNS by namespace, stub on port 53"
+    lines = [
+        f"target: {plan.target} ({kind})",
+        f"stub: {', '.join(str(e) for e in names.stub)}",
+        f"domains sent to the stub: {', '.join(names.domains) or '(none)'}",
+        f"short names: {', '.join(names.short) or '(none)'}",
+    ]
+    for item in plan.files:
+        lines += ["", f"--- {item.path} ({_file_status(root, item.path)}, mode {item.mode:04o})"]
+        lines += item.content.decode().rstrip("\n").splitlines()
+    if plan.commands:
+        lines += ["", "--- commands (an elevated PowerShell runs these; --apply does it here)"]
+        lines += list(plan.commands)
+        lines += ["", "--- uninstall runs"]
+        lines += list(plan.undo_commands)
+    if plan.upstreams:
+        lines += ["", f"previous nameservers, kept for run: {', '.join(plan.upstreams)}"]
+    lines += ["", "this target can:"]
+    lines += [f"  - {line}" for line in plan.can]
+    if plan.cannot:
+        lines += ["this target cannot:"]
+        lines += [f"  - {line}" for line in plan.cannot]
+    lines += ["", *_next_steps(plan)]
+    lines += ["test with:", *(f"  {c}" for c in plan.checks)]
+    return lines
+
+
+def _next_steps(plan: Plan) -> list[str]:
+    if not plan.reload:
+        return ["no reload needed: the resolver re-reads the file on its next lookup"]
+    return ["reload with (--apply does this):", *(f"  {line}" for line in plan.reload_lines())]
+
+
+def _file_status(root: Path, system_path: str) -> str:
+    path = root / system_path.lstrip("/")
+    if path.is_symlink():
+        return "replaces a symlink, kept in the backup"
+    if path.exists():
+        return "replaces the existing file, kept in the backup"
+    return "new file"
+
+
+def _command_argvs(plan: Plan, lines: tuple[str, ...]) -> list[list[str]]:
+    return installer.shell_commands(plan.command_shell, lines) if lines else []
+
+
+def _refuse_apply_under_root(root: Path) -> None:
+    if root != Path("/"):
+        raise UsageError(
+            "--apply reloads the running system, so it cannot be combined with --root; "
+            "drop one of them"
+        )
+
+
+def _root_args(root: Path) -> list[str]:
+    return [] if root == Path("/") else ["--root", str(root)]
+
+
+def _command_line(
+    verb: str,
+    config_path: Path | None,
+    target: str,
+    location: str | None,
+    root: Path,
+    apply: bool,
+) -> str:
+    """The command to repeat under sudo (said when permission is missing)."""
+    argv = ["blitzdns", "resolver-config", verb, "--target", target]
+    if config_path is not None:
+        argv += ["--config", str(config_path)]
+    if location is not None:
+        argv += ["--location", location]
+    argv += _root_args(root)
+    if apply:
+        argv.append("--apply")
+    return shlex.join(argv)
