@@ -282,7 +282,8 @@ class Daemon:
             self.stopping.set()
         else:
             reason = f": {state.last_error}" if state.last_error else ""
-            log.warning("link %s%s", state.status.value.lower(), reason)
+            level = logging.WARNING if state.status == LinkStatus.DOWN else logging.INFO
+            log.log(level, "link %s%s", state.status.value.lower(), reason)
             sdnotify.notify(status=f"link {state.status.value.lower()}{reason}")
 
     # ------------------------------------------------------------------ reload

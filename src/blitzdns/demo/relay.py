@@ -78,6 +78,8 @@ class RecordingRelay:
             await asyncio.gather(
                 copy(reader, t_writer, client, server), copy(t_reader, writer, server, client)
             )
+        except asyncio.CancelledError:
+            pass  # closing the relay: the connection ends here, quietly
         finally:
             t_writer.close()
             writer.close()
