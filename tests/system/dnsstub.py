@@ -1,17 +1,21 @@
-"""A tiny UDP DNS answerer for the resolver-config tests, standing in for the blitzdns stub.
+"""DNS peers for the resolver-config tests.
 
-It answers A for the names it is given, NOERROR/NODATA for their other types (as the real
-stub does for AAAA, so glibc falls back to A), NXDOMAIN for anything else, and records every
-question it sees. Run as a thread (:class:`Stub`) or as a script inside a namespace:
-``python dnsstub.py ADDR PORT NAME=IP ...`` (prints ``ready`` once bound).
+:func:`blitzdns_stub` starts the real blitzdns resolver (``python -m blitzdns.dns.server``)
+as a subprocess. :class:`Stub` is a tiny UDP answerer standing in for the *other* servers
+(a machine's usual upstream): A for the names it is given, NOERROR/NODATA for their other
+types, NXDOMAIN for anything else, and a record of every question it saw.
 """
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
+import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 
 from dnslib import QTYPE, RR, A, DNSRecord
 
@@ -61,13 +65,33 @@ class Stub:
         return bytes(reply.pack())
 
 
-def main(argv: list[str]) -> None:
-    address, port, *pairs = argv
-    answers = dict(pair.split("=", 1) for pair in pairs)
-    with Stub(answers, address, int(port)):
-        print("ready", flush=True)
-        sys.stdin.read()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+@contextlib.contextmanager
+def blitzdns_stub(listen: str, upstream: str, *extra: str) -> Iterator[str]:
+    """Run the real blitzdns resolver on ``listen`` (port 0: any free port); yield ADDR:PORT."""
+    argv = [sys.executable, "-m", "blitzdns.dns.server", "--listen", listen]
+    argv += ["--upstream", upstream, "--no-loop-probe", *extra]
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 20
+        line = ""
+        while time.monotonic() < deadline and not line:
+            ready, _, _ = select.select([process.stdout], [], [], 0.2)
+            if ready:
+                line = process.stdout.readline()
+            elif process.poll() is not None:
+                break
+        if not line.startswith("ready "):
+            process.kill()
+            _, errors = process.communicate(timeout=10)
+            raise RuntimeError(f"the blitzdns stub did not start: {line!r} {errors[-800:]}")
+        yield line.split()[1]
+    finally:
+        process.terminate()
+        try:
+            process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()

@@ -1,8 +1,8 @@
 """Runs inside ``unshare -m -n`` (a private mount and network namespace) for the system tests.
 
-``getent RESOLV_CONF NAME=IP... -- QUERY...``: bring up loopback, serve NAME=IP on
-127.0.0.1:53 with the test stub, bind-mount RESOLV_CONF over /etc/resolv.conf, and print as
-JSON what glibc's own resolver (``getent hosts``) returns for each QUERY.
+``getent RESOLV_CONF QUERY...``: bring up loopback, run the real blitzdns stub (built-in
+preset) on 127.0.0.1:53, bind-mount RESOLV_CONF over /etc/resolv.conf, and print as JSON
+what glibc's own resolver (``getent hosts``) returns for each QUERY.
 
 ``facts CONFIG RESOLV_CONF GATEWAY...``: build a veth pair with 10.9.0.2/24 and
 129.170.16.40/22, bind-mount RESOLV_CONF over /etc/resolv.conf, then for each GATEWAY make
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from dnsstub import Stub
+from dnsstub import blitzdns_stub
 
 
 def sh(*argv: str) -> None:
@@ -29,11 +29,10 @@ def sh(*argv: str) -> None:
 
 
 def getent(argv: list[str]) -> None:
-    split = argv.index("--")
-    resolv_conf, pairs, queries = argv[0], argv[1:split], argv[split + 1 :]
+    resolv_conf, queries = argv[0], argv[1:]
     sh("ip", "link", "set", "lo", "up")
-    answers = dict(pair.split("=", 1) for pair in pairs)
-    with Stub(answers, "127.0.0.1", 53) as stub:
+    # Nothing listens on the upstream: only the stub's own answers can come back.
+    with blitzdns_stub("127.0.0.1:53", "127.0.0.1:9"):
         sh("mount", "--bind", resolv_conf, "/etc/resolv.conf")
         results = {}
         for query in queries:
@@ -41,7 +40,7 @@ def getent(argv: list[str]) -> None:
                 ["getent", "hosts", query], capture_output=True, text=True, timeout=20, check=False
             )
             results[query] = done.stdout.split()[:1] if done.returncode == 0 else []
-        print(json.dumps({"results": results, "questions": stub.questions}))
+        print(json.dumps(results))
 
 
 def facts(argv: list[str]) -> None:
