@@ -261,6 +261,14 @@ def test_a_corrupt_record_is_a_clear_error_not_a_traceback(
     assert installer.saved_upstreams(root) == ()
 
 
+def test_a_missing_root_is_refused(tmp_path: Path, port53_config: Config) -> None:
+    with pytest.raises(UsageError, match="not a directory"):
+        do_install(port53_config, "nrpt", tmp_path / "absent")
+    with pytest.raises(UsageError, match="not a directory"):
+        installer.uninstall(tmp_path / "absent", sudo_hint="x")
+    assert not (tmp_path / "absent").exists()
+
+
 def test_a_directory_where_a_file_should_be_is_refused(root: Path, split_config: Config) -> None:
     (root / "etc/systemd/resolved.conf.d/50-blitzdns.conf").mkdir(parents=True)
     with pytest.raises(UsageError, match="not a regular file"):
@@ -302,11 +310,42 @@ def test_cli_show_prints_exactly_what_install_writes(root: Path, tmp_path: Path)
     assert "192.0.2.53" in output
     written = (root / "etc/resolv.conf").read_text()
     assert written.rstrip("\n") in shown
-    code, output, _ = invoke("uninstall", "--root", str(root))
+    _, _, error = invoke("uninstall", "--target", "macos", "--root", str(root))
+    assert isinstance(error, UsageError) and "installed target is resolvconf" in str(error)
+    code, output, _ = invoke("uninstall", "--target", "resolvconf", "--root", str(root))
     assert code == 0 and "restored  /etc/resolv.conf" in output
     assert (root / "etc/resolv.conf").read_bytes() == ORIGINAL_RESOLV_CONF
     code, output, _ = invoke("uninstall", "--root", str(root))
     assert code == 0 and "nothing to undo" in output
+
+
+def test_cli_nrpt_install_prints_the_powershell_lines(root: Path, tmp_path: Path) -> None:
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(PORT53_CONFIG)
+    code, output, _ = invoke(
+        "install", "--target", "nrpt", "-c", str(config_file), "--root", str(root)
+    )
+    assert code == 0, output
+    assert "run these in an elevated PowerShell" in output
+    assert 'Add-DnsClientNrptRule -Namespace ".dartmouth.edu"' in output
+    code, output, _ = invoke("uninstall", "--root", str(root))
+    assert code == 0 and "Remove-DnsClientNrptRule" in output
+
+
+def test_cli_apply_refuses_when_the_tool_is_missing_and_changes_nothing(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(PORT53_CONFIG)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    before = snapshot(root)
+    monkeypatch.setattr(resolver_config, "_refuse_apply_under_root", lambda root: None)
+    _, _, error = invoke(
+        "install", "--target", "nrpt", "-c", str(config_file), "--root", str(root), "--apply"
+    )
+    assert isinstance(error, installer.ApplyFailed)
+    assert "--apply needs powershell" in str(error) and "nothing was changed" in str(error)
+    assert snapshot(root) == before
 
 
 def test_cli_refuses_apply_with_root_and_changes_nothing(root: Path, tmp_path: Path) -> None:

@@ -83,12 +83,16 @@ def install(
         for line in installer.run_commands(plan.reload, what="reload"):
             typer.echo(f"ran: {line}")
     else:
+        if plan.commands:
+            typer.echo("run these in an elevated PowerShell (--apply does it on Windows):")
+            typer.echo("\n".join(f"  {line}" for line in plan.commands))
         typer.echo("\n".join(_next_steps(plan)))
     typer.echo("test with:\n" + "\n".join(f"  {c}" for c in plan.checks))
 
 
 @app.command()
 def uninstall(
+    target: TargetOption = None,
     root: RootOption = Path("/"),
     apply: ApplyOption = False,
 ) -> None:
@@ -97,6 +101,11 @@ def uninstall(
     if state is None:
         typer.echo(f"nothing to undo: no install record under {root}")
         return
+    if target is not None and target != state.target:
+        raise UsageError(
+            f"the installed target is {state.target}, not {target}; "
+            "uninstall (without --target) undoes whatever is installed"
+        )
     undo = [[*state.command_shell, line] for line in state.undo_commands]
     if apply:
         _refuse_apply_under_root(root)
@@ -171,9 +180,14 @@ def render_plan(plan: Plan, root: Path) -> list[str]:
 
 
 def _next_steps(plan: Plan) -> list[str]:
-    if not plan.reload:
-        return ["no reload needed: the resolver re-reads the file on its next lookup"]
-    return ["reload with (--apply does this):", *(f"  {line}" for line in plan.reload_lines())]
+    if plan.reload:
+        return ["reload with (--apply does this):", *(f"  {line}" for line in plan.reload_lines())]
+    if plan.commands:
+        return ["no separate reload: the commands end with Clear-DnsClientCache"]
+    return [
+        "no reload needed: glibc re-reads /etc/resolv.conf when it changes; restart "
+        "programs that keep their own copy (nscd, long-running daemons)"
+    ]
 
 
 def _file_status(root: Path, system_path: str) -> str:

@@ -191,6 +191,7 @@ def install(
     plan: Plan, root: Path = Path("/"), *, sudo_hint: str, location: str | None = None
 ) -> list[Change]:
     """Apply ``plan`` under ``root``; see the module docstring for the guarantees."""
+    _require_root(root)
     state = load_state(root)
     wanted = {f.path: f for f in plan.files}
     dropped = [p for p in (state.files if state else {}) if p not in wanted]
@@ -248,6 +249,7 @@ def uninstall(root: Path = Path("/"), *, sudo_hint: str) -> tuple[list[Change], 
     Returns the changes and the record that was undone (its undo commands and reload are
     for the caller to run with ``--apply``).
     """
+    _require_root(root)
     state = load_state(root)
     if state is None:
         return [], None
@@ -441,10 +443,15 @@ def _edited_since_install(path: Path, written: str | None) -> bool:
         return True
 
 
+def _require_root(root: Path) -> None:
+    if not root.is_dir():
+        raise UsageError(f"--root {root}: not a directory")
+
+
 def _make_parents(root: Path, system_path: str, state: State) -> None:
     missing = []
     parent = Path(system_path).parent
-    while not _under(root, str(parent)).exists():
+    while parent != parent.parent and not _under(root, str(parent)).exists():
         missing.append(str(parent))
         parent = parent.parent
     for directory in reversed(missing):
