@@ -208,12 +208,8 @@ def install(
         reload=[list(argv) for argv in plan.reload],
     )
     pending = [f for f in plan.files if not _holds(_under(root, f.path), f.content, f.mode)]
-    if (
-        state is not None
-        and not pending
-        and not dropped
-        and new_state.to_json() == (state.to_json())
-    ):
+    same_record = state is not None and new_state.to_json() == state.to_json()
+    if same_record and not pending and not dropped:
         return [Change(p, "unchanged") for p in wanted]
 
     changes: list[Change] = []
