@@ -194,15 +194,15 @@ async def hold(args: argparse.Namespace) -> None:
         async with asyncio.timeout(args.timeout):
             reader, writer = await asyncio.open_connection(args.host, args.port)
             report["connected"] = True
-            if args.send:
-                writer.write(args.send.encode() + b"\r\n")
-                await writer.drain()
             received = b""
             try:
+                if args.send:
+                    writer.write(args.send.encode() + b"\r\n")
+                    await writer.drain()
                 while chunk := await reader.read(4096):
                     received += chunk
                 report["closed_by_peer"] = True
-            except ConnectionResetError:
+            except (ConnectionResetError, BrokenPipeError):
                 report["closed_by_peer"] = True
                 report["reset"] = True
             report["received"] = received.decode("utf-8", "replace")
