@@ -1,0 +1,106 @@
+"""Fixtures for `blitzdns run` end to end: the real sshd, echo targets, a config writer.
+
+The sshd helper is shared with the tunnel tests (tests/tunnel/tunnel_testlib.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tunnel"))
+from tunnel_testlib import SSHD, Sshd, free_port, keygen  # noqa: E402
+
+BLITZDNS = str(Path(sys.executable).with_name("blitzdns"))
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    if not os.path.exists(SSHD):
+        pytest.skip("sshd not installed (Debian: openssh-server)")
+    if os.geteuid() != 0:
+        pytest.skip("the sshd fixture needs root (privilege separation)")
+    root = tmp_path / "sshd"
+    root.mkdir()
+    server = Sshd(
+        root=root,
+        port=free_port(),
+        user=getpass.getuser(),
+        host_key=keygen(root / "host_ed25519"),
+        client_key=keygen(root / "client_ed25519"),
+        log=root / "sshd.log",
+    )
+    server.authorize(server.client_key.with_suffix(".pub"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@dataclass
+class Daemon:
+    """A `blitzdns run` subprocess and the paths it uses."""
+
+    process: subprocess.Popen[bytes]
+    config: Path
+    control: Path
+    log: Path
+
+    def status(self) -> dict[str, object]:
+        out = subprocess.run(
+            [BLITZDNS, "status", "--json", "--control-socket", str(self.control)],
+            capture_output=True,
+            timeout=10,
+            check=True,
+        )
+        result: dict[str, object] = json.loads(out.stdout)
+        return result
+
+    def wait_status(self, predicate: object, timeout_s: float = 15) -> dict[str, object]:
+        deadline = time.monotonic() + timeout_s
+        last: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited: {self.log.read_text()[-3000:]}")
+            with contextlib.suppress(subprocess.CalledProcessError, json.JSONDecodeError):
+                last = self.status()
+                if callable(predicate) and predicate(last):
+                    return last
+            time.sleep(0.1)
+        raise AssertionError(f"condition not met; last status {last}; log {self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_daemon(tmp_path: Path, config_text: str, *extra: str) -> Daemon:
+    config = tmp_path / "config.toml"
+    config.write_text(config_text)
+    control = tmp_path / "control.sock"
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [BLITZDNS, "run", "--config", str(config), "--control-socket", str(control), *extra],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
+    return Daemon(process, config, control, log)
