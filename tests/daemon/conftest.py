@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tunnel"))
-from tunnel_testlib import SSHD, Sshd, free_port, keygen  # noqa: E402
+from tunnel_testlib import SSHD, Sshd, free_port, keygen
 
 BLITZDNS = str(Path(sys.executable).with_name("blitzdns"))
 

@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tunnel_testlib import Sshd, free_port
-
 from tests.daemon.conftest import BLITZDNS, Daemon, start_daemon
+from tunnel_testlib import Sshd, free_port
 
 DIG = shutil.which("dig")
 
@@ -90,7 +89,7 @@ svc = {{ port = {free_port()}, remote_port = {echo_port} }}
 
 def dig(port: int, name: str, qtype: str = "A") -> list[str]:
     assert DIG is not None
-    out = subprocess.run(
+    out = subprocess.run(  # noqa: PLW1510 (the exit status is asserted)
         [DIG, "@127.0.0.1", "-p", str(port), "+short", "+time=2", "+tries=1", name, qtype],
         capture_output=True,
         text=True,
@@ -222,7 +221,7 @@ def test_sigterm_stops_everything_and_frees_the_ports(running: tuple[Daemon, int
 def test_a_bad_config_file_is_one_line_naming_file_and_key(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text("[tunnel]\nkeepalive_s = 'often'\n")
-    result = subprocess.run(
+    result = subprocess.run(  # noqa: PLW1510 (the exit status is asserted)
         [BLITZDNS, "run", "--config", str(config)], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 2
@@ -232,7 +231,7 @@ def test_a_bad_config_file_is_one_line_naming_file_and_key(tmp_path: Path) -> No
 
 
 def test_no_gateway_is_a_usage_error_not_a_traceback(tmp_path: Path) -> None:
-    result = subprocess.run(
+    result = subprocess.run(  # noqa: PLW1510 (the exit status is asserted)
         [BLITZDNS, "run", "--listen", f"127.0.0.1:{free_port()}", "--upstream", "127.0.0.1:9"],
         capture_output=True,
         text=True,
