@@ -18,7 +18,7 @@ import errno
 import ipaddress
 import logging
 import socket
-from typing import Protocol
+from typing import Protocol, cast
 
 import asyncssh
 
@@ -99,14 +99,22 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
         self.counters = client.counters
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self.client.closed:
+            return
         self.counters.bytes_in += len(data)
         self.transport.write(data)
 
     def eof_received(self) -> bool:
-        if self.transport.can_write_eof():
+        # The client may have gone already: shutdown(SHUT_WR) on its socket then fails
+        # (ENOTCONN), and an exception here would take the whole SSH link down with it.
+        if self.client.closed or self.transport.is_closing() or not self.transport.can_write_eof():
+            return False
+        try:
             self.transport.write_eof()
-            return True
-        return False
+        except OSError:
+            self.transport.abort()
+            return False
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
@@ -138,8 +146,7 @@ class _ClientSide(asyncio.Protocol):
         self.label = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peername = transport.get_extra_info("peername")
         self.peer = (str(peername[0]), int(peername[1])) if peername else ("", 0)
         forward = self.mouth.forward
@@ -155,12 +162,12 @@ class _ClientSide(asyncio.Protocol):
                 forward.mouth_port,
                 *self.peer,
             )
-            transport.abort()
+            self.transport.abort()
             return
         self.counters.open += 1
         self.counters.total += 1
         self.mouth.clients.add(self)
-        transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH_WATER)
+        self.transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH_WATER)
         self.opener = asyncio.get_running_loop().create_task(self._open(forward))
 
     async def _open(self, forward: Forward) -> None:
