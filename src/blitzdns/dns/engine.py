@@ -172,7 +172,7 @@ class Engine:
             self.stats.cache_hits += 1
             body = entry.at_age(int(now - entry.stored))
             return self._deliver(packet, qend, edns, body, udp)
-        if self.table.protected_ancestor(wire_labels(name)) is not None:
+        if not name.isascii() or self.table.protected_ancestor(wire_labels(name)) is not None:
             return self.handle_slow(packet, client, now, udp)
         return self._forward(packet, client, key, qend, flags, edns, udp)
 

@@ -1,0 +1,373 @@
+"""Fixtures of the DNS suite: a real dnsmasq upstream, the resolver in a thread, dig, fakes.
+
+The resolver under test runs on its own event loop in a background thread, so tests can
+use blocking clients (``dig`` subprocesses, dnspython's sync API, hypothesis-driven
+senders) against it exactly as other programs would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import pytest
+
+from blitzdns.config import Config, Endpoint, build_config, parse_config
+from blitzdns.dns.server import Resolver
+
+T = TypeVar("T")
+
+DNSMASQ = shutil.which("dnsmasq") or (
+    "/usr/sbin/dnsmasq" if Path("/usr/sbin/dnsmasq").exists() else None
+)
+DIG = shutil.which("dig")
+
+#: What the upstream dnsmasq answers (a leaked protected query would get 192.0.2.99).
+FORWARDED_ADDRESS = "192.0.2.10"
+LEAK_ADDRESS = "192.0.2.99"
+SHORT_TTL_ADDRESS = "192.0.2.20"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on ``host`` right now."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                return int(port)
+    raise RuntimeError("no free port")
+
+
+#: Local-IP mode (issue 7): loopback 127.0.0.1 only; 127.0.0.64/26 is a "LAN" sharing dnd on
+#: 127.0.0.5 (which also serves DNS); fd00::/64 shares dasher on fd00::5.
+SHARED_TOML = """
+[dns]
+allow = ["127.0.0.1/32"]
+[[shared]]
+address = "127.0.0.5"
+allow = ["127.0.0.64/26"]
+hosts = ["dnd"]
+dns = true
+[[shared]]
+address = "fd00::5"
+allow = ["fd00::/64"]
+hosts = ["dasher"]
+[hosts.dnd]
+mouth6 = "::1"
+"""
+
+
+def make_config(toml: str = "", *, listen: Sequence[Endpoint] | None = None, **dns: Any) -> Config:
+    """A config from TOML text (preset blitzmail unless it says otherwise) on port 0."""
+    config = parse_config(toml) if toml else build_config({}, source=None)
+    fields: dict[str, Any] = {"listen": tuple(listen or (Endpoint("127.0.0.1", 0),))}
+    fields.update(dns)
+    return replace(config, dns=replace(config.dns, **fields))
+
+
+class Dnsmasq:
+    """A real dnsmasq on 127.0.0.1 answering the test names, logging every query to a file.
+
+    ``neg.test`` is an authoritative zone (NXDOMAIN and NODATA with an SOA, 1 s TTLs); dnsmasq
+    serves authoritative zones only on a listener of their own, so a second dnsmasq holds
+    it and this one forwards ``neg.test`` there with its own cache off.
+    """
+
+    def __init__(self, directory: Path, extra: Sequence[str] = (), *, auth: bool = False) -> None:
+        if DNSMASQ is None:
+            pytest.skip("dnsmasq is not installed (Debian package dnsmasq)")
+        self.log_path = directory / f"dnsmasq-{time.monotonic_ns()}.log"
+        self.port = free_port()
+        self.endpoint = Endpoint("127.0.0.1", self.port)
+        self.backend = None if auth else Dnsmasq(directory, auth=True)
+        common = [
+            DNSMASQ,
+            "-k",
+            "-C",
+            "/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--log-queries",
+            f"--log-facility={self.log_path}",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            f"--port={self.port}",
+            "--pid-file=",
+            "--user=root",
+        ]
+        if self.backend is None:
+            role = [
+                "--auth-server=ns.neg.test,127.0.0.1",
+                "--auth-zone=neg.test",
+                "--auth-ttl=1",
+                "--auth-soa=1,hostmaster.neg.test,1200,120,1209600",
+                f"--host-record=short.neg.test,{SHORT_TTL_ADDRESS}",
+            ]
+        else:
+            role = [
+                "--local-ttl=300",
+                "--cache-size=0",
+                f"--address=/fwd.test/{FORWARDED_ADDRESS}",
+                "--txt-record=txt.fwd.test,hello",
+                f"--address=/dartmouth.edu/{LEAK_ADDRESS}",
+                f"--server=/neg.test/127.0.0.1#{self.backend.port}",
+            ]
+        self.process = subprocess.Popen(
+            [*common, *role, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError(f"dnsmasq exited: {err}")
+            if "started" in self.log_text():
+                return
+            time.sleep(0.02)
+        raise RuntimeError("dnsmasq did not start")
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text()
+        except FileNotFoundError:
+            return ""
+
+    def queries(self) -> list[str]:
+        """``query[TYPE] name`` for every query dnsmasq received, lower-cased, in order."""
+        found = []
+        for line in self.log_text().splitlines():
+            for marker in ("query[", "auth["):
+                if marker in line:
+                    part = line.split(marker, 1)[1]
+                    found.append(marker + part.split(" from ")[0].lower())
+        return found
+
+    def wait_for_query(self, name: str, timeout: float = 5.0) -> None:
+        """Block until dnsmasq has logged a query for ``name`` (its log is written in order)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(q.endswith("] " + name) for q in self.queries()):
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"dnsmasq never logged {name}: {self.queries()}")
+
+    def stop(self) -> None:
+        if self.backend is not None:
+            self.backend.stop()
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+class ServerThread:
+    """A :class:`Resolver` serving on its own event loop in a background thread."""
+
+    def __init__(self, config: Config, upstreams: Sequence[Endpoint], **kwargs: Any) -> None:
+        self.loop = kwargs.pop("loop_factory", asyncio.new_event_loop)()
+        kwargs.setdefault("loop_probe", False)
+        self.resolver = Resolver(config, upstreams, **kwargs)
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.loop.run_until_complete(self.resolver.start())
+            except BaseException as exc:
+                failure.append(exc)
+                started.set()
+                return
+            started.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, name="resolver", daemon=True)
+        self.thread.start()
+        started.wait(10)
+        if failure:
+            self.loop.close()
+            raise failure[0]
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.resolver.bound_endpoints[0]
+
+    @property
+    def port(self) -> int:
+        return self.endpoint.port
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 20) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        async def wrapper() -> T:
+            return function(*args, **kwargs)
+
+        return self.run(wrapper())
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        try:
+            self.run(self.resolver.close(), timeout=10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Stoppable)
+
+
+def _stopping(make: Callable[..., S]) -> Iterator[Callable[..., S]]:
+    """A fixture body: hand out ``make``, stop everything it made at teardown."""
+    started: list[S] = []
+
+    def start(*args: Any, **kwargs: Any) -> S:
+        thing = make(*args, **kwargs)
+        started.append(thing)
+        return thing
+
+    yield start
+    for thing in reversed(started):
+        thing.stop()
+
+
+@pytest.fixture
+def dnsmasq_factory(tmp_path: Path) -> Iterator[Callable[..., Dnsmasq]]:
+    yield from _stopping(lambda extra=(): Dnsmasq(tmp_path, extra))
+
+
+@pytest.fixture
+def dnsmasq(dnsmasq_factory: Callable[..., Dnsmasq]) -> Dnsmasq:
+    return dnsmasq_factory()
+
+
+@pytest.fixture
+def resolver_factory() -> Iterator[Callable[..., ServerThread]]:
+    yield from _stopping(ServerThread)
+
+
+@pytest.fixture
+def stub(resolver_factory: Callable[..., ServerThread], dnsmasq: Dnsmasq) -> ServerThread:
+    """The resolver with the built-in table, forwarding to the dnsmasq fixture."""
+    return resolver_factory(make_config(), [dnsmasq.endpoint])
+
+
+def dig(server: Endpoint, *args: str, timeout: float = 10) -> str:
+    """Run the real ``dig`` against ``server``; its whole output."""
+    if DIG is None:
+        pytest.skip("dig is not installed (Debian package bind9-dnsutils)")
+    command = [DIG, f"@{server.host}", "-p", str(server.port), "+tries=1", "+time=3", *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    return done.stdout + done.stderr
+
+
+class FakeUpstream:
+    """A hand-written UDP (and optionally TCP) upstream for cases no real server produces.
+
+    ``on_udp(sock, query, peer)`` and ``on_tcp(query) -> bytes | None`` decide what is sent;
+    every received query is recorded.
+    """
+
+    def __init__(
+        self,
+        on_udp: Callable[[socket.socket, bytes, Any], None] | None = None,
+        on_tcp: Callable[[bytes], bytes | None] | None = None,
+    ) -> None:
+        self.udp_queries: list[bytes] = []
+        self.tcp_queries: list[bytes] = []
+        self.on_udp = on_udp
+        self.on_tcp = on_tcp
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        port = free_port() if on_tcp is not None else 0
+        self.udp.bind(("127.0.0.1", port))
+        self.udp.settimeout(0.1)
+        port = self.udp.getsockname()[1]
+        self.endpoint = Endpoint("127.0.0.1", port)
+        self.tcp: socket.socket | None = None
+        if on_tcp is not None:
+            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.tcp.bind(("127.0.0.1", port))
+            self.tcp.listen(8)
+            self.tcp.settimeout(0.1)
+        self._stop = threading.Event()
+        self.threads = [threading.Thread(target=self._serve_udp, daemon=True)]
+        if self.tcp is not None:
+            self.threads.append(threading.Thread(target=self._serve_tcp, daemon=True))
+        for thread in self.threads:
+            thread.start()
+
+    def _serve_udp(self) -> None:
+        while not self._stop.is_set():
+            try:
+                query, peer = self.udp.recvfrom(65535)
+            except (TimeoutError, OSError):
+                continue
+            self.udp_queries.append(query)
+            if self.on_udp is not None:
+                self.on_udp(self.udp, query, peer)
+
+    def _serve_tcp(self) -> None:
+        assert self.tcp is not None and self.on_tcp is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.tcp.accept()
+            except (TimeoutError, OSError):
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    size = int.from_bytes(_recv_exactly(conn, 2), "big")
+                    query = _recv_exactly(conn, size)
+                except OSError:
+                    continue
+                self.tcp_queries.append(query)
+                reply = self.on_tcp(query)
+                if reply is not None:
+                    conn.sendall(len(reply).to_bytes(2, "big") + reply)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self.threads:
+            thread.join(2)
+        self.udp.close()
+        if self.tcp is not None:
+            self.tcp.close()
+
+
+def _recv_exactly(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise OSError("closed")
+        data += chunk
+    return data
+
+
+@pytest.fixture
+def fake_upstream_factory() -> Iterator[Callable[..., FakeUpstream]]:
+    yield from _stopping(FakeUpstream)
