@@ -14,6 +14,7 @@ the other side's reading, so a slow reader holds back the fast writer (bounded m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -89,7 +90,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
-    """Channel → client: every SSH data packet is written straight to the client."""
+    """Channel → client: every SSH data packet is written straight to the client.
+
+    These callbacks run inside asyncssh's packet processing: an exception escaping one
+    would tear down the whole link and every other connection on it, so each touches the
+    client's transport only while the client is still there, and swallows OS errors.
+    """
 
     __slots__ = ("client", "counters", "transport")
 
@@ -122,11 +128,14 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
         self.transport.close()
 
     def pause_writing(self) -> None:
-        self.transport.pause_reading()
+        if not self.client.closed:
+            with contextlib.suppress(OSError, RuntimeError):
+                self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         if not self.client.closed:
-            self.transport.resume_reading()
+            with contextlib.suppress(OSError, RuntimeError):
+                self.transport.resume_reading()
 
 
 class _ClientSide(asyncio.Protocol):

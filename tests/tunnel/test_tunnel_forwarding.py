@@ -8,6 +8,7 @@ import dataclasses
 import os
 import signal
 
+import pytest
 from tunnel_testlib import Sshd, Target, exchange, free_port, wait_until
 
 from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
@@ -157,3 +158,21 @@ async def test_client_gone_before_the_channel_opens(options: TunnelOptions, echo
         assert await exchange(*forward.mouth, b"still fine") == b"still fine"
         await wait_until(lambda: tunnel.state.forwards[0].open == 0)
         assert tunnel.state.forwards[0].total == 21
+
+
+def test_forwarding_under_uvloop(options: TunnelOptions) -> None:
+    """The daemon may run on uvloop, whose transports are not asyncio.Transport subclasses."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> bytes:
+        target = await Target("echo").start()
+        forward = forward_to(target)
+        try:
+            async with Tunnel(options, [forward]) as tunnel:
+                assert await tunnel.wait_up(10)
+                return await exchange(*forward.mouth, b"uv" * 100_000)
+        finally:
+            await target.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(scenario()) == b"uv" * 100_000

@@ -1,0 +1,390 @@
+#!/usr/bin/env python3
+"""Tunnel benchmark: our forwarder beside OpenSSH ``ssh -N -L`` against the same sshd.
+
+One run, everything on loopback: a throwaway sshd (needs root, like the tests), an iperf3
+server and an echo server as targets, then for each cipher (aes128-gcm@openssh.com,
+chacha20-poly1305@openssh.com) and each forwarder in turn:
+
+* bulk throughput with iperf3 through the mouth, both directions (client → target is
+  "up", target → client is "down");
+* round trip: 500 sequential connect, send a line, read it back, close; p50 and p99;
+* peak RSS of the forwarder process (VmHWM).
+
+Forwarders: ``openssh`` (ssh -N -L), ``tunnel`` (this package, asyncio and uvloop) and
+``asyncssh-plain`` (asyncssh's own ``forward_local_port``, the baseline the issue quotes).
+Each runs as its own process, alone, so none shares a CPU with the measuring client
+beyond what the machine forces. All loops are bounded in count and in time.
+
+Usage: ``python bench/tunnel_bench.py [--seconds 3] [--round-trips 500]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+CIPHERS = ("aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com")
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, deadline_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait (bounded) until 127.0.0.1:port accepts."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listening on {port} after {deadline_s} s")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+# --- the forwarder processes (this script re-run with --serve) ---------------------------
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Run one forwarder until stdin closes; print READY once the mouths carry traffic."""
+    sys.path.insert(0, str(SRC))
+    import asyncssh
+
+    from tunnel import Forward, Gateway, Tunnel, TunnelOptions
+
+    forwards = []
+    for spec in args.forward:
+        mouth, target = spec.split(":")
+        forwards.append(Forward("127.0.0.1", int(mouth), "127.0.0.1", int(target)))
+    loop = asyncio.get_running_loop()
+    closing = loop.create_future()
+    loop.add_reader(sys.stdin.fileno(), lambda: closing.done() or closing.set_result(None))
+    if args.serve == "tunnel":
+        options = TunnelOptions(
+            gateways=(Gateway.parse(args.gateway),),
+            ssh_config=Path(args.ssh_config),
+            known_hosts=Path(args.known_hosts),
+            client_keys=(Path(args.key),),
+        )
+        async with Tunnel(options, forwards) as tunnel:
+            if not await tunnel.wait_up(10):
+                raise SystemExit("link did not come up")
+            print("READY", flush=True)
+            await closing
+    else:
+        gateway = Gateway.parse(args.gateway)
+        async with asyncssh.connect(
+            gateway.host,
+            port=gateway.port or 22,
+            username=gateway.user,
+            config=[args.ssh_config],
+            known_hosts=args.known_hosts,
+            client_keys=[args.key],
+        ) as conn:
+            listeners = [
+                await conn.forward_local_port(
+                    "127.0.0.1", f.mouth_port, f.target_host, f.target_port
+                )
+                for f in forwards
+            ]
+            print("READY", flush=True)
+            await closing
+            for listener in listeners:
+                listener.close()
+
+
+# --- the harness ---------------------------------------------------------------------
+
+
+@dataclass
+class Lab:
+    root: Path
+    sshd_port: int
+    key: Path
+    known_hosts: Path
+    iperf_port: int
+    echo_port: int
+
+    def ssh_config(self, cipher: str) -> Path:
+        path = self.root / f"ssh_config.{cipher.split('@', maxsplit=1)[0]}"
+        path.write_text(f"Host *\n  Ciphers {cipher}\n  Compression no\n")
+        return path
+
+
+@contextlib.contextmanager
+def lab() -> Iterator[Lab]:
+    """sshd, an iperf3 server and an echo server on loopback, torn down afterwards."""
+    for tool in ("ssh", "ssh-keygen", "iperf3"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed")
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the benchmark starts its own sshd")
+    with tempfile.TemporaryDirectory(prefix="tunnel-bench-") as tmp:
+        root = Path(tmp)
+        for name in ("host", "client"):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)],
+                check=True,
+            )
+        (root / "authorized_keys").write_text((root / "client.pub").read_text())
+        port = free_port()
+        (root / "sshd_config").write_text(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host'}\n"
+            f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+            "StrictModes no\nUsePAM no\nAllowTcpForwarding yes\nPidFile none\n"
+            f"Ciphers {','.join(CIPHERS)}\n"
+        )
+        kind, blob = (root / "host.pub").read_text().split()[:2]
+        known_hosts = root / "known_hosts"
+        known_hosts.write_text(f"[127.0.0.1]:{port} {kind} {blob}\n")
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        iperf_port, echo_port = free_port(), free_port()
+        procs = [
+            subprocess.Popen(
+                ["/usr/sbin/sshd", "-D", "-e", "-f", str(root / "sshd_config")],
+                stderr=subprocess.DEVNULL,
+            ),
+            subprocess.Popen(
+                ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(iperf_port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
+            subprocess.Popen([sys.executable, __file__, "--echo", str(echo_port)]),
+        ]
+        try:
+            for proc, wanted in zip(procs, (port, iperf_port, echo_port), strict=True):
+                wait_port(wanted, 10, proc)
+            yield Lab(root, port, root / "client", known_hosts, iperf_port, echo_port)
+        finally:
+            for proc in procs:
+                stop(proc)
+
+
+async def echo_server(port: int) -> None:
+    """Line echo target for the round-trip test (its own process)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while line := await reader.readline():
+                writer.write(line)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+def start_forwarder(
+    kind: str, lab_: Lab, cipher: str, mouths: tuple[int, int]
+) -> subprocess.Popen[bytes]:
+    config = lab_.ssh_config(cipher)
+    gateway = f"root@127.0.0.1:{lab_.sshd_port}"
+    forwards = [f"{mouths[0]}:{lab_.iperf_port}", f"{mouths[1]}:{lab_.echo_port}"]
+    if kind == "openssh":
+        command = ["ssh", "-F", str(config), "-N", "-p", str(lab_.sshd_port), "-i", str(lab_.key)]
+        command += ["-o", f"UserKnownHostsFile={lab_.known_hosts}", "-o", "BatchMode=yes"]
+        command += ["-o", "ExitOnForwardFailure=yes", "-o", "IdentitiesOnly=yes"]
+        for spec in forwards:
+            mouth, target = spec.split(":")
+            command += ["-L", f"127.0.0.1:{mouth}:127.0.0.1:{target}"]
+        command.append("root@127.0.0.1")
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        wait_port(mouths[1], 10, proc)
+        time.sleep(0.2)
+        return proc
+    serve_kind, _, loop = kind.partition("+")
+    command = [sys.executable, __file__, "--serve", serve_kind, "--gateway", gateway]
+    command += ["--ssh-config", str(config), "--known-hosts", str(lab_.known_hosts)]
+    command += ["--key", str(lab_.key)] + [arg for f in forwards for arg in ("--forward", f)]
+    if loop:
+        command += ["--loop", loop]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != b"READY":
+        stop(proc)
+        raise RuntimeError(f"{kind} did not come up")
+    return proc
+
+
+def iperf(port: int, seconds: float, reverse: bool) -> tuple[float, float]:
+    """(Gbit/s, bytes) received, from iperf3's JSON."""
+    command = ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"]
+    if reverse:
+        command.append("-R")
+    out = subprocess.run(command, capture_output=True, timeout=seconds + 30, check=False)
+    try:
+        received = json.loads(out.stdout)["end"]["sum_received"]
+        return float(received["bits_per_second"]) / 1e9, float(received["bytes"])
+    except (ValueError, KeyError):
+        return float("nan"), float("nan")
+
+
+def round_trips(port: int, count: int, budget_s: float) -> list[float]:
+    """Milliseconds per connect → send a line → read it back → close."""
+    times: list[float] = []
+    deadline = time.monotonic() + budget_s
+    line = b"LOOKUP blitzdns,NAME\r\n"
+    for _ in range(count):
+        if time.monotonic() > deadline:
+            break
+        start = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(line)
+            got = b""
+            while not got.endswith(b"\n"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise RuntimeError("echo closed early")
+                got += chunk
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def measure(kind: str, lab_: Lab, cipher: str, args: argparse.Namespace) -> dict[str, float]:
+    mouths = (free_port(), free_port())
+    proc = start_forwarder(kind, lab_, cipher, mouths)
+    try:
+        round_trips(mouths[1], 20, 10)
+        cpu = cpu_seconds(proc.pid)
+        up, up_bytes = iperf(mouths[0], args.seconds, reverse=False)
+        down, down_bytes = iperf(mouths[0], args.seconds, reverse=True)
+        cpu_bulk = cpu_seconds(proc.pid) - cpu
+        times = round_trips(mouths[1], args.round_trips, 60)
+        cpu_rt = cpu_seconds(proc.pid) - cpu - cpu_bulk
+        return {
+            "up": up,
+            "down": down,
+            "cpu_per_gb": cpu_bulk / ((up_bytes + down_bytes) / 1e9),
+            "p50": statistics.median(times),
+            "p99": percentile(times, 0.99),
+            "cpu_per_conn_us": cpu_rt / len(times) * 1e6,
+            "rss": peak_rss_mb(proc.pid),
+        }
+    finally:
+        stop(proc)
+
+
+def aggregate(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Median of each figure over the rounds (peak RSS: the largest)."""
+    merged = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    merged["rss"] = max(run["rss"] for run in runs)
+    return merged
+
+
+def report(cipher: str, results: dict[str, dict[str, float]]) -> None:
+    print(f"\n{cipher}")
+    columns = [  # (key, heading, format)
+        ("up", "up Gb/s", "{:.2f}"),
+        ("down", "down Gb/s", "{:.2f}"),
+        ("cpu_per_gb", "CPU s/GB", "{:.2f}"),
+        ("p50", "rt p50 ms", "{:.3f}"),
+        ("p99", "rt p99 ms", "{:.3f}"),
+        ("cpu_per_conn_us", "CPU us/conn", "{:.0f}"),
+        ("rss", "peak RSS MB", "{:.1f}"),
+    ]
+    print("  " + f"{'forwarder':<16}" + "".join(f"{head:>13}" for _, head, _ in columns))
+    base = results.get("openssh")
+    for kind, r in results.items():
+        print("  " + f"{kind:<16}" + "".join(f"{fmt.format(r[k]):>13}" for k, _, fmt in columns))
+        if base and kind != "openssh":
+            ratios = "".join(f"{r[k] / base[k]:>12.2f}x" for k, _, _ in columns)
+            print("  " + f"{'  ÷ openssh':<16}" + ratios)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--round-trips", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument("--only", nargs="*", help="forwarders to run (default: all)")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--gateway", help=argparse.SUPPRESS)
+    parser.add_argument("--ssh-config", help=argparse.SUPPRESS)
+    parser.add_argument("--known-hosts", help=argparse.SUPPRESS)
+    parser.add_argument("--key", help=argparse.SUPPRESS)
+    parser.add_argument("--forward", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--loop", default="asyncio", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.install()
+    if args.echo:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(echo_server(args.echo))
+        return
+    if args.serve:
+        asyncio.run(serve(args))
+        return
+    args.seconds = min(max(args.seconds, 1), 30)
+    args.round_trips = min(max(args.round_trips, 10), 5000)
+    args.rounds = min(max(args.rounds, 1), 10)
+    kinds = args.only or ["openssh", "tunnel", "tunnel+uvloop", "asyncssh-plain"]
+    with lab() as lab_:
+        print(
+            f"tunnel benchmark: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
+            f"{args.seconds:g} s iperf3 per direction, {args.round_trips} round trips, "
+            f"median of {args.rounds} interleaved rounds; Gbit/s, ms, MB; ratio = x / openssh"
+        )
+        for cipher in CIPHERS:
+            runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+            for round_number in range(args.rounds):
+                shift = round_number % len(kinds)
+                for kind in kinds[shift:] + kinds[:shift]:
+                    runs[kind].append(measure(kind, lab_, cipher, args))
+            report(cipher, {kind: aggregate(runs[kind]) for kind in kinds})
+        print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
