@@ -44,26 +44,36 @@ def secrets_of(records: Sequence[DndRecord], users: Sequence[str]) -> list[str]:
 
 
 async def resolve(log: SessionLog, user: str, stub: tuple[str, int], name: str) -> str:
-    """A and AAAA through the stub, as a client's resolver would ask."""
+    """A and AAAA through the stub, as a client's resolver would ask; the A address.
+
+    No address is :class:`~blitzdns.lookup.LookupFailed`: an empty host would make the
+    next connect go to a default address instead of failing.
+    """
     a = await lookup.query(stub, name, "A")
     aaaa = await lookup.query(stub, name, "AAAA")
-    address = a.addresses()[0] if a.addresses() else ""
+    addresses = a.addresses()
     log.add(
         user,
-        f"resolve {name} → {address or a.rcode} (answer echoes {a.question!r}); "
-        f"AAAA → {', '.join(aaaa.addresses()) or 'none'}",
+        f"resolve {name} → {addresses[0] if addresses else a.rcode} "
+        f"(answer echoes {a.question!r}); AAAA → {', '.join(aaaa.addresses()) or 'none'}",
     )
-    return address
+    if not addresses:
+        raise lookup.LookupFailed(f"the stub gave no address for {name} ({a.rcode})")
+    return addresses[0]
 
 
 async def user_session(log: SessionLog, user: str, stub: tuple[str, int], config: Config) -> bool:
-    """One user's first steps; True when every step answered as a real server would."""
+    """One user's first steps; True when every step answered as a real server would.
+
+    One DND connection, as a client makes it: the ``220`` greeting, then ``LOOKUP``.
+    """
     dnd_port = config.services["dnd"].port
     mail_port = config.services["mail"].port
     mouth = await resolve(log, user, stub, "DND.Dartmouth.EDU.")
-    greeting = await probes.probe_dnd(mouth, dnd_port, timeout=5)
-    log.add(user, f"connect {mouth}:{dnd_port} → {greeting.seen}")
-    account = await dnd.find_blitzserv(mouth, dnd_port, user, timeout=5)
+    async with dnd.dnd_session(mouth, dnd_port, timeout=5) as client:
+        log.add(user, f"connect {mouth}:{dnd_port} → {client.greeting}")
+        record = await client.lookup_unique(user, dnd.BLITZSERV_FIELDS)
+    account = dnd.account_from_record(record)
     log.add(
         user,
         f"LOOKUP {user},NAME UID BLITZSERV → {account.name!r}, {account.uid}, "
@@ -76,8 +86,8 @@ async def user_session(log: SessionLog, user: str, stub: tuple[str, int], config
     )
     for command, reply in replies:
         log.add(user, f"{command} → {int(reply.warning)}{reply.code:02d} {reply.text}")
-    expected = config.host(account.short_server).mouth
-    return greeting.ok and str(expected) == server_mouth and all(r.code == 10 for _, r in replies)
+    expected = next((h.mouth for h in config.hosts if account.blitzserv in h.names), None)
+    return str(expected) == server_mouth and all(r.code == 10 for _, r in replies)
 
 
 async def client_session(

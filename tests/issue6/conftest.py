@@ -1,0 +1,49 @@
+"""Fixtures for issue 6 (demo, check, discover): the demo stack on loopback.
+
+The stack is the demo's own (:class:`blitzdns.demo.DemoStack`): fake DND, BlitzMail and
+bulletin servers on 127.78.0.0/24, an asyncssh gateway with an explicitly trusted host
+key, a recording relay, and the real daemon. Its mouth block search starts at a random
+127.77.N.0/24 so runs beside each other (or beside a user's `blitzdns demo`) do not meet.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from blitzdns.check import listening_sockets
+from blitzdns.demo import DemoStack
+
+BLITZDNS = str(Path(sys.executable).with_name("blitzdns"))
+
+
+def random_block_start() -> int:
+    """Not 0: block 0 is where an interactive `blitzdns demo` goes first."""
+    return random.randrange(1, 256)
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[DemoStack]:
+    async with DemoStack(mouth_block_start=random_block_start()) as running:
+        assert running.link_up, "the demo link did not come up"
+        yield running
+
+
+def tcp_listening(address: str, port: int) -> bool:
+    """Whether something listens on ``address``:``port`` (TCP, this network namespace)."""
+    return address in listening_sockets(port)
+
+
+def udp_bound(address: str, port: int) -> bool:
+    """Whether a UDP socket holds ``address``:``port`` (a bind of our own fails)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return True
+    return False

@@ -1,0 +1,109 @@
+"""`blitzdns demo`: the verdict passes from a clean start, can fail, and nothing stays up."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+
+from blitzdns.blitzmail.fakes import DEMO_RECORDS
+from blitzdns.demo import PORT_SHIFT, SERVICE_PORTS, DemoStack, judge, verify
+from blitzdns.demo.relay import RecordingRelay
+from blitzdns.demo.session import secrets_of
+
+from .conftest import BLITZDNS, random_block_start, tcp_listening, udp_bound
+
+USERS = ("demo", "wheelock")
+MOUTH_PORTS = [port + PORT_SHIFT for port in SERVICE_PORTS.values()]
+
+
+def test_demo_once_passes_and_leaves_nothing_listening() -> None:
+    done = subprocess.run(
+        [BLITZDNS, "demo", "--once"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "verdict: PASS" in out
+    assert "LOOKUP demo,NAME UID BLITZSERV → 'Demo User', 1001" in out
+    assert "VERS blitzdns-demo → 010 BlitzServ" in out
+    # The contrast wire shows the cleartext; the tunnel's wire view shows the SSH banner.
+    assert "LOOKUP demo,NAME UID BLITZSERV.." in out
+    assert "SSH-2.0-" in out
+
+    stub = re.search(r"stub on (127\.0\.0\.1):(\d+)", out)
+    relay = re.search(r"relay on (127\.0\.0\.1):(\d+)", out)
+    gateway = re.search(r"SSH gateway (127\.0\.0\.1):(\d+)", out)
+    block = re.search(r"connect (127\.77\.\d+)\.1:", out)
+    assert stub and relay and gateway and block, out
+    assert not udp_bound(stub[1], int(stub[2]))
+    for found in (stub, relay, gateway):
+        assert not tcp_listening(found[1], int(found[2]))
+    for offset in (1, 2, 4, 10):
+        for port in MOUTH_PORTS:
+            assert not tcp_listening(f"{block[1]}.{offset}", port)
+
+
+async def test_stack_closes_everything() -> None:
+    async with DemoStack(mouth_block_start=random_block_start()) as stack:
+        assert stack.link_up
+        mouths = [(f.mouth, f.port) for f in stack.config.forwards()]
+        servers = [s.address for s in stack.fleet.all]
+        others = [("127.0.0.1", stack.gateway.port), ("127.0.0.1", stack.relay.port)]
+        stub = stack.stub
+        control = stack.control_socket
+        assert all(tcp_listening(*m) for m in mouths)
+        assert udp_bound(*stub) and tcp_listening(*stub)
+        assert control.exists()
+    for address, port in [*mouths, *servers, *others, stub]:
+        assert not tcp_listening(address, port), (address, port)
+    assert not udp_bound(*stub)
+    assert not control.exists()
+
+
+async def test_verdict_fails_when_the_wire_carries_cleartext(stack: DemoStack) -> None:
+    lines: list[str] = []
+    verdict = await verify(stack, lines.append, USERS)
+    assert verdict.ok, "\n".join(lines)
+    assert lines[-1] == "verdict: PASS"
+
+    # A session that goes around the tunnel: cleartext into the same recorded wire.
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.relay.port)
+    writer.write(b"LOOKUP demo,NAME UID BLITZSERV\r\n")
+    await writer.drain()
+    async with asyncio.timeout(10):
+        await reader.read()  # the gateway hangs up on a line that is not SSH
+    writer.close()
+
+    contrast = RecordingRelay(target=("127.0.0.1", 9), segments=[])
+    contrast.segments.extend(stack.relay.segments)
+    again = judge(True, stack.relay, contrast, secrets_of(DEMO_RECORDS, USERS))
+    assert not again.ok
+    assert {"demo", "LOOKUP", "BLITZSERV"} <= set(again.leaked)
+    assert "wheelock" not in again.leaked
+    assert any("LEAKED: demo" in line for line in again.lines())
+    assert again.lines()[-1] == "verdict: FAIL"
+
+
+async def test_verdict_needs_the_contrast_and_the_session(stack: DemoStack) -> None:
+    lines: list[str] = []
+    verdict = await verify(stack, lines.append, USERS)
+    assert verdict.ok
+    secrets = secrets_of(DEMO_RECORDS, USERS)
+    empty = RecordingRelay(target=("127.0.0.1", 9))
+    blind = judge(True, stack.relay, empty, secrets)
+    assert not blind.ok and blind.shown == ()
+    assert "the contrast proves nothing" in blind.lines()[2]
+    failed = judge(False, stack.relay, stack.relay, secrets)
+    assert not failed.ok and failed.lines()[0].startswith("✗")
+    not_ssh = judge(True, empty, stack.relay, secrets)
+    assert not not_ssh.ok and not not_ssh.ssh_only
+
+
+async def test_verdict_fails_when_the_link_never_comes_up() -> None:
+    lines: list[str] = []
+    async with DemoStack(mouth_block_start=random_block_start(), trust_host_key=False) as stack:
+        assert not stack.link_up
+        verdict = await verify(stack, lines.append, USERS)
+    assert not verdict.ok and not verdict.session_ok
+    assert "✗ the SSH link to the demo gateway did not come up" in lines
+    assert lines[-1] == "verdict: FAIL"
