@@ -32,28 +32,46 @@ _pack_ttl = struct.Struct(">I").pack_into
 
 
 class Entry:
-    """One cached reply and its TTL patch points."""
+    """One cached reply and its TTL patch points.
 
-    __slots__ = ("age", "body", "expires", "original", "stored", "ttl_offsets", "ttls")
+    ``head`` (flags and counts) and ``tail`` (everything after the question) are the
+    patched reply's pieces for the age they were made at: a hit is ``ID + head + the
+    client's question + tail``.
+    """
+
+    __slots__ = (
+        "age",
+        "expires",
+        "head",
+        "original",
+        "qend",
+        "stored",
+        "tail",
+        "ttl_offsets",
+        "ttls",
+    )
 
     def __init__(self, original: bytes, scan: Scan, stored: float, lifetime: int) -> None:
         self.original = original
         self.ttl_offsets = scan.ttl_offsets
         self.ttls = scan.ttls
+        self.qend = scan.question_end
         self.stored = stored
         self.expires = stored + lifetime
         self.age = 0
-        self.body = original
+        self.head = original[2:12]
+        self.tail = original[self.qend :]
 
-    def at_age(self, age: int) -> bytes:
-        """The reply with every TTL lowered by ``age`` seconds (never below zero)."""
-        if age != self.age:
-            patched = bytearray(self.original)
-            for offset, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
-                _pack_ttl(patched, offset, ttl - age if ttl > age else 0)
-            self.body = bytes(patched)
-            self.age = age
-        return self.body
+    def at_age(self, age: int) -> None:
+        """Make ``head`` and ``tail`` hold every TTL lowered by ``age`` seconds (not below 0)."""
+        if age == self.age:
+            return
+        patched = bytearray(self.original)
+        for offset, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
+            _pack_ttl(patched, offset, ttl - age if ttl > age else 0)
+        self.head = bytes(patched[2:12])
+        self.tail = bytes(patched[self.qend :])
+        self.age = age
 
 
 def lifetime(scan: Scan, *, max_ttl: int, max_negative_ttl: int) -> int:
@@ -84,6 +102,11 @@ class Cache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def entries(self) -> dict[bytes, Entry]:
+        """The map itself, for the fast path's lookup (check ``expires`` before use)."""
+        return self._entries
 
     def get(self, key: bytes, now: float) -> Entry | None:
         """The live entry for ``key``; an expired one is removed and None returned."""

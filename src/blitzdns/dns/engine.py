@@ -42,20 +42,23 @@ from blitzdns.dns.decide import (
 )
 from blitzdns.dns.fastpath import (
     KEY_FLAG_BYTES,
+    OPT_HEAD,
+    PLAIN_UDP_LIMIT,
     FastAnswer,
     encode_local,
     error_reply,
-    key_flags,
     name_end,
     scan_response,
     simple_query,
     udp_limit,
     upstream_query,
+    variant,
 )
 from blitzdns.dns.stats import ResolverStats
 from blitzdns.dns.table import Name, Table, View, to_wire
 
 _IN = b"\x00\x01"
+_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
 _MEMO_LIMIT = 4096
 
 
@@ -121,6 +124,7 @@ class Engine:
     def __init__(self, table: Table, cache: Cache, stats: ResolverStats) -> None:
         self.table = table
         self.cache = cache
+        self._entries = cache.entries
         self.stats = stats
         self._fast: dict[str, FastView] = {}
         self._fast_by_view: dict[int, FastView] = {}
@@ -150,31 +154,66 @@ class Engine:
     def handle(
         self, packet: bytes, client: str, now: float, udp: bool = True
     ) -> bytes | ForwardJob | None:
-        """React to one message from ``client``; see the module docstring for the results."""
+        """React to one message from ``client``; see the module docstring for the results.
+
+        The common shape — header, one question, and either nothing or an option-less OPT
+        record — is read from the packet's end without walking the name: the name bytes are
+        looked up as they stand, and a hit on a table or cache key (always a valid wire
+        name) proves they are one, since lower-casing never changes a length byte. Only a
+        miss walks the name (:func:`~blitzdns.dns.fastpath.name_end`) to check it.
+        """
         fast = self._fast.get(client) or self._fast_view(client)
-        parsed = simple_query(packet)
-        if parsed is None or fast is _REFUSED:
+        size = len(packet)
+        if fast is _REFUSED or size < 17 or packet[2] & 0xF8 or packet[4:10] != _ONE_QUESTION:
             return self.handle_slow(packet, client, now, udp)
-        qn, qend, flags, edns = parsed
+        additional = packet[10:12]
+        if additional == b"\x00\x00":
+            qn, edns = size - 4, -1
+        elif (
+            additional == b"\x00\x01"
+            and packet[-11:-8] == OPT_HEAD
+            and packet[-6:-4] == b"\x00\x00"
+            and packet[-2:] == b"\x00\x00"
+        ):
+            qn, edns = size - 15, packet[-8] << 8 | packet[-7] | (packet[-4] & 0x80) << 9
+        else:
+            parsed = simple_query(packet)
+            if parsed is None:
+                return self.handle_slow(packet, client, now, udp)
+            qn, _, _, edns = parsed
+        qend = qn + 4
+        which = ((packet[2] & 1) | (packet[3] >> 3 & 2)) * 3 + (
+            0 if edns < 0 else 2 if edns & 0x10000 else 1
+        )
         name = packet[12:qn].lower()
         qkey = name + packet[qn:qend]
         answer = fast.local.get(qkey)
-        if answer is None and name in fast.nodata:
-            if packet[qend - 2 : qend] != _IN:
-                return self.handle_slow(packet, client, now, udp)
-            answer = fast.nodata[name]
         if answer is not None:
             self.stats.answered_local += 1
-            return answer.reply(packet, qend, flags, edns)
-        key = qkey + KEY_FLAG_BYTES[key_flags(flags, edns)]
-        entry = self.cache.get(key, now)
-        if entry is not None:
+            return answer.reply(packet, qend, which)
+        key = qkey + KEY_FLAG_BYTES[which]
+        entry = self._entries.get(key)
+        if entry is not None and now < entry.expires:
             self.stats.cache_hits += 1
-            body = entry.at_age(int(now - entry.stored))
-            return self._deliver(packet, qend, edns, body, udp)
-        if not name.isascii() or self.table.protected_ancestor(wire_labels(name)) is not None:
+            age = int(now - entry.stored)
+            if age != entry.age:
+                entry.at_age(age)
+            tail = entry.tail
+            if udp and qend + len(tail) > PLAIN_UDP_LIMIT and qend + len(tail) > udp_limit(edns):
+                self.stats.truncated += 1
+                return error_reply(packet, qend, 0, edns, truncated=True)
+            return packet[:2] + entry.head + packet[12:qend] + tail
+        if name_end(packet) != qn or not name.isascii():
             return self.handle_slow(packet, client, now, udp)
-        return self._forward(packet, client, key, qend, flags, edns, udp)
+        nodata = fast.nodata.get(name)
+        if nodata is not None:
+            if packet[qend - 2 : qend] != _IN:
+                return self.handle_slow(packet, client, now, udp)
+            self.stats.answered_local += 1
+            return nodata.reply(packet, qend, which)
+        if self.table.protected_ancestor(wire_labels(name)) is not None:
+            return self.handle_slow(packet, client, now, udp)
+        return self._forward(packet, client, key, qend, packet[2] << 8 | packet[3], edns, udp)
 
     def handle_slow(
         self, packet: bytes, client: str, now: float, udp: bool = True
@@ -206,12 +245,12 @@ class Engine:
         qend = qn + 4
         edns = _edns_code(query)
         flags = packet[2] << 8 | packet[3]
-        key = packet[12:qn].lower() + packet[qn:qend] + KEY_FLAG_BYTES[key_flags(flags, edns)]
+        key = packet[12:qn].lower() + packet[qn:qend] + KEY_FLAG_BYTES[variant(flags, edns)]
         entry = self.cache.get(key, now)
         if entry is not None:
             self.stats.cache_hits += 1
-            body = entry.at_age(int(now - entry.stored))
-            return self._deliver(packet, qend, edns, body, udp)
+            entry.at_age(int(now - entry.stored))
+            return self._deliver(packet, qend, edns, entry.head, entry.tail, udp)
         return self._forward(packet, client, key, qend, flags, edns, udp)
 
     def _forward(
@@ -259,14 +298,17 @@ class Engine:
         scan = scan_response(response)
         if scan is not None:
             self.cache.put(job.key, response, scan, now)
-        return self._deliver(job.packet, job.qend, job.edns, response, job.limit is not None)
+        head, tail = response[2:12], response[job.qend :]
+        return self._deliver(job.packet, job.qend, job.edns, head, tail, job.limit is not None)
 
-    def _deliver(self, packet: bytes, qend: int, edns: int, body: bytes, udp: bool) -> bytes:
-        """``body`` with the client's ID and letters; TC alone when too big for UDP."""
-        if udp and len(body) > udp_limit(edns):
+    def _deliver(
+        self, packet: bytes, qend: int, edns: int, head: bytes, tail: bytes, udp: bool
+    ) -> bytes:
+        """A reply with the client's ID and letters; TC alone when too big for UDP."""
+        if udp and qend + len(tail) > udp_limit(edns):
             self.stats.truncated += 1
             return error_reply(packet, qend, 0, edns, truncated=True)
-        return packet[:2] + body[2:12] + packet[12:qend] + body[qend:]
+        return packet[:2] + head + packet[12:qend] + tail
 
     def _count_rejection(self, rcode: int) -> None:
         if rcode == REFUSED:

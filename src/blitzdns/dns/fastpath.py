@@ -42,8 +42,11 @@ QR, AA, TC, RA = 0x8000, 0x0400, 0x0200, 0x0080
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _COUNTS_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
-#: The cache key's last byte: EDNS present, DO, RD, CD — each changes what a reply holds.
-KEY_FLAG_BYTES = tuple(bytes((i,)) for i in range(16))
+#: Reply variants: (RD, CD) × (no EDNS, EDNS, EDNS with DO) — see :func:`variant`.
+VARIANTS = 12
+#: The cache key's last byte is the variant: each changes what a reply holds.
+KEY_FLAG_BYTES = tuple(bytes((i,)) for i in range(VARIANTS))
+OPT_HEAD = b"\x00\x00\x29"
 
 
 def name_end(packet: bytes, start: int = 12) -> int:
@@ -103,41 +106,41 @@ def udp_limit(edns: int) -> int:
     return max(PLAIN_UDP_LIMIT, edns & 0xFFFF)
 
 
-def key_flags(flags: int, edns: int) -> int:
-    """The 4-bit cache-key suffix for a query's flags and EDNS (index into KEY_FLAG_BYTES)."""
-    return (
-        (edns >= 0)
-        | (edns >> 15 & 2 if edns >= 0 else 0)
-        | (flags >> 6 & 4)  # RD 0x0100 → 4
-        | (flags >> 1 & 8)  # CD 0x0010 → 8
-    )
+def variant(flags: int, edns: int) -> int:
+    """0..11: which of RD/CD the query set, and whether it had EDNS, with DO or not."""
+    echoed = (flags >> 8 & 1) | (flags >> 3 & 2)
+    return echoed * 3 + (0 if edns < 0 else 2 if edns & 0x10000 else 1)
 
 
 @dataclass(frozen=True, slots=True)
 class FastAnswer:
-    """A precomputed local answer: everything after the question, and the counts."""
+    """A precomputed local answer: per :func:`variant`, the bytes before and after the question.
+
+    The reply is ``ID + head + question + tail``: ``head`` holds the flags and counts,
+    ``tail`` the records (owner names point at the question) and our OPT record if any.
+    """
 
     rcode: int
-    #: QDCOUNT..ARCOUNT without and with our OPT record.
-    counts: tuple[bytes, bytes]
-    records: bytes
+    parts: tuple[tuple[bytes, bytes], ...]
 
-    def reply(self, packet: bytes, qend: int, flags: int, edns: int) -> bytes:
-        """The reply to ``packet`` (whose question ends at ``qend``)."""
-        reply_flags = QR | AA | RA | self.rcode | (flags & ECHOED_FLAGS)
-        head = packet[:2] + _U16.pack(reply_flags)
-        if edns < 0:
-            return head + self.counts[0] + packet[12:qend] + self.records
-        opt = OPT_DO if edns & 0x10000 else OPT_PLAIN
-        return head + self.counts[1] + packet[12:qend] + self.records + opt
+    def reply(self, packet: bytes, qend: int, which: int) -> bytes:
+        """The reply to ``packet`` (whose question ends at ``qend``) in variant ``which``."""
+        head, tail = self.parts[which]
+        return packet[:2] + head + packet[12:qend] + tail
 
 
 def encode_local(local: Local) -> FastAnswer:
     """Precompute ``local`` (its owner names must all be the question name)."""
     records = b"".join(_record(r) for r in (*local.answers, *local.authority))
     an, ns = len(local.answers), len(local.authority)
-    counts = (struct.pack(">HHHH", 1, an, ns, 0), struct.pack(">HHHH", 1, an, ns, 1))
-    return FastAnswer(local.rcode, counts, records)
+    parts = []
+    for which in range(VARIANTS):
+        echoed, edns = divmod(which, 3)
+        flags = QR | AA | RA | local.rcode | (echoed & 1) << 8 | (echoed & 2) << 3
+        opt = (b"", OPT_PLAIN, OPT_DO)[edns]
+        head = _U16.pack(flags) + struct.pack(">HHHH", 1, an, ns, 1 if opt else 0)
+        parts.append((head, records + opt))
+    return FastAnswer(local.rcode, tuple(parts))
 
 
 def _record(record: Record) -> bytes:
@@ -221,6 +224,8 @@ class Scan:
     ttls: tuple[int, ...]
     #: RFC 2308 §5: min(SOA TTL, SOA MINIMUM) of the first SOA in the authority section.
     negative_ttl: int | None
+    #: Where the (uncompressed) question ends.
+    question_end: int
 
 
 def scan_response(response: bytes) -> Scan | None:
@@ -230,10 +235,11 @@ def scan_response(response: bytes) -> Scan | None:
     counts = struct.unpack_from(">HHHH", response, 4)
     if counts[0] != 1:
         return None
-    offset = _skip_name(response, 12)
+    offset = name_end(response)
     if offset < 0:
         return None
     offset += 4
+    question_end = offset
     offsets: list[int] = []
     ttls: list[int] = []
     negative_ttl: int | None = None
@@ -263,6 +269,7 @@ def scan_response(response: bytes) -> Scan | None:
         ttl_offsets=tuple(offsets),
         ttls=tuple(ttls),
         negative_ttl=negative_ttl,
+        question_end=question_end,
     )
 
 

@@ -24,7 +24,7 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
@@ -335,36 +335,33 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
     def __init__(self, resolver: Resolver) -> None:
         self.resolver = resolver
-        self.engine = resolver.engine
-        self.transport: asyncio.DatagramTransport | None = None
-        self.loop = asyncio.get_running_loop()
+        self.handle = resolver.engine.handle
+        self.clock = asyncio.get_running_loop().time
+        self.sendto: Callable[[bytes, Any], None] = _not_connected
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport does not subclass asyncio.DatagramTransport.
         self.transport = cast(asyncio.DatagramTransport, transport)
+        self.sendto = self.transport.sendto
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        resolver = self.resolver
-        client = addr[0]
         try:
-            out = resolver.engine.handle(data, client, self.loop.time())
+            out = self.handle(data, addr[0], self.clock())
         except Exception:
-            out = resolver._crashed(data, client)
-        if out is None:
-            if resolver.verbose:
-                resolver._trace(client, data, None, "udp")
-            return
-        transport = self.transport
-        assert transport is not None
+            out = self.resolver._crashed(data, addr[0])
         if isinstance(out, bytes):
-            transport.sendto(out, addr)
-            if resolver.verbose:
-                resolver._trace(client, data, out, "udp")
-            return
-        resolver._spawn(resolver._forward_udp(out, transport, addr))
+            self.sendto(out, addr)
+        elif out is not None:
+            self.resolver._spawn(self.resolver._forward_udp(out, self.transport, addr))
+        if self.resolver.verbose and not isinstance(out, ForwardJob):
+            self.resolver._trace(addr[0], data, out, "udp")
 
     def error_received(self, exc: Exception) -> None:
         self.resolver.log.debug("UDP error (an earlier reply was not delivered): %s", exc)
+
+
+def _not_connected(data: bytes, address: Any) -> None:
+    raise ConnectionError("the UDP transport is not connected yet")
 
 
 def _probe_query(name: str) -> bytes:

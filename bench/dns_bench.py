@@ -1,0 +1,301 @@
+"""Benchmark: blitzdns's resolver against dnsmasq configured alike, with dnsperf, in one run.
+
+    .venv/bin/python bench/dns_bench.py [--seconds 5] [--rate 0]
+
+Both stubs run pinned to CPU 0 and forward to the same upstream (a dnsmasq answering
+``*.bench.test`` and ``*.cached.test`` from ``address=`` lines, its cache off), which runs
+with dnsperf on CPU 1. For each case dnsperf sends for a bounded time:
+
+(a) protected — ``dnd.dartmouth.edu A``: blitzdns's table; dnsmasq's
+    ``address=/dnd.dartmouth.edu/127.77.0.1`` + ``local=/dnd.dartmouth.edu/``;
+(b) cache hit — 100 forwarded names asked once beforehand, so every query is a hit;
+(c) cache miss — every name unique, so every query goes upstream.
+
+Printed per case and server: queries/s, server CPU per query (µs, utime+stime from
+/proc/PID/stat over the run, divided by the queries dnsperf saw answered), and the ratio
+blitzdns/dnsmasq; then blitzdns's peak RSS (VmHWM). Every server listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_CPU, CLIENT_CPU = "0", "1"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MISS_NAMES = 400_000
+
+
+@dataclass
+class Result:
+    qps: float
+    completed: int
+    lost: int
+    cpu_us: float
+
+
+def free_port() -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def dnsmasq_command(port: int, *options: str) -> list[str]:
+    binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+    return [
+        binary,
+        "-k",
+        "-C",
+        "/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        f"--port={port}",
+        "--pid-file=",
+        "--user=root",
+        *options,
+    ]
+
+
+def wait_until_answering(port: int, timeout: float = 10) -> None:
+    query = (
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+        b"\x05probe\x05bench\x04test\x00\x00\x01\x00\x01"
+    )
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        while time.monotonic() < deadline:
+            sock.sendto(query, ("127.0.0.1", port))
+            try:
+                if sock.recv(512)[:2] == query[:2]:
+                    return
+            except OSError:
+                time.sleep(0.05)
+    raise RuntimeError(f"nothing answers on 127.0.0.1:{port}")
+
+
+def run_dnsperf(port: int, datafile: Path, seconds: float, rate: int, *, once: bool) -> Result:
+    command = [
+        "taskset",
+        "-c",
+        CLIENT_CPU,
+        "dnsperf",
+        "-s",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-d",
+        str(datafile),
+        "-l",
+        str(seconds),
+        "-t",
+        "2",
+        "-q",
+        "200",
+    ]
+    if once:
+        command += ["-n", "1"]
+    if rate:
+        command += ["-Q", str(rate)]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds + 30, check=False
+    )
+    output = done.stdout + done.stderr
+    completed = re.search(r"Queries completed:\s+(\d+)", output)
+    lost = re.search(r"Queries lost:\s+(\d+)", output)
+    qps = re.search(r"Queries per second:\s+([\d.]+)", output)
+    if not (completed and lost and qps):
+        raise RuntimeError(f"unexpected dnsperf output:\n{output}")
+    return Result(float(qps.group(1)), int(completed.group(1)), int(lost.group(1)), 0.0)
+
+
+def measure(pid: int, port: int, datafile: Path, seconds: float, rate: int, once: bool) -> Result:
+    before = cpu_seconds(pid)
+    result = run_dnsperf(port, datafile, seconds, rate, once=once)
+    used = cpu_seconds(pid) - before
+    result.cpu_us = used * 1e6 / max(result.completed, 1)
+    return result
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each dnsperf run")
+    parser.add_argument(
+        "--rate",
+        type=int,
+        default=20000,
+        help="dnsperf -Q for (a) and (b), so both servers carry the same load; they are "
+        "also run as fast as dnsperf can (0: only that)",
+    )
+    args = parser.parse_args()
+    for tool in ("dnsperf", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed")
+    if shutil.which("dnsmasq") is None and not Path("/usr/sbin/dnsmasq").exists():
+        sys.exit("dnsmasq is not installed")
+
+    work = Path(tempfile.mkdtemp(prefix="dns_bench-"))
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        upstream_port, ours_port, theirs_port = free_port(), free_port(), free_port()
+        upstream = f"127.0.0.1#{upstream_port}"
+        processes.append(
+            subprocess.Popen(
+                [
+                    "taskset",
+                    "-c",
+                    CLIENT_CPU,
+                    *dnsmasq_command(
+                        upstream_port,
+                        "--cache-size=0",
+                        "--local-ttl=3600",
+                        "--address=/bench.test/127.0.0.9",
+                        "--address=/cached.test/127.0.0.8",
+                    ),
+                ]
+            )
+        )
+        wait_until_answering(upstream_port)
+        theirs = subprocess.Popen(
+            [
+                "taskset",
+                "-c",
+                SERVER_CPU,
+                *dnsmasq_command(
+                    theirs_port,
+                    "--cache-size=10000",
+                    "--address=/dnd.dartmouth.edu/127.77.0.1",
+                    "--local=/dnd.dartmouth.edu/",
+                    f"--server={upstream}",
+                ),
+            ]
+        )
+        processes.append(theirs)
+        ours = subprocess.Popen(
+            [
+                "taskset",
+                "-c",
+                SERVER_CPU,
+                sys.executable,
+                "-m",
+                "blitzdns.dns.server",
+                "--listen",
+                f"127.0.0.1:{ours_port}",
+                "--upstream",
+                f"127.0.0.1:{upstream_port}",
+                "--no-loop-probe",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        )
+        processes.append(ours)
+        wait_until_answering(theirs_port)
+        wait_until_answering(ours_port)
+
+        protected = write_lines(work / "protected.txt", ["dnd.dartmouth.edu A"])
+        cached = write_lines(work / "cached.txt", [f"c{i}.cached.test A" for i in range(100)])
+        servers = {"blitzdns": (ours, ours_port), "dnsmasq": (theirs, theirs_port)}
+        for _, port in servers.values():
+            run_dnsperf(port, cached, 5, 0, once=True)
+
+        cases: list[tuple[str, dict[str, Result]]] = []
+        rate_label = f" @{args.rate // 1000}k/s" if args.rate else ""
+        for label, datafile, once, rate in (
+            ("(a) protected name" + rate_label, protected, False, args.rate),
+            ("(a) protected name max", protected, False, 0),
+            ("(b) cache hit" + rate_label, cached, False, args.rate),
+            ("(b) cache hit max", cached, False, 0),
+            ("(c) cache miss max", None, True, 0),
+        ):
+            if label.endswith("max") and datafile is not None and not args.rate:
+                continue
+            results = {}
+            for server, (process, port) in servers.items():
+                if datafile is None:
+                    lines = [f"m{i}.{server}.bench.test A" for i in range(MISS_NAMES)]
+                    datafile_here = write_lines(work / f"miss-{server}.txt", lines)
+                else:
+                    datafile_here = datafile
+                results[server] = measure(
+                    process.pid, port, datafile_here, args.seconds, rate, once
+                )
+            cases.append((label, results))
+
+        rss_mib = peak_rss_kib(ours.pid) / 1024
+        print(f"\nCPU {SERVER_CPU}: servers; CPU {CLIENT_CPU}: dnsperf and the upstream dnsmasq")
+        print(f"{'case':28} {'server':9} {'queries/s':>10} {'lost':>7} {'CPU µs/q':>9}")
+        for label, results in cases:
+            for server, r in results.items():
+                print(f"{label:28} {server:9} {r.qps:10.0f} {r.lost:7d} {r.cpu_us:9.2f}")
+            ours_r, theirs_r = results["blitzdns"], results["dnsmasq"]
+            print(
+                f"{'':28} {'ratio':9} {ours_r.qps / theirs_r.qps:10.2f} {'':7} "
+                f"{ours_r.cpu_us / theirs_r.cpu_us:9.2f}   (blitzdns / dnsmasq)"
+            )
+        print(f"\nblitzdns peak RSS (VmHWM): {rss_mib:.1f} MiB")
+        verdicts = [
+            (f"{label} CPU/query <= 2x dnsmasq", results, "cpu") for label, results in cases
+        ]
+        verdicts[-1] = (f"{cases[-1][0]} queries/s >= 0.8x dnsmasq", cases[-1][1], "qps")
+        for text, results, kind in verdicts:
+            ours_r, theirs_r = results["blitzdns"], results["dnsmasq"]
+            met = (
+                ours_r.cpu_us <= 2 * theirs_r.cpu_us
+                if kind == "cpu"
+                else ours_r.qps >= 0.8 * theirs_r.qps
+            )
+            print(f"target {text}: {'met' if met else 'MISSED'}")
+        print(f"target RSS < 40 MiB: {'met' if rss_mib < 40 else 'MISSED'}")
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
