@@ -37,6 +37,10 @@ class Supervisor(Generic[L]):
     fails, the next begins after ``backoff.delay(failures)``: the first retry is immediate.
     A final error (authentication, host key) on any gateway of a round where none
     connected ends the run: one clear error, no retry storm.
+
+    A link that was up for at least ``stable_s`` is replaced at once when it drops; one
+    that drops sooner counts as a failure, so a gateway that accepts and then cuts every
+    connection is retried with backoff, not in a tight loop.
     """
 
     def __init__(
@@ -48,6 +52,8 @@ class Supervisor(Generic[L]):
         backoff: Backoff,
         random: Callable[[], float],
         on_event: Callable[[LinkStatus, Gateway | None, TunnelError | None, L | None], None],
+        clock: Callable[[], float],
+        stable_s: float = 10.0,
     ) -> None:
         self._gateways = gateways
         self._connect = connect
@@ -55,6 +61,8 @@ class Supervisor(Generic[L]):
         self._backoff = backoff
         self._random = random
         self._on_event = on_event
+        self._clock = clock
+        self._stable_s = stable_s
         self.attempts = 0
 
     async def _try_round(self) -> tuple[Gateway, L] | TunnelError:
@@ -94,8 +102,13 @@ class Supervisor(Generic[L]):
                 await self._sleep(self._backoff.delay(failures, self._random))
                 continue
             gateway, link = outcome
-            failures = 0
             self._on_event(LinkStatus.UP, gateway, None, link)
+            up_since = self._clock()
             reason = await link.wait_closed()
             log.warning("%s", reason)
             self._on_event(LinkStatus.DOWN, gateway, reason, None)
+            if self._clock() - up_since >= self._stable_s:
+                failures = 0
+            else:
+                failures += 1
+                await self._sleep(self._backoff.delay(failures, self._random))

@@ -245,6 +245,7 @@ class Tunnel:
             backoff=self.options.backoff,
             random=random.random,
             on_event=self._on_event,
+            clock=asyncio.get_running_loop().time,
         )
         self._set_status(LinkStatus.CONNECTING)
         self._task = asyncio.get_running_loop().create_task(

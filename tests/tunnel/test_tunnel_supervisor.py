@@ -41,6 +41,7 @@ class Harness:
         self.events: list[tuple[LinkStatus, str | None]] = []
         self.links: list[FakeLink] = []
         self.up = asyncio.Event()
+        self.now = 0.0
 
     async def connect(self, gateway: Gateway) -> FakeLink:
         self.attempts.append(gateway.host)
@@ -74,6 +75,7 @@ class Harness:
             backoff=Backoff(base_s=1, cap_s=8),
             random=lambda: 0.5,
             on_event=self.on_event,
+            clock=lambda: self.now,
         )
 
 
@@ -134,12 +136,13 @@ async def test_final_and_unreachable_in_one_round_is_final() -> None:
     assert harness.attempts == ["a", "b"]
 
 
-async def test_lost_link_reconnects_at_once_and_resets_backoff() -> None:
+async def test_lost_stable_link_reconnects_at_once() -> None:
     harness = Harness({"gw": [lambda: FakeLink("gw")]})
     task = asyncio.create_task(harness.supervisor("gw").run())
     for round_number in range(3):
         await asyncio.wait_for(harness.up.wait(), 5)
         harness.up.clear()
+        harness.now += 60
         harness.links[-1].drop()
         await asyncio.sleep(0)
         assert len(harness.attempts) >= round_number + 1
@@ -148,6 +151,23 @@ async def test_lost_link_reconnects_at_once_and_resets_backoff() -> None:
     statuses = [status for status, _ in harness.events]
     assert statuses.count(LinkStatus.DOWN) == 3
     assert statuses.count(LinkStatus.UP) == 4
+    task.cancel()
+
+
+async def test_a_link_that_keeps_dropping_at_once_is_retried_with_backoff() -> None:
+    harness = Harness({"gw": [lambda: FakeLink("gw")]})
+    task = asyncio.create_task(harness.supervisor("gw").run())
+    for _ in range(5):
+        await asyncio.wait_for(harness.up.wait(), 5)
+        harness.up.clear()
+        harness.links[-1].drop()
+    await asyncio.wait_for(harness.up.wait(), 5)
+    assert harness.sleeps == [0.0, 0.75, 1.5, 3.0, 6.0]
+    harness.up.clear()
+    harness.now += 60
+    harness.links[-1].drop()
+    await asyncio.wait_for(harness.up.wait(), 5)
+    assert len(harness.sleeps) == 5
     task.cancel()
 
 
