@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -81,20 +82,33 @@ async def check_stub(config: Config, stub: tuple[str, int]) -> list[Step]:
     return steps
 
 
+def system_lookup(name: str) -> list[str]:
+    """What the platform's own resolver (getaddrinfo, as every program calls it) returns."""
+    try:
+        infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        return [f"error: {exc}"]
+    return sorted({str(info[4][0]) for info in infos})
+
+
 def check_system_resolver(config: Config) -> list[Step]:
-    """Step 2: the platform's own lookup (getaddrinfo) yields the mouths."""
+    """Step 2: the platform's own lookup (getaddrinfo) yields the mouths and nothing else.
+
+    Each name is looked up in its own thread: a resolver that is not pointed at the stub
+    may time out, and those waits should not add up.
+    """
+    hosts = config.hosts
+    if not hosts:
+        return []
+    with ThreadPoolExecutor(max_workers=min(len(hosts), 16)) as pool:
+        seen_by_host = list(pool.map(lambda h: system_lookup(h.canonical_name), hosts))
     steps = []
-    for host in config.hosts:
-        name = host.canonical_name
-        try:
-            infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
-            seen = sorted({str(info[4][0]) for info in infos})
-        except OSError as exc:
-            seen = [f"error: {exc}"]
-        ok = seen == [str(host.mouth)] or set(seen) <= {str(host.mouth), "::1"}
+    for host, seen in zip(hosts, seen_by_host, strict=True):
+        mouths = {str(host.mouth), *([str(host.mouth6)] if host.mouth6 else [])}
+        ok = str(host.mouth) in seen and set(seen) <= mouths
         steps.append(
             Step(
-                f"system resolver: {name}",
+                f"system resolver: {host.canonical_name}",
                 ok,
                 f"getaddrinfo → {', '.join(seen)}",
                 ""
@@ -151,13 +165,13 @@ def check_mouths(config: Config, forwards: Iterable[ForwardSpec] | None = None) 
         if exposed:
             detail += f"; ALSO on {', '.join(exposed)} (reachable from the network)"
         fix = ""
-        if not listening:
-            fix = "start `blitzdns run` with the tunnel (not --no-tunnel)"
-        elif exposed:
+        if exposed:
             fix = (
                 "something (an `ssh -g -L`?) listens on all interfaces: stop it; "
                 "blitzdns binds loopback only"
             )
+        elif not listening:
+            fix = "start `blitzdns run` with the tunnel (not --no-tunnel)"
         steps.append(Step(f"mouth {f.host}/{f.service}", ok, detail, fix))
     return steps
 
@@ -176,18 +190,11 @@ def check_link(status: dict[str, Any] | None) -> list[Step]:
     tunnel = status.get("tunnel")
     if not tunnel:
         return [Step("SSH link", False, "the daemon runs without the tunnel", "drop --no-tunnel")]
-    final = tunnel.get("final_error")
-    up = str(tunnel.get("status", "")).lower() == "up"
-    key_step = Step(
-        "gateway host key",
-        not (final and "host key" in final.lower()),
-        "known" if not (final and "host key" in final.lower()) else final,
-        ""
-        if not final
-        else "follow the command in the message to trust the key, after checking it",
-    )
-    detail = f"up via {tunnel.get('gateway')}" if up else f"{tunnel.get('status')}"
-    if not up and (tunnel.get("last_error") or final):
+    final = str(tunnel.get("final_error") or "")
+    state = str(tunnel.get("status", "")).lower()
+    up = state == "up"
+    detail = f"up via {tunnel.get('gateway')}" if up else state or "unknown"
+    if not up and (final or tunnel.get("last_error")):
         detail += f": {final or tunnel.get('last_error')}"
     link_step = Step(
         "SSH link",
@@ -195,7 +202,32 @@ def check_link(status: dict[str, Any] | None) -> list[Step]:
         detail,
         "" if up else "check the gateway name and your SSH access (`ssh GATEWAY true`)",
     )
+    if "host key" in final.lower():
+        key_step = Step(
+            "gateway host key",
+            False,
+            final,
+            "compare the fingerprint with one the gateway's administrators publish, "
+            "then run the command the message names",
+        )
+    elif up:
+        key_step = Step("gateway host key", True, "known (the link checked it)")
+    else:
+        key_step = Step(
+            "gateway host key",
+            False,
+            f"not verified: the link is {state or 'not up'}",
+            "fix the SSH link first",
+        )
     return [link_step, key_step]
+
+
+def link_is_up(status: dict[str, Any] | None) -> bool | None:
+    """True/False from a daemon's status; None without a daemon (the probes then decide)."""
+    if status is None:
+        return None
+    tunnel = status.get("tunnel") or {}
+    return str(tunnel.get("status", "")).lower() == "up"
 
 
 Prober = Callable[[str, int, float], Awaitable[Any]]
@@ -211,9 +243,27 @@ def prober_for(config: Config, forward: ForwardSpec) -> Prober:
     return probe
 
 
-async def check_end_to_end(config: Config, timeout: float = 5.0) -> list[Step]:
-    """Step 5: through each loopback forward, the service's own greeting or reply."""
+async def check_end_to_end(
+    config: Config, timeout: float = 5.0, *, link_up: bool | None = None
+) -> list[Step]:
+    """Step 5: through each loopback forward, the service's own greeting or reply.
+
+    With ``link_up=False`` (the daemon says the link is down) nothing is tried: a mouth
+    would hold each probe for ``wait_for_link_s`` and then close it, which says no more.
+    """
     from blitzdns.blitzmail import probes
+
+    loopback = [f for f in config.forwards() if f.allowed_peers is None]
+    if link_up is False:
+        return [
+            Step(
+                f"end to end {f.host}/{f.service}",
+                False,
+                "not tried: the SSH link is not up",
+                "fix the SSH link first",
+            )
+            for f in loopback
+        ]
 
     async def one(f: ForwardSpec) -> Step:
         try:
@@ -234,13 +284,14 @@ async def check_end_to_end(config: Config, timeout: float = 5.0) -> list[Step]:
             else f"expected {result.expected}; is {f.remote}:{f.remote_port} right?",
         )
 
-    loopback = [f for f in config.forwards() if f.allowed_peers is None]
     return list(await asyncio.gather(*(one(f) for f in loopback)))
 
 
 async def run_checks(
     config: Config, *, status: dict[str, Any] | None, system_resolver: bool = True
 ) -> list[Step]:
+    """Every step in the order the classic recipe took them; ``status`` is the daemon's
+    snapshot (None: no daemon answers). ``system_resolver=False`` skips getaddrinfo."""
     stub_endpoint = config.dns.listen[0]
     stub = (stub_endpoint.host, stub_endpoint.port)
     steps = await check_stub(config, stub)
@@ -249,11 +300,12 @@ async def run_checks(
         steps += await loop.run_in_executor(None, check_system_resolver, config)
     steps += check_mouths(config)
     steps += check_link(status)
-    steps += await check_end_to_end(config)
+    steps += await check_end_to_end(config, link_up=link_is_up(status))
     return steps
 
 
 def render(steps: list[Step]) -> str:
+    """One ✓/✗ line per step, the fix under each ✗, and a summary line."""
     lines = []
     for step in steps:
         lines.append(f"{'✓' if step.ok else '✗'} {step.name}: {step.detail}")
@@ -266,4 +318,5 @@ def render(steps: list[Step]) -> str:
 
 
 def to_json(steps: list[Step]) -> list[dict[str, Any]]:
+    """The steps as plain data for ``check --json``."""
     return [asdict(s) for s in steps]

@@ -47,3 +47,33 @@ def udp_bound(address: str, port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def netns_python(code: str, *, mounts: bool = False, timeout: float = 60) -> str:
+    """Run ``code`` with this interpreter in a new network namespace (and mount namespace).
+
+    The namespace has only a loopback link, which ``code`` must bring up itself: whatever it
+    binds or sends cannot reach any other machine. Skips without root or ``unshare``.
+    """
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("unshare (util-linux) and ip (iproute2) are needed")
+    flags = ["-n", "-m"] if mounts else ["-n"]
+    done = subprocess.run(
+        ["unshare", *flags, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode == 97:
+        pytest.skip(done.stderr.strip().splitlines()[-1])
+    if done.returncode != 0 and "unshare failed" in done.stderr:
+        pytest.skip(f"cannot create namespaces here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
