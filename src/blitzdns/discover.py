@@ -15,7 +15,7 @@ from pathlib import Path
 
 from blitzdns.blitzmail import dnd
 from blitzdns.config import Config, Host, parse_config
-from blitzdns.errors import BlitzdnsError, ConfigError, UsageError
+from blitzdns.errors import BlitzdnsError, ConfigError, PermissionProblem, UsageError
 
 
 class DiscoverError(BlitzdnsError):
@@ -57,8 +57,10 @@ async def discover(config: Config, user: str, *, timeout: float = 10.0) -> Disco
             f"DND has no one matching {user!r}; check the spelling or try the full name"
         ) from None
     except dnd.Ambiguous as exc:
-        names = getattr(exc, "candidates", ()) or ()
-        listed = f": {', '.join(names)}" if names else ""
+        listed = ""
+        if exc.candidates:
+            more = " and more" if exc.truncated else ""
+            listed = f": {', '.join(exc.candidates)}{more}"
         raise DiscoverError(
             f"{user!r} matches several people{listed}; give the full name or the nickname"
         ) from None
@@ -68,6 +70,8 @@ async def discover(config: Config, user: str, *, timeout: float = 10.0) -> Disco
         ) from None
     except dnd.NoBlitzServ as exc:
         raise DiscoverError(f"{user!r}: {exc}") from None
+    except dnd.InvalidRequest as exc:
+        raise DiscoverError(f"{user!r} cannot be asked of DND: {exc}") from None
     except dnd.DndUnavailable as exc:
         raise DiscoverError(
             f"DND did not answer at the mouth {address}:{port} ({exc}); "
@@ -78,25 +82,68 @@ async def discover(config: Config, user: str, *, timeout: float = 10.0) -> Disco
     return Discovery(user, account, host_for_server(config, account.blitzserv))
 
 
-_TUNNEL_HEADER = re.compile(r"^\s*\[tunnel\]\s*(#.*)?$")
+_TUNNEL_HEADER = re.compile(r"^\s*\[\s*tunnel\s*\]\s*(#.*)?$")
 _ANY_HEADER = re.compile(r"^\s*\[")
-_HOSTS_LINE = re.compile(r"^\s*hosts\s*=")
+_HOSTS_KEY = re.compile(r"^\s*hosts\s*=\s*")
+
+
+def _array_end(lines: list[str], row: int, column: int) -> tuple[int, int] | None:
+    """Where the TOML array opening at ``lines[row][column]`` closes: (row, column after).
+
+    Brackets inside strings and comments do not count; None when it never closes.
+    """
+    depth = 0
+    quote = ""
+    for r in range(row, len(lines)):
+        line = lines[r]
+        c = column if r == row else 0
+        while c < len(line):
+            char = line[c]
+            if quote:
+                if char == "\\" and quote == '"':
+                    c += 1
+                elif char == quote:
+                    quote = ""
+            elif char in "\"'":
+                quote = char
+            elif char == "#":
+                break
+            elif char == "[":
+                depth += 1
+            elif char == "]":
+                depth -= 1
+                if depth == 0:
+                    return r, c + 1
+            c += 1
+    return None
 
 
 def with_hosts(text: str, hosts: list[str]) -> str:
-    """``text`` (a config file) with ``[tunnel] hosts`` set, comments and layout kept."""
-    line = "hosts = [" + ", ".join(f'"{h}"' for h in hosts) + "]"
+    """``text`` (a config file) with ``[tunnel] hosts`` set, comments and layout kept.
+
+    An existing ``hosts = [...]`` in ``[tunnel]`` is replaced in place (also when it spans
+    lines; a comment after its ``]`` stays, comments inside it go with it); otherwise the
+    key goes right under the header, and a file without ``[tunnel]`` gets the section at
+    its end.
+    """
+    value = "[" + ", ".join(f'"{h}"' for h in hosts) + "]"
     lines = text.splitlines()
     start = next((i for i, raw in enumerate(lines) if _TUNNEL_HEADER.match(raw)), None)
     if start is None:
-        return text.rstrip("\n") + ("\n\n" if text.strip() else "") + f"[tunnel]\n{line}\n"
+        return text.rstrip("\n") + ("\n\n" if text.strip() else "") + f"[tunnel]\nhosts = {value}\n"
     end = next((i for i in range(start + 1, len(lines)) if _ANY_HEADER.match(lines[i])), len(lines))
     for i in range(start + 1, end):
-        if _HOSTS_LINE.match(lines[i]) and lines[i].rstrip().endswith("]"):
-            lines[i] = line
+        key = _HOSTS_KEY.match(lines[i])
+        if key is None or not lines[i][key.end() :].startswith("["):
+            continue
+        closing = _array_end(lines, i, key.end())
+        if closing is None:
             break
+        last, after = closing
+        lines[i : last + 1] = [lines[i][: key.end()] + value + lines[last][after:]]
+        break
     else:
-        lines.insert(start + 1, line)
+        lines.insert(start + 1, f"hosts = {value}")
     return "\n".join(lines) + "\n"
 
 
@@ -112,22 +159,30 @@ def write_discovery(config: Config, found: Discovery, path: Path) -> list[str]:
         for h in config.all_hosts
         if h.key == found.host.key or not ({"mail"} & set(h.services))
     ]
-    original = path.read_text(encoding="utf-8") if path.exists() else ""
+    target = path.resolve() if path.is_symlink() else path
+    original = target.read_text(encoding="utf-8") if target.exists() else ""
     updated = with_hosts(original, keep)
     try:
-        parse_config(updated, source=path)
+        written = parse_config(updated, source=path)
     except ConfigError as exc:
         raise DiscoverError(f"not writing {path}: the result would not load ({exc})") from None
+    if list(written.tunnel.hosts) != keep:
+        raise DiscoverError(
+            f"not writing {path}: [tunnel] hosts is set in a form this edit does not "
+            f"recognise; set hosts = {keep} there by hand"
+        )
+    if updated == original:
+        return keep
+    mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(updated)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
     except PermissionError:
-        from blitzdns.errors import PermissionProblem
-
         raise PermissionProblem(f"cannot write {path} (permission denied); use sudo") from None
     return keep

@@ -8,6 +8,7 @@ key, a recording relay, and the real daemon. Its mouth block search starts at a 
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 import sys
@@ -32,6 +33,26 @@ async def stack() -> AsyncIterator[DemoStack]:
     async with DemoStack(mouth_block_start=random_block_start()) as running:
         assert running.link_up, "the demo link did not come up"
         yield running
+
+
+async def run_cli(*argv: str, timeout: float = 60) -> tuple[int, str, str]:
+    """``blitzdns ARGV...`` as a subprocess, without blocking the loop the stack runs on."""
+    process = await asyncio.create_subprocess_exec(
+        BLITZDNS,
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 def tcp_listening(address: str, port: int) -> bool:

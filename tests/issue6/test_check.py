@@ -22,7 +22,7 @@ from blitzdns.config import build_config
 from blitzdns.demo import DemoStack
 from tunnel import LinkStatus, TunnelState
 
-from .conftest import BLITZDNS, netns_python, random_block_start
+from .conftest import netns_python, random_block_start, run_cli
 
 
 def by_name(steps: list[Step]) -> dict[str, Step]:
@@ -119,8 +119,7 @@ def test_link_step_without_a_daemon_or_tunnel() -> None:
 
 async def test_cli_check_json_exit_status(stack: DemoStack) -> None:
     async def cli() -> tuple[int, list[dict[str, Any]]]:
-        process = await asyncio.create_subprocess_exec(
-            BLITZDNS,
+        code, out, _ = await run_cli(
             "check",
             "--json",
             "--skip-system-resolver",
@@ -128,13 +127,8 @@ async def test_cli_check_json_exit_status(stack: DemoStack) -> None:
             str(stack.config_path),
             "--control-socket",
             str(stack.control_socket),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
         )
-        async with asyncio.timeout(60):
-            out, _ = await process.communicate()
-        assert process.returncode is not None
-        return process.returncode, json.loads(out or b"null")
+        return code, json.loads(out or "null")
 
     code, steps = await cli()
     assert code == 0, steps
