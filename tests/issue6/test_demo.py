@@ -3,23 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import subprocess
+from pathlib import Path
 
+from blitzdns import lookup
 from blitzdns.blitzmail.fakes import DEMO_RECORDS
 from blitzdns.demo import PORT_SHIFT, SERVICE_PORTS, DemoStack, judge, verify
 from blitzdns.demo.relay import RecordingRelay
 from blitzdns.demo.session import secrets_of
 
-from .conftest import BLITZDNS, random_block_start, tcp_listening, udp_bound
+from .conftest import BLITZDNS, random_block_start, run_cli, tcp_listening, udp_bound
 
 USERS = ("demo", "wheelock")
 MOUTH_PORTS = [port + PORT_SHIFT for port in SERVICE_PORTS.values()]
 
 
-def test_demo_once_passes_and_leaves_nothing_listening() -> None:
+def clean_env(home: Path) -> dict[str, str]:
+    """An environment as on a fresh machine: no config, no ~/.ssh, no agent."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SSH_", "XDG_"))}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
+    return env
+
+
+def test_demo_once_passes_and_leaves_nothing_listening(tmp_path: Path) -> None:
     done = subprocess.run(
-        [BLITZDNS, "demo", "--once"], capture_output=True, text=True, timeout=60, check=False
+        [BLITZDNS, "demo", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+        env=clean_env(tmp_path),
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
@@ -41,6 +58,47 @@ def test_demo_once_passes_and_leaves_nothing_listening() -> None:
     for offset in (1, 2, 4, 10):
         for port in MOUTH_PORTS:
             assert not tcp_listening(f"{block[1]}.{offset}", port)
+    assert list(tmp_path.iterdir()) == []  # nothing written to the user's home
+
+
+async def test_demo_serves_a_real_client_until_interrupted(tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        BLITZDNS,
+        "demo",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+        cwd=tmp_path,
+        env=clean_env(tmp_path),
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while not lines or not lines[-1].startswith("  blitzdns check"):
+                line = (await process.stdout.readline()).decode()
+                assert line, "".join(lines)
+                lines.append(line.rstrip("\n"))
+        assert "verdict: PASS" in lines
+        assert "Serving until Ctrl-C. Try it yourself:" in lines
+        # What the demo tells a user to run works while it is up.
+        code, out, err = await run_cli(*lines[-1].split()[1:])
+        assert code == 0, out + err
+        dig = next(line for line in lines if line.startswith("  dig @"))
+        stub_host, stub_port = dig.split()[1][1:], int(dig.split()[3])
+        reply = await lookup.query((stub_host, stub_port), "dnd.dartmouth.edu", "A")
+        mouth = reply.addresses()[0]
+        assert tcp_listening(mouth, PORT_SHIFT + 902)
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0
+    assert not tcp_listening(mouth, PORT_SHIFT + 902)
+    assert not udp_bound(stub_host, stub_port)
 
 
 async def test_stack_closes_everything() -> None:
