@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, cast
 
 from blitzdns.check import (
     Step,
     check_link,
+    check_stub,
     render,
     run_checks,
 )
@@ -296,3 +297,35 @@ def test_resolver_pointed_at_the_stub_passes() -> None:
     assert all(s["ok"] for s in steps), steps
     dnd = next(s for s in steps if s["name"] == "system resolver: dnd.dartmouth.edu")
     assert dnd["detail"] == "getaddrinfo → 127.77.0.1"
+
+
+class RealAddresses(asyncio.DatagramProtocol):
+    """A resolver that is not the stub: the real address for every name, of every type."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        from dnslib import QTYPE, RR, A, DNSRecord
+
+        query = DNSRecord.parse(data)
+        reply = query.reply()
+        reply.add_answer(RR(query.q.qname, QTYPE.A, rdata=A("129.170.16.2"), ttl=0))
+        self.transport.sendto(reply.pack(), addr)
+
+
+async def test_a_stub_answering_real_addresses_is_named(stack: DemoStack) -> None:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(RealAddresses, local_addr=("127.0.0.1", 0))
+    try:
+        other = transport.get_extra_info("sockname")[:2]
+        steps = await check_stub(stack.config, other)
+    finally:
+        transport.close()
+    assert [s.name for s in steps] == [f"stub: {h.key}" for h in stack.config.hosts]
+    assert not any(s.ok for s in steps)
+    dnd = by_name(steps)["stub: dnd"]
+    assert "dnd.dartmouth.edu A → NOERROR ['129.170.16.2']" in dnd.detail
+    assert "blitzdns plan" in dnd.fix
+    # The same check against the real stub holds (the case above is the stub's absence).
+    assert all(s.ok for s in await check_stub(stack.config, stack.stub))
