@@ -54,7 +54,8 @@ demo-once: venv
 	$(BIN)/blitzdns demo --once
 
 bench: venv sysdeps
-	$(PY) bench/run_all.py
+	$(PY) bench/dns_bench.py
+	$(PY) bench/tunnel_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
