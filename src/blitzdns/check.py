@@ -21,6 +21,7 @@ from typing import Any
 
 from blitzdns import lookup
 from blitzdns.config import Config, ForwardSpec
+from blitzdns.system.locations import Facts
 
 PROBE_TYPES = ("A", "AAAA", "ANY", "MX", "TXT", "HTTPS")
 
@@ -33,6 +34,40 @@ class Step:
     ok: bool
     detail: str
     fix: str = ""
+    #: A risk worth a look that does not fail the check (printed with '!').
+    warning: str = ""
+
+
+def check_shared(config: Config, facts: Facts) -> list[Step]:
+    """Local-IP mode: what is exposed where; warn when a shared address carries the default
+    route (its network is then the one that reaches the internet, not a VM bridge or LAN)."""
+    steps = []
+    protected = {h.key for h in config.hosts}
+    for shared in config.shared:
+        networks = [i.network for i in facts.addresses if i.ip == shared.address]
+        routed = [g for g in facts.default_gateways if any(g in n for n in networks)]
+        hosts = [k for k in shared.hosts if k in protected]
+        detail = (
+            f"{shared.address} offers {', '.join(hosts) or 'no hosts'}"
+            f"{' and DNS' if shared.dns else ''} to {', '.join(str(n) for n in shared.allow)}"
+        )
+        warning = ""
+        if routed:
+            warning = (
+                f"{shared.address} is on the interface of the default route (via "
+                f"{', '.join(str(g) for g in routed)}): only the allowed networks get in, but "
+                "prefer a VM bridge or a dedicated LAN address"
+            )
+        steps.append(
+            Step(
+                f"shared address {shared.address}",
+                bool(networks),
+                detail if networks else f"{detail}; this machine does not hold the address",
+                "" if networks else "add the address to an interface, or fix [[shared]] address",
+                warning,
+            )
+        )
+    return steps
 
 
 def name_variants(name: str) -> list[str]:
@@ -299,6 +334,11 @@ async def run_checks(
         loop = asyncio.get_running_loop()
         steps += await loop.run_in_executor(None, check_system_resolver, config)
     steps += check_mouths(config)
+    if config.shared:
+        from blitzdns.system.netfacts import read_facts
+
+        loop = asyncio.get_running_loop()
+        steps += check_shared(config, await loop.run_in_executor(None, read_facts))
     steps += check_link(status)
     steps += await check_end_to_end(config, link_up=link_is_up(status))
     return steps
@@ -311,6 +351,8 @@ def render(steps: list[Step]) -> str:
         lines.append(f"{'✓' if step.ok else '✗'} {step.name}: {step.detail}")
         if not step.ok and step.fix:
             lines.append(f"    → {step.fix}")
+        if step.warning:
+            lines.append(f"    ! {step.warning}")
     passed = sum(s.ok for s in steps)
     verdict = "all good" if passed == len(steps) else "see the ✗ steps above"
     lines.append(f"check: {passed} of {len(steps)} steps hold; {verdict}")
