@@ -78,6 +78,10 @@ def make_config(toml: str = "", *, listen: Sequence[Endpoint] | None = None, **d
     return replace(config, dns=replace(config.dns, **fields))
 
 
+class PortTaken(RuntimeError):
+    """dnsmasq could not bind its port."""
+
+
 class Dnsmasq:
     """A real dnsmasq on 127.0.0.1 answering the test names, logging every query to a file.
 
@@ -89,10 +93,20 @@ class Dnsmasq:
     def __init__(self, directory: Path, extra: Sequence[str] = (), *, auth: bool = False) -> None:
         if DNSMASQ is None:
             pytest.skip("dnsmasq is not installed (Debian package dnsmasq)")
-        self.log_path = directory / f"dnsmasq-{time.monotonic_ns()}.log"
-        self.port = free_port()
-        self.endpoint = Endpoint("127.0.0.1", self.port)
         self.backend = None if auth else Dnsmasq(directory, auth=True)
+        # Another test run may take the free port before dnsmasq binds it: try a few.
+        for attempt in range(5):
+            self.log_path = directory / f"dnsmasq-{time.monotonic_ns()}.log"
+            self.port = free_port()
+            self.endpoint = Endpoint("127.0.0.1", self.port)
+            try:
+                self._start(extra)
+                return
+            except PortTaken:
+                if attempt == 4:
+                    raise
+
+    def _start(self, extra: Sequence[str]) -> None:
         common = [
             DNSMASQ,
             "-k",
@@ -135,6 +149,8 @@ class Dnsmasq:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode() if self.process.stderr else ""
+                if "in use" in err:
+                    raise PortTaken(err)
                 raise RuntimeError(f"dnsmasq exited: {err}")
             if "started" in self.log_text():
                 return

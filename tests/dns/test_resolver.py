@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -401,7 +405,11 @@ def test_malformed_packets_never_stop_the_server(stub: ServerThread) -> None:
         for cut in range(len(real)):
             sock.sendto(real[:cut], ("127.0.0.1", stub.port))
         _hypothesis_junk(sock, stub.port)
-        formerr = real[:12] + b"\x07broken"
+        # A fresh ID: replies to the cut copies of `real` must not count. The flood can
+        # overflow the server's socket buffer (the kernel drops), so this resends until
+        # answered, which also proves the server has worked through the backlog.
+        probe_id = ((int.from_bytes(real[:2], "big") + 1) & 0xFFFF).to_bytes(2, "big")
+        formerr = probe_id + real[2:12] + b"\x07broken"
         assert _reply_code(sock, formerr, stub.port) == dns.rcode.FORMERR
     assert addresses(ask(stub.endpoint, "dnd")) == ["127.77.0.1"]
     assert addresses(ask(stub.endpoint, "after.fwd.test", tcp=True)) == [FORWARDED_ADDRESS]
@@ -496,3 +504,31 @@ def test_works_on_uvloop_too(
     assert addresses(ask(server.endpoint, "uv.fwd.test")) == [FORWARDED_ADDRESS]
     assert addresses(ask(server.endpoint, "uv.fwd.test", tcp=True)) == [FORWARDED_ADDRESS]
     assert re.search(r"ANSWER: 1", dig(server.endpoint, "uv.fwd.test"))
+
+
+def test_privileged_port_without_privilege_is_a_clear_error() -> None:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv (util-linux) to run the resolver unprivileged")
+    done = subprocess.run(
+        [
+            setpriv,
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "blitzdns.dns.server",
+            "--listen",
+            "127.0.0.1:1",
+            "--upstream",
+            "127.0.0.1:5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("blitzdns: not allowed to listen on 127.0.0.1:1 (UDP)")
+    assert "Traceback" not in done.stderr

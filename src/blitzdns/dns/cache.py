@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import TypeVar, cast
 
 from blitzdns.dns.decide import NOERROR, NXDOMAIN
 from blitzdns.dns.fastpath import Scan
@@ -35,43 +36,47 @@ class Entry:
     """One cached reply and its TTL patch points.
 
     ``head`` (flags and counts) and ``tail`` (everything after the question) are the
-    patched reply's pieces for the age they were made at: a hit is ``ID + head + the
-    client's question + tail``.
+    reply's pieces as patched for ``age``: a hit is ``ID + head + the client's question +
+    tail``. The TTL offsets count from the start of ``tail``. Values many entries share
+    (heads, offset and TTL tuples) are kept once.
     """
 
-    __slots__ = (
-        "age",
-        "expires",
-        "head",
-        "original",
-        "qend",
-        "stored",
-        "tail",
-        "ttl_offsets",
-        "ttls",
-    )
+    __slots__ = ("age", "expires", "head", "stored", "tail", "ttl_offsets", "ttls")
 
     def __init__(self, original: bytes, scan: Scan, stored: float, lifetime: int) -> None:
-        self.original = original
-        self.ttl_offsets = scan.ttl_offsets
-        self.ttls = scan.ttls
-        self.qend = scan.question_end
+        qend = scan.question_end
+        self.head = _shared(original[2:12])
+        self.tail = original[qend:]
+        self.ttl_offsets = _shared(tuple(offset - qend for offset in scan.ttl_offsets))
+        self.ttls = _shared(scan.ttls)
         self.stored = stored
         self.expires = stored + lifetime
         self.age = 0
-        self.head = original[2:12]
-        self.tail = original[self.qend :]
 
     def at_age(self, age: int) -> None:
-        """Make ``head`` and ``tail`` hold every TTL lowered by ``age`` seconds (not below 0)."""
+        """Make ``tail`` hold every TTL lowered by ``age`` seconds (never below zero)."""
         if age == self.age:
             return
-        patched = bytearray(self.original)
+        patched = bytearray(self.tail)
         for offset, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
             _pack_ttl(patched, offset, ttl - age if ttl > age else 0)
-        self.head = bytes(patched[2:12])
-        self.tail = bytes(patched[self.qend :])
+        self.tail = bytes(patched)
         self.age = age
+
+
+_Shareable = TypeVar("_Shareable", bytes, tuple[int, ...])
+_SHARED: dict[object, object] = {}
+_SHARED_LIMIT = 4096
+
+
+def _shared(value: _Shareable) -> _Shareable:
+    """One copy of small values that recur across entries (bounded: later ones stay apart)."""
+    found = _SHARED.get(value)
+    if found is not None:
+        return cast(_Shareable, found)
+    if len(_SHARED) < _SHARED_LIMIT:
+        _SHARED[value] = value
+    return value
 
 
 def lifetime(scan: Scan, *, max_ttl: int, max_negative_ttl: int) -> int:

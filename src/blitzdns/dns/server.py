@@ -16,7 +16,6 @@ resolver alone (debugging, and the benchmark's subject).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import errno
 import logging
@@ -26,7 +25,7 @@ import socket
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from blitzdns.config import Config, Endpoint, build_config, load_config
 from blitzdns.dns import wire
@@ -44,6 +43,9 @@ from blitzdns.errors import (
     PermissionProblem,
     UpstreamLoop,
 )
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["Resolver", "ResolverStats", "UpstreamHealth", "main"]
 
@@ -444,6 +446,8 @@ def _bind_error(exc: OSError, endpoint: Endpoint, proto: str, key: str) -> Blitz
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="python -m blitzdns.dns.server",
         description="Run the blitzdns DNS stub alone (debugging and benchmarks).",
