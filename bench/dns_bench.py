@@ -7,19 +7,26 @@ Both stubs run pinned to CPU 0 and forward to the same upstream (a dnsmasq answe
 with dnsperf on CPU 1. For each case dnsperf sends for a bounded time:
 
 (a) protected — ``dnd.dartmouth.edu A``: blitzdns's table; dnsmasq's
-    ``address=/dnd.dartmouth.edu/127.77.0.1`` + ``local=/dnd.dartmouth.edu/``;
+    ``address=/dnd.dartmouth.edu/127.77.0.1`` + ``local=/dnd.dartmouth.edu/``; once as
+    dnsperf repeats it (blitzdns answers a repeated query from its remembered replies)
+    and once in 8192 random letter cases (as 0x20-randomising resolvers ask), which
+    defeats that memo and measures the precomputed-table path;
 (b) cache hit — 100 forwarded names asked once beforehand, so every query is a hit;
 (c) cache miss — every name unique, so every query goes upstream.
 
 Printed per case and server: queries/s, server CPU per query (µs, utime+stime from
 /proc/PID/stat over the run, divided by the queries dnsperf saw answered), and the ratio
-blitzdns/dnsmasq; then blitzdns's peak RSS (VmHWM). Every server listens on 127.0.0.1.
+blitzdns/dnsmasq; then blitzdns's peak RSS (VmHWM). Each case runs ``--repeat`` times per
+server, alternating which goes first, and the medians are printed: the machine is shared.
+(a) and (b) also run at a fixed ``--rate``, so both servers carry the same load (a server
+that is idle between packets pays a wakeup per query). Every server listens on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import shutil
 import signal
@@ -150,6 +157,14 @@ def measure(pid: int, port: int, datafile: Path, seconds: float, rate: int, once
     return result
 
 
+def median(results: list[Result]) -> Result:
+    """The run with the median CPU per query (its queries/s alongside)."""
+    ordered = sorted(results, key=lambda r: r.cpu_us)
+    middle = ordered[len(ordered) // 2]
+    qps = sorted(r.qps for r in results)[len(results) // 2]
+    return Result(qps, middle.completed, middle.lost, middle.cpu_us)
+
+
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -162,8 +177,11 @@ def main() -> int:
         "--rate",
         type=int,
         default=20000,
-        help="dnsperf -Q for (a) and (b), so both servers carry the same load; they are "
-        "also run as fast as dnsperf can (0: only that)",
+        help="also run (a) and (b) at this dnsperf -Q rate, both servers under the same "
+        "load (0: only as fast as dnsperf can)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per case and server (medians printed)"
     )
     args = parser.parse_args()
     for tool in ("dnsperf", "taskset"):
@@ -237,28 +255,42 @@ def main() -> int:
         for _, port in servers.values():
             run_dnsperf(port, cached, 5, 0, once=True)
 
+        miss_serial = iter(range(1_000_000))
+        rng = random.Random(20)
+        mixed_case = write_lines(
+            work / "mixed.txt",
+            [
+                "".join(c.upper() if rng.random() < 0.5 else c for c in "dnd.dartmouth.edu") + " A"
+                for _ in range(8192)
+            ],
+        )
+        plan = [
+            ("(a) protected name max", protected, 0),
+            ("(a) ... in random case max", mixed_case, 0),
+            ("(b) cache hit max", cached, 0),
+        ]
+        if args.rate:
+            plan += [
+                (f"(a) protected name @{args.rate}/s", protected, args.rate),
+                (f"(b) cache hit @{args.rate}/s", cached, args.rate),
+            ]
+        plan.append(("(c) cache miss max", None, 0))
         cases: list[tuple[str, dict[str, Result]]] = []
-        rate_label = f" @{args.rate // 1000}k/s" if args.rate else ""
-        for label, datafile, once, rate in (
-            ("(a) protected name" + rate_label, protected, False, args.rate),
-            ("(a) protected name max", protected, False, 0),
-            ("(b) cache hit" + rate_label, cached, False, args.rate),
-            ("(b) cache hit max", cached, False, 0),
-            ("(c) cache miss max", None, True, 0),
-        ):
-            if label.endswith("max") and datafile is not None and not args.rate:
-                continue
-            results = {}
-            for server, (process, port) in servers.items():
-                if datafile is None:
-                    lines = [f"m{i}.{server}.bench.test A" for i in range(MISS_NAMES)]
-                    datafile_here = write_lines(work / f"miss-{server}.txt", lines)
-                else:
-                    datafile_here = datafile
-                results[server] = measure(
-                    process.pid, port, datafile_here, args.seconds, rate, once
-                )
-            cases.append((label, results))
+        for label, datafile, rate in plan:
+            runs: dict[str, list[Result]] = {server: [] for server in servers}
+            for repeat in range(args.repeat):
+                order = list(servers) if repeat % 2 == 0 else list(reversed(servers))
+                for server in order:
+                    process, port = servers[server]
+                    if datafile is None:
+                        batch = next(miss_serial)
+                        names = [f"m{i}.r{batch}.bench.test A" for i in range(MISS_NAMES)]
+                        here = write_lines(work / "miss.txt", names)
+                    else:
+                        here = datafile
+                    once = datafile is None
+                    runs[server].append(measure(process.pid, port, here, args.seconds, rate, once))
+            cases.append((label, {server: median(results) for server, results in runs.items()}))
 
         rss_mib = peak_rss_kib(ours.pid) / 1024
         print(f"\nCPU {SERVER_CPU}: servers; CPU {CLIENT_CPU}: dnsperf and the upstream dnsmasq")

@@ -145,6 +145,9 @@ def test_fast_path_agrees_with_dnslib(query: bytes, client: str, data: Any) -> N
     fast = engine.handle(packet, client, NOW)
     slow = new_engine().handle_slow(packet, client, NOW)
     same_outcome(fast, slow)
+    # Asked again with another ID: remembered replies must still match dnslib.
+    again = bytes((packet[0] ^ 0x5A,)) + packet[1:] if packet else packet
+    same_outcome(engine.handle(again, client, NOW), new_engine().handle_slow(again, client, NOW))
 
 
 @settings(max_examples=400, deadline=None)
@@ -222,7 +225,13 @@ def test_cache_hits_patch_id_letters_and_ttls(
     second.header.id = new_id
     if edns:
         second.add_ar(EDNS0(udp_len=1232))
-    hit = engine.handle(bytes(second.pack()), "127.0.0.1", NOW + age)
+    second_packet = bytes(second.pack())
+    hit = engine.handle(second_packet, "127.0.0.1", NOW + age)
+    # The same question again (another ID, a little later) is a remembered reply.
+    repeat = bytes((second_packet[0] ^ 0x5A,)) + second_packet[1:]
+    again = engine.handle(repeat, "127.0.0.1", NOW + age + 0.25)
+    if isinstance(hit, bytes) and int(age + 0.25) == int(age) and age + 0.25 < lifetime:
+        assert again == repeat[:2] + hit[2:]
     if lifetime == 0 or age >= lifetime:
         assert isinstance(hit, ForwardJob)
         return

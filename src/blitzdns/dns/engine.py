@@ -16,10 +16,10 @@ tests feed them the same packets. Pure: the caller passes ``now`` in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from blitzdns.dns import wire
-from blitzdns.dns.cache import Cache
+from blitzdns.dns.cache import Cache, Entry
 from blitzdns.dns.decide import (
     AAAA,
     ANY,
@@ -60,6 +60,18 @@ from blitzdns.dns.table import Name, Table, View, to_wire
 _IN = b"\x00\x01"
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
 _MEMO_LIMIT = 4096
+#: Remembered local replies per view (a client's own few questions, times its flag sets).
+_REPLY_MEMO_LIMIT = 1024
+
+
+def _remember(
+    replies: dict[bytes, bytes | tuple[Entry, int, bytes]],
+    packet: bytes,
+    reply: bytes | tuple[Entry, int, bytes],
+) -> None:
+    if len(replies) >= _REPLY_MEMO_LIMIT:
+        replies.clear()
+    replies[packet[2:]] = reply
 
 
 def wire_labels(wire_name: bytes) -> Name:
@@ -75,10 +87,18 @@ def wire_labels(wire_name: bytes) -> Name:
 
 @dataclass(frozen=True, slots=True)
 class FastView:
-    """A view's local answers, precomputed: by (wire name, type, class), and NODATA by name."""
+    """A view's local answers, precomputed: by (wire name, type, class), and NODATA by name.
+
+    ``replies`` remembers whole replies by the query's bytes after its ID: clients repeat
+    the same question with the same flags, and a reply depends on nothing else — a local
+    one never changes, a cache hit's (its entry, the age it was patched for, and the
+    bytes) holds while the entry lives and its age in seconds is the same. A repeat costs
+    one lookup. Bounded; rebuilt with the view on reload.
+    """
 
     local: dict[bytes, FastAnswer]
     nodata: dict[bytes, FastAnswer]
+    replies: dict[bytes, bytes | tuple[Entry, int, bytes]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, view: View, table: Table) -> FastView:
@@ -163,6 +183,15 @@ class Engine:
         miss walks the name (:func:`~blitzdns.dns.fastpath.name_end`) to check it.
         """
         fast = self._fast.get(client) or self._fast_view(client)
+        remembered = fast.replies.get(packet[2:])
+        if remembered is not None:
+            if isinstance(remembered, bytes):
+                self.stats.answered_local += 1
+                return packet[:2] + remembered
+            hit, hit_age, rest = remembered
+            if now < hit.expires and int(now - hit.stored) == hit_age:
+                self.stats.cache_hits += 1
+                return packet[:2] + rest
         size = len(packet)
         if fast is _REFUSED or size < 17 or packet[2] & 0xF8 or packet[4:10] != _ONE_QUESTION:
             return self.handle_slow(packet, client, now, udp)
@@ -190,7 +219,9 @@ class Engine:
         answer = fast.local.get(qkey)
         if answer is not None:
             self.stats.answered_local += 1
-            return answer.reply(packet, qend, which)
+            reply = answer.reply(packet, qend, which)
+            _remember(fast.replies, packet, reply[2:])
+            return reply
         key = qkey + KEY_FLAG_BYTES[which]
         entry = self._entries.get(key)
         if entry is not None and now < entry.expires:
@@ -199,10 +230,14 @@ class Engine:
             if age != entry.age:
                 entry.at_age(age)
             tail = entry.tail
-            if udp and qend + len(tail) > PLAIN_UDP_LIMIT and qend + len(tail) > udp_limit(edns):
-                self.stats.truncated += 1
-                return error_reply(packet, qend, 0, edns, truncated=True)
-            return packet[:2] + entry.head + packet[12:qend] + tail
+            if qend + len(tail) > PLAIN_UDP_LIMIT and qend + len(tail) > udp_limit(edns):
+                if udp:
+                    self.stats.truncated += 1
+                    return error_reply(packet, qend, 0, edns, truncated=True)
+                return packet[:2] + entry.head + packet[12:qend] + tail
+            rest = entry.head + packet[12:qend] + tail
+            _remember(fast.replies, packet, (entry, age, rest))
+            return packet[:2] + rest
         if name_end(packet) != qn or not name.isascii():
             return self.handle_slow(packet, client, now, udp)
         nodata = fast.nodata.get(name)

@@ -337,6 +337,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
     def __init__(self, resolver: Resolver) -> None:
         self.resolver = resolver
+        self.verbose = resolver.verbose
         self.handle = resolver.engine.handle
         self.clock = asyncio.get_running_loop().time
         self.sendto: Callable[[bytes, Any], None] = _not_connected
@@ -355,7 +356,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
             self.sendto(out, addr)
         elif out is not None:
             self.resolver._spawn(self.resolver._forward_udp(out, self.transport, addr))
-        if self.resolver.verbose and not isinstance(out, ForwardJob):
+        if self.verbose and not isinstance(out, ForwardJob):
             self.resolver._trace(addr[0], data, out, "udp")
 
     def error_received(self, exc: Exception) -> None:
