@@ -14,6 +14,12 @@ from typing import Annotated
 
 import typer
 
+from blitzdns.commands.options import (
+    ConfigOption,
+    ControlSocketOption,
+    JsonOption,
+    LocationOption,
+)
 from blitzdns.config import Config, apply_overrides, load_config
 from blitzdns.errors import BlitzdnsError, UsageError
 
@@ -25,15 +31,6 @@ app = typer.Typer(
 )
 config_app = typer.Typer(no_args_is_help=True, help="Write or show the configuration.")
 app.add_typer(config_app, name="config")
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Config file (default: ~/.config/blitzdns/config.toml)."),
-]
-LocationOption = Annotated[
-    str | None,
-    typer.Option("--location", help="Apply this location's overrides ('auto': detect)."),
-]
 
 
 def effective_config(
@@ -85,9 +82,7 @@ def run(
         typer.Option("--user", help="Drop to this user after binding (default: SUDO_USER)."),
     ] = None,
     location: LocationOption = None,
-    control_socket: Annotated[
-        Path | None, typer.Option("--control-socket", help="Path of the status socket.")
-    ] = None,
+    control_socket: ControlSocketOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every query.")] = False,
 ) -> None:
     """Start the DNS stub and the SSH tunnel and keep them running."""
@@ -120,7 +115,7 @@ def run(
 def plan(
     config_path: ConfigOption = None,
     location: LocationOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Show the names the stub answers, each host's mouth, and the forwards."""
     from blitzdns.plan import plan_dict, render_plan
@@ -185,10 +180,8 @@ def demo(
 def check(
     config_path: ConfigOption = None,
     location: LocationOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    control_socket: Annotated[
-        Path | None, typer.Option("--control-socket", help="Path of the status socket.")
-    ] = None,
+    as_json: JsonOption = False,
+    control_socket: ControlSocketOption = None,
     skip_system_resolver: Annotated[
         bool,
         typer.Option(
@@ -258,11 +251,9 @@ def _register_optional_commands() -> None:
 
     @app.command()
     def status(
-        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+        as_json: JsonOption = False,
         watch: Annotated[bool, typer.Option("--watch", help="Refresh every second.")] = False,
-        control_socket: Annotated[
-            Path | None, typer.Option("--control-socket", help="Path of the status socket.")
-        ] = None,
+        control_socket: ControlSocketOption = None,
     ) -> None:
         """Show the running daemon's link, forwards and DNS counters."""
         status_command(as_json, watch, control_socket)

@@ -154,7 +154,7 @@ class DnsConfig:
     """The resolver half."""
 
     listen: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", 53),)
-    #: Empty: detected from the system at start (see :mod:`blitzdns.dns.upstream`).
+    #: Empty: detected from the system at start (see :mod:`blitzdns.dns.detect`).
     upstreams: tuple[Endpoint, ...] = ()
     ttl: int = 5
     cache_size: int = 10000

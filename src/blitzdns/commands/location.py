@@ -8,18 +8,14 @@ forces a location (``auto``: the detected one) and still shows what the network 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from blitzdns.commands.options import ConfigOption, JsonOption
 from blitzdns.config import Config, load_config
 from blitzdns.system.locations import Facts, Match, describe_rule, evaluate, match_location
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Config file (default: ~/.config/blitzdns/config.toml)."),
-]
 LocationOption = Annotated[
     str | None,
     typer.Option("--location", help="Force this location ('auto': the detected one)."),
@@ -45,7 +41,7 @@ def choose_location(config: Config, name: str | None) -> tuple[Config, Match | N
 def location(
     config_path: ConfigOption = None,
     forced: LocationOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Show which location matches this network now, and why (the facts and the rule)."""
     from blitzdns.system.netfacts import read_facts

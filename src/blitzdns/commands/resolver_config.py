@@ -15,7 +15,8 @@ from typing import Annotated
 
 import typer
 
-from blitzdns.commands.location import ConfigOption, choose_location
+from blitzdns.commands.location import choose_location
+from blitzdns.commands.options import ConfigOption
 from blitzdns.config import Config, load_config
 from blitzdns.errors import UsageError
 from blitzdns.system import install as installer
