@@ -85,6 +85,31 @@ def install_fast_loop() -> bool:
     return True
 
 
+class TerminalSecrets:
+    """Asks for a password or key passphrase on the terminal, once per prompt.
+
+    The answer is kept in memory so that the supervisor's reconnects do not ask again
+    (the classic ``ssh -L`` asked at every restart). Used only when stdin is a terminal.
+    """
+
+    def __init__(self, ask: Callable[[str], str] | None = None):
+        import getpass
+
+        self.ask = ask or getpass.getpass
+        self.answers: dict[str, str] = {}
+
+    async def password(self, prompt: str) -> str:
+        if prompt not in self.answers:
+            self.answers[prompt] = await asyncio.to_thread(self.ask, prompt)
+        return self.answers[prompt]
+
+    def passphrase(self, filename: str) -> str:
+        prompt = f"Enter passphrase for key '{filename}': "
+        if prompt not in self.answers:
+            self.answers[prompt] = self.ask(prompt)
+        return self.answers[prompt]
+
+
 def preload_modules() -> None:
     """Import now what the link and the resolver may import lazily later.
 
@@ -148,6 +173,7 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.reload_requested = asyncio.Event()
         self.ready_sent = False
+        self.secrets: TerminalSecrets | None = None
 
     # ------------------------------------------------------------------ start
 
@@ -262,8 +288,16 @@ class Daemon:
             keepalive_s=config.tunnel.keepalive_s,
             wait_for_link_s=config.tunnel.wait_for_link_s,
             allow_non_loopback=bool(config.shared),
+            **self._terminal_prompts(),
         )
         return Tunnel(options, to_tunnel_forwards(config))
+
+    def _terminal_prompts(self) -> dict[str, Any]:
+        if not sys.stdin.isatty():
+            return {}
+        if self.secrets is None:
+            self.secrets = TerminalSecrets()
+        return {"password_prompt": self.secrets.password, "passphrase": self.secrets.passphrase}
 
     def _on_link_change(self, state: TunnelState) -> None:
         from blitzdns.system import sdnotify
