@@ -247,14 +247,7 @@ class Daemon:
             privileges.drop_privileges(user)
             log.info("running as %s (kept CAP_NET_BIND_SERVICE only)", user.pw_name)
 
-        await self.resolver.start()
-        names = sum(len(h.names) for h in config.hosts)
-        log.info(
-            "DNS stub on %s; %d protected names; other names go to %s",
-            ", ".join(str(e) for e in self.resolver.bound_endpoints),
-            names,
-            ", ".join(str(e) for e in self.upstreams),
-        )
+        await self.resolver.start()  # logs what it listens on, its upstreams, its names
         if self.tunnel is not None:
             self.tunnel.on_state_change(self._on_link_change)
             await self.tunnel.start()
