@@ -21,6 +21,10 @@ Measured per round, for each side (the order alternates between rounds; medians 
   log line; ssh's ``Authenticated to`` at LogLevel VERBOSE) and from sshd's ``Accepted
   publickey`` and ``Connection from`` log lines until ready. Log lines are time-stamped
   on arrival through a pipe (a reader thread; a few ms of jitter).
+* A warm-up round (not counted) first fills the page cache and the daemon's bytecode cache
+  (``--bytecode cached``, the default: ``PYTHONPYCACHEPREFIX=/tmp/daemon-bench-pycache``,
+  as an installed package has its ``.pyc`` files; without it a shell with
+  ``PYTHONDONTWRITEBYTECODE=1`` makes the daemon compile its own sources at every start).
 * **RSS idle**: VmRSS of the process tree 1 s after ready; and **with N connections**:
   N client connections spread over the mouths, each sends a line and gets its echo, all
   held open, then VmRSS and VmHWM (summed over the side's processes; for the peer ssh +
@@ -80,6 +84,8 @@ BLITZDNS = next(
 SSH = shutil.which("ssh") or "/usr/bin/ssh"
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 NOFILE = 16384
+#: Where the daemon's bytecode is cached (as an installed package has it).
+BYTECODE_CACHE = Path("/tmp/daemon-bench-pycache")
 POLL_S = 0.005
 PROBE_LINE = b"ready?\n"
 
@@ -350,11 +356,16 @@ ssh_config = "{lab.ssh_config}"
 """
 
 
-def start_blitzdns(lab: Lab, job: Job, dns_port: int, round_dir: Path) -> Side:
+def start_blitzdns(
+    lab: Lab, job: Job, dns_port: int, round_dir: Path, bytecode_cache: Path | None
+) -> Side:
     config = round_dir / "config.toml"
-    config.write_text(blitzdns_config(lab, job, dns_port).replace("", ""))
+    config.write_text(blitzdns_config(lab, job, dns_port))
     env = {k: v for k, v in os.environ.items() if k != "SUDO_USER"}
     env["PYTHONUNBUFFERED"] = "1"
+    if bytecode_cache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(bytecode_cache)
     proc = subprocess.Popen(
         [BLITZDNS, "run", "--config", str(config), "--control-socket", str(round_dir / "ctl")],
         stdin=subprocess.DEVNULL,
@@ -553,13 +564,19 @@ async def hold_connections(
 
 
 def measure(
-    side_name: str, lab: Lab, job: Job, connections: int, timeout_s: float, round_dir: Path
+    side_name: str,
+    lab: Lab,
+    job: Job,
+    connections: int,
+    timeout_s: float,
+    round_dir: Path,
+    bytecode_cache: Path | None,
 ) -> dict[str, float]:
     dns_port = free_port()
     sshd_mark = lab.sshd_log.mark()
     exec_at = time.monotonic()
     side = (
-        start_blitzdns(lab, job, dns_port, round_dir)
+        start_blitzdns(lab, job, dns_port, round_dir, bytecode_cache)
         if side_name == "blitzdns"
         else start_peer(lab, job, dns_port)
     )
@@ -686,6 +703,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-sessions", type=int, default=10, help="sshd MaxSessions")
     parser.add_argument("--lock-wait", type=float, default=1800.0)
     parser.add_argument("--only", choices=("blitzdns", "openssh+dnsmasq"))
+    parser.add_argument(
+        "--bytecode",
+        choices=("cached", "inherited"),
+        default="cached",
+        help="cached: the daemon keeps bytecode in /tmp/daemon-bench-pycache, as an installed "
+        "package would; inherited: as this shell runs it (PYTHONDONTWRITEBYTECODE is honoured)",
+    )
     parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo:
@@ -699,6 +723,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"loadavg at start: {Path('/proc/loadavg').read_text().strip()}", flush=True)
         sides = [args.only] if args.only else ["blitzdns", "openssh+dnsmasq"]
         rounds: list[dict[str, dict[str, float]]] = []
+        cache = BYTECODE_CACHE if args.bytecode == "cached" else None
         with lab(args.max_sessions) as where:
             job = make_job(where.echo_port)
             print(
@@ -706,6 +731,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"TCP forwards on {job.mouth_block}; sshd MaxSessions {args.max_sessions}",
                 flush=True,
             )
+            for side in sides:
+                warm_dir = where.root / f"warm-up-{side}"
+                warm_dir.mkdir()
+                measure(side, where, job, 10, args.timeout, warm_dir, cache)
+            print("warm-up round done (page cache, bytecode cache); not counted", flush=True)
             for index in range(args.rounds):
                 order = sides if index % 2 == 0 else sides[::-1]
                 result: dict[str, dict[str, float]] = {
@@ -715,7 +745,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     round_dir = where.root / f"round{index}-{side}"
                     round_dir.mkdir()
                     result[side] = measure(
-                        side, where, job, args.connections, args.timeout, round_dir
+                        side, where, job, args.connections, args.timeout, round_dir, cache
                     )
                     ready = result[side]["exec→ready (DNS + all mouths carrying)"]
                     rss = result[side][f"RSS with {args.connections} conns (MB)"]
