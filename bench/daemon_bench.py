@@ -28,7 +28,12 @@ Measured per round, for each side (the order alternates between rounds; medians 
 * **RSS idle**: VmRSS of the process tree 1 s after ready; and **with N connections**:
   N client connections spread over the mouths, each sends a line and gets its echo, all
   held open, then VmRSS and VmHWM (summed over the side's processes; for the peer ssh +
-  dnsmasq, dnsmasq also shown alone).
+  dnsmasq, dnsmasq also shown alone), and the growth per held connection.
+
+sshd runs with its default ``MaxSessions 10`` (``--max-sessions``): it counts session
+channels only, and the N ``direct-tcpip`` channels on one connection pass it (each run
+proves so by getting N echoes). RLIMIT_NOFILE is raised before sshd, ssh and the echo
+server start, so they inherit room for N sockets.
 
 The whole measurement holds ``flock /tmp/blitzdns-bench.lock`` (shared with other
 benchmarks on this machine) and prints /proc/loadavg when it starts and ends. Every loop is
@@ -524,10 +529,13 @@ class Startup:
 
 
 async def probe_startup(job: Job, dns_port: int, deadline: float) -> Startup:
-    mouths = [probe_mouth(a, p, deadline) for a, p in job.forwards]
-    dns_done = asyncio.ensure_future(probe_dns(dns_port, job.names, deadline))
-    mouth_times = await asyncio.gather(*mouths)
-    return Startup(await dns_done, max(t[0] for t in mouth_times), max(t[1] for t in mouth_times))
+    async with asyncio.TaskGroup() as group:
+        dns_done = group.create_task(probe_dns(dns_port, job.names, deadline))
+        mouths = [group.create_task(probe_mouth(a, p, deadline)) for a, p in job.forwards]
+    mouth_times = [task.result() for task in mouths]
+    return Startup(
+        dns_done.result(), max(t[0] for t in mouth_times), max(t[1] for t in mouth_times)
+    )
 
 
 async def hold_connections(
@@ -618,6 +626,9 @@ def measure(
                 rss, hwm = memory_kb(side.pids())
                 values[f"RSS with {connections} conns (MB)"] = rss / 1024
                 values[f"VmHWM with {connections} conns (MB)"] = hwm / 1024
+                values["RSS per held connection (kB)"] = (
+                    rss - values["RSS idle (MB)"] * 1024
+                ) / connections
                 if extra_pids:
                     values["  of which dnsmasq RSS (MB)"] = memory_kb(extra_pids)[0] / 1024
                 values[f"open+echo {connections} conns (s)"] = seconds
@@ -658,7 +669,7 @@ def print_table(rounds: list[dict[str, dict[str, float]]], connections: int) -> 
             series = [r[side][key] for r in rounds if key in r[side]]
             medians.append(statistics.median(series) if series else None)
         ours = [r["blitzdns"][key] for r in rounds if key in r["blitzdns"]]
-        unit = "" if "(MB)" in key or "(s)" in key else " s"
+        unit = "" if key.endswith(")") else " s"
         cells = [f"{m:.3f}{unit}" if m is not None else "—" for m in medians]
         ratio = (
             f"{medians[0] / medians[1]:.2f}"
