@@ -669,7 +669,7 @@ def print_table(rounds: list[dict[str, dict[str, float]]], connections: int) -> 
             series = [r[side][key] for r in rounds if key in r[side]]
             medians.append(statistics.median(series) if series else None)
         ours = [r["blitzdns"][key] for r in rounds if key in r["blitzdns"]]
-        unit = "" if key.endswith(")") else " s"
+        unit = "" if key.endswith(("(MB)", "(kB)", "(s)")) else " s"
         cells = [f"{m:.3f}{unit}" if m is not None else "—" for m in medians]
         ratio = (
             f"{medians[0] / medians[1]:.2f}"
