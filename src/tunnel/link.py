@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncssh
 
+from tunnel.chaff import drop_needless_chaff
 from tunnel.errors import (
     AuthFailed,
     FinalError,
@@ -190,6 +191,7 @@ async def open_link(gateway: Gateway, options: TunnelOptions) -> SSHLink:
     except (OSError, asyncssh.Error) as exc:
         raise GatewayUnreachable(f"gateway {label}: {describe(exc)}") from None
     client = clients[-1]
+    drop_needless_chaff(conn)
     log.info("link up to %s", label)
     return SSHLink(conn, client, label)
 

@@ -102,6 +102,8 @@ class Sshd:
     client_key: Path
     log: Path
     extra_config: str = ""
+    log_level: str = "VERBOSE"
+    """sshd's LogLevel; DEBUG3 logs every packet it receives ("receive packet: type N")."""
     process: subprocess.Popen[bytes] | None = None
     starts: int = field(default=0)
 
@@ -122,7 +124,7 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 AllowTcpForwarding yes
 PidFile none
-LogLevel VERBOSE
+LogLevel {self.log_level}
 MaxStartups 100:30:200
 {self.extra_config}
 """
