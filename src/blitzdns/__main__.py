@@ -1,5 +1,5 @@
 """``python -m blitzdns``: the same as the ``blitzdns`` console script."""
 
-from blitzdns.cli import main
+from blitzdns.entry import main
 
 main()

@@ -1,14 +1,13 @@
 """The ``blitzdns`` command line: parse, load the config, call one function per command.
 
-This is the one edge where typed errors become one line on stderr and an exit code
-(:mod:`blitzdns.errors`, :mod:`tunnel.errors`); nothing below it prints tracebacks for a
-user's mistake.
+Typed errors propagate to :func:`blitzdns.entry.main`, the one edge that turns them into
+one line on stderr and an exit code. ``run`` has its own parser in :mod:`blitzdns.daemon`
+(the entry point reaches it without importing typer); it is listed here for ``--help``.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +20,7 @@ from blitzdns.commands.options import (
     LocationOption,
 )
 from blitzdns.config import Config, apply_overrides, load_config
-from blitzdns.errors import BlitzdnsError, UsageError
+from blitzdns.errors import UsageError
 
 app = typer.Typer(
     add_completion=False,
@@ -55,60 +54,15 @@ def effective_config(
     )
 
 
-@app.command()
-def run(
-    config_path: ConfigOption = None,
-    listen: Annotated[
-        list[str] | None,
-        typer.Option("--listen", help="ADDR:PORT for the stub (repeatable; default 127.0.0.1:53)."),
-    ] = None,
-    upstream: Annotated[
-        list[str] | None,
-        typer.Option("--upstream", help="Upstream resolver ADDR[:PORT] (repeatable)."),
-    ] = None,
-    gateway: Annotated[
-        list[str] | None,
-        typer.Option("--gateway", help="SSH gateway [user@]host[:port] (repeatable, in order)."),
-    ] = None,
-    no_tunnel: Annotated[bool, typer.Option("--no-tunnel", help="Run the resolver only.")] = False,
-    trust_new_host_key: Annotated[
-        bool,
-        typer.Option(
-            "--trust-new-host-key", help="Accept and record an unknown gateway host key (TOFU)."
-        ),
-    ] = False,
-    user: Annotated[
-        str | None,
-        typer.Option("--user", help="Drop to this user after binding (default: SUDO_USER)."),
-    ] = None,
-    location: LocationOption = None,
-    control_socket: ControlSocketOption = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every query.")] = False,
-) -> None:
-    """Start the DNS stub and the SSH tunnel and keep them running."""
-    from blitzdns.daemon import RunOptions, run_daemon
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def run(ctx: typer.Context) -> None:
+    """Start the DNS stub and the SSH tunnel and keep them running (see `run --help`)."""
+    from blitzdns.daemon import run_main
 
-    config = effective_config(
-        config_path,
-        location=location,
-        listen=listen,
-        upstreams=upstream,
-        gateways=gateway,
-        trust_new_host_key=trust_new_host_key,
-    )
-    options = RunOptions(
-        config_path=config_path,
-        no_tunnel=no_tunnel,
-        user=user,
-        auto_location=location == "auto",
-        control_socket=control_socket,
-        verbose=verbose,
-        flag_listen=tuple(listen or ()),
-        flag_upstreams=tuple(upstream or ()),
-        flag_gateways=tuple(gateway or ()),
-        trust_new_host_key=trust_new_host_key,
-    )
-    raise typer.Exit(run_daemon(config, options))
+    raise typer.Exit(run_main(list(ctx.args)))
 
 
 @app.command()
@@ -260,19 +214,3 @@ def _register_optional_commands() -> None:
 
 
 _register_optional_commands()
-
-
-def main() -> None:
-    """Console entry point: run the app, translating typed errors to one line and a code."""
-    from tunnel.errors import TunnelError
-
-    try:
-        app()
-    except BlitzdnsError as exc:
-        print(f"blitzdns: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except TunnelError as exc:
-        print(f"blitzdns: {exc}", file=sys.stderr)
-        sys.exit(getattr(exc, "exit_code", 1))
-    except KeyboardInterrupt:
-        sys.exit(130)

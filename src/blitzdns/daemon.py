@@ -16,6 +16,7 @@ Order of work, and why:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from blitzdns import __version__
 from blitzdns.config import Config, Endpoint, apply_overrides, load_config
@@ -126,6 +127,83 @@ def preload_modules() -> None:
     for module in pkgutil.walk_packages(asyncssh.__path__, "asyncssh."):
         with contextlib.suppress(Exception):
             importlib.import_module(module.name)
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    """A flag mistake is one line (the CLI edge prints it) and exit status 2, like typer's."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"run: {message} (see `blitzdns run --help`)")
+
+
+def run_parser() -> argparse.ArgumentParser:
+    """``blitzdns run``'s flags: the one definition (the typer app only points here)."""
+    parser = _OneLineErrors(
+        prog="blitzdns run",
+        description="Start the DNS stub and the SSH tunnel and keep them running.",
+    )
+    add = parser.add_argument
+    add("-c", "--config", type=Path, help="config file (default: ~/.config/blitzdns/config.toml)")
+    add(
+        "--listen",
+        action="append",
+        default=[],
+        metavar="ADDR:PORT",
+        help="where the stub listens (repeatable; default 127.0.0.1:53)",
+    )
+    add(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="ADDR[:PORT]",
+        help="upstream resolver for other names (repeatable; default: from the system)",
+    )
+    add(
+        "--gateway",
+        action="append",
+        default=[],
+        metavar="[USER@]HOST[:PORT]",
+        help="SSH gateway (repeatable, tried in order; ~/.ssh/config applies)",
+    )
+    add("--no-tunnel", action="store_true", help="run the resolver only")
+    add(
+        "--trust-new-host-key",
+        action="store_true",
+        help="accept and record an unknown gateway host key (trust on first use, by choice)",
+    )
+    add("--user", help="drop to this user after binding (default: SUDO_USER under sudo)")
+    add("--location", help="apply this location's overrides ('auto': detect and follow)")
+    add("--control-socket", type=Path, help="path of the status socket")
+    add("-v", "--verbose", action="store_true", help="log every query")
+    return parser
+
+
+def run_main(argv: list[str]) -> int:
+    """``blitzdns run ARGS``: parse, load the config, run until stopped; the exit status."""
+    args = run_parser().parse_args(argv)
+    config = load_config(args.config)
+    if args.location and args.location != "auto":
+        config = config.at_location(args.location)
+    config = apply_overrides(
+        config,
+        listen=args.listen,
+        upstreams=args.upstream,
+        gateways=args.gateway,
+        trust_new_host_key=args.trust_new_host_key,
+    )
+    options = RunOptions(
+        config_path=args.config,
+        no_tunnel=args.no_tunnel,
+        user=args.user,
+        auto_location=args.location == "auto",
+        control_socket=args.control_socket,
+        verbose=args.verbose,
+        flag_listen=tuple(args.listen),
+        flag_upstreams=tuple(args.upstream),
+        flag_gateways=tuple(args.gateway),
+        trust_new_host_key=args.trust_new_host_key,
+    )
+    return run_daemon(config, options)
 
 
 def run_daemon(config: Config, options: RunOptions) -> int:

@@ -1,0 +1,44 @@
+"""The console entry: `run` parses without typer; mistakes are one line and status 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BLITZDNS = str(Path(sys.executable).with_name("blitzdns"))
+
+
+def test_run_does_not_import_typer_or_pydantic() -> None:
+    code = (
+        "import sys\n"
+        "from blitzdns.daemon import run_parser\n"
+        "run_parser().parse_args(['--no-tunnel'])\n"
+        "import blitzdns.entry\n"
+        "print(sorted(m for m in ('typer', 'pydantic', 'click') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_bad_run_flag_is_one_line_and_status_2() -> None:
+    result = subprocess.run(
+        [BLITZDNS, "run", "--bogus"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "blitzdns: run: unrecognized arguments: --bogus (see `blitzdns run --help`)"
+    ]
+
+
+def test_run_is_listed_in_the_main_help_and_has_its_own() -> None:
+    main = subprocess.run(
+        [BLITZDNS, "--help"], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert " run " in main.stdout
+    own = subprocess.run(
+        [BLITZDNS, "run", "--help"], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert "--gateway" in own.stdout and "--trust-new-host-key" in own.stdout
