@@ -56,6 +56,7 @@ demo-once: venv
 bench: venv sysdeps
 	$(PY) bench/dns_bench.py
 	$(PY) bench/tunnel_bench.py
+	$(PY) bench/daemon_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
