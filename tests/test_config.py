@@ -94,6 +94,14 @@ def test_tunnel_hosts_restricts_what_is_protected() -> None:
         ("[tunnel]\nhosts = ['rudolph']\n", "tunnel.hosts[0]", "rudolph"),
         ("[locations.x]\nmatch = [{}]\n", "locations.x.match[0]", "never match"),
         ("[resolver]\ntarget = 'hosts-file'\n", "resolver.target", "expected one of"),
+        ("[tunnel]\ngateways = ['@@@']\n", "tunnel.gateways[0]", "[user@]host[:port]"),
+        ("[tunnel]\ngateways = ['gw:99999']\n", "tunnel.gateways[0]", "[user@]host[:port]"),
+        (
+            "[tunnel]\nidentity_files = ['/nonexistent/key']\n",
+            "tunnel.identity_files[0]",
+            "no such",
+        ),
+        ("[hosts.dnd]\nmouth6 = '::1'\n", "hosts.dnd.mouth6", "not supported"),
     ],
 )
 def test_each_mistake_names_the_key_and_what_was_expected(
@@ -181,3 +189,18 @@ def test_names_are_normalised() -> None:
     assert normalise_name("DaSheR.Dartmouth.EDU.") == "dasher.dartmouth.edu"
     with pytest.raises(ValueError):
         normalise_name("-bad.example")
+
+
+def test_under_sudo_the_invoking_users_file_comes_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import pwd
+
+    from blitzdns.config import default_config_paths
+
+    if os.geteuid() != 0:
+        pytest.skip("only root reads SUDO_USER")
+    nobody = pwd.getpwnam("nobody")
+    monkeypatch.setenv("SUDO_USER", "nobody")
+    paths = default_config_paths()
+    assert paths[0] == Path(nobody.pw_dir) / ".config" / "blitzdns" / "config.toml"
+    assert paths[-1] == Path("/etc/blitzdns/config.toml")

@@ -55,6 +55,10 @@ DEFAULT_MOUTHS = "127.77.0.0/24"
 DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128")
 RESOLVER_TARGETS = ("auto", "macos", "systemd-resolved", "networkmanager", "resolvconf", "nrpt")
 
+_GATEWAY = re.compile(
+    r"^(?:[^\s@:/\[\]]+@)?(?:[A-Za-z0-9_.%-]+|\[[0-9A-Fa-f:.%]+\])"
+    r"(?::(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3}))?$"
+)
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 
 
@@ -444,9 +448,26 @@ def normalise_name(name: str) -> str:
 
 
 def default_config_paths() -> tuple[Path, ...]:
-    """Where ``run`` looks for a file when ``--config`` is not given, in order."""
+    """Where ``run`` looks for a file when ``--config`` is not given, in order.
+
+    Under sudo, the invoking user's file comes first: ``blitzdns config init`` then
+    ``sudo blitzdns run`` must find the file the user just wrote, not root's.
+    """
+    paths = []
+    sudo_user = os.environ.get("SUDO_USER")
+    if sudo_user and os.geteuid() == 0:
+        import pwd
+
+        try:
+            home = pwd.getpwnam(sudo_user).pw_dir
+        except KeyError:
+            home = ""
+        if home:
+            paths.append(Path(home) / ".config" / "blitzdns" / "config.toml")
     xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return (Path(xdg) / "blitzdns" / "config.toml", Path("/etc/blitzdns/config.toml"))
+    paths.append(Path(xdg) / "blitzdns" / "config.toml")
+    paths.append(Path("/etc/blitzdns/config.toml"))
+    return tuple(dict.fromkeys(paths))
 
 
 def find_config_file(explicit: Path | None = None) -> Path | None:
@@ -454,8 +475,11 @@ def find_config_file(explicit: Path | None = None) -> Path | None:
     if explicit is not None:
         return explicit
     for path in default_config_paths():
-        if path.is_file():
-            return path
+        try:
+            if path.is_file():
+                return path
+        except OSError as exc:
+            raise ConfigError(f"cannot look at the file ({exc.strerror})", file=str(path)) from None
     return None
 
 
@@ -564,6 +588,22 @@ class _Builder:
         except ValueError:
             raise self.fail(key, f"expected an IP address, got {value!r}") from None
 
+    def gateways(self, value: Any, key: str) -> tuple[str, ...]:
+        """``[user@]host[:port]`` each (host may be a ~/.ssh/config alias or ``[v6]``)."""
+        result = self.strings(value, key)
+        for i, text in enumerate(result):
+            if not _GATEWAY.match(text):
+                raise self.fail(
+                    f"{key}[{i}]", f"expected [user@]host[:port] (an SSH gateway), got {text!r}"
+                )
+        return result
+
+    def existing_file(self, value: Any, key: str) -> Path:
+        path = self.path(value, key)
+        if not path.is_file():
+            raise self.fail(key, f"no such file: {path}")
+        return path
+
     def path(self, value: Any, key: str) -> Path:
         return Path(self.string(value, key)).expanduser()
 
@@ -666,7 +706,7 @@ class _Builder:
             if mouths.num_addresses < 4:
                 raise self.fail("tunnel.mouths", "expected a block of at least 4 addresses (/30)")
         return TunnelConfig(
-            gateways=self.strings(t.get("gateways", []), "tunnel.gateways"),
+            gateways=self.gateways(t.get("gateways", []), "tunnel.gateways"),
             mouths=mouths,
             hosts=self.strings(t.get("hosts", []), "tunnel.hosts"),
             known_hosts=self.path(t["known_hosts"], "tunnel.known_hosts")
@@ -676,7 +716,7 @@ class _Builder:
             if "ssh_config" in t
             else None,
             identity_files=tuple(
-                self.path(p, f"tunnel.identity_files[{i}]")
+                self.existing_file(p, f"tunnel.identity_files[{i}]")
                 for i, p in enumerate(
                     self.strings(t.get("identity_files", []), "tunnel.identity_files")
                 )
@@ -799,14 +839,15 @@ class _Builder:
                         f"{where}.services[{i}]",
                         f"{svc!r} is UDP; SSH forwarding carries TCP only",
                     )
-            mouth6 = None
             if "mouth6" in entry:
-                address = self.address(entry["mouth6"], f"{where}.mouth6")
-                if not isinstance(address, ipaddress.IPv6Address) or not address.is_loopback:
-                    raise self.fail(
-                        f"{where}.mouth6", "expected ::1 (the only IPv6 loopback address)"
-                    )
-                mouth6 = address
+                # Only ::1 exists on IPv6 loopback, so every host's IPv6 mouth would share one
+                # address and the hosts on one port could not be told apart: fail at load.
+                raise self.fail(
+                    f"{where}.mouth6",
+                    "IPv6 mouths are not supported (all hosts would share ::1); remove it: "
+                    "AAAA for a protected name answers NODATA, so clients use the IPv4 mouth",
+                )
+            mouth6 = None
             remote = entry.get("remote", names[0])
             try:
                 remote = normalise_name(self.string(remote, f"{where}.remote"))
@@ -908,7 +949,7 @@ class _Builder:
             result[name] = Location(
                 name=name,
                 match=rules,
-                gateways=self.strings(t["gateways"], f"{where}.gateways")
+                gateways=self.gateways(t["gateways"], f"{where}.gateways")
                 if "gateways" in t
                 else None,
                 upstreams=self.endpoints(t["upstreams"], f"{where}.upstreams")

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO, TypedDict
 
-from blitzdns.errors import AddressInUse, BlitzdnsError, NotRunning, PermissionProblem
+from blitzdns.errors import AddressInUse, BlitzdnsError, NotRunning, PermissionProblem, UsageError
 
 log = logging.getLogger("blitzdns.control")
 
@@ -197,6 +197,11 @@ class ControlServer:
 
     def _prepare_directory(self) -> None:
         directory = self.path.parent
+        ours = {p.parent for p in socket_candidates()}
+        if directory not in ours and not directory.parent.is_dir():
+            # A --control-socket path: its own directory may be made (mode 0700), but a
+            # chain of missing ones is a typo, not something to invent (mkdir -p as root).
+            raise UsageError(f"--control-socket {self.path}: no such directory {directory.parent}")
         created = False
         try:
             directory.mkdir(mode=0o700, parents=True)
@@ -208,7 +213,6 @@ class ControlServer:
                 f"cannot create {directory} (permission denied): run as root, "
                 "set XDG_RUNTIME_DIR, or pass --control-socket PATH"
             ) from None
-        ours = {p.parent for p in socket_candidates()}
         if not (created or directory in ours):
             return
         with contextlib.suppress(PermissionError):

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from blitzdns import __version__
-from blitzdns.config import Config, Endpoint, apply_overrides, load_config
+from blitzdns.config import Config, Endpoint, apply_overrides, find_config_file, load_config
 from blitzdns.errors import BlitzdnsError, UsageError
 
 if TYPE_CHECKING:
@@ -181,7 +181,10 @@ def run_parser() -> argparse.ArgumentParser:
 def run_main(argv: list[str]) -> int:
     """``blitzdns run ARGS``: parse, load the config, run until stopped; the exit status."""
     args = run_parser().parse_args(argv)
-    config = load_config(args.config)
+    # Found once, before any privilege drop: a reload must read the same file even when
+    # HOME has changed to the target user's by then.
+    config_path = find_config_file(args.config)
+    config = load_config(config_path, search=False)
     if args.location and args.location != "auto":
         config = config.at_location(args.location)
     config = apply_overrides(
@@ -192,7 +195,7 @@ def run_main(argv: list[str]) -> int:
         trust_new_host_key=args.trust_new_host_key,
     )
     options = RunOptions(
-        config_path=args.config,
+        config_path=config_path,
         no_tunnel=args.no_tunnel,
         user=args.user,
         auto_location=args.location == "auto",
@@ -250,6 +253,7 @@ class Daemon:
         self.started = time.time()
         self.stopping = asyncio.Event()
         self.reload_requested = asyncio.Event()
+        self.reload_lock = asyncio.Lock()
         self.ready_sent = False
         self.secrets: TerminalSecrets | None = None
 
@@ -382,7 +386,7 @@ class Daemon:
             else:
                 sdnotify.notify(status=f"link up via {state.gateway}")
         elif state.status == LinkStatus.FAILED:
-            log.error("%s", state.final_error)
+            # The supervisor has logged the final error already: once is enough.
             sdnotify.notify(status=f"failed: {state.final_error}")
             self.stopping.set()
         else:
@@ -402,7 +406,7 @@ class Daemon:
     def _load(self) -> Config:
         opts = self.options
         return apply_overrides(
-            load_config(opts.config_path),
+            load_config(opts.config_path, search=False),
             listen=opts.flag_listen,
             upstreams=opts.flag_upstreams,
             gateways=opts.flag_gateways,
@@ -410,7 +414,15 @@ class Daemon:
         )
 
     async def reload(self, new: Config | None = None) -> bool:
-        """Apply a new config; on any error keep the old one and log why."""
+        """Apply a new config; on any error keep the old one and log why.
+
+        SIGHUP, the control socket and the location poll may ask at once: one reload at a
+        time, or the tunnel and the stub could end on different configurations.
+        """
+        async with self.reload_lock:
+            return await self._reload(new)
+
+    async def _reload(self, new: Config | None) -> bool:
         try:
             if new is None:
                 new = self._load()
@@ -521,7 +533,9 @@ class Daemon:
             closers.append(self.tunnel.close)
         if self.resolver is not None:
             closers.append(self.resolver.close)
+        deadline = time.monotonic() + STOP_GRACE_S
         for close in closers:
+            remaining = max(deadline - time.monotonic(), 0.05)
             with contextlib.suppress(Exception, asyncio.TimeoutError):
-                await asyncio.wait_for(close(), STOP_GRACE_S)
+                await asyncio.wait_for(close(), remaining)
         self.control = self.tunnel = self.resolver = None

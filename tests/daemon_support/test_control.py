@@ -105,6 +105,7 @@ def sample_snapshot() -> dict[str, Any]:
 
 @pytest.fixture
 def sock_path(tmp_path: Path) -> Path:
+    (tmp_path / "run").mkdir()
     return tmp_path / "run" / "blitzdns" / "control.sock"
 
 
@@ -373,3 +374,16 @@ async def test_status_watch_refreshes_and_survives_a_restart(sock_path: Path) ->
     frames = screen.getvalue().split("\x1b[H\x1b[2J")
     assert frames[0] == "" and len(frames) == 3
     assert all("dasher/mail" in frame for frame in frames[1:])
+
+
+async def test_a_control_socket_in_a_missing_directory_is_refused_not_created(
+    tmp_path: Path,
+) -> None:
+    from blitzdns.control import ControlServer
+    from blitzdns.errors import UsageError
+
+    missing = tmp_path / "no" / "such" / "dir" / "c.sock"
+    server = ControlServer(missing, dict)
+    with pytest.raises(UsageError, match="no such directory"):
+        await server.start()
+    assert not (tmp_path / "no").exists()

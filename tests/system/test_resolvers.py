@@ -49,7 +49,15 @@ def test_systemd_resolved_drop_in_uses_a_search_domain_for_short_names(
     (item,) = plan.files
     assert item.path == "/etc/systemd/resolved.conf.d/50-blitzdns.conf"
     lines = [ln for ln in item.content.decode().splitlines() if not ln.startswith("#")]
-    assert lines == ["[Resolve]", "DNS=127.0.0.1:53535", "Domains=dartmouth.edu"]
+    assert lines[:2] == ["[Resolve]", "DNS=127.0.0.1:53535"]
+    domains = lines[2].removeprefix("Domains=").split()
+    # The domain as a search domain, and every protected name routed on its own, so a
+    # link whose search domain is also dartmouth.edu cannot tie with (and race) the stub.
+    assert domains[0] == "dartmouth.edu"
+    assert {"~dnd.dartmouth.edu", "~kringle.dartmouth.edu", "~dasher.dartmouth.edu"} <= set(
+        domains
+    )
+    assert all(d.startswith("~") and d.endswith(".dartmouth.edu") for d in domains[1:])
     assert any("search domains" in line for line in plan.can)
     assert any("246" in line for line in plan.cannot)
     assert "resolvectl query dnd" in plan.checks

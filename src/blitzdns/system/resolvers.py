@@ -71,6 +71,8 @@ class Names:
     #: A protected dotted name, and the same host's short name if it has one.
     example: str
     short_example: str | None
+    #: Every protected dotted name (routed one by one where a platform needs it).
+    dotted: tuple[str, ...] = ()
 
     @property
     def examples(self) -> tuple[str, ...]:
@@ -117,7 +119,10 @@ def build_plan(config: Config, target: str, *, current_resolv_conf: bytes | None
     short_names = config.short_names()
     if not domains and not short_names:
         raise ConfigError("no protected names: nothing to send to the stub", key="hosts")
-    names = Names(stub_endpoints(config, target), domains, short_names, *_examples(config))
+    dotted = tuple(n for h in config.hosts for n in h.names if "." in n)
+    names = Names(
+        stub_endpoints(config, target), domains, short_names, *_examples(config), dotted=dotted
+    )
     if target == "macos":
         return _macos(names)
     if target == "systemd-resolved":
@@ -217,10 +222,12 @@ def _systemd_resolved(n: Names) -> Plan:
         "# Written by blitzdns (resolver-config install): send the protected domains to the",
         "# blitzdns stub. A domain without '~' is also a search domain, so a bare name expands",
         "# into it: systemd-resolved sends no single-label name to unicast DNS by itself.",
-        "# resolved.conf(5).",
+        "# Each protected name is also routed on its own ('~name'): a network whose own",
+        "# search domain equals ours would otherwise tie with this scope, and resolved would",
+        "# race both, letting the real address win. resolved.conf(5).",
         "[Resolve]",
         f"DNS={servers}",
-        f"Domains={' '.join(n.domains)}",
+        f"Domains={' '.join([*n.domains, *(f'~{name}' for name in n.dotted)])}",
     )
     can = [f"send names in {_listing(n.domains)} to the stub at {_listing(n.stub)}"]
     if n.short:
