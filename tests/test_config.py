@@ -101,7 +101,12 @@ def test_tunnel_hosts_restricts_what_is_protected() -> None:
             "tunnel.identity_files[0]",
             "no such",
         ),
-        ("[hosts.dnd]\nmouth6 = '::1'\n", "hosts.dnd.mouth6", "not supported"),
+        (
+            "[hosts.dnd]\nmouth6 = '::1'\n[hosts.newshost]\nmouth6 = '::1'\n"
+            "[services]\ndnd = { port = 119 }\n",
+            "hosts.newshost.mouth6",
+            "one host per port",
+        ),
     ],
 )
 def test_each_mistake_names_the_key_and_what_was_expected(
@@ -204,3 +209,9 @@ def test_under_sudo_the_invoking_users_file_comes_first(monkeypatch: pytest.Monk
     paths = default_config_paths()
     assert paths[0] == Path(nobody.pw_dir) / ".config" / "blitzdns" / "config.toml"
     assert paths[-1] == Path("/etc/blitzdns/config.toml")
+
+
+def test_an_ipv6_mouth_gets_its_own_forwards() -> None:
+    config = parse_config("[hosts.dnd]\nmouth6 = '::1'\n")
+    mouths = {(f.mouth, f.port) for f in config.forwards() if f.host == "dnd"}
+    assert mouths == {("127.77.0.1", 902), ("::1", 902)}

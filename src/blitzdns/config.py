@@ -257,12 +257,12 @@ class Config:
         result: list[ForwardSpec] = []
         protected = {h.key for h in self.hosts}
         for host in self.hosts:
+            mouths = [str(host.mouth), *([str(host.mouth6)] if host.mouth6 else [])]
             for name in host.services:
                 svc = self.services[name]
-                result.append(
-                    ForwardSpec(
-                        host.key, name, str(host.mouth), svc.port, host.remote, svc.target_port
-                    )
+                result.extend(
+                    ForwardSpec(host.key, name, mouth, svc.port, host.remote, svc.target_port)
+                    for mouth in mouths
                 )
         for shared in self.shared:
             for key in shared.hosts:
@@ -805,6 +805,7 @@ class _Builder:
                 )
 
         seen_names: dict[str, str] = {}
+        mouth6_ports: dict[int, str] = {}
         hosts = []
         for key, entry in merged.items():
             where = f"hosts.{key}"
@@ -839,15 +840,25 @@ class _Builder:
                         f"{where}.services[{i}]",
                         f"{svc!r} is UDP; SSH forwarding carries TCP only",
                     )
-            if "mouth6" in entry:
-                # Only ::1 exists on IPv6 loopback, so every host's IPv6 mouth would share one
-                # address and the hosts on one port could not be told apart: fail at load.
-                raise self.fail(
-                    f"{where}.mouth6",
-                    "IPv6 mouths are not supported (all hosts would share ::1); remove it: "
-                    "AAAA for a protected name answers NODATA, so clients use the IPv4 mouth",
-                )
             mouth6 = None
+            if "mouth6" in entry:
+                address = self.address(entry["mouth6"], f"{where}.mouth6")
+                if not isinstance(address, ipaddress.IPv6Address) or not address.is_loopback:
+                    raise self.fail(
+                        f"{where}.mouth6", "expected ::1 (the only IPv6 loopback address)"
+                    )
+                # ::1 is one address: like a shared address, it serves one host per port.
+                for svc in host_services:
+                    port = services[svc].port
+                    if port in mouth6_ports and mouth6_ports[port] != key:
+                        raise self.fail(
+                            f"{where}.mouth6",
+                            f"{key!r} and {mouth6_ports[port]!r} would both need [::1] port "
+                            f"{port}; ::1 serves one host per port (leave mouth6 unset: AAAA "
+                            "then answers NODATA and clients use the IPv4 mouth)",
+                        )
+                    mouth6_ports[port] = key
+                mouth6 = address
             remote = entry.get("remote", names[0])
             try:
                 remote = normalise_name(self.string(remote, f"{where}.remote"))
