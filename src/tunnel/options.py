@@ -6,6 +6,7 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from tunnel.backoff import Backoff
 from tunnel.errors import TunnelConfigError
@@ -66,6 +67,12 @@ class TunnelOptions:
     """SSH receive window per channel (RFC 4254 §5.2), bytes."""
     channel_max_packet: int = 32 * 1024
     """Largest data packet we accept per channel, bytes (RFC 4254 §5.1)."""
+    backend: Literal["asyncssh", "openssh"] = "asyncssh"
+    """Who carries the bytes: ``asyncssh`` (in this process), or ``openssh``: one ``ssh -M``
+    master process per link, each connection handed to it over the mux control socket
+    (:mod:`tunnel.openssh`; faster, but no byte counts and no password prompts)."""
+    ssh_binary: str = "ssh"
+    """The OpenSSH client run by the ``openssh`` backend (a name on $PATH or a path)."""
 
     def __post_init__(self) -> None:
         gateways = self.gateways
@@ -93,5 +100,11 @@ class TunnelOptions:
             _positive(getattr(self, name), name)
         for name in ("keepalive_count_max", "channel_window", "channel_max_packet"):
             _positive(getattr(self, name), name, integer=True)
+        if self.backend not in ("asyncssh", "openssh"):
+            raise TunnelConfigError(
+                f"tunnel option backend: expected 'asyncssh' or 'openssh', got {self.backend!r}"
+            )
+        if not isinstance(self.ssh_binary, str) or not self.ssh_binary:
+            raise TunnelConfigError("tunnel option ssh_binary: expected a command name or path")
         if not isinstance(self.backoff, Backoff):
             raise TunnelConfigError("tunnel option backoff: expected a Backoff")

@@ -7,13 +7,15 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 
 from tunnel.errors import FinalError, TunnelConfigError, TunnelError
 from tunnel.forwards import Forward, Gateway
 from tunnel.link import SSHLink, open_link
 from tunnel.mouths import Mouth
+from tunnel.mux_mouths import MuxMouth
+from tunnel.openssh import MuxLink, open_mux_link
 from tunnel.options import TunnelOptions
 from tunnel.state import ForwardState, LinkStatus, TunnelState
 from tunnel.supervisor import Supervisor
@@ -23,6 +25,9 @@ log = logging.getLogger("tunnel")
 DEMAND_GAP_S = 1.0
 """A connection waiting for a down link may cut the backoff short, at most once per second."""
 CLOSE_TIMEOUT_S = 0.5
+
+AnyLink = SSHLink | MuxLink
+"""A link of either backend: asyncssh in-process, or an OpenSSH master (``backend``)."""
 
 
 def _check_forwards(forwards: Iterable[Forward], options: TunnelOptions) -> tuple[Forward, ...]:
@@ -70,11 +75,11 @@ class Tunnel:
         self.options = options
         self._gateways = options.gateways
         self._mouths: dict[tuple[str, int], Mouth] = {
-            f.mouth: Mouth(f, self) for f in _check_forwards(forwards, options)
+            f.mouth: self._new_mouth(f) for f in _check_forwards(forwards, options)
         }
         self._bound = False
         self._closed = False
-        self._link: SSHLink | None = None
+        self._link: AnyLink | None = None
         self._gateway_in_use: Gateway | None = None
         self._link_changed = asyncio.Event()
         self._wake = asyncio.Event()
@@ -86,14 +91,25 @@ class Tunnel:
         self._last_error: str | None = None
         self._final: FinalError | None = None
         self._callbacks: list[Callable[[TunnelState], None]] = []
-        self._supervisor: Supervisor[SSHLink] | None = None
+        self._supervisor: Supervisor[AnyLink] | None = None
         self._task: asyncio.Task[FinalError] | None = None
 
     # --- what mouths need (LinkSource) ----------------------------------------------------
 
+    def _new_mouth(self, forward: Forward) -> Mouth:
+        if self.options.backend == "openssh":
+            return MuxMouth(forward, self)
+        return Mouth(forward, self)
+
     @property
     def current_link(self) -> SSHLink | None:
-        return self._link
+        link = self._link
+        return link if isinstance(link, SSHLink) else None
+
+    @property
+    def current_mux_link(self) -> MuxLink | None:
+        link = self._link
+        return link if isinstance(link, MuxLink) else None
 
     @property
     def channel_window(self) -> int:
@@ -104,7 +120,16 @@ class Tunnel:
         return self.options.channel_max_packet
 
     async def wait_link(self) -> SSHLink | None:
-        """The link, waiting up to ``wait_for_link_s`` for it; ``None`` when it stays down."""
+        """The asyncssh link, waiting up to ``wait_for_link_s``; ``None`` when it stays down."""
+        link = await self._wait_any_link()
+        return link if isinstance(link, SSHLink) else None
+
+    async def wait_mux_link(self) -> MuxLink | None:
+        """The OpenSSH master, waiting up to ``wait_for_link_s``; ``None`` while down."""
+        link = await self._wait_any_link()
+        return link if isinstance(link, MuxLink) else None
+
+    async def _wait_any_link(self) -> AnyLink | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.wait_for_link_s
         while self._link is None:
@@ -163,7 +188,7 @@ class Tunnel:
         status: LinkStatus,
         gateway: Gateway | None,
         error: TunnelError | None,
-        link: SSHLink | None,
+        link: AnyLink | None,
     ) -> None:
         if error is not None:
             self._last_error = str(error)
@@ -238,9 +263,14 @@ class Tunnel:
             return
         if not self._bound:
             await self.bind()
+        connect: Callable[[Gateway], Awaitable[AnyLink]] = (
+            (lambda gateway: open_mux_link(gateway, self.options))
+            if self.options.backend == "openssh"
+            else (lambda gateway: open_link(gateway, self.options))
+        )
         self._supervisor = Supervisor(
             gateways=lambda: self._gateways,
-            connect=lambda gateway: open_link(gateway, self.options),
+            connect=connect,
             sleep=self._sleep,
             backoff=self.options.backoff,
             random=random.random,
@@ -283,7 +313,7 @@ class Tunnel:
         and :class:`MouthBindError` is raised.
         """
         wanted = {f.mouth: f for f in _check_forwards(forwards, self.options)}
-        added = [Mouth(f, self) for key, f in wanted.items() if key not in self._mouths]
+        added = [self._new_mouth(f) for key, f in wanted.items() if key not in self._mouths]
         if self._bound:
             await self._bind_all(added)
         for key in [key for key in self._mouths if key not in wanted]:

@@ -4,8 +4,10 @@ __init__.py: as a package it would be imported as ``tunnel`` and shadow the real
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -66,6 +68,14 @@ def options(sshd: Sshd, home: Path, tmp_path: Path) -> TunnelOptions:
         wait_for_link_s=5,
         connect_timeout_s=5,
     )
+
+
+@pytest.fixture(params=["asyncssh", "openssh"])
+def any_options(request: pytest.FixtureRequest, options: TunnelOptions) -> TunnelOptions:
+    """``options`` for each link backend in turn; openssh needs the ``ssh`` client."""
+    if request.param == "openssh" and shutil.which("ssh") is None:
+        pytest.skip("ssh client not installed (Debian: openssh-client)")
+    return dataclasses.replace(options, backend=request.param)
 
 
 @pytest.fixture

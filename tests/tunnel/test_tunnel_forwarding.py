@@ -1,4 +1,6 @@
-"""Forwarding through a real OpenSSH sshd: data, concurrency, outages, failing closed."""
+"""Forwarding through a real OpenSSH sshd: data, concurrency, outages, failing closed.
+
+Tests taking ``any_options`` run once per link backend (asyncssh, openssh)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import os
 import signal
 
 import pytest
-from tunnel_testlib import Sshd, Target, exchange, free_port, wait_until
+from tunnel_testlib import Sshd, Target, exchange, free_port, read_until_closed, wait_until
 
 from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
 
@@ -18,16 +20,20 @@ def forward_to(target: Target, name: str = "") -> Forward:
     return Forward("127.0.0.1", free_port(), "127.0.0.1", target.port, name=name)
 
 
-async def test_data_both_ways_with_half_close(options: TunnelOptions, echo: Target) -> None:
+async def test_data_both_ways_with_half_close(any_options: TunnelOptions, echo: Target) -> None:
     forward = forward_to(echo)
     payload = os.urandom(3 * 1024 * 1024 + 17)
-    async with Tunnel(options, [forward]) as tunnel:
+    async with Tunnel(any_options, [forward]) as tunnel:
         assert await tunnel.wait_up(10)
         assert await exchange(*forward.mouth, payload) == payload
         assert await exchange(*forward.mouth, b"") == b""
+        # The openssh backend sees a connection end when the master closes its mux socket.
+        await wait_until(lambda: tunnel.state.forwards[0].open == 0)
         state = tunnel.state.forwards[0]
     assert (state.total, state.open) == (2, 0)
-    assert state.bytes_out == state.bytes_in == len(payload)
+    # Bytes never pass through Python with the openssh backend: reported as 0 (unknown).
+    counted = len(payload) if any_options.backend == "asyncssh" else 0
+    assert state.bytes_out == state.bytes_in == counted
 
 
 async def test_server_speaks_first_and_client_reads_count(
@@ -39,14 +45,14 @@ async def test_server_speaks_first_and_client_reads_count(
         assert await exchange(*forward.mouth, b"x" * 100_000) == b"100000\n"
 
 
-async def test_200_concurrent_connections(options: TunnelOptions, echo: Target) -> None:
+async def test_200_concurrent_connections(any_options: TunnelOptions, echo: Target) -> None:
     forward = forward_to(echo)
 
     async def one(index: int) -> bool:
         payload = f"connection {index} ".encode() * 300
         return await exchange(*forward.mouth, payload) == payload
 
-    async with Tunnel(options, [forward]) as tunnel:
+    async with Tunnel(any_options, [forward]) as tunnel:
         assert await tunnel.wait_up(10)
         results = await asyncio.gather(*(one(i) for i in range(200)))
         assert all(results)
@@ -54,11 +60,11 @@ async def test_200_concurrent_connections(options: TunnelOptions, echo: Target) 
     assert len(echo.peers) == 200
 
 
-async def test_targets_see_only_sshd(options: TunnelOptions, echo: Target) -> None:
+async def test_targets_see_only_sshd(any_options: TunnelOptions, echo: Target) -> None:
     """Every connection a target accepts comes from an sshd process, never from us."""
     echo.check_owner = True
     forward = forward_to(echo)
-    async with Tunnel(options, [forward]) as tunnel:
+    async with Tunnel(any_options, [forward]) as tunnel:
         assert await tunnel.wait_up(10)
         for _ in range(5):
             assert await exchange(*forward.mouth, b"ping") == b"ping"
@@ -66,17 +72,16 @@ async def test_targets_see_only_sshd(options: TunnelOptions, echo: Target) -> No
     assert all(owners == {"sshd"} for owners in echo.owners), echo.owners
 
 
-async def test_link_down_fails_closed(options: TunnelOptions, sshd: Sshd, echo: Target) -> None:
+async def test_link_down_fails_closed(any_options: TunnelOptions, sshd: Sshd, echo: Target) -> None:
     """With sshd gone, a connection waits wait_for_link_s, is closed, and nothing reaches
     the target."""
     forward = forward_to(echo)
-    options = dataclasses.replace(options, wait_for_link_s=0.3)
+    options = dataclasses.replace(any_options, wait_for_link_s=0.3)
     sshd.kill()
     async with Tunnel(options, [forward]) as tunnel:
         reader, writer = await asyncio.open_connection(*forward.mouth)
         writer.write(b"secret")
-        async with asyncio.timeout(5):
-            assert await reader.read() == b""
+        assert await read_until_closed(reader) == b""
         writer.close()
         assert tunnel.state.status in (LinkStatus.DOWN, LinkStatus.CONNECTING)
         assert tunnel.state.last_error is not None
@@ -85,10 +90,10 @@ async def test_link_down_fails_closed(options: TunnelOptions, sshd: Sshd, echo: 
 
 
 async def test_sshd_restart_and_connection_opened_during_outage_completes(
-    options: TunnelOptions, sshd: Sshd, echo: Target
+    any_options: TunnelOptions, sshd: Sshd, echo: Target
 ) -> None:
     forward = forward_to(echo)
-    async with Tunnel(options, [forward]) as tunnel:
+    async with Tunnel(any_options, [forward]) as tunnel:
         assert await tunnel.wait_up(10)
         assert await exchange(*forward.mouth, b"before") == b"before"
         statuses: list[LinkStatus] = []

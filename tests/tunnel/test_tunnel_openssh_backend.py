@@ -1,0 +1,198 @@
+"""The ``openssh`` backend against a real sshd: an ``ssh -M`` master carries the bytes and
+our mouths hand it each connection over the mux control socket (PROTOCOL.mux §3).
+
+Concurrency (200 connections), an sshd restart with a connection opened during the
+outage, failing closed while down, and "targets see only sshd" run for both backends in
+test_tunnel_forwarding.py (the ``any_options`` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from tunnel_testlib import (
+    Sshd,
+    Target,
+    descendants,
+    exchange,
+    free_port,
+    keygen,
+    read_until_closed,
+    wait_until,
+)
+
+from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
+from tunnel.errors import AuthFailed, HostKeyChanged, HostKeyUnknown, TunnelConfigError
+from tunnel.forwards import Gateway
+from tunnel.openssh import (
+    MUX_C_NEW_STDIO_FWD,
+    classify_exit,
+    master_argv,
+    parse_reply,
+    stdio_fwd_packet,
+)
+
+SSH = shutil.which("ssh")
+
+
+@pytest.fixture
+def mux_options(options: TunnelOptions) -> TunnelOptions:
+    if SSH is None:
+        pytest.skip("ssh client not installed (Debian: openssh-client)")
+    return dataclasses.replace(options, backend="openssh")
+
+
+def forward_to(target: Target) -> Forward:
+    return Forward("127.0.0.1", free_port(), "127.0.0.1", target.port)
+
+
+def master_pids(tunnel: Tunnel) -> list[int]:
+    link = tunnel.current_mux_link
+    return [] if link is None else [link.pid]
+
+
+def ssh_children() -> list[int]:
+    """Our child processes (the ssh masters we started)."""
+    return [pid for pid in descendants(os.getpid()) if pid != os.getpid()]
+
+
+# --- pure parts -------------------------------------------------------------------------
+
+
+def test_backend_option_is_validated(options: TunnelOptions) -> None:
+    with pytest.raises(TunnelConfigError, match="backend"):
+        dataclasses.replace(options, backend="putty")  # type: ignore[arg-type]
+
+
+def test_stdio_fwd_packet_is_what_mux_c_sends() -> None:
+    packet = stdio_fwd_packet(7, "dnd", 902)
+    body = packet[4:]
+    assert int.from_bytes(packet[:4], "big") == len(body)
+    kind, rid, rest = parse_reply(body)
+    assert (kind, rid) == (MUX_C_NEW_STDIO_FWD, 7)
+    assert rest == b"\0\0\0\0" + b"\0\0\0\3dnd" + (902).to_bytes(4, "big")
+
+
+def test_master_argv_checks_host_keys_and_never_prompts(tmp_path: Path) -> None:
+    options = TunnelOptions(
+        gateways=("jsmith@gw:2222",),  # type: ignore[arg-type]
+        known_hosts=tmp_path / "kh",
+        client_keys=(tmp_path / "id",),
+        keepalive_s=15,
+        backend="openssh",
+    )
+    argv = master_argv("ssh", options.gateways[0], options, tmp_path / "ctl")
+    joined = " ".join(argv)
+    for part in (
+        "-N -M -S",
+        "StrictHostKeyChecking=yes",
+        f"UserKnownHostsFile={tmp_path / 'kh'}",
+        "ServerAliveInterval=15",
+        "ServerAliveCountMax=3",
+        "BatchMode=yes",
+        "ControlPersist=no",
+        f"-i {tmp_path / 'id'}",
+        "-p 2222 -l jsmith -- gw",
+    ):
+        assert part in joined
+    trusting = dataclasses.replace(options, trust_new_host_key=True)
+    assert "StrictHostKeyChecking=accept-new" in master_argv(
+        "ssh", options.gateways[0], trusting, tmp_path / "ctl"
+    )
+
+
+@pytest.mark.parametrize(
+    ("stderr", "kind"),
+    [
+        (
+            "No ED25519 host key is known for [gw]:22\r\nHost key verification failed.",
+            HostKeyUnknown,
+        ),
+        (
+            "@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n"
+            "Host key verification failed.",
+            HostKeyChanged,
+        ),
+        ("jsmith@gw: Permission denied (publickey).", AuthFailed),
+    ],
+)
+def test_exit_classification_final(stderr: str, kind: type[Exception]) -> None:
+    options = TunnelOptions(gateways=("gw",), backend="openssh")  # type: ignore[arg-type]
+    assert isinstance(classify_exit(Gateway("gw"), options, 255, stderr), kind)
+
+
+def test_exit_classification_retryable() -> None:
+    options = TunnelOptions(gateways=("gw",), backend="openssh")  # type: ignore[arg-type]
+    error = classify_exit(
+        Gateway("gw"), options, 255, "ssh: connect to host gw port 22: Connection refused"
+    )
+    assert not isinstance(error, HostKeyUnknown | HostKeyChanged | AuthFailed)
+    assert "Connection refused" in str(error)
+
+
+# --- against sshd -----------------------------------------------------------------------
+
+
+async def test_unknown_host_key_is_final_with_a_clear_message(
+    mux_options: TunnelOptions, sshd: Sshd, echo: Target
+) -> None:
+    assert mux_options.known_hosts is not None
+    mux_options.known_hosts.write_text("")
+    forward = forward_to(echo)
+    async with Tunnel(mux_options, [forward]) as tunnel:
+        with pytest.raises(HostKeyUnknown) as info:
+            await tunnel.wait_up(10)
+        assert tunnel.state.status is LinkStatus.FAILED
+        assert tunnel.state.attempts == 1
+        assert await exchange(*forward.mouth, b"no") == b""
+    message = str(info.value)
+    assert "not in known_hosts" in message
+    assert f"ssh-keyscan -p {sshd.port} 127.0.0.1" in message
+    assert echo.peers == []
+
+
+async def test_changed_host_key_is_final(
+    mux_options: TunnelOptions, sshd: Sshd, echo: Target, tmp_path: Path
+) -> None:
+    other = keygen(tmp_path / "other_host_key")
+    kind, blob = other.with_suffix(".pub").read_text().split()[:2]
+    assert mux_options.known_hosts is not None
+    mux_options.known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {kind} {blob}\n")
+    async with Tunnel(mux_options, [forward_to(echo)]) as tunnel:
+        with pytest.raises(HostKeyChanged):
+            await tunnel.wait_up(10)
+
+
+async def test_close_leaves_no_process_and_no_socket(
+    mux_options: TunnelOptions, sshd: Sshd, echo: Target
+) -> None:
+    forward = forward_to(echo)
+    tunnel = Tunnel(mux_options, [forward])
+    await tunnel.start()
+    assert await tunnel.wait_up(10)
+    link = tunnel.current_mux_link
+    assert link is not None
+    control_dir = link.control_dir
+    assert oct(control_dir.stat().st_mode & 0o777) == oct(0o700)
+    streams = [await asyncio.open_connection(*forward.mouth) for _ in range(5)]
+    for reader, writer in streams:
+        writer.write(b"x")
+        assert await reader.readexactly(1) == b"x"
+    assert link.pid in ssh_children()
+    async with asyncio.timeout(5):
+        await tunnel.close()
+    for reader, writer in streams:
+        assert await read_until_closed(reader) == b""
+        writer.close()
+    assert link.pid not in ssh_children()
+    assert not control_dir.exists()
+    await wait_until(lambda: not echo.active and not sshd.session_pids())
+    await asyncio.sleep(0.05)
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    assert tunnel.state.status is LinkStatus.STOPPED
+    with pytest.raises(OSError):
+        await asyncio.open_connection(*forward.mouth)
