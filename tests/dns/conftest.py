@@ -78,6 +78,19 @@ def make_config(toml: str = "", *, listen: Sequence[Endpoint] | None = None, **d
     return replace(config, dns=replace(config.dns, **fields))
 
 
+def config_protecting(name: str, mouth: str = "127.77.0.50") -> Config:
+    """The preset's ``dnd`` plus one more protected host ``extra`` named ``name`` (a reload)."""
+    return make_config(
+        f"""
+[tunnel]
+hosts = ["dnd", "extra"]
+[hosts.extra]
+names = ["{name}"]
+mouth = "{mouth}"
+"""
+    )
+
+
 class PortTaken(RuntimeError):
     """dnsmasq could not bind its port."""
 

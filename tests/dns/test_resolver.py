@@ -35,6 +35,7 @@ from .conftest import (
     Dnsmasq,
     FakeUpstream,
     ServerThread,
+    config_protecting,
     dig,
     make_config,
 )
@@ -379,16 +380,7 @@ def test_reload_swaps_the_table_and_drops_newly_protected_cache(
     server = resolver_factory(make_config(), [dnsmasq.endpoint])
     assert addresses(ask(server.endpoint, "mail.fwd.test")) == [FORWARDED_ADDRESS]
     assert addresses(ask(server.endpoint, "other.fwd.test")) == [FORWARDED_ADDRESS]
-    newer = make_config(
-        """
-[tunnel]
-hosts = ["dnd", "extra"]
-[hosts.extra]
-names = ["mail.fwd.test"]
-mouth = "127.77.0.50"
-"""
-    )
-    server.call(server.resolver.update, newer)
+    server.call(server.resolver.update, config_protecting("mail.fwd.test"))
     assert addresses(ask(server.endpoint, "MAIL.fwd.test")) == ["127.77.0.50"]
     assert ask(server.endpoint, "mail.fwd.test", "AAAA").answer == []
     assert addresses(ask(server.endpoint, "dasher.dartmouth.edu")) == ["192.0.2.99"]

@@ -140,9 +140,9 @@ class Cache:
         while len(self._entries) > max(size, 0):
             del self._entries[next(iter(self._entries))]
 
-    def drop_where(self, condition: Callable[[bytes], bool]) -> int:
-        """Remove every entry whose key satisfies ``condition``; how many were removed."""
-        doomed = [key for key in self._entries if condition(key)]
+    def drop_where(self, condition: Callable[[bytes, Entry], bool]) -> int:
+        """Remove every entry for which ``condition(key, entry)`` holds; how many were removed."""
+        doomed = [key for key, entry in self._entries.items() if condition(key, entry)]
         for key in doomed:
             del self._entries[key]
         return len(doomed)

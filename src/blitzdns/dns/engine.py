@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from blitzdns.dns import wire
+from blitzdns.dns import guard, wire
 from blitzdns.dns.cache import Cache, Entry
 from blitzdns.dns.decide import (
     AAAA,
@@ -55,7 +55,7 @@ from blitzdns.dns.fastpath import (
     variant,
 )
 from blitzdns.dns.stats import ResolverStats
-from blitzdns.dns.table import Name, Table, View, to_wire
+from blitzdns.dns.table import Name, Table, View, lower, to_wire
 
 _IN = b"\x00\x01"
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
@@ -148,16 +148,38 @@ class Engine:
         self.stats = stats
         self._fast: dict[str, FastView] = {}
         self._fast_by_view: dict[int, FastView] = {}
+        self._screen = guard.screen(table.protected).search
         #: Loop probes in flight (lower wire name) and those our own listener received.
         self.probes: set[bytes] = set()
         self.probes_seen: set[bytes] = set()
 
     def update(self, table: Table) -> int:
-        """Use ``table`` from now on; drop cached names it protects. Returns how many."""
+        """Use ``table`` from now on; drop cached entries that lead to names it protects.
+
+        That is the names themselves (and names under them), and replies whose CNAME chain
+        or records reach one (:mod:`~blitzdns.dns.guard`). Returns how many were dropped.
+        """
         self.table = table
         self._fast = {}
         self._fast_by_view = {}
-        return self.cache.drop_where(lambda key: table.protects(wire_labels(key)))
+        self._screen = guard.screen(table.protected).search
+        return self.cache.drop_where(
+            lambda key, entry: (
+                table.protects(wire_labels(key)) or self._leads_to_protected(key, entry)
+            )
+        )
+
+    def _leads_to_protected(self, key: bytes, entry: Entry) -> bool:
+        """Whether the cached reply under ``key`` would need the guard's rewrite now."""
+        message = b"\x00\x00" + entry.head + key[:-1] + entry.tail
+        if self._screen(message) is None:
+            return False
+        try:
+            records = wire.parse_reply(message).records
+        except wire.Malformed:
+            return True
+        qtype = int.from_bytes(key[-5:-3], "big")
+        return guard.plan(wire_labels(key), qtype, records, self.table.protects) is not None
 
     def _fast_view(self, client: str) -> FastView:
         view = self.table.view_for(client)
@@ -319,7 +341,8 @@ class Engine:
         """The client's reply to ``job`` given the upstream's ``response`` (None: it failed).
 
         The reply is cached when its records allow, unless a reload made the name ours
-        while it was in flight: then the client gets the local answer instead.
+        while it was in flight: then the client gets the local answer instead. A reply that
+        may name a protected host is looked into first (:meth:`_guard`).
         """
         if job.table is not self.table and self.table.protects(
             wire_labels(job.packet[12 : job.qend])
@@ -330,11 +353,50 @@ class Engine:
         if response is None:
             self.stats.servfail += 1
             return error_reply(job.packet, job.qend, SERVFAIL, job.edns)
-        scan = scan_response(response)
+        cacheable = True
+        if self._screen(response) is not None:
+            guarded = self._guard(job, response)
+            if guarded is None:
+                self.stats.servfail += 1
+                return error_reply(job.packet, job.qend, SERVFAIL, job.edns)
+            response, cacheable = guarded
+        scan = scan_response(response) if cacheable else None
         if scan is not None:
             self.cache.put(job.key, response, scan, now)
         head, tail = response[2:12], response[job.qend :]
         return self._deliver(job.packet, job.qend, job.edns, head, tail, job.limit is not None)
+
+    def _guard(self, job: ForwardJob, response: bytes) -> tuple[bytes, bool] | None:
+        """``response`` as it may reach the client, and whether it may be cached.
+
+        A chain that reaches a protected name ends with the local answer of the client's
+        view for it; that reply differs per view, so it is not cached. A reply that only
+        lost records (glue of protected hosts) is the same for everyone and is cached.
+        None when the reply cannot be parsed: unseen, it cannot be passed on (SERVFAIL).
+        """
+        try:
+            parsed = wire.parse_reply(response)
+        except wire.Malformed:
+            return None
+        qend = job.qend
+        qtype = job.packet[qend - 4] << 8 | job.packet[qend - 3]
+        qname = lower(wire_labels(job.packet[12 : qend - 4]))
+        cut = guard.plan(qname, qtype, parsed.records, self.table.protects)
+        if cut is None:
+            return response, True
+        self.stats.rewritten += 1
+        if cut.reached is None:
+            return wire.rebuild(parsed, cut.keep, None), True
+        view = self.table.view_for(job.client)
+        qclass = job.packet[qend - 2] << 8 | job.packet[qend - 1]
+        local = (
+            None
+            if view is None
+            else local_answer(view, self.table, Question(cut.reached, qtype, qclass))
+        )
+        if local is None:
+            local = Reject(REFUSED, f"client {job.client} is not in an allowed network")
+        return wire.rebuild(parsed, cut.keep, local), False
 
     def _deliver(
         self, packet: bytes, qend: int, edns: int, head: bytes, tail: bytes, udp: bool

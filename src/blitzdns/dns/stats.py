@@ -48,6 +48,8 @@ class ResolverStats:
     notimp: int = 0
     truncated: int = 0
     dropped: int = 0
+    #: Forwarded replies rewritten because they led to a protected name (see ``guard``).
+    rewritten: int = 0
     #: Handler exceptions (each answered SERVFAIL and logged).
     errors: int = 0
     upstreams: list[UpstreamHealth] = field(default_factory=list)

@@ -2,17 +2,21 @@
 
 Queries the fast path declines — several questions, odd opcodes, EDNS with a version
 above 0, trailing bytes, and anything else unusual — are parsed here into a
-:class:`~blitzdns.dns.decide.Query`, and the decision's reply is built here. dnslib is
-untyped, so everything it returns is turned into our own types before it leaves.
+:class:`~blitzdns.dns.decide.Query`, and the decision's reply is built here. So are the
+rare upstream replies :mod:`~blitzdns.dns.guard` must look into: parsed into
+:class:`~blitzdns.dns.guard.ReplyRecord` values, and rebuilt from the ones it keeps. dnslib
+is untyped, so everything it returns is turned into our own types before it leaves.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass, field
 from typing import Any
 
 from dnslib import (
     AAAA,
+    CNAME,
     EDNS0,
     PTR,
     RR,
@@ -25,7 +29,10 @@ from dnslib import (
 from dnslib import A as ARecord
 
 from blitzdns.dns import decide as d
-from blitzdns.dns.fastpath import OUR_PAYLOAD
+from blitzdns.dns.fastpath import OUR_PAYLOAD, name_end
+from blitzdns.dns.guard import ADDITIONAL, ANSWER, AUTHORITY, DNAME, ReplyRecord
+from blitzdns.dns.guard import CNAME as CNAME_TYPE
+from blitzdns.dns.table import Name
 
 
 class Malformed(ValueError):
@@ -106,6 +113,87 @@ def _rr(record: d.Record) -> Any:
     else:
         rdata = PTR(DNSLabel(data))
     return RR(DNSLabel(record.owner), record.rtype, ttl=record.ttl, rdata=rdata)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedReply:
+    """An upstream reply: its records for the guard, and the parsed message to rebuild from."""
+
+    records: tuple[ReplyRecord, ...]
+    _message: Any = field(repr=False)
+
+
+def parse_reply(response: bytes) -> ParsedReply:
+    """Parse a whole reply, names decompressed; raise :class:`Malformed` when it is broken."""
+    try:
+        message = DNSRecord.parse(response)
+        records = tuple(
+            ReplyRecord(section, _labels(rr.rname), int(rr.rtype), _target(rr))
+            for section, rrs in (
+                (ANSWER, message.rr),
+                (AUTHORITY, message.auth),
+                (ADDITIONAL, message.ar),
+            )
+            for rr in rrs
+        )
+    except Malformed:
+        raise
+    except Exception as exc:  # as in parse_query: every dnslib failure means "broken"
+        raise Malformed(str(exc) or type(exc).__name__) from None
+    return ParsedReply(records, message)
+
+
+def _labels(label: Any) -> Name:
+    return tuple(bytes(part) for part in label.label)
+
+
+def _target(rr: Any) -> Name | None:
+    """A CNAME's or DNAME's target (RFC 6672 §2.5: a DNAME's is never compressed)."""
+    if rr.rtype == CNAME_TYPE and isinstance(rr.rdata, CNAME):
+        return _labels(rr.rdata.label)
+    if rr.rtype == DNAME:
+        data = bytes(rr.rdata.data)
+        if name_end(data, 0) != len(data):
+            raise Malformed("a DNAME target that is not one uncompressed name")
+        return _wire_labels(data)
+    return None
+
+
+def _wire_labels(data: bytes) -> Name:
+    labels = []
+    i = 0
+    while data[i]:
+        labels.append(data[i + 1 : i + 1 + data[i]])
+        i += data[i] + 1
+    return tuple(labels)
+
+
+def rebuild(reply: ParsedReply, keep: tuple[int, ...], local: d.Local | d.Reject | None) -> bytes:
+    """``reply`` with only the records ``keep`` names, then ``local``'s records and RCODE.
+
+    The AD bit goes (RFC 4035 §3.2.3: the data is no longer what was validated), and so
+    does AA once a local answer follows an upstream's records. A rejection keeps only
+    the OPT record.
+    """
+    if isinstance(local, d.Reject):
+        keep = tuple(i for i in keep if reply.records[i].rtype == d.OPT)
+    message = reply._message
+    header = message.header
+    header.ad = 0
+    if local is not None:
+        header.aa = 0
+        header.rcode = local.rcode & 0x0F
+    out = DNSRecord(header, questions=list(message.questions))
+    every = [*message.rr, *message.auth, *message.ar]
+    add = {ANSWER: out.add_answer, AUTHORITY: out.add_auth, ADDITIONAL: out.add_ar}
+    for index in keep:
+        add[reply.records[index].section](every[index])
+    if isinstance(local, d.Local):
+        for record in local.answers:
+            out.add_answer(_rr(record))
+        for record in local.authority:
+            out.add_auth(_rr(record))
+    return bytes(out.pack())
 
 
 def describe(packet: bytes) -> str:
