@@ -10,7 +10,9 @@ chacha20-poly1305@openssh.com) and each forwarder in turn:
 * round trip: 500 sequential connect, send a line, read it back, close; p50 and p99;
 * peak RSS of the forwarder process (VmHWM).
 
-Forwarders: ``openssh`` (ssh -N -L), ``tunnel`` (this package, asyncio and uvloop) and
+Forwarders: ``openssh`` (ssh -N -L), ``tunnel`` (this package, asyncio and uvloop),
+``tunnel-mux`` (this package with ``backend="openssh"``: our mouths hand each connection to
+an ``ssh -M`` master over its mux socket; CPU and RSS are ours plus the master's) and
 ``asyncssh-plain`` (asyncssh's own ``forward_local_port``, the baseline the issue quotes).
 Each runs as its own process, alone, so none shares a CPU with the measuring client
 beyond what the machine forces. All loops are bounded in count and in time.
@@ -60,17 +62,40 @@ def wait_port(port: int, deadline_s: float, proc: subprocess.Popen[bytes] | None
     raise RuntimeError(f"nothing listening on {port} after {deadline_s} s")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the tunnel-mux forwarder's ssh master)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                children.setdefault(int(stat.rpartition(")")[2].split()[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo.extend(children.get(found[-1], []))
+    return found
+
+
 def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak RSS (VmHWM) of ``pid`` plus its descendants."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (from /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time used so far by ``pid`` and its live descendants."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -106,6 +131,7 @@ async def serve(args: argparse.Namespace) -> None:
             ssh_config=Path(args.ssh_config),
             known_hosts=Path(args.known_hosts),
             client_keys=(Path(args.key),),
+            backend=args.backend,
         )
         async with Tunnel(options, forwards) as tunnel:
             if not await tunnel.wait_up(10):
@@ -235,7 +261,11 @@ def start_forwarder(
         time.sleep(0.2)
         return proc
     serve_kind, _, loop = kind.partition("+")
+    backend = "asyncssh"
+    if serve_kind == "tunnel-mux":
+        serve_kind, backend = "tunnel", "openssh"
     command = [sys.executable, __file__, "--serve", serve_kind, "--gateway", gateway]
+    command += ["--backend", backend]
     command += ["--ssh-config", str(config), "--known-hosts", str(lab_.known_hosts)]
     command += ["--key", str(lab_.key)] + [arg for f in forwards for arg in ("--forward", f)]
     if loop:
@@ -331,13 +361,15 @@ def report(cipher: str, results: dict[str, dict[str, float]]) -> None:
         ("cpu_per_conn_us", "CPU us/conn", "{:.0f}"),
         ("rss", "peak RSS MB", "{:.1f}"),
     ]
-    print("  " + f"{'forwarder':<16}" + "".join(f"{head:>13}" for _, head, _ in columns))
+    print("  " + f"{'forwarder':<18}" + "".join(f"{head:>13}" for _, head, _ in columns))
     base = results.get("openssh")
     for kind, r in results.items():
-        print("  " + f"{kind:<16}" + "".join(f"{fmt.format(r[k]):>13}" for k, _, fmt in columns))
+        print("  " + f"{kind:<18}" + "".join(f"{fmt.format(r[k]):>13}" for k, _, fmt in columns))
         if base and kind != "openssh":
-            ratios = "".join(f"{r[k] / base[k]:>12.2f}x" for k, _, _ in columns)
-            print("  " + f"{'  ÷ openssh':<16}" + ratios)
+            ratios = "".join(
+                f"{r[k] / base[k]:>12.2f}x" if base[k] else f"{'n/a':>13}" for k, _, _ in columns
+            )
+            print("  " + f"{'  ÷ openssh':<18}" + ratios)
 
 
 def main() -> None:
@@ -354,6 +386,7 @@ def main() -> None:
     parser.add_argument("--key", help=argparse.SUPPRESS)
     parser.add_argument("--forward", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--loop", default="asyncio", help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="asyncssh", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loop == "uvloop":
         import uvloop
@@ -369,7 +402,14 @@ def main() -> None:
     args.seconds = min(max(args.seconds, 1), 30)
     args.round_trips = min(max(args.round_trips, 10), 5000)
     args.rounds = min(max(args.rounds, 1), 10)
-    kinds = args.only or ["openssh", "tunnel", "tunnel+uvloop", "asyncssh-plain"]
+    kinds = args.only or [
+        "openssh",
+        "tunnel",
+        "tunnel+uvloop",
+        "tunnel-mux",
+        "tunnel-mux+uvloop",
+        "asyncssh-plain",
+    ]
     with lab() as lab_:
         print(
             f"tunnel benchmark: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "

@@ -60,6 +60,8 @@ MUX_S_ALIVE = 0x80000005
 MUX_S_SESSION_OPENED = 0x80000006
 MUX_PACKET_MAX = 256 * 1024
 """Largest mux reply we accept (OpenSSH's own limit is 256 KiB)."""
+MUX_SPARES = 4
+"""Mux connections kept open (hello sent) ahead of demand, per link."""
 STDERR_TAIL_MAX = 4096
 POLL_S = 0.01
 """How often a starting master's control socket is probed."""
@@ -104,6 +106,26 @@ def parse_reply(body: bytes) -> tuple[int, int, bytes]:
         raise MuxError(f"short mux packet ({len(body)} bytes)")
     kind, first = struct.unpack_from(">II", body)
     return kind, first, body[8:]
+
+
+def check_hello(body: bytes | None) -> None:
+    """The master's ``MUX_MSG_HELLO`` (PROTOCOL.mux §1), version 4; else :class:`MuxError`."""
+    if body is None:
+        raise MuxError("master closed the control connection before its hello")
+    kind, version, _ = parse_reply(body)
+    if kind != MUX_MSG_HELLO or version != MUX_VERSION:
+        raise MuxError(f"master spoke mux {kind:#x} version {version}, not hello v4")
+
+
+def check_opened(body: bytes | None, request_id: int) -> None:
+    """``MUX_S_SESSION_OPENED`` for ``request_id``; else :class:`MuxError` with the reason."""
+    if body is None:
+        raise MuxError("master closed the control connection")
+    kind, reply_id, rest = parse_reply(body)
+    if kind in (MUX_S_FAILURE, MUX_S_PERMISSION_DENIED):
+        raise MuxError(f"master refused the forward: {reply_reason(rest)}")
+    if kind != MUX_S_SESSION_OPENED or reply_id != request_id:
+        raise MuxError(f"unexpected mux reply {kind:#x} to request {request_id}")
 
 
 def reply_reason(rest: bytes) -> str:
@@ -209,38 +231,46 @@ class MuxChannel:
         self.buffer = bytearray()
 
     @classmethod
-    async def connect(cls, path: Path) -> MuxChannel:
-        """Connect and exchange hellos (PROTOCOL.mux §1)."""
+    async def connect(cls, path: Path, request: bytes, fd: int | None = None) -> MuxChannel:
+        """Connect and send our hello, ``request`` and (twice) ``fd`` at once, then check
+        the master's hello (PROTOCOL.mux §1): both peers send their hello unprompted and
+        the master handles packets in order, so nothing waits a round trip for the hello."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
         channel = cls(sock)
         try:
             loop = asyncio.get_running_loop()
             await loop.sock_connect(sock, str(path))
-            await loop.sock_sendall(sock, hello_packet())
-            body = await channel.read_packet()
-            if body is None:
-                raise MuxError("master closed the control connection before its hello")
-            kind, version, _ = parse_reply(body)
-            if kind != MUX_MSG_HELLO or version != MUX_VERSION:
-                raise MuxError(f"master spoke mux {kind:#x} version {version}, not hello v4")
+            await loop.sock_sendall(sock, hello_packet() + request)
+            if fd is not None:
+                await channel.send_fd(fd)
+                await channel.send_fd(fd)
+            check_hello(await channel.read_packet())
         except BaseException:
             sock.close()
             raise
         return channel
 
+    def take_packet(self) -> bytes | None:
+        """The next complete packet body already buffered, else ``None``."""
+        if len(self.buffer) < 4:
+            return None
+        (length,) = struct.unpack_from(">I", self.buffer)
+        if length > MUX_PACKET_MAX:
+            raise MuxError(f"mux packet of {length} bytes is too large")
+        if len(self.buffer) < 4 + length:
+            return None
+        body = bytes(self.buffer[4 : 4 + length])
+        del self.buffer[: 4 + length]
+        return body
+
     async def read_packet(self) -> bytes | None:
         """The next packet body; ``None`` at end of stream."""
         loop = asyncio.get_running_loop()
         while True:
-            if len(self.buffer) >= 4:
-                (length,) = struct.unpack_from(">I", self.buffer)
-                if length > MUX_PACKET_MAX:
-                    raise MuxError(f"mux packet of {length} bytes is too large")
-                if len(self.buffer) >= 4 + length:
-                    body = bytes(self.buffer[4 : 4 + length])
-                    del self.buffer[: 4 + length]
-                    return body
+            body = self.take_packet()
+            if body is not None:
+                return body
             chunk = await loop.sock_recv(self.sock, 65536)
             if not chunk:
                 return None
@@ -289,6 +319,9 @@ class MuxLink:
         self._stderr_task = stderr_task
         self._stderr_tail = stderr_tail
         self._request_id = 0
+        self._spares: list[MuxChannel] = []
+        self._refill_pending = False
+        self._closed = False
 
     @property
     def pid(self) -> int:
@@ -304,26 +337,67 @@ class MuxLink:
         why = lines[-1].strip() if lines else f"ssh exited with status {code}"
         return LinkLost(f"link to {self.gateway} lost: {why}")
 
+    def _next_request_id(self) -> int:
+        self._request_id = (self._request_id + 1) & 0xFFFFFFFF
+        return self._request_id
+
+    def _connect_now(self) -> MuxChannel | None:
+        """A mux connection with our hello sent, without waiting (``None`` if the master's
+        backlog is full or it is gone)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(str(self.control_path))
+            hello = hello_packet()
+            if sock.send(hello) != len(hello):
+                raise BlockingIOError
+        except OSError:
+            sock.close()
+            return None
+        return MuxChannel(sock)
+
+    def refill(self) -> None:
+        """Keep ``MUX_SPARES`` connections open ahead of demand, so a new client costs one
+        request and two descriptors, not a connect and the master's accept. Scheduled just
+        after a spare is used, so it runs while the master waits for the gateway's answer."""
+        self._refill_pending = False
+        while not self._closed and len(self._spares) < MUX_SPARES:
+            channel = self._connect_now()
+            if channel is None:
+                return
+            self._spares.append(channel)
+
+    def start_stdio_fwd(self, fd: int, host: str, port: int) -> tuple[MuxChannel, int] | None:
+        """Send ``MUX_C_NEW_STDIO_FWD`` and ``fd`` (twice) now, on a spare connection; the
+        caller reads the master's hello and reply (``(channel, request id)``) later. ``None``
+        when that cannot be done without waiting: use :meth:`open_stdio_fwd` instead."""
+        if self._closed:
+            return None
+        channel = self._spares.pop() if self._spares else self._connect_now()
+        if channel is None:
+            return None
+        if not self._refill_pending:
+            self._refill_pending = True
+            asyncio.get_running_loop().call_soon(self.refill)
+        rid = self._next_request_id()
+        request = stdio_fwd_packet(rid, host, port)
+        try:
+            if channel.sock.send(request) != len(request):
+                raise BlockingIOError
+            socket.send_fds(channel.sock, [b"\0"], [fd])
+            socket.send_fds(channel.sock, [b"\0"], [fd])
+        except OSError:
+            channel.close()
+            return None
+        return channel, rid
+
     async def open_stdio_fwd(self, fd: int, host: str, port: int) -> MuxChannel:
         """Hand ``fd`` to the master for a channel to ``host:port``; the returned mux
         connection must stay open while the channel lives. :class:`MuxError` / OSError."""
-        channel = await MuxChannel.connect(self.control_path)
+        rid = self._next_request_id()
+        channel = await MuxChannel.connect(self.control_path, stdio_fwd_packet(rid, host, port), fd)
         try:
-            self._request_id = (self._request_id + 1) & 0xFFFFFFFF
-            rid = self._request_id
-            await asyncio.get_running_loop().sock_sendall(
-                channel.sock, stdio_fwd_packet(rid, host, port)
-            )
-            await channel.send_fd(fd)
-            await channel.send_fd(fd)
-            body = await channel.read_packet()
-            if body is None:
-                raise MuxError("master closed the control connection")
-            kind, reply_id, rest = parse_reply(body)
-            if kind in (MUX_S_FAILURE, MUX_S_PERMISSION_DENIED):
-                raise MuxError(f"master refused the forward: {reply_reason(rest)}")
-            if kind != MUX_S_SESSION_OPENED or reply_id != rid:
-                raise MuxError(f"unexpected mux reply {kind:#x} to request {rid}")
+            check_opened(await channel.read_packet(), rid)
         except BaseException:
             channel.close()
             raise
@@ -331,6 +405,10 @@ class MuxLink:
 
     def close(self) -> None:
         """Ask the master to exit (SIGTERM); it removes its control socket itself."""
+        self._closed = True
+        for channel in self._spares:
+            channel.close()
+        self._spares.clear()
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signal.SIGTERM)
@@ -365,11 +443,10 @@ async def _drain_stderr(stream: asyncio.StreamReader, tail: bytearray, label: st
 async def _alive(path: Path) -> bool:
     """The master answers ``MUX_C_ALIVE_CHECK`` (PROTOCOL.mux §4)."""
     try:
-        channel = await MuxChannel.connect(path)
+        channel = await MuxChannel.connect(path, alive_packet(0))
     except (OSError, MuxError):
         return False
     try:
-        await asyncio.get_running_loop().sock_sendall(channel.sock, alive_packet(0))
         body = await channel.read_packet()
         return body is not None and parse_reply(body)[0] == MUX_S_ALIVE
     except (OSError, MuxError):
@@ -427,5 +504,6 @@ async def open_mux_link(gateway: Gateway, options: TunnelOptions) -> MuxLink:
     except BaseException:
         await link.aclose(0.5)
         raise
+    link.refill()
     log.info("link up to %s (ssh master pid %d)", label, process.pid)
     return link

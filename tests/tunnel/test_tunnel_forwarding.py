@@ -135,11 +135,11 @@ async def test_missed_keepalives_declare_the_link_dead(
 
 
 async def test_refusing_target_closes_only_that_connection(
-    options: TunnelOptions, echo: Target
+    any_options: TunnelOptions, echo: Target
 ) -> None:
     good = forward_to(echo, "good")
     bad = Forward("127.0.0.1", free_port(), "127.0.0.1", free_port(), name="bad")
-    async with Tunnel(options, [good, bad]) as tunnel:
+    async with Tunnel(any_options, [good, bad]) as tunnel:
         assert await tunnel.wait_up(10)
         reader, writer = await asyncio.open_connection(*good.mouth)
         writer.write(b"kept ")
@@ -149,13 +149,16 @@ async def test_refusing_target_closes_only_that_connection(
         assert await reader.readexactly(4) == b"open"
         writer.close()
         assert tunnel.state.status is LinkStatus.UP
+        await wait_until(lambda: tunnel.state.forwards[1].open == 0)
         states = {f.forward.name: f for f in tunnel.state.forwards}
         assert states["bad"].total == 1 and states["bad"].open == 0
 
 
-async def test_client_gone_before_the_channel_opens(options: TunnelOptions, echo: Target) -> None:
+async def test_client_gone_before_the_channel_opens(
+    any_options: TunnelOptions, echo: Target
+) -> None:
     forward = forward_to(echo)
-    async with Tunnel(options, [forward]) as tunnel:
+    async with Tunnel(any_options, [forward]) as tunnel:
         assert await tunnel.wait_up(10)
         for _ in range(20):
             _, writer = await asyncio.open_connection(*forward.mouth)
@@ -165,7 +168,7 @@ async def test_client_gone_before_the_channel_opens(options: TunnelOptions, echo
         assert tunnel.state.forwards[0].total == 21
 
 
-def test_forwarding_under_uvloop(options: TunnelOptions) -> None:
+def test_forwarding_under_uvloop(any_options: TunnelOptions) -> None:
     """The daemon may run on uvloop, whose transports are not asyncio.Transport subclasses."""
     uvloop = pytest.importorskip("uvloop")
 
@@ -173,7 +176,7 @@ def test_forwarding_under_uvloop(options: TunnelOptions) -> None:
         target = await Target("echo").start()
         forward = forward_to(target)
         try:
-            async with Tunnel(options, [forward]) as tunnel:
+            async with Tunnel(any_options, [forward]) as tunnel:
                 assert await tunnel.wait_up(10)
                 return await exchange(*forward.mouth, b"uv" * 100_000)
         finally:

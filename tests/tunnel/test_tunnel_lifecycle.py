@@ -215,12 +215,12 @@ async def test_state_snapshot_and_callbacks(options: TunnelOptions, echo: Target
 
 
 async def test_shutdown_leaves_nothing_behind(
-    options: TunnelOptions, sshd: Sshd, echo: Target
+    any_options: TunnelOptions, sshd: Sshd, echo: Target
 ) -> None:
     forward = forward_to(echo)
     sockets_before = socket_inodes()
     threads_before = set(threading.enumerate())
-    tunnel = Tunnel(options, [forward])
+    tunnel = Tunnel(any_options, [forward])
     await tunnel.start()
     assert await tunnel.wait_up(10)
     streams = [await asyncio.open_connection(*forward.mouth) for _ in range(10)]
