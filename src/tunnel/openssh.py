@@ -62,6 +62,9 @@ MUX_PACKET_MAX = 256 * 1024
 """Largest mux reply we accept (OpenSSH's own limit is 256 KiB)."""
 MUX_SPARES = 4
 """Mux connections kept open (hello sent) ahead of demand, per link."""
+REFILL_DELAY_S = 0.005
+"""Spares are replaced this long after one is used, not at once: the master's accept of a
+new spare would otherwise compete with its opening of the channel just requested."""
 STDERR_TAIL_MAX = 4096
 POLL_S = 0.01
 """How often a starting master's control socket is probed."""
@@ -358,8 +361,7 @@ class MuxLink:
 
     def refill(self) -> None:
         """Keep ``MUX_SPARES`` connections open ahead of demand, so a new client costs one
-        request and two descriptors, not a connect and the master's accept. Scheduled just
-        after a spare is used, so it runs while the master waits for the gateway's answer."""
+        request and two descriptors, not a connect and the master's accept."""
         self._refill_pending = False
         while not self._closed and len(self._spares) < MUX_SPARES:
             channel = self._connect_now()
@@ -378,7 +380,7 @@ class MuxLink:
             return None
         if not self._refill_pending:
             self._refill_pending = True
-            asyncio.get_running_loop().call_soon(self.refill)
+            asyncio.get_running_loop().call_later(REFILL_DELAY_S, self.refill)
         rid = self._next_request_id()
         request = stdio_fwd_packet(rid, host, port)
         try:

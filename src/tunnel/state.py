@@ -45,7 +45,9 @@ class ForwardState:
     """One forward's counters at the time of the snapshot.
 
     ``bytes_out`` went from local clients out through the tunnel to the target;
-    ``bytes_in`` came back in from the target to the clients.
+    ``bytes_in`` came back in from the target to the clients. With
+    ``TunnelOptions.backend="openssh"`` the bytes never pass through this process, so both
+    stay 0 (unknown); ``open`` and ``total`` are counted with either backend.
     """
 
     forward: Forward
