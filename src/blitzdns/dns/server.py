@@ -8,7 +8,10 @@ drop privileges before serving.
 
 TCP (RFC 7766): length-prefixed messages, several per connection, answered as each is
 ready (out of order is allowed, §6.2.1.1), the connection closed after ``dns.tcp_idle_s``
-without a query (§6.2.3).
+without a query (§6.2.3). A client costs a bounded amount whatever it does: at most
+:data:`TCP_PIPELINE_LIMIT` forwarded queries in flight, and no further reading while its
+unread replies fill the transport's buffer; a client that neither reads them nor sends
+within ``tcp_idle_s``, or stops in the middle of a message that long, is disconnected.
 
 ``python -m blitzdns.dns.server --listen 127.0.0.1:5300 --upstream 127.0.0.1:53`` runs the
 resolver alone (debugging, and the benchmark's subject).
@@ -50,6 +53,9 @@ if TYPE_CHECKING:
 __all__ = ["Resolver", "ResolverStats", "UpstreamHealth", "main"]
 
 _TCP_BACKLOG = 64
+#: Forwarded queries one TCP connection may have in flight (RFC 7766 §6.2.1.1 pipelining);
+#: past it the connection is not read until one is answered.
+TCP_PIPELINE_LIMIT = 32
 #: How long one loop probe waits for its query to come back to us.
 _PROBE_WAIT_S = 1.0
 
@@ -87,6 +93,11 @@ class Resolver:
         return Forwarder(upstreams, self.stats.upstreams, config.dns.timeout_s)
 
     # ------------------------------------------------------------------ sockets
+
+    @property
+    def tcp_unsent(self) -> int:
+        """Bytes of replies waiting in this process for TCP clients to read them."""
+        return sum(writer.transport.get_write_buffer_size() for writer in self._connections)
 
     @property
     def bound_endpoints(self) -> tuple[Endpoint, ...]:
@@ -136,11 +147,12 @@ class Resolver:
         for server in self._servers:
             server.close()
         for writer in list(self._connections):
-            writer.close()
-        for task in list(self._tasks):
+            writer.transport.abort()
+        running = [*self._tasks, *self._pending.values()]
+        for task in running:
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
         for server in self._servers:
             await server.wait_closed()
         self._transports.clear()
@@ -233,46 +245,106 @@ class Resolver:
             self._trace(job.client, job.packet, reply, "udp")
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One TCP connection: read and answer until EOF or idle, then flush and close.
+
+        Any other end (a stalled message, replies nobody reads, an error, ``close``)
+        aborts the connection, dropping what is unsent.
+        """
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        inflight: set[asyncio.Task[None]] = set()
+        self._connections.add(writer)
+        graceful = False
+        try:
+            graceful = await self._read_tcp(reader, writer, inflight)
+            if graceful and inflight:
+                await asyncio.wait(inflight)
+            graceful = graceful and await self._flushed(writer)
+        finally:
+            self._connections.discard(writer)
+            for pending in inflight:
+                pending.cancel()
+            if graceful:
+                writer.close()
+            else:
+                writer.transport.abort()
+
+    async def _read_tcp(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        inflight: set[asyncio.Task[None]],
+    ) -> bool:
+        """Answer queries as they come; True at a clean end (EOF or idle between messages).
+
+        Reading pauses while :data:`TCP_PIPELINE_LIMIT` forwarded queries are in flight,
+        and while the unread replies exceed the transport's high-water mark — for at most
+        ``tcp_idle_s``, after which the client counts as gone (False). The idle timeout
+        runs between messages; a message begun and not finished within it is False too:
+        after a partial read there is no telling where the next message starts.
+        """
         peer = writer.get_extra_info("peername")
         client = peer[0] if peer else "?"
         idle = self.config.dns.tcp_idle_s
-        inflight: set[asyncio.Task[None]] = set()
-        self._connections.add(writer)
-        try:
-            while True:
+        transport = writer.transport
+        high_water = transport.get_write_buffer_limits()[1]
+        loop = asyncio.get_running_loop()
+        while True:
+            if len(inflight) >= TCP_PIPELINE_LIMIT:
+                await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+            if transport.get_write_buffer_size() > high_water:
                 try:
                     async with asyncio.timeout(idle):
-                        size = int.from_bytes(await reader.readexactly(2), "big")
-                        packet = await reader.readexactly(size)
-                except TimeoutError:
-                    if inflight:
-                        await asyncio.wait(inflight)
-                        continue
-                    break
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    break
-                try:
-                    out = self.engine.handle(
-                        packet, client, asyncio.get_running_loop().time(), False
-                    )
-                except Exception:
-                    out = self._crashed(packet, client)
-                if isinstance(out, ForwardJob):
-                    task = asyncio.get_running_loop().create_task(self._forward_tcp(out, writer))
-                    inflight.add(task)
-                    task.add_done_callback(inflight.discard)
+                        await writer.drain()
+                except (TimeoutError, ConnectionError):
+                    return False
+            try:
+                async with asyncio.timeout(idle):
+                    prefix = await reader.readexactly(2)
+            except TimeoutError:
+                if inflight:
+                    await asyncio.wait(inflight)
                     continue
-                if out is not None:
-                    writer.write(len(out).to_bytes(2, "big") + out)
-                if self.verbose:
-                    self._trace(client, packet, out, "tcp")
-            if inflight:
-                await asyncio.wait(inflight)
-        finally:
-            self._connections.discard(writer)
-            for task in inflight:
-                task.cancel()
-            writer.close()
+                return True
+            except asyncio.IncompleteReadError as exc:
+                return not exc.partial
+            except ConnectionError:
+                return False
+            try:
+                async with asyncio.timeout(idle):
+                    packet = await reader.readexactly(int.from_bytes(prefix, "big"))
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                return False
+            try:
+                out = self.engine.handle(packet, client, loop.time(), False)
+            except Exception:
+                out = self._crashed(packet, client)
+            if isinstance(out, ForwardJob):
+                forward = loop.create_task(self._forward_tcp(out, writer))
+                inflight.add(forward)
+                forward.add_done_callback(inflight.discard)
+                continue
+            if out is not None:
+                writer.write(len(out).to_bytes(2, "big") + out)
+            if self.verbose:
+                self._trace(client, packet, out, "tcp")
+
+    async def _flushed(self, writer: asyncio.StreamWriter) -> bool:
+        """Wait (up to ``tcp_idle_s``) until every reply is handed to the kernel."""
+        transport = writer.transport
+        if transport.is_closing():
+            return False
+        if transport.get_write_buffer_size() == 0:
+            return True
+        transport.set_write_buffer_limits(high=0)
+        try:
+            async with asyncio.timeout(self.config.dns.tcp_idle_s):
+                await writer.drain()
+        except (TimeoutError, ConnectionError):
+            return False
+        return True
 
     async def _forward_tcp(self, job: ForwardJob, writer: asyncio.StreamWriter) -> None:
         reply = await self._answer(job)
