@@ -27,13 +27,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import logging
 import os
 import shutil
 import signal
 import socket
 import struct
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from tunnel.errors import (
@@ -225,6 +230,31 @@ def classify_exit(
 
 # --- asyncio edge ------------------------------------------------------------------------
 
+PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    except OSError:
+        return None
+
+
+def _death_signal_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGTERM the master when this process dies
+    (Linux ``prctl(PR_SET_PDEATHSIG)``), so even a crashed tunnel leaves no ssh behind;
+    ``None`` where that is not available. libc is loaded here, before the fork."""
+    libc = _libc() if sys.platform.startswith("linux") else None
+    if libc is None:
+        return None
+    prctl = libc.prctl
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return hook
+
 
 class MuxChannel:
     """One mux connection to the master, speaking the packet protocol."""
@@ -333,6 +363,7 @@ class MuxLink:
     async def wait_closed(self) -> TunnelError:
         """Wait until the master exits; return why, as a :class:`LinkLost`."""
         code = await asyncio.shield(self.process.wait())
+        shutil.rmtree(self.control_dir, ignore_errors=True)
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             async with asyncio.timeout(0.5):
                 await asyncio.shield(self._stderr_task)
@@ -475,6 +506,7 @@ async def open_mux_link(gateway: Gateway, options: TunnelOptions) -> MuxLink:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=_death_signal_hook(),
         )
     except OSError as exc:
         shutil.rmtree(control_dir, ignore_errors=True)

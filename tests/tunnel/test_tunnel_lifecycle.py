@@ -115,14 +115,15 @@ async def test_bind_error_for_an_address_this_machine_lacks(options: TunnelOptio
 
 
 async def test_allowed_peers_reject_others_at_once(
-    options: TunnelOptions, echo: Target, caplog: pytest.LogCaptureFixture
+    any_options: TunnelOptions, echo: Target, caplog: pytest.LogCaptureFixture
 ) -> None:
     forward = forward_to(echo, allowed_peers=("127.0.0.2/32",))
-    async with Tunnel(options, [forward]) as tunnel:
+    async with Tunnel(any_options, [forward]) as tunnel:
         assert await tunnel.wait_up(10)
         with caplog.at_level(logging.WARNING, logger="tunnel"):
             assert await exchange(*forward.mouth, b"intruder") == b""
         assert await exchange(*forward.mouth, b"friend", source="127.0.0.2") == b"friend"
+        await wait_until(lambda: tunnel.state.forwards[0].open == 0)
         state = tunnel.state.forwards[0]
     assert (state.rejected, state.total, state.open) == (1, 1, 0)
     assert "refused connection from 127.0.0.1" in caplog.text

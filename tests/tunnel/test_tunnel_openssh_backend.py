@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,61 @@ async def test_close_leaves_no_process_and_no_socket(
     assert tunnel.state.status is LinkStatus.STOPPED
     with pytest.raises(OSError):
         await asyncio.open_connection(*forward.mouth)
+
+
+CRASHING_TUNNEL = """
+import asyncio, sys
+from pathlib import Path
+from tunnel import Tunnel, TunnelOptions
+
+async def main() -> None:
+    gateway, known_hosts, config, key = sys.argv[1:]
+    options = TunnelOptions(
+        gateways=(gateway,), known_hosts=Path(known_hosts), ssh_config=Path(config),
+        client_keys=(Path(key),), backend="openssh",
+    )
+    async with Tunnel(options, []) as tunnel:
+        assert await tunnel.wait_up(10)
+        link = tunnel.current_mux_link
+        print(link.pid, link.control_dir, flush=True)
+        await asyncio.sleep(30)
+
+asyncio.run(main())
+"""
+
+
+def running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (an orphan's zombie may wait for a busy init)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+async def test_a_killed_tunnel_takes_its_ssh_master_with_it(mux_options: TunnelOptions) -> None:
+    """SIGKILL gives the tunnel no chance to clean up: the kernel's parent-death signal
+    must end the master (else it would hold the link open forever)."""
+    assert mux_options.known_hosts and mux_options.ssh_config and mux_options.client_keys
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CRASHING_TUNNEL,
+        str(mux_options.gateways[0]),
+        str(mux_options.known_hosts),
+        str(mux_options.ssh_config),
+        str(mux_options.client_keys[0]),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(15):
+            pid, control_dir = (await process.stdout.readline()).decode().split()
+            master = int(pid)
+        assert running(master)
+    finally:
+        process.kill()
+        await process.wait()
+    await wait_until(lambda: not running(master))
+    # Nobody was left to remove the (by now empty) private directory: this test does.
+    shutil.rmtree(control_dir, ignore_errors=True)

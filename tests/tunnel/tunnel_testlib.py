@@ -241,12 +241,16 @@ class Target:
 async def exchange(host: str, port: int, payload: bytes, *, source: str | None = None) -> bytes:
     """Connect, send ``payload``, half-close, read everything back.
 
-    A reset (or a socket already disconnected when we write) counts as closed with nothing
-    read (``b""``): the mouth refused the connection.
+    A reset (even one that arrives before the connect call returns, or a socket already
+    disconnected when we write) counts as closed with nothing read (``b""``): the mouth
+    refused the connection.
     """
-    reader, writer = await asyncio.open_connection(
-        host, port, local_addr=(source, 0) if source else None
-    )
+    try:
+        reader, writer = await asyncio.open_connection(
+            host, port, local_addr=(source, 0) if source else None
+        )
+    except ConnectionResetError:
+        return b""
     try:
         writer.write(payload)
         await writer.drain()
