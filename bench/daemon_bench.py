@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
 import os
 import random
 import resource
@@ -74,10 +73,10 @@ from tunnel_testlib import (  # type: ignore[import-not-found]  # noqa: E402
     keygen,
 )
 
+from benchlock import bench_lock  # noqa: E402
 from dns_bench import dnsmasq_command, free_port  # noqa: E402
 from tunnel_bench import stop  # noqa: E402
 
-LOCK_PATH = Path("/tmp/blitzdns-bench.lock")
 BLITZDNS = next(
     (
         str(p)
@@ -685,25 +684,6 @@ def print_table(rounds: list[dict[str, dict[str, float]]], connections: int) -> 
 
 
 # --------------------------------------------------------------------------- main
-
-
-@contextlib.contextmanager
-def bench_lock(wait_s: float) -> Iterator[None]:
-    """Hold the machine-wide benchmark lock (``flock``), waiting at most ``wait_s``."""
-    with LOCK_PATH.open("a") as handle:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{LOCK_PATH} still held after {wait_s} s") from None
-                time.sleep(0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

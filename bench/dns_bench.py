@@ -330,4 +330,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from benchlock import bench_lock
+
+    with bench_lock(1800):
+        sys.exit(main())
