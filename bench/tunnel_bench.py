@@ -125,6 +125,9 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     closing = loop.create_future()
     loop.add_reader(sys.stdin.fileno(), lambda: closing.done() or closing.set_result(None))
+    # stop() sends SIGTERM: close the tunnel (and a tunnel-mux forwarder's ssh master and
+    # its private directory) instead of dying on the spot.
+    loop.add_signal_handler(signal.SIGTERM, lambda: closing.done() or closing.set_result(None))
     if args.serve == "tunnel":
         options = TunnelOptions(
             gateways=(Gateway.parse(args.gateway),),
