@@ -186,6 +186,10 @@ class TunnelConfig:
     keepalive_s: float = 15.0
     wait_for_link_s: float = 10.0
     trust_new_host_key: bool = False
+    #: "asyncssh" (default: byte counters, password and passphrase prompts) or "openssh"
+    #: (an `ssh -M` master carries the data: OpenSSH's speed; keys or agent only, no byte
+    #: counts).
+    backend: Literal["asyncssh", "openssh"] = "asyncssh"
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +350,7 @@ class Config:
                 "keepalive_s": self.tunnel.keepalive_s,
                 "wait_for_link_s": self.tunnel.wait_for_link_s,
                 "trust_new_host_key": self.tunnel.trust_new_host_key,
+                "backend": self.tunnel.backend,
             },
             "resolver": {"target": self.resolver_target},
             "services": {
@@ -687,9 +692,13 @@ class _Builder:
                 "keepalive_s",
                 "wait_for_link_s",
                 "trust_new_host_key",
+                "backend",
             ),
         )
         d = TunnelConfig()
+        backend = t.get("backend", "asyncssh")
+        if backend not in ("asyncssh", "openssh"):
+            raise self.fail("tunnel.backend", f'expected "asyncssh" or "openssh", got {backend!r}')
         mouths = d.mouths
         if "mouths" in t:
             text = self.string(t["mouths"], "tunnel.mouths")
@@ -730,6 +739,7 @@ class _Builder:
             trust_new_host_key=self.boolean(
                 t.get("trust_new_host_key", False), "tunnel.trust_new_host_key"
             ),
+            backend=backend,
         )
 
     def services(self, raw: Mapping[str, Any]) -> dict[str, Service]:

@@ -45,6 +45,10 @@ hosts = []
 # connection waits for a link that is down before it is closed.
 keepalive_s = 15.0
 wait_for_link_s = 10.0
+# "asyncssh": the link runs in blitzdns (byte counters, password and passphrase
+# prompts). "openssh": an `ssh -M` master carries the data at OpenSSH's speed
+# (keys or ssh-agent only; no byte counts in `status`).
+backend = "asyncssh"
 
 [resolver]
 # Which resolver config `blitzdns resolver-config` writes by default:

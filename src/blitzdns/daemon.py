@@ -363,7 +363,8 @@ class Daemon:
             keepalive_s=config.tunnel.keepalive_s,
             wait_for_link_s=config.tunnel.wait_for_link_s,
             allow_non_loopback=bool(config.shared),
-            **self._terminal_prompts(),
+            backend=config.tunnel.backend,
+            **(self._terminal_prompts() if config.tunnel.backend == "asyncssh" else {}),
         )
         return Tunnel(options, to_tunnel_forwards(config))
 

@@ -273,3 +273,39 @@ def test_privilege_drop_to_the_named_user_keeps_serving(
     finally:
         daemon.stop()
         shutil.rmtree(client_dir, ignore_errors=True)
+
+
+def test_the_openssh_backend_carries_the_same_job(
+    sshd: Sshd, echo: EchoServer, tmp_path: Path
+) -> None:
+    if DIG is None or shutil.which("ssh") is None:
+        pytest.skip("needs dig and the OpenSSH client")
+    dns_port = free_port()
+    text = config_text(sshd, tmp_path, dns_port, echo.port, ["alpha"])
+    text = text.replace("[services]", 'backend = "openssh"\n[services]', 1)
+    daemon = start_daemon(tmp_path, text)
+    try:
+        daemon.wait_status(link_up)
+        address, port = mouth_of("alpha", daemon, dns_port)
+        assert roundtrip(address, port, b"via the ssh master") == b"via the ssh master"
+        assert len(masters_for(sshd.port)) == 1
+        assert echo.peers and all(peer == "127.0.0.1" for peer in echo.peers)
+    finally:
+        daemon.stop()
+    # The master went with the daemon: no ssh process is left holding the link.
+    assert masters_for(sshd.port) == []
+
+
+def masters_for(port: int) -> list[int]:
+    """Pids of `ssh -M` masters whose command line names ``port``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-M" in argv and str(port).encode() in argv:
+            found.append(int(proc.name))
+    return found
