@@ -6,9 +6,7 @@ The sshd helper is shared with the tunnel tests (tests/tunnel/tunnel_testlib.py)
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,33 +18,16 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tunnel"))
-from tunnel_testlib import SSHD, Sshd, free_port, keygen
+from tunnel_testlib import Sshd, running_sshd
 
 BLITZDNS = str(Path(sys.executable).with_name("blitzdns"))
 
 
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[Sshd]:
-    if not os.path.exists(SSHD):
-        pytest.skip("sshd not installed (Debian: openssh-server)")
-    if os.geteuid() != 0:
-        pytest.skip("the sshd fixture needs root (privilege separation)")
-    root = tmp_path / "sshd"
-    root.mkdir()
-    server = Sshd(
-        root=root,
-        port=free_port(),
-        user=getpass.getuser(),
-        host_key=keygen(root / "host_ed25519"),
-        client_key=keygen(root / "client_ed25519"),
-        log=root / "sshd.log",
-    )
-    server.authorize(server.client_key.with_suffix(".pub"))
-    server.start()
-    try:
+    """A running sshd; the client key in ``client_key`` is authorized."""
+    with running_sshd(tmp_path) as server:
         yield server
-    finally:
-        server.kill()
 
 
 @dataclass

@@ -5,14 +5,12 @@ __init__.py: as a package it would be imported as ``tunnel`` and shadow the real
 from __future__ import annotations
 
 import dataclasses
-import getpass
-import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from tunnel_testlib import SSHD, Sshd, Target, free_port, keygen
+from tunnel_testlib import Sshd, Target, running_sshd
 
 from tunnel import TunnelOptions
 
@@ -20,26 +18,8 @@ from tunnel import TunnelOptions
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[Sshd]:
     """A running sshd; the client key in ``client_key`` is authorized."""
-    if not os.path.exists(SSHD):
-        pytest.skip("sshd not installed (Debian: openssh-server)")
-    if os.geteuid() != 0:
-        pytest.skip("the sshd fixture runs sshd with privilege separation: needs root")
-    root = tmp_path / "sshd"
-    root.mkdir()
-    server = Sshd(
-        root=root,
-        port=free_port(),
-        user=getpass.getuser(),
-        host_key=keygen(root / "host_ed25519"),
-        client_key=keygen(root / "client_ed25519"),
-        log=root / "sshd.log",
-    )
-    server.authorize(server.client_key.with_suffix(".pub"))
-    server.start()
-    try:
+    with running_sshd(tmp_path) as server:
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture

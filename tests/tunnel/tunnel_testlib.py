@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -279,3 +279,31 @@ async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
             return await reader.read()
     except ConnectionResetError:
         return b""
+
+
+@contextlib.contextmanager
+def running_sshd(tmp_path: Path) -> Iterator[Sshd]:
+    """A running sshd under ``tmp_path``; its ``client_key`` is authorized. Skips the test
+    when sshd is missing or we are not root (privilege separation needs root)."""
+    import getpass
+
+    if not os.path.exists(SSHD):
+        pytest.skip("sshd not installed (Debian: openssh-server)")
+    if os.geteuid() != 0:
+        pytest.skip("the sshd fixture runs sshd with privilege separation: needs root")
+    root = tmp_path / "sshd"
+    root.mkdir()
+    server = Sshd(
+        root=root,
+        port=free_port(),
+        user=getpass.getuser(),
+        host_key=keygen(root / "host_ed25519"),
+        client_key=keygen(root / "client_ed25519"),
+        log=root / "sshd.log",
+    )
+    server.authorize(server.client_key.with_suffix(".pub"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
