@@ -54,9 +54,7 @@ def test_systemd_resolved_drop_in_uses_a_search_domain_for_short_names(
     # The domain as a search domain, and every protected name routed on its own, so a
     # link whose search domain is also dartmouth.edu cannot tie with (and race) the stub.
     assert domains[0] == "dartmouth.edu"
-    assert {"~dnd.dartmouth.edu", "~kringle.dartmouth.edu", "~dasher.dartmouth.edu"} <= set(
-        domains
-    )
+    assert {"~dnd.dartmouth.edu", "~kringle.dartmouth.edu", "~dasher.dartmouth.edu"} <= set(domains)
     assert all(d.startswith("~") and d.endswith(".dartmouth.edu") for d in domains[1:])
     assert any("search domains" in line for line in plan.can)
     assert any("246" in line for line in plan.cannot)
