@@ -245,6 +245,8 @@ class Daemon:
 
     def __init__(self, config: Config, options: RunOptions):
         self.config = config
+        #: The file and flags before any location: what ``--location auto`` matches against.
+        self.base_config = config
         self.options = options
         self.resolver: Resolver | None = None
         self.tunnel: Tunnel | None = None
@@ -425,13 +427,16 @@ class Daemon:
 
     async def _reload(self, new: Config | None) -> bool:
         try:
+            base = None
             if new is None:
-                new = self._load()
+                base = new = self._load()
                 if self.options.auto_location:
                     new = await self._located(new)
                 elif self.config.location:
                     new = new.at_location(self.config.location)
             await self.apply(new)
+            if base is not None:
+                self.base_config = base
         except BlitzdnsError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return False
@@ -488,7 +493,7 @@ class Daemon:
         while True:
             await asyncio.sleep(self.options.location_poll_s)
             try:
-                candidate = await self._located(self._base_config())
+                candidate = await self._located(self.base_config)
             except BlitzdnsError as exc:
                 log.error("location check failed: %s", exc)
                 continue
@@ -499,12 +504,6 @@ class Daemon:
                     candidate.location or "(none)",
                 )
                 await self.reload(candidate)
-
-    def _base_config(self) -> Config:
-        try:
-            return self._load()
-        except BlitzdnsError:
-            return self.config.at_location(None)
 
     # ------------------------------------------------------------------ status, stop
 
