@@ -26,7 +26,7 @@ import asyncssh
 from tunnel.errors import MouthBindError
 from tunnel.forwards import Forward, mouth_ip
 from tunnel.link import SSHLink, describe
-from tunnel.state import ForwardCounters
+from tunnel.state import ForwardCounters, ForwardState
 
 log = logging.getLogger("tunnel.mouths")
 
@@ -284,6 +284,10 @@ class Mouth:
         self.counters = ForwardCounters()
         self.clients: set[_ClientSide] = set()
         self.server: asyncio.Server | None = None
+
+    def state(self) -> ForwardState:
+        """This forward's counters, as of now."""
+        return ForwardState.of(self.forward, self.counters)
 
     async def bind(self) -> None:
         """Listen now; raises :class:`MouthBindError`."""

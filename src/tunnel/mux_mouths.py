@@ -1,15 +1,16 @@
 """Mouths for the ``openssh`` backend: accept, filter, hand the socket to the ssh master.
 
 The listener and the ``allowed_peers`` check are ours, as with the asyncssh backend; after
-that the accepted socket's descriptor goes to the master (:meth:`MuxLink.start_stdio_fwd`)
-and our copy is closed, so the bytes flow in OpenSSH's C code only. We keep the mux
-connection open until the master closes it (the channel ended), which is when the
-connection stops counting as open. Bytes are not seen here: the counters stay 0.
+that the accepted socket's descriptor goes to the master (:meth:`MuxLink.hand_off`) and
+our copy is closed, so the bytes flow in OpenSSH's C code only. The link keeps the mux
+connection open until the master closes it (the channel ended) and then tells the mouth
+(:meth:`MuxMouth.session_ended`), which is when the connection stops counting as open.
+Bytes never pass through here: they are read from the kernel's counters of the client
+socket (``TCP_INFO``, Linux), of which we keep a copy until the channel ends.
 
-The common case runs in plain reader callbacks, no task per connection: the listener's
-callback accepts, filters and sends the request on a spare mux connection at once; a
-:class:`_Passenger` callback reads the master's hello and reply and then waits for the
-end. Only a connection that must wait for the link gets a task.
+The common case runs in the listener's reader callback, no task per connection: accept,
+filter, send the request on a spare mux connection at once. Only a connection that must
+wait for the link gets a task.
 
 While the link is down a connection waits ``wait_for_link_s`` and is then closed; if the
 master refuses the request it is closed too (fail closed).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import ipaddress
 import logging
 import socket
@@ -28,7 +30,8 @@ from typing import Protocol
 from tunnel.errors import TunnelError
 from tunnel.forwards import Forward
 from tunnel.mouths import LinkSource, Mouth, bind_socket
-from tunnel.openssh import MuxChannel, MuxError, MuxLink, check_hello, check_opened
+from tunnel.openssh import MuxLink, MuxSession, tcp_traffic
+from tunnel.state import ForwardState
 
 log = logging.getLogger("tunnel.mouths")
 
@@ -49,86 +52,8 @@ def _abort(sock: socket.socket) -> None:
     sock.close()
 
 
-REPLY_READ_DELAY_S = 0.005
-"""The master's hello and reply are read this long after the request: by then a short
-exchange has usually finished, so reading them does not compete with the master (and the
-client) for a CPU while the channel opens. A refusal still closes the client: the master
-closes the descriptors it was given."""
 ACCEPT_BATCH = 64
 """Connections accepted per wake-up of the listener, before other callbacks get a turn."""
-
-
-class _Passenger:
-    """One handed-over connection: its mux connection, read by a reader callback.
-
-    Stage 0 waits for the master's hello, 1 for ``MUX_S_SESSION_OPENED``, 2 for the end of
-    the stream (the master closes the mux connection when the channel ends).
-    """
-
-    __slots__ = ("channel", "label", "mouth", "peer", "request_id", "stage", "watching")
-
-    def __init__(
-        self,
-        mouth: MuxMouth,
-        channel: MuxChannel,
-        request_id: int | None,
-        label: str,
-        peer: str,
-    ) -> None:
-        self.mouth = mouth
-        self.channel = channel
-        self.request_id = request_id or 0
-        self.label = label
-        self.peer = peer
-        self.stage = 2 if request_id is None else 0
-        self.watching = False
-        mouth.passengers.add(self)
-        if self.stage == 2:
-            self._watch()
-        else:
-            asyncio.get_running_loop().call_later(REPLY_READ_DELAY_S, self._watch)
-
-    def _watch(self) -> None:
-        if self.channel.sock.fileno() >= 0:
-            asyncio.get_running_loop().add_reader(self.channel.sock.fileno(), self._readable)
-            self.watching = True
-
-    def _readable(self) -> None:
-        channel = self.channel
-        try:
-            data = channel.sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            if self.stage < 2:
-                log.info("%s: master closed the mux connection before the reply", self.label)
-            self.end()
-            return
-        if self.stage == 2:
-            return
-        channel.buffer += data
-        try:
-            while self.stage < 2 and (body := channel.take_packet()) is not None:
-                if self.stage == 0:
-                    check_hello(body)
-                else:
-                    check_opened(body, self.request_id)
-                self.stage += 1
-        except MuxError as exc:
-            log.info("%s: %s", self.label, exc)
-            self.end()
-
-    def end(self) -> None:
-        """Close the mux connection (which ends the channel, if any) and stop counting."""
-        if self.channel.sock.fileno() < 0:
-            return
-        if self.watching:
-            asyncio.get_running_loop().remove_reader(self.channel.sock.fileno())
-        self.channel.close()
-        self.mouth.counters.open -= 1
-        self.mouth.passengers.discard(self)
 
 
 class MuxMouth(Mouth):
@@ -138,7 +63,7 @@ class MuxMouth(Mouth):
         super().__init__(forward, source)
         self.mux_source = source
         self.listener: socket.socket | None = None
-        self.passengers: set[_Passenger] = set()
+        self.sessions: set[MuxSession] = set()
         self.waiting: dict[asyncio.Task[None], str] = {}
 
     async def bind(self) -> None:
@@ -181,36 +106,48 @@ class MuxMouth(Mouth):
             return
         self.counters.open += 1
         self.counters.total += 1
-        label = f"{forward.name or forward.mouth_host}:{forward.mouth_port} ← {host}"
         with contextlib.suppress(OSError):
             # As ssh -L does for the sockets it accepts (channels.c): no Nagle delay.
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         link = self.mux_source.current_mux_link
-        started = (
-            link.start_stdio_fwd(conn.fileno(), forward.target_host, forward.target_port)
+        session = (
+            link.hand_off(conn, forward.target_host, forward.target_port, self, host)
             if link is not None
             else None
         )
-        if started is not None:
-            conn.close()
-            _Passenger(self, *started, label, host)
+        if session is not None:
+            self.sessions.add(session)
             return
-        task = asyncio.get_running_loop().create_task(
-            self._wait_and_open(conn, forward, label, host)
-        )
+        task = asyncio.get_running_loop().create_task(self._wait_and_open(conn, forward, host))
         self.waiting[task] = host
         task.add_done_callback(self.waiting.pop)
 
-    async def _wait_and_open(
-        self, conn: socket.socket, forward: Forward, label: str, host: str
+    def _label(self, host: str) -> str:
+        forward = self.forward
+        return f"{forward.name or forward.mouth_host}:{forward.mouth_port} ← {host}"
+
+    def session_ended(
+        self, session: MuxSession, error: str | None, traffic: tuple[int, int] | None
     ) -> None:
+        """A handed-over connection ended (or was refused by the master: ``error``);
+        ``traffic`` is what the kernel counted on it, ``(out, in)``."""
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.counters.open -= 1
+            if traffic is not None:
+                self.counters.bytes_out += traffic[0]
+                self.counters.bytes_in += traffic[1]
+        if error is not None:
+            log.info("%s: %s", self._label(session.tag), error)
+
+    async def _wait_and_open(self, conn: socket.socket, forward: Forward, host: str) -> None:
         """The slow path: wait (bounded) for the link, then open on a fresh mux connection."""
         handed = False
         try:
             source = self.mux_source
             link = source.current_mux_link or await source.wait_mux_link()
             if link is None:
-                log.info("%s: link is down; connection closed (failing closed)", label)
+                log.info("%s: link is down; connection closed (failing closed)", self._label(host))
                 return
             try:
                 channel = await link.open_stdio_fwd(
@@ -219,18 +156,28 @@ class MuxMouth(Mouth):
             except (OSError, TunnelError) as exc:
                 log.info(
                     "%s: forward to %s:%d failed: %s",
-                    label,
+                    self._label(host),
                     forward.target_host,
                     forward.target_port,
                     exc,
                 )
                 return
-            _Passenger(self, channel, None, label, host)
+            self.sessions.add(link.adopt(channel, conn, self, host))
             handed = True
         finally:
-            conn.close()
             if not handed:
+                conn.close()
                 self.counters.open -= 1
+
+    def state(self) -> ForwardState:
+        """The counters, with the bytes of the connections still open read from the kernel."""
+        counters = copy.copy(self.counters)
+        for session in self.sessions:
+            traffic = tcp_traffic(session.client)
+            if traffic is not None:
+                counters.bytes_out += traffic[0]
+                counters.bytes_in += traffic[1]
+        return ForwardState.of(self.forward, counters)
 
     def retarget(self, forward: Forward) -> None:
         """Serve ``forward`` (same mouth) from now on; drop connections it would not allow."""
@@ -240,17 +187,17 @@ class MuxMouth(Mouth):
         def dropped(host: str) -> bool:
             return changed or bool(host and not forward.admits(ipaddress.ip_address(host)))
 
-        for passenger in list(self.passengers):
-            if dropped(passenger.peer):
-                passenger.end()
+        for session in list(self.sessions):
+            if dropped(session.tag):
+                session.end()
         for task, host in list(self.waiting.items()):
             if dropped(host):
                 task.cancel()
 
     def abort_clients(self) -> list[asyncio.Task[None]]:
         """End every connection (closing its mux connection ends its channel)."""
-        for passenger in list(self.passengers):
-            passenger.end()
+        for session in list(self.sessions):
+            session.end()
         tasks = list(self.waiting)
         for task in tasks:
             task.cancel()

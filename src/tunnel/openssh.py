@@ -29,9 +29,11 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import functools
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -40,6 +42,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from tunnel.errors import (
     AuthFailed,
@@ -50,6 +53,7 @@ from tunnel.errors import (
     TunnelConfigError,
     TunnelError,
 )
+from tunnel.fdpass import send_request_and_fd
 from tunnel.forwards import Gateway
 from tunnel.options import TunnelOptions
 
@@ -65,11 +69,25 @@ MUX_S_ALIVE = 0x80000005
 MUX_S_SESSION_OPENED = 0x80000006
 MUX_PACKET_MAX = 256 * 1024
 """Largest mux reply we accept (OpenSSH's own limit is 256 KiB)."""
-MUX_SPARES = 4
-"""Mux connections kept open (hello sent) ahead of demand, per link."""
+SPARES_MIN = 2
+SPARES_MAX = 16
+"""Bounds of the mux connections kept open (hello sent) ahead of demand, per link."""
 REFILL_DELAY_S = 0.005
 """Spares are replaced this long after one is used, not at once: the master's accept of a
 new spare would otherwise compete with its opening of the channel just requested."""
+REPLY_CHECK_S = 0.02
+"""The master's hello and reply are read this long after the request, in one batch."""
+TCP_INFO = getattr(socket, "TCP_INFO", 11)
+TCP_INFO_LEN = 136
+TCP_INFO_BYTES_AT = 120
+TCP_INFO_BYTES = struct.Struct("=QQ")
+"""``tcpi_bytes_acked``, ``tcpi_bytes_received`` in Linux ``struct tcp_info``."""
+TCP_FIN_RECEIVED = frozenset({6, 8, 9, 11})
+"""``tcpi_state`` after the peer's FIN: TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING."""
+TCP_FIN_SENT = frozenset({4, 5, 6, 9, 11})
+"""``tcpi_state`` after our FIN: FIN_WAIT1, FIN_WAIT2, TIME_WAIT, LAST_ACK, CLOSING."""
+SIOCOUTQ = 0x5411
+"""Linux: bytes in a TCP socket's send queue, not yet acknowledged (= ``TIOCOUTQ``)."""
 STDERR_TAIL_MAX = 4096
 POLL_S = 0.01
 """How often a starting master's control socket is probed."""
@@ -334,8 +352,80 @@ class MuxChannel:
         self.sock.close()
 
 
+class SessionOwner(Protocol):
+    """Who is told when a handed-over connection ends (a mouth, to keep its counters)."""
+
+    def session_ended(
+        self, session: MuxSession, error: str | None, traffic: tuple[int, int] | None
+    ) -> None: ...
+
+
+def tcp_traffic(sock: socket.socket) -> tuple[int, int] | None:
+    """``(bytes received from the peer, bytes written to it)`` of a TCP socket, from the
+    kernel: ``tcpi_bytes_received`` and ``tcpi_bytes_acked`` of ``TCP_INFO`` (Linux 4.2+)
+    plus what is still queued unacknowledged (``SIOCOUTQ``), so data the peer has not yet
+    acknowledged counts too. A FIN takes a sequence number, which these counters include:
+    it is taken off. ``None`` where that is not available."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, TCP_INFO_LEN)
+        queued = fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0")
+    except (OSError, AttributeError, ValueError):
+        return None
+    if len(info) < TCP_INFO_LEN:
+        return None
+    acked, received = TCP_INFO_BYTES.unpack_from(info, TCP_INFO_BYTES_AT)
+    state = info[0]
+    received -= state in TCP_FIN_RECEIVED
+    sent = acked + int.from_bytes(queued, sys.byteorder) - (state in TCP_FIN_SENT)
+    return int(received), int(sent)
+
+
+class MuxSession:
+    """One handed-over connection: its mux connection, open while the channel lives.
+
+    ``stage`` 0 waits for the master's hello, 1 for ``MUX_S_SESSION_OPENED``, 2 for the
+    end of the stream (the master closes the mux connection when the channel ends).
+    ``client`` is our copy of the client socket, kept so that the kernel's counters can be
+    read (:func:`tcp_traffic`) while the connection lives and when it ends. The master has
+    two copies of its own and closes them when the channel ends, just before it hangs up the
+    mux connection; ours is closed on that hang-up, so the client sees the end at once.
+    ``tag`` is the owner's (the client's address).
+    """
+
+    __slots__ = ("channel", "client", "link", "owner", "request_id", "stage", "tag")
+
+    def __init__(
+        self,
+        link: MuxLink,
+        channel: MuxChannel,
+        client: socket.socket,
+        request_id: int | None,
+        owner: SessionOwner,
+        tag: str,
+    ) -> None:
+        self.link = link
+        self.channel = channel
+        self.client = client
+        self.request_id = request_id or 0
+        self.stage = 2 if request_id is None else 0
+        self.owner = owner
+        self.tag = tag
+
+    def end(self) -> None:
+        """Close the mux connection, which ends the channel; the owner is told."""
+        self.link.end(self, None)
+
+
 class MuxLink:
-    """One running ``ssh -M`` master whose control socket answered: the link is up."""
+    """One running ``ssh -M`` master whose control socket answered: the link is up.
+
+    Handed-over connections (:class:`MuxSession`) are watched for their end only: a private
+    epoll set, which the event loop sees as one descriptor, reports when the master hangs up
+    a mux connection (``EPOLLRDHUP``), so the master's hello and reply, which arrive while
+    the channel is being opened, wake nobody. They are read ``REPLY_CHECK_S`` later, in one
+    batch, to log a refusal and close that client. (Without epoll, each mux connection is
+    watched by the loop directly.)
+    """
 
     def __init__(
         self,
@@ -353,7 +443,13 @@ class MuxLink:
         self._stderr_tail = stderr_tail
         self._request_id = 0
         self._spares: list[MuxChannel] = []
-        self._refill_pending = False
+        self._used = 0
+        self._refill: asyncio.TimerHandle | None = None
+        self._sessions: dict[int, MuxSession] = {}
+        self._unconfirmed: list[MuxSession] = []
+        self._check: asyncio.TimerHandle | None = None
+        self._hangups = select.epoll() if hasattr(select, "epoll") else None
+        self._watching = False
         self._closed = False
 
     @property
@@ -391,38 +487,127 @@ class MuxLink:
         return MuxChannel(sock)
 
     def refill(self) -> None:
-        """Keep ``MUX_SPARES`` connections open ahead of demand, so a new client costs one
-        request and two descriptors, not a connect and the master's accept."""
-        self._refill_pending = False
-        while not self._closed and len(self._spares) < MUX_SPARES:
+        """Keep spare connections (hello sent) ahead of demand, so a new client costs one
+        request and its descriptor, not a connect and the master's accept: as many as were
+        used since the last refill, within ``SPARES_MIN``..``SPARES_MAX`` (each spare is a
+        channel the master visits on every turn of its loop, so not more)."""
+        self._refill = None
+        wanted = max(SPARES_MIN, min(SPARES_MAX, self._used))
+        self._used = 0
+        while not self._closed and len(self._spares) < wanted:
             channel = self._connect_now()
             if channel is None:
                 return
             self._spares.append(channel)
 
-    def start_stdio_fwd(self, fd: int, host: str, port: int) -> tuple[MuxChannel, int] | None:
-        """Send ``MUX_C_NEW_STDIO_FWD`` and ``fd`` (twice) now, on a spare connection; the
-        caller reads the master's hello and reply (``(channel, request id)``) later. ``None``
-        when that cannot be done without waiting: use :meth:`open_stdio_fwd` instead."""
+    def hand_off(
+        self, client: socket.socket, host: str, port: int, owner: SessionOwner, tag: str
+    ) -> MuxSession | None:
+        """Send ``MUX_C_NEW_STDIO_FWD`` and ``client``'s descriptor (twice) now, on a spare
+        connection, and watch the session, which keeps ``client``. ``None`` when that cannot
+        be done without waiting: use :meth:`open_stdio_fwd` and :meth:`adopt` instead."""
         if self._closed:
             return None
         channel = self._spares.pop() if self._spares else self._connect_now()
         if channel is None:
             return None
-        if not self._refill_pending:
-            self._refill_pending = True
-            asyncio.get_running_loop().call_later(REFILL_DELAY_S, self.refill)
+        self._used += 1
+        if self._refill is None:
+            self._refill = asyncio.get_running_loop().call_later(REFILL_DELAY_S, self.refill)
         rid = self._next_request_id()
-        request = stdio_fwd_packet(rid, host, port)
         try:
-            if channel.sock.send(request) != len(request):
-                raise BlockingIOError
-            socket.send_fds(channel.sock, [b"\0"], [fd])
-            socket.send_fds(channel.sock, [b"\0"], [fd])
+            send_request_and_fd(channel.sock, stdio_fwd_packet(rid, host, port), client.fileno())
         except OSError:
             channel.close()
             return None
-        return channel, rid
+        return self._watch(MuxSession(self, channel, client, rid, owner, tag))
+
+    def adopt(
+        self, channel: MuxChannel, client: socket.socket, owner: SessionOwner, tag: str
+    ) -> MuxSession:
+        """Watch a connection opened with :meth:`open_stdio_fwd` until its channel ends."""
+        return self._watch(MuxSession(self, channel, client, None, owner, tag))
+
+    def _watch(self, session: MuxSession) -> MuxSession:
+        fd = session.channel.sock.fileno()
+        self._sessions[fd] = session
+        loop = asyncio.get_running_loop()
+        if self._hangups is None:
+            loop.add_reader(fd, self._service, session)
+            return session
+        self._hangups.register(fd, select.EPOLLRDHUP)
+        if not self._watching:
+            self._watching = True
+            loop.add_reader(self._hangups.fileno(), self._hung_up)
+        if session.stage < 2:
+            self._unconfirmed.append(session)
+            if self._check is None:
+                self._check = loop.call_later(REPLY_CHECK_S, self._check_replies)
+        return session
+
+    def _hung_up(self) -> None:
+        assert self._hangups is not None
+        for fd, _ in self._hangups.poll(0):
+            session = self._sessions.get(fd)
+            if session is not None:
+                self._service(session)
+                self.end(session, None)
+
+    def _check_replies(self) -> None:
+        self._check = None
+        pending, self._unconfirmed = self._unconfirmed, []
+        for session in pending:
+            if session.stage < 2 and session.channel.sock.fileno() >= 0:
+                self._service(session)
+                if session.stage < 2 and session.channel.sock.fileno() >= 0:
+                    self._unconfirmed.append(session)
+        if self._unconfirmed and not self._closed:
+            self._check = asyncio.get_running_loop().call_later(REPLY_CHECK_S, self._check_replies)
+
+    def _service(self, session: MuxSession) -> None:
+        """Read what the master sent on a session: hello, reply, then the end."""
+        channel = session.channel
+        while channel.sock.fileno() >= 0:
+            try:
+                data = channel.sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                early = "master closed the mux connection before its reply"
+                self.end(session, early if session.stage < 2 else None)
+                return
+            if session.stage == 2:
+                continue
+            channel.buffer += data
+            try:
+                while session.stage < 2 and (body := channel.take_packet()) is not None:
+                    if session.stage == 0:
+                        check_hello(body)
+                    else:
+                        check_opened(body, session.request_id)
+                    session.stage += 1
+            except MuxError as exc:
+                self.end(session, str(exc))
+                return
+
+    def end(self, session: MuxSession, error: str | None) -> None:
+        """Close ``session``'s mux connection (ending its channel) and our copy of the
+        client, and tell the owner, with the bytes the kernel counted."""
+        sock = session.channel.sock
+        fd = sock.fileno()
+        if fd < 0 or self._sessions.pop(fd, None) is None:
+            return
+        if self._hangups is None:
+            asyncio.get_running_loop().remove_reader(fd)
+        else:
+            with contextlib.suppress(OSError, ValueError):
+                self._hangups.unregister(fd)
+        traffic = tcp_traffic(session.client)
+        session.client.close()
+        sock.close()
+        session.owner.session_ended(session, error, traffic)
 
     async def open_stdio_fwd(self, fd: int, host: str, port: int) -> MuxChannel:
         """Hand ``fd`` to the master for a channel to ``host:port``; the returned mux
@@ -437,11 +622,23 @@ class MuxLink:
         return channel
 
     def close(self) -> None:
-        """Ask the master to exit (SIGTERM); it removes its control socket itself."""
+        """End every session, and ask the master to exit (SIGTERM); it removes its control
+        socket itself."""
         self._closed = True
+        for handle in (self._refill, self._check):
+            if handle is not None:
+                handle.cancel()
         for channel in self._spares:
             channel.close()
         self._spares.clear()
+        for session in list(self._sessions.values()):
+            self.end(session, None)
+        if self._hangups is not None:
+            if self._watching:
+                self._watching = False
+                with contextlib.suppress(RuntimeError):
+                    asyncio.get_running_loop().remove_reader(self._hangups.fileno())
+            self._hangups.close()
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signal.SIGTERM)

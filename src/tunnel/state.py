@@ -46,8 +46,8 @@ class ForwardState:
 
     ``bytes_out`` went from local clients out through the tunnel to the target;
     ``bytes_in`` came back in from the target to the clients. With
-    ``TunnelOptions.backend="openssh"`` the bytes never pass through this process, so both
-    stay 0 (unknown); ``open`` and ``total`` are counted with either backend.
+    ``TunnelOptions.backend="openssh"`` the bytes never pass through this process: they are
+    the kernel's counts for the client sockets (Linux ``TCP_INFO``; 0 where unavailable).
     """
 
     forward: Forward

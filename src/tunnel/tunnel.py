@@ -17,7 +17,7 @@ from tunnel.mouths import Mouth
 from tunnel.mux_mouths import MuxMouth
 from tunnel.openssh import MuxLink, open_mux_link
 from tunnel.options import TunnelOptions
-from tunnel.state import ForwardState, LinkStatus, TunnelState
+from tunnel.state import LinkStatus, TunnelState
 from tunnel.supervisor import Supervisor
 
 log = logging.getLogger("tunnel")
@@ -225,7 +225,7 @@ class Tunnel:
             gateway=self._gateway_label,
             last_error=self._last_error,
             final_error=str(self._final) if self._final is not None else None,
-            forwards=tuple(ForwardState.of(m.forward, m.counters) for m in self._mouths.values()),
+            forwards=tuple(m.state() for m in self._mouths.values()),
             attempts=self._supervisor.attempts if self._supervisor is not None else 0,
         )
 

@@ -31,9 +31,47 @@ async def test_data_both_ways_with_half_close(any_options: TunnelOptions, echo: 
         await wait_until(lambda: tunnel.state.forwards[0].open == 0)
         state = tunnel.state.forwards[0]
     assert (state.total, state.open) == (2, 0)
-    # Bytes never pass through Python with the openssh backend: reported as 0 (unknown).
-    counted = len(payload) if any_options.backend == "asyncssh" else 0
-    assert state.bytes_out == state.bytes_in == counted
+    # The openssh backend never sees the bytes: it reads the kernel's counts (TCP_INFO).
+    assert state.bytes_out == state.bytes_in == len(payload)
+
+
+async def test_bytes_of_open_connections_are_counted(
+    any_options: TunnelOptions, echo: Target
+) -> None:
+    forward = forward_to(echo)
+    async with Tunnel(any_options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        reader, writer = await asyncio.open_connection(*forward.mouth)
+        try:
+            writer.write(b"x" * 5000)
+            assert await reader.readexactly(5000) == b"x" * 5000
+            state = tunnel.state.forwards[0]
+            assert (state.open, state.bytes_out, state.bytes_in) == (1, 5000, 5000)
+        finally:
+            writer.close()
+
+
+async def test_a_target_that_closes_first_closes_the_client(any_options: TunnelOptions) -> None:
+    """Server speaks first, then hangs up: the client must see the end at once (the
+    openssh backend keeps a copy of the client socket, which must not hold it open)."""
+    greeting = b"200 DND server ready\r\n"
+
+    async def greet(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(greeting)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(greet, "127.0.0.1", 0)
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", server.sockets[0].getsockname()[1])
+    async with server, Tunnel(any_options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        reader, writer = await asyncio.open_connection(*forward.mouth)
+        try:
+            assert await read_until_closed(reader) == greeting
+        finally:
+            writer.close()
+        await wait_until(lambda: tunnel.state.forwards[0].open == 0)
+        assert tunnel.state.forwards[0].bytes_in == len(greeting)
 
 
 async def test_server_speaks_first_and_client_reads_count(

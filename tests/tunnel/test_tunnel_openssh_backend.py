@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -26,8 +27,9 @@ from tunnel_testlib import (
     wait_until,
 )
 
-from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
+from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions, fdpass
 from tunnel.errors import AuthFailed, HostKeyChanged, HostKeyUnknown, TunnelConfigError
+from tunnel.fdpass import send_request_and_fd
 from tunnel.forwards import Gateway
 from tunnel.openssh import (
     MUX_C_NEW_STDIO_FWD,
@@ -255,3 +257,29 @@ async def test_a_killed_tunnel_takes_its_ssh_master_with_it(mux_options: TunnelO
     await wait_until(lambda: not running(master))
     # Nobody was left to remove the (by now empty) private directory: this test does.
     shutil.rmtree(control_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["sendmmsg", "three-sends"])
+def test_request_and_descriptor_arrive_as_the_master_reads_them(
+    batched: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The master reads the request from the stream, then takes exactly one descriptor per
+    one-byte message (mm_receive_fd: a truncated control message is an error)."""
+    if not batched:
+        monkeypatch.setattr(fdpass, "_batch", lambda: None)
+    request = stdio_fwd_packet(7, "dasher.dartmouth.edu", 2151)
+    ours, master = socket.socketpair()
+    client, other = socket.socketpair()
+    with ours, master, client, other:
+        ours.setblocking(False)
+        send_request_and_fd(ours, request, client.fileno())
+        assert master.recv(len(request)) == request
+        for _ in range(2):
+            data, fds, flags, _ = socket.recv_fds(master, 1, 1)
+            assert (data, len(fds), flags & socket.MSG_CTRUNC) == (b"\0", 1, 0)
+            with socket.socket(fileno=fds[0]) as passed:
+                passed.sendall(b"ping")
+                assert other.recv(4) == b"ping"
+        master.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            master.recv(1)
