@@ -515,12 +515,18 @@ class MuxLink:
         if self._refill is None:
             self._refill = asyncio.get_running_loop().call_later(REFILL_DELAY_S, self.refill)
         rid = self._next_request_id()
+        request = stdio_fwd_packet(rid, host, port)
+        # Everything else is done before the send: it wakes the master with a "sync"
+        # wake-up (the kernel assumes the sender is about to sleep) and the master may take
+        # over this CPU at once, so any work left after it would wait behind the master.
+        session = self._watch(MuxSession(self, channel, client, rid, owner, tag))
         try:
-            send_request_and_fd(channel.sock, stdio_fwd_packet(rid, host, port), client.fileno())
+            send_request_and_fd(channel.sock, request, client.fileno())
         except OSError:
+            self._unwatch(session)
             channel.close()
             return None
-        return self._watch(MuxSession(self, channel, client, rid, owner, tag))
+        return session
 
     def adopt(
         self, channel: MuxChannel, client: socket.socket, owner: SessionOwner, tag: str
@@ -592,18 +598,24 @@ class MuxLink:
                 self.end(session, str(exc))
                 return
 
-    def end(self, session: MuxSession, error: str | None) -> None:
-        """Close ``session``'s mux connection (ending its channel) and our copy of the
-        client, and tell the owner, with the bytes the kernel counted."""
-        sock = session.channel.sock
-        fd = sock.fileno()
+    def _unwatch(self, session: MuxSession) -> bool:
+        """Stop watching ``session``; False if it was not watched (any more)."""
+        fd = session.channel.sock.fileno()
         if fd < 0 or self._sessions.pop(fd, None) is None:
-            return
+            return False
         if self._hangups is None:
             asyncio.get_running_loop().remove_reader(fd)
         else:
             with contextlib.suppress(OSError, ValueError):
                 self._hangups.unregister(fd)
+        return True
+
+    def end(self, session: MuxSession, error: str | None) -> None:
+        """Close ``session``'s mux connection (ending its channel) and our copy of the
+        client, and tell the owner, with the bytes the kernel counted."""
+        if not self._unwatch(session):
+            return
+        sock = session.channel.sock
         traffic = tcp_traffic(session.client)
         session.client.close()
         sock.close()
