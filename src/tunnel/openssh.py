@@ -12,12 +12,14 @@ the channel ends, and closing it from our side ends the channel.
 
 Limits of this path, by construction:
 
-* bytes are not visible to us: ``bytes_in``/``bytes_out`` stay 0 (unknown);
+* bytes are not seen here: they are read from the kernel's counters of the client socket
+  (:func:`tcp_traffic`, Linux ``TCP_INFO``; 0 elsewhere);
 * the master receives two descriptors for the one socket, so a half-close *from the target*
   reaches the client only when the channel closes completely (as with ``ssh -W`` via mux);
-* ``BatchMode=yes``: no password or passphrase prompts (keys and agent only); an unknown
-  host key is refused by ssh itself, so the message carries the ``ssh-keyscan`` command
-  but not the fingerprint.
+* ``BatchMode=yes``: no password or passphrase prompts (keys and agent only); the options
+  ``password``, ``password_prompt`` and ``passphrase`` are not used. An unknown host key is
+  refused by ssh itself, and named (fingerprint, command to trust it) by one more key
+  exchange through asyncssh (:func:`name_the_unknown_key`).
 
 The pure parts (argv, exit classification, mux packet codec) are plain functions; the
 asyncio edge is :class:`MuxLink`.
@@ -29,6 +31,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import fcntl
 import functools
 import logging
@@ -55,6 +58,7 @@ from tunnel.errors import (
 )
 from tunnel.fdpass import send_request_and_fd
 from tunnel.forwards import Gateway
+from tunnel.link import open_link
 from tunnel.options import TunnelOptions
 
 log = logging.getLogger("tunnel.openssh")
@@ -697,6 +701,35 @@ async def _alive(path: Path) -> bool:
         channel.close()
 
 
+async def name_the_unknown_key(
+    gateway: Gateway, options: TunnelOptions, fallback: TunnelError
+) -> TunnelError:
+    """The error for a host key OpenSSH refused as unknown, with its fingerprint.
+
+    ``ssh`` in batch mode refuses an unknown key without naming it. The key is fetched once
+    more through the asyncssh backend's connect (same ssh config, same known_hosts, no key
+    offered: the host key is checked before any authentication), whose message names the
+    algorithm, the fingerprint and the command that trusts it. Anything else that happens
+    (the gateway gone, the key accepted after all): ``fallback``, OpenSSH's own verdict.
+    """
+    probe = dataclasses.replace(
+        options,
+        client_keys=(),
+        password=None,
+        password_prompt=None,
+        passphrase=None,
+        trust_new_host_key=False,
+    )
+    try:
+        link = await open_link(gateway, probe)
+    except HostKeyUnknown as exc:
+        return exc
+    except TunnelError:
+        return fallback
+    await link.aclose(0.5)
+    return fallback
+
+
 async def open_mux_link(gateway: Gateway, options: TunnelOptions) -> MuxLink:
     """Start a master for ``gateway`` and wait (``connect_timeout_s``) until its control
     socket answers; raise a classified :class:`TunnelError` if it exits first."""
@@ -733,9 +766,12 @@ async def open_mux_link(gateway: Gateway, options: TunnelOptions) -> MuxLink:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(1):
                             await asyncio.shield(stderr_task)
-                    raise classify_exit(
+                    error = classify_exit(
                         gateway, options, process.returncode, tail.decode(errors="replace")
                     )
+                    if isinstance(error, HostKeyUnknown):
+                        error = await name_the_unknown_key(gateway, options, error)
+                    raise error
                 if control_path.exists() and await _alive(control_path):
                     break
                 await asyncio.sleep(POLL_S)

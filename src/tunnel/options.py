@@ -70,7 +70,8 @@ class TunnelOptions:
     backend: Literal["asyncssh", "openssh"] = "asyncssh"
     """Who carries the bytes: ``asyncssh`` (in this process), or ``openssh``: one ``ssh -M``
     master process per link, each connection handed to it over the mux control socket
-    (:mod:`tunnel.openssh`; faster, but no byte counts and no password prompts)."""
+    (:mod:`tunnel.openssh`; faster, but keys and ssh-agent only: no password or passphrase,
+    no prompts)."""
     ssh_binary: str = "ssh"
     """The OpenSSH client run by the ``openssh`` backend (a name on $PATH or a path)."""
 
@@ -104,6 +105,13 @@ class TunnelOptions:
             raise TunnelConfigError(
                 f"tunnel option backend: expected 'asyncssh' or 'openssh', got {self.backend!r}"
             )
+        if self.backend == "openssh":
+            for name in ("password", "password_prompt", "passphrase"):
+                if getattr(self, name) is not None:
+                    raise TunnelConfigError(
+                        f"tunnel option {name}: the openssh backend cannot use it (ssh runs "
+                        "in batch mode); use a key or ssh-agent, or backend 'asyncssh'"
+                    )
         if not isinstance(self.ssh_binary, str) or not self.ssh_binary:
             raise TunnelConfigError("tunnel option ssh_binary: expected a command name or path")
         if not isinstance(self.backoff, Backoff):

@@ -21,6 +21,7 @@ from tunnel_testlib import (
     Target,
     descendants,
     exchange,
+    fingerprint,
     free_port,
     keygen,
     read_until_closed,
@@ -69,6 +70,16 @@ def ssh_children() -> list[int]:
 def test_backend_option_is_validated(options: TunnelOptions) -> None:
     with pytest.raises(TunnelConfigError, match="backend"):
         dataclasses.replace(options, backend="putty")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["password", "passphrase"])
+def test_secrets_the_openssh_backend_cannot_use_are_refused(
+    options: TunnelOptions, name: str
+) -> None:
+    """ssh runs in batch mode: a password given for it must not be silently dropped."""
+    with pytest.raises(TunnelConfigError, match=f"{name}: the openssh backend cannot use it"):
+        dataclasses.replace(options, backend="openssh", **{name: "secret"})
+    assert dataclasses.replace(options, **{name: "secret"}).backend == "asyncssh"
 
 
 def test_stdio_fwd_packet_is_what_mux_c_sends() -> None:
@@ -153,8 +164,11 @@ async def test_unknown_host_key_is_final_with_a_clear_message(
         assert tunnel.state.attempts == 1
         assert await exchange(*forward.mouth, b"no") == b""
     message = str(info.value)
-    assert "not in known_hosts" in message
-    assert f"ssh-keyscan -p {sshd.port} 127.0.0.1" in message
+    # ssh itself does not name the key: the message is the asyncssh backend's, fingerprint
+    # included, and the key was fetched without offering any credential.
+    assert fingerprint(sshd.host_key.with_suffix(".pub")) in message
+    assert f"ssh-keyscan -p {sshd.port} -t ed25519 127.0.0.1" in message
+    assert "Accepted" not in sshd.log.read_text()
     assert echo.peers == []
 
 
