@@ -105,7 +105,9 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
         self.counters = client.counters
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        if self.client.closed:
+        # A failed write closes the transport at once but tells the client side later
+        # (call_soon): data still arriving meanwhile is dropped, not written to a dead socket.
+        if self.client.closed or self.transport.is_closing():
             return
         self.counters.bytes_in += len(data)
         self.transport.write(data)

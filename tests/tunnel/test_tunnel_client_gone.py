@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import socket
+import struct
 from collections.abc import AsyncIterator
 
 import pytest
-from tunnel_testlib import exchange, free_port
+from tunnel_testlib import exchange, free_port, wait_until
 
 from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
 
@@ -63,3 +67,33 @@ async def test_client_closing_before_the_reply_leaves_the_link_up(
         assert tunnel.state.status == LinkStatus.UP
         assert tunnel.state.since == since
         assert (await exchange(*forward.mouth, b"QUIT\r\n")).startswith(b"220 hello")
+
+
+async def test_a_client_reset_mid_stream_is_not_written_to(
+    options: TunnelOptions, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that resets while the target is streaming to it: the channel's data still in
+    flight must not be written to the dead socket (asyncio logs "socket.send() raised
+    exception." after five such writes, as iperf3 -R's end used to show)."""
+
+    async def flood(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            for _ in range(400):
+                writer.write(b"z" * 65536)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(flood, "127.0.0.1", 0)
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", server.sockets[0].getsockname()[1])
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    async with server, Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection(*forward.mouth)
+            await reader.readexactly(1 << 20)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        await wait_until(lambda: tunnel.state.forwards[0].open == 0)
+        await asyncio.sleep(0.2)
+    assert "socket.send() raised exception" not in caplog.text
