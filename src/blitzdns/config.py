@@ -186,9 +186,9 @@ class TunnelConfig:
     keepalive_s: float = 15.0
     wait_for_link_s: float = 10.0
     trust_new_host_key: bool = False
-    #: "asyncssh" (default: byte counters, password and passphrase prompts) or "openssh"
-    #: (an `ssh -M` master carries the data: OpenSSH's speed; keys or agent only, no byte
-    #: counts).
+    #: "asyncssh" (default: password and passphrase prompts) or "openssh" (an `ssh -M`
+    #: master carries the data: OpenSSH's speed; keys or agent only; byte counts from the
+    #: kernel, Linux only).
     backend: Literal["asyncssh", "openssh"] = "asyncssh"
 
 

@@ -45,9 +45,9 @@ hosts = []
 # connection waits for a link that is down before it is closed.
 keepalive_s = 15.0
 wait_for_link_s = 10.0
-# "asyncssh": the link runs in blitzdns (byte counters, password and passphrase
-# prompts). "openssh": an `ssh -M` master carries the data at OpenSSH's speed
-# (keys or ssh-agent only; no byte counts in `status`).
+# "asyncssh": the link runs in blitzdns (password and passphrase prompts).
+# "openssh": an `ssh -M` master carries the data at OpenSSH's speed (keys or
+# ssh-agent only; byte counts in `status` come from the kernel, Linux only).
 backend = "asyncssh"
 
 [resolver]
