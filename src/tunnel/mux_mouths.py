@@ -1,12 +1,12 @@
 """Mouths for the ``openssh`` backend: accept, filter, hand the socket to the ssh master.
 
 The listener and the ``allowed_peers`` check are ours, as with the asyncssh backend; after
-that the accepted socket's descriptor goes to the master (:meth:`MuxLink.hand_off`) and
-our copy is closed, so the bytes flow in OpenSSH's C code only. The link keeps the mux
-connection open until the master closes it (the channel ended) and then tells the mouth
+that the accepted socket's descriptor goes to the master (:meth:`MuxLink.hand_off`), so the
+bytes flow in OpenSSH's C code only. The link keeps the mux connection open until the
+master closes it (the channel ended) and then tells the mouth
 (:meth:`MuxMouth.session_ended`), which is when the connection stops counting as open.
 Bytes never pass through here: they are read from the kernel's counters of the client
-socket (``TCP_INFO``, Linux), of which we keep a copy until the channel ends.
+socket (``TCP_INFO``, Linux); our copy of it is kept until the channel ends for that.
 
 The common case runs in the listener's reader callback, no task per connection: accept,
 filter, send the request on a spare mux connection at once. Only a connection that must
