@@ -86,6 +86,30 @@ def install_fast_loop() -> bool:
     return True
 
 
+FD_LIMIT_WANTED = 65536
+"""Descriptors wanted: each tunneled connection holds one or two (client socket; with the
+openssh backend also its mux connection), and a default soft limit of 1024 would cap a
+busy daemon at a few hundred connections."""
+
+
+def raise_fd_limit(wanted: int = FD_LIMIT_WANTED) -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` towards ``wanted`` (never above the hard limit, never
+    lower than it is), as servers do at start; the limit now in force."""
+    try:
+        import resource
+    except ImportError:
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError):
+            return soft
+        return target
+    return soft
+
+
 class TerminalSecrets:
     """Asks for a password or key passphrase on the terminal, once per prompt.
 
@@ -213,6 +237,7 @@ def run_daemon(config: Config, options: RunOptions) -> int:
     """Run until stopped; the exit status for the CLI. Typed errors propagate to the CLI."""
     setup_logging(options.verbose)
     install_fast_loop()
+    raise_fd_limit()
     daemon = Daemon(config, options)
     return asyncio.run(daemon.main())
 
