@@ -346,12 +346,6 @@ class MuxChannel:
                 finally:
                     loop.remove_writer(self.sock)
 
-    async def wait_closed(self) -> None:
-        """Until the master closes this connection (the channel ended)."""
-        loop = asyncio.get_running_loop()
-        while await loop.sock_recv(self.sock, 4096):
-            pass
-
     def close(self) -> None:
         self.sock.close()
 
@@ -461,8 +455,10 @@ class MuxLink:
         return self.process.pid
 
     async def wait_closed(self) -> TunnelError:
-        """Wait until the master exits; return why, as a :class:`LinkLost`."""
+        """Wait until the master exits; return why, as a :class:`LinkLost`. Its sessions
+        end, and its spare mux connections and watch set are closed."""
         code = await asyncio.shield(self.process.wait())
+        self.close()
         shutil.rmtree(self.control_dir, ignore_errors=True)
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             async with asyncio.timeout(0.5):

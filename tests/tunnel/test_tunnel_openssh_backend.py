@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import os
 import shutil
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -297,3 +298,24 @@ def test_request_and_descriptor_arrive_as_the_master_reads_them(
         master.setblocking(False)
         with pytest.raises(BlockingIOError):
             master.recv(1)
+
+
+async def test_a_lost_master_leaves_no_descriptor_behind(
+    mux_options: TunnelOptions, echo: Target
+) -> None:
+    """A master that dies takes its link with it: the link's spare mux connections and its
+    watch set are closed, so a tunnel that reconnects all day does not run out of
+    descriptors."""
+    forward = forward_to(echo)
+    async with Tunnel(mux_options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        assert await exchange(*forward.mouth, b"one") == b"one"
+        await asyncio.sleep(0.1)  # spares topped up
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            (pid,) = master_pids(tunnel)
+            os.kill(pid, signal.SIGKILL)
+            await wait_until(lambda old=pid: master_pids(tunnel) not in ([], [old]), 15)
+            assert await exchange(*forward.mouth, b"again") == b"again"
+            await asyncio.sleep(0.1)
+        assert len(os.listdir("/proc/self/fd")) == before
