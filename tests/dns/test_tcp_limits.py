@@ -19,7 +19,7 @@ from typing import Any
 import dns.message
 import pytest
 
-from blitzdns.dns.server import TCP_PIPELINE_LIMIT
+from blitzdns.dns.server import TCP_CLIENTS_MAX, TCP_PIPELINE_LIMIT
 
 from .conftest import Dnsmasq, FakeUpstream, ServerThread, make_config
 from .test_resolver import _reply, addresses, ask
@@ -202,3 +202,34 @@ def test_a_slow_reader_within_the_idle_timeout_gets_everything(
         time.sleep(0.5)  # the pipe fills; the reader comes back well within the timeout
         replies, _ = read_replies(conn, bound_s=10, expect=count)
     assert len(replies) == count
+
+
+def test_tcp_connections_are_capped_and_freed(
+    resolver_factory: Callable[..., ServerThread],
+    dnsmasq: Dnsmasq,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Past TCP_CLIENTS_MAX open connections a new one is closed unserved; once one of the
+    open ones goes, a new one is served again."""
+    server = resolver_factory(make_config(tcp_idle_s=30.0), [dnsmasq.endpoint])
+    address = (server.endpoint.host, server.port)
+    with contextlib.ExitStack() as stack:
+        held = [
+            stack.enter_context(socket.create_connection(address, timeout=5))
+            for _ in range(TCP_CLIENTS_MAX)
+        ]
+        for conn in held:  # each one served: the resolver has seen them all
+            conn.sendall(framed("dnd.dartmouth.edu"))
+            assert len(read_replies(conn, bound_s=5, expect=1)[0]) == 1
+        with socket.create_connection(address, timeout=5) as extra:
+            with contextlib.suppress(OSError):
+                extra.sendall(framed("dnd.dartmouth.edu"))
+            replies, ended = read_replies(extra, bound_s=5)
+        assert (replies, ended in ("eof", "reset")) == ([], True)
+        assert server.resolver.stats.tcp_refused == 1
+        assert f"{TCP_CLIENTS_MAX} TCP connections open: closing new ones" in caplog.text
+        held.pop().close()
+        time.sleep(0.2)
+        with socket.create_connection(address, timeout=5) as again:
+            again.sendall(framed("dnd.dartmouth.edu"))
+            assert len(read_replies(again, bound_s=5, expect=1)[0]) == 1

@@ -56,6 +56,10 @@ _TCP_BACKLOG = 64
 #: Forwarded queries one TCP connection may have in flight (RFC 7766 §6.2.1.1 pipelining);
 #: past it the connection is not read until one is answered.
 TCP_PIPELINE_LIMIT = 32
+#: TCP connections served at once (BIND's ``tcp-clients`` default is 150). Past it a new
+#: connection is closed at once: each one is bounded in time and memory already, and the cap
+#: keeps a client that leaks connections from using up the descriptors the tunnel needs too.
+TCP_CLIENTS_MAX = 128
 #: How long one loop probe waits for its query to come back to us.
 _PROBE_WAIT_S = 1.0
 
@@ -250,6 +254,18 @@ class Resolver:
         Any other end (a stalled message, replies nobody reads, an error, ``close``)
         aborts the connection, dropping what is unsent.
         """
+        if len(self._connections) >= TCP_CLIENTS_MAX:
+            self.stats.tcp_refused += 1
+            if self.stats.tcp_refused % 1000 == 1:
+                peer = writer.get_extra_info("peername")
+                self.log.warning(
+                    "%d TCP connections open: closing new ones (from %s; %d so far)",
+                    TCP_CLIENTS_MAX,
+                    peer[0] if peer else "?",
+                    self.stats.tcp_refused,
+                )
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)

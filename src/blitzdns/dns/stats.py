@@ -52,6 +52,8 @@ class ResolverStats:
     rewritten: int = 0
     #: Handler exceptions (each answered SERVFAIL and logged).
     errors: int = 0
+    #: TCP connections closed unserved because ``TCP_CLIENTS_MAX`` were open.
+    tcp_refused: int = 0
     upstreams: list[UpstreamHealth] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
