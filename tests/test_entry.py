@@ -42,3 +42,32 @@ def test_run_is_listed_in_the_main_help_and_has_its_own() -> None:
         [BLITZDNS, "run", "--help"], capture_output=True, text=True, timeout=30, check=True
     )
     assert "--gateway" in own.stdout and "--trust-new-host-key" in own.stdout
+
+
+def blitzdns(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BLITZDNS, *args], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def test_an_unknown_command_is_one_line_and_status_2() -> None:
+    result = blitzdns("bogus")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "blitzdns: No such command 'bogus'. (see `blitzdns --help`)"
+    ]
+
+
+def test_an_unknown_option_of_a_command_is_one_line_and_status_2() -> None:
+    result = blitzdns("check", "--bogus-flag")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "blitzdns: check: No such option: --bogus-flag (see `blitzdns check --help`)"
+    ]
+
+
+def test_a_group_without_its_subcommand_shows_its_help() -> None:
+    result = blitzdns("config")
+    assert result.returncode == 2
+    assert "init" in result.stdout + result.stderr
+    assert "blitzdns:" not in result.stderr
