@@ -114,6 +114,12 @@ class _Once(asyncio.DatagramProtocol):
         with contextlib.suppress(LookupFailed):
             self.done.set_result(parse_reply(data, self.query_id))
 
+    def error_received(self, exc: Exception) -> None:
+        """The socket is connected, so the server's ICMP "port unreachable" comes back as
+        ``ECONNREFUSED``: nothing listens there; say so now instead of waiting it out."""
+        if not self.done.done():
+            self.done.set_exception(LookupFailed(f"nothing answers there ({exc})"))
+
 
 async def query(
     server: tuple[str, int], name: str, qtype: str = "A", *, timeout: float = 2.0
@@ -130,5 +136,7 @@ async def query(
             return await protocol.done
     except TimeoutError:
         raise LookupFailed(f"no answer from {server[0]}:{server[1]} in {timeout:g}s") from None
+    except LookupFailed as exc:
+        raise LookupFailed(f"no answer from {server[0]}:{server[1]}: {exc}") from None
     finally:
         transport.close()

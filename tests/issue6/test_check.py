@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any, cast
 
+import pytest
+
+from blitzdns import lookup
 from blitzdns.check import (
     Step,
     check_link,
@@ -77,7 +81,17 @@ async def test_stub_stopped_is_named(stack: DemoStack) -> None:
     assert failed(steps) == ["stub answers"], render(steps)
     step = by_name(steps)["stub answers"]
     assert "does not answer" in step.detail and "blitzdns run" in step.fix
+    # Told at once by the kernel (ICMP port unreachable), not after the lookup timeout.
+    assert "refused" in step.detail.lower()
     assert "✗ stub answers" in render(steps)
+
+
+async def test_a_lookup_where_nothing_listens_fails_at_once() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(lookup.LookupFailed, match="refused"):
+        await lookup.query(("127.0.0.1", port), "dnd.dartmouth.edu", timeout=30)
 
 
 async def test_link_down_is_named(stack: DemoStack) -> None:
