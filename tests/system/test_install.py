@@ -385,3 +385,40 @@ def test_the_state_file_is_plain_json_a_person_can_read(root: Path, port53_confi
     assert before["kind"] == "file" and before["mode"] == 0o644
     assert (root / before["backup"].lstrip("/")).read_bytes() == ORIGINAL_RESOLV_CONF
     assert record["upstreams"] == ["192.0.2.53"]
+
+
+HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_second_install_waits_for_the_first_then_says_who_holds_it(
+    root: Path, port53_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Install and uninstall take one lock (say a network hook's command beside the
+    user's); past the wait the refusal changes nothing and says why."""
+    before = snapshot(root)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(installer, "LOCK_WAIT_S", 0.3)
+        with pytest.raises(installer.Busy, match="another blitzdns is changing"):
+            do_install(port53_config, "resolvconf", root)
+        with pytest.raises(installer.Busy):
+            installer.uninstall(root, sudo_hint="x")
+        assert snapshot(root) == before
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    do_install(port53_config, "resolvconf", root)
+    assert b"nameserver 127.0.0.1" in (root / "etc/resolv.conf").read_bytes()

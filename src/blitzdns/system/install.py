@@ -16,6 +16,11 @@ Guarantees:
   empty. With nothing installed, uninstall does nothing.
 - **No half-changes for lack of permission.** Every path is checked before anything is
   written; the error names the file and the ``sudo`` command line.
+- **One at a time.** Install and uninstall hold an exclusive lock (``flock``) on the root
+  directory itself while they read and write the record, so two of them (say a network
+  hook's and the user's) never interleave; a second one waits up to
+  ``LOCK_WAIT_S`` and then says so. Locking the directory needs no lock file, so an
+  uninstall still leaves the tree as it found it.
 
 ``--root DIR`` (``root``) applies everything under another directory, for tests and images.
 """
@@ -31,7 +36,8 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,11 +193,52 @@ def detect_target(root: Path = Path("/"), platform: str = sys.platform) -> str:
 # --------------------------------------------------------------------------- install
 
 
+class Busy(BlitzdnsError):
+    """Another install or uninstall holds the lock past ``LOCK_WAIT_S``."""
+
+
+LOCK_WAIT_S = 10.0
+LOCK_POLL_S = 0.05
+
+
+@contextlib.contextmanager
+def _exclusive(root: Path) -> Iterator[None]:
+    """Hold the install lock (``flock`` on ``root``'s directory), waiting up to
+    ``LOCK_WAIT_S``. Windows has no ``flock``: there the lock is not taken."""
+    if sys.platform == "win32":
+        yield
+        return
+    import fcntl
+
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise Busy(
+                        f"another blitzdns is changing the resolver config under {root} "
+                        f"(it holds the lock on {root}); try again when it has finished"
+                    ) from None
+                time.sleep(LOCK_POLL_S)
+        yield
+    finally:
+        os.close(fd)
+
+
 def install(
     plan: Plan, root: Path = Path("/"), *, sudo_hint: str, location: str | None = None
 ) -> list[Change]:
     """Apply ``plan`` under ``root``; see the module docstring for the guarantees."""
     _require_root(root)
+    with _exclusive(root):
+        return _install(plan, root, sudo_hint=sudo_hint, location=location)
+
+
+def _install(plan: Plan, root: Path, *, sudo_hint: str, location: str | None) -> list[Change]:
     state = load_state(root)
     wanted = {f.path: f for f in plan.files}
     dropped = [p for p in (state.files if state else {}) if p not in wanted]
@@ -246,6 +293,11 @@ def uninstall(root: Path = Path("/"), *, sudo_hint: str) -> tuple[list[Change], 
     for the caller to run with ``--apply``).
     """
     _require_root(root)
+    with _exclusive(root):
+        return _uninstall(root, sudo_hint=sudo_hint)
+
+
+def _uninstall(root: Path, *, sudo_hint: str) -> tuple[list[Change], State | None]:
     state = load_state(root)
     if state is None:
         return [], None
