@@ -415,6 +415,10 @@ def test_a_second_install_waits_for_the_first_then_says_who_holds_it(
             do_install(port53_config, "resolvconf", root)
         with pytest.raises(installer.Busy):
             installer.uninstall(root, sudo_hint="x")
+        # The command holds the lock from reading the record on: it says nothing yet.
+        result = CliRunner().invoke(resolver_config.app, ["uninstall", "--root", str(root)])
+        assert isinstance(result.exception, installer.Busy), result.output
+        assert "nothing to undo" not in result.output
         assert snapshot(root) == before
     finally:
         assert holder.stdin is not None

@@ -68,6 +68,18 @@ def install(
     apply: ApplyOption = False,
 ) -> None:
     """Write the resolver config (atomically, with backups); --apply also reloads."""
+    with installer.locked(root):
+        _install(config_path, target, location, root, apply=apply)
+
+
+def _install(
+    config_path: Path | None,
+    target: str | None,
+    location: str | None,
+    root: Path,
+    *,
+    apply: bool,
+) -> None:
     config, plan = prepare(config_path, target, location, root)
     if apply:
         _refuse_apply_under_root(root)
@@ -98,6 +110,11 @@ def uninstall(
     apply: ApplyOption = False,
 ) -> None:
     """Restore every file install changed, byte for byte; harmless when nothing is installed."""
+    with installer.locked(root):
+        _uninstall(target, root, apply=apply)
+
+
+def _uninstall(target: str | None, root: Path, *, apply: bool) -> None:
     state = installer.load_state(root)
     if state is None:
         typer.echo(f"nothing to undo: no install record under {root}")

@@ -17,8 +17,9 @@ Guarantees:
 - **No half-changes for lack of permission.** Every path is checked before anything is
   written; the error names the file and the ``sudo`` command line.
 - **One at a time.** Install and uninstall hold an exclusive lock (``flock``) on the root
-  directory itself while they read and write the record, so two of them (say a network
-  hook's and the user's) never interleave; a second one waits up to
+  directory itself (:func:`locked`; the commands hold it from reading the record to running
+  ``--apply``'s commands), so two of them (say a network hook's and the user's) never
+  interleave; a second one waits up to
   ``LOCK_WAIT_S`` and then says so. Locking the directory needs no lock file, so an
   uninstall still leaves the tree as it found it.
 
@@ -201,11 +202,19 @@ LOCK_WAIT_S = 10.0
 LOCK_POLL_S = 0.05
 
 
+_HELD: set[str] = set()
+"""Roots whose lock this process holds (so that a caller holding it can call install)."""
+
+
 @contextlib.contextmanager
-def _exclusive(root: Path) -> Iterator[None]:
-    """Hold the install lock (``flock`` on ``root``'s directory), waiting up to
-    ``LOCK_WAIT_S``. Windows has no ``flock``: there the lock is not taken."""
-    if sys.platform == "win32":
+def locked(root: Path) -> Iterator[None]:
+    """Hold the install lock of ``root`` (``flock`` on the directory), waiting up to
+    ``LOCK_WAIT_S``; re-entrant within this process. A command holds it from reading the
+    record to running the commands that go with it. Windows has no ``flock``: there the
+    lock is not taken."""
+    _require_root(root)
+    key = os.path.realpath(root)
+    if key in _HELD or sys.platform == "win32":
         yield
         return
     import fcntl
@@ -224,7 +233,11 @@ def _exclusive(root: Path) -> Iterator[None]:
                         f"(it holds the lock on {root}); try again when it has finished"
                     ) from None
                 time.sleep(LOCK_POLL_S)
-        yield
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
     finally:
         os.close(fd)
 
@@ -233,8 +246,7 @@ def install(
     plan: Plan, root: Path = Path("/"), *, sudo_hint: str, location: str | None = None
 ) -> list[Change]:
     """Apply ``plan`` under ``root``; see the module docstring for the guarantees."""
-    _require_root(root)
-    with _exclusive(root):
+    with locked(root):
         return _install(plan, root, sudo_hint=sudo_hint, location=location)
 
 
@@ -292,8 +304,7 @@ def uninstall(root: Path = Path("/"), *, sudo_hint: str) -> tuple[list[Change], 
     Returns the changes and the record that was undone (its undo commands and reload are
     for the caller to run with ``--apply``).
     """
-    _require_root(root)
-    with _exclusive(root):
+    with locked(root):
         return _uninstall(root, sudo_hint=sudo_hint)
 
 
