@@ -153,6 +153,7 @@ class MuxMouth(Mouth):
                 channel = await link.open_stdio_fwd(
                     conn.fileno(), forward.target_host, forward.target_port
                 )
+                self.sessions.add(link.adopt(channel, conn, self, host))
             except (OSError, TunnelError) as exc:
                 log.info(
                     "%s: forward to %s:%d failed: %s",
@@ -162,7 +163,6 @@ class MuxMouth(Mouth):
                     exc,
                 )
                 return
-            self.sessions.add(link.adopt(channel, conn, self, host))
             handed = True
         finally:
             if not handed:

@@ -90,6 +90,7 @@ TCP_FIN_RECEIVED = frozenset({6, 8, 9, 11})
 """``tcpi_state`` after the peer's FIN: TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING."""
 TCP_FIN_SENT = frozenset({4, 5, 6, 9, 11})
 """``tcpi_state`` after our FIN: FIN_WAIT1, FIN_WAIT2, TIME_WAIT, LAST_ACK, CLOSING."""
+TCP_CLOSE = 7
 SIOCOUTQ = 0x5411
 """Linux: bytes in a TCP socket's send queue, not yet acknowledged (= ``TIOCOUTQ``)."""
 STDERR_TAIL_MAX = 4096
@@ -363,7 +364,9 @@ def tcp_traffic(sock: socket.socket) -> tuple[int, int] | None:
     kernel: ``tcpi_bytes_received`` and ``tcpi_bytes_acked`` of ``TCP_INFO`` (Linux 4.2+)
     plus what is still queued unacknowledged (``SIOCOUTQ``), so data the peer has not yet
     acknowledged counts too. A FIN takes a sequence number, which these counters include:
-    it is taken off. ``None`` where that is not available."""
+    it is taken off. After a reset (state CLOSE) what is still queued will never be
+    delivered and is not counted; whether a FIN came first is unknown then, so the count
+    received may be one too many. ``None`` where that is not available."""
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, TCP_INFO_LEN)
         queued = fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0")
@@ -374,7 +377,9 @@ def tcp_traffic(sock: socket.socket) -> tuple[int, int] | None:
     acked, received = TCP_INFO_BYTES.unpack_from(info, TCP_INFO_BYTES_AT)
     state = info[0]
     received -= state in TCP_FIN_RECEIVED
-    sent = acked + int.from_bytes(queued, sys.byteorder) - (state in TCP_FIN_SENT)
+    sent = acked
+    if state != TCP_CLOSE:
+        sent += int.from_bytes(queued, sys.byteorder) - (state in TCP_FIN_SENT)
     return int(received), int(sent)
 
 
@@ -531,7 +536,11 @@ class MuxLink:
     def adopt(
         self, channel: MuxChannel, client: socket.socket, owner: SessionOwner, tag: str
     ) -> MuxSession:
-        """Watch a connection opened with :meth:`open_stdio_fwd` until its channel ends."""
+        """Watch a connection opened with :meth:`open_stdio_fwd` until its channel ends;
+        :class:`MuxError` (``channel`` closed) if the link closed meanwhile."""
+        if self._closed:
+            channel.close()
+            raise MuxError("the link closed while the channel was being opened")
         return self._watch(MuxSession(self, channel, client, None, owner, tag))
 
     def _watch(self, session: MuxSession) -> MuxSession:
@@ -762,12 +771,9 @@ async def open_mux_link(gateway: Gateway, options: TunnelOptions) -> MuxLink:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(1):
                             await asyncio.shield(stderr_task)
-                    error = classify_exit(
+                    raise classify_exit(
                         gateway, options, process.returncode, tail.decode(errors="replace")
                     )
-                    if isinstance(error, HostKeyUnknown):
-                        error = await name_the_unknown_key(gateway, options, error)
-                    raise error
                 if control_path.exists() and await _alive(control_path):
                     break
                 await asyncio.sleep(POLL_S)
@@ -776,6 +782,10 @@ async def open_mux_link(gateway: Gateway, options: TunnelOptions) -> MuxLink:
         raise GatewayUnreachable(
             f"gateway {label}: timed out after {options.connect_timeout_s:g} s"
         ) from None
+    except HostKeyUnknown as exc:
+        await link.aclose(0.5)
+        # Outside the start's time budget: the key exchange has its own.
+        raise await name_the_unknown_key(gateway, options, exc) from None
     except BaseException:
         await link.aclose(0.5)
         raise

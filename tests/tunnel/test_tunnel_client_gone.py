@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import struct
 from collections.abc import AsyncIterator
 
 import pytest
-from tunnel_testlib import exchange, free_port, wait_until
+from tunnel_testlib import exchange, free_port, talking_target, wait_until
 
 from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
 
@@ -76,17 +75,11 @@ async def test_a_client_reset_mid_stream_is_not_written_to(
     flight must not be written to the dead socket (asyncio logs "socket.send() raised
     exception." after five such writes, as iperf3 -R's end used to show)."""
 
-    async def flood(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            for _ in range(400):
-                writer.write(b"z" * 65536)
-                await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(flood, "127.0.0.1", 0)
-    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", server.sockets[0].getsockname()[1])
     caplog.set_level(logging.WARNING, logger="asyncio")
-    async with server, Tunnel(options, [forward]) as tunnel:
+    async with (
+        talking_target(b"z" * 65536, repeat=400) as forward,
+        Tunnel(options, [forward]) as tunnel,
+    ):
         assert await tunnel.wait_up(10)
         for _ in range(5):
             reader, writer = await asyncio.open_connection(*forward.mouth)

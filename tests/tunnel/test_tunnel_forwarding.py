@@ -11,7 +11,15 @@ import os
 import signal
 
 import pytest
-from tunnel_testlib import Sshd, Target, exchange, free_port, read_until_closed, wait_until
+from tunnel_testlib import (
+    Sshd,
+    Target,
+    exchange,
+    free_port,
+    read_until_closed,
+    talking_target,
+    wait_until,
+)
 
 from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
 
@@ -56,14 +64,10 @@ async def test_a_target_that_closes_first_closes_the_client(any_options: TunnelO
     openssh backend keeps a copy of the client socket, which must not hold it open)."""
     greeting = b"200 DND server ready\r\n"
 
-    async def greet(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(greeting)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(greet, "127.0.0.1", 0)
-    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", server.sockets[0].getsockname()[1])
-    async with server, Tunnel(any_options, [forward]) as tunnel:
+    async with (
+        talking_target(greeting) as forward,
+        Tunnel(any_options, [forward]) as tunnel,
+    ):
         assert await tunnel.wait_up(10)
         reader, writer = await asyncio.open_connection(*forward.mouth)
         try:

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from tunnel_testlib import (
     free_port,
     keygen,
     read_until_closed,
+    talking_target,
     wait_until,
 )
 
@@ -35,6 +37,7 @@ from tunnel.fdpass import send_request_and_fd
 from tunnel.forwards import Gateway
 from tunnel.openssh import (
     MUX_C_NEW_STDIO_FWD,
+    MuxError,
     classify_exit,
     master_argv,
     parse_reply,
@@ -319,3 +322,49 @@ async def test_a_lost_master_leaves_no_descriptor_behind(
             assert await exchange(*forward.mouth, b"again") == b"again"
             await asyncio.sleep(0.1)
         assert len(os.listdir("/proc/self/fd")) == before
+
+
+async def test_a_channel_opened_as_the_link_closes_is_refused_not_leaked(
+    mux_options: TunnelOptions, echo: Target
+) -> None:
+    """The slow path (open, then adopt) can finish just after the link closed: the mux
+    connection is closed with a MuxError instead of being watched by a closed link."""
+    forward = forward_to(echo)
+    async with Tunnel(mux_options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        link = tunnel.current_mux_link
+        assert link is not None
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            channel = await link.open_stdio_fwd(theirs.fileno(), "127.0.0.1", echo.port)
+            link.close()
+            with pytest.raises(MuxError, match="link closed"):
+                link.adopt(channel, theirs, tunnel._mouths[forward.mouth], "127.0.0.1")
+            assert channel.sock.fileno() == -1
+
+
+async def test_bytes_sent_to_a_client_that_reset_count_only_what_it_took(
+    mux_options: TunnelOptions,
+) -> None:
+    """After a reset, data still queued toward the client will never arrive: it must not
+    be counted as delivered (the kernel keeps reporting it in the send queue)."""
+
+    async with (
+        talking_target(b"z" * 65536, repeat=160) as forward,
+        Tunnel(mux_options, [forward]) as tunnel,
+    ):
+        assert await tunnel.wait_up(10)
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        client.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(client, forward.mouth)
+        taken = 0
+        while taken < 64 * 1024:
+            taken += len(await loop.sock_recv(client, 65536))
+        await wait_until(lambda: tunnel.state.forwards[0].bytes_in > 512 * 1024)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        await wait_until(lambda: tunnel.state.forwards[0].open == 0)
+        # What the client's kernel acknowledged: what it read plus its small buffer.
+        assert tunnel.state.forwards[0].bytes_in <= taken + 512 * 1024

@@ -12,11 +12,13 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tunnel import Forward
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SSH_KEYGEN = shutil.which("ssh-keygen")
@@ -307,3 +309,20 @@ def running_sshd(tmp_path: Path) -> Iterator[Sshd]:
         yield server
     finally:
         server.kill()
+
+
+@contextlib.asynccontextmanager
+async def talking_target(payload: bytes, repeat: int = 1) -> AsyncIterator[Forward]:
+    """A target that speaks first: ``payload`` ``repeat`` times to each client (never
+    reading), then closes. Yields a forward from a free loopback mouth to it."""
+
+    async def talk(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            for _ in range(repeat):
+                writer.write(payload)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(talk, "127.0.0.1", 0)
+    async with server:
+        yield Forward("127.0.0.1", free_port(), "127.0.0.1", server.sockets[0].getsockname()[1])
