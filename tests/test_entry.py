@@ -71,3 +71,17 @@ def test_a_group_without_its_subcommand_shows_its_help() -> None:
     assert result.returncode == 2
     assert "init" in result.stdout + result.stderr
     assert "blitzdns:" not in result.stderr
+
+
+def test_click_errors_keep_their_status_and_other_errors_their_traceback() -> None:
+    import typer
+
+    from blitzdns.entry import click_error
+
+    assert click_error(typer.Abort()) == ("blitzdns: aborted", 1)
+    assert click_error(typer.BadParameter("port 99999 is out of range")) == (
+        "blitzdns: Invalid value: port 99999 is out of range",
+        2,
+    )
+    assert click_error(RuntimeError("a bug")) is None
+    assert click_error(ValueError("also a bug")) is None

@@ -36,34 +36,40 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(exc, TunnelError):
             print(f"blitzdns: {exc}", file=sys.stderr)
             sys.exit(getattr(exc, "exit_code", 1))
-        usage = usage_error_line(exc)
-        if usage is None:
+        told = click_error(exc)
+        if told is None:
             raise
-        if usage:
-            print(usage, file=sys.stderr)
-        sys.exit(2)
+        line, status = told
+        if line:
+            print(line, file=sys.stderr)
+        sys.exit(status)
 
 
-def usage_error_line(exc: BaseException) -> str | None:
-    """One line for a command-line mistake the typer (click) parser raised, as ``run``'s
-    own parser words it; ``None`` for anything else.
+def click_error(exc: BaseException) -> tuple[str, int] | None:
+    """``(line, status)`` for an error the typer (click) layer raised; ``None`` for anything
+    else, so a bug elsewhere still shows its traceback.
 
-    Only the command line's errors are recognised (click's ``UsageError`` family, found by
-    its ``ctx`` and ``format_message``), so a bug elsewhere still shows its traceback. A
-    command group called without a subcommand has printed its help already: ``""``.
+    Click's errors are recognised by what they carry (``format_message``, an int
+    ``exit_code``). A command-line mistake (a ``UsageError``: it has a ``ctx``) is worded
+    as ``run``'s own parser words it, with where to find help; a group called without its
+    subcommand has printed its help already (empty line). ``Abort`` (end of input at a
+    prompt) is status 1, as click gives it.
     """
     import typer
 
     if isinstance(exc, typer.Abort):
-        return "blitzdns: aborted"
-    ctx = getattr(exc, "ctx", None)
+        return "blitzdns: aborted", 1
     format_message = getattr(exc, "format_message", None)
-    if ctx is None or format_message is None or getattr(exc, "exit_code", None) != 2:
+    status = getattr(exc, "exit_code", None)
+    if format_message is None or not isinstance(status, int):
         return None
     message = str(format_message())
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None:
+        return f"blitzdns: {message}", status
     if not message:
-        return ""
+        return "", status
     path = str(ctx.command_path)
     where = path.partition(" ")[2]
     prefix = f"blitzdns: {where}: " if where else "blitzdns: "
-    return f"{prefix}{message} (see `{path} --help`)"
+    return f"{prefix}{message} (see `{path} --help`)", status
