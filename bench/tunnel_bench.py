@@ -365,10 +365,12 @@ def measure_round_trips(
             for kind in kinds[shift:] + kinds[:shift]:
                 proc, port = procs[kind]
                 before = cpu_seconds(proc.pid)
-                times[kind] += round_trips(port, RT_BATCH, max(1.0, deadline - time.monotonic()))
+                times[kind] += round_trips(port, RT_BATCH, deadline - time.monotonic())
                 cpu[kind] += cpu_seconds(proc.pid) - before
-        if not all(times.values()):
-            raise RuntimeError("round trips ran out of time")
+        wanted = batches * RT_BATCH
+        short = {kind: len(done) for kind, done in times.items() if len(done) < wanted}
+        if short:
+            raise RuntimeError(f"round trips ran out of time: {short} of {wanted} done")
         return {
             kind: {
                 "p50": statistics.median(times[kind]),
