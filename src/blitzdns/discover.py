@@ -7,15 +7,14 @@ then protects DND, the user's own BlitzMail server and the bulletin host only.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from blitzdns.blitzmail import dnd
 from blitzdns.config import Config, Host, parse_config
 from blitzdns.errors import BlitzdnsError, ConfigError, PermissionProblem, UsageError
+from blitzdns.system.install import atomic_write
 
 
 class DiscoverError(BlitzdnsError):
@@ -176,13 +175,7 @@ def write_discovery(config: Config, found: Discovery, path: Path) -> list[str]:
     mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(updated)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
+        atomic_write(target, updated.encode(), mode)
     except PermissionError:
         raise PermissionProblem(f"cannot write {path} (permission denied); use sudo") from None
     return keep

@@ -426,3 +426,33 @@ def test_a_second_install_waits_for_the_first_then_says_who_holds_it(
         holder.wait(timeout=10)
     do_install(port53_config, "resolvconf", root)
     assert b"nameserver 127.0.0.1" in (root / "etc/resolv.conf").read_bytes()
+
+
+def test_a_record_entry_missing_its_before_is_a_clear_error(
+    root: Path, port53_config: Config
+) -> None:
+    do_install(port53_config, "resolvconf", root)
+    record = root / "var/lib/blitzdns/resolver-state.json"
+    data = json.loads(record.read_text())
+    del data["files"]["/etc/resolv.conf"]["before"]
+    record.write_text(json.dumps(data))
+    with pytest.raises(installer.StateCorrupt, match="without a valid 'before'"):
+        installer.uninstall(root, sudo_hint="x")
+
+
+def test_a_deleted_backup_is_a_clear_error(root: Path, port53_config: Config) -> None:
+    do_install(port53_config, "resolvconf", root)
+    shutil.rmtree(root / "var/lib/blitzdns/backup")
+    with pytest.raises(installer.StateCorrupt, match=r"backup .* is missing"):
+        installer.uninstall(root, sudo_hint="x")
+
+
+def test_a_file_where_a_directory_belongs_is_named(root: Path, port53_config: Config) -> None:
+    shutil.rmtree(root / "etc")
+    (root / "etc").write_text("not a directory\n")
+    with pytest.raises(UsageError, match=r"etc is not a directory"):
+        installer.install(
+            build_plan(port53_config, "resolvconf", current_resolv_conf=None),
+            root,
+            sudo_hint="x",
+        )

@@ -155,6 +155,7 @@ def prepare(
     config_path: Path | None, target: str | None, location: str | None, root: Path
 ) -> tuple[Config, Plan]:
     """The effective config (location applied) and the plan for the chosen target."""
+    installer.require_root(root)
     config, _ = choose_location(load_config(config_path), location)
     chosen = target or config.resolver_target
     if chosen == "auto":

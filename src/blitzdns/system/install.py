@@ -112,7 +112,7 @@ class State:
             return cls(
                 target=str(raw["target"]),
                 location=raw.get("location"),
-                files={str(k): dict(v) for k, v in raw["files"].items()},
+                files={str(k): _checked_record(v) for k, v in raw["files"].items()},
                 created_dirs=[str(d) for d in raw.get("created_dirs", [])],
                 upstreams=[str(u) for u in raw.get("upstreams", [])],
                 undo_commands=[str(c) for c in raw.get("undo_commands", [])],
@@ -124,6 +124,25 @@ class State:
                 f"{where}: cannot read blitzdns's install record ({exc}); restore the files "
                 f"from {where.parent / 'backup'} by hand, then delete {where}"
             ) from None
+
+
+_BEFORE_FIELDS: dict[str, dict[str, type]] = {
+    "absent": {},
+    "symlink": {"target": str},
+    "file": {"backup": str, "sha256": str, "mode": int, "uid": int, "gid": int},
+}
+
+
+def _checked_record(record: Any) -> dict[str, Any]:
+    """One ``files`` entry, checked to hold what :func:`_restore` reads (``ValueError``)."""
+    before = record.get("before") if isinstance(record, dict) else None
+    kind = before.get("kind") if isinstance(before, dict) else None
+    if not isinstance(before, dict) or kind not in _BEFORE_FIELDS:
+        raise ValueError(f"a file entry without a valid 'before': {record!r}")
+    for name, kind_of in _BEFORE_FIELDS[kind].items():
+        if not isinstance(before.get(name), kind_of):
+            raise ValueError(f"a {kind} entry without {name!r}: {record!r}")
+    return dict(record)
 
 
 # --------------------------------------------------------------------------- queries
@@ -212,7 +231,7 @@ def locked(root: Path) -> Iterator[None]:
     ``LOCK_WAIT_S``; re-entrant within this process. A command holds it from reading the
     record to running the commands that go with it. Windows has no ``flock``: there the
     lock is not taken."""
-    _require_root(root)
+    require_root(root)
     key = os.path.realpath(root)
     if key in _HELD or sys.platform == "win32":
         yield
@@ -397,7 +416,7 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _atomic_symlink(path: Path, target: str) -> None:
@@ -405,10 +424,10 @@ def _atomic_symlink(path: Path, target: str) -> None:
     temp.unlink(missing_ok=True)
     os.symlink(target, temp)
     os.replace(temp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -480,7 +499,13 @@ def _restore(root: Path, system_path: str, before: dict[str, Any]) -> None:
         _atomic_symlink(path, before["target"])
         return
     backup = _under(root, before["backup"])
-    data = backup.read_bytes()
+    try:
+        data = backup.read_bytes()
+    except FileNotFoundError:
+        raise StateCorrupt(
+            f"the backup {backup} of {system_path} is missing; nothing more was restored "
+            f"(restore {system_path} by hand, then delete {_under(root, STATE_FILE)})"
+        ) from None
     if hashlib.sha256(data).hexdigest() != before["sha256"]:
         raise StateCorrupt(
             f"the backup {backup} of {system_path} does not match its record; "
@@ -502,7 +527,7 @@ def _edited_since_install(path: Path, written: str | None) -> bool:
         return True
 
 
-def _require_root(root: Path) -> None:
+def require_root(root: Path) -> None:
     if not root.is_dir():
         raise UsageError(f"--root {root}: not a directory")
 
@@ -553,6 +578,8 @@ def _check_writable(root: Path, system_paths: Iterable[str], sudo_hint: str) -> 
         directory = path.parent
         while not directory.exists() and directory != directory.parent:
             directory = directory.parent
+        if not directory.is_dir():
+            raise UsageError(f"{directory} is not a directory; cannot write {path}")
         if not os.access(directory, os.W_OK | os.X_OK):
             raise PermissionProblem(
                 f"cannot write {path} (permission denied); nothing was changed. "

@@ -31,11 +31,11 @@ import re
 import shlex
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from blitzdns.errors import PermissionProblem, UsageError
+from blitzdns.system.install import atomic_write, fsync_dir
 
 UNIT_NAME = "blitzdns.service"
 LAUNCHD_LABEL = "io.github.blitzdns"
@@ -301,7 +301,7 @@ def install(plan: ServicePlan) -> Outcome:
     if existing is not None and not written_by_us(plan.target, existing):
         raise UsageError(f"{path} exists and was not written by blitzdns: move it away first")
     try:
-        _atomic_write(path, content)
+        atomic_write(path, content, 0o644)
     except PermissionError:
         raise _permission(path, plan, "install") from None
     return Outcome.WROTE if existing is None else Outcome.REPLACED
@@ -325,7 +325,7 @@ def uninstall(plan: ServicePlan) -> Outcome:
             )
     try:
         path.unlink()
-        _sync_directory(path.parent)
+        fsync_dir(path.parent)
     except PermissionError:
         raise _permission(path, plan, "uninstall") from None
     return Outcome.REMOVED
@@ -386,29 +386,5 @@ def _read(path: Path, plan: ServicePlan, verb: str) -> bytes | None:
         raise _permission(path, plan, verb) from None
     except IsADirectoryError:
         raise UsageError(f"{path} is a directory: move it away first") from None
-
-
-def _atomic_write(path: Path, content: bytes) -> None:
-    """Write beside the target, fsync, rename over it: readers see old or new, never half."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(content)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    _sync_directory(path.parent)
-
-
-def _sync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    except NotADirectoryError:
+        raise UsageError(f"{path.parent} is not a directory (check --root)") from None
