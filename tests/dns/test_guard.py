@@ -327,3 +327,35 @@ def test_the_screen_finds_every_protected_name_however_compressed() -> None:
     ordinary.add_answer(RR("www.example.com", QTYPE.A, rdata=ARecord("192.0.2.1")))
     assert search(bytes(ordinary.pack())) is None
     assert screen(()).search(bytes(ordinary.pack())) is None
+
+
+@pytest.mark.parametrize("asked", ["mail.fwd.test", "MaIl.fwd.test"])
+def test_a_query_in_flight_when_its_name_becomes_protected_gets_the_mouth(asked: str) -> None:
+    """A reload that protects a name while its query is upstream: the client gets the local
+    answer whatever letter case it asked in, and the upstream's reply is not cached (a later
+    question for the name would otherwise be served the real records)."""
+    from dnslib import DNSLabel
+
+    from blitzdns.dns.cache import Cache
+    from blitzdns.dns.engine import Engine, ForwardJob
+    from blitzdns.dns.stats import ResolverStats
+
+    engine = Engine(Table.from_config(make_config()), Cache(100), ResolverStats())
+    job = engine.handle(bytes(DNSRecord.question(asked, "A").pack()), "127.0.0.1", 1000.0)
+    assert isinstance(job, ForwardJob)
+    engine.update(Table.from_config(config_protecting("mail.fwd.test")))
+    upstream = DNSRecord.parse(job.query)
+    upstream.header.qr = 1
+    upstream.add_answer(
+        RR(DNSLabel(asked), QTYPE.CNAME, ttl=300, rdata=CNAME("real.fwd.test")),
+        RR("real.fwd.test", QTYPE.A, ttl=300, rdata=ARecord("192.0.2.55")),
+    )
+    reply = DNSRecord.parse(engine.finish(job, bytes(upstream.pack()), 1000.5))
+    assert [str(r.rdata) for r in reply.rr] == ["127.77.0.50"]
+    assert len(engine.cache.entries) == 0
+    later = engine.handle(
+        bytes(DNSRecord.question("mail.fwd.test", "MX").pack()), "127.0.0.1", 1001
+    )
+    assert isinstance(later, bytes)
+    parsed = DNSRecord.parse(later)
+    assert (parsed.header.aa, parsed.rr) == (1, [])

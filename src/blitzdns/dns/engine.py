@@ -345,7 +345,7 @@ class Engine:
         may name a protected host is looked into first (:meth:`_guard`).
         """
         if job.table is not self.table and self.table.protects(
-            wire_labels(job.packet[12 : job.qend])
+            lower(wire_labels(job.packet[12 : job.qend]))
         ):
             redone = self.handle(job.packet, job.client, now, job.limit is not None)
             if isinstance(redone, bytes):

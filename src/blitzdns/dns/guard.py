@@ -94,8 +94,11 @@ def plan(
 
     ``protects`` tells whether a lower-case name is protected or lies under one. A query
     for the CNAME itself is answered by the CNAME alone (RFC 1034 §4.3.2), so its chain is
-    not followed; its glue is still checked.
+    not followed; its glue is still checked. A protected ``qname`` itself (a reload made it
+    ours while its query was upstream) is answered locally whole.
     """
+    if protects(qname):
+        return Plan(tuple(i for i, r in enumerate(records) if r.rtype == OPT), qname)
     if qtype != CNAME:
         followed, reached = _follow(qname, records, protects)
         if reached is not None:
