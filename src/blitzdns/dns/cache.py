@@ -105,9 +105,6 @@ class Cache:
         self.max_negative_ttl = max_negative_ttl
         self._entries: dict[bytes, Entry] = {}
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     @property
     def entries(self) -> dict[bytes, Entry]:
         """The map itself, for the fast path's lookup (check ``expires`` before use)."""
@@ -146,6 +143,3 @@ class Cache:
         for key in doomed:
             del self._entries[key]
         return len(doomed)
-
-    def clear(self) -> None:
-        self._entries.clear()

@@ -31,16 +31,6 @@ NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 #: RFC 6891 §6.1.3: extended RCODE 16 (upper 8 bits 1, header RCODE 0).
 BADVERS = 16
 
-RCODE_NAMES = {
-    NOERROR: "NOERROR",
-    FORMERR: "FORMERR",
-    SERVFAIL: "SERVFAIL",
-    NXDOMAIN: "NXDOMAIN",
-    NOTIMP: "NOTIMP",
-    REFUSED: "REFUSED",
-    BADVERS: "BADVERS",
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Question:

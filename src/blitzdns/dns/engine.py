@@ -55,7 +55,7 @@ from blitzdns.dns.fastpath import (
     variant,
 )
 from blitzdns.dns.stats import ResolverStats
-from blitzdns.dns.table import Name, Table, View, lower, to_wire
+from blitzdns.dns.table import Table, View, lower, to_wire, wire_labels
 
 _IN = b"\x00\x01"
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
@@ -72,17 +72,6 @@ def _remember(
     if len(replies) >= _REPLY_MEMO_LIMIT:
         replies.clear()
     replies[packet[2:]] = reply
-
-
-def wire_labels(wire_name: bytes) -> Name:
-    """Labels of the uncompressed wire name at the start of ``wire_name``."""
-    labels = []
-    i = 0
-    while i < len(wire_name) and wire_name[i]:
-        length = wire_name[i]
-        labels.append(wire_name[i + 1 : i + 1 + length])
-        i += length + 1
-    return tuple(labels)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,8 +40,16 @@ def to_wire(name: Iterable[bytes]) -> bytes:
     return b"".join(bytes((len(label),)) + label for label in name) + b"\x00"
 
 
-def to_text(name: Iterable[bytes]) -> str:
-    return ".".join(label.decode("ascii", "replace") for label in name) or "."
+def wire_labels(wire_name: bytes) -> Name:
+    """Labels of the uncompressed wire name at the start of ``wire_name`` (inverse of
+    :func:`to_wire`); stops at the data's end if the root byte is missing."""
+    labels = []
+    i = 0
+    while i < len(wire_name) and wire_name[i]:
+        length = wire_name[i]
+        labels.append(wire_name[i + 1 : i + 1 + length])
+        i += length + 1
+    return tuple(labels)
 
 
 def lower(name: Iterable[bytes]) -> Name:

@@ -27,10 +27,6 @@ from blitzdns.dns.stats import UpstreamHealth
 _MAX_UDP = 65535
 
 
-class UnusableReply(Exception):
-    """The upstream closed TCP early or sent something that is not a reply to our query."""
-
-
 class Forwarder:
     """Sends queries to ``upstreams`` and tracks each one's health."""
 
@@ -67,7 +63,7 @@ class Forwarder:
                     reply = await self._tcp(endpoint, query, deadline - loop.time(), health)
             except TimeoutError:
                 health.failed(f"no reply within {budget:.2f} s", timeout=True)
-            except (OSError, UnusableReply, asyncio.IncompleteReadError) as exc:
+            except (OSError, asyncio.IncompleteReadError) as exc:
                 health.failed(_describe(exc))
             else:
                 health.succeeded()

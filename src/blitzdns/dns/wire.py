@@ -32,7 +32,7 @@ from blitzdns.dns import decide as d
 from blitzdns.dns.fastpath import OUR_PAYLOAD, name_end
 from blitzdns.dns.guard import ADDITIONAL, ANSWER, AUTHORITY, DNAME, ReplyRecord
 from blitzdns.dns.guard import CNAME as CNAME_TYPE
-from blitzdns.dns.table import Name
+from blitzdns.dns.table import Name, wire_labels
 
 
 class Malformed(ValueError):
@@ -155,17 +155,8 @@ def _target(rr: Any) -> Name | None:
         data = bytes(rr.rdata.data)
         if name_end(data, 0) != len(data):
             raise Malformed("a DNAME target that is not one uncompressed name")
-        return _wire_labels(data)
+        return wire_labels(data)
     return None
-
-
-def _wire_labels(data: bytes) -> Name:
-    labels = []
-    i = 0
-    while data[i]:
-        labels.append(data[i + 1 : i + 1 + data[i]])
-        i += data[i] + 1
-    return tuple(labels)
 
 
 def rebuild(reply: ParsedReply, keep: tuple[int, ...], local: d.Local | d.Reject | None) -> bytes:
