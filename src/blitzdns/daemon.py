@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from blitzdns import __version__
 from blitzdns.config import Config, Endpoint, apply_overrides, find_config_file, load_config
-from blitzdns.errors import BlitzdnsError, UsageError
+from blitzdns.errors import BlitzdnsError, ConfigError, UsageError
 
 if TYPE_CHECKING:
     from blitzdns.control import ControlServer
@@ -375,7 +376,12 @@ class Daemon:
 
         if config.dns.upstreams:
             return config.dns.upstreams
-        saved = tuple(Endpoint.parse(text) for text in saved_upstreams())
+        try:
+            saved = tuple(Endpoint.parse(text) for text in saved_upstreams())
+        except ValueError as exc:
+            raise ConfigError(
+                f"the resolver install record's saved upstreams: {exc}; set [dns] upstreams"
+            ) from None
         return tuple(detect_upstreams(config.dns.listen, saved=saved))
 
     def _make_tunnel(self, config: Config) -> Tunnel:
@@ -475,15 +481,25 @@ class Daemon:
         return True
 
     async def apply(self, new: Config) -> None:
-        """Swap to ``new``: mouths first for added hosts, names last; then the rest."""
+        """Swap to ``new``: mouths first for added hosts, names last; then the rest.
+
+        Whatever can refuse the new config (finding its upstreams) is done before anything
+        changes, so a refused reload leaves the running one whole. The resolver itself says
+        when its listen addresses changed (they take effect at the next restart).
+        """
         old = self.config
-        if new.dns.listen != old.dns.listen:
-            log.warning("dns.listen changed; it takes effect at the next restart")
+        upstreams = self._upstreams(new) if new.dns.upstreams != old.dns.upstreams else None
+        fixed = [
+            f"tunnel.{f.name}"
+            for f in dataclasses.fields(new.tunnel)
+            if f.name != "gateways" and getattr(new.tunnel, f.name) != getattr(old.tunnel, f.name)
+        ]
+        if fixed:
+            log.warning("%s changed; it takes effect at the next restart", ", ".join(fixed))
         if self.tunnel is not None:
             await self.tunnel.update_forwards(to_tunnel_forwards(new))
             if new.tunnel.gateways != old.tunnel.gateways:
                 await self.tunnel.update_gateways(to_gateways(new))
-        upstreams = self._upstreams(new) if new.dns.upstreams != old.dns.upstreams else None
         assert self.resolver is not None
         self.resolver.update(new, upstreams=upstreams)
         if upstreams is not None:

@@ -204,6 +204,21 @@ def test_a_reload_with_a_broken_file_keeps_the_running_config(
     assert dig(dns_port, "alpha.example.test")[0].startswith("127.79.0.")
 
 
+def test_a_reload_says_which_tunnel_settings_wait_for_a_restart(
+    running: tuple[Daemon, int],
+) -> None:
+    daemon, dns_port = running
+    text = daemon.config.read_text().replace("[tunnel]\n", "[tunnel]\nkeepalive_s = 7.0\n", 1)
+    daemon.config.write_text(text)
+    daemon.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "reloaded" not in daemon.log.read_text():
+        time.sleep(0.1)
+    log = daemon.log.read_text()
+    assert "tunnel.keepalive_s changed; it takes effect at the next restart" in log
+    assert dig(dns_port, "alpha.example.test")[0].startswith("127.79.0.")
+
+
 def test_sigterm_stops_everything_and_frees_the_ports(running: tuple[Daemon, int]) -> None:
     daemon, dns_port = running
     address, port = mouth_of("alpha", daemon, dns_port)
