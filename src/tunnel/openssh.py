@@ -183,6 +183,10 @@ def master_argv(
         "ControlPersist=no",
         "-o",
         "ExitOnForwardFailure=yes",
+        # The user's ~/.ssh/config may hold LocalForward/RemoteForward for this host: the
+        # master must not set them up (a busy port would make it exit, retried forever).
+        "-o",
+        "ClearAllForwardings=yes",
         "-o",
         f"StrictHostKeyChecking={strict}",
         "-o",

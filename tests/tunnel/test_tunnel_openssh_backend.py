@@ -368,3 +368,22 @@ async def test_bytes_sent_to_a_client_that_reset_count_only_what_it_took(
         await wait_until(lambda: tunnel.state.forwards[0].open == 0)
         # What the client's kernel acknowledged: what it read plus its small buffer.
         assert tunnel.state.forwards[0].bytes_in <= taken + 512 * 1024
+
+
+async def test_forwards_in_the_users_ssh_config_are_not_set_up_by_the_master(
+    mux_options: TunnelOptions, echo: Target
+) -> None:
+    """A LocalForward for the gateway in ~/.ssh/config, its port busy (say the user's own
+    ssh -L still runs): the master must not try it, or it would exit and retry forever."""
+    assert mux_options.ssh_config is not None
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        mux_options.ssh_config.write_text(
+            f"Host 127.0.0.1\n  LocalForward 127.0.0.1:{port} 127.0.0.1:9\n"
+        )
+        forward = forward_to(echo)
+        async with Tunnel(mux_options, [forward]) as tunnel:
+            assert await tunnel.wait_up(10)
+            assert await exchange(*forward.mouth, b"through") == b"through"
