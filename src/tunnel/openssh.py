@@ -637,6 +637,8 @@ class MuxLink:
     async def open_stdio_fwd(self, fd: int, host: str, port: int) -> MuxChannel:
         """Hand ``fd`` to the master for a channel to ``host:port``; the returned mux
         connection must stay open while the channel lives. :class:`MuxError` / OSError."""
+        if self._closed:
+            raise MuxError("the link is closing")
         rid = self._next_request_id()
         channel = await MuxChannel.connect(self.control_path, stdio_fwd_packet(rid, host, port), fd)
         try:

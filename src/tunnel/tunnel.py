@@ -84,6 +84,8 @@ class Tunnel:
         self._link_changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._wake_handle: asyncio.TimerHandle | None = None
+        self._switching = False
+        """A gateway switch closed the link: reconnect without a backoff sleep."""
         self._last_attempt = 0.0
         self._status = LinkStatus.STOPPED
         self._since = time.time()
@@ -160,7 +162,8 @@ class Tunnel:
         self._wake.set()
 
     async def _sleep(self, delay: float) -> None:
-        if delay <= 0:
+        if delay <= 0 or self._switching:
+            self._switching = False
             return
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
@@ -197,6 +200,7 @@ class Tunnel:
             self._gateway_label = str(gateway)
             self._link_changed.clear()
         elif status is LinkStatus.UP:
+            self._switching = False
             self._link = link
             self._gateway_in_use = gateway
             self._gateway_label = str(gateway)
@@ -335,7 +339,12 @@ class Tunnel:
         self._gateways = _check_gateways(gateways)
         if self._link is not None and self._gateway_in_use not in self._gateways:
             log.info("gateway %s no longer listed; reconnecting", self._gateway_in_use)
-            self._link.close()
+            # New connections wait for the next link, not hand themselves to this one, and
+            # the next link is sought at once: a switch is not a failure to back off from.
+            link, self._link = self._link, None
+            self._link_changed.clear()
+            self._switching = True
+            link.close()
         elif self._status is LinkStatus.DOWN:
             self._wake.set()
 

@@ -77,8 +77,9 @@ async def test_first_reachable_gateway_is_used(
 
 
 async def test_update_gateways_reconnects_only_when_needed(
-    options: TunnelOptions, sshd: Sshd, echo: Target
+    any_options: TunnelOptions, sshd: Sshd, echo: Target
 ) -> None:
+    options = any_options
     assert options.ssh_config is not None
     options.ssh_config.write_text(f"Host other\n  HostName 127.0.0.1\n  Port {sshd.port}\n")
     current = options.gateways[0]
@@ -90,6 +91,8 @@ async def test_update_gateways_reconnects_only_when_needed(
         await settle(tunnel)
         assert (tunnel.state.gateway, tunnel.state.attempts) == (str(current), 1)
         await tunnel.update_gateways([other])
+        # A connection during the switch waits for the new link (not the closing one).
+        assert await exchange(*forward.mouth, b"during") == b"during"
         await wait_until(
             lambda: tunnel.state.gateway == str(other) and tunnel.state.status is LinkStatus.UP
         )
