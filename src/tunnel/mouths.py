@@ -305,7 +305,9 @@ class Mouth:
         sock = bind_socket(self.forward.mouth_host, self.forward.mouth_port)
         loop = asyncio.get_running_loop()
         try:
-            self.server = await loop.create_server(lambda: _ClientSide(self), sock=sock)
+            self.server = await loop.create_server(
+                lambda: _ClientSide(self), sock=sock, backlog=LISTEN_BACKLOG
+            )
         except BaseException:
             sock.close()
             raise

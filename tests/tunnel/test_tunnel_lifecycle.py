@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -23,6 +24,7 @@ from tunnel_testlib import (
 
 from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
 from tunnel.errors import MouthBindError, TunnelConfigError
+from tunnel.mouths import LISTEN_BACKLOG
 
 
 def forward_to(target: Target, name: str = "", **kwargs: object) -> Forward:
@@ -244,3 +246,21 @@ async def test_shutdown_leaves_nothing_behind(
     assert all(thread.name.startswith("asyncio_") for thread in extra), extra
     assert listening_addresses(forward.mouth_port) == set()
     assert tunnel.state.status is LinkStatus.STOPPED
+
+
+async def test_mouths_listen_with_the_full_backlog(any_options: TunnelOptions) -> None:
+    """A burst of clients (a mail client opening many connections) must queue, not be
+    dropped at asyncio's default backlog of 100."""
+    if shutil.which("ss") is None:
+        pytest.skip("ss not installed (Debian: iproute2)")
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", 9)
+    tunnel = Tunnel(any_options, [forward])
+    await tunnel.bind()
+    try:
+        ss = await asyncio.create_subprocess_exec(
+            "ss", "-ltnH", f"sport = :{forward.mouth_port}", stdout=asyncio.subprocess.PIPE
+        )
+        listing = (await ss.communicate())[0].split()
+        assert int(listing[2]) == LISTEN_BACKLOG
+    finally:
+        await tunnel.close()
