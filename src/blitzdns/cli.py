@@ -41,10 +41,11 @@ def effective_config(
     gateways: list[str] | None = None,
     trust_new_host_key: bool = False,
 ) -> Config:
-    """The file (or preset) with the location and the command-line flags applied on top."""
-    config = load_config(config_path)
-    if location and location != "auto":
-        config = config.at_location(location)
+    """The file (or preset) with the location (``auto``: detected) and the command-line
+    flags applied on top."""
+    from blitzdns.commands.location import choose_location
+
+    config, _ = choose_location(load_config(config_path), location)
     return apply_overrides(
         config,
         listen=listen or (),
@@ -150,13 +151,14 @@ def check(
     from blitzdns.control import query_status
     from blitzdns.errors import NotRunning
 
-    config = effective_config(config_path, location=location)
     try:
         status: dict[str, object] | None = query_status(control_socket)
     except NotRunning:
         status = None
-    if status and status.get("location") and location is None:
-        config = config.at_location(str(status["location"]))
+    running_at = status.get("location") if status else None
+    if running_at and location in (None, "auto"):
+        location = str(running_at)  # what the daemon detected is what it serves
+    config = effective_config(config_path, location=location)
     steps = asyncio.run(run_checks(config, status=status, system_resolver=not skip_system_resolver))
     if as_json:
         typer.echo(json.dumps([*to_json(steps)], indent=2))

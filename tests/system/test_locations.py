@@ -272,3 +272,36 @@ def test_location_command_rejects_an_unknown_location(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["location", "-c", str(config_file), "--json"])
     assert result.exit_code == 0, result.output
     assert set(json.loads(result.output)) >= {"facts", "rules", "match", "location", "effective"}
+
+
+def test_auto_location_means_the_detected_one_in_every_command(tmp_path: Path) -> None:
+    """`plan`/`config show --location auto` apply the location `blitzdns location` detects
+    on this machine (they used to ignore "auto" and show the base config)."""
+    import subprocess
+    import sys
+
+    blitzdns = str(Path(sys.executable).with_name("blitzdns"))
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(
+        '[locations.anywhere]\nmatch = [{ subnet = "0.0.0.0/0" }, { subnet = "::/0" }]\n'
+        'gateways = ["me@gw.anywhere.test"]\n'
+    )
+
+    def run(*args: str) -> str:
+        return subprocess.run(
+            [blitzdns, *args, "--config", str(config_file)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+
+    detected = json.loads(run("location", "--json"))["location"]
+    if detected is None:
+        pytest.skip("this machine has no address or default route: nothing to detect")
+    shown = json.loads(run("config", "show", "--location", "auto"))
+    assert (shown["location"], shown["tunnel"]["gateways"]) == (
+        "anywhere",
+        ["me@gw.anywhere.test"],
+    )
+    assert "me@gw.anywhere.test" in run("plan", "--location", "auto")
