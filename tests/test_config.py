@@ -101,6 +101,10 @@ def test_tunnel_hosts_restricts_what_is_protected() -> None:
             "tunnel.identity_files[0]",
             "no such",
         ),
+        ("[tunnel]\nssh_config = '/nonexistent/cfg'\n", "tunnel.ssh_config", "no such file"),
+        ("[tunnel]\nwait_for_link_s = 0\n", "tunnel.wait_for_link_s", "from 0.1 to 600"),
+        ("[tunnel]\nknown_hosts = '~nosuchuser9/kh'\n", "tunnel.known_hosts", "no such user"),
+        ("[tunnel]\ngateways = ['user@@']\n", "tunnel.gateways[0]", "[user@]host[:port]"),
         (
             "[hosts.dnd]\nmouth6 = '::1'\n[hosts.newshost]\nmouth6 = '::1'\n"
             "[services]\ndnd = { port = 119 }\n",
@@ -215,3 +219,19 @@ def test_an_ipv6_mouth_gets_its_own_forwards() -> None:
     config = parse_config("[hosts.dnd]\nmouth6 = '::1'\n")
     mouths = {(f.mouth, f.port) for f in config.forwards() if f.host == "dnd"}
     assert mouths == {("127.77.0.1", 902), ("::1", 902)}
+
+
+@pytest.mark.parametrize("text", ["gw", "jsmith@gw:2222", "user@[::1]:22", "::1", "h.example:22"])
+def test_gateways_the_tunnel_accepts_the_config_accepts(text: str) -> None:
+    from tunnel import Gateway
+
+    Gateway.parse(text)
+    assert parse_config(f"[tunnel]\ngateways = ['{text}']\n").tunnel.gateways == (text,)
+
+
+def test_a_bad_gateway_flag_is_refused_when_parsed() -> None:
+    from blitzdns.config import apply_overrides
+    from blitzdns.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"--gateway gw:0: expected \[user@\]host\[:port\]"):
+        apply_overrides(parse_config(""), gateways=["gw:0"])

@@ -55,10 +55,6 @@ DEFAULT_MOUTHS = "127.77.0.0/24"
 DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128")
 RESOLVER_TARGETS = ("auto", "macos", "systemd-resolved", "networkmanager", "resolvconf", "nrpt")
 
-_GATEWAY = re.compile(
-    r"^(?:[^\s@:/\[\]]+@)?(?:[A-Za-z0-9_.%-]+|\[[0-9A-Fa-f:.%]+\])"
-    r"(?::(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3}))?$"
-)
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 
 
@@ -427,10 +423,27 @@ def apply_overrides(
     if upstreams:
         dns = replace(dns, upstreams=endpoints(upstreams, "--upstream"))
     if gateways:
+        for value in gateways:
+            problem = gateway_problem(value)
+            if problem is not None:
+                raise UsageError(f"--gateway {value}: {problem}")
         tunnel = replace(tunnel, gateways=tuple(gateways))
     if trust_new_host_key:
         tunnel = replace(tunnel, trust_new_host_key=True)
     return replace(config, dns=dns, tunnel=tunnel)
+
+
+def gateway_problem(text: str) -> str | None:
+    """What is wrong with an SSH gateway ``[user@]host[:port]``; None when the tunnel
+    accepts it (the one parser: :meth:`tunnel.Gateway.parse`)."""
+    from tunnel.errors import TunnelConfigError
+    from tunnel.forwards import Gateway
+
+    try:
+        Gateway.parse(text)
+    except TunnelConfigError as exc:
+        return f"expected [user@]host[:port] (an SSH gateway): {exc}"
+    return None
 
 
 # --------------------------------------------------------------------------- names
@@ -594,13 +607,13 @@ class _Builder:
             raise self.fail(key, f"expected an IP address, got {value!r}") from None
 
     def gateways(self, value: Any, key: str) -> tuple[str, ...]:
-        """``[user@]host[:port]`` each (host may be a ~/.ssh/config alias or ``[v6]``)."""
+        """``[user@]host[:port]`` each (host may be a ~/.ssh/config alias or ``[v6]``), as
+        the tunnel parses them (:meth:`tunnel.Gateway.parse`)."""
         result = self.strings(value, key)
         for i, text in enumerate(result):
-            if not _GATEWAY.match(text):
-                raise self.fail(
-                    f"{key}[{i}]", f"expected [user@]host[:port] (an SSH gateway), got {text!r}"
-                )
+            problem = gateway_problem(text)
+            if problem is not None:
+                raise self.fail(f"{key}[{i}]", problem)
         return result
 
     def existing_file(self, value: Any, key: str) -> Path:
@@ -610,7 +623,11 @@ class _Builder:
         return path
 
     def path(self, value: Any, key: str) -> Path:
-        return Path(self.string(value, key)).expanduser()
+        text = self.string(value, key)
+        try:
+            return Path(text).expanduser()
+        except RuntimeError:  # ~name of a user this machine does not know
+            raise self.fail(key, f"no such user's home directory: {text!r}") from None
 
     # -- sections
 
@@ -721,7 +738,7 @@ class _Builder:
             known_hosts=self.path(t["known_hosts"], "tunnel.known_hosts")
             if "known_hosts" in t
             else None,
-            ssh_config=self.path(t["ssh_config"], "tunnel.ssh_config")
+            ssh_config=self.existing_file(t["ssh_config"], "tunnel.ssh_config")
             if "ssh_config" in t
             else None,
             identity_files=tuple(
@@ -734,7 +751,7 @@ class _Builder:
                 t.get("keepalive_s", d.keepalive_s), "tunnel.keepalive_s", 1, 3600
             ),
             wait_for_link_s=self.number(
-                t.get("wait_for_link_s", d.wait_for_link_s), "tunnel.wait_for_link_s", 0, 600
+                t.get("wait_for_link_s", d.wait_for_link_s), "tunnel.wait_for_link_s", 0.1, 600
             ),
             trust_new_host_key=self.boolean(
                 t.get("trust_new_host_key", False), "tunnel.trust_new_host_key"

@@ -31,11 +31,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:
-        from tunnel.errors import TunnelError
+        from tunnel.errors import TunnelConfigError, TunnelError
 
         if isinstance(exc, TunnelError):
             print(f"blitzdns: {exc}", file=sys.stderr)
-            sys.exit(getattr(exc, "exit_code", 1))
+            # A bad option or forward is a usage mistake, like a bad config (status 2).
+            sys.exit(2 if isinstance(exc, TunnelConfigError) else getattr(exc, "exit_code", 1))
         told = click_error(exc)
         if told is None:
             raise

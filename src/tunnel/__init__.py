@@ -9,11 +9,26 @@ Usable on its own; imports nothing from :mod:`blitzdns`. The daemon's view::
     await tunnel.close()
 """
 
+from typing import TYPE_CHECKING, Any
+
 from tunnel.backoff import Backoff
 from tunnel.forwards import Forward, Gateway
 from tunnel.options import TunnelOptions
 from tunnel.state import ForwardState, LinkStatus, TunnelState
-from tunnel.tunnel import Tunnel
+
+if TYPE_CHECKING:
+    from tunnel.tunnel import Tunnel
+
+
+def __getattr__(name: str) -> Any:
+    """``Tunnel`` is imported on first use: it loads asyncssh (about 0.2 s), which code that
+    only parses gateways or forwards (a config check) does not need."""
+    if name == "Tunnel":
+        from tunnel.tunnel import Tunnel
+
+        return Tunnel
+    raise AttributeError(f"module 'tunnel' has no attribute {name!r}")
+
 
 __all__ = [
     "Backoff",
