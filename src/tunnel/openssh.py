@@ -94,6 +94,8 @@ TCP_CLOSE = 7
 SIOCOUTQ = 0x5411
 """Linux: bytes in a TCP socket's send queue, not yet acknowledged (= ``TIOCOUTQ``)."""
 STDERR_TAIL_MAX = 4096
+CONNECT_RETRY_S = 2.0
+"""How long a mux connect is retried while the master's listen backlog is full."""
 POLL_S = 0.01
 """How often a starting master's control socket is probed."""
 
@@ -283,6 +285,28 @@ def _death_signal_hook() -> Callable[[], None] | None:
     return hook
 
 
+async def _unix_connect(sock: socket.socket, path: Path) -> None:
+    """Connect the non-blocking Unix socket ``sock`` to ``path``.
+
+    A full listen backlog makes a Unix-domain ``connect`` fail with ``EAGAIN`` and leaves
+    the socket unconnected: unlike TCP's ``EINPROGRESS`` there is nothing to wait for
+    (``loop.sock_connect`` waits anyway and the socket then reports ENOTCONN). So the
+    connect is tried again, with short pauses, for up to ``CONNECT_RETRY_S``.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CONNECT_RETRY_S
+    pause = 0.001
+    while True:
+        try:
+            sock.connect(str(path))
+            return
+        except BlockingIOError:
+            if loop.time() >= deadline:
+                raise OSError(f"the ssh master's control socket stays busy ({path})") from None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+
 class MuxChannel:
     """One mux connection to the master, speaking the packet protocol."""
 
@@ -300,7 +324,7 @@ class MuxChannel:
         channel = cls(sock)
         try:
             loop = asyncio.get_running_loop()
-            await loop.sock_connect(sock, str(path))
+            await _unix_connect(sock, path)
             await loop.sock_sendall(sock, hello_packet() + request)
             if fd is not None:
                 await channel.send_fd(fd)
