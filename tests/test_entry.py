@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,27 @@ def test_click_errors_keep_their_status_and_other_errors_their_traceback() -> No
     )
     assert click_error(RuntimeError("a bug")) is None
     assert click_error(ValueError("also a bug")) is None
+
+
+def test_config_init_where_a_file_stands_in_the_path_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    result = blitzdns("config", "init", str(tmp_path / "afile" / "x.toml"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"blitzdns: cannot write {tmp_path}/afile/x.toml ({tmp_path}/afile: File exists)"
+    ]
+
+
+def test_a_control_socket_under_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    where = tmp_path / "afile" / "x.sock"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = blitzdns(
+        "run", "--no-tunnel", "--listen", f"127.0.0.1:{port}", "--control-socket", str(where)
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"blitzdns: --control-socket {where}: {tmp_path}/afile is not a directory"
+    )

@@ -116,6 +116,9 @@ def config_init(
         raise PermissionProblem(
             f"cannot write {target} (permission denied); choose a path you own or use sudo"
         ) from None
+    except OSError as exc:
+        where = exc.filename or target
+        raise UsageError(f"cannot write {target} ({where}: {exc.strerror or exc})") from None
     typer.echo(f"wrote {target}")
 
 

@@ -225,6 +225,10 @@ class ControlServer:
             mode = os.lstat(self.path).st_mode
         except FileNotFoundError:
             return
+        except NotADirectoryError:
+            raise UsageError(
+                f"--control-socket {self.path}: {self.path.parent} is not a directory"
+            ) from None
         if not stat.S_ISSOCK(mode):
             raise AddressInUse(
                 f"{self.path} exists and is not a socket: remove it or choose another "
