@@ -40,7 +40,10 @@ def read_facts(root: Path = Path("/")) -> Facts:
     gateways += parse_ip_route(_run(["ip", "-j", "-6", "route", "show", "default"]) or "[]")
     addresses = parse_ip_addr(_run(["ip", "-j", "addr"]) or "[]")
     domains = _search_domains_linux(root)
-    ssids = parse_nmcli_ssids(_run(["nmcli", "-t", "-f", "active,ssid", "dev", "wifi"]) or "")
+    # --rescan no: this runs every few seconds under `run --location auto`; the default
+    # (auto) may start a Wi-Fi scan whenever the cached list is older than 30 s.
+    wifi = ["nmcli", "-t", "-f", "active,ssid", "dev", "wifi", "list", "--rescan", "no"]
+    ssids = parse_nmcli_ssids(_run(wifi) or "")
     if not ssids:
         ssids = parse_iw_dev(_run(["iw", "dev"]) or "")
     return Facts.make(gateways, addresses, domains, ssids)
