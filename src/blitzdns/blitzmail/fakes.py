@@ -26,9 +26,11 @@ from typing import Literal, Protocol, Self
 from blitzdns.blitzmail import challenge as _challenge
 from blitzdns.blitzmail.dnd import (
     ClosesOnExit,
+    DndError,
     FieldInfo,
     LineReader,
     LineTooLong,
+    blitzserv_host,
     close_stream,
     decode_line,
 )
@@ -80,8 +82,12 @@ class DndRecord:
 
     @property
     def server_host(self) -> str:
-        """The BLITZSERV host, zone dropped, lower-cased."""
-        return self.blitzserv.split("@", 1)[0].strip().lower()
+        """The BLITZSERV host as the client reads it (:func:`dnd.blitzserv_host`); ``""``
+        when the record names none."""
+        try:
+            return blitzserv_host(self.blitzserv)
+        except DndError:
+            return ""
 
 
 FIELD_TABLE: tuple[FieldInfo, ...] = (
@@ -344,12 +350,12 @@ class DndSession:
         return self._records_reply([record], fields)
 
 
-def _same_server(blitzserv_host: str, server_name: str) -> bool:
+def _same_server(host: str, server_name: str) -> bool:
     """Whether a BLITZSERV host is this server (full names, or first labels if one is short)."""
     wanted = server_name.lower().rstrip(".")
-    if "." in wanted and "." in blitzserv_host:
-        return blitzserv_host == wanted
-    return blitzserv_host.split(".", 1)[0] == wanted.split(".", 1)[0]
+    if "." in wanted and "." in host:
+        return host == wanted
+    return host.split(".", 1)[0] == wanted.split(".", 1)[0]
 
 
 class BlitzServSession:
