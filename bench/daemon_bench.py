@@ -176,11 +176,6 @@ class LineClock:
             return "\n".join(line for _, line in self.lines[since:])
 
 
-def tree_pids(pid: int) -> list[int]:
-    pids: list[int] = descendants(pid)
-    return pids
-
-
 def memory_kb(pids: Sequence[int]) -> tuple[int, int]:
     """Summed VmRSS and VmHWM (kB) of ``pids`` (gone processes count 0)."""
     rss = hwm = 0
@@ -316,7 +311,7 @@ class Side:
     extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def pids(self) -> list[int]:
-        return [pid for proc in self.procs for pid in tree_pids(proc.pid)]
+        return [pid for proc in self.procs for pid in descendants(proc.pid)]
 
     def check_alive(self) -> None:
         for proc in self.procs:
@@ -615,7 +610,7 @@ def measure(
         rss, hwm = memory_kb(side.pids())
         values["RSS idle (MB)"] = rss / 1024
         values["VmHWM idle (MB)"] = hwm / 1024
-        extra_pids = [pid for proc in side.extra for pid in tree_pids(proc.pid)]
+        extra_pids = [pid for proc in side.extra for pid in descendants(proc.pid)]
 
         async def loaded() -> float:
             held, seconds = await hold_connections(job, connections, time.monotonic() + timeout_s)

@@ -45,12 +45,8 @@ RT_BATCH = 50
 """Round trips per forwarder per turn; turns interleave the forwarders."""
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+sys.path.insert(0, str(HERE.parent / "tests" / "tunnel"))
+from tunnel_testlib import descendants, free_port  # type: ignore[import-not-found]  # noqa: E402
 
 
 def wait_port(port: int, deadline_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -65,25 +61,10 @@ def wait_port(port: int, deadline_s: float, proc: subprocess.Popen[bytes] | None
     raise RuntimeError(f"nothing listening on {port} after {deadline_s} s")
 
 
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (the tunnel-mux forwarder's ssh master)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                children.setdefault(int(stat.rpartition(")")[2].split()[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        found.append(todo.pop())
-        todo.extend(children.get(found[-1], []))
-    return found
-
-
 def peak_rss_mb(pid: int) -> float:
     """Peak RSS (VmHWM) of ``pid`` plus its descendants."""
     total = 0.0
-    for member in process_tree(pid):
+    for member in descendants(pid):
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{member}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -94,7 +75,7 @@ def peak_rss_mb(pid: int) -> float:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time used so far by ``pid`` and its live descendants."""
     total = 0.0
-    for member in process_tree(pid):
+    for member in descendants(pid):
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

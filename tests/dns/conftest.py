@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 import pytest
 
 from blitzdns.config import Config, Endpoint, build_config, parse_config
+from blitzdns.demo import free_dns_port as free_port
 from blitzdns.dns.server import Resolver
 
 T = TypeVar("T")
@@ -34,21 +35,6 @@ DIG = shutil.which("dig")
 FORWARDED_ADDRESS = "192.0.2.10"
 LEAK_ADDRESS = "192.0.2.99"
 SHORT_TTL_ADDRESS = "192.0.2.20"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on ``host`` right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return int(port)
-    raise RuntimeError("no free port")
 
 
 #: Local-IP mode (issue 7): loopback 127.0.0.1 only; 127.0.0.64/26 is a "LAN" sharing dnd on

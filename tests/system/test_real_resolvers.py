@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from blitzdns.config import parse_config
+from blitzdns.demo import free_dns_port as free_port
 from blitzdns.system import install as installer
 from blitzdns.system.resolvers import NM_DNSMASQ_SNIPPET, build_plan
 
@@ -27,21 +27,6 @@ from .dnsstub import Stub, blitzdns_stub
 #: The preset's mouths (tunnel.mouths 127.77.0.0/24, fixed offsets).
 DND_MOUTH = "127.77.0.1"
 DASHER_MOUTH = "127.77.0.2"
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 right now (dnsmasq binds both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port: int = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
 
 
 def dig(port: int, name: str) -> list[str]:
