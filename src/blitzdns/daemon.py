@@ -453,8 +453,19 @@ class Daemon:
         SIGHUP, the control socket and the location poll may ask at once: one reload at a
         time, or the tunnel and the stub could end on different configurations.
         """
+        from blitzdns.system import sdnotify
+
         async with self.reload_lock:
-            return await self._reload(new)
+            # sd_notify(3): RELOADING=1 while it runs, READY=1 again once done (only once
+            # the service has said it is ready at all).
+            announce = self.ready_sent
+            if announce:
+                sdnotify.notify(reloading=True)
+            try:
+                return await self._reload(new)
+            finally:
+                if announce:
+                    sdnotify.notify(ready=True)
 
     async def _reload(self, new: Config | None) -> bool:
         try:

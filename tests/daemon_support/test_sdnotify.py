@@ -70,3 +70,41 @@ def test_nothing_to_say_sends_nothing(listener: tuple[socket.socket, str]) -> No
     sock.settimeout(0.05)
     with pytest.raises(TimeoutError):
         sock.recv(4096)
+
+
+def test_the_daemon_says_reloading_then_ready_around_a_reload(
+    listener: tuple[socket.socket, str], tmp_path: Path
+) -> None:
+    """`run` as systemd sees it: READY=1 once serving; on SIGHUP, RELOADING=1 (with
+    MONOTONIC_USEC), then READY=1 again when the new config is in place."""
+    import signal
+    import subprocess
+    import sys
+
+    from blitzdns.demo import free_dns_port
+
+    sock, path = listener
+    sock.settimeout(10)
+    blitzdns = str(Path(sys.executable).with_name("blitzdns"))
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    daemon = subprocess.Popen(
+        [
+            *(blitzdns, "run", "--no-tunnel", "--config", str(config)),
+            *("--listen", f"127.0.0.1:{free_dns_port()}", "--upstream", "127.0.0.1:9"),
+            *("--control-socket", str(tmp_path / "control.sock")),
+        ],
+        env={**os.environ, "NOTIFY_SOCKET": path},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert b"READY=1" in sock.recv(4096).split(b"\n")
+        daemon.send_signal(signal.SIGHUP)
+        reloading = sock.recv(4096).split(b"\n")
+        assert b"RELOADING=1" in reloading
+        assert any(line.startswith(b"MONOTONIC_USEC=") for line in reloading)
+        assert sock.recv(4096).split(b"\n") == [b"READY=1"]
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=10)
