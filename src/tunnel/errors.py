@@ -31,6 +31,10 @@ class RetryableError(TunnelError):
 class GatewayUnreachable(RetryableError):
     """The gateway could not be reached: refused, timeout, name lookup failure, no route."""
 
+    @classmethod
+    def timed_out(cls, gateway: str, seconds: float) -> GatewayUnreachable:
+        return cls(f"gateway {gateway}: timed out after {seconds:g} s")
+
 
 class LinkLost(RetryableError):
     """An established SSH link dropped (missed keepalives, reset, the server went away)."""
@@ -42,6 +46,14 @@ class FinalError(TunnelError):
 
 class AuthFailed(FinalError):
     """The gateway refused authentication (no key, agent identity or password was accepted)."""
+
+    @classmethod
+    def refused(cls, gateway: str, detail: str) -> AuthFailed:
+        """The one wording for either backend: what the gateway said, and what to check."""
+        return cls(
+            f"gateway {gateway} refused authentication ({detail}); check the user name, "
+            "that your key is loaded (ssh-add -l) and authorized on the gateway"
+        )
 
 
 class HostKeyError(FinalError):

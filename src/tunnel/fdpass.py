@@ -98,13 +98,19 @@ class _Batch:
 
 
 @functools.cache
-def _batch() -> _Batch | None:
-    if not sys.platform.startswith("linux"):
-        return None
+def libc() -> ctypes.CDLL | None:
+    """The C library (errno kept), for the calls Python does not wrap; ``None`` if absent."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        sendmmsg = libc.sendmmsg
-    except (OSError, AttributeError):
+        return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    except OSError:
+        return None
+
+
+@functools.cache
+def _batch() -> _Batch | None:
+    library = libc() if sys.platform.startswith("linux") else None
+    sendmmsg = getattr(library, "sendmmsg", None)
+    if sendmmsg is None:
         return None
     sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
     sendmmsg.restype = ctypes.c_int

@@ -166,3 +166,17 @@ class Gateway:
         user = f"{self.user}@" if self.user else ""
         port = f":{self.port}" if self.port is not None else ""
         return f"{user}{host}{port}"
+
+
+def parse_gateways(gateways: Iterable[Gateway | str] | Gateway | str) -> tuple[Gateway, ...]:
+    """One gateway or a list of them (``Gateway`` values or ``[user@]host[:port]`` texts),
+    parsed; :class:`TunnelConfigError` unless there is at least one, all valid."""
+    if isinstance(gateways, str | Gateway):
+        gateways = (gateways,)
+    try:
+        parsed = tuple(Gateway.parse(g) if isinstance(g, str) else g for g in gateways)
+    except TypeError:
+        raise TunnelConfigError(f"gateways: expected a list, got {gateways!r}") from None
+    if not parsed or not all(isinstance(g, Gateway) for g in parsed):
+        raise TunnelConfigError("gateways: expected at least one gateway")
+    return parsed

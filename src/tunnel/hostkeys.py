@@ -43,6 +43,15 @@ def keyscan_type(algorithm: str) -> str:
     return _KEYSCAN_TYPES.get(algorithm, algorithm)
 
 
+def keyscan_command(host: str, port: int, known_hosts: Path, key_type: str | None = None) -> str:
+    """The command that records ``host``'s key in ``known_hosts`` (check it first!)."""
+    port_flag = "" if port == DEFAULT_PORT else f"-p {port} "
+    type_flag = f"-t {key_type} " if key_type else ""
+    return (
+        f"ssh-keyscan {port_flag}{type_flag}{shlex.quote(host)} >> {shlex.quote(str(known_hosts))}"
+    )
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8", errors="replace")
@@ -101,11 +110,7 @@ class HostKeyPolicy:
             )
             self.record(name, key)
             return True
-        port_flag = "" if port == DEFAULT_PORT else f"-p {port} "
-        keyscan = (
-            f"ssh-keyscan {port_flag}-t {keyscan_type(algorithm)} {shlex.quote(host)} "
-            f">> {shlex.quote(str(self.path))}"
-        )
+        keyscan = keyscan_command(host, port, self.path, keyscan_type(algorithm))
         self.verdict = HostKeyUnknown(
             f"host key of gateway {name} is unknown: {algorithm} {fingerprint}. If that is "
             f"the gateway's key, trust it with --trust-new-host-key (e.g. `blitzdns run "

@@ -20,11 +20,9 @@ import asyncssh
 from tunnel.chaff import drop_needless_chaff
 from tunnel.errors import (
     AuthFailed,
-    FinalError,
     GatewayUnreachable,
     HostKeyError,
     LinkLost,
-    RetryableError,
     TunnelConfigError,
     TunnelError,
 )
@@ -172,10 +170,7 @@ async def open_link(gateway: Gateway, options: TunnelOptions) -> SSHLink:
                 **_connect_kwargs(gateway, options),
             )
     except asyncssh.PermissionDenied as exc:
-        raise AuthFailed(
-            f"gateway {label} refused authentication ({exc.reason}); check the user name, "
-            "that your key is loaded (ssh-add -l) and authorized on the gateway"
-        ) from None
+        raise AuthFailed.refused(label, exc.reason) from None
     except asyncssh.HostKeyNotVerifiable as exc:
         if policy.verdict is not None:
             raise policy.verdict from None
@@ -185,21 +180,10 @@ async def open_link(gateway: Gateway, options: TunnelOptions) -> SSHLink:
     except (asyncssh.ConfigParseError, ValueError) as exc:
         raise TunnelConfigError(f"gateway {label}: {exc}") from None
     except TimeoutError:
-        raise GatewayUnreachable(
-            f"gateway {label}: timed out after {options.connect_timeout_s:g} s"
-        ) from None
+        raise GatewayUnreachable.timed_out(label, options.connect_timeout_s) from None
     except (OSError, asyncssh.Error) as exc:
         raise GatewayUnreachable(f"gateway {label}: {describe(exc)}") from None
     client = clients[-1]
     drop_needless_chaff(conn)
     log.info("link up to %s", label)
     return SSHLink(conn, client, label)
-
-
-def classify(exc: BaseException) -> TunnelError:
-    """Translate anything a connect attempt raised into retryable or final."""
-    if isinstance(exc, FinalError | RetryableError):
-        return exc
-    if isinstance(exc, TunnelError):
-        return FinalError(str(exc))
-    return GatewayUnreachable(describe(exc))

@@ -29,11 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import dataclasses
 import fcntl
-import functools
 import logging
 import os
 import select
@@ -56,8 +53,10 @@ from tunnel.errors import (
     TunnelConfigError,
     TunnelError,
 )
+from tunnel.fdpass import libc as c_library
 from tunnel.fdpass import send_request_and_fd
 from tunnel.forwards import Gateway
+from tunnel.hostkeys import DEFAULT_PORT, default_known_hosts, keyscan_command
 from tunnel.link import open_link
 from tunnel.options import TunnelOptions
 
@@ -219,9 +218,9 @@ def master_argv(
 
 
 def keyscan_hint(gateway: Gateway, options: TunnelOptions) -> str:
-    port = f"-p {gateway.port} " if gateway.port is not None else ""
-    known = options.known_hosts or Path("~/.ssh/known_hosts")
-    return f"ssh-keyscan {port}{gateway.host} >> {known}"
+    return keyscan_command(
+        gateway.host, gateway.port or DEFAULT_PORT, options.known_hosts or default_known_hosts()
+    )
 
 
 def classify_exit(
@@ -248,10 +247,7 @@ def classify_exit(
             port=gateway.port or 22,
         )
     if "Permission denied" in stderr or "Too many authentication failures" in stderr:
-        return AuthFailed(
-            f"gateway {label} refused authentication ({last}); check the user name, that "
-            "your key is loaded (ssh-add -l) and authorized on the gateway"
-        )
+        return AuthFailed.refused(label, last)
     if "Bad configuration option" in stderr or "command-line line" in stderr:
         return TunnelConfigError(f"gateway {label}: ssh rejected its options: {last}")
     return GatewayUnreachable(f"gateway {label}: {last}")
@@ -262,19 +258,11 @@ def classify_exit(
 PR_SET_PDEATHSIG = 1
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    except OSError:
-        return None
-
-
 def _death_signal_hook() -> Callable[[], None] | None:
     """A ``preexec_fn`` that has the kernel SIGTERM the master when this process dies
     (Linux ``prctl(PR_SET_PDEATHSIG)``), so even a crashed tunnel leaves no ssh behind;
     ``None`` where that is not available. libc is loaded here, before the fork."""
-    libc = _libc() if sys.platform.startswith("linux") else None
+    libc = c_library() if sys.platform.startswith("linux") else None
     if libc is None:
         return None
     prctl = libc.prctl
@@ -809,9 +797,7 @@ async def open_mux_link(gateway: Gateway, options: TunnelOptions) -> MuxLink:
                 await asyncio.sleep(POLL_S)
     except TimeoutError:
         await link.aclose(0.5)
-        raise GatewayUnreachable(
-            f"gateway {label}: timed out after {options.connect_timeout_s:g} s"
-        ) from None
+        raise GatewayUnreachable.timed_out(label, options.connect_timeout_s) from None
     except HostKeyUnknown as exc:
         await link.aclose(0.5)
         # Outside the start's time budget: the key exchange has its own.

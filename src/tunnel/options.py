@@ -10,7 +10,7 @@ from typing import Literal
 
 from tunnel.backoff import Backoff
 from tunnel.errors import TunnelConfigError
-from tunnel.forwards import Gateway
+from tunnel.forwards import Gateway, parse_gateways
 
 PasswordPrompt = Callable[[str], "str | Awaitable[str | None] | None"]
 """Asked with a prompt such as ``"jsmith@nimbus.dartmouth.edu's password: "``."""
@@ -76,17 +76,7 @@ class TunnelOptions:
     """The OpenSSH client run by the ``openssh`` backend (a name on $PATH or a path)."""
 
     def __post_init__(self) -> None:
-        gateways = self.gateways
-        if isinstance(gateways, str | Gateway):
-            gateways = (gateways,)
-        try:
-            parsed = tuple(Gateway.parse(g) if isinstance(g, str) else g for g in gateways)
-        except TypeError:
-            raise TunnelConfigError(
-                f"tunnel option gateways: expected a list, got {gateways!r}"
-            ) from None
-        if not parsed or not all(isinstance(g, Gateway) for g in parsed):
-            raise TunnelConfigError("tunnel option gateways: expected at least one gateway")
+        parsed = parse_gateways(self.gateways)
         object.__setattr__(self, "gateways", parsed)
         for name in ("known_hosts", "ssh_config"):
             value = getattr(self, name)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 
 from tunnel.errors import FinalError, TunnelConfigError, TunnelError
-from tunnel.forwards import Forward, Gateway
+from tunnel.forwards import Forward, Gateway, parse_gateways
 from tunnel.link import SSHLink, open_link
 from tunnel.mouths import Mouth
 from tunnel.mux_mouths import MuxMouth
@@ -51,15 +51,6 @@ def _check_forwards(forwards: Iterable[Forward], options: TunnelOptions) -> tupl
                 f"{forward.mouth_host}:{forward.mouth_port}"
             )
     return checked
-
-
-def _check_gateways(gateways: Iterable[Gateway | str]) -> tuple[Gateway, ...]:
-    if isinstance(gateways, str | Gateway):
-        gateways = (gateways,)
-    parsed = tuple(Gateway.parse(g) if isinstance(g, str) else g for g in gateways)
-    if not parsed or not all(isinstance(g, Gateway) for g in parsed):
-        raise TunnelConfigError("gateways: expected at least one gateway")
-    return parsed
 
 
 class Tunnel:
@@ -336,7 +327,7 @@ class Tunnel:
 
     async def update_gateways(self, gateways: Iterable[Gateway | str]) -> None:
         """Switch gateway list; reconnect only if the gateway in use is no longer listed."""
-        self._gateways = _check_gateways(gateways)
+        self._gateways = parse_gateways(gateways)
         if self._link is not None and self._gateway_in_use not in self._gateways:
             log.info("gateway %s no longer listed; reconnecting", self._gateway_in_use)
             # New connections wait for the next link, not hand themselves to this one, and
