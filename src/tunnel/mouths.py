@@ -19,6 +19,7 @@ import errno
 import ipaddress
 import logging
 import socket
+from collections.abc import Callable
 from typing import Protocol, cast
 
 import asyncssh
@@ -159,20 +160,11 @@ class _ClientSide(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peername = transport.get_extra_info("peername")
-        self.peer = (str(peername[0]), int(peername[1])) if peername else ("", 0)
+        self.peer = (peer_host(peername[0]), int(peername[1])) if peername else ("", 0)
         forward = self.mouth.forward
-        self.label = f"{forward.name or forward.mouth_host}:{forward.mouth_port} ← {self.peer[0]}"
-        if forward.allowed_peers is not None and not forward.admits(
-            ipaddress.ip_address(self.peer[0].partition("%")[0])
-        ):
-            self.counters.rejected += 1
+        self.label = self.mouth.label(self.peer[0])
+        if self.mouth.refuses(*self.peer):
             self.closed = True
-            log.warning(
-                "mouth %s:%d: refused connection from %s:%d (not an allowed peer)",
-                forward.mouth_host,
-                forward.mouth_port,
-                *self.peer,
-            )
             self.transport.abort()
             return
         self.counters.open += 1
@@ -277,6 +269,11 @@ class _ClientSide(asyncio.Protocol):
         self.transport.abort()
 
 
+def peer_host(address: object) -> str:
+    """A peer's address as text, without an IPv6 ``%zone`` (``fe80::1%eth0`` → ``fe80::1``)."""
+    return str(address).partition("%")[0]
+
+
 class Mouth:
     """One listener for one forward, and the connections it accepted."""
 
@@ -291,10 +288,29 @@ class Mouth:
         """This forward's counters, as of now."""
         return ForwardState.of(self.forward, self.counters)
 
-    async def bind(self) -> None:
-        """Listen now; raises :class:`MouthBindError`."""
-        if self.server is not None:
-            return
+    def label(self, host: str) -> str:
+        """How log lines name a connection from ``host`` on this mouth."""
+        forward = self.forward
+        return f"{forward.name or forward.mouth_host}:{forward.mouth_port} ← {host}"
+
+    def refuses(self, host: str, port: int) -> bool:
+        """Whether a client at ``host:port`` is not an allowed peer (an unknown address
+        never is, where peers are limited); a refusal is counted and logged here, and the
+        caller closes the connection."""
+        forward = self.forward
+        if forward.allowed_peers is None or (host and forward.admits(ipaddress.ip_address(host))):
+            return False
+        self.counters.rejected += 1
+        log.warning(
+            "mouth %s:%d: refused connection from %s:%d (not an allowed peer)",
+            forward.mouth_host,
+            forward.mouth_port,
+            host,
+            port,
+        )
+        return True
+
+    def _warn_if_exposed(self) -> None:
         if not self.forward.is_loopback:
             log.warning(
                 "mouth %s:%d is not on loopback: reachable from other machines%s",
@@ -302,6 +318,23 @@ class Mouth:
                 self.forward.mouth_port,
                 "" if self.forward.allowed_peers is None else " in the allowed networks",
             )
+
+    def _switch_to(self, forward: Forward) -> Callable[[str], bool]:
+        """Serve ``forward`` from now on; which client hosts its connections must drop
+        (all when the target changed, else those the new forward no longer admits)."""
+        old, self.forward = self.forward, forward
+        changed = (old.target_host, old.target_port) != (forward.target_host, forward.target_port)
+
+        def drops(host: str) -> bool:
+            return changed or bool(host and not forward.admits(ipaddress.ip_address(host)))
+
+        return drops
+
+    async def bind(self) -> None:
+        """Listen now; raises :class:`MouthBindError`."""
+        if self.server is not None:
+            return
+        self._warn_if_exposed()
         sock = bind_socket(self.forward.mouth_host, self.forward.mouth_port)
         loop = asyncio.get_running_loop()
         try:
@@ -314,14 +347,9 @@ class Mouth:
 
     def retarget(self, forward: Forward) -> None:
         """Serve ``forward`` (same mouth) from now on; drop connections it would not allow."""
-        old, self.forward = self.forward, forward
-        changed_target = (old.target_host, old.target_port) != (
-            forward.target_host,
-            forward.target_port,
-        )
+        drops = self._switch_to(forward)
         for client in list(self.clients):
-            peer = client.peer[0].partition("%")[0]
-            if changed_target or (peer and not forward.admits(ipaddress.ip_address(peer))):
+            if drops(client.peer[0]):
                 client.abort()
 
     def abort_clients(self) -> list[asyncio.Task[None]]:

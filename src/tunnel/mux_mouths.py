@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import ipaddress
 import logging
 import socket
 import struct
@@ -29,7 +28,7 @@ from typing import Protocol
 
 from tunnel.errors import TunnelError
 from tunnel.forwards import Forward
-from tunnel.mouths import LinkSource, Mouth, bind_socket
+from tunnel.mouths import LinkSource, Mouth, bind_socket, peer_host
 from tunnel.openssh import MuxLink, MuxSession, tcp_traffic
 from tunnel.state import ForwardState
 
@@ -70,11 +69,7 @@ class MuxMouth(Mouth):
         """Listen now; raises :class:`MouthBindError`."""
         if self.listener is not None:
             return
-        if not self.forward.is_loopback:
-            log.warning(
-                "mouth %s:%d is not on loopback: reachable from other machines",
-                *self.forward.mouth,
-            )
+        self._warn_if_exposed()
         self.listener = bind_socket(self.forward.mouth_host, self.forward.mouth_port)
         asyncio.get_running_loop().add_reader(self.listener.fileno(), self._accept)
 
@@ -90,18 +85,11 @@ class MuxMouth(Mouth):
             except OSError as exc:
                 log.warning("mouth %s:%d: accept failed: %s", *self.forward.mouth, exc)
                 return
-            self._take(conn, str(peer[0]).partition("%")[0], int(peer[1]))
+            self._take(conn, peer_host(peer[0]), int(peer[1]))
 
     def _take(self, conn: socket.socket, host: str, port: int) -> None:
         forward = self.forward
-        if forward.allowed_peers is not None and not forward.admits(ipaddress.ip_address(host)):
-            self.counters.rejected += 1
-            log.warning(
-                "mouth %s:%d: refused connection from %s:%d (not an allowed peer)",
-                *forward.mouth,
-                host,
-                port,
-            )
+        if self.refuses(host, port):
             _abort(conn)
             return
         self.counters.open += 1
@@ -122,10 +110,6 @@ class MuxMouth(Mouth):
         self.waiting[task] = host
         task.add_done_callback(self.waiting.pop)
 
-    def _label(self, host: str) -> str:
-        forward = self.forward
-        return f"{forward.name or forward.mouth_host}:{forward.mouth_port} ← {host}"
-
     def session_ended(
         self, session: MuxSession, error: str | None, traffic: tuple[int, int] | None
     ) -> None:
@@ -138,7 +122,7 @@ class MuxMouth(Mouth):
                 self.counters.bytes_out += traffic[0]
                 self.counters.bytes_in += traffic[1]
         if error is not None:
-            log.info("%s: %s", self._label(session.tag), error)
+            log.info("%s: %s", self.label(session.tag), error)
 
     async def _wait_and_open(self, conn: socket.socket, forward: Forward, host: str) -> None:
         """The slow path: wait (bounded) for the link, then open on a fresh mux connection."""
@@ -147,7 +131,7 @@ class MuxMouth(Mouth):
             source = self.mux_source
             link = source.current_mux_link or await source.wait_mux_link()
             if link is None:
-                log.info("%s: link is down; connection closed (failing closed)", self._label(host))
+                log.info("%s: link is down; connection closed (failing closed)", self.label(host))
                 return
             try:
                 channel = await link.open_stdio_fwd(
@@ -157,7 +141,7 @@ class MuxMouth(Mouth):
             except (OSError, TunnelError) as exc:
                 log.info(
                     "%s: forward to %s:%d failed: %s",
-                    self._label(host),
+                    self.label(host),
                     forward.target_host,
                     forward.target_port,
                     exc,
@@ -181,17 +165,12 @@ class MuxMouth(Mouth):
 
     def retarget(self, forward: Forward) -> None:
         """Serve ``forward`` (same mouth) from now on; drop connections it would not allow."""
-        old, self.forward = self.forward, forward
-        changed = (old.target_host, old.target_port) != (forward.target_host, forward.target_port)
-
-        def dropped(host: str) -> bool:
-            return changed or bool(host and not forward.admits(ipaddress.ip_address(host)))
-
+        drops = self._switch_to(forward)
         for session in list(self.sessions):
-            if dropped(session.tag):
+            if drops(session.tag):
                 session.end()
         for task, host in list(self.waiting.items()):
-            if dropped(host):
+            if drops(host):
                 task.cancel()
 
     def abort_clients(self) -> list[asyncio.Task[None]]:
