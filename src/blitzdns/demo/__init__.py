@@ -174,13 +174,11 @@ class DemoStack:
     def __init__(
         self,
         *,
-        dns_port: int = 0,
         records: Sequence[DndRecord] = DEMO_RECORDS,
         trust_host_key: bool = True,
         mouth_block_start: int = 0,
         link_timeout_s: float = 15.0,
     ) -> None:
-        self.dns_port = dns_port
         self.records = tuple(records)
         self.trust_host_key = trust_host_key
         self.mouth_block_start = mouth_block_start
@@ -245,7 +243,7 @@ class DemoStack:
         else:
             gateway.known_hosts_path.write_text("")
 
-        dns_port = self.dns_port or free_dns_port()
+        dns_port = free_dns_port()
         config = free_mouth_block(
             lambda block: demo_config(
                 workdir,
@@ -382,7 +380,7 @@ async def verify(stack: DemoStack, say: Say, users: Sequence[str] = DEMO_USERS) 
     return verdict
 
 
-async def run_demo(*, once: bool, out: Say = print, dns_port: int = 0) -> DemoResult:
+async def run_demo(*, once: bool, out: Say = print) -> DemoResult:
     """Run the demo; with ``once`` return after the verdict, else serve until interrupted."""
     result = DemoResult(ok=False)
 
@@ -390,7 +388,7 @@ async def run_demo(*, once: bool, out: Say = print, dns_port: int = 0) -> DemoRe
         result.lines.append(line)
         out(line)
 
-    async with DemoStack(dns_port=dns_port) as stack:
+    async with DemoStack() as stack:
         host, port = stack.stub
         say(f"blitzdns demo: stub on {host}:{port}, SSH gateway 127.0.0.1:{stack.gateway.port}")
         say(f"  (seen by the client through a recording relay on 127.0.0.1:{stack.relay.port})")
