@@ -290,15 +290,19 @@ class Daemon:
     async def main(self) -> int:
         from blitzdns.system import sdnotify
 
+        # Handlers first: start() may say READY=1, and systemd may send SIGHUP (or SIGTERM)
+        # the moment it reads that; with the default action the daemon would just die.
+        # A signal during start() is acted on once it returns (it only binds; it never
+        # waits for the link).
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
         try:
             await self.start()
         except BaseException:
             await self.close()
             raise
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
-        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
         tasks = [asyncio.create_task(self._reload_loop(), name="reload")]
         if self.options.auto_location:
             tasks.append(asyncio.create_task(self._location_loop(), name="location"))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,32 +75,33 @@ def test_nothing_to_say_sends_nothing(listener: tuple[socket.socket, str]) -> No
         sock.recv(4096)
 
 
+def _daemon(command: list[str], notify: str, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """`blitzdns run` (resolver only, on a free port) under ``command``, telling ``notify``."""
+    from blitzdns.demo import free_dns_port
+
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    return subprocess.Popen(
+        [
+            *command,
+            *("run", "--no-tunnel", "--config", str(config)),
+            *("--listen", f"127.0.0.1:{free_dns_port()}", "--upstream", "127.0.0.1:9"),
+            *("--control-socket", str(tmp_path / "control.sock")),
+        ],
+        env={**os.environ, "NOTIFY_SOCKET": notify},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def test_the_daemon_says_reloading_then_ready_around_a_reload(
     listener: tuple[socket.socket, str], tmp_path: Path
 ) -> None:
     """`run` as systemd sees it: READY=1 once serving; on SIGHUP, RELOADING=1 (with
     MONOTONIC_USEC), then READY=1 again when the new config is in place."""
-    import signal
-    import subprocess
-    import sys
-
-    from blitzdns.demo import free_dns_port
-
     sock, path = listener
     sock.settimeout(10)
-    blitzdns = str(Path(sys.executable).with_name("blitzdns"))
-    config = tmp_path / "config.toml"
-    config.write_text("")
-    daemon = subprocess.Popen(
-        [
-            *(blitzdns, "run", "--no-tunnel", "--config", str(config)),
-            *("--listen", f"127.0.0.1:{free_dns_port()}", "--upstream", "127.0.0.1:9"),
-            *("--control-socket", str(tmp_path / "control.sock")),
-        ],
-        env={**os.environ, "NOTIFY_SOCKET": path},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    daemon = _daemon([str(Path(sys.executable).with_name("blitzdns"))], path, tmp_path)
     try:
         assert b"READY=1" in sock.recv(4096).split(b"\n")
         daemon.send_signal(signal.SIGHUP)
@@ -108,3 +112,39 @@ def test_the_daemon_says_reloading_then_ready_around_a_reload(
     finally:
         daemon.terminate()
         daemon.wait(timeout=10)
+
+
+#: ``blitzdns`` whose sd_notify signals SIGHUP to itself right after the first READY=1.
+_SIGHUP_ON_READY = """
+import os, signal, sys
+from blitzdns.system import sdnotify
+real = sdnotify.notify
+def notify(**kw):
+    sent = real(**kw)
+    if kw.get("ready") and not getattr(notify, "done", False):
+        notify.done = True
+        os.kill(os.getpid(), signal.SIGHUP)
+    return sent
+sdnotify.notify = notify
+from blitzdns.entry import main
+sys.exit(main())
+"""
+
+
+def test_a_sighup_sent_the_moment_ready_is_said_reloads_rather_than_kills(
+    listener: tuple[socket.socket, str], tmp_path: Path
+) -> None:
+    """systemd may send SIGHUP as soon as it reads READY=1. Here the daemon signals itself
+    right after sending READY=1, the narrowest form of that race: the handler must already
+    be installed, or SIGHUP's default action ends the process (a flaky CI failure once)."""
+    sock, path = listener
+    sock.settimeout(10)
+    daemon = _daemon([sys.executable, "-c", _SIGHUP_ON_READY], path, tmp_path)
+    try:
+        assert b"READY=1" in sock.recv(4096).split(b"\n")
+        assert b"RELOADING=1" in sock.recv(4096).split(b"\n")
+        assert sock.recv(4096).split(b"\n") == [b"READY=1"]
+        assert daemon.poll() is None
+    finally:
+        daemon.terminate()
+        assert daemon.wait(timeout=10) == 0
