@@ -26,6 +26,10 @@ class Link(Protocol):
         """Return (with the reason) once the link has ended."""
         ...
 
+    def close(self) -> None:
+        """Start ending the link; :meth:`wait_closed` returns once it has ended."""
+        ...
+
 
 L = TypeVar("L", bound=Link)
 
@@ -66,14 +70,22 @@ class Supervisor(Generic[L]):
         self.attempts = 0
 
     async def _try_round(self) -> tuple[Gateway, L] | TunnelError:
-        """One pass over the gateways: the first link made, else the error to act on."""
+        """One pass over the gateways: the first link made, else the error to act on.
+
+        The list may change while an attempt runs (a reload, a new location). Then the
+        pass starts over with the new list: a link just made to a gateway no longer listed
+        is closed unused, and the old list's other gateways are not tried.
+        """
         first_final: FinalError | None = None
         last_error: TunnelError | None = None
-        for gateway in tuple(self._gateways()):
+        listed = tuple(self._gateways())
+        pending = list(listed)
+        while pending:
+            gateway = pending.pop(0)
             self._on_event(LinkStatus.CONNECTING, gateway, None, None)
             self.attempts += 1
             try:
-                return gateway, await self._connect(gateway)
+                link = await self._connect(gateway)
             except FinalError as exc:
                 log.error("%s", exc)
                 first_final = first_final or exc
@@ -84,6 +96,16 @@ class Supervisor(Generic[L]):
             except Exception as exc:
                 log.exception("unexpected error connecting to %s", gateway)
                 last_error = RetryableError(f"gateway {gateway}: {exc!r}")
+            else:
+                if gateway in self._gateways():
+                    return gateway, link
+                log.info("gateway %s is no longer listed; its new link is not used", gateway)
+                link.close()
+                await link.wait_closed()
+            if tuple(self._gateways()) != listed:
+                listed = tuple(self._gateways())
+                pending = list(listed)
+                first_final = None  # refused by a gateway that is gone: not a reason to stop
         if first_final is not None:
             return first_final
         return last_error or RetryableError("no gateway configured")

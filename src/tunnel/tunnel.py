@@ -326,7 +326,11 @@ class Tunnel:
         self._mouths = {key: self._mouths[key] for key in wanted}
 
     async def update_gateways(self, gateways: Iterable[Gateway | str]) -> None:
-        """Switch gateway list; reconnect only if the gateway in use is no longer listed."""
+        """Switch gateway list; reconnect only if the gateway in use is no longer listed.
+
+        An attempt already running goes on, but the supervisor does not use a link it
+        makes to a gateway no longer listed: it starts over with the new list.
+        """
         self._gateways = parse_gateways(gateways)
         if self._link is not None and self._gateway_in_use not in self._gateways:
             log.info("gateway %s no longer listed; reconnecting", self._gateway_in_use)

@@ -22,6 +22,7 @@ from tunnel.supervisor import Supervisor
 class FakeLink:
     def __init__(self, name: str) -> None:
         self.name = name
+        self.closed = False
         self.lost: asyncio.Future[TunnelError] = asyncio.get_running_loop().create_future()
 
     async def wait_closed(self) -> TunnelError:
@@ -29,6 +30,11 @@ class FakeLink:
 
     def drop(self) -> None:
         self.lost.set_result(LinkLost(f"{self.name} dropped"))
+
+    def close(self) -> None:
+        self.closed = True
+        if not self.lost.done():
+            self.lost.set_result(LinkLost(f"{self.name} closed"))
 
 
 class Harness:
@@ -68,8 +74,9 @@ class Harness:
             self.up.set()
 
     def supervisor(self, *gateways: str) -> Supervisor[FakeLink]:
+        self.listed = list(gateways)
         return Supervisor(
-            gateways=lambda: [Gateway(g) for g in gateways],
+            gateways=lambda: [Gateway(g) for g in self.listed],
             connect=self.connect,
             sleep=self.sleep,
             backoff=Backoff(base_s=1, cap_s=8),
@@ -179,4 +186,42 @@ async def test_unexpected_exception_is_retried_not_fatal() -> None:
     task = asyncio.create_task(harness.supervisor("gw").run())
     await asyncio.wait_for(harness.up.wait(), 5)
     assert harness.attempts == ["gw", "gw"]
+    task.cancel()
+
+
+async def test_a_link_made_to_a_gateway_delisted_meanwhile_is_closed_unused() -> None:
+    """A reload or a new location replaces the list while an attempt runs: the link it
+    makes is closed, and the new list is tried at once (no backoff sleep)."""
+    harness = Harness({"office": [], "home": [lambda: FakeLink("home")]})
+
+    def office_then_moved() -> FakeLink:
+        harness.listed = ["home"]
+        return FakeLink("office")
+
+    harness.script["office"] = [office_then_moved]
+    task = asyncio.create_task(harness.supervisor("office").run())
+    await asyncio.wait_for(harness.up.wait(), 5)
+    assert harness.attempts == ["office", "home"]
+    office, home = harness.links
+    assert office.closed and not home.closed
+    assert (LinkStatus.UP, "office") not in harness.events
+    assert harness.events[-1] == (LinkStatus.UP, "home")
+    assert harness.sleeps == []
+    task.cancel()
+
+
+async def test_after_the_list_changes_the_old_lists_other_gateways_are_not_tried() -> None:
+    """An attempt fails after the list changed: the pass starts over with the new list;
+    a final error from a gateway no longer listed does not stop the tunnel."""
+    harness = Harness({"a": [], "b": [lambda: FakeLink("b")], "c": [lambda: FakeLink("c")]})
+
+    def refused_then_moved() -> FakeLink:
+        harness.listed = ["c"]
+        raise AuthFailed("a refused the key")
+
+    harness.script["a"] = [refused_then_moved]
+    task = asyncio.create_task(harness.supervisor("a", "b").run())
+    await asyncio.wait_for(harness.up.wait(), 5)
+    assert harness.attempts == ["a", "c"]
+    assert harness.events[-1] == (LinkStatus.UP, "c")
     task.cancel()
