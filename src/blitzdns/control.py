@@ -163,7 +163,9 @@ class ControlServer:
         self.request_timeout = request_timeout
         self._server: asyncio.AbstractServer | None = None
         self._inode: int | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        #: Requests being served: close() cancels them, so a reload in flight cannot go on
+        #: once the daemon tears down what it would change.
+        self._requests: set[asyncio.Task[Any]] = set()
 
     async def __aenter__(self) -> ControlServer:
         await self.start()
@@ -256,12 +258,15 @@ class ControlServer:
             self.path.unlink()
 
     async def close(self) -> None:
-        """Stop listening, end open requests, and remove the socket if it is still ours."""
+        """Stop listening, end open requests (cancelled, and waited for), and remove the
+        socket if it is still ours."""
         server, self._server = self._server, None
         if server is not None:
             server.close()
-        for writer in list(self._writers):
-            writer.close()
+        requests = [task for task in self._requests if task is not asyncio.current_task()]
+        for task in requests:
+            task.cancel()
+        await asyncio.gather(*requests, return_exceptions=True)
         if server is not None:
             await server.wait_closed()
         if self._inode is not None:
@@ -271,7 +276,9 @@ class ControlServer:
             self._inode = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._requests.add(task)
         try:
             try:
                 line = await asyncio.wait_for(reader.readline(), self.request_timeout)
@@ -283,7 +290,7 @@ class ControlServer:
         except (TimeoutError, ConnectionError):
             pass
         finally:
-            self._writers.discard(writer)
+            self._requests.discard(task)
             writer.close()
 
     async def answer(self, line: bytes) -> dict[str, Any]:

@@ -195,6 +195,35 @@ async def test_reload_calls_the_hook_and_reports_failure(sock_path: Path) -> Non
             await asyncio.to_thread(request_reload, sock_path)
 
 
+async def test_close_cancels_a_reload_in_flight_and_waits_for_it(sock_path: Path) -> None:
+    """The daemon closes its control socket first on stop: a reload still running must end
+    there, not resume after the tunnel and the resolver are gone."""
+    started, ended = asyncio.Event(), asyncio.Event()
+    outcome: list[str] = []
+
+    async def reload() -> bool:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+            outcome.append("finished")
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+        finally:
+            ended.set()
+        return True
+
+    server = ControlServer(sock_path, sample_snapshot, reload=reload)
+    await server.start()
+    reader, writer = await asyncio.open_unix_connection(str(sock_path))
+    writer.write(b'{"cmd": "reload"}\n')
+    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.wait_for(server.close(), 5)
+    assert ended.is_set() and outcome == ["cancelled"]
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
 async def test_bad_requests_and_silent_clients_do_not_stop_the_server(sock_path: Path) -> None:
     def broken() -> dict[str, Any]:
         raise RuntimeError("boom")
