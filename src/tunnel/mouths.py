@@ -163,7 +163,7 @@ class _ClientSide(asyncio.Protocol):
         self.peer = (peer_host(peername[0]), int(peername[1])) if peername else ("", 0)
         forward = self.mouth.forward
         self.label = self.mouth.label(self.peer[0])
-        if self.mouth.refuses(*self.peer):
+        if self.mouth.closed or self.mouth.refuses(*self.peer):
             self.closed = True
             self.transport.abort()
             return
@@ -283,6 +283,9 @@ class Mouth:
         self.counters = ForwardCounters()
         self.clients: set[_ClientSide] = set()
         self.server: asyncio.Server | None = None
+        #: Set by close(): a connection the listener accepted just before that (its
+        #: ``connection_made`` still to run) is closed, not carried for a removed forward.
+        self.closed = False
 
     def state(self) -> ForwardState:
         """This forward's counters, as of now."""
@@ -364,6 +367,7 @@ class Mouth:
 
     async def close(self) -> None:
         """Stop listening and drop every connection."""
+        self.closed = True
         server, self.server = self.server, None
         if server is not None:
             server.close()

@@ -184,6 +184,7 @@ class MuxMouth(Mouth):
 
     async def close(self) -> None:
         """Stop listening and drop every connection."""
+        self.closed = True
         listener, self.listener = self.listener, None
         if listener is not None:
             asyncio.get_running_loop().remove_reader(listener.fileno())

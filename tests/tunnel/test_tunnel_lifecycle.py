@@ -182,6 +182,33 @@ async def test_reload_keeps_unchanged_forwards_and_their_connections(
         writer.close()
 
 
+async def test_a_connection_accepted_as_its_forward_is_removed_is_closed_not_carried(
+    options: TunnelOptions, echo: Target
+) -> None:
+    """asyncio accepts in one step and runs ``connection_made`` in a later one; a reload
+    that removes the forward in between must not leave that connection carried to the
+    removed forward's target. The late step is driven with a real accepted socket."""
+    from tunnel.mouths import Mouth, _ClientSide
+
+    removed = forward_to(echo, "removed")
+    async with Tunnel(options, [removed]) as tunnel:
+        assert await tunnel.wait_up(10)
+        mouth = tunnel._mouths[removed.mouth]
+        assert isinstance(mouth, Mouth)
+        await tunnel.update_forwards([])
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            reader, writer = await asyncio.open_connection(*listener.getsockname())
+            accepted, _ = listener.accept()
+        loop = asyncio.get_running_loop()
+        await loop.connect_accepted_socket(lambda: _ClientSide(mouth), accepted)
+        writer.write(b"late")
+        assert await asyncio.wait_for(read_until_closed(reader), 5) == b""
+        writer.close()
+        assert echo.peers == [] and not mouth.clients
+
+
 async def test_reload_with_an_unbindable_mouth_changes_nothing(
     options: TunnelOptions, echo: Target
 ) -> None:
