@@ -803,7 +803,9 @@ async def open_mux_link(gateway: Gateway, options: TunnelOptions) -> MuxLink:
         # Outside the start's time budget: the key exchange has its own.
         raise await name_the_unknown_key(gateway, options, exc) from None
     except BaseException:
-        await link.aclose(0.5)
+        # Shielded: Tunnel.close() cancels a start and then bounds its wait; a second
+        # cancel must not skip the SIGKILL of a master slow to exit, or its directory.
+        await asyncio.shield(link.aclose(0.5))
         raise
     link.refill()
     log.info("link up to %s (ssh master pid %d)", label, process.pid)
