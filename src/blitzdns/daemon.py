@@ -44,6 +44,11 @@ log = logging.getLogger("blitzdns")
 STOP_GRACE_S = 1.5
 
 
+#: The tunnel settings a reload applies (through the forwards and the gateway list); the
+#: others are the SSH client's own and wait for a restart.
+LIVE_TUNNEL_SETTINGS = frozenset({"gateways", "hosts", "mouths"})
+
+
 @dataclass(frozen=True, slots=True)
 class RunOptions:
     """What ``run`` was asked on its command line, beyond the config file."""
@@ -451,11 +456,14 @@ class Daemon:
             trust_new_host_key=opts.trust_new_host_key,
         )
 
-    async def reload(self, new: Config | None = None) -> bool:
-        """Apply a new config; on any error keep the old one and log why.
+    async def reload(self, *, relocate: bool = False) -> bool:
+        """Re-read the config file, or with ``relocate`` only re-match the location against
+        the config last read; apply the result. On any error keep the old one, log why.
 
         SIGHUP, the control socket and the location poll may ask at once: one reload at a
-        time, or the tunnel and the stub could end on different configurations.
+        time, or the tunnel and the stub could end on different configurations. What to
+        apply is worked out inside the lock, from the config as it is then: a location
+        change found just before a file reload must not bring back the file's old text.
         """
         from blitzdns.system import sdnotify
 
@@ -466,23 +474,21 @@ class Daemon:
             if announce:
                 sdnotify.notify(reloading=True)
             try:
-                return await self._reload(new)
+                return await self._reload(relocate)
             finally:
-                if announce:
+                # Not after STOPPING=1: a stop cancels a reload in flight.
+                if announce and not self.stopping.is_set():
                     sdnotify.notify(ready=True)
 
-    async def _reload(self, new: Config | None) -> bool:
+    async def _reload(self, relocate: bool) -> bool:
         try:
-            base = None
-            if new is None:
-                base = new = self._load()
-                if self.options.auto_location:
-                    new = await self._located(new)
-                elif self.config.location:
-                    new = new.at_location(self.config.location)
+            base = self.base_config if relocate else self._load()
+            if self.options.auto_location:
+                new = await self._located(base)
+            else:
+                new = base.at_location(self.config.location)
             await self.apply(new)
-            if base is not None:
-                self.base_config = base
+            self.base_config = base
         except BlitzdnsError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return False
@@ -507,7 +513,8 @@ class Daemon:
         fixed = [
             f"tunnel.{f.name}"
             for f in dataclasses.fields(new.tunnel)
-            if f.name != "gateways" and getattr(new.tunnel, f.name) != getattr(old.tunnel, f.name)
+            if f.name not in LIVE_TUNNEL_SETTINGS
+            and getattr(new.tunnel, f.name) != getattr(old.tunnel, f.name)
         ]
         if fixed:
             log.warning("%s changed; it takes effect at the next restart", ", ".join(fixed))
@@ -559,7 +566,7 @@ class Daemon:
                     self.config.location or "(none)",
                     candidate.location or "(none)",
                 )
-                await self.reload(candidate)
+                await self.reload(relocate=True)
 
     # ------------------------------------------------------------------ status, stop
 
