@@ -223,7 +223,7 @@ def test_sigterm_stops_everything_and_frees_the_ports(running: tuple[Daemon, int
     daemon, dns_port = running
     address, port = mouth_of("alpha", daemon, dns_port)
     daemon.process.send_signal(signal.SIGTERM)
-    assert daemon.process.wait(timeout=2) == 0
+    assert daemon.process.wait(timeout=10) == 0
     for family, kind, where in (
         (socket.AF_INET, socket.SOCK_DGRAM, ("127.0.0.1", dns_port)),
         (socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", dns_port)),

@@ -235,10 +235,10 @@ def test_dead_upstream_gives_servfail_within_the_timeout(
     fake_upstream_factory: Callable[..., FakeUpstream],
 ) -> None:
     silent = fake_upstream_factory()
-    server = resolver_factory(make_config(timeout_s=0.5), [silent.endpoint])
+    server = resolver_factory(make_config(timeout_s=1.5), [silent.endpoint])
     query = dns.message.make_query("dead.fwd.test", "A")
     # The client's own timeout is the bound: a reply after it would raise.
-    response = dns.query.udp(query, "127.0.0.1", port=server.port, timeout=2.0)
+    response = dns.query.udp(query, "127.0.0.1", port=server.port, timeout=5.0)
     assert response.rcode() == dns.rcode.SERVFAIL
     health = server.resolver.stats.upstreams[0]
     assert not health.ok and health.timeouts >= 1

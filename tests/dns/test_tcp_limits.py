@@ -120,14 +120,14 @@ def test_forwarded_queries_in_flight_per_connection_are_bounded(
     fake_upstream_factory: Callable[..., FakeUpstream],
 ) -> None:
     silent = fake_upstream_factory()
-    server = resolver_factory(make_config(timeout_s=1.0, tcp_idle_s=5.0), [silent.endpoint])
+    server = resolver_factory(make_config(timeout_s=2.0, tcp_idle_s=5.0), [silent.endpoint])
     count = TCP_PIPELINE_LIMIT * 3
     with socket.create_connection((server.endpoint.host, server.port), timeout=5) as conn:
         conn.sendall(b"".join(framed(f"q{i}.silent.test", qid=i) for i in range(count)))
         deadline = time.monotonic() + 5
         while len(silent.udp_queries) < TCP_PIPELINE_LIMIT and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(0.3)  # room for any query beyond the limit to arrive (the first batch waits 1 s)
+        time.sleep(0.3)  # room for any query beyond the limit to arrive (the first batch waits 2 s)
         asked = {query[2:] for query in silent.udp_queries}  # without the ID: retries count once
         assert len(asked) == TCP_PIPELINE_LIMIT
         replies, _ = read_replies(conn, bound_s=15, expect=count)
@@ -229,7 +229,12 @@ def test_tcp_connections_are_capped_and_freed(
         assert server.resolver.stats.tcp_refused == 1
         assert f"{TCP_CLIENTS_MAX} TCP connections open: closing new ones" in caplog.text
         held.pop().close()
-        time.sleep(0.2)
+        deadline = time.monotonic() + 5  # until the resolver has seen that one end
+        while (
+            server.call(lambda: len(server.resolver._connections)) >= TCP_CLIENTS_MAX
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.02)
         with socket.create_connection(address, timeout=5) as again:
             again.sendall(framed("dnd.dartmouth.edu"))
             assert len(read_replies(again, bound_s=5, expect=1)[0]) == 1

@@ -299,7 +299,16 @@ class Capture:
     def stop(self) -> list[Frame]:
         """Stop the capture (SIGINT flushes the file) and return every frame it holds."""
         assert self.proc is not None
-        time.sleep(0.2)
+        # The last frames may still be on their way to the file: wait until it has not
+        # grown for 0.3 s (at most 3 s), then stop.
+        deadline, size, since = time.monotonic() + 3, -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now = self.path.stat().st_size if self.path.exists() else 0
+            if now != size:
+                size, since = now, time.monotonic()
+            elif time.monotonic() - since >= 0.3:
+                break
+            time.sleep(0.05)
         stop_process(self.proc, signal.SIGINT)
         return read_pcap(self.path.read_bytes())
 
