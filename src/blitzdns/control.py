@@ -166,6 +166,9 @@ class ControlServer:
         #: Requests being served: close() cancels them, so a reload in flight cannot go on
         #: once the daemon tears down what it would change.
         self._requests: set[asyncio.Task[Any]] = set()
+        #: Set as close() begins: a connection accepted earlier whose handler has not run
+        #: yet (asyncio starts it some loop turns later) is closed unserved.
+        self._closing = False
 
     async def __aenter__(self) -> ControlServer:
         await self.start()
@@ -176,6 +179,7 @@ class ControlServer:
 
     async def start(self) -> None:
         """Create the directory and the socket; replace a dead daemon's, refuse a live one's."""
+        self._closing = False
         self._prepare_directory()
         self._clear_stale_socket()
         try:
@@ -260,6 +264,7 @@ class ControlServer:
     async def close(self) -> None:
         """Stop listening, end open requests (cancelled, and waited for), and remove the
         socket if it is still ours."""
+        self._closing = True
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -276,17 +281,24 @@ class ControlServer:
             self._inode = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._closing:
+            writer.close()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._requests.add(task)
+        # asyncio.timeout, not wait_for: on 3.11, wait_for drops a cancel that arrives as
+        # the line does, and close() would then wait for the whole reload.
         try:
             try:
-                line = await asyncio.wait_for(reader.readline(), self.request_timeout)
+                async with asyncio.timeout(self.request_timeout):
+                    line = await reader.readline()
             except (TimeoutError, ValueError, ConnectionError):
                 return
             reply = await self.answer(line)
             writer.write(json.dumps(reply, default=str).encode() + b"\n")
-            await asyncio.wait_for(writer.drain(), self.request_timeout)
+            async with asyncio.timeout(self.request_timeout):
+                await writer.drain()
         except (TimeoutError, ConnectionError):
             pass
         finally:

@@ -224,6 +224,34 @@ async def test_close_cancels_a_reload_in_flight_and_waits_for_it(sock_path: Path
     writer.close()
 
 
+@pytest.mark.parametrize("turns", range(8))
+async def test_a_request_accepted_just_before_close_is_not_served_after_it(
+    sock_path: Path, turns: int
+) -> None:
+    """asyncio starts a connection's handler some loop turns after accepting it: whatever
+    the turn close() comes in, no reload may begin once close() has returned."""
+    closed = False
+    began_after_close: list[bool] = []
+
+    async def reload() -> bool:
+        began_after_close.append(closed)
+        await asyncio.sleep(30)
+        return True
+
+    server = ControlServer(sock_path, sample_snapshot, reload=reload)
+    await server.start()
+    _, writer = await asyncio.open_unix_connection(str(sock_path))
+    writer.write(b'{"cmd": "reload"}\n')
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    await asyncio.wait_for(server.close(), 5)
+    closed = True
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert True not in began_after_close
+    writer.close()
+
+
 async def test_bad_requests_and_silent_clients_do_not_stop_the_server(sock_path: Path) -> None:
     def broken() -> dict[str, Any]:
         raise RuntimeError("boom")
