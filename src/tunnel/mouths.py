@@ -337,6 +337,7 @@ class Mouth:
         """Listen now; raises :class:`MouthBindError`."""
         if self.server is not None:
             return
+        self.closed = False
         self._warn_if_exposed()
         sock = bind_socket(self.forward.mouth_host, self.forward.mouth_port)
         loop = asyncio.get_running_loop()

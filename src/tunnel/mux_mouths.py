@@ -69,6 +69,7 @@ class MuxMouth(Mouth):
         """Listen now; raises :class:`MouthBindError`."""
         if self.listener is not None:
             return
+        self.closed = False
         self._warn_if_exposed()
         self.listener = bind_socket(self.forward.mouth_host, self.forward.mouth_port)
         asyncio.get_running_loop().add_reader(self.listener.fileno(), self._accept)

@@ -7,6 +7,7 @@ The policy is free of sockets and clocks: it is handed ``connect`` (gateway → 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, Protocol, TypeVar
@@ -18,6 +19,9 @@ from tunnel.state import LinkStatus
 
 log = logging.getLogger("tunnel.supervisor")
 
+#: How long a link made but not used (its gateway was delisted meanwhile) may take to end.
+UNUSED_LINK_GRACE_S = 0.5
+
 
 class Link(Protocol):
     """What the supervisor needs of an established link."""
@@ -26,8 +30,8 @@ class Link(Protocol):
         """Return (with the reason) once the link has ended."""
         ...
 
-    def close(self) -> None:
-        """Start ending the link; :meth:`wait_closed` returns once it has ended."""
+    async def aclose(self, grace_s: float) -> None:
+        """End the link, forcing it after ``grace_s``."""
         ...
 
 
@@ -100,8 +104,9 @@ class Supervisor(Generic[L]):
                 if gateway in self._gateways():
                     return gateway, link
                 log.info("gateway %s is no longer listed; its new link is not used", gateway)
-                link.close()
-                await link.wait_closed()
+                # Shielded: nothing else holds this link, so a cancel (the tunnel closing)
+                # must not cut its clean-up short.
+                await asyncio.shield(link.aclose(UNUSED_LINK_GRACE_S))
             if tuple(self._gateways()) != listed:
                 listed = tuple(self._gateways())
                 pending = list(listed)

@@ -311,6 +311,9 @@ class Tunnel:
         added = [self._new_mouth(f) for key, f in wanted.items() if key not in self._mouths]
         if self._bound:
             await self._bind_all(added)
+        for mouth in added:  # held at once: close() must find them if this is cancelled
+            log.info("forward %s added", mouth.forward)
+            self._mouths[mouth.forward.mouth] = mouth
         for key in [key for key in self._mouths if key not in wanted]:
             mouth = self._mouths.pop(key)
             log.info("forward %s removed", mouth.forward)
@@ -320,9 +323,6 @@ class Tunnel:
             if kept is not None and kept.forward != forward:
                 log.info("forward %s changed to %s", kept.forward, forward)
                 kept.retarget(forward)
-        for mouth in added:
-            log.info("forward %s added", mouth.forward)
-            self._mouths[mouth.forward.mouth] = mouth
         self._mouths = {key: self._mouths[key] for key in wanted}
 
     async def update_gateways(self, gateways: Iterable[Gateway | str]) -> None:

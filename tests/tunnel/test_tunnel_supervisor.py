@@ -31,7 +31,7 @@ class FakeLink:
     def drop(self) -> None:
         self.lost.set_result(LinkLost(f"{self.name} dropped"))
 
-    def close(self) -> None:
+    async def aclose(self, grace_s: float) -> None:
         self.closed = True
         if not self.lost.done():
             self.lost.set_result(LinkLost(f"{self.name} closed"))
