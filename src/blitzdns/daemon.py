@@ -57,6 +57,8 @@ class RunOptions:
     no_tunnel: bool = False
     user: str | None = None
     auto_location: bool = False
+    #: A location named on the command line (not with ``auto_location``).
+    location: str | None = None
     control_socket: Path | None = None
     verbose: bool = False
     flag_listen: tuple[str, ...] = ()
@@ -215,20 +217,13 @@ def run_main(argv: list[str]) -> int:
     # HOME has changed to the target user's by then.
     config_path = find_config_file(args.config)
     config = load_config(config_path, search=False)
-    if args.location and args.location != "auto":
-        config = config.at_location(args.location)
-    config = apply_overrides(
-        config,
-        listen=args.listen,
-        upstreams=args.upstream,
-        gateways=args.gateway,
-        trust_new_host_key=args.trust_new_host_key,
-    )
+    fixed = args.location if args.location != "auto" else None
     options = RunOptions(
         config_path=config_path,
         no_tunnel=args.no_tunnel,
         user=args.user,
         auto_location=args.location == "auto",
+        location=fixed,
         control_socket=args.control_socket,
         verbose=args.verbose,
         flag_listen=tuple(args.listen),
@@ -236,6 +231,7 @@ def run_main(argv: list[str]) -> int:
         flag_gateways=tuple(args.gateway),
         trust_new_host_key=args.trust_new_host_key,
     )
+    Daemon.effective(config, fixed, options)  # a bad --location or flag: refused before start
     return run_daemon(config, options)
 
 
@@ -275,9 +271,10 @@ class Daemon:
     """One running resolver + tunnel, with its reload and stop logic."""
 
     def __init__(self, config: Config, options: RunOptions):
-        self.config = config
-        #: The file and flags before any location: what ``--location auto`` matches against.
+        #: The file (or preset) as loaded: what reloads re-read and ``--location auto``
+        #: matches against. What runs is :meth:`effective` of it, set by :meth:`start`.
         self.base_config = config
+        self.config = config
         self.options = options
         self.resolver: Resolver | None = None
         self.tunnel: Tunnel | None = None
@@ -332,9 +329,7 @@ class Daemon:
         from blitzdns.dns.server import Resolver
         from blitzdns.system import privileges, sdnotify
 
-        if self.options.auto_location:
-            self.config = await self._located(self.config)
-        config = self.config
+        self.config = config = await self._located(self.base_config)
         if not self.options.no_tunnel and not config.tunnel.gateways:
             raise UsageError(
                 "no SSH gateway configured: pass --gateway [user@]host, set tunnel.gateways "
@@ -423,7 +418,7 @@ class Daemon:
 
         if state.status == LinkStatus.UP:
             log.info("link up via %s", state.gateway)
-            if not self.ready_sent:
+            if not self.ready_sent and not self.stopping.is_set():
                 self.ready_sent = True
                 sdnotify.notify(ready=True, status=f"link up via {state.gateway}")
             else:
@@ -446,14 +441,16 @@ class Daemon:
             self.reload_requested.clear()
             await self.reload()
 
-    def _load(self) -> Config:
-        opts = self.options
+    @staticmethod
+    def effective(base: Config, location: str | None, options: RunOptions) -> Config:
+        """What runs: the file, then the location's overrides, then the command-line flags
+        (the order of ``plan`` and ``config show``; a flag always wins)."""
         return apply_overrides(
-            load_config(opts.config_path, search=False),
-            listen=opts.flag_listen,
-            upstreams=opts.flag_upstreams,
-            gateways=opts.flag_gateways,
-            trust_new_host_key=opts.trust_new_host_key,
+            base.at_location(location),
+            listen=options.flag_listen,
+            upstreams=options.flag_upstreams,
+            gateways=options.flag_gateways,
+            trust_new_host_key=options.trust_new_host_key,
         )
 
     async def reload(self, *, relocate: bool = False) -> bool:
@@ -482,11 +479,9 @@ class Daemon:
 
     async def _reload(self, relocate: bool) -> bool:
         try:
-            base = self.base_config if relocate else self._load()
-            if self.options.auto_location:
-                new = await self._located(base)
-            else:
-                new = base.at_location(self.config.location)
+            path = self.options.config_path
+            base = self.base_config if relocate else load_config(path, search=False)
+            new = await self._located(base)
             await self.apply(new)
             self.base_config = base
         except BlitzdnsError as exc:
@@ -539,32 +534,39 @@ class Daemon:
 
     # ------------------------------------------------------------------ locations
 
-    async def _located(self, config: Config) -> Config:
+    async def _located(self, base: Config) -> Config:
+        """:meth:`effective` of ``base`` at the location named on the command line, or
+        with ``auto_location`` at the one this network matches now."""
+        if not self.options.auto_location:
+            return self.effective(base, self.options.location, self.options)
+        return self.effective(base, await self._detect(base), self.options)
+
+    async def _detect(self, base: Config) -> str | None:
         from blitzdns.system.locations import match_location
         from blitzdns.system.netfacts import read_facts
 
         facts = await asyncio.get_running_loop().run_in_executor(None, read_facts)
-        match = match_location(config, facts)
+        match = match_location(base, facts)
         if match is None:
-            if config.locations:
+            if base.locations:
                 log.info("no location matches this network; using the base configuration")
-            return config.at_location(None)
+            return None
         log.info("location %s: %s", match.name, "; ".join(match.reasons))
-        return config.at_location(match.name)
+        return match.name
 
     async def _location_loop(self) -> None:
         while True:
             await asyncio.sleep(self.options.location_poll_s)
             try:
-                candidate = await self._located(self.base_config)
+                location = await self._detect(self.base_config)
             except BlitzdnsError as exc:
                 log.error("location check failed: %s", exc)
                 continue
-            if candidate.location != self.config.location:
+            if location != self.config.location:
                 log.info(
                     "network changed: location %s → %s",
                     self.config.location or "(none)",
-                    candidate.location or "(none)",
+                    location or "(none)",
                 )
                 await self.reload(relocate=True)
 

@@ -27,6 +27,7 @@ upstreams = ["127.0.0.1:9"]
 [locations.home]
 match = {{ gateway = "192.0.2.1" }}
 hosts = ["dnd"]
+upstreams = ["127.0.0.3:9"]
 [locations.campus]
 match = {{ gateway = "198.51.100.1" }}
 hosts = [{campus}]
@@ -162,3 +163,51 @@ async def test_a_stop_during_a_reload_does_not_say_ready_after_stopping(
         daemon.stopping.set()
         await asyncio.wait_for(main, 10)
     assert said == ["ready", "reloading", "stopping"]
+
+
+def test_a_first_link_up_during_a_stop_does_not_say_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link may come up while the daemon is stopping (before the tunnel is closed):
+    STOPPING=1 has been said, so READY=1 must not follow it."""
+    from blitzdns.system import sdnotify
+    from tunnel import LinkStatus, TunnelState
+
+    said: list[str] = []
+    monkeypatch.setattr(sdnotify, "notify", lambda **kw: said.append(str(sorted(kw))) or True)
+    daemon = Daemon(load_config(None), RunOptions(control_socket=tmp_path / "control.sock"))
+    daemon.stopping.set()
+    daemon._on_link_change(TunnelState(LinkStatus.UP, 0.0, "gw", None, None, ()))
+    assert not daemon.ready_sent
+    assert said == ["['status']"]
+
+
+@pytest.mark.parametrize("auto", [False, True], ids=["--location home", "--location auto"])
+async def test_command_line_flags_win_over_the_location_at_start_and_after_reloads(
+    facts: HeldFacts, tmp_path: Path, auto: bool
+) -> None:
+    """File, then location, then flags, as `plan` and `config show` show it: a location's
+    upstreams must not replace `--upstream`, at start or on any reload."""
+    path = tmp_path / "blitzdns.toml"
+    path.write_text(CONFIG.format(port=free_dns_port(), campus='"dnd"'))
+    options = RunOptions(
+        config_path=path,
+        no_tunnel=True,
+        auto_location=auto,
+        location=None if auto else "home",
+        control_socket=tmp_path / "control.sock",
+        drop_privileges=False,
+        location_poll_s=600,
+        flag_upstreams=("127.0.0.2:9",),
+    )
+    facts.release_all = True
+    daemon = Daemon(load_config(path, search=False), options)
+    await daemon.start()
+    try:
+        assert daemon.config.location == "home"
+        assert [str(e) for e in daemon.config.dns.upstreams] == ["127.0.0.2:9"]
+        assert await daemon.reload()
+        assert daemon.config.location == "home"
+        assert [str(e) for e in daemon.config.dns.upstreams] == ["127.0.0.2:9"]
+    finally:
+        await daemon.close()
