@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from blitzdns.system.install import flock_within
 
 LOCK_PATH = Path("/tmp/blitzdns-bench.lock")
 
@@ -15,15 +16,8 @@ LOCK_PATH = Path("/tmp/blitzdns-bench.lock")
 def bench_lock(wait_s: float) -> Iterator[None]:
     """Hold the machine-wide benchmark lock (``flock``), waiting at most ``wait_s``."""
     with LOCK_PATH.open("a") as handle:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{LOCK_PATH} still held after {wait_s} s") from None
-                time.sleep(0.5)
+        if not flock_within(handle.fileno(), wait_s, poll_s=0.5):
+            raise SystemExit(f"{LOCK_PATH} still held after {wait_s} s")
         try:
             yield
         finally:

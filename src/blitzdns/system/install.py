@@ -221,6 +221,22 @@ LOCK_WAIT_S = 10.0
 LOCK_POLL_S = 0.05
 
 
+def flock_within(fd: int, wait_s: float, poll_s: float = LOCK_POLL_S) -> bool:
+    """Take an exclusive ``flock`` on ``fd``, retrying for up to ``wait_s``; False when
+    another process still holds it then (POSIX only)."""
+    import fcntl
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_s)
+
+
 _HELD: set[str] = set()
 """Roots whose lock this process holds (so that a caller holding it can call install)."""
 
@@ -236,22 +252,13 @@ def locked(root: Path) -> Iterator[None]:
     if key in _HELD or sys.platform == "win32":
         yield
         return
-    import fcntl
-
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise Busy(
-                        f"another blitzdns is changing the resolver config under {root} "
-                        f"(it holds the lock on {root}); try again when it has finished"
-                    ) from None
-                time.sleep(LOCK_POLL_S)
+        if not flock_within(fd, LOCK_WAIT_S):
+            raise Busy(
+                f"another blitzdns is changing the resolver config under {root} "
+                f"(it holds the lock on {root}); try again when it has finished"
+            )
         _HELD.add(key)
         try:
             yield
