@@ -175,7 +175,9 @@ def test_a_first_link_up_during_a_stop_does_not_say_ready(
 
     said: list[str] = []
     monkeypatch.setattr(sdnotify, "notify", lambda **kw: said.append(str(sorted(kw))) or True)
-    daemon = Daemon(load_config(None), RunOptions(control_socket=tmp_path / "control.sock"))
+    daemon = Daemon(
+        load_config(None, search=False), RunOptions(control_socket=tmp_path / "control.sock")
+    )
     daemon.stopping.set()
     daemon._on_link_change(TunnelState(LinkStatus.UP, 0.0, "gw", None, None, ()))
     assert not daemon.ready_sent
