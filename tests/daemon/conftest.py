@@ -1,4 +1,5 @@
-"""Fixtures for `blitzdns run` end to end: the real sshd, echo targets, a config writer.
+"""Fixtures for the daemon tests: `blitzdns run` end to end (the real sshd, a config
+writer) and its parts (a forked child for tests that switch users or capabilities).
 
 The sshd helper is shared with the tunnel tests (tests/tunnel/tunnel_testlib.py).
 """
@@ -7,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,3 +88,35 @@ def start_daemon(tmp_path: Path, config_text: str, *extra: str) -> Daemon:
             stderr=out,
         )
     return Daemon(process, config, control, log)
+
+
+ChildRunner = Callable[[Callable[[], None]], None]
+
+
+def run_in_child(body: Callable[[], None]) -> None:
+    """Run ``body`` in a forked child (it may change users); re-raise its failure here."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            body()
+            report = b"OK"
+        except BaseException:
+            report = traceback.format_exc().encode()
+        os.write(write_end, report)
+        os._exit(0)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    report = b"".join(chunks).decode()
+    assert report == "OK", f"in the child:\n{report}"
+
+
+@pytest.fixture
+def in_child() -> ChildRunner:
+    """:func:`run_in_child`, for tests that switch users or capabilities."""
+    return run_in_child

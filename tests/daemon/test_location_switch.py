@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.daemon.conftest import BLITZDNS
+
+from .conftest import BLITZDNS
 
 IP = shutil.which("ip")
 DIG = shutil.which("dig")

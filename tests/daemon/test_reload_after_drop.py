@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.daemon.conftest import BLITZDNS
 from tunnel_testlib import free_port
+
+from .conftest import BLITZDNS
 
 
 def test_sighup_after_dropping_to_nobody_rereads_the_starting_file(tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.daemon.conftest import BLITZDNS, Daemon, start_daemon
 from tunnel_testlib import Sshd, free_port
+
+from .conftest import BLITZDNS, Daemon, start_daemon
 
 DIG = shutil.which("dig")
 

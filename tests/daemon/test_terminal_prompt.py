@@ -10,8 +10,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.daemon.conftest import BLITZDNS
 from tunnel_testlib import Sshd, free_port
+
+from .conftest import BLITZDNS
 
 
 def read_until(fd: int, needle: bytes, timeout_s: float = 20) -> bytes:

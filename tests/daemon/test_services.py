@@ -9,7 +9,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,8 @@ from blitzdns.errors import PermissionProblem, UsageError
 from blitzdns.system import services
 from blitzdns.system.services import Outcome, ServicePlan, Target
 
-ChildRunner = Callable[[Callable[[], None]], None]
+from .conftest import ChildRunner
+
 PROGRAM = services.find_program()
 DIRECTORIES = {Target.SYSTEMD: "etc/systemd/system", Target.LAUNCHD: "Library/LaunchDaemons"}
 

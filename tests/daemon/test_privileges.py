@@ -10,7 +10,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +18,12 @@ import pytest
 from blitzdns.errors import PermissionProblem, UsageError
 from blitzdns.system import privileges
 
-ChildRunner = Callable[[Callable[[], None]], None]
+from .conftest import ChildRunner
 
 needs_root_linux = pytest.mark.skipif(
     os.geteuid() != 0 or not sys.platform.startswith("linux"),
     reason="the privilege drop needs root on Linux",
 )
-
 
 # --------------------------------------------------------------------------- pure parts
 

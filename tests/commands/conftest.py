@@ -1,4 +1,4 @@
-"""Fixtures for issue 6 (demo, check, discover): the demo stack on loopback.
+"""Fixtures for the command tests (demo, check, discover): the demo stack on loopback.
 
 The stack is the demo's own (:class:`blitzdns.demo.DemoStack`): fake DND, BlitzMail and
 bulletin servers on 127.78.0.0/24, an asyncssh gateway with an explicitly trusted host

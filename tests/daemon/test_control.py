@@ -10,7 +10,6 @@ import os
 import pwd
 import socket
 import stat
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,8 @@ from blitzdns.control import (
 )
 from blitzdns.errors import AddressInUse, NotRunning, PermissionProblem
 
-ChildRunner = Callable[[Callable[[], None]], None]
+from .conftest import ChildRunner
+
 NOW = 1_700_000_000.0
 
 
