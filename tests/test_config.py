@@ -230,8 +230,8 @@ def test_gateways_the_tunnel_accepts_the_config_accepts(text: str) -> None:
 
 
 def test_a_bad_gateway_flag_is_refused_when_parsed() -> None:
-    from blitzdns.config import apply_overrides
+    from blitzdns.effective import Flags, layered
     from blitzdns.errors import UsageError
 
     with pytest.raises(UsageError, match=r"--gateway gw:0: expected \[user@\]host\[:port\]"):
-        apply_overrides(parse_config(""), gateways=["gw:0"])
+        layered(parse_config(""), flags=Flags(gateways=("gw:0",)))

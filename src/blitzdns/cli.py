@@ -19,7 +19,7 @@ from blitzdns.commands.options import (
     JsonOption,
     LocationOption,
 )
-from blitzdns.config import Config, apply_overrides, load_config
+from blitzdns.effective import effective_config
 from blitzdns.errors import UsageError
 
 app = typer.Typer(
@@ -30,29 +30,6 @@ app = typer.Typer(
 )
 config_app = typer.Typer(no_args_is_help=True, help="Write or show the configuration.")
 app.add_typer(config_app, name="config")
-
-
-def effective_config(
-    config_path: Path | None,
-    *,
-    location: str | None = None,
-    listen: list[str] | None = None,
-    upstreams: list[str] | None = None,
-    gateways: list[str] | None = None,
-    trust_new_host_key: bool = False,
-) -> Config:
-    """The file (or preset) with the location (``auto``: detected) and the command-line
-    flags applied on top."""
-    from blitzdns.commands.location import choose_location
-
-    config, _ = choose_location(load_config(config_path), location)
-    return apply_overrides(
-        config,
-        listen=listen or (),
-        upstreams=upstreams or (),
-        gateways=gateways or (),
-        trust_new_host_key=trust_new_host_key,
-    )
 
 
 @app.command(

@@ -397,42 +397,6 @@ def _rule_items(rule: MatchRule) -> Iterable[tuple[str, object]]:
             yield key, value
 
 
-def apply_overrides(
-    config: Config,
-    *,
-    listen: Sequence[str] = (),
-    upstreams: Sequence[str] = (),
-    gateways: Sequence[str] = (),
-    trust_new_host_key: bool = False,
-) -> Config:
-    """The command-line flags applied over a loaded config (re-applied on every reload)."""
-    from blitzdns.errors import UsageError
-
-    def endpoints(values: Sequence[str], flag: str) -> tuple[Endpoint, ...]:
-        result = []
-        for value in values:
-            try:
-                result.append(Endpoint.parse(value))
-            except ValueError as exc:
-                raise UsageError(f"{flag} {value}: expected ADDR[:PORT] ({exc})") from None
-        return tuple(result)
-
-    dns, tunnel = config.dns, config.tunnel
-    if listen:
-        dns = replace(dns, listen=endpoints(listen, "--listen"))
-    if upstreams:
-        dns = replace(dns, upstreams=endpoints(upstreams, "--upstream"))
-    if gateways:
-        for value in gateways:
-            problem = gateway_problem(value)
-            if problem is not None:
-                raise UsageError(f"--gateway {value}: {problem}")
-        tunnel = replace(tunnel, gateways=tuple(gateways))
-    if trust_new_host_key:
-        tunnel = replace(tunnel, trust_new_host_key=True)
-    return replace(config, dns=dns, tunnel=tunnel)
-
-
 def gateway_problem(text: str) -> str | None:
     """What is wrong with an SSH gateway ``[user@]host[:port]``; None when the tunnel
     accepts it (the one parser: :meth:`tunnel.Gateway.parse`)."""

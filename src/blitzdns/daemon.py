@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from blitzdns import __version__
-from blitzdns.config import Config, Endpoint, apply_overrides, find_config_file, load_config
+from blitzdns.config import Config, Endpoint, find_config_file, load_config
+from blitzdns.effective import Flags, layered
 from blitzdns.errors import BlitzdnsError, ConfigError, UsageError
 
 if TYPE_CHECKING:
@@ -69,6 +70,16 @@ class RunOptions:
     drop_privileges: bool = True
     #: How often ``--location auto`` re-reads the network facts.
     location_poll_s: float = 3.0
+
+    @property
+    def flags(self) -> Flags:
+        """The flags that win over the file and the location, at start and on every reload."""
+        return Flags(
+            listen=self.flag_listen,
+            upstreams=self.flag_upstreams,
+            gateways=self.flag_gateways,
+            trust_new_host_key=self.trust_new_host_key,
+        )
 
 
 def setup_logging(verbose: bool) -> None:
@@ -231,7 +242,7 @@ def run_main(argv: list[str]) -> int:
         flag_gateways=tuple(args.gateway),
         trust_new_host_key=args.trust_new_host_key,
     )
-    Daemon.effective(config, fixed, options)  # a bad --location or flag: refused before start
+    layered(config, fixed, options.flags)  # a bad --location or flag: refused before start
     return run_daemon(config, options)
 
 
@@ -272,7 +283,7 @@ class Daemon:
 
     def __init__(self, config: Config, options: RunOptions):
         #: The file (or preset) as loaded: what reloads re-read and ``--location auto``
-        #: matches against. What runs is :meth:`effective` of it, set by :meth:`start`.
+        #: matches against. What runs is :meth:`_located` of it, set by :meth:`start`.
         self.base_config = config
         self.config = config
         self.options = options
@@ -441,18 +452,6 @@ class Daemon:
             self.reload_requested.clear()
             await self.reload()
 
-    @staticmethod
-    def effective(base: Config, location: str | None, options: RunOptions) -> Config:
-        """What runs: the file, then the location's overrides, then the command-line flags
-        (the order of ``plan`` and ``config show``; a flag always wins)."""
-        return apply_overrides(
-            base.at_location(location),
-            listen=options.flag_listen,
-            upstreams=options.flag_upstreams,
-            gateways=options.flag_gateways,
-            trust_new_host_key=options.trust_new_host_key,
-        )
-
     async def reload(self, *, relocate: bool = False) -> bool:
         """Re-read the config file, or with ``relocate`` only re-match the location against
         the config last read; apply the result. On any error keep the old one, log why.
@@ -535,11 +534,11 @@ class Daemon:
     # ------------------------------------------------------------------ locations
 
     async def _located(self, base: Config) -> Config:
-        """:meth:`effective` of ``base`` at the location named on the command line, or
-        with ``auto_location`` at the one this network matches now."""
+        """``base`` at the location named on the command line (or with ``auto_location``
+        the one this network matches now), the flags on top: :func:`~blitzdns.effective.layered`."""
         if not self.options.auto_location:
-            return self.effective(base, self.options.location, self.options)
-        return self.effective(base, await self._detect(base), self.options)
+            return layered(base, self.options.location, self.options.flags)
+        return layered(base, await self._detect(base), self.options.flags)
 
     async def _detect(self, base: Config) -> str | None:
         from blitzdns.system.locations import match_location

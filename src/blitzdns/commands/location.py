@@ -14,28 +14,12 @@ import typer
 
 from blitzdns.commands.options import ConfigOption, JsonOption
 from blitzdns.config import Config, load_config
-from blitzdns.system.locations import Facts, Match, describe_rule, evaluate, match_location
+from blitzdns.system.locations import Facts, describe_rule, evaluate, match_location
 
 LocationOption = Annotated[
     str | None,
     typer.Option("--location", help="Force this location ('auto': the detected one)."),
 ]
-
-
-def choose_location(config: Config, name: str | None) -> tuple[Config, Match | None]:
-    """``config`` at the named location; ``auto`` reads the network and matches it.
-
-    ``None`` leaves the configuration as loaded (no location). The match is returned for
-    ``auto`` so callers can say why.
-    """
-    if name is None:
-        return config, None
-    if name != "auto":
-        return config.at_location(name), None
-    from blitzdns.system.netfacts import read_facts
-
-    match = match_location(config, read_facts())
-    return config.at_location(match.name if match else None), match
 
 
 def location(

@@ -15,9 +15,9 @@ from typing import Annotated
 
 import typer
 
-from blitzdns.commands.location import choose_location
 from blitzdns.commands.options import ConfigOption
-from blitzdns.config import Config, load_config
+from blitzdns.config import Config
+from blitzdns.effective import effective_config
 from blitzdns.errors import UsageError
 from blitzdns.system import install as installer
 from blitzdns.system.resolvers import RESOLV_CONF, TARGETS, Plan, build_plan
@@ -156,7 +156,7 @@ def prepare(
 ) -> tuple[Config, Plan]:
     """The effective config (location applied) and the plan for the chosen target."""
     installer.require_root(root)
-    config, _ = choose_location(load_config(config_path), location)
+    config = effective_config(config_path, location=location)
     chosen = target or config.resolver_target
     if chosen == "auto":
         chosen = installer.detect_target(root)
