@@ -222,7 +222,7 @@ def main() -> int:
                 SERVER_CPU,
                 sys.executable,
                 "-m",
-                "blitzdns.dns.server",
+                "blitzdns.dns",
                 "--listen",
                 f"127.0.0.1:{ours_port}",
                 "--upstream",

@@ -2,7 +2,8 @@
 
 Deliberately independent of the server's wire code (it uses no dnslib): ``check`` asks the
 stub with a second implementation, as a real client would, so a bug shared by the
-server's encoder and decoder cannot hide itself. RFC 1035 §4.1.
+server's encoder and decoder cannot hide itself (only the protocol's numbers,
+:mod:`blitzdns.dns.rfc`, are shared). RFC 1035 §4.1.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ import secrets
 import struct
 from dataclasses import dataclass
 
-TYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28}
-TYPES.update({"SRV": 33, "HTTPS": 65, "ANY": 255})
-RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+from blitzdns.dns.rfc import AAAA, CLASS_IN, QR, RCODE_MASK, RCODE_NAMES, RD, TYPE_NAMES, A
 
 
 class LookupFailed(Exception):
@@ -43,9 +42,9 @@ class Reply:
 
 def build_query(name: str, qtype: str, query_id: int) -> bytes:
     """A standard recursive query for ``name`` (kept in its exact letter case)."""
-    header = struct.pack("!HHHHHH", query_id, 0x0100, 1, 0, 0, 0)
+    header = struct.pack("!HHHHHH", query_id, RD, 1, 0, 0, 0)
     labels = b"".join(bytes([len(p)]) + p.encode("ascii") for p in name.rstrip(".").split(".") if p)
-    return header + labels + b"\x00" + struct.pack("!HH", TYPES[qtype], 1)
+    return header + labels + b"\x00" + struct.pack("!HH", TYPE_NAMES[qtype], CLASS_IN)
 
 
 def _skip_name(packet: bytes, offset: int) -> int:
@@ -81,7 +80,7 @@ def parse_reply(packet: bytes, query_id: int) -> Reply:
     """The rcode, the question as echoed, and the answer section's records."""
     try:
         rid, flags, qd, an, _ns, _ar = struct.unpack_from("!HHHHHH", packet)
-        if rid != query_id or not flags & 0x8000:
+        if rid != query_id or not flags & QR:
             raise LookupFailed("not the reply to our query")
         offset = 12
         question = _read_name(packet, offset) if qd else ""
@@ -95,12 +94,13 @@ def parse_reply(packet: bytes, query_id: int) -> Reply:
             rdata = packet[offset : offset + length]
             offset += length
             value: str | bytes = rdata
-            if rtype in (1, 28) and len(rdata) in (4, 16):
+            if rtype in (A, AAAA) and len(rdata) in (4, 16):
                 value = str(ipaddress.ip_address(rdata))
             answers.append(Record(rtype, ttl, value))
     except (struct.error, IndexError, UnicodeError) as exc:
         raise LookupFailed(f"unparseable reply: {exc}") from None
-    return Reply(RCODES.get(flags & 0xF, str(flags & 0xF)), question, tuple(answers))
+    rcode = flags & RCODE_MASK
+    return Reply(RCODE_NAMES.get(rcode, str(rcode)), question, tuple(answers))
 
 
 class _Once(asyncio.DatagramProtocol):

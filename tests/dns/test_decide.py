@@ -10,6 +10,17 @@ import pytest
 
 from blitzdns.config import build_config, parse_config
 from blitzdns.dns.decide import (
+    Decision,
+    Drop,
+    Edns,
+    Forward,
+    Local,
+    Query,
+    Question,
+    Reject,
+    decide,
+)
+from blitzdns.dns.rfc import (
     AAAA,
     ANY,
     BADVERS,
@@ -22,15 +33,6 @@ from blitzdns.dns.decide import (
     SOA,
     TXT,
     A,
-    Decision,
-    Drop,
-    Edns,
-    Forward,
-    Local,
-    Query,
-    Question,
-    Reject,
-    decide,
 )
 from blitzdns.dns.table import Table, labels_of
 

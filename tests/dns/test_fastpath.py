@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from blitzdns.config import parse_config
 from blitzdns.dns.cache import Cache
 from blitzdns.dns.engine import Engine, ForwardJob
-from blitzdns.dns.fastpath import scan_response, simple_query
+from blitzdns.dns.fastpath import name_end, plain_shape, scan_response, simple_query
 from blitzdns.dns.stats import ResolverStats
 from blitzdns.dns.table import Table
 
@@ -157,6 +157,20 @@ def test_junk_never_crashes_and_both_paths_agree(packet: bytes, client: str) -> 
     fast = engine.handle(packet, client, NOW)
     assert fast is None or isinstance(fast, bytes | ForwardJob)
     same_outcome(fast, new_engine().handle_slow(packet, client, NOW))
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(query=queries(), data=st.data())
+def test_plain_shape_is_simple_query_read_from_the_end(query: bytes, data: Any) -> None:
+    """The engine's end-read shape equals the walking parser's wherever the name ends there."""
+    packet = mutations(query, data)
+    walked = simple_query(packet)
+    shape = plain_shape(packet)
+    if walked is not None:
+        assert shape == (walked[0], walked[3])
+    if shape is not None and name_end(packet) == shape[0]:
+        assert walked is not None
+        assert (walked[0], walked[3]) == shape
 
 
 def test_fast_path_takes_the_common_shapes() -> None:

@@ -19,18 +19,9 @@ from dnslib import CNAME, NS, QTYPE, RD, RR, DNSRecord
 from dnslib import A as ARecord
 
 from blitzdns.config import Endpoint
-from blitzdns.dns.decide import AAAA, OPT, PTR, A
-from blitzdns.dns.guard import (
-    ADDITIONAL,
-    ANSWER,
-    AUTHORITY,
-    DNAME,
-    Plan,
-    ReplyRecord,
-    plan,
-    screen,
-)
-from blitzdns.dns.guard import CNAME as CNAME_TYPE
+from blitzdns.dns.guard import Plan, ReplyRecord, plan, screen
+from blitzdns.dns.rfc import AAAA, ADDITIONAL, ANSWER, AUTHORITY, DNAME, OPT, PTR, A
+from blitzdns.dns.rfc import CNAME as CNAME_TYPE
 from blitzdns.dns.table import Table, labels_of
 
 from .conftest import (

@@ -510,7 +510,7 @@ def test_privileged_port_without_privilege_is_a_clear_error() -> None:
             "--clear-groups",
             sys.executable,
             "-m",
-            "blitzdns.dns.server",
+            "blitzdns.dns",
             "--listen",
             "127.0.0.1:1",
             "--upstream",

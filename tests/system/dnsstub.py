@@ -1,6 +1,6 @@
 """DNS peers for the resolver-config tests.
 
-:func:`blitzdns_stub` starts the real blitzdns resolver (``python -m blitzdns.dns.server``)
+:func:`blitzdns_stub` starts the real blitzdns resolver (``python -m blitzdns.dns``)
 as a subprocess. :class:`Stub` is a tiny UDP answerer standing in for the *other* servers
 (a machine's usual upstream): A for the names it is given, NOERROR/NODATA for their other
 types, NXDOMAIN for anything else, and a record of every question it saw.
@@ -68,7 +68,7 @@ class Stub:
 @contextlib.contextmanager
 def blitzdns_stub(listen: str, upstream: str, *extra: str) -> Iterator[str]:
     """Run the real blitzdns resolver on ``listen`` (port 0: any free port); yield ADDR:PORT."""
-    argv = [sys.executable, "-m", "blitzdns.dns.server", "--listen", listen]
+    argv = [sys.executable, "-m", "blitzdns.dns", "--listen", listen]
     argv += ["--upstream", upstream, "--no-loop-probe", *extra]
     process = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True

@@ -22,8 +22,8 @@ import struct
 from collections.abc import Callable
 from typing import TypeVar, cast
 
-from blitzdns.dns.decide import NOERROR, NXDOMAIN
 from blitzdns.dns.fastpath import Scan
+from blitzdns.dns.rfc import NOERROR, NXDOMAIN
 
 DEFAULT_MAX_TTL = 86400
 #: RFC 2308 §5 suggests one to three hours as the upper bound for negative caching.

@@ -2,9 +2,14 @@
 
 ``decide(query, table, client)`` looks at a parsed query (see :mod:`blitzdns.dns.wire`),
 the table of protected names and the client's address, and returns what to do. No
-sockets, no clock, no dnslib: the cache and the upstream I/O live elsewhere, and the
-byte-level fast path (:mod:`blitzdns.dns.fastpath`) precomputes its answers by calling
-:func:`local_answer`, so both paths share one definition of the local answers.
+sockets, no clock, no dnslib: the cache and the upstream I/O live elsewhere.
+
+This is the resolver's one decision. The fast path (:class:`~blitzdns.dns.engine.FastView`)
+is this function compiled per view: for every name a view owns it calls
+:func:`local_answer` once and keeps the encoded reply, so a plain query is answered by a
+dictionary lookup. Whatever the fast path does not hold it hands to :func:`decide`. The
+property tests (``tests/dns/test_fastpath.py``) are the contract between the two: the
+same packets must get the same replies from both.
 
 Fail closed (issue 2): every record type of a protected name is answered here, never
 forwarded. A → the mouth; AAAA → the IPv6 mouth or NODATA with an SOA (a forwarded AAAA
@@ -21,15 +26,22 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from blitzdns.dns.rfc import (
+    AAAA,
+    ANY,
+    BADVERS,
+    CLASS_ANY,
+    CLASS_IN,
+    FORMERR,
+    NOERROR,
+    NOTIMP,
+    NXDOMAIN,
+    PTR,
+    REFUSED,
+    SOA,
+    A,
+)
 from blitzdns.dns.table import Name, Table, View, lower
-
-# RFC 1035 §3.2.2 / §3.2.4 / RFC 3596 / RFC 6891 numbers used here.
-A, NS, SOA, PTR, TXT, AAAA, OPT, ANY = 1, 2, 6, 12, 16, 28, 41, 255
-CLASS_IN, CLASS_ANY = 1, 255
-
-NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
-#: RFC 6891 §6.1.3: extended RCODE 16 (upper 8 bits 1, header RCODE 0).
-BADVERS = 16
 
 
 @dataclass(frozen=True, slots=True)

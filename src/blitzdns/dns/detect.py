@@ -8,7 +8,7 @@ protected domain straight back to us. When every candidate is rejected the resul
 :class:`~blitzdns.errors.UpstreamLoop`; when there is none at all, :class:`NoUpstreams`.
 
 This is the static half of loop detection; the dynamic half is
-:meth:`blitzdns.dns.server.Resolver.check_loops`, which sends each upstream a query for a
+:func:`blitzdns.dns.loops.check_loops`, which sends each upstream a query for a
 random name and sees whether it comes back to our own listener (dnsmasq's
 ``--dns-loop-detect``).
 """

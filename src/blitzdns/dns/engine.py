@@ -8,10 +8,14 @@ current time, and sends back what it returns:
 * a :class:`ForwardJob` — ask an upstream, then call :meth:`Engine.finish`;
 * ``None`` — send nothing (no readable header, a response, a loop probe of our own).
 
-:meth:`Engine.handle` first tries the byte-level fast path (plain queries for protected
-names and cache hits), and falls back to :meth:`Engine.handle_slow` — dnslib parse, then
-:func:`~blitzdns.dns.decide.decide` — for everything else. Both must agree; the property
-tests feed them the same packets. Pure: the caller passes ``now`` in.
+:func:`~blitzdns.dns.decide.decide` is the one decision. :meth:`Engine.handle` first
+tries the byte-level fast path, which is ``decide`` compiled per view (:class:`FastView`:
+every local answer of a view computed once by ``decide``'s own
+:func:`~blitzdns.dns.decide.local_answer` and kept encoded) plus the cache, and falls back to
+:meth:`Engine.handle_slow` — dnslib parse, then ``decide`` — for everything else. Both
+must agree; the property tests (``tests/dns/test_fastpath.py``) feed them the same packets
+and are the contract. A cache hit is served by one method, :meth:`Engine._cache_hit`,
+whichever path found it. Pure: the caller passes ``now`` in.
 """
 
 from __future__ import annotations
@@ -21,16 +25,6 @@ from dataclasses import dataclass, field
 from blitzdns.dns import guard, wire
 from blitzdns.dns.cache import Cache, Entry
 from blitzdns.dns.decide import (
-    AAAA,
-    ANY,
-    CLASS_IN,
-    FORMERR,
-    NOTIMP,
-    PTR,
-    REFUSED,
-    SERVFAIL,
-    TXT,
-    A,
     Drop,
     Forward,
     Local,
@@ -42,23 +36,35 @@ from blitzdns.dns.decide import (
 )
 from blitzdns.dns.fastpath import (
     KEY_FLAG_BYTES,
-    OPT_HEAD,
-    PLAIN_UDP_LIMIT,
     FastAnswer,
     encode_local,
     error_reply,
+    fits_udp,
     name_end,
+    plain_shape,
     scan_response,
-    simple_query,
     udp_limit,
     upstream_query,
     variant,
 )
+from blitzdns.dns.rfc import (
+    AAAA,
+    ANY,
+    CLASS_IN,
+    CLASS_IN_WIRE,
+    FORMERR,
+    HEADER_SIZE,
+    NOTIMP,
+    PTR,
+    QR_BYTE2,
+    REFUSED,
+    SERVFAIL,
+    TXT,
+    A,
+)
 from blitzdns.dns.stats import ResolverStats
 from blitzdns.dns.table import Table, View, lower, to_wire, wire_labels
 
-_IN = b"\x00\x01"
-_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
 _MEMO_LIMIT = 4096
 #: Remembered local replies per view (a client's own few questions, times its flag sets).
 _REPLY_MEMO_LIMIT = 1024
@@ -98,7 +104,7 @@ class FastView:
             for qtype in (A, AAAA, ANY, PTR):
                 answer = local_answer(view, table, Question(name, qtype, CLASS_IN))
                 assert isinstance(answer, Local)
-                local[wire_name + qtype.to_bytes(2, "big") + _IN] = encode_local(answer)
+                local[wire_name + qtype.to_bytes(2, "big") + CLASS_IN_WIRE] = encode_local(answer)
             other = local_answer(view, table, Question(name, TXT, CLASS_IN))
             assert isinstance(other, Local)
             nodata[wire_name] = encode_local(other)
@@ -187,11 +193,11 @@ class Engine:
     ) -> bytes | ForwardJob | None:
         """React to one message from ``client``; see the module docstring for the results.
 
-        The common shape — header, one question, and either nothing or an option-less OPT
-        record — is read from the packet's end without walking the name: the name bytes are
-        looked up as they stand, and a hit on a table or cache key (always a valid wire
-        name) proves they are one, since lower-casing never changes a length byte. Only a
-        miss walks the name (:func:`~blitzdns.dns.fastpath.name_end`) to check it.
+        A repeated question is answered from the view's memo. Otherwise the common shape is
+        read by :func:`~blitzdns.dns.fastpath.plain_shape` without walking the name: the
+        name bytes are looked up as they stand, and a hit on a table or cache key (always a
+        valid wire name) proves they are one, since lower-casing never changes a length
+        byte. Only a miss walks the name (:func:`~blitzdns.dns.fastpath.name_end`).
         """
         fast = self._fast.get(client) or self._fast_view(client)
         remembered = fast.replies.get(packet[2:])
@@ -203,28 +209,13 @@ class Engine:
             if now < hit.expires and int(now - hit.stored) == hit_age:
                 self.stats.cache_hits += 1
                 return packet[:2] + rest
-        size = len(packet)
-        if fast is _REFUSED or size < 17 or packet[2] & 0xF8 or packet[4:10] != _ONE_QUESTION:
+        shape = None if fast is _REFUSED else plain_shape(packet)
+        if shape is None:
             return self.handle_slow(packet, client, now, udp)
-        additional = packet[10:12]
-        if additional == b"\x00\x00":
-            qn, edns = size - 4, -1
-        elif (
-            additional == b"\x00\x01"
-            and packet[-11:-8] == OPT_HEAD
-            and packet[-6:-4] == b"\x00\x00"
-            and packet[-2:] == b"\x00\x00"
-        ):
-            qn, edns = size - 15, packet[-8] << 8 | packet[-7] | (packet[-4] & 0x80) << 9
-        else:
-            parsed = simple_query(packet)
-            if parsed is None:
-                return self.handle_slow(packet, client, now, udp)
-            qn, _, _, edns = parsed
+        qn, edns = shape
         qend = qn + 4
-        which = ((packet[2] & 1) | (packet[3] >> 3 & 2)) * 3 + (
-            0 if edns < 0 else 2 if edns & 0x10000 else 1
-        )
+        flags = packet[2] << 8 | packet[3]
+        which = variant(flags, edns)
         name = packet[12:qn].lower()
         qkey = name + packet[qn:qend]
         answer = fast.local.get(qkey)
@@ -236,36 +227,24 @@ class Engine:
         key = qkey + KEY_FLAG_BYTES[which]
         entry = self._entries.get(key)
         if entry is not None and now < entry.expires:
-            self.stats.cache_hits += 1
-            age = int(now - entry.stored)
-            if age != entry.age:
-                entry.at_age(age)
-            tail = entry.tail
-            if qend + len(tail) > PLAIN_UDP_LIMIT and qend + len(tail) > udp_limit(edns):
-                if udp:
-                    self.stats.truncated += 1
-                    return error_reply(packet, qend, 0, edns, truncated=True)
-                return packet[:2] + entry.head + packet[12:qend] + tail
-            rest = entry.head + packet[12:qend] + tail
-            _remember(fast.replies, packet, (entry, age, rest))
-            return packet[:2] + rest
+            return self._cache_hit(packet, qend, edns, entry, now, udp, fast.replies)
         if name_end(packet) != qn or not name.isascii():
             return self.handle_slow(packet, client, now, udp)
         nodata = fast.nodata.get(name)
         if nodata is not None:
-            if packet[qend - 2 : qend] != _IN:
+            if packet[qend - 2 : qend] != CLASS_IN_WIRE:
                 return self.handle_slow(packet, client, now, udp)
             self.stats.answered_local += 1
             return nodata.reply(packet, qend, which)
         if self.table.protected_ancestor(wire_labels(name)) is not None:
             return self.handle_slow(packet, client, now, udp)
-        return self._forward(packet, client, key, qend, packet[2] << 8 | packet[3], edns, udp)
+        return self._forward(packet, client, key, qend, flags, edns, udp)
 
     def handle_slow(
         self, packet: bytes, client: str, now: float, udp: bool = True
     ) -> bytes | ForwardJob | None:
         """The general path: dnslib parse, :func:`decide`, dnslib encode."""
-        if len(packet) < 12 or packet[2] & 0x80:
+        if len(packet) < HEADER_SIZE or packet[2] & QR_BYTE2:
             self.stats.dropped += 1
             return None
         try:
@@ -294,9 +273,7 @@ class Engine:
         key = packet[12:qn].lower() + packet[qn:qend] + KEY_FLAG_BYTES[variant(flags, edns)]
         entry = self.cache.get(key, now)
         if entry is not None:
-            self.stats.cache_hits += 1
-            entry.at_age(int(now - entry.stored))
-            return self._deliver(packet, qend, edns, entry.head, entry.tail, udp)
+            return self._cache_hit(packet, qend, edns, entry, now, udp, None)
         return self._forward(packet, client, key, qend, flags, edns, udp)
 
     def _forward(
@@ -387,11 +364,34 @@ class Engine:
             local = Reject(REFUSED, f"client {job.client} is not in an allowed network")
         return wire.rebuild(parsed, cut.keep, local), False
 
+    def _cache_hit(
+        self,
+        packet: bytes,
+        qend: int,
+        edns: int,
+        entry: Entry,
+        now: float,
+        udp: bool,
+        replies: dict[bytes, bytes | tuple[Entry, int, bytes]] | None,
+    ) -> bytes:
+        """The reply to ``packet`` from the live ``entry``, its TTLs lowered by its age.
+
+        Remembered in ``replies`` (the fast path's memo) when it fits any UDP reply to
+        this question, so the memo never holds what a UDP client must get truncated.
+        """
+        self.stats.cache_hits += 1
+        age = int(now - entry.stored)
+        entry.at_age(age)
+        reply = self._deliver(packet, qend, edns, entry.head, entry.tail, udp)
+        if replies is not None and fits_udp(qend + len(entry.tail), edns):
+            _remember(replies, packet, (entry, age, reply[2:]))
+        return reply
+
     def _deliver(
         self, packet: bytes, qend: int, edns: int, head: bytes, tail: bytes, udp: bool
     ) -> bytes:
         """A reply with the client's ID and letters; TC alone when too big for UDP."""
-        if udp and qend + len(tail) > udp_limit(edns):
+        if udp and not fits_udp(qend + len(tail), edns):
             self.stats.truncated += 1
             return error_reply(packet, qend, 0, edns, truncated=True)
         return packet[:2] + head + packet[12:qend] + tail

@@ -8,6 +8,8 @@ and the byte templates it answers from:
 * :func:`simple_query` accepts only the plain shape (RFC 1035 §4.1: QR=0, OPCODE=0,
   QDCOUNT=1, no answer or authority records, at most one version-0 OPT record that ends
   the packet). Anything else goes to the dnslib path, which decides the hard cases.
+  :func:`plain_shape` is the same test read from the packet's end, for the engine's hot
+  path: it leaves checking the name to a lookup (see :meth:`Engine.handle`).
 * :func:`encode_local` turns a :class:`~blitzdns.dns.decide.Local` answer into a
   precomputed tail whose owner names are compression pointers to the question (offset 12,
   RFC 1035 §4.1.4), so the reply echoes the question's exact letters (0x20 case
@@ -26,30 +28,43 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from blitzdns.dns.decide import OPT, SOA, Local, Record, SoaData
+from blitzdns.dns.decide import Local, Record, SoaData
+from blitzdns.dns.rfc import (
+    AA,
+    DO_BYTE,
+    ECHOED_FLAGS,
+    FORWARDED_FLAGS,
+    HEADER_SIZE,
+    MAX_LABEL,
+    MAX_NAME,
+    ONE_QUESTION_COUNTS,
+    OPT,
+    OPT_DO,
+    OPT_HEAD,
+    OPT_PLAIN,
+    PLAIN_UDP_LIMIT,
+    QR,
+    QR_BYTE2,
+    QR_OPCODE_BYTE2,
+    RA,
+    RCODE_BYTE3,
+    SOA,
+    TC,
+    TC_BYTE2,
+)
 from blitzdns.dns.table import to_wire
-
-#: OPT records in our own replies: 1232-byte payload (the DNS Flag Day 2020 value).
-OUR_PAYLOAD = 1232
-OPT_PLAIN = b"\x00" + struct.pack(">HHBBHH", OPT, OUR_PAYLOAD, 0, 0, 0x0000, 0)
-OPT_DO = b"\x00" + struct.pack(">HHBBHH", OPT, OUR_PAYLOAD, 0, 0, 0x8000, 0)
-#: RFC 1035 §4.2.1: a UDP reply to a client without EDNS fits in 512 bytes.
-PLAIN_UDP_LIMIT = 512
-#: Flags copied from a query into our reply: RD and CD (RFC 1035 §4.1.1, RFC 4035 §3.2.2).
-ECHOED_FLAGS = 0x0110
-QR, AA, TC, RA = 0x8000, 0x0400, 0x0200, 0x0080
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
-_COUNTS_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
 #: Reply variants: (RD, CD) × (no EDNS, EDNS, EDNS with DO) — see :func:`variant`.
 VARIANTS = 12
 #: The cache key's last byte is the variant: each changes what a reply holds.
 KEY_FLAG_BYTES = tuple(bytes((i,)) for i in range(VARIANTS))
-OPT_HEAD = b"\x00\x00\x29"
+#: The shortest plain query: header, root name, type and class.
+_SHORTEST_QUERY = HEADER_SIZE + 1 + 4
 
 
-def name_end(packet: bytes, start: int = 12) -> int:
+def name_end(packet: bytes, start: int = HEADER_SIZE) -> int:
     """Offset just past the uncompressed name at ``start``; -1 when it is not one.
 
     In a query the question name is the first name, so a compression pointer there can
@@ -61,8 +76,8 @@ def name_end(packet: bytes, start: int = 12) -> int:
     while i < size:
         length = packet[i]
         if length == 0:
-            return i + 1 if i + 1 - start <= 255 else -1
-        if length > 63:
+            return i + 1 if i + 1 - start <= MAX_NAME else -1
+        if length > MAX_LABEL:
             return -1
         i += length + 1
     return -1
@@ -74,7 +89,7 @@ def simple_query(packet: bytes) -> tuple[int, int, int, int] | None:
     ``edns`` is -1 without an OPT record, else the payload size with the DO bit at 1 << 16.
     """
     size = len(packet)
-    if size < 17 or packet[2] & 0xF8 or packet[4:10] != _COUNTS_ONE_QUESTION:
+    if size < _SHORTEST_QUERY or packet[2] & QR_OPCODE_BYTE2 or packet[4:10] != ONE_QUESTION_COUNTS:
         return None
     qn = name_end(packet)
     if qn < 0:
@@ -89,14 +104,41 @@ def simple_query(packet: bytes) -> tuple[int, int, int, int] | None:
     if (
         additional != b"\x00\x01"
         or size < qend + 11
-        or packet[qend : qend + 3] != b"\x00\x00\x29"
+        or packet[qend : qend + 3] != OPT_HEAD
         or packet[qend + 5 : qend + 7] != b"\x00\x00"
         or size != qend + 11 + (packet[qend + 9] << 8 | packet[qend + 10])
     ):
         return None
     payload = packet[qend + 3] << 8 | packet[qend + 4]
-    dnssec_ok = (packet[qend + 7] & 0x80) << 9
+    dnssec_ok = (packet[qend + 7] & DO_BYTE) << 9
     return qn, qend, packet[2] << 8 | packet[3], payload | dnssec_ok
+
+
+def plain_shape(packet: bytes) -> tuple[int, int] | None:
+    """``(name_end, edns)`` of a plain query, as :func:`simple_query`, without walking the name.
+
+    The two common shapes — no additional record, or one option-less OPT record — are read
+    from the packet's end: the name is taken to end where the question's type and class
+    begin. The caller must check that: a hit on a table or cache key (always a valid wire
+    name) proves it, since a valid name starting at offset 12 can end in one place only;
+    otherwise :func:`name_end`. Other shapes are walked by :func:`simple_query`. Whenever
+    the name does end there, the result is :func:`simple_query`'s (a property test).
+    """
+    size = len(packet)
+    if size < _SHORTEST_QUERY or packet[2] & QR_OPCODE_BYTE2 or packet[4:10] != ONE_QUESTION_COUNTS:
+        return None
+    additional = packet[10:12]
+    if additional == b"\x00\x00":
+        return size - 4, -1
+    if (
+        additional == b"\x00\x01"
+        and packet[-11:-8] == OPT_HEAD
+        and packet[-6:-4] == b"\x00\x00"
+        and packet[-2:] == b"\x00\x00"
+    ):
+        return size - 15, packet[-8] << 8 | packet[-7] | (packet[-4] & DO_BYTE) << 9
+    parsed = simple_query(packet)
+    return None if parsed is None else (parsed[0], parsed[3])
 
 
 def udp_limit(edns: int) -> int:
@@ -104,6 +146,11 @@ def udp_limit(edns: int) -> int:
     if edns < 0:
         return PLAIN_UDP_LIMIT
     return max(PLAIN_UDP_LIMIT, edns & 0xFFFF)
+
+
+def fits_udp(size: int, edns: int) -> bool:
+    """Whether a reply of ``size`` bytes may go over UDP to a client with ``edns``."""
+    return size <= PLAIN_UDP_LIMIT or size <= udp_limit(edns)
 
 
 def variant(flags: int, edns: int) -> int:
@@ -177,7 +224,7 @@ def upstream_query(packet: bytes, qend: int, flags: int, edns: int) -> bytes:
     the payload we can take and the DO bit, without the client's options (its cookie is
     meant for us, RFC 7873 §5.1).
     """
-    upstream_flags = flags & 0x0130
+    upstream_flags = flags & FORWARDED_FLAGS
     if edns < 0:
         return (
             b"\x00\x00"
@@ -205,7 +252,7 @@ def answers_question(response: bytes, query: bytes) -> bool:
         return False
     return (
         response[:2] == query[:2]
-        and response[2] & 0x80 != 0
+        and response[2] & QR_BYTE2 != 0
         and response[4:6] == b"\x00\x01"
         and response[12:qend].lower() == query[12:qend].lower()
         and response[qend : qend + 4] == query[qend : qend + 4]
@@ -263,8 +310,8 @@ def scan_response(response: bytes) -> Scan | None:
     if offset != len(response):
         return None
     return Scan(
-        rcode=response[3] & 0x0F,
-        truncated=bool(response[2] & 0x02),
+        rcode=response[3] & RCODE_BYTE3,
+        truncated=bool(response[2] & TC_BYTE2),
         ancount=counts[1],
         ttl_offsets=tuple(offsets),
         ttls=tuple(ttls),

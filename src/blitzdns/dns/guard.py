@@ -28,11 +28,9 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from blitzdns.dns.decide import OPT
+from blitzdns.dns.rfc import ANSWER, CNAME, DNAME, OPT
 from blitzdns.dns.table import Name, lower
 
-CNAME, DNAME = 5, 39
-ANSWER, AUTHORITY, ADDITIONAL = 1, 2, 3
 #: Longest chain followed (dnsmasq and unbound stop near here too); longer ones loop.
 MAX_CHAIN = 16
 

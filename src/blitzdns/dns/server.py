@@ -13,8 +13,8 @@ without a query (§6.2.3). A client costs a bounded amount whatever it does: at 
 unread replies fill the transport's buffer; a client that neither reads them nor sends
 within ``tcp_idle_s``, or stops in the middle of a message that long, is disconnected.
 
-``python -m blitzdns.dns.server --listen 127.0.0.1:5300 --upstream 127.0.0.1:53`` runs the
-resolver alone (debugging, and the benchmark's subject).
+Loop detection lives in :mod:`~blitzdns.dns.loops`; ``python -m blitzdns.dns`` (see
+:mod:`blitzdns.dns.__main__`) runs this resolver alone.
 """
 
 from __future__ import annotations
@@ -22,22 +22,19 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import secrets
-import signal
 import socket
-import sys
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-from blitzdns.config import Config, Endpoint, build_config, load_config
+from blitzdns.config import Config, Endpoint
 from blitzdns.dns import wire
 from blitzdns.dns.cache import Cache
-from blitzdns.dns.decide import SERVFAIL
 from blitzdns.dns.engine import Engine, ForwardJob, question_end
 from blitzdns.dns.fastpath import error_reply
+from blitzdns.dns.loops import PROBE_WAIT_S, check_loops
+from blitzdns.dns.rfc import SERVFAIL
 from blitzdns.dns.stats import ResolverStats, UpstreamHealth
-from blitzdns.dns.table import Table, labels_of, to_wire
+from blitzdns.dns.table import Table
 from blitzdns.dns.upstream import Forwarder
 from blitzdns.errors import (
     AddressInUse,
@@ -47,10 +44,7 @@ from blitzdns.errors import (
     UpstreamLoop,
 )
 
-if TYPE_CHECKING:
-    import argparse
-
-__all__ = ["Resolver", "ResolverStats", "UpstreamHealth", "main"]
+__all__ = ["Resolver", "ResolverStats", "UpstreamHealth"]
 
 _TCP_BACKLOG = 64
 #: Forwarded queries one TCP connection may have in flight (RFC 7766 §6.2.1.1 pipelining);
@@ -60,8 +54,6 @@ TCP_PIPELINE_LIMIT = 32
 #: connection is closed at once: each one is bounded in time and memory already, and the cap
 #: keeps a client that leaks connections from using up the descriptors the tunnel needs too.
 TCP_CLIENTS_MAX = 128
-#: How long one loop probe waits for its query to come back to us.
-_PROBE_WAIT_S = 1.0
 
 
 class Resolver:
@@ -371,47 +363,11 @@ class Resolver:
 
     # ------------------------------------------------------------------ loop detection
 
-    async def check_loops(self, wait_s: float = _PROBE_WAIT_S) -> tuple[Endpoint, ...]:
-        """Send each upstream a query for a random name; one that reaches our own listener loops.
-
-        Like dnsmasq's ``--dns-loop-detect``. Probe names lie in every protected domain (a
-        split-DNS stub sends exactly those to us) and in a name of our own. Looping upstreams
-        are never used again; if every upstream loops, raise :class:`UpstreamLoop`.
-        """
-        suffixes = (*self.config.domains(), "blitzdns-loop-check.test")
-        looping: list[Endpoint] = []
-        forwarder = self.forwarder
-        for endpoint, health in zip(forwarder.upstreams, forwarder.health, strict=True):
-            names = [f"{secrets.token_hex(8)}.{suffix}" for suffix in suffixes]
-            wires = [to_wire(labels_of(name)) for name in names]
-            self.engine.probes.update(wires)
-            try:
-                await asyncio.gather(
-                    *(self._probe(endpoint, name, wait_s) for name in names),
-                    return_exceptions=True,
-                )
-            finally:
-                self.engine.probes.difference_update(wires)
-            if self.engine.probes_seen.intersection(wires):
-                health.loops = True
-                health.failed("routes queries back to this stub (forwarding loop)")
-                looping.append(endpoint)
-                self.log.error(
-                    "upstream %s sends queries back to this stub (a forwarding loop); not using it",
-                    endpoint,
-                )
-        if looping and len(looping) == len(forwarder.upstreams):
-            raise UpstreamLoop(
-                "every upstream resolver sends queries back to this stub ("
-                + ", ".join(str(e) for e in looping)
-                + "): give a real one with --upstream ADDR[:PORT]"
-            )
-        return tuple(looping)
-
-    async def _probe(self, endpoint: Endpoint, name: str, wait_s: float) -> None:
-        query = _probe_query(name)
-        single = Forwarder((endpoint,), [UpstreamHealth(str(endpoint))], wait_s)
-        await single.resolve(query)
+    async def check_loops(self, wait_s: float = PROBE_WAIT_S) -> tuple[Endpoint, ...]:
+        """Probe the upstreams for forwarding loops (:func:`~blitzdns.dns.loops.check_loops`)."""
+        return await check_loops(
+            self.forwarder, self.engine, self.config.domains(), self.log, wait_s
+        )
 
     async def _background_loop_check(self) -> None:
         try:
@@ -453,15 +409,6 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
 def _not_connected(data: bytes, address: Any) -> None:
     raise ConnectionError("the UDP transport is not connected yet")
-
-
-def _probe_query(name: str) -> bytes:
-    """A TXT query for ``name`` with ID 0 and RD set (the forwarder sets the ID)."""
-    return (
-        b"\x00\x00\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
-        + to_wire(labels_of(name))
-        + (b"\x00\x10\x00\x01")
-    )
 
 
 def _summary(stats: ResolverStats) -> str:
@@ -529,98 +476,3 @@ def _bind_error(exc: OSError, endpoint: Endpoint, proto: str, key: str) -> Blitz
             key=key,
         )
     return ConfigError(f"cannot listen on {endpoint} ({proto}): {exc.strerror or exc}", key=key)
-
-
-# ---------------------------------------------------------------------- debugging entry
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m blitzdns.dns.server",
-        description="Run the blitzdns DNS stub alone (debugging and benchmarks).",
-    )
-    parser.add_argument("--listen", action="append", default=[], help="ADDR:PORT (repeatable)")
-    parser.add_argument("--upstream", action="append", default=[], help="ADDR[:PORT]")
-    parser.add_argument("--config", help="a blitzdns TOML file (default: the built-in preset)")
-    parser.add_argument("--no-cache", action="store_true", help="switch the cache off")
-    parser.add_argument("--no-loop-probe", action="store_true", help="skip the loop check")
-    parser.add_argument("-v", "--verbose", action="store_true", help="a log line per query")
-    return parser.parse_args(argv)
-
-
-def _listen_endpoint(text: str) -> Endpoint:
-    """``ADDR:PORT``, where port 0 (any free port, reported on the ``ready`` line) is allowed."""
-    if text.endswith(":0"):
-        return Endpoint(Endpoint.parse(text[:-2]).host, 0)
-    return Endpoint.parse(text)
-
-
-def _debug_config(args: argparse.Namespace) -> tuple[Config, tuple[Endpoint, ...]]:
-    from pathlib import Path
-
-    from blitzdns.dns.detect import detect_upstreams
-
-    config = (
-        load_config(Path(args.config), search=False)
-        if args.config
-        else build_config({}, source=None)
-    )
-    dns = config.dns
-    try:
-        if args.listen:
-            dns = replace(dns, listen=tuple(_listen_endpoint(t) for t in args.listen))
-        if args.upstream:
-            dns = replace(dns, upstreams=tuple(Endpoint.parse(t) for t in args.upstream))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if args.no_cache:
-        dns = replace(dns, cache_size=0)
-    config = replace(config, dns=dns)
-    upstreams = dns.upstreams or detect_upstreams(dns.listen)
-    return config, upstreams
-
-
-async def _serve(config: Config, upstreams: tuple[Endpoint, ...], args: argparse.Namespace) -> None:
-    resolver = Resolver(config, upstreams, verbose=args.verbose, loop_probe=not args.no_loop_probe)
-    await resolver.start()
-    print("ready", " ".join(str(e) for e in resolver.bound_endpoints), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await resolver.close()
-        print("stats", resolver.stats.to_dict(), flush=True)
-
-
-def _run(coroutine: Coroutine[Any, Any, None]) -> None:
-    """Run on uvloop when it is installed, on the standard loop otherwise."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coroutine)
-    else:
-        uvloop.run(coroutine)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
-    try:
-        config, upstreams = _debug_config(args)
-        _run(_serve(config, upstreams, args))
-    except BlitzdnsError as exc:
-        print(f"blitzdns: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,9 +22,8 @@ from collections.abc import Sequence
 
 from blitzdns.config import Endpoint
 from blitzdns.dns.fastpath import answers_question
+from blitzdns.dns.rfc import MAX_MESSAGE, TC_BYTE2
 from blitzdns.dns.stats import UpstreamHealth
-
-_MAX_UDP = 65535
 
 
 class Forwarder:
@@ -59,7 +58,7 @@ class Forwarder:
             endpoint, health = self.upstreams[index], self.health[index]
             try:
                 reply = await self._udp(endpoint, query, budget, health)
-                if reply[2] & 0x02:
+                if reply[2] & TC_BYTE2:
                     reply = await self._tcp(endpoint, query, deadline - loop.time(), health)
             except TimeoutError:
                 health.failed(f"no reply within {budget:.2f} s", timeout=True)
@@ -81,7 +80,7 @@ class Forwarder:
         def readable() -> None:
             while not reply.done():
                 try:
-                    data = sock.recv(_MAX_UDP)
+                    data = sock.recv(MAX_MESSAGE)
                 except BlockingIOError:
                     return
                 except OSError as exc:

@@ -29,9 +29,19 @@ from dnslib import (
 from dnslib import A as ARecord
 
 from blitzdns.dns import decide as d
-from blitzdns.dns.fastpath import OUR_PAYLOAD, name_end
-from blitzdns.dns.guard import ADDITIONAL, ANSWER, AUTHORITY, DNAME, ReplyRecord
-from blitzdns.dns.guard import CNAME as CNAME_TYPE
+from blitzdns.dns.fastpath import name_end
+from blitzdns.dns.guard import ReplyRecord
+from blitzdns.dns.rfc import (
+    ADDITIONAL,
+    ANSWER,
+    AUTHORITY,
+    DNAME,
+    DO_BYTE,
+    OPT,
+    OUR_PAYLOAD,
+    RCODE_MASK,
+)
+from blitzdns.dns.rfc import CNAME as CNAME_TYPE
 from blitzdns.dns.table import Name, wire_labels
 
 
@@ -54,11 +64,11 @@ def _query(record: Any) -> d.Query:
         d.Question(tuple(bytes(label) for label in q.qname.label), int(q.qtype), int(q.qclass))
         for q in record.questions
     )
-    opts = [rr for rr in record.ar if rr.rtype == d.OPT]
+    opts = [rr for rr in record.ar if rr.rtype == OPT]
     edns = None
     if opts:
         ttl = int(opts[0].ttl)
-        edns = d.Edns(int(opts[0].rclass), ttl >> 16 & 0xFF, bool(ttl & 0x8000))
+        edns = d.Edns(int(opts[0].rclass), ttl >> 16 & 0xFF, bool(ttl & DO_BYTE << 8))
     return d.Query(
         id=int(header.id),
         qr=bool(header.qr),
@@ -81,7 +91,7 @@ def encode(query: d.Query, decision: d.Local | d.Reject) -> bytes:
         ra=1,
         rd=int(query.rd),
         cd=int(query.cd),
-        rcode=rcode & 0x0F,
+        rcode=rcode & RCODE_MASK,
     )
     reply = DNSRecord(header)
     for question in query.questions if len(query.questions) == 1 else ():
@@ -91,7 +101,7 @@ def encode(query: d.Query, decision: d.Local | d.Reject) -> bytes:
             reply.add_answer(_rr(record))
         for record in decision.authority:
             reply.add_auth(_rr(record))
-    if query.edns is not None or rcode > 0x0F:
+    if query.edns is not None or rcode > RCODE_MASK:
         flags = "do" if query.edns is not None and query.edns.dnssec_ok else ""
         reply.add_ar(EDNS0(udp_len=OUR_PAYLOAD, ext_rcode=rcode >> 4, flags=flags))
     return bytes(reply.pack())
@@ -167,13 +177,13 @@ def rebuild(reply: ParsedReply, keep: tuple[int, ...], local: d.Local | d.Reject
     the OPT record.
     """
     if isinstance(local, d.Reject):
-        keep = tuple(i for i in keep if reply.records[i].rtype == d.OPT)
+        keep = tuple(i for i in keep if reply.records[i].rtype == OPT)
     message = reply._message
     header = message.header
     header.ad = 0
     if local is not None:
         header.aa = 0
-        header.rcode = local.rcode & 0x0F
+        header.rcode = local.rcode & RCODE_MASK
     out = DNSRecord(header, questions=list(message.questions))
     every = [*message.rr, *message.auth, *message.ar]
     add = {ANSWER: out.add_answer, AUTHORITY: out.add_auth, ADDITIONAL: out.add_ar}
