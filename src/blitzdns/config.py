@@ -4,49 +4,27 @@ Everything is checked once, here; the rest of the program trusts the :class:`Con
 A mistake raises :class:`~blitzdns.errors.ConfigError` naming the file, the key and what
 was expected. Unknown keys are errors, never silently ignored.
 
-Shape of the file (``blitzdns config init`` writes a commented copy)::
-
-    preset = "blitzmail"              # the built-in table; "none" starts empty
-    [dns]
-    listen = ["127.0.0.1:53"]
-    upstreams = []                    # empty: detected from the system
-    ttl = 5
-    cache_size = 10000                # 0: no cache
-    allow = ["127.0.0.0/8", "::1/128"]
-    [tunnel]
-    gateways = ["jsmith@nimbus.dartmouth.edu"]
-    mouths = "127.77.0.0/24"
-    hosts = []                        # empty: every host; else only these are protected
-    [services]
-    mail = { port = 2151 }
-    [hosts.dasher]
-    names = ["dasher.dartmouth.edu", "dasher"]
-    services = ["mail"]
-    mouth = "127.77.0.3"
-    remote = "dasher.dartmouth.edu"
-    [[shared]]                        # local-IP mode: serve another machine on a LAN address
-    address = "192.168.1.10"
-    allow = ["192.168.1.0/24"]
-    hosts = ["dnd", "dasher"]
-    [locations.campus]
-    match = [{ subnet = "129.170.0.0/16" }, { search_domain = "dartmouth.edu" }]
-    gateways = ["jsmith@gateway.dartmouth.edu"]
+The shape of the file is written once, as the dataclasses below: each field's metadata
+(:func:`_meta`) gives its key, its meaning and an example. The allowed keys of every table
+(:func:`toml_keys`), :meth:`Config.to_dict` (:func:`plain`) and the commented file that
+``blitzdns config init`` writes (:mod:`blitzdns.config_template`) are read from them.
+Mouth addresses are allocated by the pure :func:`blitzdns.mouths.allocate_mouths`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import Field, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from blitzdns.blitzmail.preset import PRESETS
 from blitzdns.errors import ConfigError
+from blitzdns.mouths import MouthRequest, allocate_mouths
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -102,14 +80,30 @@ class Endpoint:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+def _meta(doc: str, *, example: str | None = None, toml: str | None = "") -> dict[str, Any]:
+    """A key's entry in the one schema (dataclass field metadata).
+
+    ``doc``: what the key means (the comment ``config init`` writes above it); ``example``:
+    a TOML value shown commented out where the default is empty or absent; ``toml``: the
+    key's name in the file when it differs from the field's, ``None`` for a field the file
+    does not set (a table's own name). The allowed keys, :meth:`Config.to_dict` and the
+    template are read from these, so a key is added in one place.
+    """
+    return {"doc": doc, "example": example, "toml": toml}
+
+
 @dataclass(frozen=True, slots=True)
 class Service:
     """A service a host offers: the mouth listens on ``port``, the target on ``remote_port``."""
 
-    name: str
-    port: int
-    proto: Literal["tcp", "udp"] = "tcp"
-    remote_port: int = 0
+    name: str = field(metadata=_meta("The table's own name.", toml=None))
+    port: int = field(metadata=_meta("The port the mouth listens on."))
+    proto: Literal["tcp", "udp"] = field(
+        default="tcp", metadata=_meta('"tcp" or "udp" (UDP is not carried by SSH).')
+    )
+    remote_port: int = field(
+        default=0, metadata=_meta("The target's port when it differs (0: the same as port).")
+    )
 
     @property
     def target_port(self) -> int:
@@ -120,15 +114,23 @@ class Service:
 class Host:
     """One protected host: the names the stub answers and the mouth that stands in for it."""
 
-    key: str
-    #: Normalised names (lower case, no trailing dot), fully qualified and short.
-    names: tuple[str, ...]
-    services: tuple[str, ...]
-    mouth: ipaddress.IPv4Address
-    #: The target's name as the gateway resolves it.
-    remote: str
-    #: Optional IPv6 mouth; without one, AAAA answers NODATA.
-    mouth6: ipaddress.IPv6Address | None = None
+    key: str = field(metadata=_meta("The table's own name.", toml=None))
+    names: tuple[str, ...] = field(
+        metadata=_meta(
+            "Names the stub answers (normalised: lower case, no trailing dot), fully "
+            "qualified and short."
+        )
+    )
+    services: tuple[str, ...] = field(metadata=_meta("The services tunneled for the host."))
+    mouth: ipaddress.IPv4Address = field(
+        metadata=_meta("The loopback address standing in for it (default: allocated).")
+    )
+    remote: str = field(
+        metadata=_meta("The target's name as the gateway resolves it (default: the first name).")
+    )
+    mouth6: ipaddress.IPv6Address | None = field(
+        default=None, metadata=_meta("Optional IPv6 mouth (::1); without one, AAAA is NODATA.")
+    )
 
     @property
     def canonical_name(self) -> str:
@@ -153,90 +155,238 @@ class ForwardSpec:
 class DnsConfig:
     """The resolver half."""
 
-    listen: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", 53),)
-    #: Empty: detected from the system at start (see :mod:`blitzdns.dns.detect`).
-    upstreams: tuple[Endpoint, ...] = ()
-    ttl: int = 5
-    cache_size: int = 10000
-    allow: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_ALLOW)
-    #: A dead upstream gives SERVFAIL within this bound.
-    timeout_s: float = 2.0
-    #: RFC 7766 §6.2.3: close idle TCP clients after this long.
-    tcp_idle_s: float = 10.0
+    listen: tuple[Endpoint, ...] = field(
+        default=(Endpoint("127.0.0.1", 53),),
+        metadata=_meta(
+            "Where the stub listens. Port 53 needs root or CAP_NET_BIND_SERVICE; with an "
+            "unprivileged port, point a split-DNS resolver config at it (macOS, "
+            "systemd-resolved and NetworkManager support a port)."
+        ),
+    )
+    upstreams: tuple[Endpoint, ...] = field(
+        default=(),
+        metadata=_meta(
+            "Where other names go. Empty: read from the system at start "
+            "(/run/systemd/resolve/resolv.conf, else /etc/resolv.conf), never from this stub "
+            "itself."
+        ),
+    )
+    ttl: int = field(
+        default=5,
+        metadata=_meta(
+            "TTL of the local answers, in seconds: low, so a stopped tunnel leaves no stale "
+            "answers."
+        ),
+    )
+    cache_size: int = field(
+        default=10000,
+        metadata=_meta(
+            "Forwarded answers cached (RFC 2308 negative caching included); 0 switches the "
+            "cache off."
+        ),
+    )
+    allow: tuple[IPNetwork, ...] = field(
+        default=tuple(ipaddress.ip_network(n) for n in DEFAULT_ALLOW),
+        metadata=_meta(
+            "Clients that may use the stub; everyone else is REFUSED (no open resolver)."
+        ),
+    )
+    timeout_s: float = field(
+        default=2.0, metadata=_meta("A dead upstream answers SERVFAIL within this many seconds.")
+    )
+    tcp_idle_s: float = field(
+        default=10.0,
+        metadata=_meta("Idle TCP clients are closed after this many seconds (RFC 7766 §6.2.3)."),
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class TunnelConfig:
     """The SSH half."""
 
-    gateways: tuple[str, ...] = ()
-    mouths: ipaddress.IPv4Network = field(
-        default_factory=lambda: ipaddress.IPv4Network(DEFAULT_MOUTHS)
+    gateways: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            "SSH gateways, tried in order; ~/.ssh/config (Host aliases, User, Port, "
+            "IdentityFile, ProxyJump) applies.",
+            example='["jsmith@nimbus.dartmouth.edu"]',
+        ),
     )
-    #: Empty: every host of the table; otherwise only these host keys are protected.
-    hosts: tuple[str, ...] = ()
-    known_hosts: Path | None = None
-    ssh_config: Path | None = None
-    #: Private keys to offer (like ``ssh -i``); empty: ssh_config IdentityFile, agent, ~/.ssh/id_*.
-    identity_files: tuple[Path, ...] = ()
-    keepalive_s: float = 15.0
-    wait_for_link_s: float = 10.0
-    trust_new_host_key: bool = False
-    #: "asyncssh" (default: password and passphrase prompts) or "openssh" (an `ssh -M`
-    #: master carries the data: OpenSSH's speed; keys or agent only; byte counts from the
-    #: kernel, Linux only).
-    backend: Literal["asyncssh", "openssh"] = "asyncssh"
+    mouths: ipaddress.IPv4Network = field(
+        default=ipaddress.IPv4Network(DEFAULT_MOUTHS),
+        metadata=_meta("The loopback block the per-host mouth addresses come from."),
+    )
+    hosts: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta("Only these hosts are protected (empty: all of the table)."),
+    )
+    known_hosts: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "Host keys are always checked; default: ~/.ssh/known_hosts.",
+            example='"~/.ssh/known_hosts"',
+        ),
+    )
+    ssh_config: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "The ssh_config file to read (default: ~/.ssh/config).", example='"~/.ssh/config"'
+        ),
+    )
+    identity_files: tuple[Path, ...] = field(
+        default=(),
+        metadata=_meta(
+            "Private keys to offer (like ssh -i); empty: ssh_config's IdentityFile, the "
+            "agent, ~/.ssh/id_*."
+        ),
+    )
+    keepalive_s: float = field(
+        default=15.0, metadata=_meta("Seconds between keepalives (3 missed: the link is dead).")
+    )
+    wait_for_link_s: float = field(
+        default=10.0,
+        metadata=_meta("How long a new connection waits for a link that is down, then closes."),
+    )
+    trust_new_host_key: bool = field(
+        default=False,
+        metadata=_meta(
+            "Accept and record an unknown gateway host key (trust on first use, by choice)."
+        ),
+    )
+    backend: Literal["asyncssh", "openssh"] = field(
+        default="asyncssh",
+        metadata=_meta(
+            '"asyncssh": the link runs in blitzdns (password and passphrase prompts). '
+            '"openssh": an `ssh -M` master carries the data at OpenSSH\'s speed (keys or '
+            "ssh-agent only; byte counts in `status` come from the kernel, Linux only)."
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class SharedAddress:
     """Local-IP mode: mouths also on a LAN/bridge address, for the listed client networks."""
 
-    address: IPAddress
-    allow: tuple[IPNetwork, ...]
-    hosts: tuple[str, ...]
-    #: Also serve DNS on this address (port of the first listen endpoint).
-    dns: bool = False
+    address: IPAddress = field(metadata=_meta("An address this machine holds."))
+    allow: tuple[IPNetwork, ...] = field(metadata=_meta("The client networks served."))
+    hosts: tuple[str, ...] = field(metadata=_meta("The hosts offered there."))
+    dns: bool = field(
+        default=False,
+        metadata=_meta("Also serve DNS on this address (port of the first listen endpoint)."),
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class MatchRule:
     """Facts that recognise a network; every key given must hold (an empty rule never matches)."""
 
-    gateway: IPAddress | None = None
-    subnet: IPNetwork | None = None
-    search_domain: str | None = None
-    ssid: str | None = None
+    gateway: IPAddress | None = field(default=None, metadata=_meta("The default gateway."))
+    subnet: IPNetwork | None = field(default=None, metadata=_meta("A subnet this machine is on."))
+    search_domain: str | None = field(default=None, metadata=_meta("A DNS search domain."))
+    ssid: str | None = field(default=None, metadata=_meta("The Wi-Fi network's name."))
 
 
 @dataclass(frozen=True, slots=True)
 class Location:
     """Overrides that apply on one network; ``match`` rules are alternatives (any may match)."""
 
-    name: str
-    match: tuple[MatchRule, ...] = ()
-    gateways: tuple[str, ...] | None = None
-    upstreams: tuple[Endpoint, ...] | None = None
-    hosts: tuple[str, ...] | None = None
-    resolver_target: str | None = None
+    name: str = field(metadata=_meta("The table's own name.", toml=None))
+    match: tuple[MatchRule, ...] = field(
+        default=(), metadata=_meta("Rules, any of which may match.")
+    )
+    gateways: tuple[str, ...] | None = field(default=None, metadata=_meta("tunnel.gateways here."))
+    upstreams: tuple[Endpoint, ...] | None = field(
+        default=None, metadata=_meta("dns.upstreams here.")
+    )
+    hosts: tuple[str, ...] | None = field(default=None, metadata=_meta("tunnel.hosts here."))
+    resolver_target: str | None = field(default=None, metadata=_meta("resolver.target here."))
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """The whole validated configuration. Derived views are methods, never stored twice."""
+    """The whole validated configuration. Derived views are methods, never stored twice.
 
-    preset: str = "blitzmail"
-    source: Path | None = None
-    dns: DnsConfig = field(default_factory=DnsConfig)
-    tunnel: TunnelConfig = field(default_factory=TunnelConfig)
-    services: Mapping[str, Service] = field(default_factory=dict)
-    #: Every host of the table, in definition order, active or not.
-    all_hosts: tuple[Host, ...] = ()
-    shared: tuple[SharedAddress, ...] = ()
-    locations: Mapping[str, Location] = field(default_factory=dict)
-    resolver_target: str = "auto"
+    The fields' metadata is the file's schema (see :func:`_meta`); a section's example is
+    shown commented out by ``config init`` (a test uncomments and loads every one).
+    """
+
+    preset: str = field(
+        default="blitzmail",
+        metadata=_meta(
+            'The built-in table of hosts and services: "blitzmail" (Dartmouth\'s DND, '
+            'BlitzMail reindeer servers and newshost) or "none" to start empty.'
+        ),
+    )
+    source: Path | None = field(default=None, metadata=_meta("The file read.", toml=None))
     #: The location whose overrides are applied, if any.
-    location: str | None = None
+    location: str | None = field(default=None, metadata=_meta("The location applied.", toml=None))
+    dns: DnsConfig = field(default_factory=DnsConfig, metadata=_meta("The resolver half."))
+    tunnel: TunnelConfig = field(default_factory=TunnelConfig, metadata=_meta("The SSH half."))
+    resolver_target: str = field(
+        default="auto",
+        metadata=_meta(
+            "Which resolver config `blitzdns resolver-config` writes by default: "
+            + ", ".join(RESOLVER_TARGETS)
+            + ".",
+            toml="resolver.target",
+        ),
+    )
+    services: Mapping[str, Service] = field(
+        default_factory=dict,
+        metadata=_meta(
+            "Services: a name, the port the mouth listens on, and optionally the target's "
+            "port when it differs (remote_port). The preset defines dnd (902), mail (2151), "
+            "bulletins (1119), posting (119) and notify (2154, UDP: not carried by SSH).",
+            example="[services]\nimap = { port = 143 }",
+        ),
+    )
+    #: Every host of the table, in definition order, active or not.
+    all_hosts: tuple[Host, ...] = field(
+        default=(),
+        metadata=_meta(
+            "Hosts: names the stub answers (any letter case, with or without a trailing "
+            "dot), the services tunneled for them, an optional pinned mouth, and the target "
+            "as the gateway resolves it (default: the first name). A [hosts.X] here extends "
+            "or overrides the preset's X.",
+            example=(
+                "[hosts.dasher]\n"
+                'names = ["dasher.dartmouth.edu", "dasher"]\n'
+                'services = ["mail"]\n'
+                'mouth = "127.77.0.2"\n'
+                'remote = "dasher.dartmouth.edu"'
+            ),
+            toml="hosts",
+        ),
+    )
+    shared: tuple[SharedAddress, ...] = field(
+        default=(),
+        metadata=_meta(
+            "Local-IP mode: also offer some hosts on an address of this machine's LAN or VM "
+            "bridge, to the client networks listed (one host per port on each address).",
+            example=(
+                "[[shared]]\n"
+                'address = "192.168.64.1"\n'
+                'allow = ["192.168.64.0/24"]\n'
+                'hosts = ["dnd", "dasher"]\n'
+                "dns = true"
+            ),
+        ),
+    )
+    locations: Mapping[str, Location] = field(
+        default_factory=dict,
+        metadata=_meta(
+            "Network locations: overrides that apply where a rule matches (any rule; every "
+            "key of a rule must hold). `blitzdns location` shows which one matches now.",
+            example=(
+                "[locations.campus]\n"
+                'match = [{ subnet = "129.170.0.0/16" }, { search_domain = "dartmouth.edu" }]\n'
+                'gateways = ["jsmith@gateway-near-the-servers.dartmouth.edu"]\n'
+                "[locations.home]\n"
+                'match = [{ ssid = "MyHomeWifi" }]\n'
+                'gateways = ["jsmith@nimbus.dartmouth.edu"]'
+            ),
+        ),
+    )
 
     @property
     def hosts(self) -> tuple[Host, ...]:
@@ -322,79 +472,65 @@ class Config:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The effective configuration as plain data (``config show``, ``plan --json``)."""
-        return {
-            "preset": self.preset,
+        """The effective configuration as plain data (``config show``, ``plan --json``): the
+        file's keys (:func:`plain`), plus where it came from and which hosts are protected."""
+        data: dict[str, Any] = {
             "source": str(self.source) if self.source else None,
             "location": self.location,
-            "dns": {
-                "listen": [str(e) for e in self.dns.listen],
-                "upstreams": [str(e) for e in self.dns.upstreams],
-                "ttl": self.dns.ttl,
-                "cache_size": self.dns.cache_size,
-                "allow": [str(n) for n in self.dns.allow],
-                "timeout_s": self.dns.timeout_s,
-                "tcp_idle_s": self.dns.tcp_idle_s,
-            },
-            "tunnel": {
-                "gateways": list(self.tunnel.gateways),
-                "mouths": str(self.tunnel.mouths),
-                "hosts": list(self.tunnel.hosts),
-                "known_hosts": str(self.tunnel.known_hosts) if self.tunnel.known_hosts else None,
-                "ssh_config": str(self.tunnel.ssh_config) if self.tunnel.ssh_config else None,
-                "identity_files": [str(p) for p in self.tunnel.identity_files],
-                "keepalive_s": self.tunnel.keepalive_s,
-                "wait_for_link_s": self.tunnel.wait_for_link_s,
-                "trust_new_host_key": self.tunnel.trust_new_host_key,
-                "backend": self.tunnel.backend,
-            },
-            "resolver": {"target": self.resolver_target},
-            "services": {
-                s.name: {"port": s.port, "proto": s.proto, "remote_port": s.target_port}
-                for s in self.services.values()
-            },
-            "hosts": {
-                h.key: {
-                    "names": list(h.names),
-                    "services": list(h.services),
-                    "mouth": str(h.mouth),
-                    "mouth6": str(h.mouth6) if h.mouth6 else None,
-                    "remote": h.remote,
-                    "protected": h in self.hosts,
-                }
-                for h in self.all_hosts
-            },
-            "shared": [
-                {
-                    "address": str(s.address),
-                    "allow": [str(n) for n in s.allow],
-                    "hosts": list(s.hosts),
-                    "dns": s.dns,
-                }
-                for s in self.shared
-            ],
-            "locations": {
-                loc.name: {
-                    "match": [{k: str(v) for k, v in _rule_items(rule)} for rule in loc.match],
-                    **({"gateways": list(loc.gateways)} if loc.gateways is not None else {}),
-                    **(
-                        {"upstreams": [str(e) for e in loc.upstreams]}
-                        if loc.upstreams is not None
-                        else {}
-                    ),
-                    **({"hosts": list(loc.hosts)} if loc.hosts is not None else {}),
-                    **({"resolver_target": loc.resolver_target} if loc.resolver_target else {}),
-                }
-                for loc in self.locations.values()
-            },
+            **plain(self),
         }
+        data["hosts"] = {h.key: {**plain(h), "protected": h in self.hosts} for h in self.all_hosts}
+        return data
 
 
-def _rule_items(rule: MatchRule) -> Iterable[tuple[str, object]]:
-    for key in ("gateway", "subnet", "search_domain", "ssid"):
-        value = getattr(rule, key)
-        if value is not None:
-            yield key, value
+# --------------------------------------------------------------------------- schema
+
+#: Tables whose keys are overrides: a key not given is left out of :func:`plain`.
+_SPARSE = (Location, MatchRule)
+_AS_TEXT = (
+    Endpoint,
+    Path,
+    ipaddress.IPv4Address,
+    ipaddress.IPv6Address,
+    ipaddress.IPv4Network,
+    ipaddress.IPv6Network,
+)
+
+
+def toml_name(item: Field[Any]) -> str | None:
+    """A field's key in the file (dotted: ``table.key``); ``None``: not set from the file."""
+    name: str | None = item.metadata.get("toml", "")
+    return item.name if name == "" else name
+
+
+def toml_keys(cls: type[Any], within: str = "") -> tuple[str, ...]:
+    """The keys a table of ``cls`` may hold (``within``: those of its sub-table)."""
+    names = [name for f in fields(cls) if (name := toml_name(f)) is not None]
+    if within:
+        return tuple(n.removeprefix(f"{within}.") for n in names if n.startswith(f"{within}."))
+    return tuple(dict.fromkeys(n.split(".")[0] for n in names))
+
+
+def plain(value: Any) -> Any:
+    """A config value as JSON-ready data under the file's keys: addresses, networks and
+    paths as text, tuples as lists, a dataclass as a table (``table.key`` names nested)."""
+    if isinstance(value, _AS_TEXT):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, tuple | list):
+        return [plain(item) for item in value]
+    if not is_dataclass(value):
+        return value
+    result: dict[str, Any] = {}
+    for item in fields(value):
+        name = toml_name(item)
+        content = getattr(value, item.name)
+        if name is None or (content is None and isinstance(value, _SPARSE)):
+            continue
+        table, _, key = name.rpartition(".")
+        (result.setdefault(table, {}) if table else result)[key] = plain(content)
+    return result
 
 
 def gateway_problem(text: str) -> str | None:
@@ -596,11 +732,7 @@ class _Builder:
     # -- sections
 
     def build(self, data: Mapping[str, Any], source: Path | None) -> Config:
-        top = self.table(
-            data,
-            "",
-            ("preset", "dns", "tunnel", "services", "hosts", "shared", "locations", "resolver"),
-        )
+        top = self.table(data, "", toml_keys(Config))
         preset = self.string(top.get("preset", "blitzmail"), "preset")
         if preset not in PRESETS:
             raise self.fail("preset", f"expected one of {', '.join(PRESETS)}, got {preset!r}")
@@ -614,7 +746,9 @@ class _Builder:
             if key not in keys:
                 raise self.fail(f"tunnel.hosts[{i}]", f"no host named {key!r}")
         shared = self.shared(top.get("shared", []), hosts, services)
-        resolver = self.table(top.get("resolver", {}), "resolver", ("target",))
+        resolver = self.table(
+            top.get("resolver", {}), "resolver", toml_keys(Config, within="resolver")
+        )
         target = self.string(resolver.get("target", "auto"), "resolver.target")
         if target not in RESOLVER_TARGETS:
             raise self.fail("resolver.target", f"expected one of {', '.join(RESOLVER_TARGETS)}")
@@ -638,11 +772,7 @@ class _Builder:
         return value
 
     def dns(self, raw: Any) -> DnsConfig:
-        t = self.table(
-            raw,
-            "dns",
-            ("listen", "upstreams", "ttl", "cache_size", "allow", "timeout_s", "tcp_idle_s"),
-        )
+        t = self.table(raw, "dns", toml_keys(DnsConfig))
         d = DnsConfig()
         listen = self.endpoints(t["listen"], "dns.listen") if "listen" in t else d.listen
         if not listen:
@@ -660,22 +790,7 @@ class _Builder:
         )
 
     def tunnel(self, raw: Any) -> TunnelConfig:
-        t = self.table(
-            raw,
-            "tunnel",
-            (
-                "gateways",
-                "mouths",
-                "hosts",
-                "known_hosts",
-                "ssh_config",
-                "identity_files",
-                "keepalive_s",
-                "wait_for_link_s",
-                "trust_new_host_key",
-                "backend",
-            ),
-        )
+        t = self.table(raw, "tunnel", toml_keys(TunnelConfig))
         d = TunnelConfig()
         backend = t.get("backend", "asyncssh")
         if backend not in ("asyncssh", "openssh"):
@@ -727,17 +842,16 @@ class _Builder:
         result = {}
         for name, spec in raw.items():
             key = f"services.{name}"
-            t = self.table(spec, key, ("port", "proto", "remote_port"))
+            t = self.table(spec, key, toml_keys(Service))
             if "port" not in t:
                 raise self.fail(f"{key}.port", "missing (expected a port number)")
             proto = t.get("proto", "tcp")
             if proto not in ("tcp", "udp"):
                 raise self.fail(f"{key}.proto", f'expected "tcp" or "udp", got {proto!r}')
+            port = self.integer(t["port"], f"{key}.port", 1, 65535)
+            remote_port = self.integer(t.get("remote_port", 0), f"{key}.remote_port", 0, 65535)
             result[name] = Service(
-                name=name,
-                port=self.integer(t["port"], f"{key}.port", 1, 65535),
-                proto=proto,
-                remote_port=self.integer(t.get("remote_port", 0), f"{key}.remote_port", 0, 65535),
+                name=name, port=port, proto=proto, remote_port=remote_port or port
             )
         return result
 
@@ -750,50 +864,16 @@ class _Builder:
     ) -> tuple[Host, ...]:
         merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in preset.items()}
         for key, spec in user.items():
-            self.table(spec, f"hosts.{key}", ("names", "services", "mouth", "mouth6", "remote"))
+            self.table(spec, f"hosts.{key}", toml_keys(Host))
             entry = merged.setdefault(key, {})
             entry.update(spec)
             if "mouth" in spec:
                 entry.pop("mouth_offset", None)
-        # Mouths: pinned addresses first, then preset offsets, then a stable hash per key.
-        taken: dict[ipaddress.IPv4Address, str] = {}
-        mouths: dict[str, ipaddress.IPv4Address] = {}
-        for key, entry in merged.items():
-            if "mouth" in entry:
-                mouth = self.address(entry["mouth"], f"hosts.{key}.mouth")
-                if not isinstance(mouth, ipaddress.IPv4Address) or not mouth.is_loopback:
-                    raise self.fail(f"hosts.{key}.mouth", "expected an IPv4 address in 127.0.0.0/8")
-                self._claim(taken, mouth, key, f"hosts.{key}.mouth")
-                mouths[key] = mouth
-        usable = list(block.hosts()) if block.num_addresses > 2 else list(block)
-        for key, entry in merged.items():
-            if key in mouths or "mouth_offset" not in entry:
-                continue
-            offset = int(entry["mouth_offset"])
-            candidate = usable[offset - 1] if offset - 1 < len(usable) else None
-            if candidate is None:
-                continue
-            if candidate in taken:
-                raise self.fail(
-                    f"hosts.{taken[candidate]}.mouth",
-                    f"{candidate} is host {key!r}'s preset mouth; pin another address",
-                )
-            self._claim(taken, candidate, key, f"hosts.{key}")
-            mouths[key] = candidate
-        for key in merged:
-            if key in mouths:
-                continue
-            start = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % len(usable)
-            for step in range(len(usable)):
-                candidate = usable[(start + step) % len(usable)]
-                if candidate not in taken:
-                    self._claim(taken, candidate, key, f"hosts.{key}")
-                    mouths[key] = candidate
-                    break
-            else:
-                raise self.fail(
-                    "tunnel.mouths", f"the block {block} has no free address for {key!r}"
-                )
+        requests = [self.mouth_request(key, entry) for key, entry in merged.items()]
+        try:
+            mouths = allocate_mouths(requests, block)
+        except ConfigError as exc:
+            raise self.fail(exc.key or "hosts", exc.detail) from None
 
         seen_names: dict[str, str] = {}
         mouth6_ports: dict[int, str] = {}
@@ -867,16 +947,16 @@ class _Builder:
             )
         return tuple(hosts)
 
-    def _claim(
-        self,
-        taken: dict[ipaddress.IPv4Address, str],
-        mouth: ipaddress.IPv4Address,
-        key: str,
-        where: str,
-    ) -> None:
-        if mouth in taken:
-            raise self.fail(where, f"mouth {mouth} is already host {taken[mouth]!r}'s")
-        taken[mouth] = key
+    def mouth_request(self, key: str, entry: Mapping[str, Any]) -> MouthRequest:
+        """What host ``key`` asks of :func:`~blitzdns.mouths.allocate_mouths`."""
+        offset = entry.get("mouth_offset")
+        request = MouthRequest(key, offset=int(offset) if offset is not None else None)
+        if "mouth" not in entry:
+            return request
+        pinned = self.address(entry["mouth"], f"hosts.{key}.mouth")
+        if not isinstance(pinned, ipaddress.IPv4Address) or not pinned.is_loopback:
+            raise self.fail(f"hosts.{key}.mouth", "expected an IPv4 address in 127.0.0.0/8")
+        return replace(request, pinned=pinned)
 
     def shared(
         self, raw: Any, hosts: Sequence[Host], services: Mapping[str, Service]
@@ -888,7 +968,7 @@ class _Builder:
         result = []
         for i, spec in enumerate(raw):
             where = f"shared[{i}]"
-            t = self.table(spec, where, ("address", "allow", "hosts", "dns"))
+            t = self.table(spec, where, toml_keys(SharedAddress))
             if "address" not in t or "allow" not in t:
                 raise self.fail(where, "expected both 'address' and 'allow'")
             address = self.address(t["address"], f"{where}.address")
@@ -926,9 +1006,7 @@ class _Builder:
         result = {}
         for name, spec in raw.items():
             where = f"locations.{name}"
-            t = self.table(
-                spec, where, ("match", "gateways", "upstreams", "hosts", "resolver_target")
-            )
+            t = self.table(spec, where, toml_keys(Location))
             rules_raw = t.get("match", [])
             if isinstance(rules_raw, Mapping):
                 rules_raw = [rules_raw]
@@ -963,7 +1041,7 @@ class _Builder:
         return result
 
     def rule(self, raw: Any, where: str) -> MatchRule:
-        t = self.table(raw, where, ("gateway", "subnet", "search_domain", "ssid"))
+        t = self.table(raw, where, toml_keys(MatchRule))
         if not t:
             raise self.fail(where, "an empty match rule would never match; give at least one key")
         subnet = None

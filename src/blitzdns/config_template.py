@@ -1,90 +1,78 @@
-"""The commented starting file that ``blitzdns config init`` writes.
+"""The commented starting file that ``blitzdns config init`` writes, rendered from the schema.
 
-It parses to the same effective configuration as the built-in preset alone (a test
-checks that), so a user can start from it and change only what they need.
+Every key, its comment and its default come from the config dataclasses' field metadata
+(:func:`blitzdns.config._meta`), so a new key shows up here by itself. The file parses to
+the same effective configuration as the built-in preset alone, and each commented example
+loads once uncommented (tests check both).
 """
 
 from __future__ import annotations
 
-TEMPLATE = """\
-# blitzdns configuration. `blitzdns config show` prints the effective result,
-# `blitzdns plan` what it will answer and forward. Unknown keys are errors.
+import textwrap
+from dataclasses import Field, fields, is_dataclass
+from typing import Any
 
-# The built-in table of hosts and services: "blitzmail" (Dartmouth's DND,
-# BlitzMail reindeer servers and newshost) or "none" to start empty.
-preset = "blitzmail"
+from blitzdns.config import Config, plain, toml_name
 
-[dns]
-# Where the stub listens. Port 53 needs root or CAP_NET_BIND_SERVICE; with an
-# unprivileged port, point a split-DNS resolver config at it (macOS,
-# systemd-resolved and NetworkManager support a port).
-listen = ["127.0.0.1:53"]
-# Where other names go. Empty: read from the system (/run/systemd/resolve/resolv.conf,
-# else /etc/resolv.conf), never from this stub itself.
-upstreams = []
-# TTL of the local answers, in seconds: low, so a stopped tunnel leaves no stale answers.
-ttl = 5
-# Forwarded answers cached (RFC 2308 negative caching included); 0 switches the cache off.
-cache_size = 10000
-# Clients that may use the stub; everyone else is REFUSED (no open resolver).
-allow = ["127.0.0.0/8", "::1/128"]
-# A dead upstream answers SERVFAIL within this many seconds.
-timeout_s = 2.0
+HEADER = (
+    "blitzdns configuration. `blitzdns config show` prints the effective result, "
+    "`blitzdns plan` what it will answer and forward. Unknown keys are errors."
+)
 
-[tunnel]
-# SSH gateways, tried in order; ~/.ssh/config (Host aliases, User, Port,
-# IdentityFile, ProxyJump) applies. Example: ["jsmith@nimbus.dartmouth.edu"]
-gateways = []
-# The loopback block the per-host mouth addresses come from.
-mouths = "127.77.0.0/24"
-# Only these hosts are protected (empty: all of the table).
-hosts = []
-# Host keys are always checked; default: ~/.ssh/known_hosts.
-# known_hosts = "~/.ssh/known_hosts"
-# Seconds between keepalives (3 missed = link dead), and how long a new
-# connection waits for a link that is down before it is closed.
-keepalive_s = 15.0
-wait_for_link_s = 10.0
-# "asyncssh": the link runs in blitzdns (password and passphrase prompts).
-# "openssh": an `ssh -M` master carries the data at OpenSSH's speed (keys or
-# ssh-agent only; byte counts in `status` come from the kernel, Linux only).
-backend = "asyncssh"
 
-[resolver]
-# Which resolver config `blitzdns resolver-config` writes by default:
-# auto, macos, systemd-resolved, networkmanager, resolvconf, nrpt.
-target = "auto"
+def render_template() -> str:
+    """The template: the top-level keys, then each table with every key at its default."""
+    defaults = Config()
+    lines = comment(HEADER)
+    tables: list[str] = []
+    examples: list[str] = []
+    for item in fields(Config):
+        name = toml_name(item)
+        if name is None:
+            continue
+        value = getattr(defaults, item.name)
+        table, _, key = name.rpartition(".")
+        if is_dataclass(value):
+            tables += ["", f"[{name}]"]
+            tables += [
+                line for sub in fields(value) for line in entry(sub, getattr(value, sub.name))
+            ]
+        elif table:
+            tables += ["", f"[{table}]", *entry(item, value, key)]
+        elif item.metadata["example"] is not None:
+            examples += ["", *comment(item.metadata["doc"])]
+            examples += [f"# {line}" for line in item.metadata["example"].splitlines()]
+        else:
+            lines += ["", *entry(item, value)]
+    return "\n".join([*lines, *tables, *examples]) + "\n"
 
-# Services: a name, the port the mouth listens on, and optionally the target's
-# port when it differs (remote_port). The preset defines dnd (902), mail (2151),
-# bulletins (1119), posting (119) and notify (2154, UDP: not carried by SSH).
-# [services]
-# imap = { port = 143 }
 
-# Hosts: names the stub answers (any letter case, with or without a trailing
-# dot), the services tunneled for them, an optional pinned mouth, and the target
-# as the gateway resolves it (default: the first name). A [hosts.X] here extends
-# or overrides the preset's X.
-# [hosts.dasher]
-# names = ["dasher.dartmouth.edu", "dasher"]
-# services = ["mail"]
-# mouth = "127.77.0.2"
-# remote = "dasher.dartmouth.edu"
+def entry(item: Field[Any], value: Any, key: str | None = None) -> list[str]:
+    """One key: its comment, then ``key = default`` (commented out, with the example, when
+    the default is absent)."""
+    key = key or toml_name(item) or item.name
+    example = item.metadata["example"]
+    result = comment(item.metadata["doc"])
+    if value is None:
+        return [*result, f"# {key} = {example}"]
+    if example is not None:
+        result.append(f"# Example: {key} = {example}")
+    return [*result, f"{key} = {toml_value(plain(value))}"]
 
-# Local-IP mode: also offer some hosts on an address of this machine's LAN or VM
-# bridge, to the client networks listed (one host per port on each address).
-# [[shared]]
-# address = "192.168.64.1"
-# allow = ["192.168.64.0/24"]
-# hosts = ["dnd", "dasher"]
-# dns = true
 
-# Network locations: overrides that apply where a rule matches (any rule; every
-# key of a rule must hold). `blitzdns location` shows which one matches now.
-# [locations.campus]
-# match = [{ subnet = "129.170.0.0/16" }, { search_domain = "dartmouth.edu" }]
-# gateways = ["jsmith@gateway-near-the-servers.dartmouth.edu"]
-# [locations.home]
-# match = [{ ssid = "MyHomeWifi" }]
-# gateways = ["jsmith@nimbus.dartmouth.edu"]
-"""
+def comment(text: str) -> list[str]:
+    return [f"# {line}" for line in textwrap.wrap(text, 86, break_on_hyphens=False)]
+
+
+def toml_value(value: Any) -> str:
+    """A plain value (text, number, true/false, list of those) as a TOML literal."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+TEMPLATE = render_template()

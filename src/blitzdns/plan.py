@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from blitzdns.config import Config
+from blitzdns.config import Config, plain
 
 
 def plan_dict(config: Config) -> dict[str, Any]:
@@ -24,18 +24,7 @@ def plan_dict(config: Config) -> dict[str, Any]:
             }
             for h in config.hosts
         ],
-        "forwards": [
-            {
-                "host": f.host,
-                "service": f.service,
-                "mouth": f.mouth,
-                "port": f.port,
-                "remote": f.remote,
-                "remote_port": f.remote_port,
-                "allowed_peers": [str(n) for n in f.allowed_peers] if f.allowed_peers else None,
-            }
-            for f in config.forwards()
-        ],
+        "forwards": [plain(f) for f in config.forwards()],
         "shared": [
             {
                 "address": str(s.address),
