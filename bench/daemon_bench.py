@@ -64,14 +64,9 @@ from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "tests" / "tunnel"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
-from tunnel_testlib import (  # type: ignore[import-not-found]  # noqa: E402
-    SSHD,
-    Sshd,
-    descendants,
-    keygen,
-)
+from tests.peers import SSHD, Sshd, descendants, keygen  # noqa: E402
 
 from benchlock import bench_lock  # noqa: E402
 from dns_bench import dnsmasq_command, free_port  # noqa: E402

@@ -45,8 +45,8 @@ RT_BATCH = 50
 """Round trips per forwarder per turn; turns interleave the forwarders."""
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
-sys.path.insert(0, str(HERE.parent / "tests" / "tunnel"))
-from tunnel_testlib import descendants, free_port  # type: ignore[import-not-found]  # noqa: E402
+sys.path.insert(0, str(HERE.parent))
+from tests.peers import descendants, free_port  # noqa: E402
 
 
 def wait_port(port: int, deadline_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:

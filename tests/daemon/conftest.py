@@ -1,7 +1,7 @@
 """Fixtures for the daemon tests: `blitzdns run` end to end (the real sshd, a config
 writer) and its parts (a forked child for tests that switch users or capabilities).
 
-The sshd helper is shared with the tunnel tests (tests/tunnel/tunnel_testlib.py).
+The ``sshd`` fixture is shared by every suite (tests/conftest.py, tests/peers.py).
 """
 
 from __future__ import annotations
@@ -14,23 +14,13 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tunnel"))
-from tunnel_testlib import Sshd, running_sshd
-
 BLITZDNS = str(Path(sys.executable).with_name("blitzdns"))
-
-
-@pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[Sshd]:
-    """A running sshd; the client key in ``client_key`` is authorized."""
-    with running_sshd(tmp_path) as server:
-        yield server
 
 
 @dataclass

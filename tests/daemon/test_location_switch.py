@@ -10,11 +10,12 @@ import json
 import os
 import shutil
 import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.peers import wait_for
 
 from .conftest import BLITZDNS
 
@@ -81,15 +82,6 @@ def location_of(control: Path) -> str | None:
     return str(value) if value else None
 
 
-def wait_for(predicate: object, timeout_s: float = 20) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_route_change_switches_location_without_restart(namespace: str, tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(CONFIG)
@@ -118,15 +110,16 @@ def test_route_change_switches_location_without_restart(namespace: str, tmp_path
         env={k: v for k, v in os.environ.items() if k != "SUDO_USER"},
     )
 
+    def said(what: str) -> Callable[[], str]:
+        return lambda: f"{what}; the daemon said: {(tmp_path / 'daemon.log').read_text()}"
+
     def dig(name: str) -> list[str]:
         return netns(
             namespace, "dig", "@127.0.0.1", "+short", "+time=1", "+tries=1", name
         ).stdout.split()
 
     try:
-        assert wait_for(lambda: location_of(control) == "home"), (
-            tmp_path / "daemon.log"
-        ).read_text()
+        wait_for(lambda: location_of(control) == "home", said("location home"), 30)
         pid_before = daemon.pid
         assert dig("dnd.dartmouth.edu") == ["127.77.0.1"]
         assert "127.77.0.2" not in dig("dasher.dartmouth.edu")
@@ -134,10 +127,8 @@ def test_route_change_switches_location_without_restart(namespace: str, tmp_path
             netns(namespace, "ip", "route", "replace", "default", "via", "198.51.100.1").returncode
             == 0
         )
-        assert wait_for(lambda: location_of(control) == "campus"), (
-            tmp_path / "daemon.log"
-        ).read_text()
-        assert wait_for(lambda: dig("dasher.dartmouth.edu") == ["127.77.0.2"])
+        wait_for(lambda: location_of(control) == "campus", said("location campus"), 30)
+        wait_for(lambda: dig("dasher.dartmouth.edu") == ["127.77.0.2"], "dasher's mouth", 30)
         assert daemon.poll() is None and daemon.pid == pid_before
         assert "network changed: location home → campus" in (tmp_path / "daemon.log").read_text()
     finally:

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tunnel_testlib import free_port
+
+from tests.peers import free_port
 
 from .conftest import BLITZDNS
 

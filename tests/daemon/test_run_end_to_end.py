@@ -14,11 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tunnel_testlib import Sshd, free_port
+
+from tests.peers import DIG, Sshd, dig_short, free_port
 
 from .conftest import BLITZDNS, Daemon, start_daemon
-
-DIG = shutil.which("dig")
 
 
 class EchoServer:
@@ -88,24 +87,13 @@ svc = {{ port = {free_port()}, remote_port = {echo_port} }}
 """
 
 
-def dig(port: int, name: str, qtype: str = "A") -> list[str]:
-    assert DIG is not None
-    out = subprocess.run(  # noqa: PLW1510 (the exit status is asserted)
-        [DIG, "@127.0.0.1", "-p", str(port), "+short", "+time=2", "+tries=1", name, qtype],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-    return out.stdout.split()
-
-
 def link_up(status: dict[str, object]) -> bool:
     tunnel = status.get("tunnel")
     return isinstance(tunnel, dict) and str(tunnel.get("status")).lower() == "up"
 
 
 def mouth_of(status_or_plan_host: str, daemon: Daemon, dns_port: int) -> tuple[str, int]:
-    address = dig(dns_port, f"{status_or_plan_host}.example.test")[0]
+    address = dig_short(dns_port, f"{status_or_plan_host}.example.test")[0]
     text = daemon.config.read_text()
     port = int(text.split("svc = { port = ")[1].split(",")[0])
     return address, port
@@ -140,9 +128,9 @@ def test_a_name_resolves_to_its_mouth_and_reaches_the_target_through_sshd(
     running: tuple[Daemon, int], echo: EchoServer, sshd: Sshd
 ) -> None:
     daemon, dns_port = running
-    answers = dig(dns_port, "AlPhA.Example.TEST.")
+    answers = dig_short(dns_port, "AlPhA.Example.TEST.")
     assert len(answers) == 1 and answers[0].startswith("127.79.0.")
-    assert dig(dns_port, "alpha.example.test", "AAAA") == []
+    assert dig_short(dns_port, "alpha.example.test", "AAAA") == []
     address, port = mouth_of("alpha", daemon, dns_port)
     assert roundtrip(address, port, b"hello through sshd") == b"hello through sshd"
     # The target saw only sshd's connection, never ours directly.
@@ -180,11 +168,11 @@ def test_reload_adds_and_removes_hosts_while_a_third_keeps_its_connection(
     daemon.config.write_text(text)
     daemon.process.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not dig(dns_port, "delta.example.test"):
+    while time.monotonic() < deadline and not dig_short(dns_port, "delta.example.test"):
         time.sleep(0.1)
-    delta = dig(dns_port, "delta.example.test")
+    delta = dig_short(dns_port, "delta.example.test")
     assert delta and delta[0].startswith("127.79.0.")
-    assert not any(a.startswith("127.79.") for a in dig(dns_port, "beta.example.test"))
+    assert not any(a.startswith("127.79.") for a in dig_short(dns_port, "beta.example.test"))
     assert roundtrip(delta[0], port, b"new host") == b"new host"
     held.sendall(b"after")
     assert held.recv(100) == b"after"
@@ -202,7 +190,7 @@ def test_a_reload_with_a_broken_file_keeps_the_running_config(
     while time.monotonic() < deadline and "reload failed" not in daemon.log.read_text():
         time.sleep(0.1)
     assert "reload failed, keeping the running configuration" in daemon.log.read_text()
-    assert dig(dns_port, "alpha.example.test")[0].startswith("127.79.0.")
+    assert dig_short(dns_port, "alpha.example.test")[0].startswith("127.79.0.")
 
 
 def test_a_reload_says_which_tunnel_settings_wait_for_a_restart(
@@ -217,7 +205,7 @@ def test_a_reload_says_which_tunnel_settings_wait_for_a_restart(
         time.sleep(0.1)
     log = daemon.log.read_text()
     assert "tunnel.keepalive_s changed; it takes effect at the next restart" in log
-    assert dig(dns_port, "alpha.example.test")[0].startswith("127.79.0.")
+    assert dig_short(dns_port, "alpha.example.test")[0].startswith("127.79.0.")
 
 
 def test_sigterm_stops_everything_and_frees_the_ports(running: tuple[Daemon, int]) -> None:

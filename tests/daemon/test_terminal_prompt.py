@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tunnel_testlib import Sshd, free_port
+from tests.peers import Sshd, free_port
 
 from .conftest import BLITZDNS
 

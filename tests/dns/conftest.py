@@ -8,11 +8,8 @@ senders) against it exactly as other programs would.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
-import subprocess
 import threading
-import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -21,21 +18,10 @@ from typing import Any, Protocol, TypeVar
 import pytest
 
 from blitzdns.config import Config, Endpoint, build_config, parse_config
-from blitzdns.demo import free_dns_port as free_port
 from blitzdns.dns.server import Resolver
+from tests.peers import Dnsmasq
 
 T = TypeVar("T")
-
-DNSMASQ = shutil.which("dnsmasq") or (
-    "/usr/sbin/dnsmasq" if Path("/usr/sbin/dnsmasq").exists() else None
-)
-DIG = shutil.which("dig")
-
-#: What the upstream dnsmasq answers (a leaked protected query would get 192.0.2.99).
-FORWARDED_ADDRESS = "192.0.2.10"
-LEAK_ADDRESS = "192.0.2.99"
-SHORT_TTL_ADDRESS = "192.0.2.20"
-
 
 #: Local-IP mode (issue 7): loopback 127.0.0.1 only; 127.0.0.64/26 is a "LAN" sharing dnd on
 #: 127.0.0.5 (which also serves DNS); fd00::/64 shares dasher on fd00::5.
@@ -75,121 +61,6 @@ names = ["{name}"]
 mouth = "{mouth}"
 """
     )
-
-
-class PortTaken(RuntimeError):
-    """dnsmasq could not bind its port."""
-
-
-class Dnsmasq:
-    """A real dnsmasq on 127.0.0.1 answering the test names, logging every query to a file.
-
-    ``neg.test`` is an authoritative zone (NXDOMAIN and NODATA with an SOA, 1 s TTLs); dnsmasq
-    serves authoritative zones only on a listener of their own, so a second dnsmasq holds
-    it and this one forwards ``neg.test`` there with its own cache off.
-    """
-
-    def __init__(self, directory: Path, extra: Sequence[str] = (), *, auth: bool = False) -> None:
-        if DNSMASQ is None:
-            pytest.skip("dnsmasq is not installed (Debian package dnsmasq)")
-        self.backend = None if auth else Dnsmasq(directory, auth=True)
-        # Another test run may take the free port before dnsmasq binds it: try a few.
-        for attempt in range(5):
-            self.log_path = directory / f"dnsmasq-{time.monotonic_ns()}.log"
-            self.port = free_port()
-            self.endpoint = Endpoint("127.0.0.1", self.port)
-            try:
-                self._start(extra)
-                return
-            except PortTaken:
-                if attempt == 4:
-                    raise
-
-    def _start(self, extra: Sequence[str]) -> None:
-        common = [
-            DNSMASQ,
-            "-k",
-            "-C",
-            "/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--log-queries",
-            f"--log-facility={self.log_path}",
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            f"--port={self.port}",
-            "--pid-file=",
-            "--user=root",
-        ]
-        if self.backend is None:
-            role = [
-                "--auth-server=ns.neg.test,127.0.0.1",
-                "--auth-zone=neg.test",
-                "--auth-ttl=1",
-                "--auth-soa=1,hostmaster.neg.test,1200,120,1209600",
-                f"--host-record=short.neg.test,{SHORT_TTL_ADDRESS}",
-            ]
-        else:
-            role = [
-                "--local-ttl=300",
-                "--cache-size=0",
-                f"--address=/fwd.test/{FORWARDED_ADDRESS}",
-                "--txt-record=txt.fwd.test,hello",
-                f"--address=/dartmouth.edu/{LEAK_ADDRESS}",
-                f"--server=/neg.test/127.0.0.1#{self.backend.port}",
-            ]
-        self.process = subprocess.Popen(
-            [*common, *role, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
-                if "in use" in err:
-                    raise PortTaken(err)
-                raise RuntimeError(f"dnsmasq exited: {err}")
-            if "started" in self.log_text():
-                return
-            time.sleep(0.02)
-        raise RuntimeError("dnsmasq did not start")
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text()
-        except FileNotFoundError:
-            return ""
-
-    def queries(self) -> list[str]:
-        """``query[TYPE] name`` for every query dnsmasq received, lower-cased, in order."""
-        found = []
-        for line in self.log_text().splitlines():
-            for marker in ("query[", "auth["):
-                if marker in line:
-                    part = line.split(marker, 1)[1]
-                    found.append(marker + part.split(" from ")[0].lower())
-        return found
-
-    def wait_for_query(self, name: str, timeout: float = 5.0) -> None:
-        """Block until dnsmasq has logged a query for ``name`` (its log is written in order)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(q.endswith("] " + name) for q in self.queries()):
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"dnsmasq never logged {name}: {self.queries()}")
-
-    def stop(self) -> None:
-        if self.backend is not None:
-            self.backend.stop()
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
 
 
 class ServerThread:
@@ -290,15 +161,6 @@ def stub(resolver_factory: Callable[..., ServerThread], dnsmasq: Dnsmasq) -> Ser
     return resolver_factory(make_config(), [dnsmasq.endpoint])
 
 
-def dig(server: Endpoint, *args: str, timeout: float = 10) -> str:
-    """Run the real ``dig`` against ``server``; its whole output."""
-    if DIG is None:
-        pytest.skip("dig is not installed (Debian package bind9-dnsutils)")
-    command = [DIG, f"@{server.host}", "-p", str(server.port), "+tries=1", "+time=3", *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    return done.stdout + done.stderr
-
-
 class FakeUpstream:
     """A hand-written UDP (and optionally TCP) upstream for cases no real server produces.
 
@@ -315,19 +177,8 @@ class FakeUpstream:
         self.tcp_queries: list[bytes] = []
         self.on_udp = on_udp
         self.on_tcp = on_tcp
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        port = free_port() if on_tcp is not None else 0
-        self.udp.bind(("127.0.0.1", port))
-        self.udp.settimeout(0.1)
-        port = self.udp.getsockname()[1]
-        self.endpoint = Endpoint("127.0.0.1", port)
-        self.tcp: socket.socket | None = None
-        if on_tcp is not None:
-            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.tcp.bind(("127.0.0.1", port))
-            self.tcp.listen(8)
-            self.tcp.settimeout(0.1)
+        self.udp, self.tcp = _bind_pair(with_tcp=on_tcp is not None)
+        self.endpoint = Endpoint("127.0.0.1", self.udp.getsockname()[1])
         self._stop = threading.Event()
         self.threads = [threading.Thread(target=self._serve_udp, daemon=True)]
         if self.tcp is not None:
@@ -371,6 +222,30 @@ class FakeUpstream:
         self.udp.close()
         if self.tcp is not None:
             self.tcp.close()
+
+
+def _bind_pair(*, with_tcp: bool) -> tuple[socket.socket, socket.socket | None]:
+    """A UDP socket on a port the kernel picks and, when asked, a listening TCP socket on
+    the same port (retried on a fresh port when TCP's is taken: nothing is released and
+    bound again later)."""
+    for _ in range(50):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        udp.settimeout(0.1)
+        if not with_tcp:
+            return udp, None
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind(("127.0.0.1", udp.getsockname()[1]))
+        except OSError:
+            tcp.close()
+            udp.close()
+            continue
+        tcp.listen(8)
+        tcp.settimeout(0.1)
+        return udp, tcp
+    raise RuntimeError("no port on 127.0.0.1 free for both UDP and TCP")
 
 
 def _recv_exactly(conn: socket.socket, size: int) -> bytes:

@@ -23,14 +23,13 @@ from blitzdns.dns.guard import Plan, ReplyRecord, plan, screen
 from blitzdns.dns.rfc import AAAA, ADDITIONAL, ANSWER, AUTHORITY, DNAME, OPT, PTR, A
 from blitzdns.dns.rfc import CNAME as CNAME_TYPE
 from blitzdns.dns.table import Table, labels_of
+from tests.peers import Dnsmasq, dig
 
 from .conftest import (
     SHARED_TOML,
-    Dnsmasq,
     FakeUpstream,
     ServerThread,
     config_protecting,
-    dig,
     make_config,
 )
 from .test_resolver import addresses, ask

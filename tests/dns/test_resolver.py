@@ -27,16 +27,13 @@ from hypothesis import strategies as st
 
 from blitzdns.config import Endpoint
 from blitzdns.errors import AddressInUse, ConfigError, UpstreamLoop
+from tests.peers import FORWARDED_ADDRESS, SHORT_TTL_ADDRESS, Dnsmasq, dig
 
 from .conftest import (
-    FORWARDED_ADDRESS,
     SHARED_TOML,
-    SHORT_TTL_ADDRESS,
-    Dnsmasq,
     FakeUpstream,
     ServerThread,
     config_protecting,
-    dig,
     make_config,
 )
 

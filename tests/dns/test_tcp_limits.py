@@ -20,8 +20,9 @@ import dns.message
 import pytest
 
 from blitzdns.dns.server import TCP_CLIENTS_MAX, TCP_PIPELINE_LIMIT
+from tests.peers import Dnsmasq
 
-from .conftest import Dnsmasq, FakeUpstream, ServerThread, make_config
+from .conftest import FakeUpstream, ServerThread, make_config
 from .test_resolver import _reply, addresses, ask
 
 #: Fifteen 250-byte strings: a ~3.8 KB reply to a ~30-byte query.

@@ -30,14 +30,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+
+from tests.peers import wait_for
 
 from .pcap import Frame, read_pcap
-
-T = TypeVar("T")
 
 PYTHON = sys.executable
 BLITZDNS = str(Path(sys.executable).with_name("blitzdns"))
@@ -88,18 +88,6 @@ def missing_prerequisite() -> str | None:
         return f"cannot create a network namespace: {made.stderr.strip()}"
     ip_command("netns", "del", probe)
     return None
-
-
-def wait_for(check: Callable[[], T | None], what: str, timeout: float = WAIT_S) -> T:
-    """Poll ``check`` until it returns something other than None/False; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:

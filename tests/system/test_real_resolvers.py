@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from blitzdns.config import parse_config
-from blitzdns.demo import free_dns_port as free_port
 from blitzdns.system import install as installer
 from blitzdns.system.resolvers import NM_DNSMASQ_SNIPPET, build_plan
+from tests.peers import dig_short as dig
+from tests.peers import free_port
 
 from .conftest import need, need_namespaces, run_in_namespace
 from .dnsstub import Stub, blitzdns_stub
@@ -27,17 +28,6 @@ from .dnsstub import Stub, blitzdns_stub
 #: The preset's mouths (tunnel.mouths 127.77.0.0/24, fixed offsets).
 DND_MOUTH = "127.77.0.1"
 DASHER_MOUTH = "127.77.0.2"
-
-
-def dig(port: int, name: str) -> list[str]:
-    done = subprocess.run(
-        ["dig", "+short", "+time=2", "+tries=1", "-p", str(port), "@127.0.0.1", name, "A"],
-        capture_output=True,
-        text=True,
-        timeout=15,
-        check=False,
-    )
-    return done.stdout.split()
 
 
 @pytest.fixture

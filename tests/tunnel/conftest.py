@@ -1,25 +1,19 @@
-"""Fixtures for the tunnel tests: a real sshd, a private $HOME, options reaching the sshd,
-and echo / sink targets. Helpers live in tunnel_testlib.py (tests/tunnel has no
-__init__.py: as a package it would be imported as ``tunnel`` and shadow the real one)."""
+"""Fixtures for the tunnel tests: a private $HOME, options reaching the shared ``sshd``
+fixture (tests/conftest.py), and echo / sink targets (helpers in tunnel_testlib.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tunnel_testlib import Sshd, Target, running_sshd
 
+from tests.peers import Sshd
 from tunnel import TunnelOptions
 
-
-@pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[Sshd]:
-    """A running sshd; the client key in ``client_key`` is authorized."""
-    with running_sshd(tmp_path) as server:
-        yield server
+from .tunnel_testlib import Target
 
 
 @pytest.fixture

@@ -12,10 +12,12 @@ import asyncio
 import re
 
 import pytest
-from tunnel_testlib import Sshd, Target, free_port, wait_until
 
+from tests.peers import Sshd, free_port, wait_until
 from tunnel import Forward, Tunnel, TunnelOptions
 from tunnel.chaff import needs_chaff
+
+from .tunnel_testlib import Target
 
 MSG_IGNORE, MSG_CHANNEL_OPEN, MSG_CHANNEL_EOF, MSG_CHANNEL_CLOSE = 2, 90, 96, 97
 EXCHANGES = 20

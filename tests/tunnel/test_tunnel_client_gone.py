@@ -9,9 +9,11 @@ import struct
 from collections.abc import AsyncIterator
 
 import pytest
-from tunnel_testlib import exchange, free_port, talking_target, wait_until
 
+from tests.peers import free_port, wait_until
 from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
+
+from .tunnel_testlib import exchange, talking_target
 
 
 class GreetThenQuit:

@@ -5,23 +5,15 @@ Tests taking ``any_options`` run once per link backend (asyncssh, openssh)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
-import signal
 
 import pytest
-from tunnel_testlib import (
-    Sshd,
-    Target,
-    exchange,
-    free_port,
-    read_until_closed,
-    talking_target,
-    wait_until,
-)
 
+from tests.peers import Sshd, free_port, stopped, wait_until
 from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
+
+from .tunnel_testlib import Target, exchange, read_until_closed, talking_target
 
 
 def forward_to(target: Target, name: str = "") -> Forward:
@@ -161,19 +153,14 @@ async def test_missed_keepalives_declare_the_link_dead(
     options = dataclasses.replace(options, keepalive_s=0.2, keepalive_count_max=2)
     async with Tunnel(options, [forward]) as tunnel:
         assert await tunnel.wait_up(10)
-        frozen = sshd.session_pids()
-        assert frozen
-        for pid in frozen:
-            os.kill(pid, signal.SIGSTOP)
-        try:
+        # The listing is stale at once (the pre-auth child exits after authentication):
+        # stopped() skips a pid that is gone and continues every one it stopped, always.
+        with stopped(sshd.session_pids()) as frozen:
+            assert frozen
             await wait_until(lambda: tunnel.state.status is not LinkStatus.UP)
             assert tunnel.state.last_error is not None
             assert await tunnel.wait_up(10)
             assert await exchange(*forward.mouth, b"new link") == b"new link"
-        finally:
-            for pid in frozen:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
 
 
 async def test_refusing_target_closes_only_that_connection(

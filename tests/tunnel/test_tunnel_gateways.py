@@ -9,18 +9,12 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from tunnel_testlib import (
-    Sshd,
-    Target,
-    exchange,
-    fingerprint,
-    free_port,
-    keygen,
-    wait_until,
-)
 
+from tests.peers import Sshd, fingerprint, free_port, keygen, wait_until
 from tunnel import Forward, Gateway, LinkStatus, Tunnel, TunnelOptions
 from tunnel.errors import AuthFailed, HostKeyChanged, HostKeyUnknown
+
+from .tunnel_testlib import Target, exchange
 
 
 def forward_to(target: Target) -> Forward:

@@ -13,18 +13,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from tunnel_testlib import (
-    Sshd,
-    Target,
-    exchange,
-    free_port,
-    read_until_closed,
-    wait_until,
-)
 
+from tests.peers import Sshd, free_port, wait_until
 from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
 from tunnel.errors import MouthBindError, TunnelConfigError
 from tunnel.mouths import LISTEN_BACKLOG
+
+from .tunnel_testlib import Target, exchange, read_until_closed
 
 
 def forward_to(target: Target, name: str = "", **kwargs: object) -> Forward:

@@ -18,19 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tunnel_testlib import (
-    Sshd,
-    Target,
-    descendants,
-    exchange,
-    fingerprint,
-    free_port,
-    keygen,
-    read_until_closed,
-    talking_target,
-    wait_until,
-)
 
+from tests.peers import Sshd, descendants, fingerprint, free_port, keygen, wait_until
 from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions, fdpass
 from tunnel.errors import AuthFailed, HostKeyChanged, HostKeyUnknown, TunnelConfigError
 from tunnel.fdpass import send_request_and_fd
@@ -43,6 +32,8 @@ from tunnel.openssh import (
     parse_reply,
     stdio_fwd_packet,
 )
+
+from .tunnel_testlib import Target, exchange, read_until_closed, talking_target
 
 SSH = shutil.which("ssh")
 

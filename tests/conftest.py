@@ -1,0 +1,18 @@
+"""Fixtures every suite may use; the peers behind them are in tests/peers.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.peers import Sshd, running_sshd
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    """A running OpenSSH sshd on 127.0.0.1; the client key in ``client_key`` is authorized.
+    Killed with every session at teardown. (tests/netns has its own, inside the lab.)"""
+    with running_sshd(tmp_path) as server:
+        yield server

@@ -1,0 +1,82 @@
+"""The shared peers themselves: a stale process listing, a frozen sshd, ports, waits."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.peers import (
+    Sshd,
+    _port_range,
+    free_port,
+    process_state,
+    signal_existing,
+    stopped,
+    wait_for,
+)
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def gone_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_a_pid_gone_between_listing_and_signalling_is_skipped(
+    sleeper: subprocess.Popen[bytes],
+) -> None:
+    dead = gone_pid()
+    assert signal_existing([dead, sleeper.pid], signal.SIGCONT) == [sleeper.pid]
+
+
+def test_stopped_skips_the_gone_and_continues_the_rest_even_on_failure(
+    sleeper: subprocess.Popen[bytes],
+) -> None:
+    with pytest.raises(RuntimeError, match="inside"), stopped([gone_pid(), sleeper.pid]) as held:
+        assert held == [sleeper.pid]
+        wait_for(lambda: process_state(sleeper.pid) == "T", "the sleeper to stop")
+        raise RuntimeError("inside")
+    wait_for(lambda: process_state(sleeper.pid) != "T", "the sleeper to continue")
+
+
+def test_killing_a_frozen_sshd_leaves_no_session_behind(sshd: Sshd) -> None:
+    with socket.create_connection(("127.0.0.1", sshd.port)) as client:
+        assert client.recv(64).startswith(b"SSH-")
+        sessions = wait_for(sshd.session_pids, "sshd to fork a session for the client")
+        with stopped([sshd.process.pid if sshd.process else 0, *sessions]):
+            sshd.kill()
+        for pid in sessions:
+            wait_for(lambda pid=pid: process_state(pid) in (None, "Z"), f"session {pid} to end")
+
+
+def test_free_ports_are_outside_the_ephemeral_range_and_free() -> None:
+    low, high = _port_range()
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(20):
+        port = free_port()
+        assert low <= port <= high < ephemeral_low
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            with socket.socket(socket.AF_INET, kind) as sock:
+                sock.bind(("127.0.0.1", port))
+
+
+def test_wait_for_returns_the_value_and_names_what_never_came() -> None:
+    values = iter([None, 0, "here"])
+    assert wait_for(lambda: next(values), "a value") == "here"
+    with pytest.raises(AssertionError, match="the impossible"):
+        wait_for(lambda: False, "the impossible", timeout=0.05)
