@@ -321,7 +321,10 @@ class Engine:
             return error_reply(job.packet, job.qend, SERVFAIL, job.edns)
         cacheable = True
         if self._screen(response) is not None:
-            guarded = self._guard(job, response)
+            try:
+                guarded = self._guard(job, response)
+            except wire.Malformed:
+                guarded = None
             if guarded is None:
                 self.stats.servfail += 1
                 return error_reply(job.packet, job.qend, SERVFAIL, job.edns)
@@ -332,18 +335,16 @@ class Engine:
         head, tail = response[2:12], response[job.qend :]
         return self._deliver(job.packet, job.qend, job.edns, head, tail, job.limit is not None)
 
-    def _guard(self, job: ForwardJob, response: bytes) -> tuple[bytes, bool] | None:
+    def _guard(self, job: ForwardJob, response: bytes) -> tuple[bytes, bool]:
         """``response`` as it may reach the client, and whether it may be cached.
 
         A chain that reaches a protected name ends with the local answer of the client's
         view for it; that reply differs per view, so it is not cached. A reply that only
         lost records (glue of protected hosts) is the same for everyone and is cached.
-        None when the reply cannot be parsed: unseen, it cannot be passed on (SERVFAIL).
+        Raise :class:`~blitzdns.dns.wire.Malformed` when the reply cannot be parsed or
+        rebuilt: unseen, it cannot be passed on (SERVFAIL).
         """
-        try:
-            parsed = wire.parse_reply(response)
-        except wire.Malformed:
-            return None
+        parsed = wire.parse_reply(response)
         qend = job.qend
         qtype = job.packet[qend - 4] << 8 | job.packet[qend - 3]
         qname = lower(wire_labels(job.packet[12 : qend - 4]))

@@ -32,6 +32,7 @@ from blitzdns.dns.cache import Cache
 from blitzdns.dns.engine import Engine, ForwardJob, question_end
 from blitzdns.dns.fastpath import error_reply
 from blitzdns.dns.loops import PROBE_WAIT_S, check_loops
+from blitzdns.dns.quiet import LogLimiter
 from blitzdns.dns.rfc import SERVFAIL
 from blitzdns.dns.stats import ResolverStats, UpstreamHealth
 from blitzdns.dns.table import Table
@@ -73,6 +74,8 @@ class Resolver:
         self.verbose = verbose
         self.loop_probe = loop_probe
         self.stats = ResolverStats()
+        #: Every log line a client can provoke goes through this (one per kind per interval).
+        self.log_limited = LogLimiter(self.log)
         self.cache = Cache(config.dns.cache_size)
         self.engine = Engine(Table.from_config(config), self.cache, self.stats)
         self.forwarder = self._forwarder(upstreams, config)
@@ -155,6 +158,7 @@ class Resolver:
         self._servers.clear()
         self._close_sockets()
         if self._started:
+            self.log_limited.flush(asyncio.get_running_loop().time())
             self.log.info("DNS stub stopped (%s)", _summary(self.stats))
         self._started = False
 
@@ -197,10 +201,20 @@ class Resolver:
         task.add_done_callback(self._tasks.discard)
 
     def _crashed(self, packet: bytes, client: str) -> bytes | None:
-        """An exception while handling: SERVFAIL when the header is readable, and a log line."""
+        """An exception while handling: SERVFAIL when the header is readable, and a log line.
+
+        A bug, since no input should raise; the line (with its traceback) is rate-limited
+        all the same, so that a packet that provokes it cannot fill the disk.
+        """
         self.stats.errors += 1
-        self.log.exception(
-            "error while handling a query from %s: %s", client, wire.describe(packet)
+        self.log_limited(
+            "errors while handling queries",
+            asyncio.get_running_loop().time(),
+            logging.ERROR,
+            "error while handling a query from %s: %s",
+            client,
+            wire.describe(packet),
+            exc_info=True,
         )
         if len(packet) < 12:
             return None
@@ -248,14 +262,16 @@ class Resolver:
         """
         if len(self._connections) >= TCP_CLIENTS_MAX:
             self.stats.tcp_refused += 1
-            if self.stats.tcp_refused % 1000 == 1:
-                peer = writer.get_extra_info("peername")
-                self.log.warning(
-                    "%d TCP connections open: closing new ones (from %s; %d so far)",
-                    TCP_CLIENTS_MAX,
-                    peer[0] if peer else "?",
-                    self.stats.tcp_refused,
-                )
+            peer = writer.get_extra_info("peername")
+            self.log_limited(
+                "TCP connections refused",
+                asyncio.get_running_loop().time(),
+                logging.WARNING,
+                "%d TCP connections open: closing new ones (from %s; %d so far)",
+                TCP_CLIENTS_MAX,
+                peer[0] if peer else "?",
+                self.stats.tcp_refused,
+            )
             writer.transport.abort()
             return
         task = asyncio.current_task()

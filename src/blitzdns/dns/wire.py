@@ -37,6 +37,8 @@ from blitzdns.dns.rfc import (
     AUTHORITY,
     DNAME,
     DO_BYTE,
+    MAX_LABEL,
+    MAX_NAME,
     OPT,
     OUR_PAYLOAD,
     RCODE_MASK,
@@ -50,12 +52,27 @@ class Malformed(ValueError):
 
 
 def parse_query(packet: bytes) -> d.Query:
-    """Parse a whole message; raise :class:`Malformed` when any part of it is broken."""
+    """Parse a whole message; raise :class:`Malformed` when any part of it is broken.
+
+    That includes a question name dnslib reads but no encoder may write back: a label over
+    63 octets or a name over 255 (RFC 1035 §2.3.4). dnslib parses those and raises only
+    when asked to echo them, so they are refused here, where FORMERR is the answer.
+    """
     try:
         record = DNSRecord.parse(packet)
-        return _query(record)
+        query = _query(record)
     except Exception as exc:  # dnslib raises many types on junk; all mean the same here
         raise Malformed(str(exc) or type(exc).__name__) from None
+    for question in query.questions:
+        _check_name(question.labels)
+    return query
+
+
+def _check_name(labels: Name) -> None:
+    if any(len(label) > MAX_LABEL for label in labels):
+        raise Malformed(f"a label longer than {MAX_LABEL} octets")
+    if sum(len(label) + 1 for label in labels) + 1 > MAX_NAME:
+        raise Malformed(f"a name longer than {MAX_NAME} octets")
 
 
 def _query(record: Any) -> d.Query:
@@ -194,7 +211,10 @@ def rebuild(reply: ParsedReply, keep: tuple[int, ...], local: d.Local | d.Reject
             out.add_answer(_rr(record))
         for record in local.authority:
             out.add_auth(_rr(record))
-    return bytes(out.pack())
+    try:
+        return bytes(out.pack())
+    except Exception as exc:  # what dnslib parsed it may refuse to write (a 64-octet label)
+        raise Malformed(str(exc) or type(exc).__name__) from None
 
 
 def describe(packet: bytes) -> str:
