@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from blitzdns import lookup
+from blitzdns.blitzmail import probes
 from blitzdns.config import Config, ForwardSpec
 from blitzdns.system.locations import Facts
+from blitzdns.system.netfacts import read_facts
 
 PROBE_TYPES = ("A", "AAAA", "ANY", "MX", "TXT", "HTTPS")
 
@@ -270,8 +272,6 @@ Prober = Callable[[str, int, float], Awaitable[Any]]
 
 def prober_for(config: Config, forward: ForwardSpec) -> Prober:
     """The dialect probe: by the target's well-known port, else by service name."""
-    from blitzdns.blitzmail import probes
-
     probe = probes.probe_for_service(forward.remote_port)
     if probe is probes.probe_tcp:
         probe = probes.probe_for_service(forward.service)
@@ -286,8 +286,6 @@ async def check_end_to_end(
     With ``link_up=False`` (the daemon says the link is down) nothing is tried: a mouth
     would hold each probe for ``wait_for_link_s`` and then close it, which says no more.
     """
-    from blitzdns.blitzmail import probes
-
     loopback = [f for f in config.forwards() if f.allowed_peers is None]
     if link_up is False:
         return [
@@ -335,8 +333,6 @@ async def run_checks(
         steps += await loop.run_in_executor(None, check_system_resolver, config)
     steps += check_mouths(config)
     if config.shared:
-        from blitzdns.system.netfacts import read_facts
-
         loop = asyncio.get_running_loop()
         steps += check_shared(config, await loop.run_in_executor(None, read_facts))
     steps += check_link(status)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,6 +26,8 @@ from typing import Any, Literal
 from blitzdns.blitzmail.preset import PRESETS
 from blitzdns.errors import ConfigError
 from blitzdns.mouths import MouthRequest, allocate_mouths
+from tunnel.errors import TunnelConfigError
+from tunnel.forwards import Gateway
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -536,9 +539,6 @@ def plain(value: Any) -> Any:
 def gateway_problem(text: str) -> str | None:
     """What is wrong with an SSH gateway ``[user@]host[:port]``; None when the tunnel
     accepts it (the one parser: :meth:`tunnel.Gateway.parse`)."""
-    from tunnel.errors import TunnelConfigError
-    from tunnel.forwards import Gateway
-
     try:
         Gateway.parse(text)
     except TunnelConfigError as exc:
@@ -574,8 +574,6 @@ def default_config_paths() -> tuple[Path, ...]:
     paths = []
     sudo_user = os.environ.get("SUDO_USER")
     if sudo_user and os.geteuid() == 0:
-        import pwd
-
         try:
             home = pwd.getpwnam(sudo_user).pw_dir
         except KeyError:

@@ -20,8 +20,11 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import getpass
+import importlib
 import logging
 import os
+import pkgutil
 import signal
 import sys
 import time
@@ -32,12 +35,17 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from blitzdns import __version__
 from blitzdns.config import Config, Endpoint, find_config_file, load_config
+from blitzdns.control import ControlServer, default_socket_path
+from blitzdns.dns.detect import detect_upstreams
+from blitzdns.dns.server import Resolver
 from blitzdns.effective import Flags, layered
-from blitzdns.errors import BlitzdnsError, ConfigError, UsageError
+from blitzdns.errors import BlitzdnsError, ConfigError, PermissionProblem, UsageError
+from blitzdns.system import locations, netfacts, privileges, sdnotify
+from blitzdns.system.record import saved_upstreams
+from tunnel import Forward, Gateway, LinkStatus, TunnelOptions
+from tunnel.errors import TunnelError
 
 if TYPE_CHECKING:
-    from blitzdns.control import ControlServer
-    from blitzdns.dns.server import Resolver
     from tunnel import Tunnel, TunnelState
 
 log = logging.getLogger("blitzdns")
@@ -98,7 +106,7 @@ def setup_logging(verbose: bool) -> None:
 def install_fast_loop() -> bool:
     """Use uvloop when it is installed (it roughly halves the per-packet cost)."""
     try:
-        import uvloop
+        import uvloop  # noqa: PLC0415  (optional: the 'fast' extra)
     except ImportError:
         return False
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
@@ -115,7 +123,7 @@ def raise_fd_limit(wanted: int = FD_LIMIT_WANTED) -> int:
     """Raise the soft ``RLIMIT_NOFILE`` towards ``wanted`` (never above the hard limit, never
     lower than it is), as servers do at start; the limit now in force."""
     try:
-        import resource
+        import resource  # noqa: PLC0415  (POSIX only)
     except ImportError:
         return -1
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -137,8 +145,6 @@ class TerminalSecrets:
     """
 
     def __init__(self, ask: Callable[[str], str] | None = None):
-        import getpass
-
         self.ask = ask or getpass.getpass
         self.answers: dict[str, str] = {}
 
@@ -161,11 +167,9 @@ def preload_modules() -> None:
     (a Python under /root/.pyenv, mode 0700): a lazy import would then fail mid-connect
     and look like an SSH error.
     """
-    import encodings.idna  # noqa: F401  (socket.getaddrinfo of a name)
-    import importlib
-    import pkgutil
+    import encodings.idna  # noqa: F401, PLC0415  (socket.getaddrinfo of a name)
 
-    import asyncssh
+    import asyncssh  # noqa: PLC0415  (deliberate: this function is the preload)
 
     for module in pkgutil.walk_packages(asyncssh.__path__, "asyncssh."):
         with contextlib.suppress(Exception):
@@ -257,8 +261,6 @@ def run_daemon(config: Config, options: RunOptions) -> int:
 
 def to_tunnel_forwards(config: Config) -> tuple[Any, ...]:
     """The config's forward specs as :class:`tunnel.Forward` values."""
-    from tunnel import Forward
-
     return tuple(
         Forward(
             mouth_host=f.mouth,
@@ -273,8 +275,6 @@ def to_tunnel_forwards(config: Config) -> tuple[Any, ...]:
 
 
 def to_gateways(config: Config) -> tuple[Any, ...]:
-    from tunnel import Gateway
-
     return tuple(Gateway.parse(g) for g in config.tunnel.gateways)
 
 
@@ -301,8 +301,6 @@ class Daemon:
     # ------------------------------------------------------------------ start
 
     async def main(self) -> int:
-        from blitzdns.system import sdnotify
-
         # Handlers first: start() may say READY=1, and systemd may send SIGHUP (or SIGTERM)
         # the moment it reads that; with the default action the daemon would just die.
         # A signal during start() is acted on once it returns (it only binds; it never
@@ -336,10 +334,6 @@ class Daemon:
         return status
 
     async def start(self) -> None:
-        from blitzdns.control import ControlServer, default_socket_path
-        from blitzdns.dns.server import Resolver
-        from blitzdns.system import privileges, sdnotify
-
         self.config = config = await self._located(self.base_config)
         if not self.options.no_tunnel and not config.tunnel.gateways:
             raise UsageError(
@@ -351,8 +345,6 @@ class Daemon:
             ports += [f.port for f in config.forwards()]
         needed = privileges.privileged_ports(ports)
         if needed and not privileges.can_bind_privileged(min(needed)):
-            from blitzdns.errors import PermissionProblem
-
             raise PermissionProblem(privileges.explain_privileged(needed))
 
         self.upstreams = self._upstreams(config)
@@ -386,9 +378,6 @@ class Daemon:
             sdnotify.notify(ready=True, status="resolver only (--no-tunnel)")
 
     def _upstreams(self, config: Config) -> tuple[Endpoint, ...]:
-        from blitzdns.dns.detect import detect_upstreams
-        from blitzdns.system.install import saved_upstreams
-
         if config.dns.upstreams:
             return config.dns.upstreams
         try:
@@ -400,7 +389,8 @@ class Daemon:
         return tuple(detect_upstreams(config.dns.listen, saved=saved))
 
     def _make_tunnel(self, config: Config) -> Tunnel:
-        from tunnel import Tunnel, TunnelOptions
+        # asyncssh (0.2 s) is loaded only when a tunnel runs: never with --no-tunnel.
+        from tunnel import Tunnel  # noqa: PLC0415
 
         options = TunnelOptions(
             gateways=to_gateways(config),
@@ -424,9 +414,6 @@ class Daemon:
         return {"password_prompt": self.secrets.password, "passphrase": self.secrets.passphrase}
 
     def _on_link_change(self, state: TunnelState) -> None:
-        from blitzdns.system import sdnotify
-        from tunnel import LinkStatus
-
         if state.status == LinkStatus.UP:
             log.info("link up via %s", state.gateway)
             if not self.ready_sent and not self.stopping.is_set():
@@ -461,8 +448,6 @@ class Daemon:
         apply is worked out inside the lock, from the config as it is then: a location
         change found just before a file reload must not bring back the file's old text.
         """
-        from blitzdns.system import sdnotify
-
         async with self.reload_lock:
             # sd_notify(3): RELOADING=1 while it runs, READY=1 again once done (only once
             # the service has said it is ready at all).
@@ -487,8 +472,6 @@ class Daemon:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return False
         except Exception as exc:
-            from tunnel.errors import TunnelError
-
             if not isinstance(exc, TunnelError):
                 raise
             log.error("reload failed, keeping the running configuration: %s", exc)
@@ -541,11 +524,8 @@ class Daemon:
         return layered(base, await self._detect(base), self.options.flags)
 
     async def _detect(self, base: Config) -> str | None:
-        from blitzdns.system.locations import match_location
-        from blitzdns.system.netfacts import read_facts
-
-        facts = await asyncio.get_running_loop().run_in_executor(None, read_facts)
-        match = match_location(base, facts)
+        facts = await asyncio.get_running_loop().run_in_executor(None, netfacts.read_facts)
+        match = locations.match_location(base, facts)
         if match is None:
             if base.locations:
                 log.info("no location matches this network; using the base configuration")

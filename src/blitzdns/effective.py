@@ -18,8 +18,8 @@ from pathlib import Path
 
 from blitzdns.config import Config, Endpoint, gateway_problem, load_config
 from blitzdns.errors import UsageError
+from blitzdns.system import netfacts
 from blitzdns.system.locations import match_location
-from blitzdns.system.netfacts import read_facts
 
 #: ``--location auto``: the location this network matches (none when no rule holds).
 AUTO = "auto"
@@ -63,7 +63,7 @@ def layered(base: Config, location: str | None = None, flags: Flags = NO_FLAGS) 
 
 def detect_location(base: Config) -> str | None:
     """The name of the location this network matches now; ``None`` when none does."""
-    match = match_location(base, read_facts())
+    match = match_location(base, netfacts.read_facts())
     return match.name if match else None
 
 

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import sys
 
+from blitzdns.errors import BlitzdnsError
+from tunnel.errors import TunnelConfigError, TunnelError
+
 
 def main(argv: list[str] | None = None) -> None:
     """Run one command; a user's mistake ends as ``blitzdns: <what and what to do>``."""
-    from blitzdns.errors import BlitzdnsError
-
     args = sys.argv[1:] if argv is None else argv
     try:
         if args[:1] == ["run"]:
-            from blitzdns.daemon import run_main
+            from blitzdns.daemon import run_main  # noqa: PLC0415  (run never loads typer)
 
             sys.exit(run_main(args[1:]))
-        from blitzdns.cli import app
+        from blitzdns.cli import app  # noqa: PLC0415  (nor the daemon loads the CLI)
 
         status = app(args=args, prog_name="blitzdns", standalone_mode=False)
         sys.exit(status if isinstance(status, int) else 0)
@@ -31,8 +32,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:
-        from tunnel.errors import TunnelConfigError, TunnelError
-
         if isinstance(exc, TunnelError):
             print(f"blitzdns: {exc}", file=sys.stderr)
             # A bad option or forward is a usage mistake, like a bad config (status 2).
@@ -56,7 +55,7 @@ def click_error(exc: BaseException) -> tuple[str, int] | None:
     subcommand has printed its help already (empty line). ``Abort`` (end of input at a
     prompt) is status 1, as click gives it.
     """
-    import typer
+    import typer  # noqa: PLC0415  (only the CLI's errors come here; run never loads it)
 
     if isinstance(exc, typer.Abort):
         return "blitzdns: aborted", 1

@@ -24,7 +24,7 @@ def __getattr__(name: str) -> Any:
     """``Tunnel`` is imported on first use: it loads asyncssh (about 0.2 s), which code that
     only parses gateways or forwards (a config check) does not need."""
     if name == "Tunnel":
-        from tunnel.tunnel import Tunnel
+        from tunnel.tunnel import Tunnel  # noqa: PLC0415  (deliberate: see above)
 
         return Tunnel
     raise AttributeError(f"module 'tunnel' has no attribute {name!r}")

@@ -20,6 +20,7 @@ from blitzdns.commands import resolver_config
 from blitzdns.config import Config
 from blitzdns.errors import UsageError
 from blitzdns.system import install as installer
+from blitzdns.system import record as install_record
 from blitzdns.system.resolvers import TARGETS, build_plan
 
 from .conftest import PORT53_CONFIG, snapshot
@@ -40,7 +41,7 @@ def root(tmp_path: Path) -> Path:
 
 
 def plan_for(config: Config, target: str, root: Path) -> installer.Plan:
-    current = installer.original_bytes(Path("/etc/resolv.conf"), root)
+    current = install_record.original_bytes(Path("/etc/resolv.conf"), root)
     return build_plan(config, target, current_resolv_conf=current)
 
 
@@ -86,16 +87,16 @@ def test_a_second_install_changes_nothing(root: Path, port53_config: Config, tar
 def test_resolvconf_keeps_the_previous_nameservers_for_run(
     root: Path, port53_config: Config
 ) -> None:
-    assert installer.saved_upstreams(root) == ()
+    assert install_record.saved_upstreams(root) == ()
     do_install(port53_config, "resolvconf", root)
-    assert installer.saved_upstreams(root) == ("192.0.2.53",)
+    assert install_record.saved_upstreams(root) == ("192.0.2.53",)
     text = (root / "etc/resolv.conf").read_text()
     assert "nameserver 192.0.2.53" not in text
     assert "search dartmouth.edu lan" in text
     # What blitzdns wrote is not what the machine had: facts and re-plans read the backup.
-    assert installer.original_bytes(Path("/etc/resolv.conf"), root) == ORIGINAL_RESOLV_CONF
+    assert install_record.original_bytes(Path("/etc/resolv.conf"), root) == ORIGINAL_RESOLV_CONF
     installer.uninstall(root, sudo_hint="x")
-    assert installer.saved_upstreams(root) == ()
+    assert install_record.saved_upstreams(root) == ()
 
 
 def test_a_symlinked_resolv_conf_comes_back_as_the_same_symlink(
@@ -110,7 +111,7 @@ def test_a_symlinked_resolv_conf_comes_back_as_the_same_symlink(
 
     do_install(port53_config, "resolvconf", root)
     assert not (root / "etc/resolv.conf").is_symlink()
-    assert installer.saved_upstreams(root) == ("127.0.0.53",)
+    assert install_record.saved_upstreams(root) == ("127.0.0.53",)
     assert "search dartmouth.edu corp.example" in (root / "etc/resolv.conf").read_text()
 
     installer.uninstall(root, sudo_hint="x")
@@ -155,6 +156,7 @@ import os, sys
 from pathlib import Path
 from blitzdns.config import parse_config
 from blitzdns.system import install as installer
+from blitzdns.system import record as install_record
 from blitzdns.system.resolvers import build_plan
 
 real_replace = os.replace
@@ -166,7 +168,7 @@ def crash(src, dst):
     real_replace(src, dst)
 
 os.replace = crash
-current = installer.original_bytes(Path("/etc/resolv.conf"), root)
+current = install_record.original_bytes(Path("/etc/resolv.conf"), root)
 plan = build_plan(parse_config(sys.argv[2]), "resolvconf", current_resolv_conf=current)
 installer.install(plan, root, sudo_hint="x")
 """
@@ -189,7 +191,7 @@ def test_a_crash_between_write_and_rename_leaves_the_old_file_intact(
     beside = root / "etc/.resolv.conf.blitzdns-new"
     assert b"nameserver 127.0.0.1" in beside.read_bytes()
     # The record was written first, so the machine can be finished or undone.
-    assert installer.saved_upstreams(root) == ("192.0.2.53",)
+    assert install_record.saved_upstreams(root) == ("192.0.2.53",)
     do_install(port53_config, "resolvconf", root)
     assert not beside.exists()
     installer.uninstall(root, sudo_hint="x")
@@ -256,9 +258,9 @@ def test_a_corrupt_record_is_a_clear_error_not_a_traceback(
     state = root / "var/lib/blitzdns/resolver-state.json"
     state.parent.mkdir(parents=True)
     state.write_text("{not json")
-    with pytest.raises(installer.StateCorrupt, match=r"resolver-state\.json"):
+    with pytest.raises(install_record.StateCorrupt, match=r"resolver-state\.json"):
         do_install(port53_config, "resolvconf", root)
-    assert installer.saved_upstreams(root) == ()
+    assert install_record.saved_upstreams(root) == ()
 
 
 def test_a_missing_root_is_refused(tmp_path: Path, port53_config: Config) -> None:
@@ -436,14 +438,14 @@ def test_a_record_entry_missing_its_before_is_a_clear_error(
     data = json.loads(record.read_text())
     del data["files"]["/etc/resolv.conf"]["before"]
     record.write_text(json.dumps(data))
-    with pytest.raises(installer.StateCorrupt, match="without a valid 'before'"):
+    with pytest.raises(install_record.StateCorrupt, match="without a valid 'before'"):
         installer.uninstall(root, sudo_hint="x")
 
 
 def test_a_deleted_backup_is_a_clear_error(root: Path, port53_config: Config) -> None:
     do_install(port53_config, "resolvconf", root)
     shutil.rmtree(root / "var/lib/blitzdns/backup")
-    with pytest.raises(installer.StateCorrupt, match=r"backup .* is missing"):
+    with pytest.raises(install_record.StateCorrupt, match=r"backup .* is missing"):
         installer.uninstall(root, sudo_hint="x")
 
 

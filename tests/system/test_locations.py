@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from blitzdns.config import Config, parse_config
-from blitzdns.system import netfacts
+from blitzdns.system import parsers
 from blitzdns.system.locations import Facts, check_rule, match_location
 
 from .conftest import DATA, need_namespaces, run_in_namespace
@@ -39,8 +39,8 @@ def recorded(
 ) -> Facts:
     """Facts built by the real parsers from `ip -j` output recorded on real links."""
     return Facts.make(
-        netfacts.parse_ip_route((DATA / route).read_text()),
-        netfacts.parse_ip_addr((DATA / addr).read_text()),
+        parsers.parse_ip_route((DATA / route).read_text()),
+        parsers.parse_ip_addr((DATA / addr).read_text()),
         search,
         ssids,
     )
@@ -124,63 +124,64 @@ def test_facts_are_comparable_across_readings() -> None:
 
 
 def test_ip_route_parser_reads_plain_multipath_and_ipv6_defaults() -> None:
-    assert netfacts.parse_ip_route((DATA / "route-host.json").read_text()) == (
+    assert parsers.parse_ip_route((DATA / "route-host.json").read_text()) == (
         ipaddress.ip_address("192.0.2.1"),
     )
-    assert netfacts.parse_ip_route((DATA / "route-multipath.json").read_text()) == (
+    assert parsers.parse_ip_route((DATA / "route-multipath.json").read_text()) == (
         ipaddress.ip_address("10.9.0.1"),
         ipaddress.ip_address("10.8.0.1"),
     )
-    assert netfacts.parse_ip_route((DATA / "route6-default.json").read_text()) == (
+    assert parsers.parse_ip_route((DATA / "route6-default.json").read_text()) == (
         ipaddress.ip_address("2001:db8::1"),
     )
-    assert netfacts.parse_ip_route((DATA / "route-empty.json").read_text()) == ()
-    assert netfacts.parse_ip_route("not json") == ()
+    assert parsers.parse_ip_route((DATA / "route-empty.json").read_text()) == ()
+    assert parsers.parse_ip_route("not json") == ()
 
 
 def test_ip_addr_parser_skips_loopback_and_link_local() -> None:
-    found = netfacts.parse_ip_addr((DATA / "addr-multi.json").read_text())
+    found = parsers.parse_ip_addr((DATA / "addr-multi.json").read_text())
     assert [str(a) for a in found] == ["10.8.0.2/24", "10.9.0.2/24", "2001:db8::2/64"]
-    assert netfacts.parse_ip_addr((DATA / "addr-lo-only.json").read_text()) == ()
+    assert parsers.parse_ip_addr((DATA / "addr-lo-only.json").read_text()) == ()
 
 
 def test_search_domain_parsers() -> None:
     text = "domain old.example\n# search commented.example\nsearch a.example B.example.\n"
-    assert netfacts.parse_resolv_conf_search(text) == ("a.example", "b.example")
+    assert parsers.parse_resolv_conf_search(text) == ("a.example", "b.example")
     resolvectl = (
         "Global: dartmouth.edu\n"
         "Link 2 (eth0): kiewit.dartmouth.edu ~corp.example\n"
         "Link 3 (wlan0):\n"
     )
-    assert netfacts.parse_resolvectl_domain(resolvectl) == ("kiewit.dartmouth.edu",)
+    assert parsers.parse_resolvectl_domain(resolvectl) == ("kiewit.dartmouth.edu",)
 
 
 def test_wifi_parsers() -> None:
-    assert netfacts.parse_nmcli_ssids("no:Other\nyes:Cafe\\: Free\n") == ("Cafe: Free",)
+    assert parsers.parse_nmcli_ssids("no:Other\nyes:Cafe\\: Free\n") == ("Cafe: Free",)
     iw = "phy#0\n\tInterface wlan0\n\t\tssid Dartmouth Public\n\t\ttype managed\n"
-    assert netfacts.parse_iw_dev(iw) == ("Dartmouth Public",)
+    assert parsers.parse_iw_dev(iw) == ("Dartmouth Public",)
 
 
 def test_macos_parsers() -> None:
     route = "   route to: default\ndestination: default\n    gateway: 192.168.1.1\n"
-    assert netfacts.parse_macos_route(route) == (ipaddress.ip_address("192.168.1.1"),)
+    assert parsers.parse_macos_route(route) == (ipaddress.ip_address("192.168.1.1"),)
     ifconfig = (
         "en0: flags=8863<UP>\n\tinet 192.168.1.20 netmask 0xffffff00 broadcast 192.168.1.255\n"
         "\tinet6 fe80::1%en0 prefixlen 64 scopeid 0x4\n\tinet6 fd00:1::20 prefixlen 64\n"
         "lo0: flags=8049<UP>\n\tinet 127.0.0.1 netmask 0xff000000\n"
     )
-    assert [str(a) for a in netfacts.parse_ifconfig(ifconfig)] == [
+    assert [str(a) for a in parsers.parse_ifconfig(ifconfig)] == [
         "192.168.1.20/24",
         "fd00:1::20/64",
     ]
     scutil = "resolver #1\n  search domain[0] : kiewit.dartmouth.edu\n  nameserver[0] : 10.0.0.1\n"
-    assert netfacts.parse_scutil_dns(scutil) == ("kiewit.dartmouth.edu",)
-    assert netfacts.parse_airport_network("Current Wi-Fi Network: Dorm\n") == ("Dorm",)
+    assert parsers.parse_scutil_dns(scutil) == ("kiewit.dartmouth.edu",)
+    assert parsers.parse_airport_network("Current Wi-Fi Network: Dorm\n") == ("Dorm",)
 
 
 def test_facts_ignore_the_search_domain_blitzdns_itself_installed(tmp_path: Path) -> None:
     """After the resolvconf target adds `search dartmouth.edu`, facts read the original."""
     from blitzdns.system import install as installer
+    from blitzdns.system import record as install_record
     from blitzdns.system.resolvers import build_plan
 
     root = tmp_path / "machine"
@@ -189,9 +190,9 @@ def test_facts_ignore_the_search_domain_blitzdns_itself_installed(tmp_path: Path
     config = parse_config('[dns]\nlisten = ["127.0.0.1:53"]\n')
     installer.install(build_plan(config, "resolvconf"), root, sudo_hint="x")
     assert "dartmouth.edu" in (root / "etc/resolv.conf").read_text()
-    original = installer.original_bytes(Path("/etc/resolv.conf"), root)
+    original = install_record.original_bytes(Path("/etc/resolv.conf"), root)
     assert original is not None
-    assert netfacts.parse_resolv_conf_search(original.decode()) == ("home.example",)
+    assert parsers.parse_resolv_conf_search(original.decode()) == ("home.example",)
 
 
 # --------------------------------------------------------------------------- live system

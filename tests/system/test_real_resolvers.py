@@ -18,6 +18,7 @@ import pytest
 
 from blitzdns.config import parse_config
 from blitzdns.system import install as installer
+from blitzdns.system import record as install_record
 from blitzdns.system.resolvers import NM_DNSMASQ_SNIPPET, build_plan
 from tests.peers import dig_short as dig
 from tests.peers import free_port
@@ -87,11 +88,11 @@ def test_resolvconf_target_answers_glibc_in_a_private_namespace(tmp_path: Path) 
     (root / "etc").mkdir(parents=True)
     (root / "etc/resolv.conf").write_bytes(b"search lan\nnameserver 192.0.2.53\n")
     config = parse_config('[dns]\nlisten = ["127.0.0.1:53"]\n')
-    current = installer.original_bytes(Path("/etc/resolv.conf"), root)
+    current = install_record.original_bytes(Path("/etc/resolv.conf"), root)
     installer.install(
         build_plan(config, "resolvconf", current_resolv_conf=current), root, sudo_hint="x"
     )
-    assert installer.saved_upstreams(root) == ("192.0.2.53",)
+    assert install_record.saved_upstreams(root) == ("192.0.2.53",)
 
     done = run_in_namespace(
         "getent", str(root / "etc/resolv.conf"), "dnd.dartmouth.edu", "dnd", "dasher", "kringle"

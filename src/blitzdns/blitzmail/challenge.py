@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hmac
 
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
 CHALLENGE_BYTES = 8
 CHALLENGE_DIGITS = 3 * CHALLENGE_BYTES
 
@@ -83,10 +85,12 @@ def des_available() -> bool:
 
 def _triple_des() -> type:
     try:
-        from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+        from cryptography.hazmat.decrepit.ciphers.algorithms import (  # noqa: PLC0415
+            TripleDES,  # where it is depends on the cryptography version
+        )
     except ImportError:
         try:
-            from cryptography.hazmat.primitives.ciphers.algorithms import (  # type: ignore[attr-defined,no-redef,unused-ignore]
+            from cryptography.hazmat.primitives.ciphers.algorithms import (  # noqa: PLC0415 # type: ignore[attr-defined,no-redef,unused-ignore]
                 TripleDES,
             )
         except ImportError as exc:
@@ -98,8 +102,6 @@ def des_encrypt_block(key: bytes, block: bytes) -> bytes:
     """Single-DES ECB encryption of one 8-byte block under an 8-byte key."""
     if len(key) != CHALLENGE_BYTES or len(block) != CHALLENGE_BYTES:
         raise ChallengeError("DES key and block must be 8 bytes each")
-    from cryptography.hazmat.primitives.ciphers import Cipher, modes
-
     algorithm = _triple_des()(key * 3)
     encryptor = Cipher(algorithm, modes.ECB()).encryptor()
     return encryptor.update(block) + encryptor.finalize()

@@ -15,6 +15,7 @@ import typer
 from blitzdns.commands.options import ConfigOption, JsonOption
 from blitzdns.config import Config, load_config
 from blitzdns.system.locations import Facts, describe_rule, evaluate, match_location
+from blitzdns.system.netfacts import read_facts
 
 LocationOption = Annotated[
     str | None,
@@ -28,8 +29,6 @@ def location(
     as_json: JsonOption = False,
 ) -> None:
     """Show which location matches this network now, and why (the facts and the rule)."""
-    from blitzdns.system.netfacts import read_facts
-
     config = load_config(config_path)
     facts = read_facts()
     report = location_report(config, facts, forced)

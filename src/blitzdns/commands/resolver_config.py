@@ -20,6 +20,7 @@ from blitzdns.config import Config
 from blitzdns.effective import effective_config
 from blitzdns.errors import UsageError
 from blitzdns.system import install as installer
+from blitzdns.system import record
 from blitzdns.system.resolvers import RESOLV_CONF, TARGETS, Plan, build_plan
 
 app = typer.Typer(
@@ -115,7 +116,7 @@ def uninstall(
 
 
 def _uninstall(target: str | None, root: Path, *, apply: bool) -> None:
-    state = installer.load_state(root)
+    state = record.load_state(root)
     if state is None:
         typer.echo(f"nothing to undo: no install record under {root}")
         return
@@ -162,7 +163,7 @@ def prepare(
         chosen = installer.detect_target(root)
     if chosen not in TARGETS:
         raise UsageError(f"--target {chosen}: expected one of {', '.join(TARGETS)}")
-    current = installer.original_bytes(Path(RESOLV_CONF), root) if chosen == "resolvconf" else None
+    current = record.original_bytes(Path(RESOLV_CONF), root) if chosen == "resolvconf" else None
     return config, build_plan(config, chosen, current_resolv_conf=current)
 
 

@@ -28,9 +28,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from blitzdns.blitzmail import dnd, probes
 from blitzdns.blitzmail.fakes import DEMO_RECORDS, DEMO_SECOND_USER, DEMO_USER, DemoFleet, DndRecord
 from blitzdns.config import Config, ForwardSpec, parse_config
-from blitzdns.daemon import Daemon, RunOptions
+from blitzdns.daemon import Daemon, RunOptions, install_fast_loop, setup_logging
 from blitzdns.demo.gateway import DemoGateway, Route
 from blitzdns.demo.relay import RecordingRelay, render_wire
 from blitzdns.demo.session import SessionLog, client_session, secrets_of
@@ -332,7 +333,6 @@ async def cleartext_contrast(fleet: DemoFleet, say: Say) -> RecordingRelay:
     order it crossed (each relay's times count from its own start, a fraction of a
     millisecond apart).
     """
-    from blitzdns.blitzmail import dnd, probes
 
     record = RecordingRelay(target=fleet.dnd.address)
     relay_dnd = RecordingRelay(target=fleet.dnd.address, segments=record.segments)
@@ -424,7 +424,6 @@ async def _wait_for_interrupt() -> None:
 
 def demo_command(once: bool) -> int:
     """Entry for the CLI: run the demo on a fresh loop, exit 0 when everything was verified."""
-    from blitzdns.daemon import install_fast_loop, setup_logging
 
     setup_logging(False)
     logging.getLogger().setLevel(logging.WARNING)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shlex
 import shutil
@@ -39,22 +38,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from blitzdns.errors import BlitzdnsError, PermissionProblem, UsageError
+from blitzdns.system.record import (
+    BACKUP_DIR,
+    STATE_DIR,
+    STATE_FILE,
+    State,
+    StateCorrupt,
+    load_state,
+    under,
+)
 from blitzdns.system.resolvers import Plan
 
-STATE_DIR = "/var/lib/blitzdns"
-STATE_FILE = f"{STATE_DIR}/resolver-state.json"
-BACKUP_DIR = f"{STATE_DIR}/backup"
-STATE_VERSION = 1
 TEMP_SUFFIX = ".blitzdns-new"
-
-
-class StateCorrupt(UsageError):
-    """The state file exists but cannot be read back; the message names it."""
 
 
 class ApplyFailed(BlitzdnsError):
@@ -73,128 +73,7 @@ class Change:
         return f"{self.action:<9} {self.path}"
 
 
-@dataclass(slots=True)
-class State:
-    """The record of one installation (JSON on disk; see the module docstring)."""
-
-    target: str
-    location: str | None = None
-    #: system path → {"before": what was there ({"kind": "absent" | "file" | "symlink", …}),
-    #: "written": sha256 of what blitzdns wrote (None until written)}.
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: Directories install created, in creation order (removed in reverse when empty).
-    created_dirs: list[str] = field(default_factory=list)
-    upstreams: list[str] = field(default_factory=list)
-    undo_commands: list[str] = field(default_factory=list)
-    command_shell: list[str] = field(default_factory=list)
-    reload: list[list[str]] = field(default_factory=list)
-
-    def to_json(self) -> bytes:
-        data = {
-            "version": STATE_VERSION,
-            "target": self.target,
-            "location": self.location,
-            "files": self.files,
-            "created_dirs": self.created_dirs,
-            "upstreams": self.upstreams,
-            "undo_commands": self.undo_commands,
-            "command_shell": self.command_shell,
-            "reload": self.reload,
-        }
-        return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
-
-    @classmethod
-    def from_json(cls, data: bytes, where: Path) -> State:
-        try:
-            raw = json.loads(data)
-            if raw.get("version") != STATE_VERSION:
-                raise ValueError(f"unknown version {raw.get('version')!r}")
-            return cls(
-                target=str(raw["target"]),
-                location=raw.get("location"),
-                files={str(k): _checked_record(v) for k, v in raw["files"].items()},
-                created_dirs=[str(d) for d in raw.get("created_dirs", [])],
-                upstreams=[str(u) for u in raw.get("upstreams", [])],
-                undo_commands=[str(c) for c in raw.get("undo_commands", [])],
-                command_shell=[str(c) for c in raw.get("command_shell", [])],
-                reload=[[str(a) for a in argv] for argv in raw.get("reload", [])],
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise StateCorrupt(
-                f"{where}: cannot read blitzdns's install record ({exc}); restore the files "
-                f"from {where.parent / 'backup'} by hand, then delete {where}"
-            ) from None
-
-
-_BEFORE_FIELDS: dict[str, dict[str, type]] = {
-    "absent": {},
-    "symlink": {"target": str},
-    "file": {"backup": str, "sha256": str, "mode": int, "uid": int, "gid": int},
-}
-
-
-def _checked_record(record: Any) -> dict[str, Any]:
-    """One ``files`` entry, checked to hold what :func:`_restore` reads (``ValueError``)."""
-    before = record.get("before") if isinstance(record, dict) else None
-    kind = before.get("kind") if isinstance(before, dict) else None
-    if not isinstance(before, dict) or kind not in _BEFORE_FIELDS:
-        raise ValueError(f"a file entry without a valid 'before': {record!r}")
-    for name, kind_of in _BEFORE_FIELDS[kind].items():
-        if not isinstance(before.get(name), kind_of):
-            raise ValueError(f"a {kind} entry without {name!r}: {record!r}")
-    return dict(record)
-
-
 # --------------------------------------------------------------------------- queries
-
-
-def load_state(root: Path = Path("/")) -> State | None:
-    """The current installation record, or None when nothing is installed."""
-    path = _under(root, STATE_FILE)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except PermissionError:
-        raise PermissionProblem(f"cannot read {path} (permission denied); use sudo") from None
-    return State.from_json(data, path)
-
-
-def saved_upstreams(root: Path = Path("/")) -> tuple[str, ...]:
-    """The nameservers a whole-resolver install replaced, for ``run`` to forward to; () if none.
-
-    Never raises: a missing or unreadable record just means there is nothing saved.
-    """
-    try:
-        state = load_state(root)
-    except BlitzdnsError:
-        return ()
-    return tuple(state.upstreams) if state else ()
-
-
-def original_bytes(path: Path, root: Path = Path("/")) -> bytes | None:
-    """``path``'s content as it was before blitzdns touched it (the live file if untouched).
-
-    None when the file did not exist (or cannot be read). A symlink is followed inside
-    ``root``, as the system would.
-    """
-    system_path = str(path)
-    try:
-        state = load_state(root)
-    except BlitzdnsError:
-        state = None
-    record = state.files.get(system_path) if state else None
-    before = record["before"] if record else None
-    try:
-        if before is None:
-            return _read_in_root(root, system_path)
-        if before["kind"] == "file":
-            return _under(root, before["backup"]).read_bytes()
-        if before["kind"] == "symlink":
-            return _read_in_root(root, _link_target(system_path, before["target"]))
-    except OSError:
-        return None
-    return None
 
 
 def detect_target(root: Path = Path("/"), platform: str = sys.platform) -> str:
@@ -203,9 +82,9 @@ def detect_target(root: Path = Path("/"), platform: str = sys.platform) -> str:
         return "macos"
     if platform.startswith("win"):
         return "nrpt"
-    if _under(root, "/run/systemd/resolve").is_dir():
+    if under(root, "/run/systemd/resolve").is_dir():
         return "systemd-resolved"
-    if _under(root, "/run/NetworkManager").is_dir():
+    if under(root, "/run/NetworkManager").is_dir():
         return "networkmanager"
     return "resolvconf"
 
@@ -224,7 +103,7 @@ LOCK_POLL_S = 0.05
 def flock_within(fd: int, wait_s: float, poll_s: float = LOCK_POLL_S) -> bool:
     """Take an exclusive ``flock`` on ``fd``, retrying for up to ``wait_s``; False when
     another process still holds it then (POSIX only)."""
-    import fcntl
+    import fcntl  # noqa: PLC0415  (POSIX only: the NRPT target runs on Windows)
 
     deadline = time.monotonic() + wait_s
     while True:
@@ -292,7 +171,7 @@ def _install(plan: Plan, root: Path, *, sudo_hint: str, location: str | None) ->
         command_shell=list(plan.command_shell) if plan.undo_commands else [],
         reload=[list(argv) for argv in plan.reload],
     )
-    pending = [f for f in plan.files if not _holds(_under(root, f.path), f.content, f.mode)]
+    pending = [f for f in plan.files if not _holds(under(root, f.path), f.content, f.mode)]
     same_record = state is not None and new_state.to_json() == state.to_json()
     if same_record and not pending and not dropped:
         return [Change(p, "unchanged") for p in wanted]
@@ -317,7 +196,7 @@ def _install(plan: Plan, root: Path, *, sudo_hint: str, location: str | None) ->
             changes.append(Change(item.path, "unchanged"))
             continue
         _make_parents(root, item.path, new_state)
-        atomic_write(_under(root, item.path), item.content, item.mode)
+        atomic_write(under(root, item.path), item.content, item.mode)
         kind = record["before"]["kind"]
         changes.append(Change(item.path, "created" if kind == "absent" else "replaced"))
     _write_state(root, new_state)
@@ -341,16 +220,16 @@ def _uninstall(root: Path, *, sudo_hint: str) -> tuple[list[Change], State | Non
     _check_writable(root, [*state.files, STATE_FILE], sudo_hint)
     changes = []
     for path, record in list(state.files.items()):
-        edited = _edited_since_install(_under(root, path), record.get("written"))
+        edited = _edited_since_install(under(root, path), record.get("written"))
         _restore(root, path, record["before"])
         action = "removed" if record["before"]["kind"] == "absent" else "restored"
         changes.append(Change(path, action + (" (it was edited after install)" if edited else "")))
         del state.files[path]
         _write_state(root, state)
     _remove_empty_dirs(root, state)
-    _under(root, STATE_FILE).unlink()
+    under(root, STATE_FILE).unlink()
     for directory in reversed(state.created_dirs):
-        _rmdir_if_empty(_under(root, directory))
+        _rmdir_if_empty(under(root, directory))
     return changes, state
 
 
@@ -442,22 +321,6 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _under(root: Path, system_path: str) -> Path:
-    return root / system_path.lstrip("/")
-
-
-def _link_target(system_path: str, target: str) -> str:
-    return target if target.startswith("/") else str(Path(system_path).parent / target)
-
-
-def _read_in_root(root: Path, system_path: str, depth: int = 0) -> bytes:
-    """Read a file under ``root``, following absolute symlinks inside ``root`` (not the host)."""
-    path = _under(root, system_path)
-    if path.is_symlink() and depth < 8:
-        return _read_in_root(root, _link_target(system_path, os.readlink(path)), depth + 1)
-    return path.read_bytes()
-
-
 def _holds(path: Path, content: bytes, mode: int) -> bool:
     try:
         info = path.lstat()
@@ -472,7 +335,7 @@ def _holds(path: Path, content: bytes, mode: int) -> bool:
 
 def _back_up(root: Path, system_path: str, state: State) -> dict[str, Any]:
     """Save what is at ``system_path`` now; return its record for the state file."""
-    path = _under(root, system_path)
+    path = under(root, system_path)
     try:
         info = path.lstat()
     except FileNotFoundError:
@@ -484,7 +347,7 @@ def _back_up(root: Path, system_path: str, state: State) -> dict[str, Any]:
     data = path.read_bytes()
     backup = f"{BACKUP_DIR}{system_path}"
     _make_parents(root, backup, state)
-    atomic_write(_under(root, backup), data, 0o600)
+    atomic_write(under(root, backup), data, 0o600)
     return {
         "kind": "file",
         "backup": backup,
@@ -497,7 +360,7 @@ def _back_up(root: Path, system_path: str, state: State) -> dict[str, Any]:
 
 
 def _restore(root: Path, system_path: str, before: dict[str, Any]) -> None:
-    path = _under(root, system_path)
+    path = under(root, system_path)
     kind = before["kind"]
     if kind == "absent":
         path.unlink(missing_ok=True)
@@ -505,13 +368,13 @@ def _restore(root: Path, system_path: str, before: dict[str, Any]) -> None:
     if kind == "symlink":
         _atomic_symlink(path, before["target"])
         return
-    backup = _under(root, before["backup"])
+    backup = under(root, before["backup"])
     try:
         data = backup.read_bytes()
     except FileNotFoundError:
         raise StateCorrupt(
             f"the backup {backup} of {system_path} is missing; nothing more was restored "
-            f"(restore {system_path} by hand, then delete {_under(root, STATE_FILE)})"
+            f"(restore {system_path} by hand, then delete {under(root, STATE_FILE)})"
         ) from None
     if hashlib.sha256(data).hexdigest() != before["sha256"]:
         raise StateCorrupt(
@@ -542,11 +405,11 @@ def require_root(root: Path) -> None:
 def _make_parents(root: Path, system_path: str, state: State) -> None:
     missing = []
     parent = Path(system_path).parent
-    while parent != parent.parent and not _under(root, str(parent)).exists():
+    while parent != parent.parent and not under(root, str(parent)).exists():
         missing.append(str(parent))
         parent = parent.parent
     for directory in reversed(missing):
-        _under(root, directory).mkdir(mode=0o755)
+        under(root, directory).mkdir(mode=0o755)
         state.created_dirs.append(directory)
 
 
@@ -556,7 +419,7 @@ def _remove_empty_dirs(root: Path, state: State) -> None:
     for directory in reversed(list(state.created_dirs)):
         if any(n == directory or n.startswith(directory + "/") for n in needed):
             continue
-        if _rmdir_if_empty(_under(root, directory)):
+        if _rmdir_if_empty(under(root, directory)):
             state.created_dirs.remove(directory)
 
 
@@ -572,7 +435,7 @@ def _rmdir_if_empty(path: Path) -> bool:
 
 def _write_state(root: Path, state: State) -> None:
     _make_parents(root, STATE_FILE, state)
-    path = _under(root, STATE_FILE)
+    path = under(root, STATE_FILE)
     data = state.to_json()
     if not _holds(path, data, 0o600):
         atomic_write(path, data, 0o600)
@@ -581,7 +444,7 @@ def _write_state(root: Path, state: State) -> None:
 def _check_writable(root: Path, system_paths: Iterable[str], sudo_hint: str) -> None:
     """Raise PermissionProblem (naming the file) unless every path can be replaced."""
     for system_path in system_paths:
-        path = _under(root, system_path)
+        path = under(root, system_path)
         directory = path.parent
         while not directory.exists() and directory != directory.parent:
             directory = directory.parent

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from blitzdns.config import Config, Endpoint
 from blitzdns.errors import ConfigError, UsageError
+from blitzdns.system.parsers import parse_resolv_conf_search
 
 TARGETS = ("macos", "systemd-resolved", "networkmanager", "resolvconf", "nrpt")
 #: Targets that have no port field: the stub must listen on 53.
@@ -287,8 +288,6 @@ def _networkmanager(n: Names) -> Plan:
 
 
 def _resolvconf(n: Names, current: bytes | None) -> Plan:
-    from blitzdns.system.netfacts import parse_resolv_conf_search
-
     old_text = current.decode("utf-8", "replace") if current else ""
     ours = {e.host for e in n.stub}
     upstreams: list[str] = []
