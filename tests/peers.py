@@ -120,6 +120,25 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise RuntimeError(f"no free port on {host} between {low} and {high}")
 
 
+def tcp_established(sock: socket.socket) -> bool:
+    """Whether the kernel still has ``sock`` (an IPv4 client) ESTABLISHED with its peer:
+    False once the peer closed (FIN: CLOSE_WAIT) or reset it (gone), read or not."""
+    try:
+        local, remote = sock.getsockname(), sock.getpeername()
+    except OSError:  # ENOTCONN: reset and gone already
+        return False
+
+    def hexed(address: tuple[str, int]) -> str:
+        return f"{socket.inet_aton(address[0])[::-1].hex().upper()}:{address[1]:04X}"
+
+    wanted = (hexed(local), hexed(remote))
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (fields[1], fields[2]) == wanted:
+            return fields[3] == "01"
+    return False
+
+
 # --------------------------------------------------------------------------- processes
 
 

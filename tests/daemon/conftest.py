@@ -12,13 +12,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.peers import wait_for
 
 BLITZDNS = str(Path(sys.executable).with_name("blitzdns"))
 
@@ -42,18 +43,38 @@ class Daemon:
         result: dict[str, object] = json.loads(out.stdout)
         return result
 
-    def wait_status(self, predicate: object, timeout_s: float = 15) -> dict[str, object]:
-        deadline = time.monotonic() + timeout_s
+    def _alive(self) -> None:
+        if self.process.poll() is not None:
+            raise AssertionError(f"daemon exited: {self.log.read_text()[-3000:]}")
+
+    def wait_status(self, predicate: object, timeout_s: float = 30) -> dict[str, object]:
+        """The daemon's status once ``predicate`` holds for it."""
         last: dict[str, object] = {}
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"daemon exited: {self.log.read_text()[-3000:]}")
+
+        def check() -> dict[str, object] | None:
+            nonlocal last
+            self._alive()
             with contextlib.suppress(subprocess.CalledProcessError, json.JSONDecodeError):
                 last = self.status()
                 if callable(predicate) and predicate(last):
                     return last
-            time.sleep(0.1)
-        raise AssertionError(f"condition not met; last status {last}; log {self.log.read_text()}")
+            return None
+
+        return wait_for(
+            check, lambda: f"the status; last {last}; log {self.log.read_text()}", timeout_s
+        )
+
+    def wait_log(self, line: str, timeout_s: float = 30) -> str:
+        """The daemon's log once it says ``line``."""
+
+        def check() -> str | None:
+            self._alive()
+            text = self.log.read_text()
+            return text if line in text else None
+
+        return wait_for(
+            check, lambda: f"the daemon to say {line!r}: {self.log.read_text()[-3000:]}", timeout_s
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -12,12 +12,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.peers import free_port
+from tests.peers import free_port, wait_for
 
 from .conftest import BLITZDNS
 
@@ -58,13 +57,14 @@ def test_sighup_after_dropping_to_nobody_rereads_the_starting_file(tmp_path: Pat
                 stdin=subprocess.DEVNULL,
             )
         try:
-            deadline = time.monotonic() + 15
-            while "running as nobody" not in log.read_text() and time.monotonic() < deadline:
+
+            def said(line: str) -> bool:
                 assert daemon.poll() is None, log.read_text()
-                time.sleep(0.1)
+                return line in log.read_text()
+
+            wait_for(lambda: said("running as nobody"), lambda: f"the drop: {log.read_text()}")
             daemon.send_signal(signal.SIGHUP)
-            while "reloaded" not in log.read_text() and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_for(lambda: said("reloaded"), lambda: f"the reload: {log.read_text()}")
             text = log.read_text()
             assert "reloaded: 1 hosts (added: none; removed: none)" in text, text
         finally:

@@ -9,13 +9,12 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.peers import DIG, Sshd, dig_short, free_port
+from tests.peers import DIG, Sshd, dig_short, free_port, wait_for
 
 from .conftest import BLITZDNS, Daemon, start_daemon
 
@@ -167,11 +166,8 @@ def test_reload_adds_and_removes_hosts_while_a_third_keeps_its_connection(
     )
     daemon.config.write_text(text)
     daemon.process.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not dig_short(dns_port, "delta.example.test"):
-        time.sleep(0.1)
-    delta = dig_short(dns_port, "delta.example.test")
-    assert delta and delta[0].startswith("127.79.0.")
+    delta = wait_for(lambda: dig_short(dns_port, "delta.example.test"), "delta's mouth", 30)
+    assert delta[0].startswith("127.79.0.")
     assert not any(a.startswith("127.79.") for a in dig_short(dns_port, "beta.example.test"))
     assert roundtrip(delta[0], port, b"new host") == b"new host"
     held.sendall(b"after")
@@ -186,10 +182,7 @@ def test_a_reload_with_a_broken_file_keeps_the_running_config(
     good = daemon.config.read_text()
     daemon.config.write_text(good + "\n[dns]\nbogus = 1\n")
     daemon.process.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and "reload failed" not in daemon.log.read_text():
-        time.sleep(0.1)
-    assert "reload failed, keeping the running configuration" in daemon.log.read_text()
+    assert "reload failed, keeping the running configuration" in daemon.wait_log("reload failed")
     assert dig_short(dns_port, "alpha.example.test")[0].startswith("127.79.0.")
 
 
@@ -200,10 +193,7 @@ def test_a_reload_says_which_tunnel_settings_wait_for_a_restart(
     text = daemon.config.read_text().replace("[tunnel]\n", "[tunnel]\nkeepalive_s = 7.0\n", 1)
     daemon.config.write_text(text)
     daemon.process.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and "reloaded" not in daemon.log.read_text():
-        time.sleep(0.1)
-    log = daemon.log.read_text()
+    log = daemon.wait_log("reloaded")
     assert "tunnel.keepalive_s changed; it takes effect at the next restart" in log
     assert dig_short(dns_port, "alpha.example.test")[0].startswith("127.79.0.")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ import dns.message
 import pytest
 
 from blitzdns.dns.server import TCP_CLIENTS_MAX, TCP_PIPELINE_LIMIT
-from tests.peers import Dnsmasq
+from tests.peers import Dnsmasq, tcp_established, wait_for
 
 from .conftest import FakeUpstream, ServerThread, make_config
 from .test_resolver import _reply, addresses, ask
@@ -101,10 +102,13 @@ def test_a_client_that_never_reads_is_not_buffered_for(
         conn.settimeout(0.5)
         with contextlib.suppress(TimeoutError):  # the server stopped reading: the point
             conn.sendall(b"".join(framed("big.fwd.test", "TXT", i) for i in range(count)))
-        for _ in range(3):
+
+        # Not reading past the idle timeout: the resolver gives up on the connection.
+        def given_up() -> bool:
             held.append(server.call(lambda: server.resolver.tcp_unsent))
-            time.sleep(0.1)
-        time.sleep(1.0)  # past the idle timeout without reading; then read what was sent
+            return not tcp_established(conn)
+
+        wait_for(given_up, "the resolver to drop a client that does not read")
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
         replies, ended = read_replies(conn, bound_s=15)
     assert max(held) <= HELD_BOUND, f"{max(held)} bytes held for a client that does not read"
@@ -120,19 +124,31 @@ def test_forwarded_queries_in_flight_per_connection_are_bounded(
     resolver_factory: Callable[..., ServerThread],
     fake_upstream_factory: Callable[..., FakeUpstream],
 ) -> None:
-    silent = fake_upstream_factory()
-    server = resolver_factory(make_config(timeout_s=2.0, tcp_idle_s=5.0), [silent.endpoint])
+    # The upstream holds every query until the test lets it answer: nothing times out, so
+    # the first batch stays in flight for as long as the check takes, however slow.
+    held: list[tuple[socket.socket, bytes, Any]] = []
+    answering = threading.Event()
+
+    def hold(sock: socket.socket, query: bytes, peer: Any) -> None:
+        if answering.is_set():
+            sock.sendto(_reply(query, "192.0.2.1"), peer)
+        else:
+            held.append((sock, query, peer))
+
+    upstream = fake_upstream_factory(on_udp=hold)
+    server = resolver_factory(make_config(timeout_s=60.0, tcp_idle_s=60.0), [upstream.endpoint])
     count = TCP_PIPELINE_LIMIT * 3
     with socket.create_connection((server.endpoint.host, server.port), timeout=5) as conn:
-        conn.sendall(b"".join(framed(f"q{i}.silent.test", qid=i) for i in range(count)))
-        deadline = time.monotonic() + 5
-        while len(silent.udp_queries) < TCP_PIPELINE_LIMIT and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.3)  # room for any query beyond the limit to arrive (the first batch waits 2 s)
-        asked = {query[2:] for query in silent.udp_queries}  # without the ID: retries count once
+        conn.sendall(b"".join(framed(f"q{i}.held.test", qid=i) for i in range(count)))
+        wait_for(lambda: len(held) >= TCP_PIPELINE_LIMIT, "the first batch upstream")
+        time.sleep(0.3)  # a quiet spell for a query beyond the limit to show (none may)
+        asked = {query[2:] for query in upstream.udp_queries}  # without the ID
         assert len(asked) == TCP_PIPELINE_LIMIT
-        replies, _ = read_replies(conn, bound_s=15, expect=count)
-    assert len(replies) == count, "every query is answered (SERVFAIL), a batch at a time"
+        answering.set()
+        for sock, query, peer in list(held):
+            sock.sendto(_reply(query, "192.0.2.1"), peer)
+        replies, _ = read_replies(conn, bound_s=30, expect=count)
+    assert len(replies) == count, "every query is answered, a batch at a time"
     assert {reply[:2] for reply in replies} == {i.to_bytes(2, "big") for i in range(count)}
 
 
@@ -152,7 +168,8 @@ def test_a_message_stalled_midway_closes_the_connection(
     with socket.create_connection((server.endpoint.host, server.port), timeout=5) as conn:
         conn.sendall(first)
         conn.sendall(second[:2])
-        time.sleep(0.7)  # longer than the idle timeout, with the first query in flight
+        # Stalled mid-message past the idle timeout, with the first query in flight:
+        wait_for(lambda: not tcp_established(conn), "the resolver to drop the stalled client")
         with contextlib.suppress(OSError):  # the server may have closed already
             conn.sendall(second[2:])
         replies, ended = read_replies(conn, bound_s=10)
@@ -173,10 +190,7 @@ def test_close_leaves_no_upstream_query_running(
             dns.message.make_query("pending.silent.test", "A").to_wire(),
             (server.endpoint.host, server.port),
         )
-        deadline = time.monotonic() + 5
-        while not silent.udp_queries and time.monotonic() < deadline:
-            time.sleep(0.02)
-    assert silent.udp_queries, "the query reached the upstream"
+        wait_for(lambda: silent.udp_queries, "the query to reach the upstream")
     server.run(server.resolver.close())
 
     async def running() -> list[str]:
@@ -230,12 +244,10 @@ def test_tcp_connections_are_capped_and_freed(
         assert server.resolver.stats.tcp_refused == 1
         assert f"{TCP_CLIENTS_MAX} TCP connections open: closing new ones" in caplog.text
         held.pop().close()
-        deadline = time.monotonic() + 5  # until the resolver has seen that one end
-        while (
-            server.call(lambda: len(server.resolver._connections)) >= TCP_CLIENTS_MAX
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.02)
+        wait_for(
+            lambda: server.call(lambda: len(server.resolver._connections)) < TCP_CLIENTS_MAX,
+            "the resolver to see that one end",
+        )
         with socket.create_connection(address, timeout=5) as again:
             again.sendall(framed("dnd.dartmouth.edu"))
             assert len(read_replies(again, bound_s=5, expect=1)[0]) == 1

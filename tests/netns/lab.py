@@ -267,6 +267,10 @@ def read_text(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
+def read_bytes(path: Path) -> bytes:
+    return path.read_bytes() if path.exists() else b""
+
+
 @dataclass
 class Capture:
     """tcpdump on one interface, writing raw frames to a file (``-U``: as they come)."""
@@ -275,6 +279,8 @@ class Capture:
     interface: str
     path: Path
     proc: subprocess.Popen[Any] | None = None
+    marker_to: str = GATEWAY_IP
+    """Where :meth:`stop` sends its end marker: an address across the captured link."""
 
     def start(self) -> Capture:
         log = self.path.with_suffix(".log")
@@ -285,20 +291,22 @@ class Capture:
         return self
 
     def stop(self) -> list[Frame]:
-        """Stop the capture (SIGINT flushes the file) and return every frame it holds."""
+        """Stop the capture and return every frame that crossed the link before the call.
+
+        Frames are captured in order: a marker datagram sent now is in the file only once
+        every earlier frame is, however slowly tcpdump runs. The marker (and the ICMP error
+        that quotes it) is left out of the frames returned.
+        """
         assert self.proc is not None
-        # The last frames may still be on their way to the file: wait until it has not
-        # grown for 0.3 s (at most 3 s), then stop.
-        deadline, size, since = time.monotonic() + 3, -1, time.monotonic()
-        while time.monotonic() < deadline:
-            now = self.path.stat().st_size if self.path.exists() else 0
-            if now != size:
-                size, since = now, time.monotonic()
-            elif time.monotonic() - since >= 0.3:
-                break
-            time.sleep(0.05)
+        marker = f"blitzdns-capture-end-{os.getpid()}-{time.monotonic_ns()}".encode()
+        send = (
+            "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+            f".sendto({marker!r}, ({self.marker_to!r}, 9))"
+        )
+        self.ns.run(PYTHON, "-c", send)
+        wait_for(lambda: marker in read_bytes(self.path), f"tcpdump to write {marker!r}")
         stop_process(self.proc, signal.SIGINT)
-        return read_pcap(self.path.read_bytes())
+        return [f for f in read_pcap(self.path.read_bytes()) if marker not in f.raw]
 
     def close(self) -> None:
         if self.proc is not None:

@@ -4,6 +4,7 @@ state, and a shutdown that leaves nothing behind."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -259,7 +260,14 @@ async def test_shutdown_leaves_nothing_behind(
         assert await read_until_closed(reader) == b""
         writer.close()
     await wait_until(lambda: not echo.active and not sshd.session_pids())
-    await asyncio.sleep(0.05)
+    # Transports close their sockets a loop turn or more after close(): wait (bounded).
+    with contextlib.suppress(TimeoutError):
+        await wait_until(
+            lambda: (
+                asyncio.all_tasks() == {asyncio.current_task()}
+                and socket_inodes() == sockets_before
+            )
+        )
     assert asyncio.all_tasks() == {asyncio.current_task()}
     assert socket_inodes() == sockets_before
     # asyncssh reads config and key files in the loop's default executor: those idle

@@ -8,6 +8,7 @@ test_tunnel_forwarding.py (the ``any_options`` fixture)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -203,7 +204,8 @@ async def test_close_leaves_no_process_and_no_socket(
     assert link.pid not in ssh_children()
     assert not control_dir.exists()
     await wait_until(lambda: not echo.active and not sshd.session_pids())
-    await asyncio.sleep(0.05)
+    with contextlib.suppress(TimeoutError):
+        await wait_until(lambda: asyncio.all_tasks() == {asyncio.current_task()})
     assert asyncio.all_tasks() == {asyncio.current_task()}
     assert tunnel.state.status is LinkStatus.STOPPED
     with pytest.raises(OSError):
