@@ -1,4 +1,4 @@
-"""The tunnel's exception tree, translated from asyncssh and OS errors at one edge (link.py).
+"""The tunnel's exception tree, translated at each backend's edge (tunnel.backends).
 
 ::
 
@@ -34,6 +34,10 @@ class GatewayUnreachable(RetryableError):
     @classmethod
     def timed_out(cls, gateway: str, seconds: float) -> GatewayUnreachable:
         return cls(f"gateway {gateway}: timed out after {seconds:g} s")
+
+    @classmethod
+    def because(cls, gateway: str, detail: str) -> GatewayUnreachable:
+        return cls(f"gateway {gateway}: {detail}")
 
 
 class LinkLost(RetryableError):

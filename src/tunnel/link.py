@@ -1,189 +1,148 @@
-"""One SSH connection to one gateway, set up the way the user's own ``ssh`` would.
+"""The seam between mouths and links: the :class:`Link` protocol both backends implement,
+and the :class:`Flow` a mouth hands to a link.
 
-The user's ``~/.ssh/config`` (Host aliases, User, Port, IdentityFile, ProxyJump, Ciphers…),
-ssh-agent and key files apply through asyncssh; host keys are always checked against
-known_hosts (:mod:`tunnel.hostkeys`). This is the single edge where asyncssh and OS errors
-become :mod:`tunnel.errors`.
+A mouth (:mod:`tunnel.mouths`) accepts, filters and counts connections and holds them
+while no link is up; the link of either backend (:mod:`tunnel.backends`) carries each one
+to its forward's target and says how it ended. Nothing else passes between the two, so a
+third kind of link, or a datagram flow (UDP forwarding: a flow whose ``sock`` is the
+mouth's datagram socket and whose ``host``/``port`` name the client), lands on the same
+three calls: ``carry``, ``wait_closed``, ``close``.
+
+How a flow ends is decided in one place (:meth:`Flow.finish`): ``cut`` names why the
+tunnel could not finish it (the link was lost, the gateway refused the channel, no link
+came in time, the forward or the tunnel closed), and :func:`before_cut_close` decides how
+the client's socket then ends; a flow the target or the client ended itself is not cut.
+
+Failures of a backend become :mod:`tunnel.errors` at that backend's edge, through the
+error classes' own constructors (``AuthFailed.refused``, ``GatewayUnreachable.timed_out``,
+``GatewayUnreachable.because``, and :class:`tunnel.hostkeys.HostKeyPolicy` for host keys):
+one wording whichever backend met the failure.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import logging
+import contextlib
 import socket
-from collections.abc import Sequence
-from typing import Any
+import struct
+from collections.abc import Callable
+from typing import Protocol
 
-import asyncssh
+from tunnel.errors import TunnelError
+from tunnel.forwards import Forward
+from tunnel.state import ForwardCounters
 
-from tunnel.chaff import drop_needless_chaff
-from tunnel.errors import (
-    AuthFailed,
-    GatewayUnreachable,
-    HostKeyError,
-    LinkLost,
-    TunnelConfigError,
-    TunnelError,
-)
-from tunnel.forwards import Gateway
-from tunnel.hostkeys import HostKeyPolicy
-from tunnel.options import PasswordPrompt, TunnelOptions
-
-log = logging.getLogger("tunnel.link")
-
-PASSWORD_PROMPTS_MAX = 3
-"""Password prompts per attempt, as OpenSSH's NumberOfPasswordPrompts."""
+Traffic = tuple[int, int]
+"""``(bytes out to the target, bytes in from it)``."""
 
 
-class _GatewayClient(asyncssh.SSHClient):
-    """asyncssh callbacks: host key verdicts, password prompts, why the link ended."""
+class FlowOwner(Protocol):
+    """Who is told when a flow ends (its mouth, which keeps the counters)."""
 
-    def __init__(self, policy: HostKeyPolicy, label: str, prompt: PasswordPrompt | None) -> None:
-        self.policy = policy
-        self.label = label
-        self.prompt = prompt
-        self.prompts_asked = 0
-        self.lost_reason: Exception | None = None
-        self.closed = asyncio.get_running_loop().create_future()
-
-    def validate_host_public_key(
-        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
-    ) -> bool:
-        return self.policy.judge(host, addr, port, key)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost_reason = exc
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    async def _ask(self, prompt: str) -> str | None:
-        if self.prompt is None or self.prompts_asked >= PASSWORD_PROMPTS_MAX:
-            return None
-        self.prompts_asked += 1
-        answer = self.prompt(prompt)
-        if inspect.isawaitable(answer):
-            answer = await answer
-        return answer
-
-    async def password_auth_requested(self) -> str | None:
-        return await self._ask(f"{self.label}'s password: ")
-
-    def kbdint_auth_requested(self) -> str | None:
-        return "" if self.prompt is not None else NotImplemented
-
-    async def kbdint_challenge_received(
-        self, name: str, instructions: str, lang: str, prompts: Sequence[tuple[str, bool]]
-    ) -> list[str] | None:
-        answers: list[str] = []
-        for text, _echo in prompts:
-            answer = await self._ask(f"{self.label}: {text.strip() or 'Password:'} ")
-            if answer is None:
-                return None
-            answers.append(answer)
-        return answers
+    def flow_ended(self, flow: Flow, cut: str | None, traffic: Traffic | None) -> None: ...
 
 
-class SSHLink:
-    """An established, authenticated link to one gateway."""
+def before_cut_close(sock: socket.socket) -> None:
+    """What is done to a client's socket just before a flow the tunnel cut is closed (the
+    one place that decides how a cut flow ends on the wire)."""
+    del sock
 
-    def __init__(self, conn: asyncssh.SSHClientConnection, client: _GatewayClient, label: str):
-        self.conn = conn
-        self.client = client
-        self.gateway = label
+
+def reset(sock: socket.socket) -> None:
+    """Close with a reset (``SO_LINGER`` 0): the client sees ECONNRESET, never an EOF."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+class Flow:
+    """One accepted connection, from its mouth's accept to its one end.
+
+    ``sock`` is the client's socket. ``task`` is whatever works on the flow now (the
+    mouth's wait for a link, a backend's channel open): cutting the flow cancels it.
+    The link that carries the flow sets ``stop`` (end it now, as cut) and may set
+    ``meter`` (bytes so far, when they are counted outside this process).
+    """
+
+    __slots__ = (
+        "counters",
+        "done",
+        "forward",
+        "host",
+        "meter",
+        "owner",
+        "port",
+        "sock",
+        "stop",
+        "task",
+    )
+
+    def __init__(
+        self,
+        owner: FlowOwner,
+        forward: Forward,
+        sock: socket.socket,
+        host: str,
+        port: int,
+        counters: ForwardCounters,
+    ) -> None:
+        self.owner = owner
+        self.forward = forward
+        self.sock = sock
+        self.host = host
+        self.port = port
+        self.counters = counters
+        self.done = False
+        self.task: asyncio.Task[None] | None = None
+        self.stop: Callable[[str], None] | None = None
+        self.meter: Callable[[], Traffic | None] | None = None
+
+    def finish(self, cut: str | None, traffic: Traffic | None = None) -> None:
+        """Report the end once: ``cut`` says why the tunnel could not finish the flow
+        (``None``: the target or the client ended it); ``traffic`` is what it carried,
+        when that was counted outside this process."""
+        if self.done:
+            return
+        self.done = True
+        self.owner.flow_ended(self, cut, traffic)
+
+    def cut(self, why: str) -> None:
+        """End the flow now, as cut: through the link carrying it, else here."""
+        if self.done:
+            return
+        task = self.task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+        if self.stop is not None:
+            self.stop(why)
+            return
+        before_cut_close(self.sock)
+        self.sock.close()
+        self.finish(why)
+
+
+class LinkEnd(Protocol):
+    """What the supervisor needs of an established link: its end, awaited or forced."""
 
     async def wait_closed(self) -> TunnelError:
-        """Wait until the link ends; return why, as a :class:`LinkLost`."""
-        await asyncio.shield(self.client.closed)
-        reason = self.client.lost_reason
-        return LinkLost(f"link to {self.gateway} lost: {describe(reason) if reason else 'closed'}")
-
-    def close(self) -> None:
-        self.conn.close()
+        """Return (with the reason, a :class:`tunnel.errors.LinkLost`) once the link ended."""
+        ...
 
     async def aclose(self, grace_s: float) -> None:
-        """Close and wait (bounded) until the socket is gone."""
-        self.conn.close()
-        try:
-            async with asyncio.timeout(grace_s):
-                await self.conn.wait_closed()
-        except TimeoutError:
-            self.conn.abort()
+        """End the link, forcing it after ``grace_s``."""
+        ...
 
 
-def describe(exc: BaseException) -> str:
-    """A short human description of an OS or asyncssh error."""
-    if isinstance(exc, socket.gaierror):
-        return f"name lookup failed ({exc.strerror})"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, asyncssh.DisconnectError):
-        return exc.reason or type(exc).__name__
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return str(exc) or type(exc).__name__
+class Link(LinkEnd, Protocol):
+    """An established link to one gateway, of either backend."""
 
+    gateway: str
 
-def _connect_kwargs(gateway: Gateway, options: TunnelOptions) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "keepalive_interval": options.keepalive_s,
-        "keepalive_count_max": options.keepalive_count_max,
-        "connect_timeout": options.connect_timeout_s,
-        "login_timeout": options.connect_timeout_s,
-    }
-    if gateway.port is not None:
-        kwargs["port"] = gateway.port
-    if gateway.user is not None:
-        kwargs["username"] = gateway.user
-    if options.ssh_config is not None:
-        kwargs["config"] = [str(options.ssh_config)]
-    if options.client_keys is not None:
-        kwargs["client_keys"] = [str(path) for path in options.client_keys]
-    if options.agent_path is not None:
-        kwargs["agent_path"] = options.agent_path
-    if options.password is not None:
-        kwargs["password"] = options.password
-    if options.passphrase is not None:
-        kwargs["passphrase"] = options.passphrase
-    return kwargs
+    def carry(self, flow: Flow) -> None:
+        """Take ``flow`` (its socket is the link's from now on) and carry it to
+        ``flow.forward``'s target; report its end with :meth:`Flow.finish`, once."""
+        ...
 
-
-async def open_link(gateway: Gateway, options: TunnelOptions) -> SSHLink:
-    """Connect and authenticate to ``gateway``; raise a :class:`TunnelError` on failure."""
-    label = str(gateway)
-    policy = HostKeyPolicy(options.known_hosts, trust_new=options.trust_new_host_key)
-    clients: list[_GatewayClient] = []
-
-    def client_factory() -> _GatewayClient:
-        client = _GatewayClient(policy, label, options.password_prompt)
-        clients.append(client)
-        return client
-
-    try:
-        async with asyncio.timeout(options.connect_timeout_s + 1):
-            conn = await asyncssh.connect(
-                gateway.host,
-                known_hosts=policy.known,
-                client_factory=client_factory,
-                **_connect_kwargs(gateway, options),
-            )
-    except asyncssh.PermissionDenied as exc:
-        raise AuthFailed.refused(label, exc.reason) from None
-    except asyncssh.HostKeyNotVerifiable as exc:
-        if policy.verdict is not None:
-            raise policy.verdict from None
-        raise HostKeyError(f"host key of gateway {label} refused: {exc.reason}") from None
-    except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
-        raise TunnelConfigError(f"gateway {label}: cannot load a client key: {exc}") from None
-    except (asyncssh.ConfigParseError, ValueError) as exc:
-        raise TunnelConfigError(f"gateway {label}: {exc}") from None
-    except TimeoutError:
-        raise GatewayUnreachable.timed_out(label, options.connect_timeout_s) from None
-    except (OSError, asyncssh.Error) as exc:
-        raise GatewayUnreachable(f"gateway {label}: {describe(exc)}") from None
-    client = clients[-1]
-    drop_needless_chaff(conn)
-    log.info("link up to %s", label)
-    return SSHLink(conn, client, label)
+    def close(self) -> None:
+        """Begin ending the link (and every flow it carries) without waiting."""
+        ...

@@ -1,56 +1,47 @@
-"""The mouths: our own listeners, each accepted connection carried on one SSH channel.
+"""The mouths: our own listeners, one per forward, each bound once and outliving any
+number of links.
 
-A mouth is bound once and outlives any number of links. Every accepted connection opens
-a ``direct-tcpip`` channel (RFC 4254 §7.2) on the current link; while the link is down it
-waits (``wait_for_link_s``) and is then closed. It is never connected to the target any
-other way: the tunnel fails closed.
-
-The data path is two small protocol objects wired back to back with no task and no
-buffer copy per chunk: bytes read from the client go straight to ``SSHTCPChannel.write``
-and bytes from the channel to ``Transport.write``; each side's ``pause_writing`` pauses
-the other side's reading, so a slow reader holds back the fast writer (bounded memory).
+A mouth accepts (a batch per wake-up, in the listener's reader callback: no task per
+connection), drops peers its forward does not admit, counts, and hands each connection as
+a :class:`tunnel.link.Flow` to the current link (:meth:`tunnel.link.Link.carry`). While no
+link is up a connection is held (``wait_for_link_s``, the client's bytes waiting in the
+kernel) and then cut: it is never connected to the target any other way, the tunnel fails
+closed. The link reports every flow's end back here (:meth:`Mouth.flow_ended`), which is
+where the counters and the log line of a cut connection are kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable
-from typing import Protocol, cast
-
-import asyncssh
+from typing import Protocol
 
 from tunnel.errors import MouthBindError
 from tunnel.forwards import Forward, mouth_ip
-from tunnel.link import SSHLink, describe
+from tunnel.link import Flow, Link, Traffic, reset
 from tunnel.state import ForwardCounters, ForwardState
 
 log = logging.getLogger("tunnel.mouths")
 
 LISTEN_BACKLOG = 1024
-PENDING_MAX = 256 * 1024
-"""Bytes a client may send before its channel is open; beyond that reading pauses."""
-CLIENT_WRITE_HIGH_WATER = 1024 * 1024
-"""Bytes queued towards a local client before the channel is paused (then resumed at ¼)."""
+ACCEPT_BATCH = 64
+"""Connections accepted per wake-up of the listener, before other callbacks get a turn."""
+CLOSE_WAIT_S = 0.5
+"""How long closing a mouth waits for the tasks of its connections to end."""
 
 
 class LinkSource(Protocol):
     """What a mouth needs from the tunnel: the current link, or a bounded wait for one."""
 
     @property
-    def current_link(self) -> SSHLink | None: ...
+    def link(self) -> Link | None: ...
 
-    async def wait_link(self) -> SSHLink | None: ...
-
-    @property
-    def channel_window(self) -> int: ...
-
-    @property
-    def channel_max_packet(self) -> int: ...
+    async def wait_link(self) -> Link | None: ...
 
 
 def _bind_reason(exc: OSError, port: int) -> str:
@@ -90,185 +81,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
-    """Channel → client: every SSH data packet is written straight to the client.
-
-    These callbacks run inside asyncssh's packet processing: an exception escaping one
-    would tear down the whole link and every other connection on it, so each touches the
-    client's transport only while the client is still there, and swallows OS errors.
-    """
-
-    __slots__ = ("client", "counters", "transport")
-
-    def __init__(self, client: _ClientSide) -> None:
-        self.client = client
-        self.transport = client.transport
-        self.counters = client.counters
-
-    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        # A failed write closes the transport at once but tells the client side later
-        # (call_soon): data still arriving meanwhile is dropped, not written to a dead socket.
-        if self.client.closed or self.transport.is_closing():
-            return
-        self.counters.bytes_in += len(data)
-        self.transport.write(data)
-
-    def eof_received(self) -> bool:
-        # The client may have gone already: shutdown(SHUT_WR) on its socket then fails
-        # (ENOTCONN), and an exception here would take the whole SSH link down with it.
-        if self.client.closed or self.transport.is_closing() or not self.transport.can_write_eof():
-            return False
-        try:
-            self.transport.write_eof()
-        except OSError:
-            self.transport.abort()
-            return False
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None:
-            log.debug("%s: channel ended: %s", self.client.label, describe(exc))
-        self.transport.close()
-
-    def pause_writing(self) -> None:
-        if not self.client.closed:
-            with contextlib.suppress(OSError, RuntimeError):
-                self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if not self.client.closed:
-            with contextlib.suppress(OSError, RuntimeError):
-                self.transport.resume_reading()
-
-
-class _ClientSide(asyncio.Protocol):
-    """Client → channel, and the life cycle of one accepted connection."""
-
-    def __init__(self, mouth: Mouth) -> None:
-        self.mouth = mouth
-        self.counters = mouth.counters
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.channel: asyncssh.SSHTCPChannel[bytes] | None = None
-        self.pending: list[bytes] = []
-        self.pending_len = 0
-        self.eof = False
-        self.closed = False
-        self.opener: asyncio.Task[None] | None = None
-        self.peer: tuple[str, int] = ("", 0)
-        self.label = ""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        peername = transport.get_extra_info("peername")
-        self.peer = (peer_host(peername[0]), int(peername[1])) if peername else ("", 0)
-        forward = self.mouth.forward
-        self.label = self.mouth.label(self.peer[0])
-        if self.mouth.closed or self.mouth.refuses(*self.peer):
-            self.closed = True
-            self.transport.abort()
-            return
-        self.counters.open += 1
-        self.counters.total += 1
-        self.mouth.clients.add(self)
-        self.transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH_WATER)
-        self.opener = asyncio.get_running_loop().create_task(self._open(forward))
-
-    async def _open(self, forward: Forward) -> None:
-        source = self.mouth.source
-        link = source.current_link or await source.wait_link()
-        if self.closed:
-            return
-        if link is None:
-            log.info("%s: link is down; connection closed (failing closed)", self.label)
-            self.transport.close()
-            return
-        try:
-            channel, _ = await link.conn.create_connection(
-                lambda: _ChannelSide(self),
-                forward.target_host,
-                forward.target_port,
-                orig_host=self.peer[0],
-                orig_port=self.peer[1],
-                window=source.channel_window,
-                max_pktsize=source.channel_max_packet,
-            )
-        except asyncssh.ChannelOpenError as exc:
-            log.info(
-                "%s: gateway could not open %s:%d: %s",
-                self.label,
-                forward.target_host,
-                forward.target_port,
-                exc.reason,
-            )
-            self.transport.close()
-            return
-        except (OSError, asyncssh.Error) as exc:
-            log.info("%s: channel open failed: %s", self.label, describe(exc))
-            self.transport.close()
-            return
-        if self.closed:
-            channel.close()
-            return
-        self.channel = channel
-        if self.pending:
-            for chunk in self.pending:
-                channel.write(chunk)
-            self.counters.bytes_out += self.pending_len
-            self.pending.clear()
-            self.pending_len = 0
-            self.transport.resume_reading()
-        if self.eof:
-            channel.write_eof()
-
-    def data_received(self, data: bytes) -> None:
-        channel = self.channel
-        if channel is None:
-            self.pending.append(data)
-            self.pending_len += len(data)
-            if self.pending_len > PENDING_MAX:
-                self.transport.pause_reading()
-            return
-        self.counters.bytes_out += len(data)
-        try:
-            channel.write(data)
-        except OSError:
-            self.transport.abort()
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        if self.channel is not None:
-            try:
-                self.channel.write_eof()
-            except OSError:
-                return False
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.counters.open -= 1
-        self.mouth.clients.discard(self)
-        if self.opener is not None and not self.opener.done():
-            self.opener.cancel()
-        if self.channel is not None:
-            self.channel.close()
-
-    def pause_writing(self) -> None:
-        if self.channel is not None:
-            self.channel.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.channel is not None:
-            self.channel.resume_reading()
-
-    def abort(self) -> None:
-        """Drop this connection now (mouth closed, forward changed, tunnel closing)."""
-        if self.channel is not None:
-            self.channel.abort()
-        self.transport.abort()
-
-
 def peer_host(address: object) -> str:
     """A peer's address as text, without an IPv6 ``%zone`` (``fe80::1%eth0`` → ``fe80::1``)."""
     return str(address).partition("%")[0]
@@ -281,15 +93,24 @@ class Mouth:
         self.forward = forward
         self.source = source
         self.counters = ForwardCounters()
-        self.clients: set[_ClientSide] = set()
-        self.server: asyncio.Server | None = None
-        #: Set by close(): a connection the listener accepted just before that (its
-        #: ``connection_made`` still to run) is closed, not carried for a removed forward.
+        self.flows: set[Flow] = set()
+        self.listener: socket.socket | None = None
+        #: Set by close(): nothing accepted from then on is carried for a removed forward.
         self.closed = False
 
     def state(self) -> ForwardState:
-        """This forward's counters, as of now."""
-        return ForwardState.of(self.forward, self.counters)
+        """This forward's counters, with the bytes of open connections that are counted
+        outside this process (``Flow.meter``) read now."""
+        counters = self.counters
+        metered = [flow.meter for flow in self.flows if flow.meter is not None]
+        if metered:
+            counters = copy.copy(counters)
+            for meter in metered:
+                traffic = meter()
+                if traffic is not None:
+                    counters.bytes_out += traffic[0]
+                    counters.bytes_in += traffic[1]
+        return ForwardState.of(self.forward, counters)
 
     def label(self, host: str) -> str:
         """How log lines name a connection from ``host`` on this mouth."""
@@ -313,7 +134,11 @@ class Mouth:
         )
         return True
 
-    def _warn_if_exposed(self) -> None:
+    async def bind(self) -> None:
+        """Listen now; raises :class:`MouthBindError`."""
+        if self.listener is not None:
+            return
+        self.closed = False
         if not self.forward.is_loopback:
             log.warning(
                 "mouth %s:%d is not on loopback: reachable from other machines%s",
@@ -321,63 +146,90 @@ class Mouth:
                 self.forward.mouth_port,
                 "" if self.forward.allowed_peers is None else " in the allowed networks",
             )
+        self.listener = bind_socket(self.forward.mouth_host, self.forward.mouth_port)
+        asyncio.get_running_loop().add_reader(self.listener.fileno(), self._accept)
 
-    def _switch_to(self, forward: Forward) -> Callable[[str], bool]:
-        """Serve ``forward`` from now on; which client hosts its connections must drop
-        (all when the target changed, else those the new forward no longer admits)."""
-        old, self.forward = self.forward, forward
-        changed = (old.target_host, old.target_port) != (forward.target_host, forward.target_port)
+    def _accept(self) -> None:
+        listener = self.listener
+        for _ in range(ACCEPT_BATCH):
+            if listener is None or self.closed:
+                return
+            try:
+                conn, peer = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                log.warning("mouth %s:%d: accept failed: %s", *self.forward.mouth, exc)
+                return
+            self.take(conn, peer_host(peer[0]), int(peer[1]))
 
-        def drops(host: str) -> bool:
-            return changed or bool(host and not forward.admits(ipaddress.ip_address(host)))
-
-        return drops
-
-    async def bind(self) -> None:
-        """Listen now; raises :class:`MouthBindError`."""
-        if self.server is not None:
+    def take(self, conn: socket.socket, host: str, port: int) -> None:
+        """Carry an accepted connection (or hold it until a link is up); refuse it if the
+        peer is not admitted or the mouth is closed."""
+        if self.closed or self.refuses(host, port):
+            reset(conn)
             return
-        self.closed = False
-        self._warn_if_exposed()
-        sock = bind_socket(self.forward.mouth_host, self.forward.mouth_port)
-        loop = asyncio.get_running_loop()
-        try:
-            self.server = await loop.create_server(
-                lambda: _ClientSide(self), sock=sock, backlog=LISTEN_BACKLOG
-            )
-        except BaseException:
-            sock.close()
-            raise
+        conn.setblocking(False)
+        with contextlib.suppress(OSError):
+            # As ssh -L does for the sockets it accepts (channels.c): no Nagle delay.
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.counters.open += 1
+        self.counters.total += 1
+        flow = Flow(self, self.forward, conn, host, port, self.counters)
+        self.flows.add(flow)
+        link = self.source.link
+        if link is not None:
+            link.carry(flow)
+            return
+        flow.task = asyncio.get_running_loop().create_task(self._hold(flow))
+
+    async def _hold(self, flow: Flow) -> None:
+        """Wait (bounded) for a link, then carry; none came: cut (fail closed)."""
+        link = await self.source.wait_link()
+        flow.task = None
+        if flow.done:
+            return
+        if link is None:
+            flow.cut("link is down; connection cut (failing closed)")
+            return
+        link.carry(flow)
+
+    def flow_ended(self, flow: Flow, cut: str | None, traffic: Traffic | None) -> None:
+        """A connection ended (:meth:`Flow.finish`): count it, and log why if it was cut."""
+        if flow not in self.flows:
+            return
+        self.flows.discard(flow)
+        self.counters.open -= 1
+        if traffic is not None:
+            self.counters.bytes_out += traffic[0]
+            self.counters.bytes_in += traffic[1]
+        if cut is not None:
+            self.counters.cut += 1
+            log.info("%s: %s", self.label(flow.host), cut)
 
     def retarget(self, forward: Forward) -> None:
-        """Serve ``forward`` (same mouth) from now on; drop connections it would not allow."""
-        drops = self._switch_to(forward)
-        for client in list(self.clients):
-            if drops(client.peer[0]):
-                client.abort()
+        """Serve ``forward`` (same mouth) from now on; cut the connections it would not
+        carry (all when the target changed, else those from peers it no longer admits)."""
+        old, self.forward = self.forward, forward
+        changed = (old.target_host, old.target_port) != (forward.target_host, forward.target_port)
+        for flow in list(self.flows):
+            if changed or (flow.host and not forward.admits(ipaddress.ip_address(flow.host))):
+                flow.cut("forward changed; connection cut")
 
-    def abort_clients(self) -> list[asyncio.Task[None]]:
-        """Abort every connection; return their unfinished channel-open tasks."""
-        openers = []
-        for client in list(self.clients):
-            if client.opener is not None and not client.opener.done():
-                client.opener.cancel()
-                openers.append(client.opener)
-            client.abort()
-        return openers
+    def cut_all(self, why: str) -> list[asyncio.Task[None]]:
+        """Cut every connection; return the tasks that were working on them."""
+        tasks = [flow.task for flow in self.flows if flow.task is not None]
+        for flow in list(self.flows):
+            flow.cut(why)
+        return [task for task in tasks if not task.done()]
 
     async def close(self) -> None:
-        """Stop listening and drop every connection."""
+        """Stop listening and cut every connection."""
         self.closed = True
-        server, self.server = self.server, None
-        if server is not None:
-            server.close()
-        openers = self.abort_clients()
-        if openers:
-            await asyncio.wait(openers, timeout=0.5)
-        if server is not None:
-            try:
-                async with asyncio.timeout(0.5):
-                    await server.wait_closed()
-            except TimeoutError:
-                log.warning("mouth %s:%d: listener slow to close", *self.forward.mouth)
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            asyncio.get_running_loop().remove_reader(listener.fileno())
+            listener.close()
+        tasks = self.cut_all("mouth closed; connection cut")
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_WAIT_S)

@@ -70,7 +70,7 @@ class TunnelOptions:
     backend: Literal["asyncssh", "openssh"] = "asyncssh"
     """Who carries the bytes: ``asyncssh`` (in this process), or ``openssh``: one ``ssh -M``
     master process per link, each connection handed to it over the mux control socket
-    (:mod:`tunnel.openssh`; faster, but keys and ssh-agent only: no password or passphrase,
+    (:mod:`tunnel.backends.openssh`; faster, but keys and ssh-agent only: no password or passphrase,
     no prompts)."""
     ssh_binary: str = "ssh"
     """The OpenSSH client run by the ``openssh`` backend (a name on $PATH or a path)."""

@@ -30,12 +30,13 @@ class LinkStatus(enum.Enum):
 class ForwardCounters:
     """Mutable counters for one mouth, written by the data path."""
 
-    __slots__ = ("bytes_in", "bytes_out", "open", "rejected", "total")
+    __slots__ = ("bytes_in", "bytes_out", "cut", "open", "rejected", "total")
 
     def __init__(self) -> None:
         self.open = 0
         self.total = 0
         self.rejected = 0
+        self.cut = 0
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -56,6 +57,9 @@ class ForwardState:
     rejected: int
     bytes_in: int
     bytes_out: int
+    cut: int = 0
+    """Connections the tunnel could not finish (link lost, channel refused, no link in
+    time, forward or tunnel closed): ended here, not by their target or client."""
 
     @classmethod
     def of(cls, forward: Forward, counters: ForwardCounters) -> ForwardState:
@@ -66,6 +70,7 @@ class ForwardState:
             rejected=counters.rejected,
             bytes_in=counters.bytes_in,
             bytes_out=counters.bytes_out,
+            cut=counters.cut,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +88,7 @@ class ForwardState:
             "open": self.open,
             "total": self.total,
             "rejected": self.rejected,
+            "cut": self.cut,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
         }

@@ -2,7 +2,7 @@
 
 The policy is free of sockets and clocks: it is handed ``connect`` (gateway → link) and
 ``sleep`` (seconds → awaitable), so tests drive it with fakes and the real tunnel hands it
-:func:`tunnel.link.open_link` and an interruptible sleep.
+:func:`tunnel.backends.open_link` and an interruptible sleep.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from tunnel.backoff import Backoff
 from tunnel.errors import FinalError, RetryableError, TunnelError
 from tunnel.forwards import Gateway
+from tunnel.link import LinkEnd
 from tunnel.state import LinkStatus
 
 log = logging.getLogger("tunnel.supervisor")
@@ -23,19 +24,7 @@ log = logging.getLogger("tunnel.supervisor")
 UNUSED_LINK_GRACE_S = 0.5
 
 
-class Link(Protocol):
-    """What the supervisor needs of an established link."""
-
-    async def wait_closed(self) -> TunnelError:
-        """Return (with the reason) once the link has ended."""
-        ...
-
-    async def aclose(self, grace_s: float) -> None:
-        """End the link, forcing it after ``grace_s``."""
-        ...
-
-
-L = TypeVar("L", bound=Link)
+L = TypeVar("L", bound=LinkEnd)
 
 
 class Supervisor(Generic[L]):

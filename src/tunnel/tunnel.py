@@ -7,15 +7,14 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 
+from tunnel.backends import open_link
 from tunnel.errors import FinalError, TunnelConfigError, TunnelError
 from tunnel.forwards import Forward, Gateway, parse_gateways
-from tunnel.link import SSHLink, open_link
+from tunnel.link import Link
 from tunnel.mouths import Mouth
-from tunnel.mux_mouths import MuxMouth
-from tunnel.openssh import MuxLink, open_mux_link
 from tunnel.options import TunnelOptions
 from tunnel.state import LinkStatus, TunnelState
 from tunnel.supervisor import Supervisor
@@ -25,9 +24,6 @@ log = logging.getLogger("tunnel")
 DEMAND_GAP_S = 1.0
 """A connection waiting for a down link may cut the backoff short, at most once per second."""
 CLOSE_TIMEOUT_S = 0.5
-
-AnyLink = SSHLink | MuxLink
-"""A link of either backend: asyncssh in-process, or an OpenSSH master (``backend``)."""
 
 
 def _check_forwards(forwards: Iterable[Forward], options: TunnelOptions) -> tuple[Forward, ...]:
@@ -66,11 +62,11 @@ class Tunnel:
         self.options = options
         self._gateways = options.gateways
         self._mouths: dict[tuple[str, int], Mouth] = {
-            f.mouth: self._new_mouth(f) for f in _check_forwards(forwards, options)
+            f.mouth: Mouth(f, self) for f in _check_forwards(forwards, options)
         }
         self._bound = False
         self._closed = False
-        self._link: AnyLink | None = None
+        self._link: Link | None = None
         self._gateway_in_use: Gateway | None = None
         self._link_changed = asyncio.Event()
         self._wake = asyncio.Event()
@@ -84,45 +80,18 @@ class Tunnel:
         self._last_error: str | None = None
         self._final: FinalError | None = None
         self._callbacks: list[Callable[[TunnelState], None]] = []
-        self._supervisor: Supervisor[AnyLink] | None = None
+        self._supervisor: Supervisor[Link] | None = None
         self._task: asyncio.Task[FinalError] | None = None
 
     # --- what mouths need (LinkSource) ----------------------------------------------------
 
-    def _new_mouth(self, forward: Forward) -> Mouth:
-        if self.options.backend == "openssh":
-            return MuxMouth(forward, self)
-        return Mouth(forward, self)
-
     @property
-    def current_link(self) -> SSHLink | None:
-        link = self._link
-        return link if isinstance(link, SSHLink) else None
+    def link(self) -> Link | None:
+        """The link up now, of whichever backend; ``None`` while down."""
+        return self._link
 
-    @property
-    def current_mux_link(self) -> MuxLink | None:
-        link = self._link
-        return link if isinstance(link, MuxLink) else None
-
-    @property
-    def channel_window(self) -> int:
-        return self.options.channel_window
-
-    @property
-    def channel_max_packet(self) -> int:
-        return self.options.channel_max_packet
-
-    async def wait_link(self) -> SSHLink | None:
-        """The asyncssh link, waiting up to ``wait_for_link_s``; ``None`` when it stays down."""
-        link = await self._wait_any_link()
-        return link if isinstance(link, SSHLink) else None
-
-    async def wait_mux_link(self) -> MuxLink | None:
-        """The OpenSSH master, waiting up to ``wait_for_link_s``; ``None`` while down."""
-        link = await self._wait_any_link()
-        return link if isinstance(link, MuxLink) else None
-
-    async def _wait_any_link(self) -> AnyLink | None:
+    async def wait_link(self) -> Link | None:
+        """The link, waiting up to ``wait_for_link_s``; ``None`` when it stays down."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.wait_for_link_s
         while self._link is None:
@@ -182,7 +151,7 @@ class Tunnel:
         status: LinkStatus,
         gateway: Gateway | None,
         error: TunnelError | None,
-        link: AnyLink | None,
+        link: Link | None,
     ) -> None:
         if error is not None:
             self._last_error = str(error)
@@ -258,14 +227,9 @@ class Tunnel:
             return
         if not self._bound:
             await self.bind()
-        connect: Callable[[Gateway], Awaitable[AnyLink]] = (
-            (lambda gateway: open_mux_link(gateway, self.options))
-            if self.options.backend == "openssh"
-            else (lambda gateway: open_link(gateway, self.options))
-        )
         self._supervisor = Supervisor(
             gateways=lambda: self._gateways,
-            connect=connect,
+            connect=lambda gateway: open_link(gateway, self.options),
             sleep=self._sleep,
             backoff=self.options.backoff,
             random=random.random,
@@ -308,7 +272,7 @@ class Tunnel:
         and :class:`MouthBindError` is raised.
         """
         wanted = {f.mouth: f for f in _check_forwards(forwards, self.options)}
-        added = [self._new_mouth(f) for key, f in wanted.items() if key not in self._mouths]
+        added = [Mouth(f, self) for key, f in wanted.items() if key not in self._mouths]
         if self._bound:
             await self._bind_all(added)
         for mouth in added:  # held at once: close() must find them if this is cancelled

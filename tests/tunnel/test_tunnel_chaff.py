@@ -15,7 +15,8 @@ import pytest
 
 from tests.peers import Sshd, free_port, wait_until
 from tunnel import Forward, Tunnel, TunnelOptions
-from tunnel.chaff import needs_chaff
+from tunnel.backends.asyncssh_link import SSHLink
+from tunnel.backends.chaff import needs_chaff
 
 from .tunnel_testlib import Target
 
@@ -65,8 +66,8 @@ async def test_ignore_packets_reaching_sshd(
     forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
     async with Tunnel(options, [forward]) as tunnel:
         assert await tunnel.wait_up(10)
-        link = tunnel.current_link
-        assert link is not None
+        link = tunnel.link
+        assert isinstance(link, SSHLink)
         assert link.conn.get_extra_info("send_cipher") == cipher
         assert link.conn.get_extra_info("send_compression") == "none"
         start = sshd.log.stat().st_size

@@ -181,10 +181,10 @@ async def test_reload_keeps_unchanged_forwards_and_their_connections(
 async def test_a_connection_accepted_as_its_forward_is_removed_is_closed_not_carried(
     options: TunnelOptions, echo: Target
 ) -> None:
-    """asyncio accepts in one step and runs ``connection_made`` in a later one; a reload
-    that removes the forward in between must not leave that connection carried to the
-    removed forward's target. The late step is driven with a real accepted socket."""
-    from tunnel.mouths import Mouth, _ClientSide
+    """A connection the listener accepted in the same batch as a reload that removes the
+    forward must not be carried to the removed forward's target. The late step is driven
+    with a real accepted socket."""
+    from tunnel.mouths import Mouth
 
     removed = forward_to(echo, "removed")
     async with Tunnel(options, [removed]) as tunnel:
@@ -196,13 +196,12 @@ async def test_a_connection_accepted_as_its_forward_is_removed_is_closed_not_car
             listener.bind(("127.0.0.1", 0))
             listener.listen()
             reader, writer = await asyncio.open_connection(*listener.getsockname())
-            accepted, _ = listener.accept()
-        loop = asyncio.get_running_loop()
-        await loop.connect_accepted_socket(lambda: _ClientSide(mouth), accepted)
+            accepted, peer = listener.accept()
+        mouth.take(accepted, *peer)
         writer.write(b"late")
         assert await asyncio.wait_for(read_until_closed(reader), 5) == b""
         writer.close()
-        assert echo.peers == [] and not mouth.clients
+        assert echo.peers == [] and not mouth.flows
 
 
 async def test_reload_with_an_unbindable_mouth_changes_nothing(

@@ -21,18 +21,21 @@ from pathlib import Path
 import pytest
 
 from tests.peers import Sshd, descendants, fingerprint, free_port, keygen, wait_until
-from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions, fdpass
-from tunnel.errors import AuthFailed, HostKeyChanged, HostKeyUnknown, TunnelConfigError
-from tunnel.fdpass import send_request_and_fd
-from tunnel.forwards import Gateway
-from tunnel.openssh import (
+from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
+from tunnel.backends.openssh import fdpass
+from tunnel.backends.openssh.command import master_argv
+from tunnel.backends.openssh.fdpass import send_request_and_fd
+from tunnel.backends.openssh.link import MuxLink
+from tunnel.backends.openssh.mux import (
     MUX_C_NEW_STDIO_FWD,
     MuxError,
-    classify_exit,
-    master_argv,
     parse_reply,
     stdio_fwd_packet,
 )
+from tunnel.backends.openssh.stderr import classify_exit
+from tunnel.errors import AuthFailed, HostKeyChanged, HostKeyUnknown, TunnelConfigError
+from tunnel.forwards import Gateway
+from tunnel.link import Flow
 
 from .tunnel_testlib import Target, exchange, read_until_closed, talking_target
 
@@ -50,8 +53,14 @@ def forward_to(target: Target) -> Forward:
     return Forward("127.0.0.1", free_port(), "127.0.0.1", target.port)
 
 
+def mux_link(tunnel: Tunnel) -> MuxLink | None:
+    link = tunnel.link
+    assert link is None or isinstance(link, MuxLink)
+    return link
+
+
 def master_pids(tunnel: Tunnel) -> list[int]:
-    link = tunnel.current_mux_link
+    link = mux_link(tunnel)
     return [] if link is None else [link.pid]
 
 
@@ -187,7 +196,7 @@ async def test_close_leaves_no_process_and_no_socket(
     tunnel = Tunnel(mux_options, [forward])
     await tunnel.start()
     assert await tunnel.wait_up(10)
-    link = tunnel.current_mux_link
+    link = mux_link(tunnel)
     assert link is not None
     control_dir = link.control_dir
     assert oct(control_dir.stat().st_mode & 0o777) == oct(0o700)
@@ -225,7 +234,7 @@ async def main() -> None:
     )
     async with Tunnel(options, []) as tunnel:
         assert await tunnel.wait_up(10)
-        link = tunnel.current_mux_link
+        link = tunnel.link
         print(link.pid, link.control_dir, flush=True)
         await asyncio.sleep(30)
 
@@ -337,14 +346,16 @@ async def test_a_channel_opened_as_the_link_closes_is_refused_not_leaked(
     forward = forward_to(echo)
     async with Tunnel(mux_options, [forward]) as tunnel:
         assert await tunnel.wait_up(10)
-        link = tunnel.current_mux_link
+        link = mux_link(tunnel)
         assert link is not None
         ours, theirs = socket.socketpair()
         with ours, theirs:
             channel = await link.open_stdio_fwd(theirs.fileno(), "127.0.0.1", echo.port)
             link.close()
             with pytest.raises(MuxError, match="link closed"):
-                link.adopt(channel, theirs, tunnel._mouths[forward.mouth], "127.0.0.1")
+                mouth = tunnel._mouths[forward.mouth]
+                flow = Flow(mouth, forward, theirs, "127.0.0.1", 0, mouth.counters)
+                link.adopt(channel, flow)
             assert channel.sock.fileno() == -1
 
 

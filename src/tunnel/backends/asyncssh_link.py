@@ -1,0 +1,386 @@
+"""The ``asyncssh`` link backend: one SSH connection in this process, one channel per flow.
+
+The connection is set up the way the user's own ``ssh`` would: ``~/.ssh/config`` (Host
+aliases, User, Port, IdentityFile, ProxyJump, Ciphers…), ssh-agent and key files apply
+through asyncssh; host keys are always checked against known_hosts
+(:mod:`tunnel.hostkeys`). This is the single edge where asyncssh and OS errors become
+:mod:`tunnel.errors`.
+
+Every flow opens a ``direct-tcpip`` channel (RFC 4254 §7.2). The data path is two small
+protocol objects wired back to back with no task and no buffer copy per chunk: bytes read
+from the client go straight to ``SSHTCPChannel.write`` and bytes from the channel to
+``Transport.write``; each side's ``pause_writing`` pauses the other side's reading, so a
+slow reader holds back the fast writer (bounded memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import socket
+from collections.abc import Sequence
+from typing import Any, cast
+
+import asyncssh
+
+from tunnel.backends.chaff import drop_needless_chaff
+from tunnel.errors import (
+    AuthFailed,
+    GatewayUnreachable,
+    HostKeyError,
+    LinkLost,
+    TunnelConfigError,
+    TunnelError,
+)
+from tunnel.forwards import Gateway
+from tunnel.hostkeys import HostKeyPolicy
+from tunnel.link import Flow, before_cut_close
+from tunnel.options import PasswordPrompt, TunnelOptions
+
+log = logging.getLogger("tunnel.link")
+
+PENDING_MAX = 256 * 1024
+"""Bytes a client may send before its channel is open; beyond that reading pauses."""
+CLIENT_WRITE_HIGH_WATER = 1024 * 1024
+"""Bytes queued towards a local client before the channel is paused (then resumed at ¼)."""
+
+PASSWORD_PROMPTS_MAX = 3
+"""Password prompts per attempt, as OpenSSH's NumberOfPasswordPrompts."""
+
+
+class _GatewayClient(asyncssh.SSHClient):
+    """asyncssh callbacks: host key verdicts, password prompts, why the link ended."""
+
+    def __init__(self, policy: HostKeyPolicy, label: str, prompt: PasswordPrompt | None) -> None:
+        self.policy = policy
+        self.label = label
+        self.prompt = prompt
+        self.prompts_asked = 0
+        self.lost_reason: Exception | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        return self.policy.judge(host, addr, port, key)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_reason = exc
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    async def _ask(self, prompt: str) -> str | None:
+        if self.prompt is None or self.prompts_asked >= PASSWORD_PROMPTS_MAX:
+            return None
+        self.prompts_asked += 1
+        answer = self.prompt(prompt)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        return answer
+
+    async def password_auth_requested(self) -> str | None:
+        return await self._ask(f"{self.label}'s password: ")
+
+    def kbdint_auth_requested(self) -> str | None:
+        return "" if self.prompt is not None else NotImplemented
+
+    async def kbdint_challenge_received(
+        self, name: str, instructions: str, lang: str, prompts: Sequence[tuple[str, bool]]
+    ) -> list[str] | None:
+        answers: list[str] = []
+        for text, _echo in prompts:
+            answer = await self._ask(f"{self.label}: {text.strip() or 'Password:'} ")
+            if answer is None:
+                return None
+            answers.append(answer)
+        return answers
+
+
+class SSHLink:
+    """An established, authenticated link to one gateway (:class:`tunnel.link.Link`)."""
+
+    def __init__(
+        self,
+        conn: asyncssh.SSHClientConnection,
+        client: _GatewayClient,
+        label: str,
+        options: TunnelOptions,
+    ):
+        self.conn = conn
+        self.client = client
+        self.gateway = label
+        self.window = options.channel_window
+        self.max_packet = options.channel_max_packet
+
+    def carry(self, flow: Flow) -> None:
+        """Wrap the flow's socket in a transport and open its channel (in a task)."""
+        flow.task = asyncio.get_running_loop().create_task(self._carry(flow))
+
+    async def _carry(self, flow: Flow) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(lambda: _ClientSide(self, flow), flow.sock)
+        except OSError as exc:
+            flow.task = None
+            flow.cut(f"client socket unusable: {describe(exc)}")
+
+    async def wait_closed(self) -> TunnelError:
+        """Wait until the link ends; return why, as a :class:`LinkLost`."""
+        await asyncio.shield(self.client.closed)
+        reason = self.client.lost_reason
+        return LinkLost(f"link to {self.gateway} lost: {describe(reason) if reason else 'closed'}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    async def aclose(self, grace_s: float) -> None:
+        """Close and wait (bounded) until the socket is gone."""
+        self.conn.close()
+        try:
+            async with asyncio.timeout(grace_s):
+                await self.conn.wait_closed()
+        except TimeoutError:
+            self.conn.abort()
+
+
+class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
+    """Channel → client: every SSH data packet is written straight to the client.
+
+    These callbacks run inside asyncssh's packet processing: an exception escaping one
+    would tear down the whole link and every other connection on it, so each touches the
+    client's transport only while the client is still there, and swallows OS errors.
+    """
+
+    __slots__ = ("client", "counters", "transport")
+
+    def __init__(self, client: _ClientSide) -> None:
+        self.client = client
+        self.transport = client.transport
+        self.counters = client.counters
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        # A failed write closes the transport at once but tells the client side later
+        # (call_soon): data still arriving meanwhile is dropped, not written to a dead socket.
+        if self.client.closed or self.transport.is_closing():
+            return
+        self.counters.bytes_in += len(data)
+        self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        # The client may have gone already: shutdown(SHUT_WR) on its socket then fails
+        # (ENOTCONN), and an exception here would take the whole SSH link down with it.
+        if self.client.closed or self.transport.is_closing() or not self.transport.can_write_eof():
+            return False
+        try:
+            self.transport.write_eof()
+        except OSError:
+            self.transport.abort()
+            return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.debug("%s: channel ended: %s", self.client.flow.host, describe(exc))
+        self.transport.close()
+
+    def pause_writing(self) -> None:
+        if not self.client.closed:
+            with contextlib.suppress(OSError, RuntimeError):
+                self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self.client.closed:
+            with contextlib.suppress(OSError, RuntimeError):
+                self.transport.resume_reading()
+
+
+class _ClientSide(asyncio.Protocol):
+    """Client → channel, and the life cycle of one carried flow."""
+
+    def __init__(self, link: SSHLink, flow: Flow) -> None:
+        self.link = link
+        self.flow = flow
+        self.counters = flow.counters
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.channel: asyncssh.SSHTCPChannel[bytes] | None = None
+        self.pending: list[bytes] = []
+        self.pending_len = 0
+        self.eof = False
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH_WATER)
+        self.flow.stop = self.cut
+        self.flow.task = asyncio.get_running_loop().create_task(self._open())
+
+    async def _open(self) -> None:
+        forward = self.flow.forward
+        try:
+            channel, _ = await self.link.conn.create_connection(
+                lambda: _ChannelSide(self),
+                forward.target_host,
+                forward.target_port,
+                orig_host=self.flow.host,
+                orig_port=self.flow.port,
+                window=self.link.window,
+                max_pktsize=self.link.max_packet,
+            )
+        except asyncssh.ChannelOpenError as exc:
+            self.flow.task = None
+            target = f"{forward.target_host}:{forward.target_port}"
+            self.cut(f"gateway could not open {target}: {exc.reason}")
+            return
+        except (OSError, asyncssh.Error) as exc:
+            self.flow.task = None
+            self.cut(f"channel open failed: {describe(exc)}")
+            return
+        self.flow.task = None
+        if self.closed:
+            channel.close()
+            return
+        self.channel = channel
+        if self.pending:
+            for chunk in self.pending:
+                channel.write(chunk)
+            self.counters.bytes_out += self.pending_len
+            self.pending.clear()
+            self.pending_len = 0
+            self.transport.resume_reading()
+        if self.eof:
+            channel.write_eof()
+
+    def data_received(self, data: bytes) -> None:
+        channel = self.channel
+        if channel is None:
+            self.pending.append(data)
+            self.pending_len += len(data)
+            if self.pending_len > PENDING_MAX:
+                self.transport.pause_reading()
+            return
+        self.counters.bytes_out += len(data)
+        try:
+            channel.write(data)
+        except OSError:
+            self.transport.abort()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.channel is not None:
+            try:
+                self.channel.write_eof()
+            except OSError:
+                return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        task = self.flow.task
+        if task is not None and not task.done():
+            task.cancel()
+        if self.channel is not None:
+            self.channel.close()
+        self.flow.finish(None)
+
+    def pause_writing(self) -> None:
+        if self.channel is not None:
+            self.channel.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.channel is not None:
+            self.channel.resume_reading()
+
+    def cut(self, why: str) -> None:
+        """End this flow now, as cut (its channel refused or the flow cut by its mouth)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.flow.finish(why)
+        if self.channel is not None:
+            self.channel.abort()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            before_cut_close(sock)
+        self.transport.abort()
+
+
+def describe(exc: BaseException) -> str:
+    """A short human description of an OS or asyncssh error."""
+    if isinstance(exc, socket.gaierror):
+        return f"name lookup failed ({exc.strerror})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, asyncssh.DisconnectError):
+        return exc.reason or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+def _connect_kwargs(gateway: Gateway, options: TunnelOptions) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "keepalive_interval": options.keepalive_s,
+        "keepalive_count_max": options.keepalive_count_max,
+        "connect_timeout": options.connect_timeout_s,
+        "login_timeout": options.connect_timeout_s,
+    }
+    if gateway.port is not None:
+        kwargs["port"] = gateway.port
+    if gateway.user is not None:
+        kwargs["username"] = gateway.user
+    if options.ssh_config is not None:
+        kwargs["config"] = [str(options.ssh_config)]
+    if options.client_keys is not None:
+        kwargs["client_keys"] = [str(path) for path in options.client_keys]
+    if options.agent_path is not None:
+        kwargs["agent_path"] = options.agent_path
+    if options.password is not None:
+        kwargs["password"] = options.password
+    if options.passphrase is not None:
+        kwargs["passphrase"] = options.passphrase
+    return kwargs
+
+
+async def open_link(gateway: Gateway, options: TunnelOptions) -> SSHLink:
+    """Connect and authenticate to ``gateway``; raise a :class:`TunnelError` on failure."""
+    label = str(gateway)
+    policy = HostKeyPolicy(options.known_hosts, trust_new=options.trust_new_host_key)
+    clients: list[_GatewayClient] = []
+
+    def client_factory() -> _GatewayClient:
+        client = _GatewayClient(policy, label, options.password_prompt)
+        clients.append(client)
+        return client
+
+    try:
+        async with asyncio.timeout(options.connect_timeout_s + 1):
+            conn = await asyncssh.connect(
+                gateway.host,
+                known_hosts=policy.known,
+                client_factory=client_factory,
+                **_connect_kwargs(gateway, options),
+            )
+    except asyncssh.PermissionDenied as exc:
+        raise AuthFailed.refused(label, exc.reason) from None
+    except asyncssh.HostKeyNotVerifiable as exc:
+        if policy.verdict is not None:
+            raise policy.verdict from None
+        raise HostKeyError(f"host key of gateway {label} refused: {exc.reason}") from None
+    except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
+        raise TunnelConfigError(f"gateway {label}: cannot load a client key: {exc}") from None
+    except (asyncssh.ConfigParseError, ValueError) as exc:
+        raise TunnelConfigError(f"gateway {label}: {exc}") from None
+    except TimeoutError:
+        raise GatewayUnreachable.timed_out(label, options.connect_timeout_s) from None
+    except (OSError, asyncssh.Error) as exc:
+        raise GatewayUnreachable.because(label, describe(exc)) from None
+    client = clients[-1]
+    drop_needless_chaff(conn)
+    log.info("link up to %s", label)
+    return SSHLink(conn, client, label, options)

@@ -1,0 +1,281 @@
+"""The ``openssh`` link: flows handed to an ``ssh -M`` master, which carries the bytes.
+
+Each flow's socket goes to the master over its control socket with the multiplexing
+protocol (:mod:`.mux`): ``MUX_C_NEW_STDIO_FWD`` (what ``ssh -W host:port`` sends) with the
+socket passed twice (as stdin and stdout) by ``SCM_RIGHTS`` (:mod:`.fdpass`), on a spare
+mux connection (:mod:`.pool`). The master then copies between that socket and a
+``direct-tcpip`` channel in C; no Python touches the data. The mux connection stays open
+for the channel's lifetime: the master closes it when the channel ends, and closing it
+from our side ends the channel. Bytes are read from the kernel's counters of our copy of
+the client socket (:mod:`.tcpinfo`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import select
+
+from tunnel.backends.openssh.fdpass import send_request_and_fd
+from tunnel.backends.openssh.master import Master, start_master
+from tunnel.backends.openssh.mux import MuxError, check_hello, check_opened, stdio_fwd_packet
+from tunnel.backends.openssh.pool import MuxChannel, SparePool
+from tunnel.backends.openssh.tcpinfo import tcp_traffic
+from tunnel.errors import LinkLost, TunnelError
+from tunnel.forwards import Gateway
+from tunnel.link import Flow, before_cut_close
+from tunnel.options import TunnelOptions
+
+log = logging.getLogger("tunnel.openssh")
+
+REPLY_CHECK_S = 0.02
+"""The master's hello and reply are read this long after the request, in one batch."""
+
+
+class MuxSession:
+    """One handed-over flow: its mux connection, open while the channel lives.
+
+    ``stage`` 0 waits for the master's hello, 1 for ``MUX_S_SESSION_OPENED``, 2 for the
+    end of the stream (the master closes the mux connection when the channel ends).
+    The flow's socket is our copy of the client socket, kept so that the kernel's counters
+    can be read (:func:`tcp_traffic`) while the connection lives and when it ends. The
+    master has two copies of its own and closes them when the channel ends, just before it
+    hangs up the mux connection; ours is closed on that hang-up, so the client sees the
+    end at once.
+    """
+
+    __slots__ = ("channel", "flow", "request_id", "stage")
+
+    def __init__(self, channel: MuxChannel, flow: Flow, request_id: int | None) -> None:
+        self.channel = channel
+        self.flow = flow
+        self.request_id = request_id or 0
+        self.stage = 2 if request_id is None else 0
+
+
+class MuxLink:
+    """One running ``ssh -M`` master whose control socket answered: the link is up
+    (:class:`tunnel.link.Link`).
+
+    Handed-over flows (:class:`MuxSession`) are watched for their end only: a private
+    epoll set, which the event loop sees as one descriptor, reports when the master hangs up
+    a mux connection (``EPOLLRDHUP``), so the master's hello and reply, which arrive while
+    the channel is being opened, wake nobody. They are read ``REPLY_CHECK_S`` later, in one
+    batch, to cut a refused flow. (Without epoll, each mux connection is watched by the
+    loop directly.)
+    """
+
+    def __init__(self, master: Master) -> None:
+        self.master = master
+        self.control_dir = master.control_dir
+        self.control_path = master.control_path
+        self.gateway = master.label
+        self._request_id = 0
+        self.spares = SparePool(self.control_path)
+        self._sessions: dict[int, MuxSession] = {}
+        self._unconfirmed: list[MuxSession] = []
+        self._check: asyncio.TimerHandle | None = None
+        self._hangups = select.epoll() if hasattr(select, "epoll") else None
+        self._watching = False
+        self._closed = False
+
+    @property
+    def pid(self) -> int:
+        return self.master.pid
+
+    async def wait_closed(self) -> TunnelError:
+        """Wait until the master exits; return why, as a :class:`LinkLost`. Its sessions
+        end, and its spare mux connections and watch set are closed."""
+        why = await self.master.wait_exit()
+        self.close()
+        return LinkLost(f"link to {self.gateway} lost: {why}")
+
+    def _next_request_id(self) -> int:
+        self._request_id = (self._request_id + 1) & 0xFFFFFFFF
+        return self._request_id
+
+    def carry(self, flow: Flow) -> None:
+        """Hand the flow to the master now on a spare mux connection, else (the master's
+        backlog full) open it in a task on a fresh one."""
+        if not self.hand_off(flow):
+            flow.task = asyncio.get_running_loop().create_task(self._carry_slowly(flow))
+
+    async def _carry_slowly(self, flow: Flow) -> None:
+        forward = flow.forward
+        try:
+            channel = await self.open_stdio_fwd(
+                flow.sock.fileno(), forward.target_host, forward.target_port
+            )
+            self.adopt(channel, flow)
+        except (OSError, TunnelError) as exc:
+            flow.task = None
+            flow.cut(f"forward to {forward.target_host}:{forward.target_port} failed: {exc}")
+            return
+        flow.task = None
+
+    def hand_off(self, flow: Flow) -> bool:
+        """Send ``MUX_C_NEW_STDIO_FWD`` and the flow's descriptor (twice) now, on a spare
+        connection, and watch the session. False when that cannot be done without
+        waiting: use :meth:`open_stdio_fwd` and :meth:`adopt` instead."""
+        channel = self.spares.take() if not self._closed else None
+        if channel is None:
+            return False
+        forward = flow.forward
+        rid = self._next_request_id()
+        request = stdio_fwd_packet(rid, forward.target_host, forward.target_port)
+        # Everything else is done before the send: it wakes the master with a "sync"
+        # wake-up (the kernel assumes the sender is about to sleep) and the master may take
+        # over this CPU at once, so any work left after it would wait behind the master.
+        session = self._watch(MuxSession(channel, flow, rid))
+        try:
+            send_request_and_fd(channel.sock, request, flow.sock.fileno())
+        except OSError:
+            self._unwatch(session)
+            flow.stop = flow.meter = None
+            channel.close()
+            return False
+        return True
+
+    def adopt(self, channel: MuxChannel, flow: Flow) -> None:
+        """Watch a flow opened with :meth:`open_stdio_fwd` until its channel ends;
+        :class:`MuxError` (``channel`` closed) if the link closed meanwhile."""
+        if self._closed:
+            channel.close()
+            raise MuxError("the link closed while the channel was being opened")
+        self._watch(MuxSession(channel, flow, None))
+
+    def _watch(self, session: MuxSession) -> MuxSession:
+        fd = session.channel.sock.fileno()
+        self._sessions[fd] = session
+        flow = session.flow
+        flow.stop = lambda why: self.end(session, why)
+        flow.meter = lambda: tcp_traffic(flow.sock)
+        loop = asyncio.get_running_loop()
+        if self._hangups is None:
+            loop.add_reader(fd, self._service, session)
+            return session
+        self._hangups.register(fd, select.EPOLLRDHUP)
+        if not self._watching:
+            self._watching = True
+            loop.add_reader(self._hangups.fileno(), self._hung_up)
+        if session.stage < 2:
+            self._unconfirmed.append(session)
+            if self._check is None:
+                self._check = loop.call_later(REPLY_CHECK_S, self._check_replies)
+        return session
+
+    def _hung_up(self) -> None:
+        assert self._hangups is not None
+        for fd, _ in self._hangups.poll(0):
+            session = self._sessions.get(fd)
+            if session is not None:
+                self._service(session)
+                self.end(session, None)
+
+    def _check_replies(self) -> None:
+        self._check = None
+        pending, self._unconfirmed = self._unconfirmed, []
+        for session in pending:
+            if session.stage < 2 and session.channel.sock.fileno() >= 0:
+                self._service(session)
+                if session.stage < 2 and session.channel.sock.fileno() >= 0:
+                    self._unconfirmed.append(session)
+        if self._unconfirmed and not self._closed:
+            self._check = asyncio.get_running_loop().call_later(REPLY_CHECK_S, self._check_replies)
+
+    def _service(self, session: MuxSession) -> None:
+        """Read what the master sent on a session: hello, reply, then the end."""
+        channel = session.channel
+        while channel.sock.fileno() >= 0:
+            try:
+                data = channel.sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                early = "master closed the mux connection before its reply"
+                self.end(session, early if session.stage < 2 else None)
+                return
+            if session.stage == 2:
+                continue
+            channel.buffer += data
+            try:
+                while session.stage < 2 and (body := channel.take_packet()) is not None:
+                    if session.stage == 0:
+                        check_hello(body)
+                    else:
+                        check_opened(body, session.request_id)
+                    session.stage += 1
+            except MuxError as exc:
+                self.end(session, str(exc))
+                return
+
+    def _unwatch(self, session: MuxSession) -> bool:
+        """Stop watching ``session``; False if it was not watched (any more)."""
+        fd = session.channel.sock.fileno()
+        if fd < 0 or self._sessions.pop(fd, None) is None:
+            return False
+        if self._hangups is None:
+            asyncio.get_running_loop().remove_reader(fd)
+        else:
+            with contextlib.suppress(OSError, ValueError):
+                self._hangups.unregister(fd)
+        return True
+
+    def end(self, session: MuxSession, cut: str | None) -> None:
+        """Close ``session``'s mux connection (ending its channel) and our copy of the
+        client, and report the flow's end, with the bytes the kernel counted."""
+        if not self._unwatch(session):
+            return
+        flow = session.flow
+        traffic = tcp_traffic(flow.sock)
+        if cut is not None:
+            before_cut_close(flow.sock)
+        flow.sock.close()
+        session.channel.close()
+        flow.finish(cut, traffic)
+
+    async def open_stdio_fwd(self, fd: int, host: str, port: int) -> MuxChannel:
+        """Hand ``fd`` to the master for a channel to ``host:port``; the returned mux
+        connection must stay open while the channel lives. :class:`MuxError` / OSError."""
+        if self._closed:
+            raise MuxError("the link is closing")
+        rid = self._next_request_id()
+        channel = await MuxChannel.connect(self.control_path, stdio_fwd_packet(rid, host, port), fd)
+        try:
+            check_opened(await channel.read_packet(), rid)
+        except BaseException:
+            channel.close()
+            raise
+        return channel
+
+    def close(self) -> None:
+        """Cut every flow, and ask the master to exit (SIGTERM)."""
+        self._closed = True
+        if self._check is not None:
+            self._check.cancel()
+        self.spares.close()
+        for session in list(self._sessions.values()):
+            self.end(session, "link closed; connection cut")
+        if self._hangups is not None:
+            if self._watching:
+                self._watching = False
+                with contextlib.suppress(RuntimeError):
+                    asyncio.get_running_loop().remove_reader(self._hangups.fileno())
+            self._hangups.close()
+        self.master.terminate()
+
+    async def aclose(self, grace_s: float) -> None:
+        """Stop the master, SIGKILL it after ``grace_s``, reap it, remove the private dir."""
+        self.close()
+        await self.master.stop(grace_s)
+
+
+async def open_mux_link(gateway: Gateway, options: TunnelOptions) -> MuxLink:
+    """Start a master for ``gateway`` (:func:`start_master`) and fill its spare pool."""
+    link = MuxLink(await start_master(gateway, options))
+    link.spares.refill()
+    log.info("link up to %s (ssh master pid %d)", link.gateway, link.pid)
+    return link

@@ -1,0 +1,232 @@
+"""The ``ssh -M`` master process: started, watched, asked whether it is alive, stopped.
+
+The master runs in its own session with a private control directory (0700); the kernel
+SIGTERMs it if this process dies (Linux ``PR_SET_PDEATHSIG``), so even a crashed tunnel
+leaves no ssh behind. Its stderr is logged and its tail kept to say why it ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from tunnel.backends.asyncssh_link import open_link
+from tunnel.backends.openssh.command import master_argv
+from tunnel.backends.openssh.fdpass import libc as c_library
+from tunnel.backends.openssh.mux import MUX_S_ALIVE, MuxError, alive_packet, parse_reply
+from tunnel.backends.openssh.pool import MuxChannel
+from tunnel.backends.openssh.stderr import classify_exit
+from tunnel.errors import (
+    GatewayUnreachable,
+    HostKeyError,
+    TunnelConfigError,
+    TunnelError,
+)
+from tunnel.forwards import Gateway
+from tunnel.options import TunnelOptions
+
+log = logging.getLogger("tunnel.openssh")
+
+STDERR_TAIL_MAX = 4096
+POLL_S = 0.01
+"""How often a starting master's control socket is probed."""
+PR_SET_PDEATHSIG = 1
+
+
+def _death_signal_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGTERM the master when this process dies
+    (Linux ``prctl(PR_SET_PDEATHSIG)``); ``None`` where that is not available. libc is
+    loaded here, before the fork."""
+    libc = c_library() if sys.platform.startswith("linux") else None
+    if libc is None:
+        return None
+    prctl = libc.prctl
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return hook
+
+
+async def _drain_stderr(stream: asyncio.StreamReader, tail: bytearray, label: str) -> None:
+    while line := await stream.readline():
+        log.info("ssh %s: %s", label, line.decode(errors="replace").rstrip())
+        tail += line
+        del tail[:-STDERR_TAIL_MAX]
+
+
+async def alive(path: Path) -> bool:
+    """The master answers ``MUX_C_ALIVE_CHECK`` (PROTOCOL.mux §4)."""
+    try:
+        channel = await MuxChannel.connect(path, alive_packet(0))
+    except (OSError, MuxError):
+        return False
+    try:
+        body = await channel.read_packet()
+        return body is not None and parse_reply(body)[0] == MUX_S_ALIVE
+    except (OSError, MuxError):
+        return False
+    finally:
+        channel.close()
+
+
+def listening(path: Path) -> bool:
+    """Whether the master still accepts on its control socket, asked without waiting: a
+    full backlog (``EAGAIN``) counts as listening, a refusal or a missing socket not."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)
+        try:
+            probe.connect(str(path))
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+    return True
+
+
+class Master:
+    """One running ``ssh -N -M`` process and its private control directory."""
+
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        control_dir: Path,
+        label: str,
+    ) -> None:
+        self.process = process
+        self.control_dir = control_dir
+        self.control_path = control_dir / "ctl"
+        self.label = label
+        self.stderr_tail = bytearray()
+        assert process.stderr is not None
+        self.stderr_task = asyncio.get_running_loop().create_task(
+            _drain_stderr(process.stderr, self.stderr_tail, label), name="tunnel-ssh-stderr"
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stderr_text(self) -> str:
+        return self.stderr_tail.decode(errors="replace")
+
+    async def wait_exit(self) -> str:
+        """Wait until the master exits; return its last words (or its exit status)."""
+        code = await asyncio.shield(self.process.wait())
+        shutil.rmtree(self.control_dir, ignore_errors=True)
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            async with asyncio.timeout(0.5):
+                await asyncio.shield(self.stderr_task)
+        lines = self.stderr_text().strip().splitlines()
+        return lines[-1].strip() if lines else f"ssh exited with status {code}"
+
+    def terminate(self) -> None:
+        """Ask the master to exit (SIGTERM); it removes its control socket itself."""
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+
+    async def stop(self, grace_s: float) -> None:
+        """SIGTERM, SIGKILL after ``grace_s``, reap, remove the private directory."""
+        self.terminate()
+        try:
+            async with asyncio.timeout(grace_s):
+                await self.process.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+        self.stderr_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.stderr_task
+        shutil.rmtree(self.control_dir, ignore_errors=True)
+
+
+async def name_the_key(
+    gateway: Gateway, options: TunnelOptions, fallback: TunnelError
+) -> TunnelError:
+    """The error for a host key OpenSSH refused, in the asyncssh backend's words.
+
+    ``ssh`` in batch mode refuses an unknown key without naming it. The key is fetched once
+    more through the asyncssh backend's connect (same ssh config, same known_hosts, no key
+    offered: the host key is checked before any authentication), whose message names the
+    algorithm, the fingerprint and the command that trusts it (or, for a changed key, the
+    one that removes the old entry). Anything else that happens (the gateway gone, the key
+    accepted after all): ``fallback``, OpenSSH's own verdict.
+    """
+    probe = dataclasses.replace(
+        options,
+        client_keys=(),
+        password=None,
+        password_prompt=None,
+        passphrase=None,
+        trust_new_host_key=False,
+    )
+    try:
+        link = await open_link(gateway, probe)
+    except HostKeyError as exc:
+        return exc if type(exc) is type(fallback) else fallback
+    except TunnelError:
+        return fallback
+    await link.aclose(0.5)
+    return fallback
+
+
+async def start_master(gateway: Gateway, options: TunnelOptions) -> Master:
+    """Start a master for ``gateway`` and wait (``connect_timeout_s``) until its control
+    socket answers; raise a classified :class:`TunnelError` if it exits first."""
+    binary = options.ssh_binary
+    if shutil.which(binary) is None:
+        raise TunnelConfigError(f"backend openssh: {binary!r} not found (install openssh-client)")
+    control_dir = Path(tempfile.mkdtemp(prefix="tunnel-ssh-"))
+    os.chmod(control_dir, 0o700)
+    control_path = control_dir / "ctl"
+    argv = master_argv(binary, gateway, options, control_path)
+    label = str(gateway)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=_death_signal_hook(),
+        )
+    except OSError as exc:
+        shutil.rmtree(control_dir, ignore_errors=True)
+        raise TunnelConfigError(f"backend openssh: cannot run {binary}: {exc}") from None
+    master = Master(process, control_dir, label)
+    try:
+        async with asyncio.timeout(options.connect_timeout_s + 1):
+            while True:
+                if process.returncode is not None:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1):
+                            await asyncio.shield(master.stderr_task)
+                    raise classify_exit(gateway, options, process.returncode, master.stderr_text())
+                if control_path.exists() and await alive(control_path):
+                    break
+                await asyncio.sleep(POLL_S)
+    except TimeoutError:
+        await master.stop(0.5)
+        raise GatewayUnreachable.timed_out(label, options.connect_timeout_s) from None
+    except HostKeyError as exc:
+        await master.stop(0.5)
+        # Outside the start's time budget: the key exchange has its own.
+        raise await name_the_key(gateway, options, exc) from None
+    except BaseException:
+        # Shielded: Tunnel.close() cancels a start and then bounds its wait; a second
+        # cancel must not skip the SIGKILL of a master slow to exit, or its directory.
+        await asyncio.shield(master.stop(0.5))
+        raise
+    return master

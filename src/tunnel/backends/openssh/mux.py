@@ -1,0 +1,92 @@
+"""The OpenSSH multiplexing protocol, pure: packets built and parsed, no sockets.
+
+``PROTOCOL.mux`` §1 (hello), §3 (``MUX_C_NEW_STDIO_FWD``, what ``ssh -W host:port``
+sends), §4 (``MUX_C_ALIVE_CHECK``); integers are uint32, strings SSH ``string``s
+(RFC 4251 §5), every packet prefixed with its uint32 length.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from tunnel.errors import TunnelError
+
+MUX_VERSION = 4
+MUX_MSG_HELLO = 0x00000001
+MUX_C_ALIVE_CHECK = 0x10000004
+MUX_C_NEW_STDIO_FWD = 0x10000008
+MUX_S_PERMISSION_DENIED = 0x80000002
+MUX_S_FAILURE = 0x80000003
+MUX_S_ALIVE = 0x80000005
+MUX_S_SESSION_OPENED = 0x80000006
+MUX_PACKET_MAX = 256 * 1024
+"""Largest mux reply we accept (OpenSSH's own limit is 256 KiB)."""
+
+
+class MuxError(TunnelError):
+    """The master refused or broke a mux request (the one connection is closed)."""
+
+
+# --- pure ----------------------------------------------------------------------------------
+
+
+def mux_string(value: bytes | str) -> bytes:
+    """An SSH ``string`` (RFC 4251 §5): uint32 length, then the bytes."""
+    data = value.encode() if isinstance(value, str) else value
+    return struct.pack(">I", len(data)) + data
+
+
+def mux_packet(*fields: int | bytes | str) -> bytes:
+    """One mux packet: uint32 length, then the fields (ints as uint32, bytes/str as strings)."""
+    body = b"".join(struct.pack(">I", f) if isinstance(f, int) else mux_string(f) for f in fields)
+    return struct.pack(">I", len(body)) + body
+
+
+def hello_packet() -> bytes:
+    return mux_packet(MUX_MSG_HELLO, MUX_VERSION)
+
+
+def stdio_fwd_packet(request_id: int, host: str, port: int) -> bytes:
+    """``MUX_C_NEW_STDIO_FWD``: reserved string, connect host (string), port (uint32, as
+    mux.c sends it; PROTOCOL.mux says string but the code is authoritative)."""
+    return mux_packet(MUX_C_NEW_STDIO_FWD, request_id, b"", host, port)
+
+
+def alive_packet(request_id: int) -> bytes:
+    return mux_packet(MUX_C_ALIVE_CHECK, request_id)
+
+
+def parse_reply(body: bytes) -> tuple[int, int, bytes]:
+    """``(type, first uint32 field, rest)`` of a mux packet body; :class:`MuxError` if short."""
+    if len(body) < 8:
+        raise MuxError(f"short mux packet ({len(body)} bytes)")
+    kind, first = struct.unpack_from(">II", body)
+    return kind, first, body[8:]
+
+
+def check_hello(body: bytes | None) -> None:
+    """The master's ``MUX_MSG_HELLO`` (PROTOCOL.mux §1), version 4; else :class:`MuxError`."""
+    if body is None:
+        raise MuxError("master closed the control connection before its hello")
+    kind, version, _ = parse_reply(body)
+    if kind != MUX_MSG_HELLO or version != MUX_VERSION:
+        raise MuxError(f"master spoke mux {kind:#x} version {version}, not hello v4")
+
+
+def check_opened(body: bytes | None, request_id: int) -> None:
+    """``MUX_S_SESSION_OPENED`` for ``request_id``; else :class:`MuxError` with the reason."""
+    if body is None:
+        raise MuxError("master closed the control connection")
+    kind, reply_id, rest = parse_reply(body)
+    if kind in (MUX_S_FAILURE, MUX_S_PERMISSION_DENIED):
+        raise MuxError(f"master refused the forward: {reply_reason(rest)}")
+    if kind != MUX_S_SESSION_OPENED or reply_id != request_id:
+        raise MuxError(f"unexpected mux reply {kind:#x} to request {request_id}")
+
+
+def reply_reason(rest: bytes) -> str:
+    """The ``string reason`` of ``MUX_S_FAILURE`` / ``MUX_S_PERMISSION_DENIED``."""
+    if len(rest) < 4:
+        return "no reason given"
+    (length,) = struct.unpack_from(">I", rest)
+    return rest[4 : 4 + length].decode(errors="replace") or "no reason given"

@@ -1,0 +1,49 @@
+"""Bytes carried on a TCP socket, read from the kernel (Linux ``TCP_INFO``, ``SIOCOUTQ``).
+
+With the openssh backend the bytes never pass through this process: they are counted from
+our copy of each client socket.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import socket
+import struct
+import sys
+
+TCP_INFO = getattr(socket, "TCP_INFO", 11)
+TCP_INFO_LEN = 136
+TCP_INFO_BYTES_AT = 120
+TCP_INFO_BYTES = struct.Struct("=QQ")
+"""``tcpi_bytes_acked``, ``tcpi_bytes_received`` in Linux ``struct tcp_info``."""
+TCP_FIN_RECEIVED = frozenset({6, 8, 9, 11})
+"""``tcpi_state`` after the peer's FIN: TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING."""
+TCP_FIN_SENT = frozenset({4, 5, 6, 9, 11})
+"""``tcpi_state`` after our FIN: FIN_WAIT1, FIN_WAIT2, TIME_WAIT, LAST_ACK, CLOSING."""
+TCP_CLOSE = 7
+SIOCOUTQ = 0x5411
+"""Linux: bytes in a TCP socket's send queue, not yet acknowledged (= ``TIOCOUTQ``)."""
+
+
+def tcp_traffic(sock: socket.socket) -> tuple[int, int] | None:
+    """``(bytes received from the peer, bytes written to it)`` of a TCP socket, from the
+    kernel: ``tcpi_bytes_received`` and ``tcpi_bytes_acked`` of ``TCP_INFO`` (Linux 4.2+)
+    plus what is still queued unacknowledged (``SIOCOUTQ``), so data the peer has not yet
+    acknowledged counts too. A FIN takes a sequence number, which these counters include:
+    it is taken off. After a reset (state CLOSE) what is still queued will never be
+    delivered and is not counted; whether a FIN came first is unknown then, so the count
+    received may be one too many. ``None`` where that is not available."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, TCP_INFO_LEN)
+        queued = fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0")
+    except (OSError, AttributeError, ValueError):
+        return None
+    if len(info) < TCP_INFO_LEN:
+        return None
+    acked, received = TCP_INFO_BYTES.unpack_from(info, TCP_INFO_BYTES_AT)
+    state = info[0]
+    received -= state in TCP_FIN_RECEIVED
+    sent = acked
+    if state != TCP_CLOSE:
+        sent += int.from_bytes(queued, sys.byteorder) - (state in TCP_FIN_SENT)
+    return int(received), int(sent)
