@@ -22,9 +22,7 @@ one wording whichever backend met the failure.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import struct
 from collections.abc import Callable
 from typing import Protocol
 
@@ -46,13 +44,6 @@ def before_cut_close(sock: socket.socket) -> None:
     """What is done to a client's socket just before a flow the tunnel cut is closed (the
     one place that decides how a cut flow ends on the wire)."""
     del sock
-
-
-def reset(sock: socket.socket) -> None:
-    """Close with a reset (``SO_LINGER`` 0): the client sees ECONNRESET, never an EOF."""
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 class Flow:

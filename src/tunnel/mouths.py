@@ -23,7 +23,7 @@ from typing import Protocol
 
 from tunnel.errors import MouthBindError
 from tunnel.forwards import Forward, mouth_ip
-from tunnel.link import Flow, Link, Traffic, reset
+from tunnel.link import Flow, Link, Traffic
 from tunnel.state import ForwardCounters, ForwardState
 
 log = logging.getLogger("tunnel.mouths")
@@ -167,7 +167,7 @@ class Mouth:
         """Carry an accepted connection (or hold it until a link is up); refuse it if the
         peer is not admitted or the mouth is closed."""
         if self.closed or self.refuses(host, port):
-            reset(conn)
+            conn.close()  # never carried, so not cut: a plain close, as before the accept
             return
         conn.setblocking(False)
         with contextlib.suppress(OSError):
