@@ -177,12 +177,14 @@ def discover(
 
 def _register_optional_commands() -> None:
     """Attach the commands whose modules live apart from this file."""
+    from blitzdns.commands import guard as guard_cmd
     from blitzdns.commands import location as location_cmd
     from blitzdns.commands import resolver_config, service
     from blitzdns.control import status_command
 
     app.add_typer(service.app, name="service")
     app.add_typer(resolver_config.app, name="resolver-config")
+    app.add_typer(guard_cmd.app, name="guard")
     app.command("location")(location_cmd.location)
 
     @app.command()

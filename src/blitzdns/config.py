@@ -35,6 +35,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 DEFAULT_MOUTHS = "127.77.0.0/24"
 DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128")
 RESOLVER_TARGETS = ("auto", "macos", "systemd-resolved", "networkmanager", "resolvconf", "nrpt")
+GUARD_TARGETS = ("auto", "nftables", "pf", "windows")
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 
@@ -267,6 +268,48 @@ class TunnelConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GuardConfig:
+    """The leak guard (issue 14): firewall rules that refuse the protected hosts' real
+    addresses, and the watch over the installed resolver config."""
+
+    enabled: bool = field(
+        default=False,
+        metadata=_meta(
+            "`run` installs the guard at start (as root) and keeps it refreshed; the rules "
+            "stay in force when it stops. `blitzdns guard show` prints them."
+        ),
+    )
+    target: str = field(
+        default="auto",
+        metadata=_meta(
+            "The firewall: " + ", ".join(GUARD_TARGETS) + " (auto: this platform's own)."
+        ),
+    )
+    everywhere: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            "Services whose port is refused towards every address, not only the real ones "
+            "(for ports nothing else on this machine uses).",
+            example='["dnd"]',
+        ),
+    )
+    keep_s: float = field(
+        default=86400.0,
+        metadata=_meta(
+            "Seconds an address stays refused after it was last seen (a name that moves "
+            "leaves no gap)."
+        ),
+    )
+    watch_s: float = field(
+        default=3.0,
+        metadata=_meta(
+            "Seconds between checks that the installed resolver config still sends the "
+            "protected names to the stub (inotify wakes it sooner on Linux)."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class SharedAddress:
     """Local-IP mode: mouths also on a LAN/bridge address, for the listed client networks."""
 
@@ -374,6 +417,10 @@ class Config:
                 "dns = true"
             ),
         ),
+    )
+    guard: GuardConfig = field(
+        default_factory=GuardConfig,
+        metadata=_meta("The leak guard and the resolver watch."),
     )
     locations: Mapping[str, Location] = field(
         default_factory=dict,
@@ -751,6 +798,7 @@ class _Builder:
         if target not in RESOLVER_TARGETS:
             raise self.fail("resolver.target", f"expected one of {', '.join(RESOLVER_TARGETS)}")
         locations = self.locations(self._mapping(top, "locations"), keys)
+        guard = self.guard(top.get("guard", {}), services)
         return Config(
             preset=preset,
             source=source,
@@ -761,6 +809,28 @@ class _Builder:
             shared=shared,
             locations=locations,
             resolver_target=target,
+            guard=guard,
+        )
+
+    def guard(self, raw: Any, services: Mapping[str, Service]) -> GuardConfig:
+        t = self.table(raw, "guard", toml_keys(GuardConfig))
+        d = GuardConfig()
+        target = self.string(t.get("target", d.target), "guard.target")
+        if target not in GUARD_TARGETS:
+            raise self.fail("guard.target", f"expected one of {', '.join(GUARD_TARGETS)}")
+        everywhere = self.strings(t.get("everywhere", []), "guard.everywhere")
+        for i, name in enumerate(everywhere):
+            if name not in services:
+                raise self.fail(
+                    f"guard.everywhere[{i}]",
+                    f"no service named {name!r} (defined: {', '.join(services) or 'none'})",
+                )
+        return GuardConfig(
+            enabled=self.boolean(t.get("enabled", d.enabled), "guard.enabled"),
+            target=target,
+            everywhere=everywhere,
+            keep_s=self.number(t.get("keep_s", d.keep_s), "guard.keep_s", 0, 30 * 86400),
+            watch_s=self.number(t.get("watch_s", d.watch_s), "guard.watch_s", 0.1, 3600),
         )
 
     def _mapping(self, top: Mapping[str, Any], key: str) -> Mapping[str, Any]:

@@ -28,6 +28,9 @@ class Record:
     ttl: int
     #: Addresses for A/AAAA as text; the raw RDATA otherwise.
     value: str | bytes
+    #: The record's owner name, and for a CNAME the name it points to.
+    owner: str = ""
+    target: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,15 +91,17 @@ def parse_reply(packet: bytes, query_id: int) -> Reply:
             offset = _skip_name(packet, offset) + 4
         answers = []
         for _ in range(an):
+            owner = _read_name(packet, offset)
             offset = _skip_name(packet, offset)
             rtype, _cls, ttl, length = struct.unpack_from("!HHIH", packet, offset)
             offset += 10
             rdata = packet[offset : offset + length]
+            target = _read_name(packet, offset) if rtype == TYPES["CNAME"] else None
             offset += length
             value: str | bytes = rdata
             if rtype in (A, AAAA) and len(rdata) in (4, 16):
                 value = str(ipaddress.ip_address(rdata))
-            answers.append(Record(rtype, ttl, value))
+            answers.append(Record(rtype, ttl, value, owner, target))
     except (struct.error, IndexError, UnicodeError) as exc:
         raise LookupFailed(f"unparseable reply: {exc}") from None
     rcode = flags & RCODE_MASK

@@ -85,7 +85,7 @@ def _install(
     if apply:
         _refuse_apply_under_root(root)
         installer.require_tools([*_command_argvs(plan, plan.commands), *plan.reload], what="apply")
-    hint = _command_line("install", config_path, plan.target, location, root, apply)
+    hint = command_line("install", config_path, plan.target, location, root, apply)
     changes = installer.install(plan, root, sudo_hint=hint, location=config.location)
     for change in changes:
         typer.echo(str(change))
@@ -130,7 +130,7 @@ def _uninstall(target: str | None, root: Path, *, apply: bool) -> None:
         _refuse_apply_under_root(root)
         installer.require_tools([*undo, *state.reload], what="apply")
     hint = shlex.join(
-        ["blitzdns", "resolver-config", "uninstall", *_root_args(root), *(["--apply"] * apply)]
+        ["blitzdns", "resolver-config", "uninstall", *root_args(root), *(["--apply"] * apply)]
     )
     changes, _ = installer.uninstall(root, sudo_hint=hint)
     for change in changes:
@@ -180,7 +180,7 @@ def render_plan(plan: Plan, root: Path) -> list[str]:
         f"short names: {', '.join(names.short) or '(none)'}",
     ]
     for item in plan.files:
-        lines += ["", f"--- {item.path} ({_file_status(root, item.path)}, mode {item.mode:04o})"]
+        lines += ["", f"--- {item.path} ({file_status(root, item.path)}, mode {item.mode:04o})"]
         lines += item.content.decode().rstrip("\n").splitlines()
     if plan.commands:
         lines += ["", "--- commands (an elevated PowerShell runs these; --apply does it here)"]
@@ -210,7 +210,7 @@ def _next_steps(plan: Plan) -> list[str]:
     ]
 
 
-def _file_status(root: Path, system_path: str) -> str:
+def file_status(root: Path, system_path: str) -> str:
     path = root / system_path.lstrip("/")
     if path.is_symlink():
         return "replaces a symlink, kept in the backup"
@@ -231,25 +231,27 @@ def _refuse_apply_under_root(root: Path) -> None:
         )
 
 
-def _root_args(root: Path) -> list[str]:
+def root_args(root: Path) -> list[str]:
     return [] if root == Path("/") else ["--root", str(root)]
 
 
-def _command_line(
+def command_line(
     verb: str,
     config_path: Path | None,
     target: str,
     location: str | None,
     root: Path,
     apply: bool,
+    *,
+    group: str = "resolver-config",
 ) -> str:
     """The command to repeat under sudo (said when permission is missing)."""
-    argv = ["blitzdns", "resolver-config", verb, "--target", target]
+    argv = ["blitzdns", group, verb, "--target", target]
     if config_path is not None:
         argv += ["--config", str(config_path)]
     if location is not None:
         argv += ["--location", location]
-    argv += _root_args(root)
+    argv += root_args(root)
     if apply:
         argv.append("--apply")
     return shlex.join(argv)

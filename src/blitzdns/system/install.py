@@ -1,4 +1,9 @@
-"""Apply a resolver :class:`~blitzdns.system.resolvers.Plan` to a machine, and undo it exactly.
+"""Apply a resolver :class:`~blitzdns.system.resolvers.Plan` (or the leak guard's
+:class:`~blitzdns.system.guard.GuardPlan`) to a machine, and undo it exactly.
+
+Each keeps its own record (``record_file``: the resolver config's ``resolver-state.json``,
+the guard's ``guard-state.json``), so either is installed and removed without the other;
+both share the lock, the backups and the guarantees below.
 
 Guarantees:
 
@@ -40,7 +45,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from blitzdns.errors import BlitzdnsError, PermissionProblem, UsageError
 from blitzdns.system.record import (
@@ -52,7 +57,7 @@ from blitzdns.system.record import (
     load_state,
     under,
 )
-from blitzdns.system.resolvers import Plan
+from blitzdns.system.resolvers import FileWrite
 
 TEMP_SUFFIX = ".blitzdns-new"
 
@@ -147,19 +152,45 @@ def locked(root: Path) -> Iterator[None]:
         os.close(fd)
 
 
+class Installable(Protocol):
+    """What :func:`install` applies: a resolver :class:`~blitzdns.system.resolvers.Plan` or
+    the guard's :class:`~blitzdns.system.guard.GuardPlan`."""
+
+    @property
+    def target(self) -> str: ...
+    @property
+    def files(self) -> tuple[FileWrite, ...]: ...
+    @property
+    def upstreams(self) -> tuple[str, ...]: ...
+    @property
+    def undo_commands(self) -> tuple[str, ...]: ...
+    @property
+    def command_shell(self) -> tuple[str, ...]: ...
+    @property
+    def reload(self) -> tuple[tuple[str, ...], ...]: ...
+
+
 def install(
-    plan: Plan, root: Path = Path("/"), *, sudo_hint: str, location: str | None = None
+    plan: Installable,
+    root: Path = Path("/"),
+    *,
+    sudo_hint: str,
+    location: str | None = None,
+    record_file: str = STATE_FILE,
 ) -> list[Change]:
-    """Apply ``plan`` under ``root``; see the module docstring for the guarantees."""
+    """Apply ``plan`` under ``root``, recorded in ``record_file`` (the resolver config's
+    record, or the guard's); see the module docstring for the guarantees."""
     with locked(root):
-        return _install(plan, root, sudo_hint=sudo_hint, location=location)
+        return _install(plan, root, sudo_hint=sudo_hint, location=location, record_file=record_file)
 
 
-def _install(plan: Plan, root: Path, *, sudo_hint: str, location: str | None) -> list[Change]:
-    state = load_state(root)
+def _install(
+    plan: Installable, root: Path, *, sudo_hint: str, location: str | None, record_file: str
+) -> list[Change]:
+    state = load_state(root, record_file)
     wanted = {f.path: f for f in plan.files}
     dropped = [p for p in (state.files if state else {}) if p not in wanted]
-    _check_writable(root, [*wanted, *dropped, STATE_FILE], sudo_hint)
+    _check_writable(root, [*wanted, *dropped, record_file], sudo_hint)
 
     new_state = State(
         target=plan.target,
@@ -182,7 +213,7 @@ def _install(plan: Plan, root: Path, *, sudo_hint: str, location: str | None) ->
             before = _back_up(root, item.path, new_state)
             new_state.files[item.path] = {"before": before, "written": None}
     # The record lists every file that may change before the first one does.
-    _write_state(root, new_state)
+    _write_state(root, new_state, record_file)
 
     for path in dropped:
         _restore(root, path, new_state.files.pop(path)["before"])
@@ -199,35 +230,39 @@ def _install(plan: Plan, root: Path, *, sudo_hint: str, location: str | None) ->
         atomic_write(under(root, item.path), item.content, item.mode)
         kind = record["before"]["kind"]
         changes.append(Change(item.path, "created" if kind == "absent" else "replaced"))
-    _write_state(root, new_state)
+    _write_state(root, new_state, record_file)
     return changes
 
 
-def uninstall(root: Path = Path("/"), *, sudo_hint: str) -> tuple[list[Change], State | None]:
+def uninstall(
+    root: Path = Path("/"), *, sudo_hint: str, record_file: str = STATE_FILE
+) -> tuple[list[Change], State | None]:
     """Restore everything the recorded install changed; harmless when nothing is installed.
 
     Returns the changes and the record that was undone (its undo commands and reload are
     for the caller to run with ``--apply``).
     """
     with locked(root):
-        return _uninstall(root, sudo_hint=sudo_hint)
+        return _uninstall(root, sudo_hint=sudo_hint, record_file=record_file)
 
 
-def _uninstall(root: Path, *, sudo_hint: str) -> tuple[list[Change], State | None]:
-    state = load_state(root)
+def _uninstall(
+    root: Path, *, sudo_hint: str, record_file: str
+) -> tuple[list[Change], State | None]:
+    state = load_state(root, record_file)
     if state is None:
         return [], None
-    _check_writable(root, [*state.files, STATE_FILE], sudo_hint)
+    _check_writable(root, [*state.files, record_file], sudo_hint)
     changes = []
-    for path, record in list(state.files.items()):
-        edited = _edited_since_install(under(root, path), record.get("written"))
-        _restore(root, path, record["before"])
-        action = "removed" if record["before"]["kind"] == "absent" else "restored"
+    for path, entry in list(state.files.items()):
+        edited = _edited_since_install(under(root, path), entry.get("written"))
+        _restore(root, path, entry["before"])
+        action = "removed" if entry["before"]["kind"] == "absent" else "restored"
         changes.append(Change(path, action + (" (it was edited after install)" if edited else "")))
         del state.files[path]
-        _write_state(root, state)
+        _write_state(root, state, record_file)
     _remove_empty_dirs(root, state)
-    under(root, STATE_FILE).unlink()
+    under(root, record_file).unlink()
     for directory in reversed(state.created_dirs):
         _rmdir_if_empty(under(root, directory))
     return changes, state
@@ -433,9 +468,9 @@ def _rmdir_if_empty(path: Path) -> bool:
     return True
 
 
-def _write_state(root: Path, state: State) -> None:
-    _make_parents(root, STATE_FILE, state)
-    path = under(root, STATE_FILE)
+def _write_state(root: Path, state: State, record_file: str = STATE_FILE) -> None:
+    _make_parents(root, record_file, state)
+    path = under(root, record_file)
     data = state.to_json()
     if not _holds(path, data, 0o600):
         atomic_write(path, data, 0o600)

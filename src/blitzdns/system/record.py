@@ -98,9 +98,10 @@ def _checked_record(record: Any) -> dict[str, Any]:
     return dict(record)
 
 
-def load_state(root: Path = Path("/")) -> State | None:
-    """The current installation record, or None when nothing is installed."""
-    path = under(root, STATE_FILE)
+def load_state(root: Path = Path("/"), record_file: str = STATE_FILE) -> State | None:
+    """The current installation record (``record_file``: the resolver config's, by default,
+    or the guard's), or None when nothing is installed."""
+    path = under(root, record_file)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -122,7 +123,9 @@ def saved_upstreams(root: Path = Path("/")) -> tuple[str, ...]:
     return tuple(state.upstreams) if state else ()
 
 
-def original_bytes(path: Path, root: Path = Path("/")) -> bytes | None:
+def original_bytes(
+    path: Path, root: Path = Path("/"), record_file: str = STATE_FILE
+) -> bytes | None:
     """``path``'s content as it was before blitzdns touched it (the live file if untouched).
 
     None when the file did not exist (or cannot be read). A symlink is followed inside
@@ -130,7 +133,7 @@ def original_bytes(path: Path, root: Path = Path("/")) -> bytes | None:
     """
     system_path = str(path)
     try:
-        state = load_state(root)
+        state = load_state(root, record_file)
     except BlitzdnsError:
         state = None
     record = state.files.get(system_path) if state else None

@@ -1,0 +1,2 @@
+# blitzdns guard uninstall --target windows
+Get-NetFirewallRule -Group "blitzdns" -ErrorAction SilentlyContinue | Remove-NetFirewallRule
