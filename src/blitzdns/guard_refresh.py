@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from blitzdns import lookup
 from blitzdns.config import Config, Endpoint
+from blitzdns.dns.rfc import CNAME, TYPE_NAMES
 
 #: Longest CNAME chain followed (RFC 1034 §3.6.2 allows chains; loops must end).
 MAX_CNAME_HOPS = 8
@@ -77,7 +78,7 @@ async def resolve_name(
 async def _follow(
     server: tuple[str, int], name: str, qtype: str, timeout: float
 ) -> tuple[list[str], int]:
-    wanted = lookup.TYPES[qtype]
+    wanted = TYPE_NAMES[qtype]
     current = name
     ttls: list[int] = []
     for _ in range(MAX_CNAME_HOPS):
@@ -89,7 +90,7 @@ async def _follow(
         if found or reply.rcode == "NXDOMAIN":
             return found, min(ttls, default=RETRY_TTL_S)
         # The upstream gave only the alias (or nothing): follow it ourselves.
-        aliases = [r.target for r in reply.answers if r.rtype == lookup.TYPES["CNAME"]]
+        aliases = [r.target for r in reply.answers if r.rtype == CNAME]
         following = [t for t in aliases if t]
         if not following:
             return [], min(ttls, default=RETRY_TTL_S)

@@ -15,7 +15,7 @@ import secrets
 import struct
 from dataclasses import dataclass
 
-from blitzdns.dns.rfc import AAAA, CLASS_IN, QR, RCODE_MASK, RCODE_NAMES, RD, TYPE_NAMES, A
+from blitzdns.dns.rfc import AAAA, CLASS_IN, CNAME, QR, RCODE_MASK, RCODE_NAMES, RD, TYPE_NAMES, A
 
 
 class LookupFailed(Exception):
@@ -96,7 +96,7 @@ def parse_reply(packet: bytes, query_id: int) -> Reply:
             rtype, _cls, ttl, length = struct.unpack_from("!HHIH", packet, offset)
             offset += 10
             rdata = packet[offset : offset + length]
-            target = _read_name(packet, offset) if rtype == TYPES["CNAME"] else None
+            target = _read_name(packet, offset) if rtype == CNAME else None
             offset += length
             value: str | bytes = rdata
             if rtype in (A, AAAA) and len(rdata) in (4, 16):

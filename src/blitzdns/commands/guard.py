@@ -21,10 +21,10 @@ from typing import Annotated
 
 import typer
 
-from blitzdns.commands.location import choose_location
 from blitzdns.commands.options import ConfigOption
 from blitzdns.commands.resolver_config import command_line, file_status, root_args
-from blitzdns.config import Config, Endpoint, load_config
+from blitzdns.config import Config, Endpoint
+from blitzdns.effective import effective_config
 from blitzdns.errors import UsageError
 from blitzdns.system import guard_apply, record
 from blitzdns.system import install as installer
@@ -187,7 +187,7 @@ def prepare(
 ) -> GuardPlan:
     """The effective config's guard plan for the chosen target."""
     installer.require_root(root)
-    config, _ = choose_location(load_config(config_path), location)
+    config = effective_config(config_path, location=location)
     chosen = target or config.guard.target
     if chosen == "auto":
         chosen = guard_apply.detect_guard_target()
