@@ -11,6 +11,7 @@ import pytest
 from blitzdns.config import (
     Config,
     DnsConfig,
+    GuardConfig,
     Host,
     Location,
     MatchRule,
@@ -27,10 +28,10 @@ from blitzdns.config_template import TEMPLATE
 def test_the_template_sets_every_key_of_dns_tunnel_and_resolver() -> None:
     data = tomllib.loads(TEMPLATE)
     commented = {line[2:].split(" = ")[0] for line in TEMPLATE.splitlines() if " = " in line}
-    for table, cls in (("dns", DnsConfig), ("tunnel", TunnelConfig)):
+    for table, cls in (("dns", DnsConfig), ("tunnel", TunnelConfig), ("guard", GuardConfig)):
         assert set(data[table]) | (commented & set(toml_keys(cls))) == set(toml_keys(cls))
     assert set(data["resolver"]) == set(toml_keys(Config, within="resolver")) == {"target"}
-    assert set(data) == {"preset", "dns", "tunnel", "resolver"}
+    assert set(data) == {"preset", "dns", "tunnel", "resolver", "guard"}
 
 
 def test_to_dict_shows_every_key_of_the_file() -> None:
