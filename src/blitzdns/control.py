@@ -98,8 +98,35 @@ class DnsStatus(TypedDict):
     upstreams: list[UpstreamStatus]
 
 
+class WatchStatus(TypedDict):
+    """The resolver watch: the recorded files, and how often something else changed them."""
+
+    files: list[str]
+    interval_s: float
+    reverted: int
+    last: float | None
+    last_change: str | None
+    last_error: str | None
+
+
+class GuardStatus(TypedDict):
+    """The leak guard (issue 14); ``probe`` is one refused [host, address, port]."""
+
+    enabled: bool
+    target: str | None
+    installed: bool
+    addresses: int
+    unresolved: list[str]
+    refreshed: float | None
+    next_refresh: float | None
+    last_error: str | None
+    probe: list[Any] | None
+    watch: WatchStatus
+
+
 class Snapshot(TypedDict):
-    """What ``{"cmd": "status"}`` returns; ``tunnel`` is None when run with ``--no-tunnel``."""
+    """What ``{"cmd": "status"}`` returns; ``tunnel`` is None when run with ``--no-tunnel``;
+    ``guard`` is None when there is neither a guard nor a resolver config to watch."""
 
     version: str
     pid: int
@@ -107,6 +134,7 @@ class Snapshot(TypedDict):
     location: str | None
     tunnel: TunnelStatus | None
     dns: DnsStatus
+    guard: GuardStatus | None
 
 
 class ControlError(BlitzdnsError):
@@ -426,7 +454,46 @@ def render_status(snapshot: Mapping[str, Any], now: float | None = None) -> str:
     lines = [" · ".join(head), ""]
     lines += _render_tunnel(snapshot.get("tunnel"), now)
     lines += _render_dns(snapshot.get("dns") or {})
+    lines += render_guard(snapshot.get("guard"), now)
     return "\n".join(lines)
+
+
+def render_guard(guard: Mapping[str, Any] | None, now: float) -> list[str]:
+    """The guard and resolver-watch lines of ``status`` (nothing when neither runs)."""
+    if not guard:
+        return []
+    lines = [""]
+    if guard.get("enabled"):
+        state = "installed" if guard.get("installed") else "NOT installed"
+        line = f"guard      {state} ({guard.get('target')}), {guard.get('addresses', 0)} addresses"
+        refreshed = guard.get("refreshed")
+        if isinstance(refreshed, int | float):
+            line += (
+                f", refreshed {format_clock(refreshed)} ({format_duration(now - refreshed)} ago)"
+            )
+        lines.append(line)
+        if guard.get("unresolved"):
+            lines.append(f"           no address yet for: {', '.join(guard['unresolved'])}")
+        if guard.get("last_error"):
+            lines.append(f"           last error: {guard['last_error']}")
+    else:
+        lines.append("guard      off ([guard] enabled = false)")
+    watch = guard.get("watch") or {}
+    if watch.get("files"):
+        line = f"watch      {', '.join(watch['files'])} every {watch.get('interval_s', '?')} s"
+        reverted = watch.get("reverted", 0)
+        last = watch.get("last")
+        if reverted and isinstance(last, int | float):
+            line += (
+                f"; reverted {reverted} times, last {time.strftime('%H:%M', time.localtime(last))}"
+                f" by {watch.get('last_change')}"
+            )
+        else:
+            line += "; never reverted"
+        lines.append(line)
+        if watch.get("last_error"):
+            lines.append(f"           not put back: {watch['last_error']}")
+    return lines
 
 
 def _render_tunnel(tunnel: Mapping[str, Any] | None, now: float) -> list[str]:

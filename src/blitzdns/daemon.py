@@ -40,6 +40,7 @@ from blitzdns.dns.detect import detect_upstreams
 from blitzdns.dns.server import Resolver
 from blitzdns.effective import Flags, layered
 from blitzdns.errors import BlitzdnsError, ConfigError, PermissionProblem, UsageError
+from blitzdns.guard_service import GuardService, start_guard
 from blitzdns.system import locations, netfacts, privileges, sdnotify
 from blitzdns.system.record import saved_upstreams
 from tunnel import Forward, Gateway, LinkStatus, TunnelOptions
@@ -78,6 +79,8 @@ class RunOptions:
     drop_privileges: bool = True
     #: How often ``--location auto`` re-reads the network facts.
     location_poll_s: float = 3.0
+    #: Where the install records (resolver config, guard) live: / except in tests.
+    root: Path = Path("/")
 
     @property
     def flags(self) -> Flags:
@@ -221,6 +224,12 @@ def run_parser() -> argparse.ArgumentParser:
     add("--user", help="drop to this user after binding (default: SUDO_USER under sudo)")
     add("--location", help="apply this location's overrides ('auto': detect and follow)")
     add("--control-socket", type=Path, help="path of the status socket")
+    add(
+        "--root",
+        type=Path,
+        default=Path("/"),
+        help="the install records (resolver config, guard) are under this directory",
+    )
     add("-v", "--verbose", action="store_true", help="log every query")
     return parser
 
@@ -245,6 +254,7 @@ def run_main(argv: list[str]) -> int:
         flag_upstreams=tuple(args.upstream),
         flag_gateways=tuple(args.gateway),
         trust_new_host_key=args.trust_new_host_key,
+        root=args.root,
     )
     layered(config, fixed, options.flags)  # a bad --location or flag: refused before start
     return run_daemon(config, options)
@@ -290,6 +300,7 @@ class Daemon:
         self.resolver: Resolver | None = None
         self.tunnel: Tunnel | None = None
         self.control: ControlServer | None = None
+        self.guard: GuardService | None = None
         self.upstreams: tuple[Endpoint, ...] = ()
         self.started = time.time()
         self.stopping = asyncio.Event()
@@ -359,7 +370,10 @@ class Daemon:
             path, self.snapshot, reload=self.reload, owner_uid=user.pw_uid if user else None
         )
         await self.control.start()
-        if user is not None and os.geteuid() == 0:
+        # [guard]: installed now, as root; refreshed later through the warden (issue 14).
+        dropping = user is not None and os.geteuid() == 0
+        self.guard = await start_guard(config, self.upstreams, self.options.root, dropping=dropping)
+        if user is not None and dropping:
             preload_modules()
             privileges.drop_privileges(user)
             log.info("running as %s (kept CAP_NET_BIND_SERVICE only)", user.pw_name)
@@ -376,12 +390,14 @@ class Daemon:
         else:
             self.ready_sent = True
             sdnotify.notify(ready=True, status="resolver only (--no-tunnel)")
+        if self.guard is not None:
+            self.guard.start()
 
     def _upstreams(self, config: Config) -> tuple[Endpoint, ...]:
         if config.dns.upstreams:
             return config.dns.upstreams
         try:
-            saved = tuple(Endpoint.parse(text) for text in saved_upstreams())
+            saved = tuple(Endpoint.parse(text) for text in saved_upstreams(self.options.root))
         except ValueError as exc:
             raise ConfigError(
                 f"the resolver install record's saved upstreams: {exc}; set [dns] upstreams"
@@ -504,6 +520,8 @@ class Daemon:
         if upstreams is not None:
             self.upstreams = upstreams
         self.config = new
+        if self.guard is not None:
+            self.guard.update(new, self.upstreams)
         added = {h.key for h in new.hosts} - {h.key for h in old.hosts}
         removed = {h.key for h in old.hosts} - {h.key for h in new.hosts}
         log.info(
@@ -566,11 +584,14 @@ class Daemon:
             "location": self.config.location,
             "tunnel": self.tunnel.state.to_dict() if self.tunnel is not None else None,
             "dns": dns,
+            "guard": self.guard.to_dict() if self.guard is not None else None,
         }
 
     async def close(self) -> None:
         """Close everything within the stop budget, in reverse order of start."""
         closers: list[Callable[[], Any]] = []
+        if self.guard is not None:
+            closers.append(self.guard.close)  # its rules stay in force: fail closed
         if self.control is not None:
             closers.append(self.control.close)
         if self.tunnel is not None:
@@ -583,3 +604,4 @@ class Daemon:
             with contextlib.suppress(Exception, asyncio.TimeoutError):
                 await asyncio.wait_for(close(), remaining)
         self.control = self.tunnel = self.resolver = None
+        self.guard = None

@@ -116,6 +116,7 @@ def netns() -> Iterator[str]:
             ["link", "set", "bzd1", "up"],
             ["neigh", "add", "198.51.100.2", "lladdr", "02:00:00:00:00:02", "dev", "bzd0"],
             ["neigh", "add", "198.51.100.3", "lladdr", "02:00:00:00:00:03", "dev", "bzd0"],
+            ["neigh", "add", "198.51.100.4", "lladdr", "02:00:00:00:00:04", "dev", "bzd0"],
         ):
             subprocess.run(["ip", "-n", name, *args], check=True, capture_output=True)
         yield name

@@ -36,7 +36,7 @@ def golden_lines(name: str) -> list[str]:
 
 def test_nftables_matches_the_reviewed_golden_file(config: Config) -> None:
     rules = guard_rules(config, ADDRESSES, config.guard.everywhere)
-    plan = build_guard_plan(config, "nftables", rules)
+    plan = build_guard_plan("nftables", rules)
     assert [f.path for f in plan.files] == [NFT_FILE]
     assert plan.files[0].content == (GOLDEN / "guard.nft").read_bytes()
     assert plan.ruleset == (GOLDEN / "guard.nft").read_text()
@@ -45,9 +45,7 @@ def test_nftables_matches_the_reviewed_golden_file(config: Config) -> None:
 
 def test_pf_matches_the_reviewed_golden_files(config: Config) -> None:
     rules = guard_rules(config, ADDRESSES, config.guard.everywhere)
-    plan = build_guard_plan(
-        config, "pf", rules, current_pf_conf=(GOLDEN / "pf.conf-macos").read_bytes()
-    )
+    plan = build_guard_plan("pf", rules, current_pf_conf=(GOLDEN / "pf.conf-macos").read_bytes())
     files = {f.path: f.content for f in plan.files}
     assert files[PF_ANCHOR_FILE] == (GOLDEN / "guard-pf-anchor").read_bytes()
     assert files[PF_CONF] == (GOLDEN / "guard-pf.conf-macos").read_bytes()
@@ -70,7 +68,7 @@ def test_pf_conf_gets_the_anchor_lines_once() -> None:
 
 def test_windows_matches_the_reviewed_golden_files(config: Config) -> None:
     rules = guard_rules(config, ADDRESSES, config.guard.everywhere)
-    plan = build_guard_plan(config, "windows", rules)
+    plan = build_guard_plan("windows", rules)
     assert list(plan.commands) == golden_lines("guard-windows-install.ps1")
     assert list(plan.undo_commands) == golden_lines("guard-windows-uninstall.ps1")
     assert plan.files == ()

@@ -198,7 +198,7 @@ def prepare(
     current = (
         record.original_bytes(Path(PF_CONF), root, GUARD_STATE_FILE) if chosen == "pf" else None
     )
-    return build_guard_plan(config, chosen, rules, current_pf_conf=current)
+    return build_guard_plan(chosen, rules, current_pf_conf=current)
 
 
 def _summary(plan: GuardPlan) -> str:

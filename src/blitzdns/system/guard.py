@@ -181,11 +181,7 @@ class GuardPlan:
 
 
 def build_guard_plan(
-    config: Config,
-    target: str,
-    rules: GuardRules,
-    *,
-    current_pf_conf: bytes | None = None,
+    target: str, rules: GuardRules, *, current_pf_conf: bytes | None = None
 ) -> GuardPlan:
     """The plan for ``target``. ``current_pf_conf`` is /etc/pf.conf as it was before
     blitzdns touched it (the pf target adds its two reference lines to it)."""
