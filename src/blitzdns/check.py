@@ -337,6 +337,100 @@ async def run_checks(
         steps += check_shared(config, await loop.run_in_executor(None, read_facts))
     steps += check_link(status)
     steps += await check_end_to_end(config, link_up=link_is_up(status))
+    steps += await check_guard(status)
+    return steps
+
+
+# --------------------------------------------------------------------------- the guard (issue 14)
+
+
+async def direct_connection(address: str, port: int, timeout: float = 3.0) -> str:
+    """Try the protected service's real address directly, as a client that bypassed the
+    stub would: "refused" is what the guard does; anything else is said as it happened."""
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(address, port)
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return f"not answered within {timeout:g} s (dropped or unreachable, not refused)"
+    except OSError as exc:
+        return f"failed: {exc.strerror or exc}"
+    writer.close()
+    return "ACCEPTED: the connection went out in the clear"
+
+
+async def check_guard(status: dict[str, Any] | None) -> list[Step]:
+    """The leak guard from the daemon's status, proved by a direct connection to one
+    protected real address; and the resolver watch's count of reverts."""
+    from blitzdns.control import format_clock
+
+    guard = (status or {}).get("guard")
+    if not guard:
+        return []
+    steps = []
+    if guard.get("enabled"):
+        installed = bool(guard.get("installed"))
+        detail = f"{guard.get('target')}, {guard.get('addresses', 0)} real addresses refused"
+        if isinstance(guard.get("refreshed"), int | float):
+            detail += f", refreshed {format_clock(guard['refreshed'])}"
+        steps.append(
+            Step(
+                "leak guard",
+                installed,
+                detail if installed else "not installed",
+                "" if installed else "see the daemon's log; `sudo blitzdns guard install --apply`",
+                f"no real address known yet for {', '.join(guard['unresolved'])}"
+                if guard.get("unresolved")
+                else "",
+            )
+        )
+        probe = guard.get("probe")
+        if probe:
+            host, address, port = probe
+            seen = await direct_connection(str(address), int(port))
+            steps.append(
+                Step(
+                    f"leak guard proof: {host}",
+                    seen == "refused",
+                    f"a direct connection to {address}:{port} was {seen}",
+                    ""
+                    if seen == "refused"
+                    else "the firewall does not refuse it: "
+                    "`blitzdns guard show`, then `sudo blitzdns guard install --apply`",
+                )
+            )
+        else:
+            steps.append(
+                Step(
+                    "leak guard proof",
+                    False,
+                    "no real address of a protected host to try",
+                    "the upstreams did not resolve the protected names; check [dns] upstreams",
+                )
+            )
+    watch = guard.get("watch") or {}
+    if watch.get("files"):
+        reverted = int(watch.get("reverted", 0))
+        detail = f"{', '.join(watch['files'])} checked every {watch.get('interval_s')} s"
+        warning = ""
+        if reverted and isinstance(watch.get("last"), int | float):
+            detail += f"; reverted {reverted} times"
+            warning = (
+                f"something rewrites the resolver config (last {format_clock(watch['last'])}, "
+                f"{watch.get('last_change')}); find it (a DHCP client, NetworkManager, a VPN) "
+                "or pick a split-DNS target it leaves alone"
+            )
+        error = watch.get("last_error")
+        steps.append(
+            Step(
+                "resolver watch",
+                not error,
+                detail if not error else f"{detail}; not put back: {error}",
+                "" if not error else "`sudo blitzdns resolver-config install` again",
+                warning,
+            )
+        )
     return steps
 
 
