@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.peers import free_port, wait_for
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 BLITZDNS = str(Path(sys.executable).with_name("blitzdns"))
@@ -42,11 +43,13 @@ class Dnsmasq:
             self.process.wait(timeout=5)
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _up_or_dead(process: subprocess.Popen[bytes], port: int) -> bool:
+    if process.poll() is not None:
+        return True
+    probe = subprocess.run(
+        ["ss", "-Hlun", f"sport = :{port}"], capture_output=True, text=True, check=False
+    )
+    return bool(probe.stdout.strip())
 
 
 def start_dnsmasq(records: Sequence[str]) -> Dnsmasq:
@@ -54,21 +57,17 @@ def start_dnsmasq(records: Sequence[str]) -> Dnsmasq:
     if not os.access(program, os.X_OK):
         pytest.skip("dnsmasq is not installed")
     for _ in range(5):
-        port = _free_udp_port()
+        port = free_port()
         process = subprocess.Popen(
             [program, "-k", "-C", "/dev/null", "--no-resolv", "--no-hosts",
              "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={port}",
              "--pid-file=", "--user=root", "--local-ttl=60", *records],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline and process.poll() is None:
-            probe = subprocess.run(
-                ["ss", "-Hlun", f"sport = :{port}"], capture_output=True, text=True, check=False
-            )
-            if probe.stdout.strip():
-                return Dnsmasq(port, process)
-            time.sleep(0.05)
+
+        wait_for(lambda p=process, n=port: _up_or_dead(p, n), "dnsmasq to listen")
+        if process.poll() is None:
+            return Dnsmasq(port, process)
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         process.wait()

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from ..netns.lab import wait_for
+from tests.peers import wait_for
+
 from .conftest import BLITZDNS, WAIT_S, blitzdns, ruleset, try_connect
 
 pytestmark = pytest.mark.timeout(120)
