@@ -22,6 +22,7 @@ from typing import Any
 from blitzdns import lookup
 from blitzdns.blitzmail import probes
 from blitzdns.config import Config, ForwardSpec
+from blitzdns.control import format_clock
 from blitzdns.system.locations import Facts
 from blitzdns.system.netfacts import read_facts
 
@@ -363,8 +364,6 @@ async def direct_connection(address: str, port: int, timeout: float = 3.0) -> st
 async def check_guard(status: dict[str, Any] | None) -> list[Step]:
     """The leak guard from the daemon's status, proved by a direct connection to one
     protected real address; and the resolver watch's count of reverts."""
-    from blitzdns.control import format_clock
-
     guard = (status or {}).get("guard")
     if not guard:
         return []

@@ -29,8 +29,12 @@ from typing import Any, Protocol
 
 from blitzdns.config import Config, Endpoint
 from blitzdns.errors import BlitzdnsError
-from blitzdns.system.guard import AddressBook, GuardRules, guard_rules
-from blitzdns.warden import Warden, rules_to_json
+from blitzdns.guard_refresh import RETRY_TTL_S, resolve_all
+from blitzdns.system import guard_apply, record
+from blitzdns.system.guard import AddressBook, GuardRules, build_guard_plan, guard_rules
+from blitzdns.system.guard_apply import detect_guard_target
+from blitzdns.system.inotify import DirectoryWatch
+from blitzdns.warden import Warden, rules_to_json, spawn
 
 log = logging.getLogger("blitzdns.guard")
 
@@ -160,9 +164,6 @@ class GuardService:
 
     async def install_at_start(self, sudo_hint: str = "blitzdns run") -> None:
         """Resolve (within ``START_RESOLVE_S``) and install the guard, recorded, as root."""
-        from blitzdns.system import guard_apply
-        from blitzdns.system.guard import build_guard_plan
-
         rules = await self._resolve_rules(timeout=START_RESOLVE_S)
         plan = build_guard_plan(self.target, rules)
         await asyncio.to_thread(
@@ -204,8 +205,6 @@ class GuardService:
     # ------------------------------------------------------------------ refresh
 
     async def _resolve_rules(self, timeout: float = 2.0) -> GuardRules:
-        from blitzdns.guard_refresh import RETRY_TTL_S, resolve_all
-
         config = self.config
         now = self.clock()
         try:
@@ -279,8 +278,6 @@ class GuardService:
                 )
 
     async def _watch_loop(self) -> None:
-        from blitzdns.system.inotify import DirectoryWatch
-
         while True:
             try:
                 paths = await self.warden.paths()
@@ -339,12 +336,8 @@ async def start_guard(
     """What ``run`` starts before the privilege drop: the guard installed (when enabled) and
     the warden for later (the root helper when the daemon is about to drop root). None when
     there is nothing to guard or watch."""
-    from blitzdns.system import install as installer
-    from blitzdns.system.guard_apply import detect_guard_target
-    from blitzdns.warden import spawn
-
     try:
-        watching = installer.load_state(root) is not None
+        watching = record.load_state(root) is not None
     except BlitzdnsError:
         watching = False
     if not config.guard.enabled and not watching:

@@ -30,6 +30,7 @@ import json
 import logging
 import socket
 import stat
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from blitzdns.errors import BlitzdnsError
+from blitzdns.system import guard_apply, record
 from blitzdns.system import install as installer
 from blitzdns.system.guard import (
     Block,
@@ -149,8 +151,6 @@ class Warden:
         """Replace the running guard with ``rules`` (nftables: one transaction); the number
         of addresses now refused. Only the running firewall changes; the installed file
         is what ``install`` wrote."""
-        from blitzdns.system import guard_apply
-
         plan = build_guard_plan(target, rules)
         if plan.ruleset is None:
             raise BadRequest(f"the {target} guard cannot be refreshed while running")
@@ -163,7 +163,7 @@ class Warden:
         """The files of the resolver install record (their directories are worth an
         inotify watch); [] when nothing is installed."""
         try:
-            state = installer.load_state(self.root)
+            state = record.load_state(self.root)
         except BlitzdnsError:
             return []
         return sorted(state.files) if state else []
@@ -171,7 +171,7 @@ class Warden:
     def check_resolver(self) -> list[Drift]:
         """Compare each recorded file with what blitzdns wrote; put back what changed."""
         try:
-            state = installer.load_state(self.root)
+            state = record.load_state(self.root)
         except BlitzdnsError as exc:
             log.debug("resolver record unreadable: %s", exc)
             return []
@@ -183,7 +183,7 @@ class Warden:
             written = entry.get("written")
             if not written:
                 continue
-            path = installer._under(self.root, system_path)
+            path = record.under(self.root, system_path)
             change = _changed(path, written)
             if change is None:
                 self._remember(system_path, path, written)
@@ -277,8 +277,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def spawn(root: Path) -> tuple[socket.socket, int]:
     """Start the root helper (before the privilege drop); the daemon's end and its pid."""
-    import subprocess
-
     ours, theirs = socket.socketpair()
     process = subprocess.Popen(
         [sys.executable, "-m", "blitzdns.warden", "--fd", str(theirs.fileno()),

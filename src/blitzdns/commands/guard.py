@@ -24,8 +24,10 @@ import typer
 from blitzdns.commands.options import ConfigOption
 from blitzdns.commands.resolver_config import command_line, file_status, root_args
 from blitzdns.config import Config, Endpoint
+from blitzdns.dns.detect import detect_upstreams
 from blitzdns.effective import effective_config
 from blitzdns.errors import UsageError
+from blitzdns.guard_refresh import resolve_all
 from blitzdns.system import guard_apply, record
 from blitzdns.system import install as installer
 from blitzdns.system.guard import (
