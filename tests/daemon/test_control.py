@@ -267,7 +267,7 @@ async def test_bad_requests_and_silent_clients_do_not_stop_the_server(sock_path:
         _, silent = await asyncio.open_unix_connection(str(sock_path))
         reader, writer = await asyncio.open_unix_connection(str(sock_path))
         writer.write(b"x" * 10_000)
-        assert await asyncio.wait_for(reader.read(), 2) == b""
+        assert await asyncio.wait_for(reader.read(), 10) == b""
         writer.close()
         assert (await asyncio.to_thread(query_status, sock_path))["pid"] == 4242
         silent.close()
