@@ -121,8 +121,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def tcp_established(sock: socket.socket) -> bool:
-    """Whether the kernel still has ``sock`` (an IPv4 client) ESTABLISHED with its peer:
-    False once the peer closed (FIN: CLOSE_WAIT) or reset it (gone), read or not."""
+    """Whether the kernel still has both ends of ``sock`` (an IPv4 connection to a local
+    peer) ESTABLISHED: False as soon as either end closed or reset it. The peer's side
+    shows its close at once, even when its FIN waits behind data ``sock`` never reads."""
     try:
         local, remote = sock.getsockname(), sock.getpeername()
     except OSError:  # ENOTCONN: reset and gone already
@@ -131,12 +132,13 @@ def tcp_established(sock: socket.socket) -> bool:
     def hexed(address: tuple[str, int]) -> str:
         return f"{socket.inet_aton(address[0])[::-1].hex().upper()}:{address[1]:04X}"
 
-    wanted = (hexed(local), hexed(remote))
+    ends = {(hexed(local), hexed(remote)), (hexed(remote), hexed(local))}
+    states = {}
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if (fields[1], fields[2]) == wanted:
-            return fields[3] == "01"
-    return False
+        if (fields[1], fields[2]) in ends:
+            states[fields[1], fields[2]] = fields[3]
+    return len(states) == 2 and set(states.values()) == {"01"}
 
 
 # --------------------------------------------------------------------------- processes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from tests.peers import (
     process_state,
     signal_existing,
     stopped,
+    tcp_established,
     wait_for,
 )
 
@@ -80,3 +82,21 @@ def test_wait_for_returns_the_value_and_names_what_never_came() -> None:
     assert wait_for(lambda: next(values), "a value") == "here"
     with pytest.raises(AssertionError, match="the impossible"):
         wait_for(lambda: False, "the impossible", timeout=0.05)
+
+
+def test_a_close_shows_at_once_though_its_fin_waits_behind_unread_data() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with client:
+            client.connect(listener.getsockname())
+            server_side, _ = listener.accept()
+            assert tcp_established(client)
+            server_side.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:  # fill both buffers: the FIN will queue behind this
+                    server_side.send(b"x" * 65536)
+            server_side.close()
+            wait_for(lambda: not tcp_established(client), "the close to show")
+            client.setblocking(False)
+            assert client.recv(1) == b"x", "the FIN is still behind the data"
