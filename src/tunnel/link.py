@@ -137,3 +137,11 @@ class Link(LinkEnd, Protocol):
     def close(self) -> None:
         """Begin ending the link (and every flow it carries) without waiting."""
         ...
+
+    def path(self) -> tuple[str, str] | None:
+        """``(local address, gateway address)`` of the link's connection, where known."""
+        ...
+
+    async def probe(self, timeout_s: float) -> bool:
+        """Ask the gateway for a sign of life now: True when it answered in ``timeout_s``."""
+        ...

@@ -7,6 +7,7 @@ elsewhere) and the clocks; the tunnel acts on the verdict.
 The verdicts, for a link that is up:
 
 - its local address is gone (a new network, DHCP gave another): :attr:`Action.RELINK`.
+  (Only an address that was listed: loopback and link-local ones never are.)
   No reply can reach the old socket any more, so probing it would only waste the deadline;
 - the machine resumed from sleep, the process was paused, or the route to the gateway
   changed (another interface, another next hop, another source; or, when that route is
@@ -197,7 +198,11 @@ def judge(change: NetChange, *, link_up: bool, local: str | None = None) -> Verd
     reasons = [str(change.resume)] if change.resume is not None else []
     if moved is not None:
         reasons.append(moved)
-    if local is not None and change.after.has_address(local) is False:
+    if (
+        local is not None
+        and change.before.has_address(local)
+        and not change.after.has_address(local)
+    ):
         where = change.before.interface_of(local)
         reasons.append(f"local address {local} gone" + (f" from {where}" if where else ""))
         return Verdict(Action.RELINK, "; ".join(reasons))

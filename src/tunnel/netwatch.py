@@ -144,11 +144,13 @@ class NetWatch:
         self,
         on_change: Callable[[NetChange], None],
         *,
+        on_settled: Callable[[], None] | None = None,
         use_netlink: bool | None = None,
         tick_s: float = TICK_S,
         settle_s: float = SETTLE_S,
     ) -> None:
         self._on_change = on_change
+        self._on_settled = on_settled
         self._use_netlink = sys.platform.startswith("linux") if use_netlink is None else use_netlink
         self._tick_s = tick_s
         self._settle_s = settle_s
@@ -227,19 +229,31 @@ class NetWatch:
 
     # --- the loop side ------------------------------------------------------------------
 
+    def pending(self) -> bool:
+        """Whether a change may have happened that is not read yet: a netlink message came
+        (this reads the socket now, so that a change the kernel made before a connection
+        was accepted is seen before that connection is handed to the link)."""
+        if self._events is not None:
+            self._drain()
+        return self._read_handle is not None
+
     def _readable(self) -> None:
+        self._drain()
+
+    def _drain(self) -> None:
         assert self._events is not None and self._loop is not None
+        came = False
         while True:
             try:
-                if not self._events.recv(1 << 16):
-                    break
+                came = bool(self._events.recv(1 << 16)) or came
             except BlockingIOError:
                 break
             except OSError as exc:
-                if exc.errno != errno.ENOBUFS:  # overflowed while stopped: read it all anew
+                came = True  # ENOBUFS: overflowed while stopped; read it all anew
+                if exc.errno != errno.ENOBUFS:
                     log.warning("netlink: %s", exc)
                     break
-        if self._read_handle is None:
+        if came and self._read_handle is None:
             self._read_handle = self._loop.call_later(self._settle_s, self._refresh)
 
     def _tick(self) -> None:
@@ -266,17 +280,22 @@ class NetWatch:
 
     def _refresh(self, resume: Resume | None = None) -> None:
         """Read the view; report it if it changed or the process resumed."""
-        self._read_handle = None
+        if self._read_handle is not None:
+            self._read_handle.cancel()  # read now, not again when the settle ends
+            self._read_handle = None
         if resume is None:
             resume = self._resume_clock.tick(*_clocks())
         after = self._read()
-        if after is None:
-            return
-        before, self._view = self._view, after
-        if after == before and resume is None:
-            return
-        change = NetChange(before, after, resume)
+        if after is not None:
+            before, self._view = self._view, after
+            if after != before or resume is not None:
+                self._call(self._on_change, NetChange(before, after, resume))
+        if self._on_settled is not None:
+            self._call(self._on_settled)
+
+    @staticmethod
+    def _call(callback: Callable[..., None], *args: object) -> None:
         try:
-            self._on_change(change)
+            callback(*args)
         except Exception:
-            log.exception("network-change callback failed")
+            log.exception("network-watch callback %r failed", callback)

@@ -48,6 +48,10 @@ class TunnelOptions:
     """Seconds between SSH keepalive requests (OpenSSH ``ServerAliveInterval``)."""
     keepalive_count_max: int = 3
     """Unanswered keepalives before the link is declared dead (``ServerAliveCountMax``)."""
+    roaming: bool = True
+    """Follow the network (:mod:`tunnel.roaming`): when the link's path moves or the machine
+    resumes, probe the link at once and replace it without backoff if it does not answer,
+    instead of waiting for the keepalives to run out."""
     wait_for_link_s: float = 10
     """How long a connection accepted while the link is down waits before being closed."""
     connect_timeout_s: float = 10

@@ -108,6 +108,8 @@ class TunnelState:
     forwards: tuple[ForwardState, ...]
     attempts: int = 0
     """Connection attempts made since start (one per gateway tried)."""
+    last_relink: str | None = None
+    """Why the link was last replaced on a network change ("network changed: wlan0 → eth0")."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -118,5 +120,6 @@ class TunnelState:
             "last_error": self.last_error,
             "final_error": self.final_error,
             "attempts": self.attempts,
+            "last_relink": self.last_relink,
             "forwards": [f.to_dict() for f in self.forwards],
         }

@@ -15,7 +15,9 @@ from tunnel.errors import FinalError, TunnelConfigError, TunnelError
 from tunnel.forwards import Forward, Gateway, parse_gateways
 from tunnel.link import Link
 from tunnel.mouths import Mouth
+from tunnel.netview import NetChange
 from tunnel.options import TunnelOptions
+from tunnel.roaming import Roaming
 from tunnel.state import LinkStatus, TunnelState
 from tunnel.supervisor import Supervisor
 
@@ -24,6 +26,8 @@ log = logging.getLogger("tunnel")
 DEMAND_GAP_S = 1.0
 """A connection waiting for a down link may cut the backoff short, at most once per second."""
 CLOSE_TIMEOUT_S = 0.5
+RELINK_GRACE_S = 0.1
+"""A link dropped on a network change is forced closed after this long."""
 
 
 def _check_forwards(forwards: Iterable[Forward], options: TunnelOptions) -> tuple[Forward, ...]:
@@ -82,19 +86,28 @@ class Tunnel:
         self._callbacks: list[Callable[[TunnelState], None]] = []
         self._supervisor: Supervisor[Link] | None = None
         self._task: asyncio.Task[FinalError] | None = None
+        self._roaming: Roaming | None = None
+        self._doubted = False
+        """The network moved under the link: new connections wait until it is judged."""
+        self._last_relink: str | None = None
+        self._ending: set[asyncio.Task[None]] = set()
+        self._network_listeners: list[Callable[[NetChange], None]] = []
 
     # --- what mouths need (LinkSource) ----------------------------------------------------
 
     @property
     def link(self) -> Link | None:
-        """The link up now, of whichever backend; ``None`` while down."""
-        return self._link
+        """The link up now, of whichever backend; ``None`` while down, or while a network
+        change puts it in doubt (:mod:`tunnel.roaming`)."""
+        if self._roaming is not None and self._link is not None:
+            self._roaming.check()
+        return None if self._doubted else self._link
 
     async def wait_link(self) -> Link | None:
         """The link, waiting up to ``wait_for_link_s``; ``None`` when it stays down."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.wait_for_link_s
-        while self._link is None:
+        while self.link is None:
             if self._closed or self._status is LinkStatus.FAILED or self._task is None:
                 return None
             self._nudge()
@@ -105,6 +118,58 @@ class Tunnel:
                 async with asyncio.timeout(remaining):
                     await self._link_changed.wait()
         return self._link
+
+    # --- what roaming needs (RoamingHost) -------------------------------------------------
+
+    def current_link(self) -> Link | None:
+        return self._link
+
+    def doubt(self, doubted: bool) -> None:
+        if doubted == self._doubted or (doubted and self._link is None):
+            return
+        self._doubted = doubted
+        if doubted:
+            self._link_changed.clear()
+        elif self._link is not None:
+            self._link_changed.set()
+
+    def relink(self, link: object, reason: str) -> None:
+        if link is not self._link or self._link is None:
+            return
+        log.warning("relinking: %s", reason)
+        self._last_relink = reason
+        self._drop_link(RELINK_GRACE_S)
+
+    def wake(self, reason: str) -> None:
+        del reason
+        if self._status is LinkStatus.DOWN:
+            self._wake.set()
+
+    def _drop_link(self, grace_s: float | None = None) -> None:
+        """Close the link up now; new connections wait for the next one, which is sought
+        at once: a switch is not a failure to back off from. With ``grace_s``, the link
+        is forced closed after that long: one whose path is gone may never flush."""
+        link, self._link = self._link, None
+        if link is None:
+            return
+        self._doubted = False
+        self._link_changed.clear()
+        self._switching = True
+        if grace_s is None:
+            link.close()
+            return
+        ending = asyncio.get_running_loop().create_task(link.aclose(grace_s))
+        self._ending.add(ending)
+        ending.add_done_callback(self._ending.discard)
+
+    def on_network_change(self, listener: Callable[[NetChange], None]) -> bool:
+        """Also tell ``listener`` of every network change the tunnel's watch sees; True
+        when changes are reported as they happen (netlink), False when only polled."""
+        self._network_listeners.append(listener)
+        if self._roaming is not None:
+            self._roaming.on_change(listener)
+            return self._roaming.watch.mode == "netlink"
+        return False
 
     def _nudge(self) -> None:
         """Someone waits for the link: cut a backoff sleep short, at most once per gap."""
@@ -161,12 +226,18 @@ class Tunnel:
             self._link_changed.clear()
         elif status is LinkStatus.UP:
             self._switching = False
+            self._doubted = False
             self._link = link
             self._gateway_in_use = gateway
             self._gateway_label = str(gateway)
             self._link_changed.set()
+            if self._roaming is not None and link is not None:
+                self._roaming.link_up(link)
         elif status is LinkStatus.DOWN:
             self._link = None
+            self._doubted = False
+            if self._roaming is not None:
+                self._roaming.link_down()
             self._gateway_in_use = None
             self._gateway_label = None
             self._link_changed.clear()
@@ -191,6 +262,7 @@ class Tunnel:
             final_error=str(self._final) if self._final is not None else None,
             forwards=tuple(m.state() for m in self._mouths.values()),
             attempts=self._supervisor.attempts if self._supervisor is not None else 0,
+            last_relink=self._last_relink,
         )
 
     @property
@@ -236,6 +308,11 @@ class Tunnel:
             on_event=self._on_event,
             clock=asyncio.get_running_loop().time,
         )
+        if self.options.roaming:
+            self._roaming = Roaming(self)
+            for listener in self._network_listeners:
+                self._roaming.on_change(listener)
+            await self._roaming.start()
         self._set_status(LinkStatus.CONNECTING)
         self._task = asyncio.get_running_loop().create_task(
             self._supervisor.run(), name="tunnel-supervisor"
@@ -298,12 +375,7 @@ class Tunnel:
         self._gateways = parse_gateways(gateways)
         if self._link is not None and self._gateway_in_use not in self._gateways:
             log.info("gateway %s no longer listed; reconnecting", self._gateway_in_use)
-            # New connections wait for the next link, not hand themselves to this one, and
-            # the next link is sought at once: a switch is not a failure to back off from.
-            link, self._link = self._link, None
-            self._link_changed.clear()
-            self._switching = True
-            link.close()
+            self._drop_link()
         elif self._status is LinkStatus.DOWN:
             self._wake.set()
 
@@ -319,6 +391,8 @@ class Tunnel:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
+        if self._roaming is not None:
+            self._roaming.close()
         link, self._link = self._link, None
         await asyncio.gather(*(mouth.close() for mouth in self._mouths.values()))
         if link is not None:

@@ -135,6 +135,28 @@ class SSHLink:
     def close(self) -> None:
         self.conn.close()
 
+    def path(self) -> tuple[str, str] | None:
+        """The local and gateway addresses of the link's TCP connection (None behind a
+        ProxyJump or ProxyCommand)."""
+        local = self.conn.get_extra_info("sockname")
+        remote = self.conn.get_extra_info("peername")
+        if not isinstance(local, tuple) or not isinstance(remote, tuple):
+            return None
+        return str(local[0]), str(remote[0])
+
+    async def probe(self, timeout_s: float) -> bool:
+        """One keepalive (``keepalive@openssh.com``, want-reply), as asyncssh's own timer
+        sends it; True when any reply came within ``timeout_s``. asyncssh has no public
+        call for it, so this uses the one its keepalive timer uses."""
+        if self.client.closed.done():
+            return False
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.conn._make_global_request(b"keepalive@openssh.com")
+        except TimeoutError:
+            return False
+        return not self.client.closed.done()
+
     async def aclose(self, grace_s: float) -> None:
         """Close and wait (bounded) until the socket is gone."""
         self.conn.close()

@@ -19,8 +19,15 @@ import select
 
 from tunnel.backends.openssh.fdpass import send_request_and_fd
 from tunnel.backends.openssh.master import Master, start_master
-from tunnel.backends.openssh.mux import MuxError, check_hello, check_opened, stdio_fwd_packet
+from tunnel.backends.openssh.mux import (
+    MuxError,
+    check_hello,
+    check_opened,
+    probe_packet,
+    stdio_fwd_packet,
+)
 from tunnel.backends.openssh.pool import MuxChannel, SparePool
+from tunnel.backends.openssh.procnet import tcp_path
 from tunnel.backends.openssh.tcpinfo import tcp_traffic
 from tunnel.errors import LinkLost, TunnelError
 from tunnel.forwards import Gateway
@@ -250,6 +257,28 @@ class MuxLink:
             channel.close()
             raise
         return channel
+
+    def path(self) -> tuple[str, str] | None:
+        """Where the master's connection runs (Linux ``/proc``), if it is a TCP socket."""
+        return tcp_path(self.master.pid)
+
+    async def probe(self, timeout_s: float) -> bool:
+        """A request only the gateway can answer (:func:`probe_packet`), on its own mux
+        connection: True when any answer came within ``timeout_s``."""
+        if self._closed:
+            return False
+        channel: MuxChannel | None = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                channel = await MuxChannel.connect(
+                    self.control_path, probe_packet(self._next_request_id())
+                )
+                return await channel.read_packet() is not None
+        except (TimeoutError, OSError, MuxError):
+            return False
+        finally:
+            if channel is not None:
+                channel.close()
 
     def close(self) -> None:
         """Cut every flow, and ask the master to exit (SIGTERM)."""

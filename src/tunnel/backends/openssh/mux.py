@@ -14,11 +14,15 @@ from tunnel.errors import TunnelError
 MUX_VERSION = 4
 MUX_MSG_HELLO = 0x00000001
 MUX_C_ALIVE_CHECK = 0x10000004
+MUX_C_OPEN_FWD = 0x10000006
 MUX_C_NEW_STDIO_FWD = 0x10000008
 MUX_S_PERMISSION_DENIED = 0x80000002
 MUX_S_FAILURE = 0x80000003
 MUX_S_ALIVE = 0x80000005
 MUX_S_SESSION_OPENED = 0x80000006
+MUX_FWD_REMOTE = 2
+PORT_STREAMLOCAL = 0xFFFFFFFE
+"""``-2`` as uint32: the "host" is a Unix socket path (OpenSSH ``misc.h``)."""
 MUX_PACKET_MAX = 256 * 1024
 """Largest mux reply we accept (OpenSSH's own limit is 256 KiB)."""
 
@@ -50,6 +54,23 @@ def stdio_fwd_packet(request_id: int, host: str, port: int) -> bytes:
     """``MUX_C_NEW_STDIO_FWD``: reserved string, connect host (string), port (uint32, as
     mux.c sends it; PROTOCOL.mux says string but the code is authoritative)."""
     return mux_packet(MUX_C_NEW_STDIO_FWD, request_id, b"", host, port)
+
+
+def probe_packet(request_id: int) -> bytes:
+    """``MUX_C_OPEN_FWD`` (PROTOCOL.mux §5) of a remote Unix-socket forward that cannot be
+    set up: a sign-of-life request for the *gateway*, which ``MUX_C_ALIVE_CHECK`` is not
+    (that one only asks the master process).
+
+    The master sends it on as a ``streamlocal-forward@openssh.com`` global request with
+    want-reply and answers the mux client only when the gateway's reply comes: failure,
+    since no socket can be bound under ``/dev/null`` (or because the gateway does not allow
+    such forwards). Any answer proves the gateway alive, and nothing is left listening. The
+    path is new each time: the master answers a forward it already holds without asking.
+    """
+    path = f"/dev/null/blitzdns-probe-{request_id}"
+    return mux_packet(
+        MUX_C_OPEN_FWD, request_id, MUX_FWD_REMOTE, path, PORT_STREAMLOCAL, path, PORT_STREAMLOCAL
+    )
 
 
 def alive_packet(request_id: int) -> bytes:
