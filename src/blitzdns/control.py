@@ -71,6 +71,8 @@ class TunnelStatus(TypedDict):
     gateway: str | None
     last_error: str | None
     final_error: str | None
+    last_relink: str | None
+    """Why the link was last replaced on a network change, or None."""
     forwards: list[ForwardStatus]
 
 
@@ -511,6 +513,8 @@ def _render_tunnel(tunnel: Mapping[str, Any] | None, now: float) -> list[str]:
         lines.append(f"           final error: {tunnel['final_error']}")
     elif tunnel.get("last_error"):
         lines.append(f"           last error: {tunnel['last_error']}")
+    if tunnel.get("last_relink"):
+        lines.append(f"           last relink: {tunnel['last_relink']}")
     forwards = tunnel.get("forwards") or []
     lines.append(f"forwards   {len(forwards)}")
     rows = [

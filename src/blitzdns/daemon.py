@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("blitzdns")
 
 STOP_GRACE_S = 1.5
+LOCATION_EVENTS_POLL_S = 30.0
+"""With network events, ``--location auto`` still re-reads the facts this often."""
 
 
 #: The tunnel settings a reload applies (through the forwards and the gateway list); the
@@ -77,7 +79,8 @@ class RunOptions:
     trust_new_host_key: bool = False
     #: Switch to the target user after binding (the demo runs in-process and keeps its user).
     drop_privileges: bool = True
-    #: How often ``--location auto`` re-reads the network facts.
+    #: How often ``--location auto`` re-reads the network facts when no network events come
+    #: (no tunnel, or no netlink: not Linux).
     location_poll_s: float = 3.0
     #: Where the install records (resolver config, guard) live: / except in tests.
     root: Path = Path("/")
@@ -552,8 +555,19 @@ class Daemon:
         return match.name
 
     async def _location_loop(self) -> None:
+        """Match the location again on every network change the tunnel's watch reports
+        (addresses, routes, a resume), and every ``location_poll_s`` without one: at least
+        every ``LOCATION_EVENTS_POLL_S`` for what no event tells (the Wi-Fi name, search
+        domains)."""
+        moved = asyncio.Event()
+        interval = self.options.location_poll_s
+        if self.tunnel is not None and self.tunnel.on_network_change(lambda _: moved.set()):
+            interval = max(interval, LOCATION_EVENTS_POLL_S)
         while True:
-            await asyncio.sleep(self.options.location_poll_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await moved.wait()
+            moved.clear()
             try:
                 location = await self._detect(self.base_config)
             except BlitzdnsError as exc:
