@@ -346,6 +346,7 @@ class Sshd:
     keys: SshKeys
     root: Path
     proc: subprocess.Popen[Any] | None = None
+    listen: str = f"{GATEWAY_IP}:{SSH_PORT}"
 
     @property
     def log(self) -> Path:
@@ -357,7 +358,7 @@ class Sshd:
         config.write_text(
             "\n".join(
                 [
-                    f"ListenAddress {GATEWAY_IP}:{SSH_PORT}",
+                    f"ListenAddress {self.listen}",
                     f"HostKey {self.keys.host_key}",
                     f"AuthorizedKeysFile {self.keys.authorized_keys}",
                     f"PidFile {self.root / 'sshd.pid'}",

@@ -17,9 +17,24 @@ Every process is started through :class:`~tests.netns.lab.Namespace` and killed 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from .lab import Lab, Namespace, ip_command
+from .lab import (
+    BLITZDNS,
+    PYTHON,
+    Blitzdns,
+    Lab,
+    Namespace,
+    SshKeys,
+    ip_command,
+    read_text,
+    stop_process,
+)
 
 UPLINKS = {
     "up1": ("10.91.1.2", "10.91.1.1"),
@@ -77,3 +92,104 @@ class RoamLab(Lab):
         client.ip("addr", "del", f"{UPLINKS[old][0]}/24", "dev", old)
         self.active = new
         return new
+
+    def settle_on(self, uplink: str) -> None:
+        """Only ``uplink``: its address, the default route through it, the other address gone."""
+        other = "up2" if uplink == "up1" else "up1"
+        client = self["client"]
+        client.ip("addr", "replace", f"{UPLINKS[uplink][0]}/24", "dev", uplink)
+        client.ip("route", "replace", "default", "via", UPLINKS[uplink][1], "dev", uplink)
+        client.run("ip", "addr", "del", f"{UPLINKS[other][0]}/24", "dev", other, check=False)
+        self.active = uplink
+
+
+AGENT = str(Path(__file__).with_name("roam_agent.py"))
+ECHO_PORT = 902
+"""The echo server answers on DND's port, so the preset's ``dnd`` mouth carries it."""
+BULK_PORT = 2151
+"""The bulk server answers on BlitzServ's port: the ``dasher`` mouth."""
+SSHD_LISTEN = f"{SERVER_IP}:22"
+
+
+def roam_config(keys: SshKeys, root: Path, *, backend: str = "asyncssh") -> str:
+    """blitzdns in the client namespace: ``dnd`` and ``dasher`` carried to the server.
+
+    Keepalives are the default (15 s × 3), as for the peer: only roaming can explain a
+    relink within seconds.
+    """
+    known_hosts = root / "known_hosts_roam"
+    known_hosts.write_text(
+        f"{SERVER_IP} {' '.join(keys.host_key.with_suffix('.pub').read_text().split()[:2])}\n"
+    )
+    ssh_config = root / "ssh_config"
+    ssh_config.write_text("")
+    return f"""\
+preset = "blitzmail"
+
+[dns]
+listen = ["127.0.0.1:53"]
+upstreams = ["127.0.0.1:5353"]
+
+[tunnel]
+gateways = ["root@{SSHD_LISTEN}"]
+hosts = ["dnd", "dasher"]
+known_hosts = "{known_hosts}"
+identity_files = ["{keys.client_key}"]
+ssh_config = "{ssh_config}"
+wait_for_link_s = 30
+backend = "{backend}"
+
+[hosts.dnd]
+remote = "{SERVER_IP}"
+
+[hosts.dasher]
+remote = "{SERVER_IP}"
+"""
+
+
+@dataclass
+class Records:
+    """A JSON-lines output file of an agent run."""
+
+    proc: subprocess.Popen[Any]
+    out: Path
+
+    def lines(self) -> list[dict[str, Any]]:
+        found = []
+        for line in read_text(self.out).splitlines():
+            with contextlib.suppress(ValueError):
+                found.append(json.loads(line))
+        return found
+
+    def results(self) -> list[dict[str, Any]]:
+        return [line for line in self.lines() if "ready" not in line]
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def agent(ns: Namespace, root: Path, name: str, *args: str) -> Records:
+    """Start a ``roam_agent.py`` subcommand; return once it says it is ready."""
+    out = root / f"{name}.jsonl"
+    proc = ns.spawn_ready(
+        PYTHON, AGENT, *args, marker='"ready"', log=root / f"{name}.log", stdout=out
+    )
+    return Records(proc, out)
+
+
+def link_source(ns: Namespace) -> str | None:
+    """The client address of the established SSH connection to the server, if any."""
+    shown = ns.run("ss", "-Htn", "state", "established", "dst", SSHD_LISTEN, check=False)
+    sources = {line.split()[-2].rpartition(":")[0] for line in shown.stdout.splitlines() if line}
+    return sources.pop() if len(sources) == 1 else None
+
+
+def status(ns: Namespace, daemon: Blitzdns) -> dict[str, Any]:
+    done = ns.run(
+        BLITZDNS, "status", "--json", "--control-socket", str(daemon.root / "control.sock"),
+        check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        return {}
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
