@@ -78,8 +78,11 @@ class Run:
 
 
 def _switch(lab: RoamLab) -> tuple[str, float, float]:
-    """Switch uplinks; (the new address, the wall-clock times the new route was usable and
-    the switch was complete: the old address deleted)."""
+    """Switch uplinks; (the new address, the wall-clock time the new route was usable, and
+    the ``CLOCK_MONOTONIC`` time the switch was complete: the old address deleted).
+
+    The link's ``since`` is wall-clock time; the short connections' starts are monotonic,
+    which every namespace shares and no clock adjustment moves."""
     client = lab["client"]
     old, new = lab.active, lab.standby
     client.ip("addr", "add", f"{UPLINKS[new][0]}/24", "dev", new)
@@ -87,7 +90,7 @@ def _switch(lab: RoamLab) -> tuple[str, float, float]:
     usable = time.time()
     client.ip("addr", "del", f"{UPLINKS[old][0]}/24", "dev", old)
     lab.active = new
-    return UPLINKS[new][0], usable, time.time()
+    return UPLINKS[new][0], usable, time.monotonic()
 
 
 def _measure(
@@ -99,7 +102,6 @@ def _measure(
     frozen_pid: Callable[[], int],
     stream: Records,
 ) -> None:
-    offset = time.time() - time.monotonic()
     switch_times = []
     for number in range(switches):
         new, usable, done = _switch(lab)
@@ -125,7 +127,7 @@ def _measure(
     stream.stop()
     for index, at in enumerate(switch_times):
         end = switch_times[index + 1] if index + 1 < len(switch_times) else float("inf")
-        started = [r for r in stream.results() if at - offset < r["start"] < end - offset]
+        started = [r for r in stream.results() if at < r["start"] < end]
         failed = [r for r in started if not r["ok"]]
         if index < switches:
             run.started_after += len(started)
