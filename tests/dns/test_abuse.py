@@ -8,7 +8,12 @@ forwarded queries in flight, per-client TCP limits.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 
 import dns.message
@@ -16,8 +21,10 @@ import dns.rcode
 import pytest
 
 from blitzdns.dns.quiet import LogLimiter
+from blitzdns.dns.server import FORWARD_MAX
+from blitzdns.dns.upstream import SOCKETS_PER_UPSTREAM
 
-from .conftest import Dnsmasq, ServerThread, make_config
+from .conftest import Dnsmasq, FakeUpstream, ServerThread, make_config
 from .test_resolver import addresses, ask
 
 #: The issue's reproducer: a 64-octet label.
@@ -146,3 +153,109 @@ def test_log_limiter_counts_repeats_and_writes_them_with_the_next_line(
     limited("kind", 111.0, logging.WARNING, "bad thing from %s", "d")
     limited.flush(115.0)
     assert records.records[-1].getMessage() == "1 more kind in the last 5 s"
+
+
+# ---------------------------------------------------------------- bounded forwarding
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def query_wire(name: str, qid: int, rdtype: str = "A") -> bytes:
+    return dns.message.make_query(name, rdtype, id=qid).to_wire()
+
+
+def test_forwarded_queries_in_flight_are_capped_and_descriptors_bounded(
+    resolver_factory: Callable[..., ServerThread],
+    fake_upstream_factory: Callable[..., FakeUpstream],
+) -> None:
+    """A flood of distinct names to a black hole: FORWARD_MAX in flight, the rest SERVFAIL."""
+    black_hole = fake_upstream_factory()
+    stub = resolver_factory(make_config(timeout_s=30), [black_hole.endpoint])
+    stats = stub.resolver.stats
+    before = open_descriptors()
+    total = FORWARD_MAX + 250
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        client.settimeout(10)
+        for start in range(0, total, 50):
+            for i in range(start, start + 50):
+                client.sendto(query_wire(f"n{i}.flood.test", i), ("127.0.0.1", stub.port))
+            sent = start + 50
+            wait_until(lambda sent=sent: stats.forwarded + stats.dropped >= sent)
+        assert stats.forwards_in_flight == FORWARD_MAX
+        assert stats.forward_capped == total - FORWARD_MAX
+        assert open_descriptors() - before <= SOCKETS_PER_UPSTREAM + 4
+        refused = [client.recv(512) for _ in range(total - FORWARD_MAX)]
+        assert {r[3] & 0x0F for r in refused} == {dns.rcode.SERVFAIL}
+        assert {int.from_bytes(r[:2], "big") for r in refused} == set(range(FORWARD_MAX, total))
+        # A question already in flight is joined, not refused; a new one is refused.
+        client.sendto(query_wire("n0.flood.test", 9000), ("127.0.0.1", stub.port))
+        client.sendto(query_wire("new.flood.test", 9001), ("127.0.0.1", stub.port))
+        assert int.from_bytes(client.recv(512)[:2], "big") == 9001
+        assert stats.forward_capped == total - FORWARD_MAX + 1
+    # Protected names are answered all along, over UDP and TCP.
+    assert addresses(ask(stub.endpoint, "dnd")) == ["127.77.0.1"]
+    assert addresses(ask(stub.endpoint, "dasher", tcp=True)) == ["127.77.0.2"]
+    assert len({q[12:] for q in black_hole.udp_queries}) <= FORWARD_MAX
+
+
+def test_out_of_descriptors_is_logged_once_per_interval(
+    fake_upstream_factory: Callable[..., FakeUpstream],
+) -> None:
+    """With a tiny descriptor limit the forwarder hits EMFILE: one log line, no traceback."""
+    black_hole = fake_upstream_factory()
+
+    with subprocess.Popen(
+        [
+            "sh",
+            "-c",
+            'ulimit -n 24 && exec "$@"',
+            "sh",
+            sys.executable,
+            "-m",
+            "blitzdns.dns",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            str(black_hole.endpoint),
+            "--no-loop-probe",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as server:
+        assert server.stdout is not None
+        ready = server.stdout.readline().split()
+        assert ready[:1] == ["ready"], ready
+        port = int(ready[1].rsplit(":", 1)[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(10)
+            for i in range(40):
+                client.sendto(query_wire(f"f{i}.emfile.test", i), ("127.0.0.1", port))
+            # Past the limit a forward fails at once (SERVFAIL): wait for those replies.
+            replies = [client.recv(512) for _ in range(40 - SOCKETS_PER_UPSTREAM + 8)]
+        assert {r[3] & 0x0F for r in replies} == {dns.rcode.SERVFAIL}
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=20)
+    assert stderr.count("ERROR out of file descriptors") == 1, stderr
+    assert "more times out of file descriptors" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_upstream_sockets_are_reused_from_a_bounded_pool(stub: ServerThread) -> None:
+    """Sequential forwards reuse the pool's random-port sockets instead of one per query."""
+    for i in range(3 * SOCKETS_PER_UPSTREAM):
+        assert addresses(ask(stub.endpoint, f"p{i}.fwd.test")) == ["192.0.2.10"]
+    pool = stub.resolver.forwarder.pool
+    assert pool.created == SOCKETS_PER_UPSTREAM
+    assert pool.sockets == SOCKETS_PER_UPSTREAM

@@ -72,7 +72,10 @@ async def check_loops(
 
 async def _probe(endpoint: Endpoint, name: str, wait_s: float) -> None:
     single = Forwarder((endpoint,), [UpstreamHealth(str(endpoint))], wait_s)
-    await single.resolve(probe_query(name))
+    try:
+        await single.resolve(probe_query(name))
+    finally:
+        single.close()
 
 
 def probe_query(name: str) -> bytes:

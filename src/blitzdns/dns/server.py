@@ -36,7 +36,7 @@ from blitzdns.dns.quiet import LogLimiter
 from blitzdns.dns.rfc import SERVFAIL
 from blitzdns.dns.stats import ResolverStats, UpstreamHealth
 from blitzdns.dns.table import Table
-from blitzdns.dns.upstream import Forwarder
+from blitzdns.dns.upstream import OUT_OF_DESCRIPTORS, Forwarder
 from blitzdns.errors import (
     AddressInUse,
     BlitzdnsError,
@@ -47,6 +47,8 @@ from blitzdns.errors import (
 
 __all__ = ["Resolver", "ResolverStats", "UpstreamHealth"]
 
+_ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
+
 _TCP_BACKLOG = 64
 #: Forwarded queries one TCP connection may have in flight (RFC 7766 §6.2.1.1 pipelining);
 #: past it the connection is not read until one is answered.
@@ -55,6 +57,13 @@ TCP_PIPELINE_LIMIT = 32
 #: connection is closed at once: each one is bounded in time and memory already, and the cap
 #: keeps a client that leaks connections from using up the descriptors the tunnel needs too.
 TCP_CLIENTS_MAX = 128
+#: Distinct forwarded questions in flight at once (dnsmasq's ``dns-forward-max`` default).
+#: Each holds one upstream socket at most, so this bounds the descriptors DNS forwarding
+#: can use; past it new questions get SERVFAIL at once (:meth:`Resolver._overflow`).
+FORWARD_MAX = 150
+#: Clients waiting on those questions (identical questions share one exchange). Each
+#: waiter holds its packet only; the cap bounds the memory a flood of one name can take.
+WAITERS_MAX = 4096
 
 
 class Resolver:
@@ -85,11 +94,19 @@ class Resolver:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._connections: set[asyncio.StreamWriter] = set()
         self._pending: dict[bytes, asyncio.Task[bytes | None]] = {}
+        #: Clients waiting for one of the exchanges in ``_pending``.
+        self._waiters = 0
         self._started = False
+        self._previous_handler: _ExceptionHandler | None = None
 
     def _forwarder(self, upstreams: Sequence[Endpoint], config: Config) -> Forwarder:
         self.stats.upstreams = [UpstreamHealth(str(u)) for u in upstreams]
-        return Forwarder(upstreams, self.stats.upstreams, config.dns.timeout_s)
+        return Forwarder(
+            upstreams,
+            self.stats.upstreams,
+            config.dns.timeout_s,
+            on_local_error=self._local_error,
+        )
 
     # ------------------------------------------------------------------ sockets
 
@@ -124,6 +141,8 @@ class Resolver:
             return
         await self.bind()
         loop = asyncio.get_running_loop()
+        self._previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._loop_exception)
         for _, udp, tcp in self._bound:
             transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=udp)
             self._transports.append(transport)
@@ -154,6 +173,10 @@ class Resolver:
             await asyncio.gather(*running, return_exceptions=True)
         for server in self._servers:
             await server.wait_closed()
+        self.forwarder.close()
+        loop = asyncio.get_running_loop()
+        if loop.get_exception_handler() == self._loop_exception:
+            loop.set_exception_handler(self._previous_handler)
         self._transports.clear()
         self._servers.clear()
         self._close_sockets()
@@ -180,6 +203,7 @@ class Resolver:
         dropped = self.engine.update(Table.from_config(config))
         self.cache.resize(config.dns.cache_size)
         if upstreams is not None:
+            self.forwarder.close()
             self.forwarder = self._forwarder(upstreams, config)
         self.forwarder.timeout_s = config.dns.timeout_s
         if config.dns.listen != self.config.dns.listen or [s for s in config.shared if s.dns] != [
@@ -221,20 +245,118 @@ class Resolver:
         self.stats.servfail += 1
         return error_reply(packet, question_end(packet), SERVFAIL, -1)
 
-    async def _answer(self, job: ForwardJob) -> bytes | None:
-        """The upstream's reply for ``job``; identical questions in flight share one query."""
+    def _exchange(self, job: ForwardJob) -> asyncio.Task[bytes | None] | None:
+        """The upstream exchange ``job`` waits for: a new one, or the one its question shares.
+
+        None past the caps (:data:`FORWARD_MAX` questions in flight, :data:`WAITERS_MAX`
+        clients waiting on them): the caller answers SERVFAIL at once (:meth:`_overflow`).
+        """
+        if self._waiters >= WAITERS_MAX:
+            return None
+        shared = self._pending.get(job.key)
+        if shared is None:
+            if len(self._pending) >= FORWARD_MAX:
+                return None
+            shared = asyncio.get_running_loop().create_task(self.forwarder.resolve(job.query))
+            self._pending[job.key] = shared
+            shared.add_done_callback(lambda _: self._exchange_done(job.key))
+            self.stats.forwards_in_flight = len(self._pending)
+        self._waiters += 1
+        return shared
+
+    def _exchange_done(self, key: bytes) -> None:
+        self._pending.pop(key, None)
+        self.stats.forwards_in_flight = len(self._pending)
+
+    def _overflow(self, job: ForwardJob) -> bytes:
+        """SERVFAIL, at once, for a query past the caps on forwarding.
+
+        Answered rather than dropped: a real client learns at once and tries its next
+        server instead of waiting out its retry timer (glibc: 5 s), the reply is no larger
+        than the query (nothing to amplify), and it costs what a local answer costs. Past
+        the cap the flood's own queries are the ones refused, since they are the ones in
+        flight; protected names never reach this point (answered before any forwarding).
+        """
+        self.stats.forward_capped += 1
+        self.stats.servfail += 1
+        self.log_limited(
+            "forwarded queries refused",
+            asyncio.get_running_loop().time(),
+            logging.WARNING,
+            "%d forwarded queries in flight (the most allowed): answering SERVFAIL "
+            "to new ones (from %s; %d so far)",
+            len(self._pending),
+            job.client,
+            self.stats.forward_capped,
+        )
+        return error_reply(job.packet, job.qend, SERVFAIL, job.edns)
+
+    def _finish(self, job: ForwardJob, exchange: asyncio.Task[bytes | None]) -> bytes | None:
+        """The client's reply once ``exchange`` is over (None: the resolver is closing)."""
+        self._waiters -= 1
+        if exchange.cancelled():
+            return None
         try:
-            shared = self._pending.get(job.key)
-            if shared is None:
-                shared = asyncio.get_running_loop().create_task(self.forwarder.resolve(job.query))
-                self._pending[job.key] = shared
-                shared.add_done_callback(lambda _: self._pending.pop(job.key, None))
-            response = await asyncio.shield(shared)
-            return self.engine.finish(job, response, asyncio.get_running_loop().time())
-        except asyncio.CancelledError:
-            raise
+            return self.engine.finish(job, exchange.result(), asyncio.get_running_loop().time())
         except Exception:
             return self._crashed(job.packet, job.client)
+
+    async def _answer(self, job: ForwardJob) -> bytes | None:
+        """The reply for ``job`` (TCP): identical questions in flight share one exchange."""
+        exchange = self._exchange(job)
+        if exchange is None:
+            return self._overflow(job)
+        try:
+            await asyncio.wait((exchange,))
+        except asyncio.CancelledError:
+            self._waiters -= 1
+            raise
+        return self._finish(job, exchange)
+
+    def forward_udp(
+        self, job: ForwardJob, transport: asyncio.DatagramTransport, address: Any
+    ) -> bytes | None:
+        """Start (or join) the exchange for a UDP query: a reply now only past the caps.
+
+        No task per query: the reply is sent from the exchange's done callback.
+        """
+        exchange = self._exchange(job)
+        if exchange is None:
+            return self._overflow(job)
+
+        def send(done: asyncio.Task[bytes | None]) -> None:
+            reply = self._finish(job, done)
+            if reply is not None and not transport.is_closing():
+                transport.sendto(reply, address)
+            if self.verbose:
+                self._trace(job.client, job.packet, reply, "udp")
+
+        exchange.add_done_callback(send)
+        return None
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The event loop's own reports: out-of-descriptors ones (``accept`` on the TCP
+        listener hits EMFILE) become one rate-limited line; the rest go on as before."""
+        error = context.get("exception")
+        if isinstance(error, OSError) and error.errno in OUT_OF_DESCRIPTORS:
+            self._local_error(error)
+        elif self._previous_handler is not None:
+            self._previous_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    def _local_error(self, error: OSError) -> None:
+        """The process is out of descriptors (EMFILE / ENFILE): say so, once per interval."""
+        self.stats.descriptors_exhausted += 1
+        self.log_limited(
+            "times out of file descriptors",
+            asyncio.get_running_loop().time(),
+            logging.ERROR,
+            "out of file descriptors (%s): forwarded queries fail (%d times so far); "
+            "raise the limit (ulimit -n / LimitNOFILE=) or look for what holds them",
+            error.strerror or error,
+            self.stats.descriptors_exhausted,
+        )
 
     def _trace(self, client: str, packet: bytes, reply: bytes | None, how: str) -> None:
         self.log.debug(
@@ -244,15 +366,6 @@ class Resolver:
             wire.describe(packet),
             wire.describe(reply) if reply else "no reply",
         )
-
-    async def _forward_udp(
-        self, job: ForwardJob, transport: asyncio.DatagramTransport, address: Any
-    ) -> None:
-        reply = await self._answer(job)
-        if reply is not None and not transport.is_closing():
-            transport.sendto(reply, address)
-        if self.verbose:
-            self._trace(job.client, job.packet, reply, "udp")
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One TCP connection: read and answer until EOF or idle, then flush and close.
@@ -399,6 +512,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.resolver = resolver
         self.verbose = resolver.verbose
         self.handle = resolver.engine.handle
+        self.forward_udp = resolver.forward_udp
         self.clock = asyncio.get_running_loop().time
         self.sendto: Callable[[bytes, Any], None] = _not_connected
 
@@ -412,11 +526,13 @@ class _UdpProtocol(asyncio.DatagramProtocol):
             out = self.handle(data, addr[0], self.clock())
         except Exception:
             out = self.resolver._crashed(data, addr[0])
-        if isinstance(out, bytes):
+        if isinstance(out, ForwardJob):
+            out = self.forward_udp(out, self.transport, addr)
+            if out is None:
+                return
+        if out is not None:
             self.sendto(out, addr)
-        elif out is not None:
-            self.resolver._spawn(self.resolver._forward_udp(out, self.transport, addr))
-        if self.verbose and not isinstance(out, ForwardJob):
+        if self.verbose:
             self.resolver._trace(addr[0], data, out, "udp")
 
     def error_received(self, exc: Exception) -> None:

@@ -37,7 +37,7 @@ class UpstreamHealth:
 
 @dataclass(slots=True)
 class ResolverStats:
-    """What the resolver did since it started (counters only grow)."""
+    """What the resolver did since it started (counters only grow, but ``forwards_in_flight``)."""
 
     answered_local: int = 0
     forwarded: int = 0
@@ -54,6 +54,12 @@ class ResolverStats:
     errors: int = 0
     #: TCP connections closed unserved because ``TCP_CLIENTS_MAX`` were open.
     tcp_refused: int = 0
+    #: Forwarded queries answered SERVFAIL at once because ``FORWARD_MAX`` were in flight.
+    forward_capped: int = 0
+    #: Forwarded questions waiting for an upstream now (shared ones count once).
+    forwards_in_flight: int = 0
+    #: Times a socket could not be made because the process was out of descriptors.
+    descriptors_exhausted: int = 0
     upstreams: list[UpstreamHealth] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
