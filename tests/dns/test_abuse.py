@@ -21,7 +21,7 @@ import dns.rcode
 import pytest
 
 from blitzdns.dns.quiet import LogLimiter
-from blitzdns.dns.server import FORWARD_MAX
+from blitzdns.dns.server import FORWARD_MAX, TCP_CLIENTS_MAX, TCP_PER_CLIENT_MAX
 from blitzdns.dns.upstream import SOCKETS_PER_UPSTREAM
 
 from .conftest import Dnsmasq, FakeUpstream, ServerThread, make_config
@@ -259,3 +259,73 @@ def test_upstream_sockets_are_reused_from_a_bounded_pool(stub: ServerThread) -> 
     pool = stub.resolver.forwarder.pool
     assert pool.created == SOCKETS_PER_UPSTREAM
     assert pool.sockets == SOCKETS_PER_UPSTREAM
+
+
+# ---------------------------------------------------------------- TCP slots
+
+
+def tcp_query(conn: socket.socket, name: str, qid: int) -> bytes:
+    wire = query_wire(name, qid)
+    conn.sendall(len(wire).to_bytes(2, "big") + wire)
+    size = int.from_bytes(_recv_exactly(conn, 2), "big")
+    return _recv_exactly(conn, size)
+
+
+def closed_by_server(conn: socket.socket) -> bool:
+    conn.settimeout(5)
+    try:
+        return conn.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_one_client_holding_idle_connections_cannot_starve_another(
+    resolver_factory: Callable[..., ServerThread], dnsmasq: Dnsmasq
+) -> None:
+    """One address opens as many connections as the resolver serves in all and keeps them
+    idle; it holds TCP_PER_CLIENT_MAX at most, and another client still gets TCP answers."""
+    stub = resolver_factory(make_config(tcp_idle_s=30.0), [dnsmasq.endpoint])
+    address = ("127.0.0.1", stub.port)
+    opened = []
+    try:
+        for i in range(TCP_CLIENTS_MAX):
+            conn = socket.create_connection(address, timeout=5, source_address=("127.0.3.1", 0))
+            opened.append(conn)
+            assert tcp_query(conn, "dnd", i)[3] & 0x0F == 0  # answered: then idle
+        held = stub.call(lambda: stub.resolver._tcp_clients.get("127.0.3.1", 0))
+        assert held == TCP_PER_CLIENT_MAX
+        # Its older connections were closed to make room for its newer ones.
+        assert all(closed_by_server(conn) for conn in opened[:-TCP_PER_CLIENT_MAX])
+        for i in range(5):
+            with socket.create_connection(
+                address, timeout=5, source_address=("127.0.3.2", 0)
+            ) as other:
+                reply = tcp_query(other, "dasher", 100 + i)
+                assert reply[3] & 0x0F == 0 and b"\x7f\x4d\x00\x02" in reply
+    finally:
+        for conn in opened:
+            conn.close()
+
+
+def test_idle_connections_are_closed_when_slots_run_short(
+    resolver_factory: Callable[..., ServerThread], dnsmasq: Dnsmasq
+) -> None:
+    """Every slot held by idle connections of many clients (each under its own limit):
+    a new client is served, the longest idle connection closed for it."""
+    stub = resolver_factory(make_config(tcp_idle_s=30.0), [dnsmasq.endpoint])
+    address = ("127.0.0.1", stub.port)
+    opened = []
+    try:
+        for i in range(TCP_CLIENTS_MAX):
+            source = (f"127.0.4.{i // TCP_PER_CLIENT_MAX + 1}", 0)
+            conn = socket.create_connection(address, timeout=5, source_address=source)
+            opened.append(conn)
+            tcp_query(conn, "dnd", i)
+        with socket.create_connection(address, timeout=5, source_address=("127.0.5.1", 0)) as new:
+            assert tcp_query(new, "dnd", 999)[3] & 0x0F == 0
+        assert closed_by_server(opened[0])
+        assert stub.resolver.stats.tcp_idle_closed == 1
+        assert stub.resolver.stats.tcp_refused == 0
+    finally:
+        for conn in opened:
+            conn.close()

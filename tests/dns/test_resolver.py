@@ -443,7 +443,10 @@ def test_malformed_tcp_stream_closes_only_that_connection(stub: ServerThread) ->
     with socket.create_connection(("127.0.0.1", stub.port), timeout=5) as conn:
         conn.sendall(b"\x00\x05abc")
         conn.shutdown(socket.SHUT_WR)
-        assert conn.recv(100) == b""
+        try:  # a broken stream is aborted: a reset, or EOF when it races the shutdown
+            assert conn.recv(100) == b""
+        except ConnectionResetError:
+            pass
     assert addresses(ask(stub.endpoint, "dnd", tcp=True)) == ["127.77.0.1"]
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import dns.message
 import pytest
 
-from blitzdns.dns.server import TCP_CLIENTS_MAX, TCP_PIPELINE_LIMIT
+from blitzdns.dns.server import TCP_CLIENTS_MAX, TCP_PER_CLIENT_MAX, TCP_PIPELINE_LIMIT
 from tests.peers import Dnsmasq, tcp_established, wait_for
 
 from .conftest import FakeUpstream, ServerThread, make_config
@@ -224,30 +224,42 @@ def test_tcp_connections_are_capped_and_freed(
     dnsmasq: Dnsmasq,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Past TCP_CLIENTS_MAX open connections a new one is closed unserved; once one of the
-    open ones goes, a new one is served again."""
+    """Past TCP_CLIENTS_MAX open connections, none of them idle (each in the middle of a
+    message), a new one is closed unserved; once one of the open ones goes, a new one is
+    served again. The connections come from several addresses, TCP_PER_CLIENT_MAX each."""
     server = resolver_factory(make_config(tcp_idle_s=30.0), [dnsmasq.endpoint])
     address = (server.endpoint.host, server.port)
     with contextlib.ExitStack() as stack:
-        held = [
-            stack.enter_context(socket.create_connection(address, timeout=5))
-            for _ in range(TCP_CLIENTS_MAX)
-        ]
-        for conn in held:  # each one served: the resolver has seen them all
+        held = []
+        for i in range(TCP_CLIENTS_MAX):
+            source = (f"127.0.1.{i // TCP_PER_CLIENT_MAX + 1}", 0)
+            conn = stack.enter_context(
+                socket.create_connection(address, timeout=5, source_address=source)
+            )
             conn.sendall(framed("dnd.dartmouth.edu"))
             assert len(read_replies(conn, bound_s=5, expect=1)[0]) == 1
-        with socket.create_connection(address, timeout=5) as extra:
-            with contextlib.suppress(OSError):
-                extra.sendall(framed("dnd.dartmouth.edu"))
-            replies, ended = read_replies(extra, bound_s=5)
+            conn.sendall(framed("busy.fwd.test")[:6])  # in the middle of a message: busy
+            held.append(conn)
+        wait_for(
+            lambda: server.call(lambda: not server.resolver._idle),
+            "the resolver to read the start of every message",
+        )
+        extra_source = ("127.0.2.1", 0)
+        try:  # closed with a reset at once: even connect() may see it
+            with socket.create_connection(address, timeout=5, source_address=extra_source) as extra:
+                with contextlib.suppress(OSError):
+                    extra.sendall(framed("dnd.dartmouth.edu"))
+                replies, ended = read_replies(extra, bound_s=5)
+        except ConnectionResetError:
+            replies, ended = [], "reset"
         assert (replies, ended in ("eof", "reset")) == ([], True)
         assert server.resolver.stats.tcp_refused == 1
-        assert f"{TCP_CLIENTS_MAX} TCP connections open: closing new ones" in caplog.text
+        assert f"{TCP_CLIENTS_MAX} TCP connections open, none idle" in caplog.text
         held.pop().close()
         wait_for(
             lambda: server.call(lambda: len(server.resolver._connections)) < TCP_CLIENTS_MAX,
             "the resolver to see that one end",
         )
-        with socket.create_connection(address, timeout=5) as again:
+        with socket.create_connection(address, timeout=5, source_address=extra_source) as again:
             again.sendall(framed("dnd.dartmouth.edu"))
             assert len(read_replies(again, bound_s=5, expect=1)[0]) == 1

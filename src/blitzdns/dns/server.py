@@ -20,9 +20,11 @@ Loop detection lives in :mod:`~blitzdns.dns.loops`; ``python -m blitzdns.dns`` (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
+import struct
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
 
@@ -57,6 +59,9 @@ TCP_PIPELINE_LIMIT = 32
 #: connection is closed at once: each one is bounded in time and memory already, and the cap
 #: keeps a client that leaks connections from using up the descriptors the tunnel needs too.
 TCP_CLIENTS_MAX = 128
+#: TCP connections one client address may hold (unbound's ``tcp-connection-limit`` idea);
+#: well below :data:`TCP_CLIENTS_MAX`, so a handful of clients cannot take every slot.
+TCP_PER_CLIENT_MAX = 16
 #: Distinct forwarded questions in flight at once (dnsmasq's ``dns-forward-max`` default).
 #: Each holds one upstream socket at most, so this bounds the descriptors DNS forwarding
 #: can use; past it new questions get SERVFAIL at once (:meth:`Resolver._overflow`).
@@ -92,7 +97,11 @@ class Resolver:
         self._transports: list[asyncio.DatagramTransport] = []
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._connections: set[asyncio.StreamWriter] = set()
+        #: Open TCP connections and their client's address; per address, how many.
+        self._connections: dict[asyncio.StreamWriter, str] = {}
+        self._tcp_clients: dict[str, int] = {}
+        #: Connections waiting between messages with nothing owed, longest idle first.
+        self._idle: dict[asyncio.StreamWriter, str] = {}
         self._pending: dict[bytes, asyncio.Task[bytes | None]] = {}
         #: Clients waiting for one of the exchanges in ``_pending``.
         self._waiters = 0
@@ -165,7 +174,7 @@ class Resolver:
         for server in self._servers:
             server.close()
         for writer in list(self._connections):
-            writer.transport.abort()
+            _abort(writer)
         running = [*self._tasks, *self._pending.values()]
         for task in running:
             task.cancel()
@@ -373,26 +382,18 @@ class Resolver:
         Any other end (a stalled message, replies nobody reads, an error, ``close``)
         aborts the connection, dropping what is unsent.
         """
-        if len(self._connections) >= TCP_CLIENTS_MAX:
-            self.stats.tcp_refused += 1
-            peer = writer.get_extra_info("peername")
-            self.log_limited(
-                "TCP connections refused",
-                asyncio.get_running_loop().time(),
-                logging.WARNING,
-                "%d TCP connections open: closing new ones (from %s; %d so far)",
-                TCP_CLIENTS_MAX,
-                peer[0] if peer else "?",
-                self.stats.tcp_refused,
-            )
-            writer.transport.abort()
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if peer else "?"
+        if not self._tcp_slot(client):
+            _abort(writer)
             return
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         inflight: set[asyncio.Task[None]] = set()
-        self._connections.add(writer)
+        self._connections[writer] = client
+        self._tcp_clients[client] = self._tcp_clients.get(client, 0) + 1
         graceful = False
         try:
             graceful = await self._read_tcp(reader, writer, inflight)
@@ -400,13 +401,65 @@ class Resolver:
                 await asyncio.wait(inflight)
             graceful = graceful and await self._flushed(writer)
         finally:
-            self._connections.discard(writer)
+            self._forget_connection(writer)
             for pending in inflight:
                 pending.cancel()
             if graceful:
                 writer.close()
             else:
-                writer.transport.abort()
+                _abort(writer)
+
+    def _tcp_slot(self, client: str) -> bool:
+        """Whether a new connection from ``client`` may be served, making room if need be.
+
+        A client holds at most :data:`TCP_PER_CLIENT_MAX` connections, all clients
+        :data:`TCP_CLIENTS_MAX`. At either limit the oldest idle connection (between
+        messages, nothing in flight or unsent) of that client, or of anyone, is closed to
+        make room (RFC 7766 §6.2.3 lets a server close idle connections, sooner when
+        short of resources); only when none is idle is the new one refused. So one client
+        cannot starve the others, and a client that reconnects does not lock itself out.
+        """
+        if self._tcp_clients.get(client, 0) >= TCP_PER_CLIENT_MAX:
+            if self._close_idle(client):
+                return True
+            limit = f"{TCP_PER_CLIENT_MAX} TCP connections open from {client}"
+        elif len(self._connections) >= TCP_CLIENTS_MAX:
+            if self._close_idle(None):
+                return True
+            limit = f"{TCP_CLIENTS_MAX} TCP connections open"
+        else:
+            return True
+        self.stats.tcp_refused += 1
+        self.log_limited(
+            "TCP connections refused",
+            asyncio.get_running_loop().time(),
+            logging.WARNING,
+            "%s, none idle: closing new ones (from %s; %d so far)",
+            limit,
+            client,
+            self.stats.tcp_refused,
+        )
+        return False
+
+    def _close_idle(self, client: str | None) -> bool:
+        """Close the longest idle connection (of ``client``, or anyone's); False if none."""
+        for writer, owner in self._idle.items():
+            if client is None or owner == client:
+                self.stats.tcp_idle_closed += 1
+                self._forget_connection(writer)
+                _abort(writer)
+                return True
+        return False
+
+    def _forget_connection(self, writer: asyncio.StreamWriter) -> None:
+        self._idle.pop(writer, None)
+        client = self._connections.pop(writer, None)
+        if client is not None:
+            left = self._tcp_clients[client] - 1
+            if left:
+                self._tcp_clients[client] = left
+            else:
+                del self._tcp_clients[client]
 
     async def _read_tcp(
         self,
@@ -422,8 +475,7 @@ class Resolver:
         runs between messages; a message begun and not finished within it is False too:
         after a partial read there is no telling where the next message starts.
         """
-        peer = writer.get_extra_info("peername")
-        client = peer[0] if peer else "?"
+        client = self._connections.get(writer, "?")
         idle = self.config.dns.tcp_idle_s
         transport = writer.transport
         high_water = transport.get_write_buffer_limits()[1]
@@ -437,6 +489,8 @@ class Resolver:
                         await writer.drain()
                 except (TimeoutError, ConnectionError):
                     return False
+            if not inflight and not transport.get_write_buffer_size():
+                self._idle[writer] = client
             try:
                 async with asyncio.timeout(idle):
                     prefix = await reader.readexactly(2)
@@ -449,6 +503,8 @@ class Resolver:
                 return not exc.partial
             except ConnectionError:
                 return False
+            finally:
+                self._idle.pop(writer, None)
             try:
                 async with asyncio.timeout(idle):
                     packet = await reader.readexactly(int.from_bytes(prefix, "big"))
@@ -537,6 +593,24 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         self.resolver.log.debug("UDP error (an earlier reply was not delivered): %s", exc)
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    """Close a TCP connection at once with a reset, dropping what is unsent.
+
+    A plain close would leave the unsent replies in the kernel, to be sent (and the FIN
+    after them) to a client that does not read: its connection would stay established
+    and the kernel would hold up to its send buffer (``tcp_wmem``, MBs) for it. SO_LINGER
+    with a zero timeout makes the close a reset (RFC 793 §3.5 ABORT).
+    """
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    writer.transport.abort()
 
 
 def _not_connected(data: bytes, address: Any) -> None:

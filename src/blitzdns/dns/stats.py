@@ -52,8 +52,10 @@ class ResolverStats:
     rewritten: int = 0
     #: Handler exceptions (each answered SERVFAIL and logged).
     errors: int = 0
-    #: TCP connections closed unserved because ``TCP_CLIENTS_MAX`` were open.
+    #: TCP connections closed unserved: a limit (all, or per client) reached, none idle.
     tcp_refused: int = 0
+    #: Idle TCP connections closed early to make room for a new one (a limit was reached).
+    tcp_idle_closed: int = 0
     #: Forwarded queries answered SERVFAIL at once because ``FORWARD_MAX`` were in flight.
     forward_capped: int = 0
     #: Forwarded questions waiting for an upstream now (shared ones count once).
