@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from blitzdns.system import install as installer
 from blitzdns.system import record as install_record
 from blitzdns.system.resolvers import NM_DNSMASQ_SNIPPET, build_plan
 from tests.peers import dig_short as dig
-from tests.peers import free_port
+from tests.peers import free_port, wait_for
 
 from .conftest import need, need_namespaces, run_in_namespace
 from .dnsstub import Stub, blitzdns_stub
@@ -49,11 +48,13 @@ def dnsmasq_with_snippet(tmp_path: Path) -> Iterator[tuple[int, Stub, Stub]]:
         argv += ["--listen-address=127.0.0.1", "--bind-interfaces", "--pid-file="]
         dnsmasq = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.monotonic() + 10
-            while dig(port, "example.com") != ["192.0.2.99"]:
-                if dnsmasq.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"dnsmasq did not come up: {dnsmasq.communicate()[1][-800:]}")
-                time.sleep(0.1)
+
+            def answering() -> bool:
+                if dnsmasq.poll() is not None:
+                    pytest.fail(f"dnsmasq exited: {dnsmasq.communicate()[1][-800:]}")
+                return dig(port, "example.com") == ["192.0.2.99"]
+
+            wait_for(answering, "dnsmasq to answer through its usual upstream", 30)
             usual.questions.clear()
             yield port, usual, behind_stub
         finally:
