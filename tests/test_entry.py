@@ -79,9 +79,9 @@ def test_click_errors_keep_their_status_and_other_errors_their_traceback() -> No
 
     from blitzdns.entry import click_error
 
-    assert click_error(typer.Abort()) == ("blitzdns: aborted", 1)
+    assert click_error(typer.Abort()) == ("aborted", 1)
     assert click_error(typer.BadParameter("port 99999 is out of range")) == (
-        "blitzdns: Invalid value: port 99999 is out of range",
+        "Invalid value: port 99999 is out of range",
         2,
     )
     assert click_error(RuntimeError("a bug")) is None

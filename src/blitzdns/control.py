@@ -12,7 +12,7 @@ The protocol is one request per connection, each side one line of JSON::
     → {"cmd": "reload"}
     ← {"ok": true, "result": {...}}   or   {"ok": false, "error": "why"}
 
-The snapshot's shape is :class:`Snapshot` below; ``status --json`` prints it as is, so
+The snapshot's shape is :class:`~blitzdns.snapshot.Snapshot`; ``status --json`` prints it as is, so
 scripts may rely on those keys. Times are Unix epoch seconds (wall clock), because the
 reader is another process.
 """
@@ -31,9 +31,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO, TypedDict
+from typing import Any, TextIO
 
 from blitzdns.errors import AddressInUse, BlitzdnsError, NotRunning, PermissionProblem, UsageError
+from blitzdns.snapshot import Snapshot
 
 log = logging.getLogger("blitzdns.control")
 
@@ -43,100 +44,6 @@ SYSTEM_RUNTIME_DIR = Path("/run/blitzdns")
 MAX_REQUEST = 4096
 #: A reply longer than this is refused by the client (a snapshot is a few KiB).
 MAX_REPLY = 16 * 1024 * 1024
-
-
-# --------------------------------------------------------------------------- the shape
-
-
-class ForwardStatus(TypedDict):
-    """One mouth → target forward and its counters (``bytes_out``: client → target)."""
-
-    name: str
-    mouth_host: str
-    mouth_port: int
-    target_host: str
-    target_port: int
-    open: int
-    total: int
-    rejected: int
-    bytes_in: int
-    bytes_out: int
-
-
-class TunnelStatus(TypedDict):
-    """The SSH link: ``status`` is connecting, up, down, stopped or failed."""
-
-    status: str
-    since: float
-    gateway: str | None
-    last_error: str | None
-    final_error: str | None
-    last_relink: str | None
-    """Why the link was last replaced on a network change, or None."""
-    forwards: list[ForwardStatus]
-
-
-class UpstreamStatus(TypedDict):
-    """One upstream resolver; ``ok`` is None until it has been asked."""
-
-    address: str
-    ok: bool | None
-    answered: int
-    timeouts: int
-    last_error: str | None
-
-
-class DnsStatus(TypedDict):
-    """The stub's listeners and counters since start."""
-
-    listen: list[str]
-    answered_local: int
-    forwarded: int
-    cache_hits: int
-    servfail: int
-    refused: int
-    formerr: int
-    dropped: int
-    upstreams: list[UpstreamStatus]
-
-
-class WatchStatus(TypedDict):
-    """The resolver watch: the recorded files, and how often something else changed them."""
-
-    files: list[str]
-    interval_s: float
-    reverted: int
-    last: float | None
-    last_change: str | None
-    last_error: str | None
-
-
-class GuardStatus(TypedDict):
-    """The leak guard (issue 14); ``probe`` is one refused [host, address, port]."""
-
-    enabled: bool
-    target: str | None
-    installed: bool
-    addresses: int
-    unresolved: list[str]
-    refreshed: float | None
-    next_refresh: float | None
-    last_error: str | None
-    probe: list[Any] | None
-    watch: WatchStatus
-
-
-class Snapshot(TypedDict):
-    """What ``{"cmd": "status"}`` returns; ``tunnel`` is None when run with ``--no-tunnel``;
-    ``guard`` is None when there is neither a guard nor a resolver config to watch."""
-
-    version: str
-    pid: int
-    started: float
-    location: str | None
-    tunnel: TunnelStatus | None
-    dns: DnsStatus
-    guard: GuardStatus | None
 
 
 class ControlError(BlitzdnsError):
@@ -165,7 +72,7 @@ def default_socket_path(env: Mapping[str, str] | None = None) -> Path:
 
 # --------------------------------------------------------------------------- server
 
-SnapshotSource = Callable[[], Mapping[str, Any]]
+SnapshotSource = Callable[[], Snapshot]
 ReloadHook = Callable[[], Awaitable[Any] | Any]
 
 

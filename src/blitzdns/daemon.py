@@ -28,23 +28,23 @@ import pkgutil
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from blitzdns import __version__
 from blitzdns.config import Config, Endpoint, find_config_file, load_config
 from blitzdns.control import ControlServer, default_socket_path
 from blitzdns.dns.detect import detect_upstreams
 from blitzdns.dns.server import Resolver
+from blitzdns.dns.stats import ResolverStats
 from blitzdns.effective import Flags, layered
-from blitzdns.errors import BlitzdnsError, ConfigError, PermissionProblem, UsageError
+from blitzdns.errors import BlitzdnsError, ConfigError, PermissionProblem, UsageError, explain
 from blitzdns.guard_service import GuardService, start_guard
+from blitzdns.snapshot import Snapshot, snapshot
 from blitzdns.system import locations, netfacts, privileges, sdnotify
 from blitzdns.system.record import saved_upstreams
 from tunnel import Forward, Gateway, LinkStatus, TunnelOptions
-from tunnel.errors import TunnelError
 
 if TYPE_CHECKING:
     from tunnel import Tunnel, TunnelState
@@ -487,13 +487,11 @@ class Daemon:
             new = await self._located(base)
             await self.apply(new)
             self.base_config = base
-        except BlitzdnsError as exc:
-            log.error("reload failed, keeping the running configuration: %s", exc)
-            return False
         except Exception as exc:
-            if not isinstance(exc, TunnelError):
+            told = explain(exc)
+            if told is None:
                 raise
-            log.error("reload failed, keeping the running configuration: %s", exc)
+            log.error("reload failed, keeping the running configuration: %s", told.line)
             return False
         return True
 
@@ -583,39 +581,44 @@ class Daemon:
 
     # ------------------------------------------------------------------ status, stop
 
-    def snapshot(self) -> dict[str, Any]:
-        """The daemon's state for ``blitzdns status`` (shape: :mod:`blitzdns.control`)."""
-        dns: dict[str, Any] = {"listen": [], "upstreams": []}
-        if self.resolver is not None:
-            dns = {
-                **self.resolver.stats.to_dict(),
-                "listen": [str(e) for e in self.resolver.bound_endpoints],
-            }
-        return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "started": self.started,
-            "location": self.config.location,
-            "tunnel": self.tunnel.state.to_dict() if self.tunnel is not None else None,
-            "dns": dns,
-            "guard": self.guard.to_dict() if self.guard is not None else None,
-        }
+    def snapshot(self) -> Snapshot:
+        """The daemon's state for ``blitzdns status`` (the contract: :mod:`blitzdns.snapshot`)."""
+        resolver = self.resolver
+        return snapshot(
+            started=self.started,
+            location=self.config.location,
+            tunnel=self.tunnel.state if self.tunnel is not None else None,
+            stats=resolver.stats if resolver is not None else ResolverStats(),
+            listen=resolver.bound_endpoints if resolver is not None else (),
+            guard=self.guard.to_dict() if self.guard is not None else None,
+        )
 
     async def close(self) -> None:
-        """Close everything within the stop budget, in reverse order of start."""
-        closers: list[Callable[[], Any]] = []
+        """Close everything within the stop budget, in reverse order of start. What fails
+        to close (an error, or the budget running out) is logged, and the rest is still
+        closed."""
+        closers: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self.guard is not None:
-            closers.append(self.guard.close)  # its rules stay in force: fail closed
+            # Its rules stay in force: fail closed.
+            closers.append(("the guard", self.guard.close))
         if self.control is not None:
-            closers.append(self.control.close)
+            closers.append(("the control socket", self.control.close))
         if self.tunnel is not None:
-            closers.append(self.tunnel.close)
+            closers.append(("the tunnel", self.tunnel.close))
         if self.resolver is not None:
-            closers.append(self.resolver.close)
+            closers.append(("the resolver", self.resolver.close))
         deadline = time.monotonic() + STOP_GRACE_S
-        for close in closers:
+        for what, close in closers:
             remaining = max(deadline - time.monotonic(), 0.05)
-            with contextlib.suppress(Exception, asyncio.TimeoutError):
+            try:
                 await asyncio.wait_for(close(), remaining)
+            except TimeoutError:
+                log.warning("closing %s took longer than %.2f s; left it", what, remaining)
+            except Exception as exc:
+                told = explain(exc)
+                if told is None:
+                    log.exception("closing %s failed", what)
+                else:
+                    log.warning("closing %s failed: %s", what, told.line)
         self.control = self.tunnel = self.resolver = None
         self.guard = None

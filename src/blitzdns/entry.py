@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from blitzdns.errors import BlitzdnsError
-from tunnel.errors import TunnelConfigError, TunnelError
+from blitzdns.errors import Told, explain
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,28 +25,20 @@ def main(argv: list[str] | None = None) -> None:
 
         status = app(args=args, prog_name="blitzdns", standalone_mode=False)
         sys.exit(status if isinstance(status, int) else 0)
-    except BlitzdnsError as exc:
-        print(f"blitzdns: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:
-        if isinstance(exc, TunnelError):
-            print(f"blitzdns: {exc}", file=sys.stderr)
-            # A bad option or forward is a usage mistake, like a bad config (status 2).
-            sys.exit(2 if isinstance(exc, TunnelConfigError) else getattr(exc, "exit_code", 1))
-        told = click_error(exc)
+        told = explain(exc) or click_error(exc)
         if told is None:
             raise
-        line, status = told
-        if line:
-            print(line, file=sys.stderr)
-        sys.exit(status)
+        if told.line:
+            print(f"blitzdns: {told.line}", file=sys.stderr)
+        sys.exit(told.status)
 
 
-def click_error(exc: BaseException) -> tuple[str, int] | None:
-    """``(line, status)`` for an error the typer (click) layer raised; ``None`` for anything
-    else, so a bug elsewhere still shows its traceback.
+def click_error(exc: BaseException) -> Told | None:
+    """What to tell for an error the typer (click) layer raised; ``None`` for anything else,
+    so a bug elsewhere still shows its traceback.
 
     Click's errors are recognised by what they carry (``format_message``, an int
     ``exit_code``). A command-line mistake (a ``UsageError``: it has a ``ctx``) is worded
@@ -58,18 +49,16 @@ def click_error(exc: BaseException) -> tuple[str, int] | None:
     import typer  # noqa: PLC0415  (only the CLI's errors come here; run never loads it)
 
     if isinstance(exc, typer.Abort):
-        return "blitzdns: aborted", 1
+        return Told("aborted", 1)
     format_message = getattr(exc, "format_message", None)
     status = getattr(exc, "exit_code", None)
     if format_message is None or not isinstance(status, int):
         return None
     message = str(format_message())
     ctx = getattr(exc, "ctx", None)
-    if ctx is None:
-        return f"blitzdns: {message}", status
-    if not message:
-        return "", status
+    if ctx is None or not message:
+        return Told(message, status)
     path = str(ctx.command_path)
     where = path.partition(" ")[2]
-    prefix = f"blitzdns: {where}: " if where else "blitzdns: "
-    return f"{prefix}{message} (see `{path} --help`)", status
+    prefix = f"{where}: " if where else ""
+    return Told(f"{prefix}{message} (see `{path} --help`)", status)

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from blitzdns.config import Config, Endpoint
 from blitzdns.errors import BlitzdnsError
 from blitzdns.guard_refresh import RETRY_TTL_S, resolve_all
+from blitzdns.snapshot import GuardStatus
 from blitzdns.system import guard_apply, record
 from blitzdns.system.guard import AddressBook, GuardRules, build_guard_plan, guard_rules
 from blitzdns.system.guard_apply import detect_guard_target
@@ -308,7 +309,7 @@ class GuardService:
                 return [block.host, str(block.addresses[0]), block.ports[0]]
         return None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> GuardStatus:
         return {
             "enabled": self.enabled,
             "target": self.target if self.enabled else None,

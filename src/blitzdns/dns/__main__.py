@@ -20,7 +20,7 @@ from typing import Any
 from blitzdns.config import Config, Endpoint, build_config, load_config
 from blitzdns.dns.detect import detect_upstreams
 from blitzdns.dns.server import Resolver
-from blitzdns.errors import BlitzdnsError, ConfigError
+from blitzdns.errors import ConfigError, explain
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -99,9 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config, upstreams = _debug_config(args)
         _run(_serve(config, upstreams, args))
-    except BlitzdnsError as exc:
-        print(f"blitzdns: {exc}", file=sys.stderr)
-        return exc.exit_code
+    except Exception as exc:
+        told = explain(exc)
+        if told is None:
+            raise
+        print(f"blitzdns: {told.line}", file=sys.stderr)
+        return told.status
     return 0
 
 

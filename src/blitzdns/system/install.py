@@ -47,7 +47,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from blitzdns.errors import BlitzdnsError, PermissionProblem, UsageError
+from blitzdns.errors import (
+    DISK_ERRNOS,
+    BlitzdnsError,
+    CannotWrite,
+    PermissionProblem,
+    UsageError,
+    cannot_write,
+)
 from blitzdns.system.record import (
     BACKUP_DIR,
     STATE_DIR,
@@ -321,21 +328,28 @@ def shell_commands(shell: Sequence[str], lines: Iterable[str]) -> list[list[str]
 
 
 def atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` beside ``path``, fsync, rename over it, fsync the directory."""
+    """Write ``data`` beside ``path``, fsync, rename over it, fsync the directory.
+
+    A read-only file system, a full disk or an exhausted quota raises :class:`CannotWrite`
+    naming ``path``; ``path`` itself is then untouched and no half-written file is left.
+    """
     temp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            raise cannot_write(exc, path) from None
         raise
     fsync_dir(path.parent)
 
@@ -476,6 +490,12 @@ def _write_state(root: Path, state: State, record_file: str = STATE_FILE) -> Non
         atomic_write(path, data, 0o600)
 
 
+def _read_only(directory: Path) -> bool:
+    """Whether ``directory`` is on a file system mounted read-only (POSIX; else False)."""
+    statvfs = getattr(os, "statvfs", None)
+    return statvfs is not None and bool(statvfs(directory).f_flag & os.ST_RDONLY)
+
+
 def _check_writable(root: Path, system_paths: Iterable[str], sudo_hint: str) -> None:
     """Raise PermissionProblem (naming the file) unless every path can be replaced."""
     for system_path in system_paths:
@@ -485,6 +505,10 @@ def _check_writable(root: Path, system_paths: Iterable[str], sudo_hint: str) -> 
             directory = directory.parent
         if not directory.is_dir():
             raise UsageError(f"{directory} is not a directory; cannot write {path}")
+        if _read_only(directory):
+            raise CannotWrite(
+                f"cannot write {path}: the file system is read-only; nothing was changed"
+            )
         if not os.access(directory, os.W_OK | os.X_OK):
             raise PermissionProblem(
                 f"cannot write {path} (permission denied); nothing was changed. "
