@@ -15,13 +15,23 @@ from tests.peers import free_port
 from tunnel import Forward
 
 
-def socket_owners(local_port: int, local_host: str = "127.0.0.1") -> set[str]:
-    """Command names of the processes holding the TCP socket bound to local_host:local_port."""
-    wanted = f"{socket.inet_aton(local_host)[::-1].hex().upper()}:{local_port:04X}"
+def _proc_address(host: str, port: int) -> str:
+    """``host:port`` as /proc/net/tcp writes it (IPv4 in host byte order, hex)."""
+    return f"{socket.inet_aton(host)[::-1].hex().upper()}:{port:04X}"
+
+
+def socket_owners(
+    local_port: int, local_host: str = "127.0.0.1", remote: tuple[str, int] | None = None
+) -> set[str]:
+    """Command names of the processes holding the TCP socket bound to local_host:local_port
+    (and connected to ``remote``, when given: one local port may serve several
+    connections to different remotes, some of them other processes' on a busy machine)."""
+    wanted = _proc_address(local_host, local_port)
+    peer = _proc_address(*remote) if remote is not None else None
     inodes = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if fields[1] == wanted:
+        if fields[1] == wanted and (peer is None or fields[2] == peer):
             inodes.add(f"socket:[{fields[9]}]")
     owners = set()
     for entry in os.listdir("/proc"):
@@ -62,7 +72,8 @@ class Target:
         peer = writer.get_extra_info("peername")
         self.peers.append((peer[0], peer[1]))
         if self.check_owner:
-            self.owners.append(socket_owners(peer[1], peer[0]))
+            here = writer.get_extra_info("sockname")
+            self.owners.append(socket_owners(peer[1], peer[0], remote=(here[0], here[1])))
         count = 0
         self.active += 1
         try:
