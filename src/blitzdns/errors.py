@@ -15,7 +15,9 @@
     ├── NoUpstreams               (dns.errors) nothing to forward to; pass --upstream
     ├── DiscoverError             (discover) DND could not name one server for the user
     ├── ApplyFailed               (system.install) a reload or NRPT command failed
-    └── Busy                      (system.install) another install holds the lock
+    ├── Busy                      (system.install) another install holds the lock
+    ├── NftFailed                 (system.nft) nftables refused the guard's rules, or is missing
+    └── BadRequest                (warden) the root helper was sent something it does not do
 
 :func:`explain` is the one translation to what the user is told, used by the CLI edge
 (:mod:`blitzdns.entry`), the daemon's reload and the debugging server

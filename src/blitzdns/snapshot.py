@@ -36,6 +36,8 @@ class ForwardStatus(TypedDict):
     open: int
     total: int
     rejected: int
+    #: Connections cut because the link they rode went away.
+    cut: int
     bytes_in: int
     bytes_out: int
 
@@ -174,6 +176,7 @@ def forward_status(state: ForwardState) -> ForwardStatus:
         "open": state.open,
         "total": state.total,
         "rejected": state.rejected,
+        "cut": state.cut,
         "bytes_in": state.bytes_in,
         "bytes_out": state.bytes_out,
     }
