@@ -51,6 +51,8 @@ class TunnelStatus(TypedDict):
     last_error: str | None
     final_error: str | None
     attempts: int
+    #: Why the link was last replaced on a network change, or None.
+    last_relink: str | None
     forwards: list[ForwardStatus]
 
 
@@ -83,6 +85,10 @@ class DnsStatus(TypedDict):
     rewritten: int
     errors: int
     tcp_refused: int
+    tcp_idle_closed: int
+    forward_capped: int
+    forwards_in_flight: int
+    descriptors_exhausted: int
     upstreams: list[UpstreamStatus]
 
 
@@ -158,6 +164,7 @@ def tunnel_status(state: TunnelState) -> TunnelStatus:
         "last_error": state.last_error,
         "final_error": state.final_error,
         "attempts": state.attempts,
+        "last_relink": state.last_relink,
         "forwards": [forward_status(f) for f in state.forwards],
     }
 
@@ -197,6 +204,10 @@ def dns_status(stats: ResolverStats, listen: Iterable[Endpoint]) -> DnsStatus:
         "rewritten": stats.rewritten,
         "errors": stats.errors,
         "tcp_refused": stats.tcp_refused,
+        "tcp_idle_closed": stats.tcp_idle_closed,
+        "forward_capped": stats.forward_capped,
+        "forwards_in_flight": stats.forwards_in_flight,
+        "descriptors_exhausted": stats.descriptors_exhausted,
         "upstreams": [upstream_status(u) for u in stats.upstreams],
     }
 
