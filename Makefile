@@ -10,7 +10,7 @@ SYSDEPS := sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client \
            dig:bind9-dnsutils dnsmasq:dnsmasq dnsperf:dnsperf tcpdump:tcpdump \
            ip:iproute2 iperf3:iperf3 unshare:util-linux getent:libc-bin
 
-.PHONY: all venv sysdeps test check fmt demo demo-once bench clean
+.PHONY: all venv sysdeps test check fmt demo demo-once bench fuzz stress clean
 
 all: check test
 
@@ -57,6 +57,15 @@ bench: venv sysdeps
 	$(PY) bench/dns_bench.py
 	$(PY) bench/tunnel_bench.py
 	$(PY) bench/daemon_bench.py
+
+# Bounded, loopback only: a million malformed packets and TCP abuse against the resolver,
+# then the long run of the fuzz targets over its parsers and decision core.
+fuzz: venv sysdeps
+	$(PY) bench/fuzz_dns.py
+	BLITZDNS_FUZZ_EXAMPLES=20000 $(PY) -m pytest -q -p no:cacheprovider tests/dns/test_fuzz_targets.py
+
+stress: venv sysdeps
+	$(PY) bench/stress_dns.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

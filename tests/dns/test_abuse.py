@@ -7,6 +7,7 @@ forwarded queries in flight, per-client TCP limits.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -15,6 +16,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.rcode
@@ -329,3 +332,51 @@ def test_idle_connections_are_closed_when_slots_run_short(
     finally:
         for conn in opened:
             conn.close()
+
+
+# ---------------------------------------------------------------- the runs, short
+
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def bench_result(script: str, *args: str, timeout: float = 240) -> dict[str, Any]:
+    """Run ``bench/script`` and return its ``RESULT`` line's data."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stdout + done.stderr
+    result: dict[str, Any] = json.loads(lines[-1][7:])
+    return result
+
+
+def test_fuzz_run_short(dnsmasq: Dnsmasq) -> None:
+    """``make fuzz``, short: malformed packets and TCP abuse, correct answers after each batch."""
+    result = bench_result("fuzz_dns.py", "--packets", "16000", "--batch", "4000")
+    assert result["packets"] == 16000 and result["checks"] == 4
+    assert result["failed_checks"] == []
+    for key in ("crashes", "tracebacks", "replies_to_qr", "oversize", "unparseable"):
+        assert result[key] == 0, (key, result)
+    assert result["resolver_errors"] == 0 and result["formerr"] > 0
+
+
+def test_stress_run_short(dnsmasq: Dnsmasq) -> None:
+    """``make stress``, short: no forged reply accepted from any faulty upstream, and the
+    protected name answered during a flood (how fast is the long run's to measure)."""
+    result = bench_result(
+        "stress_dns.py", "--queries", "2", "--flood-seconds", "2", "--no-peer", "--timeout", "0.5"
+    )
+    faults = {row["fault"]: row for row in result["faults"]}
+    assert all(row["bad_accepted"] == 0 and row["tracebacks"] == 0 for row in faults.values())
+    assert faults["slow"]["rcodes"] == {"NOERROR": 2}
+    assert faults["CNAME to protected"]["rcodes"] == {"NOERROR": 2}
+    for fault in ("down", "black hole", "garbage", "wrong ID", "spoofed source", "TC without TCP"):
+        assert faults[fault]["rcodes"] == {"SERVFAIL": 2}, faults[fault]
+    flood = result["flood"]
+    assert flood["tracebacks"] == 0 and flood["within_1s"] > 0
+    assert flood["peak_fds"] <= flood["idle_fds"] + FORWARD_MAX

@@ -329,8 +329,11 @@ class Engine:
                 self.stats.servfail += 1
                 return error_reply(job.packet, job.qend, SERVFAIL, job.edns)
             response, cacheable = guarded
-        scan = scan_response(response) if cacheable else None
-        if scan is not None:
+        scan = scan_response(response)
+        if scan is None:  # records that run past the end, or bytes after them
+            self.stats.servfail += 1
+            return error_reply(job.packet, job.qend, SERVFAIL, job.edns)
+        if cacheable:
             self.cache.put(job.key, response, scan, now)
         head, tail = response[2:12], response[job.qend :]
         return self._deliver(job.packet, job.qend, job.edns, head, tail, job.limit is not None)
