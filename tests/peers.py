@@ -172,6 +172,22 @@ def process_state(pid: int) -> str | None:
         return None
 
 
+def session_members(sid: int) -> list[int]:
+    """Live processes (not zombies) of session ``sid``: what a program started with
+    ``start_new_session=True`` left running after it exited (unless it called setsid)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
 def signal_existing(pids: Iterable[int], sig: int) -> list[int]:
     """Send ``sig`` to each of ``pids`` that still exists; the ones it reached.
 

@@ -17,6 +17,7 @@ from tests.peers import (
     _port_range,
     free_port,
     process_state,
+    session_members,
     signal_existing,
     stopped,
     tcp_established,
@@ -100,3 +101,18 @@ def test_a_close_shows_at_once_though_its_fin_waits_behind_unread_data() -> None
             wait_for(lambda: not tcp_established(client), "the close to show")
             client.setblocking(False)
             assert client.recv(1) == b"x", "the FIN is still behind the data"
+
+
+def test_a_process_left_behind_is_found_by_its_session() -> None:
+    shell = subprocess.Popen(
+        ["sh", "-c", "sleep 60 >/dev/null & echo $!"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    out, _ = shell.communicate(timeout=30)
+    left = int(out)
+    try:
+        assert session_members(shell.pid) == [left]
+    finally:
+        signal_existing([left], signal.SIGKILL)
+    wait_for(lambda: session_members(shell.pid) == [], "the leftover to die")

@@ -11,14 +11,14 @@ from pathlib import Path
 
 from blitzdns import lookup
 from blitzdns.blitzmail.fakes import DEMO_RECORDS
-from blitzdns.demo import PORT_SHIFT, SERVICE_PORTS, DemoStack, judge, verify
+from blitzdns.demo import PORT_SHIFT, DemoStack, judge, verify
 from blitzdns.demo.relay import RecordingRelay
 from blitzdns.demo.session import secrets_of
+from tests.peers import session_members
 
 from .conftest import BLITZDNS, random_block_start, run_cli, tcp_listening, udp_bound
 
 USERS = ("demo", "wheelock")
-MOUTH_PORTS = [port + PORT_SHIFT for port in SERVICE_PORTS.values()]
 
 
 def clean_env(home: Path) -> dict[str, str]:
@@ -29,17 +29,26 @@ def clean_env(home: Path) -> dict[str, str]:
 
 
 def test_demo_once_passes_and_leaves_nothing_listening(tmp_path: Path) -> None:
-    done = subprocess.run(
+    # Its own session: whatever it left running is found by session, not by address
+    # (other runs on this machine may bind the same addresses once the demo is gone).
+    demo = subprocess.Popen(
         [BLITZDNS, "demo", "--once"],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
         text=True,
-        timeout=60,
-        check=False,
         cwd=tmp_path,
         env=clean_env(tmp_path),
+        start_new_session=True,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    out = done.stdout
+    try:
+        out, err = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    assert demo.returncode == 0, out[-3000:] + err[-3000:]
+    assert session_members(demo.pid) == [], "the demo left processes running"
     assert "verdict: PASS" in out
     assert "LOOKUP demo,NAME UID BLITZSERV → 'Demo User', 1001" in out
     assert "VERS blitzdns-demo → 010 BlitzServ" in out
@@ -52,12 +61,6 @@ def test_demo_once_passes_and_leaves_nothing_listening(tmp_path: Path) -> None:
     gateway = re.search(r"SSH gateway (127\.0\.0\.1):(\d+)", out)
     block = re.search(r"connect (127\.77\.\d+)\.1:", out)
     assert stub and relay and gateway and block, out
-    assert not udp_bound(stub[1], int(stub[2]))
-    for found in (stub, relay, gateway):
-        assert not tcp_listening(found[1], int(found[2]))
-    for offset in (1, 2, 4, 10):
-        for port in MOUTH_PORTS:
-            assert not tcp_listening(f"{block[1]}.{offset}", port)
     assert list(tmp_path.iterdir()) == []  # nothing written to the user's home
 
 
@@ -70,6 +73,7 @@ async def test_demo_serves_a_real_client_until_interrupted(tmp_path: Path) -> No
         stdin=asyncio.subprocess.DEVNULL,
         cwd=tmp_path,
         env=clean_env(tmp_path),
+        start_new_session=True,
     )
     assert process.stdout is not None
     lines: list[str] = []
@@ -97,8 +101,9 @@ async def test_demo_serves_a_real_client_until_interrupted(tmp_path: Path) -> No
             process.kill()
             await process.wait()
     assert process.returncode == 0
-    assert not tcp_listening(mouth, PORT_SHIFT + 902)
-    assert not udp_bound(stub_host, stub_port)
+    # Its sockets closed with it; nothing of it may run on (other runs on this machine
+    # may take the same mouth and stub port at once, so addresses prove nothing now).
+    assert session_members(process.pid) == [], "the demo left processes running"
 
 
 async def test_stack_closes_everything() -> None:
