@@ -57,6 +57,7 @@ bench: venv sysdeps
 	$(PY) bench/dns_bench.py
 	$(PY) bench/tunnel_bench.py
 	$(PY) bench/daemon_bench.py
+	$(PY) bench/roam_bench.py
 
 # Bounded, loopback only: a million malformed packets and TCP abuse against the resolver,
 # then the long run of the fuzz targets over its parsers and decision core.

@@ -102,6 +102,7 @@ def _measure(
     frozen_pid: Callable[[], int],
     stream: Records,
 ) -> None:
+    wait_for(lambda: any(r["ok"] for r in stream.results()), f"{run.name} carrying")
     switch_times = []
     for number in range(switches):
         new, usable, done = _switch(lab)
