@@ -111,7 +111,7 @@ BULK_PORT = 2151
 SSHD_LISTEN = f"{SERVER_IP}:22"
 
 
-def roam_config(keys: SshKeys, root: Path, *, backend: str = "asyncssh") -> str:
+def roam_config(keys: SshKeys, root: Path, *, backend: str = "asyncssh", extra: str = "") -> str:
     """blitzdns in the client namespace: ``dnd`` and ``dasher`` carried to the server.
 
     Keepalives are the default (15 s × 3), as for the peer: only roaming can explain a
@@ -144,7 +144,7 @@ remote = "{SERVER_IP}"
 
 [hosts.dasher]
 remote = "{SERVER_IP}"
-"""
+{extra}"""
 
 
 @dataclass

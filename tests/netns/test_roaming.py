@@ -251,3 +251,32 @@ def test_connections_made_before_the_daemon_saw_the_switch_wait_for_the_new_link
     wait_for(lambda: link_source(client) == new, "the link on the new uplink")
     failed = judge_shorts(stream, switched)
     assert failed == [], f"short connections that started after the switch failed: {failed}"
+
+
+LOCATIONS = """
+[locations.first]
+match = { gateway = "10.91.1.1" }
+hosts = ["dnd"]
+[locations.second]
+match = { gateway = "10.91.2.1" }
+hosts = ["dnd", "dasher"]
+"""
+
+
+def test_location_auto_follows_the_same_events(
+    roam: RoamLab, keys: SshKeys, sshd: Sshd, servers: Records, tmp_path: Path
+) -> None:
+    """``--location auto`` with a tunnel re-reads the network on the watch's events; its
+    own poll then runs only every 30 s, longer than this test waits for the switch."""
+    client = roam["client"]
+    running = Blitzdns(client, tmp_path, roam_config(keys, tmp_path, extra=LOCATIONS), sshd)
+    running.start("--location", "auto")
+    try:
+        expected = "first" if roam.active == "up1" else "second"
+        wait_for(lambda: status(client, running).get("location") == expected, "the location")
+        roam.switch()
+        moved = "second" if expected == "first" else "first"
+        wait_for(lambda: status(client, running).get("location") == moved, "the new location")
+        assert f"network changed: location {expected} → {moved}" in read_text(running.log)
+    finally:
+        running.stop()
