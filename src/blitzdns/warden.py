@@ -148,13 +148,13 @@ class Warden:
     # -- guard
 
     def load_guard(self, target: str, rules: GuardRules) -> int:
-        """Replace the running guard with ``rules`` (nftables: one transaction); the number
-        of addresses now refused. Only the running firewall changes; the installed file
-        is what ``install`` wrote."""
+        """Install ``rules`` as ``guard install --apply`` does: the file rewritten under the
+        guard's record (so a reboot that loads it finds the same rules) and the running
+        table replaced in one transaction. The number of addresses now refused."""
         plan = build_guard_plan(target, rules)
         if plan.ruleset is None:
             raise BadRequest(f"the {target} guard cannot be refreshed while running")
-        guard_apply.load(plan)
+        guard_apply.install(plan, self.root, apply=True, sudo_hint="blitzdns run")
         return rules.address_count
 
     # -- resolver watch

@@ -136,6 +136,9 @@ def test_run_installs_refreshes_and_keeps_the_guard_and_reverts_resolv_conf(
         guard(lambda g: g["addresses"] == 3)
         assert try_connect(netns, "198.51.100.4", 902) == "refused"
         assert try_connect(netns, "198.51.100.2", 902) == "refused"
+        # The installed file follows (what a reboot would load), under the guard's record.
+        installed = (root / "etc" / "blitzdns" / "guard.nft").read_text()
+        assert "198.51.100.2" in installed and "198.51.100.4" in installed
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=WAIT_S)
@@ -145,5 +148,6 @@ def test_run_installs_refreshes_and_keeps_the_guard_and_reverts_resolv_conf(
     gone = blitzdns("guard", "uninstall", "--root", str(root), "--apply", netns=netns)
     assert gone.returncode == 0, gone.stderr
     assert ruleset(netns) == before
+    assert not (root / "etc" / "blitzdns").exists()
     assert blitzdns("resolver-config", "uninstall", "--root", str(root)).returncode == 0
     assert resolv.read_text() == ORIGINAL
