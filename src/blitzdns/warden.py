@@ -240,7 +240,8 @@ def serve(warden: Warden, sock: socket.socket) -> None:
     for line in stream:
         try:
             reply = {"ok": True, "result": handle(warden, json.loads(line))}
-        except (BlitzdnsError, ValueError, KeyError, TypeError) as exc:
+        except (BlitzdnsError, OSError, ValueError, KeyError, TypeError) as exc:
+            # Answered, never fatal: the helper must outlive one bad request or file.
             reply = {"ok": False, "error": str(exc)}
         stream.write(json.dumps(reply).encode() + b"\n")
 

@@ -123,6 +123,10 @@ def test_the_root_helper_answers_its_two_requests_only(installed_root: Path) -> 
         assert refused == {"ok": False, "error": "unknown request 'nft'"}
         refused = ask({"cmd": "guard", "target": "pf", "rules": {}})
         assert refused["ok"] is False
+        broken = ask({"cmd": "guard", "target": "nftables", "rules": {"blocks": [{}]}})
+        assert broken["ok"] is False
+        # One bad request is answered, never fatal: the helper still serves.
+        assert ask({"cmd": "paths"}) == {"ok": True, "result": ["/etc/resolv.conf"]}
     finally:
         stream.close()
         sock.close()
