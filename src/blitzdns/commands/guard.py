@@ -205,9 +205,10 @@ def prepare(
 
 def _summary(plan: GuardPlan) -> str:
     rules = plan.rules
+    addresses, hosts = rules.address_count, len({b.host for b in rules.blocks})
     text = (
-        f"guard: {plan.target}, {rules.address_count} real addresses of "
-        f"{len({b.host for b in rules.blocks})} hosts refused"
+        f"guard: {plan.target}, {addresses} real address{'es' * (addresses != 1)} of "
+        f"{hosts} host{'s' * (hosts != 1)} refused"
     )
     if rules.everywhere:
         text += f"; ports refused everywhere: {', '.join(str(p.port) for p in rules.everywhere)}"
