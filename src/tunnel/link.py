@@ -10,8 +10,9 @@ three calls: ``carry``, ``wait_closed``, ``close``.
 
 How a flow ends is decided in one place (:meth:`Flow.finish`): ``cut`` names why the
 tunnel could not finish it (the link was lost, the gateway refused the channel, no link
-came in time, the forward or the tunnel closed), and :func:`before_cut_close` decides how
-the client's socket then ends; a flow the target or the client ended itself is not cut.
+came in time, the forward or the tunnel closed): its client socket is then closed with a
+reset (:func:`before_cut_close`), on both backends. Only the target's own orderly close
+(the SSH channel's EOF, then its CLOSE: RFC 4254 §5.3) reaches the client as a FIN.
 
 Failures of a backend become :mod:`tunnel.errors` at that backend's edge, through the
 error classes' own constructors (``AuthFailed.refused``, ``GatewayUnreachable.timed_out``,
@@ -22,7 +23,9 @@ one wording whichever backend met the failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import struct
 from collections.abc import Callable
 from typing import Protocol
 
@@ -41,9 +44,11 @@ class FlowOwner(Protocol):
 
 
 def before_cut_close(sock: socket.socket) -> None:
-    """What is done to a client's socket just before a flow the tunnel cut is closed (the
-    one place that decides how a cut flow ends on the wire)."""
-    del sock
+    """Make the coming close of a cut flow's client socket a reset (``SO_LINGER`` 0): the
+    client sees ECONNRESET, never an EOF it could take for the end of a complete message
+    or mailbox. The one place that decides how a cut flow ends on the wire."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 class Flow:

@@ -113,6 +113,7 @@ class SSHLink:
         self.gateway = label
         self.window = options.channel_window
         self.max_packet = options.channel_max_packet
+        self.closing = False
 
     def carry(self, flow: Flow) -> None:
         """Wrap the flow's socket in a transport and open its channel (in a task)."""
@@ -133,6 +134,7 @@ class SSHLink:
         return LinkLost(f"link to {self.gateway} lost: {describe(reason) if reason else 'closed'}")
 
     def close(self) -> None:
+        self.closing = True
         self.conn.close()
 
     def path(self) -> tuple[str, str] | None:
@@ -159,7 +161,7 @@ class SSHLink:
 
     async def aclose(self, grace_s: float) -> None:
         """Close and wait (bounded) until the socket is gone."""
-        self.conn.close()
+        self.close()
         try:
             async with asyncio.timeout(grace_s):
                 await self.conn.wait_closed()
@@ -191,6 +193,7 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
         self.transport.write(data)
 
     def eof_received(self) -> bool:
+        self.client.target_eof = True
         # The client may have gone already: shutdown(SHUT_WR) on its socket then fails
         # (ENOTCONN), and an exception here would take the whole SSH link down with it.
         if self.client.closed or self.transport.is_closing() or not self.transport.can_write_eof():
@@ -203,9 +206,17 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """The channel ended: in order (the target's EOF, then CLOSE, the link still up),
+        the client gets the rest of the data and a FIN; any other way, a reset."""
+        client = self.client
         if exc is not None:
-            log.debug("%s: channel ended: %s", self.client.flow.host, describe(exc))
-        self.transport.close()
+            client.cut(f"link lost; connection cut ({describe(exc)})")
+        elif self.client.link.closing:
+            client.cut("link closed; connection cut")
+        elif not client.target_eof:
+            client.cut("channel closed before the target's end of data; connection cut")
+        else:
+            self.transport.close()
 
     def pause_writing(self) -> None:
         if not self.client.closed:
@@ -230,6 +241,7 @@ class _ClientSide(asyncio.Protocol):
         self.pending: list[bytes] = []
         self.pending_len = 0
         self.eof = False
+        self.target_eof = False
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -18,7 +18,7 @@ import logging
 import select
 
 from tunnel.backends.openssh.fdpass import send_request_and_fd
-from tunnel.backends.openssh.master import Master, start_master
+from tunnel.backends.openssh.master import Master, listening, start_master
 from tunnel.backends.openssh.mux import (
     MuxError,
     check_hello,
@@ -160,7 +160,7 @@ class MuxLink:
         flow.meter = lambda: tcp_traffic(flow.sock)
         loop = asyncio.get_running_loop()
         if self._hangups is None:
-            loop.add_reader(fd, self._service, session)
+            loop.add_reader(fd, self._read_one, session)
             return session
         self._hangups.register(fd, select.EPOLLRDHUP)
         if not self._watching:
@@ -174,11 +174,24 @@ class MuxLink:
 
     def _hung_up(self) -> None:
         assert self._hangups is not None
+        judged = False
+        verdict: str | None = None
         for fd, _ in self._hangups.poll(0):
             session = self._sessions.get(fd)
             if session is not None:
                 self._service(session)
-                self.end(session, None)
+                if not judged:
+                    judged, verdict = True, self._why_hung_up()
+                self.end(session, verdict)
+
+    def _why_hung_up(self) -> str | None:
+        """Why the master hung up mux connections: ``None`` when it is alive (so each
+        channel ended in order), else the cut. A dying master closes its control listener
+        before the mux connections (its lower descriptor, its first channel), so one
+        connect attempt, made after the hang-ups were seen, tells the two apart."""
+        if self._closed or not listening(self.control_path):
+            return "link lost; connection cut"
+        return None
 
     def _check_replies(self) -> None:
         self._check = None
@@ -191,20 +204,27 @@ class MuxLink:
         if self._unconfirmed and not self._closed:
             self._check = asyncio.get_running_loop().call_later(REPLY_CHECK_S, self._check_replies)
 
-    def _service(self, session: MuxSession) -> None:
-        """Read what the master sent on a session: hello, reply, then the end."""
+    def _read_one(self, session: MuxSession) -> None:
+        """Without epoll: the loop watches each mux connection itself."""
+        if self._service(session):
+            self.end(session, self._why_hung_up())
+
+    def _service(self, session: MuxSession) -> bool:
+        """Read what the master sent on a session: hello, reply, then the end. True when
+        the master hung up after the channel opened (the caller judges why)."""
         channel = session.channel
         while channel.sock.fileno() >= 0:
             try:
                 data = channel.sock.recv(65536)
             except BlockingIOError:
-                return
+                return False
             except OSError:
                 data = b""
             if not data:
-                early = "master closed the mux connection before its reply"
-                self.end(session, early if session.stage < 2 else None)
-                return
+                if session.stage < 2:
+                    self.end(session, "master closed the mux connection before its reply")
+                    return False
+                return True
             if session.stage == 2:
                 continue
             channel.buffer += data
@@ -217,7 +237,8 @@ class MuxLink:
                     session.stage += 1
             except MuxError as exc:
                 self.end(session, str(exc))
-                return
+                return False
+        return False
 
     def _unwatch(self, session: MuxSession) -> bool:
         """Stop watching ``session``; False if it was not watched (any more)."""

@@ -1,0 +1,142 @@
+"""A connection the tunnel cannot finish ends with a reset, on both backends (issue #12).
+
+The link lost mid-stream, the gateway refusing the channel, no link within
+``wait_for_link_s``, the tunnel closing: the client must see ECONNRESET, never an end of
+stream it could take for a complete message. Only the target's own close is an EOF (the
+control case, so that a tunnel that reset everything would fail here too)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.peers import Sshd, free_port, wait_until
+from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
+
+from .tunnel_testlib import Target, talking_target
+
+CHUNK = b"s" * 65536
+
+
+@contextlib.asynccontextmanager
+async def streaming_target() -> AsyncIterator[Forward]:
+    """A target that sends to each client without end (bounded: 1 GB), never closing
+    first while the client is there."""
+
+    async def stream(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            for _ in range(16384):
+                writer.write(CHUNK)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(stream, "127.0.0.1", 0)
+    async with server:
+        yield Forward("127.0.0.1", free_port(), "127.0.0.1", server.sockets[0].getsockname()[1])
+
+
+async def connect(forward: Forward) -> socket.socket:
+    sock = socket.socket()
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, forward.mouth)
+    return sock
+
+
+async def read_some(sock: socket.socket, wanted: int) -> int:
+    loop = asyncio.get_running_loop()
+    got = 0
+    while got < wanted:
+        chunk = await loop.sock_recv(sock, 65536)
+        assert chunk, "the stream ended early"
+        got += len(chunk)
+    return got
+
+
+async def how_it_ends(sock: socket.socket) -> str:
+    """Read to the end: ``"reset"`` (ECONNRESET) or ``"eof"`` (a clean end of stream)."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(10):
+            while await loop.sock_recv(sock, 65536):
+                pass
+    except ConnectionResetError:
+        return "reset"
+    finally:
+        sock.close()
+    return "eof"
+
+
+def cut_count(tunnel: Tunnel) -> int:
+    return sum(forward.cut for forward in tunnel.state.forwards)
+
+
+async def test_a_link_lost_mid_transfer_resets_the_client(
+    any_options: TunnelOptions, sshd: Sshd
+) -> None:
+    async with streaming_target() as forward, Tunnel(any_options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        client = await connect(forward)
+        await read_some(client, 1 << 20)
+        sshd.kill()
+        assert await how_it_ends(client) == "reset"
+        await wait_until(lambda: cut_count(tunnel) == 1)
+        assert tunnel.state.forwards[0].open == 0
+
+
+async def test_a_held_connection_that_gets_no_link_is_reset(
+    any_options: TunnelOptions, sshd: Sshd, echo: Target
+) -> None:
+    """The client sends nothing: a plain close would be a clean EOF."""
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    sshd.kill()
+    options = dataclasses.replace(any_options, wait_for_link_s=0.3)
+    async with Tunnel(options, [forward]) as tunnel:
+        client = await connect(forward)
+        assert await how_it_ends(client) == "reset"
+        assert tunnel.state.status is not LinkStatus.UP
+        await wait_until(lambda: cut_count(tunnel) == 1)
+    assert echo.peers == []
+
+
+async def test_a_channel_the_gateway_refuses_is_reset(any_options: TunnelOptions) -> None:
+    closed_port = free_port()
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", closed_port)
+    async with Tunnel(any_options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        client = await connect(forward)
+        assert await how_it_ends(client) == "reset"
+        await wait_until(lambda: cut_count(tunnel) == 1)
+        assert tunnel.state.status is LinkStatus.UP
+
+
+async def test_closing_the_tunnel_resets_its_connections(any_options: TunnelOptions) -> None:
+    async with streaming_target() as forward:
+        tunnel = Tunnel(any_options, [forward])
+        await tunnel.start()
+        assert await tunnel.wait_up(10)
+        client = await connect(forward)
+        await read_some(client, 1 << 16)
+        await tunnel.close()
+        assert await how_it_ends(client) == "reset"
+
+
+@pytest.mark.parametrize("size", [1, 3 << 20])
+async def test_the_targets_own_close_reaches_the_client_as_eof(
+    any_options: TunnelOptions, size: int
+) -> None:
+    """The control: a target that says all and closes gives every byte, then an EOF."""
+    async with (
+        talking_target(b"t" * size) as forward,
+        Tunnel(any_options, [forward]) as tunnel,
+    ):
+        assert await tunnel.wait_up(10)
+        client = await connect(forward)
+        assert await read_some(client, size) == size
+        assert await how_it_ends(client) == "eof"
+        await wait_until(lambda: tunnel.state.forwards[0].open == 0)
+        assert cut_count(tunnel) == 0
