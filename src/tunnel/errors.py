@@ -29,15 +29,23 @@ class RetryableError(TunnelError):
 
 
 class GatewayUnreachable(RetryableError):
-    """The gateway could not be reached: refused, timeout, name lookup failure, no route."""
+    """The gateway could not be reached: refused, timeout, name lookup failure, no route.
+
+    ``refused``: nothing answered the TCP connect at all (refused, no route); retried on
+    a short fixed pause (:attr:`tunnel.backoff.Backoff.refused_s`), never backed off.
+    """
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
     @classmethod
     def timed_out(cls, gateway: str, seconds: float) -> GatewayUnreachable:
         return cls(f"gateway {gateway}: timed out after {seconds:g} s")
 
     @classmethod
-    def because(cls, gateway: str, detail: str) -> GatewayUnreachable:
-        return cls(f"gateway {gateway}: {detail}")
+    def because(cls, gateway: str, detail: str, *, refused: bool = False) -> GatewayUnreachable:
+        return cls(f"gateway {gateway}: {detail}", refused=refused)
 
 
 class LinkLost(RetryableError):

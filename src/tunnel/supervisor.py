@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from tunnel.backoff import Backoff
-from tunnel.errors import FinalError, RetryableError, TunnelError
+from tunnel.errors import FinalError, GatewayUnreachable, RetryableError, TunnelError
 from tunnel.forwards import Gateway
 from tunnel.link import LinkEnd
 from tunnel.state import LinkStatus
@@ -38,6 +38,12 @@ class Supervisor(Generic[L]):
     A link that was up for at least ``stable_s`` is replaced at once when it drops; one
     that drops sooner counts as a failure, so a gateway that accepts and then cuts every
     connection is retried with backoff, not in a tight loop.
+
+    A round that nothing answered (every gateway refused the TCP connect, or had no
+    route: :attr:`GatewayUnreachable.refused`) is not a failure of a gateway that answers:
+    it is retried every ``backoff.refused_s`` and the failure count does not grow; a quick
+    drop just before it was an outage, not a flap, and is not counted either. So however
+    many times sshd was restarted, the link is back about ``refused_s`` after it listens.
     """
 
     def __init__(
@@ -61,6 +67,8 @@ class Supervisor(Generic[L]):
         self._clock = clock
         self._stable_s = stable_s
         self.attempts = 0
+        self.round_refused = False
+        """Whether every attempt of the last round was refused (nothing answered)."""
 
     async def _try_round(self) -> tuple[Gateway, L] | TunnelError:
         """One pass over the gateways: the first link made, else the error to act on.
@@ -71,6 +79,7 @@ class Supervisor(Generic[L]):
         """
         first_final: FinalError | None = None
         last_error: TunnelError | None = None
+        self.round_refused = True
         listed = tuple(self._gateways())
         pending = list(listed)
         while pending:
@@ -83,12 +92,16 @@ class Supervisor(Generic[L]):
                 log.error("%s", exc)
                 first_final = first_final or exc
                 last_error = exc
+                self.round_refused = False
             except RetryableError as exc:
                 log.info("%s", exc)
                 last_error = exc
+                refused = isinstance(exc, GatewayUnreachable) and exc.refused
+                self.round_refused = self.round_refused and refused
             except Exception as exc:
                 log.exception("unexpected error connecting to %s", gateway)
                 last_error = RetryableError(f"gateway {gateway}: {exc!r}")
+                self.round_refused = False
             else:
                 if gateway in self._gateways():
                     return gateway, link
@@ -107,14 +120,21 @@ class Supervisor(Generic[L]):
     async def run(self) -> FinalError:
         """Supervise until a final error, which is returned (cancel the task to stop)."""
         failures = 0
+        flapped = False
         while True:
             outcome = await self._try_round()
             if isinstance(outcome, FinalError):
                 self._on_event(LinkStatus.FAILED, None, outcome, None)
                 return outcome
             if isinstance(outcome, TunnelError):
-                failures += 1
                 self._on_event(LinkStatus.DOWN, None, outcome, None)
+                if self.round_refused:
+                    failures -= flapped  # the quick drop before was an outage, not a flap
+                    flapped = False
+                    await self._sleep(self._backoff.refused_s)
+                    continue
+                failures += 1
+                flapped = False
                 await self._sleep(self._backoff.delay(failures, self._random))
                 continue
             gateway, link = outcome
@@ -123,7 +143,8 @@ class Supervisor(Generic[L]):
             reason = await link.wait_closed()
             log.warning("%s", reason)
             self._on_event(LinkStatus.DOWN, gateway, reason, None)
-            if self._clock() - up_since >= self._stable_s:
+            flapped = self._clock() - up_since < self._stable_s
+            if not flapped:
                 failures = 0
             else:
                 failures += 1

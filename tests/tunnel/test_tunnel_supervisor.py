@@ -225,3 +225,31 @@ async def test_after_the_list_changes_the_old_lists_other_gateways_are_not_tried
     assert harness.attempts == ["a", "c"]
     assert harness.events[-1] == (LinkStatus.UP, "c")
     task.cancel()
+
+
+async def test_refusals_after_quick_drops_neither_back_off_nor_count_as_flaps() -> None:
+    """sshd restarted again and again: each link drops soon after it came up, then the
+    gateway refuses until it listens again. That is an outage each time, not a flap: the
+    retries come every ``refused_s`` and the backoff never grows (issue #12)."""
+    refused = fail(GatewayUnreachable("connection refused", refused=True))
+    harness = Harness({"gw": []})
+    task = asyncio.create_task(harness.supervisor("gw").run())
+    for _ in range(6):
+        harness.script["gw"] = [refused, refused, lambda: FakeLink("gw")]
+        await asyncio.wait_for(harness.up.wait(), 5)
+        harness.up.clear()
+        harness.links[-1].drop()
+    await asyncio.wait_for(harness.up.wait(), 5)
+    refused_s = Backoff(base_s=1, cap_s=8).refused_s
+    assert harness.sleeps == [refused_s, refused_s] + [0.0, refused_s, refused_s] * 5 + [0.0]
+    task.cancel()
+
+
+async def test_a_gateway_that_answers_and_fails_the_handshake_is_backed_off() -> None:
+    """Not a refusal: the TCP connect succeeded, the SSH handshake did not."""
+    broken = fail(GatewayUnreachable("connection lost during the key exchange"))
+    harness = Harness({"gw": [broken, broken, broken, broken, lambda: FakeLink("gw")]})
+    task = asyncio.create_task(harness.supervisor("gw").run())
+    await asyncio.wait_for(harness.up.wait(), 5)
+    assert harness.sleeps == [0.0, 0.75, 1.5, 3.0]
+    task.cancel()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import inspect
 import logging
 import socket
@@ -357,6 +358,14 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+NOTHING_ANSWERED = frozenset({errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH})
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether a connect failed before any TCP connection: refused, or no route."""
+    return isinstance(exc, OSError) and exc.errno in NOTHING_ANSWERED
+
+
 def _connect_kwargs(gateway: Gateway, options: TunnelOptions) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "keepalive_interval": options.keepalive_s,
@@ -413,7 +422,7 @@ async def open_link(gateway: Gateway, options: TunnelOptions) -> SSHLink:
     except TimeoutError:
         raise GatewayUnreachable.timed_out(label, options.connect_timeout_s) from None
     except (OSError, asyncssh.Error) as exc:
-        raise GatewayUnreachable.because(label, describe(exc)) from None
+        raise GatewayUnreachable.because(label, describe(exc), refused=is_refusal(exc)) from None
     client = clients[-1]
     drop_needless_chaff(conn)
     log.info("link up to %s", label)

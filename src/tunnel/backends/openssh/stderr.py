@@ -21,6 +21,10 @@ from tunnel.forwards import Gateway
 from tunnel.hostkeys import DEFAULT_PORT, default_known_hosts, keyscan_command
 from tunnel.options import TunnelOptions
 
+NOTHING_ANSWERED = ("Connection refused", "Network is unreachable", "No route to host")
+"""ssh's words for a connect that failed before any TCP connection (``connect to host H
+port P: …``)."""
+
 
 def keyscan_hint(gateway: Gateway, options: TunnelOptions) -> str:
     return keyscan_command(
@@ -55,4 +59,4 @@ def classify_exit(
         return AuthFailed.refused(label, last)
     if "Bad configuration option" in stderr or "command-line line" in stderr:
         return TunnelConfigError(f"gateway {label}: ssh rejected its options: {last}")
-    return GatewayUnreachable.because(label, last)
+    return GatewayUnreachable.because(label, last, refused=any(m in last for m in NOTHING_ANSWERED))
