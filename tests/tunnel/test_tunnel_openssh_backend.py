@@ -23,7 +23,7 @@ import pytest
 from tests.peers import Sshd, descendants, fingerprint, free_port, keygen, wait_until
 from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
 from tunnel.backends.openssh import fdpass
-from tunnel.backends.openssh.command import master_argv
+from tunnel.backends.openssh.command import SshFiles, master_argv
 from tunnel.backends.openssh.fdpass import send_request_and_fd
 from tunnel.backends.openssh.link import MuxLink
 from tunnel.backends.openssh.mux import (
@@ -104,7 +104,7 @@ def test_master_argv_checks_host_keys_and_never_prompts(tmp_path: Path) -> None:
         keepalive_s=15,
         backend="openssh",
     )
-    argv = master_argv("ssh", options.gateways[0], options, tmp_path / "ctl")
+    argv = master_argv("ssh", options.gateways[0], options, tmp_path / "ctl", SshFiles.of(options))
     joined = " ".join(argv)
     for part in (
         "-N -M -S",
@@ -120,7 +120,7 @@ def test_master_argv_checks_host_keys_and_never_prompts(tmp_path: Path) -> None:
         assert part in joined
     trusting = dataclasses.replace(options, trust_new_host_key=True)
     assert "StrictHostKeyChecking=accept-new" in master_argv(
-        "ssh", options.gateways[0], trusting, tmp_path / "ctl"
+        "ssh", options.gateways[0], trusting, tmp_path / "ctl", SshFiles.of(trusting)
     )
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tunnel.backends.asyncssh_link import open_link
-from tunnel.backends.openssh.command import master_argv
+from tunnel.backends.openssh.command import SshFiles, master_argv
 from tunnel.backends.openssh.fdpass import libc as c_library
 from tunnel.backends.openssh.mux import MUX_S_ALIVE, MuxError, alive_packet, parse_reply
 from tunnel.backends.openssh.pool import MuxChannel
@@ -191,7 +191,7 @@ async def start_master(gateway: Gateway, options: TunnelOptions) -> Master:
     control_dir = Path(tempfile.mkdtemp(prefix="tunnel-ssh-"))
     os.chmod(control_dir, 0o700)
     control_path = control_dir / "ctl"
-    argv = master_argv(binary, gateway, options, control_path)
+    argv = master_argv(binary, gateway, options, control_path, SshFiles.of(options))
     label = str(gateway)
     try:
         process = await asyncio.create_subprocess_exec(
