@@ -43,6 +43,9 @@ class LinkSource(Protocol):
 
     async def wait_link(self) -> Link | None: ...
 
+    def flow_ended(self) -> None:
+        """A connection of some mouth ended (memory may be given back after a burst)."""
+
 
 def _bind_reason(exc: OSError, port: int) -> str:
     if exc.errno == errno.EADDRINUSE:
@@ -199,6 +202,7 @@ class Mouth:
         if flow not in self.flows:
             return
         self.flows.discard(flow)
+        self.source.flow_ended()
         self.counters.open -= 1
         if traffic is not None:
             self.counters.bytes_out += traffic[0]

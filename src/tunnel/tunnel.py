@@ -13,6 +13,7 @@ from types import TracebackType
 from tunnel.backends import open_link
 from tunnel.errors import FinalError, TunnelConfigError, TunnelError
 from tunnel.forwards import Forward, Gateway, parse_gateways
+from tunnel.libc import HeapTrimmer
 from tunnel.link import Link
 from tunnel.mouths import Mouth
 from tunnel.netview import NetChange
@@ -92,6 +93,7 @@ class Tunnel:
         self._last_relink: str | None = None
         self._ending: set[asyncio.Task[None]] = set()
         self._network_listeners: list[Callable[[NetChange], None]] = []
+        self._heap = HeapTrimmer()
 
     # --- what mouths need (LinkSource) ----------------------------------------------------
 
@@ -170,6 +172,8 @@ class Tunnel:
             self._roaming.on_change(listener)
             return self._roaming.watch.mode == "netlink"
         return False
+    def flow_ended(self) -> None:
+        self._heap.flow_ended()
 
     def _nudge(self) -> None:
         """Someone waits for the link: cut a backoff sleep short, at most once per gap."""
@@ -384,6 +388,7 @@ class Tunnel:
         if self._closed:
             return
         self._closed = True
+        self._heap.close()
         self._link_changed.set()
         if self._wake_handle is not None:
             self._wake_handle.cancel()

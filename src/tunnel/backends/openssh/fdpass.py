@@ -13,11 +13,12 @@ Elsewhere, or if libc lacks it, the three sends are made one after the other.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 import socket
 import sys
+
+from tunnel.libc import libc
 
 REQUEST_MAX = 1024
 """Largest request sent in the one call (a mux request with a 255-byte host is < 300)."""
@@ -95,15 +96,6 @@ class _Batch:
         if sent and self.msgs[0].msg_len != len(request):
             return 0
         return int(sent)
-
-
-@functools.cache
-def libc() -> ctypes.CDLL | None:
-    """The C library (errno kept), for the calls Python does not wrap; ``None`` if absent."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    except OSError:
-        return None
 
 
 @functools.cache

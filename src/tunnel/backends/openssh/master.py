@@ -22,7 +22,6 @@ from pathlib import Path
 
 from tunnel.backends.asyncssh_link import open_link
 from tunnel.backends.openssh.command import SshFiles, master_argv
-from tunnel.backends.openssh.fdpass import libc as c_library
 from tunnel.backends.openssh.mux import MUX_S_ALIVE, MuxError, alive_packet, parse_reply
 from tunnel.backends.openssh.pool import MuxChannel
 from tunnel.backends.openssh.stderr import classify_exit
@@ -33,6 +32,7 @@ from tunnel.errors import (
     TunnelError,
 )
 from tunnel.forwards import Gateway
+from tunnel.libc import libc as c_library
 from tunnel.options import TunnelOptions
 
 log = logging.getLogger("tunnel.openssh")
