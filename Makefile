@@ -65,8 +65,12 @@ fuzz: venv sysdeps
 	$(PY) bench/fuzz_dns.py
 	BLITZDNS_FUZZ_EXAMPLES=20000 $(PY) -m pytest -q -p no:cacheprovider tests/dns/test_fuzz_targets.py
 
+# The resolver and the tunnel under faults (bench/stress_dns.py, bench/stress_tunnel.py;
+# SOAK= seconds of the tunnel's soak, default 180).
+SOAK ?= 180
 stress: venv sysdeps
 	$(PY) bench/stress_dns.py
+	$(PY) bench/stress_tunnel.py --soak $(SOAK)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
