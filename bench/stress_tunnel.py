@@ -56,6 +56,9 @@ SRC = HERE.parent / "src"
 sys.path.insert(0, str(HERE.parent))
 from tests.peers import Sshd, descendants, free_port, running_sshd  # noqa: E402
 
+TUNNEL_SRC = Path(os.environ.get("STRESS_TUNNEL_SRC", SRC))
+"""The tunnel under test (``STRESS_TUNNEL_SRC``: another checkout's ``src``, to measure
+an older version in the same conditions)."""
 HUNG_S = 20.0
 """A transfer with no byte for this long is hung (a cut is seen within keepalives and
 ``wait_for_link_s``, both far shorter here)."""
@@ -80,7 +83,7 @@ def load_forwards(path: Path) -> list[Any]:
 
 async def serve(args: argparse.Namespace) -> None:
     """Run one tunnel until stdin closes; one JSON line per status change and reload."""
-    sys.path.insert(0, str(SRC))
+    sys.path.insert(0, str(TUNNEL_SRC))
     from tunnel import Backoff, Gateway, Tunnel, TunnelOptions
 
     raise_nofile()
@@ -306,7 +309,7 @@ async def child(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=(lab.root / f"{backend}.log").open("ab"),
-        env={**os.environ, "PYTHONPATH": str(SRC)},
+        env={**os.environ, "PYTHONPATH": str(TUNNEL_SRC)},
     )
     tunnel = Child(proc)
     try:
