@@ -184,18 +184,26 @@ class Targets:
             server.close()
 
 
+async def open_mouth(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | str:
+    """A connection to a mouth, or how the attempt ended (``"reset"``, ``"hung"``)."""
+    try:
+        async with asyncio.timeout(HUNG_S):
+            return await asyncio.open_connection("127.0.0.1", port)
+    except (ConnectionResetError, ConnectionRefusedError):
+        return "reset"
+    except TimeoutError:
+        return "hung"
+
+
 async def download(port: int, size: int, seed: int, patterns: list[bytes]) -> str:
     """One checksummed download through the mouth: intact / reset / cut-clean / corrupted
     / hung (see the module docstring)."""
     expected = patterns[seed % PATTERNS]
     got = 0
-    try:
-        async with asyncio.timeout(HUNG_S):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except (ConnectionResetError, ConnectionRefusedError):
-        return "reset"
-    except TimeoutError:
-        return "hung"
+    opened = await open_mouth(port)
+    if isinstance(opened, str):
+        return opened
+    reader, writer = opened
     try:
         writer.write(HEADER.pack(size, seed))
         while True:
@@ -406,13 +414,10 @@ async def echo_transfer(port: int, size: int, seed: int, patterns: list[bytes]) 
     """``size`` bytes up through the echo target and back, checked: intact / reset /
     cut-clean / corrupted / hung."""
     data = (patterns[seed % PATTERNS] * (size // PATTERN_LEN + 1))[:size]
-    try:
-        async with asyncio.timeout(HUNG_S):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except (ConnectionResetError, ConnectionRefusedError):
-        return "reset"
-    except TimeoutError:
-        return "hung"
+    opened = await open_mouth(port)
+    if isinstance(opened, str):
+        return opened
+    reader, writer = opened
 
     async def send() -> None:
         with contextlib.suppress(OSError):

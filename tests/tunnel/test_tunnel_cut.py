@@ -8,10 +8,8 @@ control case, so that a tunnel that reset everything would fail here too)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import socket
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -21,23 +19,7 @@ from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
 from .tunnel_testlib import Target, talking_target
 
 CHUNK = b"s" * 65536
-
-
-@contextlib.asynccontextmanager
-async def streaming_target() -> AsyncIterator[Forward]:
-    """A target that sends to each client without end (bounded: 1 GB), never closing
-    first while the client is there."""
-
-    async def stream(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            for _ in range(16384):
-                writer.write(CHUNK)
-                await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(stream, "127.0.0.1", 0)
-    async with server:
-        yield Forward("127.0.0.1", free_port(), "127.0.0.1", server.sockets[0].getsockname()[1])
+"""A target sends 16384 of these (1 GB): it never closes first while the client is there."""
 
 
 async def connect(forward: Forward) -> socket.socket:
@@ -78,7 +60,10 @@ def cut_count(tunnel: Tunnel) -> int:
 async def test_a_link_lost_mid_transfer_resets_the_client(
     any_options: TunnelOptions, sshd: Sshd
 ) -> None:
-    async with streaming_target() as forward, Tunnel(any_options, [forward]) as tunnel:
+    async with (
+        talking_target(CHUNK, repeat=16384) as forward,
+        Tunnel(any_options, [forward]) as tunnel,
+    ):
         assert await tunnel.wait_up(10)
         client = await connect(forward)
         await read_some(client, 1 << 20)
@@ -115,7 +100,7 @@ async def test_a_channel_the_gateway_refuses_is_reset(any_options: TunnelOptions
 
 
 async def test_closing_the_tunnel_resets_its_connections(any_options: TunnelOptions) -> None:
-    async with streaming_target() as forward:
+    async with talking_target(CHUNK, repeat=16384) as forward:
         tunnel = Tunnel(any_options, [forward])
         await tunnel.start()
         assert await tunnel.wait_up(10)
