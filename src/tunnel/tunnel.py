@@ -172,6 +172,7 @@ class Tunnel:
             self._roaming.on_change(listener)
             return self._roaming.watch.mode == "netlink"
         return False
+
     def flow_ended(self) -> None:
         self._heap.flow_ended()
 
