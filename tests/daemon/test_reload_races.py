@@ -17,8 +17,8 @@ import pytest
 
 from blitzdns.config import load_config
 from blitzdns.daemon import Daemon, RunOptions
-from blitzdns.demo import free_dns_port
 from blitzdns.system import locations, netfacts
+from tests.peers import free_port
 
 CONFIG = """
 [dns]
@@ -90,7 +90,7 @@ async def test_a_location_change_found_before_a_file_reload_does_not_undo_it(
     reloads. The poll's reload runs after the user's and must apply the file as it is
     now, not the text it was based on (which would drop dasher, silently unprotected)."""
     path = tmp_path / "blitzdns.toml"
-    port = free_dns_port()
+    port = free_port()
     path.write_text(CONFIG.format(port=port, campus='"dnd"'))
     daemon = located_daemon(path, poll_s=0.01)
     asked, done = asyncio.Event(), asyncio.Event()
@@ -148,7 +148,7 @@ async def test_a_stop_during_a_reload_does_not_say_ready_after_stopping(
 
     monkeypatch.setattr(sdnotify, "notify", notify)
     path = tmp_path / "blitzdns.toml"
-    path.write_text(CONFIG.format(port=free_dns_port(), campus='"dnd"'))
+    path.write_text(CONFIG.format(port=free_port(), campus='"dnd"'))
     daemon = located_daemon(path, poll_s=600)
     main = asyncio.create_task(daemon.main())
     try:
@@ -191,7 +191,7 @@ async def test_command_line_flags_win_over_the_location_at_start_and_after_reloa
     """File, then location, then flags, as `plan` and `config show` show it: a location's
     upstreams must not replace `--upstream`, at start or on any reload."""
     path = tmp_path / "blitzdns.toml"
-    path.write_text(CONFIG.format(port=free_dns_port(), campus='"dnd"'))
+    path.write_text(CONFIG.format(port=free_port(), campus='"dnd"'))
     options = RunOptions(
         config_path=path,
         no_tunnel=True,

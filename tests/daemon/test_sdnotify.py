@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from blitzdns.system import sdnotify
+from tests.peers import free_port
 
 
 @pytest.fixture
@@ -77,15 +78,13 @@ def test_nothing_to_say_sends_nothing(listener: tuple[socket.socket, str]) -> No
 
 def _daemon(command: list[str], notify: str, tmp_path: Path) -> subprocess.Popen[bytes]:
     """`blitzdns run` (resolver only, on a free port) under ``command``, telling ``notify``."""
-    from blitzdns.demo import free_dns_port
-
     config = tmp_path / "config.toml"
     config.write_text("")
     return subprocess.Popen(
         [
             *command,
             *("run", "--no-tunnel", "--config", str(config)),
-            *("--listen", f"127.0.0.1:{free_dns_port()}", "--upstream", "127.0.0.1:9"),
+            *("--listen", f"127.0.0.1:{free_port()}", "--upstream", "127.0.0.1:9"),
             *("--control-socket", str(tmp_path / "control.sock")),
         ],
         env={**os.environ, "NOTIFY_SOCKET": notify},

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import pytest
 from blitzdns.dns.quiet import LogLimiter
 from blitzdns.dns.server import FORWARD_MAX, TCP_CLIENTS_MAX, TCP_PER_CLIENT_MAX
 from blitzdns.dns.upstream import SOCKETS_PER_UPSTREAM
+from tests.peers import wait_for
 
 from .conftest import Dnsmasq, FakeUpstream, ServerThread, make_config
 from .test_resolver import addresses, ask
@@ -165,14 +165,6 @@ def open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
-
-
 def query_wire(name: str, qid: int, rdtype: str = "A") -> bytes:
     return dns.message.make_query(name, rdtype, id=qid).to_wire()
 
@@ -194,7 +186,11 @@ def test_forwarded_queries_in_flight_are_capped_and_descriptors_bounded(
             for i in range(start, start + 50):
                 client.sendto(query_wire(f"n{i}.flood.test", i), ("127.0.0.1", stub.port))
             sent = start + 50
-            wait_until(lambda sent=sent: stats.forwarded + stats.dropped >= sent)
+            wait_for(
+                lambda sent=sent: stats.forwarded + stats.dropped >= sent,
+                "the resolver to forward or drop every query sent",
+                30,
+            )
         assert stats.forwards_in_flight == FORWARD_MAX
         assert stats.forward_capped == total - FORWARD_MAX
         assert open_descriptors() - before <= SOCKETS_PER_UPSTREAM + 4
