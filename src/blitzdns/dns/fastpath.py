@@ -109,9 +109,23 @@ def simple_query(packet: bytes) -> tuple[int, int, int, int] | None:
         or size != qend + 11 + (packet[qend + 9] << 8 | packet[qend + 10])
     ):
         return None
+    if not _options_fill(packet, qend + 11):
+        return None
     payload = packet[qend + 3] << 8 | packet[qend + 4]
     dnssec_ok = (packet[qend + 7] & DO_BYTE) << 9
     return qn, qend, packet[2] << 8 | packet[3], payload | dnssec_ok
+
+
+def _options_fill(packet: bytes, start: int) -> bool:
+    """Whether the OPT options (code, length, data; RFC 6891 §6.1.2) end where the packet ends.
+
+    An option whose length runs past the record, or bytes too few for another option, make
+    the query malformed: the dnslib path answers it (FORMERR), not the fast path.
+    """
+    i, size = start, len(packet)
+    while i + 4 <= size:
+        i += 4 + (packet[i + 2] << 8 | packet[i + 3])
+    return i == size
 
 
 def plain_shape(packet: bytes) -> tuple[int, int] | None:
