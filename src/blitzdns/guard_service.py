@@ -88,16 +88,24 @@ class Helper:
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def _ask(self, request: dict[str, Any]) -> Any:
-        async with self._lock:
-            if self._streams is None:
-                self._streams = await asyncio.open_connection(sock=self.sock)
-            reader, writer = self._streams
-            writer.write(json.dumps(request).encode() + b"\n")
-            await writer.drain()
-            line = await reader.readline()
-        if not line:
+        """The helper's answer; :class:`BlitzdnsError` for every way it can fail to give one.
+
+        A helper that died shows as a reset or a broken pipe (OSError): the refresh and
+        watch loops must see it as the typed error they handle, or they would end silently.
+        """
+        try:
+            async with self._lock:
+                if self._streams is None:
+                    self._streams = await asyncio.open_connection(sock=self.sock)
+                reader, writer = self._streams
+                writer.write(json.dumps(request).encode() + b"\n")
+                await writer.drain()
+                line = await reader.readline()
+            reply = json.loads(line) if line else None
+        except (OSError, ValueError) as exc:
+            raise BlitzdnsError(f"the guard's root helper is gone ({exc})") from None
+        if not isinstance(reply, dict):
             raise BlitzdnsError("the guard's root helper has exited")
-        reply = json.loads(line)
         if not reply.get("ok"):
             raise BlitzdnsError(f"the guard's root helper refused: {reply.get('error')}")
         return reply.get("result")

@@ -3,15 +3,21 @@ installed, and nothing else; and the root helper's narrow protocol."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
+from blitzdns.config import parse_config
+from blitzdns.errors import BlitzdnsError
+from blitzdns.guard_service import GuardService, Helper
 from blitzdns.system.guard import Block, GuardRules, PortBlock, usable_address
 from blitzdns.warden import BadRequest, Warden, rules_from_json, rules_to_json, spawn
 
+from ..peers import wait_until
 from .conftest import blitzdns
 
 ORIGINAL = "nameserver 192.0.2.53\nsearch example.org\n"
@@ -131,3 +137,27 @@ def test_the_root_helper_answers_its_two_requests_only(installed_root: Path) -> 
         stream.close()
         sock.close()
         os.waitpid(pid, 0)
+
+
+async def test_a_dead_root_helper_is_a_typed_error_and_the_watch_says_so(
+    installed_root: Path,
+) -> None:
+    """The refresh and watch loops handle BlitzdnsError: a helper that died (a reset, then a
+    broken pipe) must reach them as one, every time, or the loops end without a word and
+    the resolver config is no longer put back."""
+    sock, pid = spawn(installed_root)
+    helper = Helper(sock, pid)
+    service = GuardService(parse_config(""), [], helper, root=installed_root)
+    try:
+        assert await helper.paths() == ["/etc/resolv.conf"]
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.to_thread(os.waitpid, pid, 0)
+        for _ in range(3):
+            with pytest.raises(BlitzdnsError, match="root helper"):
+                await helper.paths()
+        service.start()
+        await wait_until(lambda: service.watch_error, timeout_s=30)
+        assert "root helper" in (service.watch_error or "")
+        assert all(not task.done() for task in service._tasks)
+    finally:
+        await service.close()
