@@ -59,6 +59,8 @@ LOCATION_EVENTS_POLL_S = 30.0
 #: The tunnel settings a reload applies (through the forwards and the gateway list); the
 #: others are the SSH client's own and wait for a restart.
 LIVE_TUNNEL_SETTINGS = frozenset({"gateways", "hosts", "mouths"})
+#: [guard] settings a reload cannot apply: the guard is installed (or not) at start, as root.
+RESTART_GUARD_SETTINGS = ("enabled", "target")
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,6 +511,10 @@ class Daemon:
             for f in dataclasses.fields(new.tunnel)
             if f.name not in LIVE_TUNNEL_SETTINGS
             and getattr(new.tunnel, f.name) != getattr(old.tunnel, f.name)
+        ] + [
+            f"guard.{name}"
+            for name in RESTART_GUARD_SETTINGS
+            if getattr(new.guard, name) != getattr(old.guard, name)
         ]
         if fixed:
             log.warning("%s changed; it takes effect at the next restart", ", ".join(fixed))

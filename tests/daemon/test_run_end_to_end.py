@@ -303,3 +303,15 @@ def masters_for(port: int) -> list[int]:
         if b"-M" in argv and str(port).encode() in argv:
             found.append(int(proc.name))
     return found
+
+
+def test_a_reload_says_the_guard_waits_for_a_restart(running: tuple[Daemon, int]) -> None:
+    """[guard] enabled is acted on at start only (as root): a reload that turns it on must
+    not leave the user believing the guard is in force."""
+    daemon, dns_port = running
+    assert "[guard]" not in daemon.config.read_text()
+    daemon.config.write_text(daemon.config.read_text() + "\n[guard]\nenabled = true\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    log = daemon.wait_log("reloaded")
+    assert "guard.enabled changed; it takes effect at the next restart" in log
+    assert dig_short(dns_port, "alpha.example.test")[0].startswith("127.79.0.")
