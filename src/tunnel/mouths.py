@@ -30,6 +30,9 @@ log = logging.getLogger("tunnel.mouths")
 
 LISTEN_BACKLOG = 1024
 ACCEPT_BATCH = 64
+#: Out of descriptors, a mouth stops accepting this long (the listener stays readable, so
+#: retrying at once would spin): the new connections wait in the backlog meanwhile.
+ACCEPT_PAUSE_S = 0.25
 """Connections accepted per wake-up of the listener, before other callbacks get a turn."""
 CLOSE_WAIT_S = 0.5
 """How long closing a mouth waits for the tasks of its connections to end."""
@@ -100,6 +103,8 @@ class Mouth:
         self.listener: socket.socket | None = None
         #: Set by close(): nothing accepted from then on is carried for a removed forward.
         self.closed = False
+        #: Out of descriptors at the last accept (said once, until an accept works again).
+        self.starved = False
 
     def state(self) -> ForwardState:
         """This forward's counters, with the bytes of open connections that are counted
@@ -162,9 +167,33 @@ class Mouth:
             except BlockingIOError:
                 return
             except OSError as exc:
-                log.warning("mouth %s:%d: accept failed: %s", *self.forward.mouth, exc)
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._pause_accepting(exc)
+                else:
+                    log.warning("mouth %s:%d: accept failed: %s", *self.forward.mouth, exc)
                 return
+            if self.starved:
+                self.starved = False
+                log.info("mouth %s:%d: accepting again", *self.forward.mouth)
             self.take(conn, peer_host(peer[0]), int(peer[1]))
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors: say so once, and accept again after ``ACCEPT_PAUSE_S``."""
+        if not self.starved:
+            self.starved = True
+            log.error(
+                "mouth %s:%d: out of file descriptors (%s); new connections wait",
+                *self.forward.mouth,
+                exc.strerror,
+            )
+        loop = asyncio.get_running_loop()
+        if self.listener is not None:
+            loop.remove_reader(self.listener.fileno())
+        loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if self.listener is not None and not self.closed:
+            asyncio.get_running_loop().add_reader(self.listener.fileno(), self._accept)
 
     def take(self, conn: socket.socket, host: str, port: int) -> None:
         """Carry an accepted connection (or hold it until a link is up); refuse it if the
