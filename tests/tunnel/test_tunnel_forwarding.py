@@ -135,7 +135,10 @@ async def test_sshd_restart_and_connection_opened_during_outage_completes(
         sshd.kill()
         await wait_until(lambda: tunnel.state.status is not LinkStatus.UP)
         during = asyncio.create_task(exchange(*forward.mouth, b"during the outage"))
-        await asyncio.sleep(0.5)
+        # Held: accepted by the mouth, and the gateway seen refusing since.
+        await wait_until(lambda: tunnel.state.forwards[0].open == 1)
+        attempts = tunnel.state.attempts
+        await wait_until(lambda: tunnel.state.attempts > attempts + 1)
         assert not during.done()
         sshd.start()
         async with asyncio.timeout(10):
