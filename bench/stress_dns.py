@@ -194,10 +194,11 @@ def fault_table(queries: int, directory: Path) -> list[dict[str, Any]]:
 
 FLOODER = r"""
 import random, socket, sys, time
-port, seconds = int(sys.argv[1]), float(sys.argv[2])
+port, seconds, rate = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.setblocking(False)
-end = time.monotonic() + seconds
+start = time.monotonic()
+end = start + seconds
 sent = 0
 head = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 while time.monotonic() < end:
@@ -215,14 +216,20 @@ while time.monotonic() < end:
             pass
     except BlockingIOError:
         pass
+    if rate:
+        ahead = sent / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
 print(sent)
 """
 
 
-def probe_during(port: int, pid: int, seconds: float) -> dict[str, Any]:
+def probe_during(port: int, pid: int, seconds: float, rate: int) -> dict[str, Any]:
     """Ask the protected name every 10 ms while the flood runs; sample descriptors, RSS."""
     flooder = subprocess.Popen(
-        [sys.executable, "-c", FLOODER, str(port), str(seconds)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", FLOODER, str(port), str(seconds), str(rate)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     asked = within_100ms = within_1s = 0
     peak_fds = peak_rss = 0
@@ -268,7 +275,7 @@ def settle_rss(pid: int, seconds: float) -> int:
     return rss_kib(pid)
 
 
-def flood_blitzdns(seconds: float, directory: Path) -> dict[str, Any]:
+def flood_blitzdns(seconds: float, rate: int, directory: Path) -> dict[str, Any]:
     black_hole = FaultyUpstream(None)
     stub = start_stub(
         [f"127.0.0.1:{black_hole.port}"], directory / "flood.log", timeout_s=SETTINGS["timeout_s"]
@@ -276,7 +283,7 @@ def flood_blitzdns(seconds: float, directory: Path) -> dict[str, Any]:
     try:
         answered(stub.port, PROTECTED_NAME, attempts=3)
         idle_rss, idle_fds = settle_rss(stub.pid, 1.0), descriptors(stub.pid)
-        result = probe_during(stub.port, stub.pid, seconds)
+        result = probe_during(stub.port, stub.pid, seconds, rate)
         after_rss = settle_rss(stub.pid, SETTINGS["timeout_s"] + 2.0)
         result.update(
             idle_rss_kib=idle_rss,
@@ -292,7 +299,7 @@ def flood_blitzdns(seconds: float, directory: Path) -> dict[str, Any]:
     return result
 
 
-def flood_dnsmasq(seconds: float) -> dict[str, Any] | None:
+def flood_dnsmasq(seconds: float, rate: int) -> dict[str, Any] | None:
     if dnsmasq_binary() is None:
         return None
     black_hole = FaultyUpstream(None)
@@ -309,7 +316,7 @@ def flood_dnsmasq(seconds: float) -> dict[str, Any] | None:
     try:
         answered(port, PROTECTED_NAME, attempts=20)
         idle_rss = settle_rss(process.pid, 1.0)
-        result = probe_during(port, process.pid, seconds)
+        result = probe_during(port, process.pid, seconds, rate)
         result.update(
             idle_rss_kib=idle_rss,
             after_rss_kib=settle_rss(process.pid, SETTINGS["timeout_s"] + 2.0),
@@ -326,14 +333,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=10, help="names asked per fault")
     parser.add_argument("--flood-seconds", type=float, default=10.0)
     parser.add_argument("--no-peer", action="store_true", help="skip the dnsmasq flood")
+    parser.add_argument(
+        "--flood-rate", type=int, default=0, help="flood packets per second (0: as fast as it can)"
+    )
     parser.add_argument("--timeout", type=float, default=2.0, help="the resolver's timeout_s")
     args = parser.parse_args(argv)
     SETTINGS["timeout_s"] = args.timeout
     with tempfile.TemporaryDirectory(prefix="blitzdns-stress-") as name:
         directory = Path(name)
         rows = fault_table(args.queries, directory)
-        flood = flood_blitzdns(args.flood_seconds, directory)
-    peer = None if args.no_peer else flood_dnsmasq(args.flood_seconds)
+        flood = flood_blitzdns(args.flood_seconds, args.flood_rate, directory)
+    peer = None if args.no_peer else flood_dnsmasq(args.flood_seconds, args.flood_rate)
     print(f"{'upstream fault':<20} {'rcodes':<28} {'p50 ms':>8} {'max ms':>8} {'bad accepted':>13}")
     for row in rows:
         rcodes = ", ".join(f"{k} {v}" for k, v in row["rcodes"].items())

@@ -169,28 +169,43 @@ def query_wire(name: str, qid: int, rdtype: str = "A") -> bytes:
     return dns.message.make_query(name, rdtype, id=qid).to_wire()
 
 
-def test_forwarded_queries_in_flight_are_capped_and_descriptors_bounded(
+def flood(client: socket.socket, stub: ServerThread, prefix: str, total: int) -> None:
+    """Distinct names ``{prefix}{i}.flood.test`` (ID i), in chunks the resolver has seen
+    before the next is sent (so the kernel drops none)."""
+    stats = stub.resolver.stats
+    for start in range(0, total, 30):
+        for i in range(start, min(start + 30, total)):
+            client.sendto(query_wire(f"{prefix}{i}.flood.test", i), ("127.0.0.1", stub.port))
+        sent = min(start + 30, total)
+        wait_for(
+            lambda sent=sent: stats.forwarded >= sent,
+            "the resolver to take every query sent",
+            30,
+        )
+
+
+@pytest.fixture
+def black_holed(
     resolver_factory: Callable[..., ServerThread],
     fake_upstream_factory: Callable[..., FakeUpstream],
+) -> tuple[ServerThread, FakeUpstream]:
+    """The resolver forwarding to an upstream that never answers (nothing times out)."""
+    black_hole = fake_upstream_factory()
+    return resolver_factory(make_config(timeout_s=30), [black_hole.endpoint]), black_hole
+
+
+def test_forwarded_queries_in_flight_are_capped_and_descriptors_bounded(
+    black_holed: tuple[ServerThread, FakeUpstream],
 ) -> None:
     """A flood of distinct names to a black hole: FORWARD_MAX in flight, the rest SERVFAIL."""
-    black_hole = fake_upstream_factory()
-    stub = resolver_factory(make_config(timeout_s=30), [black_hole.endpoint])
+    stub, black_hole = black_holed
     stats = stub.resolver.stats
     before = open_descriptors()
     total = FORWARD_MAX + 250
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         client.settimeout(10)
-        for start in range(0, total, 50):
-            for i in range(start, start + 50):
-                client.sendto(query_wire(f"n{i}.flood.test", i), ("127.0.0.1", stub.port))
-            sent = start + 50
-            wait_for(
-                lambda sent=sent: stats.forwarded + stats.dropped >= sent,
-                "the resolver to forward or drop every query sent",
-                30,
-            )
+        flood(client, stub, "n", total)
         assert stats.forwards_in_flight == FORWARD_MAX
         assert stats.forward_capped == total - FORWARD_MAX
         assert open_descriptors() - before <= SOCKETS_PER_UPSTREAM + 4
@@ -206,6 +221,24 @@ def test_forwarded_queries_in_flight_are_capped_and_descriptors_bounded(
     assert addresses(ask(stub.endpoint, "dnd")) == ["127.77.0.1"]
     assert addresses(ask(stub.endpoint, "dasher", tcp=True)) == ["127.77.0.2"]
     assert len({q[12:] for q in black_hole.udp_queries}) <= FORWARD_MAX
+
+
+def test_under_a_flood_refusals_are_answered_at_a_bounded_rate(
+    black_holed: tuple[ServerThread, FakeUpstream],
+) -> None:
+    """Past the caps, at most ``overflow_replies_per_s`` SERVFAIL a second; the rest dropped."""
+    stub, _ = black_holed
+    stats = stub.resolver.stats
+    stub.call(setattr, stub.resolver, "overflow_replies_per_s", 5)
+    total = FORWARD_MAX + 60
+    started = time.monotonic()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        flood(client, stub, "d", total)
+    seconds = int(time.monotonic() - started) + 2  # the whole seconds the burst touched
+    assert stats.forward_capped == 60
+    answered = stats.servfail
+    assert 0 < answered <= 5 * seconds
+    assert stats.dropped == 60 - answered
 
 
 def test_out_of_descriptors_is_logged_once_per_interval(

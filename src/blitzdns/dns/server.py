@@ -64,11 +64,14 @@ TCP_CLIENTS_MAX = 128
 TCP_PER_CLIENT_MAX = 16
 #: Distinct forwarded questions in flight at once (dnsmasq's ``dns-forward-max`` default).
 #: Each holds one upstream socket at most, so this bounds the descriptors DNS forwarding
-#: can use; past it new questions get SERVFAIL at once (:meth:`Resolver._overflow`).
+#: can use; past it new questions get SERVFAIL at once, or are dropped under a flood
+#: (:meth:`Resolver._overflow`).
 FORWARD_MAX = 150
 #: Clients waiting on those questions (identical questions share one exchange). Each
 #: waiter holds its packet only; the cap bounds the memory a flood of one name can take.
 WAITERS_MAX = 4096
+#: SERVFAIL replies a second to UDP queries past those caps; the rest are dropped.
+OVERFLOW_REPLIES_PER_S = 1000
 
 
 class Resolver:
@@ -105,6 +108,10 @@ class Resolver:
         self._pending: dict[bytes, asyncio.Task[bytes | None]] = {}
         #: Clients waiting for one of the exchanges in ``_pending``.
         self._waiters = 0
+        #: SERVFAIL replies a second to UDP queries past the caps (see ``_overflow``).
+        self.overflow_replies_per_s = OVERFLOW_REPLIES_PER_S
+        self._overflow_second = 0
+        self._overflow_replies = 0
         self._started = False
         self._previous_handler: _ExceptionHandler | None = None
 
@@ -277,27 +284,39 @@ class Resolver:
         self._pending.pop(key, None)
         self.stats.forwards_in_flight = len(self._pending)
 
-    def _overflow(self, job: ForwardJob) -> bytes:
-        """SERVFAIL, at once, for a query past the caps on forwarding.
+    def _overflow(self, job: ForwardJob, *, udp: bool = True) -> bytes | None:
+        """SERVFAIL at once for a query past the caps on forwarding, or nothing.
 
-        Answered rather than dropped: a real client learns at once and tries its next
-        server instead of waiting out its retry timer (glibc: 5 s), the reply is no larger
-        than the query (nothing to amplify), and it costs what a local answer costs. Past
-        the cap the flood's own queries are the ones refused, since they are the ones in
-        flight; protected names never reach this point (answered before any forwarding).
+        Answered rather than left to time out: a real client learns at once and tries its
+        next server instead of waiting out its retry timer (glibc: 5 s), and the reply is no
+        larger than the query (nothing to amplify). But under a flood a reply per query
+        costs a send the resolver cannot spare — the protected names' queries wait in the
+        same socket buffer, and the kernel drops from it when it is full — so over UDP at
+        most :attr:`overflow_replies_per_s` a second are answered and the rest dropped (as
+        BIND's response-rate limiting does). Over TCP (bounded per connection already) the
+        client always gets its SERVFAIL.
         """
         self.stats.forward_capped += 1
-        self.stats.servfail += 1
+        now = asyncio.get_running_loop().time()
         self.log_limited(
             "forwarded queries refused",
-            asyncio.get_running_loop().time(),
+            now,
             logging.WARNING,
-            "%d forwarded queries in flight (the most allowed): answering SERVFAIL "
-            "to new ones (from %s; %d so far)",
+            "%d forwarded queries in flight (the most allowed): refusing new ones "
+            "(from %s; %d so far)",
             len(self._pending),
             job.client,
             self.stats.forward_capped,
         )
+        if udp:
+            second = int(now)
+            if second != self._overflow_second:
+                self._overflow_second, self._overflow_replies = second, 0
+            self._overflow_replies += 1
+            if self._overflow_replies > self.overflow_replies_per_s:
+                self.stats.dropped += 1
+                return None
+        self.stats.servfail += 1
         return error_reply(job.packet, job.qend, SERVFAIL, job.edns)
 
     def _finish(self, job: ForwardJob, exchange: asyncio.Task[bytes | None]) -> bytes | None:
@@ -314,7 +333,7 @@ class Resolver:
         """The reply for ``job`` (TCP): identical questions in flight share one exchange."""
         exchange = self._exchange(job)
         if exchange is None:
-            return self._overflow(job)
+            return self._overflow(job, udp=False)
         try:
             await asyncio.wait((exchange,))
         except asyncio.CancelledError:
