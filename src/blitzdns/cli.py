@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,8 +19,9 @@ from blitzdns.commands.options import (
     JsonOption,
     LocationOption,
 )
+from blitzdns.config import Config
 from blitzdns.effective import effective_config
-from blitzdns.errors import UsageError
+from blitzdns.errors import BlitzdnsError, UsageError
 
 app = typer.Typer(
     add_completion=False,
@@ -124,22 +125,25 @@ def check(
         ),
     ] = False,
 ) -> None:
-    """Verify a running setup step by step; exit 0 only when every step holds."""
+    """Verify a running setup layer by layer; stop at the first that fails, say what to do.
+
+    The running daemon's listen addresses, mouths and config file are what is checked (its
+    control socket says them); the config's own when no daemon answers. Exit 0 only when
+    every step holds.
+    """
     import asyncio
 
     from blitzdns.check import render, run_checks, to_json
-    from blitzdns.control import query_status
-    from blitzdns.errors import NotRunning
 
-    try:
-        status: dict[str, object] | None = query_status(control_socket)
-    except NotRunning:
-        status = None
-    running_at = status.get("location") if status else None
-    if running_at and location in (None, "auto"):
-        location = str(running_at)  # what the daemon detected is what it serves
-    config = effective_config(config_path, location=location)
-    steps = asyncio.run(run_checks(config, status=status, system_resolver=not skip_system_resolver))
+    status, config = daemon_and_config(config_path, location, control_socket)
+    steps = asyncio.run(
+        run_checks(
+            config,
+            status=status,
+            system_resolver=not skip_system_resolver,
+            control_socket=control_socket,
+        )
+    )
     if as_json:
         typer.echo(json.dumps([*to_json(steps)], indent=2))
     else:
@@ -147,32 +151,82 @@ def check(
     raise typer.Exit(0 if all(s.ok for s in steps) else 1)
 
 
+def daemon_and_config(
+    config_path: Path | None, location: str | None, control_socket: Path | None
+) -> tuple[dict[str, object] | None, Config]:
+    """The running daemon's snapshot (None when none answers) and the config it runs: its
+    own file and location unless ``-c`` or ``--location`` say otherwise."""
+    from blitzdns.control import query_status
+    from blitzdns.errors import NotRunning
+
+    try:
+        status: dict[str, object] | None = query_status(control_socket)
+    except NotRunning:
+        status = None
+    if status is not None:
+        if config_path is None and status.get("config"):
+            config_path = Path(str(status["config"]))
+        if location in (None, "auto") and status.get("location"):
+            location = str(status["location"])  # what the daemon detected is what it serves
+    return status, effective_config(config_path, location=location)
+
+
 @app.command()
 def discover(
-    user: Annotated[str, typer.Argument(help="A DND name, nickname or #uid.")],
+    user: Annotated[str, typer.Argument(metavar="USER", help="A DND name, nickname or #uid.")],
     config_path: ConfigOption = None,
     write: Annotated[
         bool,
-        typer.Option("--write", help="Record the server: protect DND, it and bulletins only."),
+        typer.Option(
+            "--write",
+            help="Record the server: protect DND, it and bulletins only; reload the daemon.",
+        ),
     ] = False,
+    control_socket: ControlSocketOption = None,
 ) -> None:
-    """Ask DND, through the tunnel, which BlitzMail server holds USER's mailbox."""
+    """Ask DND, through the tunnel, which BlitzMail server holds USER's mailbox.
+
+    A running daemon's config file and location are used (its control socket says them)
+    unless -c names another file.
+    """
     import asyncio
 
-    from blitzdns.config import find_config_file
     from blitzdns.discover import discover as run_discover
-    from blitzdns.discover import write_discovery
 
-    config = effective_config(config_path)
+    status, config = daemon_and_config(config_path, None, control_socket)
     found = asyncio.run(run_discover(config, user))
     where = f" (host {found.host.key}, mouth {found.host.mouth})" if found.host else ""
     typer.echo(f"{found.account.name} (uid {found.account.uid}): {found.account.blitzserv}{where}")
     if write:
-        from blitzdns.config import default_config_paths
+        for line in write_and_reload(config, found, status, control_socket):
+            typer.echo(line)
 
-        path = find_config_file(config_path) or default_config_paths()[0]
-        kept = write_discovery(config, found, path)
-        typer.echo(f"wrote {path}: tunnel.hosts = {kept}; reload with `kill -HUP` or restart")
+
+def write_and_reload(
+    config: Config, found: Any, status: dict[str, object] | None, control_socket: Path | None
+) -> list[str]:
+    """``discover --write``: record the server, then have the running daemon re-read the
+    file through its control socket (what ``kill -HUP PID`` does, with an answer)."""
+    from blitzdns.config import default_config_paths, find_config_file
+    from blitzdns.control import ControlError, request_reload
+    from blitzdns.discover import write_discovery
+
+    path = config.source or find_config_file(None) or default_config_paths()[0]
+    before = path.read_bytes() if path.is_file() else None
+    kept = write_discovery(config, found, path)
+    if path.is_file() and path.read_bytes() == before:
+        return [f"{path} already has tunnel.hosts = {kept}; nothing written"]
+    lines = [f"wrote {path}: tunnel.hosts = {kept}"]
+    if status is None:
+        return [*lines, "no daemon runs; `blitzdns run` will use it"]
+    pid = status.get("pid")
+    if status.get("config") != str(path):
+        return [*lines, f"the running daemon (pid {pid}) reads {status.get('config')}, not it"]
+    try:
+        request_reload(control_socket)
+    except (ControlError, BlitzdnsError) as exc:
+        return [*lines, f"the daemon (pid {pid}) did not reload ({exc}); `kill -HUP {pid}`"]
+    return [*lines, f"reloaded the running daemon (pid {pid})"]
 
 
 def _register_optional_commands() -> None:

@@ -587,6 +587,7 @@ class Daemon:
         return snapshot(
             started=self.started,
             location=self.config.location,
+            config=str(path.absolute()) if (path := self.options.config_path) else None,
             tunnel=self.tunnel.state if self.tunnel is not None else None,
             stats=resolver.stats if resolver is not None else ResolverStats(),
             listen=resolver.bound_endpoints if resolver is not None else (),

@@ -129,6 +129,8 @@ class Snapshot(TypedDict):
     pid: int
     started: float
     location: str | None
+    #: The config file the daemon read (reloads re-read it); None: the built-in preset.
+    config: str | None
     tunnel: TunnelStatus | None
     dns: DnsStatus
     guard: GuardStatus | None
@@ -142,6 +144,7 @@ def snapshot(
     stats: ResolverStats,
     listen: Iterable[Endpoint],
     guard: GuardStatus | None = None,
+    config: str | None = None,
 ) -> Snapshot:
     """The status of this process from its parts."""
     return {
@@ -150,6 +153,7 @@ def snapshot(
         "pid": os.getpid(),
         "started": started,
         "location": location,
+        "config": config,
         "tunnel": tunnel_status(tunnel) if tunnel is not None else None,
         "dns": dns_status(stats, listen),
         "guard": guard,

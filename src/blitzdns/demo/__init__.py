@@ -257,7 +257,13 @@ class DemoStack:
             self.mouth_block_start,
         )
         daemon = Daemon(
-            config, RunOptions(control_socket=workdir / "control.sock", drop_privileges=False)
+            config,
+            RunOptions(
+                # demo.toml: what a reload (and `blitzdns discover --write`) re-reads.
+                config_path=config.source,
+                control_socket=workdir / "control.sock",
+                drop_privileges=False,
+            ),
         )
         stack.push_async_callback(daemon.close)
         await daemon.start()
