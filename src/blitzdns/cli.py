@@ -234,21 +234,25 @@ def _register_optional_commands() -> None:
     from blitzdns.commands import guard as guard_cmd
     from blitzdns.commands import location as location_cmd
     from blitzdns.commands import resolver_config, service
-    from blitzdns.control import status_command
+    from blitzdns.control import STATUS_EXIT_CODES, status_command
 
     app.add_typer(service.app, name="service")
     app.add_typer(resolver_config.app, name="resolver-config")
     app.add_typer(guard_cmd.app, name="guard")
     app.command("location")(location_cmd.location)
 
-    @app.command()
+    codes = "\n".join(f"  {code}  {meaning}" for code, meaning in STATUS_EXIT_CODES)
+
+    @app.command(
+        help="Show the running daemon's link, forwards and DNS counters.\n\n"
+        f"Exit status (as `systemctl is-active` gives it):\n\n\b\n{codes}"
+    )
     def status(
         as_json: JsonOption = False,
         watch: Annotated[bool, typer.Option("--watch", help="Refresh every second.")] = False,
         control_socket: ControlSocketOption = None,
     ) -> None:
-        """Show the running daemon's link, forwards and DNS counters."""
-        status_command(as_json, watch, control_socket)
+        raise typer.Exit(status_command(as_json, watch, control_socket))
 
 
 _register_optional_commands()
