@@ -405,7 +405,11 @@ async def test_status_command_once_and_json(sock_path: Path) -> None:
     assert json.loads(as_json.getvalue()) == sample_snapshot()
 
 
-async def test_status_watch_refreshes_and_survives_a_restart(sock_path: Path) -> None:
+async def test_status_watch_refreshes_and_survives_a_restart(
+    sock_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.delenv("NO_COLOR", raising=False)
     snap = sample_snapshot()
     server = ControlServer(sock_path, lambda: copy.deepcopy(snap))
     await server.start()
@@ -431,6 +435,23 @@ async def test_status_watch_refreshes_and_survives_a_restart(sock_path: Path) ->
     frames = screen.getvalue().split("\x1b[H\x1b[2J")
     assert frames[0] == "" and len(frames) == 3
     assert all("dasher/mail" in frame for frame in frames[1:])
+
+    # A terminal that cannot take escapes, or a user who asked for none: frames follow.
+    for name, value in (("TERM", "dumb"), ("NO_COLOR", "1")):
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            async with ControlServer(sock_path, sample_snapshot):
+                screen = Terminal()
+                await asyncio.to_thread(
+                    status_command,
+                    False,
+                    True,
+                    sock_path,
+                    out=screen,
+                    rounds=2,
+                    sleep=lambda _: None,
+                )
+        assert "\x1b" not in screen.getvalue() and screen.getvalue().count("dasher/mail") == 2
 
 
 async def test_a_control_socket_in_a_missing_directory_is_refused_not_created(
