@@ -41,6 +41,7 @@ from blitzdns.dns.stats import ResolverStats
 from blitzdns.effective import Flags, layered
 from blitzdns.errors import BlitzdnsError, ConfigError, PermissionProblem, UsageError, explain
 from blitzdns.guard_service import GuardService, start_guard
+from blitzdns.logs import FORMATS, link_event, setup_logging
 from blitzdns.snapshot import Snapshot, snapshot
 from blitzdns.system import locations, netfacts, privileges, sdnotify
 from blitzdns.system.record import saved_upstreams
@@ -73,6 +74,8 @@ class RunOptions:
     location: str | None = None
     control_socket: Path | None = None
     verbose: bool = False
+    #: ``--log-format``: auto (journald when stderr is the journal), plain or journal.
+    log_format: str = "auto"
     flag_listen: tuple[str, ...] = ()
     flag_upstreams: tuple[str, ...] = ()
     flag_gateways: tuple[str, ...] = ()
@@ -94,19 +97,6 @@ class RunOptions:
             gateways=self.flag_gateways,
             trust_new_host_key=self.trust_new_host_key,
         )
-
-
-def setup_logging(verbose: bool) -> None:
-    """Plain lines on stderr: journald and launchd add their own time stamps."""
-    handler = logging.StreamHandler(sys.stderr)
-    fmt = "%(levelname)s %(message)s"
-    if sys.stderr.isatty():
-        fmt = "%(asctime)s " + fmt
-    handler.setFormatter(logging.Formatter(fmt, "%H:%M:%S"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 
 def install_fast_loop() -> bool:
@@ -233,7 +223,19 @@ def run_parser() -> argparse.ArgumentParser:
         default=Path("/"),
         help="the install records (resolver config, guard) are under this directory",
     )
-    add("-v", "--verbose", action="store_true", help="log every query")
+    add(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log every query, as dnsmasq does (query[A] NAME from ADDR, reply NAME is …)",
+    )
+    add(
+        "--log-format",
+        choices=FORMATS,
+        default="auto",
+        help="plain: time-stamped lines; journal: <priority> prefixes for journald "
+        "(auto: journal when stderr is the journal, else plain)",
+    )
     return parser
 
 
@@ -253,6 +255,7 @@ def run_main(argv: list[str]) -> int:
         location=fixed,
         control_socket=args.control_socket,
         verbose=args.verbose,
+        log_format=args.log_format,
         flag_listen=tuple(args.listen),
         flag_upstreams=tuple(args.upstream),
         flag_gateways=tuple(args.gateway),
@@ -265,7 +268,7 @@ def run_main(argv: list[str]) -> int:
 
 def run_daemon(config: Config, options: RunOptions) -> int:
     """Run until stopped; the exit status for the CLI. Typed errors propagate to the CLI."""
-    setup_logging(options.verbose)
+    setup_logging(options.verbose, options.log_format)
     install_fast_loop()
     raise_fd_limit()
     daemon = Daemon(config, options)
@@ -311,6 +314,8 @@ class Daemon:
         self.reload_lock = asyncio.Lock()
         self.ready_sent = False
         self.secrets: TerminalSecrets | None = None
+        #: The error the last "link down" log line named (a repeat is only counted).
+        self._down_error: str | None = None
 
     # ------------------------------------------------------------------ start
 
@@ -349,6 +354,8 @@ class Daemon:
 
     async def start(self) -> None:
         self.config = config = await self._located(self.base_config)
+        source = self.options.config_path
+        log.info("config %s", source or f"none found: the built-in {config.preset!r} preset")
         if not self.options.no_tunnel and not config.tunnel.gateways:
             raise UsageError(
                 "no SSH gateway configured: pass --gateway [user@]host, set tunnel.gateways "
@@ -433,8 +440,12 @@ class Daemon:
         return {"password_prompt": self.secrets.password, "passphrase": self.secrets.passphrase}
 
     def _on_link_change(self, state: TunnelState) -> None:
+        line = link_event(state, self._down_error, time.time())
+        if line is not None:
+            log.log(*line)
+        if state.status in (LinkStatus.UP, LinkStatus.DOWN):
+            self._down_error = state.last_error if state.status == LinkStatus.DOWN else None
         if state.status == LinkStatus.UP:
-            log.info("link up via %s", state.gateway)
             if not self.ready_sent and not self.stopping.is_set():
                 self.ready_sent = True
                 sdnotify.notify(ready=True, status=f"link up via {state.gateway}")
@@ -444,11 +455,10 @@ class Daemon:
             # The supervisor has logged the final error already: once is enough.
             sdnotify.notify(status=f"failed: {state.final_error}")
             self.stopping.set()
-        else:
-            reason = f": {state.last_error}" if state.last_error else ""
-            level = logging.WARNING if state.status == LinkStatus.DOWN else logging.INFO
-            log.log(level, "link %s%s", state.status.value.lower(), reason)
-            sdnotify.notify(status=f"link {state.status.value.lower()}{reason}")
+        elif state.status == LinkStatus.DOWN:
+            sdnotify.notify(status=f"link down: {state.last_error}")
+        elif state.status == LinkStatus.CONNECTING:
+            sdnotify.notify(status=f"link connecting to {state.gateway}")
 
     # ------------------------------------------------------------------ reload
 

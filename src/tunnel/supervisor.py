@@ -96,7 +96,7 @@ class Supervisor(Generic[L]):
                 last_error = exc
                 self.round_refused = False
             except RetryableError as exc:
-                log.info("%s", exc)
+                log.debug("%s", exc)
                 last_error = exc
                 refused = isinstance(exc, GatewayUnreachable) and exc.refused
                 self.round_refused = self.round_refused and refused

@@ -109,10 +109,13 @@ class RunningDaemon:
 
 
 @contextlib.contextmanager
-def running(argv: list[str], control: Path, log: Path) -> Iterator[RunningDaemon]:
-    """Start ``argv`` (a ``blitzdns run …`` line), wait until its control socket answers."""
+def running(
+    argv: list[str], control: Path, log: Path, env: Mapping[str, str] | None = None
+) -> Iterator[RunningDaemon]:
+    """Start ``argv`` (a ``blitzdns run …`` line) with its output in ``log`` (truncated, same
+    inode), and wait until its control socket answers."""
     with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env)
     daemon = RunningDaemon(process, control, log)
     try:
         daemon.wait_for(lambda status: "pid" in status)

@@ -31,11 +31,12 @@ from typing import Self
 from blitzdns.blitzmail import dnd, probes
 from blitzdns.blitzmail.fakes import DEMO_RECORDS, DEMO_SECOND_USER, DEMO_USER, DemoFleet, DndRecord
 from blitzdns.config import Config, ForwardSpec, parse_config
-from blitzdns.daemon import Daemon, RunOptions, install_fast_loop, setup_logging
+from blitzdns.daemon import Daemon, RunOptions, install_fast_loop
 from blitzdns.demo.gateway import DemoGateway, Route
 from blitzdns.demo.relay import RecordingRelay, render_wire
 from blitzdns.demo.session import SessionLog, client_session, secrets_of
 from blitzdns.errors import AddressInUse
+from blitzdns.logs import setup_logging
 
 #: Where the fake servers live: the "campus" only the gateway reaches.
 SERVER_BLOCK = "127.78.0"
