@@ -8,6 +8,7 @@ one line on stderr and an exit code. ``run`` has its own parser in :mod:`blitzdn
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,21 +17,64 @@ import typer
 from blitzdns.commands.options import (
     ConfigOption,
     ControlSocketOption,
+    GatewayOption,
     JsonOption,
+    ListenOption,
     LocationOption,
+    UpstreamOption,
+    flags,
 )
 from blitzdns.config import Config
 from blitzdns.effective import effective_config
 from blitzdns.errors import BlitzdnsError, UsageError
 
+SUMMARY = "A local DNS stub and a supervised SSH tunnel for legacy cleartext services."
+
 app = typer.Typer(
-    add_completion=False,
+    # --install-completion / --show-completion: typer's own, for bash, zsh, fish, PowerShell.
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="A local DNS stub and a supervised SSH tunnel for legacy cleartext services.",
+    rich_markup_mode=None,
+    # -h and --help on every command (subcommands inherit the names from this context).
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help=f"{SUMMARY}\n\n`blitzdns help TOPIC` shows a command's help, `help exit-codes` "
+    "the exit codes, `help all` every page; `help --man` writes them as a man page.",
 )
 config_app = typer.Typer(no_args_is_help=True, help="Write or show the configuration.")
 app.add_typer(config_app, name="config")
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        from blitzdns import __version__
+
+        typer.echo(f"blitzdns {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            is_eager=True,
+            callback=_version,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
+def command() -> Any:
+    """The click command tree typer builds from :data:`app`, with this project's help
+    pages (:mod:`blitzdns.help`) on every command."""
+    from blitzdns.help import style
+
+    return style(typer.main.get_command(app))
 
 
 @app.command(
@@ -38,7 +82,7 @@ app.add_typer(config_app, name="config")
     add_help_option=False,
 )
 def run(ctx: typer.Context) -> None:
-    """Start the DNS stub and the SSH tunnel and keep them running (see `run --help`)."""
+    """Start the DNS stub and the SSH tunnel and keep them running."""
     from blitzdns.daemon import run_main
 
     raise typer.Exit(run_main(list(ctx.args)))
@@ -48,12 +92,20 @@ def run(ctx: typer.Context) -> None:
 def plan(
     config_path: ConfigOption = None,
     location: LocationOption = None,
+    gateway: GatewayOption = None,
+    upstream: UpstreamOption = None,
+    listen: ListenOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show the names the stub answers, each host's mouth, and the forwards."""
+    """Show the names the stub answers, each host's mouth, and the forwards.
+
+    The flags change it as they change `run`: the file, then the location, then the flags.
+    """
     from blitzdns.plan import plan_dict, render_plan
 
-    config = effective_config(config_path, location=location)
+    config = effective_config(
+        config_path, location=location, flags=flags(listen, upstream, gateway)
+    )
     if as_json:
         typer.echo(json.dumps(plan_dict(config), indent=2))
     else:
@@ -64,9 +116,15 @@ def plan(
 def config_show(
     config_path: ConfigOption = None,
     location: LocationOption = None,
+    gateway: GatewayOption = None,
+    upstream: UpstreamOption = None,
+    listen: ListenOption = None,
 ) -> None:
-    """Print the effective configuration (preset, file and location merged) as JSON."""
-    config = effective_config(config_path, location=location)
+    """Print the effective configuration as JSON: the preset and the file, then the
+    location, then the flags (as `run` applies them)."""
+    config = effective_config(
+        config_path, location=location, flags=flags(listen, upstream, gateway)
+    )
     typer.echo(json.dumps(config.to_dict(), indent=2))
 
 
@@ -256,3 +314,77 @@ def _register_optional_commands() -> None:
 
 
 _register_optional_commands()
+
+
+@app.command("help")
+def help_topic(
+    ctx: typer.Context,
+    topic: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="TOPIC",
+            help="A command (`status`, `resolver-config install`), `exit-codes`, or `all`.",
+        ),
+    ] = None,
+    man: Annotated[
+        bool, typer.Option("--man", help="Write every page as a man page (roff) instead.")
+    ] = False,
+) -> None:
+    """Show the help of a command, the exit codes, or every page; all generated from the
+    commands themselves (`blitzdns help --man > blitzdns.1` makes the man page)."""
+    from blitzdns import __version__
+    from blitzdns.help import man_page
+
+    root = ctx.find_root()
+    pages = help_pages(root)
+    if man:
+        typer.echo(man_page(pages, __version__, SUMMARY), nl=False)
+        return
+    wanted = " ".join(["blitzdns", *(topic or [])])
+    if topic in (["all"],):
+        typer.echo("\n".join(text for _, text in pages), nl=False)
+        return
+    found = dict(pages).get(wanted)
+    if found is None:
+        known = ", ".join(path.partition(" ")[2] for path, _ in pages[1:])
+        raise UsageError(f"help: no topic {' '.join(topic or [])!r}; topics: {known}")
+    typer.echo(found, nl=False)
+
+
+def help_pages(root: Any) -> list[tuple[str, str]]:
+    """``(command path, page)`` for the whole tree, ``run``'s page and the exit codes."""
+    from blitzdns.daemon import run_parser
+    from blitzdns.help import parser_page, walk
+
+    pages = []
+    for cmd, ctx in walk(root.command, root):
+        if ctx.command_path == "blitzdns run":
+            pages.append((ctx.command_path, parser_page(run_parser())))
+        else:
+            pages.append((ctx.command_path, cmd.get_help(ctx) + "\n"))
+    return [*pages, ("blitzdns exit-codes", exit_codes_page())]
+
+
+def exit_codes_page() -> str:
+    """The exit codes, from the error classes and the status command's table."""
+    from blitzdns import errors
+    from blitzdns.control import STATUS_EXIT_CODES
+    from blitzdns.help import page
+
+    def tree(cls: type[errors.BlitzdnsError]) -> list[type[errors.BlitzdnsError]]:
+        return [cls, *(c for sub in cls.__subclasses__() for c in tree(sub))]
+
+    by_code: dict[int, list[str]] = {}
+    for cls in tree(errors.BlitzdnsError)[1:]:
+        doc = " ".join((cls.__doc__ or cls.__name__).split()).replace("``", "")
+        first = re.split(r"[;:(]| \(", doc)[0].strip().rstrip(".")
+        by_code.setdefault(cls.exit_code, []).append(first[0].lower() + first[1:])
+    rows = [("0", "done: what was asked holds (check: every step)")]
+    rows += [(str(code), "; ".join(docs)) for code, docs in sorted(by_code.items())]
+    rows.append(("130", "interrupted (Ctrl-C)"))
+    status = [(str(code), meaning) for code, meaning in STATUS_EXIT_CODES]
+    return page(
+        "blitzdns help exit-codes",
+        "Every command ends with one of these; an error prints one line on stderr first.",
+        [("Exit codes", rows), ("blitzdns status (as systemctl is-active)", status)],
+    )

@@ -645,7 +645,7 @@ def status_command(
                     snapshot = {"error": "not running"}
     except KeyboardInterrupt:
         stream.write("\n")
-    return 3 if snapshot is None or "pid" not in snapshot else status_exit_code(snapshot)
+        return 130  # ended by Ctrl-C, as a shell reports SIGINT
 
 
 def plain_terminal_ok() -> bool:

@@ -41,6 +41,7 @@ from blitzdns.dns.stats import ResolverStats
 from blitzdns.effective import Flags, layered
 from blitzdns.errors import BlitzdnsError, ConfigError, PermissionProblem, UsageError, explain
 from blitzdns.guard_service import GuardService, start_guard
+from blitzdns.help import parser_page
 from blitzdns.logs import FORMATS, link_event, setup_logging
 from blitzdns.snapshot import Snapshot, snapshot
 from blitzdns.system import locations, netfacts, privileges, sdnotify
@@ -173,7 +174,11 @@ def preload_modules() -> None:
 
 
 class _OneLineErrors(argparse.ArgumentParser):
-    """A flag mistake is one line (the CLI edge prints it) and exit status 2, like typer's."""
+    """A flag mistake is one line (the CLI edge prints it) and exit status 2, like typer's;
+    ``--help`` is the page every other command has (:mod:`blitzdns.help`)."""
+
+    def format_help(self) -> str:
+        return parser_page(self)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"run: {message} (see `blitzdns run --help`)")
@@ -184,58 +189,71 @@ def run_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrors(
         prog="blitzdns run",
         description="Start the DNS stub and the SSH tunnel and keep them running.",
+        add_help=False,
     )
     add = parser.add_argument
-    add("-c", "--config", type=Path, help="config file (default: ~/.config/blitzdns/config.toml)")
+    add(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="Config file (default: ~/.config/blitzdns/config.toml).",
+    )
     add(
         "--listen",
         action="append",
         default=[],
         metavar="ADDR:PORT",
-        help="where the stub listens (repeatable; default 127.0.0.1:53)",
+        help="Where the stub listens (repeatable; default 127.0.0.1:53).",
     )
     add(
         "--upstream",
         action="append",
         default=[],
         metavar="ADDR[:PORT]",
-        help="upstream resolver for other names (repeatable; default: from the system)",
+        help="Upstream resolver for other names (repeatable; default: from the system).",
     )
     add(
         "--gateway",
         action="append",
         default=[],
         metavar="[USER@]HOST[:PORT]",
-        help="SSH gateway (repeatable, tried in order; ~/.ssh/config applies)",
+        help="SSH gateway (repeatable, tried in order; ~/.ssh/config applies).",
     )
-    add("--no-tunnel", action="store_true", help="run the resolver only")
+    add("--no-tunnel", action="store_true", help="Run the resolver only.")
     add(
         "--trust-new-host-key",
         action="store_true",
-        help="accept and record an unknown gateway host key (trust on first use, by choice)",
+        help="Accept and record an unknown gateway host key (trust on first use, by choice).",
     )
-    add("--user", help="drop to this user after binding (default: SUDO_USER under sudo)")
-    add("--location", help="apply this location's overrides ('auto': detect and follow)")
-    add("--control-socket", type=Path, help="path of the status socket")
+    add("--user", metavar="USER", help="Drop to USER after binding (default: SUDO_USER).")
+    add(
+        "--location",
+        metavar="LOCATION",
+        help="Apply this location's overrides ('auto': detect and follow).",
+    )
+    add("--control-socket", type=Path, metavar="PATH", help="Path of the status socket.")
     add(
         "--root",
         type=Path,
         default=Path("/"),
-        help="the install records (resolver config, guard) are under this directory",
+        metavar="PATH",
+        help="The install records (resolver config, guard) are under this directory.",
     )
     add(
         "-v",
         "--verbose",
         action="store_true",
-        help="log every query, as dnsmasq does (query[A] NAME from ADDR, reply NAME is …)",
+        help="Log every query, as dnsmasq does (query[A] NAME from ADDR, reply NAME is …).",
     )
     add(
         "--log-format",
         choices=FORMATS,
         default="auto",
         help="plain: time-stamped lines; journal: <priority> prefixes for journald "
-        "(auto: journal when stderr is the journal, else plain)",
+        "(auto: journal when stderr is the journal, else plain).",
     )
+    add("-h", "--help", action="help", help="Show this message and exit.")
     return parser
 
 

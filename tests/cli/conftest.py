@@ -11,8 +11,10 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -135,3 +137,31 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
             return stack.enter_context(running([*argv, *flags], control, tmp_path / "daemon.log"))
 
         yield start
+
+
+@pytest.fixture
+def not_blitzdns(tmp_path: Path) -> Iterator[Path]:
+    """A unix socket whose server answers every connection with a line that is not JSON."""
+    path = tmp_path / "other.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"hello from something else\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield path
+    stop.set()
+    server.shutdown(socket.SHUT_RDWR)
+    server.close()
+    thread.join(timeout=5)

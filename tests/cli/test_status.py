@@ -5,12 +5,8 @@ status that says whether everything is up, as `systemctl is-active` does."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from blitzdns.control import STATUS_EXIT_CODES, format_clock
 
@@ -53,34 +49,6 @@ def test_resolver_only_is_up_and_exits_0(
     shown = blitzdns("status", "--control-socket", str(daemon.control))
     assert shown.returncode == 0, shown.stderr
     assert "link       none (resolver only)" in shown.stdout
-
-
-@pytest.fixture
-def not_blitzdns(tmp_path: Path) -> Iterator[Path]:
-    """A unix socket whose server answers every connection with a line that is not JSON."""
-    path = tmp_path / "other.sock"
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen()
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(4096)
-                conn.sendall(b"hello from something else\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield path
-    stop.set()
-    server.shutdown(socket.SHUT_RDWR)
-    server.close()
-    thread.join(timeout=5)
 
 
 def test_every_documented_status_exit_code(

@@ -99,4 +99,12 @@ def _register(verb: str, action: Callable[[services.ServicePlan], None]) -> None
 
 _register("show", _show)
 _register("install", _install)
-_register("uninstall", _uninstall)
+
+
+@app.command("uninstall")
+def uninstall(target: TargetOption = None, root: RootOption = Path("/")) -> None:
+    """Remove the service file install wrote (nothing else; harmless when absent).
+
+    Only where it lies matters (--target, --root): the user and config it names do not.
+    """
+    _uninstall(services.make_plan(target, root=root))
