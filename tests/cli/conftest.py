@@ -23,8 +23,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tunnel"))
-from tunnel_testlib import free_port
+from tests.peers import free_port
 
 BLITZDNS = str(Path(sys.executable).with_name("blitzdns"))
 

@@ -13,9 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tunnel_testlib import running_sshd
 
-from tests.dns.conftest import FORWARDED_ADDRESS, Dnsmasq
+from tests.peers import FORWARDED_ADDRESS, Dnsmasq, running_sshd
 
 from .conftest import BLITZDNS, RunningDaemon, echo_config, free_port, running
 
