@@ -6,19 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .conftest import blitzdns
+from tests.test_effective import FILE  # a file with a location: the same as there
 
-FILE = """\
-[dns]
-upstreams = ["127.0.0.2:53"]
-[tunnel]
-gateways = ["file@gw"]
-[locations.campus]
-match = [{ ssid = "blitzdns-test-no-such-network" }]
-gateways = ["campus@gw"]
-upstreams = ["127.0.0.3:53"]
-hosts = ["dnd"]
-"""
+from .conftest import blitzdns
 
 
 def test_plan_and_config_show_apply_location_then_flags(tmp_path: Path) -> None:
