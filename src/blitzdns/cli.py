@@ -136,15 +136,21 @@ def config_init(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
-    """Write a commented starting configuration file."""
+    """Write a commented starting configuration file.
+
+    The default file's directories are made as needed; a PATH given may add its own
+    directory only (a chain of missing ones is a typo, not something to invent).
+    """
     from blitzdns.config import default_config_paths
     from blitzdns.config_template import TEMPLATE
 
     target = path or default_config_paths()[0]
     if target.exists() and not force:
         raise UsageError(f"{target} exists; pass --force to overwrite it")
+    if path is not None and not target.parent.exists() and not target.parent.parent.is_dir():
+        raise UsageError(f"cannot write {target}: no such directory {target.parent.parent}")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=path is None, exist_ok=True)
         target.write_text(TEMPLATE, encoding="utf-8")
     except PermissionError:
         from blitzdns.errors import PermissionProblem
@@ -156,6 +162,22 @@ def config_init(
         where = exc.filename or target
         raise UsageError(f"cannot write {target} ({where}: {exc.strerror or exc})") from None
     typer.echo(f"wrote {target}")
+
+
+@config_app.command("check")
+def config_check(config_path: ConfigOption = None) -> None:
+    """Load and validate the config as `run` would, and say which file that is.
+
+    Exit 0 when it loads, 2 (one line naming the file and the key) when it does not: the
+    check `service install` runs, as the service's user, before it writes the unit.
+    """
+    from blitzdns.config import find_config_file
+
+    found = find_config_file(config_path)
+    config = effective_config(found, search=False)
+    where = str(found) if found else f"no config file; the built-in {config.preset!r} preset"
+    gateways = ", ".join(config.tunnel.gateways) or "none (run needs --gateway or --no-tunnel)"
+    typer.echo(f"{where}: ok, {len(config.hosts)} protected hosts, gateways: {gateways}")
 
 
 @app.command()

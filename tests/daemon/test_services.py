@@ -300,6 +300,11 @@ def test_service_command_show_install_uninstall(system_root: Path) -> None:
     assert "run --config /etc/b.toml" in shown.stdout
     assert tree(system_root) == before
 
+    # The unit's config check runs first: its file must be there (under --root) and load.
+    refused = runner.invoke(app, ["install", "--target", "systemd", *common])
+    assert "not writing" in str(refused.exception) and tree(system_root) == before
+    (system_root / "etc/b.toml").write_text('[tunnel]\ngateways = ["jsmith@gw.example.org"]\n')
+    before = tree(system_root)
     installed = runner.invoke(app, ["install", "--target", "systemd", *common])
     assert installed.exit_code == 0, installed.output
     unit = system_root / "etc/systemd/system/blitzdns.service"
