@@ -178,6 +178,10 @@ def config_check(config_path: ConfigOption = None) -> None:
     where = str(found) if found else f"no config file; the built-in {config.preset!r} preset"
     gateways = ", ".join(config.tunnel.gateways) or "none (run needs --gateway or --no-tunnel)"
     typer.echo(f"{where}: ok, {len(config.hosts)} protected hosts, gateways: {gateways}")
+    from blitzdns.plan import notes
+
+    for note in notes(config):
+        typer.echo(f"note: {note}")
 
 
 @app.command()

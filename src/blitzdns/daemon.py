@@ -43,6 +43,7 @@ from blitzdns.errors import BlitzdnsError, ConfigError, PermissionProblem, Usage
 from blitzdns.guard_service import GuardService, start_guard
 from blitzdns.help import parser_page
 from blitzdns.logs import FORMATS, link_event, setup_logging
+from blitzdns.plan import notes
 from blitzdns.snapshot import Snapshot, snapshot
 from blitzdns.system import locations, netfacts, privileges, sdnotify
 from blitzdns.system.record import saved_upstreams
@@ -374,6 +375,8 @@ class Daemon:
         self.config = config = await self._located(self.base_config)
         source = self.options.config_path
         log.info("config %s", source or f"none found: the built-in {config.preset!r} preset")
+        for note in notes(config):
+            log.warning("%s", note)
         if not self.options.no_tunnel and not config.tunnel.gateways:
             raise UsageError(
                 "no SSH gateway configured: pass --gateway [user@]host, set tunnel.gateways "

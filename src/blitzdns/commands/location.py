@@ -64,6 +64,8 @@ def location_report(config: Config, facts: Facts, forced: str | None) -> dict[st
         }
         if match
         else None,
+        # Locations with no match rule: only --location NAME selects them.
+        "unmatched": [name for name, loc in config.locations.items() if not loc.match],
         "forced": forced if forced not in (None, "auto") else None,
         "location": chosen_name,
         "effective": {
@@ -89,14 +91,17 @@ def render_report(report: dict[str, Any]) -> list[str]:
     for key, label in FACT_LABELS:
         lines.append(f"  {label + ':':<18}{', '.join(report['facts'][key]) or '(none found)'}")
     lines.append("")
-    if not report["rules"]:
+    unmatched = report.get("unmatched") or []
+    if not report["rules"] and not unmatched:
         lines.append("No [locations.*] in the configuration: the base configuration applies.")
-    else:
+    if report["rules"] or unmatched:
         lines.append("Rules, in file order (the first location with a rule that holds wins):")
         for rule in report["rules"]:
             verdict = "matches" if rule["matched"] else "no"
             why = rule["held"] if rule["matched"] else rule["failed"]
             lines.append(f"  {rule['location']}: {rule['rule']} → {verdict} ({'; '.join(why)})")
+    for name in unmatched:
+        lines.append(f"  {name}: no match rule; only `--location {name}` selects it")
     lines.append("")
     match = report["match"]
     detected = match["location"] if match else None

@@ -56,8 +56,8 @@ def show(
     root: RootOption = Path("/"),
 ) -> None:
     """Print exactly what install would write, and what the target can and cannot do."""
-    _, plan = prepare(config_path, target, location, root)
-    typer.echo("\n".join(render_plan(plan, root)))
+    _, plan, why = prepare(config_path, target, location, root)
+    typer.echo("\n".join(render_plan(plan, root, why)))
 
 
 @app.command()
@@ -81,7 +81,8 @@ def _install(
     *,
     apply: bool,
 ) -> None:
-    config, plan = prepare(config_path, target, location, root)
+    config, plan, why = prepare(config_path, target, location, root)
+    typer.echo(f"target: {plan.target} ({why})")
     if apply:
         _refuse_apply_under_root(root)
         installer.require_tools([*_command_argvs(plan, plan.commands), *plan.reload], what="apply")
@@ -154,27 +155,30 @@ def _uninstall(target: str | None, root: Path, *, apply: bool) -> None:
 
 def prepare(
     config_path: Path | None, target: str | None, location: str | None, root: Path
-) -> tuple[Config, Plan]:
-    """The effective config (location applied) and the plan for the chosen target."""
+) -> tuple[Config, Plan, str]:
+    """The effective config (location applied), the plan for the chosen target, and why
+    that target (the flag, the config, or what detection found)."""
     installer.require_root(root)
     config = effective_config(config_path, location=location)
     chosen = target or config.resolver_target
+    why = "--target" if target else f"resolver target in {config.source or 'the preset'}"
     if chosen == "auto":
-        chosen = installer.detect_target(root)
+        chosen, why = installer.detect_target_why(root)
+        why = f"detected: {why}"
     if chosen not in TARGETS:
         raise UsageError(f"--target {chosen}: expected one of {', '.join(TARGETS)}")
     current = record.original_bytes(Path(RESOLV_CONF), root) if chosen == "resolvconf" else None
-    return config, build_plan(config, chosen, current_resolv_conf=current)
+    return config, build_plan(config, chosen, current_resolv_conf=current), why
 
 
-def render_plan(plan: Plan, root: Path) -> list[str]:
+def render_plan(plan: Plan, root: Path, why: str = "") -> list[str]:
     """What ``show`` prints: the files verbatim (or the commands), then what the target can do."""
     names = plan.names
     kind = "every name goes to the stub" if plan.whole_resolver else "split DNS"
     if plan.target == "nrpt":
         kind = "split DNS by namespace, stub on port 53"
     lines = [
-        f"target: {plan.target} ({kind})",
+        f"target: {plan.target} ({kind}{f'; {why}' if why else ''})",
         f"stub: {', '.join(str(e) for e in names.stub)}",
         f"domains sent to the stub: {', '.join(names.domains) or '(none)'}",
         f"short names: {', '.join(names.short) or '(none)'}",

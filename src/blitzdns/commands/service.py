@@ -6,13 +6,17 @@ Errors are the package's typed errors; the CLI turns them into one line and an e
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from blitzdns.errors import UsageError
+from blitzdns.config import find_config_file
+from blitzdns.errors import ConfigError, UsageError
 from blitzdns.system import services
 from blitzdns.system.services import Outcome, Target
 
@@ -61,13 +65,6 @@ def config_problem(plan: services.ServicePlan) -> str | None:
     check is the unit's own: its program runs ``config check --config FILE``, as the
     service's user when this is the machine it is for (root only can switch users).
     """
-    import os
-    import shlex
-    import subprocess
-
-    from blitzdns.config import find_config_file
-    from blitzdns.errors import ConfigError
-
     local = unit_config(plan)
     if not local.is_file():
         try:
