@@ -39,3 +39,28 @@ def test_plan_and_config_show_apply_location_then_flags(tmp_path: Path) -> None:
     bad = blitzdns("plan", *at, "--gateway", "a@@b")
     assert bad.returncode == 2
     assert bad.stderr.startswith("blitzdns: --gateway a@@b: ") and bad.stderr.count("\n") == 1
+
+
+def test_location_and_resolver_config_take_the_flags_that_change_what_they_show(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(FILE)
+    at = ["-c", str(config), "--location", "campus"]
+    where = blitzdns("location", *at, "--gateway", "flag@gw", "--upstream", "127.0.0.4")
+    assert where.returncode == 0, where.stderr
+    assert "  gateways:        flag@gw" in where.stdout.splitlines()
+    assert "  upstreams:       127.0.0.4:53" in where.stdout.splitlines()
+    shown = blitzdns(
+        "resolver-config",
+        "show",
+        *at,
+        "--listen",
+        "127.0.0.1:5300",
+        "--target",
+        "systemd-resolved",
+        "--root",
+        str(tmp_path),
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "stub: 127.0.0.1:5300" in shown.stdout.splitlines()

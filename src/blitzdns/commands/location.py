@@ -12,8 +12,15 @@ from typing import Annotated, Any
 
 import typer
 
-from blitzdns.commands.options import ConfigOption, JsonOption
+from blitzdns.commands.options import (
+    ConfigOption,
+    GatewayOption,
+    JsonOption,
+    UpstreamOption,
+    flags,
+)
 from blitzdns.config import Config, load_config
+from blitzdns.effective import NO_FLAGS, Flags, layered
 from blitzdns.system.locations import Facts, describe_rule, evaluate, match_location
 from blitzdns.system.netfacts import read_facts
 
@@ -26,25 +33,32 @@ LocationOption = Annotated[
 def location(
     config_path: ConfigOption = None,
     forced: LocationOption = None,
+    gateway: GatewayOption = None,
+    upstream: UpstreamOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show which location matches this network now, and why (the facts and the rule)."""
+    """Show which location matches this network now, and why (the facts and the rule).
+
+    The effective settings it ends with are the location's, then the flags' (as in run).
+    """
     config = load_config(config_path)
     facts = read_facts()
-    report = location_report(config, facts, forced)
+    report = location_report(config, facts, forced, flags(None, upstream, gateway))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
     typer.echo("\n".join(render_report(report)))
 
 
-def location_report(config: Config, facts: Facts, forced: str | None) -> dict[str, Any]:
+def location_report(
+    config: Config, facts: Facts, forced: str | None, overrides: Flags = NO_FLAGS
+) -> dict[str, Any]:
     """Everything ``location`` prints, as plain data (pure: facts in, report out)."""
     match = match_location(config, facts)
     chosen_name = match.name if match else None
     if forced is not None and forced != "auto":
         chosen_name = config.at_location(forced).location
-    effective = config.at_location(chosen_name)
+    effective = layered(config, chosen_name, overrides)
     return {
         "facts": facts.to_dict(),
         "rules": [

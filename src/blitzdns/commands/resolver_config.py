@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from blitzdns.commands.options import ConfigOption
+from blitzdns.commands.options import ConfigOption, ListenOption, flags
 from blitzdns.config import Config
 from blitzdns.effective import effective_config
 from blitzdns.errors import UsageError
@@ -53,10 +53,11 @@ def show(
     config_path: ConfigOption = None,
     target: TargetOption = None,
     location: LocationOption = None,
+    listen: ListenOption = None,
     root: RootOption = Path("/"),
 ) -> None:
     """Print exactly what install would write, and what the target can and cannot do."""
-    _, plan, why = prepare(config_path, target, location, root)
+    _, plan, why = prepare(config_path, target, location, root, listen)
     typer.echo("\n".join(render_plan(plan, root, why)))
 
 
@@ -65,12 +66,13 @@ def install(
     config_path: ConfigOption = None,
     target: TargetOption = None,
     location: LocationOption = None,
+    listen: ListenOption = None,
     root: RootOption = Path("/"),
     apply: ApplyOption = False,
 ) -> None:
     """Write the resolver config (atomically, with backups); --apply also reloads."""
     with installer.locked(root):
-        _install(config_path, target, location, root, apply=apply)
+        _install(config_path, target, location, root, apply=apply, listen=listen)
 
 
 def _install(
@@ -80,13 +82,14 @@ def _install(
     root: Path,
     *,
     apply: bool,
+    listen: list[str] | None = None,
 ) -> None:
-    config, plan, why = prepare(config_path, target, location, root)
+    config, plan, why = prepare(config_path, target, location, root, listen)
     typer.echo(f"target: {plan.target} ({why})")
     if apply:
         _refuse_apply_under_root(root)
         installer.require_tools([*_command_argvs(plan, plan.commands), *plan.reload], what="apply")
-    hint = command_line("install", config_path, plan.target, location, root, apply)
+    hint = command_line("install", config_path, plan.target, location, root, apply, listen=listen)
     changes = installer.install(plan, root, sudo_hint=hint, location=config.location)
     for change in changes:
         typer.echo(str(change))
@@ -154,12 +157,16 @@ def _uninstall(target: str | None, root: Path, *, apply: bool) -> None:
 
 
 def prepare(
-    config_path: Path | None, target: str | None, location: str | None, root: Path
+    config_path: Path | None,
+    target: str | None,
+    location: str | None,
+    root: Path,
+    listen: list[str] | None = None,
 ) -> tuple[Config, Plan, str]:
-    """The effective config (location applied), the plan for the chosen target, and why
-    that target (the flag, the config, or what detection found)."""
+    """The effective config (location, then ``--listen``, as ``run`` applies them), the plan
+    for the chosen target, and why that target (the flag, the config, or detection)."""
     installer.require_root(root)
-    config = effective_config(config_path, location=location)
+    config = effective_config(config_path, location=location, flags=flags(listen, None, None))
     chosen = target or config.resolver_target
     why = "--target" if target else f"resolver target in {config.source or 'the preset'}"
     if chosen == "auto":
@@ -248,6 +255,7 @@ def command_line(
     apply: bool,
     *,
     group: str = "resolver-config",
+    listen: list[str] | None = None,
 ) -> str:
     """The command to repeat under sudo (said when permission is missing)."""
     argv = ["blitzdns", group, verb, "--target", target]
@@ -255,6 +263,8 @@ def command_line(
         argv += ["--config", str(config_path)]
     if location is not None:
         argv += ["--location", location]
+    for endpoint in listen or ():
+        argv += ["--listen", endpoint]
     argv += root_args(root)
     if apply:
         argv.append("--apply")
