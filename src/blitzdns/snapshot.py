@@ -51,6 +51,11 @@ class TunnelStatus(TypedDict):
     last_error: str | None
     final_error: str | None
     attempts: int
+    #: While the link is not up: the first failure (``since`` moves at every retry), the
+    #: attempts since it was last up, and when the next one is due (None: none awaited).
+    down_since: float | None
+    attempts_since_up: int
+    next_retry: float | None
     #: Why the link was last replaced on a network change, or None.
     last_relink: str | None
     forwards: list[ForwardStatus]
@@ -168,6 +173,9 @@ def tunnel_status(state: TunnelState) -> TunnelStatus:
         "last_error": state.last_error,
         "final_error": state.final_error,
         "attempts": state.attempts,
+        "down_since": state.down_since,
+        "attempts_since_up": state.attempts_since_up,
+        "next_retry": state.next_retry,
         "last_relink": state.last_relink,
         "forwards": [forward_status(f) for f in state.forwards],
     }
