@@ -403,12 +403,15 @@ def start_fix(config: Config, control_socket: Path | None = None) -> str:
     return f"start it: `{command}`"
 
 
-def resolver_fix(config: Config) -> str:
-    """The resolver-config install that points the system at the stub, with its target."""
+def resolver_fix(config: Config, listen: Sequence[str] = ()) -> str:
+    """The resolver-config install that points the system at the stub, with its target;
+    ``listen``: where the daemon really listens, when a flag moved it from the config's."""
     target = config.resolver_target
     if target == "auto":
         target = detect_target()
     words = ["blitzdns", "resolver-config", "install", *config_args(config)]
+    if list(listen) != [str(e) for e in config.dns.listen]:
+        words += [word for endpoint in listen for word in ("--listen", endpoint)]
     command = f"{_sudo()}{shlex.join([*words, '--target', target, '--apply'])}"
     fix = f"point the system resolver at the stub: `{command}`"
     if target == "resolvconf":
@@ -478,7 +481,9 @@ async def run_checks(
         return check_link(status, config.tunnel.gateways)
 
     async def resolver() -> list[Step]:
-        return await loop.run_in_executor(None, check_system_resolver, config)
+        listen = [str(e) for e in (status or {}).get("dns", {}).get("listen") or []]
+        fix = resolver_fix(config, listen) if listen else ""
+        return await loop.run_in_executor(None, check_system_resolver, config, fix)
 
     async def daemon() -> list[Step]:
         return check_daemon(config, status, control_socket)

@@ -72,3 +72,15 @@ def test_check_tests_where_the_daemon_listens_and_the_file_it_read(
     assert lines[1].startswith("✓ stub: echo: 2 names"), done.stdout
     assert marks(done.stdout, "✗") == ["✗ mouths: the daemon runs without the tunnel"]
     assert done.stdout.strip().endswith("next: restart `blitzdns run` without --no-tunnel")
+
+
+def test_the_resolver_fix_points_where_the_daemon_listens(tmp_path: Path) -> None:
+    from blitzdns.check import resolver_fix
+    from blitzdns.config import load_config
+
+    config = load_config(echo_config(tmp_path, listen_port=53), search=False)
+    moved = resolver_fix(config, ["127.0.0.1:5300"])
+    command = shlex.split(re.search(r"`([^`]+)`", moved).group(1))  # type: ignore[union-attr]
+    assert command[command.index("--listen") + 1] == "127.0.0.1:5300"
+    assert "--target" in command and command[-1] == "--apply"
+    assert "--listen" not in resolver_fix(config, ["127.0.0.1:53"])
