@@ -95,7 +95,8 @@ def link_event(
     a line of their own (a retry beginning, the stop at exit: the daemon says "stopping").
 
     ``previous_error``: the error the last "down" line named; the same error again is not
-    repeated, only counted. Pure: the state and the clock in, the line out.
+    repeated, only counted, after 2, 4, 8… attempts. Pure: the state and the clock in, the
+    line out.
     """
     if state.status is LinkStatus.UP:
         return logging.INFO, f"link up via {state.gateway}"
@@ -107,5 +108,8 @@ def link_event(
     )
     if state.last_error is not None and state.last_error == previous_error:
         attempts = state.attempts_since_up
+        if attempts & (attempts - 1):
+            return None  # a repeat is said after 2, 4, 8, 16… attempts: a refusing gateway
+            # is retried every quarter second, and its log should not grow at that pace
         return logging.INFO, f"link still down after {attempts} attempts (same error); {when}"
     return logging.WARNING, f"link down: {state.last_error or 'no reason given'}; {when}"
