@@ -15,8 +15,9 @@ def test_run_does_not_import_typer_or_pydantic() -> None:
         "import sys\n"
         "from blitzdns.daemon import run_parser\n"
         "run_parser().parse_args(['--no-tunnel'])\n"
+        "assert 'Options:' in run_parser().format_help()  # run --help: the shared layout\n"
         "import blitzdns.entry\n"
-        "print(sorted(m for m in ('typer', 'pydantic', 'click') if m in sys.modules))\n"
+        "print(sorted(m for m in ('typer', 'pydantic', 'click', 'rich') if m in sys.modules))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30

@@ -49,7 +49,7 @@ def test_two_pins_on_one_address_name_the_second() -> None:
             [MouthRequest("a", A("127.77.0.5")), MouthRequest("b", A("127.77.0.5"))], BLOCK
         )
     assert caught.value.key == "hosts.b.mouth"
-    assert caught.value.detail == "mouth 127.77.0.5 is already host 'a''s"
+    assert caught.value.detail == "mouth 127.77.0.5 is already taken by host a"
 
 
 def test_a_pin_on_a_preset_address_names_the_pin() -> None:
@@ -58,7 +58,9 @@ def test_a_pin_on_a_preset_address_names_the_pin() -> None:
             [MouthRequest("dnd", offset=1), MouthRequest("mine", A("127.77.0.1"))], BLOCK
         )
     assert caught.value.key == "hosts.mine.mouth"
-    assert "127.77.0.1 is host 'dnd''s preset mouth; pin another address" in caught.value.detail
+    assert "127.77.0.1 is the preset mouth of host dnd; pin another address" in (
+        caught.value.detail
+    )
 
 
 def test_a_full_block_is_refused() -> None:

@@ -1,30 +1,45 @@
 """``blitzdns check``: every step the classic recipe verified by hand, as ✓/✗ with a fix.
 
-1. the stub answers every variant of every protected name with its mouth, and no real
+The steps come in layers, each resting on the ones before it:
+
+1. a daemon answers on the control socket (its listen addresses, mouths and config file
+   are what the later layers test; without one they test what the config says);
+2. the stub answers every variant of every protected name with its mouth, and no real
    address for any record type;
-2. the system resolver sends those names to the stub (getaddrinfo, not dig);
 3. the mouths listen on loopback only (or on a shared address, as configured);
 4. the SSH link is up and the gateway's host key is known;
-5. an end-to-end probe through each forward gets the service's own greeting or reply.
+5. an end-to-end probe through each forward gets the service's own greeting or reply;
+6. the system resolver sends those names to the stub (getaddrinfo, not dig).
+
+The first layer that fails stops the check: what follows is shown as skipped (it could not
+be tried), and the summary names the one thing to do, as a command that runs as printed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
+import shlex
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from blitzdns import lookup
 from blitzdns.blitzmail import probes
-from blitzdns.config import Config, ForwardSpec
+from blitzdns.config import Config, Endpoint, ForwardSpec, find_config_file
 from blitzdns.control import format_clock
+from blitzdns.errors import ConfigError
+from blitzdns.system.install import detect_target
 from blitzdns.system.locations import Facts
 from blitzdns.system.netfacts import read_facts
+from blitzdns.system.privileges import can_bind_privileged, privileged_ports
+from tunnel.errors import TunnelError
+from tunnel.forwards import Gateway
 
 PROBE_TYPES = ("A", "AAAA", "ANY", "MX", "TXT", "HTTPS")
 
@@ -39,6 +54,49 @@ class Step:
     fix: str = ""
     #: A risk worth a look that does not fail the check (printed with '!').
     warning: str = ""
+    #: Not tried, because a layer it rests on failed (``ok`` is False, but it is not
+    #: counted as a failure).
+    skipped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the checks look: the running daemon's own addresses, else the config's."""
+
+    stub: tuple[str, int]
+    forwards: tuple[ForwardSpec, ...]
+    #: False when the daemon runs without the tunnel (``--no-tunnel``).
+    tunnel: bool = True
+
+
+def target_of(config: Config, status: dict[str, Any] | None) -> Target:
+    """The daemon's bound listen addresses and mouths (from its status snapshot), so that a
+    daemon started with ``--listen`` or another config is checked where it really is; the
+    config's when no daemon answers."""
+    listen = [str(e) for e in (status or {}).get("dns", {}).get("listen") or []]
+    first = Endpoint.parse(listen[0]) if listen else config.dns.listen[0]
+    stub = (first.host, first.port)
+    if status is None:
+        return Target(stub, config.forwards())
+    tunnel = status.get("tunnel")
+    if not tunnel:
+        return Target(stub, (), tunnel=False)
+    forwards = []
+    for f in tunnel.get("forwards") or []:
+        host, _, service = str(f.get("name", "")).partition("/")
+        peers = f.get("allowed_peers")
+        forwards.append(
+            ForwardSpec(
+                host,
+                service,
+                str(f["mouth_host"]),
+                int(f["mouth_port"]),
+                str(f["target_host"]),
+                int(f["target_port"]),
+                None if peers is None else tuple(ipaddress.ip_network(p) for p in peers),
+            )
+        )
+    return Target(stub, tuple(forwards))
 
 
 def check_shared(config: Config, facts: Facts) -> list[Step]:
@@ -101,8 +159,9 @@ async def check_stub(config: Config, stub: tuple[str, int]) -> list[Step]:
                 Step(
                     "stub answers",
                     False,
-                    f"the stub at {stub[0]}:{stub[1]} does not answer ({exc})",
-                    "start it: `sudo blitzdns run` (or check [dns] listen)",
+                    f"the stub at {format_endpoint(stub)} does not answer ({exc})",
+                    "restart `blitzdns run` and read its log (the daemon answers, its stub "
+                    "does not)",
                 )
             ]
         steps.append(
@@ -129,7 +188,7 @@ def system_lookup(name: str) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
-def check_system_resolver(config: Config) -> list[Step]:
+def check_system_resolver(config: Config, fix: str = "") -> list[Step]:
     """Step 2: the platform's own lookup (getaddrinfo) yields the mouths and nothing else.
 
     Each name is looked up in its own thread: a resolver that is not pointed at the stub
@@ -149,10 +208,7 @@ def check_system_resolver(config: Config) -> list[Step]:
                 f"system resolver: {host.canonical_name}",
                 ok,
                 f"getaddrinfo → {', '.join(seen)}",
-                ""
-                if ok
-                else "point the system resolver at the stub: "
-                "`blitzdns resolver-config show` then `sudo blitzdns resolver-config install`",
+                "" if ok else fix or resolver_fix(config),
             )
         )
     return steps
@@ -185,7 +241,8 @@ def listening_sockets(port: int) -> list[str]:
 
 
 def check_mouths(config: Config, forwards: Iterable[ForwardSpec] | None = None) -> list[Step]:
-    """Step 3: each mouth listens, and nothing listens on its port on a non-loopback address."""
+    """Layer 3: each mouth listens, and nothing listens on its port on a non-loopback
+    address."""
     steps = []
     allowed_shared = {str(s.address) for s in config.shared}
     for f in forwards if forwards is not None else config.forwards():
@@ -209,13 +266,16 @@ def check_mouths(config: Config, forwards: Iterable[ForwardSpec] | None = None) 
                 "blitzdns binds loopback only"
             )
         elif not listening:
-            fix = "start `blitzdns run` with the tunnel (not --no-tunnel)"
+            fix = "restart `blitzdns run` and read its log: its mouths should listen"
         steps.append(Step(f"mouth {f.host}/{f.service}", ok, detail, fix))
     return steps
 
 
-def check_link(status: dict[str, Any] | None) -> list[Step]:
-    """Step 4: from the daemon's status: link up, host key known (no final error)."""
+def check_link(status: dict[str, Any] | None, gateways: Sequence[str] = ()) -> list[Step]:
+    """Layer 4: from the daemon's status: link up, host key known (no final error).
+
+    ``gateways``: the configured ones, for the ``ssh`` line to try while none is in use.
+    """
     if status is None:
         return [
             Step(
@@ -227,45 +287,34 @@ def check_link(status: dict[str, Any] | None) -> list[Step]:
         ]
     tunnel = status.get("tunnel")
     if not tunnel:
-        return [Step("SSH link", False, "the daemon runs without the tunnel", "drop --no-tunnel")]
+        return [Step("SSH link", False, "the daemon runs without the tunnel", NO_TUNNEL_FIX)]
     final = str(tunnel.get("final_error") or "")
     state = str(tunnel.get("status", "")).lower()
     up = state == "up"
     detail = f"up via {tunnel.get('gateway')}" if up else state or "unknown"
     if not up and (final or tunnel.get("last_error")):
         detail += f": {final or tunnel.get('last_error')}"
-    link_step = Step(
-        "SSH link",
-        up,
-        detail,
-        "" if up else "check the gateway name and your SSH access (`ssh GATEWAY true`)",
-    )
+    if up:
+        return [
+            Step("SSH link", True, detail),
+            Step("gateway host key", True, "known (the link checked it)"),
+        ]
     if "host key" in final.lower():
-        key_step = Step(
-            "gateway host key",
-            False,
-            final,
+        fix = (
             "compare the fingerprint with one the gateway's administrators publish, "
-            "then run the command the message names",
+            "then run the command the message names"
         )
-    elif up:
-        key_step = Step("gateway host key", True, "known (the link checked it)")
-    else:
-        key_step = Step(
+        return [Step("gateway host key", False, final, fix), Step("SSH link", False, state, fix)]
+    gateway = str(tunnel.get("gateway") or (gateways[0] if gateways else ""))
+    return [
+        Step("SSH link", False, detail, ssh_fix(gateway)),
+        Step(
             "gateway host key",
             False,
             f"not verified: the link is {state or 'not up'}",
-            "fix the SSH link first",
-        )
-    return [link_step, key_step]
-
-
-def link_is_up(status: dict[str, Any] | None) -> bool | None:
-    """True/False from a daemon's status; None without a daemon (the probes then decide)."""
-    if status is None:
-        return None
-    tunnel = status.get("tunnel") or {}
-    return str(tunnel.get("status", "")).lower() == "up"
+            skipped=True,
+        ),
+    ]
 
 
 Prober = Callable[[str, int, float], Awaitable[Any]]
@@ -280,24 +329,11 @@ def prober_for(config: Config, forward: ForwardSpec) -> Prober:
 
 
 async def check_end_to_end(
-    config: Config, timeout: float = 5.0, *, link_up: bool | None = None
+    config: Config, timeout: float = 5.0, *, forwards: Iterable[ForwardSpec] | None = None
 ) -> list[Step]:
-    """Step 5: through each loopback forward, the service's own greeting or reply.
-
-    With ``link_up=False`` (the daemon says the link is down) nothing is tried: a mouth
-    would hold each probe for ``wait_for_link_s`` and then close it, which says no more.
-    """
-    loopback = [f for f in config.forwards() if f.allowed_peers is None]
-    if link_up is False:
-        return [
-            Step(
-                f"end to end {f.host}/{f.service}",
-                False,
-                "not tried: the SSH link is not up",
-                "fix the SSH link first",
-            )
-            for f in loopback
-        ]
+    """Layer 5: through each loopback forward, the service's own greeting or reply."""
+    chosen = config.forwards() if forwards is None else forwards
+    loopback = [f for f in chosen if f.allowed_peers is None]
 
     async def one(f: ForwardSpec) -> Step:
         try:
@@ -321,24 +357,157 @@ async def check_end_to_end(
     return list(await asyncio.gather(*(one(f) for f in loopback)))
 
 
-async def run_checks(
-    config: Config, *, status: dict[str, Any] | None, system_resolver: bool = True
+# --------------------------------------------------------------------------- fixes, as commands
+
+NO_TUNNEL_FIX = "restart `blitzdns run` without --no-tunnel"
+
+
+def format_endpoint(endpoint: tuple[str, int]) -> str:
+    host, port = endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _sudo(ports: Iterable[int] = ()) -> str:
+    """``sudo `` when this user lacks what the command needs (root; a port below 1024)."""
+    if os.geteuid() == 0:
+        return ""
+    if ports:
+        needed = privileged_ports(ports)
+        return "sudo " if needed and not can_bind_privileged(min(needed)) else ""
+    return "sudo "
+
+
+def config_args(config: Config) -> list[str]:
+    """``-c FILE`` when the config is not the one the commands find by themselves."""
+    if config.source is None:
+        return []
+    with suppress(ConfigError):
+        if find_config_file(None) == config.source:
+            return []
+    return ["-c", str(config.source.absolute())]
+
+
+def start_fix(config: Config, control_socket: Path | None = None) -> str:
+    """How to start the daemon for this config, runnable as printed."""
+    ports = [e.port for e in config.dns.listen] + [f.port for f in config.forwards()]
+    words = ["blitzdns", "run", *config_args(config)]
+    if control_socket is not None:
+        words += ["--control-socket", str(control_socket)]
+    command = f"{_sudo(ports)}{shlex.join(words)}"
+    if not config.tunnel.gateways:
+        where = config.source or "~/.config/blitzdns/config.toml (`blitzdns config init`)"
+        return (
+            f"set [tunnel] gateways in {where}, then start it: `{command}` "
+            f"(or `{command} --gateway USER@GATEWAY`)"
+        )
+    return f"start it: `{command}`"
+
+
+def resolver_fix(config: Config, listen: Sequence[str] = ()) -> str:
+    """The resolver-config install that points the system at the stub, with its target;
+    ``listen``: where the daemon really listens, when a flag moved it from the config's."""
+    target = config.resolver_target
+    if target == "auto":
+        target = detect_target()
+    words = ["blitzdns", "resolver-config", "install", *config_args(config)]
+    if list(listen) != [str(e) for e in config.dns.listen]:
+        words += [word for endpoint in listen for word in ("--listen", endpoint)]
+    command = f"{_sudo()}{shlex.join([*words, '--target', target, '--apply'])}"
+    fix = f"point the system resolver at the stub: `{command}`"
+    if target == "resolvconf":
+        fix += (
+            " (this replaces /etc/resolv.conf, kept as a backup; "
+            f"`{_sudo()}blitzdns resolver-config uninstall --apply` restores it)"
+        )
+    elif target == "nrpt":
+        fix += " (in an elevated PowerShell)"
+    return fix
+
+
+def ssh_fix(gateway: str) -> str:
+    """Try the gateway with the ssh client, in the form ssh(1) takes it."""
+    try:
+        parsed = Gateway.parse(gateway)
+    except TunnelError:
+        return "check [tunnel] gateways and your SSH access to the gateway (`ssh GATEWAY true`)"
+    words = ["ssh", *(["-p", str(parsed.port)] if parsed.port else [])]
+    words.append(f"{parsed.user}@{parsed.host}" if parsed.user else parsed.host)
+    return f"check your SSH access to the gateway: `{shlex.join([*words, 'true'])}`"
+
+
+# --------------------------------------------------------------------------- the layers
+
+
+def check_daemon(
+    config: Config, status: dict[str, Any] | None, control_socket: Path | None = None
 ) -> list[Step]:
-    """Every step in the order the classic recipe took them; ``status`` is the daemon's
+    """Layer 1: a daemon answers on the control socket."""
+    if status is None:
+        where = control_socket or "the control socket"
+        fix = start_fix(config, control_socket)
+        return [Step("daemon", False, f"no blitzdns daemon answers on {where}", fix)]
+    listen = ", ".join(str(e) for e in (status.get("dns") or {}).get("listen") or [])
+    source = status.get("config") or "the built-in preset"
+    return [
+        Step(
+            "daemon",
+            True,
+            f"pid {status.get('pid', '?')}, config {source}, DNS on {listen or 'nothing'}",
+        )
+    ]
+
+
+async def run_checks(
+    config: Config,
+    *,
+    status: dict[str, Any] | None,
+    system_resolver: bool = True,
+    control_socket: Path | None = None,
+) -> list[Step]:
+    """Every layer in order, stopping at the first that fails; ``status`` is the daemon's
     snapshot (None: no daemon answers). ``system_resolver=False`` skips getaddrinfo."""
-    stub_endpoint = config.dns.listen[0]
-    stub = (stub_endpoint.host, stub_endpoint.port)
-    steps = await check_stub(config, stub)
-    if system_resolver:
-        loop = asyncio.get_running_loop()
-        steps += await loop.run_in_executor(None, check_system_resolver, config)
-    steps += check_mouths(config)
-    if config.shared:
-        loop = asyncio.get_running_loop()
-        steps += check_shared(config, await loop.run_in_executor(None, read_facts))
-    steps += check_link(status)
-    steps += await check_end_to_end(config, link_up=link_is_up(status))
-    steps += await check_guard(status)
+    target = target_of(config, status)
+    loop = asyncio.get_running_loop()
+
+    async def mouths() -> list[Step]:
+        if not target.tunnel:
+            return [Step("mouths", False, "the daemon runs without the tunnel", NO_TUNNEL_FIX)]
+        return check_mouths(config, target.forwards)
+
+    async def shared() -> list[Step]:
+        return check_shared(config, await loop.run_in_executor(None, read_facts))
+
+    async def link() -> list[Step]:
+        return check_link(status, config.tunnel.gateways)
+
+    async def resolver() -> list[Step]:
+        listen = [str(e) for e in (status or {}).get("dns", {}).get("listen") or []]
+        fix = resolver_fix(config, listen) if listen else ""
+        return await loop.run_in_executor(None, check_system_resolver, config, fix)
+
+    async def daemon() -> list[Step]:
+        return check_daemon(config, status, control_socket)
+
+    layers: list[tuple[str, Callable[[], Awaitable[list[Step]]]]] = [
+        ("daemon", daemon),
+        ("stub", lambda: check_stub(config, target.stub)),
+        ("mouths", mouths),
+        *([("shared addresses", shared)] if config.shared else []),
+        ("SSH link", link),
+        ("end to end", lambda: check_end_to_end(config, forwards=target.forwards)),
+        *([("leak guard", lambda: check_guard(status))] if (status or {}).get("guard") else []),
+        *([("system resolver", resolver)] if system_resolver else []),
+    ]
+    steps: list[Step] = []
+    failed: str | None = None
+    for layer, run in layers:
+        if failed is not None:
+            steps.append(Step(layer, False, f"not tried ({failed})", skipped=True))
+            continue
+        found = await run()
+        steps += found
+        if not all(s.ok for s in found):
+            failed = "no daemon answers" if layer == "daemon" else f"{layer} failed above"
     return steps
 
 
@@ -433,18 +602,55 @@ async def check_guard(status: dict[str, Any] | None) -> list[Step]:
     return steps
 
 
+#: At most this many ✗ lines for failures that share a fix; the rest are counted.
+SHOWN_ALIKE = 3
+
+
 def render(steps: list[Step]) -> str:
-    """One ✓/✗ line per step, the fix under each ✗, and a summary line."""
-    lines = []
-    for step in steps:
-        lines.append(f"{'✓' if step.ok else '✗'} {step.name}: {step.detail}")
-        if not step.ok and step.fix:
-            lines.append(f"    → {step.fix}")
+    """One ✓/✗ line per step (failures with the same fix folded after a few), the fix once
+    under them, '–' for a layer not tried, and a summary that names the one thing to do."""
+    lines: list[str] = []
+    index = 0
+    while index < len(steps):
+        step = steps[index]
+        if step.skipped:
+            lines.append(f"– {step.name}: {step.detail}")
+            index += 1
+            continue
+        if step.ok:
+            lines.append(f"✓ {step.name}: {step.detail}")
+        else:
+            alike = [step]
+            while (
+                index + len(alike) < len(steps)
+                and not (other := steps[index + len(alike)]).ok
+                and not other.skipped
+                and other.fix == step.fix
+            ):
+                alike.append(other)
+            lines += [f"✗ {s.name}: {s.detail}" for s in alike[:SHOWN_ALIKE]]
+            if len(alike) > SHOWN_ALIKE:
+                lines.append(f"✗ … and {len(alike) - SHOWN_ALIKE} more like these")
+            if step.fix:
+                lines.append(f"    → {step.fix}")
+            lines += [f"    ! {s.warning}" for s in alike if s.warning]
+            index += len(alike)
+            continue
         if step.warning:
             lines.append(f"    ! {step.warning}")
-    passed = sum(s.ok for s in steps)
-    verdict = "all good" if passed == len(steps) else "see the ✗ steps above"
-    lines.append(f"check: {passed} of {len(steps)} steps hold; {verdict}")
+        index += 1
+    tried = [s for s in steps if not s.skipped]
+    passed = sum(s.ok for s in tried)
+    first = next((s for s in tried if not s.ok), None)
+    summary = f"check: {passed} of {len(tried)} steps hold"
+    if first is None:
+        lines.append(f"{summary}; all good")
+    else:
+        skipped = len(steps) - len(tried)
+        lines.append(
+            f"{summary}{f', {skipped} not tried' if skipped else ''}; "
+            f"next: {first.fix or first.detail}"
+        )
     return "\n".join(lines)
 
 

@@ -50,6 +50,29 @@ class ControlError(BlitzdnsError):
     """The daemon answered, but with an error (or with something that is not a reply)."""
 
 
+class StatusUnknown(BlitzdnsError):
+    """``status`` could not read the daemon's state (permission, not a blitzdns reply)."""
+
+    exit_code = 4
+
+
+#: What ``blitzdns status`` exits with, in the manner of ``systemctl is-active`` and LSB
+#: init scripts (0 running, 3 not running, 4 unknown); its --help and the README say these.
+STATUS_EXIT_CODES = (
+    (0, "the daemon runs and is up: its link is up, or it runs without a tunnel"),
+    (1, "the daemon runs, but its link is not up (connecting, down or failed)"),
+    (2, "a usage mistake (an unknown flag)"),
+    (3, "no daemon answers on the control socket"),
+    (4, "the status could not be read (permission denied, not a blitzdns reply)"),
+)
+
+
+def status_exit_code(snapshot: Mapping[str, Any]) -> int:
+    """0 when everything is up, 1 when the daemon runs but its link is not up."""
+    tunnel = snapshot.get("tunnel")
+    return 0 if not tunnel or tunnel.get("status") == "up" else 1
+
+
 # --------------------------------------------------------------------------- where
 
 
@@ -408,18 +431,7 @@ def render_guard(guard: Mapping[str, Any] | None, now: float) -> list[str]:
 def _render_tunnel(tunnel: Mapping[str, Any] | None, now: float) -> list[str]:
     if not tunnel:
         return ["link       none (resolver only)", ""]
-    status = str(tunnel.get("status", "unknown"))
-    link = f"link       {status.upper() if status == 'failed' else status}"
-    if tunnel.get("gateway"):
-        link += f" via {tunnel['gateway']}" if status == "up" else f" ({tunnel['gateway']})"
-    since = tunnel.get("since")
-    if isinstance(since, int | float):
-        link += f" since {format_clock(since)} ({format_duration(now - since)} ago)"
-    lines = [link]
-    if tunnel.get("final_error"):
-        lines.append(f"           final error: {tunnel['final_error']}")
-    elif tunnel.get("last_error"):
-        lines.append(f"           last error: {tunnel['last_error']}")
+    lines = link_lines(tunnel, now)
     if tunnel.get("last_relink"):
         lines.append(f"           last relink: {tunnel['last_relink']}")
     forwards = tunnel.get("forwards") or []
@@ -438,9 +450,47 @@ def _render_tunnel(tunnel: Mapping[str, Any] | None, now: float) -> list[str]:
         for f in forwards
     ]
     if rows:
-        headers = ["NAME", "MOUTH", "TARGET", "OPEN", "TOTAL", "REJECTED", "SENT", "RECEIVED"]
+        # The names of status --json's keys (bytes_out: client → target).
+        headers = ["NAME", "MOUTH", "TARGET", "OPEN", "TOTAL", "REJECTED", "BYTES_OUT", "BYTES_IN"]
         lines += format_table(headers, rows, numeric=range(3, 8))
     return [*lines, ""]
+
+
+def link_lines(tunnel: Mapping[str, Any], now: float) -> list[str]:
+    """The link's state; while it is not up: down since the first failure (a retry does
+    not restart it), the attempts since it was up, when the next one is due, and the last
+    error once."""
+    status = str(tunnel.get("status", "unknown"))
+    gateway = tunnel.get("gateway")
+    down_since = tunnel.get("down_since")
+    since = tunnel.get("since")
+    if status == "up":
+        link = f"link       up via {gateway}"
+    elif status == "failed":
+        link, since = "link       FAILED", down_since or since
+    elif status in ("down", "connecting") and down_since:
+        link, since = "link       down", down_since
+    else:
+        link = f"link       {status}"
+    if isinstance(since, int | float):
+        link += f" since {format_clock(since)} ({format_duration(now - since)} ago)"
+    if status == "connecting":
+        link += f"; connecting to {gateway}" if gateway else "; connecting"
+    lines = [link]
+    attempts = tunnel.get("attempts_since_up")
+    if status != "up" and isinstance(attempts, int) and attempts:
+        retry = f"           attempts {attempts}"
+        next_retry = tunnel.get("next_retry")
+        if status == "connecting":
+            retry += " (one under way)"
+        elif isinstance(next_retry, int | float):
+            retry += f", next in {format_duration(next_retry - now)} ({format_clock(next_retry)})"
+        lines.append(retry)
+    if tunnel.get("final_error"):
+        lines.append(f"           final error: {tunnel['final_error']}")
+    elif tunnel.get("last_error") and status != "up":
+        lines.append(f"           last error: {tunnel['last_error']}")
+    return lines
 
 
 _DNS_COUNTERS = (
@@ -548,23 +598,28 @@ def status_command(
     out: TextIO | None = None,
     rounds: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
-) -> None:
+) -> int:
     """``blitzdns status [--json] [--watch]``.
 
     Once: the table (or the snapshot as JSON). ``--watch``: refresh every second until
     Ctrl-C, in place on a terminal; with ``--json`` one compact JSON line per refresh.
     NotRunning (exit 3) when no daemon answers at first; during a watch a vanished daemon
-    is shown and waited for. ``rounds`` bounds the watch (tests).
+    is shown and waited for. ``rounds`` bounds the watch (tests). Returns the exit status
+    (:data:`STATUS_EXIT_CODES`) of the last snapshot shown.
     """
     stream = sys.stdout if out is None else out
-    snapshot: Mapping[str, Any] | None = query_status(socket)
+    try:
+        snapshot: Mapping[str, Any] | None = query_status(socket)
+    except (PermissionProblem, ControlError) as exc:
+        raise StatusUnknown(str(exc)) from None
+    assert snapshot is not None
     if not watch:
-        assert snapshot is not None
         stream.write(
             json.dumps(snapshot, indent=2) + "\n" if json_out else render_status(snapshot) + "\n"
         )
-        return
-    in_place = stream.isatty() and not json_out
+        return status_exit_code(snapshot)
+    # Redrawn in place only on a terminal that can take it (not TERM=dumb, not NO_COLOR).
+    in_place = stream.isatty() and not json_out and plain_terminal_ok()
     done = 0
     try:
         while True:
@@ -578,7 +633,9 @@ def status_command(
             stream.flush()
             done += 1
             if rounds is not None and done >= rounds:
-                return
+                return (
+                    3 if snapshot is None or "pid" not in snapshot else status_exit_code(snapshot)
+                )
             sleep(WATCH_INTERVAL_S)
             try:
                 snapshot = query_status(socket)
@@ -588,6 +645,14 @@ def status_command(
                     snapshot = {"error": "not running"}
     except KeyboardInterrupt:
         stream.write("\n")
+        return 130  # ended by Ctrl-C, as a shell reports SIGINT
+
+
+def plain_terminal_ok() -> bool:
+    """Whether escape sequences may be written to the terminal: not with ``TERM=dumb``
+    (or no TERM), nor when ``NO_COLOR`` is set (https://no-color.org)."""
+    term = os.environ.get("TERM", "")
+    return bool(term) and term != "dumb" and not os.environ.get("NO_COLOR")
 
 
 def _waiting(socket: Path | None) -> str:

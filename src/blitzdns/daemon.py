@@ -41,6 +41,9 @@ from blitzdns.dns.stats import ResolverStats
 from blitzdns.effective import Flags, layered
 from blitzdns.errors import BlitzdnsError, ConfigError, PermissionProblem, UsageError, explain
 from blitzdns.guard_service import GuardService, start_guard
+from blitzdns.help import parser_page
+from blitzdns.logs import FORMATS, link_event, setup_logging
+from blitzdns.plan import notes
 from blitzdns.snapshot import Snapshot, snapshot
 from blitzdns.system import locations, netfacts, privileges, sdnotify
 from blitzdns.system.record import saved_upstreams
@@ -75,6 +78,8 @@ class RunOptions:
     location: str | None = None
     control_socket: Path | None = None
     verbose: bool = False
+    #: ``--log-format``: auto (journald when stderr is the journal), plain or journal.
+    log_format: str = "auto"
     flag_listen: tuple[str, ...] = ()
     flag_upstreams: tuple[str, ...] = ()
     flag_gateways: tuple[str, ...] = ()
@@ -96,19 +101,6 @@ class RunOptions:
             gateways=self.flag_gateways,
             trust_new_host_key=self.trust_new_host_key,
         )
-
-
-def setup_logging(verbose: bool) -> None:
-    """Plain lines on stderr: journald and launchd add their own time stamps."""
-    handler = logging.StreamHandler(sys.stderr)
-    fmt = "%(levelname)s %(message)s"
-    if sys.stderr.isatty():
-        fmt = "%(asctime)s " + fmt
-    handler.setFormatter(logging.Formatter(fmt, "%H:%M:%S"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 
 def install_fast_loop() -> bool:
@@ -185,7 +177,11 @@ def preload_modules() -> None:
 
 
 class _OneLineErrors(argparse.ArgumentParser):
-    """A flag mistake is one line (the CLI edge prints it) and exit status 2, like typer's."""
+    """A flag mistake is one line (the CLI edge prints it) and exit status 2, like typer's;
+    ``--help`` is the page every other command has (:mod:`blitzdns.help`)."""
+
+    def format_help(self) -> str:
+        return parser_page(self)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"run: {message} (see `blitzdns run --help`)")
@@ -196,46 +192,71 @@ def run_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrors(
         prog="blitzdns run",
         description="Start the DNS stub and the SSH tunnel and keep them running.",
+        add_help=False,
     )
     add = parser.add_argument
-    add("-c", "--config", type=Path, help="config file (default: ~/.config/blitzdns/config.toml)")
+    add(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="Config file (default: ~/.config/blitzdns/config.toml).",
+    )
     add(
         "--listen",
         action="append",
         default=[],
         metavar="ADDR:PORT",
-        help="where the stub listens (repeatable; default 127.0.0.1:53)",
+        help="Where the stub listens (repeatable; default 127.0.0.1:53).",
     )
     add(
         "--upstream",
         action="append",
         default=[],
         metavar="ADDR[:PORT]",
-        help="upstream resolver for other names (repeatable; default: from the system)",
+        help="Upstream resolver for other names (repeatable; default: from the system).",
     )
     add(
         "--gateway",
         action="append",
         default=[],
         metavar="[USER@]HOST[:PORT]",
-        help="SSH gateway (repeatable, tried in order; ~/.ssh/config applies)",
+        help="SSH gateway (repeatable, tried in order; ~/.ssh/config applies).",
     )
-    add("--no-tunnel", action="store_true", help="run the resolver only")
+    add("--no-tunnel", action="store_true", help="Run the resolver only.")
     add(
         "--trust-new-host-key",
         action="store_true",
-        help="accept and record an unknown gateway host key (trust on first use, by choice)",
+        help="Accept and record an unknown gateway host key (trust on first use, by choice).",
     )
-    add("--user", help="drop to this user after binding (default: SUDO_USER under sudo)")
-    add("--location", help="apply this location's overrides ('auto': detect and follow)")
-    add("--control-socket", type=Path, help="path of the status socket")
+    add("--user", metavar="USER", help="Drop to USER after binding (default: SUDO_USER).")
+    add(
+        "--location",
+        metavar="LOCATION",
+        help="Apply this location's overrides ('auto': detect and follow).",
+    )
+    add("--control-socket", type=Path, metavar="PATH", help="Path of the status socket.")
     add(
         "--root",
         type=Path,
         default=Path("/"),
-        help="the install records (resolver config, guard) are under this directory",
+        metavar="PATH",
+        help="The install records (resolver config, guard) are under this directory.",
     )
-    add("-v", "--verbose", action="store_true", help="log every query")
+    add(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="Log every query, as dnsmasq does (query[A] NAME from ADDR, reply NAME is …).",
+    )
+    add(
+        "--log-format",
+        choices=FORMATS,
+        default="auto",
+        help="plain: time-stamped lines; journal: <priority> prefixes for journald "
+        "(auto: journal when stderr is the journal, else plain).",
+    )
+    add("-h", "--help", action="help", help="Show this message and exit.")
     return parser
 
 
@@ -255,6 +276,7 @@ def run_main(argv: list[str]) -> int:
         location=fixed,
         control_socket=args.control_socket,
         verbose=args.verbose,
+        log_format=args.log_format,
         flag_listen=tuple(args.listen),
         flag_upstreams=tuple(args.upstream),
         flag_gateways=tuple(args.gateway),
@@ -267,7 +289,7 @@ def run_main(argv: list[str]) -> int:
 
 def run_daemon(config: Config, options: RunOptions) -> int:
     """Run until stopped; the exit status for the CLI. Typed errors propagate to the CLI."""
-    setup_logging(options.verbose)
+    setup_logging(options.verbose, options.log_format)
     install_fast_loop()
     raise_fd_limit()
     daemon = Daemon(config, options)
@@ -313,6 +335,8 @@ class Daemon:
         self.reload_lock = asyncio.Lock()
         self.ready_sent = False
         self.secrets: TerminalSecrets | None = None
+        #: The error the last "link down" log line named (a repeat is only counted).
+        self._down_error: str | None = None
 
     # ------------------------------------------------------------------ start
 
@@ -351,6 +375,10 @@ class Daemon:
 
     async def start(self) -> None:
         self.config = config = await self._located(self.base_config)
+        source = self.options.config_path
+        log.info("config %s", source or f"none found: the built-in {config.preset!r} preset")
+        for note in notes(config):
+            log.warning("%s", note)
         if not self.options.no_tunnel and not config.tunnel.gateways:
             raise UsageError(
                 "no SSH gateway configured: pass --gateway [user@]host, set tunnel.gateways "
@@ -435,8 +463,12 @@ class Daemon:
         return {"password_prompt": self.secrets.password, "passphrase": self.secrets.passphrase}
 
     def _on_link_change(self, state: TunnelState) -> None:
+        line = link_event(state, self._down_error, time.time())
+        if line is not None:
+            log.log(*line)
+        if state.status in (LinkStatus.UP, LinkStatus.DOWN):
+            self._down_error = state.last_error if state.status == LinkStatus.DOWN else None
         if state.status == LinkStatus.UP:
-            log.info("link up via %s", state.gateway)
             if not self.ready_sent and not self.stopping.is_set():
                 self.ready_sent = True
                 sdnotify.notify(ready=True, status=f"link up via {state.gateway}")
@@ -446,11 +478,10 @@ class Daemon:
             # The supervisor has logged the final error already: once is enough.
             sdnotify.notify(status=f"failed: {state.final_error}")
             self.stopping.set()
-        else:
-            reason = f": {state.last_error}" if state.last_error else ""
-            level = logging.WARNING if state.status == LinkStatus.DOWN else logging.INFO
-            log.log(level, "link %s%s", state.status.value.lower(), reason)
-            sdnotify.notify(status=f"link {state.status.value.lower()}{reason}")
+        elif state.status == LinkStatus.DOWN:
+            sdnotify.notify(status=f"link down: {state.last_error}")
+        elif state.status == LinkStatus.CONNECTING:
+            sdnotify.notify(status=f"link connecting to {state.gateway}")
 
     # ------------------------------------------------------------------ reload
 
@@ -593,6 +624,7 @@ class Daemon:
         return snapshot(
             started=self.started,
             location=self.config.location,
+            config=str(path.absolute()) if (path := self.options.config_path) else None,
             tunnel=self.tunnel.state if self.tunnel is not None else None,
             stats=resolver.stats if resolver is not None else ResolverStats(),
             listen=resolver.bound_endpoints if resolver is not None else (),

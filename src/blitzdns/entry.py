@@ -21,9 +21,9 @@ def main(argv: list[str] | None = None) -> None:
             from blitzdns.daemon import run_main  # noqa: PLC0415  (run never loads typer)
 
             sys.exit(run_main(args[1:]))
-        from blitzdns.cli import app  # noqa: PLC0415  (nor the daemon loads the CLI)
+        from blitzdns.cli import command  # noqa: PLC0415  (nor the daemon loads the CLI)
 
-        status = app(args=args, prog_name="blitzdns", standalone_mode=False)
+        status = command().main(args=args, prog_name="blitzdns", standalone_mode=False)
         sys.exit(status if isinstance(status, int) else 0)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -56,6 +56,9 @@ def click_error(exc: BaseException) -> Told | None:
         return None
     message = str(format_message())
     ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError":  # a group without its command: its help
+        print(message.rstrip("\n"), file=sys.stderr)
+        return Told("", status)
     if ctx is None or not message:
         return Told(message, status)
     path = str(ctx.command_path)

@@ -44,7 +44,7 @@ def allocate_mouths(
 
     def claim(mouth: ipaddress.IPv4Address, key: str, where: str) -> None:
         if mouth in taken:
-            raise ConfigError(f"mouth {mouth} is already host {taken[mouth]!r}'s", key=where)
+            raise ConfigError(f"mouth {mouth} is already taken by host {taken[mouth]}", key=where)
         taken[mouth] = key
         mouths[key] = mouth
 
@@ -60,7 +60,7 @@ def allocate_mouths(
         candidate = usable[request.offset - 1]
         if candidate in taken:
             raise ConfigError(
-                f"{candidate} is host {request.key!r}'s preset mouth; pin another address",
+                f"{candidate} is the preset mouth of host {request.key}; pin another address",
                 key=f"hosts.{taken[candidate]}.mouth",
             )
         claim(candidate, request.key, f"hosts.{request.key}")

@@ -25,6 +25,7 @@ def plan_dict(config: Config) -> dict[str, Any]:
             for h in config.hosts
         ],
         "forwards": [plain(f) for f in config.forwards()],
+        "notes": notes(config),
         "shared": [
             {
                 "address": str(s.address),
@@ -67,4 +68,16 @@ def render_plan(config: Config) -> str:
             f"Shared address {s.address} for {', '.join(str(n) for n in s.allow)}: "
             f"{', '.join(served) or 'no hosts'}{'; DNS too' if s.dns else ''}"
         )
+    lines += [f"note: {note}" for note in notes(config)]
     return "\n".join(lines)
+
+
+def notes(config: Config) -> list[str]:
+    """What the config allows but a user should know: a pinned mouth outside the mouth block
+    (whatever is keyed on the block, such as a firewall rule, does not cover it)."""
+    block = config.tunnel.mouths
+    return [
+        f"hosts.{h.key}.mouth {h.mouth} is outside tunnel.mouths {block}"
+        for h in config.hosts
+        if h.mouth not in block
+    ]

@@ -51,6 +51,11 @@ class TunnelStatus(TypedDict):
     last_error: str | None
     final_error: str | None
     attempts: int
+    #: While the link is not up: the first failure (``since`` moves at every retry), the
+    #: attempts since it was last up, and when the next one is due (None: none awaited).
+    down_since: float | None
+    attempts_since_up: int
+    next_retry: float | None
     #: Why the link was last replaced on a network change, or None.
     last_relink: str | None
     forwards: list[ForwardStatus]
@@ -129,6 +134,8 @@ class Snapshot(TypedDict):
     pid: int
     started: float
     location: str | None
+    #: The config file the daemon read (reloads re-read it); None: the built-in preset.
+    config: str | None
     tunnel: TunnelStatus | None
     dns: DnsStatus
     guard: GuardStatus | None
@@ -142,6 +149,7 @@ def snapshot(
     stats: ResolverStats,
     listen: Iterable[Endpoint],
     guard: GuardStatus | None = None,
+    config: str | None = None,
 ) -> Snapshot:
     """The status of this process from its parts."""
     return {
@@ -150,6 +158,7 @@ def snapshot(
         "pid": os.getpid(),
         "started": started,
         "location": location,
+        "config": config,
         "tunnel": tunnel_status(tunnel) if tunnel is not None else None,
         "dns": dns_status(stats, listen),
         "guard": guard,
@@ -164,6 +173,9 @@ def tunnel_status(state: TunnelState) -> TunnelStatus:
         "last_error": state.last_error,
         "final_error": state.final_error,
         "attempts": state.attempts,
+        "down_since": state.down_since,
+        "attempts_since_up": state.attempts_since_up,
+        "next_retry": state.next_retry,
         "last_relink": state.last_relink,
         "forwards": [forward_status(f) for f in state.forwards],
     }

@@ -110,6 +110,13 @@ class TunnelState:
     """Connection attempts made since start (one per gateway tried)."""
     last_relink: str | None = None
     """Why the link was last replaced on a network change ("network changed: wlan0 → eth0")."""
+    down_since: float | None = None
+    """Wall-clock time of the first failure since the link was last up (None while up):
+    unlike ``since`` it does not move when a retry begins."""
+    attempts_since_up: int = 0
+    """Attempts made since the link was last up (the one under way included)."""
+    next_retry: float | None = None
+    """Wall-clock time the next attempt is due, while waiting for it (else None)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -121,5 +128,8 @@ class TunnelState:
             "final_error": self.final_error,
             "attempts": self.attempts,
             "last_relink": self.last_relink,
+            "down_since": self.down_since,
+            "attempts_since_up": self.attempts_since_up,
+            "next_retry": self.next_retry,
             "forwards": [f.to_dict() for f in self.forwards],
         }

@@ -69,6 +69,8 @@ class Supervisor(Generic[L]):
         self.attempts = 0
         self.round_refused = False
         """Whether every attempt of the last round was refused (nothing answered)."""
+        #: Seconds until the next attempt, set before a DOWN event is published (status).
+        self.retry_in: float | None = None
 
     async def _try_round(self) -> tuple[Gateway, L] | TunnelError:
         """One pass over the gateways: the first link made, else the error to act on.
@@ -94,7 +96,7 @@ class Supervisor(Generic[L]):
                 last_error = exc
                 self.round_refused = False
             except RetryableError as exc:
-                log.info("%s", exc)
+                log.debug("%s", exc)
                 last_error = exc
                 refused = isinstance(exc, GatewayUnreachable) and exc.refused
                 self.round_refused = self.round_refused and refused
@@ -127,25 +129,26 @@ class Supervisor(Generic[L]):
                 self._on_event(LinkStatus.FAILED, None, outcome, None)
                 return outcome
             if isinstance(outcome, TunnelError):
-                self._on_event(LinkStatus.DOWN, None, outcome, None)
                 if self.round_refused:
                     failures -= flapped  # the quick drop before was an outage, not a flap
                     flapped = False
-                    await self._sleep(self._backoff.refused_s)
-                    continue
-                failures += 1
-                flapped = False
-                await self._sleep(self._backoff.delay(failures, self._random))
+                    self.retry_in = self._backoff.refused_s
+                else:
+                    failures += 1
+                    flapped = False
+                    self.retry_in = self._backoff.delay(failures, self._random)
+                self._on_event(LinkStatus.DOWN, None, outcome, None)
+                await self._sleep(self.retry_in)
                 continue
             gateway, link = outcome
+            self.retry_in = None
             self._on_event(LinkStatus.UP, gateway, None, link)
             up_since = self._clock()
             reason = await link.wait_closed()
-            log.warning("%s", reason)
-            self._on_event(LinkStatus.DOWN, gateway, reason, None)
+            log.debug("%s", reason)
             flapped = self._clock() - up_since < self._stable_s
-            if not flapped:
-                failures = 0
-            else:
-                failures += 1
-                await self._sleep(self._backoff.delay(failures, self._random))
+            failures = failures + 1 if flapped else 0
+            self.retry_in = self._backoff.delay(failures, self._random) if flapped else 0.0
+            self._on_event(LinkStatus.DOWN, gateway, reason, None)
+            if flapped:
+                await self._sleep(self.retry_in)

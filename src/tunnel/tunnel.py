@@ -84,6 +84,9 @@ class Tunnel:
         self._gateway_label: str | None = None
         self._last_error: str | None = None
         self._final: FinalError | None = None
+        self._down_since: float | None = None
+        self._attempts_at_up = 0
+        self._next_retry: float | None = None
         self._callbacks: list[Callable[[TunnelState], None]] = []
         self._supervisor: Supervisor[Link] | None = None
         self._task: asyncio.Task[FinalError] | None = None
@@ -225,6 +228,7 @@ class Tunnel:
     ) -> None:
         if error is not None:
             self._last_error = str(error)
+        self._track_outage(status)
         if status is LinkStatus.CONNECTING:
             self._last_attempt = asyncio.get_running_loop().time()
             self._gateway_label = str(gateway)
@@ -254,6 +258,20 @@ class Tunnel:
             self._link_changed.set()
         self._set_status(status)
 
+    def _track_outage(self, status: LinkStatus) -> None:
+        """Down since the first failure (not the last retry), attempts since up, next retry."""
+        attempts = self._supervisor.attempts if self._supervisor is not None else 0
+        self._next_retry = None
+        if status is LinkStatus.UP:
+            self._down_since = None
+            self._attempts_at_up = attempts
+        elif status in (LinkStatus.DOWN, LinkStatus.FAILED):
+            if self._down_since is None:
+                self._down_since = time.time()
+            retry_in = self._supervisor.retry_in if self._supervisor is not None else None
+            if status is LinkStatus.DOWN and retry_in is not None:
+                self._next_retry = time.time() + retry_in
+
     # --- public API -----------------------------------------------------------------------
 
     @property
@@ -268,6 +286,12 @@ class Tunnel:
             forwards=tuple(m.state() for m in self._mouths.values()),
             attempts=self._supervisor.attempts if self._supervisor is not None else 0,
             last_relink=self._last_relink,
+            down_since=self._down_since,
+            attempts_since_up=(
+                (self._supervisor.attempts if self._supervisor is not None else 0)
+                - self._attempts_at_up
+            ),
+            next_retry=self._next_retry,
         )
 
     @property

@@ -10,6 +10,7 @@ the host table lacks.
 from __future__ import annotations
 
 import asyncio
+import os
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -196,3 +197,26 @@ async def test_cli_discover_prints_writes_and_refuses(stack: DemoStack) -> None:
     code, out, _ = await cli("wheelock", "--write")
     assert code == 0 and f"wrote {stack.config_path}" in out
     assert load_config(stack.config_path).tunnel.hosts == ("dnd", "prancer", "newshost")
+
+
+async def test_cli_discover_write_reloads_the_daemon_and_says_when_nothing_changed(
+    stack: DemoStack,
+) -> None:
+    async def cli(*argv: str) -> tuple[int, str, str]:
+        # No -c: the file is the one the running daemon says it reads.
+        return await run_cli("discover", *argv, "--control-socket", str(stack.control_socket))
+
+    pid = os.getpid()  # the demo daemon runs in this process
+    code, out, err = await cli("wheelock", "--write")
+    assert code == 0, err
+    assert out.splitlines()[1:] == [
+        f"wrote {stack.config_path}: tunnel.hosts = ['dnd', 'prancer', 'newshost']",
+        f"reloaded the running daemon (pid {pid})",
+    ]
+    assert {h.key for h in stack.daemon.config.hosts} == {"dnd", "prancer", "newshost"}
+    code, out, err = await cli("wheelock", "--write")
+    assert code == 0, err
+    assert out.splitlines()[1:] == [
+        f"{stack.config_path} already has tunnel.hosts = ['dnd', 'prancer', 'newshost']; "
+        "nothing written"
+    ]

@@ -291,6 +291,7 @@ def test_find_program_is_an_executable_blitzdns() -> None:
 def test_service_command_show_install_uninstall(system_root: Path) -> None:
     runner = CliRunner()
     common = ["--root", str(system_root), "--user", "daemon", "--config", "/etc/b.toml"]
+    where = ["--root", str(system_root)]  # all uninstall takes: it offers no flag it ignores
     before = tree(system_root)
 
     shown = runner.invoke(app, ["show", "--target", "systemd", *common])
@@ -299,6 +300,11 @@ def test_service_command_show_install_uninstall(system_root: Path) -> None:
     assert "run --config /etc/b.toml" in shown.stdout
     assert tree(system_root) == before
 
+    # The unit's config check runs first: its file must be there (under --root) and load.
+    refused = runner.invoke(app, ["install", "--target", "systemd", *common])
+    assert "not writing" in str(refused.exception) and tree(system_root) == before
+    (system_root / "etc/b.toml").write_text('[tunnel]\ngateways = ["jsmith@gw.example.org"]\n')
+    before = tree(system_root)
     installed = runner.invoke(app, ["install", "--target", "systemd", *common])
     assert installed.exit_code == 0, installed.output
     unit = system_root / "etc/systemd/system/blitzdns.service"
@@ -311,18 +317,19 @@ def test_service_command_show_install_uninstall(system_root: Path) -> None:
     again = runner.invoke(app, ["install", "--target", "systemd", *common])
     assert "already up to date" in again.stdout
 
-    removed = runner.invoke(app, ["uninstall", "--target", "systemd", *common])
+    assert runner.invoke(app, ["uninstall", "--target", "systemd", *common]).exit_code == 2
+    removed = runner.invoke(app, ["uninstall", "--target", "systemd", *where])
     assert removed.exit_code == 0, removed.output
     assert removed.stdout.splitlines()[0] == f"removed {unit}"
     assert tree(system_root) == before
-    nothing = runner.invoke(app, ["uninstall", "--target", "systemd", *common])
+    nothing = runner.invoke(app, ["uninstall", "--target", "systemd", *where])
     assert nothing.exit_code == 0 and "nothing to remove" in nothing.stdout
 
     launchd = runner.invoke(app, ["install", "--target", "launchd", *common])
     assert "launchctl bootstrap system /Library/LaunchDaemons/io.github.blitzdns.plist" in (
         launchd.stdout
     )
-    runner.invoke(app, ["uninstall", "--target", "launchd", *common])
+    runner.invoke(app, ["uninstall", "--target", "launchd", *where])
     assert tree(system_root) == before
 
     bad = runner.invoke(app, ["install", "--target", "upstart", *common])

@@ -12,8 +12,15 @@ from typing import Annotated, Any
 
 import typer
 
-from blitzdns.commands.options import ConfigOption, JsonOption
+from blitzdns.commands.options import (
+    ConfigOption,
+    GatewayOption,
+    JsonOption,
+    UpstreamOption,
+    flags,
+)
 from blitzdns.config import Config, load_config
+from blitzdns.effective import NO_FLAGS, Flags, layered
 from blitzdns.system.locations import Facts, describe_rule, evaluate, match_location
 from blitzdns.system.netfacts import read_facts
 
@@ -26,25 +33,32 @@ LocationOption = Annotated[
 def location(
     config_path: ConfigOption = None,
     forced: LocationOption = None,
+    gateway: GatewayOption = None,
+    upstream: UpstreamOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show which location matches this network now, and why (the facts and the rule)."""
+    """Show which location matches this network now, and why (the facts and the rule).
+
+    The effective settings it ends with are the location's, then the flags' (as in run).
+    """
     config = load_config(config_path)
     facts = read_facts()
-    report = location_report(config, facts, forced)
+    report = location_report(config, facts, forced, flags(None, upstream, gateway))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
     typer.echo("\n".join(render_report(report)))
 
 
-def location_report(config: Config, facts: Facts, forced: str | None) -> dict[str, Any]:
+def location_report(
+    config: Config, facts: Facts, forced: str | None, overrides: Flags = NO_FLAGS
+) -> dict[str, Any]:
     """Everything ``location`` prints, as plain data (pure: facts in, report out)."""
     match = match_location(config, facts)
     chosen_name = match.name if match else None
     if forced is not None and forced != "auto":
         chosen_name = config.at_location(forced).location
-    effective = config.at_location(chosen_name)
+    effective = layered(config, chosen_name, overrides)
     return {
         "facts": facts.to_dict(),
         "rules": [
@@ -64,6 +78,8 @@ def location_report(config: Config, facts: Facts, forced: str | None) -> dict[st
         }
         if match
         else None,
+        # Locations with no match rule: only --location NAME selects them.
+        "unmatched": [name for name, loc in config.locations.items() if not loc.match],
         "forced": forced if forced not in (None, "auto") else None,
         "location": chosen_name,
         "effective": {
@@ -89,14 +105,17 @@ def render_report(report: dict[str, Any]) -> list[str]:
     for key, label in FACT_LABELS:
         lines.append(f"  {label + ':':<18}{', '.join(report['facts'][key]) or '(none found)'}")
     lines.append("")
-    if not report["rules"]:
+    unmatched = report.get("unmatched") or []
+    if not report["rules"] and not unmatched:
         lines.append("No [locations.*] in the configuration: the base configuration applies.")
-    else:
+    if report["rules"] or unmatched:
         lines.append("Rules, in file order (the first location with a rule that holds wins):")
         for rule in report["rules"]:
             verdict = "matches" if rule["matched"] else "no"
             why = rule["held"] if rule["matched"] else rule["failed"]
             lines.append(f"  {rule['location']}: {rule['rule']} → {verdict} ({'; '.join(why)})")
+    for name in unmatched:
+        lines.append(f"  {name}: no match rule; only `--location {name}` selects it")
     lines.append("")
     match = report["match"]
     detected = match["location"] if match else None

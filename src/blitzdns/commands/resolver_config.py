@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from blitzdns.commands.options import ConfigOption
+from blitzdns.commands.options import ConfigOption, ListenOption, flags
 from blitzdns.config import Config
 from blitzdns.effective import effective_config
 from blitzdns.errors import UsageError
@@ -53,11 +53,12 @@ def show(
     config_path: ConfigOption = None,
     target: TargetOption = None,
     location: LocationOption = None,
+    listen: ListenOption = None,
     root: RootOption = Path("/"),
 ) -> None:
     """Print exactly what install would write, and what the target can and cannot do."""
-    _, plan = prepare(config_path, target, location, root)
-    typer.echo("\n".join(render_plan(plan, root)))
+    _, plan, why = prepare(config_path, target, location, root, listen)
+    typer.echo("\n".join(render_plan(plan, root, why)))
 
 
 @app.command()
@@ -65,12 +66,13 @@ def install(
     config_path: ConfigOption = None,
     target: TargetOption = None,
     location: LocationOption = None,
+    listen: ListenOption = None,
     root: RootOption = Path("/"),
     apply: ApplyOption = False,
 ) -> None:
     """Write the resolver config (atomically, with backups); --apply also reloads."""
     with installer.locked(root):
-        _install(config_path, target, location, root, apply=apply)
+        _install(config_path, target, location, root, apply=apply, listen=listen)
 
 
 def _install(
@@ -80,12 +82,14 @@ def _install(
     root: Path,
     *,
     apply: bool,
+    listen: list[str] | None = None,
 ) -> None:
-    config, plan = prepare(config_path, target, location, root)
+    config, plan, why = prepare(config_path, target, location, root, listen)
+    typer.echo(f"target: {plan.target} ({why})")
     if apply:
         _refuse_apply_under_root(root)
         installer.require_tools([*_command_argvs(plan, plan.commands), *plan.reload], what="apply")
-    hint = command_line("install", config_path, plan.target, location, root, apply)
+    hint = command_line("install", config_path, plan.target, location, root, apply, listen=listen)
     changes = installer.install(plan, root, sudo_hint=hint, location=config.location)
     for change in changes:
         typer.echo(str(change))
@@ -153,28 +157,35 @@ def _uninstall(target: str | None, root: Path, *, apply: bool) -> None:
 
 
 def prepare(
-    config_path: Path | None, target: str | None, location: str | None, root: Path
-) -> tuple[Config, Plan]:
-    """The effective config (location applied) and the plan for the chosen target."""
+    config_path: Path | None,
+    target: str | None,
+    location: str | None,
+    root: Path,
+    listen: list[str] | None = None,
+) -> tuple[Config, Plan, str]:
+    """The effective config (location, then ``--listen``, as ``run`` applies them), the plan
+    for the chosen target, and why that target (the flag, the config, or detection)."""
     installer.require_root(root)
-    config = effective_config(config_path, location=location)
+    config = effective_config(config_path, location=location, flags=flags(listen, None, None))
     chosen = target or config.resolver_target
+    why = "--target" if target else f"resolver target in {config.source or 'the preset'}"
     if chosen == "auto":
-        chosen = installer.detect_target(root)
+        chosen, why = installer.detect_target_why(root)
+        why = f"detected: {why}"
     if chosen not in TARGETS:
         raise UsageError(f"--target {chosen}: expected one of {', '.join(TARGETS)}")
     current = record.original_bytes(Path(RESOLV_CONF), root) if chosen == "resolvconf" else None
-    return config, build_plan(config, chosen, current_resolv_conf=current)
+    return config, build_plan(config, chosen, current_resolv_conf=current), why
 
 
-def render_plan(plan: Plan, root: Path) -> list[str]:
+def render_plan(plan: Plan, root: Path, why: str = "") -> list[str]:
     """What ``show`` prints: the files verbatim (or the commands), then what the target can do."""
     names = plan.names
     kind = "every name goes to the stub" if plan.whole_resolver else "split DNS"
     if plan.target == "nrpt":
         kind = "split DNS by namespace, stub on port 53"
     lines = [
-        f"target: {plan.target} ({kind})",
+        f"target: {plan.target} ({kind}{f'; {why}' if why else ''})",
         f"stub: {', '.join(str(e) for e in names.stub)}",
         f"domains sent to the stub: {', '.join(names.domains) or '(none)'}",
         f"short names: {', '.join(names.short) or '(none)'}",
@@ -244,6 +255,7 @@ def command_line(
     apply: bool,
     *,
     group: str = "resolver-config",
+    listen: list[str] | None = None,
 ) -> str:
     """The command to repeat under sudo (said when permission is missing)."""
     argv = ["blitzdns", group, verb, "--target", target]
@@ -251,6 +263,8 @@ def command_line(
         argv += ["--config", str(config_path)]
     if location is not None:
         argv += ["--location", location]
+    for endpoint in listen or ():
+        argv += ["--listen", endpoint]
     argv += root_args(root)
     if apply:
         argv.append("--apply")

@@ -6,12 +6,17 @@ Errors are the package's typed errors; the CLI turns them into one line and an e
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from blitzdns.config import find_config_file
+from blitzdns.errors import ConfigError, UsageError
 from blitzdns.system import services
 from blitzdns.system.services import Outcome, Target
 
@@ -45,14 +50,71 @@ ConfigOption = Annotated[
 ]
 
 
+def unit_config(plan: services.ServicePlan) -> Path:
+    """The config file the unit will read, as a path on this machine (under ``--root``)."""
+    if plan.root == Path("/"):
+        return plan.config
+    return plan.root / plan.config.relative_to(plan.config.anchor)
+
+
+def config_problem(plan: services.ServicePlan) -> str | None:
+    """Why the unit could not start on its config (one line with the fix), else None.
+
+    A missing file would make ``run`` exit at once and ``Restart=`` start it again and
+    again; so would one the service's user cannot read, or one that does not load. The
+    check is the unit's own: its program runs ``config check --config FILE``, as the
+    service's user when this is the machine it is for (root only can switch users).
+    """
+    local = unit_config(plan)
+    if not local.is_file():
+        try:
+            yours = find_config_file(None)
+        except ConfigError:
+            yours = None
+        if yours is not None and yours.absolute() != local.absolute():
+            copy = shlex.join(["install", "-D", "-m", "0644", str(yours), str(local)])
+            return (
+                f"the unit would read {local}, which does not exist; the config you use is "
+                f"{yours}: copy it there (`{copy}`) or pass --config {yours}"
+            )
+        init = shlex.join(["blitzdns", "config", "init", str(local)])
+        return f"the unit would read {local}, which does not exist: write one (`{init}`)"
+    argv = [*plan.program, "config", "check", "--config", str(local)]
+    switch = plan.root == Path("/") and plan.user is not None and os.geteuid() == 0
+    try:
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            user=plan.user if switch else None,
+            cwd="/",
+        )
+    except OSError as exc:
+        return f"the unit's program cannot run ({shlex.join(argv)}: {exc.strerror or exc})"
+    if done.returncode != 0:
+        said = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
+        who = f" as {plan.user}" if switch else ""
+        return f"the unit's config check failed{who}: {said.removeprefix('blitzdns: ')}"
+    return None
+
+
 def _show(plan: services.ServicePlan) -> None:
-    """Print the file install would write, and where."""
-    typer.echo(f"# {plan.path}", err=True)
+    """Print the file install would write, and where; say which config it reads."""
+    typer.echo(f"# {plan.path} (reads {plan.config})", err=True)
+    problem = config_problem(plan)
+    if problem is not None:
+        typer.echo(f"# warning: {problem}", err=True)
     typer.echo(plan.render().decode(), nl=False)
 
 
 def _install(plan: services.ServicePlan) -> None:
-    """Write the service file (atomically; again is a no-op)."""
+    """Write the service file (atomically; again is a no-op) once the unit's config check
+    passes: its config exists, its user can read it, and it loads."""
+    problem = config_problem(plan)
+    if problem is not None:
+        raise UsageError(f"not writing {plan.path}: {problem}")
     outcome = services.install(plan)
     said = {
         Outcome.WROTE: f"wrote {plan.path}",
@@ -60,13 +122,7 @@ def _install(plan: services.ServicePlan) -> None:
         Outcome.UNCHANGED: f"{plan.path} is already up to date",
     }
     typer.echo(said[outcome])
-    live_config = plan.config if plan.root == Path("/") else None
-    if live_config is not None and not live_config.is_file():
-        typer.echo(
-            f"note: {live_config} does not exist yet; `blitzdns config init` writes a "
-            "starting file",
-            err=True,
-        )
+    typer.echo(f"the unit reads {plan.config} (its config check passed)")
     for line in services.next_steps(plan, outcome):
         typer.echo(line)
 
@@ -99,4 +155,12 @@ def _register(verb: str, action: Callable[[services.ServicePlan], None]) -> None
 
 _register("show", _show)
 _register("install", _install)
-_register("uninstall", _uninstall)
+
+
+@app.command("uninstall")
+def uninstall(target: TargetOption = None, root: RootOption = Path("/")) -> None:
+    """Remove the service file install wrote (nothing else; harmless when absent).
+
+    Only where it lies matters (--target, --root): the user and config it names do not.
+    """
+    _uninstall(services.make_plan(target, root=root))

@@ -31,11 +31,12 @@ from typing import Self
 from blitzdns.blitzmail import dnd, probes
 from blitzdns.blitzmail.fakes import DEMO_RECORDS, DEMO_SECOND_USER, DEMO_USER, DemoFleet, DndRecord
 from blitzdns.config import Config, ForwardSpec, parse_config
-from blitzdns.daemon import Daemon, RunOptions, install_fast_loop, setup_logging
+from blitzdns.daemon import Daemon, RunOptions, install_fast_loop
 from blitzdns.demo.gateway import DemoGateway, Route
 from blitzdns.demo.relay import RecordingRelay, render_wire
 from blitzdns.demo.session import SessionLog, client_session, secrets_of
 from blitzdns.errors import AddressInUse
+from blitzdns.logs import setup_logging
 
 #: Where the fake servers live: the "campus" only the gateway reaches.
 SERVER_BLOCK = "127.78.0"
@@ -257,7 +258,13 @@ class DemoStack:
             self.mouth_block_start,
         )
         daemon = Daemon(
-            config, RunOptions(control_socket=workdir / "control.sock", drop_privileges=False)
+            config,
+            RunOptions(
+                # demo.toml: what a reload (and `blitzdns discover --write`) re-reads.
+                config_path=config.source,
+                control_socket=workdir / "control.sock",
+                drop_privileges=False,
+            ),
         )
         stack.push_async_callback(daemon.close)
         await daemon.start()

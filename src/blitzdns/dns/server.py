@@ -357,7 +357,7 @@ class Resolver:
             if reply is not None and not transport.is_closing():
                 transport.sendto(reply, address)
             if self.verbose:
-                self._trace(job.client, job.packet, reply, "udp")
+                self._trace(job.client, job.packet, reply, True)
 
         exchange.add_done_callback(send)
         return None
@@ -386,14 +386,12 @@ class Resolver:
             self.stats.descriptors_exhausted,
         )
 
-    def _trace(self, client: str, packet: bytes, reply: bytes | None, how: str) -> None:
-        self.log.debug(
-            "%s %s %s -> %s",
-            how,
-            client,
-            wire.describe(packet),
-            wire.describe(reply) if reply else "no reply",
-        )
+    def _trace(self, client: str, packet: bytes, reply: bytes | None, forwarded: bool) -> None:
+        """``-v``: the query's outcome as dnsmasq logs it (called only when verbose)."""
+        upstreams = self.forwarder.upstreams
+        to = (str(upstreams[0]) if upstreams else "") if forwarded else None
+        for line in wire.query_log(client, packet, reply, self.engine.table.protects, to):
+            self.log.info("%s", line)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One TCP connection: read and answer until EOF or idle, then flush and close.
@@ -541,7 +539,7 @@ class Resolver:
             if out is not None:
                 writer.write(len(out).to_bytes(2, "big") + out)
             if self.verbose:
-                self._trace(client, packet, out, "tcp")
+                self._trace(client, packet, out, False)
 
     async def _flushed(self, writer: asyncio.StreamWriter) -> bool:
         """Wait (up to ``tcp_idle_s``) until every reply is handed to the kernel."""
@@ -563,7 +561,7 @@ class Resolver:
         if reply is not None and not writer.is_closing():
             writer.write(len(reply).to_bytes(2, "big") + reply)
         if self.verbose:
-            self._trace(job.client, job.packet, reply, "tcp")
+            self._trace(job.client, job.packet, reply, True)
 
     # ------------------------------------------------------------------ loop detection
 
@@ -608,7 +606,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         if out is not None:
             self.sendto(out, addr)
         if self.verbose:
-            self.resolver._trace(addr[0], data, out, "udp")
+            self.resolver._trace(addr[0], data, out, False)
 
     def error_received(self, exc: Exception) -> None:
         self.resolver.log.debug("UDP error (an earlier reply was not delivered): %s", exc)

@@ -11,6 +11,7 @@ is untyped, so everything it returns is turned into our own types before it leav
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,8 @@ from dnslib import (
     CNAME,
     EDNS0,
     PTR,
+    QTYPE,
+    RCODE,
     RR,
     SOA,
     DNSHeader,
@@ -229,3 +232,58 @@ def describe(packet: bytes) -> str:
         )
     except Exception:
         return f"<{len(packet)} unparsable bytes>"
+
+
+def query_log(
+    client: str,
+    packet: bytes,
+    reply: bytes | None,
+    protects: Callable[[Name], bool],
+    forwarded_to: str | None = None,
+) -> list[str]:
+    """``-v``'s lines for one query, in the form dnsmasq logs them (never raises)::
+
+        query[A] dnd.dartmouth.edu from 127.0.0.1
+        config dnd.dartmouth.edu is 127.77.0.1          (a protected name: our answer)
+        cached example.org is 192.0.2.7                 (from the cache)
+        forwarded example.org to 192.0.2.53:53 / reply example.org is 192.0.2.7
+
+    ``protects``: whether a (lower-case) name is protected; ``forwarded_to``: where a
+    forwarded query went (None: answered here). Types and rcodes by name (RFC 1035
+    §3.2.2, §4.1.1); several answers on one line.
+    """
+    try:
+        query = DNSRecord.parse(packet)
+    except Exception:
+        return [f"query[?] <{len(packet)} unparsable bytes> from {client}"]
+    if not query.questions:
+        return [f"query[-] (no question) from {client}"]
+    question = query.questions[0]
+    name = str(question.qname).rstrip(".") or "."
+    qtype = QTYPE.get(question.qtype, f"TYPE{question.qtype}")
+    lines = [f"query[{qtype}] {name} from {client}"]
+    if forwarded_to is not None:
+        lines.append(f"forwarded {name} to {forwarded_to or 'the upstreams'}")
+        verb = "reply"
+    else:
+        labels = tuple(label.lower() for label in question.qname.label)
+        verb = "config" if protects(labels) else "cached"
+    if reply is None:
+        return [*lines, f"{verb} {name} is no reply (dropped)"]
+    try:
+        answer = DNSRecord.parse(reply)
+    except Exception:
+        return [*lines, f"{verb} {name} is <{len(reply)} unparsable bytes>"]
+    rcode = answer.header.rcode
+    if rcode != 0:
+        said = str(RCODE.get(rcode, f"RCODE{rcode}"))
+    elif not answer.rr:
+        said = "NODATA"
+    else:
+        said = ", ".join(
+            str(rr.rdata)
+            if rr.rtype in (1, 28)
+            else f"<{QTYPE.get(rr.rtype, rr.rtype)}> {rr.rdata}"
+            for rr in answer.rr
+        )
+    return [*lines, f"{verb} {name} is {said}"]

@@ -90,15 +90,22 @@ class Change:
 
 def detect_target(root: Path = Path("/"), platform: str = sys.platform) -> str:
     """The target ``auto`` means here: the split-DNS mechanism the running system uses."""
+    return detect_target_why(root, platform)[0]
+
+
+def detect_target_why(root: Path = Path("/"), platform: str = sys.platform) -> tuple[str, str]:
+    """:func:`detect_target` and the fact that decided it (for ``resolver-config`` to say)."""
     if platform == "darwin":
-        return "macos"
+        return "macos", "this is macOS"
     if platform.startswith("win"):
-        return "nrpt"
-    if under(root, "/run/systemd/resolve").is_dir():
-        return "systemd-resolved"
-    if under(root, "/run/NetworkManager").is_dir():
-        return "networkmanager"
-    return "resolvconf"
+        return "nrpt", "this is Windows"
+    resolved = under(root, "/run/systemd/resolve")
+    if resolved.is_dir():
+        return "systemd-resolved", f"{resolved} exists: systemd-resolved runs"
+    manager = under(root, "/run/NetworkManager")
+    if manager.is_dir():
+        return "networkmanager", f"{manager} exists: NetworkManager runs"
+    return "resolvconf", "neither systemd-resolved nor NetworkManager runs"
 
 
 # --------------------------------------------------------------------------- install

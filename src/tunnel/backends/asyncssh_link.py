@@ -425,5 +425,5 @@ async def open_link(gateway: Gateway, options: TunnelOptions) -> SSHLink:
         raise GatewayUnreachable.because(label, describe(exc), refused=is_refusal(exc)) from None
     client = clients[-1]
     drop_needless_chaff(conn)
-    log.info("link up to %s", label)
+    log.debug("link up to %s", label)
     return SSHLink(conn, client, label, options)

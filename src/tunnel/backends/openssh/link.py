@@ -327,5 +327,5 @@ async def open_mux_link(gateway: Gateway, options: TunnelOptions) -> MuxLink:
     """Start a master for ``gateway`` (:func:`start_master`) and fill its spare pool."""
     link = MuxLink(await start_master(gateway, options))
     link.spares.refill()
-    log.info("link up to %s (ssh master pid %d)", link.gateway, link.pid)
+    log.debug("link up to %s (ssh master pid %d)", link.gateway, link.pid)
     return link

@@ -1,0 +1,46 @@
+"""Every exit code `blitzdns help exit-codes` documents, each caused through the command
+line; the set exercised here must equal the set documented."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from .conftest import RunningDaemon, blitzdns, echo_config
+from .test_plain_output import watch_on_a_terminal
+
+
+def documented() -> set[int]:
+    shown = blitzdns("help", "exit-codes")
+    section = shown.stdout.split("Exit codes:\n")[1].split("\n\n")[0]
+    return {int(code) for code in re.findall(r"(?m)^  (\d+) ", section)}
+
+
+def test_every_documented_exit_code_is_exercised(
+    tmp_path: Path, not_blitzdns: Path, start_daemon: Callable[..., RunningDaemon]
+) -> None:
+    config = echo_config(tmp_path)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[dns]\nttl = 'five'\n")
+    nowhere = str(tmp_path / "none.sock")
+    seen: dict[int, list[str]] = {}
+
+    def expect(code: int, *argv: str) -> None:
+        done = blitzdns(*argv)
+        assert done.returncode == code, (argv, done.stdout, done.stderr)
+        if code:
+            assert done.stderr.count("\n") <= 1 or argv[0] == "check", done.stderr
+        seen.setdefault(code, []).append(" ".join(argv))
+
+    expect(0, "plan", "-c", str(config))
+    expect(1, "check", "-c", str(config), "--control-socket", nowhere)
+    expect(2, "plan", "-c", str(broken))
+    expect(2, "plan", "--bogus")
+    expect(3, "status", "--control-socket", nowhere)
+    expect(4, "status", "--control-socket", str(not_blitzdns))
+    daemon = start_daemon(config, "--no-tunnel")
+    _, interrupted = watch_on_a_terminal(daemon.control, {"TERM": "dumb"})
+    assert interrupted == 130
+    seen[130] = ["status --watch, then Ctrl-C"]
+    assert set(seen) == documented(), seen

@@ -1,0 +1,96 @@
+"""No escape codes where none belong: NO_COLOR, TERM=dumb and pipes get plain bytes, and a
+terminal that cannot take escapes gets `status --watch` as plain frames (checked on a real
+pseudo-terminal, with a control that shows the in-place redraw where it is allowed)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .conftest import BLITZDNS, RunningDaemon, blitzdns, echo_config
+
+
+@pytest.mark.parametrize(
+    "env", [{"NO_COLOR": "1"}, {"TERM": "dumb"}, {}], ids=["NO_COLOR", "TERM=dumb", "pipe"]
+)
+def test_no_escape_codes_in_any_output(
+    env: dict[str, str], tmp_path: Path, start_daemon: Callable[..., RunningDaemon]
+) -> None:
+    config = echo_config(tmp_path)
+    daemon = start_daemon(config)
+    control = str(daemon.control)
+    runs = [
+        ("--help",),
+        ("help", "all"),
+        ("help", "exit-codes"),
+        ("plan", "-c", str(config)),
+        ("config", "show", "-c", str(config)),
+        ("location", "-c", str(config)),
+        ("status", "--control-socket", control),
+        ("check", "--skip-system-resolver", "--control-socket", control),
+        ("status", "--control-socket", str(tmp_path / "none.sock")),
+        ("bogus",),
+        ("plan", "-c", str(tmp_path / "missing.toml")),
+    ]
+    for argv in runs:
+        done = blitzdns(*argv, env=env)
+        assert done.stdout or done.stderr, argv
+        assert "\x1b" not in done.stdout + done.stderr, (argv, done.stdout, done.stderr)
+
+
+def watch_on_a_terminal(control: Path, env: dict[str, str]) -> tuple[bytes, int]:
+    """`status --watch` on a pseudo-terminal until two frames are out, then Ctrl-C."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [BLITZDNS, "status", "--watch", "--control-socket", str(control)],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={**os.environ, "NO_COLOR": "", **env},
+    )
+    os.close(follower)
+    seen = b""
+    deadline = time.monotonic() + 60
+    try:
+        while seen.count(b"upstreams") < 2 and time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 1)
+            if ready:
+                seen += os.read(leader, 65536)
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=30)
+        while select.select([leader], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(leader)
+    assert seen.count(b"upstreams") >= 2, seen
+    return seen, code
+
+
+def test_watch_on_a_terminal_redraws_in_place_only_where_allowed(
+    tmp_path: Path, start_daemon: Callable[..., RunningDaemon]
+) -> None:
+    daemon = start_daemon(echo_config(tmp_path), "--no-tunnel")
+    allowed, code = watch_on_a_terminal(daemon.control, {"TERM": "xterm"})
+    assert b"\x1b[H\x1b[2J" in allowed  # the control: in place on a capable terminal
+    assert code == 130  # ended by Ctrl-C
+    for env in ({"TERM": "dumb"}, {"TERM": "xterm", "NO_COLOR": "1"}):
+        plain, code = watch_on_a_terminal(daemon.control, env)
+        assert b"\x1b" not in plain, (env, plain)
+        assert code == 130
