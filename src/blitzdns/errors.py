@@ -12,6 +12,7 @@
     ├── UpstreamLoop              exit 1: the upstream would route back to us
     ├── NotRunning                exit 3: no daemon answers on the control socket
     ├── ControlError              (control) the daemon answered, but with an error
+    ├── StatusUnknown             exit 4 (control) `status` could not read the daemon's state
     ├── NoUpstreams               (dns.errors) nothing to forward to; pass --upstream
     ├── DiscoverError             (discover) DND could not name one server for the user
     ├── ApplyFailed               (system.install) a reload or NRPT command failed
