@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from blitzdns.errors import AddressInUse, BlitzdnsError, NotRunning, PermissionProblem, UsageError
-from blitzdns.snapshot import Snapshot
+from blitzdns.snapshot import SCHEMA, Snapshot
 
 log = logging.getLogger("blitzdns.control")
 
@@ -615,7 +615,7 @@ def status_command(
     assert snapshot is not None
     if not watch:
         stream.write(
-            json.dumps(snapshot, indent=2) + "\n" if json_out else render_status(snapshot) + "\n"
+            json.dumps(snapshot, indent=2) + "\n" if json_out else _readable(snapshot) + "\n"
         )
         return status_exit_code(snapshot)
     # Redrawn in place only on a terminal that can take it (not TERM=dumb, not NO_COLOR).
@@ -626,7 +626,7 @@ def status_command(
             if json_out:
                 stream.write(json.dumps(snapshot, separators=(",", ":")) + "\n")
             else:
-                text = render_status(snapshot) if snapshot is not None else _waiting(socket)
+                text = _readable(snapshot) if snapshot is not None else _waiting(socket)
                 stream.write(
                     (_CLEAR if in_place else "") + text + "\n" + ("" if in_place else "\n")
                 )
@@ -646,6 +646,26 @@ def status_command(
     except KeyboardInterrupt:
         stream.write("\n")
         return 130  # ended by Ctrl-C, as a shell reports SIGINT
+
+
+def _readable(snapshot: Mapping[str, Any]) -> str:
+    """The status table, or :class:`StatusUnknown` (one line, exit 4) when the reply is not
+    of the shape this blitzdns reads: another ``schema`` (a daemon of another version still
+    running after an upgrade) or a reply the renderer cannot walk."""
+    schema = snapshot.get("schema", SCHEMA)
+    if schema != SCHEMA:
+        raise StatusUnknown(
+            f"the daemon answers with status schema {schema!r}, this blitzdns reads schema "
+            f"{SCHEMA}: restart the daemon so both are the same version (`status --json` "
+            "shows the raw reply)"
+        )
+    try:
+        return render_status(snapshot)
+    except (AttributeError, TypeError, KeyError, ValueError) as exc:
+        raise StatusUnknown(
+            f"the daemon's status reply is not of the shape this blitzdns reads ({exc}); "
+            "restart the daemon so both are the same version (`status --json` shows it)"
+        ) from None
 
 
 def plain_terminal_ok() -> bool:

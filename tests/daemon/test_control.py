@@ -18,6 +18,7 @@ import pytest
 from blitzdns.control import (
     ControlError,
     ControlServer,
+    StatusUnknown,
     default_socket_path,
     format_bytes,
     format_duration,
@@ -465,3 +466,20 @@ async def test_a_control_socket_in_a_missing_directory_is_refused_not_created(
     with pytest.raises(UsageError, match="no such directory"):
         await server.start()
     assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize(
+    ("reply", "says"),
+    [
+        ({"schema": 1, "pid": 7, "tunnel": 5}, "not of the shape"),
+        ({"schema": 2, "pid": 7}, "status schema 2"),
+    ],
+)
+async def test_a_status_reply_of_another_shape_is_one_line(
+    sock_path: Path, reply: dict[str, object], says: str
+) -> None:
+    """A daemon of another version (or a broken reply): one line and exit 4, no traceback."""
+    async with ControlServer(sock_path, lambda: reply):
+        with pytest.raises(StatusUnknown, match=says) as caught:
+            await asyncio.to_thread(status_command, False, False, sock_path, out=io.StringIO())
+    assert caught.value.exit_code == 4
