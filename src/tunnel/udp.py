@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Final, Literal
 
-from tunnel.errors import TunnelError
+from tunnel.errors import TunnelConfigError, TunnelError
+from tunnel.forwards import Forward
 
 HEADER: Final = struct.Struct(">BIH")
 """kind, association id, payload length."""
@@ -181,6 +182,22 @@ class RelayLimits:
             raise ValueError(f"idle_s must be positive, got {self.idle_s}")
         if not self.max_associations >= 1:
             raise ValueError(f"max_associations must be at least 1, got {self.max_associations}")
+
+
+@dataclass(frozen=True)
+class UdpForward(Forward):
+    """A UDP forward: datagrams to the mouth reach the target as the gateway sees it,
+    through a relay on the gateway (:mod:`tunnel.udp_mouth`); ``limits`` bound it."""
+
+    limits: RelayLimits = RelayLimits()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.limits, RelayLimits):
+            raise TunnelConfigError(f"forward {self.name or self.mouth_host}: bad UDP limits")
+
+    def __str__(self) -> str:
+        return f"udp {super().__str__()}"
 
 
 def python_relay_command(

@@ -1,0 +1,626 @@
+"""UDP mouths: datagrams from local senders carried to a relay on the gateway and back.
+
+The thin asyncio layer around :class:`tunnel.udp_assoc.UdpCore`. A mouth is a UDP socket
+on the host's mouth address, bound once; while a link is up it holds a *carrier* started
+over an exec channel on that link (:func:`start_relay`):
+
+- ``python3``: the relay program (``udp_relay.py``) sent as the command's input; every
+  association's frames share its one channel;
+- ``socat``: where python3 is missing, one exec channel per association
+  (:class:`SocatCarrier`);
+- neither: the forward is *unavailable*, with the reason, and drops what it receives;
+  everything else runs on.
+
+How an exec channel is made belongs to the link backend (an asyncssh session, or ``ssh``
+through the master's control socket); here it is any :data:`OpenExec`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import ipaddress
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+from tunnel.errors import MouthBindError, TunnelError
+from tunnel.forwards import mouth_ip
+from tunnel.mouths import _bind_reason as bind_reason
+from tunnel.udp import (
+    KIND_CLOSE,
+    KIND_DATA,
+    KIND_HELLO,
+    KIND_OPEN,
+    RELAY_PROGRAM,
+    RELAY_VERSION,
+    SOCAT_MAX_DATAGRAM,
+    Frame,
+    FrameDecoder,
+    FramingError,
+    RelayLimits,
+    SocatConnected,
+    SocatDatagram,
+    SocatTranscript,
+    SocatTransfer,
+    UdpForward,
+    python_relay_command,
+    socat_command,
+)
+from tunnel.udp_assoc import Action, Address, DatagramStep, ToRelay, UdpCore
+
+log = logging.getLogger("tunnel.udp")
+
+START_TIMEOUT_S = 15.0
+"""How long a relay (or the socat probe) may take to answer before it counts as missing."""
+REASON_MAX = 200
+
+
+class ExecChannel(Protocol):
+    """One command running on the gateway, its stdin, stdout and stderr as bytes."""
+
+    async def write(self, data: bytes) -> None:
+        """Write and wait until the channel took it (flow control)."""
+
+    def write_eof(self) -> None: ...
+
+    async def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes of stdout; ``b""`` at its end."""
+
+    async def read_stderr(self, size: int) -> bytes: ...
+
+    async def wait(self) -> int | None:
+        """The exit status once the command ended (None: killed, or unknown)."""
+
+    def close(self) -> None:
+        """End the command now (closing the channel)."""
+
+
+OpenExec = Callable[[str], Awaitable[ExecChannel]]
+"""Start a command (one shell line, as ``ssh host COMMAND`` runs it) on the gateway."""
+
+
+class SubprocessExec:
+    """An :class:`ExecChannel` that is a local process: ``argv_prefix + [command]``.
+
+    ``["/bin/sh", "-c"]`` runs the command here (the tests' gateway); the openssh backend
+    runs ``ssh -S <control> … <gateway>`` + the command, through its master.
+    """
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(
+        cls, argv_prefix: Sequence[str], command: str, env: dict[str, str] | None = None
+    ) -> SubprocessExec:
+        process = await asyncio.create_subprocess_exec(
+            *argv_prefix,
+            command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+        return cls(process)
+
+    async def write(self, data: bytes) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(data)
+        await self.process.stdin.drain()
+
+    def write_eof(self) -> None:
+        assert self.process.stdin is not None
+        if not self.process.stdin.is_closing():
+            self.process.stdin.close()
+
+    async def read(self, size: int) -> bytes:
+        assert self.process.stdout is not None
+        return await self.process.stdout.read(size)
+
+    async def read_stderr(self, size: int) -> bytes:
+        assert self.process.stderr is not None
+        return await self.process.stderr.read(size)
+
+    async def wait(self) -> int | None:
+        return await self.process.wait()
+
+    def close(self) -> None:
+        self.write_eof()
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.terminate()
+
+
+class RelayState(enum.Enum):
+    """Where a UDP forward's gateway side stands (shown by ``status``)."""
+
+    DOWN = "down"
+    """No link: datagrams are dropped."""
+    STARTING = "starting"
+    PYTHON = "python3"
+    SOCAT = "socat"
+    UNAVAILABLE = "unavailable"
+    """Neither python3 nor socat answered on the gateway; see the reason."""
+
+
+FrameSink = Callable[[Frame], None]
+
+
+class Carrier(Protocol):
+    """What a UDP mouth hands its frames to, whichever program runs on the gateway."""
+
+    state: RelayState
+    max_datagram: int | None
+
+    def send(self, data: bytes) -> None: ...
+
+    async def run(self, sink: FrameSink) -> str:
+        """Deliver frames to ``sink`` until the carrier ends; return why it ended."""
+
+    def close(self) -> None: ...
+
+
+async def _stderr_text(channel: ExecChannel) -> str:
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1.0):
+            data = await channel.read_stderr(4096)
+            text = " ".join(data.decode("utf-8", "replace").split())
+            return text[:REASON_MAX]
+    return ""
+
+
+class PythonCarrier:
+    """The relay program on one channel; every association's frames share it."""
+
+    state = RelayState.PYTHON
+    max_datagram: int | None = None
+
+    def __init__(self, channel: ExecChannel, decoder: FrameDecoder, early: list[Frame]) -> None:
+        self.channel = channel
+        self._decoder = decoder
+        self._early = early
+        self._outgoing: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def send(self, data: bytes) -> None:
+        self._outgoing.put_nowait(data)
+
+    async def _write(self) -> None:
+        while (data := await self._outgoing.get()) is not None:
+            chunks = [data]
+            while not self._outgoing.empty():
+                more = self._outgoing.get_nowait()
+                if more is None:
+                    await self.channel.write(b"".join(chunks))
+                    return
+                chunks.append(more)
+            await self.channel.write(b"".join(chunks))
+
+    async def run(self, sink: FrameSink) -> str:
+        writer = asyncio.create_task(self._write())
+        try:
+            for frame in self._early:
+                sink(frame)
+            while data := await self.channel.read(65536):
+                for frame in self._decoder.feed(data):
+                    sink(frame)
+                if writer.done():
+                    break
+            return (await _stderr_text(self.channel)) or "relay ended"
+        except FramingError as exc:
+            return str(exc)
+        except (OSError, TunnelError) as exc:
+            return f"relay channel: {exc}"
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError, TunnelError):
+                await writer
+            await end(self.channel)
+
+    def close(self) -> None:
+        self._outgoing.put_nowait(None)
+        self.channel.write_eof()
+
+
+class SocatCarrier:
+    """The fallback: one ``socat`` exec channel per association.
+
+    Frames from the local side are interpreted here: ``O`` starts the association's socat,
+    ``D`` queues a datagram (sent one at a time, each released by socat's ``>`` transfer
+    line, so that every pipe read on the gateway is one datagram), ``C`` ends its channel.
+    socat's own log turns back into ``O``, ``D`` and ``C`` frames for the local side.
+    """
+
+    state = RelayState.SOCAT
+    max_datagram: int | None = SOCAT_MAX_DATAGRAM
+
+    def __init__(self, open_exec: OpenExec, target: tuple[str, int], limits: RelayLimits) -> None:
+        self._open_exec = open_exec
+        self._target = target
+        self._limits = limits
+        self._sink: FrameSink | None = None
+        self._associations: dict[int, asyncio.Task[None]] = {}
+        self._queues: dict[int, asyncio.Queue[bytes | None]] = {}
+        self._decoder = FrameDecoder()
+        self._ended = asyncio.Event()
+
+    def send(self, data: bytes) -> None:
+        for frame in self._decoder.feed(data):
+            association = frame.association
+            if frame.kind == KIND_OPEN and association not in self._associations:
+                self._queues[association] = asyncio.Queue()
+                self._associations[association] = asyncio.create_task(self._carry(association))
+            elif frame.kind == KIND_DATA and association in self._queues:
+                self._queues[association].put_nowait(frame.payload)
+            elif frame.kind == KIND_CLOSE and association in self._queues:
+                self._queues[association].put_nowait(None)
+
+    async def _carry(self, association: int) -> None:
+        sink = self._sink
+        assert sink is not None
+        reason = "socat ended"
+        channel: ExecChannel | None = None
+        try:
+            command = socat_command(self._target[0], self._target[1], self._limits)
+            channel = await self._open_exec(command)
+            transcript = SocatTranscript()
+            ups = asyncio.Event()
+            up_count = 0
+
+            def handle(events: list[object]) -> None:
+                nonlocal up_count
+                for event in events:
+                    if isinstance(event, SocatConnected):
+                        text = f"{event.address} {event.port}".encode()
+                        sink(Frame(KIND_OPEN, association, text))
+                    elif isinstance(event, SocatDatagram):
+                        sink(Frame(KIND_DATA, association, event.payload))
+                    elif isinstance(event, SocatTransfer):
+                        up_count += 1
+                        ups.set()
+
+            async def pump(read: Callable[[int], Awaitable[bytes]], log_side: bool) -> None:
+                feed = transcript.feed_log if log_side else transcript.feed_output
+                while data := await read(65536):
+                    handle(list(feed(data)))
+
+            pumps = [
+                asyncio.create_task(pump(channel.read, False)),
+                asyncio.create_task(pump(channel.read_stderr, True)),
+            ]
+            queue = self._queues[association]
+            try:
+                while (datagram := await queue.get()) is not None:
+                    expected = up_count + 1
+                    ups.clear()
+                    await channel.write(datagram)
+                    while up_count < expected and not all(p.done() for p in pumps):
+                        await ups.wait()
+                        ups.clear()
+                    if all(p.done() for p in pumps):
+                        break
+                channel.write_eof()
+                async with asyncio.timeout(START_TIMEOUT_S):
+                    await asyncio.gather(*pumps)
+            finally:
+                for task in pumps:
+                    task.cancel()
+        except (OSError, TunnelError, TimeoutError) as exc:
+            reason = f"socat: {exc}"
+        finally:
+            if channel is not None:
+                await end(channel)
+            self._associations.pop(association, None)
+            self._queues.pop(association, None)
+            sink(Frame(KIND_CLOSE, association, reason.encode()))
+
+    async def run(self, sink: FrameSink) -> str:
+        self._sink = sink
+        try:
+            await self._ended.wait()
+            return "closed"
+        finally:
+            tasks = list(self._associations.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        for queue in self._queues.values():
+            queue.put_nowait(None)
+        self._ended.set()
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """Neither relay could start; ``reason`` names what each attempt said."""
+
+    reason: str
+
+
+async def start_relay(
+    open_exec: OpenExec, target: tuple[str, int], limits: RelayLimits
+) -> Carrier | Unavailable:
+    """Start the python3 relay on the gateway, else check for socat; say why neither."""
+    python_reason = await _python_attempt(open_exec, target, limits)
+    if not isinstance(python_reason, str):
+        return python_reason
+    socat_reason = await _socat_probe(open_exec)
+    if socat_reason is None:
+        return SocatCarrier(open_exec, target, limits)
+    return Unavailable(f"python3: {python_reason}; socat: {socat_reason}")
+
+
+async def _python_attempt(
+    open_exec: OpenExec, target: tuple[str, int], limits: RelayLimits
+) -> PythonCarrier | str:
+    channel: ExecChannel | None = None
+    try:
+        channel = await open_exec(python_relay_command(target[0], target[1], limits))
+        await channel.write(RELAY_PROGRAM)
+        decoder = FrameDecoder()
+        async with asyncio.timeout(START_TIMEOUT_S):
+            frames: list[Frame] = []
+            while not frames:
+                data = await channel.read(65536)
+                if not data:
+                    break
+                frames = decoder.feed(data)
+        if frames and frames[0].kind == KIND_HELLO:
+            hello = frames[0].text.split()
+            if hello[:2] == ["blitzdns-udp-relay", str(RELAY_VERSION)]:
+                log.info("udp relay started: %s", frames[0].text)
+                return PythonCarrier(channel, decoder, frames[1:])
+            reason = f"relay speaks another version ({frames[0].text})"
+        elif frames:
+            reason = "relay did not say hello"
+        else:
+            status = await _status(channel)
+            reason = (await _stderr_text(channel)) or f"exit status {status}"
+    except TimeoutError:
+        reason = f"no answer within {START_TIMEOUT_S:g} s"
+    except FramingError as exc:
+        reason = str(exc)
+    except (OSError, TunnelError) as exc:
+        reason = str(exc) or type(exc).__name__
+    if channel is not None:
+        await end(channel)
+    return reason
+
+
+async def end(channel: ExecChannel) -> None:
+    """Close a channel and wait (bounded, shielded from cancellation) until its command
+    ended, so that nothing of it stays behind."""
+    channel.close()
+    with contextlib.suppress(TimeoutError, OSError, TunnelError, asyncio.CancelledError):
+        await asyncio.shield(_status(channel))
+
+
+async def _status(channel: ExecChannel) -> int | None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(START_TIMEOUT_S):
+            return await channel.wait()
+    return None
+
+
+async def _socat_probe(open_exec: OpenExec) -> str | None:
+    """None when ``socat -V`` answers as socat; otherwise why not."""
+    channel: ExecChannel | None = None
+    try:
+        channel = await open_exec("socat -V")
+        channel.write_eof()
+        async with asyncio.timeout(START_TIMEOUT_S):
+            output = b""
+            while data := await channel.read(65536):
+                output += data
+        status = await _status(channel)
+        if status == 0 and b"socat version" in output:
+            return None
+        return (await _stderr_text(channel)) or f"exit status {status}"
+    except TimeoutError:
+        return f"no answer within {START_TIMEOUT_S:g} s"
+    except (OSError, TunnelError) as exc:
+        return str(exc) or type(exc).__name__
+    finally:
+        if channel is not None:
+            await end(channel)
+
+
+@dataclass(frozen=True)
+class UdpForwardState:
+    """One UDP forward at the time of the snapshot (``status``)."""
+
+    forward: UdpForward
+    relay: RelayState
+    reason: str
+    """Why the relay is unavailable or down ("" when it runs)."""
+    associations: int
+    associations_total: int
+    datagrams_out: int
+    bytes_out: int
+    datagrams_in: int
+    bytes_in: int
+    dropped: dict[str, int]
+    rejected: int
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+
+RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+"""Waits before starting a relay again that ended while the link stayed up."""
+
+
+def bind_udp_socket(host: str, port: int) -> socket.socket:
+    """A UDP socket bound to ``host:port``, or :class:`MouthBindError` saying why not."""
+    address = mouth_ip(host)
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((str(address), port))
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        shown = f"[{address}]" if address.version == 6 else str(address)
+        reason = bind_reason(exc, port)
+        raise MouthBindError(
+            f"cannot bind UDP {shown}:{port}: {reason}",
+            address=str(address),
+            port=port,
+            reason=reason,
+        ) from None
+    return sock
+
+
+class UdpMouth(asyncio.DatagramProtocol):
+    """One UDP forward: its socket on the mouth address, its associations, its relay.
+
+    :meth:`bind` before dropping privileges; :meth:`attach` with the link's exec opener
+    each time a link comes up, :meth:`detach` when it goes.
+    """
+
+    def __init__(self, forward: UdpForward, step: DatagramStep | None = None) -> None:
+        self.forward = forward
+        self.core = UdpCore(forward.limits, step)
+        self.relay = RelayState.DOWN
+        self.reason = "no link"
+        self.rejected = 0
+        self.changed = asyncio.Event()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._carrier: Carrier | None = None
+        self._relay_task: asyncio.Task[None] | None = None
+        self._expiry: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> Address:
+        assert self._transport is not None, "not bound"
+        host, port = self._transport.get_extra_info("sockname")[:2]
+        return str(host), int(port)
+
+    async def bind(self, sock: socket.socket | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        if sock is None:
+            sock = bind_udp_socket(self.forward.mouth_host, self.forward.mouth_port)
+        await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        self._expiry = asyncio.create_task(self._expire())
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def state(self) -> UdpForwardState:
+        counters = self.core.counters
+        return UdpForwardState(
+            self.forward,
+            self.relay,
+            self.reason,
+            self.core.associations,
+            counters.associations_total,
+            counters.datagrams_out,
+            counters.bytes_out,
+            counters.datagrams_in,
+            counters.bytes_in,
+            dict(counters.dropped),
+            self.rejected,
+        )
+
+    # -- the link ---------------------------------------------------------------------
+
+    def attach(self, open_exec: OpenExec) -> None:
+        """A link is up: start the relay on it (again, after a relink)."""
+        self._stop_relay()
+        self._relay_task = asyncio.create_task(self._keep_relay(open_exec))
+
+    async def detach(self, reason: str = "no link") -> None:
+        """The link is gone: its relay with it; datagrams are dropped until the next."""
+        task = self._stop_relay()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._set(RelayState.DOWN, reason)
+
+    def _stop_relay(self) -> asyncio.Task[None] | None:
+        task, self._relay_task = self._relay_task, None
+        if self._carrier is not None:
+            self._carrier.close()
+            self._carrier = None
+        self.core.relay_gone()
+        if task is not None:
+            task.cancel()
+        return task
+
+    async def _keep_relay(self, open_exec: OpenExec) -> None:
+        failures = 0
+        while True:
+            self._set(RelayState.STARTING, "")
+            started = await start_relay(
+                open_exec,
+                (self.forward.target_host, self.forward.target_port),
+                self.forward.limits,
+            )
+            if isinstance(started, Unavailable):
+                log.warning("UDP forward %s unavailable: %s", self.forward, started.reason)
+                self._set(RelayState.UNAVAILABLE, started.reason)
+                return
+            self._carrier = started
+            self.core.relay_started(started.max_datagram)
+            self._set(started.state, "")
+            why = await started.run(self._from_relay)
+            self._carrier = None
+            self.core.relay_gone()
+            log.warning("UDP forward %s: relay ended (%s); starting it again", self.forward, why)
+            self._set(RelayState.DOWN, why)
+            await asyncio.sleep(RESTART_DELAYS_S[min(failures, len(RESTART_DELAYS_S) - 1)])
+            failures += 1
+
+    def _set(self, relay: RelayState, reason: str) -> None:
+        self.relay = relay
+        self.reason = reason
+        self.changed.set()
+
+    # -- datagrams ----------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        sender = (str(addr[0]), int(addr[1]))
+        if not self.forward.admits(ipaddress.ip_address(sender[0])):
+            self.rejected += 1
+            return
+        self._apply(self.core.from_client(sender, data, _now()))
+
+    def _from_relay(self, frame: Frame) -> None:
+        self._apply(self.core.from_relay(frame, _now()))
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, ToRelay):
+                if self._carrier is not None:
+                    self._carrier.send(action.data)
+            elif self._transport is not None:
+                self._transport.sendto(action.datagram, action.address)
+        if actions:
+            self.changed.set()
+
+    async def _expire(self) -> None:
+        while True:
+            await asyncio.sleep(min(self.forward.limits.idle_s / 4, 5.0))
+            self._apply(self.core.expire(_now()))
+
+    async def close(self) -> None:
+        await self.detach("closed")
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
