@@ -189,6 +189,8 @@ def check_mouths(config: Config, forwards: Iterable[ForwardSpec] | None = None) 
     steps = []
     allowed_shared = {str(s.address) for s in config.shared}
     for f in forwards if forwards is not None else config.forwards():
+        if f.proto != "tcp":
+            continue
         addresses = listening_sockets(f.port)
         exposed = [
             a
@@ -287,7 +289,7 @@ async def check_end_to_end(
     With ``link_up=False`` (the daemon says the link is down) nothing is tried: a mouth
     would hold each probe for ``wait_for_link_s`` and then close it, which says no more.
     """
-    loopback = [f for f in config.forwards() if f.allowed_peers is None]
+    loopback = [f for f in config.forwards() if f.allowed_peers is None and f.proto == "tcp"]
     if link_up is False:
         return [
             Step(

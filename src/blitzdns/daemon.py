@@ -286,6 +286,7 @@ def to_tunnel_forwards(config: Config) -> tuple[Any, ...]:
             name=f"{f.host}/{f.service}",
         )
         for f in config.forwards()
+        if f.proto == "tcp"
     )
 
 

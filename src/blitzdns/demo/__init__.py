@@ -117,7 +117,10 @@ def _bindable(address: str, port: int, kind: socket.SocketKind) -> bool:
 
 def forwards_free(forwards: Sequence[ForwardSpec]) -> bool:
     """Whether every forward's mouth could be bound now (another demo may hold them)."""
-    return all(_bindable(f.mouth, f.port, socket.SOCK_STREAM) for f in forwards)
+    return all(
+        _bindable(f.mouth, f.port, socket.SOCK_DGRAM if f.proto == "udp" else socket.SOCK_STREAM)
+        for f in forwards
+    )
 
 
 def free_mouth_block(make: Callable[[str], Config], start: int = 0) -> Config:
