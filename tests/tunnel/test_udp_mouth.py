@@ -12,15 +12,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tunnel_testlib import descendants, wait_until
-from udp_testlib import WAIT_S, UdpTarget, gone
 
 from blitzdns.blitzmail.atp import SERVICE_MAIL, Notice, NotifyStep
 from blitzdns.blitzmail.fake_notify import FakeNotify
 from blitzdns.blitzmail.notify import NotifyClient
+from tests.peers import descendants, wait_until
 from tunnel.udp import RelayLimits, UdpForward
 from tunnel.udp_assoc import DatagramStep
 from tunnel.udp_mouth import ExecChannel, RelayState, SubprocessExec, UdpMouth, bind_udp_socket
+
+from .udp_testlib import WAIT_S, UdpTarget, gone
 
 
 class LocalGateway:

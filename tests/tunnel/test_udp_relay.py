@@ -10,9 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tunnel_testlib import descendants, wait_until
-from udp_testlib import WAIT_S, RelayProcess, SocatProcess, UdpTarget, gone, open_fds
 
+from tests.peers import descendants, wait_until
 from tunnel.udp import (
     KIND_CLOSE,
     KIND_DATA,
@@ -23,6 +22,8 @@ from tunnel.udp import (
     RelayLimits,
     python_relay_command,
 )
+
+from .udp_testlib import WAIT_S, RelayProcess, SocatProcess, UdpTarget, gone, open_fds
 
 
 @pytest.fixture
