@@ -23,11 +23,12 @@ import enum
 import ipaddress
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
 from tunnel.errors import MouthBindError, TunnelError
+from tunnel.exec import ExecChannel, OpenExec
 from tunnel.forwards import mouth_ip
 from tunnel.mouths import _bind_reason as bind_reason
 from tunnel.udp import (
@@ -57,83 +58,6 @@ log = logging.getLogger("tunnel.udp")
 START_TIMEOUT_S = 15.0
 """How long a relay (or the socat probe) may take to answer before it counts as missing."""
 REASON_MAX = 200
-
-
-class ExecChannel(Protocol):
-    """One command running on the gateway, its stdin, stdout and stderr as bytes."""
-
-    async def write(self, data: bytes) -> None:
-        """Write and wait until the channel took it (flow control)."""
-
-    def write_eof(self) -> None: ...
-
-    async def read(self, size: int) -> bytes:
-        """Up to ``size`` bytes of stdout; ``b""`` at its end."""
-
-    async def read_stderr(self, size: int) -> bytes: ...
-
-    async def wait(self) -> int | None:
-        """The exit status once the command ended (None: killed, or unknown)."""
-
-    def close(self) -> None:
-        """End the command now (closing the channel)."""
-
-
-OpenExec = Callable[[str], Awaitable[ExecChannel]]
-"""Start a command (one shell line, as ``ssh host COMMAND`` runs it) on the gateway."""
-
-
-class SubprocessExec:
-    """An :class:`ExecChannel` that is a local process: ``argv_prefix + [command]``.
-
-    ``["/bin/sh", "-c"]`` runs the command here (the tests' gateway); the openssh backend
-    runs ``ssh -S <control> … <gateway>`` + the command, through its master.
-    """
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    @classmethod
-    async def start(
-        cls, argv_prefix: Sequence[str], command: str, env: dict[str, str] | None = None
-    ) -> SubprocessExec:
-        process = await asyncio.create_subprocess_exec(
-            *argv_prefix,
-            command,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
-        return cls(process)
-
-    async def write(self, data: bytes) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(data)
-        await self.process.stdin.drain()
-
-    def write_eof(self) -> None:
-        assert self.process.stdin is not None
-        if not self.process.stdin.is_closing():
-            self.process.stdin.close()
-
-    async def read(self, size: int) -> bytes:
-        assert self.process.stdout is not None
-        return await self.process.stdout.read(size)
-
-    async def read_stderr(self, size: int) -> bytes:
-        assert self.process.stderr is not None
-        return await self.process.stderr.read(size)
-
-    async def wait(self) -> int | None:
-        return await self.process.wait()
-
-    def close(self) -> None:
-        self.write_eof()
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.terminate()
 
 
 class RelayState(enum.Enum):

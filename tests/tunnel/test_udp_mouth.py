@@ -17,9 +17,10 @@ from blitzdns.blitzmail.atp import SERVICE_MAIL, Notice, NotifyStep
 from blitzdns.blitzmail.fake_notify import FakeNotify
 from blitzdns.blitzmail.notify import NotifyClient
 from tests.peers import descendants, wait_until
+from tunnel.exec import ExecChannel, SubprocessExec
 from tunnel.udp import RelayLimits, UdpForward
 from tunnel.udp_assoc import DatagramStep
-from tunnel.udp_mouth import ExecChannel, RelayState, SubprocessExec, UdpMouth, bind_udp_socket
+from tunnel.udp_mouth import RelayState, UdpMouth, bind_udp_socket
 
 from .udp_testlib import WAIT_S, UdpTarget, gone
 

@@ -1,0 +1,149 @@
+"""Exec channels: a command run on the gateway, with its stdin, stdout and stderr.
+
+What a UDP forward's relay runs in (:mod:`tunnel.udp_mouth`). Each link backend makes
+them its own way: the asyncssh link opens a ``session`` channel with an ``exec`` request
+(RFC 4254 §6.5; :class:`AsyncsshExec`), the openssh link runs ``ssh`` through its master's
+control socket (:class:`SubprocessExec`). The command always goes through the user's login
+shell on the gateway, as with ``ssh host COMMAND``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from tunnel.errors import LinkLost
+
+if TYPE_CHECKING:
+    import asyncssh
+
+
+class ExecChannel(Protocol):
+    """One command running on the gateway, its stdin, stdout and stderr as bytes."""
+
+    async def write(self, data: bytes) -> None:
+        """Write and wait until the channel took it (flow control)."""
+
+    def write_eof(self) -> None: ...
+
+    async def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes of stdout; ``b""`` at its end."""
+
+    async def read_stderr(self, size: int) -> bytes: ...
+
+    async def wait(self) -> int | None:
+        """The exit status once the command ended (None: killed, or unknown)."""
+
+    def close(self) -> None:
+        """End the command now (closing the channel)."""
+
+
+OpenExec = Callable[[str], Awaitable[ExecChannel]]
+"""Start a command (one shell line, as ``ssh host COMMAND`` runs it) on the gateway."""
+
+
+class SubprocessExec:
+    """An :class:`ExecChannel` that is a local process: ``argv_prefix + [command]``.
+
+    ``["/bin/sh", "-c"]`` runs the command here (the tests' gateway); the openssh backend
+    runs ``ssh -S <control> … <gateway>`` + the command, through its master.
+    """
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(
+        cls, argv_prefix: Sequence[str], command: str, env: dict[str, str] | None = None
+    ) -> SubprocessExec:
+        process = await asyncio.create_subprocess_exec(
+            *argv_prefix,
+            command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+        return cls(process)
+
+    async def write(self, data: bytes) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(data)
+        await self.process.stdin.drain()
+
+    def write_eof(self) -> None:
+        assert self.process.stdin is not None
+        if not self.process.stdin.is_closing():
+            self.process.stdin.close()
+
+    async def read(self, size: int) -> bytes:
+        assert self.process.stdout is not None
+        return await self.process.stdout.read(size)
+
+    async def read_stderr(self, size: int) -> bytes:
+        assert self.process.stderr is not None
+        return await self.process.stderr.read(size)
+
+    async def wait(self) -> int | None:
+        return await self.process.wait()
+
+    def close(self) -> None:
+        self.write_eof()
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.terminate()
+
+
+class AsyncsshExec:
+    """An :class:`ExecChannel` on an asyncssh connection (one session channel)."""
+
+    def __init__(self, process: asyncssh.SSHClientProcess[bytes]) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, conn: asyncssh.SSHClientConnection, command: str) -> AsyncsshExec:
+        import asyncssh
+
+        try:
+            process = await conn.create_process(command, encoding=None)
+        except (OSError, asyncssh.Error) as exc:
+            raise LinkLost(f"cannot open an exec channel: {exc}") from None
+        return cls(process)
+
+    async def write(self, data: bytes) -> None:
+        import asyncssh
+
+        try:
+            self.process.stdin.write(data)
+            await self.process.stdin.drain()
+        except (OSError, asyncssh.Error) as exc:
+            raise LinkLost(f"exec channel: {exc}") from None
+
+    def write_eof(self) -> None:
+        with contextlib.suppress(OSError):
+            self.process.stdin.write_eof()
+
+    async def read(self, size: int) -> bytes:
+        return await self._read(self.process.stdout, size)
+
+    async def read_stderr(self, size: int) -> bytes:
+        return await self._read(self.process.stderr, size)
+
+    @staticmethod
+    async def _read(stream: asyncssh.SSHReader[bytes], size: int) -> bytes:
+        import asyncssh
+
+        try:
+            return await stream.read(size)
+        except (OSError, asyncssh.Error):
+            return b""
+
+    async def wait(self) -> int | None:
+        completed = await self.process.wait(check=False)
+        return completed.exit_status
+
+    def close(self) -> None:
+        self.process.close()
