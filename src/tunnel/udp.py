@@ -35,7 +35,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from tunnel.errors import TunnelConfigError, TunnelError
 from tunnel.forwards import Forward
@@ -184,12 +184,30 @@ class RelayLimits:
             raise ValueError(f"max_associations must be at least 1, got {self.max_associations}")
 
 
+class DatagramStep(Protocol):
+    """A protocol-aware step on a forward's datagrams (the notify preset's NR02 rewrite).
+
+    ``upstream`` may rewrite a sender's datagram given the port of its association's socket
+    on the gateway, and may name a local *notice port*: the port on the sender's address
+    where the target's own requests should go (0: the sender's port). ``server_initiated``
+    tells those requests from replies, which always go back to the sender.
+    """
+
+    def upstream(self, datagram: bytes, relay_port: int) -> tuple[bytes, int | None]: ...
+
+    def server_initiated(self, datagram: bytes) -> bool: ...
+
+
 @dataclass(frozen=True)
 class UdpForward(Forward):
     """A UDP forward: datagrams to the mouth reach the target as the gateway sees it,
     through a relay on the gateway (:mod:`tunnel.udp_mouth`); ``limits`` bound it."""
 
     limits: RelayLimits = RelayLimits()
+    step: DatagramStep | None = None
+    """A protocol-aware step for this service (e.g. Notify's registration rewrite); it
+    must compare equal to an equivalent step (a frozen dataclass), so a reload that keeps
+    it keeps the forward."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from tunnel.udp import (
     KIND_CLOSE,
@@ -31,6 +30,7 @@ from tunnel.udp import (
     KIND_DROPPED,
     KIND_OPEN,
     MAX_ASSOCIATION,
+    DatagramStep,
     Frame,
     RelayLimits,
     encode,
@@ -40,20 +40,6 @@ Address = tuple[str, int]
 
 MAX_QUEUED = 8
 """Datagrams one sender may have waiting while its association opens; more are dropped."""
-
-
-class DatagramStep(Protocol):
-    """A protocol-aware step on a forward's datagrams (the notify preset's NR02 rewrite).
-
-    ``upstream`` may rewrite a sender's datagram given the port of its association's socket
-    on the gateway, and may name a local *notice port*: the port on the sender's address
-    where the target's own requests should go (0: the sender's port). ``server_initiated``
-    tells those requests from replies, which always go back to the sender.
-    """
-
-    def upstream(self, datagram: bytes, relay_port: int) -> tuple[bytes, int | None]: ...
-
-    def server_initiated(self, datagram: bytes) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)

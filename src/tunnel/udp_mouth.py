@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import ipaddress
 import logging
 import socket
@@ -31,6 +30,7 @@ from tunnel.errors import MouthBindError, TunnelError
 from tunnel.exec import ExecChannel, OpenExec
 from tunnel.forwards import mouth_ip
 from tunnel.mouths import _bind_reason as bind_reason
+from tunnel.state import RelayState, UdpForwardState
 from tunnel.udp import (
     KIND_CLOSE,
     KIND_DATA,
@@ -51,25 +51,13 @@ from tunnel.udp import (
     python_relay_command,
     socat_command,
 )
-from tunnel.udp_assoc import Action, Address, DatagramStep, ToRelay, UdpCore
+from tunnel.udp_assoc import Action, Address, ToRelay, UdpCore
 
 log = logging.getLogger("tunnel.udp")
 
 START_TIMEOUT_S = 15.0
 """How long a relay (or the socat probe) may take to answer before it counts as missing."""
 REASON_MAX = 200
-
-
-class RelayState(enum.Enum):
-    """Where a UDP forward's gateway side stands (shown by ``status``)."""
-
-    DOWN = "down"
-    """No link: datagrams are dropped."""
-    STARTING = "starting"
-    PYTHON = "python3"
-    SOCAT = "socat"
-    UNAVAILABLE = "unavailable"
-    """Neither python3 nor socat answered on the gateway; see the reason."""
 
 
 FrameSink = Callable[[Frame], None]
@@ -90,12 +78,13 @@ class Carrier(Protocol):
 
 
 async def _stderr_text(channel: ExecChannel) -> str:
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(1.0):
-            data = await channel.read_stderr(4096)
-            text = " ".join(data.decode("utf-8", "replace").split())
-            return text[:REASON_MAX]
-    return ""
+    """What the command said on stderr (until it closed, bounded), on one line."""
+    data = b""
+    with contextlib.suppress(TimeoutError, OSError, TunnelError):
+        async with asyncio.timeout(2.0):
+            while len(data) < 4096 and (more := await channel.read_stderr(4096)):
+                data += more
+    return " ".join(data.decode("utf-8", "replace").split())[:REASON_MAX]
 
 
 class PythonCarrier:
@@ -303,8 +292,8 @@ async def _python_attempt(
         elif frames:
             reason = "relay did not say hello"
         else:
-            status = await _status(channel)
-            reason = (await _stderr_text(channel)) or f"exit status {status}"
+            said = await _stderr_text(channel)
+            reason = said or f"exit status {await _status(channel)}"
     except TimeoutError:
         reason = f"no answer within {START_TIMEOUT_S:g} s"
     except FramingError as exc:
@@ -341,10 +330,13 @@ async def _socat_probe(open_exec: OpenExec) -> str | None:
             output = b""
             while data := await channel.read(65536):
                 output += data
+        said = await _stderr_text(channel)
         status = await _status(channel)
+        if said and status != 0:
+            return said
         if status == 0 and b"socat version" in output:
             return None
-        return (await _stderr_text(channel)) or f"exit status {status}"
+        return f"exit status {status}"
     except TimeoutError:
         return f"no answer within {START_TIMEOUT_S:g} s"
     except (OSError, TunnelError) as exc:
@@ -352,28 +344,6 @@ async def _socat_probe(open_exec: OpenExec) -> str | None:
     finally:
         if channel is not None:
             await end(channel)
-
-
-@dataclass(frozen=True)
-class UdpForwardState:
-    """One UDP forward at the time of the snapshot (``status``)."""
-
-    forward: UdpForward
-    relay: RelayState
-    reason: str
-    """Why the relay is unavailable or down ("" when it runs)."""
-    associations: int
-    associations_total: int
-    datagrams_out: int
-    bytes_out: int
-    datagrams_in: int
-    bytes_in: int
-    dropped: dict[str, int]
-    rejected: int
-
-    @property
-    def dropped_total(self) -> int:
-        return sum(self.dropped.values())
 
 
 RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -410,9 +380,9 @@ class UdpMouth(asyncio.DatagramProtocol):
     each time a link comes up, :meth:`detach` when it goes.
     """
 
-    def __init__(self, forward: UdpForward, step: DatagramStep | None = None) -> None:
+    def __init__(self, forward: UdpForward) -> None:
         self.forward = forward
-        self.core = UdpCore(forward.limits, step)
+        self.core = UdpCore(forward.limits, forward.step)
         self.relay = RelayState.DOWN
         self.reason = "no link"
         self.rejected = 0
@@ -420,6 +390,8 @@ class UdpMouth(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._carrier: Carrier | None = None
         self._relay_task: asyncio.Task[None] | None = None
+        self._ending: set[asyncio.Task[None]] = set()
+        self._open_exec: OpenExec | None = None
         self._expiry: asyncio.Task[None] | None = None
 
     @property
@@ -459,17 +431,35 @@ class UdpMouth(asyncio.DatagramProtocol):
     def attach(self, open_exec: OpenExec) -> None:
         """A link is up: start the relay on it (again, after a relink)."""
         self._stop_relay()
+        self._open_exec = open_exec
         self._relay_task = asyncio.create_task(self._keep_relay(open_exec))
 
-    async def detach(self, reason: str = "no link") -> None:
-        """The link is gone: its relay with it; datagrams are dropped until the next."""
-        task = self._stop_relay()
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    def drop_link(self, reason: str = "no link") -> None:
+        """The link is gone: its relay with it; datagrams are dropped until the next one.
+        The relay's channel is ended in the background (:meth:`settle` waits for it)."""
+        self._open_exec = None
+        self._stop_relay()
         self._set(RelayState.DOWN, reason)
 
-    def _stop_relay(self) -> asyncio.Task[None] | None:
+    async def detach(self, reason: str = "no link") -> None:
+        """:meth:`drop_link`, and wait until the relay's channel has ended."""
+        self.drop_link(reason)
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Wait until every relay this mouth stopped has ended (its channel closed)."""
+        while self._ending:
+            await asyncio.gather(*self._ending, return_exceptions=True)
+
+    def retarget(self, forward: UdpForward) -> None:
+        """Same mouth, new target, limits or step: the associations start over, and the
+        relay too when a link is up."""
+        self.forward = forward
+        self.core = UdpCore(forward.limits, forward.step)
+        if self._open_exec is not None:
+            self.attach(self._open_exec)
+
+    def _stop_relay(self) -> None:
         task, self._relay_task = self._relay_task, None
         if self._carrier is not None:
             self._carrier.close()
@@ -477,7 +467,8 @@ class UdpMouth(asyncio.DatagramProtocol):
         self.core.relay_gone()
         if task is not None:
             task.cancel()
-        return task
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
 
     async def _keep_relay(self, open_exec: OpenExec) -> None:
         failures = 0

@@ -18,8 +18,7 @@ from blitzdns.blitzmail.fake_notify import FakeNotify
 from blitzdns.blitzmail.notify import NotifyClient
 from tests.peers import descendants, wait_until
 from tunnel.exec import ExecChannel, SubprocessExec
-from tunnel.udp import RelayLimits, UdpForward
-from tunnel.udp_assoc import DatagramStep
+from tunnel.udp import DatagramStep, RelayLimits, UdpForward
 from tunnel.udp_mouth import RelayState, UdpMouth, bind_udp_socket
 
 from .udp_testlib import WAIT_S, UdpTarget, gone
@@ -72,8 +71,10 @@ async def mouth_for(
 ) -> UdpMouth:
     sock = bind_udp_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    forward = UdpForward("127.0.0.1", port, target[0], target[1], limits=limits or RelayLimits())
-    mouth = UdpMouth(forward, step)
+    forward = UdpForward(
+        "127.0.0.1", port, target[0], target[1], limits=limits or RelayLimits(), step=step
+    )
+    mouth = UdpMouth(forward)
     await mouth.bind(sock)
     mouth.attach(gateway.open_exec)
     await wait_until(lambda: mouth.relay not in (RelayState.DOWN, RelayState.STARTING), WAIT_S)

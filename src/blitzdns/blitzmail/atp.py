@@ -165,6 +165,7 @@ def parse_clear(data: bytes) -> tuple[int, int]:
     return uid, service
 
 
+@dataclass(frozen=True)
 class NotifyStep:
     """The notify preset's step on one association (see :class:`tunnel.udp.DatagramStep`).
 

@@ -35,6 +35,7 @@ from tunnel.errors import (
     TunnelConfigError,
     TunnelError,
 )
+from tunnel.exec import AsyncsshExec
 from tunnel.forwards import Gateway
 from tunnel.hostkeys import HostKeyPolicy
 from tunnel.link import Flow, before_cut_close
@@ -127,6 +128,10 @@ class SSHLink:
         except OSError as exc:
             flow.task = None
             flow.cut(f"client socket unusable: {describe(exc)}")
+
+    async def open_exec(self, command: str) -> AsyncsshExec:
+        """A session channel running ``command`` (RFC 4254 §6.5)."""
+        return await AsyncsshExec.start(self.conn, command)
 
     async def wait_closed(self) -> TunnelError:
         """Wait until the link ends; return why, as a :class:`LinkLost`."""
