@@ -38,7 +38,7 @@ from tunnel.udp import (
 
 Address = tuple[str, int]
 
-MAX_QUEUED = 8
+MAX_QUEUED = 64
 """Datagrams one sender may have waiting while its association opens; more are dropped."""
 
 
