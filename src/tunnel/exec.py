@@ -2,9 +2,10 @@
 
 What a UDP forward's relay runs in (:mod:`tunnel.udp_mouth`). Each link backend makes
 them its own way: the asyncssh link opens a ``session`` channel with an ``exec`` request
-(RFC 4254 §6.5; :class:`AsyncsshExec`), the openssh link runs ``ssh`` through its master's
-control socket (:class:`SubprocessExec`). The command always goes through the user's login
-shell on the gateway, as with ``ssh host COMMAND``.
+(RFC 4254 §6.5; ``AsyncsshExec`` in :mod:`tunnel.backends.asyncssh_link`), the openssh
+link runs ``ssh`` through its master's control socket (:class:`SubprocessExec`). The
+command always goes through the user's login shell on the gateway, as with ``ssh host
+COMMAND``.
 """
 
 from __future__ import annotations
@@ -12,12 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
-
-from tunnel.errors import LinkLost
-
-if TYPE_CHECKING:
-    import asyncssh
+from typing import Protocol
 
 
 class ExecChannel(Protocol):
@@ -95,55 +91,3 @@ class SubprocessExec:
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.terminate()
-
-
-class AsyncsshExec:
-    """An :class:`ExecChannel` on an asyncssh connection (one session channel)."""
-
-    def __init__(self, process: asyncssh.SSHClientProcess[bytes]) -> None:
-        self.process = process
-
-    @classmethod
-    async def start(cls, conn: asyncssh.SSHClientConnection, command: str) -> AsyncsshExec:
-        import asyncssh
-
-        try:
-            process = await conn.create_process(command, encoding=None)
-        except (OSError, asyncssh.Error) as exc:
-            raise LinkLost(f"cannot open an exec channel: {exc}") from None
-        return cls(process)
-
-    async def write(self, data: bytes) -> None:
-        import asyncssh
-
-        try:
-            self.process.stdin.write(data)
-            await self.process.stdin.drain()
-        except (OSError, asyncssh.Error) as exc:
-            raise LinkLost(f"exec channel: {exc}") from None
-
-    def write_eof(self) -> None:
-        with contextlib.suppress(OSError):
-            self.process.stdin.write_eof()
-
-    async def read(self, size: int) -> bytes:
-        return await self._read(self.process.stdout, size)
-
-    async def read_stderr(self, size: int) -> bytes:
-        return await self._read(self.process.stderr, size)
-
-    @staticmethod
-    async def _read(stream: asyncssh.SSHReader[bytes], size: int) -> bytes:
-        import asyncssh
-
-        try:
-            return await stream.read(size)
-        except (OSError, asyncssh.Error):
-            return b""
-
-    async def wait(self) -> int | None:
-        completed = await self.process.wait(check=False)
-        return completed.exit_status
-
-    def close(self) -> None:
-        self.process.close()

@@ -35,7 +35,6 @@ from tunnel.errors import (
     TunnelConfigError,
     TunnelError,
 )
-from tunnel.exec import AsyncsshExec
 from tunnel.forwards import Gateway
 from tunnel.hostkeys import HostKeyPolicy
 from tunnel.link import Flow, before_cut_close
@@ -98,6 +97,52 @@ class _GatewayClient(asyncssh.SSHClient):
                 return None
             answers.append(answer)
         return answers
+
+
+class AsyncsshExec:
+    """An :class:`ExecChannel` on an asyncssh connection (one session channel)."""
+
+    def __init__(self, process: asyncssh.SSHClientProcess[bytes]) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, conn: asyncssh.SSHClientConnection, command: str) -> AsyncsshExec:
+        try:
+            process = await conn.create_process(command, encoding=None)
+        except (OSError, asyncssh.Error) as exc:
+            raise LinkLost(f"cannot open an exec channel: {exc}") from None
+        return cls(process)
+
+    async def write(self, data: bytes) -> None:
+        try:
+            self.process.stdin.write(data)
+            await self.process.stdin.drain()
+        except (OSError, asyncssh.Error) as exc:
+            raise LinkLost(f"exec channel: {exc}") from None
+
+    def write_eof(self) -> None:
+        with contextlib.suppress(OSError):
+            self.process.stdin.write_eof()
+
+    async def read(self, size: int) -> bytes:
+        return await self._read(self.process.stdout, size)
+
+    async def read_stderr(self, size: int) -> bytes:
+        return await self._read(self.process.stderr, size)
+
+    @staticmethod
+    async def _read(stream: asyncssh.SSHReader[bytes], size: int) -> bytes:
+        try:
+            return await stream.read(size)
+        except (OSError, asyncssh.Error):
+            return b""
+
+    async def wait(self) -> int | None:
+        completed = await self.process.wait(check=False)
+        return completed.exit_status
+
+    def close(self) -> None:
+        self.process.close()
 
 
 class SSHLink:
