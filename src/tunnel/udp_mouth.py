@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
-from tunnel.errors import MouthBindError, TunnelError
+from tunnel.errors import LinkLost, MouthBindError, TunnelError
 from tunnel.exec import ExecChannel, OpenExec
 from tunnel.forwards import mouth_ip
 from tunnel.mouths import _bind_reason as bind_reason
@@ -58,6 +58,9 @@ log = logging.getLogger("tunnel.udp")
 START_TIMEOUT_S = 15.0
 """How long a relay (or the socat probe) may take to answer before it counts as missing."""
 REASON_MAX = 200
+SSH_FAILED = 255
+"""``ssh``'s own exit status for a failure of its own (no session): the link, not the
+command. (A remote command's 255 would be mistaken for it; the relay never exits so.)"""
 
 
 FrameSink = Callable[[Frame], None]
@@ -258,7 +261,10 @@ class Unavailable:
 async def start_relay(
     open_exec: OpenExec, target: tuple[str, int], limits: RelayLimits
 ) -> Carrier | Unavailable:
-    """Start the python3 relay on the gateway, else check for socat; say why neither."""
+    """Start the python3 relay on the gateway, else check for socat; say why neither.
+
+    A link that fails meanwhile is not a missing program: :class:`LinkLost` is raised
+    (an exec channel refused, or ``ssh`` through the master exiting with status 255)."""
     python_reason = await _python_attempt(open_exec, target, limits)
     if not isinstance(python_reason, str):
         return python_reason
@@ -271,9 +277,9 @@ async def start_relay(
 async def _python_attempt(
     open_exec: OpenExec, target: tuple[str, int], limits: RelayLimits
 ) -> PythonCarrier | str:
-    channel: ExecChannel | None = None
+    """The relay, started and greeting; else why not (a string)."""
+    channel = await open_exec(python_relay_command(target[0], target[1], limits))
     try:
-        channel = await open_exec(python_relay_command(target[0], target[1], limits))
         await channel.write(RELAY_PROGRAM)
         decoder = FrameDecoder()
         async with asyncio.timeout(START_TIMEOUT_S):
@@ -293,15 +299,20 @@ async def _python_attempt(
             reason = "relay did not say hello"
         else:
             said = await _stderr_text(channel)
-            reason = said or f"exit status {await _status(channel)}"
+            status = await _status(channel)
+            if status == SSH_FAILED:
+                raise LinkLost(f"ssh could not run the relay: {said or 'exit status 255'}")
+            reason = said or f"exit status {status}"
     except TimeoutError:
         reason = f"no answer within {START_TIMEOUT_S:g} s"
     except FramingError as exc:
         reason = str(exc)
-    except (OSError, TunnelError) as exc:
+    except OSError as exc:
         reason = str(exc) or type(exc).__name__
-    if channel is not None:
+    except BaseException:
         await end(channel)
+        raise
+    await end(channel)
     return reason
 
 
@@ -322,9 +333,8 @@ async def _status(channel: ExecChannel) -> int | None:
 
 async def _socat_probe(open_exec: OpenExec) -> str | None:
     """None when ``socat -V`` answers as socat; otherwise why not."""
-    channel: ExecChannel | None = None
+    channel = await open_exec("socat -V")
     try:
-        channel = await open_exec("socat -V")
         channel.write_eof()
         async with asyncio.timeout(START_TIMEOUT_S):
             output = b""
@@ -332,6 +342,8 @@ async def _socat_probe(open_exec: OpenExec) -> str | None:
                 output += data
         said = await _stderr_text(channel)
         status = await _status(channel)
+        if status == SSH_FAILED:
+            raise LinkLost(f"ssh could not run socat: {said or 'exit status 255'}")
         if said and status != 0:
             return said
         if status == 0 and b"socat version" in output:
@@ -339,11 +351,10 @@ async def _socat_probe(open_exec: OpenExec) -> str | None:
         return f"exit status {status}"
     except TimeoutError:
         return f"no answer within {START_TIMEOUT_S:g} s"
-    except (OSError, TunnelError) as exc:
+    except OSError as exc:
         return str(exc) or type(exc).__name__
     finally:
-        if channel is not None:
-            await end(channel)
+        await end(channel)
 
 
 RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -474,11 +485,15 @@ class UdpMouth(asyncio.DatagramProtocol):
         failures = 0
         while True:
             self._set(RelayState.STARTING, "")
-            started = await start_relay(
-                open_exec,
-                (self.forward.target_host, self.forward.target_port),
-                self.forward.limits,
-            )
+            try:
+                started = await start_relay(
+                    open_exec,
+                    (self.forward.target_host, self.forward.target_port),
+                    self.forward.limits,
+                )
+            except TunnelError as exc:  # the link failed under the start: it is not up
+                self._set(RelayState.DOWN, str(exc))
+                return
             if isinstance(started, Unavailable):
                 log.warning("UDP forward %s unavailable: %s", self.forward, started.reason)
                 self._set(RelayState.UNAVAILABLE, started.reason)

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from blitzdns.blitzmail import challenge
 from blitzdns.blitzmail.atp import (
     EOM,
     NOTICE,
@@ -28,7 +27,7 @@ from blitzdns.blitzmail.atp import (
 )
 from blitzdns.blitzmail.fake_notify import FakeNotify, NotifyCore
 from blitzdns.blitzmail.fakes import DEMO_PASSWORD
-from blitzdns.blitzmail.notify import NotifyClient
+from blitzdns.blitzmail.notify import NotifyClient, post_notice
 
 WAIT_S = 20.0
 
@@ -131,30 +130,19 @@ def test_port_zero_means_the_source_port() -> None:
     assert core.registered(1001) == [("127.0.0.5", 4000)]
 
 
-async def post_over_tcp(server: FakeNotify, uid: int, text: bytes) -> list[str]:
-    """Sign on at the TCP side (USER, PASE with the DES answer) and post a notice."""
-    reader, writer = await asyncio.open_connection(server.host, server.tcp_port)
-    replies = [(await reader.readline()).decode().strip()]
-    writer.write(b"USER #1001\r\n")
-    replies.append((await reader.readline()).decode().strip())
-    answer = challenge.answer_challenge(replies[-1].split()[1], DEMO_PASSWORD)
-    writer.write(f"PASE {answer}\r\n".encode())
-    replies.append((await reader.readline()).decode().strip())
-    writer.write(f"NOTIFY {len(text)},{uid},1,77,0\r\n".encode() + text)
-    replies.append((await reader.readline()).decode().strip())
-    writer.write(b"QUIT\r\n")
-    replies.append((await reader.readline()).decode().strip())
-    writer.close()
-    await writer.wait_closed()
-    return replies
-
-
 async def test_register_post_and_receive_a_notice_on_loopback() -> None:
     async with FakeNotify() as server, NotifyClient() as client:
         async with asyncio.timeout(WAIT_S):
             await client.register((server.host, server.udp_port), 1001)
             assert server.core.registered(1001) == [client.address]
-            replies = await post_over_tcp(server, 1001, b"New mail from Demo Reindeer")
+            replies = await post_notice(
+                (server.host, server.tcp_port),
+                "#1001",
+                DEMO_PASSWORD,
+                1001,
+                b"New mail from Demo Reindeer",
+                message_id=77,
+            )
             assert [r[:3] for r in replies] == ["220", "300", "200", "200", "221"]
             notice = await client.next_notice()
             assert notice == Notice(SERVICE_MAIL, 1001, 77, b"New mail from Demo Reindeer")

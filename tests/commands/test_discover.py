@@ -203,7 +203,7 @@ async def test_cli_discover_prints_writes_and_refuses(stack: DemoStack) -> None:
 
     code, out, _ = await cli("wheelock", "--write")
     assert code == 0 and f"wrote {stack.config_path}" in out
-    assert load_config(stack.config_path).tunnel.hosts == ("dnd", "prancer", "newshost")
+    assert load_config(stack.config_path).tunnel.hosts == ("dnd", "prancer", "newshost", "notify")
 
 
 async def test_notifyserv_is_reported_and_written_as_a_notify_host(

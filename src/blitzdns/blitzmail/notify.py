@@ -9,6 +9,7 @@ request → our response → its release. The side that waits re-sends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from typing import Self, cast
 
@@ -25,6 +26,7 @@ from blitzdns.blitzmail.atp import (
     Notice,
     Registration,
 )
+from blitzdns.blitzmail.challenge import answer_challenge
 from blitzdns.blitzmail.dnd import ClosesOnExit
 
 Address = tuple[str, int]
@@ -132,3 +134,52 @@ class NotifyClient(asyncio.DatagramProtocol, ClosesOnExit):
         elif packet.kind == RELEASE and packet.command == NOTICE:
             self.released.add(packet.tid)
         self.changed.set()
+
+
+class PostRefused(Exception):
+    """The posting side (TCP 2152) did not accept the sign-on or the notice."""
+
+
+async def post_notice(
+    address: Address,
+    user: str,
+    password: str,
+    uid: int,
+    text: bytes,
+    *,
+    service: int = SERVICE_MAIL,
+    message_id: int = 1,
+    timeout_s: float = 10.0,
+) -> list[str]:
+    """Sign on at a Notify server's posting side (``USER``, ``PASE`` with the DES answer)
+    and post one notice with ``NOTIFY``; return the server's reply lines, in order.
+
+    Raises :class:`PostRefused` on a refusal, ``OSError`` or ``TimeoutError`` otherwise.
+    """
+    replies: list[str] = []
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        async with asyncio.timeout(timeout_s):
+
+            async def reply(expected: str) -> str:
+                line = (await reader.readline()).decode("latin-1").strip()
+                replies.append(line)
+                if not line.startswith(expected):
+                    raise PostRefused(f"expected {expected}, got {line!r}")
+                return line
+
+            await reply("220")
+            writer.write(f"USER {user}\r\n".encode("latin-1"))
+            challenge = (await reply("300")).split()[1]
+            answer = answer_challenge(challenge, password)
+            writer.write(f"PASE {answer}\r\n".encode("ascii"))
+            await reply("200")
+            writer.write(f"NOTIFY {len(text)},{uid},{service},{message_id},0\r\n".encode() + text)
+            await reply("200")
+            writer.write(b"QUIT\r\n")
+            await reply("221")
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return replies

@@ -150,6 +150,9 @@ class DemoGateway:
                 with contextlib.suppress(ProcessLookupError):
                     local.terminate()
                 await local.wait()
+            with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
+                async with asyncio.timeout(5):
+                    await process.wait_closed()  # runs asyncssh's clean-up of the redirects
 
     async def close(self) -> None:
         if self._server is not None:
