@@ -93,6 +93,8 @@ class UdpCore:
         self.step = step
         self.counters = UdpCounters()
         self.relay_ready = False
+        self.without_relay = "no link"
+        """Why a datagram that finds no relay is dropped: the drop's reason."""
         self.max_datagram = limits.max_datagram
         self._next_id = 1
         self._by_id: dict[int, Association] = {}
@@ -128,7 +130,7 @@ class UdpCore:
             self._drop(1, "oversize")
             return []
         if not self.relay_ready:
-            self._drop(1, "no link")
+            self._drop(1, self.without_relay)
             return []
         association = self.association_of(sender)
         if association is None:

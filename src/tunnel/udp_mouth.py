@@ -357,6 +357,12 @@ async def _socat_probe(open_exec: OpenExec) -> str | None:
         await end(channel)
 
 
+_WITHOUT_RELAY = {
+    RelayState.STARTING: "relay starting",
+    RelayState.UNAVAILABLE: "relay unavailable",
+}
+"""How a datagram dropped for want of a relay is counted, by the relay's state."""
+
 RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 """Waits before starting a relay again that ended while the link stayed up."""
 
@@ -512,6 +518,7 @@ class UdpMouth(asyncio.DatagramProtocol):
     def _set(self, relay: RelayState, reason: str) -> None:
         self.relay = relay
         self.reason = reason
+        self.core.without_relay = _WITHOUT_RELAY.get(relay, "no link")
         self.changed.set()
 
     # -- datagrams ----------------------------------------------------------------------

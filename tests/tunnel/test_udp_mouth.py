@@ -197,7 +197,7 @@ async def test_neither_python3_nor_socat_is_reported_and_nothing_is_carried(
         assert "not found" in mouth.reason
         client = await sender()
         client.send(b"lost", mouth.address)
-        await wait_until(lambda: mouth.state().dropped.get("no link") == 1, WAIT_S)
+        await wait_until(lambda: mouth.state().dropped.get("relay unavailable") == 1, WAIT_S)
         assert echo.received == []
     finally:
         await mouth.close()

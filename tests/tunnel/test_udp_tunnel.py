@@ -221,5 +221,7 @@ async def test_neither_python3_nor_socat_is_a_clear_report(
         assert tunnel.state.status is LinkStatus.UP  # everything else runs on
         sender = await client()
         sender.send(b"nowhere", forward.mouth)
-        await wait_until(lambda: tunnel.state.udp_forwards[0].dropped.get("no link") == 1, WAIT_S)
+        await wait_until(
+            lambda: tunnel.state.udp_forwards[0].dropped.get("relay unavailable") == 1, WAIT_S
+        )
     assert echo.received == []
