@@ -17,6 +17,7 @@ from blitzdns.blitzmail.atp import SERVICE_MAIL, Notice, NotifyStep
 from blitzdns.blitzmail.fake_notify import FakeNotify
 from blitzdns.blitzmail.notify import NotifyClient
 from tests.peers import descendants, wait_until
+from tunnel.errors import MouthBindError
 from tunnel.exec import ExecChannel, SubprocessExec
 from tunnel.udp import DatagramStep, RelayLimits, UdpForward
 from tunnel.udp_mouth import RelayState, UdpMouth, bind_udp_socket
@@ -260,3 +261,23 @@ async def test_detached_drops_then_a_new_link_carries_again(echo: UdpTarget) -> 
     finally:
         await mouth.close()
     await wait_until(lambda: gone(gateway.pids()), WAIT_S)
+
+
+async def test_an_ipv6_mouth_carries_too(echo: UdpTarget) -> None:
+    try:
+        sock = bind_udp_socket("::1", 0)
+    except MouthBindError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    forward = UdpForward("::1", sock.getsockname()[1], *echo.address)
+    mouth = UdpMouth(forward)
+    await mouth.bind(sock)
+    gateway = LocalGateway()
+    mouth.attach(gateway.open_exec)
+    try:
+        await wait_until(lambda: mouth.relay is RelayState.PYTHON, WAIT_S)
+        loop = asyncio.get_running_loop()
+        _, client = await loop.create_datagram_endpoint(Sender, local_addr=("::1", 0))
+        client.send(b"six", ("::1", forward.mouth_port))
+        await wait_until(lambda: client.received == [b"echo:six"], WAIT_S)
+    finally:
+        await mouth.close()
