@@ -22,6 +22,10 @@ class ExecChannel(Protocol):
     async def write(self, data: bytes) -> None:
         """Write and wait until the channel took it (flow control)."""
 
+    def write_nowait(self, data: bytes) -> bool:
+        """Write now, without waiting, unless :data:`WRITE_HIGH_WATER` bytes are already
+        waiting to go out: then write nothing and return False (use :meth:`write`)."""
+
     def write_eof(self) -> None: ...
 
     async def read(self, size: int) -> bytes:
@@ -35,6 +39,9 @@ class ExecChannel(Protocol):
     def close(self) -> None:
         """End the command now (closing the channel)."""
 
+
+WRITE_HIGH_WATER = 256 * 1024
+"""Bytes queued on a channel beyond which :meth:`ExecChannel.write_nowait` declines."""
 
 OpenExec = Callable[[str], Awaitable[ExecChannel]]
 """Start a command (one shell line, as ``ssh host COMMAND`` runs it) on the gateway."""
@@ -69,6 +76,14 @@ class SubprocessExec:
         assert self.process.stdin is not None
         self.process.stdin.write(data)
         await self.process.stdin.drain()
+
+    def write_nowait(self, data: bytes) -> bool:
+        stdin = self.process.stdin
+        assert stdin is not None
+        if stdin.is_closing() or stdin.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            return False
+        stdin.write(data)
+        return True
 
     def write_eof(self) -> None:
         assert self.process.stdin is not None

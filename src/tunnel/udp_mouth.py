@@ -101,20 +101,32 @@ class PythonCarrier:
         self._decoder = decoder
         self._early = early
         self._outgoing: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._writing = False
 
     def send(self, data: bytes) -> None:
+        """Straight onto the channel when nothing waits before it (no task switch per
+        datagram); else after what waits, by the writer task, with flow control."""
+        if not self._writing and self._outgoing.empty() and self.channel.write_nowait(data):
+            return
         self._outgoing.put_nowait(data)
 
     async def _write(self) -> None:
         while (data := await self._outgoing.get()) is not None:
             chunks = [data]
+            done = False
             while not self._outgoing.empty():
                 more = self._outgoing.get_nowait()
                 if more is None:
-                    await self.channel.write(b"".join(chunks))
-                    return
+                    done = True
+                    break
                 chunks.append(more)
-            await self.channel.write(b"".join(chunks))
+            self._writing = True
+            try:
+                await self.channel.write(b"".join(chunks))
+            finally:
+                self._writing = False
+            if done:
+                return
 
     async def run(self, sink: FrameSink) -> str:
         writer = asyncio.create_task(self._write())

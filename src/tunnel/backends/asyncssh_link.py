@@ -35,6 +35,7 @@ from tunnel.errors import (
     TunnelConfigError,
     TunnelError,
 )
+from tunnel.exec import WRITE_HIGH_WATER
 from tunnel.forwards import Gateway
 from tunnel.hostkeys import HostKeyPolicy
 from tunnel.link import Flow, before_cut_close
@@ -119,6 +120,16 @@ class AsyncsshExec:
             await self.process.stdin.drain()
         except (OSError, asyncssh.Error) as exc:
             raise LinkLost(f"exec channel: {exc}") from None
+
+    def write_nowait(self, data: bytes) -> bool:
+        stdin = self.process.stdin
+        if stdin.channel.get_write_buffer_size() > WRITE_HIGH_WATER:
+            return False
+        try:
+            stdin.write(data)
+        except (OSError, asyncssh.Error):
+            return False
+        return True
 
     def write_eof(self) -> None:
         with contextlib.suppress(OSError):
