@@ -165,6 +165,8 @@ class Tunnel:
         link, self._link = self._link, None
         if link is None:
             return
+        for udp in self._udp.values():
+            udp.drop_link("relinking")
         self._doubted = False
         self._link_changed.clear()
         self._switching = True
