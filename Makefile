@@ -58,6 +58,7 @@ bench: venv sysdeps
 	$(PY) bench/tunnel_bench.py
 	$(PY) bench/daemon_bench.py
 	$(PY) bench/roam_bench.py
+	$(PY) bench/udp_bench.py
 
 # Bounded, loopback only: a million malformed packets and TCP abuse against the resolver,
 # then the long run of the fuzz targets over its parsers and decision core.

@@ -88,7 +88,9 @@ def test_tunnel_hosts_restricts_what_is_protected() -> None:
         ("[tunnel]\nmouths = '10.0.0.0/24'\n", "tunnel.mouths", "127.0.0.0/8"),
         ("[hosts.x]\nnames = ['dnd']\n", "hosts.x.names[0]", "already belongs to host 'dnd'"),
         ("[hosts.x]\nnames = ['x.org']\nservices = ['nope']\n", "hosts.x.services[0]", "nope"),
-        ("[hosts.x]\nnames = ['x.org']\nservices = ['notify']\n", "hosts.x.services[0]", "TCP"),
+        ("[services]\nx = { port = 9, step = 'notify' }\n", "services.x.step", "udp"),
+        ("[services]\nx = { port = 9, proto = 'udp', step = 'x' }\n", "services.x.step", "notify"),
+        ("[services]\nx = { port = 9, proto = 'udp', idle_s = 0 }\n", "services.x.idle_s", "1"),
         ("[hosts.x]\nnames = ['bad..name']\n", "hosts.x.names[0]", "not a host name"),
         ("[hosts.dasher]\nmouth = '127.77.0.1'\n", "hosts.dasher.mouth", "dnd"),
         ("[tunnel]\nhosts = ['rudolph']\n", "tunnel.hosts[0]", "rudolph"),
@@ -235,3 +237,33 @@ def test_a_bad_gateway_flag_is_refused_when_parsed() -> None:
 
     with pytest.raises(UsageError, match=r"--gateway gw:0: expected \[user@\]host\[:port\]"):
         layered(parse_config(""), flags=Flags(gateways=("gw:0",)))
+
+
+def test_a_udp_service_on_a_host_is_a_udp_forward() -> None:
+    """The preset's notify (UDP 2154, with the Notify step) next to dartnotify (TCP 2152),
+    on a host that NOTIFYSERV names (``discover --write`` adds one like this)."""
+    config = parse_config(
+        "[hosts.notifier]\nnames = ['notifier.dartmouth.edu']\n"
+        "services = ['dartnotify', 'notify']\n"
+    )
+    forwards = {(f.port, f.proto) for f in config.forwards() if f.host == "notifier"}
+    assert forwards == {(2152, "tcp"), (2154, "udp")}
+    notify = config.services["notify"]
+    assert (notify.step, notify.idle_s, notify.max_datagram) == ("notify", 900, 8192)
+    assert all(f.proto == "tcp" for f in config.forwards() if f.host != "notifier")
+
+
+def test_plan_lists_udp_forwards() -> None:
+    from blitzdns.plan import plan_dict, render_plan
+
+    config = parse_config(
+        "[hosts.notifier]\nnames = ['notifier.dartmouth.edu']\n"
+        "services = ['dartnotify', 'notify']\n"
+    )
+    lines = render_plan(config).splitlines()
+    [udp] = [line for line in lines if "(notifier/notify)" in line]
+    assert ":2154" in udp and "notifier.dartmouth.edu:2154 UDP" in udp
+    [tcp] = [line for line in lines if "(notifier/dartnotify)" in line]
+    assert "UDP" not in tcp
+    protos = {(f["service"], f["proto"]) for f in plan_dict(config)["forwards"]}
+    assert ("notify", "udp") in protos and ("dartnotify", "tcp") in protos

@@ -16,8 +16,8 @@ from blitzdns import snapshot as contract
 from blitzdns.config import Endpoint, parse_config
 from blitzdns.daemon import Daemon, RunOptions
 from blitzdns.dns.stats import ResolverStats, UpstreamHealth
-from tunnel import Forward
-from tunnel.state import ForwardState, LinkStatus, TunnelState
+from tunnel import Forward, UdpForward
+from tunnel.state import ForwardState, LinkStatus, RelayState, TunnelState, UdpForwardState
 
 
 def sample_tunnel() -> TunnelState:
@@ -37,6 +37,12 @@ def sample_tunnel() -> TunnelState:
             ForwardState(shared, 0, 5, 3, 7, 8),
         ),
         attempts=2,
+        udp_forwards=(
+            UdpForwardState(
+                UdpForward("127.77.0.20", 2154, "notifier", 2154, name="notifier/notify"),
+                RelayState.PYTHON, "", 1, 2, 3, 120, 2, 90, {"oversize": 1}, 0,
+            ),
+        ),
     )  # fmt: skip
 
 
@@ -67,6 +73,8 @@ def test_the_snapshot_has_exactly_the_keys_of_its_types() -> None:
     assert set(shown["tunnel"]) == keys_of(contract.TunnelStatus)
     for forward in shown["tunnel"]["forwards"]:
         assert set(forward) == keys_of(contract.ForwardStatus)
+    for udp in shown["tunnel"]["udp_forwards"]:
+        assert set(udp) == keys_of(contract.UdpForwardStatus)
     assert set(shown["dns"]) == keys_of(contract.DnsStatus)
     for upstream in shown["dns"]["upstreams"]:
         assert set(upstream) == keys_of(contract.UpstreamStatus)
@@ -80,6 +88,7 @@ def test_the_snapshot_has_exactly_the_keys_of_its_types() -> None:
         (UpstreamHealth, contract.UpstreamStatus),
         (TunnelState, contract.TunnelStatus),
         (ForwardState, contract.ForwardStatus),
+        (UdpForwardState, contract.UdpForwardStatus),
     ],
 )
 def test_every_counter_of_the_daemon_is_in_the_contract(source: type, typed: type) -> None:

@@ -214,10 +214,12 @@ def check_system_resolver(config: Config, fix: str = "") -> list[Step]:
     return steps
 
 
-def listening_sockets(port: int) -> list[str]:
-    """Local addresses listening on TCP ``port`` (Linux /proc/net/tcp{,6})."""
+def listening_sockets(port: int, proto: str = "tcp") -> list[str]:
+    """Local addresses listening on TCP ``port`` (Linux /proc/net/tcp{,6}), or with a UDP
+    socket bound and unconnected on it (``proto="udp"``: /proc/net/udp{,6})."""
     found = []
-    for path, family in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 6)):
+    listen_state = "0A" if proto == "tcp" else "07"
+    for path, family in ((f"/proc/net/{proto}", 4), (f"/proc/net/{proto}6", 6)):
         try:
             lines = Path(path).read_text().splitlines()[1:]
         except OSError:
@@ -225,7 +227,7 @@ def listening_sockets(port: int) -> list[str]:
         for line in lines:
             fields = line.split()
             local, state = fields[1], fields[3]
-            if state != "0A":
+            if state != listen_state:
                 continue
             addr_hex, port_hex = local.split(":")
             if int(port_hex, 16) != port:
@@ -246,7 +248,7 @@ def check_mouths(config: Config, forwards: Iterable[ForwardSpec] | None = None) 
     steps = []
     allowed_shared = {str(s.address) for s in config.shared}
     for f in forwards if forwards is not None else config.forwards():
-        addresses = listening_sockets(f.port)
+        addresses = listening_sockets(f.port, f.proto)
         exposed = [
             a
             for a in addresses
@@ -254,8 +256,11 @@ def check_mouths(config: Config, forwards: Iterable[ForwardSpec] | None = None) 
         ]
         listening = f.mouth in addresses
         ok = listening and not exposed
+        udp = " (UDP)" if f.proto == "udp" else ""
         detail = (
-            f"{f.mouth}:{f.port} listening" if listening else f"{f.mouth}:{f.port} not listening"
+            f"{f.mouth}:{f.port}{udp} listening"
+            if listening
+            else f"{f.mouth}:{f.port}{udp} not listening"
         )
         if exposed:
             detail += f"; ALSO on {', '.join(exposed)} (reachable from the network)"
@@ -333,7 +338,7 @@ async def check_end_to_end(
 ) -> list[Step]:
     """Layer 5: through each loopback forward, the service's own greeting or reply."""
     chosen = config.forwards() if forwards is None else forwards
-    loopback = [f for f in chosen if f.allowed_peers is None]
+    loopback = [f for f in chosen if f.allowed_peers is None and f.proto == "tcp"]
 
     async def one(f: ForwardSpec) -> Step:
         try:
@@ -355,6 +360,35 @@ async def check_end_to_end(
         )
 
     return list(await asyncio.gather(*(one(f) for f in loopback)))
+
+
+def check_udp_relays(status: dict[str, Any] | None, forwards: Iterable[ForwardSpec]) -> list[Step]:
+    """Layer 5 for UDP forwards: the relay on the gateway answered (python3, or socat),
+    from the daemon's status; a datagram probe would need the service's own protocol."""
+    udp = [f for f in forwards if f.allowed_peers is None and f.proto == "udp"]
+    tunnel = (status or {}).get("tunnel") or {}
+    relays = {
+        str(u.get("mouth")): u for u in tunnel.get("udp_forwards") or [] if isinstance(u, dict)
+    }
+    steps = []
+    for f in udp:
+        name = f"end to end {f.host}/{f.service}"
+        relay = relays.get(f"{f.mouth}:{f.port}")
+        if status is None or relay is None:
+            steps.append(Step(name, False, "no daemon reports this UDP forward", "start it"))
+            continue
+        state = str(relay.get("relay", "?"))
+        ok = state in ("python3", "socat")
+        detail = f"{f.mouth}:{f.port} (UDP) → relay on the gateway: {state}"
+        if relay.get("reason"):
+            detail += f" ({relay['reason']})"
+        fix = ""
+        if state == "unavailable":
+            fix = "the gateway needs python3 (or socat) on the PATH of your login shell"
+        elif not ok:
+            fix = "fix the SSH link first (`blitzdns status`)"
+        steps.append(Step(name, ok, detail, fix))
+    return steps
 
 
 # --------------------------------------------------------------------------- fixes, as commands
@@ -485,6 +519,10 @@ async def run_checks(
         fix = resolver_fix(config, listen) if listen else ""
         return await loop.run_in_executor(None, check_system_resolver, config, fix)
 
+    async def end_to_end() -> list[Step]:
+        tcp = await check_end_to_end(config, forwards=target.forwards)
+        return tcp + check_udp_relays(status, target.forwards)
+
     async def daemon() -> list[Step]:
         return check_daemon(config, status, control_socket)
 
@@ -494,7 +532,7 @@ async def run_checks(
         ("mouths", mouths),
         *([("shared addresses", shared)] if config.shared else []),
         ("SSH link", link),
-        ("end to end", lambda: check_end_to_end(config, forwards=target.forwards)),
+        ("end to end", end_to_end),
         *([("leak guard", lambda: check_guard(status))] if (status or {}).get("guard") else []),
         *([("system resolver", resolver)] if system_resolver else []),
     ]

@@ -281,6 +281,14 @@ def discover(
     found = asyncio.run(run_discover(config, user))
     where = f" (host {found.host.key}, mouth {found.host.mouth})" if found.host else ""
     typer.echo(f"{found.account.name} (uid {found.account.uid}): {found.account.blitzserv}{where}")
+    if found.account.notifyserv:
+        notify = found.notify_host
+        shown = (
+            f" (host {notify.key}, mouth {notify.mouth})"
+            if notify
+            else " (not in the host table; --write adds it)"
+        )
+        typer.echo(f"new-mail notices (NOTIFYSERV): {found.account.notifyserv}{shown}")
     if write:
         for line in write_and_reload(config, found, status, control_socket):
             typer.echo(line)

@@ -103,10 +103,32 @@ class Service:
     name: str = field(metadata=_meta("The table's own name.", toml=None))
     port: int = field(metadata=_meta("The port the mouth listens on."))
     proto: Literal["tcp", "udp"] = field(
-        default="tcp", metadata=_meta('"tcp" or "udp" (UDP is not carried by SSH).')
+        default="tcp",
+        metadata=_meta(
+            '"tcp" or "udp" (UDP goes through a small relay the tunnel starts on the gateway '
+            "over SSH: python3, else socat)."
+        ),
     )
     remote_port: int = field(
         default=0, metadata=_meta("The target's port when it differs (0: the same as port).")
+    )
+    step: Literal["", "notify"] = field(
+        default="",
+        metadata=_meta(
+            'UDP only: a protocol-aware step; "notify" writes the relay\'s port inside '
+            "BlitzMail Notify registrations (NR02), so notices find their way back."
+        ),
+    )
+    idle_s: float = field(
+        default=120.0,
+        metadata=_meta(
+            "UDP only: a sender's association ends after this many seconds without a "
+            "datagram either way (Notify registrations live 10 minutes: the preset keeps 900)."
+        ),
+    )
+    max_datagram: int = field(
+        default=8192,
+        metadata=_meta("UDP only: larger datagrams are dropped and counted, never carried."),
     )
 
     @property
@@ -153,6 +175,7 @@ class ForwardSpec:
     remote_port: int
     #: Client networks allowed on this mouth; None: loopback mouth, anyone local.
     allowed_peers: tuple[IPNetwork, ...] | None = None
+    proto: Literal["tcp", "udp"] = "tcp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,7 +405,7 @@ class Config:
         metadata=_meta(
             "Services: a name, the port the mouth listens on, and optionally the target's "
             "port when it differs (remote_port). The preset defines dnd (902), mail (2151), "
-            "bulletins (1119), posting (119) and notify (2154, UDP: not carried by SSH).",
+            "bulletins (1119), posting (119), dartnotify (2152) and notify (2154, UDP).",
             example="[services]\nimap = { port = 143 }",
         ),
     )
@@ -453,7 +476,8 @@ class Config:
         raise KeyError(key)
 
     def forwards(self) -> tuple[ForwardSpec, ...]:
-        """Each protected host's mouth × its TCP services, plus the shared-address mouths."""
+        """Each protected host's mouth × its services (TCP and UDP), plus the shared-address
+        mouths."""
         result: list[ForwardSpec] = []
         protected = {h.key for h in self.hosts}
         for host in self.hosts:
@@ -461,7 +485,15 @@ class Config:
             for name in host.services:
                 svc = self.services[name]
                 result.extend(
-                    ForwardSpec(host.key, name, mouth, svc.port, host.remote, svc.target_port)
+                    ForwardSpec(
+                        host.key,
+                        name,
+                        mouth,
+                        svc.port,
+                        host.remote,
+                        svc.target_port,
+                        proto=svc.proto,
+                    )
                     for mouth in mouths
                 )
         for shared in self.shared:
@@ -480,6 +512,7 @@ class Config:
                             host.remote,
                             svc.target_port,
                             allowed_peers=shared.allow,
+                            proto=svc.proto,
                         )
                     )
         return tuple(result)
@@ -918,8 +951,27 @@ class _Builder:
                 raise self.fail(f"{key}.proto", f'expected "tcp" or "udp", got {proto!r}')
             port = self.integer(t["port"], f"{key}.port", 1, 65535)
             remote_port = self.integer(t.get("remote_port", 0), f"{key}.remote_port", 0, 65535)
+            step = t.get("step", "")
+            if step not in ("", "notify"):
+                raise self.fail(f"{key}.step", f'expected "notify" (or nothing), got {step!r}')
+            if proto != "udp":
+                for udp_only in ("step", "idle_s", "max_datagram"):
+                    if udp_only in t:
+                        raise self.fail(f"{key}.{udp_only}", 'applies to proto = "udp" only')
+            defaults = Service(name=name, port=port)
             result[name] = Service(
-                name=name, port=port, proto=proto, remote_port=remote_port or port
+                name=name,
+                port=port,
+                proto=proto,
+                remote_port=remote_port or port,
+                step=step,
+                idle_s=self.number(t.get("idle_s", defaults.idle_s), f"{key}.idle_s", 1, 86400),
+                max_datagram=self.integer(
+                    t.get("max_datagram", defaults.max_datagram),
+                    f"{key}.max_datagram",
+                    1,
+                    65507,
+                ),
             )
         return result
 
@@ -973,11 +1025,6 @@ class _Builder:
                     raise self.fail(
                         f"{where}.services[{i}]",
                         f"no service named {svc!r} (defined: {', '.join(services) or 'none'})",
-                    )
-                if services[svc].proto != "tcp":
-                    raise self.fail(
-                        f"{where}.services[{i}]",
-                        f"{svc!r} is UDP; SSH forwarding carries TCP only",
                     )
             mouth6 = None
             if "mouth6" in entry:

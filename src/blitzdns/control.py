@@ -453,6 +453,7 @@ def _render_tunnel(tunnel: Mapping[str, Any] | None, now: float) -> list[str]:
         # The names of status --json's keys (bytes_out: client → target).
         headers = ["NAME", "MOUTH", "TARGET", "OPEN", "TOTAL", "REJECTED", "BYTES_OUT", "BYTES_IN"]
         lines += format_table(headers, rows, numeric=range(3, 8))
+    lines += _render_udp(tunnel.get("udp_forwards") or [])
     return [*lines, ""]
 
 
@@ -490,6 +491,38 @@ def link_lines(tunnel: Mapping[str, Any], now: float) -> list[str]:
         lines.append(f"           final error: {tunnel['final_error']}")
     elif tunnel.get("last_error") and status != "up":
         lines.append(f"           last error: {tunnel['last_error']}")
+    return lines
+
+
+def _render_udp(forwards: list[Mapping[str, Any]]) -> list[str]:
+    """UDP forwards: relay state, associations, datagrams/bytes each way, drops."""
+    if not forwards:
+        return []
+    lines = [f"udp        {len(forwards)}"]
+    rows = []
+    for f in forwards:
+        dropped = f.get("dropped") or {}
+        rows.append(
+            [
+                str(f.get("name", "")),
+                str(f.get("mouth", "?")),
+                format_endpoint(f.get("target_host", "?"), f.get("target_port", "?")),
+                str(f.get("relay", "?")),
+                str(f.get("associations", 0)),
+                f"{f.get('datagrams_out', 0)} / {format_bytes(f.get('bytes_out', 0))}",
+                f"{f.get('datagrams_in', 0)} / {format_bytes(f.get('bytes_in', 0))}",
+                str(sum(dropped.values())),
+            ]
+        )
+    headers = ["NAME", "MOUTH", "TARGET", "RELAY", "ASSOC", "SENT", "RECEIVED", "DROPPED"]
+    lines += format_table(headers, rows, numeric=range(4, 8))
+    for f in forwards:
+        dropped = f.get("dropped") or {}
+        why = ", ".join(f"{count} {reason}" for reason, count in sorted(dropped.items()))
+        if f.get("reason"):
+            lines.append(f"           {f.get('name', '')}: relay {f.get('relay')}: {f['reason']}")
+        if why:
+            lines.append(f"           {f.get('name', '')}: dropped {why}")
     return lines
 
 

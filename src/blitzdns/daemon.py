@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from blitzdns.blitzmail.atp import NotifyStep
 from blitzdns.config import Config, Endpoint, find_config_file, load_config
 from blitzdns.control import ControlServer, default_socket_path
 from blitzdns.dns.detect import detect_upstreams
@@ -47,7 +48,7 @@ from blitzdns.plan import notes
 from blitzdns.snapshot import Snapshot, snapshot
 from blitzdns.system import locations, netfacts, privileges, sdnotify
 from blitzdns.system.record import saved_upstreams
-from tunnel import Forward, Gateway, LinkStatus, TunnelOptions
+from tunnel import Forward, Gateway, LinkStatus, RelayLimits, TunnelOptions, UdpForward
 
 if TYPE_CHECKING:
     from tunnel import Tunnel, TunnelState
@@ -297,18 +298,26 @@ def run_daemon(config: Config, options: RunOptions) -> int:
 
 
 def to_tunnel_forwards(config: Config) -> tuple[Any, ...]:
-    """The config's forward specs as :class:`tunnel.Forward` values."""
-    return tuple(
-        Forward(
-            mouth_host=f.mouth,
-            mouth_port=f.port,
-            target_host=f.remote,
-            target_port=f.remote_port,
-            allowed_peers=f.allowed_peers,
-            name=f"{f.host}/{f.service}",
-        )
-        for f in config.forwards()
-    )
+    """The config's forward specs as :class:`tunnel.Forward` values (a
+    :class:`tunnel.UdpForward`, with its limits and protocol step, for a UDP service)."""
+    result: list[Any] = []
+    for f in config.forwards():
+        common: dict[str, Any] = {
+            "mouth_host": f.mouth,
+            "mouth_port": f.port,
+            "target_host": f.remote,
+            "target_port": f.remote_port,
+            "allowed_peers": f.allowed_peers,
+            "name": f"{f.host}/{f.service}",
+        }
+        if f.proto == "tcp":
+            result.append(Forward(**common))
+            continue
+        service = config.services[f.service]
+        limits = RelayLimits(max_datagram=service.max_datagram, idle_s=service.idle_s)
+        step = NotifyStep() if service.step == "notify" else None
+        result.append(UdpForward(**common, limits=limits, step=step))
+    return tuple(result)
 
 
 def to_gateways(config: Config) -> tuple[Any, ...]:

@@ -1,8 +1,10 @@
 """``blitzdns discover USER``: ask DND, through the tunnel, which server holds an account.
 
 It replaces the classic recipe's "open a message, choose verbose headers, read the
-Received line". With ``--write`` the answer is recorded in the config file: the tunnel
-then protects DND, the user's own BlitzMail server and the bulletin host only.
+Received line". It also reads ``NOTIFYSERV``, the host that sends the user's new-mail
+notices. With ``--write`` the answer is recorded in the config file: the tunnel then
+protects DND, the user's own BlitzMail server, the bulletin host and the Notify host
+(added to the table, with dartnotify on TCP and notify on UDP, when it is not there).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class Discovery:
     account: dnd.Account
     #: The host of the table that stands for the account's server, if any.
     host: Host | None
+    #: The host of the table that stands for the account's Notify server, if any.
+    notify_host: Host | None = None
 
 
 def dnd_endpoint(config: Config) -> tuple[str, int]:
@@ -50,7 +54,7 @@ async def discover(config: Config, user: str, *, timeout: float = 10.0) -> Disco
     """Look ``user`` up in DND through the mouth; translate every DND outcome to one line."""
     address, port = dnd_endpoint(config)
     try:
-        account = await dnd.find_blitzserv(address, port, user, timeout=timeout)
+        account = await dnd.find_blitzserv(address, port, user, timeout=timeout, notify=True)
     except dnd.NoMatch:
         raise DiscoverError(
             f"DND has no one matching {user!r}; check the spelling or try the full name"
@@ -78,7 +82,8 @@ async def discover(config: Config, user: str, *, timeout: float = 10.0) -> Disco
         ) from None
     except dnd.DndError as exc:
         raise DiscoverError(f"DND answered something unexpected: {exc}") from None
-    return Discovery(user, account, host_for_server(config, account.blitzserv))
+    notify_host = host_for_server(config, account.notifyserv) if account.notifyserv else None
+    return Discovery(user, account, host_for_server(config, account.blitzserv), notify_host)
 
 
 _TUNNEL_HEADER = re.compile(r"^\s*\[\s*tunnel\s*\]\s*(#.*)?$")
@@ -146,8 +151,34 @@ def with_hosts(text: str, hosts: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+NOTIFY_SERVICES = ("dartnotify", "notify")
+"""What a Notify host offers: posting on TCP 2152, registrations and notices on UDP 2154."""
+
+
+def notify_host_key(config: Config, server: str) -> str:
+    """A key for a new ``[hosts.X]`` naming the Notify server: its first label, made unique."""
+    base = re.sub(r"[^a-z0-9_-]", "-", server.split(".", 1)[0]) or "notify"
+    taken = {h.key for h in config.all_hosts}
+    key, number = base, 2
+    while key in taken:
+        key, number = f"{base}-{number}", number + 1
+    return key
+
+
+def with_notify_host(text: str, key: str, server: str) -> str:
+    """``text`` with a ``[hosts.KEY]`` for the Notify server appended."""
+    names = [server, server.split(".", 1)[0]] if "." in server else [server]
+    section = (
+        f"[hosts.{key}]  # NOTIFYSERV, added by `blitzdns discover --write`\n"
+        f"names = [{', '.join(f'{n!r}' for n in names)}]\n"
+        f"services = [{', '.join(f'{s!r}' for s in NOTIFY_SERVICES)}]\n"
+    ).replace("'", '"')
+    return text.rstrip("\n") + ("\n\n" if text.strip() else "") + section
+
+
 def write_discovery(config: Config, found: Discovery, path: Path) -> list[str]:
-    """Protect only DND, the user's server and the bulletin hosts; write ``path`` atomically."""
+    """Protect only DND, the user's server, the bulletin hosts and the user's Notify server
+    (added to the table when missing); write ``path`` atomically."""
     if found.host is None:
         raise DiscoverError(
             f"{found.account.blitzserv} is not in the host table; add a [hosts.X] section "
@@ -160,7 +191,15 @@ def write_discovery(config: Config, found: Discovery, path: Path) -> list[str]:
     ]
     target = path.resolve() if path.is_symlink() else path
     original = target.read_text(encoding="utf-8") if target.exists() else ""
-    updated = with_hosts(original, keep)
+    updated = original
+    server = found.account.notifyserv
+    if server and found.notify_host is None:
+        key = notify_host_key(config, server)
+        updated = with_notify_host(updated, key, server)
+        keep.append(key)
+    elif found.notify_host is not None and found.notify_host.key not in keep:
+        keep.append(found.notify_host.key)
+    updated = with_hosts(updated, keep)
     try:
         written = parse_config(updated, source=path)
     except ConfigError as exc:

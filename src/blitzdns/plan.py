@@ -57,9 +57,9 @@ def render_plan(config: Config) -> str:
     lines.append("Forwards (mouth → target as the gateway resolves it):")
     for f in config.forwards():
         who = f"  [only {', '.join(str(n) for n in f.allowed_peers)}]" if f.allowed_peers else ""
-        lines.append(
-            f"  {f.mouth}:{f.port:<5} → {f.remote}:{f.remote_port}  ({f.host}/{f.service}){who}"
-        )
+        udp = " UDP" if f.proto == "udp" else ""
+        target = f"{f.remote}:{f.remote_port}{udp}"
+        lines.append(f"  {f.mouth}:{f.port:<5} → {target}  ({f.host}/{f.service}){who}")
     if not config.forwards():
         lines.append("  none")
     for s in config.shared:

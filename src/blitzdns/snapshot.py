@@ -16,7 +16,7 @@ from typing import Any, TypedDict
 from blitzdns import __version__
 from blitzdns.config import Endpoint
 from blitzdns.dns.stats import ResolverStats, UpstreamHealth
-from tunnel.state import ForwardState, TunnelState
+from tunnel.state import ForwardState, TunnelState, UdpForwardState
 
 #: The version of the shape below.
 SCHEMA = 1
@@ -42,6 +42,28 @@ class ForwardStatus(TypedDict):
     bytes_out: int
 
 
+class UdpForwardStatus(TypedDict):
+    """One UDP forward: its relay on the gateway (``python3``, ``socat``, ``starting``,
+    ``down`` or ``unavailable``, with ``reason``), associations, datagrams and bytes each
+    way (``_out``: client → target), drops by reason."""
+
+    name: str
+    proto: str
+    mouth: str
+    target_host: str
+    target_port: int
+    relay: str
+    reason: str
+    associations: int
+    associations_total: int
+    datagrams_out: int
+    bytes_out: int
+    datagrams_in: int
+    bytes_in: int
+    dropped: dict[str, int]
+    rejected: int
+
+
 class TunnelStatus(TypedDict):
     """The SSH link: ``status`` is connecting, up, down, stopped or failed."""
 
@@ -59,6 +81,7 @@ class TunnelStatus(TypedDict):
     #: Why the link was last replaced on a network change, or None.
     last_relink: str | None
     forwards: list[ForwardStatus]
+    udp_forwards: list[UdpForwardStatus]
 
 
 class UpstreamStatus(TypedDict):
@@ -178,6 +201,28 @@ def tunnel_status(state: TunnelState) -> TunnelStatus:
         "next_retry": state.next_retry,
         "last_relink": state.last_relink,
         "forwards": [forward_status(f) for f in state.forwards],
+        "udp_forwards": [udp_forward_status(f) for f in state.udp_forwards],
+    }
+
+
+def udp_forward_status(state: UdpForwardState) -> UdpForwardStatus:
+    f = state.forward
+    return {
+        "name": f.name,
+        "proto": "udp",
+        "mouth": f"{f.mouth_host}:{f.mouth_port}",
+        "target_host": f.target_host,
+        "target_port": f.target_port,
+        "relay": state.relay.value,
+        "reason": state.reason,
+        "associations": state.associations,
+        "associations_total": state.associations_total,
+        "datagrams_out": state.datagrams_out,
+        "bytes_out": state.bytes_out,
+        "datagrams_in": state.datagrams_in,
+        "bytes_in": state.bytes_in,
+        "dropped": dict(state.dropped),
+        "rejected": state.rejected,
     }
 
 

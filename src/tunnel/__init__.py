@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from tunnel.backoff import Backoff
 from tunnel.forwards import Forward, Gateway
 from tunnel.options import TunnelOptions
-from tunnel.state import ForwardState, LinkStatus, TunnelState
+from tunnel.state import ForwardState, LinkStatus, RelayState, TunnelState, UdpForwardState
+from tunnel.udp import RelayLimits, UdpForward
 
 if TYPE_CHECKING:
     from tunnel.tunnel import Tunnel
@@ -36,7 +37,11 @@ __all__ = [
     "ForwardState",
     "Gateway",
     "LinkStatus",
+    "RelayLimits",
+    "RelayState",
     "Tunnel",
     "TunnelOptions",
     "TunnelState",
+    "UdpForward",
+    "UdpForwardState",
 ]

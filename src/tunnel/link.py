@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from tunnel.errors import TunnelError
+from tunnel.exec import ExecChannel
 from tunnel.forwards import Forward
 from tunnel.state import ForwardCounters
 
@@ -149,4 +150,10 @@ class Link(LinkEnd, Protocol):
 
     async def probe(self, timeout_s: float) -> bool:
         """Ask the gateway for a sign of life now: True when it answered in ``timeout_s``."""
+        ...
+
+    async def open_exec(self, command: str) -> ExecChannel:
+        """Run ``command`` on the gateway (through the user's login shell, as ``ssh host
+        COMMAND`` does) on a session channel of this link; what a UDP forward's relay runs
+        in. Raises :class:`tunnel.errors.TunnelError` when the channel cannot be opened."""
         ...

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunnel.forwards import Forward
+from tunnel.udp import UdpForward
 
 
 class LinkStatus(enum.Enum):
@@ -94,6 +95,60 @@ class ForwardState:
         }
 
 
+class RelayState(enum.Enum):
+    """Where a UDP forward's gateway side stands (shown by ``status``)."""
+
+    DOWN = "down"
+    """No link: datagrams are dropped."""
+    STARTING = "starting"
+    PYTHON = "python3"
+    SOCAT = "socat"
+    UNAVAILABLE = "unavailable"
+    """Neither python3 nor socat answered on the gateway; see the reason."""
+
+
+@dataclass(frozen=True)
+class UdpForwardState:
+    """One UDP forward at the time of the snapshot (``status``)."""
+
+    forward: UdpForward
+    relay: RelayState
+    reason: str
+    """Why the relay is unavailable or down ("" when it runs)."""
+    associations: int
+    associations_total: int
+    datagrams_out: int
+    bytes_out: int
+    datagrams_in: int
+    bytes_in: int
+    dropped: dict[str, int]
+    rejected: int
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        f = self.forward
+        return {
+            "name": f.name,
+            "proto": "udp",
+            "mouth": f"{f.mouth_host}:{f.mouth_port}",
+            "target_host": f.target_host,
+            "target_port": f.target_port,
+            "relay": self.relay.value,
+            "reason": self.reason,
+            "associations": self.associations,
+            "associations_total": self.associations_total,
+            "datagrams_out": self.datagrams_out,
+            "bytes_out": self.bytes_out,
+            "datagrams_in": self.datagrams_in,
+            "bytes_in": self.bytes_in,
+            "dropped": dict(self.dropped),
+            "rejected": self.rejected,
+        }
+
+
 @dataclass(frozen=True)
 class TunnelState:
     """An immutable snapshot of the tunnel: link status and every forward's counters."""
@@ -117,6 +172,7 @@ class TunnelState:
     """Attempts made since the link was last up (the one under way included)."""
     next_retry: float | None = None
     """Wall-clock time the next attempt is due, while waiting for it (else None)."""
+    udp_forwards: tuple[UdpForwardState, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -132,4 +188,5 @@ class TunnelState:
             "attempts_since_up": self.attempts_since_up,
             "next_retry": self.next_retry,
             "forwards": [f.to_dict() for f in self.forwards],
+            "udp_forwards": [f.to_dict() for f in self.udp_forwards],
         }

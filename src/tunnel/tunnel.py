@@ -7,7 +7,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 
 from tunnel.backends import open_link
@@ -21,6 +21,8 @@ from tunnel.options import TunnelOptions
 from tunnel.roaming import Roaming
 from tunnel.state import LinkStatus, TunnelState
 from tunnel.supervisor import Supervisor
+from tunnel.udp import UdpForward
+from tunnel.udp_mouth import UdpMouth
 
 log = logging.getLogger("tunnel")
 
@@ -36,7 +38,7 @@ def _check_forwards(forwards: Iterable[Forward], options: TunnelOptions) -> tupl
         checked = tuple(forwards)
     except TypeError:
         raise TunnelConfigError(f"forwards: expected a list, got {forwards!r}") from None
-    seen: dict[tuple[str, int], Forward] = {}
+    seen: dict[tuple[str, str, int], Forward] = {}
     for forward in checked:
         if not isinstance(forward, Forward):
             raise TunnelConfigError(f"forwards: expected Forward objects, got {forward!r}")
@@ -45,13 +47,18 @@ def _check_forwards(forwards: Iterable[Forward], options: TunnelOptions) -> tupl
                 f"forward {forward}: mouth {forward.mouth_host} is not a loopback address; "
                 "binding it exposes the tunnel to other machines and needs allow_non_loopback"
             )
-        other = seen.setdefault(forward.mouth, forward)
+        other = seen.setdefault(_key(forward), forward)
         if other is not forward:
             raise TunnelConfigError(
                 f"forwards {other} and {forward} share the mouth "
                 f"{forward.mouth_host}:{forward.mouth_port}"
             )
     return checked
+
+
+def _key(forward: Forward) -> tuple[str, str, int]:
+    """A mouth's identity: a TCP and a UDP mouth may share an address and port."""
+    return ("udp" if isinstance(forward, UdpForward) else "tcp", *forward.mouth)
 
 
 class Tunnel:
@@ -66,8 +73,12 @@ class Tunnel:
             raise TunnelConfigError(f"options: expected TunnelOptions, got {options!r}")
         self.options = options
         self._gateways = options.gateways
+        checked = _check_forwards(forwards, options)
         self._mouths: dict[tuple[str, int], Mouth] = {
-            f.mouth: Mouth(f, self) for f in _check_forwards(forwards, options)
+            f.mouth: Mouth(f, self) for f in checked if not isinstance(f, UdpForward)
+        }
+        self._udp: dict[tuple[str, int], UdpMouth] = {
+            f.mouth: UdpMouth(f) for f in checked if isinstance(f, UdpForward)
         }
         self._bound = False
         self._closed = False
@@ -157,6 +168,8 @@ class Tunnel:
         link, self._link = self._link, None
         if link is None:
             return
+        for udp in self._udp.values():
+            udp.drop_link("relinking")
         self._doubted = False
         self._link_changed.clear()
         self._switching = True
@@ -236,6 +249,9 @@ class Tunnel:
         elif status is LinkStatus.UP:
             self._switching = False
             self._doubted = False
+            if link is not None:
+                for udp in self._udp.values():
+                    udp.attach(link.open_exec)
             self._link = link
             self._gateway_in_use = gateway
             self._gateway_label = str(gateway)
@@ -243,6 +259,8 @@ class Tunnel:
             if self._roaming is not None and link is not None:
                 self._roaming.link_up(link)
         elif status is LinkStatus.DOWN:
+            for udp in self._udp.values():
+                udp.drop_link(str(error) if error is not None else "link down")
             self._link = None
             self._doubted = False
             if self._roaming is not None:
@@ -252,6 +270,8 @@ class Tunnel:
             self._link_changed.clear()
         elif status is LinkStatus.FAILED:
             assert isinstance(error, FinalError)
+            for udp in self._udp.values():
+                udp.drop_link(f"link failed: {error}")
             self._final = error
             self._link = None
             self._gateway_label = None
@@ -284,6 +304,7 @@ class Tunnel:
             last_error=self._last_error,
             final_error=str(self._final) if self._final is not None else None,
             forwards=tuple(m.state() for m in self._mouths.values()),
+            udp_forwards=tuple(m.state() for m in self._udp.values()),
             attempts=self._supervisor.attempts if self._supervisor is not None else 0,
             last_relink=self._last_relink,
             down_since=self._down_since,
@@ -296,7 +317,10 @@ class Tunnel:
 
     @property
     def forwards(self) -> tuple[Forward, ...]:
-        return tuple(m.forward for m in self._mouths.values())
+        return (
+            *(m.forward for m in self._mouths.values()),
+            *(m.forward for m in self._udp.values()),
+        )
 
     def on_state_change(self, callback: Callable[[TunnelState], None]) -> None:
         """Call ``callback(state)`` (synchronously) on every link status change."""
@@ -307,12 +331,12 @@ class Tunnel:
         which ``address:port`` and why."""
         if self._closed:
             raise TunnelConfigError("tunnel is closed")
-        await self._bind_all(list(self._mouths.values()))
+        await self._bind_all([*self._mouths.values(), *self._udp.values()])
         self._bound = True
 
     @staticmethod
-    async def _bind_all(mouths: list[Mouth]) -> None:
-        done: list[Mouth] = []
+    async def _bind_all(mouths: Sequence[Mouth | UdpMouth]) -> None:
+        done: list[Mouth | UdpMouth] = []
         try:
             for mouth in mouths:
                 await mouth.bind()
@@ -377,7 +401,9 @@ class Tunnel:
         the new forward would not carry. If an added mouth cannot be bound, nothing changes
         and :class:`MouthBindError` is raised.
         """
-        wanted = {f.mouth: f for f in _check_forwards(forwards, self.options)}
+        checked = _check_forwards(forwards, self.options)
+        await self._update_udp([f for f in checked if isinstance(f, UdpForward)])
+        wanted = {f.mouth: f for f in checked if not isinstance(f, UdpForward)}
         added = [Mouth(f, self) for key, f in wanted.items() if key not in self._mouths]
         if self._bound:
             await self._bind_all(added)
@@ -394,6 +420,28 @@ class Tunnel:
                 log.info("forward %s changed to %s", kept.forward, forward)
                 kept.retarget(forward)
         self._mouths = {key: self._mouths[key] for key in wanted}
+
+    async def _update_udp(self, forwards: list[UdpForward]) -> None:
+        """:meth:`update_forwards` for the UDP mouths: bind added ones (and attach them to
+        the link that is up), close removed ones, retarget changed ones."""
+        wanted = {f.mouth: f for f in forwards}
+        added = [UdpMouth(f) for key, f in wanted.items() if key not in self._udp]
+        if self._bound:
+            await self._bind_all(added)
+        for mouth in added:
+            log.info("forward %s added", mouth.forward)
+            self._udp[mouth.forward.mouth] = mouth
+            if self._link is not None:
+                mouth.attach(self._link.open_exec)
+        for key in [key for key in self._udp if key not in wanted]:
+            mouth = self._udp.pop(key)
+            log.info("forward %s removed", mouth.forward)
+            await mouth.close()
+        for key, forward in wanted.items():
+            kept = self._udp[key]
+            if kept.forward != forward:
+                log.info("forward %s changed to %s", kept.forward, forward)
+                kept.retarget(forward)
 
     async def update_gateways(self, gateways: Iterable[Gateway | str]) -> None:
         """Switch gateway list; reconnect only if the gateway in use is no longer listed.
@@ -424,7 +472,10 @@ class Tunnel:
         if self._roaming is not None:
             self._roaming.close()
         link, self._link = self._link, None
-        await asyncio.gather(*(mouth.close() for mouth in self._mouths.values()))
+        await asyncio.gather(
+            *(mouth.close() for mouth in self._mouths.values()),
+            *(mouth.close() for mouth in self._udp.values()),
+        )
         if link is not None:
             await link.aclose(CLOSE_TIMEOUT_S)
         if task is not None:

@@ -349,3 +349,30 @@ async def test_a_stub_answering_real_addresses_is_named(stack: DemoStack) -> Non
     assert "blitzdns plan" in dnd.fix
     # The same check against the real stub holds (the case above is the stub's absence).
     assert all(s.ok for s in await check_stub(stack.config, stack.stub))
+
+
+def test_an_unavailable_udp_relay_fails_its_step_with_the_reason() -> None:
+    from blitzdns.check import check_udp_relays
+    from blitzdns.config import parse_config
+
+    config = parse_config(
+        "[hosts.notifier]\nnames = ['notifier.dartmouth.edu']\nservices = ['notify']\n"
+    )
+    [forward] = [f for f in config.forwards() if f.proto == "udp"]
+    relay = {
+        "mouth": f"{forward.mouth}:{forward.port}",
+        "relay": "unavailable",
+        "reason": "python3: bash: python3: command not found; socat: bash: socat: not found",
+    }
+    status = {"tunnel": {"status": "up", "udp_forwards": [relay]}}
+    [step] = check_udp_relays(status, config.forwards())
+    assert step.name == "end to end notifier/notify" and not step.ok
+    assert "unavailable (python3: bash: python3: command not found" in step.detail
+    assert "python3 (or socat)" in step.fix
+    [ok] = check_udp_relays(
+        {"tunnel": {"status": "up", "udp_forwards": [{**relay, "relay": "socat"}]}},
+        config.forwards(),
+    )
+    assert ok.ok
+    # With the link down the layer is not reached: run_checks stops at "SSH link" and shows
+    # "end to end" as not tried (tests/cli/test_check.py covers the layering).

@@ -52,6 +52,9 @@ def test_demo_once_passes_and_leaves_nothing_listening(tmp_path: Path) -> None:
     assert "verdict: PASS" in out
     assert "LOOKUP demo,NAME UID BLITZSERV → 'Demo User', 1001" in out
     assert "VERS blitzdns-demo → 010 BlitzServ" in out
+    # The Notify exchange over UDP came back through the tunnel.
+    assert "NOTI ← 'New mail from Demo Reindeer: Reindeer games tonight' (answered)" in out
+    assert "release ← the server got the answer" in out
     # The contrast wire shows the cleartext; the tunnel's wire view shows the SSH banner.
     assert "LOOKUP demo,NAME UID BLITZSERV.." in out
     assert "SSH-2.0-" in out
@@ -60,7 +63,8 @@ def test_demo_once_passes_and_leaves_nothing_listening(tmp_path: Path) -> None:
     relay = re.search(r"relay on (127\.0\.0\.1):(\d+)", out)
     gateway = re.search(r"SSH gateway (127\.0\.0\.1):(\d+)", out)
     block = re.search(r"connect (127\.77\.\d+)\.1:", out)
-    assert stub and relay and gateway and block, out
+    notify = re.search(r"NR02 #1001 → (127\.77\.\d+\.\d+):(\d+) \(UDP\)", out)
+    assert stub and relay and gateway and block and notify, out
     assert list(tmp_path.iterdir()) == []  # nothing written to the user's home
 
 
@@ -109,17 +113,20 @@ async def test_demo_serves_a_real_client_until_interrupted(tmp_path: Path) -> No
 async def test_stack_closes_everything() -> None:
     async with DemoStack(mouth_block_start=random_block_start()) as stack:
         assert stack.link_up
-        mouths = [(f.mouth, f.port) for f in stack.config.forwards()]
+        mouths = [(f.mouth, f.port) for f in stack.config.forwards() if f.proto == "tcp"]
+        udp_mouths = [(f.mouth, f.port) for f in stack.config.forwards() if f.proto == "udp"]
         servers = [s.address for s in stack.fleet.all]
         others = [("127.0.0.1", stack.gateway.port), ("127.0.0.1", stack.relay.port)]
         stub = stack.stub
         control = stack.control_socket
         assert all(tcp_listening(*m) for m in mouths)
+        assert udp_mouths and all(udp_bound(*m) for m in udp_mouths)
         assert udp_bound(*stub) and tcp_listening(*stub)
         assert control.exists()
     for address, port in [*mouths, *servers, *others, stub]:
         assert not tcp_listening(address, port), (address, port)
     assert not udp_bound(*stub)
+    assert not any(udp_bound(*m) for m in udp_mouths)
     assert not control.exists()
 
 

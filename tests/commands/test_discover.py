@@ -26,6 +26,13 @@ from blitzdns.discover import DiscoverError, Discovery, discover, with_hosts, wr
 from .conftest import random_block_start, run_cli
 
 RUDOLPH = DndRecord("Rudolph Reindeer", 1225, "rudolph.Dartmouth.EDU@BlitzServ", nickname="rudy")
+NOTIFIED = DndRecord(
+    "Notified Reindeer",
+    1300,
+    "dasher.Dartmouth.EDU@BlitzServ",
+    nickname="notified",
+    extra=(("NOTIFYSERV", "Notifier.Dartmouth.EDU@Notify"),),
+)
 
 
 async def test_found_through_the_tunnel(stack: DemoStack) -> None:
@@ -70,7 +77,8 @@ async def test_link_down_says_dnd_did_not_answer(stack: DemoStack) -> None:
 async def listing_dnd() -> AsyncIterator[Config]:
     """A DND that lists every match (as real servers do for LOOKUP), on a mouth of its own."""
     block = f"127.77.{random_block_start()}"
-    async with FakeDnd((*DEMO_RECORDS, RUDOLPH), f"{block}.1", ambiguous="list") as fake:
+    records = (*DEMO_RECORDS, RUDOLPH, NOTIFIED)
+    async with FakeDnd(records, f"{block}.1", ambiguous="list") as fake:
         yield parse_config(
             f'[tunnel]\nmouths = "{block}.0/24"\n[services]\ndnd = {{ port = {fake.port} }}\n'
         )
@@ -196,7 +204,7 @@ async def test_cli_discover_prints_writes_and_refuses(stack: DemoStack) -> None:
 
     code, out, _ = await cli("wheelock", "--write")
     assert code == 0 and f"wrote {stack.config_path}" in out
-    assert load_config(stack.config_path).tunnel.hosts == ("dnd", "prancer", "newshost")
+    assert load_config(stack.config_path).tunnel.hosts == ("dnd", "prancer", "newshost", "notify")
 
 
 async def test_cli_discover_write_reloads_the_daemon_and_says_when_nothing_changed(
@@ -210,13 +218,41 @@ async def test_cli_discover_write_reloads_the_daemon_and_says_when_nothing_chang
     code, out, err = await cli("wheelock", "--write")
     assert code == 0, err
     assert out.splitlines()[1:] == [
-        f"wrote {stack.config_path}: tunnel.hosts = ['dnd', 'prancer', 'newshost']",
+        f"wrote {stack.config_path}: tunnel.hosts = ['dnd', 'prancer', 'newshost', 'notify']",
         f"reloaded the running daemon (pid {pid})",
     ]
-    assert {h.key for h in stack.daemon.config.hosts} == {"dnd", "prancer", "newshost"}
+    assert {h.key for h in stack.daemon.config.hosts} == {"dnd", "prancer", "newshost", "notify"}
     code, out, err = await cli("wheelock", "--write")
     assert code == 0, err
     assert out.splitlines()[1:] == [
-        f"{stack.config_path} already has tunnel.hosts = ['dnd', 'prancer', 'newshost']; "
+        f"{stack.config_path} already has tunnel.hosts = ['dnd', 'prancer', 'newshost', 'notify']; "
         "nothing written"
     ]
+
+
+async def test_notifyserv_is_reported_and_written_as_a_notify_host(
+    listing_dnd: Config, tmp_path: Path
+) -> None:
+    """NOTIFYSERV names the Notify server: --write adds it to the table (dartnotify on
+    TCP, notify on UDP) and protects it; a second write changes nothing."""
+    found = await discover(listing_dnd, "notified")
+    assert found.account.notifyserv == "notifier.dartmouth.edu"
+    assert found.notify_host is None
+    plain = await discover(listing_dnd, "rudy")
+    assert plain.account.notifyserv == ""
+    path = tmp_path / "config.toml"
+    path.write_text(COMMENTED)
+    kept = write_discovery(listing_dnd, found, path)
+    assert kept[-1] == "notifier"
+    written = load_config(path)
+    notifier = written.host("notifier")
+    assert notifier.names == ("notifier.dartmouth.edu", "notifier")
+    assert {(f.port, f.proto) for f in written.forwards() if f.host == "notifier"} == {
+        (2152, "tcp"),
+        (2154, "udp"),
+    }
+    assert "my gateway" in path.read_text()
+    rediscovered = Discovery(found.user, found.account, found.host, written.host("notifier"))
+    before = path.read_text()
+    assert write_discovery(written, rediscovered, path) == kept
+    assert path.read_text() == before

@@ -483,3 +483,50 @@ async def test_a_status_reply_of_another_shape_is_one_line(
         with pytest.raises(StatusUnknown, match=says) as caught:
             await asyncio.to_thread(status_command, False, False, sock_path, out=io.StringIO())
     assert caught.value.exit_code == 4
+
+
+def test_render_status_shows_each_udp_forward() -> None:
+    snapshot = sample_snapshot()
+    udp = {
+        "name": "notifier/notify",
+        "proto": "udp",
+        "mouth": "127.77.0.12:2154",
+        "target_host": "notifier.dartmouth.edu",
+        "target_port": 2154,
+        "relay": "python3",
+        "reason": "",
+        "associations": 1,
+        "associations_total": 2,
+        "datagrams_out": 3,
+        "bytes_out": 120,
+        "datagrams_in": 2,
+        "bytes_in": 90,
+        "dropped": {"oversize": 1, "no link": 2},
+        "rejected": 0,
+    }
+    unavailable = {**udp, "name": "other/notify", "relay": "unavailable", "dropped": {}}
+    unavailable["reason"] = "python3: python3: command not found; socat: not found"
+    snapshot["tunnel"]["udp_forwards"] = [udp, unavailable]
+    lines = render_status(snapshot, now=NOW).splitlines()
+    start = lines.index("udp        2")
+    assert lines[start + 1].split() == [
+        "NAME",
+        "MOUTH",
+        "TARGET",
+        "RELAY",
+        "ASSOC",
+        "SENT",
+        "RECEIVED",
+        "DROPPED",
+    ]
+    row = lines[start + 2].split()
+    assert row[:5] == [
+        "notifier/notify",
+        "127.77.0.12:2154",
+        "notifier.dartmouth.edu:2154",
+        "python3",
+        "1",
+    ]
+    assert row[-1] == "3"
+    assert "           notifier/notify: dropped 2 no link, 1 oversize" in lines
+    assert any("other/notify: relay unavailable: python3:" in line for line in lines)

@@ -11,6 +11,10 @@ stdout, so the fixture reads a result rather than scraping text:
 ``session``  a BlitzMail client's first steps: resolve DND, ``LOOKUP`` the user's
              ``NAME UID BLITZSERV``, resolve the server it names, ``VERS`` and ``NOOP``.
 ``hold``     connect, send a line, and report what came back and whether the peer closed.
+``notify-server``  the fake Notify server (TCP 2152 posting, UDP 2154 ATP) on an address.
+``notify``   a Notify client: register (NR02) at the notify host's UDP mouth, post a
+             notice on its TCP side, wait for the notice (NOTI), answer it, see the
+             release; or, with ``--plain``, send the registration in the clear once.
 """
 
 from __future__ import annotations
@@ -31,8 +35,17 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
+from blitzdns.blitzmail.atp import EOM, REGISTER, REQUEST, AtpPacket, Registration
 from blitzdns.blitzmail.dnd import DND_PORT, find_blitzserv
-from blitzdns.blitzmail.fakes import DEMO_RECORDS, FakeBlitzServer, FakeDnd, FakeServer
+from blitzdns.blitzmail.fake_notify import FakeNotify
+from blitzdns.blitzmail.fakes import (
+    DEMO_PASSWORD,
+    DEMO_RECORDS,
+    FakeBlitzServer,
+    FakeDnd,
+    FakeServer,
+)
+from blitzdns.blitzmail.notify import NotifyClient, post_notice
 from blitzdns.blitzmail.probes import converse_blitzserv
 from blitzdns.demo.relay import RecordingRelay
 
@@ -215,6 +228,46 @@ async def hold(args: argparse.Namespace) -> None:
     _emit(report)
 
 
+# --------------------------------------------------------------------------- notify
+
+NOTIFY_TCP = 2152
+NOTIFY_UDP = 2154
+
+
+async def notify_server(args: argparse.Namespace) -> None:
+    server = FakeNotify("127.0.0.1", NOTIFY_TCP, NOTIFY_UDP)
+    server.host = args.address  # a namespace address: see _unguarded
+    async with server:
+        _emit({"ready": [args.address, NOTIFY_TCP, NOTIFY_UDP]})
+        await _until_terminated()
+
+
+async def notify(args: argparse.Namespace) -> None:
+    text = args.text.encode()
+    if args.plain:  # the registration in the clear, straight at an address (the control)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=(args.address, NOTIFY_UDP)
+        )
+        data = Registration("#1001", 0).encode() + text
+        transport.sendto(AtpPacket(REQUEST, 1, REGISTER, data, flags=EOM).encode())
+        await asyncio.sleep(0.2)
+        transport.close()
+        _emit({"sent": True})
+        return
+    address = Directory(args.resolver, [], args.timeout).address(args.name)
+    result: dict[str, Any] = {"address": address}
+    async with NotifyClient() as client, asyncio.timeout(args.timeout):
+        await client.register((address, args.udp_port), 1001)
+        result["registered"] = True
+        await post_notice((address, args.tcp_port), "#1001", DEMO_PASSWORD, 1001, text)
+        notice = await client.next_notice()
+        result["notice"] = notice.text.decode()
+        await client.wait_released()
+        result["released"] = True
+    _emit(result)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -241,6 +294,19 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--send", default="")
     p.add_argument("--timeout", type=float, default=10.0)
     p.set_defaults(run=hold)
+    p = commands.add_parser("notify-server")
+    p.add_argument("address")
+    p.set_defaults(run=notify_server)
+    p = commands.add_parser("notify")
+    p.add_argument("--resolver", metavar="ADDRESS:PORT")
+    p.add_argument("--name", default="notifier.dartmouth.edu")
+    p.add_argument("--udp-port", type=int, default=NOTIFY_UDP)
+    p.add_argument("--tcp-port", type=int, default=NOTIFY_TCP)
+    p.add_argument("--text", default="New mail from Demo Reindeer")
+    p.add_argument("--plain", action="store_true")
+    p.add_argument("--address", default="")
+    p.add_argument("--timeout", type=float, default=15.0)
+    p.set_defaults(run=notify)
     args = parser.parse_args(argv)
     try:
         asyncio.run(args.run(args))

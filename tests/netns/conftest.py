@@ -80,12 +80,16 @@ def module_sshd(
 
 def _blitzdns_factory(lab: Lab, keys: SshKeys, root: Path, started: list[Blitzdns]) -> MakeBlitzdns:
     def make(
-        sshd: Sshd | None = None, *, extra: str = "", wait_for_link_s: float = 2.0
+        sshd: Sshd | None = None,
+        *,
+        extra: str = "",
+        wait_for_link_s: float = 2.0,
+        hosts: tuple[str, ...] = ("dnd", "dasher", "prancer"),
     ) -> Blitzdns:
         daemon = Blitzdns(
             lab["client"],
             root,
-            config_text(keys, root, wait_for_link_s=wait_for_link_s, extra=extra),
+            config_text(keys, root, wait_for_link_s=wait_for_link_s, extra=extra, hosts=hosts),
             sshd,
         )
         started.append(daemon)

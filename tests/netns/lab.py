@@ -425,7 +425,14 @@ class FakeServers:
         return [line for _, direction, line in lines if direction == "in"]
 
 
-def config_text(keys: SshKeys, root: Path, *, wait_for_link_s: float = 2.0, extra: str = "") -> str:
+def config_text(
+    keys: SshKeys,
+    root: Path,
+    *,
+    wait_for_link_s: float = 2.0,
+    extra: str = "",
+    hosts: Sequence[str] = ("dnd", "dasher", "prancer"),
+) -> str:
     """A blitzdns config for the lab: stub on 127.0.0.1:53, tunnel to the gateway's sshd."""
     ssh_config = root / "ssh_config"
     ssh_config.write_text("")
@@ -438,7 +445,7 @@ upstreams = ["127.0.0.1:5353"]
 
 [tunnel]
 gateways = ["root@{GATEWAY_IP}:{SSH_PORT}"]
-hosts = ["dnd", "dasher", "prancer"]
+hosts = {json.dumps(list(hosts))}
 known_hosts = "{keys.known_hosts}"
 identity_files = ["{keys.client_key}"]
 ssh_config = "{ssh_config}"

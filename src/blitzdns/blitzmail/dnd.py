@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import ClassVar, Generic, TypeVar
 
@@ -471,12 +471,15 @@ class Account:
 
     ``blitzserv`` is the host name alone, lower-cased (``dasher.dartmouth.edu``);
     ``blitzserv_raw`` is the field as DND gave it (``dasher.Dartmouth.EDU@BlitzServ``).
+    ``notifyserv`` is the host that sends the account's new-mail notices (``NOTIFYSERV``,
+    zone dropped), when it was asked for and is set; ``""`` otherwise.
     """
 
     name: str
     uid: str
     blitzserv: str
     blitzserv_raw: str
+    notifyserv: str = ""
 
     @property
     def short_server(self) -> str:
@@ -498,6 +501,13 @@ def blitzserv_host(value: str) -> str:
     if len(host) > 253 or not _HOST_NAME.fullmatch(host):
         raise ProtocolError("BLITZSERV is not a host name", value)
     return host
+
+
+def notifyserv_host(value: str) -> str:
+    """The host part of a ``NOTIFYSERV`` value (``host@zone``); ``""`` when unset or not a
+    host name (notices are optional: a bad value must not spoil the BLITZSERV answer)."""
+    host = value.split("@", 1)[0].strip().lower().rstrip(".")
+    return host if len(host) <= 253 and _HOST_NAME.fullmatch(host) else ""
 
 
 def account_from_record(record: dict[str, str]) -> Account:
@@ -714,7 +724,7 @@ async def dnd_session(
 
 
 async def find_blitzserv(
-    host: str, port: int, user: str, *, timeout: float = DEFAULT_TIMEOUT
+    host: str, port: int, user: str, *, timeout: float = DEFAULT_TIMEOUT, notify: bool = False
 ) -> Account:
     """Ask DND which BlitzMail server holds ``user``'s mailbox.
 
@@ -722,7 +732,8 @@ async def find_blitzserv(
     expect ``101 1 3``, three ``110`` values, ``200``; ``QUIT``. ``timeout``
     bounds the whole conversation. Raises :class:`NoMatch`, :class:`Ambiguous`
     (with the candidates' names), :class:`TooVague`, :class:`NoBlitzServ`, or a
-    :class:`DndUnavailable` / :class:`ProtocolError`.
+    :class:`DndUnavailable` / :class:`ProtocolError`. With ``notify``, a second
+    ``LOOKUP #<uid>,NOTIFYSERV`` names the account's Notify server too.
     """
     lookup_command(user, BLITZSERV_FIELDS)
     client: DndClient | None = None
@@ -730,6 +741,10 @@ async def find_blitzserv(
         async with asyncio.timeout(timeout):
             client = await DndClient.connect(host, port, timeout=timeout)
             record = await client.lookup_unique(user, BLITZSERV_FIELDS)
+            if notify:
+                found = await client.lookup_unique(f"#{record['UID']}", ("NOTIFYSERV",))
+                account = account_from_record(record)
+                return replace(account, notifyserv=notifyserv_host(found["NOTIFYSERV"]))
     except TimeoutError as exc:
         raise DndTimeout(f"DND at {host}:{port} gave no complete answer in {timeout:g}s") from exc
     finally:

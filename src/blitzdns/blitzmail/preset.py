@@ -45,7 +45,8 @@ def preset_table() -> dict[str, Any]:
             "mail": {"port": 2151},
             "bulletins": {"port": 1119},
             "posting": {"port": 119},
-            "notify": {"port": 2154, "proto": "udp"},
+            "dartnotify": {"port": 2152},
+            "notify": {"port": 2154, "proto": "udp", "step": "notify", "idle_s": 900},
         },
         "hosts": hosts,
     }

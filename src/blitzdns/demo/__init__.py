@@ -2,13 +2,14 @@
 
 Started here (:class:`DemoStack`), all on loopback and unprivileged ports:
 
-- fake DND, BlitzMail (dasher, prancer) and bulletin servers on their own block
+- fake DND, BlitzMail (dasher, prancer), bulletin and Notify servers on their own block
   (127.78.0.0/24), which only the gateway reaches;
 - a throwaway SSH gateway (asyncssh, keys made now, its host key trusted explicitly);
 - a recording relay between the client machine and the gateway: the demo's tcpdump;
 - the full blitzdns stack (the same :class:`~blitzdns.daemon.Daemon` as ``run``).
 
-Then a BlitzMail client's first steps run through the stub and the tunnel, and the same
+Then a BlitzMail client's first steps run through the stub and the tunnel (including a
+Notify registration over UDP and the new-mail notice that comes back), and the same
 steps run once more without the tunnel, so the two wires can be compared (:func:`judge`).
 """
 
@@ -29,21 +30,26 @@ from types import TracebackType
 from typing import Self
 
 from blitzdns.blitzmail import dnd, probes
+from blitzdns.blitzmail.fake_notify import FakeNotify
 from blitzdns.blitzmail.fakes import DEMO_RECORDS, DEMO_SECOND_USER, DEMO_USER, DemoFleet, DndRecord
 from blitzdns.config import Config, ForwardSpec, parse_config
 from blitzdns.daemon import Daemon, RunOptions, install_fast_loop
 from blitzdns.demo.gateway import DemoGateway, Route
 from blitzdns.demo.relay import RecordingRelay, render_wire
-from blitzdns.demo.session import SessionLog, client_session, secrets_of
+from blitzdns.demo.session import SessionLog, client_session, notify_session, secrets_of
 from blitzdns.errors import AddressInUse
 from blitzdns.logs import setup_logging
+from tunnel import RelayState, Tunnel
 
 #: Where the fake servers live: the "campus" only the gateway reaches.
 SERVER_BLOCK = "127.78.0"
 #: Mouth port = service port + this, so the demo needs no privilege.
 PORT_SHIFT = 10000
-DEMO_HOSTS = ("dnd", "dasher", "prancer", "newshost")
-SERVICE_PORTS = {"dnd": 902, "mail": 2151, "bulletins": 1119, "posting": 119}
+DEMO_HOSTS = ("dnd", "dasher", "prancer", "newshost", "notify")
+SERVICE_PORTS = {"dnd": 902, "mail": 2151, "bulletins": 1119, "posting": 119, "dartnotify": 2152}
+#: The Notify host's address on the server block: the gateway's relay sends there.
+NOTIFY_ADDRESS = f"{SERVER_BLOCK}.20"
+NOTIFY_PORT = 2154
 #: The demo's mouths live in 127.77.N.0/24; N is the first block whose mouths are free.
 MOUTH_BLOCKS = 256
 DEMO_USERS = (DEMO_USER, DEMO_SECOND_USER)
@@ -69,8 +75,11 @@ def demo_config(
     key: Path,
     dns_port: int,
     mouths: str = "127.77.0.0/24",
+    notify_udp_port: int = NOTIFY_PORT,
 ) -> Config:
-    """The config the demo runs: the preset, shifted to unprivileged mouth ports.
+    """The config the demo runs: the preset, shifted to unprivileged mouth ports, plus a
+    Notify host (dartnotify on TCP, notify on UDP through the gateway's relay) whose
+    target is the fake Notify server's address (its UDP port: ``notify_udp_port``).
 
     Also written to ``workdir/demo.toml``, so ``blitzdns check -c`` can read it.
     """
@@ -99,6 +108,12 @@ keepalive_s = 5
 wait_for_link_s = 5
 [services]
 {services}
+notify = {{ port = {NOTIFY_PORT + PORT_SHIFT}, proto = "udp", remote_port = {notify_udp_port}, \
+step = "notify", idle_s = 900 }}
+[hosts.notify]
+names = ["notify.dartmouth.edu", "notify"]
+services = ["dartnotify", "notify"]
+remote = "{NOTIFY_ADDRESS}"
 """
 
     path = workdir / "demo.toml"
@@ -118,7 +133,10 @@ def _bindable(address: str, port: int, kind: socket.SocketKind) -> bool:
 
 def forwards_free(forwards: Sequence[ForwardSpec]) -> bool:
     """Whether every forward's mouth could be bound now (another demo may hold them)."""
-    return all(_bindable(f.mouth, f.port, socket.SOCK_STREAM) for f in forwards)
+    return all(
+        _bindable(f.mouth, f.port, socket.SOCK_DGRAM if f.proto == "udp" else socket.SOCK_STREAM)
+        for f in forwards
+    )
 
 
 def free_mouth_block(make: Callable[[str], Config], start: int = 0) -> Config:
@@ -143,8 +161,9 @@ def free_dns_port() -> int:
     raise AddressInUse("no free port on 127.0.0.1 for the demo's DNS stub")
 
 
-def gateway_routes(fleet: DemoFleet) -> dict[Route, Route]:
-    """What the gateway reaches: (name, port) as the client asks → the fake's address."""
+def gateway_routes(fleet: DemoFleet, notify: FakeNotify | None = None) -> dict[Route, Route]:
+    """What the gateway reaches: (name, port) as the client asks → the fake's address.
+    (UDP needs no route: the gateway's relay sends to the Notify host's address itself.)"""
     routes: dict[Route, Route] = {
         ("dnd.dartmouth.edu", 902): fleet.dnd.address,
         ("kringle.dartmouth.edu", 902): fleet.dnd.address,
@@ -154,6 +173,8 @@ def gateway_routes(fleet: DemoFleet) -> dict[Route, Route]:
     }
     for name, server in fleet.blitzservers.items():
         routes[(name, 2151)] = server.address
+    if notify is not None:
+        routes[(NOTIFY_ADDRESS, 2152)] = (notify.host, notify.tcp_port)
     return routes
 
 
@@ -169,6 +190,7 @@ class DemoStack:
     #: The running parts, set once the stack is entered.
     workdir: Path
     fleet: DemoFleet
+    notify: FakeNotify
     gateway: DemoGateway
     relay: RecordingRelay
     daemon: Daemon
@@ -234,7 +256,8 @@ class DemoStack:
         fleet = await stack.enter_async_context(
             DemoFleet(records=self.records, addresses=addresses)
         )
-        gateway = DemoGateway(gateway_routes(fleet), workdir)
+        notify = await stack.enter_async_context(FakeNotify(NOTIFY_ADDRESS, records=self.records))
+        gateway = DemoGateway(gateway_routes(fleet, notify), workdir)
         await gateway.start()
         stack.push_async_callback(gateway.close)
         relay = RecordingRelay(target=(gateway.host, gateway.port))
@@ -254,6 +277,7 @@ class DemoStack:
                 gateway.client_key_path,
                 dns_port,
                 block,
+                notify.udp_port,
             ),
             self.mouth_block_start,
         )
@@ -269,10 +293,23 @@ class DemoStack:
         stack.push_async_callback(daemon.close)
         await daemon.start()
         self.workdir, self.fleet, self.gateway, self.relay = workdir, fleet, gateway, relay
+        self.notify = notify
         self.daemon = daemon
         assert daemon.tunnel is not None
         if self.trust_host_key:
             self.link_up = await daemon.tunnel.wait_up(self.link_timeout_s)
+            if self.link_up:
+                await self._wait_for_relays(daemon.tunnel)
+
+    async def _wait_for_relays(self, tunnel: Tunnel) -> None:
+        """Until each UDP forward's relay answered on the gateway (or was found missing)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.link_timeout_s):
+                while any(  # noqa: ASYNC110  (the relay's start has no event to wait on)
+                    u.relay in (RelayState.DOWN, RelayState.STARTING)
+                    for u in tunnel.state.udp_forwards
+                ):
+                    await asyncio.sleep(0.02)
 
     async def close(self) -> None:
         """Stop the daemon, relay, gateway and fakes (reverse order); remove the workdir."""
@@ -373,6 +410,11 @@ async def verify(stack: DemoStack, say: Say, users: Sequence[str] = DEMO_USERS) 
         SessionLog(say), stub=stack.stub, config=stack.config, users=users
     )
     say("")
+    say("== A new-mail notice over UDP (Notify), through the tunnel ==")
+    notify_ok = stack.link_up and await notify_session(
+        SessionLog(say), stub=stack.stub, config=stack.config, user=users[0]
+    )
+    say("")
     say("== What crossed the wire between the client machine and the gateway ==")
     say(render_wire(stack.relay.segments))
     say("")
@@ -380,7 +422,7 @@ async def verify(stack: DemoStack, say: Say, users: Sequence[str] = DEMO_USERS) 
     plain = await cleartext_contrast(stack.fleet, say)
     say(render_wire(plain.segments, limit=6))
     say("")
-    verdict = judge(session_ok, stack.relay, plain, secrets_of(stack.records, users))
+    verdict = judge(session_ok and notify_ok, stack.relay, plain, secrets_of(stack.records, users))
     say("== Verdict ==")
     for line in verdict.lines():
         say(line)

@@ -2,7 +2,9 @@
 
 It stands where a campus SSH host would: it accepts one client key made at start, and
 forwards a direct-tcpip channel only to the targets it was given, resolving their names
-itself (the "campus DNS" the client never sees). Anything else is refused.
+itself (the "campus DNS" the client never sees). Anything else is refused. An exec request
+runs its command under ``/bin/sh -c`` on this machine, as a login shell on the gateway
+would: that is how a UDP forward's relay starts.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class DemoGateway:
         self.host = host
         self.port = 0
         self.channels_opened = 0
+        self.execs_started = 0
         self.host_key = asyncssh.generate_private_key("ssh-ed25519")
         self.client_key = asyncssh.generate_private_key("ssh-ed25519")
         self._server: asyncssh.SSHAcceptor | None = None
@@ -75,6 +78,8 @@ class DemoGateway:
             authorized_client_keys=authorized,
             allow_scp=False,
             keepalive_interval=15,
+            process_factory=self.run_command,
+            encoding=None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -115,6 +120,39 @@ class DemoGateway:
         await asyncio.gather(up, down)
         t_writer.close()
         writer.close()
+
+    async def run_command(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        """An exec request: the command under ``/bin/sh -c``, wired to the channel; it ends
+        when the channel does (its stdin closes, or it is terminated)."""
+        command = process.command
+        if not command:
+            process.exit(1)
+            return
+        self.execs_started += 1
+        local = await asyncio.create_subprocess_exec(
+            "/bin/sh",
+            "-c",
+            command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=self.workdir,
+        )
+        try:
+            await process.redirect(stdin=local.stdin, stdout=local.stdout, stderr=local.stderr)
+            status = await local.wait()
+            await process.stdout.drain()
+            process.exit(status)
+        except (OSError, asyncssh.Error):
+            pass
+        finally:
+            if local.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    local.terminate()
+                await local.wait()
+            with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
+                async with asyncio.timeout(5):
+                    await process.wait_closed()  # runs asyncssh's clean-up of the redirects
 
     async def close(self) -> None:
         if self._server is not None:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from blitzdns import lookup
 from blitzdns.blitzmail import dnd, probes
-from blitzdns.blitzmail.fakes import DndRecord
+from blitzdns.blitzmail.fakes import DEMO_RECORDS, DndRecord
+from blitzdns.blitzmail.notify import NotifyClient, PostRefused, post_notice
 from blitzdns.config import Config
 
 
@@ -36,11 +37,17 @@ class SessionLog:
         self.lines.clear()
 
 
+NOTICE_TEXT = b"New mail from Demo Reindeer: Reindeer games tonight"
+"""The demo's new-mail notice (a cleartext marker on the wire)."""
+
+
 def secrets_of(records: Sequence[DndRecord], users: Sequence[str]) -> list[str]:
-    """The cleartext a wire must not show: keys, commands, and the looked-up field values."""
+    """The cleartext a wire must not show: keys, commands, the looked-up field values, and
+    the Notify registration and notice."""
     found = [r for r in records if r.nickname in users]
     values = [v for r in found for v in (r.name, str(r.uid), r.blitzserv)]
-    return [*users, "LOOKUP", "BLITZSERV", "VERS blitzdns-demo", *values]
+    notify = ["NR02", NOTICE_TEXT.decode()]
+    return [*users, "LOOKUP", "BLITZSERV", "VERS blitzdns-demo", *values, *notify]
 
 
 async def resolve(log: SessionLog, user: str, stub: tuple[str, int], name: str) -> str:
@@ -102,3 +109,35 @@ async def client_session(
         return False
     log.flush()
     return all(results)
+
+
+async def notify_session(
+    log: SessionLog, *, stub: tuple[str, int], config: Config, user: str
+) -> bool:
+    """Register for new-mail notices at the Notify host's UDP mouth, post a notice on its
+    TCP side (as the mail server would), and take the notice when it comes back over UDP:
+    the whole ATP exchange (NR02 → response → release; NOTI → response → release)."""
+    name = "notify"
+    try:
+        mouth = await resolve(log, name, stub, "notify.dartmouth.edu")
+        account = next(r for r in DEMO_RECORDS if r.nickname == user)
+        assert account.password is not None
+        udp_port = config.services["notify"].port
+        tcp_port = config.services["dartnotify"].port
+        async with NotifyClient() as client, asyncio.timeout(15):
+            await client.register((mouth, udp_port), account.uid)
+            log.add(name, f"NR02 #{account.uid} → {mouth}:{udp_port} (UDP) → registered")
+            replies = await post_notice(
+                (mouth, tcp_port), f"#{account.uid}", account.password, account.uid, NOTICE_TEXT
+            )
+            log.add(name, f"NOTIFY {len(NOTICE_TEXT)},{account.uid},1,1,0 → {replies[-2]}")
+            notice = await client.next_notice()
+            log.add(name, f"NOTI ← {notice.text.decode(errors='replace')!r} (answered)")
+            await client.wait_released()
+            log.add(name, "release ← the server got the answer")
+    except (lookup.LookupFailed, OSError, TimeoutError, PostRefused) as exc:
+        log.flush()
+        log.say(f"✗ Notify: {exc or type(exc).__name__}")
+        return False
+    log.flush()
+    return notice.text == NOTICE_TEXT

@@ -35,6 +35,7 @@ from tunnel.errors import (
     TunnelConfigError,
     TunnelError,
 )
+from tunnel.exec import WRITE_HIGH_WATER
 from tunnel.forwards import Gateway
 from tunnel.hostkeys import HostKeyPolicy
 from tunnel.link import Flow, before_cut_close
@@ -99,6 +100,62 @@ class _GatewayClient(asyncssh.SSHClient):
         return answers
 
 
+class AsyncsshExec:
+    """An :class:`ExecChannel` on an asyncssh connection (one session channel)."""
+
+    def __init__(self, process: asyncssh.SSHClientProcess[bytes]) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, conn: asyncssh.SSHClientConnection, command: str) -> AsyncsshExec:
+        try:
+            process = await conn.create_process(command, encoding=None)
+        except (OSError, asyncssh.Error) as exc:
+            raise LinkLost(f"cannot open an exec channel: {exc}") from None
+        return cls(process)
+
+    async def write(self, data: bytes) -> None:
+        try:
+            self.process.stdin.write(data)
+            await self.process.stdin.drain()
+        except (OSError, asyncssh.Error) as exc:
+            raise LinkLost(f"exec channel: {exc}") from None
+
+    def write_nowait(self, data: bytes) -> bool:
+        stdin = self.process.stdin
+        if stdin.channel.get_write_buffer_size() > WRITE_HIGH_WATER:
+            return False
+        try:
+            stdin.write(data)
+        except (OSError, asyncssh.Error):
+            return False
+        return True
+
+    def write_eof(self) -> None:
+        with contextlib.suppress(OSError):
+            self.process.stdin.write_eof()
+
+    async def read(self, size: int) -> bytes:
+        return await self._read(self.process.stdout, size)
+
+    async def read_stderr(self, size: int) -> bytes:
+        return await self._read(self.process.stderr, size)
+
+    @staticmethod
+    async def _read(stream: asyncssh.SSHReader[bytes], size: int) -> bytes:
+        try:
+            return await stream.read(size)
+        except (OSError, asyncssh.Error):
+            return b""
+
+    async def wait(self) -> int | None:
+        completed = await self.process.wait(check=False)
+        return completed.exit_status
+
+    def close(self) -> None:
+        self.process.close()
+
+
 class SSHLink:
     """An established, authenticated link to one gateway (:class:`tunnel.link.Link`)."""
 
@@ -127,6 +184,10 @@ class SSHLink:
         except OSError as exc:
             flow.task = None
             flow.cut(f"client socket unusable: {describe(exc)}")
+
+    async def open_exec(self, command: str) -> AsyncsshExec:
+        """A session channel running ``command`` (RFC 4254 §6.5)."""
+        return await AsyncsshExec.start(self.conn, command)
 
     async def wait_closed(self) -> TunnelError:
         """Wait until the link ends; return why, as a :class:`LinkLost`."""

@@ -104,3 +104,33 @@ def master_argv(
         argv += ["-l", gateway.user]
     argv += ["--", gateway.host]
     return argv
+
+
+def exec_argv(ssh: str, control_path: Path, label: str) -> list[str]:
+    """The command line (less the remote command) of an ``ssh`` that runs a command on the
+    gateway through the running master (a session channel, ``MUX_C_NEW_SESSION``).
+
+    No config file is read (``-F /dev/null``: the master already has the user's), no
+    master is started, and should the control socket be gone, ``ProxyCommand=false`` makes
+    the fallback connection fail at once instead of dialling anything.
+    """
+    return [
+        ssh,
+        "-F",
+        "/dev/null",
+        "-S",
+        str(control_path),
+        "-o",
+        "ControlMaster=no",
+        "-o",
+        "ProxyCommand=false",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-T",
+        "-e",
+        "none",
+        "--",
+        label,
+    ]

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import select
 
+from tunnel.backends.openssh.command import exec_argv
 from tunnel.backends.openssh.fdpass import send_request_and_fd
 from tunnel.backends.openssh.master import Master, listening, start_master
 from tunnel.backends.openssh.mux import (
@@ -30,6 +31,7 @@ from tunnel.backends.openssh.pool import MuxChannel, SparePool
 from tunnel.backends.openssh.procnet import tcp_path
 from tunnel.backends.openssh.tcpinfo import tcp_traffic
 from tunnel.errors import LinkLost, TunnelError
+from tunnel.exec import SubprocessExec
 from tunnel.forwards import Gateway
 from tunnel.link import Flow, before_cut_close
 from tunnel.options import TunnelOptions
@@ -316,6 +318,14 @@ class MuxLink:
                     asyncio.get_running_loop().remove_reader(self._hangups.fileno())
             self._hangups.close()
         self.master.terminate()
+
+    async def open_exec(self, command: str) -> SubprocessExec:
+        """``ssh`` running ``command`` through the master's control socket."""
+        argv = exec_argv(self.master.ssh_binary, self.control_path, self.gateway)
+        try:
+            return await SubprocessExec.start(argv, command)
+        except OSError as exc:
+            raise LinkLost(f"cannot run {argv[0]}: {exc}") from None
 
     async def aclose(self, grace_s: float) -> None:
         """Stop the master, SIGKILL it after ``grace_s``, reap it, remove the private dir."""

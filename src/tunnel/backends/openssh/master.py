@@ -118,8 +118,10 @@ class Master:
         process: asyncio.subprocess.Process,
         control_dir: Path,
         label: str,
+        ssh_binary: str = "ssh",
     ) -> None:
         self.process = process
+        self.ssh_binary = ssh_binary
         self.control_dir = control_dir
         self.control_path = control_dir / "ctl"
         self.label = label
@@ -222,7 +224,7 @@ async def start_master(gateway: Gateway, options: TunnelOptions) -> Master:
     except OSError as exc:
         shutil.rmtree(control_dir, ignore_errors=True)
         raise TunnelConfigError(f"backend openssh: cannot run {binary}: {exc}") from None
-    master = Master(process, control_dir, label)
+    master = Master(process, control_dir, label, binary)
     try:
         async with asyncio.timeout(options.connect_timeout_s + 1):
             while True:
