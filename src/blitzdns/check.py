@@ -96,6 +96,20 @@ def target_of(config: Config, status: dict[str, Any] | None) -> Target:
                 None if peers is None else tuple(ipaddress.ip_network(p) for p in peers),
             )
         )
+    for u in tunnel.get("udp_forwards") or []:
+        host, _, service = str(u.get("name", "")).partition("/")
+        mouth_host, _, mouth_port = str(u.get("mouth", "")).rpartition(":")
+        forwards.append(
+            ForwardSpec(
+                host,
+                service,
+                mouth_host,
+                int(mouth_port),
+                str(u["target_host"]),
+                int(u["target_port"]),
+                proto="udp",
+            )
+        )
     return Target(stub, tuple(forwards))
 
 
