@@ -231,6 +231,37 @@ class SSHLink:
             self.conn.abort()
 
 
+def _keep_held_eof() -> None:
+    """Carried patch (asyncssh 2.14 and later, checked against the installed 2.x): an EOF
+    that asyncssh holds back (the session's reading paused, or the channel still starting)
+    is lost when CLOSE arrives before it is delivered: ``SSHChannel._process_close``
+    overwrites the ``eof_pending`` state with ``close_pending``, so ``eof_received`` never
+    runs. OpenSSH sends EOF before CLOSE whenever the target's side ended (even on a reset),
+    so the target's orderly end looked cut (a reset for a complete reply). The wrapper tells
+    the session, through an optional ``eof_held()``, before asyncssh forgets it; the data
+    still buffered is delivered before ``connection_lost`` as before."""
+    from asyncssh.channel import SSHChannel  # noqa: PLC0415 (only the patch needs it)
+    from asyncssh.constants import MSG_CHANNEL_CLOSE  # noqa: PLC0415
+
+    handlers = SSHChannel._packet_handlers
+    original = handlers[MSG_CHANNEL_CLOSE]
+    if getattr(original, "keeps_held_eof", False):
+        return
+
+    def process_close(self: Any, pkttype: int, pktid: int, packet: Any) -> None:
+        if self._recv_state == "eof_pending":
+            held = getattr(self._session, "eof_held", None)
+            if held is not None:
+                held()
+        original(self, pkttype, pktid, packet)
+
+    process_close.keeps_held_eof = True  # type: ignore[attr-defined]
+    handlers[MSG_CHANNEL_CLOSE] = process_close
+
+
+_keep_held_eof()
+
+
 class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
     """Channel → client: every SSH data packet is written straight to the client.
 
@@ -253,6 +284,10 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
             return
         self.counters.bytes_in += len(data)
         self.transport.write(data)
+
+    def eof_held(self) -> None:
+        """The target's EOF arrived while asyncssh held it back (see :func:`_keep_held_eof`)."""
+        self.client.target_eof = True
 
     def eof_received(self) -> bool:
         self.client.target_eof = True
