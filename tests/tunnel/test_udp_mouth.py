@@ -22,7 +22,7 @@ from tunnel.exec import ExecChannel, SubprocessExec
 from tunnel.udp import DatagramStep, RelayLimits, UdpForward
 from tunnel.udp_mouth import RelayState, UdpMouth, bind_udp_socket
 
-from .udp_testlib import WAIT_S, UdpTarget, gone
+from .udp_testlib import WAIT_S, Sender, UdpTarget, gone, sender
 
 
 class LocalGateway:
@@ -80,30 +80,6 @@ async def mouth_for(
     mouth.attach(gateway.open_exec)
     await wait_until(lambda: mouth.relay not in (RelayState.DOWN, RelayState.STARTING), WAIT_S)
     return mouth
-
-
-class Sender(asyncio.DatagramProtocol):
-    """A local client socket; keeps what comes back."""
-
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        self.received.append(data)
-
-    def send(self, data: bytes, to: tuple[str, int]) -> None:
-        assert self.transport is not None
-        self.transport.sendto(data, to)
-
-
-async def sender() -> Sender:
-    loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_datagram_endpoint(Sender, local_addr=("127.0.0.1", 0))
-    return protocol
 
 
 @pytest.fixture

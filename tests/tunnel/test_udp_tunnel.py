@@ -20,6 +20,7 @@ from tunnel import LinkStatus, RelayLimits, RelayState, Tunnel, TunnelOptions, U
 from tunnel.udp import BOOTSTRAP
 
 from .udp_testlib import WAIT_S, UdpTarget
+from .udp_testlib import sender as open_sender
 
 needs_socat = pytest.mark.skipif(shutil.which("socat") is None, reason="socat not installed")
 
@@ -42,30 +43,6 @@ def relay_processes() -> list[int]:
     return found
 
 
-class Client(asyncio.DatagramProtocol):
-    """A local sender: what comes back is kept."""
-
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        self.received.append(data)
-
-    def send(self, data: bytes, to: tuple[str, int]) -> None:
-        assert self.transport is not None
-        self.transport.sendto(data, to)
-
-
-async def client() -> Client:
-    loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_datagram_endpoint(Client, local_addr=("127.0.0.1", 0))
-    return protocol
-
-
 @pytest.fixture
 async def echo() -> AsyncIterator[UdpTarget]:
     target = await UdpTarget("echo").start()
@@ -84,7 +61,7 @@ async def test_both_ways_and_two_senders_only_get_their_own(
     forward = udp_forward(echo.address)
     async with Tunnel(any_options, [forward]) as tunnel:
         await carrying(tunnel)
-        one, two = await client(), await client()
+        one, two = await open_sender(), await open_sender()
         for index in range(5):
             one.send(b"one-%d" % index, forward.mouth)
             two.send(b"two-%d" % index, forward.mouth)
@@ -121,7 +98,7 @@ async def test_oversize_is_dropped_and_counted(options: TunnelOptions, echo: Udp
     forward = udp_forward(echo.address, limits=RelayLimits(max_datagram=100))
     async with Tunnel(options, [forward]) as tunnel:
         await carrying(tunnel)
-        sender = await client()
+        sender = await open_sender()
         sender.send(b"x" * 101, forward.mouth)
         sender.send(b"fits", forward.mouth)
         await wait_until(lambda: sender.received == [b"echo:fits"], WAIT_S)
@@ -135,7 +112,7 @@ async def test_link_killed_and_restored_restarts_the_relay(
     forward = udp_forward(echo.address)
     async with Tunnel(any_options, [forward]) as tunnel:
         await carrying(tunnel)
-        sender = await client()
+        sender = await open_sender()
         sender.send(b"before", forward.mouth)
         await wait_until(lambda: sender.received == [b"echo:before"], WAIT_S)
         sshd.kill()
@@ -146,7 +123,7 @@ async def test_link_killed_and_restored_restarts_the_relay(
         await wait_until(lambda: not relay_processes(), WAIT_S)
         sshd.start()
         await carrying(tunnel)
-        other = await client()
+        other = await open_sender()
         other.send(b"other", forward.mouth)
         sender.send(b"after", forward.mouth)
         await wait_until(lambda: len(sender.received) == 2 and len(other.received) == 1, WAIT_S)
@@ -219,7 +196,7 @@ async def test_neither_python3_nor_socat_is_a_clear_report(
         assert "python3:" in state.reason and "socat:" in state.reason
         assert "not found" in state.reason
         assert tunnel.state.status is LinkStatus.UP  # everything else runs on
-        sender = await client()
+        sender = await open_sender()
         sender.send(b"nowhere", forward.mouth)
         await wait_until(
             lambda: tunnel.state.udp_forwards[0].dropped.get("relay unavailable") == 1, WAIT_S

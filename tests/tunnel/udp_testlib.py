@@ -212,3 +212,27 @@ def open_fds(pid: int) -> list[str]:
         with contextlib.suppress(OSError):
             found.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
     return found
+
+
+class Sender(asyncio.DatagramProtocol):
+    """A local client socket; keeps what comes back."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.received.append(data)
+
+    def send(self, data: bytes, to: tuple[str, int]) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data, to)
+
+
+async def sender() -> Sender:
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_datagram_endpoint(Sender, local_addr=("127.0.0.1", 0))
+    return protocol
