@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # Debian packages the tests start as real peers, keyed by a command each provides.
 SYSDEPS := sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client \
            dig:bind9-dnsutils dnsmasq:dnsmasq dnsperf:dnsperf tcpdump:tcpdump \
-           ip:iproute2 iperf3:iperf3 unshare:util-linux getent:libc-bin
+           ip:iproute2 iperf3:iperf3 nft:nftables unshare:util-linux getent:libc-bin
 
 .PHONY: all venv sysdeps test check fmt demo demo-once bench fuzz stress clean
 
