@@ -66,19 +66,22 @@ class Figure:
         return self.ours / self.peer
 
     def misses(self) -> list[str]:
-        """How far each bound is missed ("+8% over 1.00×"); empty when all are met."""
+        """How far each bound is missed ("1.12× vs ≤ 1.00×: 12% over"); empty when met."""
         out = []
         ratio = self.ratio
+        sign = "≤" if self.better == "lower" else "≥"
         if self.target is not None and ratio is not None:
-            over = ratio / self.target - 1 if self.better == "lower" else 1 - ratio / self.target
-            if over > 0:
-                side = "over" if self.better == "lower" else "under"
-                out.append(f"{over:.0%} {side} {self.target:.2f}×")
+            gap = ratio / self.target - 1 if self.better == "lower" else 1 - ratio / self.target
+            if gap > 0:
+                side = "over" if self.better == "lower" else "short"
+                out.append(f"{ratio:.2f}× vs {sign} {self.target:.2f}×: {gap:.0%} {side}")
         if self.limit is not None and not math.isnan(self.ours):
             gap = self.ours - self.limit if self.better == "lower" else self.limit - self.ours
             if gap > 0:
-                side = "over" if self.better == "lower" else "under"
-                out.append(f"{gap:.3g} {self.unit} {side} {self.limit:g} {self.unit}")
+                side = "over" if self.better == "lower" else "short"
+                out.append(
+                    f"{self.ours:.3g} vs {sign} {self.limit:g} {self.unit}: {gap:.3g} {side}"
+                )
         return out
 
     def judged(self) -> bool:
