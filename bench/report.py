@@ -50,6 +50,7 @@ FULL = (  # (bench, script arguments): what `make bench` runs, in this order
     ("dns", ["dns_bench.py"]),
     ("tunnel", ["tunnel_bench.py"]),
     ("daemon", ["daemon_bench.py"]),
+    ("growth", ["growth_bench.py"]),
     ("roam", ["roam_bench.py"]),
     ("udp", ["udp_bench.py"]),
 )
