@@ -114,3 +114,35 @@ def emit(bench: str, figures: Iterable[Figure], run_dir: str | None = None) -> P
     payload = {"bench": bench, "figures": [f.to_json() for f in figures]}
     path.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
     return path
+
+
+def emit_profile(
+    name: str,
+    covers: list[str],
+    summary: str,
+    flamegraph: str | None,
+    *,
+    only: list[str] | None = None,
+    skip: list[str] | None = None,
+    run_dir: str | None = None,
+) -> Path | None:
+    """Record where the time goes for the cases whose name starts with one of ``covers``
+    (and, if given, contains one of ``only`` and none of ``skip``): a one-line ``summary``
+    and the flame graph's path relative to bench/results/. The report shows it beside a
+    missed target that has no ``note`` of its own."""
+    print(f"\nprofile {name}: {summary}" + (f" ({flamegraph})" if flamegraph else ""))
+    where = run_dir if run_dir is not None else os.environ.get(RUN_DIR_ENV)
+    if not where:
+        return None
+    path = Path(where) / "profiles" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "name": name,
+        "covers": covers,
+        "only": only or [],
+        "skip": skip or [],
+        "summary": summary,
+        "flamegraph": flamegraph,
+    }
+    path.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
+    return path

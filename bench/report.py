@@ -53,6 +53,7 @@ FULL = (  # (bench, script arguments): what `make bench` runs, in this order
     ("growth", ["growth_bench.py"]),
     ("roam", ["roam_bench.py"]),
     ("udp", ["udp_bench.py"]),
+    ("profile", ["profile_bench.py"]),
 )
 QUICK = (  # the headline ratios with small counts: DNS CPU/query, tunnel, RSS, exec → ready
     (
@@ -88,6 +89,18 @@ class Run:
     """bench → {"status": exit status or None, "seconds": duration} (None: not run here)."""
     figures: list[tuple[str, Figure]] = field(default_factory=list)
     """(bench, figure) in the order the benches ran."""
+    profiles: list[dict[str, Any]] = field(default_factory=list)
+    """Where the time goes (bench/profile_bench.py via figures.emit_profile)."""
+
+    def profile_for(self, case: str) -> dict[str, Any] | None:
+        for profile in self.profiles:
+            if (
+                case.startswith(tuple(profile["covers"]))
+                and (not profile["only"] or any(o in case for o in profile["only"]))
+                and not any(s in case for s in profile["skip"])
+            ):
+                return profile
+        return None
 
     @property
     def stamp(self) -> str:
@@ -102,6 +115,7 @@ class Run:
             "environment": self.environment,
             "benches": self.benches,
             "figures": [{"bench": bench, **f.to_json()} for bench, f in self.figures],
+            "profiles": self.profiles,
         }
 
     @classmethod
@@ -116,6 +130,7 @@ class Run:
             environment=data.get("environment", {}),
             benches=data.get("benches", {}),
             figures=[(f.get("bench", ""), Figure.from_json(f)) for f in data["figures"]],
+            profiles=data.get("profiles", []),
         )
 
 
@@ -170,6 +185,10 @@ def collect(run_dir: Path) -> list[tuple[str, Figure]]:
         data = json.loads(path.read_text())
         figures += [(data["bench"], Figure.from_json(f)) for f in data["figures"]]
     return figures
+
+
+def collect_profiles(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(run_dir.glob("profiles/*.json"))]
 
 
 def run_benches(plan: tuple[tuple[str, list[str]], ...], run_dir: Path) -> dict[str, Any]:
@@ -264,6 +283,14 @@ def _table(rows: list[tuple[str, Figure]], previous: dict[str, Figure]) -> list[
     return lines
 
 
+def _profile_text(profile: dict[str, Any] | None) -> str:
+    if profile is None:
+        return ""
+    graph = profile.get("flamegraph")
+    link = f" ([flame graph]({graph}))" if graph else ""
+    return f"{profile['name']}: {profile['summary']}{link}"
+
+
 def markdown(run: Run, previous: Run | None, chart: str | None) -> str:
     env = run.environment
     lines = [
@@ -306,10 +333,20 @@ def markdown(run: Run, previous: Run | None, chart: str | None) -> str:
     if missed:
         lines += ["| missed | by how much | where the time goes |", "|---|---|---|"]
         for _bench, f in missed:
-            where = f.note or "not profiled in this run"
+            where = f.note or _profile_text(run.profile_for(f.case)) or "not profiled in this run"
             lines.append(f"| {f.case} | {'; '.join(f.misses())} | {where} |")
     else:
         lines.append("Every target with a figure in this run is met.")
+
+    if run.profiles:
+        lines += ["", "## Where the time goes (this run)", ""]
+        lines += [
+            "py-spy samples of our process under each bench's load (bench/profile_bench.py); "
+            "time spent in C (uvloop's loop, socket calls, OpenSSL) counts for the Python "
+            "frame that called it, so `runners.Runner.run` is the event loop itself.",
+            "",
+        ]
+        lines += [f"- {_profile_text(profile)}" for profile in run.profiles]
 
     earlier = {f.case: f for _, f in previous.figures} if previous is not None else {}
     sections: dict[str, list[tuple[str, Figure]]] = {}
@@ -433,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         environment=environment(),
         benches=benches,
         figures=collect(run_dir),
+        profiles=collect_profiles(run_dir),
     )
     write(run, args.results)
     if args.command == "run":

@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import report
-from figures import Figure, emit
+from figures import Figure, emit, emit_profile
 
 
 def previous_run(results: Path) -> None:
@@ -56,6 +56,9 @@ def this_run(run_dir: Path) -> None:
         ],
         run_dir=str(run_dir),
     )
+    emit_profile("memory", ["RSS"], "asyncssh 30 MB", "profiles/memory.svg", run_dir=str(run_dir))
+    # Listed first, but it leaves "RSS idle" out.
+    emit_profile("a-peak", ["RSS"], "not this one", None, skip=["idle"], run_dir=str(run_dir))
 
 
 def test_report_shows_both_runs_and_what_is_missed(tmp_path: Path) -> None:
@@ -75,7 +78,9 @@ def test_report_shows_both_runs_and_what_is_missed(tmp_path: Path) -> None:
     assert "46 vs ≤ 40 MB: 6 over" in text
     missed = text.split("## Targets: 1 met, 2 missed", 1)[1]
     assert "dnslib parse, see profile-dns.svg" in missed
-    assert "not profiled in this run" in missed  # RSS idle: no note
+    rss_row = next(line for line in missed.splitlines() if line.startswith("| RSS idle"))
+    assert "memory: asyncssh 30 MB ([flame graph](profiles/memory.svg))" in rss_row
+    assert "not this one" not in rss_row
     assert "commit `aaaaaaa`" in text
 
     kept = [p for p in results.glob("*.json") if "aaaaaaa" not in p.name]
