@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import resource
 import statistics
 import sys
 import time
@@ -38,34 +36,20 @@ sys.path.insert(0, str(HERE.parent))
 from tests.peers import descendants, free_port  # noqa: E402
 
 from benchlock import bench_lock  # noqa: E402
+from daemon_bench import memory_kb, raise_nofile  # noqa: E402
 from figures import Figure, emit  # noqa: E402
 from tunnel_bench import Lab, cpu_seconds, lab, percentile, start_forwarder, stop  # noqa: E402
 
 CIPHER = "aes128-gcm@openssh.com"
 KINDS = ("tunnel+uvloop", "openssh")
-NOFILE = 8192
 REQUESTS = 2000
 """About this many requests per count: rounds × N."""
 OPEN_AT_ONCE = 100
 
 
-def raise_nofile() -> None:
-    """Room for N sockets here and, inherited, in sshd, ssh and the echo target."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = NOFILE if hard == resource.RLIM_INFINITY else min(NOFILE, hard)
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-
-
 def rss_mb(pid: int) -> float:
     """VmRSS of ``pid`` and its descendants, MB."""
-    total = 0.0
-    for member in descendants(pid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{member}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024
-    return total
+    return memory_kb(descendants(pid))[0] / 1024
 
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
