@@ -10,7 +10,7 @@ SYSDEPS := sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client \
            dig:bind9-dnsutils dnsmasq:dnsmasq dnsperf:dnsperf tcpdump:tcpdump \
            ip:iproute2 iperf3:iperf3 nft:nftables unshare:util-linux getent:libc-bin
 
-.PHONY: all venv sysdeps test check fmt demo demo-once bench fuzz stress clean
+.PHONY: all venv sysdeps test check fmt demo demo-once bench bench-quick fuzz stress clean
 
 all: check test
 
@@ -53,12 +53,18 @@ demo: venv
 demo-once: venv
 	$(BIN)/blitzdns demo --once
 
-bench: venv sysdeps
-	$(PY) bench/dns_bench.py
-	$(PY) bench/tunnel_bench.py
-	$(PY) bench/daemon_bench.py
-	$(PY) bench/roam_bench.py
-	$(PY) bench/udp_bench.py
+# The report's chart needs matplotlib: the 'bench' extra, installed only for these targets.
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $@
+
+# Every bench, then bench/results/REPORT.md + ratios.png + <date>-<commit>.json (bench/report.py).
+bench: venv sysdeps $(VENV)/.bench-installed
+	$(PY) bench/report.py run
+
+# The headline ratios with small counts (under a minute), reported under bench/results/quick/.
+bench-quick: venv sysdeps $(VENV)/.bench-installed
+	$(PY) bench/report.py run --quick
 
 # Bounded, loopback only: a million malformed packets and TCP abuse against the resolver,
 # then the long run of the fuzz targets over its parsers and decision core.

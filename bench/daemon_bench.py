@@ -70,6 +70,7 @@ from tests.peers import SSHD, Sshd, descendants, keygen  # noqa: E402
 
 from benchlock import bench_lock  # noqa: E402
 from dns_bench import dnsmasq_command, free_port  # noqa: E402
+from figures import Figure, emit  # noqa: E402
 from tunnel_bench import stop  # noqa: E402
 
 BLITZDNS = next(
@@ -673,6 +674,39 @@ def print_table(rounds: list[dict[str, dict[str, float]]], connections: int) -> 
         print(f"{key:<{width}}{cells[0]:>12}{cells[1]:>18}{ratio:>8}  {spread:<20}{target}")
 
 
+FIGURES = (  # (metric key, case, unit, target ratio, limit on ours) — issue 18's bounds
+    ("exec→ready (DNS + all mouths carrying)", "daemon exec → ready", "s", 1.2, None),
+    ("client's link-up line→ready", "daemon link-up line → ready", "s", None, 0.5),
+    ("RSS idle (MB)", "daemon RSS idle", "MB", None, 40.0),
+    ("RSS with {n} conns (MB)", "daemon RSS with {n} conns", "MB", None, 60.0),
+    ("RSS per held connection (kB)", "daemon RSS per held connection", "kB", None, None),
+)
+
+
+def figures_of(rounds: list[dict[str, dict[str, float]]], connections: int) -> list[Figure]:
+    """Medians over the rounds, blitzdns beside ssh -L + dnsmasq, for the report."""
+    out = []
+    for key, case, unit, target, limit in FIGURES:
+        medians = []
+        for side in ("blitzdns", "openssh+dnsmasq"):
+            wanted = key.format(n=connections)
+            series = [r[side][wanted] for r in rounds if wanted in r[side]]
+            medians.append(statistics.median(series) if series else None)
+        if medians[0] is not None:
+            out.append(
+                Figure(
+                    case.format(n=connections),
+                    medians[0],
+                    medians[1],
+                    unit,
+                    target=target,
+                    limit=limit,
+                    peer_name="ssh -L + dnsmasq",
+                )
+            )
+    return out
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -736,6 +770,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     )
                 rounds.append(result)
         print_table(rounds, args.connections)
+        emit("daemon", figures_of(rounds, args.connections))
         print(f"\nloadavg at end: {Path('/proc/loadavg').read_text().strip()}")
 
 

@@ -59,6 +59,8 @@ from tests.netns.roamlab import (  # noqa: E402
     status,
 )
 
+from figures import Figure, emit  # noqa: E402
+
 PEER_PORT = 17902
 LINK_WAIT_S = 240.0
 """Upper bound for one link to come back (the peer needs about 45 s and a restart)."""
@@ -222,6 +224,47 @@ def _p50(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} s (min {min(values):.3f}, max {max(values):.3f})"
 
 
+def figures_of(ours: Run, peer: Run) -> list[Figure]:
+    """blitzdns beside restarted ``ssh -L`` across uplink switches, for the report."""
+    out = []
+    if ours.link_up_s:
+        peer_s = statistics.median(peer.link_up_s) if peer.link_up_s else None
+        out.append(
+            Figure(
+                "roam route usable → link up, p50",
+                statistics.median(ours.link_up_s),
+                peer_s,
+                "s",
+                peer_name="ssh -L restarted",
+                group="roaming",
+            )
+        )
+    share = ours.failed_after / max(ours.started_after, 1) * 100
+    peer_share = peer.failed_after / max(peer.started_after, 1) * 100
+    out.append(
+        Figure(
+            "roam connections failed after a switch",
+            share,
+            peer_share,
+            "%",
+            peer_name="ssh -L restarted",
+            group="roaming",
+        )
+    )
+    if ours.resume_s is not None:
+        out.append(
+            Figure(
+                "roam thaw → link up",
+                ours.resume_s,
+                peer.resume_s,
+                "s",
+                peer_name="ssh -L restarted",
+                group="roaming",
+            )
+        )
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--switches", type=int, default=20)
@@ -258,6 +301,7 @@ def main() -> int:
         failed_resume = f"{run.failed_resume} of {run.started_resume}"
         print(f"{run.name:42} {_p50(run.link_up_s):38} {len(run.link_up_s):>3} "
               f"{failed:>20} {resumed:>15} {failed_resume:>13}")  # fmt: skip
+    emit("roam", figures_of(*runs))
     return 0
 
 

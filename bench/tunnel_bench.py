@@ -48,6 +48,8 @@ SRC = HERE.parent / "src"
 sys.path.insert(0, str(HERE.parent))
 from tests.peers import descendants, free_port  # noqa: E402
 
+from figures import Figure, emit  # noqa: E402
+
 
 def wait_port(port: int, deadline_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     """Wait (bounded) until 127.0.0.1:port accepts."""
@@ -395,12 +397,52 @@ def report(cipher: str, results: dict[str, dict[str, float]]) -> None:
             print("  " + f"{'  ÷ openssh':<18}" + ratios)
 
 
+FIGURES = (  # (key, case, unit, better)
+    ("up", "bulk up", "Gbit/s", "higher"),
+    ("down", "bulk down", "Gbit/s", "higher"),
+    ("cpu_per_gb", "CPU per GB", "s/GB", "lower"),
+    ("p50", "round trip p50", "ms", "lower"),
+    ("p99", "round trip p99", "ms", "lower"),
+    ("rss", "peak RSS", "MB", "lower"),
+)
+TARGETS = {  # issue 18: (forwarder family, figure) -> bound on ours / ssh -L
+    ("tunnel", "up"): 0.9,
+    ("tunnel", "down"): 0.9,
+    ("tunnel", "cpu_per_gb"): 1.3,
+    ("tunnel", "p50"): 1.3,
+    ("tunnel-mux", "p50"): 1.2,
+}
+
+
+def figures_of(cipher: str, results: dict[str, dict[str, float]]) -> list[Figure]:
+    """Each forwarder's figures beside ``ssh -L``'s from the same run, for the report."""
+    base = results.get("openssh")
+    if base is None:
+        return []
+    name = cipher.split("@", maxsplit=1)[0]
+    return [
+        Figure(
+            f"tunnel {kind} {name} {case}",
+            r[key],
+            base[key],
+            unit,
+            better=better,
+            target=TARGETS.get((kind.partition("+")[0], key)),
+            peer_name="ssh -L",
+        )
+        for kind, r in results.items()
+        if kind != "openssh"
+        for key, case, unit, better in FIGURES
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--round-trips", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
     parser.add_argument("--only", nargs="*", help="forwarders to run (default: all)")
+    parser.add_argument("--ciphers", nargs="*", choices=CIPHERS, default=list(CIPHERS))
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--gateway", help=argparse.SUPPRESS)
@@ -439,7 +481,8 @@ def main() -> None:
             f"{args.seconds:g} s iperf3 per direction, {args.round_trips} round trips, "
             f"median of {args.rounds} interleaved rounds; Gbit/s, ms, MB; ratio = x / openssh"
         )
-        for cipher in CIPHERS:
+        emitted: list[Figure] = []
+        for cipher in args.ciphers:
             runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
             for round_number in range(args.rounds):
                 shift = round_number % len(kinds)
@@ -450,7 +493,9 @@ def main() -> None:
                 figures["rss"] = max(figures["rss"], merged[kind]["rss"])
                 merged[kind].update(figures)
             report(cipher, merged)
+            emitted += figures_of(cipher, merged)
         print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+        emit("tunnel", emitted)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from bench.benchlock import bench_lock  # noqa: E402
+from bench.figures import Figure, emit  # noqa: E402
 from tests.peers import Sshd, free_port, start_sshd  # noqa: E402
 
 from tunnel import RelayState, Tunnel, TunnelOptions, UdpForward  # noqa: E402
@@ -277,6 +278,29 @@ async def run(args: argparse.Namespace) -> None:
                 f"  {name} ÷ socat+ssh: p50 {r['p50'] / socat['p50']:.2f}×, "
                 f"datagrams/s {r['rate'] / max(socat['rate'], 1):.2f}×"
             )
+    emit("udp", figures_of(results))
+
+
+def figures_of(results: dict[str, dict[str, float]]) -> list[Figure]:
+    """Each relay's round trip and rate beside the socat-over-ssh pipeline's."""
+    socat = results.get("socat+ssh")
+    return [
+        Figure(
+            f"UDP {name} {case}",
+            results[name][key],
+            socat[key] if socat else None,
+            unit,
+            better=better,
+            peer_name="socat+ssh",
+            group="udp",
+        )
+        for name in ("relay (asyncssh)", "relay (openssh)")
+        if name in results
+        for key, case, unit, better in (
+            ("p50", "round trip p50", "ms", "lower"),
+            ("rate", "datagrams/s, 32 in flight", "datagrams/s", "higher"),
+        )
+    ]
 
 
 def main() -> None:
