@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -243,7 +244,42 @@ def _num(value: float | None) -> str:
 
 
 def _ratio(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}×"
+    if value is None:
+        return "—"
+    return f"{value:.2f}×" if value == 0 or value >= 0.1 else f"{value:.2g}×"
+
+
+GROWTH = re.compile(r"^growth\s+(?P<count>\d+) \w+: (?P<metric>.+)$")
+
+
+def _growth_table(rows: list[tuple[str, Figure]]) -> list[str]:
+    """Cases named ``growth <N> <things>: <metric>`` as one row per N, ours / peer per
+    metric: how each figure grows with N."""
+    table: dict[int, dict[str, Figure]] = {}
+    metrics: list[str] = []
+    for _bench, f in rows:
+        match = GROWTH.match(f.case)
+        if match is None:
+            continue
+        table.setdefault(int(match["count"]), {})[match["metric"]] = f
+        if match["metric"] not in metrics:
+            metrics.append(match["metric"])
+    if len(table) < 2:
+        return []
+    unit = {m: f.unit for by_metric in table.values() for m, f in by_metric.items()}
+    lines = [
+        "ours / peer at each count:",
+        "",
+        "| N | " + " | ".join(f"{m} ({unit[m]})" for m in metrics) + " |",
+        "|---:|" + "---:|" * len(metrics),
+    ]
+    for count in sorted(table):
+        cells = []
+        for metric in metrics:
+            f = table[count].get(metric)
+            cells.append("" if f is None else f"{_num(f.ours)} / {_num(f.peer)}")
+        lines.append(f"| {count} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _bound(f: Figure) -> str:
@@ -353,7 +389,7 @@ def markdown(run: Run, previous: Run | None, chart: str | None) -> str:
     for bench, f in run.figures:
         sections.setdefault(f.group or bench, []).append((bench, f))
     for title, rows in sections.items():
-        lines += ["", f"## {title}", "", *_table(rows, earlier)]
+        lines += ["", f"## {title}", "", *_growth_table(rows), *_table(rows, earlier)]
         notes = [(f.case, f.note) for _, f in rows if f.note and not f.misses()]
         if notes:
             lines += ["", *(f"- {case}: {note}" for case, note in notes)]

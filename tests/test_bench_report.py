@@ -56,6 +56,14 @@ def this_run(run_dir: Path) -> None:
         ],
         run_dir=str(run_dir),
     )
+    emit(
+        "growth",
+        [
+            Figure(f"growth {n} conns: RSS", rss, peer, "MB", group="growth: connections")
+            for n, rss, peer in ((1, 50.0, 8.0), (1000, 60.0, 40.0))
+        ],
+        run_dir=str(run_dir),
+    )
     emit_profile("memory", ["RSS"], "asyncssh 30 MB", "profiles/memory.svg", run_dir=str(run_dir))
     # Listed first, but it leaves "RSS idle" out.
     emit_profile("a-peak", ["RSS"], "not this one", None, skip=["idle"], run_dir=str(run_dir))
@@ -82,6 +90,9 @@ def test_report_shows_both_runs_and_what_is_missed(tmp_path: Path) -> None:
     assert "memory: asyncssh 30 MB ([flame graph](profiles/memory.svg))" in rss_row
     assert "not this one" not in rss_row
     assert "commit `aaaaaaa`" in text
+    growth = text.split("## growth: connections", 1)[1]
+    assert "| N | RSS (MB) |" in growth
+    assert "| 1 | 50.0 / 8.00 |" in growth and "| 1000 | 60.0 / 40.0 |" in growth
 
     kept = [p for p in results.glob("*.json") if "aaaaaaa" not in p.name]
     assert len(kept) == 1
@@ -90,6 +101,8 @@ def test_report_shows_both_runs_and_what_is_missed(tmp_path: Path) -> None:
         ("dns", "DNS protected, CPU/query"),
         ("tunnel", "bulk up"),
         ("tunnel", "RSS idle"),
+        ("growth", "growth 1 conns: RSS"),
+        ("growth", "growth 1000 conns: RSS"),
     ]
 
 
