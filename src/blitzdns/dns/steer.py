@@ -8,10 +8,11 @@ the *general* socket, and index 1, the *priority* socket. A classic BPF program 
 to the group (``SO_ATTACH_REUSEPORT_CBPF``, Linux 4.5+) picks the socket for each
 datagram: 1 when the question name is exactly a protected name (letters compared
 case-insensitively, RFC 4343), else 0. The priority socket's queue then only ever holds
-protected queries, and the event loop reads both sockets every iteration (a bounded
-number of datagrams per socket each time), so a protected query never waits behind a
-flood. Both sockets run the same handler: steering is only a priority hint, and a query
-on either socket is answered exactly as before.
+protected queries, and the event loop reads every ready socket each iteration, a bounded
+number of datagrams from each (asyncio's selector loop one, uvloop's libuv up to 32), so
+a protected query waits behind a few flood packets at most, never behind a full queue.
+Both sockets run the same handler: steering is only a priority hint, and a query on
+either socket is answered exactly as before.
 
 What the kernel does (``net/core/sock_reuseport.c``, ``net/ipv4/udp.c``,
 ``net/ipv6/udp.c``): for UDP the program runs with the packet's data pulled past the UDP
