@@ -51,6 +51,7 @@ from dnsabuse import (
     rss_kib,
     start_stub,
 )
+from figures import Figure, emit
 
 FORGED = "192.0.2.66"
 #: The resolver's ``dns.timeout_s`` for the run (``--timeout``).
@@ -429,6 +430,26 @@ def main(argv: list[str] | None = None) -> int:
     if "dnsmasq" in floods and floods["dnsmasq"]["within_100ms"]:
         ratio = flood["within_100ms"] / floods["dnsmasq"]["within_100ms"]
         print(f"protected answered within 100 ms, blitzdns / dnsmasq: {ratio:.2f}")
+    peer_rate = floods["dnsmasq"]["within_100ms"] if "dnsmasq" in floods else None
+    control = floods.get("no steering")
+    note = f"max-rate flood {flood['flood_pps']} pkt/s, {args.rounds} rounds" + (
+        f"; without steering {control['within_100ms']}%" if control else ""
+    )
+    emit(
+        "stress_dns",
+        [
+            Figure(
+                "protected name answered within 100 ms under a flood",
+                ours=flood["within_100ms"],
+                peer=peer_rate,
+                unit="%",
+                better="higher",
+                limit=99,
+                peer_name="dnsmasq",
+                note=note,
+            )
+        ],
+    )
     result = {
         "faults": rows,
         "flood": flood,
