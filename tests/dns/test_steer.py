@@ -228,3 +228,21 @@ def test_where_the_kernel_refuses_steering_one_socket_serves(
     for endpoint in stub.resolver.bound_endpoints:
         assert addresses(ask(endpoint, "dnd")) == ["127.77.0.1"]
     assert stub.resolver.stats.steered == 0
+
+
+def test_ipv4_and_ipv6_listeners_are_both_steered(
+    resolver_factory: Callable[..., ServerThread],
+    fake_upstream_factory: Callable[..., FakeUpstream],
+) -> None:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no ::1 here: {exc}")
+    black_hole = fake_upstream_factory()
+    listen = [Endpoint("127.0.0.1", 0), Endpoint("::1", 0)]
+    stub = resolver_factory(make_config(listen=listen), [black_hole.endpoint])
+    assert len(stub.resolver._steered) == 2
+    for endpoint in stub.resolver.bound_endpoints:
+        assert addresses(ask(endpoint, "Dasher")) == ["127.77.0.2"]
+    assert stub.resolver.stats.steered == 2
