@@ -101,9 +101,17 @@ class Stub:
         return self.log_path.read_text(errors="replace")
 
 
-def start_stub(upstreams: list[str], log_path: Path, *, timeout_s: float | None = None) -> Stub:
-    """``python -m blitzdns.dns`` on a free port of 127.0.0.1 forwarding to ``upstreams``."""
+def start_stub(
+    upstreams: list[str],
+    log_path: Path,
+    *,
+    timeout_s: float | None = None,
+    options: tuple[str, ...] = (),
+) -> Stub:
+    """``python -m blitzdns.dns`` on a free port of 127.0.0.1 forwarding to ``upstreams``
+    (``options``: more of its flags, e.g. ``--no-steer``)."""
     command = [sys.executable, "-m", "blitzdns.dns", "--listen", "127.0.0.1:0", "--no-loop-probe"]
+    command += options
     for upstream in upstreams:
         command += ["--upstream", upstream]
     if timeout_s is not None:

@@ -11,9 +11,12 @@
    address 192.0.2.66): must be 0.
 2. The flood. The upstream is a black hole; a separate process sends distinct forwarded
    names as fast as it can for ``--flood-seconds`` while this one asks a protected name
-   every 10 ms. Printed: the share of protected queries answered within 100 ms (and
-   within 1 s), the resolver's peak descriptors and RSS, and its RSS at idle before and
-   after. The same flood runs against dnsmasq configured alike (``--no-peer`` skips it).
+   every 10 ms. Printed: the flood's packet rate, the share of protected queries
+   answered within 100 ms (and within 1 s), the resolver's peak descriptors and RSS, its
+   RSS at idle before and after, and the load average. The same flood runs, interleaved,
+   against blitzdns without its UDP steering (``--no-steer``: the control, one socket;
+   ``--no-control`` skips it) and dnsmasq configured alike (``--no-peer`` skips it), for
+   ``--rounds`` rounds; the table shows medians, and each round's 100 ms figure.
 
 Everything listens on 127.0.0.1 and every loop is bounded. The last line is
 ``RESULT {json}``; exit status 1 when a check failed.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import socket
 import statistics
@@ -47,6 +51,7 @@ from dnsabuse import (
     rss_kib,
     start_stub,
 )
+from figures import Figure, emit
 
 FORGED = "192.0.2.66"
 #: The resolver's ``dns.timeout_s`` for the run (``--timeout``).
@@ -201,7 +206,8 @@ start = time.monotonic()
 end = start + seconds
 sent = 0
 head = b"\x00\x01\x00\x00\x00\x00\x00\x00"
-while time.monotonic() < end:
+now = start
+while now < end:
     for _ in range(200):
         label = b"%x" % random.getrandbits(40)
         packet = random.getrandbits(16).to_bytes(2, "big") + b"\x01\x00" + b"\x00\x01" + head[2:] \
@@ -220,7 +226,8 @@ while time.monotonic() < end:
         ahead = sent / rate - (time.monotonic() - start)
         if ahead > 0:
             time.sleep(ahead)
-print(sent)
+    now = time.monotonic()
+print(sent, now - start)
 """
 
 
@@ -259,9 +266,12 @@ def probe_during(port: int, pid: int, seconds: float, rate: int) -> dict[str, An
             peak_fds = max(peak_fds, descriptors(pid))
             peak_rss = max(peak_rss, rss_kib(pid))
             time.sleep(0.01)
-    sent = int(flooder.communicate(timeout=seconds + 30)[0].strip() or 0)
+    out = flooder.communicate(timeout=seconds + 30)[0].split()
+    sent, elapsed = (int(out[0]), float(out[1])) if len(out) == 2 else (0, seconds)
     return {
         "flood_packets": sent,
+        "flood_pps": round(sent / elapsed),
+        "load_1min": round(os.getloadavg()[0], 2),
         "protected_asked": asked,
         "within_100ms": round(100 * within_100ms / asked, 2),
         "within_1s": round(100 * within_1s / asked, 2),
@@ -275,10 +285,15 @@ def settle_rss(pid: int, seconds: float) -> int:
     return rss_kib(pid)
 
 
-def flood_blitzdns(seconds: float, rate: int, directory: Path) -> dict[str, Any]:
+def flood_blitzdns(
+    seconds: float, rate: int, directory: Path, *, steer: bool = True
+) -> dict[str, Any]:
     black_hole = FaultyUpstream(None)
     stub = start_stub(
-        [f"127.0.0.1:{black_hole.port}"], directory / "flood.log", timeout_s=SETTINGS["timeout_s"]
+        [f"127.0.0.1:{black_hole.port}"],
+        directory / f"flood-{'steered' if steer else 'control'}.log",
+        timeout_s=SETTINGS["timeout_s"],
+        options=() if steer else ("--no-steer",),
     )
     try:
         answered(stub.port, PROTECTED_NAME, attempts=3)
@@ -295,6 +310,7 @@ def flood_blitzdns(seconds: float, rate: int, directory: Path) -> dict[str, Any]
         stub.stop()
         black_hole.stop()
     result["forward_capped"] = stub.stats.get("forward_capped")
+    result["steered"] = stub.stats.get("steered")
     result["tracebacks"] = stub.log_text().count("Traceback")
     return result
 
@@ -328,22 +344,69 @@ def flood_dnsmasq(seconds: float, rate: int) -> dict[str, Any] | None:
     return result
 
 
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one flood in one dict: medians; peaks and tracebacks over all rounds."""
+    merged: dict[str, Any] = {}
+    for key in runs[0]:
+        values = [run[key] for run in runs if isinstance(run.get(key), int | float)]
+        if not values:
+            merged[key] = runs[0][key]
+        elif key == "tracebacks":
+            merged[key] = sum(values)
+        elif key.startswith("peak_"):
+            merged[key] = max(values)
+        else:
+            middle = statistics.median(values)
+            merged[key] = int(middle) if middle == int(middle) else round(middle, 2)
+    merged["within_100ms_each"] = [run["within_100ms"] for run in runs]
+    return merged
+
+
+FLOOD_KEYS = (
+    "flood_pps",
+    "flood_packets",
+    "load_1min",
+    "protected_asked",
+    "within_100ms",
+    "within_100ms_each",
+    "within_1s",
+    "steered",
+    "peak_fds",
+    "peak_rss_kib",
+    "idle_rss_kib",
+    "after_rss_kib",
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--queries", type=int, default=10, help="names asked per fault")
     parser.add_argument("--flood-seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3, help="floods per resolver, interleaved")
     parser.add_argument("--no-peer", action="store_true", help="skip the dnsmasq flood")
+    parser.add_argument(
+        "--no-control", action="store_true", help="skip blitzdns without steering (--no-steer)"
+    )
     parser.add_argument(
         "--flood-rate", type=int, default=0, help="flood packets per second (0: as fast as it can)"
     )
     parser.add_argument("--timeout", type=float, default=2.0, help="the resolver's timeout_s")
     args = parser.parse_args(argv)
     SETTINGS["timeout_s"] = args.timeout
+    runs: dict[str, list[dict[str, Any]]] = {"blitzdns": [], "no steering": [], "dnsmasq": []}
     with tempfile.TemporaryDirectory(prefix="blitzdns-stress-") as name:
         directory = Path(name)
         rows = fault_table(args.queries, directory)
-        flood = flood_blitzdns(args.flood_seconds, args.flood_rate, directory)
-    peer = None if args.no_peer else flood_dnsmasq(args.flood_seconds, args.flood_rate)
+        for _ in range(args.rounds):
+            seconds, rate = args.flood_seconds, args.flood_rate
+            runs["blitzdns"].append(flood_blitzdns(seconds, rate, directory))
+            if not args.no_control:
+                runs["no steering"].append(flood_blitzdns(seconds, rate, directory, steer=False))
+            peer = None if args.no_peer else flood_dnsmasq(seconds, rate)
+            if peer is not None:
+                runs["dnsmasq"].append(peer)
+    floods = {who: summary(done) for who, done in runs.items() if done}
+    flood = floods["blitzdns"]
     print(f"{'upstream fault':<20} {'rcodes':<28} {'p50 ms':>8} {'max ms':>8} {'bad accepted':>13}")
     for row in rows:
         rcodes = ", ".join(f"{k} {v}" for k, v in row["rcodes"].items())
@@ -354,19 +417,45 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['bad_accepted']:>13}"
         )
     print()
-    print(f"{'flood':<28} {'blitzdns':>12} {'dnsmasq':>12}")
-    for key in (
-        "flood_packets",
-        "protected_asked",
-        "within_100ms",
-        "within_1s",
-        "peak_fds",
-        "peak_rss_kib",
-        "idle_rss_kib",
-        "after_rss_kib",
-    ):
-        print(f"{key:<28} {flood.get(key)!s:>12} {(peer or {}).get(key, '-')!s:>12}")
-    result = {"faults": rows, "flood": flood, "dnsmasq_flood": peer}
+    print(f"flood: {args.rounds} rounds each, interleaved; medians (each round's for within_100ms)")
+    print(f"{'':<20}" + "".join(f"{who:>22}" for who in floods))
+    for key in FLOOD_KEYS:
+        cells = []
+        for result in floods.values():
+            value = result.get(key, "-")
+            if isinstance(value, list):
+                value = "/".join(f"{v:g}" for v in value)
+            cells.append(f"{value!s:>22}")
+        print(f"{key:<20}" + "".join(cells))
+    if "dnsmasq" in floods and floods["dnsmasq"]["within_100ms"]:
+        ratio = flood["within_100ms"] / floods["dnsmasq"]["within_100ms"]
+        print(f"protected answered within 100 ms, blitzdns / dnsmasq: {ratio:.2f}")
+    peer_rate = floods["dnsmasq"]["within_100ms"] if "dnsmasq" in floods else None
+    control = floods.get("no steering")
+    note = f"max-rate flood {flood['flood_pps']} pkt/s, {args.rounds} rounds" + (
+        f"; without steering {control['within_100ms']}%" if control else ""
+    )
+    emit(
+        "stress_dns",
+        [
+            Figure(
+                "protected name answered within 100 ms under a flood",
+                ours=flood["within_100ms"],
+                peer=peer_rate,
+                unit="%",
+                better="higher",
+                limit=99,
+                peer_name="dnsmasq",
+                note=note,
+            )
+        ],
+    )
+    result = {
+        "faults": rows,
+        "flood": flood,
+        "control_flood": floods.get("no steering"),
+        "dnsmasq_flood": floods.get("dnsmasq"),
+    }
     print("RESULT " + json.dumps(result), flush=True)
     failed = (
         any(row["bad_accepted"] or row["tracebacks"] for row in rows)

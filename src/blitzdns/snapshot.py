@@ -117,6 +117,8 @@ class DnsStatus(TypedDict):
     forward_capped: int
     forwards_in_flight: int
     descriptors_exhausted: int
+    #: UDP queries the kernel steered to the protected names' own socket.
+    steered: int
     upstreams: list[UpstreamStatus]
 
 
@@ -265,6 +267,7 @@ def dns_status(stats: ResolverStats, listen: Iterable[Endpoint]) -> DnsStatus:
         "forward_capped": stats.forward_capped,
         "forwards_in_flight": stats.forwards_in_flight,
         "descriptors_exhausted": stats.descriptors_exhausted,
+        "steered": stats.steered,
         "upstreams": [upstream_status(u) for u in stats.upstreams],
     }
 

@@ -33,6 +33,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", help="a blitzdns TOML file (default: the built-in preset)")
     parser.add_argument("--no-cache", action="store_true", help="switch the cache off")
     parser.add_argument("--no-loop-probe", action="store_true", help="skip the loop check")
+    parser.add_argument(
+        "--no-steer", action="store_true", help="one UDP socket per listener (no steering)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="a log line per query")
     return parser.parse_args(argv)
 
@@ -66,7 +69,13 @@ def _debug_config(args: argparse.Namespace) -> tuple[Config, tuple[Endpoint, ...
 
 
 async def _serve(config: Config, upstreams: tuple[Endpoint, ...], args: argparse.Namespace) -> None:
-    resolver = Resolver(config, upstreams, verbose=args.verbose, loop_probe=not args.no_loop_probe)
+    resolver = Resolver(
+        config,
+        upstreams,
+        verbose=args.verbose,
+        loop_probe=not args.no_loop_probe,
+        steer=not args.no_steer,
+    )
     await resolver.start()
     print("ready", " ".join(str(e) for e in resolver.bound_endpoints), flush=True)
     stop = asyncio.Event()

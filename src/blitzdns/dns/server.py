@@ -13,7 +13,10 @@ without a query (§6.2.3). A client costs a bounded amount whatever it does: at 
 unread replies fill the transport's buffer; a client that neither reads them nor sends
 within ``tcp_idle_s``, or stops in the middle of a message that long, is disconnected.
 
-Loop detection lives in :mod:`~blitzdns.dns.loops`; ``python -m blitzdns.dns`` (see
+UDP listeners on Linux are two sockets each, the protected names' queries steered by the
+kernel to their own one (:mod:`~blitzdns.dns.steer`), so a flood of other names cannot
+push them out of a full receive queue; both are read every loop iteration and handled
+alike. Loop detection lives in :mod:`~blitzdns.dns.loops`; ``python -m blitzdns.dns`` (see
 :mod:`blitzdns.dns.__main__`) runs this resolver alone.
 """
 
@@ -25,11 +28,12 @@ import errno
 import logging
 import socket
 import struct
+import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
 
 from blitzdns.config import Config, Endpoint
-from blitzdns.dns import wire
+from blitzdns.dns import steer, wire
 from blitzdns.dns.cache import Cache
 from blitzdns.dns.engine import Engine, ForwardJob, question_end
 from blitzdns.dns.fastpath import error_reply
@@ -85,6 +89,7 @@ class Resolver:
         log: logging.Logger | None = None,
         verbose: bool = False,
         loop_probe: bool = True,
+        steer: bool = True,
     ) -> None:
         self.config = config
         self.log = log or logging.getLogger("blitzdns.dns")
@@ -97,6 +102,10 @@ class Resolver:
         self.engine = Engine(Table.from_config(config), self.cache, self.stats)
         self.forwarder = self._forwarder(upstreams, config)
         self._bound: list[tuple[Endpoint, socket.socket, socket.socket]] = []
+        #: Per steered UDP listener: its general socket (in ``_bound``) and priority socket.
+        self._steered: list[tuple[socket.socket, socket.socket]] = []
+        #: Off (``steer=False``, or refused by the kernel): one plain UDP socket per listener.
+        self._steering_off = not steer
         self._transports: list[asyncio.DatagramTransport] = []
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -139,17 +148,63 @@ class Resolver:
         """Bind UDP and TCP on every listen endpoint (and DNS-serving shared addresses)."""
         if self._bound:
             return
+        code = None if self._steering_off else self._steering_program()
         try:
             for i, endpoint in enumerate(self.config.dns.listen):
-                self._bound.append(_bind_pair(endpoint, f"dns.listen[{i}]"))
+                self._bind_listener(endpoint, f"dns.listen[{i}]", code)
             port = self._bound[0][0].port
             for i, shared in enumerate(self.config.shared):
                 if shared.dns:
                     endpoint = Endpoint(str(shared.address), port)
-                    self._bound.append(_bind_pair(endpoint, f"shared[{i}].address"))
+                    self._bind_listener(endpoint, f"shared[{i}].address", code)
         except BaseException:
             self._close_sockets()
             raise
+
+    def _bind_listener(
+        self, endpoint: Endpoint, key: str, code: Sequence[steer.Instruction] | None
+    ) -> None:
+        """Bind UDP and TCP on ``endpoint``; then make the UDP side a steered pair.
+
+        The plain UDP bind comes first (no ``SO_REUSEPORT``), so a port another program
+        holds is the usual one-line error even when that program allowed port sharing;
+        it is then swapped for the :mod:`~blitzdns.dns.steer` pair on the same port.
+        Where the kernel refuses the pair, the plain socket serves alone (logged once).
+        """
+        bound, udp, tcp = _bind_pair(endpoint, key)
+        self._bound.append((bound, udp, tcp))
+        if code is None or self._steering_off or sys.platform != "linux":
+            return
+        family = socket.AF_INET6 if ":" in bound.host else socket.AF_INET
+        udp.close()
+        try:
+            general, priority = steer.bind_group(family, (bound.host, bound.port), code)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise _bind_error(exc, bound, "UDP", key) from None
+            self._steering_refused(exc)
+            general = _bound_socket(bound, socket.SOCK_DGRAM, key)
+        else:
+            self._steered.append((general, priority))
+        self._bound[-1] = (bound, general, tcp)
+
+    def _steering_program(self) -> tuple[steer.Instruction, ...]:
+        code, left_out = steer.program(self.engine.table.protected)
+        if left_out:
+            self.log.warning(
+                "%d protected names are not steered ahead of other queries (too many "
+                "for one steering program); they are answered all the same",
+                left_out,
+            )
+        return code
+
+    def _steering_refused(self, error: OSError) -> None:
+        self._steering_off = True
+        self.log.warning(
+            "the kernel refused UDP steering (%s): protected names share one socket "
+            "with other queries, and a flood can crowd them out",
+            error.strerror or error,
+        )
 
     async def start(self) -> None:
         """Serve on the bound sockets (binding first if needed)."""
@@ -162,6 +217,12 @@ class Resolver:
         for _, udp, tcp in self._bound:
             transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=udp)
             self._transports.append(transport)
+            for general, priority in self._steered:
+                if general is udp:
+                    transport, _ = await loop.create_datagram_endpoint(
+                        lambda: _PriorityUdpProtocol(self), sock=priority
+                    )
+                    self._transports.append(transport)
             server = await asyncio.start_server(self._serve_tcp, sock=tcp)
             self._servers.append(server)
         self._started = True
@@ -205,7 +266,10 @@ class Resolver:
         for _, udp, tcp in self._bound:
             udp.close()
             tcp.close()
+        for _, priority in self._steered:
+            priority.close()
         self._bound.clear()
+        self._steered.clear()
 
     # ------------------------------------------------------------------ reload
 
@@ -217,6 +281,13 @@ class Resolver:
         New listen addresses need a restart (logged).
         """
         dropped = self.engine.update(Table.from_config(config))
+        if self._steered:
+            code = self._steering_program()
+            for general, _ in self._steered:
+                try:
+                    steer.attach(general, code)
+                except OSError as exc:
+                    self.log.warning("UDP steering not updated: %s", exc.strerror or exc)
         self.cache.resize(config.dns.cache_size)
         if upstreams is not None:
             self.forwarder.close()
@@ -610,6 +681,14 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         self.resolver.log.debug("UDP error (an earlier reply was not delivered): %s", exc)
+
+
+class _PriorityUdpProtocol(_UdpProtocol):
+    """The priority socket's (:mod:`~blitzdns.dns.steer`): handled alike, and counted."""
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.resolver.stats.steered += 1
+        super().datagram_received(data, addr)
 
 
 _LINGER_RESET = struct.pack("ii", 1, 0)

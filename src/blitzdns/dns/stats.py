@@ -62,6 +62,8 @@ class ResolverStats:
     forwards_in_flight: int = 0
     #: Times a socket could not be made because the process was out of descriptors.
     descriptors_exhausted: int = 0
+    #: UDP queries the kernel steered to the protected names' own socket (``steer``).
+    steered: int = 0
     upstreams: list[UpstreamHealth] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
