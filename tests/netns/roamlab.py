@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.peers import daemon_status
+
 from .lab import (
-    BLITZDNS,
     PYTHON,
     Blitzdns,
     Lab,
@@ -185,11 +186,5 @@ def link_source(ns: Namespace) -> str | None:
 
 
 def status(ns: Namespace, daemon: Blitzdns) -> dict[str, Any]:
-    done = ns.run(
-        BLITZDNS, "status", "--json", "--control-socket", str(daemon.root / "control.sock"),
-        check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        return {}
-    answer: dict[str, Any] = json.loads(done.stdout)
-    return answer
+    """The daemon's ``status --json`` (its control socket is a file: reachable from here)."""
+    return daemon_status(daemon.root / "control.sock")
