@@ -425,6 +425,9 @@ class FakeServers:
         return [line for _, direction, line in lines if direction == "in"]
 
 
+REMOTES = {"dnd": DND_IP, "dasher": DASHER_IP, "prancer": PRANCER_IP}
+
+
 def config_text(
     keys: SshKeys,
     root: Path,
@@ -432,10 +435,17 @@ def config_text(
     wait_for_link_s: float = 2.0,
     extra: str = "",
     hosts: Sequence[str] = ("dnd", "dasher", "prancer"),
+    gateway: str = f"{GATEWAY_IP}:{SSH_PORT}",
+    known_hosts: Path | None = None,
+    remotes: dict[str, str] = REMOTES,
+    tunnel: str = "keepalive_s = 5",
 ) -> str:
-    """A blitzdns config for the lab: stub on 127.0.0.1:53, tunnel to the gateway's sshd."""
+    """A blitzdns config for a lab: stub on 127.0.0.1:53, tunnel to the sshd on ``gateway``
+    (the gateway's), ``remotes`` the hosts' addresses behind it, ``tunnel`` more lines of
+    ``[tunnel]``."""
     ssh_config = root / "ssh_config"
     ssh_config.write_text("")
+    sections = "".join(f'\n[hosts.{h}]\nremote = "{ip}"\n' for h, ip in remotes.items())
     return f"""\
 preset = "blitzmail"
 
@@ -444,23 +454,14 @@ listen = ["127.0.0.1:53"]
 upstreams = ["127.0.0.1:5353"]
 
 [tunnel]
-gateways = ["root@{GATEWAY_IP}:{SSH_PORT}"]
+gateways = ["root@{gateway}"]
 hosts = {json.dumps(list(hosts))}
-known_hosts = "{keys.known_hosts}"
+known_hosts = "{known_hosts or keys.known_hosts}"
 identity_files = ["{keys.client_key}"]
 ssh_config = "{ssh_config}"
 wait_for_link_s = {wait_for_link_s}
-keepalive_s = 5
-
-[hosts.dnd]
-remote = "{DND_IP}"
-
-[hosts.dasher]
-remote = "{DASHER_IP}"
-
-[hosts.prancer]
-remote = "{PRANCER_IP}"
-{extra}"""
+{tunnel}
+{sections}{extra}"""
 
 
 @dataclass

@@ -32,6 +32,7 @@ from .lab import (
     Lab,
     Namespace,
     SshKeys,
+    config_text,
     ip_command,
     read_text,
     stop_process,
@@ -122,30 +123,17 @@ def roam_config(keys: SshKeys, root: Path, *, backend: str = "asyncssh", extra: 
     known_hosts.write_text(
         f"{SERVER_IP} {' '.join(keys.host_key.with_suffix('.pub').read_text().split()[:2])}\n"
     )
-    ssh_config = root / "ssh_config"
-    ssh_config.write_text("")
-    return f"""\
-preset = "blitzmail"
-
-[dns]
-listen = ["127.0.0.1:53"]
-upstreams = ["127.0.0.1:5353"]
-
-[tunnel]
-gateways = ["root@{SSHD_LISTEN}"]
-hosts = ["dnd", "dasher"]
-known_hosts = "{known_hosts}"
-identity_files = ["{keys.client_key}"]
-ssh_config = "{ssh_config}"
-wait_for_link_s = 30
-backend = "{backend}"
-
-[hosts.dnd]
-remote = "{SERVER_IP}"
-
-[hosts.dasher]
-remote = "{SERVER_IP}"
-{extra}"""
+    return config_text(
+        keys,
+        root,
+        wait_for_link_s=30,
+        extra=extra,
+        hosts=("dnd", "dasher"),
+        gateway=SSHD_LISTEN,
+        known_hosts=known_hosts,
+        remotes={"dnd": SERVER_IP, "dasher": SERVER_IP},
+        tunnel=f'backend = "{backend}"',
+    )
 
 
 @dataclass
