@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.peers import wait_for
+from tests.peers import daemon_status, wait_for
 
 from .pcap import Frame, read_pcap
 
@@ -494,15 +494,20 @@ class Blitzdns:
         return None
 
     def wait_ready(self, logins_before: int = 0) -> None:
-        """Until the stub answers a protected name and the gateway accepted our key."""
+        """Until the stub answers a protected name and the gateway accepted our key.
+
+        The cheap looks first (the control socket answers, sshd logged the login): ``dig``
+        in the namespace, a program per look, only once they hold.
+        """
 
         def ready() -> bool:
             if (reason := self.died()) is not None:
                 raise AssertionError(reason)
-            answer = self.ns.dig("127.0.0.1", DND)
-            if not answer["answers"]:
+            if not daemon_status(self.root / "control.sock"):
                 return False
-            return self.sshd is None or self.sshd.logins() > logins_before
+            if self.sshd is not None and self.sshd.logins() <= logins_before:
+                return False
+            return bool(self.ns.dig("127.0.0.1", DND)["answers"])
 
         try:
             wait_for(ready, "blitzdns: stub answering and link up")
