@@ -67,10 +67,12 @@ bench-quick: venv sysdeps $(VENV)/.bench-installed
 	$(PY) bench/report.py run --quick
 
 # Bounded, loopback only: a million malformed packets and TCP abuse against the resolver,
-# then the long run of the fuzz targets over its parsers and decision core.
+# then the long run of the fuzz targets over its parsers and decision core, and of the fast
+# path's properties against dnslib.
 fuzz: venv sysdeps
 	$(PY) bench/fuzz_dns.py
 	BLITZDNS_FUZZ_EXAMPLES=20000 $(PY) -m pytest -q -p no:cacheprovider tests/dns/test_fuzz_targets.py
+	BLITZDNS_FASTPATH_EXAMPLES=3000 $(PY) -m pytest -q -p no:cacheprovider tests/dns/test_fastpath.py
 
 # The resolver and the tunnel under faults (bench/stress_dns.py, bench/stress_tunnel.py;
 # SOAK= seconds of the tunnel's soak, default 180).

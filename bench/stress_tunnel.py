@@ -18,15 +18,16 @@ For each backend, one table:
   byte: must be 0), corrupted (a wrong byte: 0) or hung (no byte for ``HUNG_S``: 0).
   sshd listening → link up: p50 and max.
 * **black hole**: sshd in a namespace behind a veth pair whose far end is set down
-  (no FIN, no RST, nothing): keepalive 1 s × 3 → time to declare the link dead; far end
-  up again → time to link up.
+  (no FIN, no RST, nothing): keepalive 1 s × ``--hole-keepalives`` (3) → time to declare
+  the link dead; far end up again → time to link up.
 * **load and soak**: 1000 held connections and 200 × 1 MB at once, then ``--soak``
   seconds of short connections (connect, a line, its echo, close) with ``--reloads``
   SIGHUPs spread over it (every third one with a broken forwards file): failures, RSS and
   descriptors at start / 1 min / end / 30 s after; held connections on the unchanged
   forward must survive every reload, and every broken file must be refused.
 
-``--quick`` is the short version ``make test`` runs (tests/tunnel/test_tunnel_stress.py).
+``make test`` runs a short version (tests/tunnel/test_tunnel_stress.py): fewer cycles,
+transfers and reloads, one hole with one keepalive, no RSS watch.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ async def serve(args: argparse.Namespace) -> None:
         client_keys=(Path(args.key),),
         backend=args.backend,
         keepalive_s=1,
-        keepalive_count_max=3,
+        keepalive_count_max=args.keepalives,
         connect_timeout_s=2,
         wait_for_link_s=WAIT_FOR_LINK_S,
         backoff=Backoff(),
@@ -258,6 +259,15 @@ class Child:
     def reloads(self) -> Counter[str]:
         return Counter(e["reload"] for e in self.events if "reload" in e)
 
+    async def wait_reloads(self, count: int, timeout_s: float) -> Counter[str]:
+        """The reload outcomes once ``count`` of them are reported (or ``timeout_s`` ends)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while sum(self.reloads().values()) < count:
+                    self.changed.clear()
+                    await self.changed.wait()
+        return self.reloads()
+
     def pids(self) -> list[int]:
         return descendants(self.proc.pid)
 
@@ -291,7 +301,12 @@ class Lab:
 
 @contextlib.asynccontextmanager
 async def child(
-    lab: Lab, backend: str, gateway: str | None = None, *, keep_known_hosts: bool = False
+    lab: Lab,
+    backend: str,
+    gateway: str | None = None,
+    *,
+    keep_known_hosts: bool = False,
+    keepalives: int = 3,
 ) -> AsyncIterator[Child]:
     config = lab.root / "ssh_config"
     config.write_text("")
@@ -314,6 +329,8 @@ async def child(
         str(config),
         "--forwards",
         str(lab.forwards_file),
+        "--keepalives",
+        str(keepalives),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=(lab.root / f"{backend}.log").open("ab"),
@@ -481,7 +498,8 @@ async def load_and_soak(
     result = SoakResult()
     if await tunnel.wait_for("up", 0, 20) is None:
         raise SystemExit("the link did not come up")
-    await asyncio.sleep(1)
+    if watch_s > 0:
+        await asyncio.sleep(1)  # idle memory, for the RSS watch (the short run has none)
     result.idle_mb = tunnel.rss_mb()
     result.samples["start"] = (result.idle_mb, tunnel.fds())
     patterns = lab.targets.patterns
@@ -534,6 +552,8 @@ async def load_and_soak(
 
     await asyncio.gather(*(soaker() for _ in range(10)), reloader(), sampler())
     result.samples["end"] = (tunnel.rss_mb(), tunnel.fds())
+    # Every reload done (or refused) before the held connections are checked.
+    result.reloads = await tunnel.wait_reloads(reloads, HUNG_S)
     for reader, writer in streams:
         try:
             writer.write(b"kept\n")
@@ -544,8 +564,6 @@ async def load_and_soak(
         writer.close()
     await asyncio.sleep(after_s)
     result.samples[f"{after_s:g} s after"] = (tunnel.rss_mb(), tunnel.fds())
-    await asyncio.sleep(0.5)
-    result.reloads = tunnel.reloads()
     return result
 
 
@@ -598,7 +616,9 @@ def namespaced_sshd(lab: Lab, tag: str) -> Iterator[tuple[str, str, str, subproc
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
-async def black_hole(lab: Lab, backend: str, rounds: int, outage_s: float) -> HoleResult:
+async def black_hole(
+    lab: Lab, backend: str, rounds: int, outage_s: float, keepalives: int = 3
+) -> HoleResult:
     result = HoleResult()
     if shutil.which("ip") is None:
         result.skipped = "ip (iproute2) not installed"
@@ -609,7 +629,9 @@ async def black_hole(lab: Lab, backend: str, rounds: int, outage_s: float) -> Ho
             lab.sshd.known_hosts_line().replace("127.0.0.1", address)
         )
         gateway = f"{lab.sshd.user}@{address}:{lab.sshd.port}"
-        async with child(lab, backend, gateway, keep_known_hosts=True) as tunnel:
+        async with child(
+            lab, backend, gateway, keep_known_hosts=True, keepalives=keepalives
+        ) as tunnel:
             if await tunnel.wait_for("up", 0, 30) is None:
                 result.skipped = "the link through the namespace did not come up"
                 return result
@@ -630,7 +652,7 @@ async def black_hole(lab: Lab, backend: str, rounds: int, outage_s: float) -> Ho
 
 async def run_backend(args: argparse.Namespace, backend: str, tmp: Path) -> dict[str, Any]:
     rng = random.Random(args.seed)
-    report: dict[str, Any] = {"backend": backend}
+    report: dict[str, Any] = {"backend": backend, "hole_keepalives": args.hole_keepalives}
     with sshd_lab(tmp / backend) as sshd:
         targets = await Targets().start()
         lab = Lab(
@@ -648,7 +670,9 @@ async def run_backend(args: argparse.Namespace, backend: str, tmp: Path) -> dict
                 report["storm"] = await kill_storm(
                     lab, tunnel, args.cycles, args.parallel, rng, args.max_mb, args.pace
                 )
-            report["hole"] = await black_hole(lab, backend, args.holes, args.outage)
+            report["hole"] = await black_hole(
+                lab, backend, args.holes, args.outage, args.hole_keepalives
+            )
             write_forwards(lab)
             async with child(lab, backend) as tunnel:
                 report["soak"] = await load_and_soak(
@@ -687,7 +711,8 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"black hole: skipped ({hole.skipped})")
     else:
         print(
-            f"black hole ({len(hole.dead_s)} rounds, keepalive 1 s x 3): declared dead after "
+            f"black hole ({len(hole.dead_s)} rounds, keepalive 1 s x {report['hole_keepalives']}):"
+            f" declared dead after "
             f"p50 {percentile(hole.dead_s, 0.5):.2f} s, max {max(hole.dead_s, default=0):.2f} s;"
             f" restored -> link up p50 {percentile(hole.relink_s, 0.5):.2f} s, "
             f"max {max(hole.relink_s, default=0):.2f} s"
@@ -728,6 +753,13 @@ def main() -> None:
     parser.add_argument("--watch", type=float, default=30.0, help="RSS watch after a burst")
     parser.add_argument("--holes", type=int, default=3, help="black-hole rounds")
     parser.add_argument("--outage", type=float, default=3.0, help="seconds each hole lasts")
+    parser.add_argument(
+        "--hole-keepalives",
+        type=int,
+        default=3,
+        help="keepalives (1 s apart) missed before the link through the hole is dead",
+    )
+    parser.add_argument("--keepalives", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         asyncio.run(serve(args))

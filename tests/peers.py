@@ -27,11 +27,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
 from blitzdns.config import Endpoint
+from blitzdns.control import query_status
+from blitzdns.errors import BlitzdnsError
 
 T = TypeVar("T")
 
@@ -78,6 +80,18 @@ async def wait_until(condition: Callable[[], object], timeout_s: float = 10) -> 
     async with asyncio.timeout(timeout_s):
         while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+def daemon_status(control: Path) -> dict[str, Any]:
+    """What ``blitzdns status --json --control-socket CONTROL`` prints, asked from this
+    process with the command's own client (:func:`blitzdns.control.query_status`); ``{}``
+    while no daemon answers there. For polling a daemon: a ``blitzdns status`` program per
+    look costs a start-up of the command line each time, and a loaded machine many of them.
+    Tests of the ``status`` command itself run the program."""
+    try:
+        return query_status(control)
+    except BlitzdnsError:
+        return {}
 
 
 # --------------------------------------------------------------------------- ports

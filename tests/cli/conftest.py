@@ -8,14 +8,12 @@ its control socket in the test's own directory.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.peers import free_port
+from tests.peers import daemon_status, free_port, wait_for
 
 BLITZDNS = str(Path(sys.executable).with_name("blitzdns"))
 
@@ -83,20 +81,21 @@ class RunningDaemon:
     def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = 30
     ) -> dict[str, Any]:
-        """Poll ``status --json`` until ``predicate`` holds (the daemon must stay alive)."""
-        deadline = time.monotonic() + timeout_s
+        """Poll the status (what ``status --json`` prints, asked in this process) until
+        ``predicate`` holds; the daemon must stay alive."""
         last: dict[str, Any] = {}
-        while time.monotonic() < deadline:
+
+        def check() -> dict[str, Any] | None:
+            nonlocal last
             if self.process.poll() is not None:
                 raise AssertionError(f"daemon exited: {self.log.read_text()[-3000:]}")
-            with contextlib.suppress(json.JSONDecodeError):
-                done = self.status()
-                if done.stdout:
-                    last = json.loads(done.stdout)
-                    if predicate(last):
-                        return last
-            time.sleep(0.05)
-        raise AssertionError(f"not reached; last status {last}; log {self.log.read_text()}")
+            now = daemon_status(self.control)
+            last = now or last
+            return now if now and predicate(now) else None
+
+        return wait_for(
+            check, lambda: f"the status; last {last}; log {self.log.read_text()}", timeout_s
+        )
 
     def stop(self) -> int:
         if self.process.poll() is None:

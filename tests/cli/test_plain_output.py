@@ -10,23 +10,34 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import BLITZDNS, RunningDaemon, blitzdns, echo_config
+from .conftest import BLITZDNS, RunningDaemon, blitzdns, echo_config, running
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """One daemon (its config, its control socket) for the read-only commands of every
+    environment below."""
+    root = tmp_path_factory.mktemp("plain")
+    config = echo_config(root)
+    control = root / "control.sock"
+    argv = [BLITZDNS, "run", "-c", str(config), "--control-socket", str(control)]
+    with running(argv, control, root / "daemon.log"):
+        yield config, control
 
 
 @pytest.mark.parametrize(
     "env", [{"NO_COLOR": "1"}, {"TERM": "dumb"}, {}], ids=["NO_COLOR", "TERM=dumb", "pipe"]
 )
 def test_no_escape_codes_in_any_output(
-    env: dict[str, str], tmp_path: Path, start_daemon: Callable[..., RunningDaemon]
+    env: dict[str, str], tmp_path: Path, shared_daemon: tuple[Path, Path]
 ) -> None:
-    config = echo_config(tmp_path)
-    daemon = start_daemon(config)
-    control = str(daemon.control)
+    config, control_path = shared_daemon
+    control = str(control_path)
     runs = [
         ("--help",),
         ("help", "all"),

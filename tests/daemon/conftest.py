@@ -6,8 +6,6 @@ The ``sshd`` fixture is shared by every suite (tests/conftest.py, tests/peers.py
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import wait_for
+from tests.peers import daemon_status, wait_for
 
 BLITZDNS = str(Path(sys.executable).with_name("blitzdns"))
 
@@ -34,14 +32,8 @@ class Daemon:
     log: Path
 
     def status(self) -> dict[str, object]:
-        out = subprocess.run(
-            [BLITZDNS, "status", "--json", "--control-socket", str(self.control)],
-            capture_output=True,
-            timeout=10,
-            check=True,
-        )
-        result: dict[str, object] = json.loads(out.stdout)
-        return result
+        """``status --json`` (``{}`` while the daemon does not answer)."""
+        return daemon_status(self.control)
 
     def _alive(self) -> None:
         if self.process.poll() is not None:
@@ -54,11 +46,8 @@ class Daemon:
         def check() -> dict[str, object] | None:
             nonlocal last
             self._alive()
-            with contextlib.suppress(subprocess.CalledProcessError, json.JSONDecodeError):
-                last = self.status()
-                if callable(predicate) and predicate(last):
-                    return last
-            return None
+            last = self.status()
+            return last if last and callable(predicate) and predicate(last) else None
 
         return wait_for(
             check, lambda: f"the status; last {last}; log {self.log.read_text()}", timeout_s

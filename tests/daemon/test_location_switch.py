@@ -6,7 +6,6 @@ the stub (queried with dig inside the namespace) starts answering the newly prot
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import wait_for
+from tests.peers import daemon_status, wait_for
 
 from .conftest import BLITZDNS
 
@@ -70,15 +69,7 @@ def namespace() -> Iterator[str]:
 
 
 def location_of(control: Path) -> str | None:
-    out = subprocess.run(  # noqa: PLW1510
-        [BLITZDNS, "status", "--json", "--control-socket", str(control)],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-    if out.returncode:
-        return None
-    value = json.loads(out.stdout).get("location")
+    value = daemon_status(control).get("location")
     return str(value) if value else None
 
 

@@ -26,7 +26,7 @@ import pytest
 from blitzdns.dns.quiet import LogLimiter
 from blitzdns.dns.server import FORWARD_MAX, TCP_CLIENTS_MAX, TCP_PER_CLIENT_MAX
 from blitzdns.dns.upstream import SOCKETS_PER_UPSTREAM
-from tests.peers import wait_for
+from tests.peers import DNSMASQ, wait_for
 
 from .conftest import Dnsmasq, FakeUpstream, ServerThread, make_config
 from .test_resolver import addresses, ask
@@ -385,30 +385,37 @@ def bench_result(script: str, *args: str, timeout: float = 240) -> dict[str, Any
     return result
 
 
-def test_fuzz_run_short(dnsmasq: Dnsmasq) -> None:
-    """``make fuzz``, short: malformed packets and TCP abuse, correct answers after each batch."""
-    result = bench_result("fuzz_dns.py", "--packets", "16000", "--batch", "4000")
-    assert result["packets"] == 16000 and result["checks"] == 4
+def test_fuzz_run_short() -> None:
+    """``make fuzz``, short: malformed packets of every kind and TCP abuse, correct answers
+    after each of 4 batches (the run starts its own dnsmasq)."""
+    if DNSMASQ is None:
+        pytest.skip("dnsmasq is not installed (Debian package dnsmasq)")
+    result = bench_result("fuzz_dns.py", "--packets", "8000", "--batch", "2000")
+    assert result["packets"] == 8000 and result["checks"] == 4
     assert result["failed_checks"] == []
     for key in ("crashes", "tracebacks", "replies_to_qr", "oversize", "unparseable"):
         assert result[key] == 0, (key, result)
     assert result["resolver_errors"] == 0 and result["formerr"] > 0
 
 
-def test_stress_run_short(dnsmasq: Dnsmasq) -> None:
-    """``make stress``, short: no forged reply accepted from any faulty upstream, and the
-    protected name answered during a flood (how fast is the long run's to measure)."""
+def test_stress_run_short() -> None:
+    """``make stress``, short: no forged reply accepted from any faulty upstream (one name
+    each), and the protected name answered during a flood (how fast, and the memory given
+    back after it, are the long run's to measure)."""
     result = bench_result(
         "stress_dns.py",
-        *("--queries", "2", "--flood-seconds", "2", "--rounds", "1", "--timeout", "0.5"),
-        *("--no-peer", "--no-control"),
+        *("--queries", "1", "--flood-seconds", "1", "--rounds", "1", "--timeout", "0.5"),
+        *("--no-peer", "--no-control", "--no-settle"),
     )
     faults = {row["fault"]: row for row in result["faults"]}
     assert all(row["bad_accepted"] == 0 and row["tracebacks"] == 0 for row in faults.values())
-    assert faults["slow"]["rcodes"] == {"NOERROR": 2}
-    assert faults["CNAME to protected"]["rcodes"] == {"NOERROR": 2}
-    for fault in ("down", "black hole", "garbage", "wrong ID", "spoofed source", "TC without TCP"):
-        assert faults[fault]["rcodes"] == {"SERVFAIL": 2}, faults[fault]
+    assert faults["slow"]["rcodes"] == {"NOERROR": 1}
+    assert faults["CNAME to protected"]["rcodes"] == {"NOERROR": 1}
+    failing = ("down", "black hole", "garbage", "wrong ID", "spoofed source", "other question",
+               "TC without TCP")  # fmt: skip
+    for fault in failing:
+        assert faults[fault]["rcodes"] == {"SERVFAIL": 1}, faults[fault]
+    assert len(faults) == len(failing) + 2  # every fault of the table, each checked
     flood = result["flood"]
     assert flood["tracebacks"] == 0 and flood["within_1s"] > 0 and flood["steered"] > 0
     assert flood["peak_fds"] <= flood["idle_fds"] + FORWARD_MAX

@@ -8,6 +8,7 @@ by byte patching must equal what dnslib says they should be.
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import Any
 
@@ -31,6 +32,8 @@ PROTECTED = sorted(
     | {"1.0.77.127.in-addr.arpa", "2.0.77.127.in-addr.arpa"}
 )
 NOW = 1000.0
+#: Examples per property: a short run in ``make test``, a long one in ``make fuzz``.
+EXAMPLES = int(os.environ.get("BLITZDNS_FASTPATH_EXAMPLES", "200"))
 
 
 def new_engine(cache_size: int = 100) -> Engine:
@@ -153,7 +156,7 @@ def same_outcome(fast: object, slow: object) -> None:
         assert fast is None and slow is None, (fast, slow)
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(query=queries(), client=st.sampled_from(CLIENTS), data=st.data())
 @example(query=b"", client="127.0.0.1", data=None)
 @example(query=COOKIE_QUERY, client="127.0.0.1", data=None)
@@ -169,7 +172,7 @@ def test_fast_path_agrees_with_dnslib(query: bytes, client: str, data: Any) -> N
     same_outcome(engine.handle(again, client, NOW), new_engine().handle_slow(again, client, NOW))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(packet=st.binary(max_size=300), client=st.sampled_from(CLIENTS))
 def test_junk_never_crashes_and_both_paths_agree(packet: bytes, client: str) -> None:
     engine = new_engine()
@@ -178,7 +181,7 @@ def test_junk_never_crashes_and_both_paths_agree(packet: bytes, client: str) -> 
     same_outcome(fast, new_engine().handle_slow(packet, client, NOW))
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(query=queries(), data=st.data())
 def test_plain_shape_is_simple_query_read_from_the_end(query: bytes, data: Any) -> None:
     """The engine's end-read shape equals the walking parser's wherever the name ends there."""
@@ -227,7 +230,7 @@ def upstream_reply(query: bytes, ttls: list[int], kind: str) -> bytes:
     return bytes(reply.pack())
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(
     letters=st.lists(st.booleans(), min_size=1, max_size=20),
     ttls=st.lists(st.integers(0, 5000), min_size=1, max_size=4),

@@ -33,7 +33,7 @@ from blitzdns.dns.table import Table
 
 from .test_fastpath import CLIENTS, CONFIG, NOW, queries
 
-EXAMPLES = int(os.environ.get("BLITZDNS_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("BLITZDNS_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -4,7 +4,6 @@ and counts it. In a network namespace of the test's own, files under --root."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.peers import wait_for
+from tests.peers import daemon_status, wait_for
 
 from .conftest import BLITZDNS, WAIT_S, blitzdns, ruleset, try_connect
 
@@ -53,17 +52,6 @@ def lan_dns(netns: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes
     yield process, hosts
     process.terminate()
     process.wait(timeout=10)
-
-
-def status(control: Path) -> dict[str, Any]:
-    done = subprocess.run(
-        [BLITZDNS, "status", "--json", "--control-socket", str(control)],
-        capture_output=True, text=True, timeout=20, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        return {}
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
 
 
 @pytest.mark.parametrize("user", [None, "nobody"], ids=["as-root", "dropped-to-nobody"])
@@ -104,7 +92,7 @@ def test_run_installs_refreshes_and_keeps_the_guard_and_reverts_resolv_conf(
             def check() -> dict[str, Any] | None:
                 if daemon.poll() is not None:
                     raise AssertionError(f"run exited: {log.read_text()[-3000:]}")
-                snap = status(control).get("guard") or {}
+                snap = daemon_status(control).get("guard") or {}
                 return snap if snap and predicate(snap) else None
 
             result: dict[str, Any] = wait_for(check, "the daemon's guard status", timeout=30)

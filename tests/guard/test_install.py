@@ -76,7 +76,7 @@ def test_apply_refuses_at_once_and_uninstall_restores_the_ruleset_exactly(
     root.mkdir()
     before = ruleset(netns)
     # Control: without the guard nobody answers the real address (the dummy link eats it).
-    assert try_connect(netns, "198.51.100.2", 902, timeout=1.0) == "timeout"
+    assert try_connect(netns, "198.51.100.2", 902, timeout=0.5) == "timeout"
     done = blitzdns("guard", "install", "-c", config, "--target", "nftables",
                     "--root", str(root), "--apply", *PINNED, netns=netns)  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -84,7 +84,7 @@ def test_apply_refuses_at_once_and_uninstall_restores_the_ruleset_exactly(
     assert try_connect(netns, "198.51.100.2", 902) == "refused"
     assert try_connect(netns, "198.51.100.3", 2151) == "refused"
     # Another port of the same host, and another address, are untouched.
-    assert try_connect(netns, "198.51.100.2", 22, timeout=1.0) == "timeout"
+    assert try_connect(netns, "198.51.100.2", 22, timeout=0.5) == "timeout"
     # Applying again replaces the table in one go: still one table, same rules.
     again = blitzdns("guard", "install", "-c", config, "--target", "nftables",
                      "--root", str(root), "--apply", *PINNED, netns=netns)  # fmt: skip

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.peers import wait_for
+from tests.peers import daemon_status, wait_for
 
 from .pcap import Frame, read_pcap
 
@@ -425,6 +425,9 @@ class FakeServers:
         return [line for _, direction, line in lines if direction == "in"]
 
 
+REMOTES = {"dnd": DND_IP, "dasher": DASHER_IP, "prancer": PRANCER_IP}
+
+
 def config_text(
     keys: SshKeys,
     root: Path,
@@ -432,10 +435,17 @@ def config_text(
     wait_for_link_s: float = 2.0,
     extra: str = "",
     hosts: Sequence[str] = ("dnd", "dasher", "prancer"),
+    gateway: str = f"{GATEWAY_IP}:{SSH_PORT}",
+    known_hosts: Path | None = None,
+    remotes: dict[str, str] = REMOTES,
+    tunnel: str = "keepalive_s = 5",
 ) -> str:
-    """A blitzdns config for the lab: stub on 127.0.0.1:53, tunnel to the gateway's sshd."""
+    """A blitzdns config for a lab: stub on 127.0.0.1:53, tunnel to the sshd on ``gateway``
+    (the gateway's), ``remotes`` the hosts' addresses behind it, ``tunnel`` more lines of
+    ``[tunnel]``."""
     ssh_config = root / "ssh_config"
     ssh_config.write_text("")
+    sections = "".join(f'\n[hosts.{h}]\nremote = "{ip}"\n' for h, ip in remotes.items())
     return f"""\
 preset = "blitzmail"
 
@@ -444,23 +454,14 @@ listen = ["127.0.0.1:53"]
 upstreams = ["127.0.0.1:5353"]
 
 [tunnel]
-gateways = ["root@{GATEWAY_IP}:{SSH_PORT}"]
+gateways = ["root@{gateway}"]
 hosts = {json.dumps(list(hosts))}
-known_hosts = "{keys.known_hosts}"
+known_hosts = "{known_hosts or keys.known_hosts}"
 identity_files = ["{keys.client_key}"]
 ssh_config = "{ssh_config}"
 wait_for_link_s = {wait_for_link_s}
-keepalive_s = 5
-
-[hosts.dnd]
-remote = "{DND_IP}"
-
-[hosts.dasher]
-remote = "{DASHER_IP}"
-
-[hosts.prancer]
-remote = "{PRANCER_IP}"
-{extra}"""
+{tunnel}
+{sections}{extra}"""
 
 
 @dataclass
@@ -493,15 +494,20 @@ class Blitzdns:
         return None
 
     def wait_ready(self, logins_before: int = 0) -> None:
-        """Until the stub answers a protected name and the gateway accepted our key."""
+        """Until the stub answers a protected name and the gateway accepted our key.
+
+        The cheap looks first (the control socket answers, sshd logged the login): ``dig``
+        in the namespace, a program per look, only once they hold.
+        """
 
         def ready() -> bool:
             if (reason := self.died()) is not None:
                 raise AssertionError(reason)
-            answer = self.ns.dig("127.0.0.1", DND)
-            if not answer["answers"]:
+            if not daemon_status(self.root / "control.sock"):
                 return False
-            return self.sshd is None or self.sshd.logins() > logins_before
+            if self.sshd is not None and self.sshd.logins() <= logins_before:
+                return False
+            return bool(self.ns.dig("127.0.0.1", DND)["answers"])
 
         try:
             wait_for(ready, "blitzdns: stub answering and link up")

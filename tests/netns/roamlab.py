@@ -24,13 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.peers import daemon_status
+
 from .lab import (
-    BLITZDNS,
     PYTHON,
     Blitzdns,
     Lab,
     Namespace,
     SshKeys,
+    config_text,
     ip_command,
     read_text,
     stop_process,
@@ -121,30 +123,17 @@ def roam_config(keys: SshKeys, root: Path, *, backend: str = "asyncssh", extra: 
     known_hosts.write_text(
         f"{SERVER_IP} {' '.join(keys.host_key.with_suffix('.pub').read_text().split()[:2])}\n"
     )
-    ssh_config = root / "ssh_config"
-    ssh_config.write_text("")
-    return f"""\
-preset = "blitzmail"
-
-[dns]
-listen = ["127.0.0.1:53"]
-upstreams = ["127.0.0.1:5353"]
-
-[tunnel]
-gateways = ["root@{SSHD_LISTEN}"]
-hosts = ["dnd", "dasher"]
-known_hosts = "{known_hosts}"
-identity_files = ["{keys.client_key}"]
-ssh_config = "{ssh_config}"
-wait_for_link_s = 30
-backend = "{backend}"
-
-[hosts.dnd]
-remote = "{SERVER_IP}"
-
-[hosts.dasher]
-remote = "{SERVER_IP}"
-{extra}"""
+    return config_text(
+        keys,
+        root,
+        wait_for_link_s=30,
+        extra=extra,
+        hosts=("dnd", "dasher"),
+        gateway=SSHD_LISTEN,
+        known_hosts=known_hosts,
+        remotes={"dnd": SERVER_IP, "dasher": SERVER_IP},
+        tunnel=f'backend = "{backend}"',
+    )
 
 
 @dataclass
@@ -185,11 +174,5 @@ def link_source(ns: Namespace) -> str | None:
 
 
 def status(ns: Namespace, daemon: Blitzdns) -> dict[str, Any]:
-    done = ns.run(
-        BLITZDNS, "status", "--json", "--control-socket", str(daemon.root / "control.sock"),
-        check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        return {}
-    answer: dict[str, Any] = json.loads(done.stdout)
-    return answer
+    """The daemon's ``status --json`` (its control socket is a file: reachable from here)."""
+    return daemon_status(daemon.root / "control.sock")

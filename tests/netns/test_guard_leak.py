@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.peers import daemon_status
+
 from ..guard.conftest import try_connect
 from .conftest import MakeBlitzdns
 from .lab import (
@@ -138,9 +140,7 @@ def test_the_guard_refuses_the_bypassed_session_and_the_watch_restores_resolv_co
     daemon.wait_ready()
 
     def guard_status() -> dict[str, Any]:
-        shown = client.run(BLITZDNS, "status", "--json", "--control-socket", str(control),
-                           check=False)  # fmt: skip
-        return dict(json.loads(shown.stdout).get("guard") or {}) if shown.returncode == 0 else {}
+        return dict(daemon_status(control).get("guard") or {})
 
     wait_for(lambda: guard_status().get("addresses") == 3, "the guard to refuse 3 addresses")
     try:

@@ -142,7 +142,7 @@ def test_link_down_sends_nothing_toward_the_servers_and_closes(
     client_capture: Capture,
 ) -> None:
     client = lab["client"]
-    daemon = make_blitzdns(sshd, wait_for_link_s=2).start()
+    daemon = make_blitzdns(sshd, wait_for_link_s=0.5).start()
     daemon.wait_ready()
     mouth = daemon.mouth(DND)
     sshd.stop()

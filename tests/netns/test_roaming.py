@@ -137,7 +137,7 @@ def test_a_network_switch_relinks_on_the_new_path(roam: RoamLab, daemon: Blitzdn
     client = roam["client"]
     stream = shorts(roam, daemon)
     wait_for(lambda: any(r["ok"] for r in stream.results()), "the stream working")
-    spanning = bulk(roam, daemon, "bulk-spanning", 32 << 20, 0.01)
+    spanning = bulk(roam, daemon, "bulk-spanning", 12 << 20, 0.01)
     old, new = UPLINKS[roam.active][0], UPLINKS[roam.standby][0]
     old_interface, new_interface = roam.active, roam.standby
 

@@ -40,6 +40,7 @@ async def test_the_short_stress_run_keeps_every_promise(backend: str, tmp_path: 
         seed=7,
         holes=1,
         outage=0.3,
+        hole_keepalives=1,
     )
     (tmp_path / backend).mkdir()
     stress_tunnel.raise_nofile()
