@@ -25,7 +25,11 @@ Measured per round, for each side (the order alternates between rounds; medians 
   (``--bytecode cached``, the default: ``PYTHONPYCACHEPREFIX=/tmp/daemon-bench-pycache``,
   as an installed package has its ``.pyc`` files; without it a shell with
   ``PYTHONDONTWRITEBYTECODE=1`` makes the daemon compile its own sources at every start).
-* **RSS idle**: VmRSS of the process tree 1 s after ready; and **with N connections**:
+* **CPU exec→ready**: user + system time the side's processes (with the children they
+  waited for) used until ready, read from /proc/<pid>/stat: less moved by the machine's
+  load than the wall time (blitzdns: the interpreter, its imports, the SSH handshake).
+* **RSS idle**: VmRSS of the process tree 1 s after ready (and Pss, which splits shared
+  library pages between the processes that map them); and **with N connections**:
   N client connections spread over the mouths, each sends a line and gets its echo, all
   held open, then VmRSS and VmHWM (summed over the side's processes; for the peer ssh +
   dnsmasq, dnsmasq also shown alone), and the growth per held connection.
@@ -183,6 +187,27 @@ def memory_kb(pids: Sequence[int]) -> tuple[int, int]:
                 elif line.startswith("VmHWM:"):
                     hwm += int(line.split()[1])
     return rss, hwm
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU time (user + system, with the children waited for: ldconfig, ...) of ``pids``."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def pss_kb(pids: Sequence[int]) -> int:
+    """Summed proportional set size (kB): shared library pages split between their users."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+    return total
 
 
 def raise_nofile() -> None:
@@ -586,6 +611,7 @@ def measure(
             side.check_alive()
             raise RuntimeError(f"{side.name}: {exc}\n{side.log.text()[-3000:]}") from exc
         side.check_alive()
+        cpu_at_ready = cpu_seconds(side.pids())
         link = side.log.first(side.link_needle)
         accepted = lab.sshd_log.first("Connection from 127.0.0.1", sshd_mark)
         authed = lab.sshd_log.first("Accepted publickey", sshd_mark)
@@ -593,6 +619,7 @@ def measure(
             "exec→DNS answering": startup.dns - exec_at,
             "exec→DNS + mouths listening": startup.listening_ready - exec_at,
             "exec→ready (DNS + all mouths carrying)": startup.ready - exec_at,
+            "CPU exec→ready (s)": cpu_at_ready,
         }
         if accepted is not None:
             values["exec→sshd accepted TCP"] = accepted - exec_at
@@ -606,6 +633,7 @@ def measure(
         rss, hwm = memory_kb(side.pids())
         values["RSS idle (MB)"] = rss / 1024
         values["VmHWM idle (MB)"] = hwm / 1024
+        values["Pss idle (MB)"] = pss_kb(side.pids()) / 1024
         extra_pids = [pid for proc in side.extra for pid in descendants(proc.pid)]
 
         async def loaded() -> float:

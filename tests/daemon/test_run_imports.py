@@ -85,3 +85,22 @@ def test_a_started_daemon_has_not_loaded_what_it_does_not_use(tmp_path: Path) ->
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1]) == []
+
+
+def test_the_cli_help_does_not_load_rich() -> None:
+    """typer draws its help with rich when rich is there and asked for; blitzdns's help is
+    plain text (rich_markup_mode=None), so rich stays out even where it is installed."""
+    code = (
+        "import sys\n"
+        "from blitzdns.entry import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('rich' in sys.modules, file=sys.stderr)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "run " in out.stdout and "status" in out.stdout
+    assert out.stderr.strip().splitlines()[-1] == "False"
