@@ -43,7 +43,7 @@ from blitzdns.logs import FORMATS, link_event, setup_logging
 from blitzdns.plan import notes
 from blitzdns.snapshot import Snapshot, snapshot
 from blitzdns.system import privileges, sdnotify
-from blitzdns.system.record import installed, saved_upstreams
+from blitzdns.system.record import resolver_installed, saved_upstreams
 from tunnel import Forward, Gateway, LinkStatus, RelayLimits, TunnelOptions, UdpForward
 
 if TYPE_CHECKING:
@@ -415,7 +415,7 @@ class Daemon:
         await self.control.start()
         # [guard]: installed now, as root; refreshed later through the warden (issue 14).
         dropping = user is not None and os.geteuid() == 0
-        if config.guard.enabled or installed(self.options.root):
+        if config.guard.enabled or resolver_installed(self.options.root):
             # The guard's machinery (rules, nft, the warden) loads only where it has work.
             from blitzdns.guard_service import start_guard  # noqa: PLC0415
 

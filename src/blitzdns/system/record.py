@@ -111,7 +111,7 @@ def load_state(root: Path = Path("/"), record_file: str = STATE_FILE) -> State |
     return State.from_json(data, path)
 
 
-def installed(root: Path = Path("/")) -> bool:
+def resolver_installed(root: Path = Path("/")) -> bool:
     """Whether a resolver config is installed here (an unreadable record: no)."""
     try:
         return load_state(root) is not None
