@@ -396,7 +396,7 @@ def start_blitzdns(
     return Side("blitzdns", [proc], LineClock(proc.stderr), "link up via")
 
 
-def start_peer(lab: Lab, job: Job, dns_port: int) -> Side:
+def start_peer(lab: Lab, job: Job, dns_port: int, ssh_options: Sequence[str] = ()) -> Side:
     sshd = lab.sshd
     addresses = [f"--address=/{name}/{mouth}" for name, mouth in job.names.items()]
     dnsmasq = subprocess.Popen(
@@ -432,6 +432,7 @@ def start_peer(lab: Lab, job: Job, dns_port: int) -> Side:
             "ExitOnForwardFailure=yes",
             "-o",
             "LogLevel=VERBOSE",
+            *ssh_options,
             *forwards,
             f"{sshd.user}@127.0.0.1",
         ],
@@ -594,6 +595,7 @@ def measure(
     timeout_s: float,
     round_dir: Path,
     bytecode_cache: Path | None,
+    peer_options: Sequence[str] = (),
 ) -> dict[str, float]:
     dns_port = free_port()
     sshd_mark = lab.sshd_log.mark()
@@ -601,7 +603,7 @@ def measure(
     side = (
         start_blitzdns(lab, job, dns_port, round_dir, bytecode_cache)
         if side_name == "blitzdns"
-        else start_peer(lab, job, dns_port)
+        else start_peer(lab, job, dns_port, peer_options)
     )
     try:
         deadline = exec_at + timeout_s
@@ -767,6 +769,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="cached: the daemon keeps bytecode in /tmp/daemon-bench-pycache, as an installed "
         "package would; inherited: as this shell runs it (PYTHONDONTWRITEBYTECODE is honoured)",
     )
+    parser.add_argument(
+        "--peer-kex",
+        metavar="ALGORITHMS",
+        help="ssh -o KexAlgorithms=ALGORITHMS for the peer (default: ssh's own, which is "
+        "sntrup761x25519-sha512 with OpenSSH 9.x: a post-quantum exchange that costs ssh "
+        "CPU time; asyncssh without liboqs takes curve25519-sha256 from such a server)",
+    )
     parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo:
@@ -776,6 +785,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit("--rounds must be 1..50 and --connections 1..10000")
     raise_nofile()
     sys.setswitchinterval(0.001)
+    peer_options = ("-o", f"KexAlgorithms={args.peer_kex}") if args.peer_kex else ()
     with bench_lock(args.lock_wait):
         print(f"loadavg at start: {Path('/proc/loadavg').read_text().strip()}", flush=True)
         sides = [args.only] if args.only else ["blitzdns", "openssh+dnsmasq"]
@@ -785,13 +795,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             job = make_job(where.echo_port)
             print(
                 f"job: {len(job.hosts)} hosts, {len(job.names)} names, {len(job.forwards)} "
-                f"TCP forwards on {job.mouth_block}; sshd MaxSessions {args.max_sessions}",
+                f"TCP forwards on {job.mouth_block}; sshd MaxSessions {args.max_sessions}; "
+                f"peer kex: {args.peer_kex or 'ssh default'}",
                 flush=True,
             )
             for side in sides:
                 warm_dir = where.root / f"warm-up-{side}"
                 warm_dir.mkdir()
-                measure(side, where, job, 10, args.timeout, warm_dir, cache)
+                measure(side, where, job, 10, args.timeout, warm_dir, cache, peer_options)
             print("warm-up round done (page cache, bytecode cache); not counted", flush=True)
             for index in range(args.rounds):
                 order = sides if index % 2 == 0 else sides[::-1]
@@ -802,7 +813,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                     round_dir = where.root / f"round{index}-{side}"
                     round_dir.mkdir()
                     result[side] = measure(
-                        side, where, job, args.connections, args.timeout, round_dir, cache
+                        side,
+                        where,
+                        job,
+                        args.connections,
+                        args.timeout,
+                        round_dir,
+                        cache,
+                        peer_options,
                     )
                     ready = result[side]["exec→ready (DNS + all mouths carrying)"]
                     rss = result[side][f"RSS with {args.connections} conns (MB)"]
