@@ -25,7 +25,11 @@ Measured per round, for each side (the order alternates between rounds; medians 
   (``--bytecode cached``, the default: ``PYTHONPYCACHEPREFIX=/tmp/daemon-bench-pycache``,
   as an installed package has its ``.pyc`` files; without it a shell with
   ``PYTHONDONTWRITEBYTECODE=1`` makes the daemon compile its own sources at every start).
-* **RSS idle**: VmRSS of the process tree 1 s after ready; and **with N connections**:
+* **CPU exec→ready**: user + system time the side's processes (with the children they
+  waited for) used until ready, read from /proc/<pid>/stat: less moved by the machine's
+  load than the wall time (blitzdns: the interpreter, its imports, the SSH handshake).
+* **RSS idle**: VmRSS of the process tree 1 s after ready (and Pss, which splits shared
+  library pages between the processes that map them); and **with N connections**:
   N client connections spread over the mouths, each sends a line and gets its echo, all
   held open, then VmRSS and VmHWM (summed over the side's processes; for the peer ssh +
   dnsmasq, dnsmasq also shown alone), and the growth per held connection.
@@ -183,6 +187,27 @@ def memory_kb(pids: Sequence[int]) -> tuple[int, int]:
                 elif line.startswith("VmHWM:"):
                     hwm += int(line.split()[1])
     return rss, hwm
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU time (user + system, with the children waited for: ldconfig, ...) of ``pids``."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def pss_kb(pids: Sequence[int]) -> int:
+    """Summed proportional set size (kB): shared library pages split between their users."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+    return total
 
 
 def raise_nofile() -> None:
@@ -371,7 +396,7 @@ def start_blitzdns(
     return Side("blitzdns", [proc], LineClock(proc.stderr), "link up via")
 
 
-def start_peer(lab: Lab, job: Job, dns_port: int) -> Side:
+def start_peer(lab: Lab, job: Job, dns_port: int, ssh_options: Sequence[str] = ()) -> Side:
     sshd = lab.sshd
     addresses = [f"--address=/{name}/{mouth}" for name, mouth in job.names.items()]
     dnsmasq = subprocess.Popen(
@@ -407,6 +432,7 @@ def start_peer(lab: Lab, job: Job, dns_port: int) -> Side:
             "ExitOnForwardFailure=yes",
             "-o",
             "LogLevel=VERBOSE",
+            *ssh_options,
             *forwards,
             f"{sshd.user}@127.0.0.1",
         ],
@@ -569,6 +595,7 @@ def measure(
     timeout_s: float,
     round_dir: Path,
     bytecode_cache: Path | None,
+    peer_options: Sequence[str] = (),
 ) -> dict[str, float]:
     dns_port = free_port()
     sshd_mark = lab.sshd_log.mark()
@@ -576,7 +603,7 @@ def measure(
     side = (
         start_blitzdns(lab, job, dns_port, round_dir, bytecode_cache)
         if side_name == "blitzdns"
-        else start_peer(lab, job, dns_port)
+        else start_peer(lab, job, dns_port, peer_options)
     )
     try:
         deadline = exec_at + timeout_s
@@ -586,6 +613,7 @@ def measure(
             side.check_alive()
             raise RuntimeError(f"{side.name}: {exc}\n{side.log.text()[-3000:]}") from exc
         side.check_alive()
+        cpu_at_ready = cpu_seconds(side.pids())
         link = side.log.first(side.link_needle)
         accepted = lab.sshd_log.first("Connection from 127.0.0.1", sshd_mark)
         authed = lab.sshd_log.first("Accepted publickey", sshd_mark)
@@ -593,6 +621,7 @@ def measure(
             "exec→DNS answering": startup.dns - exec_at,
             "exec→DNS + mouths listening": startup.listening_ready - exec_at,
             "exec→ready (DNS + all mouths carrying)": startup.ready - exec_at,
+            "CPU exec→ready (s)": cpu_at_ready,
         }
         if accepted is not None:
             values["exec→sshd accepted TCP"] = accepted - exec_at
@@ -606,6 +635,7 @@ def measure(
         rss, hwm = memory_kb(side.pids())
         values["RSS idle (MB)"] = rss / 1024
         values["VmHWM idle (MB)"] = hwm / 1024
+        values["Pss idle (MB)"] = pss_kb(side.pids()) / 1024
         extra_pids = [pid for proc in side.extra for pid in descendants(proc.pid)]
 
         async def loaded() -> float:
@@ -680,7 +710,20 @@ FIGURES = (  # (metric key, case, unit, target ratio, limit on ours) — issue 1
     ("RSS idle (MB)", "daemon RSS idle", "MB", None, 40.0),
     ("RSS with {n} conns (MB)", "daemon RSS with {n} conns", "MB", None, 60.0),
     ("RSS per held connection (kB)", "daemon RSS per held connection", "kB", None, None),
+    ("CPU exec→ready (s)", "daemon CPU exec → ready", "s", None, None),
+    ("Pss idle (MB)", "daemon Pss idle", "MB", None, None),
 )
+#: Where the time and the memory go (measured with -X importtime, /proc/<pid>/smaps and
+#: imports one by one; the startup helper's notes for issue 18 have the figures).
+NOTES = {
+    "daemon exec → ready": "nearly all before the SSH connect, and CPU-bound (so the load "
+    "stretches it): of ~0.3 s of imports, asyncssh + cryptography ~40%, asyncio + uvloop + "
+    "the ssl it loads ~22%, blitzdns/tunnel modules and the stdlib they load ~35%, the "
+    "interpreter ~5%; the handshake after sshd accepts is ~0.05-0.1 s",
+    "daemon RSS idle": "interpreter 8.6 MB, asyncio + uvloop + the ssl it loads 11.7 MB, "
+    "asyncssh + cryptography 17.3 MB (8 MB of it cryptography's Rust library), "
+    "blitzdns/tunnel modules ~7.5 MB, state after start ~2.5 MB",
+}
 
 
 def figures_of(rounds: list[dict[str, dict[str, float]]], connections: int) -> list[Figure]:
@@ -702,6 +745,7 @@ def figures_of(rounds: list[dict[str, dict[str, float]]], connections: int) -> l
                     target=target,
                     limit=limit,
                     peer_name="ssh -L + dnsmasq",
+                    note=NOTES.get(case, ""),
                 )
             )
     return out
@@ -725,6 +769,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="cached: the daemon keeps bytecode in /tmp/daemon-bench-pycache, as an installed "
         "package would; inherited: as this shell runs it (PYTHONDONTWRITEBYTECODE is honoured)",
     )
+    parser.add_argument(
+        "--peer-kex",
+        metavar="ALGORITHMS",
+        help="ssh -o KexAlgorithms=ALGORITHMS for the peer (default: ssh's own, which is "
+        "sntrup761x25519-sha512 with OpenSSH 9.x: a post-quantum exchange that costs ssh "
+        "CPU time; asyncssh without liboqs takes curve25519-sha256 from such a server)",
+    )
     parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo:
@@ -734,6 +785,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit("--rounds must be 1..50 and --connections 1..10000")
     raise_nofile()
     sys.setswitchinterval(0.001)
+    peer_options = ("-o", f"KexAlgorithms={args.peer_kex}") if args.peer_kex else ()
     with bench_lock(args.lock_wait):
         print(f"loadavg at start: {Path('/proc/loadavg').read_text().strip()}", flush=True)
         sides = [args.only] if args.only else ["blitzdns", "openssh+dnsmasq"]
@@ -743,13 +795,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             job = make_job(where.echo_port)
             print(
                 f"job: {len(job.hosts)} hosts, {len(job.names)} names, {len(job.forwards)} "
-                f"TCP forwards on {job.mouth_block}; sshd MaxSessions {args.max_sessions}",
+                f"TCP forwards on {job.mouth_block}; sshd MaxSessions {args.max_sessions}; "
+                f"peer kex: {args.peer_kex or 'ssh default'}",
                 flush=True,
             )
             for side in sides:
                 warm_dir = where.root / f"warm-up-{side}"
                 warm_dir.mkdir()
-                measure(side, where, job, 10, args.timeout, warm_dir, cache)
+                measure(side, where, job, 10, args.timeout, warm_dir, cache, peer_options)
             print("warm-up round done (page cache, bytecode cache); not counted", flush=True)
             for index in range(args.rounds):
                 order = sides if index % 2 == 0 else sides[::-1]
@@ -760,7 +813,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                     round_dir = where.root / f"round{index}-{side}"
                     round_dir.mkdir()
                     result[side] = measure(
-                        side, where, job, args.connections, args.timeout, round_dir, cache
+                        side,
+                        where,
+                        job,
+                        args.connections,
+                        args.timeout,
+                        round_dir,
+                        cache,
+                        peer_options,
                     )
                     ready = result[side]["exec→ready (DNS + all mouths carrying)"]
                     rss = result[side][f"RSS with {args.connections} conns (MB)"]

@@ -21,10 +21,8 @@ import asyncio
 import contextlib
 import dataclasses
 import getpass
-import importlib
 import logging
 import os
-import pkgutil
 import signal
 import sys
 import time
@@ -41,16 +39,15 @@ from blitzdns.dns.server import Resolver
 from blitzdns.dns.stats import ResolverStats
 from blitzdns.effective import Flags, layered
 from blitzdns.errors import BlitzdnsError, ConfigError, PermissionProblem, UsageError, explain
-from blitzdns.guard_service import GuardService, start_guard
-from blitzdns.help import parser_page
 from blitzdns.logs import FORMATS, link_event, setup_logging
 from blitzdns.plan import notes
 from blitzdns.snapshot import Snapshot, snapshot
-from blitzdns.system import locations, netfacts, privileges, sdnotify
-from blitzdns.system.record import saved_upstreams
+from blitzdns.system import privileges, sdnotify
+from blitzdns.system.record import resolver_installed, saved_upstreams
 from tunnel import Forward, Gateway, LinkStatus, RelayLimits, TunnelOptions, UdpForward
 
 if TYPE_CHECKING:
+    from blitzdns.guard_service import GuardService
     from tunnel import Tunnel, TunnelState
 
 log = logging.getLogger("blitzdns")
@@ -107,7 +104,7 @@ class RunOptions:
 def install_fast_loop() -> bool:
     """Use uvloop when it is installed (it roughly halves the per-packet cost)."""
     try:
-        import uvloop  # noqa: PLC0415  (optional: the 'fast' extra)
+        import uvloop  # noqa: PLC0415  (a dependency where it installs: not on Windows)
     except ImportError:
         return False
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
@@ -169,8 +166,10 @@ def preload_modules() -> None:
     and look like an SSH error.
     """
     import encodings.idna  # noqa: F401, PLC0415  (socket.getaddrinfo of a name)
+    import importlib  # noqa: PLC0415  (only a daemon that drops root walks the packages)
+    import pkgutil  # noqa: PLC0415
 
-    import asyncssh  # noqa: PLC0415  (deliberate: this function is the preload)
+    from tunnel.sshlib import asyncssh  # noqa: PLC0415  (deliberate: this function is the preload)
 
     for module in pkgutil.walk_packages(asyncssh.__path__, "asyncssh."):
         with contextlib.suppress(Exception):
@@ -182,6 +181,8 @@ class _OneLineErrors(argparse.ArgumentParser):
     ``--help`` is the page every other command has (:mod:`blitzdns.help`)."""
 
     def format_help(self) -> str:
+        from blitzdns.help import parser_page  # noqa: PLC0415  (only `run --help` needs it)
+
         return parser_page(self)
 
     def error(self, message: str) -> NoReturn:
@@ -414,7 +415,13 @@ class Daemon:
         await self.control.start()
         # [guard]: installed now, as root; refreshed later through the warden (issue 14).
         dropping = user is not None and os.geteuid() == 0
-        self.guard = await start_guard(config, self.upstreams, self.options.root, dropping=dropping)
+        if config.guard.enabled or resolver_installed(self.options.root):
+            # The guard's machinery (rules, nft, the warden) loads only where it has work.
+            from blitzdns.guard_service import start_guard  # noqa: PLC0415
+
+            self.guard = await start_guard(
+                config, self.upstreams, self.options.root, dropping=dropping
+            )
         if user is not None and dropping:
             preload_modules()
             privileges.drop_privileges(user)
@@ -589,6 +596,10 @@ class Daemon:
         return layered(base, await self._detect(base), self.options.flags)
 
     async def _detect(self, base: Config) -> str | None:
+        # Only --location auto reads the network. First called from start(), before the
+        # privilege drop, as every lazy import here must be (see preload_modules).
+        from blitzdns.system import locations, netfacts  # noqa: PLC0415
+
         facts = await asyncio.get_running_loop().run_in_executor(None, netfacts.read_facts)
         match = locations.match_location(base, facts)
         if match is None:

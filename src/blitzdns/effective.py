@@ -18,8 +18,6 @@ from pathlib import Path
 
 from blitzdns.config import Config, Endpoint, gateway_problem, load_config
 from blitzdns.errors import UsageError
-from blitzdns.system import netfacts
-from blitzdns.system.locations import match_location
 
 #: ``--location auto``: the location this network matches (none when no rule holds).
 AUTO = "auto"
@@ -63,6 +61,10 @@ def layered(base: Config, location: str | None = None, flags: Flags = NO_FLAGS) 
 
 def detect_location(base: Config) -> str | None:
     """The name of the location this network matches now; ``None`` when none does."""
+    # Reading the network is for --location auto only: `run` without it never loads it.
+    from blitzdns.system import netfacts  # noqa: PLC0415
+    from blitzdns.system.locations import match_location  # noqa: PLC0415
+
     match = match_location(base, netfacts.read_facts())
     return match.name if match else None
 

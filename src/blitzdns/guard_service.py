@@ -345,11 +345,7 @@ async def start_guard(
     """What ``run`` starts before the privilege drop: the guard installed (when enabled) and
     the warden for later (the root helper when the daemon is about to drop root). None when
     there is nothing to guard or watch."""
-    try:
-        watching = record.load_state(root) is not None
-    except BlitzdnsError:
-        watching = False
-    if not config.guard.enabled and not watching:
+    if not config.guard.enabled and not record.resolver_installed(root):
         return None
     link: WardenLink
     if dropping:

@@ -14,9 +14,8 @@ import os
 import shlex
 from pathlib import Path
 
-import asyncssh
-
 from tunnel.errors import HostKeyChanged, HostKeyUnknown, TunnelError
+from tunnel.sshlib import asyncssh
 
 log = logging.getLogger("tunnel.hostkeys")
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import functools
 import sys
+
+from tunnel.libfind import find_library
 
 TRIM_AFTER_FLOWS = 32
 """Connections ended since the last trim that make a burst worth giving memory back for."""
@@ -21,7 +22,7 @@ releases tens of MB, ~0.1 ms when there is nothing to release)."""
 def libc() -> ctypes.CDLL | None:
     """The C library (errno kept), for the calls Python does not wrap; ``None`` if absent."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        return ctypes.CDLL(find_library("c") or None, use_errno=True)
     except OSError:
         return None
 

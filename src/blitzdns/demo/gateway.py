@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import asyncssh
+from tunnel.sshlib import asyncssh
 
 Route = tuple[str, int]
 

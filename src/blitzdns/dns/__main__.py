@@ -92,7 +92,7 @@ async def _serve(config: Config, upstreams: tuple[Endpoint, ...], args: argparse
 def _run(coroutine: Coroutine[Any, Any, None]) -> None:
     """Run on uvloop when it is installed, on the standard loop otherwise."""
     try:
-        import uvloop  # noqa: PLC0415  (optional: the 'fast' extra)
+        import uvloop  # noqa: PLC0415  (a dependency where it installs: not on Windows)
     except ImportError:
         asyncio.run(coroutine)
     else:

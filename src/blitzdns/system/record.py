@@ -111,6 +111,14 @@ def load_state(root: Path = Path("/"), record_file: str = STATE_FILE) -> State |
     return State.from_json(data, path)
 
 
+def resolver_installed(root: Path = Path("/")) -> bool:
+    """Whether a resolver config is installed here (an unreadable record: no)."""
+    try:
+        return load_state(root) is not None
+    except BlitzdnsError:
+        return False
+
+
 def saved_upstreams(root: Path = Path("/")) -> tuple[str, ...]:
     """The nameservers a whole-resolver install replaced, for ``run`` to forward to; () if none.
 

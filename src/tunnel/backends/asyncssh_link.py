@@ -24,8 +24,6 @@ import socket
 from collections.abc import Sequence
 from typing import Any, cast
 
-import asyncssh
-
 from tunnel.backends.chaff import drop_needless_chaff
 from tunnel.errors import (
     AuthFailed,
@@ -40,6 +38,7 @@ from tunnel.forwards import Gateway
 from tunnel.hostkeys import HostKeyPolicy
 from tunnel.link import Flow, before_cut_close
 from tunnel.options import PasswordPrompt, TunnelOptions
+from tunnel.sshlib import asyncssh
 
 log = logging.getLogger("tunnel.link")
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncssh
+from tunnel.sshlib import asyncssh
 
 MSG_IGNORE = 2
 """RFC 4253 §11.2."""

@@ -1,0 +1,103 @@
+"""Finding a shared library by name without a dozen processes: :func:`find_library`.
+
+``ctypes.util.find_library`` on Linux (CPython 3.11–3.13) runs ``/sbin/ldconfig -p`` for
+every name it is asked, and when the name is not there, ``gcc`` (which runs ``collect2``
+and ``ld``), then ``ld`` again. ``import asyncssh`` asks for three names that are
+usually missing or found late (``oqs`` and ``liboqs`` for sntrup761, in
+``asyncssh.crypto.pq``; ``nettle`` for the UMAC MACs, in ``asyncssh.crypto.umac``): 11
+processes, the largest single cost of ``blitzdns run``'s start (about 30 ms of an idle
+machine's 0.3 s, several times that under load; ``python -X importtime``: the self time
+of ``asyncssh.crypto.pq``). :func:`cheap_find_library` answers those lookups from one
+``ldconfig -p`` listing, read once per process, with the same pattern CPython matches it
+with, and falls back to a look into ``LD_LIBRARY_PATH`` and the dynamic linker's default
+directories (what the ``gcc``/``ld`` fallback would find and ``dlopen`` could load).
+Elsewhere than Linux ``find_library`` spawns nothing and is left as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes.util
+import functools
+import os
+import re
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+
+LDCONFIG = "/sbin/ldconfig"
+DEFAULT_DIRS = ("/lib", "/usr/lib", "/lib64", "/usr/lib64", "/usr/local/lib")
+"""Searched after the cache, as the dynamic linker does (ld.so(8)), with LD_LIBRARY_PATH
+before them."""
+_ABI = {
+    "x86_64-64": "libc6,x86-64",
+    "ppc64-64": "libc6,64bit",
+    "sparc64-64": "libc6,64bit",
+    "s390x-64": "libc6,64bit",
+    "ia64-64": "libc6,IA-64",
+}
+"""``ldconfig -p``'s tag for this machine's ABI (the table of CPython's ctypes.util)."""
+
+
+@functools.cache
+def ldconfig_listing() -> bytes:
+    """``ldconfig -p`` (the dynamic linker's cache, one library a line), read once; empty
+    where there is no glibc ldconfig."""
+    try:
+        return subprocess.run(
+            [LDCONFIG, "-p"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={"LC_ALL": "C", "LANG": "C"},
+            timeout=10,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return b""
+
+
+def abi_tag() -> str:
+    bits = "32" if struct.calcsize("l") == 4 else "64"
+    return _ABI.get(f"{os.uname().machine}-{bits}", "libc6")
+
+
+_system_find_library = ctypes.util.find_library
+
+
+@functools.cache
+def find_library(name: str) -> str | None:
+    """The soname (or path) ``ctypes.CDLL`` loads for ``name`` ("c", "nettle"), or ``None``."""
+    if not sys.platform.startswith("linux"):
+        return _system_find_library(name)
+    pattern = rb"\s+(lib%s\.[^\s]+)\s+\(%s" % (re.escape(name.encode()), abi_tag().encode())
+    match = re.search(pattern, ldconfig_listing())
+    if match:
+        return os.fsdecode(match.group(1))
+    dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
+    prefix = f"lib{name}.so"
+    for directory in (*dirs, *DEFAULT_DIRS):
+        with contextlib.suppress(OSError):
+            found = sorted(
+                entry
+                for entry in os.listdir(directory)
+                if entry == prefix or entry.startswith(prefix + ".")
+            )
+            if found:
+                return os.path.join(directory, found[0])
+    return None
+
+
+@contextlib.contextmanager
+def cheap_find_library() -> Iterator[None]:
+    """Within the block, ``ctypes.util.find_library`` is :func:`find_library` (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    original = ctypes.util.find_library
+    ctypes.util.find_library = find_library
+    try:
+        yield
+    finally:
+        ctypes.util.find_library = original
