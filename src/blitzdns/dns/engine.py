@@ -21,6 +21,7 @@ whichever path found it. Pure: the caller passes ``now`` in.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from blitzdns.dns import guard, wire
 from blitzdns.dns.cache import Cache, Entry
@@ -115,9 +116,10 @@ class FastView:
 _REFUSED = FastView({}, {})
 
 
-@dataclass(frozen=True, slots=True)
-class ForwardJob:
-    """A query the cache could not answer, ready for the forwarder."""
+class ForwardJob(NamedTuple):
+    """A query the cache could not answer, ready for the forwarder (a named tuple: one is
+    made per forwarded query, and a frozen dataclass's ``__init__`` costs several times
+    more)."""
 
     #: Cache key (lower-case question + flag byte), also the key for coalescing.
     key: bytes

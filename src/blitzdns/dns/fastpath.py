@@ -27,6 +27,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from blitzdns.dns.decide import Local, Record, SoaData
 from blitzdns.dns.rfc import (
@@ -273,9 +274,8 @@ def answers_question(response: bytes, query: bytes) -> bool:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Scan:
-    """What the cache needs from an upstream reply."""
+class Scan(NamedTuple):
+    """What the cache needs from an upstream reply (a named tuple: one per forwarded reply)."""
 
     rcode: int
     truncated: bool
