@@ -12,12 +12,19 @@ with dnsperf on CPU 1. For each case dnsperf sends for a bounded time:
     and once in 8192 random letter cases (as 0x20-randomising resolvers ask), which
     defeats that memo and measures the precomputed-table path;
 (b) cache hit — 100 forwarded names asked once beforehand, so every query is a hit;
-(c) cache miss — every name unique, so every query goes upstream.
+(c) cache miss — every name unique, so every query goes upstream; beside the dnsmasq above
+    (``--cache-size=10000``, like blitzdns's default cache) and beside a second dnsmasq at
+    its defaults (``--cache-size=150``): a big cache slows dnsmasq's misses several times
+    (it looks through the cache for room per insert), so issue 18 compares against the
+    peer at its defaults. Both dnsmasqs and blitzdns send each miss from a random port
+    with a random ID.
 
 Printed per case and server: queries/s, server CPU per query (µs, utime+stime from
 /proc/PID/stat over the run, divided by the queries dnsperf saw answered), and the ratio
-blitzdns/dnsmasq; then blitzdns's peak RSS (VmHWM). Each case runs ``--repeat`` times per
-server, alternating which goes first, and the medians are printed: the machine is shared.
+blitzdns/dnsmasq; then blitzdns's peak RSS (VmHWM). The event loop the resolver runs on
+(uvloop when installed, as ``python -m blitzdns.dns`` chooses) is printed with the
+figures. Each case runs ``--repeat`` times per server, alternating which goes first, and
+the medians are printed: the machine is shared.
 (a) and (b) also run at a fixed ``--rate``, so both servers carry the same load (a server
 that is idle between packets pays a wakeup per query). Every server listens on 127.0.0.1.
 """
@@ -154,36 +161,75 @@ def median(results: list[Result]) -> Result:
     return Result(qps, middle.completed, middle.lost, middle.cpu_us)
 
 
+def resolver_loop() -> str:
+    """Which event loop ``python -m blitzdns.dns`` runs on with this interpreter."""
+    probe = "import uvloop; print('uvloop', uvloop.__version__)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=False
+    )
+    return done.stdout.strip() if done.returncode == 0 else "asyncio (standard loop)"
+
+
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
+#: The second peer, for the misses only: dnsmasq with no cache option (150 entries).
+DEFAULTS = "dnsmasq at its defaults"
+MISS_NOTE = (
+    "per miss: 4 socket calls (query in, to upstream, reply in, answer out) cost more "
+    "system time in our process than in dnsmasq's, and the Python steps (parse, exchange, "
+    "reply checks, cache insert) come on top; see the dnsperf note"
+)
 TARGETS = {"(a)": 1.0, "(b)": 1.0, "(c)": 1.0}
 """Issue 18's bound on blitzdns / dnsmasq per case: CPU/query for (a), (b); queries/s for (c)."""
 
 
 def figures_of(
-    cases: list[tuple[str, dict[str, Result]]], rss_mib: float, peer_rss_mib: float
+    cases: list[tuple[str, dict[str, Result]]],
+    rss_mib: float,
+    peer_rss_mib: float,
+    loop: str = "",
 ) -> list[Figure]:
     """The report's figures: CPU per query for (a) and (b), queries/s for (c), peak RSS."""
     out = []
+    on = f"blitzdns on {loop}" if loop else ""
     for label, results in cases:
         ours, theirs = results["blitzdns"], results["dnsmasq"]
         target = TARGETS.get(label[:3])
         if label.startswith("(c)"):
-            out.append(
+            defaults = results.get(DEFAULTS, theirs)
+            note = f"{on}; {MISS_NOTE}" if on else MISS_NOTE
+            out += [
                 Figure(
                     f"DNS {label}, queries/s",
+                    ours.qps,
+                    defaults.qps,
+                    "queries/s",
+                    better="higher",
+                    target=target,
+                    peer_name=DEFAULTS,
+                    note=note,
+                ),
+                Figure(
+                    f"DNS {label}, CPU/query",
+                    ours.cpu_us,
+                    defaults.cpu_us,
+                    "µs/query",
+                    peer_name=DEFAULTS,
+                    note=note,
+                ),
+                Figure(
+                    f"DNS {label}, queries/s vs dnsmasq --cache-size=10000",
                     ours.qps,
                     theirs.qps,
                     "queries/s",
                     better="higher",
-                    target=target,
                     peer_name="dnsmasq",
-                    note="peer runs with --cache-size=10000, not at its defaults",
-                )
-            )
+                    note=on,
+                ),
+            ]
         else:
             out.append(
                 Figure(
@@ -193,6 +239,7 @@ def figures_of(
                     "µs/query",
                     target=target,
                     peer_name="dnsmasq",
+                    note=on,
                 )
             )
     out.append(Figure("DNS resolver peak RSS", rss_mib, peer_rss_mib, "MiB", peer_name="dnsmasq"))
@@ -259,6 +306,22 @@ def main() -> int:
             ]
         )
         processes.append(theirs)
+        defaults_port = free_port()
+        at_defaults = subprocess.Popen(
+            [
+                "taskset",
+                "-c",
+                SERVER_CPU,
+                *dnsmasq_command(
+                    defaults_port,
+                    "--address=/dnd.dartmouth.edu/127.77.0.1",
+                    "--local=/dnd.dartmouth.edu/",
+                    f"--server={upstream}",
+                ),
+            ]
+        )
+        processes.append(at_defaults)
+        loop = resolver_loop()
         ours = subprocess.Popen(
             [
                 "taskset",
@@ -280,6 +343,7 @@ def main() -> int:
         processes.append(ours)
         wait_until_answering(theirs_port)
         wait_until_answering(ours_port)
+        wait_until_answering(defaults_port)
 
         protected = write_lines(work / "protected.txt", ["dnd.dartmouth.edu A"])
         cached = write_lines(work / "cached.txt", [f"c{i}.cached.test A" for i in range(100)])
@@ -311,11 +375,14 @@ def main() -> int:
             plan = [step for step in plan if step[0].startswith(tuple(args.case))]
         cases: list[tuple[str, dict[str, Result]]] = []
         for label, datafile, rate in plan:
-            runs: dict[str, list[Result]] = {server: [] for server in servers}
+            here_servers = dict(servers)
+            if datafile is None:
+                here_servers[DEFAULTS] = (at_defaults, defaults_port)
+            runs: dict[str, list[Result]] = {server: [] for server in here_servers}
             for repeat in range(args.repeat):
-                order = list(servers) if repeat % 2 == 0 else list(reversed(servers))
+                order = list(here_servers) if repeat % 2 == 0 else list(reversed(here_servers))
                 for server in order:
-                    process, port = servers[server]
+                    process, port = here_servers[server]
                     if datafile is None:
                         batch = next(miss_serial)
                         names = [f"m{i}.r{batch}.bench.test A" for i in range(MISS_NAMES)]
@@ -328,15 +395,19 @@ def main() -> int:
 
         rss_mib = peak_rss_kib(ours.pid) / 1024
         print(f"\nCPU {SERVER_CPU}: servers; CPU {CLIENT_CPU}: dnsperf and the upstream dnsmasq")
-        print(f"{'case':28} {'server':9} {'queries/s':>10} {'lost':>7} {'CPU µs/q':>9}")
+        print(f"blitzdns's event loop: {loop}; load average now {os.getloadavg()[0]:.1f}")
+        print(f"{'case':28} {'server':23} {'queries/s':>10} {'lost':>7} {'CPU µs/q':>9}")
         for label, results in cases:
             for server, r in results.items():
-                print(f"{label:28} {server:9} {r.qps:10.0f} {r.lost:7d} {r.cpu_us:9.2f}")
-            ours_r, theirs_r = results["blitzdns"], results["dnsmasq"]
-            print(
-                f"{'':28} {'ratio':9} {ours_r.qps / theirs_r.qps:10.2f} {'':7} "
-                f"{ours_r.cpu_us / theirs_r.cpu_us:9.2f}   (blitzdns / dnsmasq)"
-            )
+                print(f"{label:28} {server:23} {r.qps:10.0f} {r.lost:7d} {r.cpu_us:9.2f}")
+            ours_r = results["blitzdns"]
+            for peer in ("dnsmasq", DEFAULTS):
+                if peer in results:
+                    theirs_r = results[peer]
+                    print(
+                        f"{'':28} {'ratio':23} {ours_r.qps / theirs_r.qps:10.2f} {'':7} "
+                        f"{ours_r.cpu_us / theirs_r.cpu_us:9.2f}   (blitzdns / {peer})"
+                    )
         print(f"\nblitzdns peak RSS (VmHWM): {rss_mib:.1f} MiB")
         verdicts = [
             (f"{label} CPU/query <= 2x dnsmasq", results, "cpu") for label, results in cases
@@ -352,7 +423,7 @@ def main() -> int:
             )
             print(f"target {text}: {'met' if met else 'MISSED'}")
         print(f"target RSS < 40 MiB: {'met' if rss_mib < 40 else 'MISSED'}")
-        emit("dns", figures_of(cases, rss_mib, peak_rss_kib(theirs.pid) / 1024))
+        emit("dns", figures_of(cases, rss_mib, peak_rss_kib(theirs.pid) / 1024, loop))
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)

@@ -49,6 +49,7 @@ RESULTS = HERE / "results"
 
 FULL = (  # (bench, script arguments): what `make bench` runs, in this order
     ("dns", ["dns_bench.py"]),
+    ("dns_growth", ["dns_growth_bench.py"]),
     ("tunnel", ["tunnel_bench.py"]),
     ("daemon", ["daemon_bench.py"]),
     ("growth", ["growth_bench.py"]),

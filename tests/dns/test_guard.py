@@ -8,6 +8,7 @@ addresses. The stub must never pass those addresses on, nor cache them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import dns.flags
@@ -17,9 +18,11 @@ import dns.rdatatype
 import pytest
 from dnslib import CNAME, NS, QTYPE, RD, RR, DNSRecord
 from dnslib import A as ARecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blitzdns.config import Endpoint
-from blitzdns.dns.guard import Plan, ReplyRecord, plan, screen
+from blitzdns.dns.guard import Plan, ReplyRecord, plan, screen, trie_pattern
 from blitzdns.dns.rfc import AAAA, ADDITIONAL, ANSWER, AUTHORITY, DNAME, OPT, PTR, A
 from blitzdns.dns.rfc import CNAME as CNAME_TYPE
 from blitzdns.dns.table import Table, labels_of
@@ -349,3 +352,25 @@ def test_a_query_in_flight_when_its_name_becomes_protected_gets_the_mouth(asked:
     assert isinstance(later, bytes)
     parsed = DNSRecord.parse(later)
     assert (parsed.header.aa, parsed.rr) == (1, [])
+
+
+_BYTES = st.sampled_from(b"\x01\x02\x03aAbBcC.\xc0")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.lists(_BYTES, min_size=1, max_size=4).map(bytes).map(bytes.lower),
+        min_size=1,
+        max_size=12,
+    ),
+    st.lists(_BYTES, max_size=40).map(bytes),
+)
+def test_the_trie_pattern_finds_what_a_plain_alternation_finds(
+    words: list[bytes], message: bytes
+) -> None:
+    """The screen's trie matches somewhere exactly when one of its words occurs (any case)."""
+    trie = re.compile(trie_pattern(words), re.IGNORECASE)
+    plain = re.compile(b"|".join(re.escape(w) for w in words), re.IGNORECASE)
+    for text in (message, message + words[0].upper(), words[-1] + message):
+        assert (trie.search(text) is None) == (plain.search(text) is None)

@@ -21,6 +21,7 @@ whichever path found it. Pure: the caller passes ``now`` in.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from blitzdns.dns import guard, wire
 from blitzdns.dns.cache import Cache, Entry
@@ -115,9 +116,10 @@ class FastView:
 _REFUSED = FastView({}, {})
 
 
-@dataclass(frozen=True, slots=True)
-class ForwardJob:
-    """A query the cache could not answer, ready for the forwarder."""
+class ForwardJob(NamedTuple):
+    """A query the cache could not answer, ready for the forwarder (a named tuple: one is
+    made per forwarded query, and a frozen dataclass's ``__init__`` costs several times
+    more)."""
 
     #: Cache key (lower-case question + flag byte), also the key for coalescing.
     key: bytes
@@ -216,18 +218,23 @@ class Engine:
         qend = qn + 4
         flags = packet[2] << 8 | packet[3]
         which = variant(flags, edns)
-        name = packet[12:qn].lower()
+        letters = packet[12:qn]
+        name = letters.lower()
+        # A name in mixed case is a 0x20-randomising client's: its letters never repeat,
+        # so remembering its replies would only push others' out of the memo.
+        memo = fast.replies if name == letters else None
         qkey = name + packet[qn:qend]
         answer = fast.local.get(qkey)
         if answer is not None:
             self.stats.answered_local += 1
             reply = answer.reply(packet, qend, which)
-            _remember(fast.replies, packet, reply[2:])
+            if memo is not None:
+                _remember(memo, packet, reply[2:])
             return reply
         key = qkey + KEY_FLAG_BYTES[which]
         entry = self._entries.get(key)
         if entry is not None and now < entry.expires:
-            return self._cache_hit(packet, qend, edns, entry, now, udp, fast.replies)
+            return self._cache_hit(packet, qend, edns, entry, now, udp, memo)
         if name_end(packet) != qn or not name.isascii():
             return self.handle_slow(packet, client, now, udp)
         nodata = fast.nodata.get(name)

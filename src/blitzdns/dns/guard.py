@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from blitzdns.dns.rfc import ANSWER, CNAME, DNAME, OPT
 from blitzdns.dns.table import Name, lower
@@ -55,12 +56,37 @@ def screen(protected: Iterable[Name]) -> re.Pattern[bytes]:
 
     One pass of the regular expression engine over the reply (about 1 µs for a typical
     one), case-insensitive in ASCII only like DNS names (RFC 4343); with no protected
-    names, a pattern that never matches.
+    names, a pattern that never matches. The needles are written as a trie
+    (:func:`trie_pattern`), so the work per byte of the reply grows with a needle's
+    length, not with how many there are: a plain alternation of 10,000 needles made a
+    forwarded miss five times dearer (issue 18's growth row).
     """
     found = needles(protected)
     if not found:
         return re.compile(b"(?!)")
-    return re.compile(b"|".join(re.escape(needle) for needle in found), re.IGNORECASE)
+    return re.compile(trie_pattern(found), re.IGNORECASE)
+
+
+def trie_pattern(words: Iterable[bytes]) -> bytes:
+    """A regular expression that matches where one of ``words`` (lower case) begins.
+
+    It matches the shortest word there: a search only asks whether any occurs.
+    """
+    trie: dict[int, dict[int, Any]] = {}
+    ends: set[int] = set()
+    for word in words:
+        node = trie
+        for byte in word:
+            node = node.setdefault(byte, {})
+        ends.add(id(node))
+
+    def branch(node: dict[int, Any]) -> bytes:
+        if id(node) in ends or not node:
+            return b""
+        parts = [re.escape(bytes((byte,))) + branch(child) for byte, child in sorted(node.items())]
+        return parts[0] if len(parts) == 1 else b"(?:" + b"|".join(parts) + b")"
+
+    return branch(trie)
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,7 +114,7 @@ class Resolver:
         self._tcp_clients: dict[str, int] = {}
         #: Connections waiting between messages with nothing owed, longest idle first.
         self._idle: dict[asyncio.StreamWriter, str] = {}
-        self._pending: dict[bytes, asyncio.Task[bytes | None]] = {}
+        self._pending: dict[bytes, asyncio.Future[bytes | None]] = {}
         #: Clients waiting for one of the exchanges in ``_pending``.
         self._waiters = 0
         #: SERVFAIL replies a second to UDP queries past the caps (see ``_overflow``).
@@ -332,7 +332,7 @@ class Resolver:
         self.stats.servfail += 1
         return error_reply(packet, question_end(packet), SERVFAIL, -1)
 
-    def _exchange(self, job: ForwardJob) -> asyncio.Task[bytes | None] | None:
+    def _exchange(self, job: ForwardJob) -> asyncio.Future[bytes | None] | None:
         """The upstream exchange ``job`` waits for: a new one, or the one its question shares.
 
         None past the caps (:data:`FORWARD_MAX` questions in flight, :data:`WAITERS_MAX`
@@ -344,7 +344,7 @@ class Resolver:
         if shared is None:
             if len(self._pending) >= FORWARD_MAX:
                 return None
-            shared = asyncio.get_running_loop().create_task(self.forwarder.resolve(job.query))
+            shared = self.forwarder.start(job.query)
             self._pending[job.key] = shared
             shared.add_done_callback(lambda _: self._exchange_done(job.key))
             self.stats.forwards_in_flight = len(self._pending)
@@ -390,7 +390,7 @@ class Resolver:
         self.stats.servfail += 1
         return error_reply(job.packet, job.qend, SERVFAIL, job.edns)
 
-    def _finish(self, job: ForwardJob, exchange: asyncio.Task[bytes | None]) -> bytes | None:
+    def _finish(self, job: ForwardJob, exchange: asyncio.Future[bytes | None]) -> bytes | None:
         """The client's reply once ``exchange`` is over (None: the resolver is closing)."""
         self._waiters -= 1
         if exchange.cancelled():
@@ -423,7 +423,7 @@ class Resolver:
         if exchange is None:
             return self._overflow(job)
 
-        def send(done: asyncio.Task[bytes | None]) -> None:
+        def send(done: asyncio.Future[bytes | None]) -> None:
             reply = self._finish(job, done)
             if reply is not None and not transport.is_closing():
                 transport.sendto(reply, address)

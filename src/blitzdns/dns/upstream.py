@@ -3,13 +3,14 @@
 Each attempt goes out on a UDP socket connected to one upstream, chosen at random from a
 bounded pool (:class:`SocketPool`, like dnsmasq's random-port sockets): the kernel gave
 each a random ephemeral source port, and drops datagrams from any other address or port;
-the message gets a fresh random ID (``secrets``) every time. A datagram is accepted only
-when it carries the ID of a query waiting on that socket, the QR bit and the same
-question (:func:`~blitzdns.dns.fastpath.answers_question`; dnspython's ``query.py`` and
-unbound check the same) — anything else, a late reply to an earlier query included, is
-counted and ignored, and the wait goes on. Together that is the spoofing resistance of
-dnsmasq and unbound: an off-path attacker must guess the port and 16 bits of ID in the
-window.
+the message gets a fresh random ID every time (:class:`RandomBits`: the operating
+system's CSPRNG, as ``secrets`` uses, read in blocks rather than one system call per
+draw). A datagram is accepted only when it carries the ID of a query waiting on that
+socket, the QR bit and the same question
+(:func:`~blitzdns.dns.fastpath.answers_question`; dnspython's ``query.py`` and unbound
+check the same) — anything else, a late reply to an earlier query included, is counted
+and ignored, and the wait goes on. Together that is the spoofing resistance of dnsmasq
+and unbound: an off-path attacker must guess the port and 16 bits of ID in the window.
 
 The pool bounds the descriptors forwarding uses (per upstream, whatever the load), and
 reusing sockets saves three system calls per query. When the process is out of
@@ -19,13 +20,18 @@ reported through ``on_local_error`` and the upstream's health is left alone.
 A truncated reply (TC, RFC 1035 §4.2.1) is asked again over TCP (RFC 7766 §5). Upstreams
 are tried healthiest first; with a single upstream the query is retransmitted once. The
 whole exchange is bounded by ``timeout_s``: a dead upstream means SERVFAIL in time.
+
+An exchange (:class:`_Exchange`) is callbacks on the event loop, not a task: the reply's
+datagram, or the attempt's timer, moves it on. A forwarded miss is the resolver's most
+expensive case, and a task with a timeout context per query cost more than the rest of the
+exchange together (issue #18). Only the rare TCP retry runs as a task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import secrets
+import os
 import socket
 from collections.abc import Callable, Sequence
 
@@ -40,6 +46,38 @@ SOCKETS_PER_UPSTREAM = 16
 SOCKET_USES = 64
 #: The process (or the system) is out of descriptors: not the upstream's fault.
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+
+
+class RandomBits:
+    """Unpredictable numbers from the operating system's CSPRNG (``os.urandom``, as
+    ``secrets`` uses), read 4 KiB at a time: one ``getrandom`` call per 2048 IDs instead
+    of one per ID. The resolver never forks, so no two processes share a block."""
+
+    _BLOCK = 4096
+
+    def __init__(self) -> None:
+        self._block = b""
+        self._at = 0
+
+    def u16(self) -> int:
+        """A uniformly random 16-bit number."""
+        at = self._at
+        if at + 2 > len(self._block):
+            self._block, at = os.urandom(self._BLOCK), 0
+        self._at = at + 2
+        return self._block[at] << 8 | self._block[at + 1]
+
+    def below(self, n: int) -> int:
+        """A uniformly random number in ``range(n)``, ``0 < n <= 65536`` (rejection sampling)."""
+        limit = 65536 - 65536 % n
+        while True:
+            value = self.u16()
+            if value < limit:
+                return value % n
+
+
+#: The forwarder's source of IDs and socket choices.
+RANDOM = RandomBits()
 
 
 class _Channel:
@@ -57,27 +95,28 @@ class _Channel:
         self.health = health
         self.uses = 0
         self.retired = False
-        #: ID → (the message sent, the future its reply goes to).
-        self.waiting: dict[int, tuple[bytes, asyncio.Future[bytes]]] = {}
+        #: ID → (the message sent, the exchange its reply goes to).
+        self.waiting: dict[int, tuple[bytes, _Exchange]] = {}
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sock.fileno(), self._readable)
 
-    def send(self, query: bytes) -> tuple[int, asyncio.Future[bytes]]:
-        """Send ``query`` under a fresh random ID no other waiting query here has."""
+    def send(self, query: bytes, exchange: _Exchange) -> int:
+        """Send ``query`` for ``exchange`` under a fresh random ID no other waiting query
+        here has; the ID."""
+        waiting = self.waiting
         while True:
-            query_id = secrets.randbits(16)
-            if query_id not in self.waiting:
+            query_id = RANDOM.u16()
+            if query_id not in waiting:
                 break
         message = query_id.to_bytes(2, "big") + query[2:]
-        reply: asyncio.Future[bytes] = self._loop.create_future()
-        self.waiting[query_id] = (message, reply)
+        waiting[query_id] = (message, exchange)
         self.uses += 1
         try:
             self.sock.send(message)
         except BaseException:
             self.forget(query_id)
             raise
-        return query_id, reply
+        return query_id
 
     def forget(self, query_id: int) -> None:
         self.waiting.pop(query_id, None)
@@ -92,13 +131,12 @@ class _Channel:
                 return
             except OSError as exc:
                 # ICMP unreachable and the like: about the upstream, so for every query.
-                for _, reply in self.waiting.values():
-                    if not reply.done():
-                        reply.set_exception(exc)
+                for _, exchange in list(self.waiting.values()):
+                    exchange.failed(exc)
                 return
             found = self.waiting.get(int.from_bytes(data[:2], "big")) if len(data) >= 2 else None
-            if found is not None and not found[1].done() and answers_question(data, found[0]):
-                found[1].set_result(data)
+            if found is not None and answers_question(data, found[0]):
+                found[1].received(data)
             else:
                 self.health.mismatched += 1
 
@@ -111,7 +149,7 @@ class _Channel:
 class SocketPool:
     """Up to :data:`SOCKETS_PER_UPSTREAM` random-port sockets per upstream, shared by queries.
 
-    Each query goes out on one of them chosen at random (``secrets``), or on a new one
+    Each query goes out on one of them chosen at random (:data:`RANDOM`), or on a new one
     while there are fewer: so an attacker cannot tell which port the next query uses,
     and a socket is retired after :data:`SOCKET_USES` queries, so the ports keep changing.
     """
@@ -132,7 +170,7 @@ class SocketPool:
             self.created += 1
             channels.append(channel)
         else:
-            channel = channels[secrets.randbelow(len(channels))]
+            channel = channels[RANDOM.below(len(channels))]
         if channel.uses + 1 >= self.uses:
             channels.remove(channel)
             channel.retired = True
@@ -178,50 +216,23 @@ class Forwarder:
 
     def _order(self) -> list[int]:
         """Healthy upstreams first, then failing ones; looping ones never."""
+        if len(self.health) == 1:
+            return [] if self.health[0].loops else [0, 0]
         usable = [i for i, h in enumerate(self.health) if not h.loops]
         usable.sort(key=lambda i: not self.health[i].ok)
         return usable * 2 if len(usable) == 1 else usable
 
+    def start(self, query: bytes) -> asyncio.Future[bytes | None]:
+        """Ask for ``query`` (its ID is replaced): a future of the first acceptable reply,
+        or None when none came in time. Cancelling the future abandons the exchange."""
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[bytes | None] = loop.create_future()
+        _Exchange(self, loop, query, result).next_attempt()
+        return result
+
     async def resolve(self, query: bytes) -> bytes | None:
         """The first acceptable reply to ``query`` (its ID is replaced), or None in time."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
-        attempts = self._order()
-        for done, index in enumerate(attempts):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            budget = remaining / (len(attempts) - done)
-            endpoint, health = self.upstreams[index], self.health[index]
-            try:
-                reply = await self._udp(endpoint, query, budget, health)
-                if reply[2] & TC_BYTE2:
-                    reply = await self._tcp(endpoint, query, deadline - loop.time(), health)
-            except TimeoutError:
-                health.failed(f"no reply within {budget:.2f} s", timeout=True)
-            except OSError as exc:
-                if exc.errno in OUT_OF_DESCRIPTORS:
-                    if self.on_local_error is not None:
-                        self.on_local_error(exc)
-                    return None
-                health.failed(_describe(exc))
-            except asyncio.IncompleteReadError as exc:
-                health.failed(_describe(exc))
-            else:
-                health.succeeded()
-                return reply
-        return None
-
-    async def _udp(
-        self, endpoint: Endpoint, query: bytes, budget: float, health: UpstreamHealth
-    ) -> bytes:
-        channel = self.pool.take(endpoint, health)
-        query_id, reply = channel.send(query)
-        try:
-            async with asyncio.timeout(budget):
-                return await reply
-        finally:
-            channel.forget(query_id)
+        return await self.start(query)
 
     async def _tcp(
         self, endpoint: Endpoint, query: bytes, budget: float, health: UpstreamHealth
@@ -229,7 +240,7 @@ class Forwarder:
         """RFC 7766 §8: each message prefixed with its two-byte length."""
         if budget <= 0:
             raise TimeoutError
-        message = secrets.randbits(16).to_bytes(2, "big") + query[2:]
+        message = RANDOM.u16().to_bytes(2, "big") + query[2:]
         async with asyncio.timeout(budget):
             reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
             try:
@@ -242,6 +253,148 @@ class Forwarder:
                     health.mismatched += 1
             finally:
                 writer.close()
+
+
+class _Exchange:
+    """One query's way through the upstreams (what ``resolve`` awaits), as callbacks.
+
+    Attempts go in :meth:`Forwarder._order`, each over UDP with its share of what is left
+    of ``timeout_s``; a truncated reply is asked again over TCP (a task) within the whole
+    deadline. Each step first looks whether ``result`` is done already (the caller
+    cancelled it, or a reply came): then it only lets go of what it holds.
+    """
+
+    __slots__ = (
+        "attempts",
+        "budget",
+        "channel",
+        "deadline",
+        "forwarder",
+        "index",
+        "loop",
+        "query",
+        "query_id",
+        "result",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        loop: asyncio.AbstractEventLoop,
+        query: bytes,
+        result: asyncio.Future[bytes | None],
+    ) -> None:
+        self.forwarder = forwarder
+        self.loop = loop
+        self.query = query
+        self.result = result
+        self.deadline = loop.time() + forwarder.timeout_s
+        self.attempts = forwarder._order()
+        self.index = -1
+        self.budget = 0.0
+        self.channel: _Channel | None = None
+        self.query_id = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def next_attempt(self) -> None:
+        """Send to the next upstream in order; the result is None when none is left."""
+        forwarder, attempts = self.forwarder, self.attempts
+        while not self.result.done():
+            self.index += 1
+            now = self.loop.time()
+            remaining = self.deadline - now
+            if self.index >= len(attempts) or remaining <= 0:
+                self.result.set_result(None)
+                return
+            self.budget = remaining / (len(attempts) - self.index)
+            upstream = attempts[self.index]
+            endpoint, health = forwarder.upstreams[upstream], forwarder.health[upstream]
+            try:
+                channel = forwarder.pool.take(endpoint, health)
+                self.query_id = channel.send(self.query, self)
+            except OSError as exc:
+                if self._stop(exc, health):
+                    return
+                continue
+            self.channel = channel
+            self.timer = self.loop.call_at(now + self.budget, self._timed_out)
+            return
+
+    def _release(self) -> None:
+        """Stop waiting on the current attempt's socket and timer."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            channel.forget(self.query_id)
+
+    def _health(self) -> UpstreamHealth:
+        return self.forwarder.health[self.attempts[self.index]]
+
+    def received(self, reply: bytes) -> None:
+        """The current attempt's reply came (its ID and question checked)."""
+        self._release()
+        if self.result.done():
+            return
+        if reply[2] & TC_BYTE2:
+            upstream = self.attempts[self.index]
+            retry = self.forwarder._tcp(
+                self.forwarder.upstreams[upstream],
+                self.query,
+                self.deadline - self.loop.time(),
+                self.forwarder.health[upstream],
+            )
+            task = self.loop.create_task(retry)
+            task.add_done_callback(self._tcp_done)
+            self.result.add_done_callback(lambda _: task.cancel())
+            return
+        self._health().succeeded()
+        self.result.set_result(reply)
+
+    def _tcp_done(self, task: asyncio.Task[bytes]) -> None:
+        if self.result.done() or task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            self._health().succeeded()
+            self.result.set_result(task.result())
+        elif isinstance(error, TimeoutError):
+            self._timed_out()
+        elif isinstance(error, OSError | asyncio.IncompleteReadError):
+            self.failed(error)
+        else:
+            self.result.set_exception(error)
+
+    def _timed_out(self) -> None:
+        self._release()
+        if self.result.done():
+            return
+        self._health().failed(f"no reply within {self.budget:.2f} s", timeout=True)
+        self.next_attempt()
+
+    def failed(self, error: OSError | asyncio.IncompleteReadError) -> None:
+        """The current attempt failed (an ICMP error on its socket, a TCP failure)."""
+        self._release()
+        if self.result.done():
+            return
+        if isinstance(error, OSError):
+            if self._stop(error, self._health()):
+                return
+        else:
+            self._health().failed(_describe(error))
+        self.next_attempt()
+
+    def _stop(self, error: OSError, health: UpstreamHealth) -> bool:
+        """Count ``error`` against ``health``; True (the result is None) when it is local."""
+        if error.errno in OUT_OF_DESCRIPTORS:
+            if self.forwarder.on_local_error is not None:
+                self.forwarder.on_local_error(error)
+            self.result.set_result(None)
+            return True
+        health.failed(_describe(error))
+        return False
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,121 @@
+"""Lookups cost the same however many names the table and the cache hold (issue 18's growth).
+
+Counted, not timed: the Python lines the engine runs for one query (``sys.settrace``
+line events) are the same with 10 protected names as with 1,000, and with 10 cached
+names as with 5,000. A lookup that walked the names would add lines per name. The
+dictionaries themselves are C (constant expected time); ``bench/dns_growth_bench.py``
+measures CPU, latency and RSS up to 10,000 protected and 1,000,000 cached names.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from blitzdns.config import parse_config
+from blitzdns.dns.cache import Cache
+from blitzdns.dns.engine import Engine, ForwardJob
+from blitzdns.dns.stats import ResolverStats
+from blitzdns.dns.table import Table
+
+NOW = 1000.0
+CLIENT = "127.0.0.1"
+
+
+def engine_protecting(hosts: int, cache_size: int = 10_000) -> Engine:
+    lines = ["[tunnel]", 'mouths = "127.80.0.0/16"']
+    lines.append("hosts = [" + ", ".join(f'"h{i}"' for i in range(hosts)) + "]")
+    for i in range(hosts):
+        lines += [f"[hosts.h{i}]", f'names = ["h{i}.growth.test"]', 'services = ["dnd"]']
+    table = Table.from_config(parse_config("\n".join(lines) + "\n"))
+    return Engine(table, Cache(cache_size), ResolverStats())
+
+
+def query(name: str) -> bytes:
+    """An A query for ``name``, no EDNS (built by hand: the fills make thousands)."""
+    labels = b"".join(bytes((len(label),)) + label.encode() for label in name.split("."))
+    return b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + labels + b"\x00\x00\x01\x00\x01"
+
+
+def answer(packet: bytes) -> bytes:
+    """The upstream's reply to ``packet``: one A record, TTL 3600."""
+    record = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x0e\x10\x00\x04\xc0\x00\x02\x08"
+    return packet[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + packet[12:] + record
+
+
+def lines_run(call: Callable[[], Any]) -> int:
+    """How many Python lines ``call`` runs (every frame it enters)."""
+    count = 0
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return tracer
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        call()
+    finally:
+        sys.settrace(previous)
+    return count
+
+
+def fill(engine: Engine, names: int) -> None:
+    """Cache ``names`` forwarded replies, as the resolver does when each comes back."""
+    for i in range(names):
+        packet = query(f"n{i}.cached.test")
+        job = engine.handle(packet, CLIENT, NOW)
+        assert isinstance(job, ForwardJob)
+        engine.finish(job, answer(packet), NOW)
+    assert len(engine.cache.entries) == names
+
+
+def costs(engine: Engine, serial: int) -> dict[str, int]:
+    """Lines per case; each query's letters are new, so no remembered reply answers it."""
+    protected = query(("H3.growth.TEST", "h3.GROWTH.test")[serial])
+    hit = query(("N5.cached.TEST", "n5.CACHED.test")[serial])
+    miss = query(f"new{serial}.example.test")
+    return {
+        "protected": lines_run(lambda: engine.handle(protected, CLIENT, NOW + 1)),
+        "cache hit": lines_run(lambda: engine.handle(hit, CLIENT, NOW + 1)),
+        "miss": lines_run(lambda: engine.handle(miss, CLIENT, NOW + 1)),
+    }
+
+
+def test_protected_lookups_run_the_same_lines_for_10_or_1000_names() -> None:
+    small, large = engine_protecting(10), engine_protecting(1000)
+    for engine in (small, large):
+        fill(engine, 10)
+        costs(engine, 0)  # the client's view is compiled on its first query
+    assert costs(small, 1) == costs(large, 1)
+
+
+def test_cache_hits_and_misses_run_the_same_lines_for_10_or_5000_cached_names() -> None:
+    small, large = engine_protecting(10), engine_protecting(10)
+    fill(small, 10)
+    fill(large, 5000)
+    for engine in (small, large):
+        costs(engine, 0)
+    assert costs(small, 1) == costs(large, 1)
+
+
+def test_inserting_into_a_full_cache_runs_the_same_lines_for_10_or_5000_names() -> None:
+    """A full cache evicts its oldest entry per insert with no Python work per entry (the
+    eviction itself is ``OrderedDict.popitem``, O(1))."""
+    small, large = engine_protecting(10, cache_size=10), engine_protecting(10, cache_size=5000)
+    fill(small, 10)
+    fill(large, 5000)
+
+    def insert(engine: Engine) -> int:
+        packet = query("late.cached.test")
+        job = engine.handle(packet, CLIENT, NOW)
+        assert isinstance(job, ForwardJob)
+        response = answer(packet)
+        return lines_run(lambda: engine.finish(job, response, NOW))
+
+    assert insert(small) == insert(large)
+    assert len(small.cache.entries) == 10 and len(large.cache.entries) == 5000
