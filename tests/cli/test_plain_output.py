@@ -57,8 +57,23 @@ def test_no_escape_codes_in_any_output(
         assert "\x1b" not in done.stdout + done.stderr, (argv, done.stdout, done.stderr)
 
 
+def read_ready(leader: int, timeout: float) -> bytes | None:
+    """What the terminal has for us within ``timeout`` (b"" if nothing yet); None once the
+    other side is closed."""
+    if not select.select([leader], [], [], timeout)[0]:
+        return b""
+    try:
+        return os.read(leader, 65536) or None
+    except OSError:  # EIO: the program exited and closed its side
+        return None
+
+
 def watch_on_a_terminal(control: Path, env: dict[str, str]) -> tuple[bytes, int]:
-    """`status --watch` on a pseudo-terminal until two frames are out, then Ctrl-C."""
+    """`status --watch` on a pseudo-terminal until two frames are out, then Ctrl-C.
+
+    The terminal is read all along, until the program is gone: a program writing to a
+    terminal nobody reads blocks when its buffer (4 KiB) is full, and then cannot end.
+    """
     leader, follower = pty.openpty()
     process = subprocess.Popen(
         [BLITZDNS, "status", "--watch", "--control-socket", str(control)],
@@ -72,19 +87,17 @@ def watch_on_a_terminal(control: Path, env: dict[str, str]) -> tuple[bytes, int]
     deadline = time.monotonic() + 60
     try:
         while seen.count(b"upstreams") < 2 and time.monotonic() < deadline:
-            ready, _, _ = select.select([leader], [], [], 1)
-            if ready:
-                seen += os.read(leader, 65536)
+            seen += read_ready(leader, 1) or b""
         process.send_signal(signal.SIGINT)
-        code = process.wait(timeout=30)
-        while select.select([leader], [], [], 0.2)[0]:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
+        deadline = time.monotonic() + 30
+        while (chunk := read_ready(leader, 0.2)) is not None and time.monotonic() < deadline:
             seen += chunk
+            if chunk == b"" and process.poll() is not None:
+                break
+        try:
+            code = process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running 30 s after Ctrl-C; it wrote {seen!r}") from None
     finally:
         if process.poll() is None:
             process.kill()
