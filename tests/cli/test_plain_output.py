@@ -10,12 +10,13 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from .conftest import BLITZDNS, RunningDaemon, blitzdns, echo_config, running
+from .conftest import BLITZDNS, blitzdns, echo_config, running
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,10 @@ def test_no_escape_codes_in_any_output(
         ("bogus",),
         ("plan", "-c", str(tmp_path / "missing.toml")),
     ]
-    for argv in runs:
-        done = blitzdns(*argv, env=env)
+    # Independent read-only commands: run side by side (each is mostly its start-up).
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda argv: blitzdns(*argv, env=env), runs))
+    for argv, done in zip(runs, results, strict=True):
         assert done.stdout or done.stderr, argv
         assert "\x1b" not in done.stdout + done.stderr, (argv, done.stdout, done.stderr)
 
@@ -108,13 +111,14 @@ def watch_on_a_terminal(control: Path, env: dict[str, str]) -> tuple[bytes, int]
 
 
 def test_watch_on_a_terminal_redraws_in_place_only_where_allowed(
-    tmp_path: Path, start_daemon: Callable[..., RunningDaemon]
+    shared_daemon: tuple[Path, Path],
 ) -> None:
-    daemon = start_daemon(echo_config(tmp_path), "--no-tunnel")
-    allowed, code = watch_on_a_terminal(daemon.control, {"TERM": "xterm"})
+    _, control = shared_daemon
+    envs = ({"TERM": "xterm"}, {"TERM": "dumb"}, {"TERM": "xterm", "NO_COLOR": "1"})
+    with ThreadPoolExecutor(max_workers=3) as pool:  # three terminals of their own
+        (allowed, code), *plain = pool.map(lambda env: watch_on_a_terminal(control, env), envs)
     assert b"\x1b[H\x1b[2J" in allowed  # the control: in place on a capable terminal
     assert code == 130  # ended by Ctrl-C
-    for env in ({"TERM": "dumb"}, {"TERM": "xterm", "NO_COLOR": "1"}):
-        plain, code = watch_on_a_terminal(daemon.control, env)
-        assert b"\x1b" not in plain, (env, plain)
+    for env, (shown, code) in zip(envs[1:], plain, strict=True):
+        assert b"\x1b" not in shown, (env, shown)
         assert code == 130
