@@ -9,6 +9,7 @@ import pty
 import select
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,15 @@ def test_no_escape_codes_in_any_output(
         assert "\x1b" not in done.stdout + done.stderr, (argv, done.stdout, done.stderr)
 
 
+#: Start a program as a terminal would, with Ctrl-C's default action: a test run started
+#: in the background of a shell without job control ignores SIGINT, a program inherits an
+#: ignored signal, and Python then leaves it ignored (the watch would never end).
+WITH_CTRL_C = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
 def read_ready(leader: int, timeout: float) -> bytes | None:
     """What the terminal has for us within ``timeout`` (b"" if nothing yet); None once the
     other side is closed."""
@@ -79,7 +89,16 @@ def watch_on_a_terminal(control: Path, env: dict[str, str]) -> tuple[bytes, int]
     """
     leader, follower = pty.openpty()
     process = subprocess.Popen(
-        [BLITZDNS, "status", "--watch", "--control-socket", str(control)],
+        [
+            sys.executable,
+            "-c",
+            WITH_CTRL_C,
+            BLITZDNS,
+            "status",
+            "--watch",
+            "--control-socket",
+            str(control),
+        ],
         stdin=follower,
         stdout=follower,
         stderr=follower,
