@@ -540,6 +540,9 @@ async def load_and_soak(
     async def reloader() -> None:
         for index, when in enumerate(reload_at):
             await asyncio.sleep(max(0.0, when - loop.time()))
+            # The file is rewritten only once the tunnel has read the last one: a reload
+            # that a loaded machine delays must not read the next (perhaps broken) file.
+            await tunnel.wait_reloads(index, HUNG_S)
             broken = index % 3 == 2
             result.broken_sent += broken
             write_forwards(lab, broken=broken, with_spare=index % 2 == 0)

@@ -9,13 +9,15 @@ import pty
 import select
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from .conftest import BLITZDNS, RunningDaemon, blitzdns, echo_config, running
+from .conftest import BLITZDNS, blitzdns, echo_config, running
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +53,52 @@ def test_no_escape_codes_in_any_output(
         ("bogus",),
         ("plan", "-c", str(tmp_path / "missing.toml")),
     ]
-    for argv in runs:
-        done = blitzdns(*argv, env=env)
+    # Independent read-only commands: run side by side (each is mostly its start-up).
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda argv: blitzdns(*argv, env=env), runs))
+    for argv, done in zip(runs, results, strict=True):
         assert done.stdout or done.stderr, argv
         assert "\x1b" not in done.stdout + done.stderr, (argv, done.stdout, done.stderr)
 
 
+#: Start a program as a terminal would, with Ctrl-C's default action: a test run started
+#: in the background of a shell without job control ignores SIGINT, a program inherits an
+#: ignored signal, and Python then leaves it ignored (the watch would never end).
+WITH_CTRL_C = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def read_ready(leader: int, timeout: float) -> bytes | None:
+    """What the terminal has for us within ``timeout`` (b"" if nothing yet); None once the
+    other side is closed."""
+    if not select.select([leader], [], [], timeout)[0]:
+        return b""
+    try:
+        return os.read(leader, 65536) or None
+    except OSError:  # EIO: the program exited and closed its side
+        return None
+
+
 def watch_on_a_terminal(control: Path, env: dict[str, str]) -> tuple[bytes, int]:
-    """`status --watch` on a pseudo-terminal until two frames are out, then Ctrl-C."""
+    """`status --watch` on a pseudo-terminal until two frames are out, then Ctrl-C.
+
+    The terminal is read all along, until the program is gone: a program writing to a
+    terminal nobody reads blocks when its buffer (4 KiB) is full, and then cannot end.
+    """
     leader, follower = pty.openpty()
     process = subprocess.Popen(
-        [BLITZDNS, "status", "--watch", "--control-socket", str(control)],
+        [
+            sys.executable,
+            "-c",
+            WITH_CTRL_C,
+            BLITZDNS,
+            "status",
+            "--watch",
+            "--control-socket",
+            str(control),
+        ],
         stdin=follower,
         stdout=follower,
         stderr=follower,
@@ -72,19 +109,17 @@ def watch_on_a_terminal(control: Path, env: dict[str, str]) -> tuple[bytes, int]
     deadline = time.monotonic() + 60
     try:
         while seen.count(b"upstreams") < 2 and time.monotonic() < deadline:
-            ready, _, _ = select.select([leader], [], [], 1)
-            if ready:
-                seen += os.read(leader, 65536)
+            seen += read_ready(leader, 1) or b""
         process.send_signal(signal.SIGINT)
-        code = process.wait(timeout=30)
-        while select.select([leader], [], [], 0.2)[0]:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
+        deadline = time.monotonic() + 30
+        while (chunk := read_ready(leader, 0.2)) is not None and time.monotonic() < deadline:
             seen += chunk
+            if chunk == b"" and process.poll() is not None:
+                break
+        try:
+            code = process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running 30 s after Ctrl-C; it wrote {seen!r}") from None
     finally:
         if process.poll() is None:
             process.kill()
@@ -95,13 +130,14 @@ def watch_on_a_terminal(control: Path, env: dict[str, str]) -> tuple[bytes, int]
 
 
 def test_watch_on_a_terminal_redraws_in_place_only_where_allowed(
-    tmp_path: Path, start_daemon: Callable[..., RunningDaemon]
+    shared_daemon: tuple[Path, Path],
 ) -> None:
-    daemon = start_daemon(echo_config(tmp_path), "--no-tunnel")
-    allowed, code = watch_on_a_terminal(daemon.control, {"TERM": "xterm"})
+    _, control = shared_daemon
+    envs = ({"TERM": "xterm"}, {"TERM": "dumb"}, {"TERM": "xterm", "NO_COLOR": "1"})
+    with ThreadPoolExecutor(max_workers=3) as pool:  # three terminals of their own
+        (allowed, code), *plain = pool.map(lambda env: watch_on_a_terminal(control, env), envs)
     assert b"\x1b[H\x1b[2J" in allowed  # the control: in place on a capable terminal
     assert code == 130  # ended by Ctrl-C
-    for env in ({"TERM": "dumb"}, {"TERM": "xterm", "NO_COLOR": "1"}):
-        plain, code = watch_on_a_terminal(daemon.control, env)
-        assert b"\x1b" not in plain, (env, plain)
+    for env, (shown, code) in zip(envs[1:], plain, strict=True):
+        assert b"\x1b" not in shown, (env, shown)
         assert code == 130
