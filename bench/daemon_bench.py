@@ -16,7 +16,9 @@ Measured per round, for each side (the order alternates between rounds; medians 
   "Listening" (every mouth accepts a TCP connection) is printed too: blitzdns binds its
   mouths before the link is up and holds connections, ``ssh -L`` listens only after auth.
   The probe sends a DNS query for each unanswered name every 5 ms and, per mouth, retries a
-  refused connect every 5 ms, then sends one line and waits for its echo.
+  refused connect (or a connection reset before its echo: blitzdns closes one that comes
+  between binding its mouths and starting its tunnel) every 5 ms, then sends one line and
+  waits for its echo.
 * **link → ready**: from the client's own "link up" notice (blitzdns's ``link up via``
   log line; ssh's ``Authenticated to`` at LogLevel VERBOSE) and from sshd's ``Accepted
   publickey`` and ``Connection from`` log lines until ready. Log lines are time-stamped
@@ -508,25 +510,36 @@ async def probe_dns(port: int, names: dict[str, str], deadline: float) -> float:
 
 
 async def probe_mouth(address: str, port: int, deadline: float) -> tuple[float, float]:
-    """(time the mouth accepted, time a line came back through it)."""
+    """(time the mouth first accepted, time a line came back through it).
+
+    A refused connect is retried, and so is a connection reset before its echo: blitzdns
+    binds its mouths before its tunnel starts and closes a connection that arrives in
+    between at once (tunnel.Tunnel.wait_link; tests/tunnel/test_tunnel_lifecycle.py::
+    test_bind_first_then_start), which a client sees as a reset and retries.
+    """
+    accepted: float | None = None
     while True:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"mouth {address}:{port} never accepted")
+            raise TimeoutError(f"mouth {address}:{port} never carried a line")
         try:
             reader, writer = await asyncio.open_connection(address, port)
-            break
         except OSError:
             await asyncio.sleep(POLL_S)
-    accepted = time.monotonic()
-    try:
-        writer.write(PROBE_LINE)
-        left = max(0.1, deadline - time.monotonic())
-        echoed = await asyncio.wait_for(reader.readexactly(len(PROBE_LINE)), left)
+            continue
+        if accepted is None:
+            accepted = time.monotonic()
+        try:
+            writer.write(PROBE_LINE)
+            left = max(0.1, deadline - time.monotonic())
+            echoed = await asyncio.wait_for(reader.readexactly(len(PROBE_LINE)), left)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            await asyncio.sleep(POLL_S)
+            continue
+        finally:
+            writer.close()
         if echoed != PROBE_LINE:
             raise RuntimeError(f"mouth {address}:{port} echoed {echoed!r}")
         return accepted, time.monotonic()
-    finally:
-        writer.close()
 
 
 @dataclass
