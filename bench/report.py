@@ -197,6 +197,9 @@ def run_benches(plan: tuple[tuple[str, list[str]], ...], run_dir: Path) -> dict[
     """Each script in turn (a failing one does not stop the others), bounded in time."""
     benches: dict[str, dict[str, Any]] = {}
     for bench, argv in plan:
+        if not (HERE / argv[0]).exists():
+            print(f"\n=== {bench}: bench/{argv[0]} is not in this checkout", flush=True)
+            continue
         print(f"\n=== {bench}: {' '.join(argv)}", flush=True)
         started = time.monotonic()
         try:
@@ -269,7 +272,7 @@ def _growth_table(rows: list[tuple[str, Figure]]) -> list[str]:
         return []
     unit = {m: f.unit for by_metric in table.values() for m, f in by_metric.items()}
     lines = [
-        "ours / peer at each count:",
+        "ours / peer at each count (ours alone where there is no peer):",
         "",
         "| N | " + " | ".join(f"{m} ({unit[m]})" for m in metrics) + " |",
         "|---:|" + "---:|" * len(metrics),
@@ -278,7 +281,10 @@ def _growth_table(rows: list[tuple[str, Figure]]) -> list[str]:
         cells = []
         for metric in metrics:
             f = table[count].get(metric)
-            cells.append("" if f is None else f"{_num(f.ours)} / {_num(f.peer)}")
+            if f is not None:
+                cells.append(_num(f.ours) if f.peer is None else f"{_num(f.ours)} / {_num(f.peer)}")
+            else:
+                cells.append("")
         lines.append(f"| {count} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
