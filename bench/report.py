@@ -326,12 +326,17 @@ def _table(rows: list[tuple[str, Figure]], previous: dict[str, Figure]) -> list[
     return lines
 
 
-def _profile_text(profile: dict[str, Any] | None) -> str:
+def _profile_text(profile: dict[str, Any] | None, *, short: bool = False) -> str:
+    """A profile's summary and flame graph link; ``short``: its two busiest functions."""
     if profile is None:
         return ""
     graph = profile.get("flamegraph")
     link = f" ([flame graph]({graph}))" if graph else ""
-    return f"{profile['name']}: {profile['summary']}{link}"
+    summary = profile["summary"]
+    if short and "busiest: " in summary:
+        busiest = summary.split("busiest: ", 1)[1].split(", ")[:2]
+        summary = f"busiest: {', '.join(busiest)}; more below"
+    return f"{profile['name']}: {summary}{link}"
 
 
 def markdown(run: Run, previous: Run | None, chart: str | None) -> str:
@@ -359,7 +364,11 @@ def markdown(run: Run, previous: Run | None, chart: str | None) -> str:
         for bench, info in run.benches.items()
         if info["status"] != 0
     ]
-    silent = [bench for bench in run.benches if bench not in {b for b, _ in run.figures}]
+    silent = [
+        bench
+        for bench in run.benches
+        if bench not in {b for b, _ in run.figures} and not (bench == "profile" and run.profiles)
+    ]
     if failed:
         lines.append(f"- **failed:** {', '.join(failed)}")
     if silent:
@@ -376,7 +385,8 @@ def markdown(run: Run, previous: Run | None, chart: str | None) -> str:
     if missed:
         lines += ["| missed | by how much | where the time goes |", "|---|---|---|"]
         for _bench, f in missed:
-            where = f.note or _profile_text(run.profile_for(f.case)) or "not profiled in this run"
+            profile = _profile_text(run.profile_for(f.case), short=True)
+            where = f.note or profile or "not profiled in this run"
             lines.append(f"| {f.case} | {'; '.join(f.misses())} | {where} |")
     else:
         lines.append("Every target with a figure in this run is met.")
