@@ -197,6 +197,9 @@ def run_benches(plan: tuple[tuple[str, list[str]], ...], run_dir: Path) -> dict[
     """Each script in turn (a failing one does not stop the others), bounded in time."""
     benches: dict[str, dict[str, Any]] = {}
     for bench, argv in plan:
+        if not (HERE / argv[0]).exists():
+            print(f"\n=== {bench}: bench/{argv[0]} is not in this checkout", flush=True)
+            continue
         print(f"\n=== {bench}: {' '.join(argv)}", flush=True)
         started = time.monotonic()
         try:
@@ -269,7 +272,7 @@ def _growth_table(rows: list[tuple[str, Figure]]) -> list[str]:
         return []
     unit = {m: f.unit for by_metric in table.values() for m, f in by_metric.items()}
     lines = [
-        "ours / peer at each count:",
+        "ours / peer at each count (ours alone where there is no peer):",
         "",
         "| N | " + " | ".join(f"{m} ({unit[m]})" for m in metrics) + " |",
         "|---:|" + "---:|" * len(metrics),
@@ -278,7 +281,10 @@ def _growth_table(rows: list[tuple[str, Figure]]) -> list[str]:
         cells = []
         for metric in metrics:
             f = table[count].get(metric)
-            cells.append("" if f is None else f"{_num(f.ours)} / {_num(f.peer)}")
+            if f is not None:
+                cells.append(_num(f.ours) if f.peer is None else f"{_num(f.ours)} / {_num(f.peer)}")
+            else:
+                cells.append("")
         lines.append(f"| {count} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
@@ -320,12 +326,17 @@ def _table(rows: list[tuple[str, Figure]], previous: dict[str, Figure]) -> list[
     return lines
 
 
-def _profile_text(profile: dict[str, Any] | None) -> str:
+def _profile_text(profile: dict[str, Any] | None, *, short: bool = False) -> str:
+    """A profile's summary and flame graph link; ``short``: its two busiest functions."""
     if profile is None:
         return ""
     graph = profile.get("flamegraph")
     link = f" ([flame graph]({graph}))" if graph else ""
-    return f"{profile['name']}: {profile['summary']}{link}"
+    summary = profile["summary"]
+    if short and "busiest: " in summary:
+        busiest = summary.split("busiest: ", 1)[1].split(", ")[:2]
+        summary = f"busiest: {', '.join(busiest)}; more below"
+    return f"{profile['name']}: {summary}{link}"
 
 
 def markdown(run: Run, previous: Run | None, chart: str | None) -> str:
@@ -353,7 +364,11 @@ def markdown(run: Run, previous: Run | None, chart: str | None) -> str:
         for bench, info in run.benches.items()
         if info["status"] != 0
     ]
-    silent = [bench for bench in run.benches if bench not in {b for b, _ in run.figures}]
+    silent = [
+        bench
+        for bench in run.benches
+        if bench not in {b for b, _ in run.figures} and not (bench == "profile" and run.profiles)
+    ]
     if failed:
         lines.append(f"- **failed:** {', '.join(failed)}")
     if silent:
@@ -370,7 +385,8 @@ def markdown(run: Run, previous: Run | None, chart: str | None) -> str:
     if missed:
         lines += ["| missed | by how much | where the time goes |", "|---|---|---|"]
         for _bench, f in missed:
-            where = f.note or _profile_text(run.profile_for(f.case)) or "not profiled in this run"
+            profile = _profile_text(run.profile_for(f.case), short=True)
+            where = f.note or profile or "not profiled in this run"
             lines.append(f"| {f.case} | {'; '.join(f.misses())} | {where} |")
     else:
         lines.append("Every target with a figure in this run is met.")
