@@ -444,15 +444,20 @@ def _render_tunnel(tunnel: Mapping[str, Any] | None, now: float) -> list[str]:
             str(f.get("open", 0)),
             str(f.get("total", 0)),
             str(f.get("rejected", 0)),
+            str(f.get("cut", 0)),
             format_bytes(f.get("bytes_out", 0)),
             format_bytes(f.get("bytes_in", 0)),
         ]
         for f in forwards
     ]
     if rows:
-        # The names of status --json's keys (bytes_out: client → target).
-        headers = ["NAME", "MOUTH", "TARGET", "OPEN", "TOTAL", "REJECTED", "BYTES_OUT", "BYTES_IN"]
-        lines += format_table(headers, rows, numeric=range(3, 8))
+        # The names of status --json's keys (bytes_out: client → target; cut: ended by the
+        # tunnel, not by the client or the target).
+        headers = [
+            *("NAME", "MOUTH", "TARGET", "OPEN", "TOTAL", "REJECTED", "CUT"),
+            *("BYTES_OUT", "BYTES_IN"),
+        ]
+        lines += format_table(headers, rows, numeric=range(3, 9))
     lines += _render_udp(tunnel.get("udp_forwards") or [])
     return [*lines, ""]
 

@@ -2,9 +2,12 @@
 
 Built only here, from the daemon's typed state, as :class:`~typing.TypedDict` values that
 ``mypy --strict`` checks: a counter renamed in the resolver or the tunnel breaks the type
-check here rather than a script reading the JSON. ``schema`` is the version of this shape:
-a key is only ever added within one version; renaming or removing one raises it. Times
-are Unix epoch seconds (wall clock), because the reader is another process.
+check rather than a script reading the JSON. The tunnel's part is the standalone tunnel
+package's own typed status (``TunnelStatus`` of :mod:`tunnel.state`, built by
+``TunnelState.to_dict``), taken as it is: one mapping, checked where the counters live.
+``schema`` is the version of this whole shape, the tunnel's part included: a key is only
+ever added within one version; renaming or removing one raises it. Times are Unix epoch
+seconds (wall clock), because the reader is another process.
 """
 
 from __future__ import annotations
@@ -16,72 +19,26 @@ from typing import Any, TypedDict
 from blitzdns import __version__
 from blitzdns.config import Endpoint
 from blitzdns.dns.stats import ResolverStats, UpstreamHealth
-from tunnel.state import ForwardState, TunnelState, UdpForwardState
+from tunnel.state import ForwardStatus, TunnelState, TunnelStatus, UdpForwardStatus
+
+__all__ = [
+    "SCHEMA",
+    "DnsStatus",
+    "ForwardStatus",
+    "GuardStatus",
+    "Snapshot",
+    "TunnelStatus",
+    "UdpForwardStatus",
+    "UpstreamStatus",
+    "WatchStatus",
+    "dns_status",
+    "snapshot",
+    "tunnel_status",
+    "upstream_status",
+]
 
 #: The version of the shape below.
 SCHEMA = 1
-
-
-class ForwardStatus(TypedDict):
-    """One mouth → target forward and its counters (``bytes_out``: client → target)."""
-
-    name: str
-    mouth: str
-    mouth_host: str
-    mouth_port: int
-    target_host: str
-    target_port: int
-    #: Client networks allowed on a shared-address mouth; None: a loopback mouth.
-    allowed_peers: list[str] | None
-    open: int
-    total: int
-    rejected: int
-    #: Connections cut because the link they rode went away.
-    cut: int
-    bytes_in: int
-    bytes_out: int
-
-
-class UdpForwardStatus(TypedDict):
-    """One UDP forward: its relay on the gateway (``python3``, ``socat``, ``starting``,
-    ``down`` or ``unavailable``, with ``reason``), associations, datagrams and bytes each
-    way (``_out``: client → target), drops by reason."""
-
-    name: str
-    proto: str
-    mouth: str
-    target_host: str
-    target_port: int
-    relay: str
-    reason: str
-    associations: int
-    associations_total: int
-    datagrams_out: int
-    bytes_out: int
-    datagrams_in: int
-    bytes_in: int
-    dropped: dict[str, int]
-    rejected: int
-
-
-class TunnelStatus(TypedDict):
-    """The SSH link: ``status`` is connecting, up, down, stopped or failed."""
-
-    status: str
-    since: float
-    gateway: str | None
-    last_error: str | None
-    final_error: str | None
-    attempts: int
-    #: While the link is not up: the first failure (``since`` moves at every retry), the
-    #: attempts since it was last up, and when the next one is due (None: none awaited).
-    down_since: float | None
-    attempts_since_up: int
-    next_retry: float | None
-    #: Why the link was last replaced on a network change, or None.
-    last_relink: str | None
-    forwards: list[ForwardStatus]
-    udp_forwards: list[UdpForwardStatus]
 
 
 class UpstreamStatus(TypedDict):
@@ -191,61 +148,8 @@ def snapshot(
 
 
 def tunnel_status(state: TunnelState) -> TunnelStatus:
-    return {
-        "status": state.status.value,
-        "since": state.since,
-        "gateway": state.gateway,
-        "last_error": state.last_error,
-        "final_error": state.final_error,
-        "attempts": state.attempts,
-        "down_since": state.down_since,
-        "attempts_since_up": state.attempts_since_up,
-        "next_retry": state.next_retry,
-        "last_relink": state.last_relink,
-        "forwards": [forward_status(f) for f in state.forwards],
-        "udp_forwards": [udp_forward_status(f) for f in state.udp_forwards],
-    }
-
-
-def udp_forward_status(state: UdpForwardState) -> UdpForwardStatus:
-    f = state.forward
-    return {
-        "name": f.name,
-        "proto": "udp",
-        "mouth": f"{f.mouth_host}:{f.mouth_port}",
-        "target_host": f.target_host,
-        "target_port": f.target_port,
-        "relay": state.relay.value,
-        "reason": state.reason,
-        "associations": state.associations,
-        "associations_total": state.associations_total,
-        "datagrams_out": state.datagrams_out,
-        "bytes_out": state.bytes_out,
-        "datagrams_in": state.datagrams_in,
-        "bytes_in": state.bytes_in,
-        "dropped": dict(state.dropped),
-        "rejected": state.rejected,
-    }
-
-
-def forward_status(state: ForwardState) -> ForwardStatus:
-    f = state.forward
-    peers = None if f.allowed_peers is None else [str(n) for n in f.allowed_peers]
-    return {
-        "name": f.name,
-        "mouth": f"{f.mouth_host}:{f.mouth_port}",
-        "mouth_host": f.mouth_host,
-        "mouth_port": f.mouth_port,
-        "target_host": f.target_host,
-        "target_port": f.target_port,
-        "allowed_peers": peers,
-        "open": state.open,
-        "total": state.total,
-        "rejected": state.rejected,
-        "cut": state.cut,
-        "bytes_in": state.bytes_in,
-        "bytes_out": state.bytes_out,
-    }
+    """The tunnel's own typed status (:meth:`tunnel.state.TunnelState.to_dict`), as it is."""
+    return state.to_dict()
 
 
 def dns_status(stats: ResolverStats, listen: Iterable[Endpoint]) -> DnsStatus:

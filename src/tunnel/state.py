@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 from tunnel.forwards import Forward
 from tunnel.udp import UdpForward
@@ -26,6 +26,68 @@ class LinkStatus(enum.Enum):
     """Not started yet, or closed."""
     FAILED = "failed"
     """Stopped for good by a final error (authentication, host key); see ``final_error``."""
+
+
+class ForwardStatus(TypedDict):
+    """One mouth → target forward and its counters (``bytes_out``: client → target)."""
+
+    name: str
+    mouth: str
+    mouth_host: str
+    mouth_port: int
+    target_host: str
+    target_port: int
+    #: Client networks allowed on a shared-address mouth; None: a loopback mouth.
+    allowed_peers: list[str] | None
+    open: int
+    total: int
+    rejected: int
+    #: Connections cut because the link they rode went away.
+    cut: int
+    bytes_in: int
+    bytes_out: int
+
+
+class UdpForwardStatus(TypedDict):
+    """One UDP forward: its relay on the gateway (``python3``, ``socat``, ``starting``,
+    ``down`` or ``unavailable``, with ``reason``), associations, datagrams and bytes each
+    way (``_out``: client → target), drops by reason."""
+
+    name: str
+    proto: str
+    mouth: str
+    target_host: str
+    target_port: int
+    relay: str
+    reason: str
+    associations: int
+    associations_total: int
+    datagrams_out: int
+    bytes_out: int
+    datagrams_in: int
+    bytes_in: int
+    dropped: dict[str, int]
+    rejected: int
+
+
+class TunnelStatus(TypedDict):
+    """The SSH link: ``status`` is connecting, up, down, stopped or failed."""
+
+    status: str
+    since: float
+    gateway: str | None
+    last_error: str | None
+    final_error: str | None
+    attempts: int
+    #: While the link is not up: the first failure (``since`` moves at every retry), the
+    #: attempts since it was last up, and when the next one is due (None: none awaited).
+    down_since: float | None
+    attempts_since_up: int
+    next_retry: float | None
+    #: Why the link was last replaced on a network change, or None.
+    last_relink: str | None
+    forwards: list[ForwardStatus]
+    udp_forwards: list[UdpForwardStatus]
 
 
 class ForwardCounters:
@@ -74,7 +136,7 @@ class ForwardState:
             cut=counters.cut,
         )
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ForwardStatus:
         f = self.forward
         return {
             "name": f.name,
@@ -128,7 +190,7 @@ class UdpForwardState:
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> UdpForwardStatus:
         f = self.forward
         return {
             "name": f.name,
@@ -174,8 +236,8 @@ class TunnelState:
     """Wall-clock time the next attempt is due, while waiting for it (else None)."""
     udp_forwards: tuple[UdpForwardState, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data."""
+    def to_dict(self) -> TunnelStatus:
+        """Plain JSON-ready data, typed (the daemon's ``status`` shows it as it is)."""
         return {
             "status": self.status.value,
             "since": self.since,
@@ -183,10 +245,10 @@ class TunnelState:
             "last_error": self.last_error,
             "final_error": self.final_error,
             "attempts": self.attempts,
-            "last_relink": self.last_relink,
             "down_since": self.down_since,
             "attempts_since_up": self.attempts_since_up,
             "next_retry": self.next_retry,
+            "last_relink": self.last_relink,
             "forwards": [f.to_dict() for f in self.forwards],
             "udp_forwards": [f.to_dict() for f in self.udp_forwards],
         }

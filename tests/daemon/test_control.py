@@ -58,6 +58,7 @@ def sample_snapshot() -> dict[str, Any]:
                     "open": 1,
                     "total": 12,
                     "rejected": 0,
+                    "cut": 4,
                     "bytes_in": 1_048_576,
                     "bytes_out": 1536,
                 },
@@ -70,6 +71,7 @@ def sample_snapshot() -> dict[str, Any]:
                     "open": 0,
                     "total": 3,
                     "rejected": 2,
+                    "cut": 0,
                     "bytes_in": 10,
                     "bytes_out": 20,
                 },
@@ -326,6 +328,7 @@ def test_render_status_table() -> None:
         "OPEN",
         "TOTAL",
         "REJECTED",
+        "CUT",
         "BYTES_OUT",
         "BYTES_IN",
     ]
@@ -336,6 +339,7 @@ def test_render_status_table() -> None:
         "1",
         "12",
         "0",
+        "4",
         "1.5",
         "KiB",
         "1.0",
@@ -343,6 +347,8 @@ def test_render_status_table() -> None:
     ]
     assert dnd.split()[1] == "[::1]:902"
     assert mail.index(" 12 ") + 3 == header.index("TOTAL") + len("TOTAL")
+    # The tunnel's cut connections, as status --json has them (right-aligned like the rest).
+    assert mail.index(" 4 ") + 2 == header.index("CUT") + len("CUT")
     assert "dns        listening on 127.0.0.1:53, [::1]:53" in lines
     assert (
         "answered locally 10   forwarded 20   cache hits 5   SERVFAIL 1   refused 2"

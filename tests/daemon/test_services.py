@@ -16,7 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from blitzdns.commands.service import app
-from blitzdns.errors import PermissionProblem, UsageError
+from blitzdns.daemon import run_main
+from blitzdns.errors import BlitzdnsError, PermissionProblem, UsageError, explain
 from blitzdns.system import services
 from blitzdns.system.services import Outcome, ServicePlan, Target
 
@@ -76,6 +77,7 @@ def test_unit_says_what_it_must() -> None:
         "NotifyAccess=main",
         "Restart=on-failure",
         "RestartSec=5s",
+        "RestartPreventExitStatus=2",
         "User=daemon",
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
@@ -91,6 +93,19 @@ def test_unit_says_what_it_must() -> None:
         assert directive in lines, directive
     as_root = plan_for(Target.SYSTEMD, user=None).render().decode()
     assert not any(line.startswith("User=") for line in as_root.splitlines())
+
+
+def test_a_config_error_is_not_restarted_in_a_loop(tmp_path: Path) -> None:
+    """systemd restarts `run` on failure, but not with the status a config error exits
+    with: a broken file is not fixed by starting again every 5 s."""
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[dns]\nttl = 'five'\n")
+    with pytest.raises(BlitzdnsError) as caught:
+        run_main(["--config", str(broken), "--no-tunnel"])
+    told = explain(caught.value)
+    assert told is not None and told.status != 0
+    unit = plan_for(Target.SYSTEMD).render().decode().splitlines()
+    assert f"RestartPreventExitStatus={told.status}" in unit
 
 
 def test_exec_start_quoting() -> None:

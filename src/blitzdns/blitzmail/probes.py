@@ -221,52 +221,46 @@ async def _conversation(target: _Target, timeout: float) -> AsyncIterator[_Conve
         raise target.error(ProbeClosed, f"connection lost: {reason}") from exc
 
 
-async def _probe_greeting(
-    service: str,
-    host: str,
-    port: int,
-    timeout: float,
-    *,
-    codes: Sequence[int],
-    clock: Clock,
-) -> ProbeResult:
-    start = clock()
-    async with _conversation(_Target(service, host, port), timeout) as talk:
-        line = await talk.read()
-        await talk.goodbye()
-    expected = " or ".join(str(code) for code in codes)
-    ok = greeting_matches(line, codes)
-    return ProbeResult(
-        service, host, port, ok, _clip(line), f"a {expected} greeting", clock() - start
-    )
+@dataclass(frozen=True, slots=True)
+class GreetingProbe:
+    """A service that greets first: connect, read its first line, expect one of ``codes``.
+
+    Called like every probe: ``await probe(host, port, timeout)``; ``port`` defaults to the
+    service's well-known one.
+    """
+
+    service: str
+    port: int
+    codes: tuple[int, ...]
+
+    async def __call__(
+        self,
+        host: str,
+        port: int | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        clock: Clock = time.monotonic,
+    ) -> ProbeResult:
+        port = self.port if port is None else port
+        start = clock()
+        async with _conversation(_Target(self.service, host, port), timeout) as talk:
+            line = await talk.read()
+            await talk.goodbye()
+        expected = " or ".join(str(code) for code in self.codes)
+        ok = greeting_matches(line, self.codes)
+        return ProbeResult(
+            self.service, host, port, ok, _clip(line), f"a {expected} greeting", clock() - start
+        )
 
 
-async def probe_dnd(
-    host: str, port: int = 902, timeout: float = DEFAULT_TIMEOUT, *, clock: Clock = time.monotonic
-) -> ProbeResult:
-    """DND greets first with ``220``."""
-    return await _probe_greeting("dnd", host, port, timeout, codes=(220,), clock=clock)
-
-
-async def probe_bulletins(
-    host: str, port: int = 1119, timeout: float = DEFAULT_TIMEOUT, *, clock: Clock = time.monotonic
-) -> ProbeResult:
-    """The bulletin server greets first with ``200 <version>``."""
-    return await _probe_greeting("bulletins", host, port, timeout, codes=(200,), clock=clock)
-
-
-async def probe_nntp(
-    host: str, port: int = 119, timeout: float = DEFAULT_TIMEOUT, *, clock: Clock = time.monotonic
-) -> ProbeResult:
-    """NNTP greets with ``200`` (posting allowed) or ``201`` (RFC 3977 §5.1.1)."""
-    return await _probe_greeting("nntp", host, port, timeout, codes=(200, 201), clock=clock)
-
-
-async def probe_dartnotify(
-    host: str, port: int = 2152, timeout: float = DEFAULT_TIMEOUT, *, clock: Clock = time.monotonic
-) -> ProbeResult:
-    """The dartnotify TCP service greets with ``220``."""
-    return await _probe_greeting("dartnotify", host, port, timeout, codes=(220,), clock=clock)
+#: DND greets first with ``220``.
+probe_dnd = GreetingProbe("dnd", 902, (220,))
+#: The bulletin server greets first with ``200 <version>``.
+probe_bulletins = GreetingProbe("bulletins", 1119, (200,))
+#: NNTP greets with ``200`` (posting allowed) or ``201`` (RFC 3977 §5.1.1).
+probe_nntp = GreetingProbe("nntp", 119, (200, 201))
+#: The dartnotify TCP service greets with ``220``.
+probe_dartnotify = GreetingProbe("dartnotify", 2152, (220,))
 
 
 async def probe_blitzmail(
@@ -315,11 +309,8 @@ class Probe(Protocol):
 
 
 _PROBES_BY_PORT: dict[int, Probe] = {
-    902: probe_dnd,
+    **{p.port: p for p in (probe_dnd, probe_bulletins, probe_nntp, probe_dartnotify)},
     2151: probe_blitzmail,
-    1119: probe_bulletins,
-    119: probe_nntp,
-    2152: probe_dartnotify,
 }
 _PROBES_BY_NAME: dict[str, Probe] = {
     "dnd": probe_dnd,

@@ -21,8 +21,13 @@ from typing import Annotated
 
 import typer
 
-from blitzdns.commands.options import ConfigOption
-from blitzdns.commands.resolver_config import command_line, file_status, root_args
+from blitzdns.commands.options import ConfigOption, LocationOption, RootOption
+from blitzdns.commands.resolver_config import (
+    command_line,
+    file_status,
+    refuse_other_target,
+    uninstall_line,
+)
 from blitzdns.config import Config, Endpoint
 from blitzdns.dns.detect import detect_upstreams
 from blitzdns.effective import effective_config
@@ -50,13 +55,6 @@ TargetOption = Annotated[
     typer.Option(
         "--target", help=f"{'|'.join(GUARD_TARGETS)} (default: [guard] target, else detected)."
     ),
-]
-LocationOption = Annotated[
-    str | None,
-    typer.Option("--location", help="Use this location's overrides ('auto': detect it)."),
-]
-RootOption = Annotated[
-    Path, typer.Option("--root", help="Write the files under this directory instead of /.")
 ]
 ApplyOption = Annotated[
     bool, typer.Option("--apply", help="Also load the rules into the running firewall.")
@@ -123,14 +121,8 @@ def uninstall(
         if state is None:
             typer.echo(f"nothing to undo: no guard install record under {root}")
             return
-        if target is not None and target != state.target:
-            raise UsageError(
-                f"the installed guard is {state.target}, not {target}; "
-                "uninstall (without --target) removes whatever is installed"
-            )
-        hint = shlex.join(
-            ["blitzdns", "guard", "uninstall", *root_args(root), *(["--apply"] * apply)]
-        )
+        refuse_other_target(state.target, target, what="guard")
+        hint = uninstall_line("guard", root, apply)
         changes, _, ran = guard_apply.uninstall(root, apply=apply, sudo_hint=hint)
     for change in changes:
         typer.echo(str(change))

@@ -17,6 +17,9 @@ LocationOption = Annotated[
     str | None,
     typer.Option("--location", help="Apply this location's overrides ('auto': detect it)."),
 ]
+RootOption = Annotated[
+    Path, typer.Option("--root", help="Write under this directory instead of /.")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 ControlSocketOption = Annotated[
     Path | None, typer.Option("--control-socket", help="Path of the daemon's status socket.")

@@ -15,7 +15,13 @@ from typing import Annotated
 
 import typer
 
-from blitzdns.commands.options import ConfigOption, ListenOption, flags
+from blitzdns.commands.options import (
+    ConfigOption,
+    ListenOption,
+    LocationOption,
+    RootOption,
+    flags,
+)
 from blitzdns.config import Config
 from blitzdns.effective import effective_config
 from blitzdns.errors import UsageError
@@ -34,13 +40,6 @@ TargetOption = Annotated[
         "--target",
         help=f"{'|'.join(TARGETS)} (default: the config's resolver target, else detected).",
     ),
-]
-LocationOption = Annotated[
-    str | None,
-    typer.Option("--location", help="Use this location's overrides ('auto': detect it)."),
-]
-RootOption = Annotated[
-    Path, typer.Option("--root", help="Apply under this directory instead of /.")
 ]
 ApplyOption = Annotated[
     bool,
@@ -124,18 +123,12 @@ def _uninstall(target: str | None, root: Path, *, apply: bool) -> None:
     if state is None:
         typer.echo(f"nothing to undo: no install record under {root}")
         return
-    if target is not None and target != state.target:
-        raise UsageError(
-            f"the installed target is {state.target}, not {target}; "
-            "uninstall (without --target) undoes whatever is installed"
-        )
+    refuse_other_target(state.target, target, what="target")
     undo = [[*state.command_shell, line] for line in state.undo_commands]
     if apply:
         _refuse_apply_under_root(root)
         installer.require_tools([*undo, *state.reload], what="apply")
-    hint = shlex.join(
-        ["blitzdns", "resolver-config", "uninstall", *root_args(root), *(["--apply"] * apply)]
-    )
+    hint = uninstall_line("resolver-config", root, apply)
     changes, _ = installer.uninstall(root, sudo_hint=hint)
     for change in changes:
         typer.echo(str(change))
@@ -269,3 +262,17 @@ def command_line(
     if apply:
         argv.append("--apply")
     return shlex.join(argv)
+
+
+def uninstall_line(group: str, root: Path, apply: bool) -> str:
+    """``uninstall`` as repeated under sudo (said when permission is missing)."""
+    return shlex.join(["blitzdns", group, "uninstall", *root_args(root), *(["--apply"] * apply)])
+
+
+def refuse_other_target(installed: str, target: str | None, *, what: str) -> None:
+    """``uninstall --target`` names what it expects to remove: refuse another one."""
+    if target is not None and target != installed:
+        raise UsageError(
+            f"the installed {what} is {installed}, not {target}; "
+            "uninstall (without --target) undoes whatever is installed"
+        )

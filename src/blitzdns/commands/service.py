@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from blitzdns.commands.options import RootOption
 from blitzdns.config import find_config_file
 from blitzdns.errors import ConfigError, UsageError
 from blitzdns.system import services
@@ -28,9 +29,6 @@ app = typer.Typer(
 TargetOption = Annotated[
     Target | None,
     typer.Option("--target", help="Service manager (default: this system's).", show_default=False),
-]
-RootOption = Annotated[
-    Path, typer.Option("--root", help="Write under this directory instead of /.")
 ]
 UserOption = Annotated[
     str | None,

@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from blitzdns.errors import PermissionProblem, UsageError
+from blitzdns.errors import ConfigError, PermissionProblem, UsageError
 from blitzdns.system.install import atomic_write, fsync_dir
 
 UNIT_NAME = "blitzdns.service"
@@ -153,6 +153,8 @@ ExecStart={exec_start}
 ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=5s
+# A config error (exit {ConfigError.exit_code}): starting again will not fix it, so stop.
+RestartPreventExitStatus={ConfigError.exit_code}
 TimeoutStopSec=5s
 {who}
 # Ports below 1024 (53, 902, 119…) without root, and no other privilege.
