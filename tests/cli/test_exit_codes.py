@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from .conftest import RunningDaemon, blitzdns, echo_config
+from .conftest import RunningDaemon, blitzdns, echo_config, side_by_side
 from .test_plain_output import watch_on_a_terminal
 
 
@@ -25,20 +25,19 @@ def test_every_documented_exit_code_is_exercised(
     broken.write_text("[dns]\nttl = 'five'\n")
     nowhere = str(tmp_path / "none.sock")
     seen: dict[int, list[str]] = {}
-
-    def expect(code: int, *argv: str) -> None:
-        done = blitzdns(*argv)
+    expected = [
+        (0, ("plan", "-c", str(config))),
+        (1, ("check", "-c", str(config), "--control-socket", nowhere)),
+        (2, ("plan", "-c", str(broken))),
+        (2, ("plan", "--bogus")),
+        (3, ("status", "--control-socket", nowhere)),
+        (4, ("status", "--control-socket", str(not_blitzdns))),
+    ]
+    for (code, argv), done in zip(expected, side_by_side([a for _, a in expected]), strict=True):
         assert done.returncode == code, (argv, done.stdout, done.stderr)
         if code:
             assert done.stderr.count("\n") <= 1 or argv[0] == "check", done.stderr
         seen.setdefault(code, []).append(" ".join(argv))
-
-    expect(0, "plan", "-c", str(config))
-    expect(1, "check", "-c", str(config), "--control-socket", nowhere)
-    expect(2, "plan", "-c", str(broken))
-    expect(2, "plan", "--bogus")
-    expect(3, "status", "--control-socket", nowhere)
-    expect(4, "status", "--control-socket", str(not_blitzdns))
     daemon = start_daemon(config, "--no-tunnel")
     _, interrupted = watch_on_a_terminal(daemon.control, {"TERM": "dumb"})
     assert interrupted == 130

@@ -15,7 +15,7 @@ import pytest
 from blitzdns import __version__
 from blitzdns.entry import main
 
-from .conftest import BLITZDNS, blitzdns
+from .conftest import BLITZDNS, blitzdns, side_by_side
 
 NARROW = {"COLUMNS": "80", "NO_COLOR": "", "TERM": "xterm"}
 
@@ -154,12 +154,19 @@ def test_shell_completion_is_offered_and_completes() -> None:
 
 
 def test_help_topics_and_an_unknown_one() -> None:
-    assert blitzdns("help", "status").stdout == blitzdns("status", "--help").stdout
-    nested = blitzdns("help", "resolver-config", "install")
-    assert nested.stdout == blitzdns("resolver-config", "install", "--help").stdout
-    everything = blitzdns("help", "all").stdout
-    assert all(f"Usage: blitzdns {path}".rstrip() in everything for path in PATHS)
-    unknown = blitzdns("help", "bogus")
+    topic, page, nested, nested_page, everything, unknown = side_by_side(
+        [
+            ("help", "status"),
+            ("status", "--help"),
+            ("help", "resolver-config", "install"),
+            ("resolver-config", "install", "--help"),
+            ("help", "all"),
+            ("help", "bogus"),
+        ]
+    )
+    assert topic.stdout == page.stdout
+    assert nested.stdout == nested_page.stdout
+    assert all(f"Usage: blitzdns {path}".rstrip() in everything.stdout for path in PATHS)
     assert unknown.returncode == 2
     assert unknown.stderr.startswith("blitzdns: help: no topic 'bogus'; topics: run, plan")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BLITZDNS, blitzdns, echo_config, running
+from .conftest import BLITZDNS, echo_config, running, side_by_side
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +53,7 @@ def test_no_escape_codes_in_any_output(
         ("bogus",),
         ("plan", "-c", str(tmp_path / "missing.toml")),
     ]
-    # Independent read-only commands: run side by side (each is mostly its start-up).
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda argv: blitzdns(*argv, env=env), runs))
-    for argv, done in zip(runs, results, strict=True):
+    for argv, done in zip(runs, side_by_side(runs, env), strict=True):
         assert done.stdout or done.stderr, argv
         assert "\x1b" not in done.stdout + done.stderr, (argv, done.stdout, done.stderr)
 
