@@ -3,6 +3,7 @@ firewall live in a network namespace of the test's own (never the machine's)."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.system.conftest import snapshot
@@ -32,12 +33,14 @@ def test_show_resolves_the_protected_names_through_the_upstream(
 
 
 def test_install_then_uninstall_leaves_the_root_as_it_was(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    (root / "etc").mkdir(parents=True)
-    (root / "etc" / "pf.conf").write_text('anchor "com.apple/*"\n')
-    before = snapshot(root)
     config = write_config(tmp_path)
-    for target in ("nftables", "pf", "windows"):
+
+    def install_twice_then_uninstall(target: str) -> None:
+        """On a root of the target's own (the three run side by side)."""
+        root = tmp_path / target
+        (root / "etc").mkdir(parents=True)
+        (root / "etc" / "pf.conf").write_text('anchor "com.apple/*"\n')
+        before = snapshot(root)
         first = blitzdns("guard", "install", "-c", config, "--target", target,
                          "--root", str(root), *PINNED)  # fmt: skip
         assert first.returncode == 0, first.stderr
@@ -48,6 +51,9 @@ def test_install_then_uninstall_leaves_the_root_as_it_was(tmp_path: Path) -> Non
         done = blitzdns("guard", "uninstall", "--root", str(root))
         assert done.returncode == 0, done.stderr
         assert snapshot(root) == before, target
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        list(pool.map(install_twice_then_uninstall, ("nftables", "pf", "windows")))
 
 
 def test_the_guard_and_the_resolver_config_have_separate_records(tmp_path: Path) -> None:
