@@ -14,7 +14,7 @@ import signal
 from typing import Any
 
 from tunnel.netview import NetChange, NetView, judge
-from tunnel.netwatch import NetWatch
+from tunnel.netwatch import TICK_S, NetWatch
 
 
 def _view(view: NetView) -> dict[str, Any]:
@@ -30,6 +30,7 @@ async def main() -> None:
     parser.add_argument("--peer")
     parser.add_argument("--local")
     parser.add_argument("--poll", action="store_true", help="the portable poll, not netlink")
+    parser.add_argument("--tick", type=float, default=TICK_S, help="seconds between ticks")
     args = parser.parse_args()
 
     def report(change: NetChange) -> None:
@@ -46,7 +47,7 @@ async def main() -> None:
             flush=True,
         )
 
-    watch = NetWatch(report, use_netlink=not args.poll)
+    watch = NetWatch(report, use_netlink=not args.poll, tick_s=args.tick)
     await watch.start()
     watch.follow(args.peer)
     print(json.dumps({"ready": watch.mode, **_view(watch.view)}), flush=True)

@@ -94,11 +94,11 @@ def test_netlink_events_judged_for_the_link(roam: RoamLab, tmp_path: Path) -> No
 
 def test_a_pause_while_the_network_moves(roam: RoamLab, tmp_path: Path) -> None:
     """SIGSTOP, switch networks, SIGCONT: the change is seen, and so is the pause."""
-    watcher = Watcher(roam["client"], tmp_path / "watch.out")
+    watcher = Watcher(roam["client"], tmp_path / "watch.out", "--tick", "0.25")
     os.kill(watcher.proc.pid, signal.SIGSTOP)
     try:
         roam.switch()
-        stopped = roam["client"].run("sleep", "4")  # longer than tick + slack (3 s)
+        stopped = roam["client"].run("sleep", "3")  # longer than tick + slack (2.25 s)
         assert stopped.returncode == 0
     finally:
         os.kill(watcher.proc.pid, signal.SIGCONT)
