@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from dnsstub import blitzdns_stub
+from dnsstub import Stub, blitzdns_stub
 
 
 def sh(*argv: str) -> None:
@@ -31,8 +31,10 @@ def sh(*argv: str) -> None:
 def getent(argv: list[str]) -> None:
     resolv_conf, queries = argv[0], argv[1:]
     sh("ip", "link", "set", "lo", "up")
-    # Nothing listens on the upstream: only the stub's own answers can come back.
-    with blitzdns_stub("127.0.0.1:53", "127.0.0.1:9"):
+    # The upstream knows no name (NXDOMAIN for all, at once): only the stub's own answers
+    # can carry an address, and glibc's search-list tries (``dnd.lan``) do not wait for
+    # the stub's timeout.
+    with Stub({}) as upstream, blitzdns_stub("127.0.0.1:53", f"127.0.0.1:{upstream.port}"):
         sh("mount", "--bind", resolv_conf, "/etc/resolv.conf")
         results = {}
         for query in queries:
