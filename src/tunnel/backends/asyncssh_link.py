@@ -9,8 +9,9 @@ through asyncssh; host keys are always checked against known_hosts
 Every flow opens a ``direct-tcpip`` channel (RFC 4254 §7.2). The data path is two small
 protocol objects wired back to back with no task and no buffer copy per chunk: bytes read
 from the client go straight to ``SSHTCPChannel.write`` and bytes from the channel to
-``Transport.write``; each side's ``pause_writing`` pauses the other side's reading, so a
-slow reader holds back the fast writer (bounded memory).
+``Transport.write`` (the packets of one read of the SSH socket together); each side's
+``pause_writing`` pauses the other side's reading, so a slow reader holds back the fast
+writer (bounded memory).
 """
 
 from __future__ import annotations
@@ -261,20 +262,80 @@ def _keep_held_eof() -> None:
 _keep_held_eof()
 
 
+def _feed_by_packet() -> None:
+    """Carried patch (asyncssh 2.14 to 2.x, the range pyproject.toml allows; checked by
+    tests/tunnel/test_tunnel_bulk.py against sshd): asyncssh keeps its input in one
+    ``bytes`` (``SSHConnection._inpbuf``): each read is appended, and every packet taken
+    off its front leaves the *rest* copied into a new ``bytes`` twice (header, then body).
+    A 256 KiB read of eight 32 KiB packets copied about 2 MiB of remainders: memmove was
+    8-12 % of the daemon's CPU in a bulk download (py-spy, bench/results/profiles/).
+    Handing asyncssh each read one piece at a time, exactly what its current step needs
+    (the first cipher block, then the rest of that packet), leaves no remainder to copy;
+    its own parser, decryption and error handling run unchanged. Where asyncssh waits for
+    anything else (the version line, a packet handled in a task) the read goes in whole,
+    as before. Without the attributes it relies on, the patch leaves asyncssh alone."""
+    from asyncssh.connection import SSHConnection  # noqa: PLC0415 (only the patch needs it)
+
+    original: Any = SSHConnection.data_received
+    if getattr(original, "feeds_by_packet", False):
+        return
+    header_step = SSHConnection._recv_pkthdr
+    body_step = SSHConnection._recv_packet
+
+    def data_received(self: Any, data: bytes, datatype: Any = None) -> None:
+        end = len(data)
+        if end <= FEED_WHOLE_MAX:
+            original(self, data, datatype)
+            return
+        view = memoryview(data)
+        pos = 0
+        while pos < end and self._transport is not None:
+            step = getattr(self._recv_handler, "__func__", None)
+            have = len(self._inpbuf)
+            if step is header_step:
+                need = self._recv_blocksize - have
+            elif step is body_step:
+                need = 4 + self._pktlen + self._recv_macsize - self._recv_blocksize - have
+            else:
+                need = end - pos
+            piece = view[pos : pos + max(need, 1)]
+            pos += len(piece)
+            original(self, piece, datatype)
+
+    data_received.feeds_by_packet = True  # type: ignore[attr-defined]
+    if all(hasattr(SSHConnection, name) for name in ("_recv_pkthdr", "_recv_packet", "_recv_data")):
+        SSHConnection.data_received = data_received  # type: ignore[method-assign]
+
+
+FEED_WHOLE_MAX = 8 * 1024
+"""Reads up to this size go to asyncssh whole (a few small packets: a reply, a window
+adjust): their remainders are small, and one call costs less than one per piece."""
+
+_feed_by_packet()
+
+
 class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
-    """Channel → client: every SSH data packet is written straight to the client.
+    """Channel → client: every SSH data packet is written to the client's transport.
+
+    The first packet in a turn of the event loop is written at once (a reply waits for
+    nothing); the packets that follow it from the same read of the SSH socket are held
+    and written together when the loop turns (``writelines``: one ``writev`` with
+    uvloop), as ``ssh -L`` writes its channel's buffer once per poll. In a bulk transfer
+    that is one or two write calls per 256 KiB read instead of eight.
 
     These callbacks run inside asyncssh's packet processing: an exception escaping one
     would tear down the whole link and every other connection on it, so each touches the
     client's transport only while the client is still there, and swallows OS errors.
     """
 
-    __slots__ = ("client", "counters", "transport")
+    __slots__ = ("client", "counters", "held", "transport")
 
     def __init__(self, client: _ClientSide) -> None:
         self.client = client
         self.transport = client.transport
         self.counters = client.counters
+        #: Packets held until the loop turns; None: no write yet in this turn.
+        self.held: list[bytes] | None = None
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         # A failed write closes the transport at once but tells the client side later
@@ -282,7 +343,19 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
         if self.client.closed or self.transport.is_closing():
             return
         self.counters.bytes_in += len(data)
+        held = self.held
+        if held is not None:
+            held.append(data)
+            return
         self.transport.write(data)
+        self.held = []
+        asyncio.get_running_loop().call_soon(self.release)
+
+    def release(self) -> None:
+        """Write the held packets (also before an EOF or close, to keep the order)."""
+        held, self.held = self.held, None
+        if held and not self.client.closed and not self.transport.is_closing():
+            self.transport.writelines(held)
 
     def eof_held(self) -> None:
         """The target's EOF arrived while asyncssh held it back (see :func:`_keep_held_eof`)."""
@@ -290,6 +363,7 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
 
     def eof_received(self) -> bool:
         self.client.target_eof = True
+        self.release()
         # The client may have gone already: shutdown(SHUT_WR) on its socket then fails
         # (ENOTCONN), and an exception here would take the whole SSH link down with it.
         if self.client.closed or self.transport.is_closing() or not self.transport.can_write_eof():
@@ -312,6 +386,7 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
         elif not client.target_eof:
             client.cut("channel closed before the target's end of data; connection cut")
         else:
+            self.release()
             self.transport.close()
 
     def pause_writing(self) -> None:
