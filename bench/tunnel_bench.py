@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -216,6 +217,83 @@ def lab() -> Iterator[Lab]:
                 stop(proc)
 
 
+async def delay_relay(port: int, target_port: int, one_way_ms: float) -> None:
+    """The emulated path (its own process): a TCP relay on 127.0.0.1:``port`` to
+    ``target_port`` (the sshd) that holds every chunk ``one_way_ms`` before passing it on,
+    each way, in order (one queue and one timer per direction). Both forwarders reach
+    the sshd through it, so the path's round trip is twice ``one_way_ms`` for both."""
+    loop = asyncio.get_running_loop()
+    delay_s = one_way_ms / 1000
+
+    class Direction(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.peer: Direction | None = None
+            self.transport: asyncio.Transport | None = None
+            self.queue: list[tuple[float, bytes | None]] = []  # (due, chunk; None: EOF)
+            self.timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport  # type: ignore[assignment]
+
+        def data_received(self, data: bytes) -> None:
+            self.forward(data)
+
+        def eof_received(self) -> bool:
+            self.forward(None)
+            return True
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.forward(None)
+
+        def forward(self, chunk: bytes | None) -> None:
+            """Queue ``chunk`` for the peer, due one delay from now."""
+            if self.peer is not None:
+                self.peer.later(chunk)
+
+        def later(self, chunk: bytes | None) -> None:
+            self.queue.append((loop.time() + delay_s, chunk))
+            if self.timer is None:
+                self.timer = loop.call_at(self.queue[0][0], self.release)
+
+        def release(self) -> None:
+            self.timer = None
+            now = loop.time()
+            while self.queue and self.queue[0][0] <= now:
+                _, chunk = self.queue.pop(0)
+                if self.transport is None or self.transport.is_closing():
+                    continue
+                try:
+                    if chunk is None:
+                        self.transport.write_eof()
+                    else:
+                        self.transport.write(chunk)
+                except OSError:  # the far end already gone
+                    self.transport.abort()
+            if self.queue:
+                self.timer = loop.call_at(self.queue[0][0], self.release)
+
+    async def accepted(client: socket.socket) -> None:
+        near = Direction()
+        far = Direction()
+        near.peer, far.peer = far, near
+        try:
+            await loop.create_connection(lambda: far, "127.0.0.1", target_port)
+        except OSError:
+            client.close()
+            return
+        await loop.connect_accepted_socket(lambda: near, client)
+
+    listener = socket.create_server(("127.0.0.1", port))
+    listener.setblocking(False)
+    tasks: set[asyncio.Task[None]] = set()
+    while True:
+        client, _ = await loop.sock_accept(listener)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        task = loop.create_task(accepted(client))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+
 async def echo_server(port: int) -> None:
     """Line echo target for the round-trip test (its own process)."""
 
@@ -268,17 +346,26 @@ def start_forwarder(
     return proc
 
 
+IPERF_TRIES = 3
+"""iperf3's server takes one test at a time and may still be finishing the last one
+("the server is busy"): a failed run is retried this often, after a short pause."""
+
+
 def iperf(port: int, seconds: float, reverse: bool) -> tuple[float, float]:
-    """(Gbit/s, bytes) received, from iperf3's JSON."""
+    """(Gbit/s, bytes) received, from iperf3's JSON; NaN when every try failed."""
     command = ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"]
     if reverse:
         command.append("-R")
-    out = subprocess.run(command, capture_output=True, timeout=seconds + 30, check=False)
-    try:
-        received = json.loads(out.stdout)["end"]["sum_received"]
-        return float(received["bits_per_second"]) / 1e9, float(received["bytes"])
-    except (ValueError, KeyError):
-        return float("nan"), float("nan")
+    for attempt in range(IPERF_TRIES):
+        if attempt:
+            time.sleep(0.5)
+        out = subprocess.run(command, capture_output=True, timeout=seconds + 30, check=False)
+        try:
+            received = json.loads(out.stdout)["end"]["sum_received"]
+            return float(received["bits_per_second"]) / 1e9, float(received["bytes"])
+        except (ValueError, KeyError):
+            continue
+    return float("nan"), float("nan")
 
 
 def round_trips(port: int, count: int, budget_s: float) -> list[float]:
@@ -368,6 +455,35 @@ def measure_round_trips(
             stop(proc)
 
 
+@contextlib.contextmanager
+def emulated_path(lab_: Lab, one_way_ms: float) -> Iterator[Lab]:
+    """``lab_`` with its sshd reached through :func:`delay_relay` (a relay process in front
+    of sshd, the same for every forwarder): a path of ``2 * one_way_ms`` round trip."""
+    port = free_port()
+    relay = subprocess.Popen(
+        [sys.executable, __file__, "--relay", f"{port}:{lab_.sshd_port}:{one_way_ms:g}"]
+    )
+    try:
+        wait_port(port, 10, relay)
+        known = lab_.root / f"known_hosts.path{port}"
+        line = lab_.known_hosts.read_text().strip()
+        known.write_text(line + "\n" + line.replace(f"]:{lab_.sshd_port} ", f"]:{port} ") + "\n")
+        yield dataclasses.replace(lab_, sshd_port=port, known_hosts=known)
+    finally:
+        stop(relay)
+
+
+def measure_path(
+    kinds: list[str], lab_: Lab, args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """Round trips through the emulated path (the first cipher only): connect, line, echo,
+    close, each forwarder's channel open and data crossing the slow path alike."""
+    with emulated_path(lab_, args.path_ms / 2) as slow:
+        path_args = argparse.Namespace(**vars(args))
+        path_args.round_trips = args.path_round_trips
+        return measure_round_trips(kinds, slow, args.ciphers[0], path_args)
+
+
 def aggregate(runs: list[dict[str, float]]) -> dict[str, float]:
     """Median of each figure over the rounds (peak RSS: the largest)."""
     merged = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
@@ -429,11 +545,63 @@ def figures_of(cipher: str, results: dict[str, dict[str, float]]) -> list[Figure
             better=better,
             target=TARGETS.get((kind.partition("+")[0], key)),
             peer_name="ssh -L",
+            note=NOTES.get((kind.partition("+")[0], key), ""),
         )
         for kind, r in results.items()
         if kind != "openssh"
         for key, case, unit, better in FIGURES
     ]
+
+
+PATH_TARGETS = {"tunnel": 1.02}
+"""Issue 18: the round trip through the emulated path, ours / ssh -L's."""
+NOTES = {  # where the time goes (tunnelperf's profiles, /work/notes/tunnelperf.md)
+    ("tunnel", "up"): "per 32 KiB packet: Python packet assembly and a write() each; "
+    "bench/results/profiles/tunnel-bulk-up-aes128gcm-*.svg",
+    ("tunnel", "down"): "per 32 KiB packet: ~5 copies of the data in asyncssh's parser and a "
+    "write(); bench/results/profiles/tunnel-bulk-down-aes128gcm-*.svg",
+    ("tunnel", "cpu_per_gb"): "kernel (loopback TCP in read/write) about half, the rest "
+    "asyncssh's per-packet Python and copies; bench/results/profiles/",
+    ("tunnel", "p50"): "about 500 us of Python per connection (channel open, 4 packets sent, "
+    "tasks), most of it serial in the round trip",
+}
+
+
+def path_figures(args: argparse.Namespace, results: dict[str, dict[str, float]]) -> list[Figure]:
+    """The emulated path's round trips beside ``ssh -L``'s through the same relay."""
+    base = results.get("openssh")
+    if base is None:
+        return []
+    return [
+        Figure(
+            f"tunnel {kind} {args.path_ms:g} ms path round trip {key}",
+            r[key],
+            base[key],
+            "ms",
+            better="lower",
+            target=PATH_TARGETS.get(kind.partition("+")[0]) if key == "p50" else None,
+            peer_name="ssh -L",
+            note=NOTES.get((kind.partition("+")[0], "p50"), "") if key == "p50" else "",
+        )
+        for kind, r in results.items()
+        if kind != "openssh"
+        for key in ("p50", "p99")
+    ]
+
+
+def report_path(args: argparse.Namespace, results: dict[str, dict[str, float]]) -> None:
+    print(
+        f"\nemulated path: {args.path_ms:g} ms round trip (a delay relay in front of sshd, "
+        f"{args.path_ms / 2:g} ms each way), {args.ciphers[0]}, "
+        f"{args.path_round_trips} round trips, load average {os.getloadavg()[0]:.2f}"
+    )
+    base = results.get("openssh")
+    print("  " + f"{'forwarder':<18}" + "".join(f"{h:>13}" for h in ("rt p50 ms", "rt p99 ms")))
+    for kind, r in results.items():
+        print("  " + f"{kind:<18}" + "".join(f"{r[k]:>13.3f}" for k in ("p50", "p99")))
+        if base and kind != "openssh":
+            ratios = "".join(f"{r[k] / base[k]:>12.3f}x" for k in ("p50", "p99"))
+            print("  " + f"{'  ÷ openssh':<18}" + ratios)
 
 
 def main() -> None:
@@ -443,6 +611,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
     parser.add_argument("--only", nargs="*", help="forwarders to run (default: all)")
     parser.add_argument("--ciphers", nargs="*", choices=CIPHERS, default=list(CIPHERS))
+    parser.add_argument(
+        "--path-ms",
+        type=float,
+        default=10,
+        help="round trip of the emulated path (a delay relay in front of sshd); 0: skip it",
+    )
+    parser.add_argument("--path-round-trips", type=int, help="default: --round-trips, at most 200")
+    parser.add_argument("--relay", help=argparse.SUPPRESS)
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--gateway", help=argparse.SUPPRESS)
@@ -461,11 +637,20 @@ def main() -> None:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(echo_server(args.echo))
         return
+    if args.relay:
+        port, target, one_way_ms = args.relay.split(":")
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(delay_relay(int(port), int(target), float(one_way_ms)))
+        return
     if args.serve:
         asyncio.run(serve(args))
         return
     args.seconds = min(max(args.seconds, 1), 30)
     args.round_trips = min(max(args.round_trips, 10), 5000)
+    if args.path_round_trips is None:
+        args.path_round_trips = min(args.round_trips, 200)
+    args.path_round_trips = min(max(args.path_round_trips, 10), 2000)
+    args.path_ms = min(max(args.path_ms, 0), 200)
     args.rounds = min(max(args.rounds, 1), 10)
     kinds = args.only or [
         "openssh",
@@ -475,6 +660,13 @@ def main() -> None:
         "tunnel-mux+uvloop",
         "asyncssh-plain",
     ]
+    run(args, kinds)
+
+
+def run(args: argparse.Namespace, kinds: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """The whole benchmark; prints the tables and returns the figures: for each cipher
+    (and ``"path"``, the emulated path's round trips) each forwarder's medians."""
+    results: dict[str, dict[str, dict[str, float]]] = {}
     with lab() as lab_:
         print(
             f"tunnel benchmark: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
@@ -494,8 +686,14 @@ def main() -> None:
                 merged[kind].update(figures)
             report(cipher, merged)
             emitted += figures_of(cipher, merged)
+            results[cipher] = merged
+        if args.path_ms:
+            results["path"] = measure_path(kinds, lab_, args)
+            report_path(args, results["path"])
+            emitted += path_figures(args, results["path"])
         print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
-        emit("tunnel", emitted)
+    emit("tunnel", emitted)
+    return results
 
 
 if __name__ == "__main__":
