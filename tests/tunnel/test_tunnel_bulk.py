@@ -22,7 +22,7 @@ import pytest
 from tests.peers import free_port
 from tunnel import Forward, Tunnel, TunnelOptions
 from tunnel.backends import asyncssh_link
-from tunnel.backends.asyncssh_link import FEED_WHOLE_MAX
+from tunnel.backends.asyncssh_link import FEED_WHOLE_MAX, GCM_TAG_LEN
 
 from .tunnel_testlib import Target, exchange, read_until_closed, talking_target
 
@@ -50,6 +50,35 @@ class Reads:
         # the header, padding and MAC) and one small read handed over whole: no remainder
         # of a large read was copied per packet.
         assert self.most_buffered <= 32 * 1024 + 1024 + FEED_WHOLE_MAX
+
+
+def test_the_gcm_patch_is_in_place_on_the_installed_asyncssh() -> None:
+    from asyncssh.encryption import GCMEncryption
+
+    assert getattr(GCMEncryption.decrypt_packet, "fewer_copies", False)
+
+
+def test_the_gcm_patch_seals_and_opens_as_asyncssh_did() -> None:
+    """Both directions of the patched shim against cryptography's AES-GCM itself, the
+    IV stepping per packet, and a bad tag refused (asyncssh's MAC error follows)."""
+    from asyncssh.crypto.cipher import GCMCipher
+    from asyncssh.encryption import GCMEncryption
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key, iv = bytes(range(16)), bytes(range(12))
+    sender = GCMEncryption(GCMCipher("aes128-gcm", key, iv))
+    receiver = GCMEncryption(GCMCipher("aes128-gcm", key, iv))
+    for seq, body in enumerate((b"\x04" + bytes(27), os.urandom(32 * 1024 + 12))):
+        header = len(body).to_bytes(4, "big")
+        packet, tag = sender.encrypt_packet(seq, header, body)
+        nonce = iv[:4] + (int.from_bytes(iv[4:], "big") + seq).to_bytes(8, "big")
+        assert packet + tag == header + AESGCM(key).encrypt(nonce, body, header)
+        assert len(tag) == GCM_TAG_LEN
+        first, rest = packet[:16], packet[16:]
+        assert receiver.decrypt_packet(seq, first, rest, 4, tag) == body
+    header = (12).to_bytes(4, "big")
+    packet, tag = sender.encrypt_packet(2, header, bytes(12))
+    assert receiver.decrypt_packet(2, packet[:16], packet[16:], 4, bytes(16)) is None
 
 
 @pytest.fixture
