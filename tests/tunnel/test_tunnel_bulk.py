@@ -19,10 +19,11 @@ from typing import Any
 import asyncssh.connection
 import pytest
 
-from tests.peers import free_port
+from tests.peers import Sshd, free_port
 from tunnel import Forward, Tunnel, TunnelOptions
 from tunnel.backends import asyncssh_link
 from tunnel.backends.asyncssh_link import FEED_WHOLE_MAX, GCM_TAG_LEN
+from tunnel.backends.chaff import drop_needless_chaff
 
 from .tunnel_testlib import Target, exchange, read_until_closed, talking_target
 
@@ -150,3 +151,52 @@ async def test_a_short_reply_then_close_is_not_held(options: TunnelOptions) -> N
             assert await read_until_closed(reader) == b"* OK ready\r\n"
         finally:
             writer.close()
+
+
+def test_the_send_patch_is_in_place_on_the_installed_asyncssh() -> None:
+    assert getattr(asyncssh.connection.SSHConnection.send_packet, "joins_once", False)
+
+
+@pytest.mark.parametrize("cipher", [*CIPHERS, "aes128-cbc"])
+async def test_data_across_key_exchanges(
+    options: TunnelOptions,
+    sshd: Sshd,
+    echo: Target,
+    cipher: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rekey every 256 KiB while 2 MiB go each way: data packets sent while a key
+    exchange is due or running must go through asyncssh's own path (deferred until the
+    new keys), else sshd drops the connection. CBC: with the chaff before each packet."""
+    sshd.kill()
+    sshd.extra_config = "Ciphers +aes128-cbc\n"
+    sshd.start()
+    assert options.known_hosts is not None
+    payload = os.urandom(2 * 1024 * 1024)
+    kexinits: list[int] = []
+    connection = asyncssh.connection.SSHConnection
+    send_kexinit = connection._send_kexinit
+
+    def counting(self: Any) -> None:
+        kexinits.append(1)
+        send_kexinit(self)
+
+    monkeypatch.setattr(connection, "_send_kexinit", counting)
+    async with asyncssh.connect(
+        "127.0.0.1",
+        port=sshd.port,
+        username=sshd.user,
+        known_hosts=str(options.known_hosts),
+        client_keys=[str(sshd.client_key)],
+        config=None,
+        encryption_algs=[cipher],
+        rekey_bytes=256 * 1024,
+    ) as conn:
+        drop_needless_chaff(conn)
+        reader, writer = await conn.open_connection("127.0.0.1", echo.port)
+        writer.write(payload)
+        writer.write_eof()
+        assert await reader.read() == payload
+        assert conn.get_extra_info("send_cipher") == cipher
+    # The first exchange, then one per 256 KiB sent: the rekeys did happen mid-transfer.
+    assert len(kexinits) >= 4

@@ -21,7 +21,9 @@ import contextlib
 import errno
 import inspect
 import logging
+import os
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -361,6 +363,82 @@ GCM_TAG_LEN = 16
 """RFC 5647 §7.3: AES-GCM's authentication tag."""
 
 _gcm_fewer_copies()
+
+
+def _data_packets_joined_once() -> None:
+    """Carried patch (asyncssh 2.x ``SSHConnection.send_packet``; the range pyproject.toml
+    allows): a channel data packet was put together with four copies of its data
+    (``Byte(type) + b"".join(args)``, then ``Byte(padlen) + payload + padding``); here
+    with one ``join``. Only for ``MSG_CHANNEL_DATA`` once the connection is in its steady
+    state: encrypted, authenticated, no compression, no key exchange due or running.
+    Everything else (and the chaff before the packet, :mod:`tunnel.backends.chaff`) goes
+    through asyncssh's own ``send_packet`` as before; the steps kept are asyncssh's, in
+    its order: padding to the block size (at least 4 bytes, RFC 4253 §6), encryption
+    under the sequence number, the sequence and rekey byte counts, and the packet log
+    (asyncssh writes it at debug level 3 only: below that the payload is not built)."""
+    from asyncssh.connection import SSHConnection  # noqa: PLC0415 (only the patch needs it)
+    from asyncssh.logging import SSHLogger  # noqa: PLC0415
+
+    original: Any = SSHConnection.send_packet
+    if getattr(original, "joins_once", False):
+        return
+    wanted = (
+        "_send_encryption",
+        "_compressor",
+        "_kex_complete",
+        "_auth_complete",
+        "_rekey_bytes",
+        "_rekey_bytes_sent",
+        "_rekey_seconds",
+        "_rekey_time",
+        "_send_seq",
+        "_send_blocksize",
+        "_send_enchdrlen",
+    )
+    probe = SSHConnection.__init__.__code__.co_names
+    if not all(name in probe for name in wanted) or not hasattr(SSHConnection, "_send"):
+        return
+    urandom = os.urandom
+    monotonic = time.monotonic
+
+    def send_packet(self: Any, pkttype: int, *args: bytes, handler: Any = None) -> None:
+        encryption = self._send_encryption
+        if (
+            pkttype != MSG_CHANNEL_DATA
+            or encryption is None
+            or self._compressor is not None
+            or not (self._kex_complete and self._auth_complete)
+            or self._rekey_bytes_sent >= self._rekey_bytes
+            or (self._rekey_seconds and monotonic() >= self._rekey_time)
+        ):
+            original(self, pkttype, *args, handler=handler)
+            return
+        self.send_packet(MSG_IGNORE, EMPTY_STRING)  # asyncssh's chaff (dropped where needless)
+        length = 1 + sum(len(arg) for arg in args)
+        padlen = -(self._send_enchdrlen + length) % self._send_blocksize
+        if padlen < 4:
+            padlen += self._send_blocksize
+        packet = b"".join((bytes((padlen, pkttype)), *args, urandom(padlen)))
+        pktlen = len(packet)
+        seq = self._send_seq
+        packet, mac = encryption.encrypt_packet(seq, pktlen.to_bytes(4, "big"), packet)
+        self._send(packet + mac)
+        self._send_seq = (seq + 1) & 0xFFFFFFFF
+        self._rekey_bytes_sent += pktlen
+        if getattr(SSHLogger, "_debug_level", 3) >= 3:  # asyncssh's packet log is on
+            payload = bytes((pkttype,)) + b"".join(args)
+            (handler or self).log_sent_packet(pkttype, seq, payload)
+
+    send_packet.joins_once = True  # type: ignore[attr-defined]
+    SSHConnection.send_packet = send_packet  # type: ignore[method-assign]
+
+
+MSG_IGNORE = 2
+MSG_CHANNEL_DATA = 94
+"""RFC 4254 §5.2."""
+EMPTY_STRING = b"\0\0\0\0"
+
+_data_packets_joined_once()
 
 
 class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
