@@ -161,6 +161,8 @@ class SocketPool:
         self._retired: set[_Channel] = set()
         #: Sockets made since the start (the tests read it).
         self.created = 0
+        #: Set by :meth:`close`: an exchange then ends rather than take a socket again.
+        self.closed = False
 
     def take(self, endpoint: Endpoint, health: UpstreamHealth) -> _Channel:
         """A channel to ``endpoint``; OSError when no socket can be made."""
@@ -186,11 +188,20 @@ class SocketPool:
         return open_now + retired
 
     def close(self) -> None:
-        """Close every socket; queries still waiting on one time out."""
-        for channel in (*(c for cs in self._open.values() for c in cs), *self._retired):
+        """Close every socket; the exchanges still waiting on one end now, unanswered.
+
+        They must not go on to a next attempt: that would make a socket in this pool,
+        which nobody closes again, and ask an upstream the resolver no longer uses.
+        """
+        self.closed = True
+        channels = (*(c for cs in self._open.values() for c in cs), *self._retired)
+        waiting = [exchange for channel in channels for _, exchange in channel.waiting.values()]
+        for channel in channels:
             channel.close()
         self._open.clear()
         self._retired.clear()
+        for exchange in waiting:
+            exchange.abandon()
 
 
 class Forwarder:
@@ -211,7 +222,8 @@ class Forwarder:
         self.on_local_error = on_local_error
 
     def close(self) -> None:
-        """Close the idle sockets; those in use close when their query ends."""
+        """Close every socket; exchanges in flight end unanswered (SERVFAIL to their
+        clients) instead of moving on to the upstreams this forwarder had (a reload)."""
         self.pool.close()
 
     def _order(self) -> list[int]:
@@ -304,7 +316,7 @@ class _Exchange:
             self.index += 1
             now = self.loop.time()
             remaining = self.deadline - now
-            if self.index >= len(attempts) or remaining <= 0:
+            if self.index >= len(attempts) or remaining <= 0 or forwarder.pool.closed:
                 self.result.set_result(None)
                 return
             self.budget = remaining / (len(attempts) - self.index)
@@ -329,6 +341,12 @@ class _Exchange:
         channel, self.channel = self.channel, None
         if channel is not None:
             channel.forget(self.query_id)
+
+    def abandon(self) -> None:
+        """The forwarder closed: let go of the attempt, no reply (see :meth:`SocketPool.close`)."""
+        self._release()
+        if not self.result.done():
+            self.result.set_result(None)
 
     def _health(self) -> UpstreamHealth:
         return self.forwarder.health[self.attempts[self.index]]
