@@ -51,13 +51,18 @@ OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 class RandomBits:
     """Unpredictable numbers from the operating system's CSPRNG (``os.urandom``, as
     ``secrets`` uses), read 4 KiB at a time: one ``getrandom`` call per 2048 IDs instead
-    of one per ID. The resolver never forks, so no two processes share a block."""
+    of one per ID. A forked child starts on a block of its own (:data:`RANDOM` forgets
+    its block at a fork), so parent and child never send the same IDs."""
 
     _BLOCK = 4096
 
     def __init__(self) -> None:
         self._block = b""
         self._at = 0
+
+    def forget(self) -> None:
+        """Drop what is left of the block: the next number reads a new one."""
+        self._block, self._at = b"", 0
 
     def u16(self) -> int:
         """A uniformly random 16-bit number."""
@@ -78,6 +83,8 @@ class RandomBits:
 
 #: The forwarder's source of IDs and socket choices.
 RANDOM = RandomBits()
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=RANDOM.forget)
 
 
 class _Channel:
