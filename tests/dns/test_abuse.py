@@ -25,7 +25,7 @@ import pytest
 
 from blitzdns.dns.quiet import LogLimiter
 from blitzdns.dns.server import FORWARD_MAX, TCP_CLIENTS_MAX, TCP_PER_CLIENT_MAX
-from blitzdns.dns.upstream import SOCKETS_PER_UPSTREAM
+from blitzdns.dns.upstream import RANDOM, SOCKETS_PER_UPSTREAM
 from tests.peers import DNSMASQ, wait_for
 
 from .conftest import Dnsmasq, FakeUpstream, ServerThread, make_config
@@ -292,6 +292,27 @@ def test_upstream_sockets_are_reused_from_a_bounded_pool(stub: ServerThread) -> 
     pool = stub.resolver.forwarder.pool
     assert pool.created == SOCKETS_PER_UPSTREAM
     assert pool.sockets == SOCKETS_PER_UPSTREAM
+
+
+def test_a_forked_child_does_not_repeat_the_parents_query_ids() -> None:
+    """IDs come from a buffered block of the OS's CSPRNG: a fork must not hand the child
+    the parent's rest of it (both would then send the same IDs, one predictable from the
+    other)."""
+    RANDOM.forget()
+    RANDOM.u16()  # a block is read, nearly all of it still to come
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next IDs, then out at once
+        try:
+            os.write(write_end, b"".join(RANDOM.u16().to_bytes(2, "big") for _ in range(8)))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    parent = b"".join(RANDOM.u16().to_bytes(2, "big") for _ in range(8))
+    assert len(child) == 16 and child != parent
 
 
 # ---------------------------------------------------------------- TCP slots

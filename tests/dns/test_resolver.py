@@ -246,6 +246,30 @@ def test_dead_upstream_gives_servfail_within_the_timeout(
     assert server.resolver.stats.servfail == 1
 
 
+def test_a_reload_with_new_upstreams_ends_the_old_ones_exchanges(
+    resolver_factory: Callable[..., ServerThread],
+    fake_upstream_factory: Callable[..., FakeUpstream],
+    dnsmasq: Dnsmasq,
+) -> None:
+    """A query in flight when a reload changes the upstreams ends unanswered then: it does
+    not go on to retransmit to the old upstream on a new socket of the closed pool (which
+    stayed open for good), and the next query goes to the new upstream."""
+    old = fake_upstream_factory()  # never answers
+    config = make_config(timeout_s=2.0)
+    server = resolver_factory(config, [old.endpoint])
+    forwarder = server.resolver.forwarder
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(10)
+        query = dns.message.make_query("moved.fwd.test", "A").to_wire()
+        client.sendto(query, ("127.0.0.1", server.port))
+        wait_for(lambda: old.udp_queries, "the first attempt at the old upstream")
+        server.call(server.resolver.update, config, [dnsmasq.endpoint])
+        reply = dns.message.from_wire(client.recv(4096))
+    assert reply.rcode() == dns.rcode.SERVFAIL
+    assert server.call(lambda: (forwarder.pool.created, forwarder.pool.sockets)) == (1, 0)
+    assert addresses(ask(server.endpoint, "moved.fwd.test")) == [FORWARDED_ADDRESS]
+
+
 def test_failover_to_the_next_upstream(
     resolver_factory: Callable[..., ServerThread],
     fake_upstream_factory: Callable[..., FakeUpstream],

@@ -219,7 +219,7 @@ def test_where_the_kernel_refuses_steering_one_socket_serves(
     """A program the kernel rejects (a jump past its end: EINVAL) stands for a kernel
     without the option: one log line for every listener, and plain sockets that answer."""
     log, records = logged
-    monkeypatch.setattr(steer, "program", lambda names: (((0x05, 0, 0, 100),), 0))
+    monkeypatch.setattr(steer, "program", lambda names, budget=0: (((0x05, 0, 0, 100),), 0))
     black_hole = fake_upstream_factory()
     listen = [Endpoint("127.0.0.1", 0), Endpoint("127.0.0.2", 0)]
     stub = resolver_factory(make_config(listen=listen), [black_hole.endpoint], log=log)
@@ -228,6 +228,31 @@ def test_where_the_kernel_refuses_steering_one_socket_serves(
     for endpoint in stub.resolver.bound_endpoints:
         assert addresses(ask(endpoint, "dnd")) == ["127.77.0.1"]
     assert stub.resolver.stats.steered == 0
+
+
+def test_a_table_too_large_for_one_program_keeps_steering_its_shortest_names(
+    resolver_factory: Callable[..., ServerThread],
+    fake_upstream_factory: Callable[..., FakeUpstream],
+    logged: tuple[object, Records],
+) -> None:
+    """300 hosts: a program of the whole 4096-instruction budget is more than the kernel
+    keeps for a reuseport group (ENOMEM: its eBPF translation is larger than
+    net.core.optmem_max); the program is cut until it fits, so steering stays on, for the
+    shortest names, instead of being refused altogether."""
+    log, records = logged
+    lines = ["[tunnel]", 'mouths = "127.80.0.0/16"']
+    lines.append("hosts = [" + ", ".join(f'"h{i}"' for i in range(300)) + "]")
+    for i in range(300):
+        lines += [f"[hosts.h{i}]", f'names = ["h{i}.steer.test"]', 'services = ["dnd"]']
+    config = make_config("\n".join(lines) + "\n")
+    black_hole = fake_upstream_factory()
+    stub = resolver_factory(config, [black_hole.endpoint], log=log)
+    assert not records.matching("the kernel refused UDP steering")
+    assert len(records.matching("protected names are not steered")) == 1
+    assert len(stub.resolver._steered) == 1
+    (mouth,) = addresses(ask(stub.endpoint, "H0.steer.test"))
+    assert mouth.startswith("127.80.")
+    assert stub.resolver.stats.steered == 1
 
 
 def test_ipv4_and_ipv6_listeners_are_both_steered(

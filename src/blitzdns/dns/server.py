@@ -189,11 +189,11 @@ class Resolver:
         self._bound[-1] = (bound, general, tcp)
 
     def _steering_program(self) -> tuple[steer.Instruction, ...]:
-        code, left_out = steer.program(self.engine.table.protected)
+        code, left_out = steer.fitting_program(self.engine.table.protected)
         if left_out:
             self.log.warning(
                 "%d protected names are not steered ahead of other queries (too many "
-                "for one steering program); they are answered all the same",
+                "for one steering program the kernel takes); they are answered all the same",
                 left_out,
             )
         return code

@@ -32,8 +32,10 @@ connections of their own.
 from __future__ import annotations
 
 import ctypes
+import errno
 import socket
 import struct
+import sys
 from collections.abc import Iterable
 
 from blitzdns.dns.rfc import HEADER_SIZE
@@ -43,6 +45,8 @@ from blitzdns.dns.table import Name, to_wire
 SO_ATTACH_REUSEPORT_CBPF = 51
 #: The kernel's limit on a classic BPF program (``BPF_MAXINSNS``).
 MAX_INSTRUCTIONS = 4096
+#: The smallest budget :func:`fitting_program` tries before it gives up cutting.
+_SMALLEST_BUDGET = 64
 GENERAL, PRIORITY = 0, 1
 
 # Classic BPF opcodes (linux/bpf_common.h).
@@ -58,14 +62,16 @@ Instruction = tuple[int, int, int, int]
 _SOCK_FILTER = struct.Struct("=HBBI")
 
 
-def program(names: Iterable[Name]) -> tuple[tuple[Instruction, ...], int]:
+def program(
+    names: Iterable[Name], budget: int = MAX_INSTRUCTIONS
+) -> tuple[tuple[Instruction, ...], int]:
     """The steering program for ``names`` (lower case), and how many names it left out.
 
     Per name, one block compares the question name in 4-, 2- and 1-byte loads against
     its wire form; a letter's 0x20 bit is ORed into both sides so its case does not
     count, every other byte (length bytes included) must be equal. A mismatch jumps to
     the next block, a full match returns 1; the root byte ends the name, so a longer name
-    never matches a shorter one. Names past :data:`MAX_INSTRUCTIONS` are left out
+    never matches a shorter one. Names past ``budget`` instructions are left out
     (shortest first are kept); they are still answered locally, from the general socket.
     """
     code: list[Instruction] = [
@@ -78,12 +84,40 @@ def program(names: Iterable[Name]) -> tuple[tuple[Instruction, ...], int]:
     left_out = 0
     for wire in ordered:
         block = _block(wire)
-        if len(code) + len(block) + 1 > MAX_INSTRUCTIONS:
+        if len(code) + len(block) + 1 > budget:
             left_out += 1
             continue
         code += block
     code.append((_RET_K, 0, 0, GENERAL))
     return tuple(code), left_out
+
+
+def fitting_program(names: Iterable[Name]) -> tuple[tuple[Instruction, ...], int]:
+    """:func:`program`, cut to what this kernel takes (Linux; elsewhere :func:`program`).
+
+    The kernel stores a reuseport program translated to eBPF, several instructions per
+    classic one, and refuses it with ENOMEM when that is larger than
+    ``net.core.optmem_max`` (``sk_reuseport_attach_filter``): with 128 KiB about 3,000
+    classic instructions pass, far fewer with an older kernel's 20 KiB, so a table well
+    inside :data:`MAX_INSTRUCTIONS` could lose steering altogether. The budget shrinks
+    by a quarter until a throwaway socket of the group's kind takes the program.
+    """
+    names = tuple(names)
+    budget = MAX_INSTRUCTIONS
+    while True:
+        code, left_out = program(names, budget)
+        if not sys.platform.startswith("linux") or budget <= _SMALLEST_BUDGET:
+            return code, left_out
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                attach(probe, code)
+        except OSError as exc:
+            if exc.errno != errno.ENOMEM:
+                return code, left_out  # not the size: the real attach reports it
+        else:
+            return code, left_out
+        budget = budget * 3 // 4
 
 
 def _block(wire: bytes) -> list[Instruction]:

@@ -51,13 +51,18 @@ OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 class RandomBits:
     """Unpredictable numbers from the operating system's CSPRNG (``os.urandom``, as
     ``secrets`` uses), read 4 KiB at a time: one ``getrandom`` call per 2048 IDs instead
-    of one per ID. The resolver never forks, so no two processes share a block."""
+    of one per ID. A forked child starts on a block of its own (:data:`RANDOM` forgets
+    its block at a fork), so parent and child never send the same IDs."""
 
     _BLOCK = 4096
 
     def __init__(self) -> None:
         self._block = b""
         self._at = 0
+
+    def forget(self) -> None:
+        """Drop what is left of the block: the next number reads a new one."""
+        self._block, self._at = b"", 0
 
     def u16(self) -> int:
         """A uniformly random 16-bit number."""
@@ -78,6 +83,8 @@ class RandomBits:
 
 #: The forwarder's source of IDs and socket choices.
 RANDOM = RandomBits()
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=RANDOM.forget)
 
 
 class _Channel:
@@ -161,6 +168,8 @@ class SocketPool:
         self._retired: set[_Channel] = set()
         #: Sockets made since the start (the tests read it).
         self.created = 0
+        #: Set by :meth:`close`: an exchange then ends rather than take a socket again.
+        self.closed = False
 
     def take(self, endpoint: Endpoint, health: UpstreamHealth) -> _Channel:
         """A channel to ``endpoint``; OSError when no socket can be made."""
@@ -186,11 +195,20 @@ class SocketPool:
         return open_now + retired
 
     def close(self) -> None:
-        """Close every socket; queries still waiting on one time out."""
-        for channel in (*(c for cs in self._open.values() for c in cs), *self._retired):
+        """Close every socket; the exchanges still waiting on one end now, unanswered.
+
+        They must not go on to a next attempt: that would make a socket in this pool,
+        which nobody closes again, and ask an upstream the resolver no longer uses.
+        """
+        self.closed = True
+        channels = (*(c for cs in self._open.values() for c in cs), *self._retired)
+        waiting = [exchange for channel in channels for _, exchange in channel.waiting.values()]
+        for channel in channels:
             channel.close()
         self._open.clear()
         self._retired.clear()
+        for exchange in waiting:
+            exchange.abandon()
 
 
 class Forwarder:
@@ -211,7 +229,8 @@ class Forwarder:
         self.on_local_error = on_local_error
 
     def close(self) -> None:
-        """Close the idle sockets; those in use close when their query ends."""
+        """Close every socket; exchanges in flight end unanswered (SERVFAIL to their
+        clients) instead of moving on to the upstreams this forwarder had (a reload)."""
         self.pool.close()
 
     def _order(self) -> list[int]:
@@ -304,7 +323,7 @@ class _Exchange:
             self.index += 1
             now = self.loop.time()
             remaining = self.deadline - now
-            if self.index >= len(attempts) or remaining <= 0:
+            if self.index >= len(attempts) or remaining <= 0 or forwarder.pool.closed:
                 self.result.set_result(None)
                 return
             self.budget = remaining / (len(attempts) - self.index)
@@ -329,6 +348,12 @@ class _Exchange:
         channel, self.channel = self.channel, None
         if channel is not None:
             channel.forget(self.query_id)
+
+    def abandon(self) -> None:
+        """The forwarder closed: let go of the attempt, no reply (see :meth:`SocketPool.close`)."""
+        self._release()
+        if not self.result.done():
+            self.result.set_result(None)
 
     def _health(self) -> UpstreamHealth:
         return self.forwarder.health[self.attempts[self.index]]
