@@ -205,6 +205,41 @@ class Answer:
     close: bool = False
 
 
+class _Challenge:
+    """The one challenge a session has out (DND's VALIDATE, BlitzServ's sign-on, the bulletin
+    server's ``UID#``): issued for a record, then spent by the next answer, right or wrong."""
+
+    def __init__(self, random_bytes: RandomBytes) -> None:
+        self._random_bytes = random_bytes
+        self._out: tuple[DndRecord, str] | None = None
+
+    @property
+    def out(self) -> bool:
+        return self._out is not None
+
+    def issue(self, record: DndRecord) -> str:
+        challenge = _challenge.new_challenge(self._random_bytes(_challenge.CHALLENGE_BYTES))
+        self._out = (record, challenge)
+        return challenge
+
+    def cancel(self) -> None:
+        self._out = None
+
+    def answer(self, answer: str, *, plain: bool = False) -> tuple[DndRecord, bool] | None:
+        """Spend the challenge: its record and whether ``answer`` is right (never for a record
+        without a password); None when none is out. ``plain``: ``answer`` is the password
+        itself (DND's ``PASS``), not the answer to the challenge."""
+        if self._out is None:
+            return None
+        (record, challenge), self._out = self._out, None
+        password = record.password
+        if password is None:
+            return record, False
+        if plain:
+            return record, answer == password
+        return record, _challenge.check_answer(challenge, answer, password)
+
+
 class Session(Protocol):
     """A dialect: greeting lines on connect, then an :class:`Answer` per line."""
 
@@ -236,9 +271,10 @@ class DndSession:
     ) -> None:
         self._records = records
         self._ambiguous = ambiguous
-        self._random_bytes = random_bytes
         self._greeting = greeting
-        self._pending: tuple[DndRecord, tuple[str, ...], str] | None = None
+        self._challenge = _Challenge(random_bytes)
+        #: The fields the VALIDATE under way asked for (sent once its challenge is answered).
+        self._asked: tuple[str, ...] = ()
 
     def greeting(self) -> list[str]:
         return [self._greeting]
@@ -247,8 +283,8 @@ class DndSession:
         verb, argument = _split_command(line)
         if verb in ("PASE", "PASS"):
             return Answer(self._answer_challenge(verb, argument))
-        if self._pending is not None:
-            self._pending = None
+        if self._challenge.out:
+            self._challenge.cancel()
             return Answer(["502 Bad sequence of commands."])
         if verb == "LOOKUP":
             return Answer(self._lookup(argument))
@@ -328,26 +364,17 @@ class DndSession:
         resolved = self._resolve(argument, unique=True)
         if isinstance(resolved, list):
             return resolved
-        (record,), fields = resolved
-        challenge = _challenge.new_challenge(self._random_bytes(_challenge.CHALLENGE_BYTES))
-        self._pending = (record, fields, challenge)
-        return [f"300 {challenge}"]
+        (record,), self._asked = resolved
+        return [f"300 {self._challenge.issue(record)}"]
 
     def _answer_challenge(self, verb: str, argument: str) -> list[str]:
-        if self._pending is None:
+        answered = self._challenge.answer(argument, plain=verb == "PASS")
+        if answered is None:
             return ["502 Bad sequence of commands."]
-        record, fields, challenge = self._pending
-        self._pending = None
-        password = record.password
-        if password is None:
-            right = False
-        elif verb == "PASS":
-            right = argument == password
-        else:
-            right = _challenge.check_answer(challenge, argument, password)
+        record, right = answered
         if not right:
             return ["530 Incorrect password."]
-        return self._records_reply([record], fields)
+        return self._records_reply([record], self._asked)
 
 
 def _same_server(host: str, server_name: str) -> bool:
@@ -376,8 +403,7 @@ class BlitzServSession:
     ) -> None:
         self._server_name = server_name
         self._records = records
-        self._random_bytes = random_bytes
-        self._pending: tuple[DndRecord, str] | None = None
+        self._challenge = _Challenge(random_bytes)
         self.validated: DndRecord | None = None
 
     def greeting(self) -> list[str]:
@@ -406,20 +432,16 @@ class BlitzServSession:
             return "031 No such user."
         if len(found) > 1:
             return "035 Ambiguous name."
-        challenge = _challenge.new_challenge(self._random_bytes(_challenge.CHALLENGE_BYTES))
-        self._pending = (found[0], challenge)
-        return f"033 {challenge}"
+        return f"033 {self._challenge.issue(found[0])}"
 
     def _check(self, argument: str) -> str:
         if self.validated is not None:
             return "023 Already validated."
-        if self._pending is None:
+        answered = self._challenge.answer(argument)
+        if answered is None:
             return "022 User not specified."
-        record, challenge = self._pending
-        self._pending = None
-        if record.password is None or not _challenge.check_answer(
-            challenge, argument, record.password
-        ):
+        record, right = answered
+        if not right:
             return "032 Validation error."
         if not _same_server(record.server_host, self._server_name):
             return f"036 {record.blitzserv}"
@@ -439,8 +461,7 @@ class BulletinsSession:
     ) -> None:
         self._records = records
         self._version = version
-        self._random_bytes = random_bytes
-        self._pending: tuple[DndRecord, str] | None = None
+        self._challenge = _Challenge(random_bytes)
 
     def greeting(self) -> list[str]:
         return [f"200 {self._version}"]
@@ -455,18 +476,12 @@ class BulletinsSession:
             found = match_records(self._records, f"#{argument}")
             if isinstance(found, int) or len(found) != 1:
                 return Answer(["520 No such user."])
-            challenge = _challenge.new_challenge(self._random_bytes(_challenge.CHALLENGE_BYTES))
-            self._pending = (found[0], challenge)
-            return Answer([f"300 {challenge}"])
+            return Answer([f"300 {self._challenge.issue(found[0])}"])
         if verb == "PASE":
-            pending, self._pending = self._pending, None
-            if pending is None:
+            answered = self._challenge.answer(argument)
+            if answered is None:
                 return Answer(["502 Bad sequence of commands."])
-            record, challenge = pending
-            password = record.password
-            if password is not None and _challenge.check_answer(challenge, argument, password):
-                return Answer(["210 Ok."])
-            return Answer(["530 Incorrect password."])
+            return Answer(["210 Ok." if answered[1] else "530 Incorrect password."])
         return Answer(["500 Unknown command."])
 
 
