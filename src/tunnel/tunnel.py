@@ -120,13 +120,17 @@ class Tunnel:
         return None if self._doubted else self._link
 
     async def wait_link(self) -> Link | None:
-        """The link, waiting up to ``wait_for_link_s``; ``None`` when it stays down."""
+        """The link, waiting up to ``wait_for_link_s``; ``None`` when it stays down. Bound
+        but not started yet (the daemon binds, drops privileges, then starts) counts as
+        down: a client that comes in between is held like one that comes while the link
+        is down, not cut."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.wait_for_link_s
         while self.link is None:
-            if self._closed or self._status is LinkStatus.FAILED or self._task is None:
+            if self._closed or self._status is LinkStatus.FAILED:
                 return None
-            self._nudge()
+            if self._task is not None:
+                self._nudge()
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None

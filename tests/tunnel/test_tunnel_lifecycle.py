@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -129,20 +130,43 @@ async def test_allowed_peers_reject_others_at_once(
 
 
 async def test_bind_first_then_start(options: TunnelOptions, echo: Target) -> None:
-    """The daemon binds (as root), drops privileges, then starts: until start, a client is
-    closed at once and nothing reaches the target."""
+    """The daemon binds (as root), drops privileges, then starts: a client that comes in
+    between is held, as while the link is down, and carried once the link is up."""
     forward = forward_to(echo)
     tunnel = Tunnel(options, [forward])
     await tunnel.bind()
     try:
-        async with asyncio.timeout(5):
-            assert await exchange(*forward.mouth, b"too early") == b""
+        early = asyncio.create_task(exchange(*forward.mouth, b"early"))
+        await wait_until(lambda: tunnel.state.forwards[0].open == 1, 10)
+        assert not early.done() and echo.peers == []  # held: nothing reached the target
         await tunnel.start()
         assert await tunnel.wait_up(10)
+        assert await early == b"early"
         assert await exchange(*forward.mouth, b"now") == b"now"
     finally:
         await tunnel.close()
-    assert len(echo.peers) == 1
+    assert len(echo.peers) == 2
+
+
+async def test_bound_but_never_started_cuts_a_held_client(
+    options: TunnelOptions, echo: Target
+) -> None:
+    """Held before start is bounded by ``wait_for_link_s`` like any hold: then a reset
+    (fail closed), counted as cut, and nothing reached the target."""
+    forward = forward_to(echo)
+    tunnel = Tunnel(dataclasses.replace(options, wait_for_link_s=0.3), [forward])
+    await tunnel.bind()
+    try:
+        reader, writer = await asyncio.open_connection(*forward.mouth)
+        writer.write(b"too early")
+        with pytest.raises(ConnectionResetError):
+            async with asyncio.timeout(10):
+                await reader.read()
+        writer.close()
+        await wait_until(lambda: tunnel.state.forwards[0].cut == 1, 10)
+    finally:
+        await tunnel.close()
+    assert echo.peers == []
 
 
 async def test_reload_keeps_unchanged_forwards_and_their_connections(
