@@ -131,9 +131,10 @@ async def test_allowed_peers_reject_others_at_once(
 
 async def test_bind_first_then_start(options: TunnelOptions, echo: Target) -> None:
     """The daemon binds (as root), drops privileges, then starts: a client that comes in
-    between is held, as while the link is down, and carried once the link is up."""
+    between is held, as while the link is down, and carried once the link is up (a long
+    hold here, so a slow handshake on a loaded machine cannot end it first)."""
     forward = forward_to(echo)
-    tunnel = Tunnel(options, [forward])
+    tunnel = Tunnel(dataclasses.replace(options, wait_for_link_s=60), [forward])
     await tunnel.bind()
     try:
         early = asyncio.create_task(exchange(*forward.mouth, b"early"))
