@@ -62,24 +62,27 @@ def _bind_reason(exc: OSError, port: int) -> str:
     return exc.strerror or str(exc)
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port``, or :class:`MouthBindError` saying why not."""
+def bind_socket(host: str, port: int, *, udp: bool = False) -> socket.socket:
+    """A listening TCP socket (or, with ``udp``, a bound UDP socket) on ``host:port``, or
+    :class:`MouthBindError` saying why not."""
     address = mouth_ip(host)
     family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if not udp:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((str(address), port))
-        sock.listen(LISTEN_BACKLOG)
+        if not udp:
+            sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
         shown = f"[{address}]" if address.version == 6 else str(address)
         reason = _bind_reason(exc, port)
         raise MouthBindError(
-            f"cannot listen on {shown}:{port}: {reason}",
+            f"cannot {'bind UDP' if udp else 'listen on'} {shown}:{port}: {reason}",
             address=str(address),
             port=port,
             reason=reason,

@@ -26,10 +26,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
-from tunnel.errors import LinkLost, MouthBindError, TunnelError
+from tunnel.errors import LinkLost, TunnelError
 from tunnel.exec import ExecChannel, OpenExec
-from tunnel.forwards import mouth_ip
-from tunnel.mouths import _bind_reason as bind_reason
+from tunnel.mouths import bind_socket
 from tunnel.state import RelayState, UdpForwardState
 from tunnel.udp import (
     KIND_CLOSE,
@@ -381,25 +380,7 @@ RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 def bind_udp_socket(host: str, port: int) -> socket.socket:
     """A UDP socket bound to ``host:port``, or :class:`MouthBindError` saying why not."""
-    address = mouth_ip(host)
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((str(address), port))
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        shown = f"[{address}]" if address.version == 6 else str(address)
-        reason = bind_reason(exc, port)
-        raise MouthBindError(
-            f"cannot bind UDP {shown}:{port}: {reason}",
-            address=str(address),
-            port=port,
-            reason=reason,
-        ) from None
-    return sock
+    return bind_socket(host, port, udp=True)
 
 
 class UdpMouth(asyncio.DatagramProtocol):
