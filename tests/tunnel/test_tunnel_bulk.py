@@ -1,7 +1,8 @@
 """The asyncssh backend's bulk path against the real sshd: what the two speed-ups in
-:mod:`tunnel.backends.asyncssh_link` change must leave every byte and every end as it was.
+:mod:`tunnel.backends.asyncssh_link` and :mod:`tunnel.backends.asyncssh_patches` change
+must leave every byte and every end as it was.
 
-* the carried patch :func:`~tunnel.backends.asyncssh_link._feed_by_packet` hands asyncssh
+* the carried patch :func:`~tunnel.backends.asyncssh_patches._feed_by_packet` hands asyncssh
   each large read in pieces: a piece boundary off by one byte fails the next packet's
   MAC, and the whole link goes;
 * the channel side holds the packets after the first in a turn of the loop and writes
@@ -22,7 +23,7 @@ import pytest
 from tests.peers import Sshd, free_port
 from tunnel import Forward, Tunnel, TunnelOptions
 from tunnel.backends import asyncssh_link
-from tunnel.backends.asyncssh_link import FEED_WHOLE_MAX, GCM_TAG_LEN
+from tunnel.backends.asyncssh_patches import FEED_WHOLE_MAX, GCM_TAG_LEN
 from tunnel.backends.chaff import drop_needless_chaff
 
 from .tunnel_testlib import Target, exchange, read_until_closed, talking_target
