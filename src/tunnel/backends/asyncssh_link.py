@@ -251,6 +251,11 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
 
     __slots__ = ("client", "counters", "held", "transport")
 
+    accepts_views = True
+    """Data may come as a memoryview of a packet's plaintext (opened in place,
+    :mod:`tunnel.backends.asyncssh_patches`): it is only written to the client's transport
+    (held until the loop turns at most), and each packet has a plaintext of its own."""
+
     def __init__(self, client: _ClientSide) -> None:
         self.client = client
         self.transport = client.transport

@@ -160,21 +160,11 @@ def _data_packets_joined_once() -> None:
     original: Any = SSHConnection.send_packet
     if getattr(original, "joins_once", False):
         return
-    wanted = (
-        "_send_encryption",
-        "_compressor",
-        "_kex_complete",
-        "_auth_complete",
-        "_rekey_bytes",
-        "_rekey_bytes_sent",
-        "_rekey_seconds",
-        "_rekey_time",
-        "_send_seq",
-        "_send_blocksize",
-        "_send_enchdrlen",
+    internals = (
+        "_send_encryption _compressor _kex_complete _auth_complete _rekey_bytes"
+        " _rekey_bytes_sent _rekey_seconds _rekey_time _send_seq _send_blocksize _send_enchdrlen"
     )
-    probe = SSHConnection.__init__.__code__.co_names
-    if not all(name in probe for name in wanted) or not hasattr(SSHConnection, "_send"):
+    if not _has(SSHConnection, internals.split(), ["_send"]):
         return
     urandom = os.urandom
     monotonic = time.monotonic
@@ -217,9 +207,231 @@ MSG_CHANNEL_DATA = 94
 EMPTY_STRING = b"\0\0\0\0"
 
 
+def _data_packets_opened_in_place() -> None:
+    """Carried patch (asyncssh 2.x ``SSHConnection.data_received``; the range
+    pyproject.toml allows; tests/tunnel/test_tunnel_bulk.py against sshd): a channel data
+    packet in the steady state is opened where it lies in the socket read and its data
+    handed to the channel as a view of the plaintext. asyncssh copies every byte about
+    five times on the way (the read into its input buffer, the packet cut off it, the
+    ciphertext joined to its tag, the payload cut out of the plaintext, the data cut out
+    of the payload) and runs its packet object, dispatch and logging calls per packet
+    (callgrind: half of the receive path's instructions were memcpy); here the one copy
+    left is the decryption's output.
+
+    Only where nothing else can differ: asyncssh at a packet boundary with nothing
+    buffered, authenticated, no compression, debug level 1 (no packet log),
+    AES-GCM or chacha20-poly1305 keys, and the packet a ``MSG_CHANNEL_DATA`` for an open
+    channel within its window whose session says it takes views (``accepts_views``; the
+    tunnel's channel side writes them straight to the client's socket). The data goes in
+    through the channel's own ``_accept_data`` (window count, pause buffer, window adjust
+    and delivery are asyncssh's), then the sequence number and the GCM IV step as asyncssh
+    steps them. Any other packet (a key exchange, EOF, close, window adjust, extended
+    data, a bad MAC or length) is handed to asyncssh whole, as one read, before anything
+    after it: it opens it itself (again) and does what it always did. A packet cut by the
+    end of a read is kept here until its last byte arrives (asyncssh is at a packet
+    boundary meanwhile, as if that read had not yet come)."""
+    from asyncssh.connection import SSHConnection  # noqa: PLC0415 (only the patch needs it)
+    from asyncssh.encryption import ChachaEncryption, GCMEncryption  # noqa: PLC0415
+    from asyncssh.logging import SSHLogger  # noqa: PLC0415
+    from asyncssh.misc import DisconnectError  # noqa: PLC0415
+    from cryptography.exceptions import InvalidSignature, InvalidTag  # noqa: PLC0415
+    from cryptography.hazmat.primitives.ciphers import Cipher  # noqa: PLC0415
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+    from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20  # noqa: PLC0415
+    from cryptography.hazmat.primitives.poly1305 import Poly1305  # noqa: PLC0415
+
+    fed: Any = SSHConnection.data_received
+    if getattr(fed, "opens_in_place", False):
+        return
+    internals = (
+        "_recv_encryption _decompressor _auth_complete _auth_final _recv_seq _inpbuf"
+        " _recv_handler _channels _max_recv_pktlen _transport"
+    )
+    methods = "_recv_pkthdr _reset_keepalive_timer internal_error _force_close _send_disconnect"
+    if not _has(SSHConnection, internals.split(), methods.split()):
+        return
+    from asyncssh.channel import SSHChannel  # noqa: PLC0415
+
+    channel_internals = ["_recv_state", "_recv_window", "_encoding", "_session"]
+    if not _has(SSHChannel, channel_internals, ["_accept_data", "_deliver_data"]):
+        return
+    header_step = SSHConnection._recv_pkthdr
+
+    def gcm_length(self: Any, head: memoryview) -> int:
+        return int.from_bytes(head, "big")
+
+    def gcm_open(self: Any, packet: memoryview) -> bytes | None:
+        cipher = self._recv_encryption._cipher
+        aead = cipher.__dict__.get("aead")
+        if aead is None or cipher.__dict__.get("aead_key") is not cipher._key:
+            aead = cipher.aead = AESGCM(cipher._key)
+            cipher.aead_key = cipher._key
+        try:
+            plain: bytes = aead.decrypt(cipher._iv, packet[4:], packet[:4])
+        except InvalidTag:
+            return None
+        return plain
+
+    def gcm_step(self: Any) -> None:
+        self._recv_encryption._cipher._update_iv()
+
+    def chacha_length(self: Any, head: memoryview) -> int:
+        nonce = CHACHA_CTR_0 + self._recv_seq.to_bytes(8, "big")
+        key = self._recv_encryption._cipher._adkey
+        clear = Cipher(ChaCha20(key, nonce), None).encryptor().update(head)
+        return int.from_bytes(clear, "big")
+
+    def chacha_open(self: Any, packet: memoryview) -> bytes | None:
+        nonce = CHACHA_CTR_0 + self._recv_seq.to_bytes(8, "big")
+        stream = Cipher(ChaCha20(self._recv_encryption._cipher._key, nonce), None).encryptor()
+        mac = Poly1305(stream.update(CHACHA_BLOCK_ZERO)[:32])  # block 0: the Poly1305 key
+        mac.update(packet[:-MAC_LEN])
+        try:
+            mac.verify(bytes(packet[-MAC_LEN:]))
+        except InvalidSignature:
+            return None
+        plain: bytes = stream.update(packet[4:-MAC_LEN])  # from block 1 on, as OpenSSH
+        return plain
+
+    def chacha_step(self: Any) -> None:
+        pass
+
+    suites = {
+        GCMEncryption: (gcm_length, gcm_open, gcm_step),
+        ChachaEncryption: (chacha_length, chacha_open, chacha_step),
+    }
+
+    def suite(self: Any) -> Any:
+        """The fast steps for this connection now, or None: asyncssh's own path."""
+        if (
+            self._inpbuf
+            or getattr(self._recv_handler, "__func__", None) is not header_step
+            or not self._auth_complete
+            or self._decompressor is not None
+            or SSHLogger._debug_level >= 2
+        ):
+            return None
+        return suites.get(type(self._recv_encryption))
+
+    def deliver(self: Any, plain: bytes, step: Any) -> bool:
+        """Hand a channel data packet's data to its channel; False: not one for here."""
+        end = len(plain) - plain[0]
+        if plain[1] != MSG_CHANNEL_DATA or plain[0] < 4 or end < 10:
+            return False
+        chan = self._channels.get(int.from_bytes(plain[2:6], "big"))
+        datalen = int.from_bytes(plain[6:10], "big")
+        if (
+            chan is None
+            or 10 + datalen != end
+            or chan._recv_state != "open"
+            or datalen > chan._recv_window
+            or chan._encoding is not None
+            or not getattr(chan._session, "accepts_views", False)
+        ):
+            return False
+        step(self)
+        chan._accept_data(memoryview(plain)[10:end])
+        self._auth_final = True
+        self._recv_seq = (self._recv_seq + 1) & 0xFFFFFFFF
+        return True
+
+    def one(self: Any, packet: memoryview, steps: Any) -> None:
+        """Open one whole packet here, or hand it to asyncssh as one read."""
+        plain = steps[1](self, packet)
+        if plain is None or not deliver(self, plain, steps[2]):
+            fed(self, packet)
+
+    def data_received(self: Any, data: bytes, datatype: Any = None) -> None:
+        try:
+            opened(self, data, datatype)
+        except DisconnectError as exc:  # as asyncssh's own parser ends (_recv_data)
+            self._send_disconnect(exc.code, exc.reason, exc.lang)
+            self._force_close(exc)
+        except Exception:
+            self.internal_error()
+
+    def length(self: Any, steps: Any, head: memoryview) -> int | None:
+        """The whole packet's length on the wire; None: asyncssh's to refuse."""
+        pktlen: int = steps[0](self, head[:4])
+        if pktlen < MIN_PACKET_LEN or pktlen > self._max_recv_pktlen:
+            return None
+        return 4 + pktlen + MAC_LEN
+
+    def opened(self: Any, data: bytes, datatype: Any) -> None:
+        view = memoryview(data)
+        pos, end = 0, len(data)
+        tail: bytearray | None = self.__dict__.pop(TAIL, None)
+        if tail is not None:  # a packet begun in an earlier read
+            steps = suite(self)
+            if steps is None:  # asyncssh cannot have moved since, but it knows best
+                fed(self, bytes(tail), datatype)
+            else:
+                if len(tail) < 4:
+                    pos = min(4 - len(tail), end)
+                    tail += view[:pos]
+                total = length(self, steps, memoryview(tail)) if len(tail) >= 4 else 0
+                if total is None:
+                    fed(self, bytes(tail), datatype)
+                elif len(tail) + end - pos < max(total, 4):
+                    tail += view[pos:]
+                    self.__dict__[TAIL] = tail
+                    self._reset_keepalive_timer()
+                    return
+                else:
+                    take = total - len(tail)
+                    tail += view[pos : pos + take]
+                    pos += take
+                    one(self, memoryview(tail), steps)
+        while pos < end and self._transport is not None:
+            steps = suite(self)
+            if steps is None:
+                fed(self, view[pos:], datatype)
+                return
+            total = length(self, steps, view[pos:]) if end - pos >= 4 else 0
+            if total is None:
+                fed(self, view[pos:], datatype)
+                return
+            if end - pos < max(total, 4):
+                self.__dict__[TAIL] = bytearray(view[pos:])
+                break
+            one(self, view[pos : pos + total], steps)
+            pos += total
+        if self._transport is not None:
+            self._reset_keepalive_timer()
+
+    data_received.opens_in_place = True  # type: ignore[attr-defined]
+    data_received.feeds_by_packet = getattr(fed, "feeds_by_packet", False)  # type: ignore[attr-defined]
+    SSHConnection.data_received = data_received  # type: ignore[method-assign]
+
+
+MAC_LEN = 16
+"""The tag of both AEAD modes taken here (RFC 5647 §7.3; OpenSSH PROTOCOL.chacha20poly1305)."""
+MIN_PACKET_LEN = 12
+"""The smallest packet length taken here (a block of 16 less the length field); asyncssh
+judges anything shorter."""
+TAIL = "blitzdns_packet_tail"
+"""Where a connection keeps the start of a packet cut by the end of a read."""
+CHACHA_CTR_0 = bytes(8)
+"""OpenSSH's chacha20 nonce: a 64-bit block counter (here 0), then the sequence number."""
+CHACHA_BLOCK_ZERO = bytes(64)
+"""One ChaCha20 block: its key stream's first 32 bytes are the packet's Poly1305 key."""
+
+
+def _has(cls: Any, internals: list[str], methods: list[str]) -> bool:
+    """Whether asyncssh's ``cls`` still has what a patch uses: the ``methods``, and the
+    ``internals`` (attributes) set by its ``__init__`` or used by those methods."""
+    if not all(hasattr(cls, name) for name in methods):
+        return False
+    names = set(cls.__init__.__code__.co_names)
+    for name in methods:
+        names.update(getattr(getattr(cls, name), "__code__", cls.__init__.__code__).co_names)
+    return all(name in names for name in internals)
+
+
 def install() -> None:
     """Apply every carried patch (each at most once)."""
     _keep_held_eof()
     _feed_by_packet()
     _gcm_fewer_copies()
     _data_packets_joined_once()
+    _data_packets_opened_in_place()
