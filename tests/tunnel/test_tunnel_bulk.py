@@ -119,6 +119,32 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> Opened:
     return seen
 
 
+class Sent:
+    """Bytes of channel data that went out through asyncssh's ``send_packet`` (not sealed in
+    place by :func:`~tunnel.backends.asyncssh_patches._data_packets_sealed_in_place`)."""
+
+    by_asyncssh = 0
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> Sent:
+    from asyncssh.channel import SSHChannel
+
+    seen = Sent()
+    send_packet = SSHChannel.send_packet
+
+    def counting(self: Any, pkttype: int, *args: bytes) -> None:
+        if pkttype == MSG_CHANNEL_DATA:
+            seen.by_asyncssh += len(args[0]) - 4  # the string's length field
+        send_packet(self, pkttype, *args)
+
+    monkeypatch.setattr(SSHChannel, "send_packet", counting)
+    return seen
+
+
+MSG_CHANNEL_DATA = 94
+
+
 @pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> Reads:
     seen = Reads()
@@ -165,9 +191,10 @@ async def test_a_bulk_reply_arrives_whole_then_ends(
 
 @pytest.mark.parametrize("cipher", CIPHERS)
 async def test_bulk_both_ways_at_once(
-    options: TunnelOptions, echo: Target, reads: Reads, cipher: str
+    options: TunnelOptions, echo: Target, reads: Reads, sent: Sent, cipher: str
 ) -> None:
-    """Three echo connections at once, 3 MiB each: interleaved channels on one link."""
+    """Three echo connections at once, 3 MiB each: interleaved channels on one link. Every
+    data packet up is sealed in place (none through asyncssh's send_packet)."""
     assert options.ssh_config is not None
     options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
     forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
@@ -177,6 +204,7 @@ async def test_bulk_both_ways_at_once(
         got = await asyncio.gather(*(exchange(*forward.mouth, p) for p in payloads))
         assert got == payloads
     reads.check()
+    assert sent.by_asyncssh == 0
 
 
 async def test_a_short_reply_then_close_is_not_held(options: TunnelOptions) -> None:
@@ -200,6 +228,7 @@ async def test_data_across_key_exchanges(
     options: TunnelOptions,
     sshd: Sshd,
     echo: Target,
+    sent: Sent,
     cipher: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -238,6 +267,12 @@ async def test_data_across_key_exchanges(
         assert conn.get_extra_info("send_cipher") == cipher
     # The first exchange, then one per 256 KiB sent: the rekeys did happen mid-transfer.
     assert len(kexinits) >= 4
+    # Sealed in place until the first rekey was due; from then on (a rekey due, running,
+    # or the window's rest flushed meanwhile) through asyncssh; CBC: asyncssh's alone.
+    if cipher == "aes128-cbc":
+        assert sent.by_asyncssh == len(payload)
+    else:
+        assert 0 < sent.by_asyncssh < len(payload)
 
 
 def test_the_open_in_place_patch_is_in_place_on_the_installed_asyncssh() -> None:

@@ -404,6 +404,117 @@ def _data_packets_opened_in_place() -> None:
     SSHConnection.data_received = data_received  # type: ignore[method-assign]
 
 
+def _data_packets_sealed_in_place() -> None:
+    """Carried patch (asyncssh 2.x ``SSHChannel._flush_send_buf``; the range pyproject.toml
+    allows; tests/tunnel/test_tunnel_bulk.py against sshd): a channel's data goes out as
+    ``MSG_CHANNEL_DATA`` packets built with one join from a view of the channel's send
+    buffer and sealed straight to the socket (``writelines`` of the length, ciphertext
+    and tag: one ``writev`` with uvloop). asyncssh copied each byte about six times on
+    the way (the chunk cut off its buffer, ``String()``, the channel's and the
+    connection's payload joins, the header put in front, the MAC put behind).
+
+    Only in the steady state, as :func:`_data_packets_joined_once`: encrypted with
+    AES-GCM or chacha20-poly1305, authenticated, no compression, no key exchange due or
+    running, debug level 1, and the connection's needless chaff dropped
+    (:func:`tunnel.backends.chaff.drop_needless_chaff`: asyncssh would otherwise send an
+    empty ignore before each packet). Window and packet size, the sequence number and the
+    rekey byte count are asyncssh's and stepped as it steps them; the rest of a flush
+    (extended data, the pause/resume of the writer, a pending EOF or close) is asyncssh's
+    own ``_flush_send_buf``, called after."""
+    from asyncssh.channel import SSHChannel  # noqa: PLC0415 (only the patch needs it)
+    from asyncssh.connection import SSHConnection  # noqa: PLC0415
+    from asyncssh.encryption import ChachaEncryption, GCMEncryption  # noqa: PLC0415
+    from asyncssh.logging import SSHLogger  # noqa: PLC0415
+    from cryptography.hazmat.primitives.ciphers import Cipher  # noqa: PLC0415
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+    from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20  # noqa: PLC0415
+    from cryptography.hazmat.primitives.poly1305 import Poly1305  # noqa: PLC0415
+
+    original: Any = SSHChannel._flush_send_buf
+    if getattr(original, "seals_in_place", False):
+        return
+    internals = (
+        "_send_encryption _compressor _kex_complete _auth_complete _rekey_bytes"
+        " _rekey_bytes_sent _rekey_seconds _rekey_time _send_seq _send_blocksize"
+        " _send_enchdrlen _transport"
+    )
+    if not _has(SSHConnection, internals.split(), []):
+        return
+    channel_internals = "_conn _send_buf _send_buf_len _send_window _send_pktsize _send_chan"
+    if not _has(SSHChannel, channel_internals.split(), ["_flush_send_buf"]):
+        return
+    urandom = os.urandom
+    monotonic = time.monotonic
+
+    def gcm_seal(conn: Any, header: bytes, packet: bytes) -> tuple[bytes, ...]:
+        cipher = conn._send_encryption._cipher
+        aead = cipher.__dict__.get("aead")
+        if aead is None or cipher.__dict__.get("aead_key") is not cipher._key:
+            aead = cipher.aead = AESGCM(cipher._key)
+            cipher.aead_key = cipher._key
+        sealed = aead.encrypt(cipher._iv, packet, header)
+        cipher._update_iv()
+        return header, sealed
+
+    def chacha_seal(conn: Any, header: bytes, packet: bytes) -> tuple[bytes, ...]:
+        cipher = conn._send_encryption._cipher
+        nonce = CHACHA_CTR_0 + conn._send_seq.to_bytes(8, "big")
+        header = Cipher(ChaCha20(cipher._adkey, nonce), None).encryptor().update(header)
+        stream = Cipher(ChaCha20(cipher._key, nonce), None).encryptor()
+        mac = Poly1305(stream.update(CHACHA_BLOCK_ZERO)[:32])
+        sealed = stream.update(packet)
+        mac.update(header)
+        mac.update(sealed)
+        return header, sealed, mac.finalize()
+
+    seals = {GCMEncryption: gcm_seal, ChachaEncryption: chacha_seal}
+
+    def sealer(conn: Any) -> Any:
+        """The fast seal for this connection now, or None: asyncssh's own path."""
+        if (
+            conn is None
+            or conn._transport is None
+            or conn._compressor is not None
+            or not (conn._kex_complete and conn._auth_complete)
+            or conn._rekey_bytes_sent >= conn._rekey_bytes
+            or (conn._rekey_seconds and monotonic() >= conn._rekey_time)
+            or SSHLogger._debug_level >= 2
+            or not getattr(conn.__dict__.get("send_packet"), "drops_chaff", False)
+        ):
+            return None
+        return seals.get(type(conn._send_encryption))
+
+    def flush_send_buf(self: Any) -> None:
+        conn = self._conn
+        while self._send_buf and self._send_window and self._send_chan is not None:
+            buf, datatype = self._send_buf[0]
+            seal = sealer(conn)
+            if datatype is not None or seal is None:
+                break
+            size = min(len(buf), self._send_window, self._send_pktsize)
+            length = 1 + 8 + size  # type, recipient channel, string length; then the data
+            padlen = -(conn._send_enchdrlen + length) % conn._send_blocksize
+            if padlen < 4:
+                padlen += conn._send_blocksize
+            head = bytes((padlen, MSG_CHANNEL_DATA)) + self._send_chan.to_bytes(4, "big")
+            with memoryview(buf) as view:
+                packet = b"".join((head, size.to_bytes(4, "big"), view[:size], urandom(padlen)))
+            pktlen = len(packet)
+            conn._transport.writelines(seal(conn, pktlen.to_bytes(4, "big"), packet))
+            conn._send_seq = (conn._send_seq + 1) & 0xFFFFFFFF
+            conn._rekey_bytes_sent += pktlen
+            if size == len(buf):
+                del self._send_buf[0]
+            else:
+                del buf[:size]
+            self._send_buf_len -= size
+            self._send_window -= size
+        original(self)
+
+    flush_send_buf.seals_in_place = True  # type: ignore[attr-defined]
+    SSHChannel._flush_send_buf = flush_send_buf  # type: ignore[method-assign]
+
+
 MAC_LEN = 16
 """The tag of both AEAD modes taken here (RFC 5647 §7.3; OpenSSH PROTOCOL.chacha20poly1305)."""
 MIN_PACKET_LEN = 12
@@ -435,3 +546,4 @@ def install() -> None:
     _gcm_fewer_copies()
     _data_packets_joined_once()
     _data_packets_opened_in_place()
+    _data_packets_sealed_in_place()
