@@ -372,3 +372,57 @@ async def test_data_held_while_the_client_is_slow_arrives_whole(
         assert total == len(chunk) * repeat
         assert digest.hexdigest() == hashlib.sha256(chunk * repeat).hexdigest()
     opened.check(len(chunk) * repeat)
+
+
+async def test_data_up_beyond_the_gateways_window_waits_for_it(
+    options: TunnelOptions, sent: Sent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """6 MiB up to a target that reads nothing at first: sshd's window (2 MiB) is used up,
+    the rest waits in asyncssh's buffer (none sealed beyond the window: RFC 4254 §5.2;
+    this sshd lets some excess pass, so the window is watched here), and goes when the
+    target reads and sshd adjusts the window: every byte, in order."""
+    from asyncssh.channel import SSHChannel
+
+    payload = os.urandom(6 * 1024 * 1024)
+    reading = asyncio.Event()
+    windows: list[int] = []
+    write = SSHChannel.write
+
+    def watched(self: Any, data: Any, datatype: Any = None) -> None:
+        write(self, data, datatype)
+        windows.append(self._send_window)
+
+    monkeypatch.setattr(SSHChannel, "write", watched)
+
+    async def digest_of_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reading.wait()
+        digest = hashlib.sha256()
+        while block := await reader.read(1 << 20):
+            digest.update(block)
+        writer.write(digest.digest())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(digest_of_all, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        forward = Forward("127.0.0.1", free_port(), "127.0.0.1", port)
+        async with Tunnel(options, [forward]) as tunnel:
+            assert await tunnel.wait_up(10)
+            link = tunnel.link
+            assert isinstance(link, asyncssh_link.SSHLink)
+            reader, writer = await asyncio.open_connection(*forward.mouth)
+            try:
+                writer.write(payload[:1000])  # the reads then end off the window's edge
+                await writer.drain()
+                await wait_until(lambda: tunnel.state.forwards[0].bytes_out == 1000)
+                writer.write(payload[1000:])
+                writer.write_eof()
+                channels = link.conn._channels.values()
+                await wait_until(lambda: any(chan._send_buf for chan in channels), timeout_s=60)
+                reading.set()
+                assert await reader.read() == hashlib.sha256(payload).digest()
+            finally:
+                writer.close()
+    assert sent.by_asyncssh == 0
+    assert min(windows) >= 0

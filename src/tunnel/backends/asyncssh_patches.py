@@ -411,7 +411,10 @@ def _data_packets_sealed_in_place() -> None:
     buffer and sealed straight to the socket (``writelines`` of the length, ciphertext
     and tag: one ``writev`` with uvloop). asyncssh copied each byte about six times on
     the way (the chunk cut off its buffer, ``String()``, the channel's and the
-    connection's payload joins, the header put in front, the MAC put behind).
+    connection's payload joins, the header put in front, the MAC put behind). A write
+    that finds nothing buffered is sealed from the caller's bytes themselves, as far as
+    the window goes; asyncssh copied all of it into its buffer first (only the rest
+    is copied now).
 
     Only in the steady state, as :func:`_data_packets_joined_once`: encrypted with
     AES-GCM or chacha20-poly1305, authenticated, no compression, no key exchange due or
@@ -431,6 +434,7 @@ def _data_packets_sealed_in_place() -> None:
     from cryptography.hazmat.primitives.poly1305 import Poly1305  # noqa: PLC0415
 
     original: Any = SSHChannel._flush_send_buf
+    write_original: Any = SSHChannel.write
     if getattr(original, "seals_in_place", False):
         return
     internals = (
@@ -440,8 +444,10 @@ def _data_packets_sealed_in_place() -> None:
     )
     if not _has(SSHConnection, internals.split(), []):
         return
-    channel_internals = "_conn _send_buf _send_buf_len _send_window _send_pktsize _send_chan"
-    if not _has(SSHChannel, channel_internals.split(), ["_flush_send_buf"]):
+    channel_internals = (
+        "_conn _send_buf _send_buf_len _send_window _send_pktsize _send_chan _send_state _encoding"
+    )
+    if not _has(SSHChannel, channel_internals.split(), ["_flush_send_buf", "write"]):
         return
     urandom = os.urandom
     monotonic = time.monotonic
@@ -484,6 +490,21 @@ def _data_packets_sealed_in_place() -> None:
             return None
         return seals.get(type(conn._send_encryption))
 
+    def seal_one(self: Any, conn: Any, seal: Any, data: Any, size: int) -> None:
+        """Seal the first ``size`` bytes of ``data`` as one packet and write it."""
+        length = 1 + 8 + size  # type, recipient channel, string length; then the data
+        padlen = -(conn._send_enchdrlen + length) % conn._send_blocksize
+        if padlen < 4:
+            padlen += conn._send_blocksize
+        head = bytes((padlen, MSG_CHANNEL_DATA)) + self._send_chan.to_bytes(4, "big")
+        with memoryview(data) as view:
+            packet = b"".join((head, size.to_bytes(4, "big"), view[:size], urandom(padlen)))
+        pktlen = len(packet)
+        conn._transport.writelines(seal(conn, pktlen.to_bytes(4, "big"), packet))
+        conn._send_seq = (conn._send_seq + 1) & 0xFFFFFFFF
+        conn._rekey_bytes_sent += pktlen
+        self._send_window -= size
+
     def flush_send_buf(self: Any) -> None:
         conn = self._conn
         while self._send_buf and self._send_window and self._send_chan is not None:
@@ -492,27 +513,43 @@ def _data_packets_sealed_in_place() -> None:
             if datatype is not None or seal is None:
                 break
             size = min(len(buf), self._send_window, self._send_pktsize)
-            length = 1 + 8 + size  # type, recipient channel, string length; then the data
-            padlen = -(conn._send_enchdrlen + length) % conn._send_blocksize
-            if padlen < 4:
-                padlen += conn._send_blocksize
-            head = bytes((padlen, MSG_CHANNEL_DATA)) + self._send_chan.to_bytes(4, "big")
-            with memoryview(buf) as view:
-                packet = b"".join((head, size.to_bytes(4, "big"), view[:size], urandom(padlen)))
-            pktlen = len(packet)
-            conn._transport.writelines(seal(conn, pktlen.to_bytes(4, "big"), packet))
-            conn._send_seq = (conn._send_seq + 1) & 0xFFFFFFFF
-            conn._rekey_bytes_sent += pktlen
+            seal_one(self, conn, seal, buf, size)
             if size == len(buf):
                 del self._send_buf[0]
             else:
                 del buf[:size]
             self._send_buf_len -= size
-            self._send_window -= size
         original(self)
+
+    def write(self: Any, data: Any, datatype: Any = None) -> None:
+        """Nothing buffered yet: seal what the window takes from ``data`` itself; only
+        the rest goes into asyncssh's buffer (a copy of that part only)."""
+        if (
+            datatype is None
+            and type(data) is bytes
+            and data
+            and not self._send_buf
+            and self._send_state == "open"
+            and self._encoding is None
+            and self._send_chan is not None
+        ):
+            conn = self._conn
+            pos, end = 0, len(data)
+            view = memoryview(data)
+            while pos < end and self._send_window and (seal := sealer(conn)) is not None:
+                size = min(end - pos, self._send_window, self._send_pktsize)
+                seal_one(self, conn, seal, view[pos:], size)
+                pos += size
+            if pos:
+                if pos == end:
+                    original(self)  # the writer's pause/resume, a pending EOF: asyncssh's
+                    return
+                data = data[pos:]
+        write_original(self, data, datatype)
 
     flush_send_buf.seals_in_place = True  # type: ignore[attr-defined]
     SSHChannel._flush_send_buf = flush_send_buf  # type: ignore[method-assign]
+    SSHChannel.write = write  # type: ignore[method-assign]
 
 
 MAC_LEN = 16
