@@ -1,7 +1,8 @@
 """The asyncssh backend's bulk path against the real sshd: what the two speed-ups in
-:mod:`tunnel.backends.asyncssh_link` change must leave every byte and every end as it was.
+:mod:`tunnel.backends.asyncssh_link` and :mod:`tunnel.backends.asyncssh_patches` change
+must leave every byte and every end as it was.
 
-* the carried patch :func:`~tunnel.backends.asyncssh_link._feed_by_packet` hands asyncssh
+* the carried patch :func:`~tunnel.backends.asyncssh_patches._feed_by_packet` hands asyncssh
   each large read in pieces: a piece boundary off by one byte fails the next packet's
   MAC, and the whole link goes;
 * the channel side holds the packets after the first in a turn of the loop and writes
@@ -12,17 +13,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
+import socket
 from typing import Any
 
 import asyncssh.connection
 import pytest
 
-from tests.peers import Sshd, free_port
+from tests.peers import Sshd, free_port, wait_until
 from tunnel import Forward, Tunnel, TunnelOptions
 from tunnel.backends import asyncssh_link
-from tunnel.backends.asyncssh_link import FEED_WHOLE_MAX, GCM_TAG_LEN
+from tunnel.backends.asyncssh_patches import FEED_WHOLE_MAX, GCM_TAG_LEN
 from tunnel.backends.chaff import drop_needless_chaff
 
 from .tunnel_testlib import Target, exchange, read_until_closed, talking_target
@@ -82,6 +85,66 @@ def test_the_gcm_patch_seals_and_opens_as_asyncssh_did() -> None:
     assert receiver.decrypt_packet(2, packet[:16], packet[16:], 4, bytes(16)) is None
 
 
+class Opened:
+    """Bytes of channel data: opened in place (the data reaches the channel as a view) or
+    by asyncssh's own packet handler (as bytes)."""
+
+    def __init__(self) -> None:
+        self.in_place = 0
+        self.by_asyncssh = 0
+
+    def check(self, total: int) -> None:
+        """Every byte came one way or the other; asyncssh opened only what came before the
+        channel's session was there (a target that speaks first: asyncssh holds that data
+        until the session starts) and what it had buffered during a key exchange."""
+        assert self.in_place + self.by_asyncssh == total
+        assert self.by_asyncssh <= 256 * 1024
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> Opened:
+    from asyncssh.channel import SSHChannel
+
+    seen = Opened()
+    accept = SSHChannel._accept_data
+
+    def accepting(self: Any, data: Any, datatype: Any = None) -> None:
+        if isinstance(data, memoryview):
+            seen.in_place += len(data)
+        else:
+            seen.by_asyncssh += len(data)
+        accept(self, data, datatype)
+
+    monkeypatch.setattr(SSHChannel, "_accept_data", accepting)
+    return seen
+
+
+class Sent:
+    """Bytes of channel data that went out through asyncssh's ``send_packet`` (not sealed in
+    place by :func:`~tunnel.backends.asyncssh_patches._data_packets_sealed_in_place`)."""
+
+    by_asyncssh = 0
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> Sent:
+    from asyncssh.channel import SSHChannel
+
+    seen = Sent()
+    send_packet = SSHChannel.send_packet
+
+    def counting(self: Any, pkttype: int, *args: bytes) -> None:
+        if pkttype == MSG_CHANNEL_DATA:
+            seen.by_asyncssh += len(args[0]) - 4  # the string's length field
+        send_packet(self, pkttype, *args)
+
+    monkeypatch.setattr(SSHChannel, "send_packet", counting)
+    return seen
+
+
+MSG_CHANNEL_DATA = 94
+
+
 @pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> Reads:
     seen = Reads()
@@ -104,7 +167,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Reads:
 
 @pytest.mark.parametrize("cipher", CIPHERS)
 async def test_a_bulk_reply_arrives_whole_then_ends(
-    options: TunnelOptions, reads: Reads, cipher: str
+    options: TunnelOptions, reads: Reads, opened: Opened, cipher: str
 ) -> None:
     """Four MiB from a target that speaks first and hangs up: every byte, in order, then
     the end of data (not a reset), and the link still up for the next connection."""
@@ -123,13 +186,15 @@ async def test_a_bulk_reply_arrives_whole_then_ends(
         state = tunnel.state.forwards[0]
         assert (state.cut, state.bytes_in) == (0, 2 * len(payload))
     reads.check()
+    opened.check(2 * len(payload))
 
 
 @pytest.mark.parametrize("cipher", CIPHERS)
 async def test_bulk_both_ways_at_once(
-    options: TunnelOptions, echo: Target, reads: Reads, cipher: str
+    options: TunnelOptions, echo: Target, reads: Reads, sent: Sent, cipher: str
 ) -> None:
-    """Three echo connections at once, 3 MiB each: interleaved channels on one link."""
+    """Three echo connections at once, 3 MiB each: interleaved channels on one link. Every
+    data packet up is sealed in place (none through asyncssh's send_packet)."""
     assert options.ssh_config is not None
     options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
     forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
@@ -139,6 +204,7 @@ async def test_bulk_both_ways_at_once(
         got = await asyncio.gather(*(exchange(*forward.mouth, p) for p in payloads))
         assert got == payloads
     reads.check()
+    assert sent.by_asyncssh == 0
 
 
 async def test_a_short_reply_then_close_is_not_held(options: TunnelOptions) -> None:
@@ -162,6 +228,7 @@ async def test_data_across_key_exchanges(
     options: TunnelOptions,
     sshd: Sshd,
     echo: Target,
+    sent: Sent,
     cipher: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -200,3 +267,162 @@ async def test_data_across_key_exchanges(
         assert conn.get_extra_info("send_cipher") == cipher
     # The first exchange, then one per 256 KiB sent: the rekeys did happen mid-transfer.
     assert len(kexinits) >= 4
+    # Sealed in place until the first rekey was due; from then on (a rekey due, running,
+    # or the window's rest flushed meanwhile) through asyncssh; CBC: asyncssh's alone.
+    if cipher == "aes128-cbc":
+        assert sent.by_asyncssh == len(payload)
+    else:
+        assert 0 < sent.by_asyncssh < len(payload)
+
+
+def test_the_open_in_place_patch_is_in_place_on_the_installed_asyncssh() -> None:
+    assert getattr(asyncssh.connection.SSHConnection.data_received, "opens_in_place", False)
+
+
+@pytest.mark.parametrize(
+    ("cipher", "limit"),
+    [("aes128-gcm@openssh.com", "256K"), ("chacha20-poly1305@openssh.com", "1M")],
+)
+async def test_channel_data_is_opened_in_place_across_the_gateways_rekeys(
+    options: TunnelOptions,
+    sshd: Sshd,
+    opened: Opened,
+    cipher: str,
+    limit: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """sshd rekeys every 256 KiB (chacha20: its RekeyLimit counts so that 256K rekeys after
+    every packet, hence 1M) while 4 MiB come down: the data packets under every key are
+    opened in place, the key exchanges in between go through asyncssh (which opens the
+    rest of the read it buffered meanwhile itself), and every byte arrives in order. A
+    wrong sequence number or IV step fails the next packet's MAC: the link would go."""
+    sshd.kill()
+    sshd.extra_config = f"RekeyLimit {limit}\n"
+    sshd.start()
+    assert options.ssh_config is not None
+    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
+    kexinits: list[int] = []
+    connection = asyncssh.connection.SSHConnection
+    handlers = dict(connection._packet_handlers)
+    kexinit = handlers[MSG_KEXINIT]
+
+    def counting(self: Any, pkttype: int, pktid: int, packet: Any) -> Any:
+        kexinits.append(1)
+        return kexinit(self, pkttype, pktid, packet)
+
+    handlers[MSG_KEXINIT] = counting
+    monkeypatch.setattr(connection, "_packet_handlers", handlers)
+    payload = os.urandom(4 * 1024 * 1024 + 7)
+    async with talking_target(payload) as forward, Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        got = await exchange(*forward.mouth, b"")
+        assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()
+    assert len(kexinits) >= 4
+    assert opened.in_place + opened.by_asyncssh == len(payload)
+    assert opened.in_place >= len(payload) * 3 // 4  # asyncssh: what it buffered in a rekey
+
+
+MSG_KEXINIT = 20
+
+
+async def test_a_small_window_is_counted_and_reopened(
+    options: TunnelOptions, opened: Opened
+) -> None:
+    """A 64 KiB channel window: 4 MiB need 64 window adjusts, which asyncssh sends only if
+    every packet opened in place was counted against the window (else sshd stops at
+    64 KiB and this waits for ever; the guard below makes that a failure)."""
+    options = dataclasses.replace(options, channel_window=64 * 1024)
+    payload = os.urandom(4 * 1024 * 1024)
+    async with talking_target(payload) as forward, Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        async with asyncio.timeout(60):  # a guard against a stall, not a measure
+            got = await exchange(*forward.mouth, b"")
+        assert got == payload
+    opened.check(len(payload))
+
+
+async def test_data_held_while_the_client_is_slow_arrives_whole(
+    options: TunnelOptions, opened: Opened
+) -> None:
+    """A client that reads nothing for a while: its socket and transport fill, asyncssh
+    pauses the channel and holds the packets opened in place (views) in its own buffer,
+    sending no window adjust; when the client reads, the held data comes first, in order,
+    and the window opens again."""
+    chunk = os.urandom(1024 * 1024)
+    repeat = 12
+    async with talking_target(chunk, repeat) as forward, Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        link = tunnel.link
+        assert isinstance(link, asyncssh_link.SSHLink)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, forward.mouth)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        try:
+            channels = link.conn._channels.values()
+            await wait_until(lambda: any(chan._recv_buf for chan in channels), timeout_s=60)
+            digest = hashlib.sha256()
+            total = 0
+            while block := await reader.read(1 << 20):
+                digest.update(block)
+                total += len(block)
+        finally:
+            writer.close()
+        assert total == len(chunk) * repeat
+        assert digest.hexdigest() == hashlib.sha256(chunk * repeat).hexdigest()
+    opened.check(len(chunk) * repeat)
+
+
+async def test_data_up_beyond_the_gateways_window_waits_for_it(
+    options: TunnelOptions, sent: Sent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """6 MiB up to a target that reads nothing at first: sshd's window (2 MiB) is used up,
+    the rest waits in asyncssh's buffer (none sealed beyond the window: RFC 4254 §5.2;
+    this sshd lets some excess pass, so the window is watched here), and goes when the
+    target reads and sshd adjusts the window: every byte, in order."""
+    from asyncssh.channel import SSHChannel
+
+    payload = os.urandom(6 * 1024 * 1024)
+    reading = asyncio.Event()
+    windows: list[int] = []
+    write = SSHChannel.write
+
+    def watched(self: Any, data: Any, datatype: Any = None) -> None:
+        write(self, data, datatype)
+        windows.append(self._send_window)
+
+    monkeypatch.setattr(SSHChannel, "write", watched)
+
+    async def digest_of_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reading.wait()
+        digest = hashlib.sha256()
+        while block := await reader.read(1 << 20):
+            digest.update(block)
+        writer.write(digest.digest())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(digest_of_all, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        forward = Forward("127.0.0.1", free_port(), "127.0.0.1", port)
+        async with Tunnel(options, [forward]) as tunnel:
+            assert await tunnel.wait_up(10)
+            link = tunnel.link
+            assert isinstance(link, asyncssh_link.SSHLink)
+            reader, writer = await asyncio.open_connection(*forward.mouth)
+            try:
+                writer.write(payload[:1000])  # the reads then end off the window's edge
+                await writer.drain()
+                await wait_until(lambda: tunnel.state.forwards[0].bytes_out == 1000)
+                writer.write(payload[1000:])
+                writer.write_eof()
+                channels = link.conn._channels.values()
+                await wait_until(lambda: any(chan._send_buf for chan in channels), timeout_s=60)
+                reading.set()
+                assert await reader.read() == hashlib.sha256(payload).digest()
+            finally:
+                writer.close()
+    assert sent.by_asyncssh == 0
+    assert min(windows) >= 0

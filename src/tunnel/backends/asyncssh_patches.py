@@ -1,0 +1,586 @@
+"""Carried patches to asyncssh (2.14 to 2.x, the range pyproject.toml allows).
+
+Each patch says beside it why it is carried, checks that the asyncssh internals it uses
+exist (otherwise it leaves asyncssh alone) and marks what it installed so that tests
+(tests/tunnel/test_tunnel_bulk.py, against the real sshd) can assert it is in place on
+the installed asyncssh. :func:`install` applies them all, once; importing
+:mod:`tunnel.backends.asyncssh_link` calls it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import tunnel.sshlib  # noqa: F401 (asyncssh is first imported there, cheaply)
+
+__all__ = ["FEED_WHOLE_MAX", "GCM_TAG_LEN", "install"]
+
+
+def _keep_held_eof() -> None:
+    """Carried patch (asyncssh 2.14 and later, checked against the installed 2.x): an EOF
+    that asyncssh holds back (the session's reading paused, or the channel still starting)
+    is lost when CLOSE arrives before it is delivered: ``SSHChannel._process_close``
+    overwrites the ``eof_pending`` state with ``close_pending``, so ``eof_received`` never
+    runs. OpenSSH sends EOF before CLOSE whenever the target's side ended (even on a reset),
+    so the target's orderly end looked cut (a reset for a complete reply). The wrapper tells
+    the session, through an optional ``eof_held()``, before asyncssh forgets it; the data
+    still buffered is delivered before ``connection_lost`` as before."""
+    from asyncssh.channel import SSHChannel  # noqa: PLC0415 (only the patch needs it)
+    from asyncssh.constants import MSG_CHANNEL_CLOSE  # noqa: PLC0415
+
+    handlers = SSHChannel._packet_handlers
+    original = handlers[MSG_CHANNEL_CLOSE]
+    if getattr(original, "keeps_held_eof", False):
+        return
+
+    def process_close(self: Any, pkttype: int, pktid: int, packet: Any) -> None:
+        if self._recv_state == "eof_pending":
+            held = getattr(self._session, "eof_held", None)
+            if held is not None:
+                held()
+        original(self, pkttype, pktid, packet)
+
+    process_close.keeps_held_eof = True  # type: ignore[attr-defined]
+    handlers[MSG_CHANNEL_CLOSE] = process_close
+
+
+def _feed_by_packet() -> None:
+    """Carried patch (asyncssh 2.14 to 2.x, the range pyproject.toml allows; checked by
+    tests/tunnel/test_tunnel_bulk.py against sshd): asyncssh keeps its input in one
+    ``bytes`` (``SSHConnection._inpbuf``): each read is appended, and every packet taken
+    off its front leaves the *rest* copied into a new ``bytes`` twice (header, then body).
+    A 256 KiB read of eight 32 KiB packets copied about 2 MiB of remainders: memmove was
+    8-12 % of the daemon's CPU in a bulk download (py-spy, bench/results/profiles/).
+    Handing asyncssh each read one piece at a time, exactly what its current step needs
+    (the first cipher block, then the rest of that packet), leaves no remainder to copy;
+    its own parser, decryption and error handling run unchanged. Where asyncssh waits for
+    anything else (the version line, a packet handled in a task) the read goes in whole,
+    as before. Without the attributes it relies on, the patch leaves asyncssh alone."""
+    from asyncssh.connection import SSHConnection  # noqa: PLC0415 (only the patch needs it)
+
+    original: Any = SSHConnection.data_received
+    if getattr(original, "feeds_by_packet", False):
+        return
+    header_step = SSHConnection._recv_pkthdr
+    body_step = SSHConnection._recv_packet
+
+    def data_received(self: Any, data: bytes, datatype: Any = None) -> None:
+        end = len(data)
+        if end <= FEED_WHOLE_MAX:
+            original(self, data, datatype)
+            return
+        view = memoryview(data)
+        pos = 0
+        while pos < end and self._transport is not None:
+            step = getattr(self._recv_handler, "__func__", None)
+            have = len(self._inpbuf)
+            if step is header_step:
+                need = self._recv_blocksize - have
+            elif step is body_step:
+                need = 4 + self._pktlen + self._recv_macsize - self._recv_blocksize - have
+            else:
+                need = end - pos
+            piece = view[pos : pos + max(need, 1)]
+            pos += len(piece)
+            original(self, piece, datatype)
+
+    data_received.feeds_by_packet = True  # type: ignore[attr-defined]
+    if all(hasattr(SSHConnection, name) for name in ("_recv_pkthdr", "_recv_packet", "_recv_data")):
+        SSHConnection.data_received = data_received  # type: ignore[method-assign]
+
+
+FEED_WHOLE_MAX = 8 * 1024
+"""Reads up to this size go to asyncssh whole (a few small packets: a reply, a window
+adjust): their remainders are small, and one call costs less than one per piece."""
+
+
+def _gcm_fewer_copies() -> None:
+    """Carried patch (asyncssh 2.x's AES-GCM shim, ``GCMEncryption``/``GCMCipher``; the
+    range pyproject.toml allows): each data packet was copied twice where once does.
+    Receiving, asyncssh joined the packet's two parts, then joined the tag on: one join
+    here. Sending, it cut the tag off the sealed packet (a copy) and then put the header
+    in front (another): one copy here, through a memoryview. Same inputs, same outputs
+    (a tag mismatch still returns None, so asyncssh still raises its MAC error), the IV
+    still stepped after every packet. callgrind over a bulk download counted memcpy at
+    half of the daemon's instructions in this path (seven copies of every byte)."""
+    from asyncssh.crypto.cipher import GCMCipher  # noqa: PLC0415 (only the patch needs it)
+    from asyncssh.encryption import GCMEncryption  # noqa: PLC0415
+    from cryptography.exceptions import InvalidTag  # noqa: PLC0415
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+
+    if getattr(GCMEncryption.decrypt_packet, "fewer_copies", False):
+        return
+    if not all(hasattr(GCMCipher, name) for name in ("_update_iv", "encrypt_and_sign")):
+        return
+
+    def decrypt_packet(
+        self: Any, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
+    ) -> bytes | None:
+        cipher = self._cipher
+        sealed = b"".join((memoryview(first)[header_len:], rest, mac))
+        try:
+            plain: bytes | None = AESGCM(cipher._key).decrypt(
+                cipher._iv, sealed, first[:header_len]
+            )
+        except InvalidTag:
+            plain = None
+        cipher._update_iv()
+        return plain
+
+    def encrypt_and_sign(self: Any, header: bytes, data: bytes) -> tuple[bytes, bytes]:
+        sealed = memoryview(AESGCM(self._key).encrypt(self._iv, data, header))
+        self._update_iv()
+        return header + sealed[:-GCM_TAG_LEN], bytes(sealed[-GCM_TAG_LEN:])
+
+    decrypt_packet.fewer_copies = True  # type: ignore[attr-defined]
+    GCMEncryption.decrypt_packet = decrypt_packet  # type: ignore[method-assign]
+    GCMCipher.encrypt_and_sign = encrypt_and_sign  # type: ignore[method-assign]
+
+
+GCM_TAG_LEN = 16
+"""RFC 5647 §7.3: AES-GCM's authentication tag."""
+
+
+def _data_packets_joined_once() -> None:
+    """Carried patch (asyncssh 2.x ``SSHConnection.send_packet``; the range pyproject.toml
+    allows): a channel data packet was put together with four copies of its data
+    (``Byte(type) + b"".join(args)``, then ``Byte(padlen) + payload + padding``); here
+    with one ``join``. Only for ``MSG_CHANNEL_DATA`` once the connection is in its steady
+    state: encrypted, authenticated, no compression, no key exchange due or running.
+    Everything else (and the chaff before the packet, :mod:`tunnel.backends.chaff`) goes
+    through asyncssh's own ``send_packet`` as before; the steps kept are asyncssh's, in
+    its order: padding to the block size (at least 4 bytes, RFC 4253 §6), encryption
+    under the sequence number, the sequence and rekey byte counts, and the packet log
+    (asyncssh writes it at debug level 3 only: below that the payload is not built)."""
+    from asyncssh.connection import SSHConnection  # noqa: PLC0415 (only the patch needs it)
+    from asyncssh.logging import SSHLogger  # noqa: PLC0415
+
+    original: Any = SSHConnection.send_packet
+    if getattr(original, "joins_once", False):
+        return
+    internals = (
+        "_send_encryption _compressor _kex_complete _auth_complete _rekey_bytes"
+        " _rekey_bytes_sent _rekey_seconds _rekey_time _send_seq _send_blocksize _send_enchdrlen"
+    )
+    if not _has(SSHConnection, internals.split(), ["_send"]):
+        return
+    urandom = os.urandom
+    monotonic = time.monotonic
+
+    def send_packet(self: Any, pkttype: int, *args: bytes, handler: Any = None) -> None:
+        encryption = self._send_encryption
+        if (
+            pkttype != MSG_CHANNEL_DATA
+            or encryption is None
+            or self._compressor is not None
+            or not (self._kex_complete and self._auth_complete)
+            or self._rekey_bytes_sent >= self._rekey_bytes
+            or (self._rekey_seconds and monotonic() >= self._rekey_time)
+        ):
+            original(self, pkttype, *args, handler=handler)
+            return
+        self.send_packet(MSG_IGNORE, EMPTY_STRING)  # asyncssh's chaff (dropped where needless)
+        length = 1 + sum(len(arg) for arg in args)
+        padlen = -(self._send_enchdrlen + length) % self._send_blocksize
+        if padlen < 4:
+            padlen += self._send_blocksize
+        packet = b"".join((bytes((padlen, pkttype)), *args, urandom(padlen)))
+        pktlen = len(packet)
+        seq = self._send_seq
+        packet, mac = encryption.encrypt_packet(seq, pktlen.to_bytes(4, "big"), packet)
+        self._send(packet + mac)
+        self._send_seq = (seq + 1) & 0xFFFFFFFF
+        self._rekey_bytes_sent += pktlen
+        if getattr(SSHLogger, "_debug_level", 3) >= 3:  # asyncssh's packet log is on
+            payload = bytes((pkttype,)) + b"".join(args)
+            (handler or self).log_sent_packet(pkttype, seq, payload)
+
+    send_packet.joins_once = True  # type: ignore[attr-defined]
+    SSHConnection.send_packet = send_packet  # type: ignore[method-assign]
+
+
+MSG_IGNORE = 2
+MSG_CHANNEL_DATA = 94
+"""RFC 4254 §5.2."""
+EMPTY_STRING = b"\0\0\0\0"
+
+
+def _data_packets_opened_in_place() -> None:
+    """Carried patch (asyncssh 2.x ``SSHConnection.data_received``; the range
+    pyproject.toml allows; tests/tunnel/test_tunnel_bulk.py against sshd): a channel data
+    packet in the steady state is opened where it lies in the socket read and its data
+    handed to the channel as a view of the plaintext. asyncssh copies every byte about
+    five times on the way (the read into its input buffer, the packet cut off it, the
+    ciphertext joined to its tag, the payload cut out of the plaintext, the data cut out
+    of the payload) and runs its packet object, dispatch and logging calls per packet
+    (callgrind: half of the receive path's instructions were memcpy); here the one copy
+    left is the decryption's output.
+
+    Only where nothing else can differ: asyncssh at a packet boundary with nothing
+    buffered, authenticated, no compression, debug level 1 (no packet log),
+    AES-GCM or chacha20-poly1305 keys, and the packet a ``MSG_CHANNEL_DATA`` for an open
+    channel within its window whose session says it takes views (``accepts_views``; the
+    tunnel's channel side writes them straight to the client's socket). The data goes in
+    through the channel's own ``_accept_data`` (window count, pause buffer, window adjust
+    and delivery are asyncssh's), then the sequence number and the GCM IV step as asyncssh
+    steps them. Any other packet (a key exchange, EOF, close, window adjust, extended
+    data, a bad MAC or length) is handed to asyncssh whole, as one read, before anything
+    after it: it opens it itself (again) and does what it always did. A packet cut by the
+    end of a read is kept here until its last byte arrives (asyncssh is at a packet
+    boundary meanwhile, as if that read had not yet come)."""
+    from asyncssh.connection import SSHConnection  # noqa: PLC0415 (only the patch needs it)
+    from asyncssh.encryption import ChachaEncryption, GCMEncryption  # noqa: PLC0415
+    from asyncssh.logging import SSHLogger  # noqa: PLC0415
+    from asyncssh.misc import DisconnectError  # noqa: PLC0415
+    from cryptography.exceptions import InvalidSignature, InvalidTag  # noqa: PLC0415
+    from cryptography.hazmat.primitives.ciphers import Cipher  # noqa: PLC0415
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+    from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20  # noqa: PLC0415
+    from cryptography.hazmat.primitives.poly1305 import Poly1305  # noqa: PLC0415
+
+    fed: Any = SSHConnection.data_received
+    if getattr(fed, "opens_in_place", False):
+        return
+    internals = (
+        "_recv_encryption _decompressor _auth_complete _auth_final _recv_seq _inpbuf"
+        " _recv_handler _channels _max_recv_pktlen _transport"
+    )
+    methods = "_recv_pkthdr _reset_keepalive_timer internal_error _force_close _send_disconnect"
+    if not _has(SSHConnection, internals.split(), methods.split()):
+        return
+    from asyncssh.channel import SSHChannel  # noqa: PLC0415
+
+    channel_internals = ["_recv_state", "_recv_window", "_encoding", "_session"]
+    if not _has(SSHChannel, channel_internals, ["_accept_data", "_deliver_data"]):
+        return
+    header_step = SSHConnection._recv_pkthdr
+
+    def gcm_length(self: Any, head: memoryview) -> int:
+        return int.from_bytes(head, "big")
+
+    def gcm_open(self: Any, packet: memoryview) -> bytes | None:
+        cipher = self._recv_encryption._cipher
+        aead = cipher.__dict__.get("aead")
+        if aead is None or cipher.__dict__.get("aead_key") is not cipher._key:
+            aead = cipher.aead = AESGCM(cipher._key)
+            cipher.aead_key = cipher._key
+        try:
+            plain: bytes = aead.decrypt(cipher._iv, packet[4:], packet[:4])
+        except InvalidTag:
+            return None
+        return plain
+
+    def gcm_step(self: Any) -> None:
+        self._recv_encryption._cipher._update_iv()
+
+    def chacha_length(self: Any, head: memoryview) -> int:
+        nonce = CHACHA_CTR_0 + self._recv_seq.to_bytes(8, "big")
+        key = self._recv_encryption._cipher._adkey
+        clear = Cipher(ChaCha20(key, nonce), None).encryptor().update(head)
+        return int.from_bytes(clear, "big")
+
+    def chacha_open(self: Any, packet: memoryview) -> bytes | None:
+        nonce = CHACHA_CTR_0 + self._recv_seq.to_bytes(8, "big")
+        stream = Cipher(ChaCha20(self._recv_encryption._cipher._key, nonce), None).encryptor()
+        mac = Poly1305(stream.update(CHACHA_BLOCK_ZERO)[:32])  # block 0: the Poly1305 key
+        mac.update(packet[:-MAC_LEN])
+        try:
+            mac.verify(bytes(packet[-MAC_LEN:]))
+        except InvalidSignature:
+            return None
+        plain: bytes = stream.update(packet[4:-MAC_LEN])  # from block 1 on, as OpenSSH
+        return plain
+
+    def chacha_step(self: Any) -> None:
+        pass
+
+    suites = {
+        GCMEncryption: (gcm_length, gcm_open, gcm_step),
+        ChachaEncryption: (chacha_length, chacha_open, chacha_step),
+    }
+
+    def suite(self: Any) -> Any:
+        """The fast steps for this connection now, or None: asyncssh's own path."""
+        if (
+            self._inpbuf
+            or getattr(self._recv_handler, "__func__", None) is not header_step
+            or not self._auth_complete
+            or self._decompressor is not None
+            or SSHLogger._debug_level >= 2
+        ):
+            return None
+        return suites.get(type(self._recv_encryption))
+
+    def deliver(self: Any, plain: bytes, step: Any) -> bool:
+        """Hand a channel data packet's data to its channel; False: not one for here."""
+        end = len(plain) - plain[0]
+        if plain[1] != MSG_CHANNEL_DATA or plain[0] < 4 or end < 10:
+            return False
+        chan = self._channels.get(int.from_bytes(plain[2:6], "big"))
+        datalen = int.from_bytes(plain[6:10], "big")
+        if (
+            chan is None
+            or 10 + datalen != end
+            or chan._recv_state != "open"
+            or datalen > chan._recv_window
+            or chan._encoding is not None
+            or not getattr(chan._session, "accepts_views", False)
+        ):
+            return False
+        step(self)
+        chan._accept_data(memoryview(plain)[10:end])
+        self._auth_final = True
+        self._recv_seq = (self._recv_seq + 1) & 0xFFFFFFFF
+        return True
+
+    def one(self: Any, packet: memoryview, steps: Any) -> None:
+        """Open one whole packet here, or hand it to asyncssh as one read."""
+        plain = steps[1](self, packet)
+        if plain is None or not deliver(self, plain, steps[2]):
+            fed(self, packet)
+
+    def data_received(self: Any, data: bytes, datatype: Any = None) -> None:
+        try:
+            opened(self, data, datatype)
+        except DisconnectError as exc:  # as asyncssh's own parser ends (_recv_data)
+            self._send_disconnect(exc.code, exc.reason, exc.lang)
+            self._force_close(exc)
+        except Exception:
+            self.internal_error()
+
+    def length(self: Any, steps: Any, head: memoryview) -> int | None:
+        """The whole packet's length on the wire; None: asyncssh's to refuse."""
+        pktlen: int = steps[0](self, head[:4])
+        if pktlen < MIN_PACKET_LEN or pktlen > self._max_recv_pktlen:
+            return None
+        return 4 + pktlen + MAC_LEN
+
+    def opened(self: Any, data: bytes, datatype: Any) -> None:
+        view = memoryview(data)
+        pos, end = 0, len(data)
+        tail: bytearray | None = self.__dict__.pop(TAIL, None)
+        if tail is not None:  # a packet begun in an earlier read
+            steps = suite(self)
+            if steps is None:  # asyncssh cannot have moved since, but it knows best
+                fed(self, bytes(tail), datatype)
+            else:
+                if len(tail) < 4:
+                    pos = min(4 - len(tail), end)
+                    tail += view[:pos]
+                total = length(self, steps, memoryview(tail)) if len(tail) >= 4 else 0
+                if total is None:
+                    fed(self, bytes(tail), datatype)
+                elif len(tail) + end - pos < max(total, 4):
+                    tail += view[pos:]
+                    self.__dict__[TAIL] = tail
+                    self._reset_keepalive_timer()
+                    return
+                else:
+                    take = total - len(tail)
+                    tail += view[pos : pos + take]
+                    pos += take
+                    one(self, memoryview(tail), steps)
+        while pos < end and self._transport is not None:
+            steps = suite(self)
+            if steps is None:
+                fed(self, view[pos:], datatype)
+                return
+            total = length(self, steps, view[pos:]) if end - pos >= 4 else 0
+            if total is None:
+                fed(self, view[pos:], datatype)
+                return
+            if end - pos < max(total, 4):
+                self.__dict__[TAIL] = bytearray(view[pos:])
+                break
+            one(self, view[pos : pos + total], steps)
+            pos += total
+        if self._transport is not None:
+            self._reset_keepalive_timer()
+
+    data_received.opens_in_place = True  # type: ignore[attr-defined]
+    data_received.feeds_by_packet = getattr(fed, "feeds_by_packet", False)  # type: ignore[attr-defined]
+    SSHConnection.data_received = data_received  # type: ignore[method-assign]
+
+
+def _data_packets_sealed_in_place() -> None:
+    """Carried patch (asyncssh 2.x ``SSHChannel._flush_send_buf``; the range pyproject.toml
+    allows; tests/tunnel/test_tunnel_bulk.py against sshd): a channel's data goes out as
+    ``MSG_CHANNEL_DATA`` packets built with one join from a view of the channel's send
+    buffer and sealed straight to the socket (``writelines`` of the length, ciphertext
+    and tag: one ``writev`` with uvloop). asyncssh copied each byte about six times on
+    the way (the chunk cut off its buffer, ``String()``, the channel's and the
+    connection's payload joins, the header put in front, the MAC put behind). A write
+    that finds nothing buffered is sealed from the caller's bytes themselves, as far as
+    the window goes; asyncssh copied all of it into its buffer first (only the rest
+    is copied now).
+
+    Only in the steady state, as :func:`_data_packets_joined_once`: encrypted with
+    AES-GCM or chacha20-poly1305, authenticated, no compression, no key exchange due or
+    running, debug level 1, and the connection's needless chaff dropped
+    (:func:`tunnel.backends.chaff.drop_needless_chaff`: asyncssh would otherwise send an
+    empty ignore before each packet). Window and packet size, the sequence number and the
+    rekey byte count are asyncssh's and stepped as it steps them; the rest of a flush
+    (extended data, the pause/resume of the writer, a pending EOF or close) is asyncssh's
+    own ``_flush_send_buf``, called after."""
+    from asyncssh.channel import SSHChannel  # noqa: PLC0415 (only the patch needs it)
+    from asyncssh.connection import SSHConnection  # noqa: PLC0415
+    from asyncssh.encryption import ChachaEncryption, GCMEncryption  # noqa: PLC0415
+    from asyncssh.logging import SSHLogger  # noqa: PLC0415
+    from cryptography.hazmat.primitives.ciphers import Cipher  # noqa: PLC0415
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+    from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20  # noqa: PLC0415
+    from cryptography.hazmat.primitives.poly1305 import Poly1305  # noqa: PLC0415
+
+    original: Any = SSHChannel._flush_send_buf
+    write_original: Any = SSHChannel.write
+    if getattr(original, "seals_in_place", False):
+        return
+    internals = (
+        "_send_encryption _compressor _kex_complete _auth_complete _rekey_bytes"
+        " _rekey_bytes_sent _rekey_seconds _rekey_time _send_seq _send_blocksize"
+        " _send_enchdrlen _transport"
+    )
+    if not _has(SSHConnection, internals.split(), []):
+        return
+    channel_internals = (
+        "_conn _send_buf _send_buf_len _send_window _send_pktsize _send_chan _send_state _encoding"
+    )
+    if not _has(SSHChannel, channel_internals.split(), ["_flush_send_buf", "write"]):
+        return
+    urandom = os.urandom
+    monotonic = time.monotonic
+
+    def gcm_seal(conn: Any, header: bytes, packet: bytes) -> tuple[bytes, ...]:
+        cipher = conn._send_encryption._cipher
+        aead = cipher.__dict__.get("aead")
+        if aead is None or cipher.__dict__.get("aead_key") is not cipher._key:
+            aead = cipher.aead = AESGCM(cipher._key)
+            cipher.aead_key = cipher._key
+        sealed = aead.encrypt(cipher._iv, packet, header)
+        cipher._update_iv()
+        return header, sealed
+
+    def chacha_seal(conn: Any, header: bytes, packet: bytes) -> tuple[bytes, ...]:
+        cipher = conn._send_encryption._cipher
+        nonce = CHACHA_CTR_0 + conn._send_seq.to_bytes(8, "big")
+        header = Cipher(ChaCha20(cipher._adkey, nonce), None).encryptor().update(header)
+        stream = Cipher(ChaCha20(cipher._key, nonce), None).encryptor()
+        mac = Poly1305(stream.update(CHACHA_BLOCK_ZERO)[:32])
+        sealed = stream.update(packet)
+        mac.update(header)
+        mac.update(sealed)
+        return header, sealed, mac.finalize()
+
+    seals = {GCMEncryption: gcm_seal, ChachaEncryption: chacha_seal}
+
+    def sealer(conn: Any) -> Any:
+        """The fast seal for this connection now, or None: asyncssh's own path."""
+        if (
+            conn is None
+            or conn._transport is None
+            or conn._compressor is not None
+            or not (conn._kex_complete and conn._auth_complete)
+            or conn._rekey_bytes_sent >= conn._rekey_bytes
+            or (conn._rekey_seconds and monotonic() >= conn._rekey_time)
+            or SSHLogger._debug_level >= 2
+            or not getattr(conn.__dict__.get("send_packet"), "drops_chaff", False)
+        ):
+            return None
+        return seals.get(type(conn._send_encryption))
+
+    def seal_one(self: Any, conn: Any, seal: Any, data: Any, size: int) -> None:
+        """Seal the first ``size`` bytes of ``data`` as one packet and write it."""
+        length = 1 + 8 + size  # type, recipient channel, string length; then the data
+        padlen = -(conn._send_enchdrlen + length) % conn._send_blocksize
+        if padlen < 4:
+            padlen += conn._send_blocksize
+        head = bytes((padlen, MSG_CHANNEL_DATA)) + self._send_chan.to_bytes(4, "big")
+        with memoryview(data) as view:
+            packet = b"".join((head, size.to_bytes(4, "big"), view[:size], urandom(padlen)))
+        pktlen = len(packet)
+        conn._transport.writelines(seal(conn, pktlen.to_bytes(4, "big"), packet))
+        conn._send_seq = (conn._send_seq + 1) & 0xFFFFFFFF
+        conn._rekey_bytes_sent += pktlen
+        self._send_window -= size
+
+    def flush_send_buf(self: Any) -> None:
+        conn = self._conn
+        while self._send_buf and self._send_window and self._send_chan is not None:
+            buf, datatype = self._send_buf[0]
+            seal = sealer(conn)
+            if datatype is not None or seal is None:
+                break
+            size = min(len(buf), self._send_window, self._send_pktsize)
+            seal_one(self, conn, seal, buf, size)
+            if size == len(buf):
+                del self._send_buf[0]
+            else:
+                del buf[:size]
+            self._send_buf_len -= size
+        original(self)
+
+    def write(self: Any, data: Any, datatype: Any = None) -> None:
+        """Nothing buffered yet: seal what the window takes from ``data`` itself; only
+        the rest goes into asyncssh's buffer (a copy of that part only)."""
+        if (
+            datatype is None
+            and type(data) is bytes
+            and data
+            and not self._send_buf
+            and self._send_state == "open"
+            and self._encoding is None
+            and self._send_chan is not None
+        ):
+            conn = self._conn
+            pos, end = 0, len(data)
+            view = memoryview(data)
+            while pos < end and self._send_window and (seal := sealer(conn)) is not None:
+                size = min(end - pos, self._send_window, self._send_pktsize)
+                seal_one(self, conn, seal, view[pos:], size)
+                pos += size
+            if pos:
+                if pos == end:
+                    original(self)  # the writer's pause/resume, a pending EOF: asyncssh's
+                    return
+                data = data[pos:]
+        write_original(self, data, datatype)
+
+    flush_send_buf.seals_in_place = True  # type: ignore[attr-defined]
+    SSHChannel._flush_send_buf = flush_send_buf  # type: ignore[method-assign]
+    SSHChannel.write = write  # type: ignore[method-assign]
+
+
+MAC_LEN = 16
+"""The tag of both AEAD modes taken here (RFC 5647 §7.3; OpenSSH PROTOCOL.chacha20poly1305)."""
+MIN_PACKET_LEN = 12
+"""The smallest packet length taken here (a block of 16 less the length field); asyncssh
+judges anything shorter."""
+TAIL = "blitzdns_packet_tail"
+"""Where a connection keeps the start of a packet cut by the end of a read."""
+CHACHA_CTR_0 = bytes(8)
+"""OpenSSH's chacha20 nonce: a 64-bit block counter (here 0), then the sequence number."""
+CHACHA_BLOCK_ZERO = bytes(64)
+"""One ChaCha20 block: its key stream's first 32 bytes are the packet's Poly1305 key."""
+
+
+def _has(cls: Any, internals: list[str], methods: list[str]) -> bool:
+    """Whether asyncssh's ``cls`` still has what a patch uses: the ``methods``, and the
+    ``internals`` (attributes) set by its ``__init__`` or used by those methods."""
+    if not all(hasattr(cls, name) for name in methods):
+        return False
+    names = set(cls.__init__.__code__.co_names)
+    for name in methods:
+        names.update(getattr(getattr(cls, name), "__code__", cls.__init__.__code__).co_names)
+    return all(name in names for name in internals)
+
+
+def install() -> None:
+    """Apply every carried patch (each at most once)."""
+    _keep_held_eof()
+    _feed_by_packet()
+    _gcm_fewer_copies()
+    _data_packets_joined_once()
+    _data_packets_opened_in_place()
+    _data_packets_sealed_in_place()
