@@ -10,6 +10,8 @@ must take every joined write apart: the link goes on carrying afterwards.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import os
 import socket
 import struct
@@ -169,3 +171,81 @@ async def test_inline_cancel_raises_at_the_await_and_ends_once() -> None:
     assert seen == ["cancelled at the await"]
     assert len(ends) == 1 and isinstance(ends[0], asyncio.CancelledError)
     assert waiter.cancelled()
+
+
+# --- lean: asyncssh's packet log and keepalive timer -------------------------------------
+
+
+def test_the_packet_log_patch_is_in_place_on_the_installed_asyncssh() -> None:
+    from asyncssh.packet import SSHPacketLogger
+
+    assert getattr(SSHPacketLogger._log_packet, "lean", False)
+
+
+async def test_packets_are_still_logged_at_debug_level_3(
+    options: TunnelOptions, echo: Target, caplog: pytest.LogCaptureFixture
+) -> None:
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        asyncssh.set_debug_level(3)
+        try:
+            with caplog.at_level(logging.DEBUG, logger="asyncssh"):
+                assert await exchange(*forward.mouth, b"logged\n") == b"logged\n"
+        finally:
+            asyncssh.set_debug_level(1)
+    logged = caplog.text
+    assert "Sent MSG_CHANNEL_OPEN (90)" in logged
+    assert "Received MSG_CHANNEL_OPEN_CONFIRMATION (91)" in logged
+
+
+async def test_reads_do_not_remake_the_keepalive_timer(
+    options: TunnelOptions, echo: Target
+) -> None:
+    """A read notes the time; the one timer stays (asyncssh made a new one per read)."""
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        link = tunnel.link
+        assert isinstance(link, SSHLink)
+        timer = link.conn._keepalive_timer
+        assert timer is not None
+        reader, writer = await asyncio.open_connection(*forward.mouth)
+        for index in range(20):
+            line = f"line {index}\n".encode()
+            writer.write(line)
+            assert await reader.readexactly(len(line)) == line
+        writer.close()
+        assert link.conn._keepalive_timer is timer
+
+
+async def test_no_keepalive_while_reads_come_and_one_when_they_stop(
+    options: TunnelOptions, echo: Target
+) -> None:
+    """Reads for five keepalive intervals: no keepalive sent (each read postpones it, as
+    asyncssh's own timer); then silence: the keepalive goes out."""
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    options = dataclasses.replace(options, keepalive_s=0.2)
+    async with Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        link = tunnel.link
+        assert isinstance(link, SSHLink)
+        sent: list[float] = []
+        request = link.conn._make_keepalive_request
+
+        async def counted() -> None:
+            sent.append(loop.time())
+            await request()
+
+        link.conn._make_keepalive_request = counted  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        reader, writer = await asyncio.open_connection(*forward.mouth)
+        end = loop.time() + 1.0
+        while loop.time() < end:
+            writer.write(b"tick\n")
+            assert await reader.readexactly(5) == b"tick\n"
+            await asyncio.sleep(0.02)
+        assert sent == []
+        writer.close()
+        await wait_until(lambda: sent)
+        assert tunnel.link is link

@@ -29,6 +29,7 @@ from tunnel.backends import asyncssh_patches
 from tunnel.backends.chaff import drop_needless_chaff
 from tunnel.backends.coalesce import coalesce_writes
 from tunnel.backends.inline import Inline
+from tunnel.backends.lean import lazy_keepalive, skip_unlogged_packets
 from tunnel.errors import (
     AuthFailed,
     GatewayUnreachable,
@@ -233,6 +234,7 @@ class SSHLink:
 
 
 asyncssh_patches.install()
+skip_unlogged_packets()
 
 
 class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
@@ -545,5 +547,6 @@ async def open_link(gateway: Gateway, options: TunnelOptions) -> SSHLink:
     client = clients[-1]
     drop_needless_chaff(conn)
     coalesce_writes(conn)
+    lazy_keepalive(conn)
     log.debug("link up to %s", label)
     return SSHLink(conn, client, label, options)
