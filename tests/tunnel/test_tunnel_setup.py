@@ -1,111 +1,29 @@
-"""The asyncssh backend's per-connection path: small SSH packets of one turn of the loop
-leave in one write (:mod:`tunnel.backends.coalesce`), bulk packets at once; and the set-up
-steps run without tasks (:mod:`tunnel.backends.inline`), cancellable as under a task.
-
-The write counts are read from the kernel (``TCP_INFO``'s ``tcpi_segs_out`` of the link's
-socket: loopback, ``TCP_NODELAY``, so one segment per write of a small packet), and sshd
-must take every joined write apart: the link goes on carrying afterwards.
-"""
+"""The asyncssh backend's per-connection path against sshd: the set-up steps run without
+tasks (:mod:`tunnel.backends.inline`), cancellable as under a task; asyncssh's packet log
+and keepalive timer cost nothing per packet while off (:mod:`tunnel.backends.lean`)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
-import os
-import socket
-import struct
 
 import pytest
 
 from tests.peers import free_port, wait_until
 from tunnel import Forward, Tunnel, TunnelOptions
 from tunnel.backends.asyncssh_link import SSHLink
-from tunnel.backends.coalesce import BULK_MIN, CoalescingTransport
 from tunnel.backends.inline import Inline
 from tunnel.sshlib import asyncssh
 
 from .tunnel_testlib import Target, exchange
 
-MSG_IGNORE = 2
-TCP_INFO_LEN = 144
-SEGS_OUT_AT = 136
-"""``tcpi_segs_out`` in Linux ``struct tcp_info`` (4.2+)."""
-
-
-def segs_out(sock: socket.socket) -> int:
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
-    if len(info) < TCP_INFO_LEN:
-        pytest.skip("tcp_info without tcpi_segs_out (Linux before 4.2)")
-    return int(struct.unpack_from("=I", info, SEGS_OUT_AT)[0])
-
-
-def link_socket(link: SSHLink) -> socket.socket:
-    """Our own handle on the link's TCP socket (a dup: the loop's stays untouched)."""
-    fileno = link.conn.get_extra_info("socket").fileno()
-    return socket.socket(fileno=os.dup(fileno))
-
-
-async def test_small_packets_of_one_turn_leave_in_one_write(
-    options: TunnelOptions, echo: Target
-) -> None:
-    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
-    async with Tunnel(options, [forward]) as tunnel:
-        assert await tunnel.wait_up(10)
-        link = tunnel.link
-        assert isinstance(link, SSHLink)
-        assert isinstance(link.conn._transport, CoalescingTransport)
-        with link_socket(link) as sock:
-            before = segs_out(sock)
-            for index in range(16):  # a non-empty ignore: never dropped as chaff
-                link.conn.send_packet(MSG_IGNORE, struct.pack(">I", 1) + bytes([index]))
-            assert segs_out(sock) == before  # held while this turn runs
-            await wait_until(lambda: segs_out(sock) > before)
-            # One write (a keepalive of the link may add one): 16 before the change.
-            assert segs_out(sock) - before <= 2
-        # sshd took the joined packets apart: the link carries on.
-        assert await exchange(*forward.mouth, b"after the burst\n") == b"after the burst\n"
-        assert tunnel.link is link
-
-
-async def test_a_bulk_packet_leaves_at_once_and_after_the_held_ones(
-    options: TunnelOptions, echo: Target
-) -> None:
-    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
-    async with Tunnel(options, [forward]) as tunnel:
-        assert await tunnel.wait_up(10)
-        link = tunnel.link
-        assert isinstance(link, SSHLink)
-        got = bytearray()
-        done = asyncio.get_running_loop().create_future()
-
-        class Session(asyncssh.SSHTCPSession[bytes]):
-            def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-                got.extend(data)
-
-            def eof_received(self) -> bool:
-                done.set_result(None)
-                return False
-
-        channel, _ = await link.conn.create_connection(Session, "127.0.0.1", echo.port)
-        small, bulk = b"small first;", os.urandom(BULK_MIN * 4)
-        with link_socket(link) as sock:
-            before = segs_out(sock)
-            channel.write(small)
-            assert segs_out(sock) == before  # held...
-            channel.write(bulk)
-            assert segs_out(sock) > before  # ...until the bulk packet, which went at once
-        channel.write_eof()
-        async with asyncio.timeout(10):
-            await done
-        assert bytes(got) == small + bulk
-
 
 async def test_a_burst_of_connections_is_carried_whole(
     options: TunnelOptions, echo: Target
 ) -> None:
-    """Many clients at once: their channel opens and data share writes; each gets its
-    own bytes back, and every connection ends in order."""
+    """Many clients at once (one accept batch, their set-up steps interleaved): each gets
+    its own bytes back, and every connection ends in order."""
     forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
     async with Tunnel(options, [forward]) as tunnel:
         assert await tunnel.wait_up(10)

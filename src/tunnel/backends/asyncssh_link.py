@@ -27,7 +27,6 @@ from typing import Any, cast
 
 from tunnel.backends import asyncssh_patches
 from tunnel.backends.chaff import drop_needless_chaff
-from tunnel.backends.coalesce import coalesce_writes
 from tunnel.backends.inline import Inline
 from tunnel.backends.lean import lazy_keepalive, skip_unlogged_packets
 from tunnel.errors import (
@@ -546,7 +545,6 @@ async def open_link(gateway: Gateway, options: TunnelOptions) -> SSHLink:
         raise GatewayUnreachable.because(label, describe(exc), refused=is_refusal(exc)) from None
     client = clients[-1]
     drop_needless_chaff(conn)
-    coalesce_writes(conn)
     lazy_keepalive(conn)
     log.debug("link up to %s", label)
     return SSHLink(conn, client, label, options)

@@ -15,7 +15,8 @@ internals it uses and otherwise leaves asyncssh alone; tests/tunnel/test_tunnel_
   the last read if one came meanwhile, and otherwise does what asyncssh's does: the same
   keepalives at the same moments, the same count of missed ones.
 
-Together about a tenth of the Python per tunneled connection (py-spy over round trips).
+py-spy over round trips put these at about a tenth of the per-connection Python; A/B (same
+run, interleaved, 3 rounds) about 40 us of 500 us CPU per connection.
 """
 
 from __future__ import annotations
