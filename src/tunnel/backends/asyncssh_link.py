@@ -27,6 +27,8 @@ from typing import Any, cast
 
 from tunnel.backends import asyncssh_patches
 from tunnel.backends.chaff import drop_needless_chaff
+from tunnel.backends.inline import Inline
+from tunnel.backends.lean import lazy_keepalive, skip_unlogged_packets
 from tunnel.errors import (
     AuthFailed,
     GatewayUnreachable,
@@ -175,16 +177,14 @@ class SSHLink:
         self.closing = False
 
     def carry(self, flow: Flow) -> None:
-        """Wrap the flow's socket in a transport and open its channel (in a task)."""
-        flow.task = asyncio.get_running_loop().create_task(self._carry(flow))
-
-    async def _carry(self, flow: Flow) -> None:
+        """Wrap the flow's socket in a transport, then open its channel: no task, the
+        steps run in the loop's callbacks (:class:`tunnel.backends.inline.Inline`)."""
+        side = _ClientSide(self, flow)
+        flow.stop = side.cut
         loop = asyncio.get_running_loop()
-        try:
-            await loop.connect_accepted_socket(lambda: _ClientSide(self, flow), flow.sock)
-        except OSError as exc:
-            flow.task = None
-            flow.cut(f"client socket unusable: {describe(exc)}")
+        side.accepting = Inline(
+            loop.connect_accepted_socket(lambda: side, flow.sock), side.transport_ready
+        )
 
     async def open_exec(self, command: str) -> AsyncsshExec:
         """A session channel running ``command`` (RFC 4254 §6.5)."""
@@ -233,6 +233,7 @@ class SSHLink:
 
 
 asyncssh_patches.install()
+skip_unlogged_packets()
 
 
 class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
@@ -336,6 +337,9 @@ class _ClientSide(asyncio.Protocol):
         self.counters = flow.counters
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.channel: asyncssh.SSHTCPChannel[bytes] | None = None
+        #: The set-up steps while they run: the socket's transport, then the channel open.
+        self.accepting: Inline[object] | None = None
+        self.opening: Inline[tuple[asyncssh.SSHTCPChannel[bytes], object]] | None = None
         self.pending: list[bytes] = []
         self.pending_len = 0
         self.eof = False
@@ -345,13 +349,10 @@ class _ClientSide(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH_WATER)
-        self.flow.stop = self.cut
-        self.flow.task = asyncio.get_running_loop().create_task(self._open())
-
-    async def _open(self) -> None:
         forward = self.flow.forward
-        try:
-            channel, _ = await self.link.conn.create_connection(
+        # CHANNEL_OPEN is written now, in this turn of the loop (Inline's first step).
+        self.opening = Inline(
+            self.link.conn.create_connection(
                 lambda: _ChannelSide(self),
                 forward.target_host,
                 forward.target_port,
@@ -359,17 +360,35 @@ class _ClientSide(asyncio.Protocol):
                 orig_port=self.flow.port,
                 window=self.link.window,
                 max_pktsize=self.link.max_packet,
-            )
-        except asyncssh.ChannelOpenError as exc:
-            self.flow.task = None
+            ),
+            self.opened,
+        )
+
+    def transport_ready(self, error: BaseException | None, _result: object) -> None:
+        """The end of ``connect_accepted_socket`` (``connection_made`` came before)."""
+        self.accepting = None
+        if error is not None and not isinstance(error, asyncio.CancelledError):
+            reason = describe(error) if isinstance(error, OSError) else str(error)
+            self.cut(f"client socket unusable: {reason}")
+
+    def opened(
+        self,
+        error: BaseException | None,
+        result: tuple[asyncssh.SSHTCPChannel[bytes], object] | None,
+    ) -> None:
+        """The end of the channel open: carry the client's bytes that waited, or cut."""
+        self.opening = None
+        forward = self.flow.forward
+        if isinstance(error, asyncio.CancelledError):
+            return
+        if isinstance(error, asyncssh.ChannelOpenError):
             target = f"{forward.target_host}:{forward.target_port}"
-            self.cut(f"gateway could not open {target}: {exc.reason}")
+            self.cut(f"gateway could not open {target}: {error.reason}")
             return
-        except (OSError, asyncssh.Error) as exc:
-            self.flow.task = None
-            self.cut(f"channel open failed: {describe(exc)}")
+        if error is not None or result is None:
+            self.cut(f"channel open failed: {describe(error or OSError())}")
             return
-        self.flow.task = None
+        channel = result[0]
         if self.closed:
             channel.close()
             return
@@ -411,12 +430,16 @@ class _ClientSide(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        task = self.flow.task
-        if task is not None and not task.done():
-            task.cancel()
+        self.stop_opening()
         if self.channel is not None:
             self.channel.close()
         self.flow.finish(None)
+
+    def stop_opening(self) -> None:
+        """Cancel the set-up steps still running (their ends then do nothing more)."""
+        for step in (self.accepting, self.opening):
+            if step is not None:
+                step.cancel()
 
     def pause_writing(self) -> None:
         if self.channel is not None:
@@ -432,8 +455,13 @@ class _ClientSide(asyncio.Protocol):
             return
         self.closed = True
         self.flow.finish(why)
+        self.stop_opening()
         if self.channel is not None:
             self.channel.abort()
+        if self.transport is None:  # cut before the socket had its transport
+            before_cut_close(self.flow.sock)
+            self.flow.sock.close()
+            return
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
             before_cut_close(sock)
@@ -522,5 +550,6 @@ async def open_link(gateway: Gateway, options: TunnelOptions) -> SSHLink:
         raise GatewayUnreachable.because(label, describe(exc), refused=is_refusal(exc)) from None
     client = clients[-1]
     drop_needless_chaff(conn)
+    lazy_keepalive(conn)
     log.debug("link up to %s", label)
     return SSHLink(conn, client, label, options)
