@@ -12,8 +12,10 @@ text (what views are chosen by) is looked up from its raw bytes.
 :class:`BatchReader` is driven by ``loop.add_reader`` (level-triggered: a queue that still
 holds datagrams after a batch wakes the loop again, so each socket's turn is bounded and
 the steered priority socket is read every loop iteration, as :mod:`~blitzdns.dns.steer`
-needs). Replies that cannot go in the batch (larger than a slot; sent later, as a
-forwarded query's) go out with the socket's plain ``sendto``.
+needs). A forwarded query's reply, which comes later, is queued in the same send slots
+and goes out with the next batch's or at the end of the loop iteration, together with
+the other replies that came meanwhile; only a reply larger than a slot goes out alone
+with the socket's plain ``sendto``.
 
 The functions come from the C library through :mod:`ctypes`; :func:`available` says
 whether they (and the structure layout this module builds on) are there. Elsewhere the
@@ -22,6 +24,7 @@ resolver keeps the event loop's datagram transport.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import errno
 import logging
@@ -141,16 +144,17 @@ class BatchReader:
     ``handle(packet, client, now)`` is the engine's; its ``bytes`` results are sent in
     the batch's ``sendmmsg``. Any other result goes to ``other(result, packet, client,
     address, reader)`` (a forwarding job, nothing to send, an exception), whose return
-    value, if bytes, is sent too. ``address`` there is the client's address as a tuple,
-    as a datagram transport would give it, and :meth:`sendto` sends to such a tuple later
-    (the reader stands in for a transport there).
+    value, if bytes, is sent too. ``address`` there is the client's raw socket address,
+    and the reader stands in for a datagram transport: :meth:`sendto` to that address
+    queues a reply for the next ``sendmmsg``, at the end of the loop iteration at the
+    latest.
     """
 
     def __init__(
         self,
         sock: socket.socket,
         handle: Callable[[bytes, str, float], Any],
-        other: Callable[[object, bytes, str, tuple[Any, ...], BatchReader], bytes | None],
+        other: Callable[[object, bytes, str, bytes, BatchReader], bytes | None],
         clock: Callable[[], float],
         log: logging.Logger,
         stats: ResolverStats,
@@ -176,6 +180,11 @@ class BatchReader:
         self._in = _Buffers(_SLOT, namelen)
         self._out = _Buffers(_SEND_SLOT, namelen)
         self._clients: dict[int | bytes, str] = {}
+        #: The sender's address is ``namelen`` bytes of its slot (``sockaddr_in``/``_in6``).
+        self.namelen = namelen
+        #: Replies waiting in the send slots (:meth:`sendto`) for the next ``sendmmsg``.
+        self._queued = 0
+        self._loop = asyncio.get_running_loop()
         self.closed = False
 
     # The per-datagram work is all in ``readable``, kept in locals: at full rate this
@@ -196,6 +205,7 @@ class BatchReader:
         data = inb.data_view
         name_words = inb.name_words
         names = inb.names_view
+        namelen = self.namelen
         out_data = out.data
         out_names = out.qwords
         out_lengths = out.lengths
@@ -204,7 +214,7 @@ class BatchReader:
         handle = self.handle
         v4 = self.family == socket.AF_INET
         now = self.clock()
-        sending = 0
+        sending = self._queued
         for i in range(count):
             size = words[i * _WORDS + _LEN_WORD]
             if size > MAX_QUERY:
@@ -223,23 +233,61 @@ class BatchReader:
             try:
                 reply = handle(packet, client, now)
             except Exception as exc:  # ``other`` logs it (the exception is still current)
-                reply = self.other(exc, packet, client, self._address(i), self)
-            else:
-                if reply.__class__ is not bytes:
-                    reply = self.other(reply, packet, client, self._address(i), self)
-            if reply is None:
-                continue
+                reply = exc
+            if reply.__class__ is not bytes:
+                # Rare at full rate (misses, drops, errors): may queue replies (``sendto``).
+                self._queued = sending
+                reply = self.other(reply, packet, client, names[at : at + namelen].tobytes(), self)
+                sending = self._queued
+                if reply is None:
+                    continue
             size = len(reply)
             if size > _SEND_SLOT:
-                self.sendto(reply, self._address(i))
+                self._send_one(reply, names[at : at + namelen].tobytes())
                 continue
             start = sending * _SEND_SLOT
             out_data[start : start + size] = reply
             out_lengths[sending * 2 + 1] = size
             out_names[sending * _QWORDS + _NAME_QWORD] = names_at + at
             sending += 1
+            if sending == BATCH:
+                self._send(sending)
+                sending = 0
+        self._queued = 0
         if sending:
             self._send(sending)
+
+    def sendto(self, data: bytes, address: bytes) -> None:
+        """Send ``data`` to ``address`` (raw, as ``other`` got it) with the next batch.
+
+        Queued, and sent at the end of this loop iteration at the latest (with the replies
+        of the next batch read, or alone): forwarded queries' replies, which come one by
+        one from the upstreams' sockets, go out together too.
+        """
+        if self.closed:
+            return
+        size = len(data)
+        if size > _SEND_SLOT:
+            self._send_one(data, address)
+            return
+        out = self._out
+        k = self._queued
+        start = k * _SEND_SLOT
+        out.data[start : start + size] = data
+        out.lengths[k * 2 + 1] = size
+        at = k * _NAME
+        out.names[at : at + len(address)] = address
+        out.qwords[k * _QWORDS + _NAME_QWORD] = out.names_at + at
+        self._queued = k + 1
+        if k + 1 == BATCH:
+            self._flush()
+        elif k == 0:
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        queued, self._queued = self._queued, 0
+        if queued and not self.closed:
+            self._send(queued)
 
     def _send(self, count: int) -> None:
         sent = 0
@@ -259,6 +307,14 @@ class BatchReader:
             else:
                 sent += done
 
+    def _send_one(self, data: bytes, address: bytes) -> None:
+        """A reply too large for a slot, sent at once with the socket's ``sendto``."""
+        try:
+            self.sock.sendto(data, _address(self.family, address))
+        except OSError as exc:
+            self.stats.unsent += 1
+            self.log.debug("UDP reply not sent: %s", exc)
+
     def _read_error(self, code: int) -> None:
         if code not in (errno.EAGAIN, errno.EINTR):
             # ICMP errors about earlier replies and the like: reported once, then gone.
@@ -267,32 +323,23 @@ class BatchReader:
     def _client(self, raw: int | bytes, i: int) -> str:
         if len(self._clients) >= _CLIENTS_MAX:
             self._clients.clear()
-        text: str = self._address(i)[0]
+        at = i * _NAME
+        text: str = _address(self.family, bytes(self._in.names[at : at + _NAME]))[0]
         self._clients[raw] = text
         return text
-
-    def _address(self, i: int) -> tuple[Any, ...]:
-        """Slot ``i``'s sender as a tuple, as a datagram transport gives it."""
-        raw = bytes(self._in.names[i * _NAME : (i + 1) * _NAME])
-        port = int.from_bytes(raw[2:4], "big")
-        if self.family == socket.AF_INET:
-            return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
-        flowinfo = int.from_bytes(raw[4:8], "big")
-        scope = int.from_bytes(raw[24:28], sys.byteorder)
-        return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flowinfo, scope)
-
-    def sendto(self, data: bytes, address: tuple[Any, ...]) -> None:
-        """Send one reply now (to an address from :meth:`_address`); errors are dropped."""
-        if self.closed:
-            return
-        try:
-            self.sock.sendto(data, address)
-        except OSError as exc:
-            self.stats.unsent += 1
-            self.log.debug("UDP reply not sent: %s", exc)
 
     def is_closing(self) -> bool:
         return self.closed
 
     def close(self) -> None:
         self.closed = True
+
+
+def _address(family: int, raw: bytes) -> tuple[Any, ...]:
+    """A raw ``sockaddr_in`` / ``sockaddr_in6`` as a tuple, as a datagram transport gives it."""
+    port = int.from_bytes(raw[2:4], "big")
+    if family == socket.AF_INET:
+        return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
+    flowinfo = int.from_bytes(raw[4:8], "big")
+    scope = int.from_bytes(raw[24:28], sys.byteorder)
+    return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flowinfo, scope)

@@ -262,7 +262,7 @@ class Resolver:
         result: object,
         packet: bytes,
         client: str,
-        address: tuple[Any, ...],
+        address: bytes,
         reader: batchio.BatchReader,
     ) -> bytes | None:
         """A :class:`~blitzdns.dns.batchio.BatchReader`'s query the engine did not answer at
