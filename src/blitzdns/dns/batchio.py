@@ -232,7 +232,7 @@ class BatchReader:
                 client = self._client(raw, i)
             try:
                 reply = handle(packet, client, now)
-            except Exception as exc:  # ``other`` logs it (the exception is still current)
+            except Exception as exc:  # ``other`` logs it, with its traceback
                 reply = exc
             if reply.__class__ is not bytes:
                 # Rare at full rate (misses, drops, errors): may queue replies (``sendto``).

@@ -266,11 +266,11 @@ class Resolver:
         reader: batchio.BatchReader,
     ) -> bytes | None:
         """A :class:`~blitzdns.dns.batchio.BatchReader`'s query the engine did not answer at
-        once: a forwarding job, nothing, or an exception (still current: logged here)."""
+        once: a forwarding job, nothing, or the exception it raised (logged here)."""
         if isinstance(result, ForwardJob):
             return self.forward_udp(result, reader, address)
         if isinstance(result, Exception):
-            return self._crashed(packet, client)
+            return self._crashed(packet, client, result)
         return None
 
     async def close(self) -> None:
@@ -354,11 +354,14 @@ class Resolver:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _crashed(self, packet: bytes, client: str) -> bytes | None:
+    def _crashed(
+        self, packet: bytes, client: str, error: BaseException | None = None
+    ) -> bytes | None:
         """An exception while handling: SERVFAIL when the header is readable, and a log line.
 
-        A bug, since no input should raise; the line (with its traceback) is rate-limited
-        all the same, so that a packet that provokes it cannot fill the disk.
+        A bug, since no input should raise; the line (with its traceback: ``error``, or
+        the exception being handled) is rate-limited all the same, so that a packet that
+        provokes it cannot fill the disk.
         """
         self.stats.errors += 1
         self.log_limited(
@@ -368,7 +371,7 @@ class Resolver:
             "error while handling a query from %s: %s",
             client,
             wire.describe(packet),
-            exc_info=True,
+            exc_info=error if error is not None else True,
         )
         if len(packet) < 12:
             return None
