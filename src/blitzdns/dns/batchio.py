@@ -28,6 +28,7 @@ import asyncio
 import ctypes
 import errno
 import logging
+import mmap
 import os
 import socket
 import sys
@@ -115,7 +116,8 @@ class _Buffers:
     """``BATCH`` slots of bytes, the socket addresses and the message headers pointing at them."""
 
     def __init__(self, slot: int, namelen: int) -> None:
-        self.data = bytearray(BATCH * slot)
+        # Anonymous memory: the pages of slots no datagram ever used stay unallocated.
+        self.data = mmap.mmap(-1, BATCH * slot)
         self.names = bytearray(BATCH * _NAME)
         self.iovecs = (_Iovec * BATCH)()
         self.headers = (_Mmsghdr * BATCH)()
