@@ -200,9 +200,10 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 #: The second peer, for the misses only: dnsmasq with no cache option (150 entries).
 DEFAULTS = "dnsmasq at its defaults"
 MISS_NOTE = (
-    "per miss: 4 socket calls (query in, to upstream, reply in, answer out) cost more "
-    "system time in our process than in dnsmasq's, and the Python steps (parse, exchange, "
-    "reply checks, cache insert) come on top; see the dnsperf note"
+    "per miss: the client side is batched (recvmmsg/sendmmsg), but the upstream send and "
+    "receive are a system call each on one of 16 random-port sockets, and the Python steps "
+    "(exchange, reply checks, scan, cache insert; ~20 lines, none above 4 %) cost several "
+    "times dnsmasq's whole user time; see the dns note"
 )
 TARGETS = {"(a)": 1.0, "(b)": 1.0, "(c)": 1.0}
 """Issue 18's bound on blitzdns / dnsmasq per case: CPU/query for (a), (b); queries/s for (c)."""
