@@ -76,6 +76,9 @@ class DnsStatus(TypedDict):
     descriptors_exhausted: int
     #: UDP queries the kernel steered to the protected names' own socket.
     steered: int
+    #: UDP queries too long to read whole, dropped; UDP replies the kernel did not take.
+    oversized: int
+    unsent: int
     upstreams: list[UpstreamStatus]
 
 
@@ -172,6 +175,8 @@ def dns_status(stats: ResolverStats, listen: Iterable[Endpoint]) -> DnsStatus:
         "forwards_in_flight": stats.forwards_in_flight,
         "descriptors_exhausted": stats.descriptors_exhausted,
         "steered": stats.steered,
+        "oversized": stats.oversized,
+        "unsent": stats.unsent,
         "upstreams": [upstream_status(u) for u in stats.upstreams],
     }
 

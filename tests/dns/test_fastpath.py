@@ -170,6 +170,18 @@ def test_fast_path_agrees_with_dnslib(query: bytes, client: str, data: Any) -> N
     # Asked again with another ID: remembered replies must still match dnslib.
     again = bytes((packet[0] ^ 0x5A,)) + packet[1:] if packet else packet
     same_outcome(engine.handle(again, client, NOW), new_engine().handle_slow(again, client, NOW))
+    # And in other letters: the name's only (a folded-memo hit), then every byte after the
+    # header (flags, type, class and EDNS bytes too, which must not match a folded entry).
+    for other in (swap_name_case(again), again[:12] + again[12:].swapcase()):
+        same_outcome(
+            engine.handle(other, client, NOW), new_engine().handle_slow(other, client, NOW)
+        )
+
+
+def swap_name_case(packet: bytes) -> bytes:
+    """``packet`` with the question name's letters in the other case (when it has one)."""
+    end = name_end(packet)
+    return packet if end < 0 else packet[:12] + packet[12:end].swapcase() + packet[end:]
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
@@ -266,8 +278,13 @@ def test_cache_hits_patch_id_letters_and_ttls(
     # The same question again (another ID, a little later) is a remembered reply.
     repeat = bytes((second_packet[0] ^ 0x5A,)) + second_packet[1:]
     again = engine.handle(repeat, "127.0.0.1", NOW + age + 0.25)
+    # In other letters too (the folded memo when ``second`` was in mixed case).
+    swapped = swap_name_case(repeat)
+    again_swapped = engine.handle(swapped, "127.0.0.1", NOW + age + 0.25)
     if isinstance(hit, bytes) and int(age + 0.25) == int(age) and age + 0.25 < lifetime:
         assert again == repeat[:2] + hit[2:]
+        qend = name_end(swapped) + 4
+        assert again_swapped == swapped[:2] + hit[2:12] + swapped[12:qend] + hit[qend:]
     if lifetime == 0 or age >= lifetime:
         assert isinstance(hit, ForwardJob)
         return
@@ -292,3 +309,34 @@ def test_scan_finds_every_ttl_offset() -> None:
     assert scan is not None
     assert [struct.unpack_from(">I", response, o)[0] for o in scan.ttl_offsets] == [30, 40, 50, 30]
     assert scan_response(response[:-1]) is None
+
+
+def test_a_folded_memo_hit_needs_the_same_edns_payload() -> None:
+    """A remembered reply in other letters is served only to the same flags and EDNS bytes.
+
+    A 600-byte cached reply fits a client that takes 609 bytes (payload 0x0261) and must
+    be truncated for one that takes 577 (0x0241): lower-casing the query makes those two
+    payloads alike (0x61 is "a", 0x41 "A"), so the folded memo must compare them exactly.
+    """
+    engine = new_engine()
+
+    def ask(payload: int, name: str) -> bytes:
+        query = DNSRecord.question(name, "TXT")
+        query.add_ar(EDNS0(udp_len=payload))
+        return bytes(query.pack())
+
+    job = engine.handle(ask(1232, "big.example.com"), "127.0.0.1", NOW)
+    assert isinstance(job, ForwardJob)
+    reply = DNSRecord.parse(job.query).reply(ra=1)
+    reply.add_answer(RR("big.example.com", QTYPE.TXT, ttl=300, rdata=TXT("x" * 250)))
+    reply.add_answer(RR("big.example.com", QTYPE.TXT, ttl=300, rdata=TXT("y" * 250)))
+    reply.add_answer(RR("big.example.com", QTYPE.TXT, ttl=300, rdata=TXT("z" * 20)))
+    engine.finish(job, bytes(reply.pack()), NOW)
+    fits = engine.handle(ask(0x0261, "BIG.example.com"), "127.0.0.1", NOW)
+    assert isinstance(fits, bytes)
+    assert 577 < len(fits) <= 609 and not DNSRecord.parse(fits).header.tc
+    small = ask(0x0241, "Big.example.com")
+    truncated = engine.handle(small, "127.0.0.1", NOW)
+    assert isinstance(truncated, bytes)
+    assert DNSRecord.parse(truncated).header.tc
+    assert truncated == engine.handle_slow(small, "127.0.0.1", NOW)

@@ -36,6 +36,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-steer", action="store_true", help="one UDP socket per listener (no steering)"
     )
+    parser.add_argument(
+        "--no-batch-io",
+        action="store_true",
+        help="read UDP through the event loop's datagram transport (no recvmmsg/sendmmsg)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="a log line per query")
     return parser.parse_args(argv)
 
@@ -75,6 +80,7 @@ async def _serve(config: Config, upstreams: tuple[Endpoint, ...], args: argparse
         verbose=args.verbose,
         loop_probe=not args.no_loop_probe,
         steer=not args.no_steer,
+        batch_io=not args.no_batch_io,
     )
     await resolver.start()
     print("ready", " ".join(str(e) for e in resolver.bound_endpoints), flush=True)

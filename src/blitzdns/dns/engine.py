@@ -81,6 +81,27 @@ def _remember(
     replies[packet[2:]] = reply
 
 
+#: A reply remembered for a question in any letter case (:attr:`FastView.folded`): where
+#: the question ends, the query's flags and counts and its bytes from the type on (both
+#: must be equal, not only alike), the reply's head and tail, and for a cache hit the
+#: entry and the age the tail was patched for (None and 0 for a local answer).
+Folded = tuple[int, bytes, bytes, bytes, bytes, Entry | None, int]
+
+
+def _remember_folded(
+    folded: dict[bytes, Folded],
+    packet: bytes,
+    qend: int,
+    head: bytes,
+    tail: bytes,
+    entry: Entry | None,
+    age: int,
+) -> None:
+    if len(folded) >= _REPLY_MEMO_LIMIT:
+        folded.clear()
+    folded[packet[2:].lower()] = (qend, packet[2:12], packet[qend - 4 :], head, tail, entry, age)
+
+
 @dataclass(frozen=True, slots=True)
 class FastView:
     """A view's local answers, precomputed: by (wire name, type, class), and NODATA by name.
@@ -95,6 +116,9 @@ class FastView:
     local: dict[bytes, FastAnswer]
     nodata: dict[bytes, FastAnswer]
     replies: dict[bytes, bytes | tuple[Entry, int, bytes]] = field(default_factory=dict)
+    #: The same for questions in mixed letter case (0x20-randomising clients: the letters
+    #: never repeat), keyed by the query's bytes after its ID lower-cased.
+    folded: dict[bytes, Folded] = field(default_factory=dict)
 
     @classmethod
     def build(cls, view: View, table: Table) -> FastView:
@@ -202,7 +226,8 @@ class Engine:
         byte. Only a miss walks the name (:func:`~blitzdns.dns.fastpath.name_end`).
         """
         fast = self._fast.get(client) or self._fast_view(client)
-        remembered = fast.replies.get(packet[2:])
+        after_id = packet[2:]
+        remembered = fast.replies.get(after_id)
         if remembered is not None:
             if isinstance(remembered, bytes):
                 self.stats.answered_local += 1
@@ -211,6 +236,19 @@ class Engine:
             if now < hit.expires and int(now - hit.stored) == hit_age:
                 self.stats.cache_hits += 1
                 return packet[:2] + rest
+        # Lower-casing keeps length bytes (at most 63) as they are, so a key equal to a
+        # remembered one, with flags, counts, type, class and EDNS bytes exactly equal,
+        # is the same question in other letters: its reply differs only in those letters.
+        folded = fast.folded.get(after_id.lower())
+        if folded is not None:
+            qend, fixed, trailer, head, tail, entry, entry_age = folded
+            if packet[2:12] == fixed and packet[qend - 4 :] == trailer:
+                if entry is None:
+                    self.stats.answered_local += 1
+                    return packet[:2] + head + packet[12:qend] + tail
+                if now < entry.expires and int(now - entry.stored) == entry_age:
+                    self.stats.cache_hits += 1
+                    return packet[:2] + head + packet[12:qend] + tail
         shape = None if fast is _REFUSED else plain_shape(packet)
         if shape is None:
             return self.handle_slow(packet, client, now, udp)
@@ -221,7 +259,7 @@ class Engine:
         letters = packet[12:qn]
         name = letters.lower()
         # A name in mixed case is a 0x20-randomising client's: its letters never repeat,
-        # so remembering its replies would only push others' out of the memo.
+        # so its reply is remembered by the folded question instead (``fast.folded``).
         memo = fast.replies if name == letters else None
         qkey = name + packet[qn:qend]
         answer = fast.local.get(qkey)
@@ -230,11 +268,16 @@ class Engine:
             reply = answer.reply(packet, qend, which)
             if memo is not None:
                 _remember(memo, packet, reply[2:])
+            else:
+                head, tail = answer.heads[which], answer.tails[which % 3]
+                _remember_folded(fast.folded, packet, qend, head, tail, None, 0)
             return reply
         key = qkey + KEY_FLAG_BYTES[which]
         entry = self._entries.get(key)
         if entry is not None and now < entry.expires:
-            return self._cache_hit(packet, qend, edns, entry, now, udp, memo)
+            return self._cache_hit(
+                packet, qend, edns, entry, now, udp, memo, fast.folded if memo is None else None
+            )
         if name_end(packet) != qn or not name.isascii():
             return self.handle_slow(packet, client, now, udp)
         nodata = fast.nodata.get(name)
@@ -384,18 +427,23 @@ class Engine:
         now: float,
         udp: bool,
         replies: dict[bytes, bytes | tuple[Entry, int, bytes]] | None,
+        folded: dict[bytes, Folded] | None = None,
     ) -> bytes:
         """The reply to ``packet`` from the live ``entry``, its TTLs lowered by its age.
 
-        Remembered in ``replies`` (the fast path's memo) when it fits any UDP reply to
-        this question, so the memo never holds what a UDP client must get truncated.
+        Remembered in ``replies`` or ``folded`` (the fast path's memos) when it fits any
+        UDP reply to this question, so a memo never holds what a UDP client must get
+        truncated.
         """
         self.stats.cache_hits += 1
         age = int(now - entry.stored)
         entry.at_age(age)
         reply = self._deliver(packet, qend, edns, entry.head, entry.tail, udp)
-        if replies is not None and fits_udp(qend + len(entry.tail), edns):
-            _remember(replies, packet, (entry, age, reply[2:]))
+        if fits_udp(qend + len(entry.tail), edns):
+            if replies is not None:
+                _remember(replies, packet, (entry, age, reply[2:]))
+            elif folded is not None:
+                _remember_folded(folded, packet, qend, entry.head, entry.tail, entry, age)
         return reply
 
     def _deliver(

@@ -37,7 +37,7 @@ class LogLimiter:
         level: int,
         message: str,
         *args: object,
-        exc_info: bool = False,
+        exc_info: bool | BaseException = False,
     ) -> bool:
         """Log ``message % args`` unless a line of ``kind`` was written within the interval.
 

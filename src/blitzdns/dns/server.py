@@ -30,10 +30,10 @@ import socket
 import struct
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from blitzdns.config import Config, Endpoint
-from blitzdns.dns import steer, wire
+from blitzdns.dns import batchio, steer, wire
 from blitzdns.dns.cache import Cache
 from blitzdns.dns.engine import Engine, ForwardJob, question_end
 from blitzdns.dns.fastpath import error_reply
@@ -90,6 +90,7 @@ class Resolver:
         verbose: bool = False,
         loop_probe: bool = True,
         steer: bool = True,
+        batch_io: bool = True,
     ) -> None:
         self.config = config
         self.log = log or logging.getLogger("blitzdns.dns")
@@ -107,6 +108,9 @@ class Resolver:
         #: Off (``steer=False``, or refused by the kernel): one plain UDP socket per listener.
         self._steering_off = not steer
         self._transports: list[asyncio.DatagramTransport] = []
+        #: Read UDP in batches where the platform allows (:mod:`~blitzdns.dns.batchio`).
+        self.batch_io = batch_io
+        self._readers: list[batchio.BatchReader] = []
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Open TCP connections and their client's address; per address, how many.
@@ -215,14 +219,10 @@ class Resolver:
         self._previous_handler = loop.get_exception_handler()
         loop.set_exception_handler(self._loop_exception)
         for _, udp, tcp in self._bound:
-            transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=udp)
-            self._transports.append(transport)
+            await self._serve_udp(udp, steered=False)
             for general, priority in self._steered:
                 if general is udp:
-                    transport, _ = await loop.create_datagram_endpoint(
-                        lambda: _PriorityUdpProtocol(self), sock=priority
-                    )
-                    self._transports.append(transport)
+                    await self._serve_udp(priority, steered=True)
             server = await asyncio.start_server(self._serve_tcp, sock=tcp)
             self._servers.append(server)
         self._started = True
@@ -236,7 +236,50 @@ class Resolver:
         if self.loop_probe and self.forwarder.upstreams:
             self._spawn(self._background_loop_check())
 
+    async def _serve_udp(self, sock: socket.socket, *, steered: bool) -> None:
+        """Read ``sock`` in batches (:mod:`~blitzdns.dns.batchio`) where that works, else
+        through the loop's datagram transport; ``-v`` (a line per query) takes the latter."""
+        loop = asyncio.get_running_loop()
+        if self.batch_io and not self.verbose and batchio.available():
+            reader = batchio.BatchReader(
+                sock,
+                self.engine.handle,
+                self._batch_other,
+                loop.time,
+                self.log,
+                self.stats,
+                steered=steered,
+            )
+            loop.add_reader(sock.fileno(), reader.readable)
+            self._readers.append(reader)
+            return
+        protocol = _PriorityUdpProtocol if steered else _UdpProtocol
+        transport, _ = await loop.create_datagram_endpoint(lambda: protocol(self), sock=sock)
+        self._transports.append(transport)
+
+    def _batch_other(
+        self,
+        result: object,
+        packet: bytes,
+        client: str,
+        address: bytes,
+        reader: batchio.BatchReader,
+    ) -> bytes | None:
+        """A :class:`~blitzdns.dns.batchio.BatchReader`'s query the engine did not answer at
+        once: a forwarding job, nothing, or the exception it raised (logged here)."""
+        if isinstance(result, ForwardJob):
+            return self.forward_udp(result, reader, address)
+        if isinstance(result, Exception):
+            return self._crashed(packet, client, result)
+        return None
+
     async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for reader in self._readers:
+            reader.close()
+            if reader.sock.fileno() >= 0:
+                loop.remove_reader(reader.sock.fileno())
+        self._readers.clear()
         for transport in self._transports:
             transport.close()
         for server in self._servers:
@@ -311,11 +354,14 @@ class Resolver:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _crashed(self, packet: bytes, client: str) -> bytes | None:
+    def _crashed(
+        self, packet: bytes, client: str, error: BaseException | None = None
+    ) -> bytes | None:
         """An exception while handling: SERVFAIL when the header is readable, and a log line.
 
-        A bug, since no input should raise; the line (with its traceback) is rate-limited
-        all the same, so that a packet that provokes it cannot fill the disk.
+        A bug, since no input should raise; the line (with its traceback: ``error``, or
+        the exception being handled) is rate-limited all the same, so that a packet that
+        provokes it cannot fill the disk.
         """
         self.stats.errors += 1
         self.log_limited(
@@ -325,7 +371,7 @@ class Resolver:
             "error while handling a query from %s: %s",
             client,
             wire.describe(packet),
-            exc_info=True,
+            exc_info=error if error is not None else True,
         )
         if len(packet) < 12:
             return None
@@ -412,9 +458,7 @@ class Resolver:
             raise
         return self._finish(job, exchange)
 
-    def forward_udp(
-        self, job: ForwardJob, transport: asyncio.DatagramTransport, address: Any
-    ) -> bytes | None:
+    def forward_udp(self, job: ForwardJob, transport: _ReplySink, address: Any) -> bytes | None:
         """Start (or join) the exchange for a UDP query: a reply now only past the caps.
 
         No task per query: the reply is sent from the exchange's done callback.
@@ -647,6 +691,14 @@ class Resolver:
             await self.check_loops()
         except UpstreamLoop as exc:
             self.log.error("%s", exc)
+
+
+class _ReplySink(Protocol):
+    """Where a forwarded query's reply goes: a datagram transport or a batch reader."""
+
+    def sendto(self, data: bytes, address: Any, /) -> None: ...
+
+    def is_closing(self) -> bool: ...
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):

@@ -64,6 +64,10 @@ class ResolverStats:
     descriptors_exhausted: int = 0
     #: UDP queries the kernel steered to the protected names' own socket (``steer``).
     steered: int = 0
+    #: UDP queries too long to read whole (``batchio.MAX_QUERY``), dropped.
+    oversized: int = 0
+    #: UDP replies the kernel did not take (send buffer full, an error), dropped.
+    unsent: int = 0
     upstreams: list[UpstreamHealth] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

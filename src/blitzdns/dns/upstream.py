@@ -131,21 +131,23 @@ class _Channel:
             self.close()
 
     def _readable(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(MAX_MESSAGE)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                # ICMP unreachable and the like: about the upstream, so for every query.
-                for _, exchange in list(self.waiting.values()):
-                    exchange.failed(exc)
-                return
-            found = self.waiting.get(int.from_bytes(data[:2], "big")) if len(data) >= 2 else None
-            if found is not None and answers_question(data, found[0]):
-                found[1].received(data)
-            else:
-                self.health.mismatched += 1
+        # One datagram per call: the loop calls again while more are queued (its readers
+        # are level-triggered), and a read that finds the queue empty costs a system call
+        # and an exception, more than the loop's next look (issue #18).
+        try:
+            data = self.sock.recv(MAX_MESSAGE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            # ICMP unreachable and the like: about the upstream, so for every query.
+            for _, exchange in list(self.waiting.values()):
+                exchange.failed(exc)
+            return
+        found = self.waiting.get(int.from_bytes(data[:2], "big")) if len(data) >= 2 else None
+        if found is not None and answers_question(data, found[0]):
+            found[1].received(data)
+        else:
+            self.health.mismatched += 1
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:

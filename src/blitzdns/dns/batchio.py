@@ -1,0 +1,366 @@
+"""UDP queries in batches: ``recvmmsg`` / ``sendmmsg`` on the listener's own socket (Linux).
+
+At full rate the resolver's time per query is mostly the event loop's and the kernel's,
+not the engine's: the datagram transport makes a system call per datagram each way (and
+one more per wake-up that finds the queue empty), builds an address tuple per datagram
+and parses it back for every reply (issue #18). Here one ``recvmmsg`` reads up to
+:data:`BATCH` queued datagrams per wake-up into preallocated slots, and one ``sendmmsg``
+sends every reply the batch produced, each to the raw socket address its query came
+from: no address is ever turned into a tuple on the way, and the client's address as
+text (what views are chosen by) is looked up from its raw bytes.
+
+:class:`BatchReader` is driven by ``loop.add_reader`` (level-triggered: a queue that still
+holds datagrams after a batch wakes the loop again, so each socket's turn is bounded and
+the steered priority socket is read every loop iteration, as :mod:`~blitzdns.dns.steer`
+needs). A forwarded query's reply, which comes later, is queued in the same send slots
+and goes out with the next batch's or at the end of the loop iteration, together with
+the other replies that came meanwhile; only a reply larger than a slot goes out alone
+with the socket's plain ``sendto``.
+
+The functions come from the C library through :mod:`ctypes`; :func:`available` says
+whether they (and the structure layout this module builds on) are there. Elsewhere the
+resolver keeps the event loop's datagram transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import logging
+import mmap
+import os
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from blitzdns.dns.stats import ResolverStats
+
+#: Datagrams read per wake-up (and replies sent per ``sendmmsg``), as libuv's 32 reads.
+BATCH = 32
+#: The largest query taken (RFC 6891 leaves the size to the client; real ones are < 1 KiB).
+#: A longer datagram is dropped and counted (``stats.oversized``): the slot could not
+#: hold all of it.
+MAX_QUERY = 4096
+#: A slot is one byte longer, so a datagram that fills it is known to be too long.
+_SLOT = MAX_QUERY + 1
+#: Replies larger than this go out with a plain ``sendto`` rather than through a slot.
+_SEND_SLOT = 4096
+#: Client addresses remembered as text (their raw bytes -> str); cleared when full.
+_CLIENTS_MAX = 4096
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = (("base", ctypes.c_void_p), ("len", ctypes.c_size_t))
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = (
+        ("name", ctypes.c_void_p),
+        ("namelen", ctypes.c_uint32),
+        ("iov", ctypes.c_void_p),
+        ("iovlen", ctypes.c_size_t),
+        ("control", ctypes.c_void_p),
+        ("controllen", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+    )
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = (("hdr", _Msghdr), ("len", ctypes.c_uint))
+
+
+_MMSG = ctypes.sizeof(_Mmsghdr)
+_IOV = ctypes.sizeof(_Iovec)
+#: ``msg_len`` as an index into the header array read as 32-bit words.
+_LEN_WORD = _Mmsghdr.len.offset // 4
+_WORDS = _MMSG // 4
+#: ``msg_name`` as an index into the header array read as 64-bit words.
+_NAME_QWORD = _Msghdr.name.offset // 8
+_QWORDS = _MMSG // 8
+#: Room for a ``sockaddr_in6`` (28 bytes, 7 words) per slot.
+_NAME = 28
+_NAME_WORDS = _NAME // 4
+#: ``MSG_DONTWAIT`` as a plain int (the socket module's is an enum member: slower to pass).
+_DONTWAIT = int(socket.MSG_DONTWAIT)
+
+
+def _libc() -> Any | None:
+    if sys.platform != "linux" or ctypes.sizeof(ctypes.c_void_p) != 8 or _MMSG % 8:
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        functions = (libc.recvmmsg, libc.sendmmsg)
+    except (OSError, AttributeError):
+        return None
+    for function in functions:
+        function.argtypes = (
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_void_p,
+        )[: 5 if function is libc.recvmmsg else 4]
+        function.restype = ctypes.c_int
+    return libc
+
+
+_LIBC = _libc()
+
+
+def available() -> bool:
+    """Whether batched UDP I/O works here (Linux, 64-bit, a C library with both calls)."""
+    return _LIBC is not None and os.environ.get("BLITZDNS_NO_BATCH_IO") is None
+
+
+class _Buffers:
+    """``BATCH`` slots of bytes, the socket addresses and the message headers pointing at them."""
+
+    def __init__(self, slot: int, namelen: int) -> None:
+        # Anonymous memory: the pages of slots no datagram ever used stay unallocated.
+        self.data = mmap.mmap(-1, BATCH * slot)
+        self.names = bytearray(BATCH * _NAME)
+        self.iovecs = (_Iovec * BATCH)()
+        self.headers = (_Mmsghdr * BATCH)()
+        data = ctypes.addressof((ctypes.c_char * len(self.data)).from_buffer(self.data))
+        self.names_at = ctypes.addressof((ctypes.c_char * len(self.names)).from_buffer(self.names))
+        self.name_words = memoryview(self.names).cast("I")
+        self.data_view = memoryview(self.data)
+        self.names_view = memoryview(self.names)
+        for i in range(BATCH):
+            self.iovecs[i].base = data + i * slot
+            self.iovecs[i].len = slot
+            header = self.headers[i].hdr
+            header.name = self.names_at + i * _NAME
+            header.namelen = namelen
+            header.iov = ctypes.addressof(self.iovecs[i])
+            header.iovlen = 1
+        self.at = ctypes.addressof(self.headers)
+        self.words = memoryview(self.headers).cast("B").cast("I")
+        self.qwords = memoryview(self.headers).cast("B").cast("Q")
+        self.lengths = memoryview(self.iovecs).cast("B").cast("Q")
+
+
+class BatchReader:
+    """Reads one UDP socket in batches and answers what the engine answers at once.
+
+    ``handle(packet, client, now)`` is the engine's; its ``bytes`` results are sent in
+    the batch's ``sendmmsg``. Any other result goes to ``other(result, packet, client,
+    address, reader)`` (a forwarding job, nothing to send, an exception), whose return
+    value, if bytes, is sent too. ``address`` there is the client's raw socket address,
+    and the reader stands in for a datagram transport: :meth:`sendto` to that address
+    queues a reply for the next ``sendmmsg``, at the end of the loop iteration at the
+    latest.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        handle: Callable[[bytes, str, float], Any],
+        other: Callable[[object, bytes, str, bytes, BatchReader], bytes | None],
+        clock: Callable[[], float],
+        log: logging.Logger,
+        stats: ResolverStats,
+        *,
+        steered: bool = False,
+    ) -> None:
+        assert _LIBC is not None
+        self._recvmmsg = _LIBC.recvmmsg
+        self._sendmmsg = _LIBC.sendmmsg
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.family = sock.family
+        self.handle = handle
+        self.other = other
+        self.clock = clock
+        self.log = log
+        self.stats = stats
+        #: The steered priority socket's (:mod:`~blitzdns.dns.steer`): counted as such.
+        self.steered = steered
+        #: The most datagrams one wake-up read (the tests look whether batches happen).
+        self.largest_batch = 0
+        namelen = 16 if sock.family == socket.AF_INET else _NAME
+        self._in = _Buffers(_SLOT, namelen)
+        self._out = _Buffers(_SEND_SLOT, namelen)
+        self._clients: dict[int | bytes, str] = {}
+        #: The sender's address is ``namelen`` bytes of its slot (``sockaddr_in``/``_in6``).
+        self.namelen = namelen
+        #: Replies waiting in the send slots (:meth:`sendto`) for the next ``sendmmsg``.
+        self._queued = 0
+        self._loop = asyncio.get_running_loop()
+        self.closed = False
+        inb, out = self._in, self._out
+        self._hot = (
+            inb.words,
+            inb.data_view,
+            inb.name_words,
+            inb.names_view,
+            namelen,
+            out.data,
+            out.qwords,
+            out.lengths,
+            inb.names_at,
+            self._clients,
+            handle,
+            sock.family == socket.AF_INET,
+        )
+
+    # The per-datagram work is all in ``readable``, kept in locals: at full rate this
+    # loop is most of the Python a query costs.
+    def readable(self) -> None:
+        """Read one batch (the loop's reader callback) and send the replies it made."""
+        inb = self._in
+        count = self._recvmmsg(self.fd, inb.at, BATCH, _DONTWAIT, None)
+        if count <= 0:
+            if count < 0:
+                self._read_error(ctypes.get_errno())
+            return
+        if self.steered:
+            self.stats.steered += count
+        self.largest_batch = max(self.largest_batch, count)
+        # One tuple for what every batch needs (at a fixed rate each query is a batch).
+        (
+            words,
+            data,
+            name_words,
+            names,
+            namelen,
+            out_data,
+            out_names,
+            out_lengths,
+            names_at,
+            clients,
+            handle,
+            v4,
+        ) = self._hot
+        now = self.clock()
+        sending = self._queued
+        for i in range(count):
+            size = words[i * _WORDS + _LEN_WORD]
+            if size > MAX_QUERY:
+                self.stats.oversized += 1
+                continue
+            start = i * _SLOT
+            packet = data[start : start + size].tobytes()
+            at = i * _NAME
+            # The client's address as a key: IPv4's as one 32-bit word.
+            raw: int | bytes = (
+                name_words[i * _NAME_WORDS + 1] if v4 else names[at + 8 : at + 24].tobytes()
+            )
+            client = clients.get(raw)
+            if client is None:
+                client = self._client(raw, i)
+            try:
+                reply = handle(packet, client, now)
+            except Exception as exc:  # ``other`` logs it, with its traceback
+                reply = exc
+            if reply.__class__ is not bytes:
+                # Rare at full rate (misses, drops, errors): may queue replies (``sendto``).
+                self._queued = sending
+                reply = self.other(reply, packet, client, names[at : at + namelen].tobytes(), self)
+                sending = self._queued
+                if reply is None:
+                    continue
+            size = len(reply)
+            if size > _SEND_SLOT:
+                self._send_one(reply, names[at : at + namelen].tobytes())
+                continue
+            start = sending * _SEND_SLOT
+            out_data[start : start + size] = reply
+            out_lengths[sending * 2 + 1] = size
+            out_names[sending * _QWORDS + _NAME_QWORD] = names_at + at
+            sending += 1
+            if sending == BATCH:
+                self._send(sending)
+                sending = 0
+        self._queued = 0
+        if sending:
+            self._send(sending)
+
+    def sendto(self, data: bytes, address: bytes) -> None:
+        """Send ``data`` to ``address`` (raw, as ``other`` got it) with the next batch.
+
+        Queued, and sent at the end of this loop iteration at the latest (with the replies
+        of the next batch read, or alone): forwarded queries' replies, which come one by
+        one from the upstreams' sockets, go out together too.
+        """
+        if self.closed:
+            return
+        size = len(data)
+        if size > _SEND_SLOT:
+            self._send_one(data, address)
+            return
+        out = self._out
+        k = self._queued
+        start = k * _SEND_SLOT
+        out.data[start : start + size] = data
+        out.lengths[k * 2 + 1] = size
+        at = k * _NAME
+        out.names[at : at + len(address)] = address
+        out.qwords[k * _QWORDS + _NAME_QWORD] = out.names_at + at
+        self._queued = k + 1
+        if k + 1 == BATCH:
+            self._flush()
+        elif k == 0:
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        queued, self._queued = self._queued, 0
+        if queued and not self.closed:
+            self._send(queued)
+
+    def _send(self, count: int) -> None:
+        sent = 0
+        at = self._out.at
+        while sent < count:
+            done = self._sendmmsg(self.fd, at + sent * _MMSG, count - sent, 0)
+            if done < 0:
+                code = ctypes.get_errno()
+                if code == errno.EINTR:
+                    continue
+                # As the datagram transport does: an unsent reply is dropped and logged.
+                self.stats.unsent += 1
+                self.log.debug("UDP reply not sent: %s", os.strerror(code))
+                if code in (errno.EAGAIN, errno.ENOBUFS):
+                    return
+                sent += 1
+            else:
+                sent += done
+
+    def _send_one(self, data: bytes, address: bytes) -> None:
+        """A reply too large for a slot, sent at once with the socket's ``sendto``."""
+        try:
+            self.sock.sendto(data, _address(self.family, address))
+        except OSError as exc:
+            self.stats.unsent += 1
+            self.log.debug("UDP reply not sent: %s", exc)
+
+    def _read_error(self, code: int) -> None:
+        if code not in (errno.EAGAIN, errno.EINTR):
+            # ICMP errors about earlier replies and the like: reported once, then gone.
+            self.log.debug("UDP error (an earlier reply was not delivered): %s", os.strerror(code))
+
+    def _client(self, raw: int | bytes, i: int) -> str:
+        if len(self._clients) >= _CLIENTS_MAX:
+            self._clients.clear()
+        at = i * _NAME
+        text: str = _address(self.family, bytes(self._in.names[at : at + _NAME]))[0]
+        self._clients[raw] = text
+        return text
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _address(family: int, raw: bytes) -> tuple[Any, ...]:
+    """A raw ``sockaddr_in`` / ``sockaddr_in6`` as a tuple, as a datagram transport gives it."""
+    port = int.from_bytes(raw[2:4], "big")
+    if family == socket.AF_INET:
+        return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
+    flowinfo = int.from_bytes(raw[4:8], "big")
+    scope = int.from_bytes(raw[24:28], sys.byteorder)
+    return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flowinfo, scope)

@@ -1,0 +1,163 @@
+"""UDP in batches (``recvmmsg`` / ``sendmmsg``, :mod:`blitzdns.dns.batchio`) against the transport.
+
+The event loop is held while a burst of queries from many client sockets (three client
+addresses, two of them in other views) queues up, so the resolver reads them in one
+batch; every client must then get exactly the reply the datagram-transport resolver
+(``batch_io=False``) gives it — byte for byte for local answers, refusals and errors, the
+same records for forwarded names — and nothing where that one sends nothing.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import dns.message
+import dns.rcode
+import pytest
+
+from blitzdns.config import Endpoint
+from blitzdns.dns import batchio
+from tests.peers import FORWARDED_ADDRESS, Dnsmasq, wait_for
+
+from .conftest import SHARED_TOML, ServerThread, make_config
+from .test_resolver import addresses, mixed_case
+
+pytestmark = pytest.mark.skipif(not batchio.available(), reason="no recvmmsg/sendmmsg here")
+
+
+@contextmanager
+def loop_held(stub: ServerThread) -> Iterator[None]:
+    """The resolver's event loop blocked inside a callback until the block ends."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        release.wait(30)
+
+    stub.loop.call_soon_threadsafe(hold)
+    assert held.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+
+
+def burst() -> list[tuple[str, bytes, bool]]:
+    """(client address, datagram, whether a reply comes) for every kind of outcome."""
+    rng = random.Random(18)
+
+    def query(name: str, rdtype: str = "A", **kwargs: object) -> bytes:
+        message = dns.message.make_query(name, rdtype, **kwargs)  # type: ignore[arg-type]
+        message.id = rng.randrange(65536)
+        return message.to_wire()
+
+    dnd = query(mixed_case("dnd.dartmouth.edu", rng))
+    return [
+        *(("127.0.0.1", query(mixed_case("dnd.dartmouth.edu", rng)), True) for _ in range(4)),
+        *(("127.0.0.1", bytes((i,)) + dnd[1:], True) for i in range(3)),  # repeats, new IDs
+        ("127.0.0.70", query(mixed_case("dnd", rng)), True),  # the LAN view: its own answer
+        ("127.0.0.70", query("dasher", "AAAA"), True),
+        ("127.0.0.200", query("dnd"), True),  # refused
+        ("127.0.0.1", query("DND.dartmouth.edu", "TXT"), True),  # NODATA
+        ("127.0.0.1", query("1.0.77.127.in-addr.arpa", "PTR"), True),
+        ("127.0.0.1", query("dnd", want_dnssec=True), True),
+        ("127.0.0.70", query("lan.fwd.test"), True),  # forwarded
+        ("127.0.0.1", query("b.fwd.test", use_edns=0), True),
+        ("127.0.0.1", b"\x01\x02\x03", False),  # no header: dropped
+        ("127.0.0.1", bytes((dnd[0], dnd[1], dnd[2] | 0x80)) + dnd[3:], False),  # a response
+        ("127.0.0.1", dnd[:20], True),  # the question cut short: FORMERR
+        ("127.0.0.1", dnd + b"junk", True),
+    ]
+
+
+def answers_to(stub: ServerThread, to: Endpoint) -> tuple[list[bytes | None], int]:
+    """Send :func:`burst` to ``to`` while the loop is held; each client's reply, and the
+    largest batch the resolver read."""
+    plan = burst()
+    sockets = []
+    for source, _, _ in plan:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((source, 0))
+        sockets.append(sock)
+    try:
+        with loop_held(stub):
+            for sock, (_, datagram, _) in zip(sockets, plan, strict=True):
+                sock.sendto(datagram, (to.host, to.port))
+        replies: list[bytes | None] = []
+        for sock, (_, _, answered) in zip(sockets, plan, strict=True):
+            if answered:
+                sock.settimeout(10)
+                replies.append(sock.recv(4096))
+            else:
+                replies.append(None)
+        # Every reply is in, so every batch is over: the dropped ones had their turn.
+        wait_for(lambda: stub.resolver.stats.dropped == 2, "both drops counted", 10)
+        for sock, reply in zip(sockets, replies, strict=True):
+            if reply is None:
+                sock.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    sock.recv(4096)
+    finally:
+        for sock in sockets:
+            sock.close()
+    largest = max((reader.largest_batch for reader in stub.resolver._readers), default=0)
+    return replies, largest
+
+
+def test_a_batch_answers_every_sender_as_the_datagram_transport_does(
+    resolver_factory: Callable[..., ServerThread], dnsmasq: Dnsmasq
+) -> None:
+    config = make_config(SHARED_TOML)
+    batched = resolver_factory(config, [dnsmasq.endpoint])
+    plain = resolver_factory(config, [dnsmasq.endpoint], batch_io=False)
+    assert batched.resolver._readers and not plain.resolver._readers
+    got, largest = answers_to(batched, Endpoint("127.0.0.5", batched.port))
+    want, _ = answers_to(plain, Endpoint("127.0.0.5", plain.port))
+    assert largest > 1  # several datagrams were read by one recvmmsg
+    for (source, datagram, _), ours, theirs in zip(burst(), got, want, strict=True):
+        if b"fwd" in datagram and theirs is not None and ours is not None:
+            mine, other = dns.message.from_wire(ours), dns.message.from_wire(theirs)
+            assert mine.id == other.id and addresses(mine) == addresses(other)
+            assert addresses(mine) == [FORWARDED_ADDRESS]
+        else:
+            assert ours == theirs, (source, datagram)
+    ours_stats, theirs_stats = batched.resolver.stats, plain.resolver.stats
+    assert ours_stats.formerr == theirs_stats.formerr >= 1
+    assert ours_stats.refused == theirs_stats.refused == 1
+    assert ours_stats.answered_local == theirs_stats.answered_local
+
+
+def test_an_oversized_datagram_is_dropped_and_counted(
+    resolver_factory: Callable[..., ServerThread], dnsmasq: Dnsmasq
+) -> None:
+    stub = resolver_factory(make_config(), [dnsmasq.endpoint])
+    query = dns.message.make_query("dnd", "A")
+    big = query.to_wire() + b"\x00" * batchio.MAX_QUERY
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(10)
+        with loop_held(stub):
+            client.sendto(big, ("127.0.0.1", stub.port))
+            client.sendto(query.to_wire(), ("127.0.0.1", stub.port))
+        reply = dns.message.from_wire(client.recv(4096))
+    assert reply.id == query.id and addresses(reply) == ["127.77.0.1"]
+    assert stub.resolver.stats.oversized == 1
+
+
+def test_forwarded_and_local_answers_over_ipv6(
+    resolver_factory: Callable[..., ServerThread], dnsmasq: Dnsmasq
+) -> None:
+    """An IPv6 listener's clients (their addresses kept as raw ``sockaddr_in6``)."""
+    stub = resolver_factory(make_config(listen=[Endpoint("::1", 0)]), [dnsmasq.endpoint])
+    assert stub.resolver._readers
+    for name, expected in (("DnD.dartmouth.edu", "127.77.0.1"), ("v6.fwd.test", FORWARDED_ADDRESS)):
+        query = dns.message.make_query(name, "A")
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as client:
+            client.settimeout(10)
+            client.sendto(query.to_wire(), ("::1", stub.port))
+            reply = dns.message.from_wire(client.recv(4096))
+        assert reply.id == query.id and reply.rcode() == dns.rcode.NOERROR
+        assert addresses(reply) == [expected]
