@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import getpass
 import logging
 import os
@@ -109,6 +110,20 @@ def install_fast_loop() -> bool:
         return False
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return True
+
+
+def end_of_start() -> None:
+    """The start's imports and set-up are over: if the entry point turned the cyclic
+    collector off for them (:func:`blitzdns.entry.main`), move what they made to the
+    permanent generation (``gc.freeze``: later collections skip it) and turn it on again.
+
+    Called when the link's first attempt has ended (asyncssh is imported by then) or, with
+    no tunnel, when the resolver serves. A daemon run in-process (the demo, tests) keeps
+    the collector as it found it.
+    """
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 FD_LIMIT_WANTED = 65536
@@ -439,6 +454,7 @@ class Daemon:
         else:
             self.ready_sent = True
             sdnotify.notify(ready=True, status="resolver only (--no-tunnel)")
+            end_of_start()
         if self.guard is not None:
             self.guard.start()
 
@@ -482,6 +498,8 @@ class Daemon:
         line = link_event(state, self._down_error, time.time())
         if line is not None:
             log.log(*line)
+        if state.status in (LinkStatus.UP, LinkStatus.DOWN, LinkStatus.FAILED):
+            end_of_start()  # the first attempt has ended: its imports are done
         if state.status in (LinkStatus.UP, LinkStatus.DOWN):
             self._down_error = state.last_error if state.status == LinkStatus.DOWN else None
         if state.status == LinkStatus.UP:
