@@ -173,22 +173,25 @@ class TerminalSecrets:
         return self.answers[prompt]
 
 
-def preload_modules() -> None:
-    """Import now what the link and the resolver may import lazily later.
+def preload_modules(backend: str | None) -> None:
+    """Import now what the link and the resolver would import lazily later: the link
+    ``backend``'s module (``None``: no tunnel) and the IDNA codec.
 
     After the switch to the target user, the interpreter's own files may be unreadable
     (a Python under /root/.pyenv, mode 0700): a lazy import would then fail mid-connect
-    and look like an SSH error.
+    and look like an SSH error. The link module is the one lazy import of the connect
+    path (:func:`tunnel.backends.open_link`); asyncssh imports all of its own modules at
+    its import (none later on a client's path). Walking every asyncssh module instead, as
+    this did, missed the link module and loaded ~2 MB the daemon never uses
+    (``asyncssh.agent_win32``, ``email``, ``cryptography.x509`` for an X.509 module that
+    cannot load without PyOpenSSL).
     """
     import encodings.idna  # noqa: F401, PLC0415  (socket.getaddrinfo of a name)
-    import importlib  # noqa: PLC0415  (only a daemon that drops root walks the packages)
-    import pkgutil  # noqa: PLC0415
 
-    from tunnel.sshlib import asyncssh  # noqa: PLC0415  (deliberate: this function is the preload)
-
-    for module in pkgutil.walk_packages(asyncssh.__path__, "asyncssh."):
-        with contextlib.suppress(Exception):
-            importlib.import_module(module.name)
+    if backend == "openssh":
+        import tunnel.backends.openssh.link  # noqa: PLC0415  (deliberate: the preload)
+    elif backend is not None:
+        import tunnel.backends.asyncssh_link  # noqa: F401, PLC0415  (asyncssh, via sshlib)
 
 
 class _OneLineErrors(argparse.ArgumentParser):
@@ -438,7 +441,7 @@ class Daemon:
                 config, self.upstreams, self.options.root, dropping=dropping
             )
         if user is not None and dropping:
-            preload_modules()
+            preload_modules(None if self.tunnel is None else config.tunnel.backend)
             privileges.drop_privileges(user)
             log.info("running as %s (kept CAP_NET_BIND_SERVICE only)", user.pw_name)
 

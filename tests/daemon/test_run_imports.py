@@ -104,3 +104,48 @@ def test_the_cli_help_does_not_load_rich() -> None:
     )
     assert "run " in out.stdout and "status" in out.stdout
     assert out.stderr.strip().splitlines()[-1] == "False"
+
+
+#: preload_modules(backend), then which of the named modules are loaded.
+PRELOAD = """
+import json, sys
+from blitzdns.daemon import preload_modules
+preload_modules(None if sys.argv[1] == "none" else sys.argv[1])
+print(json.dumps([name for name in sys.argv[2:] if name in sys.modules]))
+"""
+
+#: What a daemon that drops root imports before the drop: the link's lazy import, not
+#: asyncssh's every module (a Windows agent, email, X.509 without PyOpenSSL: ~2 MB).
+PRELOAD_PROBE = (
+    "encodings.idna",
+    "tunnel.backends.asyncssh_link",
+    "tunnel.backends.openssh.link",
+    "asyncssh",
+    "asyncssh.agent_win32",
+    "email",
+    "cryptography.x509",
+    "pkgutil",
+)
+
+
+def preloaded(backend: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", PRELOAD, backend, *PRELOAD_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    loaded: list[str] = json.loads(out.stdout.splitlines()[-1])
+    return loaded
+
+
+def test_preload_before_the_privilege_drop_is_the_link_s_module() -> None:
+    unused = {"asyncssh.agent_win32", "email", "cryptography.x509", "pkgutil"}
+    links = {"asyncssh": "tunnel.backends.asyncssh_link", "openssh": "tunnel.backends.openssh.link"}
+    for backend, link in links.items():
+        loaded = set(preloaded(backend))
+        assert {"encodings.idna", link, "asyncssh"} <= loaded
+        assert not loaded & unused
+    assert preloaded("none") == ["encodings.idna"]
