@@ -30,8 +30,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
+from blitzdns.argv import OneLineErrors
 from blitzdns.blitzmail.atp import NotifyStep
 from blitzdns.config import Config, Endpoint, find_config_file, load_config
 from blitzdns.control import ControlServer, default_socket_path
@@ -194,22 +195,9 @@ def preload_modules(backend: str | None) -> None:
         import tunnel.backends.asyncssh_link  # noqa: F401, PLC0415  (asyncssh, via sshlib)
 
 
-class _OneLineErrors(argparse.ArgumentParser):
-    """A flag mistake is one line (the CLI edge prints it) and exit status 2, like typer's;
-    ``--help`` is the page every other command has (:mod:`blitzdns.help`)."""
-
-    def format_help(self) -> str:
-        from blitzdns.help import parser_page  # noqa: PLC0415  (only `run --help` needs it)
-
-        return parser_page(self)
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"run: {message} (see `blitzdns run --help`)")
-
-
 def run_parser() -> argparse.ArgumentParser:
     """``blitzdns run``'s flags: the one definition (the typer app only points here)."""
-    parser = _OneLineErrors(
+    parser = OneLineErrors(
         prog="blitzdns run",
         description="Start the DNS stub and the SSH tunnel and keep them running.",
         add_help=False,

@@ -3,6 +3,7 @@
 ``blitzdns run`` goes straight to the daemon's own small argument parser, without
 importing typer (and the pydantic it loads): a daemon left running for months should not
 keep a command-line framework in memory (about 7 MB, measured by bench/daemon_bench.py).
+``blitzdns status`` too, which scripts and monitors call over and over (:mod:`blitzdns.argv`).
 Every other command goes through the typer app in :mod:`blitzdns.cli`.
 """
 
@@ -27,6 +28,10 @@ def main(argv: list[str] | None = None) -> None:
             from blitzdns.daemon import run_main  # noqa: PLC0415  (run never loads typer)
 
             sys.exit(run_main(args[1:]))
+        if args[:1] == ["status"]:
+            from blitzdns.control import status_main  # noqa: PLC0415  (nor typer for status)
+
+            sys.exit(status_main(args[1:]))
         from blitzdns.cli import command  # noqa: PLC0415  (nor the daemon loads the CLI)
 
         status = command().main(args=args, prog_name="blitzdns", standalone_mode=False)

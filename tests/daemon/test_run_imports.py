@@ -149,3 +149,26 @@ def test_preload_before_the_privilege_drop_is_the_link_s_module() -> None:
         assert {"encodings.idna", link, "asyncssh"} <= loaded
         assert not loaded & unused
     assert preloaded("none") == ["encodings.idna"]
+
+
+def test_status_does_not_load_typer_nor_pydantic(tmp_path: Path) -> None:
+    """`status` is what scripts and monitors call over and over: the entry point reaches it
+    without typer, which coerces every parameter through pydantic (blitzdns.argv)."""
+    code = (
+        "import sys\n"
+        "from blitzdns.entry import main\n"
+        "try:\n"
+        "    main(['status', '--control-socket', sys.argv[1]])\n"
+        "except SystemExit as exit:\n"
+        "    loaded = [m for m in ('typer', 'pydantic', 'blitzdns.cli') if m in sys.modules]\n"
+        "    print(exit.code, loaded)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "nobody.sock")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.split("\n")[0] == "3 []", out.stdout + out.stderr
+    assert "no daemon is running" in out.stderr
