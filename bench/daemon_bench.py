@@ -730,12 +730,17 @@ FIGURES = (  # (metric key, case, unit, target ratio, limit on ours) — issue 1
 #: imports one by one; the startup helper's notes for issue 18 have the figures).
 NOTES = {
     "daemon exec → ready": "nearly all before the SSH connect, and CPU-bound (so the load "
-    "stretches it): of ~0.3 s of imports, asyncssh + cryptography ~40%, asyncio + uvloop + "
-    "the ssl it loads ~22%, blitzdns/tunnel modules and the stdlib they load ~35%, the "
-    "interpreter ~5%; the handshake after sshd accepts is ~0.05-0.1 s",
+    "stretches it; the peer's ssh needs ~0.08 s of CPU): ~0.22 s of CPU at load ~9, nearly "
+    "all imports (callgrind, 0.94 G instructions): blitzdns/tunnel modules and the stdlib "
+    "they load ~40% (about half of our own share is building 53 dataclasses: Python 3.11 "
+    "compiles each generated method on its own), asyncssh + cryptography ~32% (asyncssh's "
+    "__init__ loads every submodule: sftp, scp, process, server, ...), asyncio + uvloop + "
+    "the ssl it loads ~23%, the interpreter ~4%; the handshake after sshd accepts is "
+    "~0.05-0.1 s",
     "daemon RSS idle": "interpreter 8.6 MB, asyncio + uvloop + the ssl it loads 11.7 MB, "
-    "asyncssh + cryptography 17.3 MB (8 MB of it cryptography's Rust library), "
-    "blitzdns/tunnel modules ~7.5 MB, state after start ~2.5 MB",
+    "asyncssh + cryptography ~16.5 MB (8.9 MB of it cryptography's Rust library, 6 MB of "
+    "that clean code pages), blitzdns/tunnel modules ~7.5 MB, state after start ~2.5 MB; "
+    "by kind: ~25 MB file-backed code, ~24 MB Python heap (interned names, code, classes)",
 }
 
 

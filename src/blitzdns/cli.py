@@ -326,25 +326,21 @@ def _register_optional_commands() -> None:
     from blitzdns.commands import guard as guard_cmd
     from blitzdns.commands import location as location_cmd
     from blitzdns.commands import resolver_config, service
-    from blitzdns.control import STATUS_EXIT_CODES, status_command
+    from blitzdns.control import status_main
 
     app.add_typer(service.app, name="service")
     app.add_typer(resolver_config.app, name="resolver-config")
     app.add_typer(guard_cmd.app, name="guard")
     app.command("location")(location_cmd.location)
 
-    codes = "\n".join(f"  {code}  {meaning}" for code, meaning in STATUS_EXIT_CODES)
-
     @app.command(
-        help="Show the running daemon's link, forwards and DNS counters.\n\n"
-        f"Exit status (as `systemctl is-active` gives it):\n\n\b\n{codes}"
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        add_help_option=False,
+        help="Show the running daemon's link, forwards and DNS counters.",
     )
-    def status(
-        as_json: JsonOption = False,
-        watch: Annotated[bool, typer.Option("--watch", help="Refresh every second.")] = False,
-        control_socket: ControlSocketOption = None,
-    ) -> None:
-        raise typer.Exit(status_command(as_json, watch, control_socket))
+    def status(ctx: typer.Context) -> None:
+        # Listed here; the entry point runs it without typer (blitzdns.argv says why).
+        raise typer.Exit(status_main(list(ctx.args)))
 
 
 _register_optional_commands()
@@ -387,6 +383,7 @@ def help_topic(
 
 def help_pages(root: Any) -> list[tuple[str, str]]:
     """``(command path, page)`` for the whole tree, ``run``'s page and the exit codes."""
+    from blitzdns.control import status_parser
     from blitzdns.daemon import run_parser
     from blitzdns.help import parser_page, walk
 
@@ -394,6 +391,8 @@ def help_pages(root: Any) -> list[tuple[str, str]]:
     for cmd, ctx in walk(root.command, root):
         if ctx.command_path == "blitzdns run":
             pages.append((ctx.command_path, parser_page(run_parser())))
+        elif ctx.command_path == "blitzdns status":
+            pages.append((ctx.command_path, parser_page(status_parser())))
         else:
             pages.append((ctx.command_path, cmd.get_help(ctx) + "\n"))
     return [*pages, ("blitzdns exit-codes", exit_codes_page())]

@@ -19,6 +19,7 @@ reader is another process.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import inspect
@@ -33,6 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from blitzdns.argv import OneLineErrors
 from blitzdns.errors import AddressInUse, BlitzdnsError, NotRunning, PermissionProblem, UsageError
 from blitzdns.snapshot import SCHEMA, Snapshot
 
@@ -626,6 +628,33 @@ def format_clock(epoch: float) -> str:
 
 _CLEAR = "\x1b[H\x1b[2J"
 WATCH_INTERVAL_S = 1.0
+
+
+def status_parser() -> argparse.ArgumentParser:
+    """``blitzdns status``'s flags: the one definition (the typer app only points here)."""
+    parser = OneLineErrors(
+        prog="blitzdns status",
+        description="Show the running daemon's link, forwards and DNS counters.",
+        add_help=False,
+        sections=[
+            (
+                "Exit status (as `systemctl is-active` gives it)",
+                [(str(code), meaning) for code, meaning in STATUS_EXIT_CODES],
+            )
+        ],
+    )
+    add = parser.add_argument
+    add("--json", dest="as_json", action="store_true", help="Machine-readable output.")
+    add("--watch", action="store_true", help="Refresh every second.")
+    add("--control-socket", type=Path, metavar="PATH", help="Path of the daemon's status socket.")
+    add("-h", "--help", action="help", help="Show this message and exit.")
+    return parser
+
+
+def status_main(argv: Sequence[str]) -> int:
+    """``blitzdns status ARGS``, reached from the entry point without typer; the exit status."""
+    args = status_parser().parse_args(argv)
+    return status_command(args.as_json, args.watch, args.control_socket)
 
 
 def status_command(

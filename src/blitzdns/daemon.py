@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import getpass
 import logging
 import os
@@ -29,8 +30,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
+from blitzdns.argv import OneLineErrors
 from blitzdns.blitzmail.atp import NotifyStep
 from blitzdns.config import Config, Endpoint, find_config_file, load_config
 from blitzdns.control import ControlServer, default_socket_path
@@ -111,6 +113,20 @@ def install_fast_loop() -> bool:
     return True
 
 
+def end_of_start() -> None:
+    """The start's imports and set-up are over: if the entry point turned the cyclic
+    collector off for them (:func:`blitzdns.entry.main`), move what they made to the
+    permanent generation (``gc.freeze``: later collections skip it) and turn it on again.
+
+    Called when the link's first attempt has ended (asyncssh is imported by then) or, with
+    no tunnel, when the resolver serves. A daemon run in-process (the demo, tests) keeps
+    the collector as it found it.
+    """
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 FD_LIMIT_WANTED = 65536
 """Descriptors wanted: each tunneled connection holds one or two (client socket; with the
 openssh backend also its mux connection), and a default soft limit of 1024 would cap a
@@ -158,40 +174,30 @@ class TerminalSecrets:
         return self.answers[prompt]
 
 
-def preload_modules() -> None:
-    """Import now what the link and the resolver may import lazily later.
+def preload_modules(backend: str | None) -> None:
+    """Import now what the link and the resolver would import lazily later: the link
+    ``backend``'s module (``None``: no tunnel) and the IDNA codec.
 
     After the switch to the target user, the interpreter's own files may be unreadable
     (a Python under /root/.pyenv, mode 0700): a lazy import would then fail mid-connect
-    and look like an SSH error.
+    and look like an SSH error. The link module is the one lazy import of the connect
+    path (:func:`tunnel.backends.open_link`); asyncssh imports all of its own modules at
+    its import (none later on a client's path). Walking every asyncssh module instead, as
+    this did, missed the link module and loaded ~2 MB the daemon never uses
+    (``asyncssh.agent_win32``, ``email``, ``cryptography.x509`` for an X.509 module that
+    cannot load without PyOpenSSL).
     """
     import encodings.idna  # noqa: F401, PLC0415  (socket.getaddrinfo of a name)
-    import importlib  # noqa: PLC0415  (only a daemon that drops root walks the packages)
-    import pkgutil  # noqa: PLC0415
 
-    from tunnel.sshlib import asyncssh  # noqa: PLC0415  (deliberate: this function is the preload)
-
-    for module in pkgutil.walk_packages(asyncssh.__path__, "asyncssh."):
-        with contextlib.suppress(Exception):
-            importlib.import_module(module.name)
-
-
-class _OneLineErrors(argparse.ArgumentParser):
-    """A flag mistake is one line (the CLI edge prints it) and exit status 2, like typer's;
-    ``--help`` is the page every other command has (:mod:`blitzdns.help`)."""
-
-    def format_help(self) -> str:
-        from blitzdns.help import parser_page  # noqa: PLC0415  (only `run --help` needs it)
-
-        return parser_page(self)
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"run: {message} (see `blitzdns run --help`)")
+    if backend == "openssh":
+        import tunnel.backends.openssh.link  # noqa: PLC0415  (deliberate: the preload)
+    elif backend is not None:
+        import tunnel.backends.asyncssh_link  # noqa: F401, PLC0415  (asyncssh, via sshlib)
 
 
 def run_parser() -> argparse.ArgumentParser:
     """``blitzdns run``'s flags: the one definition (the typer app only points here)."""
-    parser = _OneLineErrors(
+    parser = OneLineErrors(
         prog="blitzdns run",
         description="Start the DNS stub and the SSH tunnel and keep them running.",
         add_help=False,
@@ -423,7 +429,7 @@ class Daemon:
                 config, self.upstreams, self.options.root, dropping=dropping
             )
         if user is not None and dropping:
-            preload_modules()
+            preload_modules(None if self.tunnel is None else config.tunnel.backend)
             privileges.drop_privileges(user)
             log.info("running as %s (kept CAP_NET_BIND_SERVICE only)", user.pw_name)
 
@@ -439,6 +445,7 @@ class Daemon:
         else:
             self.ready_sent = True
             sdnotify.notify(ready=True, status="resolver only (--no-tunnel)")
+            end_of_start()
         if self.guard is not None:
             self.guard.start()
 
@@ -482,6 +489,8 @@ class Daemon:
         line = link_event(state, self._down_error, time.time())
         if line is not None:
             log.log(*line)
+        if state.status in (LinkStatus.UP, LinkStatus.DOWN, LinkStatus.FAILED):
+            end_of_start()  # the first attempt has ended: its imports are done
         if state.status in (LinkStatus.UP, LinkStatus.DOWN):
             self._down_error = state.last_error if state.status == LinkStatus.DOWN else None
         if state.status == LinkStatus.UP:

@@ -3,11 +3,13 @@
 ``blitzdns run`` goes straight to the daemon's own small argument parser, without
 importing typer (and the pydantic it loads): a daemon left running for months should not
 keep a command-line framework in memory (about 7 MB, measured by bench/daemon_bench.py).
+``blitzdns status`` too, which scripts and monitors call over and over (:mod:`blitzdns.argv`).
 Every other command goes through the typer app in :mod:`blitzdns.cli`.
 """
 
 from __future__ import annotations
 
+import gc
 import sys
 
 from blitzdns.errors import Told, explain
@@ -18,9 +20,18 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     try:
         if args[:1] == ["run"]:
+            # The start creates ~100k objects that live as long as the daemon (modules,
+            # classes, functions) and almost no garbage: cyclic collections meanwhile only
+            # re-scan them. The daemon collects again once its start is over
+            # (blitzdns.daemon.end_of_start), and freezes what the start made.
+            gc.disable()
             from blitzdns.daemon import run_main  # noqa: PLC0415  (run never loads typer)
 
             sys.exit(run_main(args[1:]))
+        if args[:1] == ["status"]:
+            from blitzdns.control import status_main  # noqa: PLC0415  (nor typer for status)
+
+            sys.exit(status_main(args[1:]))
         from blitzdns.cli import command  # noqa: PLC0415  (nor the daemon loads the CLI)
 
         status = command().main(args=args, prog_name="blitzdns", standalone_mode=False)

@@ -349,7 +349,17 @@ async def start_guard(
         return None
     link: WardenLink
     if dropping:
-        link = Helper(*spawn(root))
+        helper = Helper(*spawn(root))
+        # Its first answer comes after its own check_resolver (blitzdns.warden.main): the
+        # installed bytes are taken before the daemon goes on, as in-process below. Not
+        # waiting, a daemon that starts fast (nothing else to load before the drop) could
+        # see a rewrite the helper never saw the original of.
+        try:
+            await helper.paths()
+        except BaseException:
+            await helper.close()
+            raise
+        link = helper
     else:
         warden = Warden(root)
         await asyncio.to_thread(warden.check_resolver)

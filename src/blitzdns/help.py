@@ -200,7 +200,9 @@ def style(command: Any) -> Any:
 
 
 def parser_page(parser: argparse.ArgumentParser) -> str:
-    """``run``'s page from its argparse parser, in the same layout as every other."""
+    """The page of a command with an argparse parser (``run``, ``status``), in the same
+    layout as every other: its ``sections`` (:class:`blitzdns.argv.OneLineErrors`), then
+    its options."""
     rows = []
     for action in parser._actions:
         names = ", ".join(sorted(action.option_strings, key=len))
@@ -211,7 +213,8 @@ def parser_page(parser: argparse.ArgumentParser) -> str:
         else:
             term = f"{names} {action.metavar or action.dest.upper()}"
         rows.append((term, str(action.help or "")))
-    return page(f"{parser.prog} [OPTIONS]", parser.description or "", [("Options", rows)])
+    sections = [*getattr(parser, "sections", ()), ("Options", rows)]
+    return page(f"{parser.prog} [OPTIONS]", parser.description or "", sections)
 
 
 # --------------------------------------------------------------------------- topics, man page

@@ -104,3 +104,71 @@ def test_the_cli_help_does_not_load_rich() -> None:
     )
     assert "run " in out.stdout and "status" in out.stdout
     assert out.stderr.strip().splitlines()[-1] == "False"
+
+
+#: preload_modules(backend), then which of the named modules are loaded.
+PRELOAD = """
+import json, sys
+from blitzdns.daemon import preload_modules
+preload_modules(None if sys.argv[1] == "none" else sys.argv[1])
+print(json.dumps([name for name in sys.argv[2:] if name in sys.modules]))
+"""
+
+#: What a daemon that drops root imports before the drop: the link's lazy import, not
+#: asyncssh's every module (a Windows agent, email, X.509 without PyOpenSSL: ~2 MB).
+PRELOAD_PROBE = (
+    "encodings.idna",
+    "tunnel.backends.asyncssh_link",
+    "tunnel.backends.openssh.link",
+    "asyncssh",
+    "asyncssh.agent_win32",
+    "email",
+    "cryptography.x509",
+    "pkgutil",
+)
+
+
+def preloaded(backend: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", PRELOAD, backend, *PRELOAD_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    loaded: list[str] = json.loads(out.stdout.splitlines()[-1])
+    return loaded
+
+
+def test_preload_before_the_privilege_drop_is_the_link_s_module() -> None:
+    unused = {"asyncssh.agent_win32", "email", "cryptography.x509", "pkgutil"}
+    links = {"asyncssh": "tunnel.backends.asyncssh_link", "openssh": "tunnel.backends.openssh.link"}
+    for backend, link in links.items():
+        loaded = set(preloaded(backend))
+        assert {"encodings.idna", link, "asyncssh"} <= loaded
+        assert not loaded & unused
+    assert preloaded("none") == ["encodings.idna"]
+
+
+def test_status_does_not_load_typer_nor_pydantic(tmp_path: Path) -> None:
+    """`status` is what scripts and monitors call over and over: the entry point reaches it
+    without typer, which coerces every parameter through pydantic (blitzdns.argv)."""
+    code = (
+        "import sys\n"
+        "from blitzdns.entry import main\n"
+        "try:\n"
+        "    main(['status', '--control-socket', sys.argv[1]])\n"
+        "except SystemExit as exit:\n"
+        "    loaded = [m for m in ('typer', 'pydantic', 'blitzdns.cli') if m in sys.modules]\n"
+        "    print(exit.code, loaded)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "nobody.sock")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.split("\n")[0] == "3 []", out.stdout + out.stderr
+    assert "no daemon is running" in out.stderr

@@ -1,9 +1,11 @@
-"""tunnel.libfind: asyncssh is imported without a dozen processes, and finds what it found."""
+"""tunnel.libfind / tunnel.sshlib: asyncssh is imported without a dozen processes and without
+the X.509 module it cannot use, and offers what a plain import offers."""
 
 from __future__ import annotations
 
 import ctypes.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,8 +32,15 @@ if sys.argv[1] == "sshlib":
 else:
     import asyncssh
 import asyncssh.crypto as crypto
+from asyncssh import kex, public_key
 print(json.dumps({
     "started": started,
+    "x509_loaded": "cryptography.x509" in sys.modules,
+    "x509": public_key._x509_available,
+    "left_blocked": sys.modules.get("asyncssh.crypto.x509", 0) is None,
+    "key_algs": [a.decode() for a in public_key.get_public_key_algs()],
+    "cert_algs": [a.decode() for a in public_key.get_certificate_algs()],
+    "kex_algs": [a.decode() for a in kex.get_kex_algs()],
     "umac": hasattr(crypto, "umac64"),
     "sntrup": crypto.sntrup_available,
     "mlkem": crypto.mlkem_available,
@@ -39,9 +48,14 @@ print(json.dumps({
 """
 
 
-def probe(how: str) -> dict[str, object]:
+def probe(how: str, env: dict[str, str] | None = None) -> dict[str, object]:
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, how], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", PROBE, how],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env=env,
     )
     result: dict[str, object] = json.loads(out.stdout)
     return result
@@ -53,9 +67,28 @@ def test_asyncssh_through_sshlib_starts_one_process_and_offers_the_same() -> Non
     # One `ldconfig -p` for asyncssh's lookups and libc's together (CPython: one per name,
     # then gcc and ld for each miss).
     assert cheap["started"] == [libfind.LDCONFIG]
-    assert {k: v for k, v in cheap.items() if k != "started"} == {
-        k: v for k, v in plain.items() if k != "started"
-    }
+    same = {k: v for k, v in cheap.items() if k not in ("started", "x509_loaded")}
+    assert same == {k: v for k, v in plain.items() if k not in ("started", "x509_loaded")}
+
+
+def test_asyncssh_through_sshlib_skips_the_x509_module_it_cannot_use() -> None:
+    # No PyOpenSSL here (not a dependency): a plain import loads cryptography.x509 and
+    # then fails on `from OpenSSL import crypto`; through sshlib it is not tried at all.
+    plain, cheap = probe("plain"), probe("sshlib")
+    assert plain["x509"] is False
+    assert plain["x509_loaded"] is True
+    assert cheap["x509_loaded"] is False
+    assert cheap["left_blocked"] is False  # the block ends with the import
+
+
+def test_with_pyopenssl_installed_sshlib_blocks_nothing(tmp_path: Path) -> None:
+    # A stand-in OpenSSL package: asyncssh's X.509 module is tried (and cryptography.x509
+    # loaded) as in a plain import.
+    (tmp_path / "OpenSSL").mkdir()
+    (tmp_path / "OpenSSL" / "__init__.py").write_text("")
+    path = os.pathsep.join([str(tmp_path), *sys.path])
+    cheap = probe("sshlib", env={**os.environ, "PYTHONPATH": path})
+    assert cheap["x509_loaded"] is True
 
 
 @linux_only
