@@ -88,6 +88,17 @@ def run(ctx: typer.Context) -> None:
     raise typer.Exit(run_main(list(ctx.args)))
 
 
+def flagged_config(
+    config_path: Path | None,
+    location: str | None,
+    listen: list[str] | None,
+    upstream: list[str] | None,
+    gateway: list[str] | None,
+) -> Config:
+    """The config as `run` would apply these options: the file, the location, the flags."""
+    return effective_config(config_path, location=location, flags=flags(listen, upstream, gateway))
+
+
 @app.command()
 def plan(
     config_path: ConfigOption = None,
@@ -103,9 +114,7 @@ def plan(
     """
     from blitzdns.plan import plan_dict, render_plan
 
-    config = effective_config(
-        config_path, location=location, flags=flags(listen, upstream, gateway)
-    )
+    config = flagged_config(config_path, location, listen, upstream, gateway)
     if as_json:
         typer.echo(json.dumps(plan_dict(config), indent=2))
     else:
@@ -122,9 +131,7 @@ def config_show(
 ) -> None:
     """Print the effective configuration as JSON: the preset and the file, then the
     location, then the flags (as `run` applies them)."""
-    config = effective_config(
-        config_path, location=location, flags=flags(listen, upstream, gateway)
-    )
+    config = flagged_config(config_path, location, listen, upstream, gateway)
     typer.echo(json.dumps(config.to_dict(), indent=2))
 
 

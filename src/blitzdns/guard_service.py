@@ -4,7 +4,8 @@ watch the resolver config.
 ``run`` with ``[guard] enabled = true`` resolves the protected names through the upstreams
 and installs the guard (recorded, like ``blitzdns guard install --apply``) while it is
 still root, before the privilege drop. Afterwards it re-resolves when the shortest TTL
-runs out (and at once on a reload or location change), keeps the union of the addresses
+runs out (and at once on a reload or location change; after ``MIN_REFRESH_S`` when a
+name's lookup failed, since an unresolved name is not refused), keeps the union of the addresses
 seen within ``[guard] keep_s`` (:class:`~blitzdns.system.guard.AddressBook`), and hands
 changed rules to the :mod:`~blitzdns.warden` (in process while root, else the root
 helper). The rules stay when the daemon stops: fail closed.
@@ -236,7 +237,9 @@ class GuardService:
         self.book = book.expire(now, hosts=[h.key for h in config.hosts])
         if resolved:
             self.last_error = "; ".join(errors[:2]) or None
-        wait = min(ttls, default=RETRY_TTL_S)
+        # A name whose lookup failed has no address to refuse: asked again soon.
+        missed = not resolved or any(r.errors and not r.addresses for r in resolved.values())
+        wait = MIN_REFRESH_S if missed else min(ttls, default=RETRY_TTL_S)
         self.next_refresh = now + min(max(wait, MIN_REFRESH_S), MAX_REFRESH_S)
         return guard_rules(config, self.book.addresses(), config.guard.everywhere)
 

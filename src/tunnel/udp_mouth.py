@@ -239,11 +239,13 @@ class SocatCarrier:
         except (OSError, TunnelError, TimeoutError) as exc:
             reason = f"socat: {exc}"
         finally:
-            if channel is not None:
-                await end(channel)
-            self._associations.pop(association, None)
-            self._queues.pop(association, None)
-            sink(Frame(KIND_CLOSE, association, reason.encode()))
+            try:
+                if channel is not None:
+                    await end(channel)
+            finally:
+                self._associations.pop(association, None)
+                self._queues.pop(association, None)
+                sink(Frame(KIND_CLOSE, association, reason.encode()))
 
     async def run(self, sink: FrameSink) -> str:
         self._sink = sink
@@ -328,10 +330,12 @@ async def _python_attempt(
 
 
 async def end(channel: ExecChannel) -> None:
-    """Close a channel and wait (bounded, shielded from cancellation) until its command
-    ended, so that nothing of it stays behind."""
+    """Close a channel and wait (bounded) until its command ended, so that nothing of it
+    stays behind. A cancellation meanwhile is passed on at once (the caller was stopped:
+    swallowed, it let a stopped relay start again); the wait, shielded, goes on without
+    it."""
     channel.close()
-    with contextlib.suppress(TimeoutError, OSError, TunnelError, asyncio.CancelledError):
+    with contextlib.suppress(TimeoutError, OSError, TunnelError):
         await asyncio.shield(_status(channel))
 
 
@@ -501,6 +505,9 @@ class UdpMouth(asyncio.DatagramProtocol):
             self.core.relay_started(started.max_datagram)
             self._set(started.state, "")
             why = await started.run(self._from_relay)
+            if self._relay_task is not asyncio.current_task():
+                return  # stopped as it ended (the stop can land where the relay's own
+                # clean-up waits): the mouth, its carrier and its state are no longer ours
             self._carrier = None
             self.core.relay_gone()
             log.warning("UDP forward %s: relay ended (%s); starting it again", self.forward, why)

@@ -89,13 +89,20 @@ def test_run_installs_refreshes_and_keeps_the_guard_and_reverts_resolv_conf(
     try:
 
         def guard(predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+            last: dict[str, Any] = {}
+
             def check() -> dict[str, Any] | None:
+                nonlocal last
                 if daemon.poll() is not None:
                     raise AssertionError(f"run exited: {log.read_text()[-3000:]}")
                 snap = daemon_status(control).get("guard") or {}
+                last = snap or last
                 return snap if snap and predicate(snap) else None
 
-            result: dict[str, Any] = wait_for(check, "the daemon's guard status", timeout=30)
+            def seen() -> str:
+                return f"the daemon's guard status; last {last}; log {log.read_text()[-3000:]}"
+
+            result: dict[str, Any] = wait_for(check, seen, timeout=30)
             return result
 
         first = guard(lambda g: g["installed"] and g["addresses"] == 2)

@@ -28,7 +28,7 @@ from tunnel.backends import asyncssh_link
 from tunnel.backends.asyncssh_patches import FEED_WHOLE_MAX, GCM_TAG_LEN
 from tunnel.backends.chaff import drop_needless_chaff
 
-from .tunnel_testlib import Target, exchange, read_until_closed, talking_target
+from .tunnel_testlib import Target, exchange, link_up, read_until_closed, talking_target
 
 CIPHERS = ("aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com")
 
@@ -176,7 +176,7 @@ async def test_a_bulk_reply_arrives_whole_then_ends(
     payload = os.urandom(4 * 1024 * 1024 + 5)
     async with talking_target(payload) as forward, Tunnel(options, [forward]) as tunnel:
         assert await tunnel.wait_up(10)
-        link = tunnel.link
+        link = await link_up(tunnel)
         assert isinstance(link, asyncssh_link.SSHLink)
         assert link.conn.get_extra_info("recv_cipher") == cipher
         for _ in range(2):

@@ -18,7 +18,7 @@ from tunnel import Forward, Tunnel, TunnelOptions
 from tunnel.backends.asyncssh_link import SSHLink
 from tunnel.backends.chaff import needs_chaff
 
-from .tunnel_testlib import Target
+from .tunnel_testlib import Target, link_up
 
 MSG_IGNORE, MSG_CHANNEL_OPEN, MSG_CHANNEL_EOF, MSG_CHANNEL_CLOSE = 2, 90, 96, 97
 EXCHANGES = 20
@@ -66,7 +66,7 @@ async def test_ignore_packets_reaching_sshd(
     forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
     async with Tunnel(options, [forward]) as tunnel:
         assert await tunnel.wait_up(10)
-        link = tunnel.link
+        link = await link_up(tunnel)
         assert isinstance(link, SSHLink)
         assert link.conn.get_extra_info("send_cipher") == cipher
         assert link.conn.get_extra_info("send_compression") == "none"

@@ -18,7 +18,7 @@ from tunnel.backends.openssh.link import MuxLink
 from tunnel.backends.openssh.master import MASTER_MALLOC, master_environment
 from tunnel.libc import TRIM_AFTER_FLOWS, HeapTrimmer
 
-from .tunnel_testlib import Target, exchange
+from .tunnel_testlib import Target, exchange, link_up
 
 
 async def test_the_heap_is_trimmed_once_a_burst_has_ended(
@@ -52,7 +52,7 @@ async def test_the_ssh_master_gives_its_channel_buffers_back(
     mux = dataclasses.replace(options, backend="openssh")
     async with Tunnel(mux, [forward]) as tunnel:
         assert await tunnel.wait_up(10)
-        link = tunnel.link
+        link = await link_up(tunnel)
         assert isinstance(link, MuxLink)
         environ = Path(f"/proc/{link.pid}/environ").read_bytes().split(b"\0")  # noqa: ASYNC240
         tunables = [v for v in environ if v.startswith(b"GLIBC_TUNABLES=")]

@@ -17,7 +17,7 @@ from blitzdns.blitzmail.atp import SERVICE_MAIL, Notice, NotifyStep
 from blitzdns.blitzmail.fake_notify import FakeNotify
 from blitzdns.blitzmail.notify import NotifyClient
 from tests.peers import descendants, wait_until
-from tunnel.errors import MouthBindError
+from tunnel.errors import LinkLost, MouthBindError
 from tunnel.exec import ExecChannel, SubprocessExec
 from tunnel.udp import DatagramStep, RelayLimits, UdpForward
 from tunnel.udp_mouth import RelayState, UdpMouth, bind_udp_socket
@@ -216,6 +216,56 @@ async def test_a_relay_that_dies_is_started_again_and_senders_stay_apart(
         assert other.received == [b"echo:other"]
     finally:
         await mouth.close()
+
+
+class DyingLink(LocalGateway):
+    """A link that dies: its channels report their command's end only when ``released``
+    (a dead connection's exit status comes late, or never), and after ``dead`` no channel
+    opens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = 0
+        self.dead = False
+        self.ending = asyncio.Event()
+        self.released = asyncio.Event()
+
+    async def open_exec(self, command: str) -> ExecChannel:
+        self.opened += 1
+        if self.dead:
+            raise LinkLost("cannot open an exec channel: connection lost")
+        channel = await super().open_exec(command)
+        plain_wait = channel.wait
+
+        async def late_wait() -> int | None:
+            self.ending.set()
+            await self.released.wait()
+            return await plain_wait()
+
+        channel.wait = late_wait  # type: ignore[method-assign]
+        return channel
+
+
+async def test_a_relay_ending_as_its_link_drops_is_not_started_again(echo: UdpTarget) -> None:
+    """The relay's channel ends as the link dies, and the link is dropped while the relay
+    waits for the command's exit status: the relay stays stopped. (It took the stop for
+    the end of that wait, and 1 s later started again on the dead link, behind the back
+    of the next link's relay: the forward then read "down" with its relay carrying.)"""
+    link = DyingLink()
+    mouth = await mouth_for(echo.address, link)
+    try:
+        [relay] = link.relay_pids()
+        os.kill(relay, 9)
+        await wait_until(link.ending.is_set, WAIT_S)
+        link.dead = True
+        mouth.drop_link("link lost")
+        link.released.set()
+        async with asyncio.timeout(WAIT_S):
+            await mouth.settle()
+        assert (mouth.relay, mouth.reason, link.opened) == (RelayState.DOWN, "link lost", 1)
+    finally:
+        await mouth.close()
+    await wait_until(lambda: gone(link.pids()), WAIT_S)
 
 
 async def test_detached_drops_then_a_new_link_carries_again(echo: UdpTarget) -> None:

@@ -11,8 +11,9 @@ import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from tests.peers import free_port
-from tunnel import Forward
+from tests.peers import free_port, wait_until
+from tunnel import Forward, Tunnel
+from tunnel.link import Link
 
 
 def _proc_address(host: str, port: int) -> str:
@@ -151,3 +152,14 @@ async def talking_target(payload: bytes, repeat: int = 1) -> AsyncIterator[Forwa
     server = await asyncio.start_server(talk, "127.0.0.1", 0)
     async with server:
         yield Forward("127.0.0.1", free_port(), "127.0.0.1", server.sockets[0].getsockname()[1])
+
+
+async def link_up(tunnel: Tunnel, timeout_s: float = 15) -> Link:
+    """The link that is up now, waited for. ``wait_up`` can return while the fresh link is
+    already in doubt or being replaced: on a loaded machine a stalled loop reads as a
+    pause, and roaming's probe of the link can time out. A test about "the" link takes
+    the one that is up."""
+    await wait_until(lambda: tunnel.link is not None, timeout_s)
+    link = tunnel.link
+    assert link is not None
+    return link
