@@ -11,6 +11,7 @@ import asyncio
 import socket
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -261,3 +262,20 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes:
 @pytest.fixture
 def fake_upstream_factory() -> Iterator[Callable[..., FakeUpstream]]:
     yield from _stopping(FakeUpstream)
+
+
+@contextmanager
+def loop_held(stub: ServerThread) -> Iterator[None]:
+    """The resolver's event loop blocked inside a callback until the block ends."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        release.wait(30)
+
+    stub.loop.call_soon_threadsafe(hold)
+    assert held.wait(10)
+    try:
+        yield
+    finally:
+        release.set()

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import random
 import socket
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import dns.message
 import dns.rcode
@@ -23,27 +21,10 @@ from blitzdns.config import Endpoint
 from blitzdns.dns import batchio
 from tests.peers import FORWARDED_ADDRESS, Dnsmasq, wait_for
 
-from .conftest import SHARED_TOML, ServerThread, make_config
+from .conftest import SHARED_TOML, ServerThread, loop_held, make_config
 from .test_resolver import addresses, mixed_case
 
 pytestmark = pytest.mark.skipif(not batchio.available(), reason="no recvmmsg/sendmmsg here")
-
-
-@contextmanager
-def loop_held(stub: ServerThread) -> Iterator[None]:
-    """The resolver's event loop blocked inside a callback until the block ends."""
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        held.set()
-        release.wait(30)
-
-    stub.loop.call_soon_threadsafe(hold)
-    assert held.wait(10)
-    try:
-        yield
-    finally:
-        release.set()
 
 
 def burst() -> list[tuple[str, bytes, bool]]:

@@ -12,7 +12,6 @@ import os
 import random
 import select
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +26,7 @@ from blitzdns.dns.table import Name, Table, lower, to_wire
 from blitzdns.errors import AddressInUse
 from tests.peers import wait_for
 
-from .conftest import FakeUpstream, ServerThread, config_protecting, make_config
+from .conftest import FakeUpstream, ServerThread, config_protecting, loop_held, make_config
 from .test_abuse import Records, logged
 from .test_resolver import addresses, ask
 
@@ -136,45 +135,34 @@ def test_a_protected_query_is_answered_past_a_full_receive_queue(
     general = stub.resolver._bound[0][1]
     general.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stats = stub.resolver.stats
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        held.set()
-        release.wait(30)
-
-    stub.loop.call_soon_threadsafe(hold)
-    assert held.wait(10)
     address = ("127.0.0.1", stub.port)
     burst = 200
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flooder:
-            for i in range(burst):
-                wire = dns.message.make_query(f"f{i}.flood.test", "A", id=i).to_wire()
-                flooder.sendto(wire, address)
-        assert udp_drops(general) > 0  # the queue is full: what comes next is dropped there
-        protected = dns.message.make_query("DND.dartmouth.EDU.", "A", id=4242).to_wire()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+    protected = dns.message.make_query("DND.dartmouth.EDU.", "A", id=4242).to_wire()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        with loop_held(stub):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flooder:
+                for i in range(burst):
+                    wire = dns.message.make_query(f"f{i}.flood.test", "A", id=i).to_wire()
+                    flooder.sendto(wire, address)
+            assert udp_drops(general) > 0  # the queue is full: what comes next is dropped there
             client.sendto(protected, address)
-            release.set()
-            queued = burst - udp_drops(general) + (1 if steered else 0)
-            wait_for(
-                lambda: stats.forwarded + stats.answered_local >= queued,
-                "the resolver to handle every query that was queued",
-                30,
-            )
-            if steered:
-                client.settimeout(10)
-                reply = dns.message.from_wire(client.recv(512))
-                assert reply.id == 4242 and reply.rcode() == dns.rcode.NOERROR
-                assert addresses(reply) == ["127.77.0.1"]
-                assert stats.steered == 1
-            else:
-                assert stats.answered_local == 0 and stats.steered == 0
-                client.setblocking(False)
-                with pytest.raises(BlockingIOError):
-                    client.recv(512)
-    finally:
-        release.set()
+        queued = burst - udp_drops(general) + (1 if steered else 0)
+        wait_for(
+            lambda: stats.forwarded + stats.answered_local >= queued,
+            "the resolver to handle every query that was queued",
+            30,
+        )
+        if steered:
+            client.settimeout(10)
+            reply = dns.message.from_wire(client.recv(512))
+            assert reply.id == 4242 and reply.rcode() == dns.rcode.NOERROR
+            assert addresses(reply) == ["127.77.0.1"]
+            assert stats.steered == 1
+        else:
+            assert stats.answered_local == 0 and stats.steered == 0
+            client.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                client.recv(512)
 
 
 def test_a_reload_steers_the_new_protected_names(
