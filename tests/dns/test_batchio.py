@@ -9,8 +9,13 @@ same records for forwarded names — and nothing where that one sends nothing.
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
+import errno
+import logging
 import random
 import socket
+import struct
 from collections.abc import Callable
 
 import dns.message
@@ -19,6 +24,7 @@ import pytest
 
 from blitzdns.config import Endpoint
 from blitzdns.dns import batchio
+from blitzdns.dns.stats import ResolverStats
 from tests.peers import FORWARDED_ADDRESS, Dnsmasq, wait_for
 
 from .conftest import SHARED_TOML, ServerThread, loop_held, make_config
@@ -142,3 +148,54 @@ def test_forwarded_and_local_answers_over_ipv6(
             reply = dns.message.from_wire(client.recv(4096))
         assert reply.id == query.id and reply.rcode() == dns.rcode.NOERROR
         assert addresses(reply) == [expected]
+
+
+def test_replies_the_kernel_refuses_are_all_counted() -> None:
+    """A send buffer that refuses a batch (EAGAIN) loses every reply queued in it: each
+    one is counted in ``unsent``, not only the first (the kernel's refusal is the one
+    part played here; the same replies then go out through the real ``sendmmsg``)."""
+
+    async def main() -> tuple[int, list[bytes]]:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+        ):
+            server.bind(("127.0.0.1", 0))
+            server.setblocking(False)
+            client.bind(("127.0.0.1", 0))
+            client.settimeout(10)
+            raw = (
+                struct.pack("=H", socket.AF_INET)
+                + struct.pack("!H", client.getsockname()[1])
+                + socket.inet_aton("127.0.0.1")
+                + bytes(8)
+            )
+            stats = ResolverStats()
+            reader = batchio.BatchReader(
+                server,
+                lambda *_: None,
+                lambda *_: None,
+                lambda: 0.0,
+                logging.getLogger("test"),
+                stats,
+            )
+            real = reader._sendmmsg
+
+            def refused(*_: object) -> int:
+                ctypes.set_errno(errno.EAGAIN)
+                return -1
+
+            reader._sendmmsg = refused
+            for n in range(3):
+                reader.sendto(b"reply %d" % n, raw)
+            reader._flush()
+            lost = stats.unsent
+            reader._sendmmsg = real
+            for n in range(3):
+                reader.sendto(b"reply %d" % n, raw)
+            reader._flush()
+            return lost, [client.recv(64) for _ in range(3)]
+
+    lost, received = asyncio.run(main())
+    assert lost == 3
+    assert received == [b"reply 0", b"reply 1", b"reply 2"]

@@ -320,11 +320,11 @@ class BatchReader:
                 if code == errno.EINTR:
                     continue
                 # As the datagram transport does: an unsent reply is dropped and logged.
-                self.stats.unsent += 1
-                self.log.debug("UDP reply not sent: %s", os.strerror(code))
-                if code in (errno.EAGAIN, errno.ENOBUFS):
-                    return
-                sent += 1
+                # A full send buffer refuses the rest of the batch too: all of it counted.
+                lost = count - sent if code in (errno.EAGAIN, errno.ENOBUFS) else 1
+                self.stats.unsent += lost
+                self.log.debug("%d UDP replies not sent: %s", lost, os.strerror(code))
+                sent += lost
             else:
                 sent += done
 
