@@ -141,9 +141,10 @@ async def test_no_keepalive_while_reads_come_and_one_when_they_stop(
     options: TunnelOptions, echo: Target
 ) -> None:
     """Reads for five keepalive intervals: no keepalive sent (each read postpones it, as
-    asyncssh's own timer); then silence: the keepalive goes out."""
+    asyncssh's own timer); then silence: the keepalive goes out. The interval is half a
+    second so that a loaded 2-core machine cannot stall the reads for a whole one."""
     forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
-    options = dataclasses.replace(options, keepalive_s=0.2)
+    options = dataclasses.replace(options, keepalive_s=0.5)
     async with Tunnel(options, [forward]) as tunnel:
         assert await tunnel.wait_up(10)
         link = tunnel.link
@@ -158,7 +159,7 @@ async def test_no_keepalive_while_reads_come_and_one_when_they_stop(
         link.conn._make_keepalive_request = counted  # type: ignore[method-assign]
         loop = asyncio.get_running_loop()
         reader, writer = await asyncio.open_connection(*forward.mouth)
-        end = loop.time() + 1.0
+        end = loop.time() + 2.5
         while loop.time() < end:
             writer.write(b"tick\n")
             assert await reader.readexactly(5) == b"tick\n"
