@@ -46,7 +46,7 @@ from blitzdns.plan import notes
 from blitzdns.snapshot import Snapshot, snapshot
 from blitzdns.system import privileges, sdnotify
 from blitzdns.system.record import resolver_installed, saved_upstreams
-from tunnel import Forward, Gateway, LinkStatus, RelayLimits, TunnelOptions, UdpForward
+from tunnel import Forward, Gateway, LinkStatus, RelayLimits, TunnelOptions, UdpForward, early
 
 if TYPE_CHECKING:
     from blitzdns.guard_service import GuardService
@@ -291,8 +291,28 @@ def run_main(argv: list[str]) -> int:
         trust_new_host_key=args.trust_new_host_key,
         root=args.root,
     )
-    layered(config, fixed, options.flags)  # a bad --location or flag: refused before start
-    return run_daemon(config, options)
+    located = layered(config, fixed, options.flags)  # a bad --location or flag: refused here
+    if not options.no_tunnel and not options.auto_location:
+        connect_early(located)
+    try:
+        return run_daemon(config, options)
+    finally:
+        early.discard()  # a start that never reached the link's first attempt
+
+
+def connect_early(config: Config) -> None:
+    """Start the TCP connect to the first gateway now, when it is an IP address and the
+    link is asyncssh's: the gateway's sshd then starts its side of the connection while
+    this process is still loading (:mod:`tunnel.early`; asyncssh uses the socket only where
+    ``~/.ssh/config`` leaves that address and port as they are). A gateway that does not
+    parse is left for the start to report, as always."""
+    if config.tunnel.backend != "asyncssh" or not config.tunnel.gateways:
+        return
+    try:
+        gateway = Gateway.parse(config.tunnel.gateways[0])
+    except Exception:
+        return
+    early.connect_early(gateway.host, gateway.port)
 
 
 def run_daemon(config: Config, options: RunOptions) -> int:

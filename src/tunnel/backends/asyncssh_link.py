@@ -29,6 +29,7 @@ from tunnel.backends import asyncssh_patches
 from tunnel.backends.chaff import drop_needless_chaff
 from tunnel.backends.inline import Inline
 from tunnel.backends.lean import lazy_keepalive, skip_unlogged_packets
+from tunnel.early import offered, take
 from tunnel.errors import (
     AuthFailed,
     GatewayUnreachable,
@@ -527,13 +528,16 @@ async def open_link(gateway: Gateway, options: TunnelOptions) -> SSHLink:
         return client
 
     try:
-        async with asyncio.timeout(options.connect_timeout_s + 1):
-            conn = await asyncssh.connect(
-                gateway.host,
-                known_hosts=policy.known,
-                client_factory=client_factory,
-                **_connect_kwargs(gateway, options),
-            )
+        # The first attempt may find its TCP connection opened already (tunnel.early):
+        # used only where asyncssh, the config applied, asks for that same address.
+        with offered(asyncio.get_running_loop(), take()):
+            async with asyncio.timeout(options.connect_timeout_s + 1):
+                conn = await asyncssh.connect(
+                    gateway.host,
+                    known_hosts=policy.known,
+                    client_factory=client_factory,
+                    **_connect_kwargs(gateway, options),
+                )
     except asyncssh.PermissionDenied as exc:
         raise AuthFailed.refused(label, exc.reason) from None
     except asyncssh.HostKeyNotVerifiable as exc:

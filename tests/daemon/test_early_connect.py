@@ -1,0 +1,51 @@
+"""`run` starts the TCP connect to its first gateway before loading the link's code
+(tunnel.early; the link's use of it is tested against sshd in tests/tunnel/test_tunnel_early.py):
+only for an address with the asyncssh backend."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from blitzdns.config import Config, load_config
+from blitzdns.daemon import connect_early
+from tunnel import early
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+    early.discard()
+
+
+def config_with(tmp_path: Path, tunnel: str) -> Config:
+    path = tmp_path / "config.toml"
+    path.write_text(f"[tunnel]\n{tunnel}\n")
+    return load_config(path, search=False)
+
+
+def test_first_gateway_address_is_connected(tmp_path: Path, listener: int) -> None:
+    connect_early(config_with(tmp_path, f'gateways = ["u@127.0.0.1:{listener}", "u@[::1]:22"]'))
+    started = early.take()
+    assert started is not None
+    assert (str(started.ip), started.port) == ("127.0.0.1", listener)
+    started.close()
+
+
+@pytest.mark.parametrize(
+    "tunnel",
+    [
+        'gateways = ["u@gw.example.org:22"]',  # a name: resolving it now could ask our own stub
+        'gateways = ["u@127.0.0.1:{port}"]\nbackend = "openssh"',  # ssh connects by itself
+        "gateways = []",
+    ],
+)
+def test_not_connected_early(tmp_path: Path, listener: int, tunnel: str) -> None:
+    connect_early(config_with(tmp_path, tunnel.format(port=listener)))
+    assert early.take() is None

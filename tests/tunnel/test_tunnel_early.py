@@ -1,0 +1,117 @@
+"""The early TCP connection (tunnel.early): asyncssh uses it where the ssh config leaves the
+gateway's address as it is, and connects as always where the config sends it elsewhere
+(ProxyCommand, another port) or the early connect failed. Against the real sshd."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.peers import Sshd, free_port
+from tunnel import Gateway, TunnelOptions, early
+from tunnel.backends.asyncssh_link import SSHLink, open_link
+from tunnel.errors import GatewayUnreachable
+
+
+@pytest.fixture(autouse=True)
+def nothing_left() -> Iterator[None]:
+    yield
+    early.discard()
+
+
+def local_port(link: SSHLink) -> int:
+    return int(link.conn.get_extra_info("sockname")[1])
+
+
+async def test_early_connection_is_used(sshd: Sshd, options: TunnelOptions) -> None:
+    """The gateway as an address, an empty ssh config: asyncssh takes the early socket
+    (sshd sees one connection, from the early socket's port)."""
+    before = sshd.connections_logged()
+    started = early.connect_early("127.0.0.1", sshd.port)
+    assert started is not None
+    port = started.sock.getsockname()[1]
+    link = await open_link(Gateway("127.0.0.1", sshd.port, sshd.user), options)
+    try:
+        assert started.used
+        assert local_port(link) == port
+    finally:
+        await link.aclose(1)
+    assert sshd.connections_logged() - before == 1
+    assert early.take() is None  # taken once
+
+
+async def test_proxycommand_in_config_is_honoured(
+    sshd: Sshd, options: TunnelOptions, tmp_path: Path
+) -> None:
+    """The config sends the connection through a ProxyCommand: the early socket is closed
+    unused and the link goes through the command, as without the early connect."""
+    if shutil.which("socat") is None:
+        pytest.skip("socat not installed (Debian: socat)")
+    config = tmp_path / "proxy_config"
+    config.write_text(f"Host 127.0.0.1\n  ProxyCommand socat - TCP:127.0.0.1:{sshd.port}\n")
+    started = early.connect_early("127.0.0.1", sshd.port)
+    assert started is not None
+    link = await open_link(
+        Gateway("127.0.0.1", sshd.port, sshd.user), dataclasses.replace(options, ssh_config=config)
+    )
+    try:
+        assert not started.used
+        assert started.sock.fileno() == -1  # closed
+        assert link.conn.get_extra_info("sockname") is None  # a pipe to socat, no socket
+    finally:
+        await link.aclose(1)
+
+
+async def test_port_from_config_wins(sshd: Sshd, options: TunnelOptions, tmp_path: Path) -> None:
+    """No port given: the early connect went to 22, the config says another port; asyncssh
+    connects there afresh."""
+    config = tmp_path / "port_config"
+    config.write_text(f"Host 127.0.0.1\n  Port {sshd.port}\n")
+    started = early.connect_early("127.0.0.1", None)
+    if started is None:
+        pytest.skip("cannot even start a connect to port 22 here")
+    assert started.port == 22
+    link = await open_link(
+        Gateway("127.0.0.1", None, sshd.user), dataclasses.replace(options, ssh_config=config)
+    )
+    try:
+        assert not started.used
+        assert started.sock.fileno() == -1
+    finally:
+        await link.aclose(1)
+
+
+async def test_refused_early_connect_reports_as_before(options: TunnelOptions) -> None:
+    """Nothing listens: the early connect is refused, asyncssh connects afresh and the
+    error is the usual refusal."""
+    port = free_port()
+    started = early.connect_early("127.0.0.1", port)
+    assert started is not None
+    with pytest.raises(GatewayUnreachable) as caught:
+        await open_link(Gateway("127.0.0.1", port, "nobody"), options)
+    assert caught.value.refused
+    assert not started.used
+    assert started.sock.fileno() == -1
+
+
+def test_names_are_not_connected_early() -> None:
+    """A name would be resolved through the system resolver, perhaps our own stub, which
+    does not serve yet: no early connect."""
+    assert early.connect_early("localhost", 22) is None
+    assert early.take() is None
+
+
+def test_discard_closes() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        started = early.connect_early("127.0.0.1", listener.getsockname()[1])
+        assert started is not None
+        early.discard()
+        assert started.sock.fileno() == -1
+        assert early.take() is None
