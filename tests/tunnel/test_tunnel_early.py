@@ -115,3 +115,26 @@ def test_discard_closes() -> None:
         early.discard()
         assert started.sock.fileno() == -1
         assert early.take() is None
+
+
+async def test_proxyjump_in_config_is_honoured(
+    sshd: Sshd, options: TunnelOptions, tmp_path: Path
+) -> None:
+    """The config sends the connection through a jump host (sshd itself): two connections,
+    the link works. The jump's own plain connection to that address may take the early
+    socket (it is exactly what it asks for); the gateway's goes through the jump."""
+    config = tmp_path / "jump_config"
+    config.write_text(
+        f"Host jump\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n"
+        f"  IdentityFile {sshd.client_key}\n  UserKnownHostsFile {options.known_hosts}\n"
+        "Host 127.0.0.1\n  ProxyJump jump\n"
+    )
+    before = sshd.connections_logged()
+    started = early.connect_early("127.0.0.1", sshd.port)
+    assert started is not None
+    link = await open_link(
+        Gateway("127.0.0.1", sshd.port, sshd.user), dataclasses.replace(options, ssh_config=config)
+    )
+    await link.aclose(1)
+    assert sshd.connections_logged() - before == 2  # the jump, and the gateway through it
+    assert started.sock.fileno() == -1
