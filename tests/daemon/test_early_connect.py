@@ -12,7 +12,11 @@ import pytest
 
 from blitzdns.config import Config, load_config
 from blitzdns.daemon import connect_early
+from tests.peers import Sshd, free_port
 from tunnel import early
+
+from .conftest import start_daemon
+from .test_run_end_to_end import config_text, link_up
 
 
 @pytest.fixture
@@ -49,3 +53,16 @@ def test_first_gateway_address_is_connected(tmp_path: Path, listener: int) -> No
 def test_not_connected_early(tmp_path: Path, listener: int, tunnel: str) -> None:
     connect_early(config_with(tmp_path, tunnel.format(port=listener)))
     assert early.take() is None
+
+
+def test_run_uses_the_early_connection(sshd: Sshd, tmp_path: Path) -> None:
+    """`blitzdns run` with an address gateway: the link comes up over one TCP connection,
+    the early one (an early socket left unused would show as a second connection; this
+    also catches an asyncssh whose connect no longer asks the loop as tunnel.early expects)."""
+    before = sshd.connections_logged()
+    daemon = start_daemon(tmp_path, config_text(sshd, tmp_path, free_port(), free_port(), ["a"]))
+    try:
+        daemon.wait_status(link_up)
+        assert sshd.connections_logged() - before == 1
+    finally:
+        daemon.stop()
