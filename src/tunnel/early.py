@@ -76,7 +76,16 @@ class EarlyConnection:
             await done
         finally:
             loop.remove_writer(fd)
-        return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
+            return False
+        # Connected, but the server may have dropped it since (sshd's MaxStartups, a
+        # restart): an orderly end or a reset waiting means "connect afresh", as always.
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK) != b""
+        except BlockingIOError:
+            return True  # nothing to read yet: alive
+        except OSError:
+            return False
 
     def close(self) -> None:
         self.sock.close()

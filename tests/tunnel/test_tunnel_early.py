@@ -4,6 +4,7 @@ gateway's address as it is, and connects as always where the config sends it els
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import shutil
 import socket
@@ -138,3 +139,41 @@ async def test_proxyjump_in_config_is_honoured(
     await link.aclose(1)
     assert sshd.connections_logged() - before == 2  # the jump, and the gateway through it
     assert started.sock.fileno() == -1
+
+
+async def readable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await asyncio.wait_for(ready, 10)
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+async def test_a_connection_the_server_dropped_is_not_offered() -> None:
+    """The server accepted an early connection and closed it before asyncssh came (sshd
+    restarting, MaxStartups): it does not count as connected, so asyncssh connects afresh
+    (the path test_refused_early_connect_reports_as_before takes); a live one does."""
+    loop = asyncio.get_running_loop()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        live = early.connect_early("127.0.0.1", port)
+        assert live is not None and early.take() is live
+        held, _ = listener.accept()
+        dropped = early.connect_early("127.0.0.1", port)
+        assert dropped is not None
+        gone, _ = listener.accept()
+        gone.close()
+        await readable(dropped.sock)  # its end has arrived
+        with held:
+            assert await live.connected(loop)
+            assert not await dropped.connected(loop)
+        live.close()
