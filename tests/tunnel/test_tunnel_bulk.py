@@ -85,6 +85,30 @@ def test_the_gcm_patch_seals_and_opens_as_asyncssh_did() -> None:
     assert receiver.decrypt_packet(2, packet[:16], packet[16:], 4, bytes(16)) is None
 
 
+def test_the_chacha_patch_seals_and_opens_as_asyncssh_did() -> None:
+    """The patched chacha20-poly1305 shim (its contexts kept per key, moved to each
+    packet's nonce) against asyncssh's own functions, packets of every size around the
+    64-byte block and interleaved nonces; a bad tag refused (asyncssh's MAC error)."""
+    from asyncssh.crypto import chacha
+
+    assert getattr(chacha.ChachaCipher.encrypt_and_sign, "kept_streams", False)
+    key = os.urandom(64)
+    main, adkey = key[:32], key[32:]
+    sender, receiver = chacha.ChachaCipher(key), chacha.ChachaCipher(key)
+    sizes = (12, 28, 60, 64, 65, 128, 1000, 32 * 1024 + 12, 44)
+    for seq, size in zip((7, 3, 2**32 + 5, 0, 9, 9, 1, 2**64 - 1, 4), sizes, strict=True):
+        nonce, body = seq.to_bytes(8, "big"), os.urandom(size)
+        header = len(body).to_bytes(4, "big")
+        packet, tag = sender.encrypt_and_sign(header, body, nonce)
+        assert packet[:4] == chacha.chacha20(adkey, header, nonce, 0)
+        assert packet[4:] == chacha.chacha20(main, body, nonce, 1)
+        assert tag == chacha.poly1305(main, packet, nonce)
+        assert receiver.decrypt_header(packet[:4], nonce) == header
+        assert receiver.verify_and_decrypt(packet[:4], packet[4:], nonce, tag) == body
+    assert receiver.verify_and_decrypt(packet[:4], packet[4:], nonce, bytes(16)) is None
+    assert receiver.verify_and_decrypt(packet[:4], packet[4:], bytes(8), tag) is None
+
+
 class Opened:
     """Bytes of channel data: opened in place (the data reaches the channel as a view) or
     by asyncssh's own packet handler (as bytes)."""
