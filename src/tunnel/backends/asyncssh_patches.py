@@ -397,8 +397,9 @@ def _data_packets_sealed_in_place() -> None:
     """Carried patch (asyncssh 2.x ``SSHChannel._flush_send_buf``; the range pyproject.toml
     allows; tests/tunnel/test_tunnel_bulk.py against sshd): a channel's data goes out as
     ``MSG_CHANNEL_DATA`` packets built with one join from a view of the channel's send
-    buffer and sealed straight to the socket (``writelines`` of the length, ciphertext
-    and tag: one ``writev`` with uvloop). asyncssh copied each byte about six times on
+    buffer and sealed straight to the socket (one ``writelines`` of every packet's length,
+    ciphertext and tag in a write or a flush: one ``writev`` with uvloop, where each
+    packet was a write of its own). asyncssh copied each byte about six times on
     the way (the chunk cut off its buffer, ``String()``, the channel's and the
     connection's payload joins, the header put in front, the MAC put behind). A write
     that finds nothing buffered is sealed from the caller's bytes themselves, as far as
@@ -475,8 +476,10 @@ def _data_packets_sealed_in_place() -> None:
             return None
         return seals.get(type(conn._send_encryption))
 
-    def seal_one(self: Any, conn: Any, seal: Any, data: Any, size: int) -> None:
-        """Seal the first ``size`` bytes of ``data`` as one packet and write it."""
+    def seal_one(self: Any, conn: Any, seal: Any, data: Any, size: int, out: list[Any]) -> None:
+        """Seal the first ``size`` bytes of ``data`` as one packet, its parts put on
+        ``out`` (the caller writes them before anything else is sent: one ``writelines``
+        for all the packets of a flush or a write, one ``writev`` with uvloop)."""
         length = 1 + 8 + size  # type, recipient channel, string length; then the data
         padlen = -(conn._send_enchdrlen + length) % conn._send_blocksize
         if padlen < 4:
@@ -485,25 +488,28 @@ def _data_packets_sealed_in_place() -> None:
         with memoryview(data) as view:
             packet = b"".join((head, size.to_bytes(4, "big"), view[:size], urandom(padlen)))
         pktlen = len(packet)
-        conn._transport.writelines(seal(conn, pktlen.to_bytes(4, "big"), packet))
+        out += seal(conn, pktlen.to_bytes(4, "big"), packet)
         conn._send_seq = (conn._send_seq + 1) & 0xFFFFFFFF
         conn._rekey_bytes_sent += pktlen
         self._send_window -= size
 
     def flush_send_buf(self: Any) -> None:
         conn = self._conn
+        out: list[Any] = []
         while self._send_buf and self._send_window and self._send_chan is not None:
             buf, datatype = self._send_buf[0]
             seal = sealer(conn)
             if datatype is not None or seal is None:
                 break
             size = min(len(buf), self._send_window, self._send_pktsize)
-            seal_one(self, conn, seal, buf, size)
+            seal_one(self, conn, seal, buf, size, out)
             if size == len(buf):
                 del self._send_buf[0]
             else:
                 del buf[:size]
             self._send_buf_len -= size
+        if out:
+            conn._transport.writelines(out)
         original(self)
 
     def write(self: Any, data: Any, datatype: Any = None) -> None:
@@ -521,11 +527,13 @@ def _data_packets_sealed_in_place() -> None:
             conn = self._conn
             pos, end = 0, len(data)
             view = memoryview(data)
+            out: list[Any] = []
             while pos < end and self._send_window and (seal := sealer(conn)) is not None:
                 size = min(end - pos, self._send_window, self._send_pktsize)
-                seal_one(self, conn, seal, view[pos:], size)
+                seal_one(self, conn, seal, view[pos:], size, out)
                 pos += size
             if pos:
+                conn._transport.writelines(out)
                 if pos == end:
                     original(self)  # the writer's pause/resume, a pending EOF: asyncssh's
                     return
