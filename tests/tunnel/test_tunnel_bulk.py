@@ -25,7 +25,13 @@ import pytest
 from tests.peers import Sshd, free_port, wait_until
 from tunnel import Forward, Tunnel, TunnelOptions
 from tunnel.backends import asyncssh_link
-from tunnel.backends.asyncssh_patches import FEED_WHOLE_MAX, GCM_TAG_LEN, _BufferedReads
+from tunnel.backends.asyncssh_patches import (
+    FEED_WHOLE_MAX,
+    GCM_TAG_LEN,
+    SPARE_BUFFERS,
+    SPARES,
+    _BufferedReads,
+)
 from tunnel.backends.chaff import drop_needless_chaff
 
 from .tunnel_testlib import Target, exchange, link_up, read_until_closed, talking_target
@@ -236,10 +242,11 @@ def test_the_gateways_bytes_are_read_into_one_buffer(
     options: TunnelOptions, opened: Opened, monkeypatch: pytest.MonkeyPatch, loop: str
 ) -> None:
     """The SSH socket is read into the connection's one buffer on both loops (uvloop picks
-    its read callbacks when reading starts: the patch restarts them), and reading the next
-    read into the same buffer spoils nothing: 4 MiB down from a target that speaks first,
-    then 3 MiB up and back from an echo, byte for byte (packets cut by the end of a read
-    are kept as copies)."""
+    its read callbacks when reading starts), and reading the next read into the same
+    buffer spoils nothing: 4 MiB down from a target that speaks first, then 3 MiB up and
+    back from an echo, byte for byte (packets cut by the end of a read are kept as
+    copies). The plaintexts went into the connection's reused buffers (a buffer reused
+    while the client's transport still held a view of it would spoil the bytes)."""
     factory = asyncio.new_event_loop
     if loop == "uvloop":
         factory = pytest.importorskip("uvloop").new_event_loop
@@ -253,7 +260,7 @@ def test_the_gateways_bytes_are_read_into_one_buffer(
     monkeypatch.setattr(_BufferedReads, "buffer_updated", counting)
     down, up = os.urandom(4 * 1024 * 1024 + 3), os.urandom(3 * 1024 * 1024 + 1)
 
-    async def scenario() -> tuple[bytes, bytes]:
+    async def scenario() -> tuple[bytes, bytes, int]:
         echo = await Target("echo").start()
         echoed = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
         try:
@@ -262,15 +269,19 @@ def test_the_gateways_bytes_are_read_into_one_buffer(
                 Tunnel(options, [forward, echoed]) as tunnel,
             ):
                 assert await tunnel.wait_up(10)
-                return await exchange(*forward.mouth, b""), await exchange(*echoed.mouth, up)
+                link = await link_up(tunnel)
+                assert isinstance(link, asyncssh_link.SSHLink)
+                got = await exchange(*forward.mouth, b""), await exchange(*echoed.mouth, up)
+                return *got, len(link.conn.__dict__.get(SPARES, ()))
         finally:
             await echo.close()
 
     with asyncio.Runner(loop_factory=factory) as runner:
-        got_down, got_up = runner.run(scenario())
+        got_down, got_up, spares = runner.run(scenario())
     assert hashlib.sha256(got_down).digest() == hashlib.sha256(down).digest()
     assert hashlib.sha256(got_up).digest() == hashlib.sha256(up).digest()
     assert sum(reads) > len(down) + len(up)
+    assert 0 < spares <= SPARE_BUFFERS
     opened.check(len(down) + len(up))
 
 
