@@ -446,24 +446,39 @@ def _data_packets_sealed_in_place() -> None:
     urandom = os.urandom
     monotonic = time.monotonic
 
-    def gcm_seal(conn: Any, header: bytes, packet: bytes) -> tuple[bytes, ...]:
+    def gcm_seal(conn: Any, header: bytes, packet: bytes) -> tuple[Any, ...]:
+        """The sealed packet's parts: its length, the ciphertext and tag; into one of the
+        connection's reused buffers where one is free (the length written in front)."""
         cipher = conn._send_encryption._cipher
-        sealed = _aead(cipher).encrypt(cipher._iv, packet, header)
+        out = _spare(conn, 4 + len(packet) + MAC_LEN, SPARES_OUT)
+        if out is None:
+            sealed: Any = _aead(cipher).encrypt(cipher._iv, packet, header)
+            cipher._update_iv()
+            return header, sealed
+        out[:4] = header
+        _aead(cipher).encrypt_into(cipher._iv, packet, header, out[4:])
         cipher._update_iv()
-        return header, sealed
+        return (out,)
 
-    def chacha_seal(conn: Any, header: bytes, packet: bytes) -> tuple[bytes, ...]:
+    def chacha_seal(conn: Any, header: bytes, packet: bytes) -> tuple[Any, ...]:
         head, stream = _chacha_streams(conn._send_encryption._cipher)
         nonce = CHACHA_CTR_0 + conn._send_seq.to_bytes(8, "big")
         head.reset_nonce(nonce)
-        header = head.update(header)
         stream.reset_nonce(nonce)
-        mac = Poly1305(stream.update(CHACHA_BLOCK_ZERO)[:32])
-        sealed = stream.update(packet)
-        mac.update(header)
-        mac.update(sealed)
-        return header, sealed, mac.finalize()
+        key = stream.update(CHACHA_BLOCK_ZERO)[:32]
+        out = _spare(conn, 4 + len(packet), SPARES_OUT)
+        if out is None:
+            header = head.update(header)
+            sealed = stream.update(packet)
+            mac = Poly1305(key)
+            mac.update(header)
+            mac.update(sealed)
+            return header, sealed, mac.finalize()
+        head.update_into(header, out[:4])
+        stream.update_into(packet, out[4:])  # the MAC over the two, one piece: no copy
+        return out, generate_tag(key, out)
 
+    generate_tag = Poly1305.generate_tag
     seals: dict[type, Any] = {GCMEncryption: gcm_seal}
     if _chacha_streams_reset():
         seals[ChachaEncryption] = chacha_seal
@@ -565,7 +580,7 @@ CHACHA_BLOCK_ZERO = bytes(64)
 """One ChaCha20 block: its key stream's first 32 bytes are the packet's Poly1305 key."""
 
 
-def _spare(conn: Any, size: int) -> memoryview | None:
+def _spare(conn: Any, size: int, where: str = "blitzdns_spare_buffers") -> memoryview | None:
     """``size`` bytes of a buffer of ``conn``'s that nothing holds a view of any more (for
     a packet's plaintext: ``decrypt_into``), or None: a new ``bytes`` then. cryptography
     zero-fills every ``bytes`` it returns before writing it (12 % of the receive path,
@@ -573,10 +588,11 @@ def _spare(conn: Any, size: int) -> memoryview | None:
     transport, at most until the loop has written it; into asyncssh's pause buffer):
     while any is alive the buffer cannot be resized, which is how a buffer is known to be
     free. The oldest buffer is tried (writes end in order), then a new one is made, up to
-    :data:`SPARE_BUFFERS`."""
-    pool: collections.deque[bytearray] | None = conn.__dict__.get(SPARES)
+    :data:`SPARE_BUFFERS`. The same for sealed packets (``where``: :data:`SPARES_OUT`),
+    which the SSH socket's transport holds until written."""
+    pool: collections.deque[bytearray] | None = conn.__dict__.get(where)
     if pool is None:
-        pool = conn.__dict__[SPARES] = collections.deque()
+        pool = conn.__dict__[where] = collections.deque()
     if pool:
         buf = pool[0]
         try:
@@ -595,7 +611,9 @@ def _spare(conn: Any, size: int) -> memoryview | None:
 
 
 SPARES = "blitzdns_spare_buffers"
-"""Where a connection keeps its plaintext buffers."""
+"""Where a connection keeps its plaintext buffers..."""
+SPARES_OUT = "blitzdns_spare_buffers_out"
+"""...and its sealed packets' buffers."""
 SPARE_BUFFERS = 32
 """At most this many per connection (a 256 KiB read of 32 KiB packets takes 8, written
 when the loop turns; more are held while the client's socket is full)."""
