@@ -24,7 +24,7 @@ import pytest
 
 from tests.peers import Sshd, free_port, wait_until
 from tunnel import Forward, Tunnel, TunnelOptions
-from tunnel.backends import asyncssh_link
+from tunnel.backends import asyncssh_link, asyncssh_patches
 from tunnel.backends.asyncssh_patches import (
     FEED_WHOLE_MAX,
     GCM_TAG_LEN,
@@ -287,6 +287,38 @@ def test_the_gateways_bytes_are_read_into_one_buffer(
     assert 0 < spares <= SPARE_BUFFERS
     assert 0 < spares_out <= SPARE_BUFFERS
     opened.check(len(down) + len(up))
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+async def test_packets_opened_in_place_are_not_opened_again(
+    options: TunnelOptions, echo: Target, cipher: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tunneled connection's packets other than its data (the open confirmation, EOF,
+    close) are opened once, in place: asyncssh is handed their plaintext, and every packet
+    it processes while the connections come and go was served so (a second opening cost
+    chacha20-poly1305 another Poly1305 check and two ChaCha20 passes per packet)."""
+    assert options.ssh_config is not None
+    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        await link_up(tunnel)
+        assert await exchange(*forward.mouth, b"first\n") == b"first\n"
+        handed: list[bool] = []
+        taken = asyncssh_patches._opened_before
+
+        def counting(*args: Any) -> bytes | None:
+            plain = taken(*args)
+            handed.append(plain is not None)
+            return plain
+
+        monkeypatch.setattr(asyncssh_patches, "_opened_before", counting)
+        for n in range(3):
+            line = b"line %d\n" % n
+            assert await exchange(*forward.mouth, line) == line
+        await wait_until(lambda: tunnel.state.forwards[0].open == 0)
+    assert len(handed) >= 3 * 3  # open confirmation, EOF, close of each connection
+    assert all(handed)
 
 
 async def test_a_short_reply_then_close_is_not_held(options: TunnelOptions) -> None:

@@ -241,7 +241,7 @@ def _data_packets_opened_in_place() -> None:
         return
     internals = (
         "_recv_encryption _decompressor _auth_complete _auth_final _recv_seq _inpbuf"
-        " _recv_handler _channels _max_recv_pktlen _transport"
+        " _recv_handler _channels _max_recv_pktlen _transport _recv_blocksize"
     )
     methods = "_recv_pkthdr _reset_keepalive_timer internal_error _force_close _send_disconnect"
     if not _has(SSHConnection, internals.split(), methods.split()):
@@ -332,10 +332,26 @@ def _data_packets_opened_in_place() -> None:
         return True
 
     def one(self: Any, packet: memoryview, steps: Any) -> None:
-        """Open one whole packet here, or hand it to asyncssh as one read."""
+        """Open one whole packet here, or hand it to asyncssh as one read (with what it
+        opened to: :func:`_opened_once`)."""
         plain = steps[1](self, packet)
-        if plain is None or not deliver(self, plain, steps[2]):
+        if plain is not None and deliver(self, plain, steps[2]):
+            return
+        if plain is None:
             fed(self, packet)
+            return
+        held = self._recv_encryption.__dict__
+        held[OPENED] = (
+            self._recv_seq,
+            bytes(packet[: self._recv_blocksize]),
+            bytes(packet[-MAC_LEN:]),
+            bytes(plain),
+            (len(packet) - 4 - MAC_LEN).to_bytes(4, "big"),
+        )
+        try:
+            fed(self, packet)
+        finally:
+            held.pop(OPENED, None)
 
     def data_received(self: Any, data: bytes, datatype: Any = None) -> None:
         try:
@@ -578,6 +594,77 @@ CHACHA_CTR_0 = bytes(8)
 """OpenSSH's chacha20 nonce: a 64-bit block counter (here 0), then the sequence number."""
 CHACHA_BLOCK_ZERO = bytes(64)
 """One ChaCha20 block: its key stream's first 32 bytes are the packet's Poly1305 key."""
+
+
+def _opened_once() -> None:
+    """Carried patch (asyncssh 2.x ``GCMEncryption`` and ``ChachaEncryption``:
+    ``decrypt_header``/``decrypt_packet``; the range pyproject.toml allows;
+    tests/tunnel/test_tunnel_bulk.py against sshd): a packet the in-place path
+    (:func:`_data_packets_opened_in_place`) opened but does not deliver itself (a channel
+    open confirmation, EOF, close, window adjust, a key exchange message, data for a
+    channel that does not take views) was opened a second time by asyncssh: for
+    chacha20-poly1305 a second Poly1305 check and two more ChaCha20 passes, three to four
+    such packets per tunneled connection. Here asyncssh is handed the plaintext the
+    in-place path verified for that very packet: same sequence number, same first block,
+    same tag; given once, during the one call that hands asyncssh the packet (dropped
+    after it), the GCM IV stepped as asyncssh steps it. Anything else is opened by
+    asyncssh as before."""
+    from asyncssh.encryption import ChachaEncryption, GCMEncryption  # noqa: PLC0415
+
+    gcm_packet: Any = GCMEncryption.decrypt_packet
+    if getattr(gcm_packet, "opened_once", False):
+        return
+    if not getattr(gcm_packet, "fewer_copies", False):  # the shim's IV step is known there
+        return
+    if not all(hasattr(cls, "decrypt_header") for cls in (GCMEncryption, ChachaEncryption)):
+        return
+    chacha_header: Any = ChachaEncryption.decrypt_header
+    chacha_packet: Any = ChachaEncryption.decrypt_packet
+
+    def gcm_decrypt_packet(
+        self: Any, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
+    ) -> bytes | None:
+        plain = _opened_before(self, seq, first, mac)
+        if plain is None:
+            return gcm_packet(self, seq, first, rest, header_len, mac)  # type: ignore[no-any-return]
+        self._cipher._update_iv()
+        return plain
+
+    def chacha_decrypt_header(
+        self: Any, seq: int, first_block: bytes, header_len: int
+    ) -> tuple[bytes, bytes]:
+        held = self.__dict__.get(OPENED)
+        if held is not None and held[0] == seq and held[1] == first_block:
+            return first_block, held[4]
+        return chacha_header(self, seq, first_block, header_len)  # type: ignore[no-any-return]
+
+    def chacha_decrypt_packet(
+        self: Any, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
+    ) -> bytes | None:
+        plain = _opened_before(self, seq, first, mac)
+        if plain is None:
+            return chacha_packet(self, seq, first, rest, header_len, mac)  # type: ignore[no-any-return]
+        return plain
+
+    gcm_decrypt_packet.opened_once = True  # type: ignore[attr-defined]
+    gcm_decrypt_packet.fewer_copies = True  # type: ignore[attr-defined]
+    GCMEncryption.decrypt_packet = gcm_decrypt_packet  # type: ignore[method-assign]
+    ChachaEncryption.decrypt_header = chacha_decrypt_header  # type: ignore[method-assign]
+    ChachaEncryption.decrypt_packet = chacha_decrypt_packet  # type: ignore[method-assign]
+
+
+def _opened_before(encryption: Any, seq: int, first: bytes, mac: bytes) -> bytes | None:
+    """The plaintext the in-place path opened for this packet, taken (once), or None."""
+    held = encryption.__dict__.pop(OPENED, None)
+    if held is None or held[0] != seq or held[1] != first or held[2] != mac:
+        return None
+    plain: bytes = held[3]
+    return plain
+
+
+OPENED = "blitzdns_opened"
+"""Where the receiving encryption object holds a packet opened by the in-place path:
+(sequence number, first block, tag, plaintext, clear length field)."""
 
 
 def _spare(conn: Any, size: int, where: str = "blitzdns_spare_buffers") -> memoryview | None:
@@ -824,5 +911,6 @@ def install() -> None:
     _chacha_kept_streams()
     _data_packets_joined_once()
     _data_packets_opened_in_place()
+    _opened_once()
     _data_packets_sealed_in_place()
     _read_into_one_buffer()
