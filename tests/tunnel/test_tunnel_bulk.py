@@ -24,8 +24,15 @@ import pytest
 
 from tests.peers import Sshd, free_port, wait_until
 from tunnel import Forward, Tunnel, TunnelOptions
-from tunnel.backends import asyncssh_link
-from tunnel.backends.asyncssh_patches import FEED_WHOLE_MAX, GCM_TAG_LEN
+from tunnel.backends import asyncssh_link, asyncssh_patches
+from tunnel.backends.asyncssh_patches import (
+    FEED_WHOLE_MAX,
+    GCM_TAG_LEN,
+    SPARE_BUFFERS,
+    SPARES,
+    SPARES_OUT,
+    _BufferedReads,
+)
 from tunnel.backends.chaff import drop_needless_chaff
 
 from .tunnel_testlib import Target, exchange, link_up, read_until_closed, talking_target
@@ -83,6 +90,30 @@ def test_the_gcm_patch_seals_and_opens_as_asyncssh_did() -> None:
     header = (12).to_bytes(4, "big")
     packet, tag = sender.encrypt_packet(2, header, bytes(12))
     assert receiver.decrypt_packet(2, packet[:16], packet[16:], 4, bytes(16)) is None
+
+
+def test_the_chacha_patch_seals_and_opens_as_asyncssh_did() -> None:
+    """The patched chacha20-poly1305 shim (its contexts kept per key, moved to each
+    packet's nonce) against asyncssh's own functions, packets of every size around the
+    64-byte block and interleaved nonces; a bad tag refused (asyncssh's MAC error)."""
+    from asyncssh.crypto import chacha
+
+    assert getattr(chacha.ChachaCipher.encrypt_and_sign, "kept_streams", False)
+    key = os.urandom(64)
+    main, adkey = key[:32], key[32:]
+    sender, receiver = chacha.ChachaCipher(key), chacha.ChachaCipher(key)
+    sizes = (12, 28, 60, 64, 65, 128, 1000, 32 * 1024 + 12, 44)
+    for seq, size in zip((7, 3, 2**32 + 5, 0, 9, 9, 1, 2**64 - 1, 4), sizes, strict=True):
+        nonce, body = seq.to_bytes(8, "big"), os.urandom(size)
+        header = len(body).to_bytes(4, "big")
+        packet, tag = sender.encrypt_and_sign(header, body, nonce)
+        assert packet[:4] == chacha.chacha20(adkey, header, nonce, 0)
+        assert packet[4:] == chacha.chacha20(main, body, nonce, 1)
+        assert tag == chacha.poly1305(main, packet, nonce)
+        assert receiver.decrypt_header(packet[:4], nonce) == header
+        assert receiver.verify_and_decrypt(packet[:4], packet[4:], nonce, tag) == body
+    assert receiver.verify_and_decrypt(packet[:4], packet[4:], nonce, bytes(16)) is None
+    assert receiver.verify_and_decrypt(packet[:4], packet[4:], bytes(8), tag) is None
 
 
 class Opened:
@@ -205,6 +236,89 @@ async def test_bulk_both_ways_at_once(
         assert got == payloads
     reads.check()
     assert sent.by_asyncssh == 0
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_gateways_bytes_are_read_into_one_buffer(
+    options: TunnelOptions, opened: Opened, monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    """The SSH socket is read into the connection's one buffer on both loops (uvloop picks
+    its read callbacks when reading starts), and reading the next read into the same
+    buffer spoils nothing: 4 MiB down from a target that speaks first, then 3 MiB up and
+    back from an echo, byte for byte (packets cut by the end of a read are kept as
+    copies). The plaintexts went into the connection's reused buffers, and the packets up
+    were sealed into others (a buffer reused while a transport still held a view of it
+    would spoil the bytes)."""
+    factory = asyncio.new_event_loop
+    if loop == "uvloop":
+        factory = pytest.importorskip("uvloop").new_event_loop
+    reads: list[int] = []
+    updated = _BufferedReads.buffer_updated
+
+    def counting(self: _BufferedReads, nbytes: int) -> None:
+        reads.append(nbytes)
+        updated(self, nbytes)
+
+    monkeypatch.setattr(_BufferedReads, "buffer_updated", counting)
+    down, up = os.urandom(4 * 1024 * 1024 + 3), os.urandom(3 * 1024 * 1024 + 1)
+
+    async def scenario() -> tuple[bytes, bytes, int, int]:
+        echo = await Target("echo").start()
+        echoed = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+        try:
+            async with (
+                talking_target(down) as forward,
+                Tunnel(options, [forward, echoed]) as tunnel,
+            ):
+                assert await tunnel.wait_up(10)
+                link = await link_up(tunnel)
+                assert isinstance(link, asyncssh_link.SSHLink)
+                got = await exchange(*forward.mouth, b""), await exchange(*echoed.mouth, up)
+                spares = (len(link.conn.__dict__.get(where, ())) for where in (SPARES, SPARES_OUT))
+                return *got, *spares
+        finally:
+            await echo.close()
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        got_down, got_up, spares, spares_out = runner.run(scenario())
+    assert hashlib.sha256(got_down).digest() == hashlib.sha256(down).digest()
+    assert hashlib.sha256(got_up).digest() == hashlib.sha256(up).digest()
+    assert sum(reads) > len(down) + len(up)
+    assert 0 < spares <= SPARE_BUFFERS
+    assert 0 < spares_out <= SPARE_BUFFERS
+    opened.check(len(down) + len(up))
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+async def test_packets_opened_in_place_are_not_opened_again(
+    options: TunnelOptions, echo: Target, cipher: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tunneled connection's packets other than its data (the open confirmation, EOF,
+    close) are opened once, in place: asyncssh is handed their plaintext, and every packet
+    it processes while the connections come and go was served so (a second opening cost
+    chacha20-poly1305 another Poly1305 check and two ChaCha20 passes per packet)."""
+    assert options.ssh_config is not None
+    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        await link_up(tunnel)
+        assert await exchange(*forward.mouth, b"first\n") == b"first\n"
+        handed: list[bool] = []
+        taken = asyncssh_patches._opened_before
+
+        def counting(*args: Any) -> bytes | None:
+            plain = taken(*args)
+            handed.append(plain is not None)
+            return plain
+
+        monkeypatch.setattr(asyncssh_patches, "_opened_before", counting)
+        for n in range(3):
+            line = b"line %d\n" % n
+            assert await exchange(*forward.mouth, line) == line
+        await wait_until(lambda: tunnel.state.forwards[0].open == 0)
+    assert len(handed) >= 3 * 3  # open confirmation, EOF, close of each connection
+    assert all(handed)
 
 
 async def test_a_short_reply_then_close_is_not_held(options: TunnelOptions) -> None:

@@ -9,6 +9,8 @@ the installed asyncssh. :func:`install` applies them all, once; importing
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import os
 import time
 from typing import Any
@@ -108,7 +110,6 @@ def _gcm_fewer_copies() -> None:
     from asyncssh.crypto.cipher import GCMCipher  # noqa: PLC0415 (only the patch needs it)
     from asyncssh.encryption import GCMEncryption  # noqa: PLC0415
     from cryptography.exceptions import InvalidTag  # noqa: PLC0415
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
 
     if getattr(GCMEncryption.decrypt_packet, "fewer_copies", False):
         return
@@ -121,16 +122,14 @@ def _gcm_fewer_copies() -> None:
         cipher = self._cipher
         sealed = b"".join((memoryview(first)[header_len:], rest, mac))
         try:
-            plain: bytes | None = AESGCM(cipher._key).decrypt(
-                cipher._iv, sealed, first[:header_len]
-            )
+            plain: bytes | None = _aead(cipher).decrypt(cipher._iv, sealed, first[:header_len])
         except InvalidTag:
             plain = None
         cipher._update_iv()
         return plain
 
     def encrypt_and_sign(self: Any, header: bytes, data: bytes) -> tuple[bytes, bytes]:
-        sealed = memoryview(AESGCM(self._key).encrypt(self._iv, data, header))
+        sealed = memoryview(_aead(self).encrypt(self._iv, data, header))
         self._update_iv()
         return header + sealed[:-GCM_TAG_LEN], bytes(sealed[-GCM_TAG_LEN:])
 
@@ -235,9 +234,6 @@ def _data_packets_opened_in_place() -> None:
     from asyncssh.logging import SSHLogger  # noqa: PLC0415
     from asyncssh.misc import DisconnectError  # noqa: PLC0415
     from cryptography.exceptions import InvalidSignature, InvalidTag  # noqa: PLC0415
-    from cryptography.hazmat.primitives.ciphers import Cipher  # noqa: PLC0415
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
-    from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20  # noqa: PLC0415
     from cryptography.hazmat.primitives.poly1305 import Poly1305  # noqa: PLC0415
 
     fed: Any = SSHConnection.data_received
@@ -245,7 +241,7 @@ def _data_packets_opened_in_place() -> None:
         return
     internals = (
         "_recv_encryption _decompressor _auth_complete _auth_final _recv_seq _inpbuf"
-        " _recv_handler _channels _max_recv_pktlen _transport"
+        " _recv_handler _channels _max_recv_pktlen _transport _recv_blocksize"
     )
     methods = "_recv_pkthdr _reset_keepalive_timer internal_error _force_close _send_disconnect"
     if not _has(SSHConnection, internals.split(), methods.split()):
@@ -256,18 +252,18 @@ def _data_packets_opened_in_place() -> None:
     if not _has(SSHChannel, channel_internals, ["_accept_data", "_deliver_data"]):
         return
     header_step = SSHConnection._recv_pkthdr
+    verify_tag = Poly1305.verify_tag
 
     def gcm_length(self: Any, head: memoryview) -> int:
         return int.from_bytes(head, "big")
 
-    def gcm_open(self: Any, packet: memoryview) -> bytes | None:
+    def gcm_open(self: Any, packet: memoryview) -> bytes | memoryview | None:
         cipher = self._recv_encryption._cipher
-        aead = cipher.__dict__.get("aead")
-        if aead is None or cipher.__dict__.get("aead_key") is not cipher._key:
-            aead = cipher.aead = AESGCM(cipher._key)
-            cipher.aead_key = cipher._key
+        plain = _spare(self, len(packet) - 4 - MAC_LEN)
         try:
-            plain: bytes = aead.decrypt(cipher._iv, packet[4:], packet[:4])
+            if plain is None:
+                return _aead(cipher).decrypt(cipher._iv, packet[4:], packet[:4])  # type: ignore[no-any-return]
+            _aead(cipher).decrypt_into(cipher._iv, packet[4:], packet[:4], plain)
         except InvalidTag:
             return None
         return plain
@@ -276,30 +272,30 @@ def _data_packets_opened_in_place() -> None:
         self._recv_encryption._cipher._update_iv()
 
     def chacha_length(self: Any, head: memoryview) -> int:
-        nonce = CHACHA_CTR_0 + self._recv_seq.to_bytes(8, "big")
-        key = self._recv_encryption._cipher._adkey
-        clear = Cipher(ChaCha20(key, nonce), None).encryptor().update(head)
-        return int.from_bytes(clear, "big")
+        stream = _chacha_streams(self._recv_encryption._cipher)[0]
+        stream.reset_nonce(CHACHA_CTR_0 + self._recv_seq.to_bytes(8, "big"))
+        return int.from_bytes(stream.update(head), "big")
 
-    def chacha_open(self: Any, packet: memoryview) -> bytes | None:
-        nonce = CHACHA_CTR_0 + self._recv_seq.to_bytes(8, "big")
-        stream = Cipher(ChaCha20(self._recv_encryption._cipher._key, nonce), None).encryptor()
-        mac = Poly1305(stream.update(CHACHA_BLOCK_ZERO)[:32])  # block 0: the Poly1305 key
-        mac.update(packet[:-MAC_LEN])
+    def chacha_open(self: Any, packet: memoryview) -> bytes | memoryview | None:
+        stream = _chacha_streams(self._recv_encryption._cipher)[1]
+        stream.reset_nonce(CHACHA_CTR_0 + self._recv_seq.to_bytes(8, "big"))
+        key = stream.update(CHACHA_BLOCK_ZERO)[:32]  # block 0: the Poly1305 key
         try:
-            mac.verify(bytes(packet[-MAC_LEN:]))
+            verify_tag(key, packet[:-MAC_LEN], bytes(packet[-MAC_LEN:]))
         except InvalidSignature:
             return None
-        plain: bytes = stream.update(packet[4:-MAC_LEN])  # from block 1 on, as OpenSSH
+        plain = _spare(self, len(packet) - 4 - MAC_LEN)
+        if plain is None:
+            return stream.update(packet[4:-MAC_LEN])  # type: ignore[no-any-return]
+        stream.update_into(packet[4:-MAC_LEN], plain)  # from block 1 on, as OpenSSH
         return plain
 
     def chacha_step(self: Any) -> None:
         pass
 
-    suites = {
-        GCMEncryption: (gcm_length, gcm_open, gcm_step),
-        ChachaEncryption: (chacha_length, chacha_open, chacha_step),
-    }
+    suites: dict[type, Any] = {GCMEncryption: (gcm_length, gcm_open, gcm_step)}
+    if _chacha_streams_reset():
+        suites[ChachaEncryption] = (chacha_length, chacha_open, chacha_step)
 
     def suite(self: Any) -> Any:
         """The fast steps for this connection now, or None: asyncssh's own path."""
@@ -313,7 +309,7 @@ def _data_packets_opened_in_place() -> None:
             return None
         return suites.get(type(self._recv_encryption))
 
-    def deliver(self: Any, plain: bytes, step: Any) -> bool:
+    def deliver(self: Any, plain: bytes | memoryview, step: Any) -> bool:
         """Hand a channel data packet's data to its channel; False: not one for here."""
         end = len(plain) - plain[0]
         if plain[1] != MSG_CHANNEL_DATA or plain[0] < 4 or end < 10:
@@ -336,10 +332,26 @@ def _data_packets_opened_in_place() -> None:
         return True
 
     def one(self: Any, packet: memoryview, steps: Any) -> None:
-        """Open one whole packet here, or hand it to asyncssh as one read."""
+        """Open one whole packet here, or hand it to asyncssh as one read (with what it
+        opened to: :func:`_opened_once`)."""
         plain = steps[1](self, packet)
-        if plain is None or not deliver(self, plain, steps[2]):
+        if plain is not None and deliver(self, plain, steps[2]):
+            return
+        if plain is None:
             fed(self, packet)
+            return
+        held = self._recv_encryption.__dict__
+        held[OPENED] = (
+            self._recv_seq,
+            bytes(packet[: self._recv_blocksize]),
+            bytes(packet[-MAC_LEN:]),
+            bytes(plain),
+            (len(packet) - 4 - MAC_LEN).to_bytes(4, "big"),
+        )
+        try:
+            fed(self, packet)
+        finally:
+            held.pop(OPENED, None)
 
     def data_received(self: Any, data: bytes, datatype: Any = None) -> None:
         try:
@@ -408,8 +420,9 @@ def _data_packets_sealed_in_place() -> None:
     """Carried patch (asyncssh 2.x ``SSHChannel._flush_send_buf``; the range pyproject.toml
     allows; tests/tunnel/test_tunnel_bulk.py against sshd): a channel's data goes out as
     ``MSG_CHANNEL_DATA`` packets built with one join from a view of the channel's send
-    buffer and sealed straight to the socket (``writelines`` of the length, ciphertext
-    and tag: one ``writev`` with uvloop). asyncssh copied each byte about six times on
+    buffer and sealed straight to the socket (one ``writelines`` of every packet's length,
+    ciphertext and tag in a write or a flush: one ``writev`` with uvloop, where each
+    packet was a write of its own). asyncssh copied each byte about six times on
     the way (the chunk cut off its buffer, ``String()``, the channel's and the
     connection's payload joins, the header put in front, the MAC put behind). A write
     that finds nothing buffered is sealed from the caller's bytes themselves, as far as
@@ -428,9 +441,6 @@ def _data_packets_sealed_in_place() -> None:
     from asyncssh.connection import SSHConnection  # noqa: PLC0415
     from asyncssh.encryption import ChachaEncryption, GCMEncryption  # noqa: PLC0415
     from asyncssh.logging import SSHLogger  # noqa: PLC0415
-    from cryptography.hazmat.primitives.ciphers import Cipher  # noqa: PLC0415
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
-    from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20  # noqa: PLC0415
     from cryptography.hazmat.primitives.poly1305 import Poly1305  # noqa: PLC0415
 
     original: Any = SSHChannel._flush_send_buf
@@ -452,28 +462,42 @@ def _data_packets_sealed_in_place() -> None:
     urandom = os.urandom
     monotonic = time.monotonic
 
-    def gcm_seal(conn: Any, header: bytes, packet: bytes) -> tuple[bytes, ...]:
+    def gcm_seal(conn: Any, header: bytes, packet: bytes) -> tuple[Any, ...]:
+        """The sealed packet's parts: its length, the ciphertext and tag; into one of the
+        connection's reused buffers where one is free (the length written in front)."""
         cipher = conn._send_encryption._cipher
-        aead = cipher.__dict__.get("aead")
-        if aead is None or cipher.__dict__.get("aead_key") is not cipher._key:
-            aead = cipher.aead = AESGCM(cipher._key)
-            cipher.aead_key = cipher._key
-        sealed = aead.encrypt(cipher._iv, packet, header)
+        out = _spare(conn, 4 + len(packet) + MAC_LEN, SPARES_OUT)
+        if out is None:
+            sealed: Any = _aead(cipher).encrypt(cipher._iv, packet, header)
+            cipher._update_iv()
+            return header, sealed
+        out[:4] = header
+        _aead(cipher).encrypt_into(cipher._iv, packet, header, out[4:])
         cipher._update_iv()
-        return header, sealed
+        return (out,)
 
-    def chacha_seal(conn: Any, header: bytes, packet: bytes) -> tuple[bytes, ...]:
-        cipher = conn._send_encryption._cipher
+    def chacha_seal(conn: Any, header: bytes, packet: bytes) -> tuple[Any, ...]:
+        head, stream = _chacha_streams(conn._send_encryption._cipher)
         nonce = CHACHA_CTR_0 + conn._send_seq.to_bytes(8, "big")
-        header = Cipher(ChaCha20(cipher._adkey, nonce), None).encryptor().update(header)
-        stream = Cipher(ChaCha20(cipher._key, nonce), None).encryptor()
-        mac = Poly1305(stream.update(CHACHA_BLOCK_ZERO)[:32])
-        sealed = stream.update(packet)
-        mac.update(header)
-        mac.update(sealed)
-        return header, sealed, mac.finalize()
+        head.reset_nonce(nonce)
+        stream.reset_nonce(nonce)
+        key = stream.update(CHACHA_BLOCK_ZERO)[:32]
+        out = _spare(conn, 4 + len(packet), SPARES_OUT)
+        if out is None:
+            header = head.update(header)
+            sealed = stream.update(packet)
+            mac = Poly1305(key)
+            mac.update(header)
+            mac.update(sealed)
+            return header, sealed, mac.finalize()
+        head.update_into(header, out[:4])
+        stream.update_into(packet, out[4:])  # the MAC over the two, one piece: no copy
+        return out, generate_tag(key, out)
 
-    seals = {GCMEncryption: gcm_seal, ChachaEncryption: chacha_seal}
+    generate_tag = Poly1305.generate_tag
+    seals: dict[type, Any] = {GCMEncryption: gcm_seal}
+    if _chacha_streams_reset():
+        seals[ChachaEncryption] = chacha_seal
 
     def sealer(conn: Any) -> Any:
         """The fast seal for this connection now, or None: asyncssh's own path."""
@@ -490,8 +514,10 @@ def _data_packets_sealed_in_place() -> None:
             return None
         return seals.get(type(conn._send_encryption))
 
-    def seal_one(self: Any, conn: Any, seal: Any, data: Any, size: int) -> None:
-        """Seal the first ``size`` bytes of ``data`` as one packet and write it."""
+    def seal_one(self: Any, conn: Any, seal: Any, data: Any, size: int, out: list[Any]) -> None:
+        """Seal the first ``size`` bytes of ``data`` as one packet, its parts put on
+        ``out`` (the caller writes them before anything else is sent: one ``writelines``
+        for all the packets of a flush or a write, one ``writev`` with uvloop)."""
         length = 1 + 8 + size  # type, recipient channel, string length; then the data
         padlen = -(conn._send_enchdrlen + length) % conn._send_blocksize
         if padlen < 4:
@@ -500,25 +526,28 @@ def _data_packets_sealed_in_place() -> None:
         with memoryview(data) as view:
             packet = b"".join((head, size.to_bytes(4, "big"), view[:size], urandom(padlen)))
         pktlen = len(packet)
-        conn._transport.writelines(seal(conn, pktlen.to_bytes(4, "big"), packet))
+        out += seal(conn, pktlen.to_bytes(4, "big"), packet)
         conn._send_seq = (conn._send_seq + 1) & 0xFFFFFFFF
         conn._rekey_bytes_sent += pktlen
         self._send_window -= size
 
     def flush_send_buf(self: Any) -> None:
         conn = self._conn
+        out: list[Any] = []
         while self._send_buf and self._send_window and self._send_chan is not None:
             buf, datatype = self._send_buf[0]
             seal = sealer(conn)
             if datatype is not None or seal is None:
                 break
             size = min(len(buf), self._send_window, self._send_pktsize)
-            seal_one(self, conn, seal, buf, size)
+            seal_one(self, conn, seal, buf, size, out)
             if size == len(buf):
                 del self._send_buf[0]
             else:
                 del buf[:size]
             self._send_buf_len -= size
+        if out:
+            conn._transport.writelines(out)
         original(self)
 
     def write(self: Any, data: Any, datatype: Any = None) -> None:
@@ -536,11 +565,13 @@ def _data_packets_sealed_in_place() -> None:
             conn = self._conn
             pos, end = 0, len(data)
             view = memoryview(data)
+            out: list[Any] = []
             while pos < end and self._send_window and (seal := sealer(conn)) is not None:
                 size = min(end - pos, self._send_window, self._send_pktsize)
-                seal_one(self, conn, seal, view[pos:], size)
+                seal_one(self, conn, seal, view[pos:], size, out)
                 pos += size
             if pos:
+                conn._transport.writelines(out)
                 if pos == end:
                     original(self)  # the writer's pause/resume, a pending EOF: asyncssh's
                     return
@@ -565,6 +596,302 @@ CHACHA_BLOCK_ZERO = bytes(64)
 """One ChaCha20 block: its key stream's first 32 bytes are the packet's Poly1305 key."""
 
 
+def _opened_once() -> None:
+    """Carried patch (asyncssh 2.x ``GCMEncryption`` and ``ChachaEncryption``:
+    ``decrypt_header``/``decrypt_packet``; the range pyproject.toml allows;
+    tests/tunnel/test_tunnel_bulk.py against sshd): a packet the in-place path
+    (:func:`_data_packets_opened_in_place`) opened but does not deliver itself (a channel
+    open confirmation, EOF, close, window adjust, a key exchange message, data for a
+    channel that does not take views) was opened a second time by asyncssh: for
+    chacha20-poly1305 a second Poly1305 check and two more ChaCha20 passes, three to four
+    such packets per tunneled connection. Here asyncssh is handed the plaintext the
+    in-place path verified for that very packet: same sequence number, same first block,
+    same tag; given once, during the one call that hands asyncssh the packet (dropped
+    after it), the GCM IV stepped as asyncssh steps it. Anything else is opened by
+    asyncssh as before."""
+    from asyncssh.encryption import ChachaEncryption, GCMEncryption  # noqa: PLC0415
+
+    gcm_packet: Any = GCMEncryption.decrypt_packet
+    if getattr(gcm_packet, "opened_once", False):
+        return
+    if not getattr(gcm_packet, "fewer_copies", False):  # the shim's IV step is known there
+        return
+    if not all(hasattr(cls, "decrypt_header") for cls in (GCMEncryption, ChachaEncryption)):
+        return
+    chacha_header: Any = ChachaEncryption.decrypt_header
+    chacha_packet: Any = ChachaEncryption.decrypt_packet
+
+    def gcm_decrypt_packet(
+        self: Any, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
+    ) -> bytes | None:
+        plain = _opened_before(self, seq, first, mac)
+        if plain is None:
+            return gcm_packet(self, seq, first, rest, header_len, mac)  # type: ignore[no-any-return]
+        self._cipher._update_iv()
+        return plain
+
+    def chacha_decrypt_header(
+        self: Any, seq: int, first_block: bytes, header_len: int
+    ) -> tuple[bytes, bytes]:
+        held = self.__dict__.get(OPENED)
+        if held is not None and held[0] == seq and held[1] == first_block:
+            return first_block, held[4]
+        return chacha_header(self, seq, first_block, header_len)  # type: ignore[no-any-return]
+
+    def chacha_decrypt_packet(
+        self: Any, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
+    ) -> bytes | None:
+        plain = _opened_before(self, seq, first, mac)
+        if plain is None:
+            return chacha_packet(self, seq, first, rest, header_len, mac)  # type: ignore[no-any-return]
+        return plain
+
+    gcm_decrypt_packet.opened_once = True  # type: ignore[attr-defined]
+    gcm_decrypt_packet.fewer_copies = True  # type: ignore[attr-defined]
+    GCMEncryption.decrypt_packet = gcm_decrypt_packet  # type: ignore[method-assign]
+    ChachaEncryption.decrypt_header = chacha_decrypt_header  # type: ignore[method-assign]
+    ChachaEncryption.decrypt_packet = chacha_decrypt_packet  # type: ignore[method-assign]
+
+
+def _opened_before(encryption: Any, seq: int, first: bytes, mac: bytes) -> bytes | None:
+    """The plaintext the in-place path opened for this packet, taken (once), or None."""
+    held = encryption.__dict__.pop(OPENED, None)
+    if held is None or held[0] != seq or held[1] != first or held[2] != mac:
+        return None
+    plain: bytes = held[3]
+    return plain
+
+
+OPENED = "blitzdns_opened"
+"""Where the receiving encryption object holds a packet opened by the in-place path:
+(sequence number, first block, tag, plaintext, clear length field)."""
+
+
+def _spare(conn: Any, size: int, where: str = "blitzdns_spare_buffers") -> memoryview | None:
+    """``size`` bytes of a buffer of ``conn``'s that nothing holds a view of any more (for
+    a packet's plaintext: ``decrypt_into``), or None: a new ``bytes`` then. cryptography
+    zero-fills every ``bytes`` it returns before writing it (12 % of the receive path,
+    callgrind). The plaintext's data goes on as views of the buffer (to the client's
+    transport, at most until the loop has written it; into asyncssh's pause buffer):
+    while any is alive the buffer cannot be resized, which is how a buffer is known to be
+    free. The oldest buffer is tried (writes end in order), then a new one is made, up to
+    :data:`SPARE_BUFFERS`. The same for sealed packets (``where``: :data:`SPARES_OUT`),
+    which the SSH socket's transport holds until written."""
+    pool: collections.deque[bytearray] | None = conn.__dict__.get(where)
+    if pool is None:
+        pool = conn.__dict__[where] = collections.deque()
+    if pool:
+        buf = pool[0]
+        try:
+            buf.append(0)  # BufferError while a view of it is alive
+        except BufferError:
+            pass
+        else:
+            buf.pop()
+            pool.rotate(-1)
+            return memoryview(buf)[:size] if size <= len(buf) else None
+    if len(pool) >= SPARE_BUFFERS or size > SPARE_MAX:
+        return None
+    buf = bytearray(max(size, SPARE_SIZE))
+    pool.append(buf)
+    return memoryview(buf)[:size]
+
+
+SPARES = "blitzdns_spare_buffers"
+"""Where a connection keeps its plaintext buffers..."""
+SPARES_OUT = "blitzdns_spare_buffers_out"
+"""...and its sealed packets' buffers."""
+SPARE_BUFFERS = 32
+"""At most this many per connection (a 256 KiB read of 32 KiB packets takes 8, written
+when the loop turns; more are held while the client's socket is full)."""
+SPARE_SIZE = 32 * 1024 + 64
+"""A buffer's size: a packet of 32 KiB of channel data (the tunnel's channel_max_packet)
+with its header and padding; a larger packet makes a buffer its own size..."""
+SPARE_MAX = 256 * 1024
+"""...up to this size (asyncssh's default max packet); beyond, a new ``bytes``."""
+
+
+def _read_into_one_buffer() -> None:
+    """Carried patch (asyncssh 2.x ``SSHConnection.connection_made``; the range
+    pyproject.toml allows; tests/tunnel/test_tunnel_bulk.py against sshd, on both loops):
+    the SSH socket is read into one buffer per connection (:class:`_BufferedReads`,
+    asyncio's ``BufferedProtocol``: ``recv_into``) instead of into a new ``bytes`` per
+    read. uvloop read into its own buffer and then copied each read (up to 256 KiB) into
+    ``bytes``: 14 % of the receive path's instructions (callgrind, bulk download).
+
+    The connection's ``data_received`` gets a view of the buffer, valid during the call
+    only. That holds for everything behind it: the in-place path
+    (:func:`_data_packets_opened_in_place`, required here) copies a packet cut by the end
+    of a read, decrypts into new plaintext and hands anything else to asyncssh, which
+    appends it to its own input buffer (a copy). Only for a connection over a socket
+    whose transport takes a new protocol; asyncssh remains the transport's protocol in
+    everything else (EOF, loss, write flow control: forwarded as they come)."""
+    from asyncssh.connection import SSHConnection  # noqa: PLC0415 (only the patch needs it)
+
+    original: Any = SSHConnection.connection_made
+    if getattr(original, "reads_into_buffer", False):
+        return
+    if not getattr(SSHConnection.data_received, "opens_in_place", False):
+        return
+    if not _has(SSHConnection, ["_transport"], ["connection_made", "data_received"]):
+        return
+
+    def connection_made(self: Any, transport: asyncio.BaseTransport) -> None:
+        original(self, transport)
+        if (
+            self._transport is not transport
+            or transport.get_extra_info("socket") is None
+            or not callable(getattr(transport, "set_protocol", None))
+        ):
+            return
+        # Before reading starts (asyncio and uvloop call connection_made first): uvloop
+        # picks its read callbacks then (the test says if reads stop reaching the buffer).
+        transport.set_protocol(_BufferedReads(self))
+
+    connection_made.reads_into_buffer = True  # type: ignore[attr-defined]
+    SSHConnection.connection_made = connection_made  # type: ignore[method-assign]
+
+
+class _BufferedReads(asyncio.BufferedProtocol):
+    """The SSH socket's protocol: reads into one buffer, each handed to asyncssh's
+    connection as a view; its other callbacks forwarded to the connection."""
+
+    __slots__ = ("conn", "received", "view")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.received = conn.data_received
+        self.view = memoryview(bytearray(READ_BUFFER))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.received(self.view[:nbytes])
+
+    def data_received(self, data: bytes) -> None:  # a transport that reads into bytes
+        self.received(data)
+
+    def eof_received(self) -> bool | None:
+        keep_open: bool | None = self.conn.eof_received()
+        return keep_open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
+
+
+READ_BUFFER = 256 * 1024
+"""The most one read of the SSH socket takes (what uvloop and asyncio read at most)."""
+
+
+def _aead(cipher: Any) -> Any:
+    """The ``AESGCM`` of asyncssh's ``GCMCipher`` ``cipher``, made once per key (each
+    packet made one: 2.7 us against 1.0 us for the seal of a small packet)."""
+    made = cipher.__dict__.get(AEAD)
+    if made is None or made[0] is not cipher._key:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+
+        made = cipher.__dict__[AEAD] = (cipher._key, AESGCM(cipher._key))
+    return made[1]
+
+
+def _chacha_streams(cipher: Any) -> tuple[Any, Any]:
+    """ChaCha20 streams under the header key and the main key of asyncssh's
+    ``ChachaCipher`` ``cipher`` (a rekey makes a new one), made once and moved to each
+    packet's nonce with ``reset_nonce``: building a context per use cost about 4 us here,
+    a reset 0.7 us, and asyncssh built three per packet."""
+    made: tuple[Any, Any] | None = cipher.__dict__.get(CHACHA_STREAMS)
+    if made is None:
+        from cryptography.hazmat.primitives.ciphers import Cipher  # noqa: PLC0415
+        from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20  # noqa: PLC0415
+
+        head, body = (
+            Cipher(ChaCha20(key, bytes(16)), None).encryptor()
+            for key in (cipher._adkey, cipher._key)
+        )
+        made = cipher.__dict__[CHACHA_STREAMS] = (head, body)
+    return made
+
+
+def _chacha_streams_reset() -> bool:
+    """Whether cryptography's ChaCha20 contexts can be moved to a new nonce (43 and later;
+    pyproject.toml asks for that): otherwise chacha20-poly1305 is left to asyncssh."""
+    from cryptography.hazmat.primitives.ciphers import Cipher  # noqa: PLC0415
+    from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20  # noqa: PLC0415
+
+    return hasattr(Cipher(ChaCha20(bytes(32), bytes(16)), None).encryptor(), "reset_nonce")
+
+
+def _chacha_kept_streams() -> None:
+    """Carried patch (asyncssh 2.x ``asyncssh.crypto.chacha.ChachaCipher``; the range
+    pyproject.toml allows; tests/tunnel/test_tunnel_bulk.py compares it with asyncssh's own
+    functions and runs it against sshd): every chacha20-poly1305 packet, each way, built
+    three ChaCha20 contexts (the length's under the header key, the Poly1305 key's, the
+    data's from block 1): about 12 us of a small packet's Python, the reason its round trip
+    cost more than AES-GCM's. Here the two keys' contexts are made once per key
+    (:func:`_chacha_streams`) and moved to the packet's nonce; the data continues the
+    stream after the Poly1305 key's block 0, which is block 1 (asyncssh's counter 1,
+    OpenSSH's PROTOCOL.chacha20poly1305). Same inputs, same outputs; a bad tag still
+    returns None (asyncssh's MAC error follows). Every chacha20-poly1305 packet takes it:
+    asyncssh's own path (key exchange, EOF, close, window adjust) and the in-place ones."""
+    from asyncssh.crypto.chacha import ChachaCipher  # noqa: PLC0415 (only the patch needs it)
+    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415
+    from cryptography.hazmat.primitives.poly1305 import Poly1305  # noqa: PLC0415
+
+    if getattr(ChachaCipher.encrypt_and_sign, "kept_streams", False):
+        return
+    methods = ["encrypt_and_sign", "decrypt_header", "verify_and_decrypt"]
+    if not _has(ChachaCipher, ["_key", "_adkey"], methods) or not _chacha_streams_reset():
+        return
+    generate_tag, verify_tag = Poly1305.generate_tag, Poly1305.verify_tag
+
+    def encrypt_and_sign(
+        self: Any, header: bytes, data: bytes, nonce: bytes
+    ) -> tuple[bytes, bytes]:
+        head, body = _chacha_streams(self)
+        nonce = CHACHA_CTR_0 + nonce
+        head.reset_nonce(nonce)
+        body.reset_nonce(nonce)
+        key = body.update(CHACHA_BLOCK_ZERO)[:32]
+        packet = head.update(header) + body.update(data)
+        return packet, generate_tag(key, packet)
+
+    def decrypt_header(self: Any, header: bytes, nonce: bytes) -> bytes:
+        head = _chacha_streams(self)[0]
+        head.reset_nonce(CHACHA_CTR_0 + nonce)
+        clear: bytes = head.update(header)
+        return clear
+
+    def verify_and_decrypt(
+        self: Any, header: bytes, data: bytes, nonce: bytes, tag: bytes
+    ) -> bytes | None:
+        body = _chacha_streams(self)[1]
+        body.reset_nonce(CHACHA_CTR_0 + nonce)
+        try:
+            verify_tag(body.update(CHACHA_BLOCK_ZERO)[:32], header + data, tag)
+        except InvalidSignature:
+            return None
+        clear: bytes = body.update(data)
+        return clear
+
+    encrypt_and_sign.kept_streams = True  # type: ignore[attr-defined]
+    ChachaCipher.encrypt_and_sign = encrypt_and_sign  # type: ignore[method-assign]
+    ChachaCipher.decrypt_header = decrypt_header  # type: ignore[method-assign]
+    ChachaCipher.verify_and_decrypt = verify_and_decrypt  # type: ignore[method-assign]
+
+
+AEAD = "blitzdns_aead"
+"""Where asyncssh's GCM cipher object keeps its ``AESGCM`` (with the key it was made for)."""
+CHACHA_STREAMS = "blitzdns_chacha_streams"
+"""Where asyncssh's chacha20 cipher object keeps its two ChaCha20 contexts."""
+
+
 def _has(cls: Any, internals: list[str], methods: list[str]) -> bool:
     """Whether asyncssh's ``cls`` still has what a patch uses: the ``methods``, and the
     ``internals`` (attributes) set by its ``__init__`` or used by those methods."""
@@ -581,6 +908,9 @@ def install() -> None:
     _keep_held_eof()
     _feed_by_packet()
     _gcm_fewer_copies()
+    _chacha_kept_streams()
     _data_packets_joined_once()
     _data_packets_opened_in_place()
+    _opened_once()
     _data_packets_sealed_in_place()
+    _read_into_one_buffer()
