@@ -17,7 +17,7 @@ from tests.peers import free_port, wait_until
 from tunnel import Forward, Tunnel, TunnelOptions
 from tunnel.backends import asyncssh_link, direct
 
-from .tunnel_testlib import Target, link_up
+from .tunnel_testlib import Target, exchange, link_up
 
 
 def test_the_direct_channel_fits_the_installed_asyncssh() -> None:
@@ -82,6 +82,32 @@ async def test_a_flow_cut_while_its_channel_opens_leaves_nothing_open(
         await wait_until(lambda: echo.peers)  # sshd did reach the target
         await wait_until(lambda: echo.active == 0 and not link.conn._channels)
         assert tunnel.state.forwards[0].cut == 1
+
+
+async def test_a_flow_cut_while_its_channel_is_refused_ends_once(
+    options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cut while opening, then the gateway refuses the channel (nothing listens on the
+    target's port): the flow ends once, as cut; the channel is gone and the link still
+    carries the next connection."""
+    made = asyncssh_link._ClientSide.connection_made
+
+    def made_then_cut(self: Any, transport: Any) -> None:
+        made(self, transport)
+        if self.flow.forward.target_port != echo.port:
+            self.cut("cut by the test while the channel opens")
+
+    monkeypatch.setattr(asyncssh_link._ClientSide, "connection_made", made_then_cut)
+    refused = Forward("127.0.0.1", free_port(), "127.0.0.1", free_port())
+    working = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [refused, working]) as tunnel:
+        link = await link_up(tunnel)
+        assert isinstance(link, asyncssh_link.SSHLink)
+        assert await exchange(*refused.mouth, b"hello\n") == b""
+        await wait_until(lambda: not link.conn._channels)
+        assert await exchange(*working.mouth, b"hello\n") == b"hello\n"
+        assert tunnel.link is link
+        assert [forward.cut for forward in tunnel.state.forwards] == [1, 0]
 
 
 async def test_a_link_lost_while_a_channel_opens_resets_its_client(
