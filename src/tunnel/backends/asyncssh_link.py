@@ -6,9 +6,11 @@ through asyncssh; host keys are always checked against known_hosts
 (:mod:`tunnel.hostkeys`). This is the single edge where asyncssh and OS errors become
 :mod:`tunnel.errors`.
 
-Every flow opens a ``direct-tcpip`` channel (RFC 4254 §7.2). The data path is two small
-protocol objects wired back to back with no task and no buffer copy per chunk: bytes read
-from the client go straight to ``SSHTCPChannel.write`` and bytes from the channel to
+Every flow opens a ``direct-tcpip`` channel (RFC 4254 §7.2) of its own kind
+(:mod:`tunnel.backends.direct`: no coroutine, task or separate session object per
+connection). The data path is two small protocol objects wired back to back with no task
+and no buffer copy per chunk: bytes read from the client go straight to the channel's
+``write`` (asyncssh's) and bytes from the channel to
 ``Transport.write`` (the packets of one read of the SSH socket together); each side's
 ``pause_writing`` pauses the other side's reading, so a slow reader holds back the fast
 writer (bounded memory).
@@ -27,6 +29,7 @@ from typing import Any, cast
 
 from tunnel.backends import asyncssh_patches
 from tunnel.backends.chaff import drop_needless_chaff
+from tunnel.backends.direct import DirectTCPChannel
 from tunnel.backends.inline import Inline
 from tunnel.backends.lean import lazy_keepalive, skip_unlogged_packets
 from tunnel.early import offered, take
@@ -237,8 +240,9 @@ asyncssh_patches.install()
 skip_unlogged_packets()
 
 
-class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
-    """Channel → client: every SSH data packet is written to the client's transport.
+class _Channel(DirectTCPChannel):
+    """One flow's ``direct-tcpip`` channel, and channel → client: every SSH data packet is
+    written to the client's transport.
 
     The first packet in a turn of the event loop is written at once (a reply waits for
     nothing); the packets that follow it from the same read of the SSH socket are held
@@ -251,19 +255,27 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
     client's transport only while the client is still there, and swallows OS errors.
     """
 
-    __slots__ = ("client", "counters", "held", "transport")
-
     accepts_views = True
     """Data may come as a memoryview of a packet's plaintext (opened in place,
     :mod:`tunnel.backends.asyncssh_patches`): it is only written to the client's transport
     (held until the loop turns at most), and each packet has a plaintext of its own."""
 
     def __init__(self, client: _ClientSide) -> None:
+        link = client.link
+        super().__init__(link.conn, link.window, link.max_packet)
         self.client = client
         self.transport = client.transport
         self.counters = client.counters
         #: Packets held until the loop turns; None: no write yet in this turn.
         self.held: list[bytes] | None = None
+
+    def channel_opened(self) -> None:
+        self.client.opened()
+
+    def channel_refused(self, code: int, reason: str) -> None:
+        forward = self.client.flow.forward
+        target = f"{forward.target_host}:{forward.target_port}"
+        self.client.cut(f"gateway could not open {target}: {reason}")
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         # A failed write closes the transport at once but tells the client side later
@@ -277,7 +289,7 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
             return
         self.transport.write(data)
         self.held = []
-        asyncio.get_running_loop().call_soon(self.release)
+        self._loop.call_soon(self.release)
 
     def release(self) -> None:
         """Write the held packets (also before an EOF or close, to keep the order)."""
@@ -308,9 +320,11 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
         """The channel ended: in order (the target's EOF, then CLOSE, the link still up),
         the client gets the rest of the data and a FIN; any other way, a reset."""
         client = self.client
+        if client.closed:
+            return
         if exc is not None:
             client.cut(f"link lost; connection cut ({describe(exc)})")
-        elif self.client.link.closing:
+        elif client.link.closing:
             client.cut("link closed; connection cut")
         elif not client.target_eof:
             client.cut("channel closed before the target's end of data; connection cut")
@@ -337,10 +351,12 @@ class _ClientSide(asyncio.Protocol):
         self.flow = flow
         self.counters = flow.counters
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.channel: asyncssh.SSHTCPChannel[bytes] | None = None
-        #: The set-up steps while they run: the socket's transport, then the channel open.
+        #: The flow's channel: made (and its open sent) when the transport is there.
+        self.channel: _Channel | None = None
+        #: The channel is open: the client's bytes go to it (until then, to ``pending``).
+        self.open = False
+        #: The socket's transport while ``connect_accepted_socket`` runs.
         self.accepting: Inline[object] | None = None
-        self.opening: Inline[tuple[asyncssh.SSHTCPChannel[bytes], object]] | None = None
         self.pending: list[bytes] = []
         self.pending_len = 0
         self.eof = False
@@ -351,19 +367,14 @@ class _ClientSide(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH_WATER)
         forward = self.flow.forward
-        # CHANNEL_OPEN is written now, in this turn of the loop (Inline's first step).
-        self.opening = Inline(
-            self.link.conn.create_connection(
-                lambda: _ChannelSide(self),
-                forward.target_host,
-                forward.target_port,
-                orig_host=self.flow.host,
-                orig_port=self.flow.port,
-                window=self.link.window,
-                max_pktsize=self.link.max_packet,
-            ),
-            self.opened,
-        )
+        # CHANNEL_OPEN is written now, in this turn of the loop.
+        try:
+            channel = _Channel(self)
+        except asyncssh.ChannelOpenError as error:  # the link's transport is gone
+            self.cut(f"channel open failed: {error.reason}")
+            return
+        self.channel = channel
+        channel.open(forward.target_host, forward.target_port, self.flow.host, self.flow.port)
 
     def transport_ready(self, error: BaseException | None, _result: object) -> None:
         """The end of ``connect_accepted_socket`` (``connection_made`` came before)."""
@@ -372,41 +383,27 @@ class _ClientSide(asyncio.Protocol):
             reason = describe(error) if isinstance(error, OSError) else str(error)
             self.cut(f"client socket unusable: {reason}")
 
-    def opened(
-        self,
-        error: BaseException | None,
-        result: tuple[asyncssh.SSHTCPChannel[bytes], object] | None,
-    ) -> None:
-        """The end of the channel open: carry the client's bytes that waited, or cut."""
-        self.opening = None
-        forward = self.flow.forward
-        if isinstance(error, asyncio.CancelledError):
-            return
-        if isinstance(error, asyncssh.ChannelOpenError):
-            target = f"{forward.target_host}:{forward.target_port}"
-            self.cut(f"gateway could not open {target}: {error.reason}")
-            return
-        if error is not None or result is None:
-            self.cut(f"channel open failed: {describe(error or OSError())}")
-            return
-        channel = result[0]
-        if self.closed:
-            channel.close()
-            return
-        self.channel = channel
-        if self.pending:
-            for chunk in self.pending:
-                channel.write(chunk)
-            self.counters.bytes_out += self.pending_len
-            self.pending.clear()
-            self.pending_len = 0
-            self.transport.resume_reading()
-        if self.eof:
-            channel.write_eof()
+    def opened(self) -> None:
+        """The channel is open: carry the client's bytes that waited (and its EOF)."""
+        # Runs inside asyncssh's packet processing (the confirmation): nothing may escape.
+        channel = self.channel
+        assert channel is not None
+        self.open = True
+        try:
+            if self.pending:
+                for chunk in self.pending:
+                    channel.write(chunk)
+                self.counters.bytes_out += self.pending_len
+                self.pending.clear()
+                self.pending_len = 0
+                self.transport.resume_reading()
+            if self.eof:
+                channel.write_eof()
+        except (OSError, RuntimeError):
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        channel = self.channel
-        if channel is None:
+        if not self.open:
             self.pending.append(data)
             self.pending_len += len(data)
             if self.pending_len > PENDING_MAX:
@@ -414,15 +411,15 @@ class _ClientSide(asyncio.Protocol):
             return
         self.counters.bytes_out += len(data)
         try:
-            channel.write(data)
+            self.channel.write(data)  # type: ignore[union-attr]
         except OSError:
             self.transport.abort()
 
     def eof_received(self) -> bool:
         self.eof = True
-        if self.channel is not None:
+        if self.open:
             try:
-                self.channel.write_eof()
+                self.channel.write_eof()  # type: ignore[union-attr]
             except OSError:
                 return False
         return True
@@ -431,24 +428,23 @@ class _ClientSide(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        self.stop_opening()
+        self.stop_accepting()
         if self.channel is not None:
             self.channel.close()
         self.flow.finish(None)
 
-    def stop_opening(self) -> None:
-        """Cancel the set-up steps still running (their ends then do nothing more)."""
-        for step in (self.accepting, self.opening):
-            if step is not None:
-                step.cancel()
+    def stop_accepting(self) -> None:
+        """Cancel ``connect_accepted_socket`` if it still runs (its end then does nothing)."""
+        if self.accepting is not None:
+            self.accepting.cancel()
 
     def pause_writing(self) -> None:
-        if self.channel is not None:
-            self.channel.pause_reading()
+        if self.open:
+            self.channel.pause_reading()  # type: ignore[union-attr]
 
     def resume_writing(self) -> None:
-        if self.channel is not None:
-            self.channel.resume_reading()
+        if self.open:
+            self.channel.resume_reading()  # type: ignore[union-attr]
 
     def cut(self, why: str) -> None:
         """End this flow now, as cut (its channel refused or the flow cut by its mouth)."""
@@ -456,7 +452,7 @@ class _ClientSide(asyncio.Protocol):
             return
         self.closed = True
         self.flow.finish(why)
-        self.stop_opening()
+        self.stop_accepting()
         if self.channel is not None:
             self.channel.abort()
         if self.transport is None:  # cut before the socket had its transport

@@ -1,7 +1,8 @@
 """Run a coroutine without a task: its first step now, the rest as its futures complete.
 
-A tunneled connection's set-up is two short coroutines (wrapping the accepted socket in
-a transport, opening the SSH channel), each awaiting one future. As tasks, each first
+A tunneled connection's set-up began with two short coroutines (wrapping the accepted
+socket in a transport, opening the SSH channel; the channel open is now no coroutine at
+all: :mod:`tunnel.backends.direct`), each awaiting one future. As tasks, each first
 step waits for a later turn of the loop, so the channel open left about three turns
 after the accept, each turn a chance for other work (another connection's teardown) to
 come first; creating, scheduling and finishing the tasks was also a visible part of the

@@ -1,0 +1,178 @@
+"""A ``direct-tcpip`` channel (RFC 4254 §7.2) opened on asyncssh's connection without its
+coroutine and session layers.
+
+Carried subclass (asyncssh 2.14 to 2.x, the range pyproject.toml allows; checked by
+:func:`supported` and by tests/tunnel/test_tunnel_direct.py against the real sshd).
+
+Why: asyncssh's ``create_connection`` is a chain of five coroutines (``create_connection``
+→ ``connect`` → ``_open_tcp`` → ``_open_forward`` → ``_open``) around one future; when
+the gateway's OPEN_CONFIRMATION arrives, the future's done callback resumes them in a
+later callback of the loop, which then makes the session (``session_factory``,
+``connection_made``, ``session_started``) and a task only to start reading
+(``_start_reading``). The client's first bytes wait for all of it. For a short
+connection (connect, one request, one reply, close) that set-up was the largest part of
+the tunnel's own Python per connection (py-spy and cProfile over round trips).
+
+Here the CHANNEL_OPEN is sent at once, and the confirmation (or failure) is handled
+where asyncssh dispatches it (``process_open_confirmation`` / ``process_open_failure``,
+the calls its connection makes for every channel): the channel is open, reading, and its
+owner told (:meth:`DirectTCPChannel.channel_opened`) in that same callback. The channel
+is its own session (``data_received``, ``eof_received``, ``connection_lost``,
+``pause_writing``, ``resume_writing`` are the owner's, in a subclass). Everything after
+the open (windows and their adjusts, data both ways, EOF, CLOSE, pause/resume, the
+connection's loss) is asyncssh's own ``SSHChannel`` code, unchanged.
+
+One thing asyncssh did not do: a channel given up while its open is still on the way
+(the client gone, the flow cut) is closed as soon as the gateway confirms it. Cancelling
+asyncssh's ``create_connection`` left such a channel open on both ends (and the gateway's
+connection to the target with it) until the link ended.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunnel.sshlib import asyncssh
+
+SSHChannel = asyncssh.channel.SSHChannel
+
+MSG_CHANNEL_OPEN = 90
+"""RFC 4254 §5.1."""
+DIRECT_TCPIP = b"direct-tcpip"
+OPEN_CONNECT_FAILED = 2
+"""RFC 4254 §5.1: SSH_OPEN_CONNECT_FAILED."""
+
+
+def _string(value: bytes) -> bytes:
+    return len(value).to_bytes(4, "big") + value
+
+
+def _uint32(value: int) -> bytes:
+    return value.to_bytes(4, "big")
+
+
+def supported() -> bool:
+    """Whether the installed asyncssh has the internals this channel uses: the
+    ``SSHChannel`` attributes set in its ``__init__`` and used here, the calls its
+    connection makes on a channel, and ``_update_recv_pktlen`` on the connection."""
+    from asyncssh.channel import SSHChannel  # noqa: PLC0415 (only the check needs it)
+    from asyncssh.connection import SSHConnection  # noqa: PLC0415
+
+    methods = (
+        "process_open_confirmation",
+        "process_open_failure",
+        "process_connection_close",
+        "_cleanup",
+        "_flush_recv_buf",
+    )
+    if not all(callable(getattr(SSHChannel, name, None)) for name in methods):
+        return False
+    if not callable(getattr(SSHConnection, "_update_recv_pktlen", None)):
+        return False
+    names = set(SSHChannel.__init__.__code__.co_names)
+    internals = (
+        "_conn _loop _session _send_state _send_chan _send_window _send_pktsize"
+        " _recv_state _recv_window _recv_pktsize _recv_paused _recv_chan _open_waiter"
+    )
+    return all(name in names for name in internals.split())
+
+
+class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
+    """One ``direct-tcpip`` channel; subclasses are its session (see the module's text).
+
+    Call :meth:`open` once after making it; then exactly one of :meth:`channel_opened`
+    or :meth:`channel_refused` follows (unless it was given up first: :meth:`close` or
+    :meth:`abort` before the confirmation), and :meth:`connection_lost` when the channel
+    ends (also when the link is lost while it opens)."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, window: int, max_pktsize: int) -> None:
+        conn._update_recv_pktlen(max_pktsize)  # as asyncssh's create_tcp_channel does
+        super().__init__(conn, conn._loop, None, "strict", window, max_pktsize)
+        self._session = self
+        #: The CHANNEL_OPEN is sent, no answer yet.
+        self.opening = False
+        #: Given up while opening: closed as soon as it is confirmed.
+        self.abandoned = False
+
+    def open(self, host: str, port: int, orig_host: str, orig_port: int) -> None:
+        """Send the CHANNEL_OPEN (RFC 4254 §7.2), now."""
+        conn = self._conn
+        assert conn is not None and self._recv_chan is not None
+        self.opening = True
+        conn.send_packet(
+            MSG_CHANNEL_OPEN,
+            _string(DIRECT_TCPIP),
+            _uint32(self._recv_chan),
+            _uint32(self._recv_window),
+            _uint32(self._recv_pktsize),
+            _string(host.encode()),
+            _uint32(port),
+            _string(orig_host.encode()),
+            _uint32(orig_port),
+            handler=self,
+        )
+
+    # -- asyncssh's connection calls these ------------------------------------------
+
+    def process_open_confirmation(
+        self, send_chan: int, send_window: int, send_pktsize: int, packet: Any
+    ) -> None:
+        if not self.opening:
+            raise asyncssh.ProtocolError("Channel not being opened")
+        packet.check_end()  # a direct-tcpip confirmation carries nothing more
+        self.opening = False
+        self._send_chan = send_chan
+        self._send_window = send_window
+        self._send_pktsize = send_pktsize
+        self._send_state = "open"
+        self._recv_state = "open"
+        self._recv_paused = False
+        if self.abandoned:
+            self.abort()  # CLOSE now; asyncssh ends the channel on the gateway's CLOSE
+            return
+        self.channel_opened()
+
+    def process_open_failure(self, code: int, reason: str, lang: str) -> None:
+        if not self.opening:
+            raise asyncssh.ProtocolError("Channel not being opened")
+        self.opening = False
+        self._session = None  # refused: no connection_lost follows
+        if not self.abandoned:
+            self.channel_refused(code, reason)
+        self._loop.call_soon(self._cleanup)
+
+    def close(self) -> None:
+        if self.opening:
+            self.abandoned = True
+            return
+        super().close()
+
+    def abort(self) -> None:
+        if self.opening:
+            self.abandoned = True
+            return
+        super().abort()
+
+    # -- the owner's ---------------------------------------------------------------
+
+    def channel_opened(self) -> None:
+        """The gateway confirmed the channel: it is open and reading."""
+
+    def channel_refused(self, code: int, reason: str) -> None:
+        """The gateway refused the channel (``code``: RFC 4254 §5.1)."""
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        """Data from the target (asyncssh's session call)."""
+
+    def eof_received(self) -> bool:
+        """The target's EOF; False: asyncssh sends ours back (RFC 4254 §5.3)."""
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The channel ended (``exc``: the link was lost)."""
+
+    def pause_writing(self) -> None:
+        """asyncssh's send buffer is over its high-water mark."""
+
+    def resume_writing(self) -> None:
+        """asyncssh's send buffer drained to its low-water mark."""

@@ -1,0 +1,140 @@
+"""The asyncssh backend's ``direct-tcpip`` channels (:mod:`tunnel.backends.direct`: opened
+without asyncssh's coroutine and session layers) against the real sshd: the channel in
+use is ours, on the installed asyncssh; a flow given up while its channel opens leaves
+nothing open on the gateway; the channel's own life (data both ways, half-close, the
+target's end) is asyncssh's. The tunnel-wide behaviours (windows, resets, counters) are
+tested for every flow in the other tunnel tests, which all go through this channel."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from tests.peers import free_port, wait_until
+from tunnel import Forward, Tunnel, TunnelOptions
+from tunnel.backends import asyncssh_link, direct
+
+from .tunnel_testlib import Target, exchange, link_up
+
+
+def test_the_direct_channel_fits_the_installed_asyncssh() -> None:
+    assert direct.supported()
+
+
+async def test_each_flow_rides_a_direct_channel(options: TunnelOptions, echo: Target) -> None:
+    """While a connection is carried its channel is a :class:`DirectTCPChannel`, reading
+    (no task started it), and the connection works both ways, half-closed by each side."""
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        assert isinstance(link, asyncssh_link.SSHLink)
+        reader, writer = await asyncio.open_connection(*forward.mouth)
+        try:
+            writer.write(b"hello\n")
+            assert await reader.readexactly(6) == b"hello\n"
+            channels = list(link.conn._channels.values())
+            assert len(channels) == 1
+            assert isinstance(channels[0], direct.DirectTCPChannel)
+            assert channels[0]._recv_paused is False
+            writer.write_eof()  # our half-close: the echo target half-closes back
+            assert await reader.read() == b""
+        finally:
+            writer.close()
+        await wait_until(lambda: not link.conn._channels)
+        counters = tunnel.state.forwards[0]
+        await wait_until(lambda: counters.open == 0)
+        assert (counters.cut, counters.bytes_out, counters.bytes_in) == (0, 6, 6)
+
+
+async def test_a_flow_cut_while_its_channel_opens_leaves_nothing_open(
+    options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flow is cut in the very callback that sends its CHANNEL_OPEN, before the
+    gateway can answer: the client gets a reset, the flow counts as cut, and once sshd
+    confirms the channel it is closed at once, so sshd's connection to the target ends
+    too. (asyncssh's own open, cancelled, left the channel and the target's connection
+    open until the link ended.)"""
+    made = asyncssh_link._ClientSide.connection_made
+
+    def made_then_cut(self: Any, transport: Any) -> None:
+        made(self, transport)
+        self.cut("cut by the test while the channel opens")
+
+    monkeypatch.setattr(asyncssh_link._ClientSide, "connection_made", made_then_cut)
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        assert isinstance(link, asyncssh_link.SSHLink)
+        loop = asyncio.get_running_loop()
+        client = socket.socket()
+        client.setblocking(False)
+        try:
+            await loop.sock_connect(client, forward.mouth)
+            with pytest.raises(ConnectionResetError):
+                async with asyncio.timeout(10):
+                    while await loop.sock_recv(client, 4096):
+                        pass
+        finally:
+            client.close()
+        await wait_until(lambda: echo.peers)  # sshd did reach the target
+        await wait_until(lambda: echo.active == 0 and not link.conn._channels)
+        assert tunnel.state.forwards[0].cut == 1
+
+
+async def test_a_flow_cut_while_its_channel_is_refused_ends_once(
+    options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cut while opening, then the gateway refuses the channel (nothing listens on the
+    target's port): the flow ends once, as cut; the channel is gone and the link still
+    carries the next connection."""
+    made = asyncssh_link._ClientSide.connection_made
+
+    def made_then_cut(self: Any, transport: Any) -> None:
+        made(self, transport)
+        if self.flow.forward.target_port != echo.port:
+            self.cut("cut by the test while the channel opens")
+
+    monkeypatch.setattr(asyncssh_link._ClientSide, "connection_made", made_then_cut)
+    refused = Forward("127.0.0.1", free_port(), "127.0.0.1", free_port())
+    working = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [refused, working]) as tunnel:
+        link = await link_up(tunnel)
+        assert isinstance(link, asyncssh_link.SSHLink)
+        assert await exchange(*refused.mouth, b"hello\n") == b""
+        await wait_until(lambda: not link.conn._channels)
+        assert await exchange(*working.mouth, b"hello\n") == b"hello\n"
+        assert tunnel.link is link
+        assert [forward.cut for forward in tunnel.state.forwards] == [1, 0]
+
+
+async def test_a_link_lost_while_a_channel_opens_resets_its_client(
+    options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link dies right after a CHANNEL_OPEN went out (no answer can come): the flow is
+    cut (a reset, counted), not left waiting."""
+    made = asyncssh_link._ClientSide.connection_made
+
+    def made_then_link_lost(self: Any, transport: Any) -> None:
+        made(self, transport)
+        self.link.conn.abort()
+
+    monkeypatch.setattr(asyncssh_link._ClientSide, "connection_made", made_then_link_lost)
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        await link_up(tunnel)
+        loop = asyncio.get_running_loop()
+        client = socket.socket()
+        client.setblocking(False)
+        try:
+            await loop.sock_connect(client, forward.mouth)
+            await loop.sock_sendall(client, b"hello\n")
+            with pytest.raises(ConnectionResetError):
+                async with asyncio.timeout(10):
+                    while await loop.sock_recv(client, 4096):
+                        pass
+        finally:
+            client.close()
+        await wait_until(lambda: tunnel.state.forwards[0].cut == 1)
