@@ -736,7 +736,8 @@ NOTES = {
     "compiles each generated method on its own), asyncssh + cryptography ~32% (asyncssh's "
     "__init__ loads every submodule: sftp, scp, process, server, ...), asyncio + uvloop + "
     "the ssl it loads ~23%, the interpreter ~4%; the handshake after sshd accepts is "
-    "~0.05-0.1 s",
+    "~0.05-0.1 s; the TCP connect to an address gateway is opened before asyncssh loads "
+    "(tunnel/early.py), so sshd's per-connection start (~13 ms idle) overlaps the imports",
     "daemon RSS idle": "interpreter 8.6 MB, asyncio + uvloop + the ssl it loads 11.7 MB, "
     "asyncssh + cryptography ~16.5 MB (8.9 MB of it cryptography's Rust library, 6 MB of "
     "that clean code pages), blitzdns/tunnel modules ~7.5 MB, state after start ~2.5 MB; "

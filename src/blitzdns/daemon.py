@@ -91,6 +91,9 @@ class RunOptions:
     location_poll_s: float = 3.0
     #: Where the install records (resolver config, guard) live: / except in tests.
     root: Path = Path("/")
+    #: Start the TCP connect to the first gateway once every socket is bound
+    #: (:func:`connect_early`): the ``run`` command, not a daemon run in-process.
+    connect_early: bool = False
 
     @property
     def flags(self) -> Flags:
@@ -291,11 +294,9 @@ def run_main(argv: list[str]) -> int:
         trust_new_host_key=args.trust_new_host_key,
         root=args.root,
     )
-    located = layered(config, fixed, options.flags)  # a bad --location or flag: refused here
-    if not options.no_tunnel and not options.auto_location:
-        connect_early(located)
+    layered(config, fixed, options.flags)  # a bad --location or flag: refused before start
     try:
-        return run_daemon(config, options)
+        return run_daemon(config, dataclasses.replace(options, connect_early=True))
     finally:
         early.discard()  # a start that never reached the link's first attempt
 
@@ -303,9 +304,9 @@ def run_main(argv: list[str]) -> int:
 def connect_early(config: Config) -> None:
     """Start the TCP connect to the first gateway now, when it is an IP address and the
     link is asyncssh's: the gateway's sshd then starts its side of the connection while
-    this process is still loading (:mod:`tunnel.early`; asyncssh uses the socket only where
-    ``~/.ssh/config`` leaves that address and port as they are). A gateway that does not
-    parse is left for the start to report, as always."""
+    this process is still loading asyncssh (:mod:`tunnel.early`; asyncssh uses the socket
+    only where ``~/.ssh/config`` leaves that address and port as they are). A gateway that
+    does not parse is left for the tunnel to report, as always."""
     if config.tunnel.backend != "asyncssh" or not config.tunnel.gateways:
         return
     try:
@@ -433,6 +434,11 @@ class Daemon:
         if not self.options.no_tunnel:
             self.tunnel = self._make_tunnel(config)
             await self.tunnel.bind()
+            if self.options.connect_early:
+                # After the binds: the connection's ephemeral port can no longer be one
+                # of the ports just bound. Before the link's code loads (preload or
+                # tunnel.start), so sshd's start overlaps that.
+                connect_early(config)
         user = privileges.target_user(self.options.user) if self.options.drop_privileges else None
         path = self.options.control_socket or default_socket_path()
         self.control = ControlServer(

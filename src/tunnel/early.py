@@ -3,8 +3,9 @@
 ``blitzdns run`` spends most of its start importing (asyncssh alone is ~60 ms of CPU),
 and the gateway's sshd spends the first ~13 ms of every connection (idle machine; more
 under load) forking and re-executing itself before it sends its banner. Opening the TCP
-connection as soon as the gateway is known (:func:`connect_early`, from ``run``) lets the
-two overlap: by the time asyncssh is loaded, sshd's banner is waiting in the socket.
+connection before asyncssh loads (:func:`connect_early`, from ``run`` once its sockets are
+bound, so the connection's ephemeral port cannot take one of theirs) lets the two
+overlap: by the time asyncssh is loaded, sshd's banner is waiting in the socket.
 
 What asyncssh connects to is not decided here. ``~/.ssh/config`` may rename the host
 (HostName), change the port, or send the connection through ProxyJump / ProxyCommand /

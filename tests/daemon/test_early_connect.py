@@ -56,13 +56,15 @@ def test_not_connected_early(tmp_path: Path, listener: int, tunnel: str) -> None
 
 
 def test_run_uses_the_early_connection(sshd: Sshd, tmp_path: Path) -> None:
-    """`blitzdns run` with an address gateway: the link comes up over one TCP connection,
-    the early one (an early socket left unused would show as a second connection; this
+    """`blitzdns run` with an address gateway connects early and its link comes up over
+    that one TCP connection (an early socket left unused would show as a second one; this
     also catches an asyncssh whose connect no longer asks the loop as tunnel.early expects)."""
     before = sshd.connections_logged()
-    daemon = start_daemon(tmp_path, config_text(sshd, tmp_path, free_port(), free_port(), ["a"]))
+    config = config_text(sshd, tmp_path, free_port(), free_port(), ["a"])
+    daemon = start_daemon(tmp_path, config, "-v")  # -v: tunnel.early's debug line
     try:
         daemon.wait_status(link_up)
+        daemon.wait_log(f"connection to 127.0.0.1 port {sshd.port} opened early")
         assert sshd.connections_logged() - before == 1
     finally:
         daemon.stop()
