@@ -674,9 +674,10 @@ def _spare(conn: Any, size: int, where: str = "blitzdns_spare_buffers") -> memor
     callgrind). The plaintext's data goes on as views of the buffer (to the client's
     transport, at most until the loop has written it; into asyncssh's pause buffer):
     while any is alive the buffer cannot be resized, which is how a buffer is known to be
-    free. The oldest buffer is tried (writes end in order), then a new one is made, up to
-    :data:`SPARE_BUFFERS`. The same for sealed packets (``where``: :data:`SPARES_OUT`),
-    which the SSH socket's transport holds until written."""
+    free. The oldest buffer is tried (writes end in order; one still held goes to the
+    back), then a new one is made, up to :data:`SPARE_BUFFERS`. The same for sealed
+    packets (``where``: :data:`SPARES_OUT`), which the SSH socket's transport holds until
+    written."""
     pool: collections.deque[bytearray] | None = conn.__dict__.get(where)
     if pool is None:
         pool = conn.__dict__[where] = collections.deque()
@@ -685,7 +686,7 @@ def _spare(conn: Any, size: int, where: str = "blitzdns_spare_buffers") -> memor
         try:
             buf.append(0)  # BufferError while a view of it is alive
         except BufferError:
-            pass
+            pool.rotate(-1)  # held on (a paused channel's data): the next one next time
         else:
             buf.pop()
             pool.rotate(-1)
