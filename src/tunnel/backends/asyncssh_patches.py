@@ -10,7 +10,6 @@ the installed asyncssh. :func:`install` applies them all, once; importing
 from __future__ import annotations
 
 import asyncio
-import collections
 import os
 import time
 from typing import Any
@@ -257,13 +256,10 @@ def _data_packets_opened_in_place() -> None:
     def gcm_length(self: Any, head: memoryview) -> int:
         return int.from_bytes(head, "big")
 
-    def gcm_open(self: Any, packet: memoryview) -> bytes | memoryview | None:
+    def gcm_open(self: Any, packet: memoryview) -> bytes | None:
         cipher = self._recv_encryption._cipher
-        plain = _spare(self, len(packet) - 4 - MAC_LEN)
         try:
-            if plain is None:
-                return _aead(cipher).decrypt(cipher._iv, packet[4:], packet[:4])  # type: ignore[no-any-return]
-            _aead(cipher).decrypt_into(cipher._iv, packet[4:], packet[:4], plain)
+            plain: bytes = _aead(cipher).decrypt(cipher._iv, packet[4:], packet[:4])
         except InvalidTag:
             return None
         return plain
@@ -276,7 +272,7 @@ def _data_packets_opened_in_place() -> None:
         stream.reset_nonce(CHACHA_CTR_0 + self._recv_seq.to_bytes(8, "big"))
         return int.from_bytes(stream.update(head), "big")
 
-    def chacha_open(self: Any, packet: memoryview) -> bytes | memoryview | None:
+    def chacha_open(self: Any, packet: memoryview) -> bytes | None:
         stream = _chacha_streams(self._recv_encryption._cipher)[1]
         stream.reset_nonce(CHACHA_CTR_0 + self._recv_seq.to_bytes(8, "big"))
         key = stream.update(CHACHA_BLOCK_ZERO)[:32]  # block 0: the Poly1305 key
@@ -284,10 +280,7 @@ def _data_packets_opened_in_place() -> None:
             verify_tag(key, packet[:-MAC_LEN], bytes(packet[-MAC_LEN:]))
         except InvalidSignature:
             return None
-        plain = _spare(self, len(packet) - 4 - MAC_LEN)
-        if plain is None:
-            return stream.update(packet[4:-MAC_LEN])  # type: ignore[no-any-return]
-        stream.update_into(packet[4:-MAC_LEN], plain)  # from block 1 on, as OpenSSH
+        plain: bytes = stream.update(packet[4:-MAC_LEN])  # from block 1 on, as OpenSSH
         return plain
 
     def chacha_step(self: Any) -> None:
@@ -309,7 +302,7 @@ def _data_packets_opened_in_place() -> None:
             return None
         return suites.get(type(self._recv_encryption))
 
-    def deliver(self: Any, plain: bytes | memoryview, step: Any) -> bool:
+    def deliver(self: Any, plain: bytes, step: Any) -> bool:
         """Hand a channel data packet's data to its channel; False: not one for here."""
         end = len(plain) - plain[0]
         if plain[1] != MSG_CHANNEL_DATA or plain[0] < 4 or end < 10:
@@ -462,39 +455,24 @@ def _data_packets_sealed_in_place() -> None:
     urandom = os.urandom
     monotonic = time.monotonic
 
-    def gcm_seal(conn: Any, header: bytes, packet: bytes) -> tuple[Any, ...]:
-        """The sealed packet's parts: its length, the ciphertext and tag; into one of the
-        connection's reused buffers where one is free (the length written in front)."""
+    def gcm_seal(conn: Any, header: bytes, packet: bytes) -> tuple[bytes, ...]:
         cipher = conn._send_encryption._cipher
-        out = _spare(conn, 4 + len(packet) + MAC_LEN, SPARES_OUT)
-        if out is None:
-            sealed: Any = _aead(cipher).encrypt(cipher._iv, packet, header)
-            cipher._update_iv()
-            return header, sealed
-        out[:4] = header
-        _aead(cipher).encrypt_into(cipher._iv, packet, header, out[4:])
+        sealed = _aead(cipher).encrypt(cipher._iv, packet, header)
         cipher._update_iv()
-        return (out,)
+        return header, sealed
 
-    def chacha_seal(conn: Any, header: bytes, packet: bytes) -> tuple[Any, ...]:
+    def chacha_seal(conn: Any, header: bytes, packet: bytes) -> tuple[bytes, ...]:
         head, stream = _chacha_streams(conn._send_encryption._cipher)
         nonce = CHACHA_CTR_0 + conn._send_seq.to_bytes(8, "big")
         head.reset_nonce(nonce)
+        header = head.update(header)
         stream.reset_nonce(nonce)
-        key = stream.update(CHACHA_BLOCK_ZERO)[:32]
-        out = _spare(conn, 4 + len(packet), SPARES_OUT)
-        if out is None:
-            header = head.update(header)
-            sealed = stream.update(packet)
-            mac = Poly1305(key)
-            mac.update(header)
-            mac.update(sealed)
-            return header, sealed, mac.finalize()
-        head.update_into(header, out[:4])
-        stream.update_into(packet, out[4:])  # the MAC over the two, one piece: no copy
-        return out, generate_tag(key, out)
+        mac = Poly1305(stream.update(CHACHA_BLOCK_ZERO)[:32])
+        sealed = stream.update(packet)
+        mac.update(header)
+        mac.update(sealed)
+        return header, sealed, mac.finalize()
 
-    generate_tag = Poly1305.generate_tag
     seals: dict[type, Any] = {GCMEncryption: gcm_seal}
     if _chacha_streams_reset():
         seals[ChachaEncryption] = chacha_seal
@@ -665,50 +643,6 @@ def _opened_before(encryption: Any, seq: int, first: bytes, mac: bytes) -> bytes
 OPENED = "blitzdns_opened"
 """Where the receiving encryption object holds a packet opened by the in-place path:
 (sequence number, first block, tag, plaintext, clear length field)."""
-
-
-def _spare(conn: Any, size: int, where: str = "blitzdns_spare_buffers") -> memoryview | None:
-    """``size`` bytes of a buffer of ``conn``'s that nothing holds a view of any more (for
-    a packet's plaintext: ``decrypt_into``), or None: a new ``bytes`` then. cryptography
-    zero-fills every ``bytes`` it returns before writing it (12 % of the receive path,
-    callgrind). The plaintext's data goes on as views of the buffer (to the client's
-    transport, at most until the loop has written it; into asyncssh's pause buffer):
-    while any is alive the buffer cannot be resized, which is how a buffer is known to be
-    free. The oldest buffer is tried (writes end in order), then a new one is made, up to
-    :data:`SPARE_BUFFERS`. The same for sealed packets (``where``: :data:`SPARES_OUT`),
-    which the SSH socket's transport holds until written."""
-    pool: collections.deque[bytearray] | None = conn.__dict__.get(where)
-    if pool is None:
-        pool = conn.__dict__[where] = collections.deque()
-    if pool:
-        buf = pool[0]
-        try:
-            buf.append(0)  # BufferError while a view of it is alive
-        except BufferError:
-            pass
-        else:
-            buf.pop()
-            pool.rotate(-1)
-            return memoryview(buf)[:size] if size <= len(buf) else None
-    if len(pool) >= SPARE_BUFFERS or size > SPARE_MAX:
-        return None
-    buf = bytearray(max(size, SPARE_SIZE))
-    pool.append(buf)
-    return memoryview(buf)[:size]
-
-
-SPARES = "blitzdns_spare_buffers"
-"""Where a connection keeps its plaintext buffers..."""
-SPARES_OUT = "blitzdns_spare_buffers_out"
-"""...and its sealed packets' buffers."""
-SPARE_BUFFERS = 32
-"""At most this many per connection (a 256 KiB read of 32 KiB packets takes 8, written
-when the loop turns; more are held while the client's socket is full)."""
-SPARE_SIZE = 32 * 1024 + 64
-"""A buffer's size: a packet of 32 KiB of channel data (the tunnel's channel_max_packet)
-with its header and padding; a larger packet makes a buffer its own size..."""
-SPARE_MAX = 256 * 1024
-"""...up to this size (asyncssh's default max packet); beyond, a new ``bytes``."""
 
 
 def _read_into_one_buffer() -> None:
