@@ -16,6 +16,7 @@ import pytest
 from tests.peers import free_port, wait_until
 from tunnel import Forward, Tunnel, TunnelOptions
 from tunnel.backends import asyncssh_link, direct
+from tunnel.sshlib import asyncssh
 
 from .tunnel_testlib import Target, exchange, link_up
 
@@ -138,3 +139,46 @@ async def test_a_link_lost_while_a_channel_opens_resets_its_client(
         finally:
             client.close()
         await wait_until(lambda: tunnel.state.forwards[0].cut == 1)
+
+
+async def test_the_open_is_the_one_asyncssh_sends(
+    options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twin check: the CHANNEL_OPEN of a :class:`DirectTCPChannel` is byte for byte the one
+    asyncssh's own ``create_connection`` sends for the same target, origin, window and
+    packet size (but for each channel's own number), and sshd confirms both."""
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        assert isinstance(link, asyncssh_link.SSHLink)
+        conn = link.conn
+        opens: list[bytes] = []
+        send = conn.send_packet
+
+        def recorded(pkttype: int, *args: bytes, handler: Any = None) -> None:
+            if pkttype == direct.MSG_CHANNEL_OPEN:
+                opens.append(b"".join(args))
+            send(pkttype, *args, handler=handler)
+
+        monkeypatch.setattr(conn, "send_packet", recorded)
+        theirs, _ = await conn.create_connection(
+            asyncssh.SSHTCPSession,
+            "127.0.0.1",
+            echo.port,
+            "127.0.0.1",
+            4242,
+            window=link.window,
+            max_pktsize=link.max_packet,
+        )
+        ours = direct.DirectTCPChannel(conn, link.window, link.max_packet)
+        ours.open("127.0.0.1", echo.port, "127.0.0.1", 4242)
+        await wait_until(lambda: not ours.opening)
+        assert not ours.is_closing()  # confirmed, not refused
+        theirs.close()
+        ours.close()
+        await wait_until(lambda: not conn._channels)
+    number = len(direct.DIRECT_TCPIP) + 4  # the channel type string, then our number
+    assert len(opens) == 2
+    assert opens[0][:number] == opens[1][:number]
+    assert opens[0][number + 4 :] == opens[1][number + 4 :]
+    assert opens[0][number : number + 4] != opens[1][number : number + 4]
