@@ -118,6 +118,37 @@ def test_a_batch_answers_every_sender_as_the_datagram_transport_does(
     assert ours_stats.answered_local == theirs_stats.answered_local
 
 
+def test_one_datagram_at_a_time_is_answered_as_the_datagram_transport_does(
+    resolver_factory: Callable[..., ServerThread], dnsmasq: Dnsmasq
+) -> None:
+    """A wake-up that finds one datagram (a resolver that is not busy) answers it at once
+    with one ``sendto``, not through the batch: the same replies, byte for byte."""
+    config = make_config(SHARED_TOML)
+    batched = resolver_factory(config, [dnsmasq.endpoint])
+    plain = resolver_factory(config, [dnsmasq.endpoint], batch_io=False)
+    want, _ = answers_to(plain, Endpoint("127.0.0.5", plain.port))
+    drops = 0
+    for (source, datagram, answered), theirs in zip(burst(), want, strict=True):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((source, 0))
+            sock.settimeout(10)
+            sock.sendto(datagram, ("127.0.0.5", batched.port))
+            if not answered:
+                drops += 1
+                wait_for(
+                    lambda n=drops: batched.resolver.stats.dropped == n, "the drop counted", 10
+                )
+                continue
+            ours = sock.recv(4096)
+        if b"fwd" in datagram:
+            assert addresses(dns.message.from_wire(ours)) == [FORWARDED_ADDRESS]
+        else:
+            assert ours == theirs, (source, datagram)
+    # Each wake-up found one datagram: no batch was ever read.
+    assert all(reader.largest_batch == 0 for reader in batched.resolver._readers)
+    assert batched.resolver.stats.answered_local == plain.resolver.stats.answered_local
+
+
 def test_an_oversized_datagram_is_dropped_and_counted(
     resolver_factory: Callable[..., ServerThread], dnsmasq: Dnsmasq
 ) -> None:
@@ -132,6 +163,20 @@ def test_an_oversized_datagram_is_dropped_and_counted(
         reply = dns.message.from_wire(client.recv(4096))
     assert reply.id == query.id and addresses(reply) == ["127.77.0.1"]
     assert stub.resolver.stats.oversized == 1
+
+
+def test_an_oversized_datagram_alone_is_dropped_and_counted(
+    resolver_factory: Callable[..., ServerThread], dnsmasq: Dnsmasq
+) -> None:
+    stub = resolver_factory(make_config(), [dnsmasq.endpoint])
+    query = dns.message.make_query("dnd", "A")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(10)
+        client.sendto(query.to_wire() + b"\x00" * batchio.MAX_QUERY, ("127.0.0.1", stub.port))
+        wait_for(lambda: stub.resolver.stats.oversized == 1, "the oversized query counted", 10)
+        client.sendto(query.to_wire(), ("127.0.0.1", stub.port))
+        reply = dns.message.from_wire(client.recv(4096))
+    assert reply.id == query.id and addresses(reply) == ["127.77.0.1"]
 
 
 def test_forwarded_and_local_answers_over_ipv6(

@@ -170,6 +170,7 @@ class Engine:
         self._fast: dict[str, FastView] = {}
         self._fast_by_view: dict[int, FastView] = {}
         self._screen = guard.screen(table.protected).search
+        self._protected_wire = _protected_wire(table)
         #: Loop probes in flight (lower wire name) and those our own listener received.
         self.probes: set[bytes] = set()
         self.probes_seen: set[bytes] = set()
@@ -184,6 +185,7 @@ class Engine:
         self._fast = {}
         self._fast_by_view = {}
         self._screen = guard.screen(table.protected).search
+        self._protected_wire = _protected_wire(table)
         return self.cache.drop_where(
             lambda key, entry: (
                 table.protects(wire_labels(key)) or self._leads_to_protected(key, entry)
@@ -201,6 +203,19 @@ class Engine:
             return True
         qtype = int.from_bytes(key[-5:-3], "big")
         return guard.plan(wire_labels(key), qtype, records, self.table.protects) is not None
+
+    def _under_protected(self, name: bytes) -> bool:
+        """Whether the lower-case, well-formed wire ``name`` lies under a protected name
+        (:meth:`~blitzdns.dns.table.Table.protected_ancestor` on the wire bytes: no label
+        tuples for every forwarded name)."""
+        protected = self._protected_wire
+        size = len(name)
+        i = name[0] + 1
+        while i < size and name[i]:
+            if name[i:] in protected:
+                return True
+            i += name[i] + 1
+        return False
 
     def _fast_view(self, client: str) -> FastView:
         view = self.table.view_for(client)
@@ -286,7 +301,7 @@ class Engine:
                 return self.handle_slow(packet, client, now, udp)
             self.stats.answered_local += 1
             return nodata.reply(packet, qend, which)
-        if self.table.protected_ancestor(wire_labels(name)) is not None:
+        if self._under_protected(name):
             return self.handle_slow(packet, client, now, udp)
         return self._forward(packet, client, key, qend, flags, edns, udp)
 
@@ -342,15 +357,16 @@ class Engine:
             self.stats.dropped += 1
             return None
         self.stats.forwarded += 1
+        # Positional: keywords would build a dict per forwarded query.
         return ForwardJob(
-            key=key,
-            query=upstream_query(packet, qend, flags, edns),
-            packet=packet,
-            qend=qend,
-            edns=edns,
-            limit=udp_limit(edns) if udp else None,
-            client=client,
-            table=self.table,
+            key,
+            upstream_query(packet, qend, flags, edns),
+            packet,
+            qend,
+            edns,
+            udp_limit(edns) if udp else None,
+            client,
+            self.table,
         )
 
     def finish(self, job: ForwardJob, response: bytes | None, now: float) -> bytes:
@@ -462,6 +478,11 @@ class Engine:
             self.stats.notimp += 1
         else:
             self.stats.formerr += 1
+
+
+def _protected_wire(table: Table) -> frozenset[bytes]:
+    """The table's protected names as lower-case wire names."""
+    return frozenset(to_wire(name) for name in table.protected)
 
 
 def question_end(packet: bytes) -> int:

@@ -57,6 +57,8 @@ from blitzdns.dns.table import to_wire
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
+#: A record's type, class (skipped), TTL and RDLENGTH after its name.
+_RECORD = struct.Struct(">H2xIH")
 #: Reply variants: (RD, CD) × (no EDNS, EDNS, EDNS with DO) — see :func:`variant`.
 VARIANTS = 12
 #: The cache key's last byte is the variant: each changes what a reply holds.
@@ -322,9 +324,7 @@ def scan_response(response: bytes) -> Scan | None:
             offset = _skip_name(response, offset)
             if offset < 0 or offset + 10 > len(response):
                 return None
-            rtype = _U16.unpack_from(response, offset)[0]
-            ttl = _U32.unpack_from(response, offset + 4)[0]
-            rdlength = _U16.unpack_from(response, offset + 8)[0]
+            rtype, ttl, rdlength = _RECORD.unpack_from(response, offset)
             rdata_end = offset + 10 + rdlength
             if rdata_end > len(response):
                 return None
@@ -336,14 +336,15 @@ def scan_response(response: bytes) -> Scan | None:
             offset = rdata_end
     if offset != len(response):
         return None
+    # Positional: keywords would build a dict per forwarded reply.
     return Scan(
-        rcode=response[3] & RCODE_BYTE3,
-        truncated=bool(response[2] & TC_BYTE2),
-        ancount=counts[1],
-        ttl_offsets=tuple(offsets),
-        ttls=tuple(ttls),
-        negative_ttl=negative_ttl,
-        question_end=question_end,
+        response[3] & RCODE_BYTE3,
+        bool(response[2] & TC_BYTE2),
+        counts[1],
+        tuple(offsets),
+        tuple(ttls),
+        negative_ttl,
+        question_end,
     )
 
 
