@@ -26,17 +26,21 @@ from tunnel.backends.openssh import fdpass
 from tunnel.backends.openssh.command import SshFiles, master_argv
 from tunnel.backends.openssh.fdpass import send_request_and_fd
 from tunnel.backends.openssh.link import MuxLink
+from tunnel.backends.openssh.master import ExitWatch
 from tunnel.backends.openssh.mux import (
     MUX_C_NEW_STDIO_FWD,
     MuxError,
+    check_hello,
     parse_reply,
     stdio_fwd_packet,
 )
+from tunnel.backends.openssh.pool import connect_now
 from tunnel.backends.openssh.stderr import classify_exit
 from tunnel.errors import AuthFailed, HostKeyChanged, HostKeyUnknown, TunnelConfigError
 from tunnel.forwards import Gateway
 from tunnel.link import Flow
 
+from .test_tunnel_cut import CHUNK, connect, how_it_ends, read_some
 from .tunnel_testlib import Target, exchange, link_up, read_until_closed, talking_target
 
 SSH = shutil.which("ssh")
@@ -413,3 +417,73 @@ async def test_forwards_in_the_users_ssh_config_are_not_set_up_by_the_master(
         async with Tunnel(mux_options, [forward]) as tunnel:
             assert await tunnel.wait_up(10)
             assert await exchange(*forward.mouth, b"through") == b"through"
+
+
+# --- a master that goes, told without asking it ----------------------------------------
+
+
+def stop_the_master(how: str, link: MuxLink, sshd: Sshd) -> None:
+    if how == "gateway-gone":
+        sshd.kill()  # the master reads the end and frees its channels in order (clean exit)
+    else:
+        os.kill(link.pid, signal.SIGKILL if how == "SIGKILL" else signal.SIGTERM)
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "gateway-gone"])
+async def test_a_going_master_is_told_when_it_hangs_up(
+    mux_options: TunnelOptions, sshd: Sshd, how: str
+) -> None:
+    """The moment the master hangs up a mux connection because it is going (killed: the
+    kernel closes its descriptors; SIGTERM or the gateway gone: it frees its channels), the
+    link knows from /proc, without a connect the master would have to accept; while it
+    runs, it is not going."""
+    async with Tunnel(mux_options, []) as tunnel:
+        assert await tunnel.wait_up(10)
+        link = await up_mux_link(tunnel)
+        master = link.master
+        assert isinstance(master.exit_watch, ExitWatch)
+        assert master.exit_watch.link.startswith("socket:[")
+        channel = connect_now(link.control_path)
+        assert channel is not None
+        with channel.sock:
+            channel.sock.setblocking(True)
+            channel.buffer += await asyncio.to_thread(channel.sock.recv, 64)
+            check_hello(channel.take_packet())
+            assert not master.going()
+            stop_the_master(how, link, sshd)
+            assert await asyncio.to_thread(channel.sock.recv, 1) == b""
+            assert master.going()
+
+
+def test_no_watch_where_proc_does_not_show_the_listener(tmp_path: Path) -> None:
+    assert ExitWatch.of(os.getpid(), tmp_path) is None
+    assert ExitWatch.of(os.getpid(), tmp_path, proc=tmp_path / "no-proc") is None
+
+
+@pytest.mark.parametrize(
+    ("how", "watch"),
+    [("SIGKILL", True), ("SIGTERM", True), ("SIGTERM", False)],
+    ids=["SIGKILL", "SIGTERM", "SIGTERM-no-proc"],
+)
+async def test_a_master_that_dies_mid_transfer_resets_the_client(
+    mux_options: TunnelOptions, sshd: Sshd, how: str, watch: bool
+) -> None:
+    """In flight when the master goes: a reset, never an end of stream. Killed, a master's
+    sockets are released in no set order (Linux runs the exit's deferred releases newest
+    first), so a connect to its control socket could still be accepted after a mux
+    connection was hung up: judged by that connect, SIGKILL gave an EOF in 4 runs of 12.
+    Where /proc does not tell, the connect is still asked (a clean exit frees the listener
+    first)."""
+    async with (
+        talking_target(CHUNK, repeat=16384) as forward,
+        Tunnel(mux_options, [forward]) as tunnel,
+    ):
+        assert await tunnel.wait_up(10)
+        link = await up_mux_link(tunnel)
+        if not watch:
+            link.master.exit_watch = None
+        client = await connect(forward)
+        await read_some(client, 1 << 20)
+        stop_the_master(how, link, sshd)
+        assert await how_it_ends(client) == "reset"
+        await wait_until(lambda: tunnel.state.forwards[0].cut == 1)

@@ -19,7 +19,7 @@ import select
 
 from tunnel.backends.openssh.command import exec_argv
 from tunnel.backends.openssh.fdpass import send_request_and_fd
-from tunnel.backends.openssh.master import Master, listening, start_master
+from tunnel.backends.openssh.master import Master, start_master
 from tunnel.backends.openssh.mux import (
     MuxError,
     check_hello,
@@ -37,9 +37,6 @@ from tunnel.link import Flow, before_cut_close
 from tunnel.options import TunnelOptions
 
 log = logging.getLogger("tunnel.openssh")
-
-REPLY_CHECK_S = 0.02
-"""The master's hello and reply are read this long after the request, in one batch."""
 
 
 class MuxSession:
@@ -70,9 +67,11 @@ class MuxLink:
     Handed-over flows (:class:`MuxSession`) are watched for their end only: a private
     epoll set, which the event loop sees as one descriptor, reports when the master hangs up
     a mux connection (``EPOLLRDHUP``), so the master's hello and reply, which arrive while
-    the channel is being opened, wake nobody. They are read ``REPLY_CHECK_S`` later, in one
-    batch, to cut a refused flow. (Without epoll, each mux connection is watched by the
-    loop directly.)
+    the channel is being opened, wake nobody. They are read at that hang-up: the master
+    closes the mux connection right after a refusal too (the failed channel is freed, and
+    with it its control connection: ``mux_master_session_cleanup_cb``), so a refused flow is
+    cut then, with a reset. (Without epoll, each mux connection is watched by the loop
+    directly.)
     """
 
     def __init__(self, master: Master) -> None:
@@ -83,8 +82,6 @@ class MuxLink:
         self._request_id = 0
         self.spares = SparePool(self.control_path)
         self._sessions: dict[int, MuxSession] = {}
-        self._unconfirmed: list[MuxSession] = []
-        self._check: asyncio.TimerHandle | None = None
         self._hangups = select.epoll() if hasattr(select, "epoll") else None
         self._watching = False
         self._closed = False
@@ -168,10 +165,6 @@ class MuxLink:
         if not self._watching:
             self._watching = True
             loop.add_reader(self._hangups.fileno(), self._hung_up)
-        if session.stage < 2:
-            self._unconfirmed.append(session)
-            if self._check is None:
-                self._check = loop.call_later(REPLY_CHECK_S, self._check_replies)
         return session
 
     def _hung_up(self) -> None:
@@ -189,22 +182,11 @@ class MuxLink:
     def _why_hung_up(self) -> str | None:
         """Why the master hung up mux connections: ``None`` when it is alive (so each
         channel ended in order), else the cut. A dying master closes its control listener
-        before the mux connections (its lower descriptor, its first channel), so one
-        connect attempt, made after the hang-ups were seen, tells the two apart."""
-        if self._closed or not listening(self.control_path):
+        before the mux connections, so asking after the hang-ups were seen tells the two
+        apart (:meth:`Master.going`)."""
+        if self._closed or self.master.going():
             return "link lost; connection cut"
         return None
-
-    def _check_replies(self) -> None:
-        self._check = None
-        pending, self._unconfirmed = self._unconfirmed, []
-        for session in pending:
-            if session.stage < 2 and session.channel.sock.fileno() >= 0:
-                self._service(session)
-                if session.stage < 2 and session.channel.sock.fileno() >= 0:
-                    self._unconfirmed.append(session)
-        if self._unconfirmed and not self._closed:
-            self._check = asyncio.get_running_loop().call_later(REPLY_CHECK_S, self._check_replies)
 
     def _read_one(self, session: MuxSession) -> None:
         """Without epoll: the loop watches each mux connection itself."""
@@ -306,8 +288,6 @@ class MuxLink:
     def close(self) -> None:
         """Cut every flow, and ask the master to exit (SIGTERM)."""
         self._closed = True
-        if self._check is not None:
-            self._check.cancel()
         self.spares.close()
         for session in list(self._sessions.values()):
             self.end(session, "link closed; connection cut")
