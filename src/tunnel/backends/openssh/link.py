@@ -130,17 +130,15 @@ class MuxLink:
         forward = flow.forward
         rid = self._next_request_id()
         request = stdio_fwd_packet(rid, forward.target_host, forward.target_port)
-        # Everything else is done before the send: it wakes the master with a "sync"
-        # wake-up (the kernel assumes the sender is about to sleep) and the master may take
-        # over this CPU at once, so any work left after it would wait behind the master.
-        session = self._watch(MuxSession(channel, flow, rid))
         try:
             send_request_and_fd(channel.sock, request, flow.sock.fileno())
         except OSError:
-            self._unwatch(session)
-            flow.stop = flow.meter = None
             channel.close()
             return False
+        # Watched after the send, which is what the connection waits for: the master may
+        # take over this CPU at once (the send wakes it "sync"), and the watch can wait.
+        # Nothing can hang up unseen meanwhile (EPOLLRDHUP is level-triggered).
+        self._watch(MuxSession(channel, flow, rid))
         return True
 
     def adopt(self, channel: MuxChannel, flow: Flow) -> None:
