@@ -179,9 +179,9 @@ class MuxLink:
 
     def _why_hung_up(self) -> str | None:
         """Why the master hung up mux connections: ``None`` when it is alive (so each
-        channel ended in order), else the cut. A dying master closes its control listener
-        before the mux connections, so asking after the hang-ups were seen tells the two
-        apart (:meth:`Master.going`)."""
+        channel ended in order), else the cut. A going master lets go of its control
+        listener before it hangs up any mux connection, so asking after the hang-ups were
+        seen tells the two apart (:meth:`Master.going`, :class:`.master.ExitWatch`)."""
         if self._closed or self.master.going():
             return "link lost; connection cut"
         return None
