@@ -38,6 +38,9 @@ from tunnel.options import TunnelOptions
 
 log = logging.getLogger("tunnel.openssh")
 
+READ_MAX = 65536
+"""What one read of a mux connection asks for (the master sends 28 bytes per session)."""
+
 
 class MuxSession:
     """One handed-over flow: its mux connection, open while the channel lives.
@@ -172,7 +175,7 @@ class MuxLink:
         for fd, _ in self._hangups.poll(0):
             session = self._sessions.get(fd)
             if session is not None:
-                self._service(session)
+                self._service(session, hung_up=True)
                 if not judged:
                     judged, verdict = True, self._why_hung_up()
                 self.end(session, verdict)
@@ -191,54 +194,47 @@ class MuxLink:
         if self._service(session):
             self.end(session, self._why_hung_up())
 
-    def _service(self, session: MuxSession) -> bool:
+    def _service(self, session: MuxSession, hung_up: bool = False) -> bool:
         """Read what the master sent on a session: hello, reply, then the end. True when
-        the master hung up after the channel opened (the caller judges why)."""
+        the master hung up after the channel opened (the caller judges why). ``hung_up``:
+        epoll saw the master's end of it, so a read shorter than asked took all there was
+        and the end needs no read of its own."""
         channel = session.channel
         while channel.sock.fileno() >= 0:
             try:
-                data = channel.sock.recv(65536)
+                data = channel.sock.recv(READ_MAX)
             except BlockingIOError:
                 return False
             except OSError:
                 data = b""
-            if not data:
+            if data and session.stage < 2:
+                channel.buffer += data
+                try:
+                    while session.stage < 2 and (body := channel.take_packet()) is not None:
+                        if session.stage == 0:
+                            check_hello(body)
+                        else:
+                            check_opened(body, session.request_id)
+                        session.stage += 1
+                except MuxError as exc:
+                    self.end(session, str(exc))
+                    return False
+            if not data or (hung_up and len(data) < READ_MAX):
                 if session.stage < 2:
                     self.end(session, "master closed the mux connection before its reply")
                     return False
                 return True
-            if session.stage == 2:
-                continue
-            channel.buffer += data
-            try:
-                while session.stage < 2 and (body := channel.take_packet()) is not None:
-                    if session.stage == 0:
-                        check_hello(body)
-                    else:
-                        check_opened(body, session.request_id)
-                    session.stage += 1
-            except MuxError as exc:
-                self.end(session, str(exc))
-                return False
         return False
-
-    def _unwatch(self, session: MuxSession) -> bool:
-        """Stop watching ``session``; False if it was not watched (any more)."""
-        fd = session.channel.sock.fileno()
-        if fd < 0 or self._sessions.pop(fd, None) is None:
-            return False
-        if self._hangups is None:
-            asyncio.get_running_loop().remove_reader(fd)
-        else:
-            with contextlib.suppress(OSError, ValueError):
-                self._hangups.unregister(fd)
-        return True
 
     def end(self, session: MuxSession, cut: str | None) -> None:
         """Close ``session``'s mux connection (ending its channel) and our copy of the
-        client, and report the flow's end, with the bytes the kernel counted."""
-        if not self._unwatch(session):
+        client, and report the flow's end, with the bytes the kernel counted. (With epoll,
+        closing the mux connection, its one descriptor, takes it out of the watch set.)"""
+        fd = session.channel.sock.fileno()
+        if fd < 0 or self._sessions.pop(fd, None) is None:
             return
+        if self._hangups is None:
+            asyncio.get_running_loop().remove_reader(fd)
         flow = session.flow
         traffic = tcp_traffic(flow.sock)
         if cut is not None:
