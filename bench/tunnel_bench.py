@@ -564,6 +564,9 @@ NOTES = {  # where the time goes (tunnelperf's profiles, /work/notes/tunnelperf.
     "asyncssh's per-packet Python and copies; bench/results/profiles/",
     ("tunnel", "p50"): "about 500 us of Python per connection (channel open, 4 packets sent, "
     "tasks), most of it serial in the round trip",
+    ("tunnel-mux", "p50"): "our process ~190 us CPU per connection (accept, hand-off, watch, "
+    "end) and the master ~60 us more than ssh -L (a fresh mux connection and hello per "
+    "connection, two descriptors received); a bare hand-off in Python already gives ~1.5x",
 }
 
 

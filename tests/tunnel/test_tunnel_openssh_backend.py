@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import select
 import shutil
 import signal
 import socket
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,17 +28,21 @@ from tunnel.backends.openssh import fdpass
 from tunnel.backends.openssh.command import SshFiles, master_argv
 from tunnel.backends.openssh.fdpass import send_request_and_fd
 from tunnel.backends.openssh.link import MuxLink
+from tunnel.backends.openssh.master import ExitWatch
 from tunnel.backends.openssh.mux import (
     MUX_C_NEW_STDIO_FWD,
     MuxError,
+    check_hello,
     parse_reply,
     stdio_fwd_packet,
 )
+from tunnel.backends.openssh.pool import connect_now
 from tunnel.backends.openssh.stderr import classify_exit
 from tunnel.errors import AuthFailed, HostKeyChanged, HostKeyUnknown, TunnelConfigError
 from tunnel.forwards import Gateway
 from tunnel.link import Flow
 
+from .test_tunnel_cut import CHUNK, connect, how_it_ends, read_some
 from .tunnel_testlib import Target, exchange, link_up, read_until_closed, talking_target
 
 SSH = shutil.which("ssh")
@@ -101,6 +107,13 @@ def test_stdio_fwd_packet_is_what_mux_c_sends() -> None:
     kind, rid, rest = parse_reply(body)
     assert (kind, rid) == (MUX_C_NEW_STDIO_FWD, 7)
     assert rest == b"\0\0\0\0" + b"\0\0\0\3dnd" + (902).to_bytes(4, "big")
+    # The part after the request id is built once per target: other ids, other targets.
+    assert stdio_fwd_packet(8, "dnd", 902) == packet[:8] + (8).to_bytes(4, "big") + packet[12:]
+    other = stdio_fwd_packet(7, "dasher.dartmouth.edu", 2151)
+    assert parse_reply(other[4:])[2] == b"\0" * 4 + b"\0\0\0\x14dasher.dartmouth.edu" + (
+        2151
+    ).to_bytes(4, "big")
+    assert int.from_bytes(other[:4], "big") == len(other) - 4
 
 
 def test_master_argv_checks_host_keys_and_never_prompts(tmp_path: Path) -> None:
@@ -413,3 +426,115 @@ async def test_forwards_in_the_users_ssh_config_are_not_set_up_by_the_master(
         async with Tunnel(mux_options, [forward]) as tunnel:
             assert await tunnel.wait_up(10)
             assert await exchange(*forward.mouth, b"through") == b"through"
+
+
+# --- a master that goes, told without asking it ----------------------------------------
+
+
+def stop_the_master(how: str, link: MuxLink, sshd: Sshd) -> None:
+    if how == "gateway-gone":
+        sshd.kill()  # the master reads the end and frees its channels in order (clean exit)
+    else:
+        os.kill(link.pid, signal.SIGKILL if how == "SIGKILL" else signal.SIGTERM)
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "gateway-gone"])
+async def test_a_going_master_is_told_when_it_hangs_up(
+    mux_options: TunnelOptions, sshd: Sshd, how: str
+) -> None:
+    """The moment the master hangs up a mux connection because it is going (killed: the
+    kernel closes its descriptors; SIGTERM or the gateway gone: it frees its channels), the
+    link knows from /proc, without a connect the master would have to accept; while it
+    runs, it is not going."""
+    async with Tunnel(mux_options, []) as tunnel:
+        assert await tunnel.wait_up(10)
+        link = await up_mux_link(tunnel)
+        master = link.master
+        assert isinstance(master.exit_watch, ExitWatch)
+        assert master.exit_watch.link.startswith("socket:[")
+        channel = connect_now(link.control_path)
+        assert channel is not None
+        with channel.sock:
+            channel.sock.setblocking(True)
+            channel.buffer += await asyncio.to_thread(channel.sock.recv, 64)
+            check_hello(channel.take_packet())
+            assert not master.going()
+            stop_the_master(how, link, sshd)
+            assert await asyncio.to_thread(channel.sock.recv, 1) == b""
+            assert master.going()
+
+
+async def test_a_flow_handed_over_as_the_master_is_gone_is_cut_and_the_next_link_carries(
+    mux_options: TunnelOptions, echo: Target
+) -> None:
+    """Spares of a master that has just died (its exit not yet seen by the loop) are
+    hung up: a flow handed over then is cut, not left waiting, and nothing leaks; the next
+    master's link has spares of its own and carries the next connection."""
+    forward = forward_to(echo)
+    async with Tunnel(mux_options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        assert await exchange(*forward.mouth, b"one") == b"one"
+        link = await up_mux_link(tunnel)
+        before = await settled_fd_count()
+        spares = list(link.spares._spares)
+        assert spares
+        os.kill(link.pid, signal.SIGKILL)
+        watch = select.poll()
+        for spare in spares:
+            watch.register(spare.sock, select.POLLRDHUP)
+        # The loop is held (no await) until every spare is hung up: the link cannot have
+        # seen the master's exit yet.
+        deadline = time.monotonic() + 15
+        while len(watch.poll(100)) < len(spares):
+            assert time.monotonic() < deadline, "the killed master's spares stay open"
+        assert tunnel.link is link
+        ours, theirs = socket.socketpair()
+        with ours:
+            mouth = tunnel._mouths[forward.mouth]
+            flow = Flow(mouth, forward, theirs, "127.0.0.1", 0, mouth.counters)
+            mouth.flows.add(flow)
+            mouth.counters.open += 1
+            link.carry(flow)
+            await wait_until(lambda: flow.done, 10)
+            assert theirs.fileno() == -1
+            assert mouth.counters.cut == 1
+        await wait_until(lambda: master_pids(tunnel) not in ([], [link.pid]), 15)
+        new_link = await up_mux_link(tunnel)
+        await wait_until(lambda: len(new_link.spares._spares) > 0)
+        assert await exchange(*forward.mouth, b"again") == b"again"
+        assert await settled_fd_count() == before
+        assert all(spare.sock.fileno() == -1 for spare in spares)
+
+
+def test_no_watch_where_proc_does_not_show_the_listener(tmp_path: Path) -> None:
+    assert ExitWatch.of(os.getpid(), tmp_path) is None
+    assert ExitWatch.of(os.getpid(), tmp_path, proc=tmp_path / "no-proc") is None
+
+
+@pytest.mark.parametrize(
+    ("how", "watch"),
+    [("SIGKILL", True), ("SIGTERM", True), ("SIGTERM", False)],
+    ids=["SIGKILL", "SIGTERM", "SIGTERM-no-proc"],
+)
+async def test_a_master_that_dies_mid_transfer_resets_the_client(
+    mux_options: TunnelOptions, sshd: Sshd, how: str, watch: bool
+) -> None:
+    """In flight when the master goes: a reset, never an end of stream. Killed, a master's
+    sockets are released in no set order (Linux runs the exit's deferred releases newest
+    first), so a connect to its control socket could still be accepted after a mux
+    connection was hung up: judged by that connect, SIGKILL gave an EOF in 4 runs of 12.
+    Where /proc does not tell, the connect is still asked (a clean exit frees the listener
+    first)."""
+    async with (
+        talking_target(CHUNK, repeat=16384) as forward,
+        Tunnel(mux_options, [forward]) as tunnel,
+    ):
+        assert await tunnel.wait_up(10)
+        link = await up_mux_link(tunnel)
+        if not watch:
+            link.master.exit_watch = None
+        client = await connect(forward)
+        await read_some(client, 1 << 20)
+        stop_the_master(how, link, sshd)
+        assert await how_it_ends(client) == "reset"
+        await wait_until(lambda: tunnel.state.forwards[0].cut == 1)

@@ -19,7 +19,7 @@ import select
 
 from tunnel.backends.openssh.command import exec_argv
 from tunnel.backends.openssh.fdpass import send_request_and_fd
-from tunnel.backends.openssh.master import Master, listening, start_master
+from tunnel.backends.openssh.master import Master, start_master
 from tunnel.backends.openssh.mux import (
     MuxError,
     check_hello,
@@ -38,8 +38,8 @@ from tunnel.options import TunnelOptions
 
 log = logging.getLogger("tunnel.openssh")
 
-REPLY_CHECK_S = 0.02
-"""The master's hello and reply are read this long after the request, in one batch."""
+READ_MAX = 65536
+"""What one read of a mux connection asks for (the master sends 28 bytes per session)."""
 
 
 class MuxSession:
@@ -70,9 +70,11 @@ class MuxLink:
     Handed-over flows (:class:`MuxSession`) are watched for their end only: a private
     epoll set, which the event loop sees as one descriptor, reports when the master hangs up
     a mux connection (``EPOLLRDHUP``), so the master's hello and reply, which arrive while
-    the channel is being opened, wake nobody. They are read ``REPLY_CHECK_S`` later, in one
-    batch, to cut a refused flow. (Without epoll, each mux connection is watched by the
-    loop directly.)
+    the channel is being opened, wake nobody. They are read at that hang-up: the master
+    closes the mux connection right after a refusal too (the failed channel is freed, and
+    with it its control connection: ``mux_master_session_cleanup_cb``), so a refused flow is
+    cut then, with a reset. (Without epoll, each mux connection is watched by the loop
+    directly.)
     """
 
     def __init__(self, master: Master) -> None:
@@ -83,8 +85,6 @@ class MuxLink:
         self._request_id = 0
         self.spares = SparePool(self.control_path)
         self._sessions: dict[int, MuxSession] = {}
-        self._unconfirmed: list[MuxSession] = []
-        self._check: asyncio.TimerHandle | None = None
         self._hangups = select.epoll() if hasattr(select, "epoll") else None
         self._watching = False
         self._closed = False
@@ -133,17 +133,15 @@ class MuxLink:
         forward = flow.forward
         rid = self._next_request_id()
         request = stdio_fwd_packet(rid, forward.target_host, forward.target_port)
-        # Everything else is done before the send: it wakes the master with a "sync"
-        # wake-up (the kernel assumes the sender is about to sleep) and the master may take
-        # over this CPU at once, so any work left after it would wait behind the master.
-        session = self._watch(MuxSession(channel, flow, rid))
         try:
             send_request_and_fd(channel.sock, request, flow.sock.fileno())
         except OSError:
-            self._unwatch(session)
-            flow.stop = flow.meter = None
             channel.close()
             return False
+        # Watched after the send, which is what the connection waits for: the master may
+        # take over this CPU at once (the send wakes it "sync"), and the watch can wait.
+        # Nothing can hang up unseen meanwhile (EPOLLRDHUP is level-triggered).
+        self._watch(MuxSession(channel, flow, rid))
         return True
 
     def adopt(self, channel: MuxChannel, flow: Flow) -> None:
@@ -168,10 +166,6 @@ class MuxLink:
         if not self._watching:
             self._watching = True
             loop.add_reader(self._hangups.fileno(), self._hung_up)
-        if session.stage < 2:
-            self._unconfirmed.append(session)
-            if self._check is None:
-                self._check = loop.call_later(REPLY_CHECK_S, self._check_replies)
         return session
 
     def _hung_up(self) -> None:
@@ -181,84 +175,66 @@ class MuxLink:
         for fd, _ in self._hangups.poll(0):
             session = self._sessions.get(fd)
             if session is not None:
-                self._service(session)
+                self._service(session, hung_up=True)
                 if not judged:
                     judged, verdict = True, self._why_hung_up()
                 self.end(session, verdict)
 
     def _why_hung_up(self) -> str | None:
         """Why the master hung up mux connections: ``None`` when it is alive (so each
-        channel ended in order), else the cut. A dying master closes its control listener
-        before the mux connections (its lower descriptor, its first channel), so one
-        connect attempt, made after the hang-ups were seen, tells the two apart."""
-        if self._closed or not listening(self.control_path):
+        channel ended in order), else the cut. A going master lets go of its control
+        listener before it hangs up any mux connection, so asking after the hang-ups were
+        seen tells the two apart (:meth:`Master.going`, :class:`.master.ExitWatch`)."""
+        if self._closed or self.master.going():
             return "link lost; connection cut"
         return None
-
-    def _check_replies(self) -> None:
-        self._check = None
-        pending, self._unconfirmed = self._unconfirmed, []
-        for session in pending:
-            if session.stage < 2 and session.channel.sock.fileno() >= 0:
-                self._service(session)
-                if session.stage < 2 and session.channel.sock.fileno() >= 0:
-                    self._unconfirmed.append(session)
-        if self._unconfirmed and not self._closed:
-            self._check = asyncio.get_running_loop().call_later(REPLY_CHECK_S, self._check_replies)
 
     def _read_one(self, session: MuxSession) -> None:
         """Without epoll: the loop watches each mux connection itself."""
         if self._service(session):
             self.end(session, self._why_hung_up())
 
-    def _service(self, session: MuxSession) -> bool:
+    def _service(self, session: MuxSession, hung_up: bool = False) -> bool:
         """Read what the master sent on a session: hello, reply, then the end. True when
-        the master hung up after the channel opened (the caller judges why)."""
+        the master hung up after the channel opened (the caller judges why). ``hung_up``:
+        epoll saw the master's end of it, so a read shorter than asked took all there was
+        and the end needs no read of its own."""
         channel = session.channel
         while channel.sock.fileno() >= 0:
             try:
-                data = channel.sock.recv(65536)
+                data = channel.sock.recv(READ_MAX)
             except BlockingIOError:
                 return False
             except OSError:
                 data = b""
-            if not data:
+            if data and session.stage < 2:
+                channel.buffer += data
+                try:
+                    while session.stage < 2 and (body := channel.take_packet()) is not None:
+                        if session.stage == 0:
+                            check_hello(body)
+                        else:
+                            check_opened(body, session.request_id)
+                        session.stage += 1
+                except MuxError as exc:
+                    self.end(session, str(exc))
+                    return False
+            if not data or (hung_up and len(data) < READ_MAX):
                 if session.stage < 2:
                     self.end(session, "master closed the mux connection before its reply")
                     return False
                 return True
-            if session.stage == 2:
-                continue
-            channel.buffer += data
-            try:
-                while session.stage < 2 and (body := channel.take_packet()) is not None:
-                    if session.stage == 0:
-                        check_hello(body)
-                    else:
-                        check_opened(body, session.request_id)
-                    session.stage += 1
-            except MuxError as exc:
-                self.end(session, str(exc))
-                return False
         return False
-
-    def _unwatch(self, session: MuxSession) -> bool:
-        """Stop watching ``session``; False if it was not watched (any more)."""
-        fd = session.channel.sock.fileno()
-        if fd < 0 or self._sessions.pop(fd, None) is None:
-            return False
-        if self._hangups is None:
-            asyncio.get_running_loop().remove_reader(fd)
-        else:
-            with contextlib.suppress(OSError, ValueError):
-                self._hangups.unregister(fd)
-        return True
 
     def end(self, session: MuxSession, cut: str | None) -> None:
         """Close ``session``'s mux connection (ending its channel) and our copy of the
-        client, and report the flow's end, with the bytes the kernel counted."""
-        if not self._unwatch(session):
+        client, and report the flow's end, with the bytes the kernel counted. (With epoll,
+        closing the mux connection, its one descriptor, takes it out of the watch set.)"""
+        fd = session.channel.sock.fileno()
+        if fd < 0 or self._sessions.pop(fd, None) is None:
             return
+        if self._hangups is None:
+            asyncio.get_running_loop().remove_reader(fd)
         flow = session.flow
         traffic = tcp_traffic(flow.sock)
         if cut is not None:
@@ -306,8 +282,6 @@ class MuxLink:
     def close(self) -> None:
         """Cut every flow, and ask the master to exit (SIGTERM)."""
         self._closed = True
-        if self._check is not None:
-            self._check.cancel()
         self.spares.close()
         for session in list(self._sessions.values()):
             self.end(session, "link closed; connection cut")

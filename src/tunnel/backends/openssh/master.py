@@ -110,6 +110,66 @@ def listening(path: Path) -> bool:
     return True
 
 
+SO_ACCEPTCON = 0x10000
+"""``__SO_ACCEPTCON`` in ``/proc/net/unix``'s flags: a listening socket."""
+
+
+class ExitWatch:
+    """Whether a master is going, told from Linux ``/proc`` without a word to it: it no
+    longer holds its control listener (``/proc/PID/fd/N``).
+
+    When the master hangs up a mux connection, that tells a going master from a channel
+    that ended: ending cleanly (SIGTERM, the gateway gone) it frees its channels in order,
+    the listener (channel 0) first; killed or exiting, the kernel drops its whole descriptor
+    table (``exit_files``) before it releases any of the sockets, which it then does in no
+    set order (deferred, newest first on Linux 5.11+). A connect to the control socket
+    (:func:`listening`) cannot tell in that case (a killed master's listener may outlive
+    the mux connections by a moment), and costs the master an accept per question.
+    """
+
+    __slots__ = ("fd_path", "link")
+
+    def __init__(self, fd_path: str, link: str) -> None:
+        self.fd_path = fd_path
+        self.link = link
+
+    @classmethod
+    def of(cls, pid: int, control_dir: Path, proc: Path = Path("/proc")) -> ExitWatch | None:
+        """The watch of master ``pid`` whose control socket is in ``control_dir`` (bound
+        under a temporary name there, then linked into place: OpenSSH ``muxserver_listen``);
+        ``None`` where ``/proc`` does not show its listener."""
+        prefix = f"{control_dir}{os.sep}"
+        inodes: set[str] = set()
+        try:
+            for line in (proc / "net" / "unix").read_text().splitlines()[1:]:
+                fields = line.split()
+                # Num RefCount Protocol Flags Type St Inode Path; __SO_ACCEPTCON: listening
+                if (
+                    len(fields) >= 8
+                    and int(fields[3], 16) & SO_ACCEPTCON
+                    and fields[7].startswith(prefix)
+                ):
+                    inodes.add(f"socket:[{fields[6]}]")
+            fds = proc / str(pid) / "fd"
+            for name in os.listdir(fds):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fds / name)
+                    if link in inodes:
+                        return cls(str(fds / name), link)
+        except (OSError, ValueError):
+            return None
+        return None
+
+    def going(self) -> bool:
+        """The master no longer holds its control listener: exiting, gone (a socket's
+        inode number is not reused while it is open, so a new process with the same pid
+        cannot pass), or freeing its channels."""
+        try:
+            return os.readlink(self.fd_path) != self.link
+        except OSError:
+            return True
+
+
 class Master:
     """One running ``ssh -N -M`` process and its private control directory."""
 
@@ -125,6 +185,7 @@ class Master:
         self.control_dir = control_dir
         self.control_path = control_dir / "ctl"
         self.label = label
+        self.exit_watch: ExitWatch | None = None
         self.stderr_tail = bytearray()
         assert process.stderr is not None
         self.stderr_task = asyncio.get_running_loop().create_task(
@@ -134,6 +195,13 @@ class Master:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def going(self) -> bool:
+        """Whether the master is going (or gone): :class:`ExitWatch` where ``/proc`` shows
+        its listener, else whether its control socket still accepts (:func:`listening`)."""
+        if self.exit_watch is not None:
+            return self.exit_watch.going()
+        return not listening(self.control_path)
 
     def stderr_text(self) -> str:
         return self.stderr_tail.decode(errors="replace")
@@ -234,6 +302,7 @@ async def start_master(gateway: Gateway, options: TunnelOptions) -> Master:
                             await asyncio.shield(master.stderr_task)
                     raise classify_exit(gateway, options, process.returncode, master.stderr_text())
                 if control_path.exists() and await alive(control_path):
+                    master.exit_watch = ExitWatch.of(process.pid, control_dir)
                     break
                 await asyncio.sleep(POLL_S)
     except TimeoutError:

@@ -7,6 +7,7 @@ sends), §4 (``MUX_C_ALIVE_CHECK``); integers are uint32, strings SSH ``string``
 
 from __future__ import annotations
 
+import functools
 import struct
 
 from tunnel.errors import TunnelError
@@ -46,14 +47,25 @@ def mux_packet(*fields: int | bytes | str) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-def hello_packet() -> bytes:
-    return mux_packet(MUX_MSG_HELLO, MUX_VERSION)
+HELLO = mux_packet(MUX_MSG_HELLO, MUX_VERSION)
+"""Our ``MUX_MSG_HELLO`` (no extensions), the first packet on every mux connection."""
+
+
+_HEAD = struct.Struct(">III")
+"""Packet length, type, request id: the head of a request whose rest is fixed."""
+
+
+@functools.lru_cache(maxsize=256)
+def _stdio_fwd_rest(host: str, port: int) -> bytes:
+    return mux_string(b"") + mux_string(host) + struct.pack(">I", port)
 
 
 def stdio_fwd_packet(request_id: int, host: str, port: int) -> bytes:
     """``MUX_C_NEW_STDIO_FWD``: reserved string, connect host (string), port (uint32, as
-    mux.c sends it; PROTOCOL.mux says string but the code is authoritative)."""
-    return mux_packet(MUX_C_NEW_STDIO_FWD, request_id, b"", host, port)
+    mux.c sends it; PROTOCOL.mux says string but the code is authoritative). The part
+    after the request id is built once per target (one per connection otherwise)."""
+    rest = _stdio_fwd_rest(host, port)
+    return _HEAD.pack(8 + len(rest), MUX_C_NEW_STDIO_FWD, request_id) + rest
 
 
 def probe_packet(request_id: int) -> bytes:

@@ -11,7 +11,7 @@ import socket
 import struct
 from pathlib import Path
 
-from tunnel.backends.openssh.mux import MUX_PACKET_MAX, MuxError, check_hello, hello_packet
+from tunnel.backends.openssh.mux import HELLO, MUX_PACKET_MAX, MuxError, check_hello
 
 CONNECT_RETRY_S = 2.0
 """How long a mux connect is retried while the master's listen backlog is full."""
@@ -63,7 +63,7 @@ class MuxChannel:
         try:
             loop = asyncio.get_running_loop()
             await _unix_connect(sock, path)
-            await loop.sock_sendall(sock, hello_packet() + request)
+            await loop.sock_sendall(sock, HELLO + request)
             if fd is not None:
                 await channel.send_fd(fd)
                 await channel.send_fd(fd)
@@ -117,15 +117,19 @@ class MuxChannel:
         self.sock.close()
 
 
-def connect_now(path: Path) -> MuxChannel | None:
+SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+"""Linux: a socket created non-blocking (no ``fcntl``/``ioctl`` afterwards)."""
+
+
+def connect_now(path: Path | str) -> MuxChannel | None:
     """A mux connection with our hello sent, without waiting (``None`` if the master's
     backlog is full or it is gone)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setblocking(False)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | SOCK_NONBLOCK)
+    if not SOCK_NONBLOCK:
+        sock.setblocking(False)
     try:
         sock.connect(str(path))
-        hello = hello_packet()
-        if sock.send(hello) != len(hello):
+        if sock.send(HELLO) != len(HELLO):
             raise BlockingIOError
     except OSError:
         sock.close()
@@ -139,7 +143,7 @@ class SparePool:
     on every turn of its loop, so not more)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
+        self.path = str(path)
         self._spares: list[MuxChannel] = []
         self._used = 0
         self._refill: asyncio.TimerHandle | None = None

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""The floor of the openssh backend's round trip: what a hand-off to an ``ssh -M`` master
+costs with nothing else around it, beside ``ssh -L`` and the real forwarder.
+
+Three forwarders to the same echo target through the same sshd, in one run, taking turns
+in batches of 50 sequential round trips (connect, send a line, read it back, close):
+
+* ``ssh -L`` (the peer);
+* ``floor``: a forked process, a blocking epoll loop in Python: accept, pop a mux connection
+  opened and helloed ahead (PROTOCOL.mux §1), send ``MUX_C_NEW_STDIO_FWD`` and the socket
+  twice in one ``sendmmsg`` (the backend's own code), close our copy at once; no counters,
+  no watch of the channel's end, no reset when the master dies: a lower bound for any
+  front that hands connections to the master;
+* ``tunnel-mux``: this package with ``backend="openssh"`` (uvloop).
+
+Prints p50 and the ratio to ``ssh -L``. Needs root (its own sshd, as tunnel_bench.py).
+Usage: ``python bench/mux_floor.py [--round-trips 2000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+import tunnel_bench as tb  # noqa: E402
+from benchlock import bench_lock  # noqa: E402
+from tunnel.backends.openssh.fdpass import send_request_and_fd  # noqa: E402
+from tunnel.backends.openssh.mux import HELLO, stdio_fwd_packet  # noqa: E402
+
+SPARES = 8
+
+
+def floor_front(listener: socket.socket, control: str, target_port: int) -> None:
+    """The minimal front (runs until killed)."""
+    spares: list[socket.socket] = []
+    pending: dict[int, socket.socket] = {}
+    poller = select.epoll()
+    poller.register(listener.fileno(), select.EPOLLIN)
+    request_id = 0
+    while True:
+        while len(spares) < SPARES:
+            spare = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            spare.connect(control)
+            spare.sendall(HELLO)
+            spare.recv(64)  # the master's hello
+            spare.setblocking(False)
+            spares.append(spare)
+        for fd, _ in poller.poll(1.0):
+            if fd == listener.fileno():
+                conn, _ = listener.accept()
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                spare = spares.pop()
+                request_id += 1
+                request = stdio_fwd_packet(request_id, "127.0.0.1", target_port)
+                send_request_and_fd(spare, request, conn.fileno())
+                conn.close()
+                pending[spare.fileno()] = spare
+                poller.register(spare.fileno(), select.EPOLLRDHUP)
+            else:
+                poller.unregister(fd)
+                pending.pop(fd).close()
+
+
+def start_master(lab: tb.Lab, control: str) -> subprocess.Popen[bytes]:
+    config = lab.ssh_config(tb.CIPHERS[0])
+    command = ["ssh", "-F", str(config), "-N", "-M", "-S", control, "-p", str(lab.sshd_port)]
+    command += ["-i", str(lab.key), "-o", f"UserKnownHostsFile={lab.known_hosts}"]
+    command += ["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "root@127.0.0.1"]
+    master = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(control):
+        if time.monotonic() > deadline or master.poll() is not None:
+            raise RuntimeError("the ssh master did not come up")
+        time.sleep(0.02)
+    return master
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--round-trips", type=int, default=2000)
+    args = parser.parse_args()
+    batches = max(1, min(args.round_trips, 10000) // tb.RT_BATCH)
+    with bench_lock(1800), tb.lab() as lab, tempfile.TemporaryDirectory() as tmp:
+        control = os.path.join(tmp, "ctl")
+        master = start_master(lab, control)
+        procs = []
+        front = 0
+        try:
+            ports = {}
+            for kind in ("openssh", "tunnel-mux+uvloop"):
+                mouths = (tb.free_port(), tb.free_port())
+                procs.append(tb.start_forwarder(kind, lab, tb.CIPHERS[0], mouths))
+                ports["ssh -L" if kind == "openssh" else "tunnel-mux"] = mouths[1]
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(128)
+            ports["floor"] = listener.getsockname()[1]
+            front = os.fork()
+            if front == 0:
+                try:
+                    floor_front(listener, control, lab.echo_port)
+                finally:
+                    os._exit(0)
+            listener.close()
+            for port in ports.values():
+                tb.round_trips(port, tb.RT_BATCH, 20)
+            times: dict[str, list[float]] = {name: [] for name in ports}
+            names = list(ports)
+            load = os.getloadavg()[0]
+            for batch in range(batches):
+                shift = batch % len(names)
+                for name in names[shift:] + names[:shift]:
+                    times[name] += tb.round_trips(ports[name], tb.RT_BATCH, 60)
+            peer = statistics.median(times["ssh -L"])
+            print(f"{len(times['ssh -L'])} round trips each, load {load:.2f} → ", end="")
+            print(f"{os.getloadavg()[0]:.2f}")
+            for name in names:
+                p50 = statistics.median(times[name])
+                print(f"  {name:<11} p50 {p50:.3f} ms  {p50 / peer:.3f}x")
+        finally:
+            if front:
+                os.kill(front, signal.SIGKILL)
+                os.waitpid(front, 0)
+            for proc in procs:
+                tb.stop(proc)
+            master.terminate()
+            master.wait()
+
+
+if __name__ == "__main__":
+    main()
