@@ -494,20 +494,31 @@ async def test_data_held_while_the_client_is_slow_arrives_whole(
 async def test_data_up_beyond_the_gateways_window_waits_for_it(
     options: TunnelOptions, sent: Sent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """6 MiB up to a target that reads nothing at first: sshd's window (2 MiB) is used up,
-    the rest waits in asyncssh's buffer (none sealed beyond the window: RFC 4254 §5.2;
-    this sshd lets some excess pass, so the window is watched here), and goes when the
-    target reads and sshd adjusts the window: every byte, in order."""
+    """Data up to a target that reads nothing at first, 1 MiB at a time until some of it
+    waits in asyncssh's buffer for sshd's window (2 MiB): none sealed beyond the window
+    (RFC 4254 §5.2; this sshd lets some excess pass, so the window is watched here); it
+    goes when the target reads and sshd adjusts the window: every byte, in order.
+
+    How much the path holds before the window runs out is the kernel's (sshd's send
+    buffer to the target grows up to tcp_wmem's maximum, 4 MiB here): 6 MiB sent at once
+    sometimes all fitted, and the window, used up only for a moment, was missed by a
+    poll (a failure under load). So: more until data waited, seen by ``write`` itself."""
     from asyncssh.channel import SSHChannel
 
-    payload = os.urandom(6 * 1024 * 1024)
     reading = asyncio.Event()
+    waited = asyncio.Event()
     windows: list[int] = []
+    waiting: list[int] = []  # the window whenever data waited
+    handed = [0]
     write = SSHChannel.write
 
     def watched(self: Any, data: Any, datatype: Any = None) -> None:
         write(self, data, datatype)
         windows.append(self._send_window)
+        handed[0] += len(data)
+        if self._send_buf:
+            waiting.append(self._send_window)
+            waited.set()
 
     monkeypatch.setattr(SSHChannel, "write", watched)
 
@@ -520,7 +531,10 @@ async def test_data_up_beyond_the_gateways_window_waits_for_it(
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(digest_of_all, "127.0.0.1", 0)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)  # no autotuning
+    listener.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(digest_of_all, sock=listener)
     async with server:
         port = server.sockets[0].getsockname()[1]
         forward = Forward("127.0.0.1", free_port(), "127.0.0.1", port)
@@ -530,16 +544,23 @@ async def test_data_up_beyond_the_gateways_window_waits_for_it(
             assert isinstance(link, asyncssh_link.SSHLink)
             reader, writer = await asyncio.open_connection(*forward.mouth)
             try:
-                writer.write(payload[:1000])  # the reads then end off the window's edge
+                digest = hashlib.sha256(block := os.urandom(1000))
+                writer.write(block)  # the reads then end off the window's edge
                 await writer.drain()
-                await wait_until(lambda: tunnel.state.forwards[0].bytes_out == 1000)
-                writer.write(payload[1000:])
+                await wait_until(lambda: handed[0] == 1000)
+                total = 1000
+                while not waited.is_set():
+                    # The path holds a bounded amount (kernel buffers, sshd's window).
+                    assert total < 64 * 1024 * 1024
+                    digest.update(block := os.urandom(1024 * 1024))
+                    writer.write(block)
+                    total += len(block)
+                    await wait_until(lambda n=total: waited.is_set() or handed[0] == n, 60)
                 writer.write_eof()
-                channels = link.conn._channels.values()
-                await wait_until(lambda: any(chan._send_buf for chan in channels), timeout_s=60)
                 reading.set()
-                assert await reader.read() == hashlib.sha256(payload).digest()
+                assert await reader.read() == digest.digest()
             finally:
                 writer.close()
     assert sent.by_asyncssh == 0
     assert min(windows) >= 0
+    assert max(waiting) == 0  # data waited only for the window
