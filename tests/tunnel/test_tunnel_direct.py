@@ -8,6 +8,7 @@ tested for every flow in the other tunnel tests, which all go through this chann
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from tests.peers import free_port, wait_until
 from tunnel import Forward, Tunnel, TunnelOptions
-from tunnel.backends import asyncssh_link, direct
+from tunnel.backends import asyncssh_link, asyncssh_patches, direct
 from tunnel.sshlib import asyncssh
 
 from .tunnel_testlib import Target, exchange, link_up
@@ -182,3 +183,134 @@ async def test_the_open_is_the_one_asyncssh_sends(
     assert opens[0][:number] == opens[1][:number]
     assert opens[0][number + 4 :] == opens[1][number + 4 :]
     assert opens[0][number : number + 4] != opens[1][number : number + 4]
+
+
+CIPHERS = ("aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com")
+CONTROL = frozenset({direct.MSG_CHANNEL_OPEN, 93, 96, 97})
+"""CHANNEL_OPEN, WINDOW_ADJUST, EOF, CLOSE (RFC 4254 §5)."""
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+async def test_a_flows_control_packets_are_sealed_by_the_tunnel(
+    options: TunnelOptions, echo: Target, cipher: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the steady state a connection's CHANNEL_OPEN, EOF and CLOSE are sealed and
+    written by :func:`~tunnel.backends.asyncssh_patches.send_sealed`: none goes through
+    asyncssh's ``send_packet`` (and the connections work)."""
+    assert options.ssh_config is not None
+    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        assert isinstance(link, asyncssh_link.SSHLink)
+        conn = link.conn
+        through_asyncssh: list[int] = []
+        send = conn.send_packet
+
+        def recorded(pkttype: int, *args: bytes, handler: Any = None) -> None:
+            through_asyncssh.append(pkttype)
+            send(pkttype, *args, handler=handler)
+
+        recorded.drops_chaff = True  # type: ignore[attr-defined] (it wraps the filter)
+        monkeypatch.setattr(conn, "send_packet", recorded)
+        for n in range(3):
+            line = b"line %d\n" % n
+            assert await exchange(*forward.mouth, line) == line
+        await wait_until(lambda: not conn._channels)
+    assert not CONTROL.intersection(through_asyncssh)
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+async def test_a_sealed_packet_is_the_one_asyncssh_sends(
+    options: TunnelOptions, echo: Target, cipher: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twin check: on a live link in its steady state, ``send_sealed`` and asyncssh's own
+    ``send_packet`` (chaff filtered, as the tunnel runs it) write the same bytes for the
+    same packet from the same state (sequence number, GCM IV, padding drawn from the same
+    ``os.urandom``), for every payload length over two cipher blocks (each padding case);
+    both step the sequence number and rekey count alike. Nothing of it reaches sshd (the
+    transport is a recorder meanwhile, the state put back): the link carries on."""
+    assert options.ssh_config is not None
+    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        assert isinstance(link, asyncssh_link.SSHLink)
+        conn = link.conn
+        assert await exchange(*forward.mouth, b"before\n") == b"before\n"
+        wrote: list[bytes] = []
+
+        class Recorder:
+            def write(self, data: bytes) -> None:
+                wrote.append(bytes(data))
+
+            def writelines(self, parts: list[bytes]) -> None:
+                wrote.append(b"".join(parts))
+
+            def get_extra_info(self, name: str, default: Any = None) -> Any:
+                return transport.get_extra_info(name, default)
+
+        cipher_state = conn._send_encryption._cipher
+        transport: Any = conn._transport
+        monkeypatch.setattr(os, "urandom", lambda size: bytes(range(7, 7 + size)))
+        for size in range(40):
+            payload = bytes(range(100, 100 + size))
+            state = (conn._send_seq, conn._rekey_bytes_sent, getattr(cipher_state, "_iv", None))
+            after = []
+            conn._transport = Recorder()
+            try:
+                for sender in (asyncssh_patches.send_sealed, type(conn).send_packet):
+                    if sender is asyncssh_patches.send_sealed:
+                        assert sender(conn, 96, payload)
+                    else:
+                        conn.send_packet(96, payload)
+                    after.append((conn._send_seq, conn._rekey_bytes_sent))
+                    conn._send_seq, conn._rekey_bytes_sent, iv = state
+                    if iv is not None:
+                        cipher_state._iv = iv
+            finally:
+                conn._transport = transport
+            assert len(wrote) == 2
+            assert wrote[0] == wrote[1], size
+            assert after[0] == after[1] != state[:2]
+            wrote.clear()
+        monkeypatch.undo()
+        assert await exchange(*forward.mouth, b"after\n") == b"after\n"
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+async def test_control_packets_reach_their_handlers_as_through_asyncssh(
+    options: TunnelOptions, echo: Target, cipher: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twin check of the receiving side: the open confirmation, EOF and CLOSE of a fresh
+    link's first connection reach the same handlers with the same packet (read from the
+    same place) whether the in-place path hands them over
+    (:data:`~tunnel.backends.asyncssh_patches.DISPATCHED`) or asyncssh's own parser does."""
+    assert options.ssh_config is not None
+    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
+    process = asyncssh.packet.SSHPacketHandler.process_packet
+    calls: list[tuple[int, str, bytes]] = []
+
+    def recorded(self: Any, pkttype: int, pktid: int, packet: Any) -> Any:
+        if pkttype in asyncssh_patches.DISPATCHED | {91, 93, 96, 97}:
+            calls.append((pkttype, type(self).__name__, packet.get_remaining_payload()))
+        return process(self, pkttype, pktid, packet)
+
+    monkeypatch.setattr(asyncssh.packet.SSHPacketHandler, "process_packet", recorded)
+    runs = []
+    for dispatched in (asyncssh_patches.DISPATCHED, frozenset()):
+        monkeypatch.setattr(asyncssh_patches, "DISPATCHED", dispatched)
+        forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+        async with Tunnel(options, [forward]) as tunnel:
+            link = await link_up(tunnel)
+            assert isinstance(link, asyncssh_link.SSHLink)
+            calls.clear()
+            assert await exchange(*forward.mouth, b"hello\n") == b"hello\n"
+            await wait_until(lambda: not link.conn._channels)  # noqa: B023 (awaited here)
+            runs.append(list(calls))
+    assert [call[:2] for call in runs[0]] == [
+        (91, "SSHClientConnection"),
+        (96, "_Channel"),
+        (97, "_Channel"),
+    ]
+    assert runs[0] == runs[1]

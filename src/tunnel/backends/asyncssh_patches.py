@@ -16,7 +16,7 @@ from typing import Any
 
 import tunnel.sshlib  # noqa: F401 (asyncssh is first imported there, cheaply)
 
-__all__ = ["FEED_WHOLE_MAX", "GCM_TAG_LEN", "install"]
+__all__ = ["FEED_WHOLE_MAX", "GCM_TAG_LEN", "install", "send_sealed"]
 
 
 def _keep_held_eof() -> None:
@@ -223,15 +223,20 @@ def _data_packets_opened_in_place() -> None:
     tunnel's channel side writes them straight to the client's socket). The data goes in
     through the channel's own ``_accept_data`` (window count, pause buffer, window adjust
     and delivery are asyncssh's), then the sequence number and the GCM IV step as asyncssh
-    steps them. Any other packet (a key exchange, EOF, close, window adjust, extended
-    data, a bad MAC or length) is handed to asyncssh whole, as one read, before anything
-    after it: it opens it itself (again) and does what it always did. A packet cut by the
+    steps them. A channel's open confirmation or failure, window adjust, EOF or CLOSE
+    goes to its handler as asyncssh's parser would hand it (``dispatch``: the same call
+    with the same packet object; tests/tunnel/test_tunnel_direct.py compares the two),
+    not through asyncssh's parser (its input buffer, slices and checks once more).
+    Any other packet (a key exchange, a request, extended data, a bad MAC or length) is
+    handed to asyncssh whole, as one read, before anything after it: it opens it itself
+    (again) and does what it always did. A packet cut by the
     end of a read is kept here until its last byte arrives (asyncssh is at a packet
     boundary meanwhile, as if that read had not yet come)."""
     from asyncssh.connection import SSHConnection  # noqa: PLC0415 (only the patch needs it)
     from asyncssh.encryption import ChachaEncryption, GCMEncryption  # noqa: PLC0415
     from asyncssh.logging import SSHLogger  # noqa: PLC0415
-    from asyncssh.misc import DisconnectError  # noqa: PLC0415
+    from asyncssh.misc import DisconnectError, ProtocolError  # noqa: PLC0415
+    from asyncssh.packet import PacketDecodeError, SSHPacket  # noqa: PLC0415
     from cryptography.exceptions import InvalidSignature, InvalidTag  # noqa: PLC0415
     from cryptography.hazmat.primitives.poly1305 import Poly1305  # noqa: PLC0415
 
@@ -242,7 +247,10 @@ def _data_packets_opened_in_place() -> None:
         "_recv_encryption _decompressor _auth_complete _auth_final _recv_seq _inpbuf"
         " _recv_handler _channels _max_recv_pktlen _transport _recv_blocksize"
     )
-    methods = "_recv_pkthdr _reset_keepalive_timer internal_error _force_close _send_disconnect"
+    methods = (
+        "_recv_pkthdr _reset_keepalive_timer internal_error _force_close _send_disconnect"
+        " _finish_recv_packet process_packet"
+    )
     if not _has(SSHConnection, internals.split(), methods.split()):
         return
     from asyncssh.channel import SSHChannel  # noqa: PLC0415
@@ -324,6 +332,34 @@ def _data_packets_opened_in_place() -> None:
         self._recv_seq = (self._recv_seq + 1) & 0xFFFFFFFF
         return True
 
+    def dispatch(self: Any, plain: bytes, step: Any) -> bool:
+        """Hand a channel's open confirmation or failure, window adjust, EOF or CLOSE to
+        its handler as asyncssh's ``_recv_packet`` does after opening it (its packet
+        object past the type and channel number, the same handler call, a decode error
+        made its ``ProtocolError``, its ``_finish_recv_packet``); the packet log call is
+        left out (written at debug level 3 only; :func:`suite` stops at 2). False: not
+        one for here (asyncssh judges an unknown channel or a short packet)."""
+        pkttype = plain[1]
+        end = len(plain) - plain[0]
+        if pkttype not in DISPATCHED or end < 6:
+            return False
+        packet = SSHPacket(plain[1:end])
+        packet.get_byte()
+        handler = self
+        if pkttype >= MSG_CHANNEL_FIRST:
+            handler = self._channels.get(int.from_bytes(plain[2:6], "big"))
+            if handler is None:
+                return False
+            packet.get_uint32()
+        step(self)
+        seq = self._recv_seq
+        try:
+            handler.process_packet(pkttype, seq, packet)
+        except PacketDecodeError as exc:
+            raise ProtocolError(str(exc)) from None
+        self._finish_recv_packet(pkttype, seq)
+        return True
+
     def one(self: Any, packet: memoryview, steps: Any) -> None:
         """Open one whole packet here, or hand it to asyncssh as one read (with what it
         opened to: :func:`_opened_once`)."""
@@ -332,6 +368,8 @@ def _data_packets_opened_in_place() -> None:
             return
         if plain is None:
             fed(self, packet)
+            return
+        if dispatch(self, plain, steps[2]):
             return
         held = self._recv_encryption.__dict__
         held[OPENED] = (
@@ -407,6 +445,21 @@ def _data_packets_opened_in_place() -> None:
     data_received.opens_in_place = True  # type: ignore[attr-defined]
     data_received.feeds_by_packet = getattr(fed, "feeds_by_packet", False)  # type: ignore[attr-defined]
     SSHConnection.data_received = data_received  # type: ignore[method-assign]
+
+
+def send_sealed(conn: Any, pkttype: int, *args: bytes) -> bool:
+    """Seal and write one packet (``pkttype`` and its payload ``args``, joined) on asyncssh's
+    connection ``conn`` in the steady state, as :func:`_data_packets_sealed_in_place`
+    seals data packets (that patch puts its own in here); False: nothing sent, asyncssh's
+    ``send_packet`` is the way (the patch is not in place, or not the steady state now).
+
+    For a tunneled connection's packets other than its data (CHANNEL_OPEN, EOF, CLOSE,
+    WINDOW_ADJUST: :mod:`tunnel.backends.direct`): through asyncssh each went through the
+    chaff filter twice, its ``send_packet`` (the payload built with three copies, the
+    ignore check, the packet log call) and its encryption object. The same bytes as
+    asyncssh's for the same state (tests/tunnel/test_tunnel_direct.py compares them),
+    asyncssh's sequence number and rekey byte count stepped as it steps them."""
+    return False
 
 
 def _data_packets_sealed_in_place() -> None:
@@ -509,6 +562,22 @@ def _data_packets_sealed_in_place() -> None:
         conn._rekey_bytes_sent += pktlen
         self._send_window -= size
 
+    def seal_packet(conn: Any, pkttype: int, *args: bytes) -> bool:
+        """:func:`send_sealed` once this patch is in place."""
+        seal = sealer(conn)
+        if seal is None:
+            return False
+        length = 1 + sum(len(arg) for arg in args)
+        padlen = -(conn._send_enchdrlen + length) % conn._send_blocksize
+        if padlen < 4:
+            padlen += conn._send_blocksize
+        packet = b"".join((bytes((padlen, pkttype)), *args, os.urandom(padlen)))
+        pktlen = len(packet)
+        conn._transport.writelines(seal(conn, pktlen.to_bytes(4, "big"), packet))
+        conn._send_seq = (conn._send_seq + 1) & 0xFFFFFFFF
+        conn._rekey_bytes_sent += pktlen
+        return True
+
     def flush_send_buf(self: Any) -> None:
         conn = self._conn
         out: list[Any] = []
@@ -559,8 +628,15 @@ def _data_packets_sealed_in_place() -> None:
     flush_send_buf.seals_in_place = True  # type: ignore[attr-defined]
     SSHChannel._flush_send_buf = flush_send_buf  # type: ignore[method-assign]
     SSHChannel.write = write  # type: ignore[method-assign]
+    global send_sealed  # noqa: PLW0603 (the entry point is this patch's, once installed)
+    send_sealed = seal_packet
 
 
+DISPATCHED = frozenset({91, 92, 93, 96, 97})
+"""RFC 4254 §5.1-5.3: CHANNEL_OPEN_CONFIRMATION, _OPEN_FAILURE, _WINDOW_ADJUST, _EOF and
+_CLOSE, each handled at once by asyncssh (no task): the in-place path hands them over."""
+MSG_CHANNEL_FIRST = 93
+"""asyncssh's first packet type addressed to a channel (before: to the connection)."""
 MAC_LEN = 16
 """The tag of both AEAD modes taken here (RFC 5647 §7.3; OpenSSH PROTOCOL.chacha20poly1305)."""
 MIN_PACKET_LEN = 12
@@ -578,11 +654,10 @@ def _opened_once() -> None:
     """Carried patch (asyncssh 2.x ``GCMEncryption`` and ``ChachaEncryption``:
     ``decrypt_header``/``decrypt_packet``; the range pyproject.toml allows;
     tests/tunnel/test_tunnel_bulk.py against sshd): a packet the in-place path
-    (:func:`_data_packets_opened_in_place`) opened but does not deliver itself (a channel
-    open confirmation, EOF, close, window adjust, a key exchange message, data for a
-    channel that does not take views) was opened a second time by asyncssh: for
-    chacha20-poly1305 a second Poly1305 check and two more ChaCha20 passes, three to four
-    such packets per tunneled connection. Here asyncssh is handed the plaintext the
+    (:func:`_data_packets_opened_in_place`) opened but does not deliver or dispatch itself
+    (a key exchange message, a global or channel request, data for a channel that does not
+    take views) was opened a second time by asyncssh: for chacha20-poly1305 a second
+    Poly1305 check and two more ChaCha20 passes. Here asyncssh is handed the plaintext the
     in-place path verified for that very packet: same sequence number, same first block,
     same tag; given once, during the one call that hands asyncssh the packet (dropped
     after it), the GCM IV stepped as asyncssh steps it. Anything else is opened by

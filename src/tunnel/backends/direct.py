@@ -20,7 +20,9 @@ owner told (:meth:`DirectTCPChannel.channel_opened`) in that same callback. The 
 is its own session (``data_received``, ``eof_received``, ``connection_lost``,
 ``pause_writing``, ``resume_writing`` are the owner's, in a subclass). Everything after
 the open (windows and their adjusts, data both ways, EOF, CLOSE, pause/resume, the
-connection's loss) is asyncssh's own ``SSHChannel`` code, unchanged.
+connection's loss) is asyncssh's own ``SSHChannel`` code, unchanged; only the channel's
+packets are sealed by the tunnel where it can
+(:func:`tunnel.backends.asyncssh_patches.send_sealed`), asyncssh's ``send_packet`` otherwise.
 
 One thing asyncssh did not do: a channel given up while its open is still on the way
 (the client gone, the flow cut) is closed as soon as the gateway confirms it. Cancelling
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunnel.backends import asyncssh_patches
 from tunnel.sshlib import asyncssh
 
 SSHChannel = asyncssh.channel.SSHChannel
@@ -64,6 +67,7 @@ def supported() -> bool:
         "process_connection_close",
         "_cleanup",
         "_flush_recv_buf",
+        "send_packet",
     )
     if not all(callable(getattr(SSHChannel, name, None)) for name in methods):
         return False
@@ -99,8 +103,7 @@ class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
         conn = self._conn
         assert conn is not None and self._recv_chan is not None
         self.opening = True
-        conn.send_packet(
-            MSG_CHANNEL_OPEN,
+        args = (
             _string(DIRECT_TCPIP),
             _uint32(self._recv_chan),
             _uint32(self._recv_window),
@@ -109,8 +112,17 @@ class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
             _uint32(port),
             _string(orig_host.encode()),
             _uint32(orig_port),
-            handler=self,
         )
+        if not asyncssh_patches.send_sealed(conn, MSG_CHANNEL_OPEN, *args):
+            conn.send_packet(MSG_CHANNEL_OPEN, *args, handler=self)
+
+    def send_packet(self, pkttype: int, *args: bytes) -> None:
+        """asyncssh's, but sealed here in the steady state (EOF, CLOSE, WINDOW_ADJUST:
+        :func:`tunnel.backends.asyncssh_patches.send_sealed`)."""
+        if self._send_chan is None:
+            return
+        if not asyncssh_patches.send_sealed(self._conn, pkttype, _uint32(self._send_chan), *args):
+            super().send_packet(pkttype, *args)
 
     # -- asyncssh's connection calls these ------------------------------------------
 
