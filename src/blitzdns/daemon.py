@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from blitzdns import classcode
 from blitzdns.argv import OneLineErrors
 from blitzdns.blitzmail.atp import NotifyStep
 from blitzdns.config import Config, Endpoint, find_config_file, load_config
@@ -119,12 +120,14 @@ def install_fast_loop() -> bool:
 def end_of_start() -> None:
     """The start's imports and set-up are over: if the entry point turned the cyclic
     collector off for them (:func:`blitzdns.entry.main`), move what they made to the
-    permanent generation (``gc.freeze``: later collections skip it) and turn it on again.
+    permanent generation (``gc.freeze``: later collections skip it) and turn it on again;
+    ``dataclasses`` compiles as usual again (:func:`blitzdns.classcode.finish`).
 
     Called when the link's first attempt has ended (asyncssh is imported by then) or, with
     no tunnel, when the resolver serves. A daemon run in-process (the demo, tests) keeps
     the collector as it found it.
     """
+    classcode.finish()
     if not gc.isenabled():
         gc.freeze()
         gc.enable()
@@ -456,6 +459,7 @@ class Daemon:
             )
         if user is not None and dropping:
             preload_modules(None if self.tunnel is None else config.tunnel.backend)
+            classcode.finish()  # written while the bytecode cache is still writable
             privileges.drop_privileges(user)
             log.info("running as %s (kept CAP_NET_BIND_SERVICE only)", user.pw_name)
 

@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> None:
             # re-scan them. The daemon collects again once its start is over
             # (blitzdns.daemon.end_of_start), and freezes what the start made.
             gc.disable()
+            # The methods dataclasses writes for the daemon's classes, compiled at an
+            # earlier start (blitzdns.classcode); put back once the imports are done.
+            from blitzdns import classcode  # noqa: PLC0415
+
+            classcode.start()
             from blitzdns.daemon import run_main  # noqa: PLC0415  (run never loads typer)
 
             sys.exit(run_main(args[1:]))

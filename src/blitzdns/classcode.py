@@ -1,0 +1,145 @@
+"""The code of the methods :mod:`dataclasses` writes, kept from one start of ``blitzdns run``
+to the next, as the interpreter keeps a module's bytecode.
+
+Python 3.11's ``@dataclass`` writes each method it adds (``__init__``, ``__repr__``,
+``__eq__``, ``__hash__``, a frozen class's ``__setattr__`` and ``__delattr__``) as source
+text and compiles it with ``exec``, one at a time: about 380 compiles for the classes
+``run`` loads, ~30 ms of CPU, the largest single share of the daemon's start (issue 18).
+The texts are the same at every start (names only: defaults, types and fields reach the
+code as arguments, never as text).
+
+While :func:`start` is in force, ``dataclasses``'s global name ``exec`` (its one call:
+``_create_fn`` on 3.11/3.12, the batch of 3.13) is :func:`_exec`: a text found in the
+table is run as the code object compiled from exactly that text at an earlier start; a
+text not found is compiled as ``exec`` compiles it (file name ``"<string>"``, nothing
+inherited: ``dataclasses`` has no ``__future__`` import) and kept. :func:`finish` puts
+``exec`` back once the imports are done (before a privilege drop, else when the start
+ends) and writes the table when it is not the one this start used. The result is the code
+``exec`` would have made, so classes behave exactly as before. Measured (callgrind, the
+daemon's whole import set): 0.956 → 0.763 G instructions, −20%.
+
+The table is a marshal file beside this module's bytecode (``__pycache__``, or under
+``PYTHONPYCACHEPREFIX``), named with the interpreter's cache tag and optimisation level and
+holding its magic number; not written with ``PYTHONDONTWRITEBYTECODE`` or where the
+directory is not writable (every start then compiles, as before). Whoever can write that
+directory can write the modules' ``.pyc`` files too: the same trust. A file that does not
+load is ignored. Only ``run`` uses this (:func:`blitzdns.entry.main`), before its imports.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import dataclasses
+import hashlib
+import importlib.util
+import marshal
+import os
+import sys
+from types import CodeType
+from typing import Any
+
+DIGEST_SIZE = 20
+"""The table is keyed by a BLAKE2b digest of each text (160 bits: two of a few hundred
+texts never share one)."""
+
+_index: dict[bytes, tuple[int, int]] | None = None
+"""While :func:`start` is in force: a text's digest → where its marshalled code is in
+:data:`_blob`. Code objects are made from the blob only when asked for, one at a time, as
+``compile`` would make them: made all at once when the table loads, the ones dropped
+after use (the outer ``__create_fn__``) would leave ~1 MB of holes among those kept."""
+_blob = b""
+_compiled: dict[bytes, bytes] = {}
+"""What this start compiled, marshalled (digest → code)."""
+_hits: list[tuple[int, int]] = []
+"""The spans of :data:`_index` this start used (the index's own objects: nothing new is
+made per hit that would be freed among what stays)."""
+
+
+def table_path() -> str:
+    """Where the table is kept: beside this module's ``.pyc``, under its cache tag."""
+    pyc = importlib.util.cache_from_source(__file__)
+    return pyc[: -len(".pyc")] + ".dataclasses"
+
+
+def start() -> None:
+    """Load the table (if any) and let ``dataclasses`` run its texts through it."""
+    global _index, _blob
+    _index, _blob = {}, b""
+    _compiled.clear()
+    _hits.clear()
+    try:
+        with open(table_path(), "rb") as file:
+            kept = marshal.load(file)
+        magic, index, blob = kept
+        if magic == importlib.util.MAGIC_NUMBER and type(index) is dict and type(blob) is bytes:
+            _index, _blob = index, blob
+    except (OSError, ValueError, EOFError, TypeError, NotImplementedError):
+        pass  # no table, or one this interpreter cannot use: compile as before
+    dataclasses.exec = _exec  # type: ignore[attr-defined]
+
+
+def _exec(source: Any, globals: Any = None, locals: Any = None, /) -> None:
+    """``exec`` for ``dataclasses``: a text's code from the table, else compiled and kept."""
+    if type(source) is str and _index is not None:
+        key = hashlib.blake2b(source.encode(), digest_size=DIGEST_SIZE).digest()
+        source = _load(_index.get(key)) or _compile(key, source)
+    builtins.exec(source, globals, locals)
+
+
+def _load(span: tuple[int, int] | None) -> CodeType | None:
+    if span is None:
+        return None
+    try:
+        code = marshal.loads(memoryview(_blob)[span[0] : span[1]])
+    except (ValueError, EOFError, TypeError):
+        return None
+    if type(code) is not CodeType:
+        return None
+    _hits.append(span)
+    return code
+
+
+def _compile(key: bytes, source: str) -> CodeType:
+    code = compile(source, "<string>", "exec", dont_inherit=True)
+    _compiled[key] = marshal.dumps(code)
+    return code
+
+
+def finish() -> None:
+    """Put ``dataclasses``'s ``exec`` back; write the table when it is not the one this
+    start used (something compiled, or something kept but unused: an older version's)."""
+    global _index, _blob
+    index, blob, _index, _blob = _index, _blob, None, b""
+    compiled, hits = dict(_compiled), set(_hits)
+    _compiled.clear()
+    _hits.clear()
+    if dataclasses.__dict__.get("exec") is _exec:
+        del dataclasses.exec  # type: ignore[attr-defined]
+    if index is None or sys.dont_write_bytecode or (not compiled and len(hits) == len(index)):
+        return
+    kept = {key: blob[span[0] : span[1]] for key, span in index.items() if span in hits}
+    parts = {**kept, **compiled}
+    spans: dict[bytes, tuple[int, int]] = {}
+    at = 0
+    for key, part in parts.items():
+        spans[key] = (at, at + len(part))
+        at += len(part)
+    _write((importlib.util.MAGIC_NUMBER, spans, b"".join(parts.values())))
+
+
+def _write(table: tuple[bytes, dict[bytes, tuple[int, int]], bytes]) -> None:
+    """Write the table as the interpreter writes bytecode: whole or not at all."""
+    try:
+        path = table_path()
+    except NotImplementedError:  # an interpreter without a bytecode cache
+        return
+    temporary = f"{path}.{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(temporary, "wb") as file:
+            marshal.dump(table, file)
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)

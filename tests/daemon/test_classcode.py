@@ -1,0 +1,195 @@
+"""The dataclasses' generated methods kept between starts of `run` (issue 18: start-up CPU).
+
+`blitzdns run` lets `dataclasses` take the code of each method it writes from a table
+kept beside the bytecode (blitzdns.classcode) instead of compiling its text again. A class
+built from the table must be the class `dataclasses` builds; the table is written only
+where bytecode is, and a table that does not load is ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import marshal
+import os
+import signal
+import subprocess
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blitzdns import classcode
+from tests.peers import free_port, wait_for
+
+#: Every kind of method dataclasses writes: __init__ (defaults, a factory, init=False,
+#: keyword-only), __repr__, __eq__, order, __hash__, a frozen class's __setattr__/__delattr__.
+CLASSES = """
+from dataclasses import dataclass, field, KW_ONLY
+
+@dataclass(frozen=True, order=True)
+class Point:
+    x: int
+    y: int = 2
+    tags: tuple[str, ...] = ()
+
+@dataclass
+class Box:
+    items: list[int] = field(default_factory=list)
+    size: int = field(default=0, init=False)
+    _: KW_ONLY
+    name: str = "box"
+
+    def __post_init__(self) -> None:
+        self.size = len(self.items)
+"""
+
+
+def build() -> dict[str, Any]:
+    """The classes built afresh, in a module of their own (dataclasses looks it up)."""
+    module = types.ModuleType("classcode_probe")
+    sys.modules[module.__name__] = module
+    try:
+        exec(CLASSES, module.__dict__)
+    finally:
+        del sys.modules[module.__name__]
+    return module.__dict__
+
+
+def check(namespace: dict[str, Any]) -> None:
+    """The classes behave as dataclasses' own (compared with a build without the table)."""
+    point, box = namespace["Point"], namespace["Box"]
+    p = point(1, tags=("a",))
+    assert repr(p) == "Point(x=1, y=2, tags=('a',))"
+    assert p == point(1, 2, ("a",)) and p != point(2)
+    assert p < point(2) and hash(p) == hash(point(1, 2, ("a",)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.x = 5  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del p.y
+    b = box([1, 2], name="crate")
+    assert (b.items, b.size, b.name) == ([1, 2], 2, "crate")
+    assert box().items is not box().items
+    with pytest.raises(TypeError):
+        box([1], "positional name")
+    assert "exec" not in vars(dataclasses)  # the reference: built as dataclasses builds
+    reference = build()
+    for name in ("Point", "Box"):
+        ours, theirs = namespace[name], reference[name]
+        for method in ("__init__", "__repr__", "__eq__", "__setattr__", "__hash__", "__lt__"):
+            want = vars(theirs).get(method)
+            if want is not None:
+                mine = vars(ours)[method]
+                code, wanted = (
+                    getattr(mine, "__wrapped__", mine),
+                    getattr(want, "__wrapped__", want),
+                )
+                assert code.__code__.co_code == wanted.__code__.co_code, (name, method)
+                assert code.__code__.co_consts == wanted.__code__.co_consts, (name, method)
+
+
+@pytest.fixture
+def table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    path = tmp_path / "classcode.dataclasses"
+    monkeypatch.setattr(classcode, "table_path", lambda: str(path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    yield path
+    classcode.finish()  # whatever a failed test left in force
+
+
+def one_start() -> tuple[dict[str, Any], int, int]:
+    """A start: the classes built with the table in force; (namespace, compiled, hits)."""
+    classcode.start()
+    namespace = build()
+    compiled, hits = len(classcode._compiled), len(classcode._hits)
+    classcode.finish()
+    return namespace, compiled, hits
+
+
+def test_the_second_start_compiles_nothing(table: Path) -> None:
+    namespace, compiled, hits = one_start()
+    assert compiled > 8 and hits == 0
+    check(namespace)
+    assert table.exists()
+    written = table.stat().st_mtime_ns
+    namespace, compiled_again, hits = one_start()
+    assert compiled_again == 0 and hits == compiled
+    check(namespace)
+    assert table.stat().st_mtime_ns == written  # nothing new: not written again
+    assert "exec" not in vars(dataclasses)
+
+
+def test_a_table_that_does_not_load_is_ignored_and_replaced(table: Path) -> None:
+    table.write_bytes(b"\xe3not a table")
+    namespace, compiled, _ = one_start()
+    assert compiled > 8
+    check(namespace)
+    _magic, index, blob = marshal.loads(table.read_bytes())
+    assert len(index) == compiled and len(blob) == max(end for _, end in index.values())
+
+
+def test_a_damaged_entry_is_compiled_again(table: Path) -> None:
+    one_start()
+    magic, index, blob = marshal.loads(table.read_bytes())
+    table.write_bytes(marshal.dumps((magic, index, b"\x00" * len(blob))))
+    namespace, compiled, hits = one_start()
+    assert compiled == len(index) and hits == 0
+    check(namespace)
+
+
+def test_what_an_older_version_kept_is_dropped(table: Path) -> None:
+    one_start()
+    magic, index, blob = marshal.loads(table.read_bytes())
+    stale = marshal.dumps(compile("x = 1", "<string>", "exec"))
+    index[b"\x01" * classcode.DIGEST_SIZE] = (len(blob), len(blob) + len(stale))
+    table.write_bytes(marshal.dumps((magic, index, blob + stale)))
+    _, compiled, hits = one_start()
+    assert compiled == 0 and hits == len(index) - 1
+    _, kept, _ = marshal.loads(table.read_bytes())[0:3]
+    assert len(kept) == len(index) - 1
+
+
+def test_nothing_is_written_without_bytecode(table: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    namespace, compiled, _ = one_start()
+    assert compiled > 8 and not table.exists()
+    check(namespace)
+
+
+def test_another_interpreters_table_is_not_used(table: Path) -> None:
+    one_start()
+    _magic, index, blob = marshal.loads(table.read_bytes())
+    table.write_bytes(marshal.dumps((b"\x00\x00\r\n", index, blob)))
+    _, compiled, hits = one_start()
+    assert compiled == len(index) and hits == 0
+
+
+def test_run_keeps_the_table_beside_its_bytecode(tmp_path: Path) -> None:
+    """`blitzdns run` builds its classes through the table and writes it once it serves."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        'preset = "none"\n[dns]\n'
+        f'listen = ["127.0.0.1:{free_port()}"]\nupstreams = ["127.0.0.1:{free_port()}"]\n'
+        '[hosts.alpha]\nnames = ["alpha.example.test"]\nmouth = "127.79.0.1"\n'
+    )
+    prefix = tmp_path / "pycache"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(prefix)
+    (tmp_path / "root").mkdir()
+    command = [sys.executable, "-c", "from blitzdns.entry import main; main()", "run"]
+    command += ["--no-tunnel", "--config", str(config), "--control-socket", str(tmp_path / "ctl")]
+    command += ["--root", str(tmp_path / "root")]
+    daemon = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    try:
+        tables = lambda: list(prefix.rglob("*.dataclasses"))  # noqa: E731
+        wait_for(lambda: tables() or daemon.poll() is not None, "the table", timeout=60)
+        assert daemon.poll() is None
+        (found,) = tables()
+        assert found.name == f"classcode.{sys.implementation.cache_tag}.dataclasses"
+        _magic, index, _ = marshal.loads(found.read_bytes())
+        assert len(index) > 100  # the config's, the resolver's, ... classes
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
