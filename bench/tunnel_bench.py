@@ -562,8 +562,11 @@ NOTES = {  # where the time goes (tunnelperf's profiles, /work/notes/tunnelperf.
     "write(); bench/results/profiles/tunnel-bulk-down-aes128gcm-*.svg",
     ("tunnel", "cpu_per_gb"): "kernel (loopback TCP in read/write) about half, the rest "
     "asyncssh's per-packet Python and copies; bench/results/profiles/",
-    ("tunnel", "p50"): "about 500 us of Python per connection (channel open, 4 packets sent, "
-    "tasks), most of it serial in the round trip",
+    ("tunnel", "p50"): "about 300-400 us of CPU per connection against ssh -L's 100-130, "
+    "the excess user-space Python (perf: half our CPU in the interpreter; ~480 Python calls "
+    "spread over accept, client transport, channel, 8 packets); chacha20-poly1305 another "
+    "~100 us (per packet an OpenSSL Poly1305 key set-up, ~4 us, and ChaCha20 resets; "
+    "ssh -L's own round trip is the same for both ciphers); /work/notes/tunnelrt.md",
     ("tunnel-mux", "p50"): "our process ~190 us CPU per connection (accept, hand-off, watch, "
     "end) and the master ~60 us more than ssh -L (a fresh mux connection and hello per "
     "connection, two descriptors received); a bare hand-off in Python already gives ~1.5x",
