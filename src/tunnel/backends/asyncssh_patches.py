@@ -247,10 +247,7 @@ def _data_packets_opened_in_place() -> None:
         "_recv_encryption _decompressor _auth_complete _auth_final _recv_seq _inpbuf"
         " _recv_handler _channels _max_recv_pktlen _transport _recv_blocksize"
     )
-    methods = (
-        "_recv_pkthdr _reset_keepalive_timer internal_error _force_close _send_disconnect"
-        " _finish_recv_packet process_packet"
-    )
+    methods = "_recv_pkthdr _reset_keepalive_timer internal_error _force_close _send_disconnect"
     if not _has(SSHConnection, internals.split(), methods.split()):
         return
     from asyncssh.channel import SSHChannel  # noqa: PLC0415
@@ -332,6 +329,9 @@ def _data_packets_opened_in_place() -> None:
         self._recv_seq = (self._recv_seq + 1) & 0xFFFFFFFF
         return True
 
+    # asyncssh 2.14 ends a packet inline (no _finish_recv_packet): its own way there
+    dispatches = _has(SSHConnection, [], ["_finish_recv_packet", "process_packet"])
+
     def dispatch(self: Any, plain: bytes, step: Any) -> bool:
         """Hand a channel's open confirmation or failure, window adjust, EOF or CLOSE to
         its handler as asyncssh's ``_recv_packet`` does after opening it (its packet
@@ -341,7 +341,7 @@ def _data_packets_opened_in_place() -> None:
         one for here (asyncssh judges an unknown channel or a short packet)."""
         pkttype = plain[1]
         end = len(plain) - plain[0]
-        if pkttype not in DISPATCHED or end < 6:
+        if pkttype not in DISPATCHED or end < 6 or not dispatches:
             return False
         packet = SSHPacket(plain[1:end])
         packet.get_byte()
