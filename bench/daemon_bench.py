@@ -27,6 +27,7 @@ Measured per round, for each side (the order alternates between rounds; medians 
   (``--bytecode cached``, the default: ``PYTHONPYCACHEPREFIX=/tmp/daemon-bench-pycache``,
   as an installed package has its ``.pyc`` files; without it a shell with
   ``PYTHONDONTWRITEBYTECODE=1`` makes the daemon compile its own sources at every start).
+  The table of the code dataclasses generates (``blitzdns/classcode.py``) is kept there too.
 * **CPU exec→ready**: user + system time the side's processes (with the children they
   waited for) used until ready, read from /proc/<pid>/stat: less moved by the machine's
   load than the wall time (blitzdns: the interpreter, its imports, the SSH handshake).
@@ -730,12 +731,13 @@ FIGURES = (  # (metric key, case, unit, target ratio, limit on ours) — issue 1
 #: imports one by one; the startup helper's notes for issue 18 have the figures).
 NOTES = {
     "daemon exec → ready": "nearly all before the SSH connect, and CPU-bound (so the load "
-    "stretches it; the peer's ssh needs ~0.08 s of CPU): ~0.22 s of CPU at load ~9, nearly "
-    "all imports (callgrind, 0.94 G instructions): blitzdns/tunnel modules and the stdlib "
-    "they load ~40% (about half of our own share is building 53 dataclasses: Python 3.11 "
-    "compiles each generated method on its own), asyncssh + cryptography ~32% (asyncssh's "
-    "__init__ loads every submodule: sftp, scp, process, server, ...), asyncio + uvloop + "
-    "the ssl it loads ~23%, the interpreter ~4%; the handshake after sshd accepts is "
+    "stretches it; the peer's ssh needs ~0.08 s of CPU): ~0.2 s of CPU, nearly all imports "
+    "(callgrind, ~0.8 G instructions): asyncssh + cryptography ~45% (asyncssh's __init__ "
+    "loads every submodule: sftp, scp, process, server, ...), blitzdns/tunnel modules and "
+    "the stdlib they load ~25%, the interpreter with typing/inspect/dataclasses ~18%, "
+    "asyncio + uvloop + the ssl it loads ~14%; the methods dataclasses generates are "
+    "compiled once and kept beside the bytecode (blitzdns/classcode.py: -20% of the import "
+    "work; the warm-up round writes that table); the handshake after sshd accepts is "
     "~0.05-0.1 s; the TCP connect to an address gateway is opened before asyncssh loads "
     "(tunnel/early.py), so sshd's per-connection start (~13 ms idle) overlaps the imports",
     "daemon RSS idle": "interpreter 8.6 MB, asyncio + uvloop + the ssl it loads 11.7 MB, "
