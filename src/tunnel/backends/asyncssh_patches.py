@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
 import time
 from typing import Any
 
@@ -255,8 +256,10 @@ def _data_packets_opened_in_place() -> None:
         return
     from asyncssh.channel import SSHChannel  # noqa: PLC0415
 
-    channel_internals = ["_recv_state", "_recv_window", "_encoding", "_session"]
-    if not _has(SSHChannel, channel_internals, ["_accept_data", "_deliver_data"]):
+    channel_internals = (
+        "_recv_state _recv_window _encoding _session _recv_paused _init_recv_window _send_state"
+    )
+    if not _has(SSHChannel, channel_internals.split(), ["_accept_data", "_deliver_data"]):
         return
     header_step = SSHConnection._recv_pkthdr
     verify_tag = Poly1305.verify_tag
@@ -273,7 +276,7 @@ def _data_packets_opened_in_place() -> None:
         return plain
 
     def gcm_step(self: Any) -> None:
-        self._recv_encryption._cipher._update_iv()
+        _gcm_step_iv(self._recv_encryption._cipher)
 
     def chacha_length(self: Any, head: memoryview) -> int:
         stream = _chacha_streams(self._recv_encryption._cipher)[0]
@@ -327,7 +330,21 @@ def _data_packets_opened_in_place() -> None:
         ):
             return False
         step(self)
-        chan._accept_data(memoryview(plain)[10:end])
+        data = memoryview(plain)[10:end]
+        window = chan._recv_window - datalen
+        if (
+            datalen
+            and window >= chan._init_recv_window / 2
+            and not chan._recv_paused
+            and chan._send_state not in ("close_pending", "closed")
+        ):
+            # What asyncssh's _accept_data and _deliver_data do for such a packet (not
+            # paused, no window adjust due, no encoding, not closing): count it and hand
+            # it to the session; two calls fewer per packet. Else theirs.
+            chan._recv_window = window
+            chan._session.data_received(data, None)
+        else:
+            chan._accept_data(data)
         self._auth_final = True
         self._recv_seq = (self._recv_seq + 1) & 0xFFFFFFFF
         return True
@@ -511,7 +528,7 @@ def _data_packets_sealed_in_place() -> None:
     def gcm_seal(conn: Any, header: bytes, packet: bytes) -> tuple[bytes, ...]:
         cipher = conn._send_encryption._cipher
         sealed = _aead(cipher).encrypt(cipher._iv, packet, header)
-        cipher._update_iv()
+        _gcm_step_iv(cipher)
         return header, sealed
 
     def chacha_seal(conn: Any, header: bytes, packet: bytes) -> tuple[bytes, ...]:
@@ -797,6 +814,19 @@ class _BufferedReads(asyncio.BufferedProtocol):
 
 READ_BUFFER = 256 * 1024
 """The most one read of the SSH socket takes (what uvloop and asyncio read at most)."""
+
+
+def _gcm_step_iv(cipher: Any) -> None:
+    """Step the IV of asyncssh's ``GCMCipher`` ``cipher`` after a packet, as its
+    ``_update_iv`` does (RFC 5647 §7.1: the 64-bit invocation counter after the 4-byte
+    fixed field, plus one, modulo 2**64), in one unpack and one pack: 0.29 us against
+    0.56 us, per data packet each way. tests/tunnel/test_tunnel_bulk.py compares the two."""
+    fixed, counter = GCM_IV.unpack(cipher._iv)
+    cipher._iv = GCM_IV.pack(fixed, (counter + 1) & 0xFFFFFFFFFFFFFFFF)
+
+
+GCM_IV = struct.Struct(">4sQ")
+"""RFC 5647 §7.1: AES-GCM's 12-byte IV, a fixed field and an invocation counter."""
 
 
 def _aead(cipher: Any) -> Any:
