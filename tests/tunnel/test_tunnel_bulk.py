@@ -316,6 +316,86 @@ def test_the_gateways_bytes_are_read_into_one_buffer(
     opened.check(len(down) + len(up), connections=2)
 
 
+class CountingTransport:
+    """A client transport as the tunnel's channel side sees it, counting its write calls
+    (and those made while asyncssh's connection was still processing a read, but for the
+    last one, made before the target's EOF is passed on)."""
+
+    def __init__(self, transport: Any, reading: list[bool], client: Any) -> None:
+        self.transport = transport
+        self.reading = reading
+        self.client = client
+        self.writes = 0
+        self.early = 0
+
+    def write(self, data: Any) -> None:
+        self.count()
+        self.transport.write(data)
+
+    def writelines(self, data: Any) -> None:
+        self.count()
+        self.transport.writelines(data)
+
+    def count(self) -> None:
+        self.writes += 1
+        self.early += self.reading[0] and not self.client.target_eof
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_packets_of_one_read_go_to_the_client_in_one_write(
+    options: TunnelOptions, opened: Opened, monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    """4 MiB down: the data of each read of the SSH socket is written to the client once
+    that read is processed, in one call (ssh -L writes its channel's buffer once per
+    poll), never while the read is still being opened; every byte, in order."""
+    factory = asyncio.new_event_loop
+    if loop == "uvloop":
+        factory = pytest.importorskip("uvloop").new_event_loop
+    reads: list[int] = []
+    reading = [False]
+    transports: list[CountingTransport] = []
+    updated = _BufferedReads.buffer_updated
+    received = asyncssh.connection.SSHConnection.data_received
+    channel_init = asyncssh_link._Channel.__init__
+
+    def counting(self: _BufferedReads, nbytes: int) -> None:
+        reads.append(nbytes)
+        updated(self, nbytes)
+
+    def processing(self: Any, data: Any, datatype: Any = None) -> None:
+        reading[0] = True
+        try:
+            received(self, data, datatype)
+        finally:
+            reading[0] = False
+
+    def made(self: Any, client: Any) -> None:
+        channel_init(self, client)
+        self.transport = CountingTransport(self.transport, reading, client)
+        transports.append(self.transport)
+
+    monkeypatch.setattr(_BufferedReads, "buffer_updated", counting)
+    monkeypatch.setattr(asyncssh.connection.SSHConnection, "data_received", processing)
+    monkeypatch.setattr(asyncssh_link._Channel, "__init__", made)
+    down = os.urandom(4 * 1024 * 1024 + 5)
+
+    async def scenario() -> bytes:
+        async with talking_target(down) as forward, Tunnel(options, [forward]) as tunnel:
+            assert await tunnel.wait_up(10)
+            return await exchange(*forward.mouth, b"")
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        got = runner.run(scenario())
+    assert hashlib.sha256(got).digest() == hashlib.sha256(down).digest()
+    (transport,) = transports
+    assert transport.early == 0
+    assert 0 < transport.writes <= len(reads)
+    opened.check(len(down))
+
+
 @pytest.mark.parametrize("cipher", CIPHERS)
 async def test_packets_opened_in_place_are_not_opened_again(
     options: TunnelOptions, echo: Target, cipher: str, monkeypatch: pytest.MonkeyPatch

@@ -17,7 +17,7 @@ from typing import Any
 
 import tunnel.sshlib  # noqa: F401 (asyncssh is first imported there, cheaply)
 
-__all__ = ["FEED_WHOLE_MAX", "GCM_TAG_LEN", "install", "send_sealed"]
+__all__ = ["FEED_WHOLE_MAX", "GCM_TAG_LEN", "READ_BATCH", "install", "send_sealed"]
 
 
 def _keep_held_eof() -> None:
@@ -793,7 +793,15 @@ class _BufferedReads(asyncio.BufferedProtocol):
         return self.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.received(self.view[:nbytes])
+        conn = self.conn
+        batch: list[Any] = []
+        setattr(conn, READ_BATCH, batch)
+        try:
+            self.received(self.view[:nbytes])
+        finally:
+            setattr(conn, READ_BATCH, None)
+            for session in batch:
+                session.release()
 
     def data_received(self, data: bytes) -> None:  # a transport that reads into bytes
         self.received(data)
@@ -814,6 +822,12 @@ class _BufferedReads(asyncio.BufferedProtocol):
 
 READ_BUFFER = 256 * 1024
 """The most one read of the SSH socket takes (what uvloop and asyncio read at most)."""
+READ_BATCH = "blitzdns_read_batch"
+"""Set on asyncssh's connection while one read of the SSH socket is processed: a list a
+channel session that holds this read's data until the read is done puts itself on, to
+have its ``release()`` called then (the tunnel's channel side: one write of every packet
+of the read; ``ssh -L`` writes its channel buffer once per poll). None or unset
+otherwise."""
 
 
 def _gcm_step_iv(cipher: Any) -> None:
