@@ -485,6 +485,13 @@ def measure_path(
         return measure_round_trips(kinds, slow, args.ciphers[0], path_args)
 
 
+def aggregate(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Median of each figure over the rounds (peak RSS: the largest)."""
+    merged = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    merged["rss"] = max(run["rss"] for run in runs)
+    return merged
+
+
 BULK = ("up", "down", "cpu_per_gb")
 
 
@@ -504,13 +511,6 @@ def spread_of_ratios(
             ratios = [ratio for ratio in ratios if not math.isnan(ratio)]  # iperf3 failed
             if ratios and kind != "openssh":
                 merged[kind][f"{key}_lo"], merged[kind][f"{key}_hi"] = min(ratios), max(ratios)
-
-
-def aggregate(runs: list[dict[str, float]]) -> dict[str, float]:
-    """Median of each figure over the rounds (peak RSS: the largest)."""
-    merged = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-    merged["rss"] = max(run["rss"] for run in runs)
-    return merged
 
 
 def report(cipher: str, results: dict[str, dict[str, float]]) -> None:
@@ -719,11 +719,11 @@ def run(args: argparse.Namespace, kinds: list[str]) -> dict[str, dict[str, dict[
                 for kind in kinds[shift:] + kinds[:shift]:
                     runs[kind].append(measure_bulk(kind, lab_, cipher, args))
             merged = {kind: aggregate(runs[kind]) for kind in kinds}
-            spread_of_ratios(runs, merged)
             for kind, figures in measure_round_trips(kinds, lab_, cipher, args).items():
                 figures["rss"] = max(figures["rss"], merged[kind]["rss"])
                 merged[kind].update(figures)
             report(cipher, merged)
+            spread_of_ratios(runs, merged)
             emitted += figures_of(cipher, merged)
             results[cipher] = merged
         if args.path_ms:
