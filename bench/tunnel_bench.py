@@ -592,9 +592,8 @@ NOTES = {  # where the time goes (tunnelperf's profiles, /work/notes/tunnelperf.
     "~45 %, Python ~33 % (opened in place, the channel's window count, one client write per "
     "read of the SSH socket), AES-GCM ~12 % (4 us), the plaintext's allocation ~3 %; "
     "bench/results/profiles/tunnel-bulk-down-aes128gcm-*.svg",
-    ("tunnel", "cpu_per_gb"): "kernel (loopback TCP in read/write) about 45 %, as ssh -L's; "
-    "the difference is user time (ours ~0.6 s/GB, ssh -L ~0.4): the per-packet Python "
-    "(see bulk down); bench/results/profiles/",
+    ("tunnel", "cpu_per_gb"): "kernel (loopback TCP in read/write) about half, the rest "
+    "asyncssh's per-packet Python and copies; bench/results/profiles/",
     ("tunnel", "p50"): "about 500 us of Python per connection (channel open, 4 packets sent, "
     "tasks), most of it serial in the round trip",
     ("tunnel-mux", "p50"): "our process ~190 us CPU per connection (accept, hand-off, watch, "
