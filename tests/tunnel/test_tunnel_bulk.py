@@ -89,6 +89,24 @@ def test_the_gcm_patch_seals_and_opens_as_asyncssh_did() -> None:
     assert receiver.decrypt_packet(2, packet[:16], packet[16:], 4, bytes(16)) is None
 
 
+def test_the_gcm_iv_steps_as_asyncssh_steps_it() -> None:
+    """The in-place paths' IV step against asyncssh's own ``_update_iv``, the invocation
+    counter's carries and its wrap at 2**64 included (the fixed field never changes)."""
+    from asyncssh.crypto.cipher import GCMCipher
+
+    for counter in (0, 1, 0xFF, 0xFFFFFFFF, 0x00FFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFE, 2**64 - 1):
+        iv = bytes.fromhex("a1b2c3d4") + counter.to_bytes(8, "big")
+        theirs, ours = (
+            GCMCipher("aes128-gcm", bytes(16), iv),
+            GCMCipher("aes128-gcm", bytes(16), iv),
+        )
+        for _ in range(3):
+            theirs._update_iv()
+            asyncssh_patches._gcm_step_iv(ours)
+            assert ours._iv == theirs._iv
+            assert type(ours._iv) is bytes
+
+
 def test_the_chacha_patch_seals_and_opens_as_asyncssh_did() -> None:
     """The patched chacha20-poly1305 shim (its contexts kept per key, moved to each
     packet's nonce) against asyncssh's own functions, packets of every size around the
@@ -114,12 +132,16 @@ def test_the_chacha_patch_seals_and_opens_as_asyncssh_did() -> None:
 
 
 class Opened:
-    """Bytes of channel data: opened in place (the data reaches the channel as a view) or
-    by asyncssh's own packet handler (as bytes)."""
+    """Bytes of channel data handed to the tunnel's channel sessions: opened in place (a
+    view of the packet's plaintext) or by asyncssh's own packet handler (bytes); and how
+    often data came while asyncssh would have held it (the channel's reading paused) or
+    with the channel's window not as asyncssh keeps it (counted, and adjusted back to the
+    full window once below half of it, before the data goes on)."""
 
     def __init__(self) -> None:
         self.in_place = 0
         self.by_asyncssh = 0
+        self.astray = 0
 
     def check(self, total: int, connections: int = 1) -> None:
         """Every byte came one way or the other; asyncssh opened only what came before the
@@ -131,6 +153,7 @@ class Opened:
         assert self.in_place + self.by_asyncssh == total
         assert self.by_asyncssh <= connections * DEFAULT_WINDOW
         assert self.in_place >= total // 2
+        assert self.astray == 0
 
 
 DEFAULT_WINDOW: int = next(
@@ -142,19 +165,20 @@ DEFAULT_WINDOW: int = next(
 
 @pytest.fixture
 def opened(monkeypatch: pytest.MonkeyPatch) -> Opened:
-    from asyncssh.channel import SSHChannel
-
     seen = Opened()
-    accept = SSHChannel._accept_data
+    received = asyncssh_link._Channel.data_received
 
-    def accepting(self: Any, data: Any, datatype: Any = None) -> None:
+    def counting(self: Any, data: Any, datatype: Any) -> None:
         if isinstance(data, memoryview):
             seen.in_place += len(data)
         else:
             seen.by_asyncssh += len(data)
-        accept(self, data, datatype)
+        window, full = self._recv_window, self._init_recv_window
+        if self._recv_paused or not full / 2 <= window <= full:
+            seen.astray += 1
+        received(self, data, datatype)
 
-    monkeypatch.setattr(SSHChannel, "_accept_data", accepting)
+    monkeypatch.setattr(asyncssh_link._Channel, "data_received", counting)
     return seen
 
 
@@ -290,6 +314,89 @@ def test_the_gateways_bytes_are_read_into_one_buffer(
     assert hashlib.sha256(got_up).digest() == hashlib.sha256(up).digest()
     assert sum(reads) > len(down) + len(up)
     opened.check(len(down) + len(up), connections=2)
+
+
+class CountingTransport:
+    """A client transport as the tunnel's channel side sees it, counting its write calls
+    (and those made while asyncssh's connection was still processing a read, but for the
+    last one, made before the target's EOF is passed on)."""
+
+    def __init__(self, transport: Any, reading: list[bool], client: Any) -> None:
+        self.transport = transport
+        self.reading = reading
+        self.client = client
+        self.writes = 0
+        self.early = 0
+
+    def write(self, data: Any) -> None:
+        self.count()
+        self.transport.write(data)
+
+    def writelines(self, data: Any) -> None:
+        self.count()
+        self.transport.writelines(data)
+
+    def count(self) -> None:
+        self.writes += 1
+        self.early += self.reading[0] and not self.client.target_eof
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_packets_of_one_read_go_to_the_client_in_one_write(
+    options: TunnelOptions, opened: Opened, monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    """4 MiB down: the data of each read of the SSH socket is written to the client once
+    that read is processed, in one call (ssh -L writes its channel's buffer once per
+    poll), never while the read is still being opened; every byte, in order. (Data that
+    asyncssh held while the client was slow goes out when it resumes, outside any read:
+    not counted here.)"""
+    factory = asyncio.new_event_loop
+    if loop == "uvloop":
+        factory = pytest.importorskip("uvloop").new_event_loop
+    writes_per_read: list[int] = []
+    reading = [False]
+    transports: list[CountingTransport] = []
+    updated = _BufferedReads.buffer_updated
+    received = asyncssh.connection.SSHConnection.data_received
+    channel_init = asyncssh_link._Channel.__init__
+
+    def counting(self: _BufferedReads, nbytes: int) -> None:
+        before = sum(transport.writes for transport in transports)
+        updated(self, nbytes)
+        writes_per_read.append(sum(transport.writes for transport in transports) - before)
+
+    def processing(self: Any, data: Any, datatype: Any = None) -> None:
+        reading[0] = True
+        try:
+            received(self, data, datatype)
+        finally:
+            reading[0] = False
+
+    def made(self: Any, client: Any) -> None:
+        channel_init(self, client)
+        self.transport = CountingTransport(self.transport, reading, client)
+        transports.append(self.transport)
+
+    monkeypatch.setattr(_BufferedReads, "buffer_updated", counting)
+    monkeypatch.setattr(asyncssh.connection.SSHConnection, "data_received", processing)
+    monkeypatch.setattr(asyncssh_link._Channel, "__init__", made)
+    down = os.urandom(4 * 1024 * 1024 + 5)
+
+    async def scenario() -> bytes:
+        async with talking_target(down) as forward, Tunnel(options, [forward]) as tunnel:
+            assert await tunnel.wait_up(10)
+            return await exchange(*forward.mouth, b"")
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        got = runner.run(scenario())
+    assert hashlib.sha256(got).digest() == hashlib.sha256(down).digest()
+    (transport,) = transports
+    assert transport.early == 0
+    assert max(writes_per_read) == 1
+    opened.check(len(down))
 
 
 @pytest.mark.parametrize("cipher", CIPHERS)

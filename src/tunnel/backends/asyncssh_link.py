@@ -244,11 +244,13 @@ class _Channel(DirectTCPChannel):
     """One flow's ``direct-tcpip`` channel, and channel → client: every SSH data packet is
     written to the client's transport.
 
-    The first packet in a turn of the event loop is written at once (a reply waits for
-    nothing); the packets that follow it from the same read of the SSH socket are held
-    and written together when the loop turns (``writelines``: one ``writev`` with
-    uvloop), as ``ssh -L`` writes its channel's buffer once per poll. In a bulk transfer
-    that is one or two write calls per 256 KiB read instead of eight.
+    The packets of one read of the SSH socket are held and written together once that
+    read is processed (``writelines``: one ``writev`` with uvloop;
+    :data:`~tunnel.backends.asyncssh_patches.READ_BATCH`), as ``ssh -L`` writes its
+    channel's buffer once per poll: one write call per read instead of one per packet.
+    Data coming otherwise (asyncssh delivering what it held while the channel was
+    paused) goes as before: the first packet in a turn of the loop at once, the rest when
+    the loop turns.
 
     These callbacks run inside asyncssh's packet processing: an exception escaping one
     would tear down the whole link and every other connection on it, so each touches the
@@ -287,6 +289,11 @@ class _Channel(DirectTCPChannel):
         if held is not None:
             held.append(data)
             return
+        batch = getattr(self._conn, asyncssh_patches.READ_BATCH, None)
+        if batch is not None:  # in a read of the SSH socket: written when it is done
+            self.held = [data]
+            batch.append(self)
+            return
         self.transport.write(data)
         self.held = []
         self._loop.call_soon(self.release)
@@ -295,7 +302,11 @@ class _Channel(DirectTCPChannel):
         """Write the held packets (also before an EOF or close, to keep the order)."""
         held, self.held = self.held, None
         if held and not self.client.closed and not self.transport.is_closing():
-            self.transport.writelines(held)
+            with contextlib.suppress(OSError, RuntimeError):  # called inside a read too
+                if len(held) == 1:
+                    self.transport.write(held[0])  # asyncio's writelines would join (a copy)
+                else:
+                    self.transport.writelines(held)
 
     def eof_held(self) -> None:
         """The target's EOF arrived while asyncssh held it back (see

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
 import time
 from typing import Any
 
 import tunnel.sshlib  # noqa: F401 (asyncssh is first imported there, cheaply)
 
-__all__ = ["FEED_WHOLE_MAX", "GCM_TAG_LEN", "install", "send_sealed"]
+__all__ = ["FEED_WHOLE_MAX", "GCM_TAG_LEN", "READ_BATCH", "install", "send_sealed"]
 
 
 def _keep_held_eof() -> None:
@@ -252,8 +253,10 @@ def _data_packets_opened_in_place() -> None:
         return
     from asyncssh.channel import SSHChannel  # noqa: PLC0415
 
-    channel_internals = ["_recv_state", "_recv_window", "_encoding", "_session"]
-    if not _has(SSHChannel, channel_internals, ["_accept_data", "_deliver_data"]):
+    channel_internals = (
+        "_recv_state _recv_window _encoding _session _recv_paused _init_recv_window _send_state"
+    )
+    if not _has(SSHChannel, channel_internals.split(), ["_accept_data", "_deliver_data"]):
         return
     header_step = SSHConnection._recv_pkthdr
     verify_tag = Poly1305.verify_tag
@@ -270,7 +273,7 @@ def _data_packets_opened_in_place() -> None:
         return plain
 
     def gcm_step(self: Any) -> None:
-        self._recv_encryption._cipher._update_iv()
+        _gcm_step_iv(self._recv_encryption._cipher)
 
     def chacha_length(self: Any, head: memoryview) -> int:
         stream = _chacha_streams(self._recv_encryption._cipher)[0]
@@ -324,7 +327,21 @@ def _data_packets_opened_in_place() -> None:
         ):
             return False
         step(self)
-        chan._accept_data(memoryview(plain)[10:end])
+        data = memoryview(plain)[10:end]
+        window = chan._recv_window - datalen
+        if (
+            datalen
+            and window >= chan._init_recv_window / 2
+            and not chan._recv_paused
+            and chan._send_state not in ("close_pending", "closed")
+        ):
+            # What asyncssh's _accept_data and _deliver_data do for such a packet (not
+            # paused, no window adjust due, no encoding, not closing): count it and hand
+            # it to the session; two calls fewer per packet. Else theirs.
+            chan._recv_window = window
+            chan._session.data_received(data, None)
+        else:
+            chan._accept_data(data)
         self._auth_final = True
         self._recv_seq = (self._recv_seq + 1) & 0xFFFFFFFF
         return True
@@ -511,7 +528,7 @@ def _data_packets_sealed_in_place() -> None:
     def gcm_seal(conn: Any, header: bytes, packet: bytes) -> tuple[bytes, ...]:
         cipher = conn._send_encryption._cipher
         sealed = _aead(cipher).encrypt(cipher._iv, packet, header)
-        cipher._update_iv()
+        _gcm_step_iv(cipher)
         return header, sealed
 
     def chacha_seal(conn: Any, header: bytes, packet: bytes) -> tuple[bytes, ...]:
@@ -776,7 +793,15 @@ class _BufferedReads(asyncio.BufferedProtocol):
         return self.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.received(self.view[:nbytes])
+        conn = self.conn
+        batch: list[Any] = []
+        setattr(conn, READ_BATCH, batch)
+        try:
+            self.received(self.view[:nbytes])
+        finally:
+            setattr(conn, READ_BATCH, None)
+            for session in batch:
+                session.release()
 
     def data_received(self, data: bytes) -> None:  # a transport that reads into bytes
         self.received(data)
@@ -797,6 +822,25 @@ class _BufferedReads(asyncio.BufferedProtocol):
 
 READ_BUFFER = 256 * 1024
 """The most one read of the SSH socket takes (what uvloop and asyncio read at most)."""
+READ_BATCH = "blitzdns_read_batch"
+"""Set on asyncssh's connection while one read of the SSH socket is processed: a list a
+channel session that holds this read's data until the read is done puts itself on, to
+have its ``release()`` called then (the tunnel's channel side: one write of every packet
+of the read; ``ssh -L`` writes its channel buffer once per poll). None or unset
+otherwise."""
+
+
+def _gcm_step_iv(cipher: Any) -> None:
+    """Step the IV of asyncssh's ``GCMCipher`` ``cipher`` after a packet, as its
+    ``_update_iv`` does (RFC 5647 §7.1: the 64-bit invocation counter after the 4-byte
+    fixed field, plus one, modulo 2**64), in one unpack and one pack: 0.29 us against
+    0.56 us, per data packet each way. tests/tunnel/test_tunnel_bulk.py compares the two."""
+    fixed, counter = GCM_IV.unpack(cipher._iv)
+    cipher._iv = GCM_IV.pack(fixed, (counter + 1) & 0xFFFFFFFFFFFFFFFF)
+
+
+GCM_IV = struct.Struct(">4sQ")
+"""RFC 5647 §7.1: AES-GCM's 12-byte IV, a fixed field and an invocation counter."""
 
 
 def _aead(cipher: Any) -> Any:
