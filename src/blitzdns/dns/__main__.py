@@ -42,6 +42,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="read UDP through the event loop's datagram transport (no recvmmsg/sendmmsg)",
     )
+    parser.add_argument(
+        "--no-linger",
+        action="store_true",
+        help="a poll per wake-up at any rate (no wake-ups shared by queries at a high rate)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="a log line per query")
     return parser.parse_args(argv)
 
@@ -82,6 +87,7 @@ async def _serve(config: Config, upstreams: tuple[Endpoint, ...], args: argparse
         loop_probe=not args.no_loop_probe,
         steer=not args.no_steer,
         batch_io=not args.no_batch_io,
+        linger=not args.no_linger,
     )
     await resolver.start()
     # As the daemon does once its start is over (blitzdns.daemon.end_of_start): what the
