@@ -233,14 +233,174 @@ def test_replies_the_kernel_refuses_are_all_counted() -> None:
             reader._sendmmsg = refused
             for n in range(3):
                 reader.sendto(b"reply %d" % n, raw)
-            reader._flush()
+            reader.flush()
             lost = stats.unsent
             reader._sendmmsg = real
             for n in range(3):
                 reader.sendto(b"reply %d" % n, raw)
-            reader._flush()
+            reader.flush()
             return lost, [client.recv(64) for _ in range(3)]
 
     lost, received = asyncio.run(main())
     assert lost == 3
     assert received == [b"reply 0", b"reply 1", b"reply 2"]
+
+
+def always_lingering(stub: ServerThread) -> batchio.Linger:
+    """The resolver's wake-up coalescing, made to pause after every wake-up from now on
+    (any rate, any busy share, a decision per wake-up)."""
+    linger = stub.resolver._linger
+    assert linger is not None
+    linger.rate, linger.busy, linger.window = 0, float("inf"), 0.0
+    return linger
+
+
+def test_replies_are_the_same_when_wake_ups_are_shared(
+    resolver_factory: Callable[..., ServerThread], dnsmasq: Dnsmasq
+) -> None:
+    """With the pause after each wake-up on (as at a high rate on an idle thread), the
+    batch and the one-datagram path answer byte for byte as the datagram transport does,
+    forwarded replies included (queued ones are sent before each pause)."""
+    config = make_config(SHARED_TOML)
+    lingering = resolver_factory(config, [dnsmasq.endpoint])
+    plain = resolver_factory(config, [dnsmasq.endpoint], batch_io=False)
+    linger = always_lingering(lingering)
+    want, _ = answers_to(plain, Endpoint("127.0.0.5", plain.port))
+    got, largest = answers_to(lingering, Endpoint("127.0.0.5", lingering.port))
+    assert largest > 1
+    for (source, datagram, answered), ours, theirs in zip(burst(), got, want, strict=True):
+        if b"fwd" in datagram and theirs is not None and ours is not None:
+            assert addresses(dns.message.from_wire(ours)) == [FORWARDED_ADDRESS]
+        else:
+            assert ours == theirs, (source, datagram)
+        if answered:  # and one at a time
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.bind((source, 0))
+                sock.settimeout(10)
+                sock.sendto(datagram, ("127.0.0.5", lingering.port))
+                again = sock.recv(4096)
+            if b"fwd" in datagram:
+                assert addresses(dns.message.from_wire(again)) == [FORWARDED_ADDRESS]
+            else:
+                assert again == theirs, (source, datagram)
+    assert linger.pauses > 0
+
+
+def test_no_resolver_pauses_without_its_linger() -> None:
+    """``linger=False`` (``python -m blitzdns.dns --no-linger``): no coalescing at all."""
+    config = make_config()
+    stub = ServerThread(config, [], linger=False)
+    try:
+        assert stub.resolver._readers and stub.resolver._linger is None
+        assert all(reader.linger is None for reader in stub.resolver._readers)
+    finally:
+        stub.stop()
+
+
+class Clock:
+    """The thread's CPU seconds as the test says they went (the one part played here)."""
+
+    def __init__(self) -> None:
+        self.cpu = 0.0
+
+    def __call__(self) -> float:
+        return self.cpu
+
+
+def wake_ups(
+    linger: batchio.Linger,
+    loop: asyncio.AbstractEventLoop,
+    clock: Clock,
+    *,
+    rate: float,
+    busy: float,
+    seconds: float,
+    count: int = 1,
+) -> None:
+    """Wake-ups at ``rate`` a second for ``seconds``, each reading ``count`` datagrams and
+    followed by the loop's ready callbacks (where a pause runs), the thread busy for
+    ``busy`` of the time."""
+    gap = 1 / rate
+    now = 1000.0
+    for _ in range(round(seconds * rate)):
+        now += gap
+        clock.cpu += gap * busy
+        linger.woke(count, now)
+        loop.run_until_complete(asyncio.sleep(0))
+
+
+@pytest.mark.parametrize(
+    ("rate", "busy", "count", "pauses"),
+    [
+        (1000, 0.05, 1, False),  # a low rate: every query answered as it comes
+        (4000, 0.2, 1, False),  # below LINGER_RATE
+        (20000, 0.3, 1, True),  # fast and mostly idle: wake-ups shared
+        (20000, 0.3, 3, True),
+        (20000, 0.9, 1, False),  # fast but busy: a pause would only lose time
+        (20000, 0.3, batchio.BATCH, False),  # full batches: more is waiting already
+    ],
+)
+def test_the_loop_pauses_only_at_a_high_rate_on_a_mostly_idle_thread(
+    rate: float, busy: float, count: int, pauses: bool
+) -> None:
+    loop = asyncio.new_event_loop()
+    slept: list[float] = []
+    clock = Clock()
+    try:
+        linger = batchio.Linger(loop, sleep=slept.append, cpu=clock)
+        wake_ups(linger, loop, clock, rate=rate, busy=busy, seconds=0.1, count=count)
+    finally:
+        loop.close()
+    assert bool(slept) == pauses
+    # Bounded: every pause is the one delay, and at most one per loop iteration.
+    assert set(slept) <= {batchio.LINGER_S}
+    assert len(slept) == linger.pauses <= round(0.1 * rate)
+
+
+def test_a_pause_is_taken_once_per_loop_iteration_after_queued_replies_went_out() -> None:
+    """Several wake-ups in one loop iteration (the general and the priority socket, say)
+    share one pause; replies queued for the batch send are on their way before it."""
+
+    async def main() -> tuple[list[bytes], int]:
+        loop = asyncio.get_running_loop()
+        seen: list[bytes] = []
+        clock = Clock()
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+        ):
+            server.bind(("127.0.0.1", 0))
+            server.setblocking(False)
+            client.bind(("127.0.0.1", 0))
+            client.settimeout(10)
+
+            def sleep(_: float) -> None:
+                seen.append(client.recv(64))  # already sent: the pause comes after
+
+            linger = batchio.Linger(loop, sleep=sleep, cpu=clock, rate=0, busy=1.0, window=0.0)
+            reader = batchio.BatchReader(
+                server,
+                lambda *_: None,
+                lambda *_: None,
+                lambda: 0.0,
+                logging.getLogger("test"),
+                ResolverStats(),
+                linger=linger,
+            )
+            raw = (
+                struct.pack("=H", socket.AF_INET)
+                + struct.pack("!H", client.getsockname()[1])
+                + socket.inet_aton("127.0.0.1")
+                + bytes(8)
+            )
+            linger.woke(1, 1.0)  # the first decision: no window behind it yet
+            linger.woke(1, 2.0)
+            reader.sendto(b"queued reply", raw)
+            linger.woke(1, 3.0)
+            linger.woke(2, 4.0)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            return seen, linger.pauses
+
+    seen, pauses = asyncio.run(main())
+    assert pauses == 1 and seen == [b"queued reply"]

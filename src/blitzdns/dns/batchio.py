@@ -17,6 +17,15 @@ and goes out with the next batch's or at the end of the loop iteration, together
 the other replies that came meanwhile; only a reply larger than a slot goes out alone
 with the socket's plain ``sendto``.
 
+At a fixed, fast rate (20,000 queries/s, say) with the loop mostly idle, each query is a
+wake-up of its own, and the wake-up (the kernel's schedule-in, epoll, the loop's dispatch,
+a Python call, two system calls) costs more than answering it. :class:`Linger` shares
+wake-ups the way a network card's interrupt moderation (NAPI) does: only while the
+observed arrival rate is high and the thread is mostly idle, the loop pauses a bounded
+:data:`LINGER_S` after a wake-up before it polls again, so the queries that came
+meanwhile are read and answered by one batch. Below the rate, or when the thread is busy
+(a pause would only lose time), there is no pause: a query is answered as it comes.
+
 The functions come from the C library through :mod:`ctypes`; :func:`available` says
 whether they (and the structure layout this module builds on) are there. Elsewhere the
 resolver keeps the event loop's datagram transport.
@@ -32,6 +41,7 @@ import mmap
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -84,6 +94,18 @@ _NAME = 28
 _NAME_WORDS = _NAME // 4
 #: ``MSG_DONTWAIT`` as a plain int (the socket module's is an enum member: slower to pass).
 _DONTWAIT = int(socket.MSG_DONTWAIT)
+
+#: The pause after a wake-up while :class:`Linger` is on (the kernel adds its timer slack,
+#: 50 µs by default, at most): no query waits longer than this for its batch, plus the
+#: loop iteration's other work.
+LINGER_S = 0.0002
+#: Datagrams per second (all listeners together) from which wake-ups are shared.
+LINGER_RATE = 5000
+#: ... as long as the thread was busy for less than this share of the time: a loop that
+#: is busy anyway reads what queued meanwhile at its next poll, and a pause only loses time.
+LINGER_BUSY = 0.5
+#: How often the rate and the busy share are looked at (seconds of the loop's clock).
+LINGER_WINDOW_S = 0.01
 
 
 def _libc() -> Any | None:
@@ -142,6 +164,79 @@ class _Buffers:
         self.lengths = memoryview(self.iovecs).cast("B").cast("Q")
 
 
+class Linger:
+    """Wake-up coalescing for the readers of one resolver (see the module docstring).
+
+    Each reader reports every wake-up that read datagrams (:meth:`woke`). Once per
+    :data:`LINGER_WINDOW_S` of the loop's clock the rate and the thread's CPU share over
+    the window decide whether the next window pauses. While it does, a wake-up that read
+    less than a full batch schedules one pause per loop iteration, run among the loop's
+    ready callbacks, just before it polls again: queued forwarded replies are sent first,
+    then the thread sleeps ``delay``. The steered priority socket keeps its own queue in
+    the kernel (nothing is dropped for it) and is read at the next poll as before: a
+    protected query waits ``delay`` at most more than it did.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        delay: float = LINGER_S,
+        rate: float = LINGER_RATE,
+        busy: float = LINGER_BUSY,
+        window: float = LINGER_WINDOW_S,
+        sleep: Callable[[float], None] = time.sleep,
+        cpu: Callable[[], float] = time.thread_time,
+    ) -> None:
+        self._loop = loop
+        self.delay = delay
+        self.rate = rate
+        self.busy = busy
+        self.window = window
+        self._sleep = sleep
+        self._cpu = cpu
+        #: Whether this window pauses.
+        self.on = False
+        #: Pauses taken (the tests look whether they happen).
+        self.pauses = 0
+        self._due = False
+        self._count = 0
+        self._start = -1.0
+        self._end = -1.0
+        self._cpu_start = 0.0
+        self.readers: list[BatchReader] = []
+
+    def woke(self, count: int, now: float) -> None:
+        """A reader's wake-up read ``count`` datagrams at ``now`` (the loop's clock)."""
+        self._count += count
+        if now >= self._end:
+            self._decide(now)
+        if self.on and not self._due and count < BATCH:
+            self._due = True
+            self._loop.call_soon(self._pause)
+
+    def _decide(self, now: float) -> None:
+        cpu = self._cpu()
+        span = now - self._start
+        self.on = (
+            self._start >= 0
+            and span > 0
+            and self._count >= self.rate * span
+            and cpu - self._cpu_start < self.busy * span
+        )
+        self._count = 0
+        self._start = now
+        self._end = now + self.window
+        self._cpu_start = cpu
+
+    def _pause(self) -> None:
+        self._due = False
+        for reader in self.readers:
+            reader.flush()
+        self.pauses += 1
+        self._sleep(self.delay)
+
+
 class BatchReader:
     """Reads one UDP socket in batches and answers what the engine answers at once.
 
@@ -164,6 +259,7 @@ class BatchReader:
         stats: ResolverStats,
         *,
         steered: bool = False,
+        linger: Linger | None = None,
     ) -> None:
         assert _LIBC is not None
         self._recvmmsg = _LIBC.recvmmsg
@@ -179,6 +275,10 @@ class BatchReader:
         self.stats = stats
         #: The steered priority socket's (:mod:`~blitzdns.dns.steer`): counted as such.
         self.steered = steered
+        #: The resolver's wake-up coalescing, told of every wake-up that read datagrams.
+        self.linger = linger
+        if linger is not None:
+            linger.readers.append(self)
         #: The most datagrams one wake-up read (the tests look whether batches happen).
         self.largest_batch = 0
         namelen = 16 if sock.family == socket.AF_INET else _NAME
@@ -208,6 +308,7 @@ class BatchReader:
             self._clients,
             handle,
             self._v4,
+            linger,
         )
 
     # The per-datagram work is all in ``readable`` and ``_batch``, kept in locals: at full
@@ -223,6 +324,9 @@ class BatchReader:
             elif count < 0:
                 self._read_error(ctypes.get_errno())
             return
+        now = self.clock()
+        if self.linger is not None:
+            self.linger.woke(1, now)
         if self.steered:
             self.stats.steered += 1
         size = inb.words[_LEN_WORD]
@@ -233,7 +337,7 @@ class BatchReader:
         raw: int | bytes = inb.name_words[1] if self._v4 else inb.names_view[8:24].tobytes()
         client = self._clients.get(raw) or self._client(raw, 0)
         try:
-            reply = self.handle(packet, client, self.clock())
+            reply = self.handle(packet, client, now)
         except Exception as exc:  # ``other`` logs it, with its traceback
             reply = exc
         if reply.__class__ is not bytes:
@@ -263,8 +367,11 @@ class BatchReader:
             clients,
             handle,
             v4,
+            linger,
         ) = self._hot
         now = self.clock()
+        if linger is not None:
+            linger.woke(count, now)
         sending = self._queued
         for i in range(count):
             size = words[i * _WORDS + _LEN_WORD]
@@ -331,11 +438,12 @@ class BatchReader:
         out.qwords[k * _QWORDS + _NAME_QWORD] = out.names_at + at
         self._queued = k + 1
         if k + 1 == BATCH:
-            self._flush()
+            self.flush()
         elif k == 0:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Send the replies queued by :meth:`sendto` now."""
         queued, self._queued = self._queued, 0
         if queued and not self.closed:
             self._send(queued)

@@ -194,7 +194,7 @@ class Engine:
 
     def _leads_to_protected(self, key: bytes, entry: Entry) -> bool:
         """Whether the cached reply under ``key`` would need the guard's rewrite now."""
-        message = b"\x00\x00" + entry.head + key[:-1] + entry.tail
+        message = b"\x00\x00" + entry[3] + key[:-1] + entry[4]
         if self._screen(message) is None:
             return False
         try:
@@ -248,7 +248,7 @@ class Engine:
                 self.stats.answered_local += 1
                 return packet[:2] + remembered
             hit, hit_age, rest = remembered
-            if now < hit.expires and int(now - hit.stored) == hit_age:
+            if now < hit[0] and int(now - hit[1]) == hit_age:
                 self.stats.cache_hits += 1
                 return packet[:2] + rest
         # Lower-casing keeps length bytes (at most 63) as they are, so a key equal to a
@@ -261,7 +261,7 @@ class Engine:
                 if entry is None:
                     self.stats.answered_local += 1
                     return packet[:2] + head + packet[12:qend] + tail
-                if now < entry.expires and int(now - entry.stored) == entry_age:
+                if now < entry[0] and int(now - entry[1]) == entry_age:
                     self.stats.cache_hits += 1
                     return packet[:2] + head + packet[12:qend] + tail
         shape = None if fast is _REFUSED else plain_shape(packet)
@@ -289,9 +289,17 @@ class Engine:
             return reply
         key = qkey + KEY_FLAG_BYTES[which]
         entry = self._entries.get(key)
-        if entry is not None and now < entry.expires:
+        if entry is not None and now < entry[0]:
             return self._cache_hit(
-                packet, qend, edns, entry, now, udp, memo, fast.folded if memo is None else None
+                packet,
+                qend,
+                edns,
+                key,
+                entry,
+                now,
+                udp,
+                memo,
+                fast.folded if memo is None else None,
             )
         if name_end(packet) != qn or not name.isascii():
             return self.handle_slow(packet, client, now, udp)
@@ -338,7 +346,7 @@ class Engine:
         key = packet[12:qn].lower() + packet[qn:qend] + KEY_FLAG_BYTES[variant(flags, edns)]
         entry = self.cache.get(key, now)
         if entry is not None:
-            return self._cache_hit(packet, qend, edns, entry, now, udp, None)
+            return self._cache_hit(packet, qend, edns, key, entry, now, udp, None)
         return self._forward(packet, client, key, qend, flags, edns, udp)
 
     def _forward(
@@ -439,27 +447,31 @@ class Engine:
         packet: bytes,
         qend: int,
         edns: int,
+        key: bytes,
         entry: Entry,
         now: float,
         udp: bool,
         replies: dict[bytes, bytes | tuple[Entry, int, bytes]] | None,
         folded: dict[bytes, Folded] | None = None,
     ) -> bytes:
-        """The reply to ``packet`` from the live ``entry``, its TTLs lowered by its age.
+        """The reply to ``packet`` from the live ``entry`` (under ``key``), its TTLs lowered by
+        its age.
 
         Remembered in ``replies`` or ``folded`` (the fast path's memos) when it fits any
         UDP reply to this question, so a memo never holds what a UDP client must get
         truncated.
         """
         self.stats.cache_hits += 1
-        age = int(now - entry.stored)
-        entry.at_age(age)
-        reply = self._deliver(packet, qend, edns, entry.head, entry.tail, udp)
-        if fits_udp(qend + len(entry.tail), edns):
+        age = int(now - entry[1])
+        if entry[2] != age:
+            entry = self.cache.at_age(key, entry, age)
+        head, tail = entry[3], entry[4]
+        reply = self._deliver(packet, qend, edns, head, tail, udp)
+        if fits_udp(qend + len(tail), edns):
             if replies is not None:
                 _remember(replies, packet, (entry, age, reply[2:]))
             elif folded is not None:
-                _remember_folded(folded, packet, qend, entry.head, entry.tail, entry, age)
+                _remember_folded(folded, packet, qend, head, tail, entry, age)
         return reply
 
     def _deliver(

@@ -91,6 +91,7 @@ class Resolver:
         loop_probe: bool = True,
         steer: bool = True,
         batch_io: bool = True,
+        linger: bool = True,
     ) -> None:
         self.config = config
         self.log = log or logging.getLogger("blitzdns.dns")
@@ -111,6 +112,9 @@ class Resolver:
         #: Read UDP in batches where the platform allows (:mod:`~blitzdns.dns.batchio`).
         self.batch_io = batch_io
         self._readers: list[batchio.BatchReader] = []
+        #: Wake-ups shared at a high rate (:class:`~blitzdns.dns.batchio.Linger`); None: never.
+        self._linger: batchio.Linger | None = None
+        self.linger = linger
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Open TCP connections and their client's address; per address, how many.
@@ -241,6 +245,8 @@ class Resolver:
         through the loop's datagram transport; ``-v`` (a line per query) takes the latter."""
         loop = asyncio.get_running_loop()
         if self.batch_io and not self.verbose and batchio.available():
+            if self._linger is None and self.linger:
+                self._linger = batchio.Linger(loop)
             reader = batchio.BatchReader(
                 sock,
                 self.engine.handle,
@@ -249,6 +255,7 @@ class Resolver:
                 self.log,
                 self.stats,
                 steered=steered,
+                linger=self._linger,
             )
             loop.add_reader(sock.fileno(), reader.readable)
             self._readers.append(reader)
@@ -280,6 +287,7 @@ class Resolver:
             if reader.sock.fileno() >= 0:
                 loop.remove_reader(reader.sock.fileno())
         self._readers.clear()
+        self._linger = None
         for transport in self._transports:
             transport.close()
         for server in self._servers:
