@@ -1,9 +1,9 @@
 """The mouths: our own listeners, one per forward, each bound once and outliving any
 number of links.
 
-A mouth accepts (a batch per wake-up, in the listener's reader callback: no task per
-connection), drops peers its forward does not admit, counts, and hands each connection as
-a :class:`tunnel.link.Flow` to the current link (:meth:`tunnel.link.Link.carry`). While no
+A mouth accepts (one connection per wake-up, in the listener's reader callback: no task
+per connection), drops peers its forward does not admit, counts, and hands each connection
+as a :class:`tunnel.link.Flow` to the current link (:meth:`tunnel.link.Link.carry`). While no
 link is up a connection is held (``wait_for_link_s``, the client's bytes waiting in the
 kernel) and then cut: it is never connected to the target any other way, the tunnel fails
 closed. The link reports every flow's end back here (:meth:`Mouth.flow_ended`), which is
@@ -19,6 +19,7 @@ import errno
 import ipaddress
 import logging
 import socket
+import sys
 from typing import Protocol
 
 from tunnel.errors import MouthBindError
@@ -29,11 +30,13 @@ from tunnel.state import ForwardCounters, ForwardState
 log = logging.getLogger("tunnel.mouths")
 
 LISTEN_BACKLOG = 1024
-ACCEPT_BATCH = 64
 #: Out of descriptors, a mouth stops accepting this long (the listener stays readable, so
 #: retrying at once would spin): the new connections wait in the backlog meanwhile.
 ACCEPT_PAUSE_S = 0.25
-"""Connections accepted per wake-up of the listener, before other callbacks get a turn."""
+NODELAY_INHERITED = sys.platform.startswith("linux")
+"""Linux: a connection accepted from a listener with ``TCP_NODELAY`` has it too (the
+listener's TCP state is cloned), so it is set once, on the listener, not per connection
+(tests/tunnel/test_mouth_accept.py checks the accepted socket). Elsewhere: per connection."""
 CLOSE_WAIT_S = 0.5
 """How long closing a mouth waits for the tasks of its connections to end."""
 
@@ -71,6 +74,10 @@ def bind_socket(host: str, port: int, *, udp: bool = False) -> socket.socket:
     try:
         if not udp:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with contextlib.suppress(OSError):
+                # As ssh -L does for the sockets it accepts (channels.c): no Nagle delay.
+                # Inherited by every accepted connection (NODELAY_INHERITED).
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((str(address), port))
@@ -108,6 +115,7 @@ class Mouth:
         self.closed = False
         #: Out of descriptors at the last accept (said once, until an accept works again).
         self.starved = False
+        self._family = int(socket.AF_INET)
 
     def state(self) -> ForwardState:
         """This forward's counters, with the bytes of open connections that are counted
@@ -158,27 +166,33 @@ class Mouth:
                 "" if self.forward.allowed_peers is None else " in the allowed networks",
             )
         self.listener = bind_socket(self.forward.mouth_host, self.forward.mouth_port)
+        self._family = int(self.listener.family)
         asyncio.get_running_loop().add_reader(self.listener.fileno(), self._accept)
 
     def _accept(self) -> None:
+        """One connection per wake-up: the listener is watched level-triggered, so the
+        loop wakes this again at once while more wait, and a sequential client does not
+        pay a second ``accept`` that fails (EAGAIN, an exception) for every connection.
+        The socket is made from the descriptor with the listener's family as a plain int
+        (stdlib ``accept()`` looks both up as enums: ~7 us per connection)."""
         listener = self.listener
-        for _ in range(ACCEPT_BATCH):
-            if listener is None or self.closed:
-                return
-            try:
-                conn, peer = listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    self._pause_accepting(exc)
-                else:
-                    log.warning("mouth %s:%d: accept failed: %s", *self.forward.mouth, exc)
-                return
-            if self.starved:
-                self.starved = False
-                log.info("mouth %s:%d: accepting again", *self.forward.mouth)
-            self.take(conn, peer_host(peer[0]), int(peer[1]))
+        if listener is None or self.closed:
+            return
+        try:
+            fd, peer = listener._accept()  # type: ignore[attr-defined]  # what accept() calls
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._pause_accepting(exc)
+            else:
+                log.warning("mouth %s:%d: accept failed: %s", *self.forward.mouth, exc)
+            return
+        conn = socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
+        if self.starved:
+            self.starved = False
+            log.info("mouth %s:%d: accepting again", *self.forward.mouth)
+        self.take(conn, peer_host(peer[0]), int(peer[1]), accepted=True)
 
     def _pause_accepting(self, exc: OSError) -> None:
         """Out of descriptors: say so once, and accept again after ``ACCEPT_PAUSE_S``."""
@@ -198,16 +212,18 @@ class Mouth:
         if self.listener is not None and not self.closed:
             asyncio.get_running_loop().add_reader(self.listener.fileno(), self._accept)
 
-    def take(self, conn: socket.socket, host: str, port: int) -> None:
-        """Carry an accepted connection (or hold it until a link is up); refuse it if the
-        peer is not admitted or the mouth is closed."""
+    def take(self, conn: socket.socket, host: str, port: int, *, accepted: bool = False) -> None:
+        """Carry a connection (or hold it until a link is up); refuse it if the peer is
+        not admitted or the mouth is closed. ``accepted``: it came from this mouth's
+        listener (so has ``TCP_NODELAY`` already, where that is inherited). The socket's
+        blocking mode is left to the link: each backend's hand-over sets it (asyncio's
+        and uvloop's transports, the ssh master) and nothing reads it before."""
         if self.closed or self.refuses(host, port):
             conn.close()  # never carried, so not cut: a plain close, as before the accept
             return
-        conn.setblocking(False)
-        with contextlib.suppress(OSError):
-            # As ssh -L does for the sockets it accepts (channels.c): no Nagle delay.
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not (accepted and NODELAY_INHERITED):
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.counters.open += 1
         self.counters.total += 1
         flow = Flow(self, self.forward, conn, host, port, self.counters)

@@ -26,6 +26,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import select
 import socket
 import sys
 import time
@@ -157,6 +158,8 @@ class NetWatch:
         self._resume_clock = ResumeClock(tick_s)
         self._reader: NetlinkReader | PollReader | None = None
         self._events: socket.socket | None = None
+        #: The events socket alone in an epoll set: :meth:`pending` asks it, no ``recv``.
+        self._waiting: select.epoll | None = None
         self._peer: str | None = None
         self._view = NetView()
         self._read_handle: asyncio.TimerHandle | None = None
@@ -185,6 +188,9 @@ class NetWatch:
                     self._loop.remove_reader(self._events.fileno())
                     self._events.close()
                     self._events = None
+                if self._waiting is not None:
+                    self._waiting.close()
+                    self._waiting = None
         if self._reader is None:
             self._reader = PollReader()
         self._view = self._read() or NetView()
@@ -202,9 +208,14 @@ class NetWatch:
             with contextlib.suppress(OSError):
                 events.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             events.bind((0, netlink.WATCH_GROUPS))
+            self._waiting = select.epoll()
+            self._waiting.register(events.fileno(), select.EPOLLIN)
             self._loop.add_reader(events.fileno(), self._readable)
         except OSError:
             events.close()
+            if self._waiting is not None:
+                self._waiting.close()
+                self._waiting = None
             raise
         return events
 
@@ -224,6 +235,9 @@ class NetWatch:
                 self._loop.remove_reader(self._events.fileno())
             self._events.close()
             self._events = None
+        if self._waiting is not None:
+            self._waiting.close()
+            self._waiting = None
         if self._reader is not None:
             self._reader.close()
 
@@ -231,9 +245,12 @@ class NetWatch:
 
     def pending(self) -> bool:
         """Whether a change may have happened that is not read yet: a netlink message came
-        (this reads the socket now, so that a change the kernel made before a connection
-        was accepted is seen before that connection is handed to the link)."""
-        if self._events is not None:
+        (this asks the kernel now, so that a change it made before a connection was
+        accepted is seen before that connection is handed to the link). Called for every
+        connection: one ``epoll_wait`` with no timeout on the events socket alone, which
+        is read only when something waits there (an error such as ``ENOBUFS`` counts)."""
+        waiting = self._waiting
+        if waiting is not None and waiting.poll(0):
             self._drain()
         return self._read_handle is not None
 

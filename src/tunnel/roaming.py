@@ -12,8 +12,9 @@ The thin layer between :class:`~tunnel.netwatch.NetWatch`, the pure
 
 A connection accepted after the kernel changed the network must not reach the old link
 before the change is judged: :meth:`Roaming.check`, called by the tunnel whenever it hands
-out the link, reads the netlink socket first (one non-blocking ``recv``), and a message
-waiting there puts the link in doubt until the view has been read and judged.
+out the link, asks the kernel whether a netlink message waits (:meth:`NetWatch.pending`:
+one ``epoll_wait`` that does not wait; the socket is read only when one does), and a
+message waiting there puts the link in doubt until the view has been read and judged.
 """
 
 from __future__ import annotations

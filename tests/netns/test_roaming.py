@@ -14,6 +14,7 @@ times are for ``bench/roam_bench.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from .lab import Blitzdns, Sshd, SshKeys, missing_prerequisite, read_text, wait_for
+from .lab import PYTHON, Blitzdns, Sshd, SshKeys, missing_prerequisite, read_text, wait_for
 from .roamlab import (
     BULK_PORT,
     ECHO_PORT,
@@ -251,6 +252,38 @@ def test_connections_made_before_the_daemon_saw_the_switch_wait_for_the_new_link
     wait_for(lambda: link_source(client) == new, "the link on the new uplink")
     failed = judge_shorts(stream, switched)
     assert failed == [], f"short connections that started after the switch failed: {failed}"
+
+
+CHECK_AGENT = str(Path(__file__).with_name("check_agent.py"))
+CHECK_ADDRESS = "10.91.77.1/32"
+"""Added to the client's ``lo`` by the check agent (and removed): a change off the path."""
+
+
+@pytest.mark.parametrize("backend", ["asyncssh", "openssh"])
+def test_a_connection_accepted_after_a_change_waits_until_the_change_is_judged(
+    roam: RoamLab, keys: SshKeys, sshd: Sshd, servers: Records, tmp_path: Path, backend: str
+) -> None:
+    """The roaming check of each accepted connection (Roaming.check): the kernel changed the
+    network (a netlink message waits) and a connection waits in the mouth's backlog, both
+    before the daemon's loop looks. The connection must reach the link only after the
+    change was read and judged, whichever callback the loop runs first: without the check
+    it is carried first, and when the accept runs first (connect-first), also when the
+    check does not ask the netlink socket itself. A change off the link's path: the
+    connection is then carried on the same link."""
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(
+        f"{SERVER_IP} {' '.join(keys.host_key.with_suffix('.pub').read_text().split()[:2])}\n"
+    )
+    done = roam["client"].run(
+        PYTHON, CHECK_AGENT, "--gateway", f"root@{SSHD_LISTEN}", "--key", str(keys.client_key),
+        "--known-hosts", str(known_hosts), "--target", f"{SERVER_IP}:{ECHO_PORT}",
+        "--backend", backend, "--address", CHECK_ADDRESS, timeout=90, check=False,
+    )  # fmt: skip
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 0 and lines, f"check agent failed: {done.stderr[-2000:]}"
+    result = json.loads(lines[-1])
+    checked = {"events": ["judged", "carried"], "echoed": "checked\n"}
+    assert result == {"change-first": checked, "connect-first": checked}
 
 
 LOCATIONS = """
