@@ -43,6 +43,10 @@ class FlowOwner(Protocol):
 
     def flow_ended(self, flow: Flow, cut: str | None, traffic: Traffic | None) -> None: ...
 
+    def hold(self, flow: Flow, stale: object | None = None) -> None:
+        """Hold ``flow`` (bounded) until a link other than ``stale`` is up, then carry it
+        there; none comes: cut it."""
+
 
 def before_cut_close(sock: socket.socket) -> None:
     """Make the coming close of a cut flow's client socket a reset (``SO_LINGER`` 0): the
@@ -102,6 +106,15 @@ class Flow:
             return
         self.done = True
         self.owner.flow_ended(self, cut, traffic)
+
+    def give_back(self, link: object) -> None:
+        """``link`` cannot take the flow and nothing of it reached the gateway (its going
+        master never got the socket: the client's bytes still wait in the kernel): held
+        by its owner for the next link, as a connection that comes while the link is
+        down is, instead of cut."""
+        self.stop = None
+        self.meter = None
+        self.owner.hold(self, link)
 
     def cut(self, why: str) -> None:
         """End the flow now, as cut: through the link carrying it, else here."""

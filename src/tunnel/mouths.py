@@ -6,8 +6,10 @@ per connection), drops peers its forward does not admit, counts, and hands each 
 as a :class:`tunnel.link.Flow` to the current link (:meth:`tunnel.link.Link.carry`). While no
 link is up a connection is held (``wait_for_link_s``, the client's bytes waiting in the
 kernel) and then cut: it is never connected to the target any other way, the tunnel fails
-closed. The link reports every flow's end back here (:meth:`Mouth.flow_ended`), which is
-where the counters and the log line of a cut connection are kept.
+closed. A link that cannot take a connection at all (its ssh master just died) gives it
+back (:meth:`tunnel.link.Flow.give_back`): it is held for the next link the same way.
+The link reports every flow's end back here (:meth:`Mouth.flow_ended`), which is where
+the counters and the log line of a cut connection are kept.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ class LinkSource(Protocol):
     @property
     def link(self) -> Link | None: ...
 
-    async def wait_link(self) -> Link | None: ...
+    async def wait_link(self, stale: object | None = None) -> Link | None:
+        """The link up, waiting (bounded) while there is none or it is ``stale``."""
+        ...
 
     def flow_ended(self) -> None:
         """A connection of some mouth ended (memory may be given back after a burst)."""
@@ -232,11 +236,15 @@ class Mouth:
         if link is not None:
             link.carry(flow)
             return
-        flow.task = asyncio.get_running_loop().create_task(self._hold(flow))
+        self.hold(flow)
 
-    async def _hold(self, flow: Flow) -> None:
+    def hold(self, flow: Flow, stale: object | None = None) -> None:
+        """Hold ``flow`` until a link (other than ``stale``, one that gave it back) is up."""
+        flow.task = asyncio.get_running_loop().create_task(self._hold(flow, stale))
+
+    async def _hold(self, flow: Flow, stale: object | None) -> None:
         """Wait (bounded) for a link, then carry; none came: cut (fail closed)."""
-        link = await self.source.wait_link()
+        link = await self.source.wait_link(stale)
         flow.task = None
         if flow.done:
             return

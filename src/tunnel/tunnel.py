@@ -85,6 +85,8 @@ class Tunnel:
         self._link: Link | None = None
         self._gateway_in_use: Gateway | None = None
         self._link_changed = asyncio.Event()
+        self._link_moved = asyncio.Event()
+        """Set (and replaced) whenever the link up or its status changes."""
         self._wake = asyncio.Event()
         self._wake_handle: asyncio.TimerHandle | None = None
         self._switching = False
@@ -119,14 +121,15 @@ class Tunnel:
             self._roaming.check()
         return None if self._doubted else self._link
 
-    async def wait_link(self) -> Link | None:
+    async def wait_link(self, stale: object | None = None) -> Link | None:
         """The link, waiting up to ``wait_for_link_s``; ``None`` when it stays down. Bound
         but not started yet (the daemon binds, drops privileges, then starts) counts as
         down: a client that comes in between is held like one that comes while the link
-        is down, not cut."""
+        is down, not cut. ``stale``: a link that gave a flow back (its master is going,
+        the supervisor may not know yet) counts as down too."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.wait_for_link_s
-        while self.link is None:
+        while (link := self.link) is None or link is stale:
             if self._closed or self._status is LinkStatus.FAILED:
                 return None
             if self._task is not None:
@@ -134,10 +137,11 @@ class Tunnel:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
+            changed = self._link_changed if link is None else self._link_moved
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
-                    await self._link_changed.wait()
-        return self._link
+                    await changed.wait()
+        return link
 
     # --- what roaming needs (RoamingHost) -------------------------------------------------
 
@@ -172,6 +176,7 @@ class Tunnel:
         link, self._link = self._link, None
         if link is None:
             return
+        self._moved()
         for udp in self._udp.values():
             udp.drop_link("relinking")
         self._doubted = False
@@ -280,7 +285,13 @@ class Tunnel:
             self._link = None
             self._gateway_label = None
             self._link_changed.set()
+        self._moved()
         self._set_status(status)
+
+    def _moved(self) -> None:
+        """Wake those waiting for the link up to change (:meth:`wait_link` with ``stale``)."""
+        moved, self._link_moved = self._link_moved, asyncio.Event()
+        moved.set()
 
     def _track_outage(self, status: LinkStatus) -> None:
         """Down since the first failure (not the last retry), attempts since up, next retry."""
@@ -467,6 +478,7 @@ class Tunnel:
         self._closed = True
         self._heap.close()
         self._link_changed.set()
+        self._moved()
         if self._wake_handle is not None:
             self._wake_handle.cancel()
             self._wake_handle = None

@@ -23,7 +23,7 @@ class Recorder:
         self.flows: list[Flow] = []
         self.link: Link | None = self  # type: ignore[assignment]  # carry() is all it needs
 
-    async def wait_link(self) -> Link | None:
+    async def wait_link(self, stale: object | None = None) -> Link | None:
         return self.link
 
     def flow_ended(self) -> None:

@@ -22,7 +22,7 @@ class NoLink:
 
     link: Link | None = None
 
-    async def wait_link(self) -> Link | None:
+    async def wait_link(self, stale: object | None = None) -> Link | None:
         await asyncio.Event().wait()
         return None
 

@@ -464,12 +464,13 @@ async def test_a_going_master_is_told_when_it_hangs_up(
             assert master.going()
 
 
-async def test_a_flow_handed_over_as_the_master_is_gone_is_cut_and_the_next_link_carries(
-    mux_options: TunnelOptions, echo: Target
+async def test_a_flow_that_comes_as_the_master_is_gone_is_held_for_the_next_link(
+    mux_options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Spares of a master that has just died (its exit not yet seen by the loop) are
-    hung up: a flow handed over then is cut, not left waiting, and nothing leaks; the next
-    master's link has spares of its own and carries the next connection."""
+    hung up: a connection accepted then cannot be handed over, and the master never got
+    its socket, so it is held (as while the link is down) and carried by the next master's
+    link, not cut, and not offered to the dead link again; nothing leaks."""
     forward = forward_to(echo)
     async with Tunnel(mux_options, [forward]) as tunnel:
         assert await tunnel.wait_up(10)
@@ -488,19 +489,20 @@ async def test_a_flow_handed_over_as_the_master_is_gone_is_cut_and_the_next_link
         while len(watch.poll(100)) < len(spares):
             assert time.monotonic() < deadline, "the killed master's spares stay open"
         assert tunnel.link is link
-        ours, theirs = socket.socketpair()
-        with ours:
-            mouth = tunnel._mouths[forward.mouth]
-            flow = Flow(mouth, forward, theirs, "127.0.0.1", 0, mouth.counters)
-            mouth.flows.add(flow)
-            mouth.counters.open += 1
-            link.carry(flow)
-            await wait_until(lambda: flow.done, 10)
-            assert theirs.fileno() == -1
-            assert mouth.counters.cut == 1
-        await wait_until(lambda: master_pids(tunnel) not in ([], [link.pid]), 15)
-        new_link = await up_mux_link(tunnel)
-        await wait_until(lambda: len(new_link.spares._spares) > 0)
+        offered: list[Flow] = []
+        carry = link.carry
+        monkeypatch.setattr(link, "carry", lambda flow: (offered.append(flow), carry(flow)))
+        mouth = tunnel._mouths[forward.mouth]
+        with socket.create_connection(forward.mouth, timeout=10) as client:
+            client.sendall(b"held")
+            mouth._accept()  # still in the same step of the loop: handed to the dead link
+            assert len(mouth.flows) == 1 and mouth.counters.cut == 0
+            assert await asyncio.to_thread(client.recv, 16) == b"held"
+        assert mouth.counters.cut == 0
+        new_link = tunnel.link
+        assert new_link is not None and new_link is not link
+        await wait_until(lambda: not mouth.flows)
+        assert mouth.counters.cut == 0 and len(offered) == 1
         assert await exchange(*forward.mouth, b"again") == b"again"
         assert await settled_fd_count() == before
         assert all(spare.sock.fileno() == -1 for spare in spares)

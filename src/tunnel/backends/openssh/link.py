@@ -106,9 +106,15 @@ class MuxLink:
 
     def carry(self, flow: Flow) -> None:
         """Hand the flow to the master now on a spare mux connection, else (the master's
-        backlog full) open it in a task on a fresh one."""
-        if not self.hand_off(flow):
-            flow.task = asyncio.get_running_loop().create_task(self._carry_slowly(flow))
+        backlog full) open it in a task on a fresh one. A master that is going (dead, its
+        exit not yet seen by the supervisor) never got the socket: the flow is given back
+        to its mouth, which holds it for the next link (:meth:`Flow.give_back`)."""
+        if self.hand_off(flow):
+            return
+        if self._closed or self.master.going():
+            flow.give_back(self)
+            return
+        flow.task = asyncio.get_running_loop().create_task(self._carry_slowly(flow))
 
     async def _carry_slowly(self, flow: Flow) -> None:
         forward = flow.forward
