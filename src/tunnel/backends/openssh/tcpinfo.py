@@ -13,6 +13,14 @@ import sys
 
 TCP_INFO = getattr(socket, "TCP_INFO", 11)
 TCP_INFO_LEN = 136
+"""Through ``tcpi_bytes_received`` (Linux 4.2+): what the counts need."""
+TCP_INFO_ASKED = 148
+"""Through ``tcpi_notsent_bytes`` (Linux 4.6+), asked for when the kernel has it."""
+TCP_INFO_U32 = struct.Struct("=I")
+TCP_INFO_UNACKED_AT = 24
+"""``tcpi_unacked``: segments sent and not yet acknowledged."""
+TCP_INFO_NOTSENT_AT = 144
+"""``tcpi_notsent_bytes``: bytes written and not yet sent."""
 TCP_INFO_BYTES_AT = 120
 TCP_INFO_BYTES = struct.Struct("=QQ")
 """``tcpi_bytes_acked``, ``tcpi_bytes_received`` in Linux ``struct tcp_info``."""
@@ -25,17 +33,21 @@ SIOCOUTQ = 0x5411
 """Linux: bytes in a TCP socket's send queue, not yet acknowledged (= ``TIOCOUTQ``)."""
 
 
-def tcp_traffic(sock: socket.socket) -> tuple[int, int] | None:
+def tcp_traffic(sock: socket.socket, *, ask_queue: bool = False) -> tuple[int, int] | None:
     """``(bytes received from the peer, bytes written to it)`` of a TCP socket, from the
     kernel: ``tcpi_bytes_received`` and ``tcpi_bytes_acked`` of ``TCP_INFO`` (Linux 4.2+)
     plus what is still queued unacknowledged (``SIOCOUTQ``), so data the peer has not yet
     acknowledged counts too. A FIN takes a sequence number, which these counters include:
     it is taken off. After a reset (state CLOSE) what is still queued will never be
     delivered and is not counted; whether a FIN came first is unknown then, so the count
-    received may be one too many. ``None`` where that is not available."""
+    received may be one too many. ``None`` where that is not available.
+
+    ``SIOCOUTQ`` is asked only when ``TCP_INFO`` says something is queued (a segment
+    unacknowledged or bytes not yet sent; Linux 4.6+ tells both), or with ``ask_queue``:
+    at a connection's usual end everything was acknowledged, and the ``ioctl`` is one
+    system call more per connection."""
     try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, TCP_INFO_LEN)
-        queued = fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0")
+        info = sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, TCP_INFO_ASKED)
     except (OSError, AttributeError, ValueError):
         return None
     if len(info) < TCP_INFO_LEN:
@@ -45,5 +57,17 @@ def tcp_traffic(sock: socket.socket) -> tuple[int, int] | None:
     received -= state in TCP_FIN_RECEIVED
     sent = acked
     if state != TCP_CLOSE:
-        sent += int.from_bytes(queued, sys.byteorder) - (state in TCP_FIN_SENT)
+        queued = 0
+        if (
+            ask_queue
+            or len(info) < TCP_INFO_ASKED
+            or TCP_INFO_U32.unpack_from(info, TCP_INFO_UNACKED_AT)[0]
+            or TCP_INFO_U32.unpack_from(info, TCP_INFO_NOTSENT_AT)[0]
+        ):
+            try:
+                answer = fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0")
+            except (OSError, ValueError):
+                return None
+            queued = int.from_bytes(answer, sys.byteorder)
+        sent += queued - (state in TCP_FIN_SENT)
     return int(received), int(sent)
