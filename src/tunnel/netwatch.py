@@ -250,7 +250,7 @@ class NetWatch:
         connection: one ``epoll_wait`` with no timeout on the events socket alone, which
         is read only when something waits there (an error such as ``ENOBUFS`` counts)."""
         waiting = self._waiting
-        if waiting is not None and waiting.poll(0):
+        if waiting is not None and waiting.poll(0, 1):
             self._drain()
         return self._read_handle is not None
 
