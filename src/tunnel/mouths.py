@@ -220,8 +220,8 @@ class Mouth:
         """Carry a connection (or hold it until a link is up); refuse it if the peer is
         not admitted or the mouth is closed. ``accepted``: it came from this mouth's
         listener (so has ``TCP_NODELAY`` already, where that is inherited). The socket's
-        blocking mode is left to the link: each backend's hand-over sets it (asyncio's
-        and uvloop's transports, the ssh master) and nothing reads it before."""
+        blocking mode is left to the link (asyncio's and uvloop's transports set it, the
+        openssh link before its hand-over) and nothing reads the socket before."""
         if self.closed or self.refuses(host, port):
             conn.close()  # never carried, so not cut: a plain close, as before the accept
             return

@@ -109,6 +109,10 @@ class MuxLink:
         backlog full) open it in a task on a fresh one. A master that is going (dead, its
         exit not yet seen by the supervisor) never got the socket: the flow is given back
         to its mouth, which holds it for the next link (:meth:`Flow.give_back`)."""
+        # Non-blocking before the master gets it: ssh makes a blocking stdio descriptor
+        # non-blocking itself (and blocking again at the channel's end), two system calls
+        # more in the master per connection, one of them before the channel opens.
+        flow.sock.setblocking(False)
         if self.hand_off(flow):
             return
         if self._closed or self.master.going():
