@@ -154,7 +154,9 @@ class Link(LinkEnd, Protocol):
 
     def carry(self, flow: Flow) -> None:
         """Take ``flow`` (its socket is the link's from now on) and carry it to
-        ``flow.forward``'s target; report its end with :meth:`Flow.finish`, once."""
+        ``flow.forward``'s target; report its end with :meth:`Flow.finish`, once. A link
+        that cannot take it at all, nothing of it having reached the gateway, may give it
+        back instead (:meth:`Flow.give_back`): it is then held for the next link."""
         ...
 
     def close(self) -> None:
