@@ -206,11 +206,12 @@ MISS_NOTE = (
     "screen, cache insert; exchange, future, timer ~5 us) are spread over ~20 lines, none "
     "above 4 %: together several times dnsmasq's whole user time; see the dns note"
 )
-#: At a fixed rate each query is a wake-up of its own (measured with dns_bench's set-up).
+#: At a fixed rate each query was a wake-up of its own (measured with dns_bench's set-up).
 FIXED_RATE_NOTE = (
-    "each query is its own wake-up: a uvloop reader that only echoes (recvfrom + sendto, "
-    "no DNS at all) costs 1.13-1.21x dnsmasq at 20k/s, a thread blocked in recvfrom "
-    "1.08x; the resolver is at that floor (see the dns note)"
+    "one wake-up per query costs more than the answer (a uvloop reader that only echoes: "
+    "1.13-1.21x dnsmasq at 20k/s); from 5000/s on an idle thread the stub pauses 0.2 ms "
+    "after a wake-up so several queries share one (batchio.Linger): ~0.77x in A/B, for "
+    "+0.15-0.17 ms p50 latency (see the dns note; --also=--no-linger for the A/B)"
 )
 TARGETS = {"(a)": 1.0, "(b)": 1.0, "(c)": 1.0}
 """Issue 18's bound on blitzdns / dnsmasq per case: CPU/query for (a), (b); queries/s for (c)."""
