@@ -273,6 +273,20 @@ def figures_of(
                     note="; ".join(filter(None, (on, FIXED_RATE_NOTE if "@" in label else ""))),
                 )
             )
+            # A blitzdns run with an extra flag (--also, e.g. --no-linger for the full
+            # report): its figure beside the same dnsmasq, no target (context for the trade).
+            out += [
+                Figure(
+                    f"DNS {label}, CPU/query, {variant.removeprefix('blitzdns ')}",
+                    r.cpu_us,
+                    theirs.cpu_us,
+                    "µs/query",
+                    peer_name="dnsmasq",
+                    note=on,
+                )
+                for variant, r in results.items()
+                if variant.startswith("blitzdns ") and "@" in label
+            ]
     out.append(Figure("DNS resolver peak RSS", rss_mib, peer_rss_mib, "MiB", peer_name="dnsmasq"))
     return out
 
