@@ -184,7 +184,8 @@ class SSHLink:
         #: The one buffer every client socket of this link is read into (``recv_into``):
         #: a read is done with when its ``buffer_updated`` returns (the channel's write
         #: seals from it or copies what waits; data before the channel is open is copied).
-        self.client_reads = memoryview(bytearray(CLIENT_READ))
+        #: Made at the first read (an idle daemon's memory stays as it was).
+        self.client_reads: memoryview | None = None
 
     def carry(self, flow: Flow) -> None:
         """Wrap the flow's socket in a transport, then open its channel: no task, the
@@ -426,10 +427,13 @@ class _ClientSide(asyncio.BufferedProtocol):
             self.transport.abort()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.link.client_reads
+        reads = self.link.client_reads
+        if reads is None:
+            reads = self.link.client_reads = memoryview(bytearray(CLIENT_READ))
+        return reads
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.link.client_reads[:nbytes])
+        self.data_received(self.link.client_reads[:nbytes])  # type: ignore[index]
 
     def data_received(self, data: bytes | memoryview) -> None:
         if not self.open:
