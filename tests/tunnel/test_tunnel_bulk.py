@@ -316,6 +316,44 @@ def test_the_gateways_bytes_are_read_into_one_buffer(
     opened.check(len(down) + len(up), connections=2)
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_clients_bytes_are_read_into_the_links_buffer(
+    options: TunnelOptions, sent: Sent, monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    """Up: client sockets are read into the link's one buffer on both loops, and the next
+    read into it spoils nothing: 3 MiB up and back through an echo on two connections at
+    once (their first bytes sent before the channel is open: copied aside), byte for
+    byte; the data is sealed from the buffer itself."""
+    factory = asyncio.new_event_loop
+    if loop == "uvloop":
+        factory = pytest.importorskip("uvloop").new_event_loop
+    reads: list[int] = []
+    updated = asyncssh_link._ClientSide.buffer_updated
+
+    def counting(self: Any, nbytes: int) -> None:
+        reads.append(nbytes)
+        updated(self, nbytes)
+
+    monkeypatch.setattr(asyncssh_link._ClientSide, "buffer_updated", counting)
+    ups = [os.urandom(3 * 1024 * 1024 + 7), os.urandom(3 * 1024 * 1024 + 1)]
+
+    async def scenario() -> list[bytes]:
+        echo = await Target("echo").start()
+        forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+        try:
+            async with Tunnel(options, [forward]) as tunnel:
+                assert await tunnel.wait_up(10)
+                return list(await asyncio.gather(*(exchange(*forward.mouth, up) for up in ups)))
+        finally:
+            await echo.close()
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        got = runner.run(scenario())
+    assert [hashlib.sha256(g).digest() for g in got] == [hashlib.sha256(u).digest() for u in ups]
+    assert sum(reads) == sum(len(up) for up in ups)
+    assert sent.by_asyncssh == 0
+
+
 class CountingTransport:
     """A client transport as the tunnel's channel side sees it, counting its write calls
     (and those made while asyncssh's connection was still processing a read, but for the

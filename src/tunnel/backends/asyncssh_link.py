@@ -54,6 +54,8 @@ PENDING_MAX = 256 * 1024
 """Bytes a client may send before its channel is open; beyond that reading pauses."""
 CLIENT_WRITE_HIGH_WATER = 1024 * 1024
 """Bytes queued towards a local client before the channel is paused (then resumed at ¼)."""
+CLIENT_READ = 256 * 1024
+"""The most one read of a client socket takes (what uvloop and asyncio read at most)."""
 
 PASSWORD_PROMPTS_MAX = 3
 """Password prompts per attempt, as OpenSSH's NumberOfPasswordPrompts."""
@@ -179,6 +181,11 @@ class SSHLink:
         self.window = options.channel_window
         self.max_packet = options.channel_max_packet
         self.closing = False
+        #: The one buffer every client socket of this link is read into (``recv_into``):
+        #: a read is done with when its ``buffer_updated`` returns (the channel's write
+        #: seals from it or copies what waits; data before the channel is open is copied).
+        #: Made at the first read (an idle daemon's memory stays as it was).
+        self.client_reads: memoryview | None = None
 
     def carry(self, flow: Flow) -> None:
         """Wrap the flow's socket in a transport, then open its channel: no task, the
@@ -354,8 +361,14 @@ class _Channel(DirectTCPChannel):
                 self.transport.resume_reading()
 
 
-class _ClientSide(asyncio.Protocol):
-    """Client → channel, and the life cycle of one carried flow."""
+class _ClientSide(asyncio.BufferedProtocol):
+    """Client → channel, and the life cycle of one carried flow.
+
+    The client's bytes are read into the link's one buffer (``recv_into``; uvloop read
+    into its own buffer and copied each read into a new ``bytes``: one more copy of all
+    the data going up) and handed to the channel's ``write`` as a view, valid during the
+    call: the in-place path seals from it, asyncssh copies what has to wait for the
+    window, and what comes before the channel is open is copied into ``pending``."""
 
     def __init__(self, link: SSHLink, flow: Flow) -> None:
         self.link = link
@@ -413,16 +426,25 @@ class _ClientSide(asyncio.Protocol):
         except (OSError, RuntimeError):
             self.transport.abort()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        reads = self.link.client_reads
+        if reads is None:
+            reads = self.link.client_reads = memoryview(bytearray(CLIENT_READ))
+        return reads
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.link.client_reads[:nbytes])  # type: ignore[index]
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if not self.open:
-            self.pending.append(data)
+            self.pending.append(bytes(data))
             self.pending_len += len(data)
             if self.pending_len > PENDING_MAX:
                 self.transport.pause_reading()
             return
         self.counters.bytes_out += len(data)
         try:
-            self.channel.write(data)  # type: ignore[union-attr]
+            self.channel.write(data)  # type: ignore[union-attr,arg-type]
         except OSError:
             self.transport.abort()
 

@@ -619,7 +619,7 @@ def _data_packets_sealed_in_place() -> None:
         the rest goes into asyncssh's buffer (a copy of that part only)."""
         if (
             datatype is None
-            and type(data) is bytes
+            and type(data) in (bytes, memoryview)  # a view: the tunnel's client read
             and data
             and not self._send_buf
             and self._send_state == "open"
