@@ -253,7 +253,7 @@ async def main() -> None:
         client_keys=(Path(key),), backend="openssh",
     )
     async with Tunnel(options, []) as tunnel:
-        assert await tunnel.wait_up(10)
+        assert await tunnel.wait_up(50)
         while tunnel.link is None:  # in doubt or replaced at once on a loaded machine
             await asyncio.sleep(0.05)
         link = tunnel.link
@@ -273,9 +273,27 @@ def running(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
+def proc_status(pid: int) -> str:
+    """What ``/proc`` says of ``pid`` (state, parent, signals pending/blocked/ignored/caught,
+    where it sleeps): the clue a failed wait for its exit leaves."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+    except OSError as exc:
+        return f"gone ({exc})"
+    keys = ("Name", "State", "PPid", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+    lines = [line for line in status if line.partition(":")[0] in keys]
+    return "; ".join([*(" ".join(line.split()) for line in lines), f"wchan: {wchan}"])
+
+
 async def test_a_killed_tunnel_takes_its_ssh_master_with_it(mux_options: TunnelOptions) -> None:
     """SIGKILL gives the tunnel no chance to clean up: the kernel's parent-death signal
-    must end the master (else it would hold the link open forever)."""
+    must end the master (else it would hold the link open forever) — even a master that
+    cannot act on a signal it catches. OpenSSH's client loop checks the flag its SIGTERM
+    handler sets only before ``poll()``: a SIGTERM landing just before the call (the
+    master busy with the mux connections the dying tunnel closes) is seen at the next
+    wake-up, a keepalive (15 s by default) away. A stopped master stands for that one
+    here: it acts on nothing but SIGKILL."""
     assert mux_options.known_hosts and mux_options.ssh_config and mux_options.client_keys
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -289,14 +307,21 @@ async def test_a_killed_tunnel_takes_its_ssh_master_with_it(mux_options: TunnelO
     )
     assert process.stdout is not None
     try:
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(60):  # a Python start and a login: slow on a busy machine
             pid, control_dir = (await process.stdout.readline()).decode().split()
             master = int(pid)
         assert running(master)
+        os.kill(master, signal.SIGSTOP)
     finally:
         process.kill()
         await process.wait()
-    await wait_until(lambda: not running(master))
+    try:
+        await wait_until(lambda: not running(master))
+    except TimeoutError:
+        status = proc_status(master)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(master, signal.SIGKILL)
+        pytest.fail(f"ssh master {master} outlived its killed tunnel: {status}")
     # Nobody was left to remove the (by now empty) private directory: this test does.
     shutil.rmtree(control_dir, ignore_errors=True)
 

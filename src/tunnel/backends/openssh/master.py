@@ -1,7 +1,7 @@
 """The ``ssh -M`` master process: started, watched, asked whether it is alive, stopped.
 
 The master runs in its own session with a private control directory (0700); the kernel
-SIGTERMs it if this process dies (Linux ``PR_SET_PDEATHSIG``), so even a crashed tunnel
+SIGKILLs it if this process dies (Linux ``PR_SET_PDEATHSIG``), so even a crashed tunnel
 leaves no ssh behind. Its stderr is logged and its tail kept to say why it ended.
 """
 
@@ -44,16 +44,23 @@ PR_SET_PDEATHSIG = 1
 
 
 def _death_signal_hook() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has the kernel SIGTERM the master when this process dies
+    """A ``preexec_fn`` that has the kernel SIGKILL the master when this process dies
     (Linux ``prctl(PR_SET_PDEATHSIG)``); ``None`` where that is not available. libc is
-    loaded here, before the fork."""
+    loaded here, before the fork.
+
+    Not SIGTERM: OpenSSH's client loop (9.2) tests the flag its handler sets before a
+    plain ``poll()``, so a SIGTERM that lands between the test and the call (the master
+    busy with the mux connections the dying process just closed) waits for the next
+    wake-up: a keepalive away, and the master outlived its tunnel for up to
+    ``keepalive_s``. Nobody is left to be told goodbye: the gateway sees the TCP
+    connection close, and the private directory stays behind either way."""
     libc = c_library() if sys.platform.startswith("linux") else None
     if libc is None:
         return None
     prctl = libc.prctl
 
     def hook() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
     return hook
 
