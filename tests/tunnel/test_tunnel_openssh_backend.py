@@ -251,6 +251,7 @@ async def main() -> None:
     options = TunnelOptions(
         gateways=(gateway,), known_hosts=Path(known_hosts), ssh_config=Path(config),
         client_keys=(Path(key),), backend="openssh",
+        roaming=False,  # a stalled loop read as a pause would replace the printed master
     )
     async with Tunnel(options, []) as tunnel:
         assert await tunnel.wait_up(50)
