@@ -357,6 +357,36 @@ def test_the_loop_pauses_only_at_a_high_rate_on_a_mostly_idle_thread(
     assert len(slept) == linger.pauses <= round(0.1 * rate)
 
 
+def test_time_paused_is_not_counted_as_idle() -> None:
+    """Pausing, then the thread gets busy (60 % of the time it is not paused: a tunnel's
+    traffic on the same loop): the pauses themselves must not make it look idle, so the
+    next window does not pause."""
+    loop = asyncio.new_event_loop()
+    clock = Clock()
+    now = [1000.0]
+
+    def sleep(delay: float) -> None:
+        now[0] += delay  # a pause takes wall time, no CPU
+
+    def run(until: float, work: float, idle: float) -> None:
+        while now[0] < until:
+            clock.cpu += work
+            now[0] += work + idle
+            linger.woke(2, now[0])
+            loop.run_until_complete(asyncio.sleep(0))  # the loop's ready callbacks: a pause
+
+    try:
+        linger = batchio.Linger(loop, sleep=sleep, cpu=clock)
+        start = now[0]
+        run(start + linger.window * 1.5, work=5e-6, idle=45e-6)  # fast and idle: pausing
+        assert linger.on and linger.pauses
+        run(start + linger.window * 2.5, work=30e-6, idle=20e-6)  # busy, between pauses
+        run(start + linger.window * 3.5, work=30e-6, idle=20e-6)
+        assert not linger.on
+    finally:
+        loop.close()
+
+
 def test_a_pause_is_taken_once_per_loop_iteration_after_queued_replies_went_out() -> None:
     """Several wake-ups in one loop iteration (the general and the priority socket, say)
     share one pause; replies queued for the batch send are on their way before it."""

@@ -204,6 +204,8 @@ class Linger:
         self._start = -1.0
         self._end = -1.0
         self._cpu_start = 0.0
+        #: Seconds paused in this window: not idle time (see :meth:`_decide`).
+        self._slept = 0.0
         self.readers: list[BatchReader] = []
 
     def woke(self, count: int, now: float) -> None:
@@ -218,13 +220,18 @@ class Linger:
     def _decide(self, now: float) -> None:
         cpu = self._cpu()
         span = now - self._start
+        # The thread's share is of the time it was not paused: counted as idle, the pauses
+        # would keep the pausing on by themselves (a loop also carrying a tunnel's traffic
+        # would stay capped at one pause per iteration).
+        awake = span - self._slept
         self.on = (
             self._start >= 0
             and span > 0
             and self._count >= self.rate * span
-            and cpu - self._cpu_start < self.busy * span
+            and cpu - self._cpu_start < self.busy * awake
         )
         self._count = 0
+        self._slept = 0.0
         self._start = now
         self._end = now + self.window
         self._cpu_start = cpu
@@ -234,6 +241,7 @@ class Linger:
         for reader in self.readers:
             reader.flush()
         self.pauses += 1
+        self._slept += self.delay
         self._sleep(self.delay)
 
 
