@@ -137,7 +137,13 @@ def _write(table: tuple[bytes, dict[bytes, tuple[int, int]], bytes]) -> None:
     temporary = f"{path}.{os.getpid()}"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(temporary, "wb") as file:
+        # Created, never opened as found (as importlib writes a .pyc): a name already
+        # there (a symbolic link, another writer's file) makes this start not write.
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError:
+        return
+    try:
+        with open(descriptor, "wb") as file:
             marshal.dump(table, file)
         os.replace(temporary, path)
     except OSError:

@@ -121,6 +121,21 @@ def test_the_second_start_compiles_nothing(table: Path) -> None:
     assert "exec" not in vars(dataclasses)
 
 
+def test_a_name_already_at_the_temporary_path_is_not_written_through(table: Path) -> None:
+    """The temporary file is created, never opened as found: a symbolic link planted at
+    its name (the start runs as root, before the privilege drop) is left alone, and so
+    is what it points at."""
+    victim = table.parent / "victim"
+    victim.write_bytes(b"keep")
+    planted = Path(f"{table}.{os.getpid()}")
+    planted.symlink_to(victim)
+    namespace, compiled, _ = one_start()
+    assert compiled > 8
+    check(namespace)
+    assert victim.read_bytes() == b"keep" and planted.is_symlink()
+    assert not table.exists()  # this start did not write; the next one will
+
+
 def test_a_table_that_does_not_load_is_ignored_and_replaced(table: Path) -> None:
     table.write_bytes(b"\xe3not a table")
     namespace, compiled, _ = one_start()
