@@ -10,13 +10,14 @@ same records for forwarded names — and nothing where that one sends nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import logging
 import random
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import dns.message
 import dns.rcode
@@ -195,20 +196,27 @@ def test_forwarded_and_local_answers_over_ipv6(
         assert addresses(reply) == [expected]
 
 
+@contextlib.contextmanager
+def udp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A non-blocking server socket and a client (10 s timeout), both bound on loopback."""
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        client.bind(("127.0.0.1", 0))
+        client.settimeout(10)
+        yield server, client
+
+
 def test_replies_the_kernel_refuses_are_all_counted() -> None:
     """A send buffer that refuses a batch (EAGAIN) loses every reply queued in it: each
     one is counted in ``unsent``, not only the first (the kernel's refusal is the one
     part played here; the same replies then go out through the real ``sendmmsg``)."""
 
     async def main() -> tuple[int, list[bytes]]:
-        with (
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server,
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
-        ):
-            server.bind(("127.0.0.1", 0))
-            server.setblocking(False)
-            client.bind(("127.0.0.1", 0))
-            client.settimeout(10)
+        with udp_pair() as (server, client):
             raw = (
                 struct.pack("=H", socket.AF_INET)
                 + struct.pack("!H", client.getsockname()[1])
@@ -395,14 +403,7 @@ def test_a_pause_is_taken_once_per_loop_iteration_after_queued_replies_went_out(
         loop = asyncio.get_running_loop()
         seen: list[bytes] = []
         clock = Clock()
-        with (
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server,
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
-        ):
-            server.bind(("127.0.0.1", 0))
-            server.setblocking(False)
-            client.bind(("127.0.0.1", 0))
-            client.settimeout(10)
+        with udp_pair() as (server, client):
 
             def sleep(_: float) -> None:
                 seen.append(client.recv(64))  # already sent: the pause comes after

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -142,6 +143,27 @@ async def test_a_link_lost_while_a_channel_opens_resets_its_client(
         await wait_until(lambda: tunnel.state.forwards[0].cut == 1)
 
 
+def record_sends(
+    conn: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    seen: Callable[[int, tuple[bytes, ...]], object],
+    *,
+    sealing: bool,
+) -> None:
+    """Show ``seen`` every packet that goes through asyncssh's ``send_packet`` on ``conn``
+    (then sent as before). ``sealing``: the wrapper says it keeps the chaff filter, so the
+    tunnel's own sealing stays in force (else it steps aside for a wrapped send_packet)."""
+    send = conn.send_packet
+
+    def recorded(pkttype: int, *args: bytes, handler: Any = None) -> None:
+        seen(pkttype, args)
+        send(pkttype, *args, handler=handler)
+
+    if sealing:
+        recorded.drops_chaff = True  # type: ignore[attr-defined] (it wraps the filter)
+    monkeypatch.setattr(conn, "send_packet", recorded)
+
+
 async def test_the_open_is_the_one_asyncssh_sends(
     options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -154,14 +176,16 @@ async def test_the_open_is_the_one_asyncssh_sends(
         assert isinstance(link, asyncssh_link.SSHLink)
         conn = link.conn
         opens: list[bytes] = []
-        send = conn.send_packet
-
-        def recorded(pkttype: int, *args: bytes, handler: Any = None) -> None:
-            if pkttype == direct.MSG_CHANNEL_OPEN:
-                opens.append(b"".join(args))
-            send(pkttype, *args, handler=handler)
-
-        monkeypatch.setattr(conn, "send_packet", recorded)
+        # Sealing off (the wrapper does not say it keeps the chaff filter): both opens go
+        # through asyncssh's send_packet, where they are recorded.
+        record_sends(
+            conn,
+            monkeypatch,
+            lambda pkttype, args: (
+                opens.append(b"".join(args)) if pkttype == direct.MSG_CHANNEL_OPEN else None
+            ),
+            sealing=False,
+        )
         theirs, _ = await conn.create_connection(
             asyncssh.SSHTCPSession,
             "127.0.0.1",
@@ -205,14 +229,9 @@ async def test_a_flows_control_packets_are_sealed_by_the_tunnel(
         assert isinstance(link, asyncssh_link.SSHLink)
         conn = link.conn
         through_asyncssh: list[int] = []
-        send = conn.send_packet
-
-        def recorded(pkttype: int, *args: bytes, handler: Any = None) -> None:
-            through_asyncssh.append(pkttype)
-            send(pkttype, *args, handler=handler)
-
-        recorded.drops_chaff = True  # type: ignore[attr-defined] (it wraps the filter)
-        monkeypatch.setattr(conn, "send_packet", recorded)
+        record_sends(
+            conn, monkeypatch, lambda pkttype, _: through_asyncssh.append(pkttype), sealing=True
+        )
         for n in range(3):
             line = b"line %d\n" % n
             assert await exchange(*forward.mouth, line) == line
