@@ -29,7 +29,7 @@ from tunnel.backends.openssh import fdpass
 from tunnel.backends.openssh.command import SshFiles, master_argv
 from tunnel.backends.openssh.fdpass import send_request_and_fd
 from tunnel.backends.openssh.link import MuxLink
-from tunnel.backends.openssh.master import ExitWatch
+from tunnel.backends.openssh.master import ExitWatch, start_master
 from tunnel.backends.openssh.mux import (
     MUX_C_NEW_STDIO_FWD,
     MuxError,
@@ -325,6 +325,102 @@ async def test_a_killed_tunnel_takes_its_ssh_master_with_it(mux_options: TunnelO
         pytest.fail(f"ssh master {master} outlived its killed tunnel: {status}")
     # Nobody was left to remove the (by now empty) private directory: this test does.
     shutil.rmtree(control_dir, ignore_errors=True)
+
+
+PROXY_RELAY = """
+import os, select, signal, socket, sys
+host, port, pid_file = sys.argv[1:]
+gateway = socket.create_connection((host, int(port)))
+with open(pid_file + ".new", "w") as f:
+    f.write(str(os.getpid()))
+os.rename(pid_file + ".new", pid_file)
+try:
+    while True:
+        for end in select.select([0, gateway], [], [])[0]:
+            if end == 0:
+                data = os.read(0, 65536)
+                if not data:
+                    raise EOFError
+                gateway.sendall(data)
+            else:
+                data = gateway.recv(65536)
+                if not data:
+                    sys.exit(0)
+                os.write(1, data)
+except (EOFError, BrokenPipeError):
+    # The ssh side is gone: like nc without -N (it does not pass the end of its stdin
+    # on), the relay stays while the gateway sends nothing more, holding the connection.
+    while True:
+        signal.pause()
+"""
+
+
+def session_members(sid: int) -> list[int]:
+    """The live processes of session ``sid`` (zombies left out)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+                if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+                    members.append(int(entry))
+    return members
+
+
+async def test_a_killed_tunnel_takes_the_masters_proxy_command_with_it(
+    mux_options: TunnelOptions, sshd: Sshd, tmp_path: Path
+) -> None:
+    """A SIGKILLed master cannot hang up its ProxyCommand, and a proxy that does not end
+    at the end of its stdin (``nc host 22`` without ``-N``; here a relay that does the
+    same) would keep the gateway connection open for good: the master's watchdog kills
+    the master's whole process group when the tunnel dies."""
+    relay, pid_file = tmp_path / "relay.py", tmp_path / "relay.pid"
+    relay.write_text(PROXY_RELAY)
+    config = tmp_path / "proxy_config"
+    config.write_text(f"ProxyCommand {sys.executable} {relay} 127.0.0.1 {sshd.port} {pid_file}\n")
+    assert mux_options.known_hosts and mux_options.client_keys
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CRASHING_TUNNEL,
+        str(mux_options.gateways[0]),
+        str(mux_options.known_hosts),
+        str(config),
+        str(mux_options.client_keys[0]),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(60):  # a Python start and a login: slow on a busy machine
+            pid, control_dir = (await process.stdout.readline()).decode().split()
+        master, proxy = int(pid), int(pid_file.read_text())
+        assert running(proxy)
+    finally:
+        process.kill()
+        await process.wait()
+    try:
+        await wait_until(lambda: not running(master) and not session_members(master))
+    except TimeoutError:
+        left = {pid: proc_status(pid) for pid in session_members(master)}
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"the killed tunnel left its ssh master's session behind: {left}")
+    assert not running(proxy)
+    shutil.rmtree(control_dir, ignore_errors=True)
+
+
+async def test_an_ssh_that_cannot_be_run_is_a_config_error(
+    mux_options: TunnelOptions, tmp_path: Path
+) -> None:
+    """The master is started through ``sh`` (its watchdog): an ``ssh`` that ``exec`` cannot
+    run is still a final configuration error naming it, not a gateway to retry."""
+    ssh = tmp_path / "ssh"
+    ssh.write_text("#!/nonexistent/interpreter\n")
+    ssh.chmod(0o755)
+    options = dataclasses.replace(mux_options, ssh_binary=str(ssh))
+    with pytest.raises(TunnelConfigError, match=f"backend openssh: cannot run {ssh}: "):
+        await start_master(options.gateways[0], options)
 
 
 @pytest.mark.parametrize("batched", [True, False], ids=["sendmmsg", "three-sends"])

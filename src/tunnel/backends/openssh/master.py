@@ -1,8 +1,10 @@
 """The ``ssh -M`` master process: started, watched, asked whether it is alive, stopped.
 
 The master runs in its own session with a private control directory (0700); the kernel
-SIGKILLs it if this process dies (Linux ``PR_SET_PDEATHSIG``), so even a crashed tunnel
-leaves no ssh behind. Its stderr is logged and its tail kept to say why it ended.
+SIGKILLs it if this process dies (Linux ``PR_SET_PDEATHSIG``), and a watchdog in its
+process group kills the rest of the group (its ProxyCommand) then (:data:`WATCHED`), so
+even a crashed tunnel leaves no ssh behind. Its stderr is logged and its tail kept to say
+why it ended.
 """
 
 from __future__ import annotations
@@ -63,6 +65,28 @@ def _death_signal_hook() -> Callable[[], None] | None:
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
     return hook
+
+
+SHELL = "/bin/sh"
+WATCHED = (
+    'exec 3<&0 </dev/null; { read line <&3; kill -s KILL 0; } >/dev/null 2>&1 & exec "$@" 3<&-'
+)
+"""The ``sh -c`` script the master is started through: it forks a watchdog, then becomes
+the master (``exec``: same process, same pid). The watchdog stays in the master's process
+group, waiting on its stdin, a pipe whose other end only this process holds
+(:class:`Master`'s ``guard``); at the pipe's end (this process gone, however it died, or
+the master's stop) it SIGKILLs the whole group (``kill 0``): the master, the children ssh
+started (its ProxyCommand, ``ssh -W`` for a ProxyJump) and itself.
+
+Why: a SIGKILLed master (the parent-death signal, or :meth:`Master.stop` past its grace)
+cannot SIGHUP its ProxyCommand, which then sees only the end of its stdin; a proxy that
+does not end there (``nc host 22`` without ``-N``) would keep the gateway connection open
+for good. The watchdog blocks in ``read`` only, so no signal race can keep it from acting;
+being a member, it pins the group's id (a process group's id is not given to a new process
+while the group has members), so ``kill 0`` reaches the master's group and nothing else.
+Only a ProxyCommand that leaves the group itself (``setsid``) escapes it."""
+UNRUNNABLE = (126, 127)
+"""``sh``'s exit status when its ``exec`` cannot run the command (ssh exits 255 itself)."""
 
 
 MASTER_MALLOC = "glibc.malloc.mmap_threshold=65536:glibc.malloc.trim_threshold=131072"
@@ -186,8 +210,11 @@ class Master:
         control_dir: Path,
         label: str,
         ssh_binary: str = "ssh",
+        guard: int | None = None,
     ) -> None:
         self.process = process
+        self.guard = guard
+        """Our end of the watchdog's pipe (:data:`WATCHED`), closed once the master exited."""
         self.ssh_binary = ssh_binary
         self.control_dir = control_dir
         self.control_path = control_dir / "ctl"
@@ -216,12 +243,20 @@ class Master:
     async def wait_exit(self) -> str:
         """Wait until the master exits; return its last words (or its exit status)."""
         code = await asyncio.shield(self.process.wait())
+        self.release_guard()
         shutil.rmtree(self.control_dir, ignore_errors=True)
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             async with asyncio.timeout(0.5):
                 await asyncio.shield(self.stderr_task)
         lines = self.stderr_text().strip().splitlines()
         return lines[-1].strip() if lines else f"ssh exited with status {code}"
+
+    def release_guard(self) -> None:
+        """Close our end of the watchdog's pipe: the watchdog SIGKILLs what is left of the
+        master's process group (a ProxyCommand that outlived the master) and itself."""
+        if self.guard is not None:
+            os.close(self.guard)
+            self.guard = None
 
     def terminate(self) -> None:
         """Ask the master to exit (SIGTERM); it removes its control socket itself."""
@@ -230,7 +265,8 @@ class Master:
                 self.process.send_signal(signal.SIGTERM)
 
     async def stop(self, grace_s: float) -> None:
-        """SIGTERM, SIGKILL after ``grace_s``, reap, remove the private directory."""
+        """SIGTERM, SIGKILL after ``grace_s``, reap, let the watchdog end what is left of
+        the group, remove the private directory."""
         self.terminate()
         try:
             async with asyncio.timeout(grace_s):
@@ -239,6 +275,7 @@ class Master:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
             await self.process.wait()
+        self.release_guard()
         self.stderr_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.stderr_task
@@ -286,20 +323,30 @@ async def start_master(gateway: Gateway, options: TunnelOptions) -> Master:
     control_path = control_dir / "ctl"
     argv = master_argv(binary, gateway, options, control_path, SshFiles.of(options))
     label = str(gateway)
+    watchdog_end, guard = os.pipe()
     try:
         process = await asyncio.create_subprocess_exec(
+            SHELL,
+            "-c",
+            WATCHED,
+            "sh",
             *argv,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=watchdog_end,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
             preexec_fn=_death_signal_hook(),
             env=master_environment(os.environ),
         )
-    except OSError as exc:
+    except BaseException as exc:
+        os.close(guard)  # a shell already started (a cancelled start): its watchdog ends it
         shutil.rmtree(control_dir, ignore_errors=True)
-        raise TunnelConfigError(f"backend openssh: cannot run {binary}: {exc}") from None
-    master = Master(process, control_dir, label, binary)
+        if not isinstance(exc, OSError):
+            raise
+        raise TunnelConfigError(f"backend openssh: cannot run {SHELL}: {exc}") from None
+    finally:
+        os.close(watchdog_end)
+    master = Master(process, control_dir, label, binary, guard)
     try:
         async with asyncio.timeout(options.connect_timeout_s + 1):
             while True:
@@ -307,6 +354,10 @@ async def start_master(gateway: Gateway, options: TunnelOptions) -> Master:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(1):
                             await asyncio.shield(master.stderr_task)
+                    if process.returncode in UNRUNNABLE:
+                        raise TunnelConfigError(
+                            f"backend openssh: cannot run {binary}: {master.stderr_text().strip()}"
+                        )
                     raise classify_exit(gateway, options, process.returncode, master.stderr_text())
                 if control_path.exists() and await alive(control_path):
                     master.exit_watch = ExitWatch.of(process.pid, control_dir)
