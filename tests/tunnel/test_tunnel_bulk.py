@@ -32,7 +32,14 @@ from tunnel.backends.asyncssh_patches import (
 )
 from tunnel.backends.chaff import drop_needless_chaff
 
-from .tunnel_testlib import Target, exchange, link_up, read_until_closed, talking_target
+from .tunnel_testlib import (
+    Target,
+    exchange,
+    link_up,
+    one_open_connection,
+    read_until_closed,
+    talking_target,
+)
 
 CIPHERS = ("aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com")
 
@@ -717,3 +724,54 @@ async def test_data_up_beyond_the_gateways_window_waits_for_it(
     assert sent.by_asyncssh == 0
     assert min(windows) >= 0
     assert max(waiting) == 0  # data waited only for the window
+
+
+def sealed_by_the_gateway(conn: Any, plain: bytes) -> bytes:
+    """``plain`` (padding length, payload, padding) sealed as the gateway seals its next
+    packet to ``conn``: the connection's receive keys and sequence number (the GCM IV put
+    back, so the connection's own state is untouched)."""
+    encryption = conn._recv_encryption
+    iv = getattr(encryption._cipher, "_iv", None)
+    header = len(plain).to_bytes(4, "big")
+    packet, tag = encryption.encrypt_packet(conn._recv_seq, header, plain)
+    if iv is not None:
+        encryption._cipher._iv = iv
+    return bytes(packet + tag)
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+@pytest.mark.parametrize(
+    ("kind", "body", "padding"),
+    [
+        ("data", bytes((94,)) + (3).to_bytes(4, "big") + b"abc", 3),
+        ("data", bytes((94,)) + (3).to_bytes(4, "big") + b"abc", 0),
+        ("window adjust", bytes((93,)) + (4096).to_bytes(4, "big"), 3),
+    ],
+    ids=["data-3", "data-0", "window_adjust-3"],
+)
+async def test_a_packet_with_too_little_padding_drops_the_link(
+    options: TunnelOptions,
+    echo: Target,
+    cipher: str,
+    kind: str,
+    body: bytes,
+    padding: int,
+) -> None:
+    """RFC 4253 §6: at least 4 bytes of padding; OpenSSH drops the connection otherwise
+    ("Corrupted padlen"), and so does the in-place receive path, for a channel's data
+    (opened in place) and its control packets (dispatched) alike: a protocol error, the
+    link closed. No real gateway sends such a packet (sshd always pads by 4 or more), so
+    the packet is crafted: sealed with the live link's receive keys for an open channel
+    of it and handed to the connection's receive entry as if read from its socket."""
+    assert options.ssh_config is not None
+    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
+    async with one_open_connection(options, echo) as (_, link, _, _):
+        (channel,) = link.conn._channels
+        conn = link.conn  # at a packet boundary (nothing of a packet held back)
+        await wait_until(lambda: not conn._inpbuf and asyncssh_patches.TAIL not in vars(conn))
+        plain = bytes((padding,)) + body[:1] + channel.to_bytes(4, "big") + body[1:]
+        conn.data_received(sealed_by_the_gateway(conn, plain + bytes(padding)))
+        await asyncio.wait_for(asyncio.shield(link.client.closed), 10)
+    reason = link.client.lost_reason
+    assert isinstance(reason, asyncssh.ProtocolError), (kind, reason)
+    assert "padding" in reason.reason

@@ -20,7 +20,7 @@ from tunnel import Forward, Tunnel, TunnelOptions
 from tunnel.backends import asyncssh_link, asyncssh_patches, direct
 from tunnel.sshlib import asyncssh
 
-from .tunnel_testlib import Target, exchange, link_up
+from .tunnel_testlib import Target, exchange, link_up, one_open_connection
 
 
 def test_the_direct_channel_fits_the_installed_asyncssh() -> None:
@@ -30,22 +30,14 @@ def test_the_direct_channel_fits_the_installed_asyncssh() -> None:
 async def test_each_flow_rides_a_direct_channel(options: TunnelOptions, echo: Target) -> None:
     """While a connection is carried its channel is a :class:`DirectTCPChannel`, reading
     (no task started it), and the connection works both ways, half-closed by each side."""
-    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
-    async with Tunnel(options, [forward]) as tunnel:
-        link = await link_up(tunnel)
-        assert isinstance(link, asyncssh_link.SSHLink)
-        reader, writer = await asyncio.open_connection(*forward.mouth)
-        try:
-            writer.write(b"hello\n")
-            assert await reader.readexactly(6) == b"hello\n"
-            channels = list(link.conn._channels.values())
-            assert len(channels) == 1
-            assert isinstance(channels[0], direct.DirectTCPChannel)
-            assert channels[0]._recv_paused is False
-            writer.write_eof()  # our half-close: the echo target half-closes back
-            assert await reader.read() == b""
-        finally:
-            writer.close()
+    async with one_open_connection(options, echo) as (tunnel, link, reader, writer):
+        channels = list(link.conn._channels.values())
+        assert len(channels) == 1
+        assert isinstance(channels[0], direct.DirectTCPChannel)
+        assert channels[0]._recv_paused is False
+        writer.write_eof()  # our half-close: the echo target half-closes back
+        assert await reader.read() == b""
+        writer.close()
         await wait_until(lambda: not link.conn._channels)
         counters = tunnel.state.forwards[0]
         await wait_until(lambda: counters.open == 0)

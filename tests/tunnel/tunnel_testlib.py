@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from tests.peers import free_port, wait_until
-from tunnel import Forward, Tunnel
+from tunnel import Forward, Tunnel, TunnelOptions
+from tunnel.backends.asyncssh_link import SSHLink
 from tunnel.link import Link
 
 
@@ -163,3 +164,23 @@ async def link_up(tunnel: Tunnel, timeout_s: float = 15) -> Link:
     link = tunnel.link
     assert link is not None
     return link
+
+
+@contextlib.asynccontextmanager
+async def one_open_connection(
+    options: TunnelOptions, echo: Target
+) -> AsyncIterator[tuple[Tunnel, SSHLink, asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A tunnel (asyncssh backend) to the ``echo`` target with one client connection
+    carried and a line echoed through it: its channel is open. The client is closed at
+    the end, then the tunnel."""
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        assert isinstance(link, SSHLink)
+        reader, writer = await asyncio.open_connection(*forward.mouth)
+        try:
+            writer.write(b"hello\n")
+            assert await reader.readexactly(6) == b"hello\n"
+            yield tunnel, link, reader, writer
+        finally:
+            writer.close()

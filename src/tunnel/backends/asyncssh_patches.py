@@ -228,11 +228,13 @@ def _data_packets_opened_in_place() -> None:
     goes to its handler as asyncssh's parser would hand it (``dispatch``: the same call
     with the same packet object; tests/tunnel/test_tunnel_direct.py compares the two),
     not through asyncssh's parser (its input buffer, slices and checks once more).
-    Any other packet (a key exchange, a request, extended data, a bad MAC or length) is
-    handed to asyncssh whole, as one read, before anything after it: it opens it itself
-    (again) and does what it always did. A packet cut by the
-    end of a read is kept here until its last byte arrives (asyncssh is at a packet
-    boundary meanwhile, as if that read had not yet come)."""
+    A packet opened here with less than 4 bytes of padding (or no payload left) ends the
+    connection with a protocol error, as OpenSSH's does (RFC 4253 §6). Any other packet
+    (a key exchange, a request, extended data, a bad MAC or length) is handed to asyncssh
+    whole, as one read, before anything after it: it opens it itself (again) and does
+    what it always did. A packet cut by the end of a read is kept here until its last
+    byte arrives (asyncssh is at a packet boundary meanwhile, as if that read had not yet
+    come)."""
     from asyncssh.connection import SSHConnection  # noqa: PLC0415 (only the patch needs it)
     from asyncssh.encryption import ChachaEncryption, GCMEncryption  # noqa: PLC0415
     from asyncssh.logging import SSHLogger  # noqa: PLC0415
@@ -313,7 +315,7 @@ def _data_packets_opened_in_place() -> None:
     def deliver(self: Any, plain: bytes, step: Any) -> bool:
         """Hand a channel data packet's data to its channel; False: not one for here."""
         end = len(plain) - plain[0]
-        if plain[1] != MSG_CHANNEL_DATA or plain[0] < 4 or end < 10:
+        if plain[1] != MSG_CHANNEL_DATA or end < 10:
             return False
         chan = self._channels.get(int.from_bytes(plain[2:6], "big"))
         datalen = int.from_bytes(plain[6:10], "big")
@@ -381,10 +383,14 @@ def _data_packets_opened_in_place() -> None:
         """Open one whole packet here, or hand it to asyncssh as one read (with what it
         opened to: :func:`_opened_once`)."""
         plain = steps[1](self, packet)
-        if plain is not None and deliver(self, plain, steps[2]):
-            return
         if plain is None:
             fed(self, packet)
+            return
+        if not MIN_PADDING <= plain[0] <= len(plain) - 2:
+            # RFC 4253 §6: 4 bytes or more, and a payload (its type) left; OpenSSH drops
+            # the connection too ("Corrupted padlen"). asyncssh itself does not check.
+            raise ProtocolError(f"Invalid padding length {plain[0]}")
+        if deliver(self, plain, steps[2]):
             return
         if dispatch(self, plain, steps[2]):
             return
@@ -656,6 +662,8 @@ MSG_CHANNEL_FIRST = 93
 """asyncssh's first packet type addressed to a channel (before: to the connection)."""
 MAC_LEN = 16
 """The tag of both AEAD modes taken here (RFC 5647 §7.3; OpenSSH PROTOCOL.chacha20poly1305)."""
+MIN_PADDING = 4
+"""RFC 4253 §6: "There MUST be at least four bytes of padding"."""
 MIN_PACKET_LEN = 12
 """The smallest packet length taken here (a block of 16 less the length field); asyncssh
 judges anything shorter."""
