@@ -44,8 +44,9 @@ class FlowOwner(Protocol):
     def flow_ended(self, flow: Flow, cut: str | None, traffic: Traffic | None) -> None: ...
 
     def hold(self, flow: Flow, stale: object | None = None) -> None:
-        """Hold ``flow`` (bounded) until a link other than ``stale`` is up, then carry it
-        there; none comes: cut it."""
+        """Hold ``flow`` until a link other than ``stale`` is up, then carry it there;
+        none comes by its deadline (``wait_for_link_s`` after it was first held, however
+        often it is given back): cut it."""
 
 
 def before_cut_close(sock: socket.socket) -> None:
@@ -63,12 +64,15 @@ class Flow:
     mouth's wait for a link, a backend's channel open): cutting the flow cancels it.
     The link that carries the flow sets ``stop`` (end it now, as cut) and may set
     ``meter`` (bytes so far, when they are counted outside this process).
+    ``held_since``: when its owner first held it (loop time; ``None``: never held), the
+    start of its one wait for a link, given back or not.
     """
 
     __slots__ = (
         "counters",
         "done",
         "forward",
+        "held_since",
         "host",
         "meter",
         "owner",
@@ -97,6 +101,7 @@ class Flow:
         self.task: asyncio.Task[None] | None = None
         self.stop: Callable[[str], None] | None = None
         self.meter: Callable[[], Traffic | None] | None = None
+        self.held_since: float | None = None
 
     def finish(self, cut: str | None, traffic: Traffic | None = None) -> None:
         """Report the end once: ``cut`` says why the tunnel could not finish the flow
@@ -115,7 +120,7 @@ class Flow:
         """``link`` cannot take the flow and nothing of it reached the gateway (its going
         master never got the socket: the client's bytes still wait in the kernel): held
         by its owner for the next link, as a connection that comes while the link is
-        down is, instead of cut."""
+        down is, instead of cut; within the deadline of its first hold, not a new one."""
         self.stop = None
         self.meter = None
         self.owner.hold(self, link)

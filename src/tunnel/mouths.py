@@ -49,8 +49,11 @@ class LinkSource(Protocol):
     @property
     def link(self) -> Link | None: ...
 
-    async def wait_link(self, stale: object | None = None) -> Link | None:
-        """The link up, waiting (bounded) while there is none or it is ``stale``."""
+    async def wait_link(
+        self, stale: object | None = None, since: float | None = None
+    ) -> Link | None:
+        """The link up, waiting while there is none or it is ``stale``, until
+        ``wait_for_link_s`` after ``since`` (loop time; ``None``: now)."""
         ...
 
     def flow_ended(self) -> None:
@@ -239,12 +242,17 @@ class Mouth:
         self.hold(flow)
 
     def hold(self, flow: Flow, stale: object | None = None) -> None:
-        """Hold ``flow`` until a link (other than ``stale``, one that gave it back) is up."""
-        flow.task = asyncio.get_running_loop().create_task(self._hold(flow, stale))
+        """Hold ``flow`` until a link (other than ``stale``, one that gave it back) is up;
+        its deadline is that of its first hold: a flow given back by link after dying
+        link waits no longer in all than one that found no link."""
+        loop = asyncio.get_running_loop()
+        if flow.held_since is None:
+            flow.held_since = loop.time()
+        flow.task = loop.create_task(self._hold(flow, stale))
 
     async def _hold(self, flow: Flow, stale: object | None) -> None:
         """Wait (bounded) for a link, then carry; none came: cut (fail closed)."""
-        link = await self.source.wait_link(stale)
+        link = await self.source.wait_link(stale, flow.held_since)
         flow.task = None
         if flow.done:
             return

@@ -121,14 +121,18 @@ class Tunnel:
             self._roaming.check()
         return None if self._doubted else self._link
 
-    async def wait_link(self, stale: object | None = None) -> Link | None:
-        """The link, waiting up to ``wait_for_link_s``; ``None`` when it stays down. Bound
-        but not started yet (the daemon binds, drops privileges, then starts) counts as
-        down: a client that comes in between is held like one that comes while the link
-        is down, not cut. ``stale``: a link that gave a flow back (its master is going,
-        the supervisor may not know yet) counts as down too."""
+    async def wait_link(
+        self, stale: object | None = None, since: float | None = None
+    ) -> Link | None:
+        """The link, waiting until ``wait_for_link_s`` after ``since`` (loop time; ``None``:
+        now); ``None`` when it stays down. Bound but not started yet (the daemon binds,
+        drops privileges, then starts) counts as down: a client that comes in between is
+        held like one that comes while the link is down, not cut. ``stale``: a link that
+        gave a flow back (its master is going, the supervisor may not know yet) counts as
+        down too; ``since`` is then when the flow was first held, so that links dying one
+        after another do not each grant it a full wait again."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.wait_for_link_s
+        deadline = (loop.time() if since is None else since) + self.options.wait_for_link_s
         while (link := self.link) is None or link is stale:
             if self._closed or self._status is LinkStatus.FAILED:
                 return None

@@ -23,7 +23,9 @@ class Recorder:
         self.flows: list[Flow] = []
         self.link: Link | None = self  # type: ignore[assignment]  # carry() is all it needs
 
-    async def wait_link(self, stale: object | None = None) -> Link | None:
+    async def wait_link(
+        self, stale: object | None = None, since: float | None = None
+    ) -> Link | None:
         return self.link
 
     def flow_ended(self) -> None:

@@ -22,7 +22,9 @@ class NoLink:
 
     link: Link | None = None
 
-    async def wait_link(self, stale: object | None = None) -> Link | None:
+    async def wait_link(
+        self, stale: object | None = None, since: float | None = None
+    ) -> Link | None:
         await asyncio.Event().wait()
         return None
 

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
 import socket
 
 import pytest
 
 from tests.peers import Sshd, free_port, wait_until
 from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
+from tunnel.backends.asyncssh_link import SSHLink
+from tunnel.backends.openssh.link import MuxLink
+from tunnel.link import Flow, Link
 
 from .tunnel_testlib import Target, talking_target
 
@@ -125,3 +130,43 @@ async def test_the_targets_own_close_reaches_the_client_as_eof(
         assert await how_it_ends(client) == "eof"
         await wait_until(lambda: tunnel.state.forwards[0].open == 0)
         assert cut_count(tunnel) == 0
+
+
+def die(link: Link) -> None:
+    """End ``link`` as a crash would: its ssh master SIGKILLed, or its connection aborted."""
+    if isinstance(link, MuxLink):
+        os.kill(link.pid, signal.SIGKILL)
+    else:
+        assert isinstance(link, SSHLink)
+        link.conn.abort()
+
+
+async def test_a_flow_given_back_by_dying_links_waits_no_longer_than_its_first_deadline(
+    any_options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link that cannot take a flow (it is dying as the flow comes) gives it back, to be
+    held for the next link (:meth:`~tunnel.link.Flow.give_back`). Links that keep dying so
+    must not keep the client waiting: its whole wait is bounded by its first deadline
+    (``wait_for_link_s`` after it was first held), then it is reset. Here each link gives
+    the flow back and dies (the race of a link dying just as a flow comes, made certain);
+    the next is up a moment later each time, so a wait started anew at each give-back
+    never ends (``how_it_ends``' bound fails it)."""
+    options = dataclasses.replace(any_options, wait_for_link_s=2.5)
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    given_back: list[Link] = []
+
+    def dying_carry(link: Link, flow: Flow) -> None:
+        given_back.append(link)
+        flow.give_back(link)
+        die(link)
+
+    async with Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        monkeypatch.setattr(
+            MuxLink if options.backend == "openssh" else SSHLink, "carry", dying_carry
+        )
+        client = await connect(forward)
+        assert await how_it_ends(client) == "reset"
+        await wait_until(lambda: cut_count(tunnel) == 1)
+    assert given_back
+    assert echo.peers == []
