@@ -21,7 +21,7 @@ from tunnel.backends.asyncssh_link import SSHLink
 from tunnel.backends.openssh.link import MuxLink
 from tunnel.link import Flow, Link
 
-from .tunnel_testlib import Target, talking_target
+from .tunnel_testlib import Target, link_up, settled_fd_count, talking_target
 
 CHUNK = b"s" * 65536
 """A target sends 16384 of these (1 GB): it never closes first while the client is there."""
@@ -170,3 +170,45 @@ async def test_a_flow_given_back_by_dying_links_waits_no_longer_than_its_first_d
         await wait_until(lambda: cut_count(tunnel) == 1)
     assert given_back
     assert echo.peers == []
+
+
+@pytest.mark.parametrize("when", ["before_the_carry", "before_the_channel_open"])
+async def test_a_flow_that_comes_as_the_connection_is_lost_is_held_for_the_next_link(
+    options: TunnelOptions, echo: Target, when: str
+) -> None:
+    """The asyncssh backend's twin of the openssh backend's
+    ``test_a_flow_that_comes_as_the_master_is_gone_is_held_for_the_next_link``: a flow
+    accepted when the SSH connection has just been lost (the supervisor not told yet:
+    ``tunnel.link`` is still that link), or lost between the carry and its transport's
+    start (before the CHANNEL_OPEN is written), sent nothing to the gateway and had
+    nothing read: it is held and carried by the next link, not cut. The test accepts
+    (the mouth's listener is not watched meanwhile) in the same step of the loop as the
+    connection's loss, before or after."""
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        assert isinstance(link, SSHLink)
+        before = await settled_fd_count()
+        mouth = tunnel._mouths[forward.mouth]
+        assert mouth.listener is not None
+        listener = mouth.listener.fileno()
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(listener)
+        try:
+            with socket.create_connection(forward.mouth, timeout=10) as client:
+                client.sendall(b"held")
+                if when == "before_the_carry":
+                    link.conn.abort()
+                    mouth._accept()
+                else:
+                    mouth._accept()
+                    link.conn.abort()
+                assert tunnel.link is link
+                assert len(mouth.flows) == 1 and mouth.counters.cut == 0
+                assert await asyncio.to_thread(client.recv, 16) == b"held"
+        finally:
+            loop.add_reader(listener, mouth._accept)
+        assert tunnel.link is not link
+        await wait_until(lambda: not mouth.flows)
+        assert mouth.counters.cut == 0
+        assert await settled_fd_count() == before

@@ -44,7 +44,14 @@ from tunnel.forwards import Gateway
 from tunnel.link import Flow
 
 from .test_tunnel_cut import CHUNK, connect, how_it_ends, read_some
-from .tunnel_testlib import Target, exchange, link_up, read_until_closed, talking_target
+from .tunnel_testlib import (
+    Target,
+    exchange,
+    link_up,
+    read_until_closed,
+    settled_fd_count,
+    talking_target,
+)
 
 SSH = shutil.which("ssh")
 
@@ -469,20 +476,6 @@ async def test_a_lost_master_leaves_no_descriptor_behind(
             await wait_until(lambda old=pid: master_pids(tunnel) not in ([], [old]), 15)
             assert await exchange(*forward.mouth, b"again") == b"again"
         assert await settled_fd_count() == before
-
-
-async def settled_fd_count() -> int:
-    """This process's open descriptors, once the count has held still for 0.2 s (or 5 s
-    have passed): the master works in its own time."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    count = len(os.listdir("/proc/self/fd"))
-    while loop.time() < deadline:
-        await asyncio.sleep(0.2)
-        count, last = len(os.listdir("/proc/self/fd")), count
-        if count == last:
-            break
-    return count
 
 
 async def test_a_channel_opened_as_the_link_closes_is_refused_not_leaked(

@@ -184,3 +184,17 @@ async def one_open_connection(
             yield tunnel, link, reader, writer
         finally:
             writer.close()
+
+
+async def settled_fd_count() -> int:
+    """This process's open descriptors, once the count has held still for 0.2 s (or 5 s
+    have passed): the master works in its own time."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    count = len(os.listdir("/proc/self/fd"))
+    while loop.time() < deadline:
+        await asyncio.sleep(0.2)
+        count, last = len(os.listdir("/proc/self/fd")), count
+        if count == last:
+            break
+    return count

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import inspect
 import logging
+import os
 import socket
 from collections.abc import Sequence
 from typing import Any, cast
@@ -189,7 +190,13 @@ class SSHLink:
 
     def carry(self, flow: Flow) -> None:
         """Wrap the flow's socket in a transport, then open its channel: no task, the
-        steps run in the loop's callbacks (:class:`tunnel.backends.inline.Inline`)."""
+        steps run in the loop's callbacks (:class:`tunnel.backends.inline.Inline`). A link
+        whose connection is gone (lost or closed, its end not yet seen by the supervisor)
+        gives the flow back, to be held for the next link (:meth:`Flow.give_back`):
+        nothing of it was read or sent."""
+        if self.conn._transport is None:  # asyncssh's mark of a connection ended
+            flow.give_back(self)
+            return
         side = _ClientSide(self, flow)
         flow.stop = side.cut
         loop = asyncio.get_running_loop()
@@ -394,8 +401,8 @@ class _ClientSide(asyncio.BufferedProtocol):
         # CHANNEL_OPEN is written now, in this turn of the loop.
         try:
             channel = _Channel(self)
-        except asyncssh.ChannelOpenError as error:  # the link's transport is gone
-            self.cut(f"channel open failed: {error.reason}")
+        except asyncssh.ChannelOpenError:  # the link's connection went since the carry
+            self.give_back()
             return
         self.channel = channel
         channel.open(forward.target_host, forward.target_port, self.flow.host, self.flow.port)
@@ -478,6 +485,17 @@ class _ClientSide(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         if self.open:
             self.channel.resume_reading()  # type: ignore[union-attr]
+
+    def give_back(self) -> None:
+        """Give the flow back to be held for the next link (:meth:`Flow.give_back`): the
+        link's connection went before the channel's open was written, and nothing was read
+        from the client yet (reading starts after ``connection_made``). The flow goes on
+        with a descriptor of its own: the transport closes the one it was given."""
+        self.closed = True
+        flow = self.flow
+        flow.sock = socket.socket(fileno=os.dup(flow.sock.fileno()))
+        self.transport.abort()
+        flow.give_back(self.link)
 
     def cut(self, why: str) -> None:
         """End this flow now, as cut (its channel refused or the flow cut by its mouth)."""
