@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import os
 
 import pytest
 
 from tests.peers import Sshd, free_port, stopped, wait_until
 from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
+from tunnel.backends import asyncssh_link
+from tunnel.backends.openssh.link import MuxSession
+from tunnel.link import Flow
 
 from .tunnel_testlib import Target, exchange, read_until_closed, talking_target
 
@@ -216,3 +220,29 @@ def test_forwarding_under_uvloop(any_options: TunnelOptions) -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(scenario()) == b"uv" * 100_000
+
+
+async def test_an_ended_flow_is_freed_without_the_cyclic_gc(
+    any_options: TunnelOptions, echo: Target
+) -> None:
+    """What a flow is made of (the flow, and the asyncssh backend's client side and
+    channel, or the openssh backend's mux session) refers back and forth while it runs;
+    the references are let go when it ends, so nothing of it is left for the cyclic GC,
+    whose passes such cycles bring on were ~6 % of the openssh backend's instructions
+    per connection (callgrind)."""
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    kinds = (Flow, MuxSession, asyncssh_link._ClientSide, asyncssh_link._Channel)
+    async with Tunnel(any_options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        assert await exchange(*forward.mouth, b"warm") == b"warm"
+        await wait_until(lambda: tunnel.state.forwards[0].open == 0)
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(3):
+                assert await exchange(*forward.mouth, b"one") == b"one"
+            await wait_until(lambda: tunnel.state.forwards[0].open == 0)
+            left = [type(o).__name__ for o in gc.get_objects() if isinstance(o, kinds)]
+        finally:
+            gc.enable()
+        assert left == []

@@ -382,7 +382,8 @@ class _ClientSide(asyncio.BufferedProtocol):
         self.flow = flow
         self.counters = flow.counters
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        #: The flow's channel: made (and its open sent) when the transport is there.
+        #: The flow's channel: made (and its open sent) when the transport is there, let go
+        #: when the flow ends (it refers back to this side: a cycle for the GC otherwise).
         self.channel: _Channel | None = None
         #: The channel is open: the client's bytes go to it (until then, to ``pending``).
         self.open = False
@@ -418,7 +419,8 @@ class _ClientSide(asyncio.BufferedProtocol):
         """The channel is open: carry the client's bytes that waited (and its EOF)."""
         # Runs inside asyncssh's packet processing (the confirmation): nothing may escape.
         channel = self.channel
-        assert channel is not None
+        if channel is None:  # the flow ended meanwhile (a given-up open is not confirmed)
+            return
         self.open = True
         try:
             if self.pending:
@@ -469,8 +471,10 @@ class _ClientSide(asyncio.BufferedProtocol):
             return
         self.closed = True
         self.stop_accepting()
-        if self.channel is not None:
-            self.channel.close()
+        channel, self.channel = self.channel, None  # it refers back: no cycle left
+        self.open = False
+        if channel is not None:
+            channel.close()
         self.flow.finish(None)
 
     def stop_accepting(self) -> None:
@@ -504,8 +508,10 @@ class _ClientSide(asyncio.BufferedProtocol):
         self.closed = True
         self.flow.finish(why)
         self.stop_accepting()
-        if self.channel is not None:
-            self.channel.abort()
+        channel, self.channel = self.channel, None
+        self.open = False
+        if channel is not None:
+            channel.abort()
         if self.transport is None:  # cut before the socket had its transport
             before_cut_close(self.flow.sock)
             self.flow.sock.close()
