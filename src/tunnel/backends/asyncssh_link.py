@@ -495,9 +495,14 @@ class _ClientSide(asyncio.BufferedProtocol):
         link's connection went before the channel's open was written, and nothing was read
         from the client yet (reading starts after ``connection_made``). The flow goes on
         with a descriptor of its own: the transport closes the one it was given."""
-        self.closed = True
         flow = self.flow
-        flow.sock = socket.socket(fileno=os.dup(flow.sock.fileno()))
+        try:
+            kept = socket.socket(fileno=os.dup(flow.sock.fileno()))
+        except OSError as exc:  # out of descriptors: cut, as before there was a give-back
+            self.cut(f"link lost; connection cut ({describe(exc)})")
+            return
+        self.closed = True
+        flow.sock = kept
         self.transport.abort()
         flow.give_back(self.link)
 
