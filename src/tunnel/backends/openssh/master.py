@@ -69,10 +69,13 @@ def _death_signal_hook() -> Callable[[], None] | None:
 
 SHELL = "/bin/sh"
 WATCHED = (
-    'exec 3<&0 </dev/null; { read line <&3; kill -s KILL 0; } >/dev/null 2>&1 & exec "$@" 3<&-'
+    "exec 3<&0 </dev/null; "
+    f'{SHELL} -c "read line <&3; kill -s KILL 0" ssh-watchdog >/dev/null 2>&1 & '
+    'exec "$@" 3<&-'
 )
-"""The ``sh -c`` script the master is started through: it forks a watchdog, then becomes
-the master (``exec``: same process, same pid). The watchdog stays in the master's process
+"""The ``sh -c`` script the master is started through: it starts a watchdog (a ``sh`` of
+its own, so that only the master's command line names the gateway), then becomes the
+master (``exec``: same process, same pid). The watchdog stays in the master's process
 group, waiting on its stdin, a pipe whose other end only this process holds
 (:class:`Master`'s ``guard``); at the pipe's end (this process gone, however it died, or
 the master's stop) it SIGKILLs the whole group (``kill 0``): the master, the children ssh
