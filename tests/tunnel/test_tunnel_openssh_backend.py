@@ -18,6 +18,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -271,6 +272,31 @@ asyncio.run(main())
 """
 
 
+@contextlib.asynccontextmanager
+async def crashing_tunnel(options: TunnelOptions, config: Path) -> AsyncIterator[tuple[int, str]]:
+    """A tunnel (openssh backend, ssh config ``config``) in a process of its own, up:
+    yields its ssh master's pid and private directory, and SIGKILLs it at the end."""
+    assert options.known_hosts and options.client_keys
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CRASHING_TUNNEL,
+        str(options.gateways[0]),
+        str(options.known_hosts),
+        str(config),
+        str(options.client_keys[0]),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(60):  # a Python start and a login: slow on a busy machine
+            pid, control_dir = (await process.stdout.readline()).decode().split()
+        yield int(pid), control_dir
+    finally:
+        process.kill()
+        await process.wait()
+
+
 def running(pid: int) -> bool:
     """``pid`` exists and is not a zombie (an orphan's zombie may wait for a busy init)."""
     try:
@@ -301,27 +327,10 @@ async def test_a_killed_tunnel_takes_its_ssh_master_with_it(mux_options: TunnelO
     master busy with the mux connections the dying tunnel closes) is seen at the next
     wake-up, a keepalive (15 s by default) away. A stopped master stands for that one
     here: it acts on nothing but SIGKILL."""
-    assert mux_options.known_hosts and mux_options.ssh_config and mux_options.client_keys
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        CRASHING_TUNNEL,
-        str(mux_options.gateways[0]),
-        str(mux_options.known_hosts),
-        str(mux_options.ssh_config),
-        str(mux_options.client_keys[0]),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    try:
-        async with asyncio.timeout(60):  # a Python start and a login: slow on a busy machine
-            pid, control_dir = (await process.stdout.readline()).decode().split()
-            master = int(pid)
+    assert mux_options.ssh_config is not None
+    async with crashing_tunnel(mux_options, mux_options.ssh_config) as (master, control_dir):
         assert running(master)
         os.kill(master, signal.SIGSTOP)
-    finally:
-        process.kill()
-        await process.wait()
     try:
         await wait_until(lambda: not running(master))
     except TimeoutError:
@@ -384,26 +393,9 @@ async def test_a_killed_tunnel_takes_the_masters_proxy_command_with_it(
     relay.write_text(PROXY_RELAY)
     config = tmp_path / "proxy_config"
     config.write_text(f"ProxyCommand {sys.executable} {relay} 127.0.0.1 {sshd.port} {pid_file}\n")
-    assert mux_options.known_hosts and mux_options.client_keys
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        CRASHING_TUNNEL,
-        str(mux_options.gateways[0]),
-        str(mux_options.known_hosts),
-        str(config),
-        str(mux_options.client_keys[0]),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    try:
-        async with asyncio.timeout(60):  # a Python start and a login: slow on a busy machine
-            pid, control_dir = (await process.stdout.readline()).decode().split()
-        master, proxy = int(pid), int(pid_file.read_text())
+    async with crashing_tunnel(mux_options, config) as (master, control_dir):
+        proxy = int(pid_file.read_text())
         assert running(proxy)
-    finally:
-        process.kill()
-        await process.wait()
     try:
         await wait_until(lambda: not running(master) and not session_members(master))
     except TimeoutError:
