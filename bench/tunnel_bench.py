@@ -616,9 +616,12 @@ NOTES = {  # where the time goes (tunnelperf's profiles, /work/notes/tunnelperf.
     "asyncssh's per-packet Python and copies; bench/results/profiles/",
     ("tunnel", "p50"): "about 300-400 us of CPU per connection against ssh -L's 100-130, "
     "the excess user-space Python (perf: half our CPU in the interpreter; ~480 Python calls "
-    "spread over accept, client transport, channel, 8 packets); chacha20-poly1305 another "
-    "~100 us (per packet an OpenSSL Poly1305 key set-up, ~4 us, and ChaCha20 resets; "
-    "ssh -L's own round trip is the same for both ciphers); /work/notes/tunnelrt.md",
+    "spread over accept, client transport, channel, 8 packets; in place, caches cold: accept "
+    "and client transport ~65 us, channel and OPEN ~60, each of 5 socket writes ~20); on 2 "
+    "cores with sshd and the target busy too it is CPU, not order: sending OPEN before the "
+    "client's transport, or EOF/CLOSE after the next OPEN, gained nothing; chacha20-poly1305's "
+    "short-packet tags come from libsodium where present (cryptography's per-packet OpenSSL "
+    "key set-up cost ~50-70 us per connection); /work/notes/rtpy.md",
     ("tunnel-mux", "p50"): "our process ~190 us CPU per connection (accept, hand-off, watch, "
     "end) and the master ~60 us more than ssh -L (a fresh mux connection and hello per "
     "connection, two descriptors received); a bare hand-off in Python already gives ~1.5x",

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import tunnel.sshlib  # noqa: F401 (asyncssh is first imported there, cheaply)
+from tunnel.backends import poly1305
 
 __all__ = ["FEED_WHOLE_MAX", "GCM_TAG_LEN", "READ_BATCH", "install", "send_sealed"]
 
@@ -240,8 +241,7 @@ def _data_packets_opened_in_place() -> None:
     from asyncssh.logging import SSHLogger  # noqa: PLC0415
     from asyncssh.misc import DisconnectError, ProtocolError  # noqa: PLC0415
     from asyncssh.packet import PacketDecodeError, SSHPacket  # noqa: PLC0415
-    from cryptography.exceptions import InvalidSignature, InvalidTag  # noqa: PLC0415
-    from cryptography.hazmat.primitives.poly1305 import Poly1305  # noqa: PLC0415
+    from cryptography.exceptions import InvalidTag  # noqa: PLC0415
 
     fed: Any = SSHConnection.data_received
     if getattr(fed, "opens_in_place", False):
@@ -261,7 +261,6 @@ def _data_packets_opened_in_place() -> None:
     if not _has(SSHChannel, channel_internals.split(), ["_accept_data", "_deliver_data"]):
         return
     header_step = SSHConnection._recv_pkthdr
-    verify_tag = Poly1305.verify_tag
 
     def gcm_length(self: Any, head: memoryview) -> int:
         return int.from_bytes(head, "big")
@@ -286,9 +285,7 @@ def _data_packets_opened_in_place() -> None:
         stream = _chacha_streams(self._recv_encryption._cipher)[1]
         stream.reset_nonce(CHACHA_CTR_0 + self._recv_seq.to_bytes(8, "big"))
         key = stream.update(CHACHA_BLOCK_ZERO)[:32]  # block 0: the Poly1305 key
-        try:
-            verify_tag(key, packet[:-MAC_LEN], bytes(packet[-MAC_LEN:]))
-        except InvalidSignature:
+        if not poly1305.verify_tag(key, packet[:-MAC_LEN], bytes(packet[-MAC_LEN:])):
             return None
         plain: bytes = stream.update(packet[4:-MAC_LEN])  # from block 1 on, as OpenSSH
         return plain
@@ -543,11 +540,15 @@ def _data_packets_sealed_in_place() -> None:
         head.reset_nonce(nonce)
         header = head.update(header)
         stream.reset_nonce(nonce)
-        mac = Poly1305(stream.update(CHACHA_BLOCK_ZERO)[:32])
+        key = stream.update(CHACHA_BLOCK_ZERO)[:32]
         sealed = stream.update(packet)
-        mac.update(header)
-        mac.update(sealed)
-        return header, sealed, mac.finalize()
+        if len(sealed) > poly1305.SHORT:  # no join of a long packet: cryptography's tag
+            mac = Poly1305(key)
+            mac.update(header)
+            mac.update(sealed)
+            return header, sealed, mac.finalize()
+        sealed = header + sealed
+        return sealed, poly1305.generate_tag(key, sealed)
 
     seals: dict[type, Any] = {GCMEncryption: gcm_seal}
     if _chacha_streams_reset():
@@ -902,15 +903,12 @@ def _chacha_kept_streams() -> None:
     returns None (asyncssh's MAC error follows). Every chacha20-poly1305 packet takes it:
     asyncssh's own path (key exchange, EOF, close, window adjust) and the in-place ones."""
     from asyncssh.crypto.chacha import ChachaCipher  # noqa: PLC0415 (only the patch needs it)
-    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415
-    from cryptography.hazmat.primitives.poly1305 import Poly1305  # noqa: PLC0415
 
     if getattr(ChachaCipher.encrypt_and_sign, "kept_streams", False):
         return
     methods = ["encrypt_and_sign", "decrypt_header", "verify_and_decrypt"]
     if not _has(ChachaCipher, ["_key", "_adkey"], methods) or not _chacha_streams_reset():
         return
-    generate_tag, verify_tag = Poly1305.generate_tag, Poly1305.verify_tag
 
     def encrypt_and_sign(
         self: Any, header: bytes, data: bytes, nonce: bytes
@@ -921,7 +919,7 @@ def _chacha_kept_streams() -> None:
         body.reset_nonce(nonce)
         key = body.update(CHACHA_BLOCK_ZERO)[:32]
         packet = head.update(header) + body.update(data)
-        return packet, generate_tag(key, packet)
+        return packet, poly1305.generate_tag(key, packet)
 
     def decrypt_header(self: Any, header: bytes, nonce: bytes) -> bytes:
         head = _chacha_streams(self)[0]
@@ -934,9 +932,7 @@ def _chacha_kept_streams() -> None:
     ) -> bytes | None:
         body = _chacha_streams(self)[1]
         body.reset_nonce(CHACHA_CTR_0 + nonce)
-        try:
-            verify_tag(body.update(CHACHA_BLOCK_ZERO)[:32], header + data, tag)
-        except InvalidSignature:
+        if not poly1305.verify_tag(body.update(CHACHA_BLOCK_ZERO)[:32], header + data, tag):
             return None
         clear: bytes = body.update(data)
         return clear

@@ -1,0 +1,62 @@
+"""Poly1305 tags from libsodium (tunnel.backends.poly1305) against cryptography's."""
+
+from __future__ import annotations
+
+import ctypes
+import random
+from typing import Any
+
+from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+from tunnel.backends import poly1305
+from tunnel.libfind import find_library
+
+LENGTHS = [*range(0, 70), 255, 256, 1500, 4095, 4096, 4097, 32768]
+
+
+def test_libsodium_is_used_where_the_system_has_it() -> None:
+    assert (poly1305.sodium() is not None) == (find_library("sodium") is not None)
+
+
+def test_tags_are_cryptographys_for_every_kind_of_input() -> None:
+    rng = random.Random(18)
+    for length in LENGTHS:
+        key = rng.randbytes(32)
+        data = rng.randbytes(length)
+        tag = Poly1305.generate_tag(key, data)
+        assert poly1305.generate_tag(key, data) == tag, length
+        framed = bytearray(b"x" + data + b"y")
+        for given in (data, memoryview(framed)[1:-1], memoryview(data)):
+            assert poly1305.verify_tag(key, given, tag), length
+        wrong_tag = bytes([tag[0] ^ 0x80]) + tag[1:]
+        assert not poly1305.verify_tag(key, data, wrong_tag), length
+        assert not poly1305.verify_tag(key, data, tag[:15]), length
+        if length:
+            changed = bytes([data[0] ^ 1]) + data[1:]
+            assert not poly1305.verify_tag(key, changed, tag), length
+        other = key[:-1] + bytes([key[-1] ^ 1])  # in s: changes even the empty tag
+        assert not poly1305.verify_tag(other, data, tag), length
+
+
+class _Wrong:
+    """libsodium that tags one bit wrong: the known-answer check must refuse it."""
+
+    def __init__(self, lib: Any) -> None:
+        self.lib = lib
+        self.sodium_init = lib.sodium_init
+        self.crypto_onetimeauth_poly1305_verify = lib.crypto_onetimeauth_poly1305_verify
+
+    def crypto_onetimeauth_poly1305(self, out: Any, *args: Any) -> int:
+        result: int = self.lib.crypto_onetimeauth_poly1305(out, *args)
+        out[0] = bytes([out.raw[0] ^ 1])
+        return result
+
+
+def test_a_library_that_fails_the_known_answer_is_not_used() -> None:
+    lib = poly1305.sodium()
+    if lib is None:
+        assert not poly1305._checked(object())
+        return
+    assert poly1305._checked(lib)
+    assert not poly1305._checked(_Wrong(lib))
+    assert not poly1305._checked(ctypes.CDLL(find_library("c") or None))  # no such symbols
