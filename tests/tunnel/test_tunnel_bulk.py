@@ -595,12 +595,15 @@ async def test_channel_data_is_opened_in_place_across_the_gateways_rekeys(
 MSG_KEXINIT = 20
 
 
+@pytest.mark.parametrize("cipher", CIPHERS)
 async def test_a_small_window_is_counted_and_reopened(
-    options: TunnelOptions, opened: Opened
+    options: TunnelOptions, opened: Opened, cipher: str
 ) -> None:
     """A 64 KiB channel window: 4 MiB need 64 window adjusts, which asyncssh sends only if
     every packet opened in place was counted against the window (else sshd stops at
     64 KiB and this waits for ever; the guard below makes that a failure)."""
+    assert options.ssh_config is not None
+    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
     options = dataclasses.replace(options, channel_window=64 * 1024)
     payload = os.urandom(4 * 1024 * 1024)
     async with talking_target(payload) as forward, Tunnel(options, [forward]) as tunnel:
@@ -611,13 +614,16 @@ async def test_a_small_window_is_counted_and_reopened(
     opened.check(len(payload))
 
 
+@pytest.mark.parametrize("cipher", CIPHERS)
 async def test_data_held_while_the_client_is_slow_arrives_whole(
-    options: TunnelOptions, opened: Opened
+    options: TunnelOptions, opened: Opened, cipher: str
 ) -> None:
     """A client that reads nothing for a while: its socket and transport fill, asyncssh
     pauses the channel and holds the packets opened in place (views) in its own buffer,
     sending no window adjust; when the client reads, the held data comes first, in order,
     and the window opens again."""
+    assert options.ssh_config is not None
+    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
     chunk = os.urandom(1024 * 1024)
     repeat = 12
     async with talking_target(chunk, repeat) as forward, Tunnel(options, [forward]) as tunnel:

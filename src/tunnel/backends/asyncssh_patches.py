@@ -380,7 +380,10 @@ def _data_packets_opened_in_place() -> None:
     def one(self: Any, packet: memoryview, steps: Any) -> None:
         """Open one whole packet here, or hand it to asyncssh as one read (with what it
         opened to: :func:`_opened_once`)."""
-        plain = steps[1](self, packet)
+        handle(self, packet, steps[1](self, packet), steps)
+
+    def handle(self: Any, packet: memoryview, plain: bytes | None, steps: Any) -> None:
+        """What :func:`one` does with a packet once opened (``plain``; None: not opened)."""
         if plain is not None and deliver(self, plain, steps[2]):
             return
         if plain is None:
@@ -400,6 +403,58 @@ def _data_packets_opened_in_place() -> None:
             fed(self, packet)
         finally:
             held.pop(OPENED, None)
+
+    gcm_steps = suites[GCMEncryption]
+
+    def gcm_run(self: Any, view: memoryview, pos: int, end: int) -> int:
+        """AES-GCM packets from ``pos`` on, each whole in ``view``: the channel data that
+        :func:`deliver` would count and hand to the session itself is handled here with
+        its steps inlined (the same steps in the same order: IV, window, session, then
+        the sequence number); any other packet is handled as :func:`one` handles it, and
+        then the run ends (that packet may have changed the connection's state). Stops
+        before a packet cut by the end of ``view``, with a length outside asyncssh's
+        bounds or a bad tag: :func:`opened` takes those the general way. Returns where it
+        stopped. (Per 32 KiB packet about N us of Python less than :func:`one`.)"""
+        cipher = self._recv_encryption._cipher
+        decrypt = _aead(cipher).decrypt
+        channels = self._channels
+        most = self._max_recv_pktlen
+        while end - pos >= 4:
+            pktlen = int.from_bytes(view[pos : pos + 4], "big")
+            total = 4 + pktlen + MAC_LEN
+            if pktlen < MIN_PACKET_LEN or pktlen > most or end - pos < total:
+                break
+            iv = cipher._iv
+            try:
+                plain: bytes = decrypt(iv, view[pos + 4 : pos + total], view[pos : pos + 4])
+            except InvalidTag:
+                break
+            stop = len(plain) - plain[0]
+            if plain[1] == MSG_CHANNEL_DATA and plain[0] >= 4 and stop > 10:
+                chan = channels.get(int.from_bytes(plain[2:6], "big"))
+                datalen = stop - 10
+                window = chan._recv_window - datalen if chan is not None else -1
+                if (
+                    window >= 0
+                    and int.from_bytes(plain[6:10], "big") == datalen
+                    and chan._recv_state == "open"
+                    and chan._encoding is None
+                    and window >= chan._init_recv_window / 2
+                    and not chan._recv_paused
+                    and chan._send_state not in ("close_pending", "closed")
+                    and getattr(chan._session, "accepts_views", False)
+                ):
+                    fixed, counter = GCM_IV.unpack(iv)
+                    cipher._iv = GCM_IV.pack(fixed, (counter + 1) & 0xFFFFFFFFFFFFFFFF)
+                    chan._recv_window = window
+                    chan._session.data_received(memoryview(plain)[10:stop], None)
+                    self._auth_final = True
+                    self._recv_seq = (self._recv_seq + 1) & 0xFFFFFFFF
+                    pos += total
+                    continue
+            handle(self, view[pos : pos + total], plain, gcm_steps)
+            return pos + total
+        return pos
 
     def data_received(self: Any, data: bytes, datatype: Any = None) -> None:
         try:
@@ -447,6 +502,11 @@ def _data_packets_opened_in_place() -> None:
             if steps is None:
                 fed(self, view[pos:], datatype)
                 return
+            if steps is gcm_steps:
+                ran = gcm_run(self, view, pos, end)
+                if ran > pos:
+                    pos = ran
+                    continue
             total = length(self, steps, view[pos:]) if end - pos >= 4 else 0
             if total is None:
                 fed(self, view[pos:], datatype)
