@@ -313,7 +313,7 @@ class _Channel(DirectTCPChannel):
                 if len(held) == 1:
                     self.transport.write(held[0])  # asyncio's writelines would join (a copy)
                 else:
-                    self.transport.writelines(held)
+                    asyncssh_patches.write_parts(self.transport, held)
 
     def eof_held(self) -> None:
         """The target's EOF arrived while asyncssh held it back (see

@@ -13,11 +13,12 @@ import asyncio
 import os
 import struct
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import tunnel.sshlib  # noqa: F401 (asyncssh is first imported there, cheaply)
 
-__all__ = ["FEED_WHOLE_MAX", "GCM_TAG_LEN", "READ_BATCH", "install", "send_sealed"]
+__all__ = ["FEED_WHOLE_MAX", "GCM_TAG_LEN", "READ_BATCH", "install", "send_sealed", "write_parts"]
 
 
 def _keep_held_eof() -> None:
@@ -650,7 +651,7 @@ def _data_packets_sealed_in_place() -> None:
             padlen += conn._send_blocksize
         packet = b"".join((bytes((padlen, pkttype)), *args, os.urandom(padlen)))
         pktlen = len(packet)
-        conn._transport.writelines(seal(conn, pktlen.to_bytes(4, "big"), packet))
+        write_parts(conn._transport, seal(conn, pktlen.to_bytes(4, "big"), packet))
         conn._send_seq = (conn._send_seq + 1) & 0xFFFFFFFF
         conn._rekey_bytes_sent += pktlen
         return True
@@ -671,7 +672,7 @@ def _data_packets_sealed_in_place() -> None:
                 del buf[:size]
             self._send_buf_len -= size
         if out:
-            conn._transport.writelines(out)
+            write_parts(conn._transport, out)
         original(self)
 
     def write(self: Any, data: Any, datatype: Any = None) -> None:
@@ -695,7 +696,7 @@ def _data_packets_sealed_in_place() -> None:
                 seal_one(self, conn, seal, view[pos:], size, out)
                 pos += size
             if pos:
-                conn._transport.writelines(out)
+                write_parts(conn._transport, out)
                 if pos == end:
                     original(self)  # the writer's pause/resume, a pending EOF: asyncssh's
                     return
@@ -1003,6 +1004,65 @@ AEAD = "blitzdns_aead"
 """Where asyncssh's GCM cipher object keeps its ``AESGCM`` (with the key it was made for)."""
 CHACHA_STREAMS = "blitzdns_chacha_streams"
 """Where asyncssh's chacha20 cipher object keeps its two ChaCha20 contexts."""
+
+
+def write_parts(transport: Any, parts: Sequence[Any]) -> None:
+    """Write ``parts`` (bytes-like objects) to ``transport`` in order, as its
+    ``writelines`` does, without joining them first where that would copy all of them.
+
+    asyncio's socket transport (Python 3.11; 3.12 sends a list with ``sendmsg``) inherits
+    ``WriteTransport.writelines``, which joins the parts into one ``bytes``: one more copy
+    of every byte of the tunnel's bulk data, both ways (the sealed packets up, the
+    packets of one SSH read down), where uvloop writes the list with one ``writev``.
+    Here, on such a transport with nothing waiting in its buffer (so the order holds)
+    and not closing (so its socket is still open and still its own), the parts go out
+    with one ``os.writev`` on its socket, and only what the socket did not take goes to
+    the transport (which keeps it in its buffer: a copy either way, as before). Any error
+    of the socket is left to the transport: the parts go to its own ``writelines``
+    (nothing was sent), which reports it as it always did. Every other transport, and a
+    single part, go to the transport's own ``writelines``/``write``."""
+    fd = transport.__dict__.get(WRITEV_FD) if hasattr(transport, "__dict__") else -1
+    if fd is None:
+        fd = transport.__dict__[WRITEV_FD] = _writev_fd(transport)
+    if fd < 0 or len(parts) < 2 or len(parts) > WRITEV_MAX:
+        transport.writelines(parts)
+        return
+    if transport.is_closing() or transport.get_write_buffer_size():
+        transport.writelines(parts)
+        return
+    try:
+        sent = os.writev(fd, parts)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        transport.writelines(parts)
+        return
+    for index, part in enumerate(parts):
+        size = len(part)
+        if sent < size:
+            transport.writelines([memoryview(part)[sent:], *parts[index + 1 :]])
+            return
+        sent -= size
+
+
+def _writev_fd(transport: Any) -> int:
+    """The descriptor :func:`write_parts` may ``writev`` to for ``transport``, or -1."""
+    sock = transport.get_extra_info("socket")
+    if (
+        sock is None
+        or not hasattr(os, "writev")
+        or type(transport).writelines is not asyncio.WriteTransport.writelines
+        or not callable(getattr(transport, "get_write_buffer_size", None))
+    ):
+        return -1
+    fd: int = sock.fileno()
+    return fd
+
+
+WRITEV_FD = "blitzdns_writev_fd"
+"""Where a transport keeps the descriptor :func:`write_parts` writes to (-1: none)."""
+WRITEV_MAX = 512
+"""The most parts one ``writev`` takes here (IOV_MAX is 1024 on Linux)."""
 
 
 def _has(cls: Any, internals: list[str], methods: list[str]) -> bool:
