@@ -323,18 +323,27 @@ def test_the_clients_bytes_are_read_into_the_links_buffer(
     """Up: client sockets are read into the link's one buffer on both loops, and the next
     read into it spoils nothing: 3 MiB up and back through an echo on two connections at
     once (their first bytes sent before the channel is open: copied aside), byte for
-    byte; the data is sealed from the buffer itself."""
+    byte; the data is sealed from the buffer itself. A read takes up to 1 MiB once the
+    channel is open (fewer turns of asyncio's loop), at most ``PENDING_MAX`` before."""
     factory = asyncio.new_event_loop
     if loop == "uvloop":
         factory = pytest.importorskip("uvloop").new_event_loop
     reads: list[int] = []
+    offered: list[tuple[bool, int]] = []
     updated = asyncssh_link._ClientSide.buffer_updated
+    get_buffer = asyncssh_link._ClientSide.get_buffer
 
     def counting(self: Any, nbytes: int) -> None:
         reads.append(nbytes)
         updated(self, nbytes)
 
+    def offering(self: Any, sizehint: int) -> memoryview:
+        buffer = get_buffer(self, sizehint)
+        offered.append((self.open, len(buffer)))
+        return buffer
+
     monkeypatch.setattr(asyncssh_link._ClientSide, "buffer_updated", counting)
+    monkeypatch.setattr(asyncssh_link._ClientSide, "get_buffer", offering)
     ups = [os.urandom(3 * 1024 * 1024 + 7), os.urandom(3 * 1024 * 1024 + 1)]
 
     async def scenario() -> list[bytes]:
@@ -352,6 +361,8 @@ def test_the_clients_bytes_are_read_into_the_links_buffer(
     assert [hashlib.sha256(g).digest() for g in got] == [hashlib.sha256(u).digest() for u in ups]
     assert sum(reads) == sum(len(up) for up in ups)
     assert sent.by_asyncssh == 0
+    assert {size for is_open, size in offered if is_open} == {1024 * 1024}
+    assert all(size <= asyncssh_link.PENDING_MAX for is_open, size in offered if not is_open)
 
 
 class CountingTransport:
