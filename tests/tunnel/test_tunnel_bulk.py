@@ -330,18 +330,27 @@ def test_the_clients_bytes_are_read_into_the_links_buffer(
     """Up: client sockets are read into the link's one buffer on both loops, and the next
     read into it spoils nothing: 3 MiB up and back through an echo on two connections at
     once (their first bytes sent before the channel is open: copied aside), byte for
-    byte; the data is sealed from the buffer itself."""
+    byte; the data is sealed from the buffer itself. A read takes up to 1 MiB once the
+    channel is open (fewer turns of asyncio's loop), at most ``PENDING_MAX`` before."""
     factory = asyncio.new_event_loop
     if loop == "uvloop":
         factory = pytest.importorskip("uvloop").new_event_loop
     reads: list[int] = []
+    offered: list[tuple[bool, int]] = []
     updated = asyncssh_link._ClientSide.buffer_updated
+    get_buffer = asyncssh_link._ClientSide.get_buffer
 
     def counting(self: Any, nbytes: int) -> None:
         reads.append(nbytes)
         updated(self, nbytes)
 
+    def offering(self: Any, sizehint: int) -> memoryview:
+        buffer = get_buffer(self, sizehint)
+        offered.append((self.open, len(buffer)))
+        return buffer
+
     monkeypatch.setattr(asyncssh_link._ClientSide, "buffer_updated", counting)
+    monkeypatch.setattr(asyncssh_link._ClientSide, "get_buffer", offering)
     ups = [os.urandom(3 * 1024 * 1024 + 7), os.urandom(3 * 1024 * 1024 + 1)]
 
     async def scenario() -> list[bytes]:
@@ -359,6 +368,8 @@ def test_the_clients_bytes_are_read_into_the_links_buffer(
     assert [hashlib.sha256(g).digest() for g in got] == [hashlib.sha256(u).digest() for u in ups]
     assert sum(reads) == sum(len(up) for up in ups)
     assert sent.by_asyncssh == 0
+    assert {size for is_open, size in offered if is_open} == {1024 * 1024}
+    assert all(size <= asyncssh_link.PENDING_MAX for is_open, size in offered if not is_open)
 
 
 class CountingTransport:
@@ -602,12 +613,15 @@ async def test_channel_data_is_opened_in_place_across_the_gateways_rekeys(
 MSG_KEXINIT = 20
 
 
+@pytest.mark.parametrize("cipher", CIPHERS)
 async def test_a_small_window_is_counted_and_reopened(
-    options: TunnelOptions, opened: Opened
+    options: TunnelOptions, opened: Opened, cipher: str
 ) -> None:
     """A 64 KiB channel window: 4 MiB need 64 window adjusts, which asyncssh sends only if
     every packet opened in place was counted against the window (else sshd stops at
     64 KiB and this waits for ever; the guard below makes that a failure)."""
+    assert options.ssh_config is not None
+    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
     options = dataclasses.replace(options, channel_window=64 * 1024)
     payload = os.urandom(4 * 1024 * 1024)
     async with talking_target(payload) as forward, Tunnel(options, [forward]) as tunnel:
@@ -618,13 +632,16 @@ async def test_a_small_window_is_counted_and_reopened(
     opened.check(len(payload))
 
 
+@pytest.mark.parametrize("cipher", CIPHERS)
 async def test_data_held_while_the_client_is_slow_arrives_whole(
-    options: TunnelOptions, opened: Opened
+    options: TunnelOptions, opened: Opened, cipher: str
 ) -> None:
     """A client that reads nothing for a while: its socket and transport fill, asyncssh
     pauses the channel and holds the packets opened in place (views) in its own buffer,
     sending no window adjust; when the client reads, the held data comes first, in order,
     and the window opens again."""
+    assert options.ssh_config is not None
+    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
     chunk = os.urandom(1024 * 1024)
     repeat = 12
     async with talking_target(chunk, repeat) as forward, Tunnel(options, [forward]) as tunnel:
