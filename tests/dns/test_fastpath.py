@@ -19,7 +19,15 @@ from hypothesis import strategies as st
 from blitzdns.config import parse_config
 from blitzdns.dns.cache import Cache
 from blitzdns.dns.engine import Engine, ForwardJob
-from blitzdns.dns.fastpath import name_end, plain_shape, scan_response, simple_query
+from blitzdns.dns.fastpath import (
+    answers,
+    answers_question,
+    name_end,
+    plain_shape,
+    question_of,
+    scan_response,
+    simple_query,
+)
 from blitzdns.dns.stats import ResolverStats
 from blitzdns.dns.table import Table
 
@@ -415,3 +423,16 @@ def test_a_folded_memo_hit_is_the_computed_reply_byte_for_byte(
         assert got == want
     # And what dnslib makes of it, from the same cache.
     same_outcome(got, fresh.handle_slow(second, "127.0.0.1", NOW))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(query=queries(), data=st.data())
+def test_answers_is_answers_question_once_the_id_matched(query: bytes, data: Any) -> None:
+    """The forwarder's per-reply check (question taken out once) decides as the full one."""
+    qr = 0x80 if data.draw(st.booleans()) else 0
+    reply = bytes((query[0], query[1], query[2] | qr)) + query[3:] if len(query) > 3 else query
+    if data.draw(st.booleans()):
+        reply = swap_name_case(reply)
+    response = mutations(reply, data) + data.draw(st.sampled_from([b"", b"\x00\x01rest"]))
+    response = query[:2] + response[2:]  # the ID matched: the channel's key
+    assert answers(response, question_of(query)) == answers_question(response, query)

@@ -41,7 +41,7 @@ import socket
 from collections.abc import Callable, Sequence
 
 from blitzdns.config import Endpoint
-from blitzdns.dns.fastpath import answers_question
+from blitzdns.dns.fastpath import answers, answers_question, question_of
 from blitzdns.dns.rfc import MAX_MESSAGE, TC_BYTE2
 from blitzdns.dns.stats import UpstreamHealth
 
@@ -114,8 +114,9 @@ class _Channel:
         self.health = health
         self.uses = 0
         self.retired = False
-        #: ID → (the message sent, the exchange its reply goes to).
-        self.waiting: dict[int, tuple[bytes, Exchange]] = {}
+        #: ID → the exchange waiting for its reply (its ``question`` is what the reply
+        #: must carry).
+        self.waiting: dict[int, Exchange] = {}
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sock.fileno(), self._readable)
 
@@ -128,7 +129,7 @@ class _Channel:
             if query_id not in waiting:
                 break
         message = query_id.to_bytes(2, "big") + query[2:]
-        waiting[query_id] = (message, exchange)
+        waiting[query_id] = exchange
         self.uses += 1
         try:
             self.sock.send(message)
@@ -152,12 +153,13 @@ class _Channel:
             return
         except OSError as exc:
             # ICMP unreachable and the like: about the upstream, so for every query.
-            for _, exchange in list(self.waiting.values()):
+            for exchange in list(self.waiting.values()):
                 exchange.failed(exc)
             return
-        found = self.waiting.get(int.from_bytes(data[:2], "big")) if len(data) >= 2 else None
-        if found is not None and answers_question(data, found[0]):
-            found[1].received(data)
+        found = self.waiting.get(data[0] << 8 | data[1]) if len(data) >= 2 else None
+        # The ID matched (the key): the rest of answers_question.
+        if found is not None and answers(data, found.question):
+            found.received(data)
         else:
             self.health.mismatched += 1
 
@@ -216,7 +218,7 @@ class SocketPool:
         """
         self.closed = True
         channels = (*(c for cs in self._open.values() for c in cs), *self._retired)
-        waiting = [exchange for channel in channels for _, exchange in channel.waiting.values()]
+        waiting = [exchange for channel in channels for exchange in channel.waiting.values()]
         for channel in channels:
             channel.close()
         self._open.clear()
@@ -352,6 +354,7 @@ class Exchange:
         "on_done",
         "query",
         "query_id",
+        "question",
         "tcp",
     )
 
@@ -365,6 +368,8 @@ class Exchange:
         self.forwarder = forwarder
         self.loop = loop
         self.query = query
+        #: What a reply must carry (:func:`~blitzdns.dns.fastpath.answers`).
+        self.question = question_of(query)
         self.on_done = on_done
         self.finished = False
         self.deadline = loop.time() + forwarder.timeout_s
