@@ -19,7 +19,15 @@ from hypothesis import strategies as st
 from blitzdns.config import parse_config
 from blitzdns.dns.cache import Cache
 from blitzdns.dns.engine import Engine, ForwardJob
-from blitzdns.dns.fastpath import name_end, plain_shape, scan_response, simple_query
+from blitzdns.dns.fastpath import (
+    answers,
+    answers_question,
+    name_end,
+    plain_shape,
+    question_of,
+    scan_response,
+    simple_query,
+)
 from blitzdns.dns.stats import ResolverStats
 from blitzdns.dns.table import Table
 
@@ -340,3 +348,91 @@ def test_a_folded_memo_hit_needs_the_same_edns_payload() -> None:
     assert isinstance(truncated, bytes)
     assert DNSRecord.parse(truncated).header.tc
     assert truncated == engine.handle_slow(small, "127.0.0.1", NOW)
+
+
+#: Bytes outside the name that can be letters in a plain query: header byte 3 (Z and
+#: RCODE bits), the type (65 is "A", 97 "a"), the OPT payload and its flags.
+FLAG_BYTES = st.sampled_from([0x00, 0x10, 0x20, 0x30, 0x41, 0x61, 0x5A])
+OPT_PAYLOADS = st.sampled_from([-1, 1232, 4096, 0x0241, 0x0261, 0x4141])
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from([*PROTECTED, "www.example.com"]),
+    first_case=st.lists(st.booleans(), min_size=1, max_size=8),
+    rd=st.integers(0, 1),
+    byte3=FLAG_BYTES,
+    qtype=st.sampled_from([1, 28, 255, 12, 16, 65, 97]),
+    payload=OPT_PAYLOADS,
+    opt_flags=FLAG_BYTES,
+    flips=st.one_of(st.just([True]), st.lists(st.booleans(), min_size=1, max_size=64)),
+)
+# Type 65 ("A") asked again as 97 ("a"): the same folded question, another type.
+@example(
+    name="www.example.com",
+    first_case=[False],
+    rd=1,
+    byte3=0,
+    qtype=65,
+    payload=-1,
+    opt_flags=0,
+    flips=[True],
+)
+def test_a_folded_memo_hit_is_the_computed_reply_byte_for_byte(
+    name: str,
+    first_case: list[bool],
+    rd: int,
+    byte3: int,
+    qtype: int,
+    payload: int,
+    opt_flags: int,
+    flips: list[bool],
+) -> None:
+    """A question asked again in other letters (any byte after the ID) is answered from the
+    folded memo only when that gives exactly the reply a fresh engine computes for it.
+
+    The first question has a capital, so its reply is remembered by the folded question;
+    the second flips the case of letters anywhere after the ID (the name's, and any letter
+    among the flags, type and EDNS bytes, which must then not be served the first's reply).
+    """
+    letters = [True, *first_case]
+    opt = b"" if payload < 0 else b"\x00\x00\x29" + struct.pack(">H", payload) + b"\x00\x00"
+    opt += bytes((opt_flags, 0, 0, 0)) if opt else b""
+    labels = random_case(name, letters).split(".")
+    first = (
+        bytes((0x12, 0x34, rd, byte3, 0, 1, 0, 0, 0, 0, 0, 1 if opt else 0))
+        + b"".join(bytes((len(label),)) + label.encode() for label in labels)
+        + b"\x00"
+        + struct.pack(">HH", qtype, 1)
+        + opt
+    )
+    second = b"\x56\x78" + bytes(
+        b ^ 0x20 if flips[i % len(flips)] and chr(b).isalpha() and b < 0x80 else b
+        for i, b in enumerate(first[2:])
+    )
+    warmed, fresh = new_engine(), new_engine()
+    for engine in (warmed, fresh):
+        job = engine.handle(first, "127.0.0.1", NOW)
+        if isinstance(job, ForwardJob):
+            engine.finish(job, upstream_reply(job.query, [300], "answer"), NOW)
+    warmed.handle(first, "127.0.0.1", NOW)
+    got, want = warmed.handle(second, "127.0.0.1", NOW), fresh.handle(second, "127.0.0.1", NOW)
+    if isinstance(want, ForwardJob):
+        same_outcome(got, want)
+    else:
+        assert got == want
+    # And what dnslib makes of it, from the same cache.
+    same_outcome(got, fresh.handle_slow(second, "127.0.0.1", NOW))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(query=queries(), data=st.data())
+def test_answers_is_answers_question_once_the_id_matched(query: bytes, data: Any) -> None:
+    """The forwarder's per-reply check (question taken out once) decides as the full one."""
+    qr = 0x80 if data.draw(st.booleans()) else 0
+    reply = bytes((query[0], query[1], query[2] | qr)) + query[3:] if len(query) > 3 else query
+    if data.draw(st.booleans()):
+        reply = swap_name_case(reply)
+    response = mutations(reply, data) + data.draw(st.sampled_from([b"", b"\x00\x01rest"]))
+    response = query[:2] + response[2:]  # the ID matched: the channel's key
+    assert answers(response, question_of(query)) == answers_question(response, query)

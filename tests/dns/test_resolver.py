@@ -35,6 +35,7 @@ from .conftest import (
     FakeUpstream,
     ServerThread,
     config_protecting,
+    loop_held,
     make_config,
 )
 
@@ -244,6 +245,72 @@ def test_dead_upstream_gives_servfail_within_the_timeout(
     wait_for(lambda: len(silent.udp_queries) >= 2, "the retransmission to be recorded")
     assert len(silent.udp_queries) == 2  # one retransmission within the bound
     assert server.resolver.stats.servfail == 1
+
+
+def test_attempts_due_alike_share_one_timer_and_each_times_out(
+    resolver_factory: Callable[..., ServerThread],
+    fake_upstream_factory: Callable[..., FakeUpstream],
+) -> None:
+    """Misses read in one wake-up share their deadline's loop timer (deadlines are rounded
+    up to a tick), and every one of them still times out, is retransmitted once and gets
+    SERVFAIL."""
+    silent = fake_upstream_factory()
+    server = resolver_factory(make_config(timeout_s=1.0), [silent.endpoint])
+    forwarder = server.resolver.forwarder
+    names = [f"due{i}.fwd.test" for i in range(5)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(10)
+        with loop_held(server):
+            for name in names:
+                client.sendto(
+                    dns.message.make_query(name, "A").to_wire(), ("127.0.0.1", server.port)
+                )
+        wait_for(lambda: server.resolver.stats.forwards_in_flight == 5, "five misses in flight")
+        waiting = server.call(lambda: [len(due) for due in forwarder._due.values() if due])
+        # One timer, or two when a tick's end fell between them (the loop's clock moves on
+        # as timers start): never one per attempt.
+        assert sum(waiting) == 5 and len(waiting) <= 2, waiting
+        replies = [dns.message.from_wire(client.recv(4096)) for _ in names]
+    assert {r.question[0].name.to_text() for r in replies} == {f"{n}." for n in names}
+    assert all(r.rcode() == dns.rcode.SERVFAIL for r in replies)
+    wait_for(lambda: len(silent.udp_queries) == 10, "each sent twice (one retransmission)")
+    assert server.call(lambda: sum(len(due) for due in forwarder._due.values())) == 0
+
+
+def test_answered_attempts_leave_no_deadline_behind(
+    resolver_factory: Callable[..., ServerThread], dnsmasq: Dnsmasq
+) -> None:
+    server = resolver_factory(make_config(timeout_s=5.0), [dnsmasq.endpoint])
+    for i in range(3):
+        assert addresses(ask(server.endpoint, f"kept{i}.fwd.test")) == [FORWARDED_ADDRESS]
+    forwarder = server.resolver.forwarder
+    assert server.call(lambda: sum(len(due) for due in forwarder._due.values())) == 0
+    assert server.call(lambda: (server.resolver._pending, server.resolver._waiters)) == ({}, 0)
+
+
+def test_a_miss_with_no_upstream_to_ask_fails_at_once_and_leaves_nothing_in_flight(
+    resolver_factory: Callable[..., ServerThread], dnsmasq: Dnsmasq
+) -> None:
+    """The exchange ends before it is even returned (its only upstream loops): the client
+    gets SERVFAIL and the question is not left in flight for good (it would hold a slot of
+    :data:`FORWARD_MAX` and make every later query of the name wait on nothing)."""
+    server = resolver_factory(make_config(), [dnsmasq.endpoint])
+
+    def loops() -> None:
+        server.resolver.stats.upstreams[0].loops = True
+
+    server.call(loops)
+    for _ in range(2):
+        reply = dns.query.udp(
+            dns.message.make_query("nowhere.fwd.test", "A"),
+            "127.0.0.1",
+            port=server.port,
+            timeout=5,
+        )
+        assert reply.rcode() == dns.rcode.SERVFAIL
+    resolver = server.resolver
+    assert server.call(lambda: (resolver._pending, resolver._waiters)) == ({}, 0)
+    assert resolver.stats.forwards_in_flight == 0
 
 
 def test_a_reload_with_new_upstreams_ends_the_old_ones_exchanges(

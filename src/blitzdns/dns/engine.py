@@ -83,9 +83,10 @@ def _remember(
 
 #: A reply remembered for a question in any letter case (:attr:`FastView.folded`): where
 #: the question ends, the query's flags and counts and its bytes from the type on (both
-#: must be equal, not only alike), the reply's head and tail, and for a cache hit the
-#: entry and the age the tail was patched for (None and 0 for a local answer).
-Folded = tuple[int, bytes, bytes, bytes, bytes, Entry | None, int]
+#: must be equal, not only alike; None when no byte of either is a letter, see
+#: :func:`_remember_folded`), the reply's head and tail, and for a cache hit the entry and
+#: the age the tail was patched for (None and 0 for a local answer).
+Folded = tuple[int, bytes | None, bytes, bytes, bytes, Entry | None, int]
 
 
 def _remember_folded(
@@ -97,9 +98,21 @@ def _remember_folded(
     entry: Entry | None,
     age: int,
 ) -> None:
+    """Remember a reply for ``packet``'s question in any letter case.
+
+    A query whose bytes after its ID lower-case to the key has the same bytes as the
+    remembered one wherever the remembered one holds no letter: lower-casing turns only
+    A-Z into a-z, so a byte that lower-cases to a non-letter is that byte. When the flags,
+    counts, type, class and EDNS bytes hold no letter (the usual case: RD, type A or AAAA,
+    class IN, a payload of 1232 or 4096), the key alone proves them equal and the entry
+    says so with None in place of the bytes to compare (a hit then costs no slices).
+    """
     if len(folded) >= _REPLY_MEMO_LIMIT:
         folded.clear()
-    folded[packet[2:].lower()] = (qend, packet[2:12], packet[qend - 4 :], head, tail, entry, age)
+    fixed, trailer = packet[2:12], packet[qend - 4 :]
+    exact = fixed + trailer
+    compare = fixed if exact.lower() != exact.upper() else None
+    folded[packet[2:].lower()] = (qend, compare, trailer, head, tail, entry, age)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,13 +270,14 @@ class Engine:
         folded = fast.folded.get(after_id.lower())
         if folded is not None:
             qend, fixed, trailer, head, tail, entry, entry_age = folded
-            if packet[2:12] == fixed and packet[qend - 4 :] == trailer:
+            if fixed is None or (packet[2:12] == fixed and packet[qend - 4 :] == trailer):
+                # One join: three concatenations would make two more objects.
                 if entry is None:
                     self.stats.answered_local += 1
-                    return packet[:2] + head + packet[12:qend] + tail
+                    return b"".join((packet[:2], head, packet[12:qend], tail))
                 if now < entry[0] and int(now - entry[1]) == entry_age:
                     self.stats.cache_hits += 1
-                    return packet[:2] + head + packet[12:qend] + tail
+                    return b"".join((packet[:2], head, packet[12:qend], tail))
         shape = None if fast is _REFUSED else plain_shape(packet)
         if shape is None:
             return self.handle_slow(packet, client, now, udp)

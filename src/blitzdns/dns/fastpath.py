@@ -14,7 +14,8 @@ and the byte templates it answers from:
   precomputed tail whose owner names are compression pointers to the question (offset 12,
   RFC 1035 §4.1.4), so the reply echoes the question's exact letters (0x20 case
   randomisation) with no per-packet encoding.
-* :func:`upstream_query`, :func:`answers_question` and :func:`scan_response` serve the
+* :func:`upstream_query`, :func:`answers_question` (:func:`answers` with the question
+  taken out once) and :func:`scan_response` serve the
   forwarder and the cache: build the query sent upstream, check a reply belongs to it
   (ID and question, as dnspython's ``is_response``), and find every TTL field's offset so
   a cached reply can be served by patching bytes in place.
@@ -286,6 +287,32 @@ def answers_question(response: bytes, query: bytes) -> bool:
         and response[4:6] == b"\x00\x01"
         and response[12:qend].lower() == query[12:qend].lower()
         and response[qend : qend + 4] == query[qend : qend + 4]
+    )
+
+
+def question_of(query: bytes) -> bytes:
+    """``query``'s question as bytes (name, type, class) for :func:`answers`; b"" if none."""
+    qend = name_end(query)
+    return b"" if qend < 0 or len(query) < qend + 4 else query[12 : qend + 4]
+
+
+def answers(response: bytes, question: bytes) -> bool:
+    """:func:`answers_question` for a ``response`` whose ID is known to match, given the
+    query's :func:`question_of`: the forwarder's check per upstream reply.
+
+    Upstreams echo the question's letters, so the bytes compare equal at once; only when
+    they do not are the name's letters compared case-insensitively.
+    """
+    end = 12 + len(question)
+    if end == 12 or len(response) < end or not response[2] & QR_BYTE2:
+        return False
+    if response[4:6] != b"\x00\x01":
+        return False
+    if response.startswith(question, 12):
+        return True
+    return (
+        response[12 : end - 4].lower() == question[:-4].lower()
+        and response[end - 4 : end] == question[-4:]
     )
 
 

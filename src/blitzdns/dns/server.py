@@ -42,7 +42,7 @@ from blitzdns.dns.quiet import LogLimiter
 from blitzdns.dns.rfc import SERVFAIL
 from blitzdns.dns.stats import ResolverStats, UpstreamHealth
 from blitzdns.dns.table import Table
-from blitzdns.dns.upstream import OUT_OF_DESCRIPTORS, Forwarder
+from blitzdns.dns.upstream import OUT_OF_DESCRIPTORS, Exchange, Forwarder
 from blitzdns.errors import (
     AddressInUse,
     BlitzdnsError,
@@ -122,7 +122,8 @@ class Resolver:
         self._tcp_clients: dict[str, int] = {}
         #: Connections waiting between messages with nothing owed, longest idle first.
         self._idle: dict[asyncio.StreamWriter, str] = {}
-        self._pending: dict[bytes, asyncio.Future[bytes | None]] = {}
+        #: Forwarded questions in flight (cache key -> the exchange and who waits for it).
+        self._pending: dict[bytes, _Flight] = {}
         #: Clients waiting for one of the exchanges in ``_pending``.
         self._waiters = 0
         #: SERVFAIL replies a second to UDP queries past the caps (see ``_overflow``).
@@ -294,7 +295,8 @@ class Resolver:
             server.close()
         for writer in list(self._connections):
             _abort(writer)
-        running = [*self._tasks, *self._pending.values()]
+        self._ground()
+        running = [*self._tasks]
         for task in running:
             task.cancel()
         if running:
@@ -386,28 +388,62 @@ class Resolver:
         self.stats.servfail += 1
         return error_reply(packet, question_end(packet), SERVFAIL, -1)
 
-    def _exchange(self, job: ForwardJob) -> asyncio.Future[bytes | None] | None:
-        """The upstream exchange ``job`` waits for: a new one, or the one its question shares.
+    def _join(
+        self, job: ForwardJob, sink: _ReplySink | asyncio.Future[bytes | None], address: Any
+    ) -> bool:
+        """Wait for ``job``'s upstream exchange: a new one, or the one its question shares.
 
-        None past the caps (:data:`FORWARD_MAX` questions in flight, :data:`WAITERS_MAX`
-        clients waiting on them): the caller answers SERVFAIL at once (:meth:`_overflow`).
+        The reply goes to ``sink`` (a UDP transport or batch reader, with ``address``; or a
+        TCP query's future) when the exchange ends — possibly before this returns. False
+        past the caps (:data:`FORWARD_MAX` questions in flight, :data:`WAITERS_MAX` clients
+        waiting on them): the caller answers SERVFAIL at once (:meth:`_overflow`).
         """
         if self._waiters >= WAITERS_MAX:
-            return None
-        shared = self._pending.get(job.key)
-        if shared is None:
-            if len(self._pending) >= FORWARD_MAX:
-                return None
-            shared = self.forwarder.start(job.query)
-            self._pending[job.key] = shared
-            shared.add_done_callback(lambda _: self._exchange_done(job.key))
-            self.stats.forwards_in_flight = len(self._pending)
-        self._waiters += 1
-        return shared
-
-    def _exchange_done(self, key: bytes) -> None:
-        self._pending.pop(key, None)
+            return False
+        flight = self._pending.get(job.key)
+        if flight is not None:
+            flight.waiters.append((job, sink, address))
+            self._waiters += 1
+            return True
+        if len(self._pending) >= FORWARD_MAX:
+            return False
+        # In ``_pending`` before it starts: an exchange with nobody to ask ends at once.
+        flight = self._pending[job.key] = _Flight(self, job.key, (job, sink, address))
         self.stats.forwards_in_flight = len(self._pending)
+        self._waiters += 1
+        flight.exchange = self.forwarder.ask(job.query, flight.landed)
+        return True
+
+    def _landed(self, flight: _Flight, reply: bytes | None, error: BaseException | None) -> None:
+        """``flight``'s exchange ended: every client waiting on it gets its reply."""
+        if self._pending.get(flight.key) is flight:
+            del self._pending[flight.key]
+            self.stats.forwards_in_flight = len(self._pending)
+        for job, sink, address in flight.waiters:
+            if isinstance(sink, asyncio.Future):
+                if not sink.done():  # else its TCP query was cancelled (and counted)
+                    self._waiters -= 1
+                    sink.set_result(self._finish(job, reply, error))
+                continue
+            self._waiters -= 1
+            out = self._finish(job, reply, error)
+            if out is not None and not sink.is_closing():
+                sink.sendto(out, address)
+            if self.verbose:
+                self._trace(job.client, job.packet, out, True)
+
+    def _ground(self) -> None:
+        """Closing: the exchanges in flight are abandoned, their clients get nothing."""
+        flights = list(self._pending.values())
+        self._pending.clear()
+        self.stats.forwards_in_flight = 0
+        for flight in flights:
+            if flight.exchange is not None:
+                flight.exchange.cancel()
+            for _, sink, _ in flight.waiters:
+                if isinstance(sink, asyncio.Future) and not sink.done():
+                    sink.set_result(None)
+        self._waiters = 0
 
     def _overflow(self, job: ForwardJob, *, udp: bool = True) -> bytes | None:
         """SERVFAIL at once for a query past the caps on forwarding, or nothing.
@@ -444,46 +480,38 @@ class Resolver:
         self.stats.servfail += 1
         return error_reply(job.packet, job.qend, SERVFAIL, job.edns)
 
-    def _finish(self, job: ForwardJob, exchange: asyncio.Future[bytes | None]) -> bytes | None:
-        """The client's reply once ``exchange`` is over (None: the resolver is closing)."""
-        self._waiters -= 1
-        if exchange.cancelled():
-            return None
+    def _finish(
+        self, job: ForwardJob, reply: bytes | None, error: BaseException | None
+    ) -> bytes | None:
+        """The client's reply once its exchange ended with ``reply`` (or ``error``: a bug)."""
+        if error is not None:
+            return self._crashed(job.packet, job.client, error)
         try:
-            return self.engine.finish(job, exchange.result(), asyncio.get_running_loop().time())
+            return self.engine.finish(job, reply, asyncio.get_running_loop().time())
         except Exception:
             return self._crashed(job.packet, job.client)
 
     async def _answer(self, job: ForwardJob) -> bytes | None:
         """The reply for ``job`` (TCP): identical questions in flight share one exchange."""
-        exchange = self._exchange(job)
-        if exchange is None:
+        reply: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        if not self._join(job, reply, None):
             return self._overflow(job, udp=False)
         try:
-            await asyncio.wait((exchange,))
+            return await reply
         except asyncio.CancelledError:
-            self._waiters -= 1
+            if reply.cancelled():  # not answered: still counted as waiting
+                self._waiters -= 1
             raise
-        return self._finish(job, exchange)
 
     def forward_udp(self, job: ForwardJob, transport: _ReplySink, address: Any) -> bytes | None:
         """Start (or join) the exchange for a UDP query: a reply now only past the caps.
 
-        No task per query: the reply is sent from the exchange's done callback.
+        No task, future or closure per query: the reply is sent when the exchange ends
+        (:meth:`_landed`).
         """
-        exchange = self._exchange(job)
-        if exchange is None:
-            return self._overflow(job)
-
-        def send(done: asyncio.Future[bytes | None]) -> None:
-            reply = self._finish(job, done)
-            if reply is not None and not transport.is_closing():
-                transport.sendto(reply, address)
-            if self.verbose:
-                self._trace(job.client, job.packet, reply, True)
-
-        exchange.add_done_callback(send)
-        return None
+        if self._join(job, transport, address):
+            return None
+        return self._overflow(job)
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """The event loop's own reports: out-of-descriptors ones (``accept`` on the TCP
@@ -707,6 +735,25 @@ class _ReplySink(Protocol):
     def sendto(self, data: bytes, address: Any, /) -> None: ...
 
     def is_closing(self) -> bool: ...
+
+
+#: A client waiting for a forwarded question: its job, where its reply goes, the address.
+_Waiter = tuple[ForwardJob, "_ReplySink | asyncio.Future[bytes | None]", Any]
+
+
+class _Flight:
+    """A forwarded question in flight: its upstream exchange and the clients waiting."""
+
+    __slots__ = ("exchange", "key", "resolver", "waiters")
+
+    def __init__(self, resolver: Resolver, key: bytes, first: _Waiter) -> None:
+        self.resolver = resolver
+        self.key = key
+        self.waiters = [first]
+        self.exchange: Exchange | None = None
+
+    def landed(self, reply: bytes | None, error: BaseException | None) -> None:
+        self.resolver._landed(self, reply, error)
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):

@@ -21,22 +21,27 @@ A truncated reply (TC, RFC 1035 §4.2.1) is asked again over TCP (RFC 7766 §5).
 are tried healthiest first; with a single upstream the query is retransmitted once. The
 whole exchange is bounded by ``timeout_s``: a dead upstream means SERVFAIL in time.
 
-An exchange (:class:`_Exchange`) is callbacks on the event loop, not a task: the reply's
-datagram, or the attempt's timer, moves it on. A forwarded miss is the resolver's most
-expensive case, and a task with a timeout context per query cost more than the rest of the
-exchange together (issue #18). Only the rare TCP retry runs as a task.
+An exchange (:class:`Exchange`) is callbacks on the event loop, not a task: the reply's
+datagram, or the attempt's deadline, moves it on, and its end calls the caller's function
+(:meth:`Forwarder.ask`; :meth:`Forwarder.start` wraps it in a future). A forwarded miss is
+the resolver's most expensive case (issue #18): a task with a timeout context per query
+cost more than the rest of the exchange together, and a future with its done callbacks,
+or a loop timer per attempt, cost several microseconds each. So attempts' deadlines are
+rounded up to :data:`DEADLINE_TICK` and the attempts due alike share one loop timer
+(:meth:`Forwarder._watch`). Only the rare TCP retry runs as a task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import os
 import socket
 from collections.abc import Callable, Sequence
 
 from blitzdns.config import Endpoint
-from blitzdns.dns.fastpath import answers_question
+from blitzdns.dns.fastpath import answers, answers_question, question_of
 from blitzdns.dns.rfc import MAX_MESSAGE, TC_BYTE2
 from blitzdns.dns.stats import UpstreamHealth
 
@@ -46,6 +51,13 @@ SOCKETS_PER_UPSTREAM = 16
 SOCKET_USES = 64
 #: The process (or the system) is out of descriptors: not the upstream's fault.
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+#: Attempts' deadlines are rounded up to this (seconds, a binary fraction): those due in
+#: the same tick share one loop timer. An attempt may wait up to this much longer.
+DEADLINE_TICK = 1 / 128
+
+#: How an exchange ends: the reply (None: no acceptable one in time), or the error that
+#: ended it (a bug's; the reply is then None).
+OnDone = Callable[[bytes | None, BaseException | None], None]
 
 
 class RandomBits:
@@ -102,12 +114,13 @@ class _Channel:
         self.health = health
         self.uses = 0
         self.retired = False
-        #: ID → (the message sent, the exchange its reply goes to).
-        self.waiting: dict[int, tuple[bytes, _Exchange]] = {}
+        #: ID → the exchange waiting for its reply (its ``question`` is what the reply
+        #: must carry).
+        self.waiting: dict[int, Exchange] = {}
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sock.fileno(), self._readable)
 
-    def send(self, query: bytes, exchange: _Exchange) -> int:
+    def send(self, query: bytes, exchange: Exchange) -> int:
         """Send ``query`` for ``exchange`` under a fresh random ID no other waiting query
         here has; the ID."""
         waiting = self.waiting
@@ -116,7 +129,7 @@ class _Channel:
             if query_id not in waiting:
                 break
         message = query_id.to_bytes(2, "big") + query[2:]
-        waiting[query_id] = (message, exchange)
+        waiting[query_id] = exchange
         self.uses += 1
         try:
             self.sock.send(message)
@@ -140,12 +153,13 @@ class _Channel:
             return
         except OSError as exc:
             # ICMP unreachable and the like: about the upstream, so for every query.
-            for _, exchange in list(self.waiting.values()):
+            for exchange in list(self.waiting.values()):
                 exchange.failed(exc)
             return
-        found = self.waiting.get(int.from_bytes(data[:2], "big")) if len(data) >= 2 else None
-        if found is not None and answers_question(data, found[0]):
-            found[1].received(data)
+        found = self.waiting.get(data[0] << 8 | data[1]) if len(data) >= 2 else None
+        # The ID matched (the key): the rest of answers_question.
+        if found is not None and answers(data, found.question):
+            found.received(data)
         else:
             self.health.mismatched += 1
 
@@ -204,13 +218,17 @@ class SocketPool:
         """
         self.closed = True
         channels = (*(c for cs in self._open.values() for c in cs), *self._retired)
-        waiting = [exchange for channel in channels for _, exchange in channel.waiting.values()]
+        waiting = [exchange for channel in channels for exchange in channel.waiting.values()]
         for channel in channels:
             channel.close()
         self._open.clear()
         self._retired.clear()
         for exchange in waiting:
             exchange.abandon()
+
+
+#: The attempts with a single upstream: it, then one retransmission (one tuple for all).
+_ONE_UPSTREAM = (0, 0)
 
 
 class Forwarder:
@@ -229,27 +247,65 @@ class Forwarder:
         self.timeout_s = timeout_s
         self.pool = SocketPool()
         self.on_local_error = on_local_error
+        #: Attempts waiting for a reply, by their (rounded) deadline; one timer per key.
+        self._due: dict[float, set[Exchange]] = {}
 
     def close(self) -> None:
         """Close every socket; exchanges in flight end unanswered (SERVFAIL to their
         clients) instead of moving on to the upstreams this forwarder had (a reload)."""
         self.pool.close()
 
-    def _order(self) -> list[int]:
+    def _order(self) -> Sequence[int]:
         """Healthy upstreams first, then failing ones; looping ones never."""
         if len(self.health) == 1:
-            return [] if self.health[0].loops else [0, 0]
+            return () if self.health[0].loops else _ONE_UPSTREAM
         usable = [i for i, h in enumerate(self.health) if not h.loops]
         usable.sort(key=lambda i: not self.health[i].ok)
         return usable * 2 if len(usable) == 1 else usable
 
+    def ask(self, query: bytes, on_done: OnDone) -> Exchange:
+        """Ask for ``query`` (its ID is replaced); ``on_done`` is called once with the first
+        acceptable reply, or None when none came in time — possibly before this returns
+        (no upstream to ask). :meth:`Exchange.cancel` abandons it without a call."""
+        exchange = Exchange(self, asyncio.get_running_loop(), query, on_done)
+        exchange.next_attempt()
+        return exchange
+
     def start(self, query: bytes) -> asyncio.Future[bytes | None]:
-        """Ask for ``query`` (its ID is replaced): a future of the first acceptable reply,
-        or None when none came in time. Cancelling the future abandons the exchange."""
-        loop = asyncio.get_running_loop()
-        result: asyncio.Future[bytes | None] = loop.create_future()
-        _Exchange(self, loop, query, result).next_attempt()
+        """:meth:`ask` as a future of the reply. Cancelling the future abandons the exchange."""
+        result: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+
+        def done(reply: bytes | None, error: BaseException | None) -> None:
+            if result.done():
+                return
+            if error is None:
+                result.set_result(reply)
+            else:
+                result.set_exception(error)
+
+        exchange = self.ask(query, done)
+        result.add_done_callback(lambda _: exchange.cancel())
         return result
+
+    def _watch(self, exchange: Exchange, at: float, loop: asyncio.AbstractEventLoop) -> float:
+        """Time ``exchange``'s attempt out at ``at`` (rounded up to the tick); the key."""
+        due = math.ceil(at / DEADLINE_TICK) * DEADLINE_TICK
+        waiting = self._due.get(due)
+        if waiting is None:
+            waiting = self._due[due] = set()
+            loop.call_at(due, self._expire, due)
+        waiting.add(exchange)
+        return due
+
+    def _unwatch(self, exchange: Exchange, due: float) -> None:
+        waiting = self._due.get(due)
+        if waiting is not None:
+            waiting.discard(exchange)
+
+    def _expire(self, due: float) -> None:
+        """The attempts due now that still wait time out (each moves on or ends)."""
+        for exchange in list(self._due.pop(due, ())):
+            exchange.timed_out()
 
     async def resolve(self, query: bytes) -> bytes | None:
         """The first acceptable reply to ``query`` (its ID is replaced), or None in time."""
@@ -276,13 +332,13 @@ class Forwarder:
                 writer.close()
 
 
-class _Exchange:
-    """One query's way through the upstreams (what ``resolve`` awaits), as callbacks.
+class Exchange:
+    """One query's way through the upstreams, as callbacks.
 
     Attempts go in :meth:`Forwarder._order`, each over UDP with its share of what is left
     of ``timeout_s``; a truncated reply is asked again over TCP (a task) within the whole
-    deadline. Each step first looks whether ``result`` is done already (the caller
-    cancelled it, or a reply came): then it only lets go of what it holds.
+    deadline. The end calls ``on_done`` once; after it, or after :meth:`cancel`, each step
+    only lets go of what it holds.
     """
 
     __slots__ = (
@@ -290,13 +346,16 @@ class _Exchange:
         "budget",
         "channel",
         "deadline",
+        "due",
+        "finished",
         "forwarder",
         "index",
         "loop",
+        "on_done",
         "query",
         "query_id",
-        "result",
-        "timer",
+        "question",
+        "tcp",
     )
 
     def __init__(
@@ -304,29 +363,47 @@ class _Exchange:
         forwarder: Forwarder,
         loop: asyncio.AbstractEventLoop,
         query: bytes,
-        result: asyncio.Future[bytes | None],
+        on_done: OnDone,
     ) -> None:
         self.forwarder = forwarder
         self.loop = loop
         self.query = query
-        self.result = result
+        #: What a reply must carry (:func:`~blitzdns.dns.fastpath.answers`).
+        self.question = question_of(query)
+        self.on_done = on_done
+        self.finished = False
         self.deadline = loop.time() + forwarder.timeout_s
         self.attempts = forwarder._order()
         self.index = -1
         self.budget = 0.0
         self.channel: _Channel | None = None
         self.query_id = 0
-        self.timer: asyncio.TimerHandle | None = None
+        #: The current attempt's key in :attr:`Forwarder._due` (0: none).
+        self.due = 0.0
+        self.tcp: asyncio.Task[bytes] | None = None
+
+    def _end(self, reply: bytes | None, error: BaseException | None = None) -> None:
+        self.finished = True
+        if self.tcp is not None:
+            self.tcp.cancel()
+        self.on_done(reply, error)
+
+    def cancel(self) -> None:
+        """Abandon the exchange: no call to ``on_done`` (the caller went away)."""
+        self.finished = True
+        self._release()
+        if self.tcp is not None:
+            self.tcp.cancel()
 
     def next_attempt(self) -> None:
         """Send to the next upstream in order; the result is None when none is left."""
         forwarder, attempts = self.forwarder, self.attempts
-        while not self.result.done():
+        while not self.finished:
             self.index += 1
             now = self.loop.time()
             remaining = self.deadline - now
             if self.index >= len(attempts) or remaining <= 0 or forwarder.pool.closed:
-                self.result.set_result(None)
+                self._end(None)
                 return
             self.budget = remaining / (len(attempts) - self.index)
             upstream = attempts[self.index]
@@ -339,14 +416,14 @@ class _Exchange:
                     return
                 continue
             self.channel = channel
-            self.timer = self.loop.call_at(now + self.budget, self._timed_out)
+            self.due = forwarder._watch(self, now + self.budget, self.loop)
             return
 
     def _release(self) -> None:
-        """Stop waiting on the current attempt's socket and timer."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        """Stop waiting on the current attempt's socket and deadline."""
+        if self.due:
+            self.forwarder._unwatch(self, self.due)
+            self.due = 0.0
         channel, self.channel = self.channel, None
         if channel is not None:
             channel.forget(self.query_id)
@@ -354,8 +431,8 @@ class _Exchange:
     def abandon(self) -> None:
         """The forwarder closed: let go of the attempt, no reply (see :meth:`SocketPool.close`)."""
         self._release()
-        if not self.result.done():
-            self.result.set_result(None)
+        if not self.finished:
+            self._end(None)
 
     def _health(self) -> UpstreamHealth:
         return self.forwarder.health[self.attempts[self.index]]
@@ -363,7 +440,7 @@ class _Exchange:
     def received(self, reply: bytes) -> None:
         """The current attempt's reply came (its ID and question checked)."""
         self._release()
-        if self.result.done():
+        if self.finished:
             return
         if reply[2] & TC_BYTE2:
             upstream = self.attempts[self.index]
@@ -373,30 +450,30 @@ class _Exchange:
                 self.deadline - self.loop.time(),
                 self.forwarder.health[upstream],
             )
-            task = self.loop.create_task(retry)
-            task.add_done_callback(self._tcp_done)
-            self.result.add_done_callback(lambda _: task.cancel())
+            self.tcp = self.loop.create_task(retry)
+            self.tcp.add_done_callback(self._tcp_done)
             return
         self._health().succeeded()
-        self.result.set_result(reply)
+        self._end(reply)
 
     def _tcp_done(self, task: asyncio.Task[bytes]) -> None:
-        if self.result.done() or task.cancelled():
+        if self.finished or task.cancelled():
             return
         error = task.exception()
         if error is None:
             self._health().succeeded()
-            self.result.set_result(task.result())
+            self._end(task.result())
         elif isinstance(error, TimeoutError):
-            self._timed_out()
+            self.timed_out()
         elif isinstance(error, OSError | asyncio.IncompleteReadError):
             self.failed(error)
         else:
-            self.result.set_exception(error)
+            self._end(None, error)
 
-    def _timed_out(self) -> None:
+    def timed_out(self) -> None:
+        """The current attempt's time is up (:meth:`Forwarder._expire`, or TCP's)."""
         self._release()
-        if self.result.done():
+        if self.finished:
             return
         self._health().failed(f"no reply within {self.budget:.2f} s", timeout=True)
         self.next_attempt()
@@ -404,7 +481,7 @@ class _Exchange:
     def failed(self, error: OSError | asyncio.IncompleteReadError) -> None:
         """The current attempt failed (an ICMP error on its socket, a TCP failure)."""
         self._release()
-        if self.result.done():
+        if self.finished:
             return
         if isinstance(error, OSError):
             if self._stop(error, self._health()):
@@ -418,7 +495,7 @@ class _Exchange:
         if error.errno in OUT_OF_DESCRIPTORS:
             if self.forwarder.on_local_error is not None:
                 self.forwarder.on_local_error(error)
-            self.result.set_result(None)
+            self._end(None)
             return True
         health.failed(_describe(error))
         return False
