@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> None:
             from blitzdns import classcode  # noqa: PLC0415
 
             classcode.start()
+            # asyncssh without its file-transfer modules (tunnel.nosftp), until the link's
+            # code is loaded.
+            from tunnel import nosftp  # noqa: PLC0415
+
+            nosftp.start()
             from blitzdns.daemon import run_main  # noqa: PLC0415  (run never loads typer)
 
             sys.exit(run_main(args[1:]))
