@@ -86,6 +86,14 @@ def test_what_cannot_or_should_not_start_again_goes_on_as_it_is() -> None:
     assert command(main_module="pytest.__main__", argv0="/venv/bin/blitzdns") is None
 
 
+def test_the_process_keeps_the_script_s_name(tmp_path: Path) -> None:
+    comm = tmp_path / "comm"
+    comm.write_text("python3.11\n")
+    optlevel.keep_name("/venv/bin/blitzdns", str(comm))
+    assert comm.read_text() == "blitzdns"
+    optlevel.keep_name("/venv/bin/blitzdns", str(tmp_path / "absent" / "comm"))  # no error
+
+
 def test_bytecode_is_usable_where_it_is_or_can_be_written(
     tmp_path: Path, in_child: ChildRunner
 ) -> None:
@@ -159,6 +167,7 @@ def test_the_daemon_runs_at_OO_and_reaches_link_up(sshd: Sshd, tmp_path: Path) -
             sys.executable, "-OO", BLITZDNS, "run", "--config", str(config),
             "--control-socket", str(tmp_path / "c"),
         ]  # fmt: skip
+        assert Path(f"/proc/{daemon.pid}/comm").read_text() == "blitzdns\n"  # as before
         assert list(prefix.rglob("asyncssh/connection.*.opt-2.pyc"))
     finally:
         daemon.send_signal(signal.SIGTERM)
