@@ -733,7 +733,8 @@ NOTES = {
     "daemon exec → ready": "nearly all before the SSH connect, and CPU-bound (so the load "
     "stretches it; the peer's ssh needs ~0.08 s of CPU): ~0.2 s of CPU, nearly all imports "
     "(callgrind, ~0.8 G instructions): asyncssh + cryptography ~45% (asyncssh's __init__ "
-    "loads every submodule: sftp, scp, process, server, ...), blitzdns/tunnel modules and "
+    "loads every submodule: process, server, ...; sftp and scp are placeholders in run), "
+    "the -OO restart ~5% (a second interpreter start), blitzdns/tunnel modules and "
     "the stdlib they load ~25%, the interpreter with typing/inspect/dataclasses ~18%, "
     "asyncio + uvloop + the ssl it loads ~14%; the methods dataclasses generates are "
     "compiled once and kept beside the bytecode (blitzdns/classcode.py: -20% of the import "
@@ -743,7 +744,10 @@ NOTES = {
     "daemon RSS idle": "interpreter 8.6 MB, asyncio + uvloop + the ssl it loads 11.7 MB, "
     "asyncssh + cryptography ~16.5 MB (8.9 MB of it cryptography's Rust library, 6 MB of "
     "that clean code pages), blitzdns/tunnel modules ~7.5 MB, state after start ~2.5 MB; "
-    "by kind: ~25 MB file-backed code, ~24 MB Python heap (interned names, code, classes)",
+    "by kind: ~25 MB file-backed code, ~24 MB Python heap (interned names, code, classes); "
+    "run starts again at python -OO (no docstrings: -1.8 MB; blitzdns/optlevel.py) and "
+    "leaves asyncssh's sftp and scp out (-0.7 MB; tunnel/nosftp.py); the Rust library's "
+    "resident size follows the page cache's folio sizes (7.0-8.9 MB for the same code)",
 }
 
 

@@ -47,7 +47,16 @@ from blitzdns.plan import notes
 from blitzdns.snapshot import Snapshot, snapshot
 from blitzdns.system import privileges, sdnotify
 from blitzdns.system.record import resolver_installed, saved_upstreams
-from tunnel import Forward, Gateway, LinkStatus, RelayLimits, TunnelOptions, UdpForward, early
+from tunnel import (
+    Forward,
+    Gateway,
+    LinkStatus,
+    RelayLimits,
+    TunnelOptions,
+    UdpForward,
+    early,
+    nosftp,
+)
 
 if TYPE_CHECKING:
     from blitzdns.guard_service import GuardService
@@ -121,13 +130,15 @@ def end_of_start() -> None:
     """The start's imports and set-up are over: if the entry point turned the cyclic
     collector off for them (:func:`blitzdns.entry.main`), move what they made to the
     permanent generation (``gc.freeze``: later collections skip it) and turn it on again;
-    ``dataclasses`` compiles as usual again (:func:`blitzdns.classcode.finish`).
+    ``dataclasses`` compiles as usual again (:func:`blitzdns.classcode.finish`), asyncssh's
+    left-out modules would load in full (:func:`tunnel.nosftp.finish`).
 
     Called when the link's first attempt has ended (asyncssh is imported by then) or, with
     no tunnel, when the resolver serves. A daemon run in-process (the demo, tests) keeps
     the collector as it found it.
     """
     classcode.finish()
+    nosftp.finish()
     if not gc.isenabled():
         gc.freeze()
         gc.enable()
@@ -460,6 +471,7 @@ class Daemon:
         if user is not None and dropping:
             preload_modules(None if self.tunnel is None else config.tunnel.backend)
             classcode.finish()  # written while the bytecode cache is still writable
+            nosftp.finish()
             privileges.drop_privileges(user)
             log.info("running as %s (kept CAP_NET_BIND_SERVICE only)", user.pw_name)
 

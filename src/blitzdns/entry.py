@@ -12,12 +12,22 @@ from __future__ import annotations
 import gc
 import sys
 
-from blitzdns.errors import Told, explain
+TYPE_CHECKING = False  # typing's would load typing before run starts again at -OO
+if TYPE_CHECKING:
+    from blitzdns.errors import Told
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run one command; a user's mistake ends as ``blitzdns: <what and what to do>``."""
     args = sys.argv[1:] if argv is None else argv
+    if argv is None and args[:1] == ["run"]:
+        # The daemon without docstrings (~1.7 MB): this process starts again at -OO when
+        # that is safe (blitzdns.optlevel); before anything else is imported.
+        from blitzdns.optlevel import run_optimized  # noqa: PLC0415
+
+        run_optimized(args)
+    from blitzdns.errors import explain  # noqa: PLC0415  (after the -OO start: it loads tunnel)
+
     try:
         if args[:1] == ["run"]:
             # The start creates ~100k objects that live as long as the daemon (modules,
@@ -30,6 +40,11 @@ def main(argv: list[str] | None = None) -> None:
             from blitzdns import classcode  # noqa: PLC0415
 
             classcode.start()
+            # asyncssh without its file-transfer modules (tunnel.nosftp), until the link's
+            # code is loaded.
+            from tunnel import nosftp  # noqa: PLC0415
+
+            nosftp.start()
             from blitzdns.daemon import run_main  # noqa: PLC0415  (run never loads typer)
 
             sys.exit(run_main(args[1:]))
@@ -63,6 +78,8 @@ def click_error(exc: BaseException) -> Told | None:
     prompt) is status 1, as click gives it.
     """
     import typer  # noqa: PLC0415  (only the CLI's errors come here; run never loads it)
+
+    from blitzdns.errors import Told  # noqa: PLC0415
 
     if isinstance(exc, typer.Abort):
         return Told("aborted", 1)

@@ -15,11 +15,16 @@ PyOpenSSL is missing the module is therefore not tried at all: the same asyncssh
 about 11% of the run path's import work (callgrind: 1.10 → 0.98 G instructions for the
 daemon's whole import set) and ~1 MB of the idle daemon's memory. With PyOpenSSL
 installed nothing is blocked and X.509 works as before.
+
+In ``blitzdns run`` asyncssh's file-transfer modules are placeholders (:mod:`tunnel.nosftp`);
+an asyncssh that does not import with them is imported again in full, with a warning.
 """
 
 import importlib.util
+import logging
 import sys
 
+from tunnel import nosftp
 from tunnel.libfind import cheap_find_library
 
 #: asyncssh's own module, blocked only while asyncssh is first imported (``None`` in
@@ -32,16 +37,33 @@ def x509_usable() -> bool:
     return importlib.util.find_spec("OpenSSL") is not None
 
 
-if "asyncssh" in sys.modules or x509_usable():  # imported already, or X.509 works: as is
-    with cheap_find_library():
-        import asyncssh
-else:
+def _import() -> None:
+    if "asyncssh" in sys.modules or x509_usable():  # imported already, or X.509 works: as is
+        with cheap_find_library():
+            importlib.import_module("asyncssh")
+        return
     sys.modules.setdefault(X509_MODULE, None)  # type: ignore[arg-type]
     try:
         with cheap_find_library():
-            import asyncssh
+            importlib.import_module("asyncssh")
     finally:
         if sys.modules.get(X509_MODULE, 0) is None:
             del sys.modules[X509_MODULE]
+
+
+try:
+    _import()
+except Exception as error:
+    if not nosftp.in_force():
+        raise
+    nosftp.give_up("asyncssh")
+    logging.getLogger(__name__).warning(
+        "asyncssh did not import without %s (%s): imported in full",
+        " and ".join(nosftp.LEFT_OUT),
+        error,
+    )
+    _import()
+
+import asyncssh  # noqa: E402  (imported above: the name)
 
 __all__ = ["asyncssh"]

@@ -9,6 +9,7 @@ where bytecode is, and a table that does not load is ignored.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import marshal
 import os
 import signal
@@ -119,6 +120,15 @@ def test_the_second_start_compiles_nothing(table: Path) -> None:
     check(namespace)
     assert table.stat().st_mtime_ns == written  # nothing new: not written again
     assert "exec" not in vars(dataclasses)
+
+
+def test_a_class_without_a_docstring_is_not_signed_while_in_force(table: Path) -> None:
+    """dataclasses reads a class's signature only to write its docstring (every class's at
+    -OO, as the daemon runs): skipped while the table is in force, back after."""
+    namespace, _, _ = one_start()
+    assert namespace["Point"].__doc__ == "Point"  # dataclasses's fallback: the name
+    assert dataclasses.inspect is inspect  # type: ignore[attr-defined]
+    assert build()["Point"].__doc__.startswith("Point(x: ")  # its signature, as before
 
 
 def test_a_name_already_at_the_temporary_path_is_not_written_through(table: Path) -> None:
