@@ -23,12 +23,27 @@ def test_libsodium_is_used_where_the_system_has_it() -> None:
     assert (poly1305.sodium() is not None) == (find_library("sodium") is not None)
 
 
+async def test_libsodium_is_loaded_at_the_first_connection_not_before(
+    options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle daemon's link (its key exchange and authentication are chacha20 packets
+    too) does not map libsodium; the first carried connection does."""
+    monkeypatch.setattr(poly1305, "_lib", None)
+    assert options.ssh_config is not None
+    options.ssh_config.write_text("Host *\n  Ciphers chacha20-poly1305@openssh.com\n")
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        await link_up(tunnel)
+        assert poly1305._lib is None
+        assert await exchange(*forward.mouth, b"first\n") == b"first\n"
+        assert poly1305._lib is poly1305.sodium()
+
+
 @pytest.mark.parametrize("library", ["found", "absent"])
 def test_tags_are_cryptographys_for_every_kind_of_input(
     library: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if library == "absent":  # where libsodium is missing: cryptography's, same answers
-        monkeypatch.setattr(poly1305, "sodium", lambda: None)
+    monkeypatch.setattr(poly1305, "_lib", poly1305.sodium() if library == "found" else None)
     rng = random.Random(18)
     for length in LENGTHS:
         key = rng.randbytes(32)
@@ -78,8 +93,9 @@ async def test_chacha_connections_carry_with_or_without_libsodium(
 ) -> None:
     """sshd checks every tag we make and we check its: short lines (libsodium's tags where
     found) and a 20 KiB line (packets over SHORT: cryptography's) both ways."""
-    if library == "absent":
+    if library == "absent":  # where libsodium is missing: cryptography's tags
         monkeypatch.setattr(poly1305, "sodium", lambda: None)
+        monkeypatch.setattr(poly1305, "_lib", None)
     assert options.ssh_config is not None
     options.ssh_config.write_text("Host *\n  Ciphers chacha20-poly1305@openssh.com\n")
     forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)

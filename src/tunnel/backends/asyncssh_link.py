@@ -27,7 +27,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any, cast
 
-from tunnel.backends import asyncssh_patches
+from tunnel.backends import asyncssh_patches, poly1305
 from tunnel.backends.chaff import drop_needless_chaff
 from tunnel.backends.direct import DirectTCPChannel
 from tunnel.backends.inline import Inline
@@ -190,6 +190,7 @@ class SSHLink:
     def carry(self, flow: Flow) -> None:
         """Wrap the flow's socket in a transport, then open its channel: no task, the
         steps run in the loop's callbacks (:class:`tunnel.backends.inline.Inline`)."""
+        poly1305.want()
         side = _ClientSide(self, flow)
         flow.stop = side.cut
         loop = asyncio.get_running_loop()
