@@ -70,7 +70,9 @@ def sodium() -> Any | None:
     if name is None:
         return None
     try:
-        lib = ctypes.CDLL(name)
+        # PyDLL: the calls keep the GIL (they take ~0.5-1 us; a release would let another
+        # thread of the process take it, and this one could then wait its switch interval).
+        lib = ctypes.PyDLL(name)
     except OSError:
         return None
     return lib if _checked(lib) else None
