@@ -6,10 +6,15 @@ import ctypes
 import random
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
+from tests.peers import free_port
+from tunnel import Forward, Tunnel, TunnelOptions
 from tunnel.backends import poly1305
 from tunnel.libfind import find_library
+
+from .tunnel_testlib import Target, exchange, link_up
 
 LENGTHS = [*range(0, 70), 255, 256, 1500, 4095, 4096, 4097, 32768]
 
@@ -18,7 +23,27 @@ def test_libsodium_is_used_where_the_system_has_it() -> None:
     assert (poly1305.sodium() is not None) == (find_library("sodium") is not None)
 
 
-def test_tags_are_cryptographys_for_every_kind_of_input() -> None:
+async def test_libsodium_is_loaded_at_the_first_connection_not_before(
+    options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle daemon's link (its key exchange and authentication are chacha20 packets
+    too) does not map libsodium; the first carried connection does."""
+    monkeypatch.setattr(poly1305, "_lib", None)
+    assert options.ssh_config is not None
+    options.ssh_config.write_text("Host *\n  Ciphers chacha20-poly1305@openssh.com\n")
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        await link_up(tunnel)
+        assert poly1305._lib is None
+        assert await exchange(*forward.mouth, b"first\n") == b"first\n"
+        assert poly1305._lib is poly1305.sodium()
+
+
+@pytest.mark.parametrize("library", ["found", "absent"])
+def test_tags_are_cryptographys_for_every_kind_of_input(
+    library: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(poly1305, "_lib", poly1305.sodium() if library == "found" else None)
     rng = random.Random(18)
     for length in LENGTHS:
         key = rng.randbytes(32)
@@ -60,3 +85,21 @@ def test_a_library_that_fails_the_known_answer_is_not_used() -> None:
     assert poly1305._checked(lib)
     assert not poly1305._checked(_Wrong(lib))
     assert not poly1305._checked(ctypes.CDLL(find_library("c") or None))  # no such symbols
+
+
+@pytest.mark.parametrize("library", ["found", "absent"])
+async def test_chacha_connections_carry_with_or_without_libsodium(
+    options: TunnelOptions, echo: Target, library: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sshd checks every tag we make and we check its: short lines (libsodium's tags where
+    found) and a 20 KiB line (packets over SHORT: cryptography's) both ways."""
+    if library == "absent":  # where libsodium is missing: cryptography's tags
+        monkeypatch.setattr(poly1305, "sodium", lambda: None)
+        monkeypatch.setattr(poly1305, "_lib", None)
+    assert options.ssh_config is not None
+    options.ssh_config.write_text("Host *\n  Ciphers chacha20-poly1305@openssh.com\n")
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        await link_up(tunnel)
+        for line in (b"short\n", b"x" * 20000 + b"\n", b"again\n"):
+            assert await exchange(*forward.mouth, line) == line

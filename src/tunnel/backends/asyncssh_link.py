@@ -29,7 +29,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any, cast
 
-from tunnel.backends import asyncssh_patches
+from tunnel.backends import asyncssh_patches, poly1305
 from tunnel.backends.chaff import drop_needless_chaff
 from tunnel.backends.direct import DirectTCPChannel
 from tunnel.backends.inline import Inline
@@ -205,6 +205,7 @@ class SSHLink:
         if self.conn._transport is None:  # asyncssh's mark of a connection ended
             flow.give_back(self)
             return
+        poly1305.want()
         side = _ClientSide(self, flow)
         flow.stop = side.cut
         loop = asyncio.get_running_loop()

@@ -12,10 +12,11 @@ libsodium's 10.3 us on the bench machine), so only input up to :data:`SHORT` goe
 libsodium; the rest, and everything where libsodium is absent or fails the known-answer
 check below, goes to cryptography's as before.
 
-libsodium is looked up once (``ldconfig`` cache, :func:`tunnel.libfind.find_library`), not
-a Python dependency: a system library such as the C library :mod:`tunnel.libc` calls.
-Before it is used it must give RFC 8439 §2.5.2's tag for its test message and refuse a
-wrong one. Verification compares in constant time (``crypto_onetimeauth_poly1305_verify``).
+libsodium is looked up once, at the first carried connection (:func:`want`; the
+``ldconfig`` cache, :func:`tunnel.libfind.find_library`): not a Python dependency, a system
+library as the C library :mod:`tunnel.libc` calls is. Before it is used it must give RFC
+8439 §2.5.2's tag for its test message and refuse a wrong one. Verification compares in
+constant time (``crypto_onetimeauth_poly1305_verify``).
 """
 
 from __future__ import annotations
@@ -69,15 +70,29 @@ def sodium() -> Any | None:
     if name is None:
         return None
     try:
-        lib = ctypes.CDLL(name)
+        # PyDLL: the calls keep the GIL (they take ~0.5-1 us; a release would let another
+        # thread of the process take it, and this one could then wait its switch interval).
+        lib = ctypes.PyDLL(name)
     except OSError:
         return None
     return lib if _checked(lib) else None
 
 
+_lib: Any = None
+"""libsodium once :func:`want` asked for it (and it is there); None: cryptography's tags."""
+
+
+def want() -> None:
+    """Tag with libsodium from now on, where it is there. The tunnel asks at its first
+    carried connection, not before: an idle daemon does not map it (~270 kB of RSS)."""
+    global _lib  # noqa: PLW0603 (loaded once per process)
+    if _lib is None:
+        _lib = sodium()
+
+
 def generate_tag(key: bytes, data: bytes) -> bytes:
     """The Poly1305 tag of ``data`` under the one-time ``key`` (32 bytes)."""
-    lib = sodium()
+    lib = _lib
     if lib is None or len(data) > SHORT or len(key) != KEY_LEN:
         return _generate(key, data)
     out = ctypes.create_string_buffer(TAG_LEN)
@@ -87,7 +102,7 @@ def generate_tag(key: bytes, data: bytes) -> bytes:
 
 def verify_tag(key: bytes, data: bytes | memoryview, tag: bytes) -> bool:
     """Whether ``tag`` is the Poly1305 tag of ``data`` under the one-time ``key``."""
-    lib = sodium()
+    lib = _lib
     if lib is None or len(data) > SHORT or len(key) != KEY_LEN or len(tag) != TAG_LEN:
         try:
             _verify(key, data, tag)
