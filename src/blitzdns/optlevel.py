@@ -109,12 +109,14 @@ def optimized_command(
     xoptions: Mapping[str, str | bool],
     warnoptions: Sequence[str],
     is_file: Callable[[str], bool] = os.path.isfile,
+    posix: bool = os.name == "posix",
 ) -> list[str] | None:
     """The command that runs ``blitzdns ARGS`` again at ``-OO``, or ``None`` to go on as
     is (already optimized, optimization chosen by the environment, no way to start the
-    same program again). Whether the bytecode can be cached is checked apart
-    (:func:`bytecode_cache_usable`)."""
-    if flags.optimize >= 2 or "PYTHONOPTIMIZE" in environ or not executable:
+    same program again, or not POSIX: Windows's ``execv`` starts another process and ends
+    this one, which a service manager would see as the daemon exiting). Whether the
+    bytecode can be cached is checked apart (:func:`bytecode_cache_usable`)."""
+    if flags.optimize >= 2 or "PYTHONOPTIMIZE" in environ or not executable or not posix:
         return None
     named = program(main_module, argv0, is_file)
     if not named:

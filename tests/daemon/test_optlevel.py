@@ -81,6 +81,7 @@ def test_what_cannot_or_should_not_start_again_goes_on_as_it_is() -> None:
     assert command(flags=flags(optimize=2)) is None  # already there (the started-again one)
     assert command(environ={"PYTHONOPTIMIZE": "0"}) is None  # the user's choice, even 0
     assert command(executable="") is None  # an embedded interpreter
+    assert command(posix=False) is None  # Windows: execv would be another process
     assert command(argv0="-c") is None  # python -c: no program to name again
     assert command(argv0="/gone/blitzdns") is None
     assert command(main_module="pytest.__main__", argv0="/venv/bin/blitzdns") is None
