@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
 import re
@@ -27,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blitzdns.config import Endpoint
+from blitzdns.dns.upstream import Exchange
 from blitzdns.errors import AddressInUse, ConfigError, UpstreamLoop
 from tests.peers import FORWARDED_ADDRESS, SHORT_TTL_ADDRESS, Dnsmasq, dig, wait_for
 
@@ -286,6 +288,20 @@ def test_answered_attempts_leave_no_deadline_behind(
     forwarder = server.resolver.forwarder
     assert server.call(lambda: sum(len(due) for due in forwarder._due.values())) == 0
     assert server.call(lambda: (server.resolver._pending, server.resolver._waiters)) == ({}, 0)
+
+
+def test_an_answered_miss_is_freed_without_the_cyclic_collector(stub: ServerThread) -> None:
+    """Nothing of an exchange outlives its reply (it held its flight's callback and the
+    flight it: a cycle per miss, 2 MiB more resident after 80,000 misses)."""
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(3):
+            assert addresses(ask(stub.endpoint, f"freed{i}.fwd.test")) == [FORWARDED_ADDRESS]
+        left = stub.call(lambda: [o for o in gc.get_objects() if isinstance(o, Exchange)])
+    finally:
+        gc.enable()
+    assert left == []
 
 
 def test_a_miss_with_no_upstream_to_ask_fails_at_once_and_leaves_nothing_in_flight(

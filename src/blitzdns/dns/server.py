@@ -416,6 +416,9 @@ class Resolver:
 
     def _landed(self, flight: _Flight, reply: bytes | None, error: BaseException | None) -> None:
         """``flight``'s exchange ended: every client waiting on it gets its reply."""
+        # The exchange holds ``flight.landed``: without this, each miss would leave a
+        # reference cycle for the cyclic collector (memory held, and its work).
+        flight.exchange = None
         if self._pending.get(flight.key) is flight:
             del self._pending[flight.key]
             self.stats.forwards_in_flight = len(self._pending)
@@ -440,6 +443,7 @@ class Resolver:
         for flight in flights:
             if flight.exchange is not None:
                 flight.exchange.cancel()
+                flight.exchange = None
             for _, sink, _ in flight.waiters:
                 if isinstance(sink, asyncio.Future) and not sink.done():
                     sink.set_result(None)
