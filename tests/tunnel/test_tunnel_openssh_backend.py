@@ -29,7 +29,7 @@ from tunnel.backends.openssh import fdpass
 from tunnel.backends.openssh.command import SshFiles, master_argv
 from tunnel.backends.openssh.fdpass import send_request_and_fd
 from tunnel.backends.openssh.link import MuxLink
-from tunnel.backends.openssh.master import ExitWatch, start_master
+from tunnel.backends.openssh.master import SHELL, WATCHED, ExitWatch, Master, start_master
 from tunnel.backends.openssh.mux import (
     MUX_C_NEW_STDIO_FWD,
     MuxError,
@@ -406,6 +406,43 @@ async def test_a_killed_tunnel_takes_the_masters_proxy_command_with_it(
         pytest.fail(f"the killed tunnel left its ssh master's session behind: {left}")
     assert not running(proxy)
     shutil.rmtree(control_dir, ignore_errors=True)
+
+
+async def test_the_watchdog_acts_when_the_wait_for_the_master_was_cancelled(
+    tmp_path: Path,
+) -> None:
+    """The pipe the watchdog waits on is closed when the master exits, whoever waited for
+    it: a waiter cancelled mid-wait (a supervisor's task cancelled) must not leave the
+    master's group (its ProxyCommand; here a ``sleep`` standing in for it, holding the
+    master's stderr as a proxy does, which must not hold up seeing the master's exit)
+    behind."""
+    watchdog_end, guard = os.pipe()
+    stderr, stderr_end = os.pipe()  # inherited by the "proxy" too, as ssh's by its proxy
+    try:
+        process = await asyncio.create_subprocess_exec(
+            SHELL, "-c", WATCHED, "sh", SHELL, "-c", "sleep 600 & exec sleep 600",
+            stdin=watchdog_end, stdout=asyncio.subprocess.DEVNULL,
+            stderr=stderr_end, start_new_session=True,
+        )  # fmt: skip
+    finally:
+        os.close(watchdog_end)
+        os.close(stderr_end)
+    control_dir = tmp_path / "control"
+    control_dir.mkdir()
+    master = Master(process, control_dir, "test", "ssh", guard, stderr=stderr)
+    try:
+        await wait_until(lambda: len(session_members(process.pid)) == 3)  # + proxy, watchdog
+        waiting = asyncio.create_task(master.wait_exit())
+        await asyncio.sleep(0)  # the task starts waiting
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        process.kill()  # the master only: its "proxy" stays in the group
+        await wait_until(lambda: not session_members(process.pid))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
 
 
 async def test_an_ssh_that_cannot_be_run_is_a_config_error(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import io
 import logging
 import os
 import shutil
@@ -108,11 +109,20 @@ def master_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-async def _drain_stderr(stream: asyncio.StreamReader, tail: bytearray, label: str) -> None:
-    while line := await stream.readline():
-        log.info("ssh %s: %s", label, line.decode(errors="replace").rstrip())
-        tail += line
-        del tail[:-STDERR_TAIL_MAX]
+async def _drain_stderr(pipe: io.FileIO, tail: bytearray, label: str) -> None:
+    """Log the master's stderr, keeping its tail, until the pipe's end (its last holder,
+    the master or a ProxyCommand it started, gone)."""
+    stream = asyncio.StreamReader()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stream), pipe
+    )
+    try:
+        while line := await stream.readline():
+            log.info("ssh %s: %s", label, line.decode(errors="replace").rstrip())
+            tail += line
+            del tail[:-STDERR_TAIL_MAX]
+    finally:
+        transport.close()
 
 
 async def alive(path: Path) -> bool:
@@ -214,20 +224,32 @@ class Master:
         label: str,
         ssh_binary: str = "ssh",
         guard: int | None = None,
+        *,
+        stderr: int,
     ) -> None:
         self.process = process
         self.guard = guard
         """Our end of the watchdog's pipe (:data:`WATCHED`), closed once the master exited."""
+        self.reaped = asyncio.get_running_loop().create_task(process.wait(), name="tunnel-ssh-reap")
+        """The master's exit, seen whoever waits for it and even when no one does (a
+        waiter cancelled mid-wait): the pipe is closed then, by its callback."""
+        self.reaped.add_done_callback(lambda _: self.release_guard())
         self.ssh_binary = ssh_binary
         self.control_dir = control_dir
         self.control_path = control_dir / "ctl"
         self.label = label
         self.exit_watch: ExitWatch | None = None
         self.stderr_tail = bytearray()
-        assert process.stderr is not None
+        # The read end of the master's stderr, a pipe of our own rather than the
+        # subprocess's: asyncio (3.11) ends ``process.wait()`` only once every pipe it made
+        # is closed, and a ProxyCommand inherits ssh's stderr, so a master killed before
+        # its proxy (the proxy ended by the watchdog, after that wait) would never be seen
+        # to exit.
+        pipe = open(stderr, "rb", buffering=0)  # noqa: SIM115 (closed by the task's end)
         self.stderr_task = asyncio.get_running_loop().create_task(
-            _drain_stderr(process.stderr, self.stderr_tail, label), name="tunnel-ssh-stderr"
+            _drain_stderr(pipe, self.stderr_tail, label), name="tunnel-ssh-stderr"
         )
+        self.stderr_task.add_done_callback(lambda _: pipe.close())  # even if never started
 
     @property
     def pid(self) -> int:
@@ -245,8 +267,8 @@ class Master:
 
     async def wait_exit(self) -> str:
         """Wait until the master exits; return its last words (or its exit status)."""
-        code = await asyncio.shield(self.process.wait())
-        self.release_guard()
+        code = await asyncio.shield(self.reaped)
+        self.release_guard()  # done by the reap's callback already; said here to be plain
         shutil.rmtree(self.control_dir, ignore_errors=True)
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             async with asyncio.timeout(0.5):
@@ -277,8 +299,8 @@ class Master:
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
-            await self.process.wait()
-        self.release_guard()
+            await asyncio.shield(self.reaped)
+        self.release_guard()  # the reap's callback may not have run yet
         self.stderr_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.stderr_task
@@ -327,6 +349,7 @@ async def start_master(gateway: Gateway, options: TunnelOptions) -> Master:
     argv = master_argv(binary, gateway, options, control_path, SshFiles.of(options))
     label = str(gateway)
     watchdog_end, guard = os.pipe()
+    stderr, stderr_end = os.pipe()
     try:
         process = await asyncio.create_subprocess_exec(
             SHELL,
@@ -336,20 +359,22 @@ async def start_master(gateway: Gateway, options: TunnelOptions) -> Master:
             *argv,
             stdin=watchdog_end,
             stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
+            stderr=stderr_end,
             start_new_session=True,
             preexec_fn=_death_signal_hook(),
             env=master_environment(os.environ),
         )
     except BaseException as exc:
         os.close(guard)  # a shell already started (a cancelled start): its watchdog ends it
+        os.close(stderr)
         shutil.rmtree(control_dir, ignore_errors=True)
         if not isinstance(exc, OSError):
             raise
         raise TunnelConfigError(f"backend openssh: cannot run {SHELL}: {exc}") from None
     finally:
         os.close(watchdog_end)
-    master = Master(process, control_dir, label, binary, guard)
+        os.close(stderr_end)
+    master = Master(process, control_dir, label, binary, guard, stderr=stderr)
     try:
         async with asyncio.timeout(options.connect_timeout_s + 1):
             while True:
