@@ -304,6 +304,74 @@ def test_an_answered_miss_is_freed_without_the_cyclic_collector(stub: ServerThre
     assert left == []
 
 
+def test_a_bug_answering_one_waiter_leaves_the_others_answered(
+    resolver_factory: Callable[..., ServerThread], dnsmasq: Dnsmasq
+) -> None:
+    """Clients waiting on one exchange are answered in one callback: one reply that
+    raises (a bug) gets its client SERVFAIL and a log line, and every other client still
+    gets its answer and is no longer counted as waiting (else the count would creep up
+    to the cap and every miss be refused)."""
+    server = resolver_factory(make_config(), [dnsmasq.endpoint])
+    resolver = server.resolver
+    finish = resolver._finish
+    calls: list[int] = []
+
+    def first_fails(*args: Any) -> bytes | None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return finish(*args)
+
+    resolver._finish = first_fails  # type: ignore[method-assign]
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        with loop_held(server):  # read in one wake-up: one exchange, three waiters
+            for client in clients:
+                client.settimeout(10)
+                query = dns.message.make_query("joined.fwd.test", "A").to_wire()
+                client.sendto(query, ("127.0.0.1", server.port))
+        replies = [dns.message.from_wire(client.recv(4096)) for client in clients]
+    finally:
+        for client in clients:
+            client.close()
+    assert len(calls) == 3
+    assert sorted(r.rcode() for r in replies) == [dns.rcode.NOERROR] * 2 + [dns.rcode.SERVFAIL]
+    assert resolver.stats.errors == 1
+    assert server.call(lambda: (resolver._pending, resolver._waiters)) == ({}, 0)
+
+
+def test_a_bug_timing_out_one_exchange_leaves_the_others_timing_out(
+    resolver_factory: Callable[..., ServerThread], dnsmasq: Dnsmasq
+) -> None:
+    """Attempts due alike time out in one timer's callback: one that raises is handed to
+    the loop's exception handler and the ones after it still time out."""
+    server = resolver_factory(make_config(), [dnsmasq.endpoint])
+    forwarder = server.resolver.forwarder
+    timed_out: list[str] = []
+    handled: list[BaseException] = []
+
+    class Attempt:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def timed_out(self) -> None:
+            if self.name.startswith("bad"):
+                raise RuntimeError(self.name)
+            timed_out.append(self.name)
+
+    def expire() -> None:
+        server.loop.set_exception_handler(lambda _, context: handled.append(context["exception"]))
+        # In this order (a list where a set is kept): a failing one first and between.
+        forwarder._due[-1.0] = [Attempt(n) for n in ("bad1", "a", "bad2", "b")]  # type: ignore[assignment]
+        forwarder._expire(-1.0)
+        server.loop.set_exception_handler(None)
+
+    server.call(expire)
+    assert timed_out == ["a", "b"]
+    assert [str(e) for e in handled] == ["bad1", "bad2"]
+    assert -1.0 not in forwarder._due
+
+
 def test_a_miss_with_no_upstream_to_ask_fails_at_once_and_leaves_nothing_in_flight(
     resolver_factory: Callable[..., ServerThread], dnsmasq: Dnsmasq
 ) -> None:

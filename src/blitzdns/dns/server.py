@@ -426,10 +426,17 @@ class Resolver:
             if isinstance(sink, asyncio.Future):
                 if not sink.done():  # else its TCP query was cancelled (and counted)
                     self._waiters -= 1
-                    sink.set_result(self._finish(job, reply, error))
+                    try:
+                        out = self._finish(job, reply, error)
+                    except Exception:  # a bug: this client gets SERVFAIL, the others theirs
+                        out = self._crashed(job.packet, job.client)
+                    sink.set_result(out)
                 continue
             self._waiters -= 1
-            out = self._finish(job, reply, error)
+            try:
+                out = self._finish(job, reply, error)
+            except Exception:
+                out = self._crashed(job.packet, job.client)
             if out is not None and not sink.is_closing():
                 sink.sendto(out, address)
             if self.verbose:

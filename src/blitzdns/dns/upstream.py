@@ -304,8 +304,15 @@ class Forwarder:
 
     def _expire(self, due: float) -> None:
         """The attempts due now that still wait time out (each moves on or ends)."""
+        loop = asyncio.get_running_loop()
         for exchange in list(self._due.pop(due, ())):
-            exchange.timed_out()
+            try:
+                exchange.timed_out()
+            except Exception as exc:  # a bug: the others still time out, as separate
+                # callbacks did (the loop's handler logs it, with its traceback)
+                loop.call_exception_handler(
+                    {"message": "error while timing out an upstream exchange", "exception": exc}
+                )
 
     async def resolve(self, query: bytes) -> bytes | None:
         """The first acceptable reply to ``query`` (its ID is replaced), or None in time."""
