@@ -16,7 +16,10 @@ Only when it cannot make things worse:
 
 * started as the ``blitzdns`` script or ``python -m blitzdns`` (``python -c`` and
   in-process callers such as the tests' are left as they are: there is no program to
-  start again);
+  start again), the script named by ``sys.argv[0]`` being the very file the interpreter
+  ran (a launcher that sets ``argv[0]`` to another name is not second-guessed), and no
+  trace or profile function set (``python -m pdb``, ``cProfile``, ``coverage``: they
+  would not be in the new process);
 * ``PYTHONOPTIMIZE`` not set (set, even to ``0``: the user's choice stands);
 * the ``.opt-2.pyc`` files are there or can be written, for each place the daemon's
   modules come from (the standard library, its dependencies, this package;
@@ -67,11 +70,17 @@ SOURCES = ("asyncio", "asyncssh", "cryptography", "dnslib", "uvloop", "blitzdns"
 
 
 def interpreter_options(
-    flags: Flags, xoptions: Mapping[str, str | bool], warnoptions: Sequence[str]
+    flags: Flags,
+    xoptions: Mapping[str, str | bool],
+    warnoptions: Sequence[str],
+    *,
+    unbuffered: bool = False,
 ) -> list[str]:
     """The command-line options that start an interpreter as this one was started (the
-    environment is inherited as it is), at optimization level 2."""
+    environment is inherited as it is), at optimization level 2. ``unbuffered``: ``-u``
+    (not in ``sys.flags``: seen by the caller in its standard output's binary layer)."""
     options = ["-OO"]
+    options += ["-u"] if unbuffered else []
     if flags.isolated:
         options.append("-I")  # -E, -s and -P with it
     else:
@@ -90,7 +99,11 @@ def interpreter_options(
 
 def program(main_module: str | None, argv0: str, is_file: Callable[[str], bool]) -> list[str]:
     """How this program was named on the interpreter's command line: ``-m blitzdns`` or
-    the script's path; ``[]`` when it cannot be named again (``python -c``, embedded)."""
+    the script's path; ``[]`` when it cannot be named again (``python -c``, embedded).
+    ``is_file`` says whether ``argv0`` is the very file the interpreter ran
+    (:func:`ran_file`): a launcher may have set ``argv0`` to another name (a shell
+    wrapper's, or a bare name that a file in the working directory could answer to), and
+    that must never be started as Python."""
     if main_module == "blitzdns.__main__":
         return ["-m", "blitzdns"]
     if main_module is None and argv0 and argv0 != "-c" and is_file(argv0):
@@ -110,18 +123,35 @@ def optimized_command(
     warnoptions: Sequence[str],
     is_file: Callable[[str], bool] = os.path.isfile,
     posix: bool = os.name == "posix",
+    hooked: bool = False,
+    unbuffered: bool = False,
 ) -> list[str] | None:
     """The command that runs ``blitzdns ARGS`` again at ``-OO``, or ``None`` to go on as
     is (already optimized, optimization chosen by the environment, no way to start the
     same program again, or not POSIX: Windows's ``execv`` starts another process and ends
-    this one, which a service manager would see as the daemon exiting). Whether the
-    bytecode can be cached is checked apart (:func:`bytecode_cache_usable`)."""
+    this one, which a service manager would see as the daemon exiting; ``hooked``: a
+    trace or profile function is set, by a debugger, profiler or coverage tool that ran
+    the program and would not be in the new one). Whether the bytecode can be cached is
+    checked apart (:func:`bytecode_cache_usable`)."""
     if flags.optimize >= 2 or "PYTHONOPTIMIZE" in environ or not executable or not posix:
         return None
-    named = program(main_module, argv0, is_file)
+    named = program(main_module, argv0, is_file) if not hooked else []
     if not named:
         return None
-    return [executable, *interpreter_options(flags, xoptions, warnoptions), *named, *args]
+    options = interpreter_options(flags, xoptions, warnoptions, unbuffered=unbuffered)
+    return [executable, *options, *named, *args]
+
+
+def ran_file(main_file: str | None) -> Callable[[str], bool]:
+    """Whether a path is the file ``main_file`` (``__main__.__file__``), the one the
+    interpreter ran, by its real path."""
+
+    def same(path: str) -> bool:
+        if main_file is None or not os.path.isfile(path):
+            return False
+        return os.path.realpath(path) == os.path.realpath(main_file)
+
+    return same
 
 
 def writable_or_present(cached: str, dont_write: bool) -> bool:
@@ -181,8 +211,9 @@ def run_optimized(args: Sequence[str]) -> None:
     spec = getattr(main, "__spec__", None)
     main_module = getattr(spec, "name", None)
     argv0 = sys.argv[0] if sys.argv else ""
+    is_file = ran_file(getattr(main, "__file__", None))
     if sys.flags.optimize >= 2:  # started again, or by hand: the script's name back
-        if program(main_module, argv0, os.path.isfile)[:1] == [argv0]:
+        if program(main_module, argv0, is_file)[:1] == [argv0]:
             keep_name(argv0)
         return
     command = optimized_command(
@@ -194,6 +225,11 @@ def run_optimized(args: Sequence[str]) -> None:
         argv0=argv0,
         xoptions=sys._xoptions,
         warnoptions=sys.warnoptions,
+        is_file=is_file,
+        hooked=sys.gettrace() is not None or sys.getprofile() is not None,
+        # -u (unbuffered binary layers), unless PYTHONUNBUFFERED said so: inherited anyway
+        unbuffered=type(getattr(sys.stdout, "buffer", None)).__name__ == "FileIO"
+        and (bool(sys.flags.ignore_environment) or not os.environ.get("PYTHONUNBUFFERED")),
     )
     if command is None or not bytecode_cache_usable():
         return

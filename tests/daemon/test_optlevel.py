@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from blitzdns import optlevel
 from tests.peers import Sshd, free_port, wait_for
 
@@ -85,6 +87,32 @@ def test_what_cannot_or_should_not_start_again_goes_on_as_it_is() -> None:
     assert command(argv0="-c") is None  # python -c: no program to name again
     assert command(argv0="/gone/blitzdns") is None
     assert command(main_module="pytest.__main__", argv0="/venv/bin/blitzdns") is None
+    assert command(hooked=True) is None  # under pdb, cProfile or coverage
+    assert command(is_file=lambda path: False) is None  # argv[0] is not what ran
+
+
+def test_minus_u_is_carried() -> None:
+    assert optlevel.interpreter_options(PLAIN, {}, [], unbuffered=True) == ["-OO", "-u"]
+    started = command(unbuffered=True)
+    assert started is not None and started[1:3] == ["-OO", "-u"]
+
+
+def test_argv0_counts_only_as_the_file_the_interpreter_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A launcher may set argv[0] to a shell wrapper's path or to a bare name that a file
+    in the working directory answers to: neither may be started again as Python."""
+    script = tmp_path / "blitzdns"
+    script.write_text("# the launcher\n")
+    (tmp_path / "link").symlink_to(script)
+    other = tmp_path / "wrapper"
+    other.write_text("#!/bin/sh\n")
+    ran = optlevel.ran_file(str(script))
+    assert ran(str(script)) and ran(str(tmp_path / "link"))
+    assert not ran(str(other)) and not ran(str(tmp_path / "absent"))
+    assert not optlevel.ran_file(None)(str(script))
+    monkeypatch.chdir(tmp_path)
+    assert not optlevel.ran_file("/nix/store/x/.blitzdns-wrapped")("blitzdns")
 
 
 def test_the_process_keeps_the_script_s_name(tmp_path: Path) -> None:
