@@ -425,7 +425,7 @@ def _data_packets_opened_in_place() -> None:
         decrypt = _aead(cipher).decrypt
         channels = self._channels
         most = self._max_recv_pktlen
-        while end - pos >= 4:
+        while end - pos >= 4 and self._transport is not None:  # a session may close it
             pktlen = int.from_bytes(view[pos : pos + 4], "big")
             total = 4 + pktlen + MAC_LEN
             if pktlen < MIN_PACKET_LEN or pktlen > most or end - pos < total:
