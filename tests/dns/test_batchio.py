@@ -365,10 +365,12 @@ def test_the_loop_pauses_only_at_a_high_rate_on_a_mostly_idle_thread(
     assert len(slept) == linger.pauses <= round(0.1 * rate)
 
 
-def test_time_paused_is_not_counted_as_idle() -> None:
+def test_pausing_holds_until_a_probe_window_finds_the_thread_busy() -> None:
     """Pausing, then the thread gets busy (60 % of the time it is not paused: a tunnel's
-    traffic on the same loop): the pauses themselves must not make it look idle, so the
-    next window does not pause."""
+    traffic on the same loop). A pausing window's own share is no measure (its pauses
+    fill the idle time), so the pausing goes on up to the next probe window, which does
+    not pause; finding the thread busy, the probe stops the pausing; the pauses do not
+    count as idle time there either."""
     loop = asyncio.new_event_loop()
     clock = Clock()
     now = [1000.0]
@@ -376,7 +378,8 @@ def test_time_paused_is_not_counted_as_idle() -> None:
     def sleep(delay: float) -> None:
         now[0] += delay  # a pause takes wall time, no CPU
 
-    def run(until: float, work: float, idle: float) -> None:
+    def run(windows: float, work: float, idle: float) -> None:
+        until = now[0] + linger.window * windows
         while now[0] < until:
             clock.cpu += work
             now[0] += work + idle
@@ -384,13 +387,19 @@ def test_time_paused_is_not_counted_as_idle() -> None:
             loop.run_until_complete(asyncio.sleep(0))  # the loop's ready callbacks: a pause
 
     try:
-        linger = batchio.Linger(loop, sleep=sleep, cpu=clock)
-        start = now[0]
-        run(start + linger.window * 1.5, work=5e-6, idle=45e-6)  # fast and idle: pausing
+        linger = batchio.Linger(loop, sleep=sleep, cpu=clock, probe_every=3)
+        run(1.5, work=5e-6, idle=45e-6)  # fast and idle: pausing
         assert linger.on and linger.pauses
-        run(start + linger.window * 2.5, work=30e-6, idle=20e-6)  # busy, between pauses
-        run(start + linger.window * 3.5, work=30e-6, idle=20e-6)
-        assert not linger.on
+        decided = []
+        for _ in range(5):  # busy now: windows 1 and 2 pause on, 3 is the probe, then off
+            run(1, work=30e-6, idle=20e-6)
+            decided.append(linger.on)
+        assert decided[:2] == [True, True], decided
+        assert decided[2:] == [False, False, False], decided
+        pauses = linger.pauses
+        run(1, work=5e-6, idle=45e-6)  # idle again: pausing again after one window
+        run(1, work=5e-6, idle=45e-6)
+        assert linger.on and linger.pauses > pauses
     finally:
         loop.close()
 

@@ -106,6 +106,12 @@ LINGER_RATE = 5000
 LINGER_BUSY = 0.5
 #: How often the rate and the busy share are looked at (seconds of the loop's clock).
 LINGER_WINDOW_S = 0.01
+#: While pausing, one window in this many does not pause: a probe of the thread's busy
+#: share (a pausing window's own share says nothing: its pauses take the time the thread
+#: would have been idle, so it looks busy; judged by it, pausing stopped every other
+#: window). A loop that got busy meanwhile (a tunnel's traffic) stops pausing at the
+#: next probe, within this many windows.
+LINGER_PROBE_EVERY = 10
 
 
 def _libc() -> Any | None:
@@ -185,6 +191,7 @@ class Linger:
         rate: float = LINGER_RATE,
         busy: float = LINGER_BUSY,
         window: float = LINGER_WINDOW_S,
+        probe_every: int = LINGER_PROBE_EVERY,
         sleep: Callable[[float], None] = time.sleep,
         cpu: Callable[[], float] = time.thread_time,
     ) -> None:
@@ -193,6 +200,7 @@ class Linger:
         self.rate = rate
         self.busy = busy
         self.window = window
+        self.probe_every = probe_every
         self._sleep = sleep
         self._cpu = cpu
         #: Whether this window pauses.
@@ -201,6 +209,8 @@ class Linger:
         self.pauses = 0
         self._due = False
         self._count = 0
+        #: Pausing windows in a row since the last probe.
+        self._paused_windows = 0
         self._start = -1.0
         self._end = -1.0
         self._cpu_start = 0.0
@@ -220,16 +230,18 @@ class Linger:
     def _decide(self, now: float) -> None:
         cpu = self._cpu()
         span = now - self._start
-        # The thread's share is of the time it was not paused: counted as idle, the pauses
-        # would keep the pausing on by themselves (a loop also carrying a tunnel's traffic
-        # would stay capped at one pause per iteration).
-        awake = span - self._slept
-        self.on = (
-            self._start >= 0
-            and span > 0
-            and self._count >= self.rate * span
-            and cpu - self._cpu_start < self.busy * awake
-        )
+        fast = self._start >= 0 and span > 0 and self._count >= self.rate * span
+        if self.on:
+            # A pausing window's busy share says nothing (see LINGER_PROBE_EVERY): it
+            # pauses on while the rate holds, up to the next probe window.
+            self._paused_windows += 1
+            self.on = fast and self._paused_windows < self.probe_every
+        else:
+            # The thread's share is of the time it was not paused: counted as idle, pauses
+            # (one spilling over from the window before) would look like idle time.
+            awake = span - self._slept
+            self.on = fast and cpu - self._cpu_start < self.busy * awake
+            self._paused_windows = 0
         self._count = 0
         self._slept = 0.0
         self._start = now
