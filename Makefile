@@ -9,6 +9,9 @@ BIN := $(VENV)/bin
 SYSDEPS := sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client \
            dig:bind9-dnsutils dnsmasq:dnsmasq dnsperf:dnsperf tcpdump:tcpdump \
            ip:iproute2 iperf3:iperf3 nft:nftables unshare:util-linux getent:libc-bin
+# Libraries, by the name ldconfig knows them: libsodium gives the chacha20 tags
+# (tunnel/backends/poly1305.py; its tests skip without it).
+SYSLIBS := libsodium.so.23:libsodium23
 
 .PHONY: all venv sysdeps test check fmt demo demo-once bench bench-quick fuzz stress clean
 
@@ -26,6 +29,8 @@ venv: $(VENV)/.installed
 sysdeps:
 	@missing=""; for pair in $(SYSDEPS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; done; \
+	for pair in $(SYSLIBS); do lib=$${pair%%:*}; pkg=$${pair##*:}; \
+	  /sbin/ldconfig -p 2>/dev/null | grep -q "$$lib " || missing="$$missing $$pkg"; done; \
 	missing=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
 	if [ -n "$${missing// /}" ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
