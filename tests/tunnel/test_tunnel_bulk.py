@@ -114,6 +114,38 @@ def test_the_gcm_iv_steps_as_asyncssh_steps_it() -> None:
             assert type(ours._iv) is bytes
 
 
+def test_padding_comes_from_the_os_each_byte_handed_out_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The data packets' padding (:class:`~tunnel.backends.asyncssh_patches._Padding`):
+    every byte from ``os.urandom``, in order, none handed out twice, a new draw when the
+    pool cannot give a whole padding (its rest is dropped, not reused)."""
+    drawn: list[bytes] = []
+    system = os.urandom
+
+    def urandom(size: int) -> bytes:
+        drawn.append(system(size))
+        return drawn[-1]
+
+    monkeypatch.setattr(asyncssh_patches.os, "urandom", urandom)
+    take = asyncssh_patches._Padding().take
+    pieces = [take(size) for size in [4, 19, 7, 16] * 300]
+    assert [len(piece) for piece in pieces] == [4, 19, 7, 16] * 300
+    assert all(len(pool) == asyncssh_patches.PADDING_POOL for pool in drawn)
+    assert len(drawn) >= 3  # the pool was drawn again, more than once
+    # Each draw is cut in order from its start; what a draw could not give whole stays unused.
+    handed = iter(pieces)
+    piece = next(handed)
+    for pool in drawn:
+        pos = 0
+        while piece is not None and pos + len(piece) <= len(pool):
+            assert piece == pool[pos : pos + len(piece)]
+            pos += len(piece)
+            piece = next(handed, None)
+        assert piece is None or pos + len(piece) > len(pool)
+    assert piece is None
+
+
 def test_the_chacha_patch_seals_and_opens_as_asyncssh_did() -> None:
     """The patched chacha20-poly1305 shim (its contexts kept per key, moved to each
     packet's nonce) against asyncssh's own functions, packets of every size around the
