@@ -22,7 +22,7 @@ from typing import Any
 import asyncssh.connection
 import pytest
 
-from tests.peers import Sshd, free_port, wait_until
+from tests.peers import Sshd, free_port, stopped, wait_until
 from tunnel import Forward, Tunnel, TunnelOptions
 from tunnel.backends import asyncssh_link, asyncssh_patches
 from tunnel.backends.asyncssh_patches import (
@@ -112,6 +112,38 @@ def test_the_gcm_iv_steps_as_asyncssh_steps_it() -> None:
             asyncssh_patches._gcm_step_iv(ours)
             assert ours._iv == theirs._iv
             assert type(ours._iv) is bytes
+
+
+def test_padding_comes_from_the_os_each_byte_handed_out_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The data packets' padding (:class:`~tunnel.backends.asyncssh_patches._Padding`):
+    every byte from ``os.urandom``, in order, none handed out twice, a new draw when the
+    pool cannot give a whole padding (its rest is dropped, not reused)."""
+    drawn: list[bytes] = []
+    system = os.urandom
+
+    def urandom(size: int) -> bytes:
+        drawn.append(system(size))
+        return drawn[-1]
+
+    monkeypatch.setattr(asyncssh_patches.os, "urandom", urandom)
+    take = asyncssh_patches._Padding().take
+    pieces = [take(size) for size in [4, 19, 7, 16] * 300]
+    assert [len(piece) for piece in pieces] == [4, 19, 7, 16] * 300
+    assert all(len(pool) == asyncssh_patches.PADDING_POOL for pool in drawn)
+    assert len(drawn) >= 3  # the pool was drawn again, more than once
+    # Each draw is cut in order from its start; what a draw could not give whole stays unused.
+    handed = iter(pieces)
+    piece = next(handed)
+    for pool in drawn:
+        pos = 0
+        while piece is not None and pos + len(piece) <= len(pool):
+            assert piece == pool[pos : pos + len(piece)]
+            pos += len(piece)
+            piece = next(handed, None)
+        assert piece is None or pos + len(piece) > len(pool)
+    assert piece is None
 
 
 def test_the_chacha_patch_seals_and_opens_as_asyncssh_did() -> None:
@@ -370,6 +402,85 @@ def test_the_clients_bytes_are_read_into_the_links_buffer(
     assert sent.by_asyncssh == 0
     assert {size for is_open, size in offered if is_open} == {1024 * 1024}
     assert all(size <= asyncssh_link.PENDING_MAX for is_open, size in offered if not is_open)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_sealed_packets_the_transport_holds_are_not_sealed_over(
+    options: TunnelOptions, sshd: Sshd, sent: Sent, monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    """AES-GCM packets up are sealed into the connection's arena
+    (:class:`~tunnel.backends.asyncssh_patches._Arena`); while the transport still holds
+    some of them (sshd frozen, the SSH socket's send buffer small), what is sealed next
+    goes after them, never over them: 8 MiB up and back through an echo, byte for byte
+    (a packet sealed over would fail sshd's tag check and end the link). The arena is
+    used from its start again once the transport has written everything."""
+    if not asyncssh_patches.SEALS_INTO:
+        pytest.skip("cryptography before 47: every packet sealed into new bytes")
+    factory = asyncio.new_event_loop
+    if loop == "uvloop":
+        factory = pytest.importorskip("uvloop").new_event_loop
+    assert options.ssh_config is not None
+    options.ssh_config.write_text("Host *\n  Ciphers aes128-gcm@openssh.com\n")
+    transport: list[Any] = [None]
+    sealed = [0]  # packets sealed into the arena
+    held = [0]  # of them, sealed after others the transport still held
+    restarts = [0]
+
+    class Watched(asyncssh_patches._Arena):
+        __slots__ = ("at",)
+
+        def __init__(self) -> None:
+            self.at = 0
+            super().__init__()
+
+        @property  # type: ignore[override]
+        def pos(self) -> int:
+            return self.at
+
+        @pos.setter
+        def pos(self, value: int) -> None:
+            sealed[0] += value > self.at
+            if value == 0 and self.at:
+                restarts[0] += 1
+            elif self.at and transport[0] and transport[0].get_write_buffer_size():
+                held[0] += 1
+            self.at = value
+
+    monkeypatch.setattr(asyncssh_patches, "_Arena", Watched)
+    payload = os.urandom(8 * 1024 * 1024 + 5)
+
+    async def scenario() -> bytes:
+        echo = await Target("echo").start()
+        forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+        try:
+            async with Tunnel(options, [forward]) as tunnel:
+                assert await tunnel.wait_up(10)
+                link = await link_up(tunnel)
+                assert isinstance(link, asyncssh_link.SSHLink)
+                transport[0] = link.conn._transport
+                sock = transport[0].get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+                reader, writer = await asyncio.open_connection(*forward.mouth)
+                try:
+                    writer.write(payload[:1000])  # the channel opens: sealing starts
+                    await wait_until(lambda: sealed[0] > 0)
+                    with stopped(sshd.session_pids()):
+                        writer.write(payload[1000:])
+                        await wait_until(lambda: held[0] > 0)
+                    await writer.drain()
+                    writer.write_eof()
+                    return await reader.read()
+                finally:
+                    writer.close()
+        finally:
+            await echo.close()
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        got = runner.run(scenario())
+    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+    assert sent.by_asyncssh == 0
+    assert held[0] > 0  # the case this test is for did come
+    assert restarts[0] > 0  # and the arena was used again once written
 
 
 class CountingTransport:

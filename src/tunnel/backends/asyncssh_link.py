@@ -61,7 +61,7 @@ CLIENT_READ = 1024 * 1024
 :data:`PENDING_MAX`). asyncio reads a socket once per turn of its loop: with 256 KiB reads
 (what uvloop and asyncio read at most) a bulk upload took a turn per 256 KiB, always
 full (3900 reads per GB); the turn's own Python (select, handles, the transport's read)
-counted in every one. 1 MiB: A/B in /work/notes/aesbulk.md (up, CPU per GB against ssh
+counted in every one. 1 MiB: A/B in bench/notes/aesbulk.md (up, CPU per GB against ssh
 -L's: asyncio 1.40x -> 1.26x, uvloop 1.25x -> 1.19x; one run each). The buffer is an
 anonymous mapping: only the pages a read has written become resident."""
 
