@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 SYSDEPS := sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client \
            dig:bind9-dnsutils dnsmasq:dnsmasq dnsperf:dnsperf tcpdump:tcpdump \
            ip:iproute2 iperf3:iperf3 nft:nftables unshare:util-linux getent:libc-bin \
-           socat:socat
+           socat:socat setsid:util-linux
 # Libraries, by the name ldconfig knows them: libsodium gives the chacha20 tags
 # (tunnel/backends/poly1305.py; its tests skip without it).
 SYSLIBS := libsodium.so.23:libsodium23

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -43,25 +45,57 @@ class ExecChannel(Protocol):
 WRITE_HIGH_WATER = 256 * 1024
 """Bytes queued on a channel beyond which :meth:`ExecChannel.write_nowait` declines."""
 
+STREAM_LIMIT = 2**16
+"""The stream reader's buffer limit (asyncio's default for subprocesses)."""
+
 OpenExec = Callable[[str], Awaitable[ExecChannel]]
 """Start a command (one shell line, as ``ssh host COMMAND`` runs it) on the gateway."""
+
+
+class _ExitSeen(asyncio.subprocess.SubprocessStreamProtocol):
+    """The stream protocol, and a future done when the process itself exited.
+
+    asyncio (3.11) ends ``process.wait()`` only once every pipe it made is closed, and the
+    command's pipes may outlive it: ``ssh -S`` hands its stdin, stdout and stderr to the
+    master, which keeps them until the gateway closes the session (a frozen gateway: until
+    the master dies); a shell's background job inherits them.
+    """
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
 
 
 class SubprocessExec:
     """An :class:`ExecChannel` that is a local process: ``argv_prefix + [command]``.
 
     ``["/bin/sh", "-c"]`` runs the command here (the tests' gateway); the openssh backend
-    runs ``ssh -S <control> … <gateway>`` + the command, through its master.
+    runs ``ssh -S <control> … <gateway>`` + the command, through its master. The process
+    leads a process group of its own; :meth:`close` ends the group.
     """
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        transport: asyncio.SubprocessTransport,
+        exited: asyncio.Future[None],
+    ) -> None:
         self.process = process
+        self._transport = transport
+        self._exited = exited
 
     @classmethod
     async def start(
         cls, argv_prefix: Sequence[str], command: str, env: dict[str, str] | None = None
     ) -> SubprocessExec:
-        process = await asyncio.create_subprocess_exec(
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _ExitSeen(STREAM_LIMIT, loop),
             *argv_prefix,
             command,
             stdin=asyncio.subprocess.PIPE,
@@ -70,7 +104,8 @@ class SubprocessExec:
             env=env,
             start_new_session=True,
         )
-        return cls(process)
+        process = asyncio.subprocess.Process(transport, protocol, loop)
+        return cls(process, transport, protocol.exited)
 
     async def write(self, data: bytes) -> None:
         assert self.process.stdin is not None
@@ -99,10 +134,16 @@ class SubprocessExec:
         return await self.process.stderr.read(size)
 
     async def wait(self) -> int | None:
-        return await self.process.wait()
+        """The exit status once the process exited, whoever still holds its pipes."""
+        await asyncio.shield(self._exited)
+        return self.process.returncode
 
     def close(self) -> None:
+        """EOF on stdin, SIGTERM to the process's group (its own, from
+        ``start_new_session``; signalled only while the leader is not yet reaped, so its
+        id cannot have been reused), and our ends of its pipes closed once it exited."""
         self.write_eof()
         if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.terminate()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+        self._exited.add_done_callback(lambda _: self._transport.close())

@@ -65,12 +65,15 @@ class Flow:
     The link that carries the flow sets ``stop`` (end it now, as cut) and may set
     ``meter`` (bytes so far, when they are counted outside this process).
     ``held_since``: when its owner first held it (loop time; ``None``: never held), the
-    start of its one wait for a link, given back or not.
+    start of its one wait for a link, given back or not. ``early``: the client's bytes
+    already read from ``sock`` when a link gave the flow back (the asyncssh backend reads
+    while the channel opens; they reached no one): the next link sends them first.
     """
 
     __slots__ = (
         "counters",
         "done",
+        "early",
         "forward",
         "held_since",
         "host",
@@ -102,6 +105,7 @@ class Flow:
         self.stop: Callable[[str], None] | None = None
         self.meter: Callable[[], Traffic | None] | None = None
         self.held_since: float | None = None
+        self.early = b""
 
     def finish(self, cut: str | None, traffic: Traffic | None = None) -> None:
         """Report the end once: ``cut`` says why the tunnel could not finish the flow
@@ -117,10 +121,12 @@ class Flow:
         self.owner.flow_ended(self, cut, traffic)
 
     def give_back(self, link: object) -> None:
-        """``link`` cannot take the flow and nothing of it reached the gateway (its going
-        master never got the socket: the client's bytes still wait in the kernel): held
-        by its owner for the next link, as a connection that comes while the link is
-        down is, instead of cut; within the deadline of its first hold, not a new one."""
+        """``link`` cannot take the flow and nothing of it reached the target: no channel
+        was opened for it (at most a CHANNEL_OPEN sent, never confirmed), no byte of the
+        client's was sent and none written to it (unread, the client's bytes wait in the
+        kernel, or in :attr:`early`). Held by its owner for the next link, as a
+        connection that comes while the link is down is, instead of cut; within the
+        deadline of its first hold, not a new one."""
         self.stop = None
         self.meter = None
         self.owner.hold(self, link)

@@ -492,12 +492,20 @@ class Tunnel:
         if self._roaming is not None:
             self._roaming.close()
         link, self._link = self._link, None
-        await asyncio.gather(
-            *(mouth.close() for mouth in self._mouths.values()),
-            *(mouth.close() for mouth in self._udp.values()),
-        )
+        # The UDP relays' channels end in the background, on the link while it answers
+        # (their commands hear the EOF); the link does not wait longer than the TCP mouths'
+        # close and CLOSE_TIMEOUT_S for them: a gateway that stopped answering never
+        # confirms a channel's end, and only the link's end ends those channels then.
+        for udp in self._udp.values():
+            udp.drop_link("closed")
+        relays = asyncio.gather(*(udp.settle() for udp in self._udp.values()))
+        await asyncio.gather(*(mouth.close() for mouth in self._mouths.values()))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await asyncio.shield(relays)
         if link is not None:
             await link.aclose(CLOSE_TIMEOUT_S)
+        await asyncio.gather(*(udp.close() for udp in self._udp.values()))
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import socket
+import struct
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -109,3 +111,35 @@ def test_after_the_peers_fin_as_with_the_ioctl(ioctls: list[int]) -> None:
         fast, general = both(ours)
         assert fast == general == (10, 7)
         assert len(ioctls) == 1  # only the general path asked
+
+
+def tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, tcpinfo.TCP_INFO, tcpinfo.TCP_INFO_LEN)[0]
+
+
+def test_untouched_until_a_byte_of_it_is_read() -> None:
+    """What lets the openssh backend give back a flow whose master died: the client's
+    bytes (and its FIN) still waiting, whatever copies of the socket came and went."""
+    with pair() as (ours, peer):
+        assert tcpinfo.untouched(ours)
+        peer.sendall(b"abc")
+        peer.shutdown(socket.SHUT_WR)
+        wait_for(lambda: tcp_state(ours) == 8, "CLOSE_WAIT")  # the data came before it
+        assert tcpinfo.untouched(ours)
+        os.close(os.dup(ours.fileno()))  # a master's copy, closed as it dies
+        assert tcpinfo.untouched(ours)
+        assert ours.recv(1) == b"a"
+        assert not tcpinfo.untouched(ours)
+
+
+def test_not_untouched_once_written_to_or_reset() -> None:
+    with pair() as (ours, peer):
+        ours.sendall(b"x")
+        assert not tcpinfo.untouched(ours)  # queued, then acknowledged
+        wait_for(lambda: acknowledged(ours), "all acknowledged")
+        assert not tcpinfo.untouched(ours)
+    with pair() as (ours, peer):
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()
+        wait_for(lambda: tcp_state(ours) == tcpinfo.TCP_CLOSE, "the reset")
+        assert not tcpinfo.untouched(ours)

@@ -903,3 +903,66 @@ async def test_a_packet_with_too_little_padding_drops_the_link(
     reason = link.client.lost_reason
     assert isinstance(reason, asyncssh.ProtocolError), (kind, reason)
     assert "padding" in reason.reason
+
+
+def receive_queue(local_port: int) -> int:
+    """Bytes waiting unread in the established loopback TCP socket on ``local_port``."""
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:  # noqa: SIM115
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == local_port and fields[3] == "01":
+            return int(fields[4].split(":")[1], 16)
+    return 0
+
+
+async def test_a_read_stops_at_the_packet_whose_session_closed_the_connection(
+    options: TunnelOptions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aes128-gcm's run of data packets (``gcm_run``) goes on only while the connection
+    is there, as the outer loop does: a session that closes the connection while one
+    read's packets are delivered gets no packet after that. No real peer makes our
+    sessions do that (a client's reset reaches them only when the loop turns), so a
+    session here aborts the connection at the second packet of a read that holds several
+    (the link's socket left unread until sshd queued 200 KiB in it; real sshd, a real
+    download): without the check, the packets after it were delivered on a closed
+    connection."""
+    assert options.ssh_config is not None
+    options.ssh_config.write_text("Host *\n  Ciphers aes128-gcm@openssh.com\n")
+    seen = {"read": 0, "in_read": 0, "armed": False, "aborted": False, "after": 0}
+    opened_read = asyncssh.connection.SSHConnection.data_received
+    delivered = asyncssh_link._Channel.data_received
+
+    def read(self: Any, data: bytes, datatype: Any = None) -> None:
+        seen["read"], seen["in_read"] = len(data), 0
+        opened_read(self, data, datatype)
+
+    def deliver(self: Any, data: Any, datatype: Any) -> None:
+        if seen["aborted"]:
+            seen["after"] += len(data)
+        delivered(self, data, datatype)
+        if seen["armed"] and seen["read"] >= 160 * 1024:
+            seen["in_read"] += 1
+            if seen["in_read"] == 2:
+                seen["armed"], seen["aborted"] = False, True
+                self._conn.abort()
+
+    monkeypatch.setattr(asyncssh.connection.SSHConnection, "data_received", read)
+    monkeypatch.setattr(asyncssh_link._Channel, "data_received", deliver)
+    payload = os.urandom(8 * 1024 * 1024)
+    async with talking_target(payload) as forward, Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        assert isinstance(link, asyncssh_link.SSHLink)
+        reader, writer = await asyncio.open_connection(*forward.mouth)
+        try:
+            await reader.readexactly(1 << 20)
+            link.conn._transport.pause_reading()
+            port = link.conn.get_extra_info("sockname")[1]
+            await wait_until(lambda: receive_queue(port) >= 200 * 1024)
+            seen["armed"] = True
+            link.conn._transport.resume_reading()
+            await wait_until(lambda: seen["aborted"])
+            with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+                async with asyncio.timeout(10):
+                    await reader.readexactly(len(payload))
+        finally:
+            writer.close()
+    assert seen["after"] == 0

@@ -12,10 +12,11 @@ import dataclasses
 import os
 import signal
 import socket
+from pathlib import Path
 
 import pytest
 
-from tests.peers import Sshd, free_port, wait_until
+from tests.peers import Sshd, free_port, signal_existing, stopped, wait_until
 from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
 from tunnel.backends.asyncssh_link import SSHLink
 from tunnel.backends.openssh.link import MuxLink
@@ -23,6 +24,7 @@ from tunnel.link import Flow, Link
 
 from .tunnel_testlib import Target, link_up, settled_fd_count, talking_target
 
+WAIT_S = 20.0
 CHUNK = b"s" * 65536
 """A target sends 16384 of these (1 GB): it never closes first while the client is there."""
 
@@ -212,3 +214,57 @@ async def test_a_flow_that_comes_as_the_connection_is_lost_is_held_for_the_next_
         await wait_until(lambda: not mouth.flows)
         assert mouth.counters.cut == 0
         assert await settled_fd_count() == before
+
+
+def tcp_queues(local_port: int, remote_port: int | None = None) -> list[tuple[int, int]]:
+    """``(send queue, receive queue)`` of each established loopback TCP socket on
+    ``local_port`` (connected from ``remote_port``, when given), from /proc/net/tcp."""
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state = fields[1], fields[2], fields[3]
+        if int(local.split(":")[1], 16) != local_port or state != "01":
+            continue
+        if remote_port is not None and int(remote.split(":")[1], 16) != remote_port:
+            continue
+        tx, rx = fields[4].split(":")
+        found.append((int(tx, 16), int(rx, 16)))
+    return found
+
+
+async def test_a_flow_whose_channel_open_went_unanswered_is_carried_by_the_next_link(
+    any_options: TunnelOptions, sshd: Sshd, echo: Target
+) -> None:
+    """The link dies after a flow's CHANNEL_OPEN was sent and before the gateway answered
+    it: nothing was sent on the channel and nothing written to the client, so the flow
+    is held and opened again on the next link (as one that came while the link was
+    down), its bytes carried once. The asyncssh backend has read them meanwhile (they go
+    with the flow); the master never read them (they wait in the kernel, which
+    :func:`~tunnel.backends.openssh.tcpinfo.untouched` checks). sshd's session is frozen
+    (the OPEN waits unread in its socket), then killed: the link is reset."""
+    options = dataclasses.replace(any_options, wait_for_link_s=WAIT_S, keepalive_s=3600)
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    payload = b"sent while the channel opened\n"
+    async with Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        mouth = tunnel._mouths[forward.mouth]
+        await wait_until(lambda: tcp_queues(sshd.port) == [(0, 0)])  # the link quiet
+        with stopped(sshd.session_pids()) as frozen:
+            assert frozen and tcp_queues(sshd.port)[0][1] == 0
+            reader, writer = await asyncio.open_connection(*forward.mouth)
+            client_port = writer.get_extra_info("sockname")[1]
+            writer.write(payload)
+            await wait_until(lambda: tcp_queues(sshd.port)[0][1] > 0, WAIT_S)  # the OPEN
+            # The payload taken by our process (asyncssh) or waiting for the master.
+            unread = 0 if isinstance(link, SSHLink) else len(payload)
+            await wait_until(lambda: tcp_queues(forward.mouth_port, client_port) == [(0, unread)])
+            assert len(mouth.flows) == 1
+            signal_existing(frozen, signal.SIGKILL)
+        try:
+            async with asyncio.timeout(WAIT_S):
+                assert await reader.readexactly(len(payload)) == payload
+            assert tunnel.link is not link
+            assert mouth.counters.cut == 0
+            assert len(echo.peers) == 1  # the frozen sshd never reached the target
+        finally:
+            writer.close()

@@ -684,3 +684,38 @@ async def test_a_master_that_dies_mid_transfer_resets_the_client(
         stop_the_master(how, link, sshd)
         assert await how_it_ends(client) == "reset"
         await wait_until(lambda: tunnel.state.forwards[0].cut == 1)
+
+
+async def test_a_stop_past_its_grace_ends_a_proxy_command_that_left_the_group(
+    mux_options: TunnelOptions, sshd: Sshd, tmp_path: Path
+) -> None:
+    """A master that does not act on the stop's SIGTERM (stopped here; OpenSSH's signal
+    race does the same for a keepalive) is SIGKILLed after the grace and cannot hang up
+    its ProxyCommand; the watchdog ends the master's process group, which a proxy run
+    under ``setsid`` has left: it is found by its parent before the master goes, and
+    ended after it."""
+    setsid = shutil.which("setsid")
+    if setsid is None:
+        pytest.skip("setsid not installed (Debian: util-linux)")
+    relay, pid_file = tmp_path / "relay.py", tmp_path / "relay.pid"
+    relay.write_text(PROXY_RELAY)
+    assert mux_options.ssh_config is not None
+    mux_options.ssh_config.write_text(
+        f"ProxyCommand {setsid} {sys.executable} {relay} 127.0.0.1 {sshd.port} {pid_file}\n"
+    )
+    tunnel = Tunnel(mux_options, [])
+    proxy: int | None = None
+    try:
+        await tunnel.start()
+        master = (await up_mux_link(tunnel)).pid
+        proxy = int(pid_file.read_text())
+        assert session_members(proxy) == [proxy]  # out of the master's session and group
+        os.kill(master, signal.SIGSTOP)
+        await tunnel.close()
+        assert not running(master)
+        await wait_until(lambda: not running(proxy))
+    finally:
+        await tunnel.close()
+        if proxy is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proxy, signal.SIGKILL)

@@ -15,8 +15,8 @@ import pytest
 from blitzdns.blitzmail.atp import SERVICE_MAIL, Notice, NotifyStep
 from blitzdns.blitzmail.fake_notify import FakeNotify
 from blitzdns.blitzmail.notify import NotifyClient
-from tests.peers import Sshd, free_port, start_sshd, wait_until
-from tunnel import LinkStatus, RelayLimits, RelayState, Tunnel, TunnelOptions, UdpForward
+from tests.peers import Sshd, free_port, start_sshd, stopped, wait_until
+from tunnel import LinkStatus, RelayLimits, RelayState, Tunnel, TunnelOptions, UdpForward, udp_mouth
 from tunnel.udp import BOOTSTRAP
 
 from .udp_testlib import WAIT_S, UdpTarget
@@ -131,6 +131,30 @@ async def test_link_killed_and_restored_restarts_the_relay(
         assert other.received == [b"echo:other"]
         assert tunnel.state.udp_forwards[0].associations_total == 3
     assert [data for data, _ in echo.received if data == b"lost"] == []
+
+
+async def test_close_does_not_wait_on_a_frozen_gateway_for_the_relay(
+    any_options: TunnelOptions, sshd: Sshd, echo: UdpTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway that stopped answering never confirms the relay channel's end; closing
+    the tunnel must not wait for it (it waited the relay's start timeout, 15 s, before
+    closing the link), and once the gateway thaws nothing of the relay is left."""
+    # The old wait, for good: no relay start timeout, no keepalive to find the link dead.
+    monkeypatch.setattr(udp_mouth, "START_TIMEOUT_S", 3600.0)
+    forward = udp_forward(echo.address)
+    tunnel = Tunnel(dataclasses.replace(any_options, keepalive_s=3600), [forward])
+    try:
+        await tunnel.start()
+        await carrying(tunnel)
+        with stopped(sshd.session_pids()) as frozen:
+            assert frozen
+            async with asyncio.timeout(WAIT_S) as deadline:
+                await tunnel.close()
+            assert not deadline.expired()  # (a cancel in close's last wait is not raised)
+            assert tunnel.state.status is LinkStatus.STOPPED
+    finally:
+        await tunnel.close()
+    await wait_until(lambda: not relay_processes(), WAIT_S)
 
 
 @pytest.fixture

@@ -352,9 +352,15 @@ class _Channel(DirectTCPChannel):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The channel ended: in order (the target's EOF, then CLOSE, the link still up),
-        the client gets the rest of the data and a FIN; any other way, a reset."""
+        the client gets the rest of the data and a FIN; the link lost (not closed by us:
+        the openssh backend's master then cuts its flows) while its OPEN waited for an
+        answer: the flow is given back (nothing was sent on the channel or written to the
+        client; what was read waits in ``pending``); any other way, a reset."""
         client = self.client
         if client.closed:
+            return
+        if self.opening and not self.abandoned and not client.link.closing:
+            client.give_back()
             return
         if exc is not None:
             client.cut(f"link lost; connection cut ({describe(exc)})")
@@ -398,8 +404,11 @@ class _ClientSide(asyncio.BufferedProtocol):
         self.open = False
         #: The socket's transport while ``connect_accepted_socket`` runs.
         self.accepting: Inline[object] | None = None
-        self.pending: list[bytes] = []
-        self.pending_len = 0
+        #: The client's bytes read before the channel is open (a flow given back by a
+        #: link whose OPEN went unanswered comes with those it read: ``Flow.early``).
+        self.pending: list[bytes] = [flow.early] if flow.early else []
+        self.pending_len = len(flow.early)
+        flow.early = b""
         self.eof = False
         self.target_eof = False
         self.closed = False
@@ -407,6 +416,8 @@ class _ClientSide(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH_WATER)
+        if self.pending_len > PENDING_MAX:
+            self.transport.pause_reading()
         forward = self.flow.forward
         # CHANNEL_OPEN is written now, in this turn of the loop.
         try:
@@ -503,9 +514,11 @@ class _ClientSide(asyncio.BufferedProtocol):
 
     def give_back(self) -> None:
         """Give the flow back to be held for the next link (:meth:`Flow.give_back`): the
-        link's connection went before the channel's open was written, and nothing was read
-        from the client yet (reading starts after ``connection_made``). The flow goes on
-        with a descriptor of its own: the transport closes the one it was given."""
+        link's connection went before its channel was confirmed (before the OPEN was
+        written, or while it waited for an answer), so nothing was sent on the channel
+        and nothing written to the client; the client's bytes read meanwhile go with the
+        flow (:attr:`Flow.early`). The flow goes on with a descriptor of its own: the
+        transport closes the one it was given."""
         flow = self.flow
         try:
             kept = socket.socket(fileno=os.dup(flow.sock.fileno()))
@@ -513,6 +526,10 @@ class _ClientSide(asyncio.BufferedProtocol):
             self.cut(f"link lost; connection cut ({describe(exc)})")
             return
         self.closed = True
+        self.channel = None  # it refers back: no cycle left
+        flow.early = b"".join(self.pending)
+        self.pending.clear()
+        self.pending_len = 0
         flow.sock = kept
         self.transport.abort()
         flow.give_back(self.link)

@@ -29,7 +29,7 @@ from tunnel.backends.openssh.mux import (
 )
 from tunnel.backends.openssh.pool import MuxChannel, SparePool
 from tunnel.backends.openssh.procnet import tcp_path
-from tunnel.backends.openssh.tcpinfo import tcp_traffic
+from tunnel.backends.openssh.tcpinfo import tcp_traffic, untouched
 from tunnel.errors import LinkLost, TunnelError
 from tunnel.exec import SubprocessExec
 from tunnel.forwards import Gateway
@@ -231,10 +231,29 @@ class MuxLink:
                     return False
             if not data or (hung_up and len(data) < READ_MAX):
                 if session.stage < 2:
-                    self.end(session, "master closed the mux connection before its reply")
+                    self.unanswered(session)
                     return False
                 return True
         return False
+
+    def unanswered(self, session: MuxSession) -> None:
+        """The master hung up before its reply (``MUX_S_SESSION_OPENED``, sent once the
+        gateway confirmed the channel). A going master never opened the channel, and if
+        the client's socket shows that no one read or wrote a byte of it
+        (:func:`untouched`; the master closed its copies as it went), the flow is given
+        back for the next link, as the asyncssh backend gives back a flow whose OPEN went
+        unanswered; otherwise it is cut."""
+        flow = session.flow
+        if self._why_hung_up() is None or not untouched(flow.sock):
+            self.end(session, "master closed the mux connection before its reply")
+            return
+        fd = session.channel.sock.fileno()
+        if self._sessions.pop(fd, None) is None:
+            return
+        if self._hangups is None:
+            asyncio.get_running_loop().remove_reader(fd)
+        session.channel.close()
+        flow.give_back(self)
 
     def end(self, session: MuxSession, cut: str | None) -> None:
         """Close ``session``'s mux connection (ending its channel) and our copy of the

@@ -297,14 +297,66 @@ class Master:
             async with asyncio.timeout(grace_s):
                 await self.process.wait()
         except TimeoutError:
+            # The master cannot hang up its ProxyCommand now: the watchdog ends its group,
+            # and what left the group (``setsid``) is found by its parents while the master
+            # is still there to be one, and ended after it.
+            strays = stray_descendants(self.process.pid)
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
             await asyncio.shield(self.reaped)
+            for handle in strays:
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(handle, signal.SIGKILL)
+                os.close(handle)
         self.release_guard()  # the reap's callback may not have run yet
         self.stderr_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.stderr_task
         shutil.rmtree(self.control_dir, ignore_errors=True)
+
+
+def stray_descendants(pid: int) -> list[int]:
+    """Handles (pidfds, Linux 5.3+) on the processes below ``pid`` that are not in its
+    process group, found by their parents in ``/proc``: a ProxyCommand that called
+    ``setsid``, out of the watchdog's reach. A handle names its process for good (a pid
+    may be reused once it is gone). Empty where ``/proc`` or pidfds are missing."""
+    if not hasattr(os, "pidfd_open"):
+        return []
+    children: dict[int, list[int]] = {}
+    parents: dict[int, int] = {}
+    groups: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+            except (OSError, IndexError):
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            parents[int(entry)] = int(fields[1])
+            groups[int(entry)] = int(fields[2])
+    handles, todo = [], list(children.get(pid, []))
+    while todo:
+        current = todo.pop()
+        todo.extend(children.get(current, []))
+        if groups.get(current) != pid:
+            with contextlib.suppress(OSError):
+                handle = os.pidfd_open(current)
+                if _parent(current) == parents[current]:  # the one seen, not a pid reused
+                    handles.append(handle)
+                else:
+                    os.close(handle)
+    return handles
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 async def name_the_key(

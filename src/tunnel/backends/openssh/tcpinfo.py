@@ -71,3 +71,26 @@ def tcp_traffic(sock: socket.socket, *, ask_queue: bool = False) -> tuple[int, i
             queued = int.from_bytes(answer, sys.byteorder)
         sent += queued - (state in TCP_FIN_SENT)
     return int(received), int(sent)
+
+
+SIOCINQ = 0x541B
+"""Linux: bytes received and not yet read from a TCP socket (= ``FIONREAD``)."""
+
+
+def untouched(sock: socket.socket) -> bool:
+    """Whether no one read a byte from this TCP socket or wrote one to it: every byte
+    received (``tcpi_bytes_received``, less a FIN) still waits unread (``SIOCINQ``), none
+    was acknowledged (``tcpi_bytes_acked``) or waits to be (``SIOCOUTQ``). False where
+    the kernel cannot tell, and after a reset. What proves that a master that got the
+    socket and died left the client's stream whole, for another to carry."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, TCP_INFO_LEN)
+        unread = int.from_bytes(fcntl.ioctl(sock.fileno(), SIOCINQ, b"\0\0\0\0"), sys.byteorder)
+        queued = int.from_bytes(fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0"), sys.byteorder)
+    except (OSError, AttributeError, ValueError):
+        return False
+    if len(info) < TCP_INFO_LEN or info[0] == TCP_CLOSE:
+        return False
+    acked, received = TCP_INFO_BYTES.unpack_from(info, TCP_INFO_BYTES_AT)
+    received -= info[0] in TCP_FIN_RECEIVED
+    return acked == 0 and queued == 0 and unread == received
