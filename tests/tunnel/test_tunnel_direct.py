@@ -52,13 +52,13 @@ async def test_a_flow_cut_while_its_channel_opens_leaves_nothing_open(
     confirms the channel it is closed at once, so sshd's connection to the target ends
     too. (asyncssh's own open, cancelled, left the channel and the target's connection
     open until the link ended.)"""
-    made = asyncssh_link._ClientSide.connection_made
+    made = asyncssh_link._ClientSide.start
 
-    def made_then_cut(self: Any, transport: Any) -> None:
-        made(self, transport)
+    def made_then_cut(self: Any) -> None:
+        made(self)
         self.cut("cut by the test while the channel opens")
 
-    monkeypatch.setattr(asyncssh_link._ClientSide, "connection_made", made_then_cut)
+    monkeypatch.setattr(asyncssh_link._ClientSide, "start", made_then_cut)
     forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
     async with Tunnel(options, [forward]) as tunnel:
         link = await link_up(tunnel)
@@ -67,8 +67,8 @@ async def test_a_flow_cut_while_its_channel_opens_leaves_nothing_open(
         client = socket.socket()
         client.setblocking(False)
         try:
-            await loop.sock_connect(client, forward.mouth)
-            with pytest.raises(ConnectionResetError):
+            with pytest.raises(ConnectionResetError):  # the reset may come before the connect ends
+                await loop.sock_connect(client, forward.mouth)
                 async with asyncio.timeout(10):
                     while await loop.sock_recv(client, 4096):
                         pass
@@ -85,14 +85,14 @@ async def test_a_flow_cut_while_its_channel_is_refused_ends_once(
     """Cut while opening, then the gateway refuses the channel (nothing listens on the
     target's port): the flow ends once, as cut; the channel is gone and the link still
     carries the next connection."""
-    made = asyncssh_link._ClientSide.connection_made
+    made = asyncssh_link._ClientSide.start
 
-    def made_then_cut(self: Any, transport: Any) -> None:
-        made(self, transport)
+    def made_then_cut(self: Any) -> None:
+        made(self)
         if self.flow.forward.target_port != echo.port:
             self.cut("cut by the test while the channel opens")
 
-    monkeypatch.setattr(asyncssh_link._ClientSide, "connection_made", made_then_cut)
+    monkeypatch.setattr(asyncssh_link._ClientSide, "start", made_then_cut)
     refused = Forward("127.0.0.1", free_port(), "127.0.0.1", free_port())
     working = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
     async with Tunnel(options, [refused, working]) as tunnel:
@@ -108,30 +108,43 @@ async def test_a_flow_cut_while_its_channel_is_refused_ends_once(
 async def test_a_link_lost_while_a_channel_opens_resets_its_client(
     options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The link dies right after a CHANNEL_OPEN went out (no answer can come): the flow is
-    cut (a reset, counted), not left waiting."""
-    made = asyncssh_link._ClientSide.connection_made
+    """The link dies right after a CHANNEL_OPEN went out (no answer can come), the
+    client's first bytes already read (they cannot be given to another link): the flow is
+    cut (a reset, counted), not left waiting. (Nothing read yet, the flow is held for the
+    next link instead: test_tunnel_cut.py's
+    ``test_a_flow_that_comes_as_the_connection_is_lost_is_held_for_the_next_link``.)"""
+    made = asyncssh_link._ClientSide.start
+    read: list[bool] = []
 
-    def made_then_link_lost(self: Any, transport: Any) -> None:
-        made(self, transport)
+    def made_then_link_lost(self: Any) -> None:
+        made(self)
+        self.readable()  # the client's bytes are there already (sent before the accept)
+        read.append(self.taken)
         self.link.conn.abort()
 
-    monkeypatch.setattr(asyncssh_link._ClientSide, "connection_made", made_then_link_lost)
+    monkeypatch.setattr(asyncssh_link._ClientSide, "start", made_then_link_lost)
     forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
     async with Tunnel(options, [forward]) as tunnel:
         await link_up(tunnel)
+        mouth = tunnel._mouths[forward.mouth]
+        assert mouth.listener is not None
+        listener = mouth.listener.fileno()
         loop = asyncio.get_running_loop()
+        loop.remove_reader(listener)
         client = socket.socket()
         client.setblocking(False)
         try:
             await loop.sock_connect(client, forward.mouth)
             await loop.sock_sendall(client, b"hello\n")
+            mouth._accept()
             with pytest.raises(ConnectionResetError):
                 async with asyncio.timeout(10):
                     while await loop.sock_recv(client, 4096):
                         pass
         finally:
             client.close()
+            loop.add_reader(listener, mouth._accept)
+        assert read == [True]
         await wait_until(lambda: tunnel.state.forwards[0].cut == 1)
 
 
