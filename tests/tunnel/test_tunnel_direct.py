@@ -307,34 +307,65 @@ async def test_control_packets_reach_their_handlers_as_through_asyncssh(
     options: TunnelOptions, echo: Target, cipher: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Twin check of the receiving side: the open confirmation, EOF and CLOSE of a fresh
-    link's first connection reach the same handlers with the same packet (read from the
-    same place) whether the in-place path hands them over
-    (:data:`~tunnel.backends.asyncssh_patches.DISPATCHED`) or asyncssh's own parser does."""
+    link's first connection reach the same handlers with the same numbers (and the
+    connection's sequence number stepped alike) whether the in-place path hands them
+    over without asyncssh's packet object (``CONTROL_LEN``), through it
+    (:data:`~tunnel.backends.asyncssh_patches.DISPATCHED`), or asyncssh's own parser does
+    it all; the first way calls asyncssh's ``process_packet`` for none of them."""
     assert options.ssh_config is not None
     options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
     process = asyncssh.packet.SSHPacketHandler.process_packet
-    calls: list[tuple[int, str, bytes]] = []
+    confirmed = direct.DirectTCPChannel.confirmed
+    handlers = asyncssh.channel.SSHChannel._packet_handlers
+    parsed: list[tuple[int, str, bytes]] = []
+    handled: list[tuple[Any, ...]] = []
 
     def recorded(self: Any, pkttype: int, pktid: int, packet: Any) -> Any:
-        if pkttype in asyncssh_patches.DISPATCHED | {91, 93, 96, 97}:
-            calls.append((pkttype, type(self).__name__, packet.get_remaining_payload()))
+        if pkttype in {91, 93, 96, 97}:
+            parsed.append((pkttype, type(self).__name__, packet.get_remaining_payload()))
         return process(self, pkttype, pktid, packet)
 
+    def recorded_confirmed(self: Any, *numbers: int) -> None:
+        handled.append(("confirmed", *numbers, self._conn._recv_seq))
+        confirmed(self, *numbers)
+
+    def handler_of(pkttype: int) -> Any:
+        original = handlers[pkttype]
+
+        def handler(self: Any, kind: int, pktid: int, packet: Any) -> None:
+            handled.append((kind, pktid, packet.get_remaining_payload()))
+            original(self, kind, pktid, packet)
+
+        return handler
+
     monkeypatch.setattr(asyncssh.packet.SSHPacketHandler, "process_packet", recorded)
+    monkeypatch.setattr(direct.DirectTCPChannel, "confirmed", recorded_confirmed)
+    monkeypatch.setitem(handlers, 96, handler_of(96))
+    monkeypatch.setitem(handlers, 97, handler_of(97))
     runs = []
-    for dispatched in (asyncssh_patches.DISPATCHED, frozenset()):
+    ways = (
+        (asyncssh_patches.DISPATCHED, asyncssh_patches.CONTROL_LEN),
+        (asyncssh_patches.DISPATCHED, {}),
+        (frozenset(), {}),
+    )
+    for dispatched, control in ways:
         monkeypatch.setattr(asyncssh_patches, "DISPATCHED", dispatched)
+        monkeypatch.setattr(asyncssh_patches, "CONTROL_LEN", control)
         forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
         async with Tunnel(options, [forward]) as tunnel:
             link = await link_up(tunnel)
             assert isinstance(link, asyncssh_link.SSHLink)
-            calls.clear()
+            parsed.clear()
+            handled.clear()
             assert await exchange(*forward.mouth, b"hello\n") == b"hello\n"
             await wait_until(lambda: not link.conn._channels)  # noqa: B023 (awaited here)
-            runs.append(list(calls))
-    assert [call[:2] for call in runs[0]] == [
+            runs.append((list(parsed), list(handled)))
+    assert [kind[0] for kind in runs[0][1]] == ["confirmed", 96, 97]
+    assert runs[0][1] == runs[1][1] == runs[2][1]
+    assert runs[0][0] == []
+    assert [call[:2] for call in runs[1][0]] == [
         (91, "SSHClientConnection"),
         (96, "_Channel"),
         (97, "_Channel"),
     ]
-    assert runs[0] == runs[1]
+    assert runs[1][0] == runs[2][0]
