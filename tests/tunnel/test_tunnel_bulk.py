@@ -376,8 +376,8 @@ def test_the_clients_bytes_are_read_into_the_links_buffer(
         reads.append(nbytes)
         updated(self, nbytes)
 
-    def offering(self: Any, sizehint: int) -> memoryview:
-        buffer = get_buffer(self, sizehint)
+    def offering(self: Any) -> memoryview:
+        buffer = get_buffer(self)
         offered.append((self.open, len(buffer)))
         return buffer
 

@@ -174,16 +174,16 @@ async def test_a_flow_given_back_by_dying_links_waits_no_longer_than_its_first_d
     assert echo.peers == []
 
 
-@pytest.mark.parametrize("when", ["before_the_carry", "before_the_channel_open"])
+@pytest.mark.parametrize("when", ["before_the_carry", "after_the_channel_open"])
 async def test_a_flow_that_comes_as_the_connection_is_lost_is_held_for_the_next_link(
     options: TunnelOptions, echo: Target, when: str
 ) -> None:
     """The asyncssh backend's twin of the openssh backend's
     ``test_a_flow_that_comes_as_the_master_is_gone_is_held_for_the_next_link``: a flow
     accepted when the SSH connection has just been lost (the supervisor not told yet:
-    ``tunnel.link`` is still that link), or lost between the carry and its transport's
-    start (before the CHANNEL_OPEN is written), sent nothing to the gateway and had
-    nothing read: it is held and carried by the next link, not cut. The test accepts
+    ``tunnel.link`` is still that link), or lost right after the carry (its CHANNEL_OPEN
+    written, never confirmed), had nothing read from its client: it is held and carried
+    by the next link, not cut. The test accepts
     (the mouth's listener is not watched meanwhile) in the same step of the loop as the
     connection's loss, before or after."""
     forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)

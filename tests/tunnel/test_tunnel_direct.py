@@ -52,13 +52,13 @@ async def test_a_flow_cut_while_its_channel_opens_leaves_nothing_open(
     confirms the channel it is closed at once, so sshd's connection to the target ends
     too. (asyncssh's own open, cancelled, left the channel and the target's connection
     open until the link ended.)"""
-    made = asyncssh_link._ClientSide.connection_made
+    made = asyncssh_link._ClientSide.start
 
-    def made_then_cut(self: Any, transport: Any) -> None:
-        made(self, transport)
+    def made_then_cut(self: Any) -> None:
+        made(self)
         self.cut("cut by the test while the channel opens")
 
-    monkeypatch.setattr(asyncssh_link._ClientSide, "connection_made", made_then_cut)
+    monkeypatch.setattr(asyncssh_link._ClientSide, "start", made_then_cut)
     forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
     async with Tunnel(options, [forward]) as tunnel:
         link = await link_up(tunnel)
@@ -67,8 +67,8 @@ async def test_a_flow_cut_while_its_channel_opens_leaves_nothing_open(
         client = socket.socket()
         client.setblocking(False)
         try:
-            await loop.sock_connect(client, forward.mouth)
-            with pytest.raises(ConnectionResetError):
+            with pytest.raises(ConnectionResetError):  # the reset may come before the connect ends
+                await loop.sock_connect(client, forward.mouth)
                 async with asyncio.timeout(10):
                     while await loop.sock_recv(client, 4096):
                         pass
@@ -85,14 +85,14 @@ async def test_a_flow_cut_while_its_channel_is_refused_ends_once(
     """Cut while opening, then the gateway refuses the channel (nothing listens on the
     target's port): the flow ends once, as cut; the channel is gone and the link still
     carries the next connection."""
-    made = asyncssh_link._ClientSide.connection_made
+    made = asyncssh_link._ClientSide.start
 
-    def made_then_cut(self: Any, transport: Any) -> None:
-        made(self, transport)
+    def made_then_cut(self: Any) -> None:
+        made(self)
         if self.flow.forward.target_port != echo.port:
             self.cut("cut by the test while the channel opens")
 
-    monkeypatch.setattr(asyncssh_link._ClientSide, "connection_made", made_then_cut)
+    monkeypatch.setattr(asyncssh_link._ClientSide, "start", made_then_cut)
     refused = Forward("127.0.0.1", free_port(), "127.0.0.1", free_port())
     working = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
     async with Tunnel(options, [refused, working]) as tunnel:
@@ -105,34 +105,57 @@ async def test_a_flow_cut_while_its_channel_is_refused_ends_once(
         assert [forward.cut for forward in tunnel.state.forwards] == [1, 0]
 
 
-async def test_a_link_lost_while_a_channel_opens_resets_its_client(
+async def test_a_link_lost_while_a_channel_opens_holds_its_flow_with_the_bytes_read(
     options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The link dies right after a CHANNEL_OPEN went out (no answer can come): the flow is
-    cut (a reset, counted), not left waiting."""
-    made = asyncssh_link._ClientSide.connection_made
+    """The link dies right after a CHANNEL_OPEN went out (no answer can come), the
+    client's first bytes already read by us: nothing was sent on the channel nor written
+    to the client, so the flow is held and carried by the next link with those bytes
+    (``Flow.early``), once; not cut. (With the gateway frozen instead, on both backends:
+    test_tunnel_cut.py's
+    ``test_a_flow_whose_channel_open_went_unanswered_is_carried_by_the_next_link``.)"""
+    made = asyncssh_link._ClientSide.start
+    read: list[int] = []
 
-    def made_then_link_lost(self: Any, transport: Any) -> None:
-        made(self, transport)
+    def made_then_link_lost(self: Any) -> None:
+        made(self)
+        if read:  # the next link: carried as any flow
+            read.append(self.pending_len)
+            return
+        self.readable()  # the client's bytes are there already (sent before the accept)
+        read.append(self.pending_len)
         self.link.conn.abort()
 
-    monkeypatch.setattr(asyncssh_link._ClientSide, "connection_made", made_then_link_lost)
+    monkeypatch.setattr(asyncssh_link._ClientSide, "start", made_then_link_lost)
     forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
     async with Tunnel(options, [forward]) as tunnel:
-        await link_up(tunnel)
+        first = await link_up(tunnel)
+        mouth = tunnel._mouths[forward.mouth]
+        assert mouth.listener is not None
+        listener = mouth.listener.fileno()
         loop = asyncio.get_running_loop()
+        loop.remove_reader(listener)
         client = socket.socket()
         client.setblocking(False)
         try:
             await loop.sock_connect(client, forward.mouth)
             await loop.sock_sendall(client, b"hello\n")
-            with pytest.raises(ConnectionResetError):
-                async with asyncio.timeout(10):
-                    while await loop.sock_recv(client, 4096):
-                        pass
+            mouth._accept()
+            got = b""
+            async with asyncio.timeout(10):
+                while got != b"hello\n":
+                    chunk = await loop.sock_recv(client, 4096)
+                    assert chunk, f"closed after {got!r}"
+                    got += chunk
+            client.shutdown(socket.SHUT_WR)
+            async with asyncio.timeout(10):
+                assert await loop.sock_recv(client, 4096) == b""  # nothing twice
         finally:
             client.close()
-        await wait_until(lambda: tunnel.state.forwards[0].cut == 1)
+            loop.add_reader(listener, mouth._accept)
+        assert read == [6, 6]  # read on the first link, carried to the next
+        assert tunnel.link is not first
+        assert tunnel.state.forwards[0].cut == 0
 
 
 def record_sends(
@@ -294,34 +317,65 @@ async def test_control_packets_reach_their_handlers_as_through_asyncssh(
     options: TunnelOptions, echo: Target, cipher: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Twin check of the receiving side: the open confirmation, EOF and CLOSE of a fresh
-    link's first connection reach the same handlers with the same packet (read from the
-    same place) whether the in-place path hands them over
-    (:data:`~tunnel.backends.asyncssh_patches.DISPATCHED`) or asyncssh's own parser does."""
+    link's first connection reach the same handlers with the same numbers (and the
+    connection's sequence number stepped alike) whether the in-place path hands them
+    over without asyncssh's packet object (``CONTROL_LEN``), through it
+    (:data:`~tunnel.backends.asyncssh_patches.DISPATCHED`), or asyncssh's own parser does
+    it all; the first way calls asyncssh's ``process_packet`` for none of them."""
     assert options.ssh_config is not None
     options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
     process = asyncssh.packet.SSHPacketHandler.process_packet
-    calls: list[tuple[int, str, bytes]] = []
+    confirmed = direct.DirectTCPChannel.confirmed
+    handlers = asyncssh.channel.SSHChannel._packet_handlers
+    parsed: list[tuple[int, str, bytes]] = []
+    handled: list[tuple[Any, ...]] = []
 
     def recorded(self: Any, pkttype: int, pktid: int, packet: Any) -> Any:
-        if pkttype in asyncssh_patches.DISPATCHED | {91, 93, 96, 97}:
-            calls.append((pkttype, type(self).__name__, packet.get_remaining_payload()))
+        if pkttype in {91, 93, 96, 97}:
+            parsed.append((pkttype, type(self).__name__, packet.get_remaining_payload()))
         return process(self, pkttype, pktid, packet)
 
+    def recorded_confirmed(self: Any, *numbers: int) -> None:
+        handled.append(("confirmed", *numbers, self._conn._recv_seq))
+        confirmed(self, *numbers)
+
+    def handler_of(pkttype: int) -> Any:
+        original = handlers[pkttype]
+
+        def handler(self: Any, kind: int, pktid: int, packet: Any) -> None:
+            handled.append((kind, pktid, packet.get_remaining_payload()))
+            original(self, kind, pktid, packet)
+
+        return handler
+
     monkeypatch.setattr(asyncssh.packet.SSHPacketHandler, "process_packet", recorded)
+    monkeypatch.setattr(direct.DirectTCPChannel, "confirmed", recorded_confirmed)
+    monkeypatch.setitem(handlers, 96, handler_of(96))
+    monkeypatch.setitem(handlers, 97, handler_of(97))
     runs = []
-    for dispatched in (asyncssh_patches.DISPATCHED, frozenset()):
+    ways = (
+        (asyncssh_patches.DISPATCHED, asyncssh_patches.CONTROL_LEN),
+        (asyncssh_patches.DISPATCHED, {}),
+        (frozenset(), {}),
+    )
+    for dispatched, control in ways:
         monkeypatch.setattr(asyncssh_patches, "DISPATCHED", dispatched)
+        monkeypatch.setattr(asyncssh_patches, "CONTROL_LEN", control)
         forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
         async with Tunnel(options, [forward]) as tunnel:
             link = await link_up(tunnel)
             assert isinstance(link, asyncssh_link.SSHLink)
-            calls.clear()
+            parsed.clear()
+            handled.clear()
             assert await exchange(*forward.mouth, b"hello\n") == b"hello\n"
             await wait_until(lambda: not link.conn._channels)  # noqa: B023 (awaited here)
-            runs.append(list(calls))
-    assert [call[:2] for call in runs[0]] == [
+            runs.append((list(parsed), list(handled)))
+    assert [kind[0] for kind in runs[0][1]] == ["confirmed", 96, 97]
+    assert runs[0][1] == runs[1][1] == runs[2][1]
+    assert runs[0][0] == []
+    assert [call[:2] for call in runs[1][0]] == [
         (91, "SSHClientConnection"),
         (96, "_Channel"),
         (97, "_Channel"),
     ]
-    assert runs[0] == runs[1]
+    assert runs[1][0] == runs[2][0]

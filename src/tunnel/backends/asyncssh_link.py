@@ -24,15 +24,13 @@ import errno
 import inspect
 import logging
 import mmap
-import os
 import socket
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from tunnel.backends import asyncssh_patches, poly1305
 from tunnel.backends.chaff import drop_needless_chaff
 from tunnel.backends.direct import DirectTCPChannel
-from tunnel.backends.inline import Inline
 from tunnel.backends.lean import lazy_keepalive, skip_unlogged_packets
 from tunnel.early import offered, take
 from tunnel.errors import (
@@ -61,9 +59,12 @@ CLIENT_READ = 1024 * 1024
 :data:`PENDING_MAX`). asyncio reads a socket once per turn of its loop: with 256 KiB reads
 (what uvloop and asyncio read at most) a bulk upload took a turn per 256 KiB, always
 full (3900 reads per GB); the turn's own Python (select, handles, the transport's read)
-counted in every one. 1 MiB: A/B in bench/notes/aesbulk.md (up, CPU per GB against ssh
+counted in every one. 1 MiB: A/B in /work/notes/aesbulk.md (up, CPU per GB against ssh
 -L's: asyncio 1.40x -> 1.26x, uvloop 1.25x -> 1.19x; one run each). The buffer is an
 anonymous mapping: only the pages a read has written become resident."""
+
+WRITEV_MAX = 512
+"""The most parts one ``sendmsg`` to a client takes (IOV_MAX is 1024 on Linux)."""
 
 PASSWORD_PROMPTS_MAX = 3
 """Password prompts per attempt, as OpenSSH's NumberOfPasswordPrompts."""
@@ -195,23 +196,21 @@ class SSHLink:
         #: Made at the first read (an idle daemon's memory stays as it was), its pages
         #: resident only once written (a mapping, not a zero-filled bytearray).
         self.client_reads: memoryview | None = None
+        self.loop = asyncio.get_running_loop()
 
     def carry(self, flow: Flow) -> None:
-        """Wrap the flow's socket in a transport, then open its channel: no task, the
-        steps run in the loop's callbacks (:class:`tunnel.backends.inline.Inline`). A link
-        whose connection is gone (lost or closed, its end not yet seen by the supervisor)
-        gives the flow back, to be held for the next link (:meth:`Flow.give_back`):
-        nothing of it was read or sent."""
+        """Send the flow's CHANNEL_OPEN and start reading its socket, now, in this turn
+        of the loop (no task, no transport: :class:`_ClientSide`). A link whose
+        connection is gone (lost or closed, its end not yet seen by the supervisor) gives
+        the flow back, to be held for the next link (:meth:`Flow.give_back`): nothing of
+        it was read or sent."""
         if self.conn._transport is None:  # asyncssh's mark of a connection ended
             flow.give_back(self)
             return
         poly1305.want()
-        side = _ClientSide(self, flow)
+        side = _ClientSide(self, flow, self.loop)
         flow.stop = side.cut
-        loop = asyncio.get_running_loop()
-        side.accepting = Inline(
-            loop.connect_accepted_socket(lambda: side, flow.sock), side.transport_ready
-        )
+        side.start()
 
     async def open_exec(self, command: str) -> AsyncsshExec:
         """A session channel running ``command`` (RFC 4254 §6.5)."""
@@ -289,7 +288,7 @@ class _Channel(DirectTCPChannel):
         link = client.link
         super().__init__(link.conn, link.window, link.max_packet)
         self.client = client
-        self.transport = client.transport
+        self.transport = client  # the client socket, as a transport
         self.counters = client.counters
         #: Packets held until the loop turns; None: no write yet in this turn.
         self.held: list[bytes] | None = None
@@ -327,9 +326,9 @@ class _Channel(DirectTCPChannel):
         if held and not self.client.closed and not self.transport.is_closing():
             with contextlib.suppress(OSError, RuntimeError):  # called inside a read too
                 if len(held) == 1:
-                    self.transport.write(held[0])  # asyncio's writelines would join (a copy)
+                    self.transport.write(held[0])
                 else:
-                    asyncssh_patches.write_parts(self.transport, held)
+                    self.transport.writelines(held)
 
     def eof_held(self) -> None:
         """The target's EOF arrived while asyncssh held it back (see
@@ -352,17 +351,16 @@ class _Channel(DirectTCPChannel):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The channel ended: in order (the target's EOF, then CLOSE, the link still up),
-        the client gets the rest of the data and a FIN; the link lost (not closed by us:
-        the openssh backend's master then cuts its flows) while its OPEN waited for an
-        answer: the flow is given back (nothing was sent on the channel or written to the
-        client; what was read waits in ``pending``); any other way, a reset."""
+        the client gets the rest of the data and a FIN; any other way, a reset."""
         client = self.client
         if client.closed:
             return
         if self.opening and not self.abandoned and not client.link.closing:
+            # Never confirmed (the link went while it opened): nothing was sent on the
+            # channel nor written to the client, so the flow is held for the next link
+            # with the bytes read meanwhile (Flow.early).
             client.give_back()
-            return
-        if exc is not None:
+        elif exc is not None:
             client.cut(f"link lost; connection cut ({describe(exc)})")
         elif client.link.closing:
             client.cut("link closed; connection cut")
@@ -370,6 +368,8 @@ class _Channel(DirectTCPChannel):
             client.cut("channel closed before the target's end of data; connection cut")
         else:
             self.release()
+            client.channel = None  # ended: the client side has nothing more to tell it
+            client.open = False
             self.transport.close()
 
     def pause_writing(self) -> None:
@@ -383,43 +383,99 @@ class _Channel(DirectTCPChannel):
                 self.transport.resume_reading()
 
 
-class _ClientSide(asyncio.BufferedProtocol):
-    """Client → channel, and the life cycle of one carried flow.
+class _ClientSide:
+    """Client → channel, the client's socket, and the life cycle of one carried flow.
 
-    The client's bytes are read into the link's one buffer (``recv_into``; uvloop read
-    into its own buffer and copied each read into a new ``bytes``: one more copy of all
-    the data going up) and handed to the channel's ``write`` as a view, valid during the
-    call: the in-place path seals from it, asyncssh copies what has to wait for the
-    window, and what comes before the channel is open is copied into ``pending``."""
+    No asyncio transport: the socket is read and written here, with one reader
+    registration on the loop (``add_reader``) and a writer registration only while
+    something waits to be sent (bench/notes/roundtrip.md: uvloop's and asyncio's
+    transports cost about a third of this process's instructions for a short
+    connection). The channel sees this object as its client's transport (``write``,
+    ``writelines``, ``write_eof``, ``close``, ``abort``, ``pause_reading``, ...):
 
-    def __init__(self, link: SSHLink, flow: Flow) -> None:
+    * reading: one ``recv_into`` per wake-up into the link's one buffer, handed to the
+      channel's ``write`` as a view valid during the call (the in-place path seals from
+      it, asyncssh copies what has to wait for the window); before the channel is open
+      the bytes are copied into ``pending``, at most :data:`PENDING_MAX` then reading
+      pauses. An EOF stops reading and goes on as the channel's EOF; a read error ends
+      the flow as a transport's loss did.
+    * writing: ``send``/``sendmsg`` at once; what the socket does not take (EAGAIN, a
+      partial send) waits in ``queued`` and goes when the loop says the socket is
+      writable; above :data:`CLIENT_WRITE_HIGH_WATER` queued the channel is paused, and
+      resumed at a quarter of it. EOF and close wait for the queue to drain.
+    * the end: a cut is a reset (``SO_LINGER`` 0); the target's orderly end a FIN after
+      the last byte; registrations are removed before the socket is closed (its
+      descriptor number may be reused at once).
+    """
+
+    __slots__ = (
+        "channel",
+        "closed",
+        "closing",
+        "counters",
+        "eof",
+        "fd",
+        "flow",
+        "link",
+        "loop",
+        "open",
+        "pending",
+        "pending_len",
+        "queued",
+        "queued_len",
+        "reading",
+        "released",
+        "shut",
+        "sock",
+        "target_eof",
+        "writer_paused",
+        "writing",
+    )
+
+    def __init__(self, link: SSHLink, flow: Flow, loop: asyncio.AbstractEventLoop) -> None:
         self.link = link
         self.flow = flow
+        self.loop = loop
         self.counters = flow.counters
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        #: The flow's channel: made (and its open sent) when the transport is there, let go
-        #: when the flow ends (it refers back to this side: a cycle for the GC otherwise).
+        self.sock = flow.sock
+        self.fd = -1
+        #: The flow's channel: made (and its open sent) at the start, let go when the flow
+        #: ends (it refers back to this side: a cycle for the GC otherwise).
         self.channel: _Channel | None = None
         #: The channel is open: the client's bytes go to it (until then, to ``pending``).
         self.open = False
-        #: The socket's transport while ``connect_accepted_socket`` runs.
-        self.accepting: Inline[object] | None = None
         #: The client's bytes read before the channel is open (a flow given back by a
-        #: link whose OPEN went unanswered comes with those it read: ``Flow.early``).
+        #: link whose OPEN went unanswered comes with those it read: ``Flow.early``; its
+        #: EOF, if it came, is read again from the socket).
         self.pending: list[bytes] = [flow.early] if flow.early else []
         self.pending_len = len(flow.early)
         flow.early = b""
         self.eof = False
         self.target_eof = False
+        #: The flow ended (reported once).
         self.closed = False
+        #: The socket is being closed (after what is queued) or was: write nothing more.
+        self.closing = False
+        #: The socket is closed (its registrations removed first).
+        self.released = False
+        self.reading = False
+        self.writing = False
+        self.writer_paused = False
+        #: Send a FIN once the queue is empty.
+        self.shut = False
+        self.queued: list[bytes] = []
+        self.queued_len = 0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH_WATER)
-        if self.pending_len > PENDING_MAX:
-            self.transport.pause_reading()
+    def start(self) -> None:
+        """Send the CHANNEL_OPEN, then start reading the client."""
+        sock = self.sock
+        try:
+            sock.setblocking(False)
+            self.fd = sock.fileno()
+        except OSError as exc:
+            self.cut(f"client socket unusable: {describe(exc)}")
+            return
         forward = self.flow.forward
-        # CHANNEL_OPEN is written now, in this turn of the loop.
         try:
             channel = _Channel(self)
         except asyncssh.ChannelOpenError:  # the link's connection went since the carry
@@ -427,13 +483,57 @@ class _ClientSide(asyncio.BufferedProtocol):
             return
         self.channel = channel
         channel.open(forward.target_host, forward.target_port, self.flow.host, self.flow.port)
+        if not self.closed and self.pending_len <= PENDING_MAX:
+            self.resume_reading()
 
-    def transport_ready(self, error: BaseException | None, _result: object) -> None:
-        """The end of ``connect_accepted_socket`` (``connection_made`` came before)."""
-        self.accepting = None
-        if error is not None and not isinstance(error, asyncio.CancelledError):
-            reason = describe(error) if isinstance(error, OSError) else str(error)
-            self.cut(f"client socket unusable: {reason}")
+    # -- client → channel ------------------------------------------------------------
+
+    def readable(self) -> None:
+        if self.closed or not self.reading:
+            return
+        buffer = self.get_buffer()
+        try:
+            nbytes = self.sock.recv_into(buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # a reset by the client: its end, as a transport saw it
+            self.lost(exc)
+            return
+        if nbytes:
+            self.buffer_updated(nbytes)
+        else:
+            self.eof_received()
+
+    def get_buffer(self) -> memoryview:
+        reads = self.link.client_reads
+        if reads is None:
+            reads = self.link.client_reads = memoryview(
+                mmap.mmap(-1, CLIENT_READ, flags=mmap.MAP_PRIVATE)
+            )
+        return reads if self.open else reads[:PENDING_MAX]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        data = self.link.client_reads[:nbytes]  # type: ignore[index]
+        if not self.open:
+            self.pending.append(bytes(data))
+            self.pending_len += nbytes
+            if self.pending_len > PENDING_MAX:
+                self.pause_reading()
+            return
+        self.counters.bytes_out += nbytes
+        try:
+            self.channel.write(data)  # type: ignore[union-attr,arg-type]
+        except OSError:
+            self.abort()
+
+    def eof_received(self) -> None:
+        self.eof = True
+        self.pause_reading()
+        if self.open:
+            try:
+                self.channel.write_eof()  # type: ignore[union-attr]
+            except OSError:
+                self.abort()
 
     def opened(self) -> None:
         """The channel is open: carry the client's bytes that waited (and its EOF)."""
@@ -449,89 +549,200 @@ class _ClientSide(asyncio.BufferedProtocol):
                 self.counters.bytes_out += self.pending_len
                 self.pending.clear()
                 self.pending_len = 0
-                self.transport.resume_reading()
+                self.resume_reading()
             if self.eof:
                 channel.write_eof()
         except (OSError, RuntimeError):
-            self.transport.abort()
+            self.abort()
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        reads = self.link.client_reads
-        if reads is None:
-            reads = self.link.client_reads = memoryview(
-                mmap.mmap(-1, CLIENT_READ, flags=mmap.MAP_PRIVATE)
-            )
-        return reads if self.open else reads[:PENDING_MAX]
+    def pause_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.loop.remove_reader(self.fd)
 
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.link.client_reads[:nbytes])  # type: ignore[index]
+    def resume_reading(self) -> None:
+        if not self.reading and not self.eof and not self.closing:
+            self.reading = True
+            self.loop.add_reader(self.fd, self.readable)
 
-    def data_received(self, data: bytes | memoryview) -> None:
-        if not self.open:
-            self.pending.append(bytes(data))
-            self.pending_len += len(data)
-            if self.pending_len > PENDING_MAX:
-                self.transport.pause_reading()
-            return
-        self.counters.bytes_out += len(data)
-        try:
-            self.channel.write(data)  # type: ignore[union-attr,arg-type]
-        except OSError:
-            self.transport.abort()
+    # -- channel → client: the channel's view of its client's transport ----------------
 
-    def eof_received(self) -> bool:
-        self.eof = True
-        if self.open:
-            try:
-                self.channel.write_eof()  # type: ignore[union-attr]
-            except OSError:
-                return False
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def can_write_eof(self) -> bool:
         return True
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def write(self, data: bytes | memoryview) -> None:
+        if self.closing or not data:
+            return
+        if self.queued:
+            self.queue(bytes(data))
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.failed(exc)
+            return
+        if sent < len(data):
+            self.queue(bytes(memoryview(data)[sent:]))
+
+    def writelines(self, parts: Sequence[bytes | memoryview]) -> None:
+        if self.closing:
+            return
+        if self.queued or len(parts) > WRITEV_MAX:
+            for part in parts:
+                self.write(part)
+            return
+        try:
+            sent = self.sock.sendmsg(parts)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.failed(exc)
+            return
+        for index, part in enumerate(parts):
+            size = len(part)
+            if sent < size:
+                self.queue(bytes(memoryview(part)[sent:]))
+                for rest in parts[index + 1 :]:
+                    self.queue(bytes(rest))
+                return
+            sent -= size
+
+    def queue(self, data: bytes) -> None:
+        """Keep ``data`` until the socket takes it (after what already waits)."""
+        self.queued.append(data)
+        self.queued_len += len(data)
+        if not self.writing:
+            self.writing = True
+            self.loop.add_writer(self.fd, self.writable)
+        if not self.writer_paused and self.queued_len > CLIENT_WRITE_HIGH_WATER:
+            self.writer_paused = True
+            if self.open:
+                with contextlib.suppress(OSError, RuntimeError, AttributeError):
+                    self.channel.pause_reading()  # type: ignore[union-attr]
+
+    def writable(self) -> None:
+        if not self.writing:
+            return
+        queued = self.queued
+        try:
+            sent = self.sock.sendmsg(queued[:WRITEV_MAX])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.failed(exc)
+            return
+        self.queued_len -= sent
+        while sent:
+            size = len(queued[0])
+            if sent < size:
+                queued[0] = queued[0][sent:]
+                break
+            del queued[0]
+            sent -= size
+        if self.writer_paused and self.queued_len <= CLIENT_WRITE_HIGH_WATER // 4:
+            self.writer_paused = False
+            if self.open:
+                with contextlib.suppress(OSError, RuntimeError, AttributeError):
+                    self.channel.resume_reading()  # type: ignore[union-attr]
+        if queued:
+            return
+        self.writing = False
+        self.loop.remove_writer(self.fd)
+        if self.shut:
+            self.shut = False
+            self.write_eof()
+        if self.closing and not self.closed:
+            self.finish()
+
+    def write_eof(self) -> None:
+        """The target's EOF: a FIN to the client once the queue is empty."""
+        if self.closing:
+            return
+        if self.queued:
+            self.shut = True
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self.failed(exc)
+
+    def close(self) -> None:
+        """The target's orderly end: close once every queued byte is sent."""
+        if self.closing:
+            return
+        self.closing = True
+        self.pause_reading()
+        if not self.queued:
+            self.finish()
+
+    def abort(self) -> None:
+        """End now, dropping what is queued (a transport's ``abort``); the flow ends in
+        the next callback, as a transport reports its loss (the channel may be in the
+        middle of its own packet processing)."""
+        if not self.released:
+            self.release_socket()
+            self.loop.call_soon(self.lost, None)
+
+    # -- the end -------------------------------------------------------------------
+
+    def failed(self, exc: OSError) -> None:
+        """A write failed: the socket goes now, the flow ends in the next callback
+        (called from inside asyncssh's packet processing: no channel call here)."""
+        if self.released:
+            return
+        self.release_socket()
+        self.loop.call_soon(self.lost, exc)
+
+    def finish(self) -> None:
+        """Everything was sent: close the socket and end the flow."""
+        self.release_socket()
+        self.lost(None)
+
+    def release_socket(self) -> None:
+        """Unregister from the loop, then close the socket (once)."""
+        if self.released:
+            return
+        self.released = True
+        self.closing = True
+        self.pause_reading()
+        if self.writing:
+            self.writing = False
+            self.loop.remove_writer(self.fd)
+        self.queued.clear()
+        self.queued_len = 0
+        self.sock.close()
+
+    def lost(self, exc: Exception | None) -> None:
+        """The flow ended (the client went, or its socket was closed after the target's
+        end): its channel is closed, the end reported."""
         if self.closed:
             return
         self.closed = True
-        self.stop_accepting()
+        self.release_socket()
         channel, self.channel = self.channel, None  # it refers back: no cycle left
         self.open = False
         if channel is not None:
             channel.close()
         self.flow.finish(None)
 
-    def stop_accepting(self) -> None:
-        """Cancel ``connect_accepted_socket`` if it still runs (its end then does nothing)."""
-        if self.accepting is not None:
-            self.accepting.cancel()
-
-    def pause_writing(self) -> None:
-        if self.open:
-            self.channel.pause_reading()  # type: ignore[union-attr]
-
-    def resume_writing(self) -> None:
-        if self.open:
-            self.channel.resume_reading()  # type: ignore[union-attr]
-
     def give_back(self) -> None:
         """Give the flow back to be held for the next link (:meth:`Flow.give_back`): the
-        link's connection went before its channel was confirmed (before the OPEN was
-        written, or while it waited for an answer), so nothing was sent on the channel
-        and nothing written to the client; the client's bytes read meanwhile go with the
-        flow (:attr:`Flow.early`). The flow goes on with a descriptor of its own: the
-        transport closes the one it was given."""
-        flow = self.flow
-        try:
-            kept = socket.socket(fileno=os.dup(flow.sock.fileno()))
-        except OSError as exc:  # out of descriptors: cut, as before there was a give-back
-            self.cut(f"link lost; connection cut ({describe(exc)})")
-            return
+        link's connection went before the channel was confirmed (before the OPEN was
+        written, or while it waited for an answer), so nothing was sent on the channel and
+        nothing written to the client; the client's bytes read meanwhile go with the flow
+        (:attr:`Flow.early`). The socket stays open, unregistered."""
         self.closed = True
+        self.pause_reading()
         self.channel = None  # it refers back: no cycle left
+        flow = self.flow
         flow.early = b"".join(self.pending)
         self.pending.clear()
         self.pending_len = 0
-        flow.sock = kept
-        self.transport.abort()
         flow.give_back(self.link)
 
     def cut(self, why: str) -> None:
@@ -540,19 +751,13 @@ class _ClientSide(asyncio.BufferedProtocol):
             return
         self.closed = True
         self.flow.finish(why)
-        self.stop_accepting()
         channel, self.channel = self.channel, None
         self.open = False
         if channel is not None:
             channel.abort()
-        if self.transport is None:  # cut before the socket had its transport
-            before_cut_close(self.flow.sock)
-            self.flow.sock.close()
-            return
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            before_cut_close(sock)
-        self.transport.abort()
+        if not self.released:
+            before_cut_close(self.sock)
+            self.release_socket()
 
 
 def describe(exc: BaseException) -> str:

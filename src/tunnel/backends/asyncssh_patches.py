@@ -271,6 +271,7 @@ def _data_packets_opened_in_place() -> None:
     if not _has(SSHChannel, channel_internals.split(), ["_accept_data", "_deliver_data"]):
         return
     header_step = SSHConnection._recv_pkthdr
+    empty = SSHPacket(b"")  # only read (check_end), never written
 
     def gcm_length(self: Any, head: memoryview) -> int:
         return int.from_bytes(head, "big")
@@ -369,6 +370,10 @@ def _data_packets_opened_in_place() -> None:
         end = len(plain) - plain[0]
         if pkttype not in DISPATCHED or end < 6 or not dispatches:
             return False
+        if end == CONTROL_LEN.get(pkttype) and self._compressor is None:
+            chan = self._channels.get(int.from_bytes(plain[2:6], "big"))
+            if getattr(chan, "takes_control", False):
+                return control(self, chan, plain, pkttype, step)
         packet = SSHPacket(plain[1:end])
         packet.get_byte()
         handler = self
@@ -384,6 +389,35 @@ def _data_packets_opened_in_place() -> None:
         except PacketDecodeError as exc:
             raise ProtocolError(str(exc)) from None
         self._finish_recv_packet(pkttype, seq)
+        return True
+
+    def control(self: Any, chan: Any, plain: bytes, pkttype: int, step: Any) -> bool:
+        """:func:`dispatch` for a tunnel channel's open confirmation, EOF or CLOSE
+        (``takes_control``: :class:`tunnel.backends.direct.DirectTCPChannel`) of exactly
+        their length: the same handler calls without asyncssh's packet object and parser
+        (the confirmation's numbers read here; an EOF or CLOSE carries nothing, so its
+        handler is given an empty packet), then what ``_finish_recv_packet`` does for a
+        channel message in the steady state. A confirmation with a maximum packet size
+        of 0 goes asyncssh's way (its error)."""
+        if pkttype == MSG_CHANNEL_OPEN_CONFIRMATION:
+            send_chan = int.from_bytes(plain[6:10], "big")
+            send_window = int.from_bytes(plain[10:14], "big")
+            send_pktsize = int.from_bytes(plain[14:18], "big")
+            if send_pktsize <= 0:
+                return False
+            step(self)
+            seq = self._recv_seq
+            chan.confirmed(send_chan, send_window, send_pktsize)
+        else:
+            step(self)
+            seq = self._recv_seq
+            try:
+                chan._packet_handlers[pkttype](chan, pkttype, seq, empty)
+            except PacketDecodeError as exc:  # an asyncssh that reads more from them
+                raise ProtocolError(str(exc)) from None
+        self._auth_final = True
+        if self._transport is not None:
+            self._recv_seq = (seq + 1) & 0xFFFFFFFF
         return True
 
     def one(self: Any, packet: memoryview, steps: Any) -> None:
@@ -708,7 +742,7 @@ def _data_packets_sealed_in_place() -> None:
         seal = sealer(conn)
         if seal is None:
             return False
-        length = 1 + sum(len(arg) for arg in args)
+        length = 1 + sum(map(len, args))
         padlen = -(conn._send_enchdrlen + length) % conn._send_blocksize
         if padlen < 4:
             padlen += conn._send_blocksize
@@ -836,6 +870,12 @@ PADDING_POOL = 4096
 """Bytes of padding one ``os.urandom`` call gives (about 350 data packets' worth)."""
 
 
+MSG_CHANNEL_OPEN_CONFIRMATION = 91
+CONTROL_LEN = {MSG_CHANNEL_OPEN_CONFIRMATION: 18, 96: 6, 97: 6}
+"""The payload length (type byte included) of a ``direct-tcpip`` open confirmation (RFC
+4254 §5.1, §7.2: four uint32s, nothing channel-specific after them), an EOF and a CLOSE
+(§5.3: the recipient channel only): what :func:`_data_packets_opened_in_place`'s
+``control`` takes."""
 DISPATCHED = frozenset({91, 92, 93, 96, 97})
 """RFC 4254 §5.1-5.3: CHANNEL_OPEN_CONFIRMATION, _OPEN_FAILURE, _WINDOW_ADJUST, _EOF and
 _CLOSE, each handled at once by asyncssh (no task): the in-place path hands them over."""

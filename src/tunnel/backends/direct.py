@@ -129,9 +129,18 @@ class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
     def process_open_confirmation(
         self, send_chan: int, send_window: int, send_pktsize: int, packet: Any
     ) -> None:
+        packet.check_end()  # a direct-tcpip confirmation carries nothing more
+        self.confirmed(send_chan, send_window, send_pktsize)
+
+    takes_control = True
+    """The in-place receive path may hand this channel's open confirmation, EOF and CLOSE
+    over without asyncssh's packet object (:mod:`tunnel.backends.asyncssh_patches`):
+    :meth:`confirmed` and asyncssh's own EOF and CLOSE handlers with an empty packet."""
+
+    def confirmed(self, send_chan: int, send_window: int, send_pktsize: int) -> None:
+        """The gateway's OPEN_CONFIRMATION, its numbers read."""
         if not self.opening:
             raise asyncssh.ProtocolError("Channel not being opened")
-        packet.check_end()  # a direct-tcpip confirmation carries nothing more
         self.opening = False
         self._send_chan = send_chan
         self._send_window = send_window
