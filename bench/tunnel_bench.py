@@ -609,7 +609,7 @@ def spread_note(figures: dict[str, float], key: str) -> str:
 
 PATH_TARGETS = {"tunnel": 1.02}
 """Issue 18: the round trip through the emulated path, ours / ssh -L's."""
-NOTES = {  # where the time goes (tunnelperf's profiles, /work/notes/tunnelperf.md)
+NOTES = {  # where the time goes (profiles and A/Bs: bench/notes/aesbulk.md, bench/notes/roundtrip.md)
     ("tunnel", "up", "aes128-gcm"): "perf (uvloop): kernel (loopback TCP) ~50 %, Python ~23 %, "
     "AES-GCM ~11 %, memmove ~8.5 % (each 32 KiB packet joined: one copy of the data; a "
     "second for data that waits in asyncssh's buffer for sshd's window); padding cut from "
@@ -630,14 +630,14 @@ NOTES = {  # where the time goes (tunnelperf's profiles, /work/notes/tunnelperf.
     "Poly1305 from cryptography",
     ("tunnel", "cpu_per_gb"): "kernel (loopback TCP in read/write) about half, the rest "
     "asyncssh's per-packet Python and copies; bench/results/profiles/",
-    ("tunnel", "p50"): "about 300-400 us of CPU per connection against ssh -L's 100-130, "
-    "the excess user-space Python (perf: half our CPU in the interpreter; ~480 Python calls "
-    "spread over accept, client transport, channel, 8 packets; in place, caches cold: accept "
-    "and client transport ~65 us, channel and OPEN ~60, each of 5 socket writes ~20); on 2 "
-    "cores with sshd and the target busy too it is CPU, not order: sending OPEN before the "
-    "client's transport, or EOF/CLOSE after the next OPEN, gained nothing; chacha20-poly1305's "
-    "short-packet tags come from libsodium where present (cryptography's per-packet OpenSSL "
-    "key set-up cost ~50-70 us per connection); /work/notes/rtpy.md",
+    ("tunnel", "p50"): "about 380-480 us of CPU per connection against ssh -L's 160-180 "
+    "(loaded machine); callgrind 452k instructions per connection (uvloop, aes; 593k on "
+    "asyncio, 587k chacha), a third of it CPython's eval loop: ~1,150 Python lines spread "
+    "over the in-place packet path (4 packets each way), asyncssh's channel object and "
+    "the mouth; the client side has no asyncio transport and the channel's confirmation, "
+    "EOF and CLOSE skip asyncssh's parser (-16 % / -25 % instructions); four SSH writes "
+    "per connection, each answering a different event (nothing to coalesce); "
+    "bench/notes/roundtrip.md",
     ("tunnel-mux", "p50"): "our process ~190 us CPU per connection (accept, hand-off, watch, "
     "end) and the master ~60 us more than ssh -L (a fresh mux connection and hello per "
     "connection, two descriptors received); a bare hand-off in Python already gives ~1.5x",

@@ -8,12 +8,12 @@ through asyncssh; host keys are always checked against known_hosts
 
 Every flow opens a ``direct-tcpip`` channel (RFC 4254 §7.2) of its own kind
 (:mod:`tunnel.backends.direct`: no coroutine, task or separate session object per
-connection). The data path is two small protocol objects wired back to back with no task
-and no buffer copy per chunk: bytes read from the client go straight to the channel's
-``write`` (asyncssh's) and bytes from the channel to
-``Transport.write`` (the packets of one read of the SSH socket together); each side's
-``pause_writing`` pauses the other side's reading, so a slow reader holds back the fast
-writer (bounded memory).
+connection). The data path is two small objects wired back to back with no task and no
+buffer copy per chunk: bytes read from the client's socket (by the client side itself, no
+asyncio transport: :class:`_ClientSide`) go straight to the channel's ``write``
+(asyncssh's) and bytes from the channel to the client's socket (the packets of one read
+of the SSH socket together); each side's back-pressure pauses the other side's reading,
+so a slow reader holds back the fast writer (bounded memory).
 """
 
 from __future__ import annotations
