@@ -728,12 +728,13 @@ FIGURES = (  # (metric key, case, unit, target ratio, limit on ours) — issue 1
     ("Pss idle (MB)", "daemon Pss idle", "MB", None, None),
 )
 #: Where the time and the memory go (measured with -X importtime, /proc/<pid>/smaps and
-#: imports one by one; the startup helper's notes for issue 18 have the figures).
+#: imports one by one; bench/notes/startup.md has the figures).
 NOTES = {
     "daemon exec → ready": "nearly all before the SSH connect, and CPU-bound (so the load "
     "stretches it; the peer's ssh needs ~0.08 s of CPU): ~0.2 s of CPU, nearly all imports "
-    "(callgrind, ~0.8 G instructions): asyncssh + cryptography ~45% (asyncssh's __init__ "
-    "loads every submodule: process, server, ...; sftp and scp are placeholders in run), "
+    "(callgrind, ~0.75 G instructions): asyncssh + cryptography ~45% (asyncssh's __init__ "
+    "loads every submodule: process, channel, ...; sftp, scp, editor, server and subprocess "
+    "are placeholders in run; dnslib loads only for the resolver's slow path), "
     "the -OO restart ~5% (a second interpreter start), blitzdns/tunnel modules and "
     "the stdlib they load ~25%, the interpreter with typing/inspect/dataclasses ~18%, "
     "asyncio + uvloop + the ssl it loads ~14%; the methods dataclasses generates are "
@@ -746,7 +747,9 @@ NOTES = {
     "that clean code pages), blitzdns/tunnel modules ~7.5 MB, state after start ~2.5 MB; "
     "by kind: ~25 MB file-backed code, ~24 MB Python heap (interned names, code, classes); "
     "run starts again at python -OO (no docstrings: -1.8 MB; blitzdns/optlevel.py) and "
-    "leaves asyncssh's sftp and scp out (-0.7 MB; tunnel/nosftp.py); the Rust library's "
+    "leaves asyncssh's sftp and scp out (-0.7 MB; tunnel/nosftp.py), and dnslib until the "
+    "resolver's slow path needs it (-0.5 MB); freeing after the start gives nothing "
+    "(gc.collect + malloc_trim: -12 kB; bench/notes/startup.md); the Rust library's "
     "resident size follows the page cache's folio sizes (7.0-8.9 MB for the same code)",
 }
 

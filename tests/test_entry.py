@@ -111,3 +111,40 @@ def test_a_control_socket_under_a_file_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines()[-1] == (
         f"blitzdns: --control-socket {where}: {tmp_path}/afile is not a directory"
     )
+
+
+#: `run`'s start up to the daemon, with a stand-in daemon: the dataclass method texts that
+#: dataclasses ran through the plain ``exec`` (compiled, not taken from blitzdns.classcode's
+#: table) before the daemon's code was reached.
+CLASSCODE_FIRST = """
+import builtins, dataclasses, sys, types
+plain = []
+def counting(source, *rest):
+    if type(source) is str:
+        plain.append(source.split("(", 1)[0])
+    return builtins.exec(source, *rest)
+dataclasses.exec = counting  # what classcode.start() replaces while it is in force
+stand_in = types.ModuleType("blitzdns.daemon")
+def run_main(args):
+    import blitzdns.classcode, tunnel
+    print(len(plain), "tunnel" in sys.modules)
+    return 0
+stand_in.run_main = run_main
+sys.modules["blitzdns.daemon"] = stand_in
+from blitzdns.entry import main
+main(["run"])
+"""
+
+
+def test_run_s_imports_are_made_with_the_kept_dataclass_code() -> None:
+    """classcode is in force before anything with dataclasses loads (blitzdns.errors loads
+    the tunnel package: its 78 methods were compiled at every start when it came first)."""
+    out = subprocess.run(
+        [sys.executable, "-c", CLASSCODE_FIRST],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "True"]

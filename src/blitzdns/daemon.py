@@ -193,7 +193,9 @@ class TerminalSecrets:
 
 def preload_modules(backend: str | None) -> None:
     """Import now what the link and the resolver would import lazily later: the link
-    ``backend``'s module (``None``: no tunnel) and the IDNA codec.
+    ``backend``'s module (``None``: no tunnel), the IDNA codec and the resolver's slow
+    path (:mod:`blitzdns.dns.wire` with dnslib: a daemon that keeps its privileges loads
+    it at the first message that needs it, most never do).
 
     After the switch to the target user, the interpreter's own files may be unreadable
     (a Python under /root/.pyenv, mode 0700): a lazy import would then fail mid-connect
@@ -205,6 +207,8 @@ def preload_modules(backend: str | None) -> None:
     cannot load without PyOpenSSL).
     """
     import encodings.idna  # noqa: F401, PLC0415  (socket.getaddrinfo of a name)
+
+    import blitzdns.dns.wire  # noqa: F401, PLC0415  (the resolver's slow path)
 
     if backend == "openssh":
         import tunnel.backends.openssh.link  # noqa: PLC0415  (deliberate: the preload)

@@ -26,25 +26,28 @@ def main(argv: list[str] | None = None) -> None:
         from blitzdns.optlevel import run_optimized  # noqa: PLC0415
 
         run_optimized(args)
+    if args[:1] == ["run"]:
+        # The start creates ~100k objects that live as long as the daemon (modules,
+        # classes, functions) and almost no garbage: cyclic collections meanwhile only
+        # re-scan them. The daemon collects again once its start is over
+        # (blitzdns.daemon.end_of_start), and freezes what the start made.
+        gc.disable()
+        # The methods dataclasses writes for the daemon's classes, compiled at an
+        # earlier start (blitzdns.classcode); put back once the imports are done. Before
+        # blitzdns.errors, which loads the tunnel package and its 13 dataclasses (78
+        # methods were compiled at every start when this came after it).
+        from blitzdns import classcode  # noqa: PLC0415
+
+        classcode.start()
+        # asyncssh without its file-transfer modules (tunnel.nosftp), until the link's
+        # code is loaded.
+        from tunnel import nosftp  # noqa: PLC0415
+
+        nosftp.start()
     from blitzdns.errors import explain  # noqa: PLC0415  (after the -OO start: it loads tunnel)
 
     try:
         if args[:1] == ["run"]:
-            # The start creates ~100k objects that live as long as the daemon (modules,
-            # classes, functions) and almost no garbage: cyclic collections meanwhile only
-            # re-scan them. The daemon collects again once its start is over
-            # (blitzdns.daemon.end_of_start), and freezes what the start made.
-            gc.disable()
-            # The methods dataclasses writes for the daemon's classes, compiled at an
-            # earlier start (blitzdns.classcode); put back once the imports are done.
-            from blitzdns import classcode  # noqa: PLC0415
-
-            classcode.start()
-            # asyncssh without its file-transfer modules (tunnel.nosftp), until the link's
-            # code is loaded.
-            from tunnel import nosftp  # noqa: PLC0415
-
-            nosftp.start()
             from blitzdns.daemon import run_main  # noqa: PLC0415  (run never loads typer)
 
             sys.exit(run_main(args[1:]))

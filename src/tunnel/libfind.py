@@ -20,7 +20,6 @@ import contextlib
 import ctypes.util
 import functools
 import os
-import re
 import struct
 import subprocess
 import sys
@@ -71,10 +70,9 @@ def find_library(name: str) -> str | None:
     """The soname (or path) ``ctypes.CDLL`` loads for ``name`` ("c", "nettle"), or ``None``."""
     if not sys.platform.startswith("linux"):
         return _system_find_library(name)
-    pattern = rb"\s+(lib%s\.[^\s]+)\s+\(%s" % (re.escape(name.encode()), abi_tag().encode())
-    match = re.search(pattern, ldconfig_listing())
-    if match:
-        return os.fsdecode(match.group(1))
+    cached = search_listing(name.encode(), abi_tag().encode(), ldconfig_listing())
+    if cached is not None:
+        return os.fsdecode(cached)
     dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
     prefix = f"lib{name}.so"
     for directory in (*dirs, *DEFAULT_DIRS):
@@ -86,6 +84,37 @@ def find_library(name: str) -> str | None:
             )
             if found:
                 return os.path.join(directory, found[0])
+    return None
+
+
+WHITE_SPACE = b" \t\n\r\x0b\x0c"
+"""What ``\\s`` matches in a bytes pattern."""
+
+
+def search_listing(name: bytes, abi: bytes, listing: bytes) -> bytes | None:
+    """What CPython's ``re.search(rb"\\s+(lib%s\\.[^\\s]+)\\s+\\(%s" % (name, abi),
+    listing)`` gives as its group 1, found faster: that search tries its ``\\s+`` at
+    every byte of the ~40 kB listing (~0.3-0.9 ms a name, three names at each start, plus
+    the pattern's compile); here ``bytes.find`` goes to each ``lib<name>.`` preceded by
+    white space, and the rest of the pattern is checked there. The leftmost such place is
+    the leftmost match's (the white-space runs before two places cannot overlap), so the
+    result is the same (tests/tunnel/test_libfind.py checks both on the real listing and on
+    made-up ones)."""
+    needle = b"lib" + name + b"."
+    tail = b"(" + abi
+    size = len(listing)
+    at = listing.find(needle, 1)
+    while at >= 0:
+        if listing[at - 1] in WHITE_SPACE:
+            end = stop = at + len(needle)
+            while stop < size and listing[stop] not in WHITE_SPACE:
+                stop += 1
+            after = stop
+            while after < size and listing[after] in WHITE_SPACE:
+                after += 1
+            if stop > end and after > stop and listing.startswith(tail, after):
+                return listing[at:stop]
+        at = listing.find(needle, at + 1)
     return None
 
 

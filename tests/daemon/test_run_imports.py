@@ -13,6 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dns.message
+import dns.rcode
+
 from tests.peers import free_port
 
 #: Must not be loaded by a `run --no-tunnel` that has started serving.
@@ -23,6 +26,8 @@ NOT_FOR_RUN = (
     "pydantic",
     "asyncssh",
     "cryptography",
+    "dnslib",  # the resolver's slow path only (blitzdns.dns.wire)
+    "blitzdns.dns.wire",
     "tunnel.tunnel",
     "blitzdns.cli",
     "blitzdns.check",
@@ -118,6 +123,7 @@ print(json.dumps([name for name in sys.argv[2:] if name in sys.modules]))
 #: asyncssh's every module (a Windows agent, email, X.509 without PyOpenSSL: ~2 MB).
 PRELOAD_PROBE = (
     "encodings.idna",
+    "dnslib",
     "tunnel.backends.asyncssh_link",
     "tunnel.backends.openssh.link",
     "asyncssh",
@@ -146,9 +152,9 @@ def test_preload_before_the_privilege_drop_is_the_link_s_module() -> None:
     links = {"asyncssh": "tunnel.backends.asyncssh_link", "openssh": "tunnel.backends.openssh.link"}
     for backend, link in links.items():
         loaded = set(preloaded(backend))
-        assert {"encodings.idna", link, "asyncssh"} <= loaded
+        assert {"encodings.idna", "dnslib", link, "asyncssh"} <= loaded
         assert not loaded & unused
-    assert preloaded("none") == ["encodings.idna"]
+    assert preloaded("none") == ["encodings.idna", "dnslib"]
 
 
 def test_status_does_not_load_typer_nor_pydantic(tmp_path: Path) -> None:
@@ -172,3 +178,71 @@ def test_status_does_not_load_typer_nor_pydantic(tmp_path: Path) -> None:
     )
     assert out.stdout.split("\n")[0] == "3 []", out.stdout + out.stderr
     assert "no daemon is running" in out.stderr
+
+
+#: A started daemon, then a message only the slow path answers (an EDNS version above 0:
+#: BADVERS), sent to its listener: which of dnslib / the wire module are loaded before
+#: and after, and the reply.
+SLOW_PATH = """
+import asyncio, json, socket, struct, sys
+from pathlib import Path
+from blitzdns.daemon import Daemon, RunOptions
+from blitzdns.config import load_config
+
+config = load_config(Path(sys.argv[1]), search=False)
+options = RunOptions(
+    config_path=Path(sys.argv[1]), no_tunnel=True, drop_privileges=False,
+    control_socket=Path(sys.argv[2]), root=Path(sys.argv[3]),
+)
+port = int(sys.argv[4])
+query = (
+    struct.pack("!6H", 0x4242, 0x0100, 1, 0, 0, 1)
+    + b"\\x05alpha\\x07example\\x04test\\x00" + struct.pack("!2H", 1, 1)
+    + b"\\x00" + struct.pack("!HHBBHH", 41, 1232, 0, 1, 0, 0)
+)
+
+async def main():
+    daemon = Daemon(config, options)
+    await daemon.start()
+    loaded = {"before": [m for m in ("dnslib", "blitzdns.dns.wire") if m in sys.modules]}
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(sock, query)
+        reply = await asyncio.wait_for(loop.sock_recv(sock, 4096), 20)
+    await daemon.close()
+    loaded["after"] = [m for m in ("dnslib", "blitzdns.dns.wire") if m in sys.modules]
+    loaded["reply"] = reply.hex()
+    return loaded
+
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+def test_the_slow_path_loads_dnslib_when_first_needed(tmp_path: Path) -> None:
+    """dnslib is not loaded at the start, and a message only the slow path answers still
+    gets its answer from a started daemon (the import happens then)."""
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        'preset = "none"\n[dns]\n'
+        f'listen = ["127.0.0.1:{port}"]\nupstreams = ["127.0.0.1:{free_port()}"]\n'
+        '[hosts.alpha]\nnames = ["alpha.example.test"]\nmouth = "127.79.0.1"\n'
+    )
+    root = tmp_path / "root"
+    root.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-c", SLOW_PATH, str(config), str(tmp_path / "ctl"), str(root), str(port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert seen["before"] == []
+    assert seen["after"] == ["dnslib", "blitzdns.dns.wire"]
+    reply = dns.message.from_wire(bytes.fromhex(seen["reply"]))
+    assert reply.id == 0x4242
+    assert reply.rcode() == dns.rcode.BADVERS  # RFC 6891 §6.1.3: the slow path's answer

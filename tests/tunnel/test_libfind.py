@@ -6,11 +6,14 @@ from __future__ import annotations
 import ctypes.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tunnel import libfind
 
@@ -117,3 +120,51 @@ def test_the_patch_is_only_in_force_within_the_block() -> None:
     with libfind.cheap_find_library():
         assert ctypes.util.find_library is libfind.find_library
     assert ctypes.util.find_library is original
+
+
+def regex_search(name: bytes, abi: bytes, listing: bytes) -> bytes | None:
+    """CPython's ctypes.util search of the ``ldconfig -p`` listing (3.11-3.13)."""
+    match = re.search(rb"\s+(lib%s\.[^\s]+)\s+\(%s" % (re.escape(name), abi), listing)
+    return match.group(1) if match else None
+
+
+@linux_only
+def test_the_listing_search_finds_what_the_regex_finds_in_the_real_listing() -> None:
+    listing = libfind.ldconfig_listing()
+    abi = libfind.abi_tag().encode()
+    names = {b"c", b"nettle", b"oqs", b"liboqs", b"crypto", b"ssl", b"z", b"m", b"no-such"}
+    for line in listing.splitlines()[1:]:  # every name in the cache: libNAME.so...
+        soname = line.split()[0] if line.split() else b""
+        if soname.startswith(b"lib") and b".so" in soname:
+            names.add(soname[3 : soname.index(b".so")])
+    for name in sorted(names):
+        assert libfind.search_listing(name, abi, listing) == regex_search(name, abi, listing)
+
+
+#: Made-up listings: the pieces a real one has, and the near misses around them.
+PIECES = st.sampled_from(
+    [
+        b"\t",
+        b" ",
+        b"\n",
+        b"lib",
+        b"foo",
+        b"foo.so",
+        b".so.1",
+        b".",
+        b"(",
+        b"libc6,x86-64",
+        b"(libc6,x86-64)",
+        b" => /usr/lib/libfoo.so.1",
+        b"libfoo.so.2 ",
+        b"x",
+        b"\x0b",
+        b"\r",
+    ]
+)
+
+
+@given(st.lists(PIECES, max_size=40).map(b"".join), st.sampled_from([b"foo", b"fo", b"c"]))
+def test_the_listing_search_finds_what_the_regex_finds(listing: bytes, name: bytes) -> None:
+    for abi in (b"libc6,x86-64", b"libc6"):
+        assert libfind.search_listing(name, abi, listing) == regex_search(name, abi, listing)

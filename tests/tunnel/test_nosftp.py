@@ -51,7 +51,13 @@ def test_run_leaves_sftp_and_scp_out_until_the_link_is_loaded() -> None:
     )
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout.splitlines()[-1])
-    assert seen["left_out"] == ["asyncssh.sftp", "asyncssh.scp"]
+    assert seen["left_out"] == [
+        "asyncssh.sftp",
+        "asyncssh.scp",
+        "asyncssh.editor",
+        "asyncssh.server",
+        "asyncssh.subprocess",
+    ]
     assert seen["in_force"] == [True, False]
     assert seen["connection"] == "module"
     assert seen["refused"] == "asyncssh.scp.scp: asyncssh.scp is not loaded"

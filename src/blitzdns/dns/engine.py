@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from blitzdns.dns import guard, wire
+from blitzdns.dns import guard
 from blitzdns.dns.cache import Cache, Entry
 from blitzdns.dns.decide import (
     Drop,
@@ -35,6 +35,7 @@ from blitzdns.dns.decide import (
     decide,
     local_answer,
 )
+from blitzdns.dns.errors import Malformed
 from blitzdns.dns.fastpath import (
     KEY_FLAG_BYTES,
     FastAnswer,
@@ -210,9 +211,11 @@ class Engine:
         message = b"\x00\x00" + entry[3] + key[:-1] + entry[4]
         if self._screen(message) is None:
             return False
+        from blitzdns.dns import wire  # noqa: PLC0415  (dnslib: loaded when first needed)
+
         try:
             records = wire.parse_reply(message).records
-        except wire.Malformed:
+        except Malformed:
             return True
         qtype = int.from_bytes(key[-5:-3], "big")
         return guard.plan(wire_labels(key), qtype, records, self.table.protects) is not None
@@ -334,9 +337,11 @@ class Engine:
         if len(packet) < HEADER_SIZE or packet[2] & QR_BYTE2:
             self.stats.dropped += 1
             return None
+        from blitzdns.dns import wire  # noqa: PLC0415  (dnslib: loaded when first needed)
+
         try:
             query = wire.parse_query(packet)
-        except wire.Malformed:
+        except Malformed:
             self.stats.formerr += 1
             return error_reply(packet, question_end(packet), FORMERR, -1)
         decision = decide(query, self.table, client)
@@ -411,7 +416,7 @@ class Engine:
         if self._screen(response) is not None:
             try:
                 guarded = self._guard(job, response)
-            except wire.Malformed:
+            except Malformed:
                 guarded = None
             if guarded is None:
                 self.stats.servfail += 1
@@ -435,6 +440,8 @@ class Engine:
         Raise :class:`~blitzdns.dns.wire.Malformed` when the reply cannot be parsed or
         rebuilt: unseen, it cannot be passed on (SERVFAIL).
         """
+        from blitzdns.dns import wire  # noqa: PLC0415  (dnslib: loaded when first needed)
+
         parsed = wire.parse_reply(response)
         qend = job.qend
         qtype = job.packet[qend - 4] << 8 | job.packet[qend - 3]

@@ -33,7 +33,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol, cast
 
 from blitzdns.config import Config, Endpoint
-from blitzdns.dns import batchio, steer, wire
+from blitzdns.dns import batchio, steer
 from blitzdns.dns.cache import Cache
 from blitzdns.dns.engine import Engine, ForwardJob, question_end
 from blitzdns.dns.fastpath import error_reply
@@ -373,6 +373,8 @@ class Resolver:
         the exception being handled) is rate-limited all the same, so that a packet that
         provokes it cannot fill the disk.
         """
+        from blitzdns.dns import wire  # noqa: PLC0415  (dnslib: loaded when first needed)
+
         self.stats.errors += 1
         self.log_limited(
             "errors while handling queries",
@@ -552,6 +554,8 @@ class Resolver:
         """``-v``: the query's outcome as dnsmasq logs it (called only when verbose)."""
         upstreams = self.forwarder.upstreams
         to = (str(upstreams[0]) if upstreams else "") if forwarded else None
+        from blitzdns.dns import wire  # noqa: PLC0415  (dnslib: loaded when first needed)
+
         for line in wire.query_log(client, packet, reply, self.engine.table.protects, to):
             self.log.info("%s", line)
 

@@ -6,6 +6,10 @@ above 0, trailing bytes, and anything else unusual — are parsed here into a
 rare upstream replies :mod:`~blitzdns.dns.guard` must look into: parsed into
 :class:`~blitzdns.dns.guard.ReplyRecord` values, and rebuilt from the ones it keeps. dnslib
 is untyped, so everything it returns is turned into our own types before it leaves.
+
+Loaded at the first message that needs it, not at the start: a resolver that only answers
+its protected names and forwards never does, and dnslib with this module is ~1.2 MB of an
+idle daemon's memory (bench/notes/startup.md).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from dnslib import (
 from dnslib import A as ARecord
 
 from blitzdns.dns import decide as d
+from blitzdns.dns.errors import Malformed
 from blitzdns.dns.fastpath import name_end
 from blitzdns.dns.guard import ReplyRecord
 from blitzdns.dns.rfc import (
@@ -48,10 +53,6 @@ from blitzdns.dns.rfc import (
 )
 from blitzdns.dns.rfc import CNAME as CNAME_TYPE
 from blitzdns.dns.table import Name, wire_labels
-
-
-class Malformed(ValueError):
-    """The message's header is readable but the rest is not (answered with FORMERR)."""
 
 
 def parse_query(packet: bytes) -> d.Query:
