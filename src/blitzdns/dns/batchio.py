@@ -170,6 +170,43 @@ class _Buffers:
         self.lengths = memoryview(self.iovecs).cast("B").cast("Q")
 
 
+class Drain:
+    """Reads what a connected UDP socket holds: up to :data:`BATCH` queued datagrams per
+    ``recvmmsg`` (the forwarder's upstream sockets, :mod:`~blitzdns.dns.upstream`).
+
+    One per event loop's forwarder: :meth:`read` copies each datagram out of the shared
+    slots before it returns. A slot holds ``slot`` bytes, as ``recv(slot)`` would take.
+    """
+
+    def __init__(self, slot: int) -> None:
+        assert _LIBC is not None
+        self._recvmmsg = _LIBC.recvmmsg
+        self.slot = slot
+        self._buffers = buffers = _Buffers(slot, 0)
+        for i in range(BATCH):
+            # A connected socket's sender is its peer (the kernel drops the rest): no
+            # address to copy.
+            buffers.headers[i].hdr.name = None
+        self._pointer = buffers.pointer
+        self._words = buffers.words
+        self._data = buffers.data
+        #: The most datagrams one read took (the tests look whether batches happen).
+        self.largest = 0
+
+    def read(self, fd: int) -> list[bytes]:
+        """The datagrams queued on ``fd`` (none: an empty list); OSError for an error the
+        socket reports (an ICMP unreachable about an earlier datagram, say)."""
+        count = self._recvmmsg(fd, self._pointer, BATCH, _DONTWAIT, None)
+        if count < 0:
+            code = ctypes.get_errno()
+            if code in (errno.EAGAIN, errno.EINTR):
+                return []
+            raise OSError(code, os.strerror(code))
+        self.largest = max(self.largest, count)
+        slot, words, data = self.slot, self._words, self._data
+        return [data[i * slot : i * slot + words[i * _WORDS + _LEN_WORD]] for i in range(count)]
+
+
 class Linger:
     """Wake-up coalescing for the readers of one resolver (see the module docstring).
 
