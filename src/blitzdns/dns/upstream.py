@@ -317,14 +317,18 @@ class Forwarder:
         usable.sort(key=lambda i: not self.health[i].ok)
         return usable * 2 if len(usable) == 1 else usable
 
-    def ask(self, query: bytes, on_done: OnDone) -> Exchange:
+    def ask(self, query: bytes, on_done: OnDone, question_end: int = 0) -> Exchange:
         """Ask for ``query`` (its ID is replaced); ``on_done`` is called once with the first
         acceptable reply, or None when none came in time — possibly before this returns
-        (no upstream to ask). :meth:`Exchange.cancel` abandons it without a call."""
+        (no upstream to ask). :meth:`Exchange.cancel` abandons it without a call.
+
+        ``question_end``, when the caller knows it, is where ``query``'s question ends (as
+        :func:`~blitzdns.dns.fastpath.question_of` would find it walking the name).
+        """
         loop = self.loop
         if loop is None:
             loop = self.loop = asyncio.get_running_loop()
-        exchange = Exchange(self, loop, query, on_done)
+        exchange = Exchange(self, loop, query, on_done, question_end)
         exchange.next_attempt()
         return exchange
 
@@ -428,12 +432,13 @@ class Exchange:
         loop: asyncio.AbstractEventLoop,
         query: bytes,
         on_done: OnDone,
+        question_end: int = 0,
     ) -> None:
         self.forwarder = forwarder
         self.loop = loop
         self.query = query
         #: What a reply must carry (:func:`~blitzdns.dns.fastpath.answers`).
-        self.question = question_of(query)
+        self.question = query[12:question_end] if question_end else question_of(query)
         self.on_done = on_done
         self.finished = False
         self.deadline = loop.time() + forwarder.timeout_s
