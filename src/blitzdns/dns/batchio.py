@@ -26,6 +26,10 @@ observed arrival rate is high and the thread is mostly idle, the loop pauses a b
 meanwhile are read and answered by one batch. Below the rate, or when the thread is busy
 (a pause would only lose time), there is no pause: a query is answered as it comes.
 
+The forwarder's upstream sockets are read the same way (:class:`Drain`): at the full miss
+rate their replies come faster than the loop turns, and one ``recvmmsg`` takes all that
+queued on a socket (bench/notes/dns.md).
+
 The functions come from the C library through :mod:`ctypes`; :func:`available` says
 whether they (and the structure layout this module builds on) are there. Elsewhere the
 resolver keeps the event loop's datagram transport.
