@@ -15,9 +15,11 @@ import ctypes
 import errno
 import logging
 import random
+import select
 import socket
 import struct
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import dns.message
 import dns.rcode
@@ -28,8 +30,8 @@ from blitzdns.dns import batchio
 from blitzdns.dns.stats import ResolverStats
 from tests.peers import FORWARDED_ADDRESS, Dnsmasq, wait_for
 
-from .conftest import SHARED_TOML, ServerThread, loop_held, make_config
-from .test_resolver import addresses, mixed_case
+from .conftest import SHARED_TOML, FakeUpstream, ServerThread, loop_held, make_config
+from .test_resolver import _reply, addresses, mixed_case
 
 pytestmark = pytest.mark.skipif(not batchio.available(), reason="no recvmmsg/sendmmsg here")
 
@@ -444,3 +446,125 @@ def test_a_pause_is_taken_once_per_loop_iteration_after_queued_replies_went_out(
 
     seen, pauses = asyncio.run(main())
     assert pauses == 1 and seen == [b"queued reply"]
+
+
+# ---------------------------------------------------------------- upstream replies (Drain)
+
+
+@contextlib.contextmanager
+def connected_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """Two UDP sockets on 127.0.0.1 connected to each other (as an upstream channel is)."""
+    ours = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        ours.bind(("127.0.0.1", 0))
+        peer.bind(("127.0.0.1", 0))
+        ours.connect(peer.getsockname())
+        peer.connect(ours.getsockname())
+        ours.setblocking(False)
+        yield ours, peer
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_a_drain_reads_every_queued_datagram_whole_and_in_order() -> None:
+    drain = batchio.Drain(65535)
+    with connected_pair() as (ours, peer):
+        assert drain.read(ours.fileno()) == []  # nothing queued (EAGAIN): nothing read
+        sent = [bytes([i]) * (i + 1) for i in range(batchio.BATCH + 8)]
+        sent.append(b"\xab" * 60000)  # as large as recv(65535) would take
+        for datagram in sent:
+            peer.send(datagram)
+        got: list[bytes] = []
+        while len(got) < len(sent):
+            assert select.select([ours], [], [], 10)[0]
+            got += drain.read(ours.fileno())
+        assert got == sent
+        assert drain.largest <= batchio.BATCH
+        assert drain.read(ours.fileno()) == []
+
+
+def test_a_drain_reports_the_error_the_socket_holds() -> None:
+    """An ICMP port unreachable about an earlier datagram: raised as recv raises it."""
+    drain = batchio.Drain(65535)
+    with connected_pair() as (ours, peer):
+        peer.close()  # nothing listens at the port ours is connected to
+        ours.send(b"query")
+        assert select.select([ours], [], [], 10)[0]
+        with pytest.raises(ConnectionRefusedError):
+            drain.read(ours.fileno())
+
+
+def test_replies_queued_on_an_upstream_socket_are_taken_by_one_read(
+    resolver_factory: Callable[..., ServerThread],
+    fake_upstream_factory: Callable[..., FakeUpstream],
+) -> None:
+    """Replies (and mismatched datagrams among them) that queued on one upstream socket
+    while the loop was busy are read together, and each goes to its own query."""
+    held: list[tuple[socket.socket, bytes, Any]] = []
+    upstream = fake_upstream_factory(
+        on_udp=lambda sock, query, peer: held.append((sock, query, peer))
+    )
+    server = resolver_factory(make_config(timeout_s=10.0), [upstream.endpoint])
+    pool = server.resolver.forwarder.pool
+    server.call(setattr, pool, "per_upstream", 1)  # every query on one socket
+    names = [f"q{i}.drain.test" for i in range(8)]
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in names]
+    try:
+        for client, name in zip(clients, names, strict=True):
+            query = dns.message.make_query(name, "A").to_wire()
+            client.sendto(query, ("127.0.0.1", server.port))
+        wait_for(lambda: len(held) == len(names), "every query at the upstream", 10)
+        with loop_held(server):
+            for sock, query, peer in held:
+                wrong_id = (int.from_bytes(query[:2], "big") + 1) & 0xFFFF
+                sock.sendto(_reply(query, "192.0.2.77", rid=wrong_id), peer)
+                sock.sendto(_reply(query, f"192.0.2.{10 + names.index(_name(query))}"), peer)
+        for i, client in enumerate(clients):
+            client.settimeout(10)
+            assert addresses(dns.message.from_wire(client.recv(4096))) == [f"192.0.2.{10 + i}"]
+    finally:
+        for client in clients:
+            client.close()
+    assert pool.created == 1 and pool.drain is not None
+    assert pool.drain.largest > 1  # several replies in one recvmmsg
+    assert server.resolver.stats.upstreams[0].mismatched == len(names)
+    assert server.resolver.stats.upstreams[0].answered == len(names)
+
+
+def _name(query: bytes) -> str:
+    return str(dns.message.from_wire(query).question[0].name).rstrip(".")
+
+
+def test_forwarded_replies_are_the_same_read_in_batches_or_one_by_one(
+    resolver_factory: Callable[..., ServerThread], dnsmasq: Dnsmasq
+) -> None:
+    """A burst of forwarded names through a real dnsmasq: the resolver that reads its
+    upstream sockets with recvmmsg answers each client as the one reading one datagram per
+    wake-up does (``batch_io=False``)."""
+    config = make_config()
+    batched = resolver_factory(config, [dnsmasq.endpoint])
+    plain = resolver_factory(config, [dnsmasq.endpoint], batch_io=False)
+    for stub in (batched, plain):
+        stub.call(setattr, stub.resolver.forwarder.pool, "per_upstream", 2)
+    answers: dict[str, list[list[str]]] = {}
+    for label, stub in (("batched", batched), ("plain", plain)):
+        clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(24)]
+        try:
+            with loop_held(stub):
+                for i, client in enumerate(clients):
+                    query = dns.message.make_query(f"b{i}.{label}.fwd.test", "A").to_wire()
+                    client.sendto(query, ("127.0.0.1", stub.port))
+            got = []
+            for client in clients:
+                client.settimeout(10)
+                got.append(addresses(dns.message.from_wire(client.recv(4096))))
+            answers[label] = got
+        finally:
+            for client in clients:
+                client.close()
+    assert answers["batched"] == answers["plain"] == [[FORWARDED_ADDRESS]] * 24
+    assert batched.resolver.forwarder.pool.drain is not None
+    assert plain.resolver.forwarder.pool.drain is None
+    assert batched.resolver.stats.upstreams[0].answered == 24

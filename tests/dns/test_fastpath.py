@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import struct
 from typing import Any
+from unittest import mock
 
 from dnslib import EDNS0, QTYPE, RR, SOA, TXT, A, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from blitzdns.config import parse_config
+from blitzdns.dns import engine as engine_module
 from blitzdns.dns.cache import Cache
 from blitzdns.dns.engine import Engine, ForwardJob
 from blitzdns.dns.fastpath import (
@@ -175,6 +177,9 @@ def test_fast_path_agrees_with_dnslib(query: bytes, client: str, data: Any) -> N
     fast = engine.handle(packet, client, NOW)
     slow = new_engine().handle_slow(packet, client, NOW)
     same_outcome(fast, slow)
+    for job in (fast, slow):
+        if isinstance(job, ForwardJob):  # the question's end the forwarder is given
+            assert question_of(job.query) == job.query[12 : job.qend]
     # Asked again with another ID: remembered replies must still match dnslib.
     again = bytes((packet[0] ^ 0x5A,)) + packet[1:] if packet else packet
     same_outcome(engine.handle(again, client, NOW), new_engine().handle_slow(again, client, NOW))
@@ -308,6 +313,41 @@ def test_cache_hits_patch_id_letters_and_ttls(
     if kind == "answer":
         assert all(rr[0] == questions[0][0] for rr in answers)
     assert len(additional) == len(expected.ar)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    query=queries(),
+    ttls=st.lists(st.integers(0, 5000), min_size=1, max_size=4),
+    kind=st.sampled_from(["answer", "nxdomain"]),
+    swap=st.booleans(),
+    data=st.data(),
+)
+def test_a_reply_carrying_the_question_as_sent_scans_alike_from_its_known_end(
+    query: bytes, ttls: list[int], kind: str, swap: bool, data: Any
+) -> None:
+    """Engine.finish gives the scan where the question ends when the reply carries the
+    query's question bytes as they are: the scan and the client's reply are the same as
+    when the name is walked."""
+    engine = new_engine()
+    job = engine.handle(mutations(query, data), "127.0.0.1", NOW)
+    if not isinstance(job, ForwardJob):
+        return
+    try:
+        reply = upstream_reply(job.query, ttls, kind)
+    except Exception:  # a question dnslib cannot build a reply for
+        return
+    if swap:
+        reply = swap_name_case(reply)
+    response = mutations(reply, data)
+    if response.startswith(job.query[12 : job.qend], 12):
+        assert scan_response(response, job.qend) == scan_response(response)
+    walking = new_engine()
+    fresh = walking.handle(job.packet, "127.0.0.1", NOW)
+    assert isinstance(fresh, ForwardJob)
+    with mock.patch.object(engine_module, "scan_response", lambda r, _=0: scan_response(r)):
+        want = walking.finish(fresh, response, NOW)
+    assert engine.finish(job, response, NOW) == want
 
 
 def test_scan_finds_every_ttl_offset() -> None:

@@ -40,7 +40,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-batch-io",
         action="store_true",
-        help="read UDP through the event loop's datagram transport (no recvmmsg/sendmmsg)",
+        help="read UDP through the event loop's datagram transport, and upstream replies "
+        "one at a time (no recvmmsg/sendmmsg)",
     )
     parser.add_argument(
         "--no-linger",

@@ -26,6 +26,10 @@ observed arrival rate is high and the thread is mostly idle, the loop pauses a b
 meanwhile are read and answered by one batch. Below the rate, or when the thread is busy
 (a pause would only lose time), there is no pause: a query is answered as it comes.
 
+The forwarder's upstream sockets are read the same way (:class:`Drain`): at the full miss
+rate their replies come faster than the loop turns, and one ``recvmmsg`` takes all that
+queued on a socket (bench/notes/dns.md).
+
 The functions come from the C library through :mod:`ctypes`; :func:`available` says
 whether they (and the structure layout this module builds on) are there. Elsewhere the
 resolver keeps the event loop's datagram transport.
@@ -168,6 +172,43 @@ class _Buffers:
         self.words = memoryview(self.headers).cast("B").cast("I")
         self.qwords = memoryview(self.headers).cast("B").cast("Q")
         self.lengths = memoryview(self.iovecs).cast("B").cast("Q")
+
+
+class Drain:
+    """Reads what a connected UDP socket holds: up to :data:`BATCH` queued datagrams per
+    ``recvmmsg`` (the forwarder's upstream sockets, :mod:`~blitzdns.dns.upstream`).
+
+    One per event loop's forwarder: :meth:`read` copies each datagram out of the shared
+    slots before it returns. A slot holds ``slot`` bytes, as ``recv(slot)`` would take.
+    """
+
+    def __init__(self, slot: int) -> None:
+        assert _LIBC is not None
+        self._recvmmsg = _LIBC.recvmmsg
+        self.slot = slot
+        self._buffers = buffers = _Buffers(slot, 0)
+        for i in range(BATCH):
+            # A connected socket's sender is its peer (the kernel drops the rest): no
+            # address to copy.
+            buffers.headers[i].hdr.name = None
+        self._pointer = buffers.pointer
+        self._words = buffers.words
+        self._data = buffers.data
+        #: The most datagrams one read took (the tests look whether batches happen).
+        self.largest = 0
+
+    def read(self, fd: int) -> list[bytes]:
+        """The datagrams queued on ``fd`` (none: an empty list); OSError for an error the
+        socket reports (an ICMP unreachable about an earlier datagram, say)."""
+        count = self._recvmmsg(fd, self._pointer, BATCH, _DONTWAIT, None)
+        if count < 0:
+            code = ctypes.get_errno()
+            if code in (errno.EAGAIN, errno.EINTR):
+                return []
+            raise OSError(code, os.strerror(code))
+        self.largest = max(self.largest, count)
+        slot, words, data = self.slot, self._words, self._data
+        return [data[i * slot : i * slot + words[i * _WORDS + _LEN_WORD]] for i in range(count)]
 
 
 class Linger:

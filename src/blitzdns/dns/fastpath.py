@@ -331,17 +331,24 @@ class Scan(NamedTuple):
     question_end: int
 
 
-def scan_response(response: bytes) -> Scan | None:
-    """Walk every record of ``response``; None when it does not hold together."""
+def scan_response(response: bytes, question_end: int = 0) -> Scan | None:
+    """Walk every record of ``response``; None when it does not hold together.
+
+    ``question_end``, when given, is where the question ends, known from a query whose
+    question bytes ``response`` carries as they are (the name is then not walked again).
+    """
     if len(response) < 12:
         return None
     counts = struct.unpack_from(">HHHH", response, 4)
     if counts[0] != 1:
         return None
-    offset = name_end(response)
-    if offset < 0:
-        return None
-    offset += 4
+    if question_end:
+        offset = question_end
+    else:
+        offset = name_end(response)
+        if offset < 0:
+            return None
+        offset += 4
     question_end = offset
     offsets: list[int] = []
     ttls: list[int] = []
