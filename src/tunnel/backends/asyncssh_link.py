@@ -59,7 +59,7 @@ CLIENT_READ = 1024 * 1024
 :data:`PENDING_MAX`). asyncio reads a socket once per turn of its loop: with 256 KiB reads
 (what uvloop and asyncio read at most) a bulk upload took a turn per 256 KiB, always
 full (3900 reads per GB); the turn's own Python (select, handles, the transport's read)
-counted in every one. 1 MiB: A/B in /work/notes/aesbulk.md (up, CPU per GB against ssh
+counted in every one. 1 MiB: A/B in bench/notes/aesbulk.md (up, CPU per GB against ssh
 -L's: asyncio 1.40x -> 1.26x, uvloop 1.25x -> 1.19x; one run each). The buffer is an
 anonymous mapping: only the pages a read has written become resident."""
 
@@ -351,7 +351,10 @@ class _Channel(DirectTCPChannel):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The channel ended: in order (the target's EOF, then CLOSE, the link still up),
-        the client gets the rest of the data and a FIN; any other way, a reset."""
+        the client gets the rest of the data and a FIN; the link lost (not closed by us:
+        the openssh backend's master then cuts its flows) while its OPEN waited for an
+        answer: the flow is given back (nothing was sent on the channel or written to the
+        client; what was read waits in ``pending``); any other way, a reset."""
         client = self.client
         if client.closed:
             return
