@@ -609,7 +609,7 @@ def spread_note(figures: dict[str, float], key: str) -> str:
 
 PATH_TARGETS = {"tunnel": 1.02}
 """Issue 18: the round trip through the emulated path, ours / ssh -L's."""
-NOTES = {  # where the time goes (profiles and A/Bs: bench/notes/aesbulk.md, bench/notes/roundtrip.md)
+NOTES = {  # where the time goes: bench/notes/aesbulk.md, bench/notes/roundtrip.md
     ("tunnel", "up", "aes128-gcm"): "perf (uvloop): kernel (loopback TCP) ~50 %, Python ~23 %, "
     "AES-GCM ~11 %, memmove ~8.5 % (each 32 KiB packet joined: one copy of the data; a "
     "second for data that waits in asyncssh's buffer for sshd's window); padding cut from "
