@@ -140,8 +140,11 @@ class SubprocessExec:
 
     def close(self) -> None:
         """EOF on stdin, SIGTERM to the process's group (its own, from
-        ``start_new_session``; signalled only while the leader is not yet reaped, so its
-        id cannot have been reused), and our ends of its pipes closed once it exited."""
+        ``start_new_session``; signalled only while asyncio has not yet reported the
+        leader's exit: with a threaded or pidfd child watcher the leader may be reaped a
+        moment before that, so a pid reused as a new group leader in that window could be
+        hit: very unlikely, and uvloop reports at the reap), and our ends of its pipes
+        closed once it exited."""
         self.write_eof()
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -223,7 +223,7 @@ class Mouth:
         """Carry a connection (or hold it until a link is up); refuse it if the peer is
         not admitted or the mouth is closed. ``accepted``: it came from this mouth's
         listener (so has ``TCP_NODELAY`` already, where that is inherited). The socket's
-        blocking mode is left to the link (asyncio's and uvloop's transports set it, the
+        blocking mode is left to the link (the asyncssh link's client side sets it, the
         openssh link before its hand-over) and nothing reads the socket before."""
         if self.closed or self.refuses(host, port):
             conn.close()  # never carried, so not cut: a plain close, as before the accept

@@ -379,3 +379,83 @@ async def test_control_packets_reach_their_handlers_as_through_asyncssh(
         (97, "_Channel"),
     ]
     assert runs[1][0] == runs[2][0]
+
+
+async def test_the_channel_s_pause_holds_through_its_open(
+    options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bytes that waited for the open fill the channel's send buffer (a gateway with a
+    small window) and the channel pauses its client, once: the open must not undo that
+    pause (the client would be read into asyncssh's buffer without bound); reading
+    resumes when the channel says so, and every byte then goes through."""
+    made = asyncssh_link._ClientSide.start
+    opened = asyncssh_link._ClientSide.opened
+    reading: list[bool] = []
+
+    def made_then_read(self: Any) -> None:
+        made(self)
+        self.readable()  # the client's bytes are there already (sent before the accept)
+
+    def opened_while_full(self: Any) -> None:
+        self.channel.pause_writing()  # what asyncssh says when the writes fill its buffer
+        opened(self)
+        reading.append(self.reading)
+        self.channel.resume_writing()
+        reading.append(self.reading)
+
+    monkeypatch.setattr(asyncssh_link._ClientSide, "start", made_then_read)
+    monkeypatch.setattr(asyncssh_link._ClientSide, "opened", opened_while_full)
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        await link_up(tunnel)
+        mouth = tunnel._mouths[forward.mouth]
+        assert mouth.listener is not None
+        listener = mouth.listener.fileno()
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(listener)
+        client = socket.socket()
+        client.setblocking(False)
+        try:
+            await loop.sock_connect(client, forward.mouth)
+            await loop.sock_sendall(client, b"hello\n")
+            mouth._accept()
+            await wait_until(lambda: len(reading) == 2)
+            await loop.sock_sendall(client, b"again\n")
+            got = b""
+            async with asyncio.timeout(10):
+                while got != b"hello\nagain\n":
+                    chunk = await loop.sock_recv(client, 4096)
+                    assert chunk, f"closed after {got!r}"
+                    got += chunk
+        finally:
+            client.close()
+            loop.add_reader(listener, mouth._accept)
+        assert reading == [False, True]
+
+
+async def test_a_flow_whose_channel_write_fails_ends_with_a_reset(
+    options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The channel refuses the client's bytes (asyncssh raises when its channel is
+    closing: the gateway's CLOSE came before the target's EOF): the flow could not be
+    finished, so its client sees a reset, never a clean end."""
+    async with Tunnel(
+        options, [Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)]
+    ) as tunnel:
+        await link_up(tunnel)
+        forward = tunnel.state.forwards[0].forward
+        assert await exchange(*forward.mouth, b"hello\n") == b"hello\n"
+
+        def refused(self: Any, data: Any, datatype: Any = None) -> None:
+            raise BrokenPipeError("channel closing")
+
+        monkeypatch.setattr(asyncssh_link._Channel, "write", refused)
+        reader, writer = await asyncio.open_connection(*forward.mouth)
+        try:
+            writer.write(b"lost\n")
+            with pytest.raises(ConnectionResetError):
+                async with asyncio.timeout(10):
+                    while await reader.read(4096):
+                        pass
+        finally:
+            writer.close()

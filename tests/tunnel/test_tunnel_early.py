@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import shutil
 import socket
 from collections.abc import Iterator
@@ -14,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.peers import Sshd, free_port
-from tunnel import Gateway, TunnelOptions, early
+from tunnel import Forward, Gateway, Tunnel, TunnelOptions, early
 from tunnel.backends.asyncssh_link import SSHLink, open_link
 from tunnel.errors import GatewayUnreachable
+
+from .tunnel_testlib import Target, exchange, link_up
 
 
 @pytest.fixture(autouse=True)
@@ -66,6 +69,30 @@ async def test_proxycommand_in_config_is_honoured(
         assert link.conn.get_extra_info("sockname") is None  # a pipe to socat, no socket
     finally:
         await link.aclose(1)
+
+
+@pytest.mark.parametrize("cipher", ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"])
+async def test_a_link_through_a_proxycommand_carries_data_both_ways(
+    sshd: Sshd, options: TunnelOptions, echo: Target, cipher: str
+) -> None:
+    """A link through a ProxyCommand (asyncssh's subprocess tunnel stands in for the
+    socket transport: it has ``write`` only) carries a connection's bytes both ways, a
+    megabyte and its echo, byte for byte: the sealing fast paths step aside for it."""
+    if shutil.which("socat") is None:
+        pytest.skip("socat not installed (Debian: socat)")
+    assert options.ssh_config is not None
+    options.ssh_config.write_text(
+        f"Host *\n  Ciphers {cipher}\n  ProxyCommand socat - TCP:127.0.0.1:{sshd.port}\n"
+    )
+    payload = os.urandom(1 << 20)
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        assert isinstance(link, SSHLink)
+        assert link.conn.get_extra_info("sockname") is None  # a pipe to socat
+        async with asyncio.timeout(60):
+            assert await exchange(*forward.mouth, payload) == payload
+        assert tunnel.state.forwards[0].cut == 0
 
 
 async def test_port_from_config_wins(sshd: Sshd, options: TunnelOptions, tmp_path: Path) -> None:

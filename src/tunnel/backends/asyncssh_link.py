@@ -264,10 +264,10 @@ skip_unlogged_packets()
 
 class _Channel(DirectTCPChannel):
     """One flow's ``direct-tcpip`` channel, and channel → client: every SSH data packet is
-    written to the client's transport.
+    written to the client's socket (:class:`_ClientSide`, the channel's transport).
 
     The packets of one read of the SSH socket are held and written together once that
-    read is processed (``writelines``: one ``writev`` with uvloop;
+    read is processed (``writelines``: one ``sendmsg`` on either loop;
     :data:`~tunnel.backends.asyncssh_patches.READ_BATCH`), as ``ssh -L`` writes its
     channel's buffer once per poll: one write call per read instead of one per packet.
     Data coming otherwise (asyncssh delivering what it held while the channel was
@@ -376,14 +376,18 @@ class _Channel(DirectTCPChannel):
             self.transport.close()
 
     def pause_writing(self) -> None:
-        if not self.client.closed:
+        client = self.client
+        client.held_by_channel = True
+        if not client.closed:
             with contextlib.suppress(OSError, RuntimeError):
-                self.transport.pause_reading()
+                client.pause_reading()
 
     def resume_writing(self) -> None:
-        if not self.client.closed:
+        client = self.client
+        client.held_by_channel = False
+        if not client.closed:
             with contextlib.suppress(OSError, RuntimeError):
-                self.transport.resume_reading()
+                client.resume_reading()
 
 
 class _ClientSide:
@@ -419,6 +423,7 @@ class _ClientSide:
         "eof",
         "fd",
         "flow",
+        "held_by_channel",
         "link",
         "loop",
         "open",
@@ -468,6 +473,10 @@ class _ClientSide:
         self.shut = False
         self.queued: list[bytes] = []
         self.queued_len = 0
+        #: The channel paused this side (its send buffer above its high-water mark, as
+        #: asyncssh's ``pause_writing`` says, once, until ``resume_writing``): only the
+        #: channel resumes reading then.
+        self.held_by_channel = False
 
     def start(self) -> None:
         """Send the CHANNEL_OPEN, then start reading the client."""
@@ -502,10 +511,14 @@ class _ClientSide:
         except OSError as exc:  # a reset by the client: its end, as a transport saw it
             self.lost(exc)
             return
-        if nbytes:
-            self.buffer_updated(nbytes)
-        else:
-            self.eof_received()
+        try:
+            if nbytes:
+                self.buffer_updated(nbytes)
+            else:
+                self.eof_received()
+        except Exception:  # a defect: this flow ends with a reset, the link goes on
+            log.exception("a flow to %s failed; its connection is reset", self.flow.forward)
+            self.abort()
 
     def get_buffer(self) -> memoryview:
         reads = self.link.client_reads
@@ -552,10 +565,14 @@ class _ClientSide:
                 self.counters.bytes_out += self.pending_len
                 self.pending.clear()
                 self.pending_len = 0
-                self.resume_reading()
+                if not self.held_by_channel:  # the writes above may have paused it
+                    self.resume_reading()
             if self.eof:
                 channel.write_eof()
         except (OSError, RuntimeError):
+            self.abort()
+        except Exception:  # a defect: not into asyncssh's packet processing
+            log.exception("a flow to %s failed; its connection is reset", self.flow.forward)
             self.abort()
 
     def pause_reading(self) -> None:
@@ -686,8 +703,10 @@ class _ClientSide:
     def abort(self) -> None:
         """End now, dropping what is queued (a transport's ``abort``); the flow ends in
         the next callback, as a transport reports its loss (the channel may be in the
-        middle of its own packet processing)."""
+        middle of its own packet processing). Never a clean end: the close is a reset
+        (a flow cut after this finds its socket closed already)."""
         if not self.released:
+            before_cut_close(self.sock)
             self.release_socket()
             self.loop.call_soon(self.lost, None)
 
@@ -695,9 +714,11 @@ class _ClientSide:
 
     def failed(self, exc: OSError) -> None:
         """A write failed: the socket goes now, the flow ends in the next callback
-        (called from inside asyncssh's packet processing: no channel call here)."""
+        (called from inside asyncssh's packet processing: no channel call here). The
+        close is a reset, as for a cut."""
         if self.released:
             return
+        before_cut_close(self.sock)
         self.release_socket()
         self.loop.call_soon(self.lost, exc)
 

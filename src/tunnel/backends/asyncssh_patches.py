@@ -654,7 +654,8 @@ def _data_packets_sealed_in_place() -> None:
         start again if the transport holds nothing of what it was given (all of it on
         the wire: no part of the arena is referenced); otherwise the arena goes on after
         what it already gave out. Nothing else keeps a sealed part: write_parts hands
-        them to the transport, and asyncio's transport copies what it keeps."""
+        them to the transport, which copies what it keeps (asyncio on 3.11) or counts
+        the views it keeps in its write buffer size (uvloop; asyncio from 3.12)."""
         if not SEALS_INTO or type(conn._send_encryption) is not GCMEncryption:
             return
         arena: _Arena | None = conn.__dict__.get(SEALED_INTO)
@@ -689,6 +690,7 @@ def _data_packets_sealed_in_place() -> None:
         if (
             conn is None
             or conn._transport is None
+            or not writes_parts(conn._transport)
             or conn._compressor is not None
             or not (conn._kex_complete and conn._auth_complete)
             or conn._rekey_bytes_sent >= conn._rekey_bytes
@@ -1169,6 +1171,24 @@ AEAD = "blitzdns_aead"
 """Where asyncssh's GCM cipher object keeps its ``AESGCM`` (with the key it was made for)."""
 CHACHA_STREAMS = "blitzdns_chacha_streams"
 """Where asyncssh's chacha20 cipher object keeps its two ChaCha20 contexts."""
+
+
+_WRITES_PARTS: dict[type, bool] = {}
+"""Per transport class: whether :func:`writes_parts` holds."""
+
+
+def writes_parts(transport: Any) -> bool:
+    """Whether ``transport`` is a whole write transport (``writelines``,
+    ``get_write_buffer_size``, ``is_closing``), as the sealing paths and
+    :func:`write_parts` use it. asyncssh's ProxyCommand tunnel (``_ProxyCommandTunnel``,
+    a subprocess protocol standing in for the transport) has only ``write``: on it the
+    packets go asyncssh's own way. Judged once per class."""
+    kind = type(transport)
+    whole = _WRITES_PARTS.get(kind)
+    if whole is None:
+        names = ("writelines", "get_write_buffer_size", "is_closing")
+        whole = _WRITES_PARTS[kind] = all(callable(getattr(kind, name, None)) for name in names)
+    return whole
 
 
 def write_parts(transport: Any, parts: Sequence[Any]) -> None:

@@ -301,13 +301,15 @@ class Master:
             # and what left the group (``setsid``) is found by its parents while the master
             # is still there to be one, and ended after it.
             strays = stray_descendants(self.process.pid)
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-            await asyncio.shield(self.reaped)
-            for handle in strays:
-                with contextlib.suppress(OSError):
-                    signal.pidfd_send_signal(handle, signal.SIGKILL)
-                os.close(handle)
+            try:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+                await asyncio.shield(self.reaped)
+            finally:  # a cancelled stop ends them too (the master was killed already)
+                for handle in strays:
+                    with contextlib.suppress(OSError):
+                        signal.pidfd_send_signal(handle, signal.SIGKILL)
+                    os.close(handle)
         self.release_guard()  # the reap's callback may not have run yet
         self.stderr_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
