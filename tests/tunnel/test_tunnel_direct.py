@@ -281,6 +281,12 @@ async def test_a_sealed_packet_is_the_one_asyncssh_sends(
             def writelines(self, parts: list[bytes]) -> None:
                 wrote.append(b"".join(parts))
 
+            def get_write_buffer_size(self) -> int:
+                return 0
+
+            def is_closing(self) -> bool:
+                return False
+
             def get_extra_info(self, name: str, default: Any = None) -> Any:
                 return transport.get_extra_info(name, default)
 
