@@ -8,9 +8,10 @@ tested for every flow in the other tunnel tests, which all go through this chann
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -105,6 +106,41 @@ async def test_a_flow_cut_while_its_channel_is_refused_ends_once(
         assert [forward.cut for forward in tunnel.state.forwards] == [1, 0]
 
 
+@contextlib.asynccontextmanager
+async def accepted_with_bytes_waiting(
+    tunnel: Tunnel, forward: Forward, payload: bytes
+) -> AsyncIterator[socket.socket]:
+    """A client of ``forward``'s mouth whose ``payload`` is already in the kernel when the
+    mouth accepts it (the listener's reader is off meanwhile): ``start`` then finds the
+    bytes waiting. Yields the client's (non-blocking) socket."""
+    mouth = tunnel._mouths[forward.mouth]
+    assert mouth.listener is not None
+    listener = mouth.listener.fileno()
+    loop = asyncio.get_running_loop()
+    loop.remove_reader(listener)
+    client = socket.socket()
+    client.setblocking(False)
+    try:
+        await loop.sock_connect(client, forward.mouth)
+        await loop.sock_sendall(client, payload)
+        mouth._accept()
+        yield client
+    finally:
+        client.close()
+        loop.add_reader(listener, mouth._accept)
+
+
+async def receive_exactly(client: socket.socket, wanted: bytes) -> None:
+    """Read ``client`` until it has given ``wanted`` (a close before that fails)."""
+    loop = asyncio.get_running_loop()
+    got = b""
+    async with asyncio.timeout(10):
+        while got != wanted:
+            chunk = await loop.sock_recv(client, 4096)
+            assert chunk, f"closed after {got!r}"
+            got += chunk
+
+
 async def test_a_link_lost_while_a_channel_opens_holds_its_flow_with_the_bytes_read(
     options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -130,29 +166,11 @@ async def test_a_link_lost_while_a_channel_opens_holds_its_flow_with_the_bytes_r
     forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
     async with Tunnel(options, [forward]) as tunnel:
         first = await link_up(tunnel)
-        mouth = tunnel._mouths[forward.mouth]
-        assert mouth.listener is not None
-        listener = mouth.listener.fileno()
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(listener)
-        client = socket.socket()
-        client.setblocking(False)
-        try:
-            await loop.sock_connect(client, forward.mouth)
-            await loop.sock_sendall(client, b"hello\n")
-            mouth._accept()
-            got = b""
-            async with asyncio.timeout(10):
-                while got != b"hello\n":
-                    chunk = await loop.sock_recv(client, 4096)
-                    assert chunk, f"closed after {got!r}"
-                    got += chunk
+        async with accepted_with_bytes_waiting(tunnel, forward, b"hello\n") as client:
+            await receive_exactly(client, b"hello\n")
             client.shutdown(socket.SHUT_WR)
-            async with asyncio.timeout(10):
-                assert await loop.sock_recv(client, 4096) == b""  # nothing twice
-        finally:
-            client.close()
-            loop.add_reader(listener, mouth._accept)
+            async with asyncio.timeout(10):  # nothing twice
+                assert await asyncio.get_running_loop().sock_recv(client, 4096) == b""
         assert read == [6, 6]  # read on the first link, carried to the next
         assert tunnel.link is not first
         assert tunnel.state.forwards[0].cut == 0
@@ -414,28 +432,10 @@ async def test_the_channel_s_pause_holds_through_its_open(
     forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
     async with Tunnel(options, [forward]) as tunnel:
         await link_up(tunnel)
-        mouth = tunnel._mouths[forward.mouth]
-        assert mouth.listener is not None
-        listener = mouth.listener.fileno()
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(listener)
-        client = socket.socket()
-        client.setblocking(False)
-        try:
-            await loop.sock_connect(client, forward.mouth)
-            await loop.sock_sendall(client, b"hello\n")
-            mouth._accept()
+        async with accepted_with_bytes_waiting(tunnel, forward, b"hello\n") as client:
             await wait_until(lambda: len(reading) == 2)
-            await loop.sock_sendall(client, b"again\n")
-            got = b""
-            async with asyncio.timeout(10):
-                while got != b"hello\nagain\n":
-                    chunk = await loop.sock_recv(client, 4096)
-                    assert chunk, f"closed after {got!r}"
-                    got += chunk
-        finally:
-            client.close()
-            loop.add_reader(listener, mouth._accept)
+            await asyncio.get_running_loop().sock_sendall(client, b"again\n")
+            await receive_exactly(client, b"hello\nagain\n")
         assert reading == [False, True]
 
 
