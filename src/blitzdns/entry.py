@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import sys
 
-TYPE_CHECKING = False  # typing's would load typing before run starts again at -OO
+TYPE_CHECKING = False  # typing's would load typing before run's imports go to -OO
 if TYPE_CHECKING:
     from blitzdns.errors import Told
 
@@ -21,11 +21,11 @@ def main(argv: list[str] | None = None) -> None:
     """Run one command; a user's mistake ends as ``blitzdns: <what and what to do>``."""
     args = sys.argv[1:] if argv is None else argv
     if argv is None and args[:1] == ["run"]:
-        # The daemon without docstrings (~1.7 MB): this process starts again at -OO when
-        # that is safe (blitzdns.optlevel); before anything else is imported.
-        from blitzdns.optlevel import run_optimized  # noqa: PLC0415
+        # The daemon without docstrings (~1.7 MB): its modules load as at -OO when that
+        # is safe (blitzdns.optlevel); before anything else is imported.
+        from blitzdns.optlevel import optimize_imports  # noqa: PLC0415
 
-        run_optimized(args)
+        optimize_imports()
     if args[:1] == ["run"]:
         # The start creates ~100k objects that live as long as the daemon (modules,
         # classes, functions) and almost no garbage: cyclic collections meanwhile only
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         from tunnel import nosftp  # noqa: PLC0415
 
         nosftp.start()
-    from blitzdns.errors import explain  # noqa: PLC0415  (after the -OO start: it loads tunnel)
+    from blitzdns.errors import explain  # noqa: PLC0415  (after optimize_imports: it loads tunnel)
 
     try:
         if args[:1] == ["run"]:

@@ -1,33 +1,33 @@
-"""``blitzdns run`` at optimization level 2 (``python -OO``): the daemon without docstrings.
+"""``blitzdns run`` at optimization level 2 (as ``python -OO``): the daemon without docstrings.
 
 A daemon keeps every module it imports for as long as it runs, and with them every
 docstring of every module, class and function (~1.7 MB of the ~47 MB idle RSS, asyncssh's
 the most; bench/daemon_bench.py). ``run`` never shows them: its ``--help`` is argparse text
 given as arguments, and nothing on its path reads ``__doc__`` (its asserts, which ``-O``
 drops too, only narrow types for mypy). A console script cannot pass ``-OO`` to its
-interpreter, so ``run`` started at a lower level replaces itself first (``os.execv``: the
-same process id, descriptors, environment, capabilities and user) with the same
-interpreter, the same options and program, plus ``-OO``, and names itself after the
-script again (``/proc/self/comm``: ``pgrep blitzdns`` finds it as before). That costs one
-more interpreter start (~40 M instructions, ~10 ms), before anything else is imported
-(:func:`blitzdns.entry.main`).
+interpreter (pip writes its ``#!`` line), so :func:`optimize_imports` makes the import
+system do what ``-OO`` does to every module loaded from then on, in this process: a
+module's code is its ``.opt-2.pyc`` (the very file ``python -OO`` reads and writes), or its
+source compiled at ``optimize=2`` and kept there. Nothing else changes: ``sys.flags`` stays
+as the interpreter was started, and ``compile``/``exec`` called at run time keep the
+interpreter's level (``dataclasses``' generated methods have no docstring or assert).
 
-Only when it cannot make things worse:
+Until session 7 ``run`` started itself again as ``python -OO`` (``os.execv``): a second
+interpreter start and the first one's imports, ~37 M instructions (callgrind), ~5 % of the
+start's CPU (bench/notes/startup.md, session 8). The modules the first lines of the entry
+load (``blitzdns``, ``blitzdns.entry``, this one; the interpreter's own at its start) keep
+their docstrings: a few kB.
 
-* started as the ``blitzdns`` script or ``python -m blitzdns`` (``python -c`` and
-  in-process callers such as the tests' are left as they are: there is no program to
-  start again), the script named by ``sys.argv[0]`` being the very file the interpreter
-  ran (a launcher that sets ``argv[0]`` to another name is not second-guessed), and no
-  trace or profile function set (``python -m pdb``, ``cProfile``, ``coverage``: they
-  would not be in the new process);
-* ``PYTHONOPTIMIZE`` not set (set, even to ``0``: the user's choice stands);
+Only when it cannot make things worse (:func:`blitzdns.entry.main`: started as the
+``blitzdns`` script or ``python -m blitzdns``, not an in-process caller such as the tests):
+
+* ``PYTHONOPTIMIZE`` not set and the interpreter not started with ``-O`` (the user's
+  choice stands, even ``0``);
 * the ``.opt-2.pyc`` files are there or can be written, for each place the daemon's
   modules come from (the standard library, its dependencies, this package;
   ``PYTHONPYCACHEPREFIX`` honoured): a daemon that would compile them all from source at
   every start (a read-only install run by a user, ``PYTHONDONTWRITEBYTECODE``) stays at
   its level. The first optimized start writes them, as any first start writes ``.pyc``.
-
-If ``execv`` fails the daemon just goes on at its level.
 """
 
 from __future__ import annotations
@@ -35,33 +35,14 @@ from __future__ import annotations
 import os
 import sys
 
-TYPE_CHECKING = False  # not typing's: the first process imports nothing it does not need
+TYPE_CHECKING = False  # not typing's: the daemon's first lines import nothing they need not
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
-    from typing import Protocol
+    from collections.abc import Mapping, Sequence
+    from types import CodeType
+    from typing import Any
 
-    class Flags(Protocol):
-        """The part of ``sys.flags`` that says how the interpreter was started."""
-
-        @property
-        def isolated(self) -> int: ...
-        @property
-        def ignore_environment(self) -> int: ...
-        @property
-        def no_user_site(self) -> int: ...
-        @property
-        def safe_path(self) -> bool: ...
-        @property
-        def no_site(self) -> int: ...
-        @property
-        def dont_write_bytecode(self) -> int: ...
-        @property
-        def verbose(self) -> int: ...
-        @property
-        def bytes_warning(self) -> int: ...
-        @property
-        def optimize(self) -> int: ...
-
+OPTIMIZE = 2
+"""``-OO``: asserts and docstrings left out."""
 
 #: One top-level module from each place the daemon's code comes from: the standard
 #: library, the dependencies (possibly split between system and user directories), this
@@ -69,89 +50,11 @@ if TYPE_CHECKING:
 SOURCES = ("asyncio", "asyncssh", "cryptography", "dnslib", "uvloop", "blitzdns", "tunnel")
 
 
-def interpreter_options(
-    flags: Flags,
-    xoptions: Mapping[str, str | bool],
-    warnoptions: Sequence[str],
-    *,
-    unbuffered: bool = False,
-) -> list[str]:
-    """The command-line options that start an interpreter as this one was started (the
-    environment is inherited as it is), at optimization level 2. ``unbuffered``: ``-u``
-    (not in ``sys.flags``: seen by the caller in its standard output's binary layer)."""
-    options = ["-OO"]
-    options += ["-u"] if unbuffered else []
-    if flags.isolated:
-        options.append("-I")  # -E, -s and -P with it
-    else:
-        options += ["-E"] if flags.ignore_environment else []
-        options += ["-s"] if flags.no_user_site else []
-        options += ["-P"] if flags.safe_path else []
-    options += ["-S"] if flags.no_site else []
-    options += ["-B"] if flags.dont_write_bytecode else []
-    options += ["-v"] * flags.verbose + ["-b"] * flags.bytes_warning
-    for name, value in xoptions.items():
-        options += ["-X", name if value is True else f"{name}={value}"]
-    for warning in warnoptions:
-        options += ["-W", warning]
-    return options
-
-
-def program(main_module: str | None, argv0: str, is_file: Callable[[str], bool]) -> list[str]:
-    """How this program was named on the interpreter's command line: ``-m blitzdns`` or
-    the script's path; ``[]`` when it cannot be named again (``python -c``, embedded).
-    ``is_file`` says whether ``argv0`` is the very file the interpreter ran
-    (:func:`ran_file`): a launcher may have set ``argv0`` to another name (a shell
-    wrapper's, or a bare name that a file in the working directory could answer to), and
-    that must never be started as Python."""
-    if main_module == "blitzdns.__main__":
-        return ["-m", "blitzdns"]
-    if main_module is None and argv0 and argv0 != "-c" and is_file(argv0):
-        return [argv0]
-    return []
-
-
-def optimized_command(
-    args: Sequence[str],
-    *,
-    executable: str,
-    flags: Flags,
-    environ: Mapping[str, str],
-    main_module: str | None,
-    argv0: str,
-    xoptions: Mapping[str, str | bool],
-    warnoptions: Sequence[str],
-    is_file: Callable[[str], bool] = os.path.isfile,
-    posix: bool = os.name == "posix",
-    hooked: bool = False,
-    unbuffered: bool = False,
-) -> list[str] | None:
-    """The command that runs ``blitzdns ARGS`` again at ``-OO``, or ``None`` to go on as
-    is (already optimized, optimization chosen by the environment, no way to start the
-    same program again, or not POSIX: Windows's ``execv`` starts another process and ends
-    this one, which a service manager would see as the daemon exiting; ``hooked``: a
-    trace or profile function is set, by a debugger, profiler or coverage tool that ran
-    the program and would not be in the new one). Whether the bytecode can be cached is
-    checked apart (:func:`bytecode_cache_usable`)."""
-    if flags.optimize >= 2 or "PYTHONOPTIMIZE" in environ or not executable or not posix:
-        return None
-    named = program(main_module, argv0, is_file) if not hooked else []
-    if not named:
-        return None
-    options = interpreter_options(flags, xoptions, warnoptions, unbuffered=unbuffered)
-    return [executable, *options, *named, *args]
-
-
-def ran_file(main_file: str | None) -> Callable[[str], bool]:
-    """Whether a path is the file ``main_file`` (``__main__.__file__``), the one the
-    interpreter ran, by its real path."""
-
-    def same(path: str) -> bool:
-        if main_file is None or not os.path.isfile(path):
-            return False
-        return os.path.realpath(path) == os.path.realpath(main_file)
-
-    return same
+def wanted(optimize: int, environ: Mapping[str, str], posix: bool = os.name == "posix") -> bool:
+    """Whether to load the daemon's modules at level 2: not when the interpreter was
+    started at a level of its own or ``PYTHONOPTIMIZE`` is set (even to ``0``), and on
+    POSIX only (as before: elsewhere nobody measured it)."""
+    return optimize == 0 and "PYTHONOPTIMIZE" not in environ and posix
 
 
 def writable_or_present(cached: str, dont_write: bool) -> bool:
@@ -189,54 +92,96 @@ def bytecode_cache_usable(modules: Sequence[str] = SOURCES) -> bool:
     return True
 
 
-def keep_name(argv0: str, comm: str = "/proc/self/comm") -> None:
-    """Name the process after its script again (``blitzdns``, as the kernel named it when
-    the script was started by its ``#!`` line) once it runs as ``python -OO SCRIPT``, for
-    ``pgrep``, ``top`` and ``killall``. Linux only; nothing elsewhere."""
-    name = os.path.basename(argv0)[:15]
-    try:
-        with open(comm) as file:
-            if file.read().rstrip("\n") == name:
-                return
-        with open(comm, "w") as file:
-            file.write(name)
-    except OSError:
-        pass
+def level2_loader() -> type[Any] | None:
+    """A ``SourceFileLoader`` whose modules are compiled at ``optimize=2`` and cached as
+    ``.opt-2.pyc``, as ``python -OO``'s are; ``None`` where the import system is not
+    CPython's (then nothing changes)."""
+    external: Any = sys.modules.get("_frozen_importlib_external")  # loaded with the interpreter
+    if external is None:  # not CPython
+        return None
+    needed = ("_classify_pyc", "_validate_timestamp_pyc", "_compile_bytecode",
+              "_code_to_timestamp_pyc", "cache_from_source", "SourceFileLoader")  # fmt: skip
+    if not all(hasattr(external, name) for name in needed):
+        return None
+
+    class Level2Loader(external.SourceFileLoader):  # type: ignore[misc]
+        """SourceLoader.get_code (CPython 3.11-3.13) for ``-OO``'s files: a timestamp
+        ``.opt-2.pyc`` that matches its source is loaded, anything else (absent, stale,
+        hash-based) is compiled again from the source and written back."""
+
+        def create_module(self, spec: Any) -> None:
+            """The module's ``__cached__`` names the file its code comes from."""
+            if spec.origin is not None:
+                spec.cached = external.cache_from_source(spec.origin, optimization=OPTIMIZE)
+
+        def get_code(self, fullname: str) -> CodeType:
+            source_path = self.get_filename(fullname)
+            bytecode_path = external.cache_from_source(source_path, optimization=OPTIMIZE)
+            try:
+                stats = self.path_stats(source_path)
+            except OSError:
+                stats = None
+            if stats is not None:
+                try:
+                    data = self.get_data(bytecode_path)
+                except OSError:
+                    pass
+                else:
+                    details = {"name": fullname, "path": bytecode_path}
+                    try:
+                        if external._classify_pyc(data, fullname, details) & 0b1:
+                            raise ImportError("hash-based: compiled again")
+                        external._validate_timestamp_pyc(
+                            data, int(stats["mtime"]), stats["size"], fullname, details
+                        )
+                    except (ImportError, EOFError):
+                        pass
+                    else:
+                        code: CodeType = external._compile_bytecode(
+                            memoryview(data)[16:],
+                            name=fullname,
+                            bytecode_path=bytecode_path,
+                            source_path=source_path,
+                        )
+                        return code
+            source = self.get_data(source_path)
+            code = compile(source, source_path, "exec", dont_inherit=True, optimize=OPTIMIZE)
+            if stats is not None and not sys.dont_write_bytecode:
+                data = external._code_to_timestamp_pyc(code, int(stats["mtime"]), len(source))
+                try:  # noqa: SIM105  (contextlib is not loaded yet)
+                    self._cache_bytecode(source_path, bytecode_path, data)
+                except NotImplementedError:
+                    pass
+            return code
+
+    return Level2Loader
 
 
-def run_optimized(args: Sequence[str]) -> None:
-    """Start ``blitzdns ARGS`` again at ``-OO`` in this process when it is worth it (see
-    the module's text); returns only when it does not."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    main_module = getattr(spec, "name", None)
-    argv0 = sys.argv[0] if sys.argv else ""
-    is_file = ran_file(getattr(main, "__file__", None))
-    if sys.flags.optimize >= 2:  # started again, or by hand: the script's name back
-        if program(main_module, argv0, is_file)[:1] == [argv0]:
-            keep_name(argv0)
-        return
-    command = optimized_command(
-        args,
-        executable=sys.executable,
-        flags=sys.flags,
-        environ=os.environ,
-        main_module=main_module,
-        argv0=argv0,
-        xoptions=sys._xoptions,
-        warnoptions=sys.warnoptions,
-        is_file=is_file,
-        hooked=sys.gettrace() is not None or sys.getprofile() is not None,
-        # -u (unbuffered binary layers), unless PYTHONUNBUFFERED said so: inherited anyway
-        unbuffered=type(getattr(sys.stdout, "buffer", None)).__name__ == "FileIO"
-        and (bool(sys.flags.ignore_environment) or not os.environ.get("PYTHONUNBUFFERED")),
+def optimize_imports() -> bool:
+    """From now on, source modules load at level 2 (see the module's text); whether it is
+    in force. Replaces the standard file finder's hook in ``sys.path_hooks`` and forgets
+    the finders made so far, so every directory (packages' too) gets a finder with
+    :func:`level2_loader`'s loader."""
+    if not wanted(sys.flags.optimize, os.environ) or not bytecode_cache_usable():
+        return False
+    loader = level2_loader()
+    if loader is None:
+        return False
+    import _frozen_importlib_external as external  # noqa: PLC0415
+    import _imp  # noqa: PLC0415
+
+    hook = external.FileFinder.path_hook(
+        (external.ExtensionFileLoader, _imp.extension_suffixes()),
+        (loader, external.SOURCE_SUFFIXES),
+        (external.SourcelessFileLoader, external.BYTECODE_SUFFIXES),
     )
-    if command is None or not bytecode_cache_usable():
-        return
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            stream.flush()
-    try:
-        os.execv(command[0], command)
-    except OSError:
-        return  # the interpreter is gone or not executable: go on at this level
+    standard = [
+        i
+        for i, h in enumerate(sys.path_hooks)
+        if getattr(h, "__name__", "") == "path_hook_for_FileFinder"
+    ]
+    if len(standard) != 1:
+        return False  # someone else's import set-up: left as it is
+    sys.path_hooks[standard[0]] = hook
+    sys.path_importer_cache.clear()
+    return True

@@ -1,8 +1,8 @@
 """`blitzdns run` at -OO (blitzdns.optlevel): the daemon without docstrings, the CLI with.
 
-The daemon starts again as ``python -OO`` (the same interpreter, options and program)
-when it was started as the script or ``-m blitzdns``, ``PYTHONOPTIMIZE`` is not set and
-the ``.opt-2.pyc`` files can be kept; else it goes on as it is.
+The daemon's modules load as at ``python -OO`` (in the one process) when it was started as
+the script or ``-m blitzdns``, no level was chosen (``-O``, ``PYTHONOPTIMIZE``) and the
+``.opt-2.pyc`` files can be kept; else it goes on as it is.
 """
 
 from __future__ import annotations
@@ -14,113 +14,87 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
-
-import pytest
 
 from blitzdns import optlevel
 from tests.peers import Sshd, free_port, wait_for
 
 from .conftest import BLITZDNS, ChildRunner
 
-PLAIN = SimpleNamespace(
-    isolated=0,
-    ignore_environment=0,
-    no_user_site=0,
-    safe_path=False,
-    no_site=0,
-    dont_write_bytecode=0,
-    verbose=0,
-    bytes_warning=0,
-    optimize=0,
-)
+
+def test_level_2_only_where_the_user_chose_no_level() -> None:
+    assert optlevel.wanted(0, {}, posix=True)
+    assert not optlevel.wanted(1, {}, posix=True)  # python -O: the user's choice stands
+    assert not optlevel.wanted(2, {}, posix=True)
+    assert not optlevel.wanted(0, {"PYTHONOPTIMIZE": "0"}, posix=True)  # even 0
+    assert not optlevel.wanted(0, {}, posix=False)
 
 
-def flags(**changes: object) -> SimpleNamespace:
-    return SimpleNamespace(**{**vars(PLAIN), **changes})
+MODULE = '''"""The module's docstring."""
+def f():
+    """f's docstring."""
+    assert False, "asserts are left out at -OO"
+    return VALUE
+VALUE = {value}
+'''
+
+PROBE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from blitzdns import optlevel
+print(optlevel.optimize_imports())
+import probe_mod
+try:
+    value = probe_mod.f()
+except AssertionError:
+    value = "asserted"
+print(probe_mod.__doc__, probe_mod.f.__doc__, value, probe_mod.__cached__, sep="|")
+"""
 
 
-def test_the_interpreter_starts_again_with_its_own_options_plus_OO() -> None:
-    assert optlevel.interpreter_options(PLAIN, {}, []) == ["-OO"]
-    assert optlevel.interpreter_options(
-        flags(ignore_environment=1, no_user_site=1, safe_path=True, no_site=1, verbose=2),
-        {"dev": True, "int_max_str_digits": "640"},
-        ["error::ResourceWarning"],
-    ) == ["-OO", "-E", "-s", "-P", "-S", "-v", "-v", "-X", "dev", "-X", "int_max_str_digits=640",
-          "-W", "error::ResourceWarning"]  # fmt: skip
-    # -I stands for -E -s -P; -B (no bytecode written) is kept.
-    isolated = flags(
-        isolated=1, ignore_environment=1, no_user_site=1, safe_path=True, dont_write_bytecode=1
-    )
-    assert optlevel.interpreter_options(isolated, {}, []) == [
-        "-OO", "-I", "-B"
-    ]  # fmt: skip
-
-
-def command(**changes: object) -> list[str] | None:
-    given: dict[str, object] = {
-        "executable": "/venv/bin/python",
-        "flags": PLAIN,
-        "environ": {},
-        "main_module": None,
-        "argv0": "/venv/bin/blitzdns",
-        "xoptions": {},
-        "warnoptions": [],
-        "is_file": lambda path: path == "/venv/bin/blitzdns",
+def test_modules_imported_after_it_load_as_at_OO(tmp_path: Path) -> None:
+    """In a fresh interpreter (no -O): a module imported after optimize_imports has no
+    docstrings nor asserts, its code is kept as the .opt-2.pyc python -OO reads, a stale
+    one is compiled again, and python -OO itself loads the file written."""
+    (tmp_path / "mods").mkdir()
+    source = tmp_path / "mods" / "probe_mod.py"
+    source.write_text(MODULE.format(value=1))
+    prefix = tmp_path / "pycache"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONOPTIMIZE")
     }
-    return optlevel.optimized_command(["run", "-c", "x.toml"], **{**given, **changes})  # type: ignore[arg-type]
+    env["PYTHONPYCACHEPREFIX"] = str(prefix)
 
+    def probe(*options: str) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, *options, "-c", PROBE, str(tmp_path / "mods")],
+            capture_output=True, text=True, env=env, timeout=60, check=True,
+        )  # fmt: skip
+        return done.stdout.splitlines()
 
-def test_the_script_and_the_module_are_started_again_as_they_were() -> None:
-    script = ["/venv/bin/python", "-OO", "/venv/bin/blitzdns", "run", "-c", "x.toml"]
-    assert command() == script
-    assert command(main_module="blitzdns.__main__", argv0="/src/blitzdns/__main__.py") == [
-        "/venv/bin/python", "-OO", "-m", "blitzdns", "run", "-c", "x.toml"
-    ]  # fmt: skip
-
-
-def test_what_cannot_or_should_not_start_again_goes_on_as_it_is() -> None:
-    assert command(flags=flags(optimize=2)) is None  # already there (the started-again one)
-    assert command(environ={"PYTHONOPTIMIZE": "0"}) is None  # the user's choice, even 0
-    assert command(executable="") is None  # an embedded interpreter
-    assert command(posix=False) is None  # Windows: execv would be another process
-    assert command(argv0="-c") is None  # python -c: no program to name again
-    assert command(argv0="/gone/blitzdns") is None
-    assert command(main_module="pytest.__main__", argv0="/venv/bin/blitzdns") is None
-    assert command(hooked=True) is None  # under pdb, cProfile or coverage
-    assert command(is_file=lambda path: False) is None  # argv[0] is not what ran
-
-
-def test_minus_u_is_carried() -> None:
-    assert optlevel.interpreter_options(PLAIN, {}, [], unbuffered=True) == ["-OO", "-u"]
-    started = command(unbuffered=True)
-    assert started is not None and started[1:3] == ["-OO", "-u"]
-
-
-def test_argv0_counts_only_as_the_file_the_interpreter_ran(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A launcher may set argv[0] to a shell wrapper's path or to a bare name that a file
-    in the working directory answers to: neither may be started again as Python."""
-    script = tmp_path / "blitzdns"
-    script.write_text("# the launcher\n")
-    (tmp_path / "link").symlink_to(script)
-    other = tmp_path / "wrapper"
-    other.write_text("#!/bin/sh\n")
-    ran = optlevel.ran_file(str(script))
-    assert ran(str(script)) and ran(str(tmp_path / "link"))
-    assert not ran(str(other)) and not ran(str(tmp_path / "absent"))
-    assert not optlevel.ran_file(None)(str(script))
-    monkeypatch.chdir(tmp_path)
-    assert not optlevel.ran_file("/nix/store/x/.blitzdns-wrapped")("blitzdns")
-
-
-def test_the_process_keeps_the_script_s_name(tmp_path: Path) -> None:
-    comm = tmp_path / "comm"
-    comm.write_text("python3.11\n")
-    optlevel.keep_name("/venv/bin/blitzdns", str(comm))
-    assert comm.read_text() == "blitzdns"
-    optlevel.keep_name("/venv/bin/blitzdns", str(tmp_path / "absent" / "comm"))  # no error
+    cached = str(prefix) + str(source.with_name("probe_mod.cpython-311.opt-2.pyc"))
+    cached = cached.replace("cpython-311", sys.implementation.cache_tag)
+    assert probe() == ["True", f"None|None|1|{cached}"]
+    assert Path(cached).exists()
+    assert not list(prefix.rglob(f"probe_mod.{sys.implementation.cache_tag}.pyc"))  # no level 0
+    written = Path(cached).read_bytes()
+    assert probe() == ["True", f"None|None|1|{cached}"]  # loaded from it
+    assert Path(cached).read_bytes() == written
+    # The very file -OO reads: the same bytes as -OO writes.
+    Path(cached).unlink()
+    assert probe("-OO")[1] == f"None|None|1|{cached}"
+    assert Path(cached).read_bytes() == written
+    # A changed source is compiled again (the file's mtime and size are checked).
+    source.write_text(MODULE.format(value=22))
+    assert probe() == ["True", f"None|None|22|{cached}"]
+    # Not at -O, nor with PYTHONOPTIMIZE: the user's level stands.
+    shown = probe("-O")
+    assert shown[0] == "False" and shown[1].startswith("The module's docstring.|f's docstring.|")
+    shown = probe("-B")  # nothing can be written, nothing is there: as it is
+    assert shown[0] == "False" and shown[1].startswith(
+        "The module's docstring.|f's docstring.|asserted|"
+    )
 
 
 def test_bytecode_is_usable_where_it_is_or_can_be_written(
@@ -155,8 +129,9 @@ def test_bytecode_is_usable_where_it_is_or_can_be_written(
 
 
 def test_the_daemon_runs_at_OO_and_reaches_link_up(sshd: Sshd, tmp_path: Path) -> None:
-    """The real `blitzdns run` script against sshd: started again at -OO (same pid), its
-    .opt-2.pyc kept beside the bytecode; the CLI's help still has its docstrings."""
+    """The real `blitzdns run` script against sshd: its modules loaded as at -OO in the one
+    process, their .opt-2.pyc kept beside the bytecode; the CLI's help still has its
+    docstrings."""
     known = tmp_path / "known_hosts"
     known.write_text(sshd.known_hosts_line())
     (tmp_path / "ssh_config").write_text("")
@@ -193,11 +168,18 @@ def test_the_daemon_runs_at_OO_and_reaches_link_up(sshd: Sshd, tmp_path: Path) -
         assert daemon.poll() is None, log.read_text()
         cmdline = Path(f"/proc/{daemon.pid}/cmdline").read_bytes().split(b"\0")[:-1]
         assert [arg.decode() for arg in cmdline] == [
-            sys.executable, "-OO", BLITZDNS, "run", "--config", str(config),
-            "--control-socket", str(tmp_path / "c"),
-        ]  # fmt: skip
-        assert Path(f"/proc/{daemon.pid}/comm").read_text() == "blitzdns\n"  # as before
+            sys.executable,
+            BLITZDNS,
+            "run",
+            "--config",
+            str(config),
+            "--control-socket",
+            str(tmp_path / "c"),
+        ]  # fmt: skip  (one interpreter: no start again at -OO)
+        assert Path(f"/proc/{daemon.pid}/comm").read_text() == "blitzdns\n"
         assert list(prefix.rglob("asyncssh/connection.*.opt-2.pyc"))
+        assert list(prefix.rglob("tunnel/tunnel.*.opt-2.pyc"))
+        assert not list(prefix.rglob(f"asyncssh/connection.{sys.implementation.cache_tag}.pyc"))
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
