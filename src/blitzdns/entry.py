@@ -41,9 +41,12 @@ def main(argv: list[str] | None = None) -> None:
         classcode.start()
         # asyncssh without its file-transfer modules (tunnel.nosftp), until the link's
         # code is loaded.
-        from tunnel import nosftp  # noqa: PLC0415
+        from tunnel import nosftp, nossl  # noqa: PLC0415
 
         nosftp.start()
+        # Nor ssl (and libssl), which asyncio and uvloop import for TLS the daemon never
+        # speaks (tunnel.nossl); before asyncio is imported.
+        nossl.start()
     from blitzdns.errors import explain  # noqa: PLC0415  (after optimize_imports: it loads tunnel)
 
     try:
