@@ -7,6 +7,7 @@ import ctypes.util
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -67,9 +68,9 @@ def probe(how: str, env: dict[str, str] | None = None) -> dict[str, object]:
 @linux_only
 def test_asyncssh_through_sshlib_starts_one_process_and_offers_the_same() -> None:
     plain, cheap = probe("plain"), probe("sshlib")
-    # One `ldconfig -p` for asyncssh's lookups and libc's together (CPython: one per name,
-    # then gcc and ld for each miss).
-    assert cheap["started"] == [libfind.LDCONFIG]
+    # Not one process for asyncssh's lookups and libc's (CPython: `ldconfig -p` per name,
+    # then gcc and ld for each miss): the linker's cache file is read instead.
+    assert cheap["started"] == []
     same = {k: v for k, v in cheap.items() if k not in ("started", "x509_loaded")}
     assert same == {k: v for k, v in plain.items() if k not in ("started", "x509_loaded")}
 
@@ -168,3 +169,40 @@ PIECES = st.sampled_from(
 def test_the_listing_search_finds_what_the_regex_finds(listing: bytes, name: bytes) -> None:
     for abi in (b"libc6,x86-64", b"libc6"):
         assert libfind.search_listing(name, abi, listing) == regex_search(name, abi, listing)
+
+
+@linux_only
+def test_the_cache_file_lists_what_ldconfig_lists() -> None:
+    """The twin: every name of the real cache (and names it lacks) is found in the listing
+    made from /etc/ld.so.cache exactly as in `ldconfig -p`'s."""
+    with open(libfind.LD_SO_CACHE, "rb") as file:
+        made = libfind.cache_listing(file.read())
+    listed = libfind.ldconfig_output()
+    if made is None or not listed:
+        pytest.skip("no glibc 2.32+ cache file or no ldconfig here")
+    assert libfind.ldconfig_listing() == made
+    abi = libfind.abi_tag().encode()
+    names = {b"c", b"nettle", b"oqs", b"liboqs", b"crypto", b"ssl", b"z", b"no-such"}
+    entries = [line.split()[0] for line in listed.splitlines()[1:] if line.startswith(b"\t")]
+    assert entries == [line.split()[0] for line in made.splitlines()[1:]]
+    for soname in entries:
+        if soname.startswith(b"lib") and b".so" in soname:
+            names.add(soname[3 : soname.index(b".so")])
+    for name in sorted(names):
+        for tag in {abi, b"libc6", b"libc6,x86-64", b"libc6,64bit"}:
+            assert libfind.search_listing(name, tag, made) == regex_search(name, tag, listed)
+
+
+def test_a_cache_file_not_understood_falls_back_to_ldconfig() -> None:
+    data = libfind.CACHE_MAGIC + bytes(28)  # no entries
+    assert libfind.cache_listing(data) == b"0 libs found in cache `/etc/ld.so.cache'\n"
+    assert libfind.cache_listing(b"ld.so-1.7.0" + bytes(64)) is None  # glibc < 2.32
+    assert libfind.cache_listing(libfind.CACHE_MAGIC + bytes(10)) is None  # cut short
+    other = 3 if sys.byteorder == "little" else 2
+    header = libfind.CACHE_MAGIC + struct.pack("=IIB", 0, 0, other) + bytes(19)
+    assert libfind.cache_listing(header) is None  # the other byte order
+    many = libfind.CACHE_MAGIC + struct.pack("=IIB", 1000, 0, 0) + bytes(19)
+    assert libfind.cache_listing(many) is None  # more entries than bytes
+    entry = struct.pack("=iIIIQ", 0x0303, 4000, 4000, 0, 0)  # names beyond the file
+    loose = libfind.CACHE_MAGIC + struct.pack("=IIB", 1, 0, 0) + bytes(19) + entry
+    assert libfind.cache_listing(loose) is None
