@@ -41,14 +41,15 @@ def main(argv: list[str] | None = None) -> None:
         classcode.start()
         # asyncssh without its file-transfer modules (tunnel.nosftp), until the link's
         # code is loaded.
-        from tunnel import lazytyping, nosftp, nossl  # noqa: PLC0415
+        from tunnel import lazymods, nosftp, nossl  # noqa: PLC0415
 
         nosftp.start()
         # Nor ssl (and libssl), which asyncio and uvloop import for TLS the daemon never
-        # speaks (tunnel.nossl); before asyncio is imported. And typing_extensions only if
-        # something asks it for more than the Self asyncssh takes (tunnel.lazytyping).
+        # speaks (tunnel.nossl); before asyncio is imported. And typing_extensions, bz2
+        # and lzma only if something asks them for more than their importers take
+        # (tunnel.lazymods).
         nossl.start()
-        lazytyping.start()
+        lazymods.start()
     from blitzdns.errors import explain  # noqa: PLC0415  (after optimize_imports: it loads tunnel)
 
     try:
