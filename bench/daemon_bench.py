@@ -737,12 +737,15 @@ NOTES = {
     "are placeholders in run; dnslib loads only for the resolver's slow path), "
     "blitzdns/tunnel modules and "
     "the stdlib they load ~25%, the interpreter with typing/inspect/dataclasses ~18%, "
-    "asyncio + uvloop + the ssl it loads ~14%; the methods dataclasses generates are "
+    "asyncio + uvloop ~12% (ssl is a placeholder in run: tunnel/nossl.py; typing_extensions, "
+    "bz2 and lzma load only when asked: tunnel/lazymods.py); the methods dataclasses "
+    "generates are "
     "compiled once and kept beside the bytecode (blitzdns/classcode.py: -20% of the import "
     "work; the warm-up round writes that table); the handshake after sshd accepts is "
     "~0.05-0.1 s; the TCP connect to an address gateway is opened before asyncssh loads "
     "(tunnel/early.py), so sshd's per-connection start (~13 ms idle) overlaps the imports",
-    "daemon RSS idle": "interpreter 8.6 MB, asyncio + uvloop + the ssl it loads 11.7 MB, "
+    "daemon RSS idle": "interpreter 8.6 MB, asyncio + uvloop ~10.4 MB (without ssl, _ssl, "
+    "libssl since session 8: -1.3 MB; nor typing_extensions, bz2, lzma: -0.4 MB), "
     "asyncssh + cryptography ~16.5 MB (8.9 MB of it cryptography's Rust library, 6 MB of "
     "that clean code pages), blitzdns/tunnel modules ~7.5 MB, state after start ~2.5 MB; "
     "by kind: ~25 MB file-backed code, ~24 MB Python heap (interned names, code, classes); "
@@ -751,7 +754,8 @@ NOTES = {
     "leaves asyncssh's sftp and scp out (-0.7 MB; tunnel/nosftp.py), and dnslib until the "
     "resolver's slow path needs it (-0.5 MB); freeing after the start gives nothing "
     "(gc.collect + malloc_trim: -12 kB; bench/notes/startup.md); the Rust library's "
-    "resident size follows the page cache's folio sizes (7.0-8.9 MB for the same code)",
+    "resident size follows the page cache's folio sizes (7.0-8.9 MB for the same code; "
+    "two venvs with the same files differ by up to 1.5 MB of file-backed RSS)",
 }
 
 
