@@ -32,12 +32,15 @@ connection to the target with it) until the link ended.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from tunnel.backends import asyncssh_patches
 from tunnel.sshlib import asyncssh
 
 SSHChannel = asyncssh.channel.SSHChannel
+SSHLogger = asyncssh.logging.SSHLogger
 
 MSG_CHANNEL_OPEN = 90
 """RFC 4254 §5.1."""
@@ -81,6 +84,94 @@ def supported() -> bool:
     return all(name in names for name in internals.split())
 
 
+LEAN_INIT_NAMES = frozenset(
+    [
+        "Event",
+        "_close_event",
+        "_command",
+        "_conn",
+        "_env",
+        "_extra",
+        "_init_recv_window",
+        "_logger",
+        "_loop",
+        "_open_waiter",
+        "_recv_buf",
+        "_recv_chan",
+        "_recv_paused",
+        "_recv_pktsize",
+        "_recv_state",
+        "_recv_window",
+        "_request_queue",
+        "_request_waiters",
+        "_send_buf",
+        "_send_buf_len",
+        "_send_chan",
+        "_send_paused",
+        "_send_pktsize",
+        "_send_state",
+        "_send_window",
+        "_session",
+        "_str_env",
+        "_subsystem",
+        "add_channel",
+        "asyncio",
+        "get_child",
+        "logger",
+        "set_encoding",
+        "set_write_buffer_limits",
+    ]
+)
+"""The names asyncssh's ``SSHChannel.__init__`` uses (2.14 to 2.24 at least), all of
+which :meth:`DirectTCPChannel._lean_init` sets as it does; any other asyncssh: its own."""
+
+SEND_HIGH_WATER = 65536
+"""asyncssh's default send buffer limits (``set_write_buffer_limits()``: 64 KiB, low ¼)."""
+
+
+def _lean_init_fits() -> bool:
+    """Whether :meth:`DirectTCPChannel._lean_init` does what this asyncssh's
+    ``SSHChannel.__init__`` does: the same names used, the same default write buffer
+    limits, and its ``logger`` a plain property of ``_logger``."""
+    init = SSHChannel.__init__.__code__
+    limits = SSHChannel.set_write_buffer_limits.__code__
+    return (
+        set(init.co_names) == LEAN_INIT_NAMES
+        and SEND_HIGH_WATER in limits.co_consts
+        and 4 in limits.co_consts
+        and isinstance(SSHChannel.__dict__.get("logger"), property)
+    )
+
+
+LEAN_INIT = _lean_init_fits()
+
+CHANNEL_LOG_MAX = logging.INFO
+"""The highest level asyncssh's channel code writes its own messages at (``info``; the
+rest are ``debug1``, ``debug2`` and ``packet``, at DEBUG)."""
+
+
+class _Unwritten(SSHLogger):
+    """A tunnel channel's logger while the ``asyncssh`` logger writes nothing at
+    :data:`CHANNEL_LOG_MAX` or below: the channel's own messages (all at or below it) are
+    not even formatted; anything above goes to the ``asyncssh`` logger as usual (without
+    the channel's number, which a channel's own code never writes at such a level)."""
+
+    def debug1(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def debug2(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def packet(self, pktid: int | None, packet: bytes, msg: str, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
 class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
     """One ``direct-tcpip`` channel; subclasses are its session (see the module's text).
 
@@ -91,12 +182,79 @@ class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
 
     def __init__(self, conn: asyncssh.SSHClientConnection, window: int, max_pktsize: int) -> None:
         conn._update_recv_pktlen(max_pktsize)  # as asyncssh's create_tcp_channel does
-        super().__init__(conn, conn._loop, None, "strict", window, max_pktsize)
+        if LEAN_INIT:
+            self._lean_init(conn, window, max_pktsize)
+        else:
+            super().__init__(conn, conn._loop, None, "strict", window, max_pktsize)
         self._session = self
         #: The CHANNEL_OPEN is sent, no answer yet.
         self.opening = False
         #: Given up while opening: closed as soon as it is confirmed.
         self.abandoned = False
+
+    def _lean_init(self, conn: asyncssh.SSHClientConnection, window: int, max_pktsize: int) -> None:
+        """What asyncssh's ``SSHChannel.__init__`` does for a channel without an encoding
+        and with the default write buffer limits (:data:`LEAN_INIT`), in one function:
+        the same attributes with the same values, except that the channel's child logger
+        is made when something is to be written (:attr:`logger`). asyncssh made it for
+        every channel (and ran ``set_encoding``, ``set_write_buffer_limits`` with its
+        debug message and ``_pause_resume_writing``, which does nothing at the start);
+        the tunnel makes a channel per connection (bench/notes/roundtrip.md)."""
+        self._conn = conn
+        self._loop = conn._loop
+        self._session = None
+        self._extra = {"connection": conn}
+        self._encoding = None
+        self._errors = "strict"
+        self._encoder = None
+        self._decoder = None
+        self._env = {}
+        self._str_env = None
+        self._command = None
+        self._subsystem = None
+        self._send_state = "closed"
+        self._send_chan = None
+        self._send_window = 0
+        self._send_pktsize = 0
+        self._send_paused = False
+        self._send_buf = []
+        self._send_buf_len = 0
+        self._send_high_water = SEND_HIGH_WATER
+        self._send_low_water = SEND_HIGH_WATER // 4
+        self._recv_state = "closed"
+        self._init_recv_window = window
+        self._recv_window = window
+        self._recv_pktsize = max_pktsize
+        self._recv_paused = "starting"
+        self._recv_buf = []
+        self._request_queue = []
+        self._open_waiter = None
+        self._request_waiters = []
+        self._close_event = asyncio.Event()
+        self._recv_chan = number = conn.add_channel(self)
+        self._logger = None  # type: ignore[assignment]
+        self._log_parent = conn.logger
+        self._log_context = f"chan={number}"
+        if self._log_parent.logger.isEnabledFor(logging.DEBUG):  # asyncssh's, from the limits set
+            self.logger.debug1(
+                "Set write buffer limits: low-water=%d, high-water=%d",
+                self._send_low_water,
+                self._send_high_water,
+            )
+
+    @property
+    def logger(self) -> asyncssh.logging.SSHLogger:
+        """The channel's logger (asyncssh's ``logger``): its child of the connection's
+        logger, made at the first message to be written (:meth:`_lean_init`); while the
+        ``asyncssh`` logger writes nothing at the levels a channel writes at, a shared
+        one that drops them unformatted (:class:`_Unwritten`)."""
+        made: asyncssh.logging.SSHLogger | None = self._logger
+        if made is None:
+            parent = self._log_parent
+            if not parent.logger.isEnabledFor(CHANNEL_LOG_MAX):
+                return UNWRITTEN
+            made = self._logger = parent.get_child(context=self._log_context)
+        return made
 
     def open(self, host: str, port: int, orig_host: str, orig_port: int) -> None:
         """Send the CHANNEL_OPEN (RFC 4254 §7.2), now."""
@@ -197,3 +355,8 @@ class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
 
     def resume_writing(self) -> None:
         """asyncssh's send buffer drained to its low-water mark."""
+
+
+UNWRITTEN = _Unwritten()
+"""The one :class:`_Unwritten` logger (no context: it writes only what is above a
+channel's own levels)."""
