@@ -22,21 +22,36 @@ Both run under the machine-wide bench lock, each cipher's run a hold of its own.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import tunnel_bench  # noqa: E402
-from benchlock import bench_lock  # noqa: E402
+from benchlock import LOCK_PATH  # noqa: E402
 from tunnel_bench import Lab, free_port, lab, round_trips, stop  # noqa: E402
 
-LOCK_WAIT_S = 900
+
+@contextlib.contextmanager
+def bench_lock() -> Iterator[None]:
+    """The machine-wide bench lock (benchlock.py's file), waited for in the kernel as
+    ``flock(1)`` waits: a waiter polling every half second loses it to those."""
+    with LOCK_PATH.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 TOTALS = re.compile(rb"^(?:summary|totals): (\d+)", re.MULTILINE)
 
 
@@ -87,7 +102,7 @@ def dumped(out: Path, before: set[Path], save: str | None) -> int:
 
 
 def callgrind(args: argparse.Namespace) -> None:
-    with lab() as lab_, bench_lock(LOCK_WAIT_S):
+    with lab() as lab_, bench_lock():
         mouths = (free_port(), free_port())
         out = lab_.root / "cg.out"
         command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no"]
@@ -135,7 +150,7 @@ def ab(args: argparse.Namespace) -> None:
     targs = argparse.Namespace(rounds=args.rounds, round_trips=args.round_trips)
     with lab() as lab_:
         for cipher in args.ciphers:
-            with bench_lock(LOCK_WAIT_S):
+            with bench_lock():
                 load = os.getloadavg()[0]
                 res = tunnel_bench.round_trip_rounds(kinds, lab_, cipher, targs)
                 load_end = os.getloadavg()[0]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from typing import Any
 
 from tunnel.backends import asyncssh_patches
@@ -49,12 +50,15 @@ OPEN_CONNECT_FAILED = 2
 """RFC 4254 §5.1: SSH_OPEN_CONNECT_FAILED."""
 
 
+OPEN_TYPE = len(DIRECT_TCPIP).to_bytes(4, "big") + DIRECT_TCPIP
+"""The channel type, as an SSH string (RFC 4251 §5)."""
+OPEN_NUMBERS = struct.Struct(">III")
+"""Sender channel, initial window size, maximum packet size (RFC 4254 §5.1)."""
+UINT32 = struct.Struct(">I")
+
+
 def _string(value: bytes) -> bytes:
     return len(value).to_bytes(4, "big") + value
-
-
-def _uint32(value: int) -> bytes:
-    return value.to_bytes(4, "big")
 
 
 def supported() -> bool:
@@ -261,25 +265,29 @@ class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
         conn = self._conn
         assert conn is not None and self._recv_chan is not None
         self.opening = True
-        args = (
-            _string(DIRECT_TCPIP),
-            _uint32(self._recv_chan),
-            _uint32(self._recv_window),
-            _uint32(self._recv_pktsize),
-            _string(host.encode()),
-            _uint32(port),
-            _string(orig_host.encode()),
-            _uint32(orig_port),
+        target = host.encode()
+        origin = orig_host.encode()
+        payload = b"".join(
+            (
+                OPEN_TYPE,
+                OPEN_NUMBERS.pack(self._recv_chan, self._recv_window, self._recv_pktsize),
+                _string(target),
+                UINT32.pack(port),
+                _string(origin),
+                UINT32.pack(orig_port),
+            )
         )
-        if not asyncssh_patches.send_sealed(conn, MSG_CHANNEL_OPEN, *args):
-            conn.send_packet(MSG_CHANNEL_OPEN, *args, handler=self)
+        if not asyncssh_patches.send_sealed(conn, MSG_CHANNEL_OPEN, payload):
+            conn.send_packet(MSG_CHANNEL_OPEN, payload, handler=self)
 
     def send_packet(self, pkttype: int, *args: bytes) -> None:
         """asyncssh's, but sealed here in the steady state (EOF, CLOSE, WINDOW_ADJUST:
         :func:`tunnel.backends.asyncssh_patches.send_sealed`)."""
         if self._send_chan is None:
             return
-        if not asyncssh_patches.send_sealed(self._conn, pkttype, _uint32(self._send_chan), *args):
+        if not asyncssh_patches.send_sealed(
+            self._conn, pkttype, UINT32.pack(self._send_chan), *args
+        ):
             super().send_packet(pkttype, *args)
 
     # -- asyncssh's connection calls these ------------------------------------------
