@@ -7,9 +7,10 @@
 
 * ``callgrind``: the forwarder (bench/tunnel_bench.py ``--serve tunnel``) under
   ``valgrind --tool=callgrind``; after 60 warm-up round trips the counters are zeroed, 50
-  round trips made and dumped, zeroed, 150 made and dumped: instructions per connection =
-  (I150 − I50) / 100 (the fixed cost of a dump cancels out). Counts user-space
-  instructions in the forwarder's process only, repeatable whatever the machine's load.
+  round trips made and dumped, zeroed, 50 + ``--count`` made and dumped: instructions
+  per connection = (I(50 + count) − I50) / count (the fixed cost of a dump cancels out).
+  Counts user-space instructions in the forwarder's process only, repeatable whatever
+  the machine's load (to a few per cent: repeat each figure).
 * ``ab``: same-run A/B of the round-trip p50: ``ssh -L``, the forwarder of the tree in
   ``--old`` (a checkout: its own bench/tunnel_bench.py, whose ``--serve`` puts its own
   ``src`` first on the path) and of this tree, on both loops, all running at once in
@@ -111,7 +112,7 @@ def callgrind(args: argparse.Namespace) -> None:
         try:
             round_trips(mouths[1], 60, 300)
             totals = []
-            for count in (50, 150):
+            for count in (50, 50 + args.count):
                 subprocess.run(
                     ["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True
                 )
@@ -122,10 +123,11 @@ def callgrind(args: argparse.Namespace) -> None:
                     ["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True
                 )
                 totals.append(dumped(out, before, args.save))
-            per = (totals[1] - totals[0]) / 100
+            per = (totals[1] - totals[0]) / args.count
             print(
                 f"callgrind {args.loop} {args.cipher}: {per / 1000:.1f}k instructions per"
-                f" connection (I50 {totals[0]}, I150 {totals[1]}; load {os.getloadavg()[0]:.2f})"
+                f" connection (I50 {totals[0]}, I{50 + args.count} {totals[1]};"
+                f" load {os.getloadavg()[0]:.2f})"
             )
         finally:
             stop(proc)
@@ -171,6 +173,7 @@ def main() -> None:
     cg = sub.add_parser("callgrind")
     cg.add_argument("--loop", default="uvloop", choices=("uvloop", "asyncio"))
     cg.add_argument("--cipher", default=tunnel_bench.CIPHERS[0], choices=tunnel_bench.CIPHERS)
+    cg.add_argument("--count", type=int, default=100, help="round trips measured")
     cg.add_argument("--save", help="keep the 150 round trips' dump here (callgrind_annotate)")
     abp = sub.add_parser("ab")
     abp.add_argument("--old", required=True, help="a checkout of the tree to compare with")

@@ -255,7 +255,11 @@ class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
         made: asyncssh.logging.SSHLogger | None = self._logger
         if made is None:
             parent = self._log_parent
-            if not parent.logger.isEnabledFor(CHANNEL_LOG_MAX):
+            base = parent.logger
+            enabled = base._cache.get(CHANNEL_LOG_MAX)  # isEnabledFor's own cache of it
+            if enabled is None:
+                enabled = base.isEnabledFor(CHANNEL_LOG_MAX)
+            if not enabled:
                 return UNWRITTEN
             made = self._logger = parent.get_child(context=self._log_context)
         return made
