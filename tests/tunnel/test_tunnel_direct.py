@@ -562,3 +562,62 @@ async def test_a_lean_channel_logs_what_asyncssh_s_logs(
         assert made[0]._logger is not None
     if level == "DEBUG":
         assert any("Set write buffer limits" in message for message in seen[0])
+
+
+def test_the_inline_channel_end_fits_the_installed_asyncssh() -> None:
+    """The installed asyncssh's ``_flush_recv_buf`` is the one the tunnel channel's
+    repeats (with its end called at once); another asyncssh gets its own, and this says so."""
+    assert direct.INLINE_CLEANUP
+
+
+async def test_a_channel_ends_in_the_callback_of_its_close(
+    options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's CLOSE ends the channel where it is handled: the owner is told while
+    the read of the SSH socket that brought the CLOSE is still being handled (no later
+    turn of the loop); the connection itself ended in order (all data, then EOF)."""
+    ended: list[bool] = []
+    lost = asyncssh_link._Channel.connection_lost
+
+    def recorded(self: Any, exc: Exception | None) -> None:
+        ended.append(getattr(self._conn, asyncssh_patches.READ_BATCH, None) is not None)
+        lost(self, exc)
+
+    monkeypatch.setattr(asyncssh_link._Channel, "connection_lost", recorded)
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        assert isinstance(link, asyncssh_link.SSHLink)
+        payload = os.urandom(200_000)
+        assert await exchange("127.0.0.1", forward.mouth_port, payload) == payload
+        await wait_until(lambda: not link.conn._channels)
+        counters = tunnel.state.forwards[0]
+        await wait_until(lambda: counters.open == 0)
+        assert counters.cut == 0
+    assert ended == [True]
+
+
+async def test_an_owner_failing_at_the_channel_s_end_leaves_the_link_up(
+    options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The channel's end now runs inside the packet handling: a defect in the owner's
+    ``connection_lost`` is still caught there (asyncssh's ``_cleanup``), so the link
+    and the next connections go on."""
+    lost = asyncssh_link._Channel.connection_lost
+    failed: list[bool] = []
+
+    def failing(self: Any, exc: Exception | None) -> None:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("a defect in connection_lost")
+        lost(self, exc)
+
+    monkeypatch.setattr(asyncssh_link._Channel, "connection_lost", failing)
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        assert await exchange("127.0.0.1", forward.mouth_port, b"one\n") == b"one\n"
+        await wait_until(lambda: bool(failed))
+        assert await exchange("127.0.0.1", forward.mouth_port, b"two\n") == b"two\n"
+        assert tunnel.link is link
+        assert not link.client.closed.done()

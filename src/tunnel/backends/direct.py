@@ -149,6 +149,33 @@ def _lean_init_fits() -> bool:
 
 LEAN_INIT = _lean_init_fits()
 
+FLUSH_RECV_NAMES = frozenset(
+    [
+        "ProtocolError",
+        "UnicodeDecodeError",
+        "_cleanup",
+        "_decoder",
+        "_deliver_data",
+        "_encoding",
+        "_loop",
+        "_recv_buf",
+        "_recv_paused",
+        "_recv_state",
+        "_send_state",
+        "_session",
+        "call_soon",
+        "decode",
+        "eof_received",
+        "pop",
+        "str",
+        "write_eof",
+    ]
+)
+"""The names asyncssh's ``SSHChannel._flush_recv_buf`` uses (2.24), the one
+:meth:`DirectTCPChannel._flush_recv_buf` repeats; any other asyncssh: its own."""
+
+INLINE_CLEANUP = set(SSHChannel._flush_recv_buf.__code__.co_names) == FLUSH_RECV_NAMES
+
 CHANNEL_LOG_MAX = logging.INFO
 """The highest level asyncssh's channel code writes its own messages at (``info``; the
 rest are ``debug1``, ``debug2`` and ``packet``, at DEBUG)."""
@@ -263,6 +290,34 @@ class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
                 return UNWRITTEN
             made = self._logger = parent.get_child(context=self._log_context)
         return made
+
+    def _flush_recv_buf(self, exc: Exception | None = None) -> None:
+        """asyncssh's ``_flush_recv_buf`` for a channel without an encoding (this one),
+        but for one step: the channel's end (``_cleanup``: the owner's
+        ``connection_lost``, the channel's number given back) comes at once, where
+        asyncssh left it to the loop's next turn (``call_soon``). The end of every
+        connection took a turn of the loop of its own: on asyncio a ``Handle`` and often
+        a ``select`` more per connection. asyncssh's ``_cleanup`` catches what the
+        owner's ``connection_lost`` raises, so nothing reaches the packet being handled;
+        the owner (:class:`tunnel.backends.asyncssh_link._Channel`) sends what it held
+        and ends the client's side there (it wrote the held data itself before too)."""
+        if not INLINE_CLEANUP or self._encoding:
+            super()._flush_recv_buf(exc)
+            return
+        recv_buf = self._recv_buf
+        while recv_buf and not self._recv_paused:
+            self._deliver_data(*recv_buf.pop(0))
+        if recv_buf:
+            return
+        if self._recv_paused != "starting" and self._recv_state == "eof_pending":
+            self._recv_state = "eof"
+            session = self._session
+            assert session is not None
+            if not session.eof_received() and self._send_state == "open":
+                self.write_eof()
+        if not recv_buf and self._recv_state == "close_pending":
+            self._recv_state = "closed"
+            self._cleanup(exc)
 
     def open(self, host: str, port: int, orig_host: str, orig_port: int) -> None:
         """Send the CHANNEL_OPEN (RFC 4254 §7.2), now."""
