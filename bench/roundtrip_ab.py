@@ -28,6 +28,7 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -168,6 +169,8 @@ def ab(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    # A SIGTERM ends the run through the lab's clean-up (sshd and the targets stopped).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
     cg = sub.add_parser("callgrind")
