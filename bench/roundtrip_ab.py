@@ -79,8 +79,13 @@ def forwarder_command(
     return command
 
 
-def start(command: list[str]) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def start(command: list[str], script: Path) -> subprocess.Popen[bytes]:
+    """Start a forwarder and wait for its READY. Its tree's ``src`` goes first on its path
+    by ``PYTHONPATH``: bench/tunnel_bench.py's own ``sys.path`` insert comes too late, as
+    its imports (tests.peers → blitzdns) import ``tunnel`` from the venv's editable tree
+    before ``--serve`` runs."""
+    env = dict(os.environ, PYTHONPATH=str(script.resolve().parent.parent / "src"))
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != b"READY":
         stop(proc)
@@ -109,7 +114,7 @@ def callgrind(args: argparse.Namespace) -> None:
         out = lab_.root / "cg.out"
         command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no"]
         command += forwarder_command(HERE / "tunnel_bench.py", lab_, args.cipher, mouths, args.loop)
-        proc = start(command)
+        proc = start(command, HERE / "tunnel_bench.py")
         try:
             round_trips(mouths[1], 60, 300)
             totals = []
@@ -146,7 +151,7 @@ def ab(args: argparse.Namespace) -> None:
             return original(kind, lab_, cipher, mouths)
         tree, _, loop = kind.partition("+")
         script = old_script if tree == "old" else new_script
-        return start(forwarder_command(script, lab_, cipher, mouths, loop or "asyncio"))
+        return start(forwarder_command(script, lab_, cipher, mouths, loop or "asyncio"), script)
 
     tunnel_bench.start_forwarder = start_forwarder  # type: ignore[assignment]
     kinds = ["openssh", "old+uvloop", "new+uvloop", "old+asyncio", "new+asyncio"]
