@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -465,3 +466,158 @@ async def test_a_flow_whose_channel_write_fails_ends_with_a_reset(
                         pass
         finally:
             writer.close()
+
+
+def test_the_lean_channel_set_up_fits_the_installed_asyncssh() -> None:
+    """The installed asyncssh is one whose ``SSHChannel.__init__`` the lean set-up
+    repeats (a newer one that changes it gets asyncssh's own, and this fails to say so)."""
+    assert direct.LEAN_INIT
+
+
+def channel_state(chan: Any) -> dict[str, Any]:
+    """A channel's attributes but its number, its logger and its close event (one each)."""
+    left_out = {"_recv_chan", "_logger", "_log_parent", "_log_context", "_close_event"}
+    state = {name: value for name, value in vars(chan).items() if name not in left_out}
+    assert state.pop("_session") is chan  # the channel is its own session
+    return state
+
+
+async def test_the_lean_channel_is_made_as_asyncssh_makes_it(
+    options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twin check: a :class:`DirectTCPChannel` made by the lean set-up has the attributes
+    asyncssh's ``SSHChannel.__init__`` gives it, with the same values (but its number and
+    its logger, made when something is written), registered on the connection the same
+    way; its close event is a fresh unset ``asyncio.Event``."""
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        assert isinstance(link, asyncssh_link.SSHLink)
+        conn = link.conn
+        lean = direct.DirectTCPChannel(conn, link.window, link.max_packet)
+        monkeypatch.setattr(direct, "LEAN_INIT", False)
+        theirs = direct.DirectTCPChannel(conn, link.window, link.max_packet)
+        try:
+            assert channel_state(lean) == channel_state(theirs)
+            assert conn._channels[lean._recv_chan] is lean
+            assert conn._channels[theirs._recv_chan] is theirs
+            assert lean._recv_chan + 1 == theirs._recv_chan
+            assert isinstance(lean._close_event, asyncio.Event)
+            assert not lean._close_event.is_set()
+            assert lean._logger is None
+        finally:
+            lean._cleanup()
+            theirs._cleanup()
+        assert not conn._channels
+        assert lean._close_event.is_set()
+
+
+def channel_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """asyncssh's messages about a channel, its number taken out."""
+    return [
+        re.sub(r"chan=\d+", "chan=N", record.getMessage())
+        for record in caplog.records
+        if record.name.startswith("asyncssh") and "chan=" in record.getMessage()
+    ]
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO", "WARNING"])
+async def test_a_lean_channel_logs_what_asyncssh_s_logs(
+    options: TunnelOptions,
+    echo: Target,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    level: str,
+) -> None:
+    """Twin check: a connection carried on a channel made by the lean set-up writes the
+    same asyncssh channel messages, with the same channel context, as one on a channel
+    made by asyncssh's ``__init__``, at DEBUG, INFO and WARNING (nothing then; the
+    channel's own logger is not even made)."""
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    made: list[Any] = []
+    original = direct.DirectTCPChannel.__init__
+
+    def recorded(self: Any, *args: Any) -> None:
+        original(self, *args)
+        made.append(self)
+
+    monkeypatch.setattr(direct.DirectTCPChannel, "__init__", recorded)
+    seen: list[list[str]] = []
+    async with Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        assert isinstance(link, asyncssh_link.SSHLink)
+        caplog.set_level(level, logger="asyncssh")
+        for lean in (True, False):
+            monkeypatch.setattr(direct, "LEAN_INIT", lean)
+            caplog.clear()
+            assert await exchange("127.0.0.1", forward.mouth_port, b"ping\n") == b"ping\n"
+            await wait_until(lambda: not link.conn._channels)
+            seen.append(channel_messages(caplog))
+    assert seen[0] == seen[1]
+    if level == "WARNING":
+        assert seen[0] == []
+        assert made[0]._logger is None
+    else:
+        assert any(message.endswith("chan=N] Channel closed") for message in seen[0])
+        assert made[0]._logger is not None
+    if level == "DEBUG":
+        assert any("Set write buffer limits" in message for message in seen[0])
+
+
+def test_the_inline_channel_end_fits_the_installed_asyncssh() -> None:
+    """The installed asyncssh's ``_flush_recv_buf`` is the one the tunnel channel's
+    repeats (with its end called at once); another asyncssh gets its own, and this says so."""
+    assert direct.INLINE_CLEANUP
+
+
+async def test_a_channel_ends_in_the_callback_of_its_close(
+    options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's CLOSE ends the channel where it is handled: the owner is told while
+    the read of the SSH socket that brought the CLOSE is still being handled (no later
+    turn of the loop); the connection itself ended in order (all data, then EOF)."""
+    ended: list[bool] = []
+    lost = asyncssh_link._Channel.connection_lost
+
+    def recorded(self: Any, exc: Exception | None) -> None:
+        ended.append(getattr(self._conn, asyncssh_patches.READ_BATCH, None) is not None)
+        lost(self, exc)
+
+    monkeypatch.setattr(asyncssh_link._Channel, "connection_lost", recorded)
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        assert isinstance(link, asyncssh_link.SSHLink)
+        payload = os.urandom(200_000)
+        assert await exchange("127.0.0.1", forward.mouth_port, payload) == payload
+        await wait_until(lambda: not link.conn._channels)
+        counters = tunnel.state.forwards[0]
+        await wait_until(lambda: counters.open == 0)
+        assert counters.cut == 0
+    assert ended == [True]
+
+
+async def test_an_owner_failing_at_the_channel_s_end_leaves_the_link_up(
+    options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The channel's end now runs inside the packet handling: a defect in the owner's
+    ``connection_lost`` is still caught there (asyncssh's ``_cleanup``), so the link
+    and the next connections go on."""
+    lost = asyncssh_link._Channel.connection_lost
+    failed: list[bool] = []
+
+    def failing(self: Any, exc: Exception | None) -> None:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("a defect in connection_lost")
+        lost(self, exc)
+
+    monkeypatch.setattr(asyncssh_link._Channel, "connection_lost", failing)
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        assert await exchange("127.0.0.1", forward.mouth_port, b"one\n") == b"one\n"
+        await wait_until(lambda: bool(failed))
+        assert await exchange("127.0.0.1", forward.mouth_port, b"two\n") == b"two\n"
+        assert tunnel.link is link
+        assert not link.client.closed.done()

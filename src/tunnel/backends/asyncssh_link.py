@@ -324,11 +324,13 @@ class _Channel(DirectTCPChannel):
         """Write the held packets (also before an EOF or close, to keep the order)."""
         held, self.held = self.held, None
         if held and not self.client.closed and not self.transport.is_closing():
-            with contextlib.suppress(OSError, RuntimeError):  # called inside a read too
+            try:  # called inside a read too: nothing may escape (no contextlib: per packet)
                 if len(held) == 1:
                     self.transport.write(held[0])
                 else:
                     self.transport.writelines(held)
+            except (OSError, RuntimeError):
+                pass
 
     def eof_held(self) -> None:
         """The target's EOF arrived while asyncssh held it back (see

@@ -32,12 +32,16 @@ connection to the target with it) until the link ended.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import struct
 from typing import Any
 
 from tunnel.backends import asyncssh_patches
 from tunnel.sshlib import asyncssh
 
 SSHChannel = asyncssh.channel.SSHChannel
+SSHLogger = asyncssh.logging.SSHLogger
 
 MSG_CHANNEL_OPEN = 90
 """RFC 4254 §5.1."""
@@ -46,12 +50,15 @@ OPEN_CONNECT_FAILED = 2
 """RFC 4254 §5.1: SSH_OPEN_CONNECT_FAILED."""
 
 
+OPEN_TYPE = len(DIRECT_TCPIP).to_bytes(4, "big") + DIRECT_TCPIP
+"""The channel type, as an SSH string (RFC 4251 §5)."""
+OPEN_NUMBERS = struct.Struct(">III")
+"""Sender channel, initial window size, maximum packet size (RFC 4254 §5.1)."""
+UINT32 = struct.Struct(">I")
+
+
 def _string(value: bytes) -> bytes:
     return len(value).to_bytes(4, "big") + value
-
-
-def _uint32(value: int) -> bytes:
-    return value.to_bytes(4, "big")
 
 
 def supported() -> bool:
@@ -81,6 +88,121 @@ def supported() -> bool:
     return all(name in names for name in internals.split())
 
 
+LEAN_INIT_NAMES = frozenset(
+    [
+        "Event",
+        "_close_event",
+        "_command",
+        "_conn",
+        "_env",
+        "_extra",
+        "_init_recv_window",
+        "_logger",
+        "_loop",
+        "_open_waiter",
+        "_recv_buf",
+        "_recv_chan",
+        "_recv_paused",
+        "_recv_pktsize",
+        "_recv_state",
+        "_recv_window",
+        "_request_queue",
+        "_request_waiters",
+        "_send_buf",
+        "_send_buf_len",
+        "_send_chan",
+        "_send_paused",
+        "_send_pktsize",
+        "_send_state",
+        "_send_window",
+        "_session",
+        "_str_env",
+        "_subsystem",
+        "add_channel",
+        "asyncio",
+        "get_child",
+        "logger",
+        "set_encoding",
+        "set_write_buffer_limits",
+    ]
+)
+"""The names asyncssh's ``SSHChannel.__init__`` uses (2.14 to 2.24 at least), all of
+which :meth:`DirectTCPChannel._lean_init` sets as it does; any other asyncssh: its own."""
+
+SEND_HIGH_WATER = 65536
+"""asyncssh's default send buffer limits (``set_write_buffer_limits()``: 64 KiB, low ¼)."""
+
+
+def _lean_init_fits() -> bool:
+    """Whether :meth:`DirectTCPChannel._lean_init` does what this asyncssh's
+    ``SSHChannel.__init__`` does: the same names used, the same default write buffer
+    limits, and its ``logger`` a plain property of ``_logger``."""
+    init = SSHChannel.__init__.__code__
+    limits = SSHChannel.set_write_buffer_limits.__code__
+    return (
+        set(init.co_names) == LEAN_INIT_NAMES
+        and SEND_HIGH_WATER in limits.co_consts
+        and 4 in limits.co_consts
+        and isinstance(SSHChannel.__dict__.get("logger"), property)
+    )
+
+
+LEAN_INIT = _lean_init_fits()
+
+FLUSH_RECV_NAMES = frozenset(
+    [
+        "ProtocolError",
+        "UnicodeDecodeError",
+        "_cleanup",
+        "_decoder",
+        "_deliver_data",
+        "_encoding",
+        "_loop",
+        "_recv_buf",
+        "_recv_paused",
+        "_recv_state",
+        "_send_state",
+        "_session",
+        "call_soon",
+        "decode",
+        "eof_received",
+        "pop",
+        "str",
+        "write_eof",
+    ]
+)
+"""The names asyncssh's ``SSHChannel._flush_recv_buf`` uses (2.24), the one
+:meth:`DirectTCPChannel._flush_recv_buf` repeats; any other asyncssh: its own."""
+
+INLINE_CLEANUP = set(SSHChannel._flush_recv_buf.__code__.co_names) == FLUSH_RECV_NAMES
+
+CHANNEL_LOG_MAX = logging.INFO
+"""The highest level asyncssh's channel code writes its own messages at (``info``; the
+rest are ``debug1``, ``debug2`` and ``packet``, at DEBUG)."""
+
+
+class _Unwritten(SSHLogger):
+    """A tunnel channel's logger while the ``asyncssh`` logger writes nothing at
+    :data:`CHANNEL_LOG_MAX` or below: the channel's own messages (all at or below it) are
+    not even formatted; anything above goes to the ``asyncssh`` logger as usual (without
+    the channel's number, which a channel's own code never writes at such a level)."""
+
+    def debug1(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def debug2(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def packet(self, pktid: int | None, packet: bytes, msg: str, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
 class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
     """One ``direct-tcpip`` channel; subclasses are its session (see the module's text).
 
@@ -91,37 +213,140 @@ class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
 
     def __init__(self, conn: asyncssh.SSHClientConnection, window: int, max_pktsize: int) -> None:
         conn._update_recv_pktlen(max_pktsize)  # as asyncssh's create_tcp_channel does
-        super().__init__(conn, conn._loop, None, "strict", window, max_pktsize)
+        if LEAN_INIT:
+            self._lean_init(conn, window, max_pktsize)
+        else:
+            super().__init__(conn, conn._loop, None, "strict", window, max_pktsize)
         self._session = self
         #: The CHANNEL_OPEN is sent, no answer yet.
         self.opening = False
         #: Given up while opening: closed as soon as it is confirmed.
         self.abandoned = False
 
+    def _lean_init(self, conn: asyncssh.SSHClientConnection, window: int, max_pktsize: int) -> None:
+        """What asyncssh's ``SSHChannel.__init__`` does for a channel without an encoding
+        and with the default write buffer limits (:data:`LEAN_INIT`), in one function:
+        the same attributes with the same values, except that the channel's child logger
+        is made when something is to be written (:attr:`logger`). asyncssh made it for
+        every channel (and ran ``set_encoding``, ``set_write_buffer_limits`` with its
+        debug message and ``_pause_resume_writing``, which does nothing at the start);
+        the tunnel makes a channel per connection (bench/notes/roundtrip.md)."""
+        self._conn = conn
+        self._loop = conn._loop
+        self._session = None
+        self._extra = {"connection": conn}
+        self._encoding = None
+        self._errors = "strict"
+        self._encoder = None
+        self._decoder = None
+        self._env = {}
+        self._str_env = None
+        self._command = None
+        self._subsystem = None
+        self._send_state = "closed"
+        self._send_chan = None
+        self._send_window = 0
+        self._send_pktsize = 0
+        self._send_paused = False
+        self._send_buf = []
+        self._send_buf_len = 0
+        self._send_high_water = SEND_HIGH_WATER
+        self._send_low_water = SEND_HIGH_WATER // 4
+        self._recv_state = "closed"
+        self._init_recv_window = window
+        self._recv_window = window
+        self._recv_pktsize = max_pktsize
+        self._recv_paused = "starting"
+        self._recv_buf = []
+        self._request_queue = []
+        self._open_waiter = None
+        self._request_waiters = []
+        self._close_event = asyncio.Event()
+        self._recv_chan = number = conn.add_channel(self)
+        self._logger = None  # type: ignore[assignment]
+        self._log_parent = conn.logger
+        self._log_context = f"chan={number}"
+        if self._log_parent.logger.isEnabledFor(logging.DEBUG):  # asyncssh's, from the limits set
+            self.logger.debug1(
+                "Set write buffer limits: low-water=%d, high-water=%d",
+                self._send_low_water,
+                self._send_high_water,
+            )
+
+    @property
+    def logger(self) -> asyncssh.logging.SSHLogger:
+        """The channel's logger (asyncssh's ``logger``): its child of the connection's
+        logger, made at the first message to be written (:meth:`_lean_init`); while the
+        ``asyncssh`` logger writes nothing at the levels a channel writes at, a shared
+        one that drops them unformatted (:class:`_Unwritten`)."""
+        made: asyncssh.logging.SSHLogger | None = self._logger
+        if made is None:
+            parent = self._log_parent
+            base = parent.logger
+            enabled = base._cache.get(CHANNEL_LOG_MAX)  # isEnabledFor's own cache of it
+            if enabled is None:
+                enabled = base.isEnabledFor(CHANNEL_LOG_MAX)
+            if not enabled:
+                return UNWRITTEN
+            made = self._logger = parent.get_child(context=self._log_context)
+        return made
+
+    def _flush_recv_buf(self, exc: Exception | None = None) -> None:
+        """asyncssh's ``_flush_recv_buf`` for a channel without an encoding (this one),
+        but for one step: the channel's end (``_cleanup``: the owner's
+        ``connection_lost``, the channel's number given back) comes at once, where
+        asyncssh left it to the loop's next turn (``call_soon``). The end of every
+        connection took a turn of the loop of its own: on asyncio a ``Handle`` and often
+        a ``select`` more per connection. asyncssh's ``_cleanup`` catches what the
+        owner's ``connection_lost`` raises, so nothing reaches the packet being handled;
+        the owner (:class:`tunnel.backends.asyncssh_link._Channel`) sends what it held
+        and ends the client's side there (it wrote the held data itself before too)."""
+        if not INLINE_CLEANUP or self._encoding:
+            super()._flush_recv_buf(exc)
+            return
+        recv_buf = self._recv_buf
+        while recv_buf and not self._recv_paused:
+            self._deliver_data(*recv_buf.pop(0))
+        if recv_buf:
+            return
+        if self._recv_paused != "starting" and self._recv_state == "eof_pending":
+            self._recv_state = "eof"
+            session = self._session
+            assert session is not None
+            if not session.eof_received() and self._send_state == "open":
+                self.write_eof()
+        if not recv_buf and self._recv_state == "close_pending":
+            self._recv_state = "closed"
+            self._cleanup(exc)
+
     def open(self, host: str, port: int, orig_host: str, orig_port: int) -> None:
         """Send the CHANNEL_OPEN (RFC 4254 §7.2), now."""
         conn = self._conn
         assert conn is not None and self._recv_chan is not None
         self.opening = True
-        args = (
-            _string(DIRECT_TCPIP),
-            _uint32(self._recv_chan),
-            _uint32(self._recv_window),
-            _uint32(self._recv_pktsize),
-            _string(host.encode()),
-            _uint32(port),
-            _string(orig_host.encode()),
-            _uint32(orig_port),
+        target = host.encode()
+        origin = orig_host.encode()
+        payload = b"".join(
+            (
+                OPEN_TYPE,
+                OPEN_NUMBERS.pack(self._recv_chan, self._recv_window, self._recv_pktsize),
+                _string(target),
+                UINT32.pack(port),
+                _string(origin),
+                UINT32.pack(orig_port),
+            )
         )
-        if not asyncssh_patches.send_sealed(conn, MSG_CHANNEL_OPEN, *args):
-            conn.send_packet(MSG_CHANNEL_OPEN, *args, handler=self)
+        if not asyncssh_patches.send_sealed(conn, MSG_CHANNEL_OPEN, payload):
+            conn.send_packet(MSG_CHANNEL_OPEN, payload, handler=self)
 
     def send_packet(self, pkttype: int, *args: bytes) -> None:
         """asyncssh's, but sealed here in the steady state (EOF, CLOSE, WINDOW_ADJUST:
         :func:`tunnel.backends.asyncssh_patches.send_sealed`)."""
         if self._send_chan is None:
             return
-        if not asyncssh_patches.send_sealed(self._conn, pkttype, _uint32(self._send_chan), *args):
+        if not asyncssh_patches.send_sealed(
+            self._conn, pkttype, UINT32.pack(self._send_chan), *args
+        ):
             super().send_packet(pkttype, *args)
 
     # -- asyncssh's connection calls these ------------------------------------------
@@ -197,3 +422,8 @@ class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
 
     def resume_writing(self) -> None:
         """asyncssh's send buffer drained to its low-water mark."""
+
+
+UNWRITTEN = _Unwritten()
+"""The one :class:`_Unwritten` logger (no context: it writes only what is above a
+channel's own levels)."""
