@@ -56,6 +56,8 @@ from blitzdns.dns.rfc import (
     CLASS_IN_WIRE,
     FORMERR,
     HEADER_SIZE,
+    MAX_LABEL,
+    MAX_NAME,
     NOTIMP,
     PTR,
     QR_BYTE2,
@@ -68,6 +70,8 @@ from blitzdns.dns.stats import ResolverStats
 from blitzdns.dns.table import Table, View, lower, to_wire, wire_labels
 
 _MEMO_LIMIT = 4096
+#: Parents of forwarded names remembered (:meth:`Engine.handle`); cleared when full.
+_PARENTS_LIMIT = 4096
 #: Remembered local replies per view (a client's own few questions, times its flag sets).
 _REPLY_MEMO_LIMIT = 1024
 
@@ -185,6 +189,9 @@ class Engine:
         self._fast_by_view: dict[int, FastView] = {}
         self._screen = guard.screen(table.protected).search
         self._protected_wire = _protected_wire(table)
+        #: Parents of forwarded names (lower-case wire names, all well formed) and whether
+        #: each lies under a protected name, or is one (:meth:`handle`).
+        self._parents: dict[bytes, bool] = {}
         #: Loop probes in flight (lower wire name) and those our own listener received.
         self.probes: set[bytes] = set()
         self.probes_seen: set[bytes] = set()
@@ -198,6 +205,7 @@ class Engine:
         self.table = table
         self._fast = {}
         self._fast_by_view = {}
+        self._parents = {}
         self._screen = guard.screen(table.protected).search
         self._protected_wire = _protected_wire(table)
         return self.cache.drop_where(
@@ -287,7 +295,10 @@ class Engine:
         qn, edns = shape
         qend = qn + 4
         flags = packet[2] << 8 | packet[3]
-        which = variant(flags, edns)
+        # :func:`~blitzdns.dns.fastpath.variant`, inline (a call per query).
+        which = ((flags >> 8 & 1) | (flags >> 3 & 2)) * 3 + (
+            0 if edns < 0 else 2 if edns & 0x10000 else 1
+        )
         letters = packet[12:qn]
         name = letters.lower()
         # A name in mixed case is a 0x20-randomising client's: its letters never repeat,
@@ -318,7 +329,19 @@ class Engine:
                 memo,
                 fast.folded if memo is None else None,
             )
-        if name_end(packet) != qn or not name.isascii():
+        # The name's first label, and what is known of the rest (its parent): a parent
+        # seen before is a well-formed name, and whether it lies under a protected name
+        # is remembered (names under one parent are many; each miss walked its labels
+        # twice before, ~220 bytecodes, issue #18). Only the first label is read here.
+        first = name[0]
+        under = self._parents.get(name[first + 1 :]) if 0 < first <= MAX_LABEL else None
+        if under is None:
+            if name_end(packet) != qn or not name.isascii():
+                return self.handle_slow(packet, client, now, udp)
+            under = self._under_protected(name)
+            if first:
+                self._remember_parent(name[first + 1 :], under)
+        elif qn - 12 > MAX_NAME or not name.isascii():
             return self.handle_slow(packet, client, now, udp)
         nodata = fast.nodata.get(name)
         if nodata is not None:
@@ -326,9 +349,17 @@ class Engine:
                 return self.handle_slow(packet, client, now, udp)
             self.stats.answered_local += 1
             return nodata.reply(packet, qend, which)
-        if self._under_protected(name):
+        if under:
             return self.handle_slow(packet, client, now, udp)
         return self._forward(packet, client, key, qend, flags, edns, udp)
+
+    def _remember_parent(self, parent: bytes, under: bool) -> None:
+        """Remember that ``parent`` (lower case) is a well-formed wire name, and whether it
+        or a name above it is protected (bounded; forgotten with the table)."""
+        parents = self._parents
+        if len(parents) >= _PARENTS_LIMIT:
+            parents.clear()
+        parents[parent] = under
 
     def handle_slow(
         self, packet: bytes, client: str, now: float, udp: bool = True
@@ -433,8 +464,14 @@ class Engine:
             return error_reply(job.packet, job.qend, SERVFAIL, job.edns)
         if cacheable:
             self.cache.put(job.key, response, scan, now)
-        head, tail = response[2:12], response[job.qend :]
-        return self._deliver(job.packet, job.qend, job.edns, head, tail, job.limit is not None)
+        # _deliver, inline (once per forwarded miss): the job's limit is udp_limit(edns)
+        # for UDP, never below 512, so it alone says whether the reply fits.
+        limit, tail = job.limit, response[qend:]
+        if limit is not None and qend + len(tail) > limit:
+            self.stats.truncated += 1
+            return error_reply(job.packet, qend, 0, job.edns, truncated=True)
+        packet = job.packet
+        return b"".join((packet[:2], response[2:12], packet[12:qend], tail))
 
     def _guard(self, job: ForwardJob, response: bytes) -> tuple[bytes, bool]:
         """``response`` as it may reach the client, and whether it may be cached.

@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from blitzdns.config import Endpoint
 from blitzdns.dns import batchio
 from blitzdns.dns.fastpath import answers, answers_question, question_of
-from blitzdns.dns.rfc import MAX_MESSAGE, TC_BYTE2
+from blitzdns.dns.rfc import MAX_MESSAGE, QR_BYTE2, TC_BYTE2
 from blitzdns.dns.stats import UpstreamHealth
 
 #: Random-port sockets kept open per upstream (dnsmasq keeps 64 over all servers).
@@ -193,8 +193,18 @@ class _Channel:
     def _take(self, data: bytes) -> None:
         """Pass ``data`` to the exchange whose ID and question it carries, or count it."""
         found = self.waiting.get(data[0] << 8 | data[1]) if len(data) >= 2 else None
-        # The ID matched (the key): the rest of answers_question.
-        if found is not None and answers(data, found.question):
+        if found is None:
+            self.health.mismatched += 1
+            return
+        # The ID matched (the key): the rest of answers_question. Upstreams echo the
+        # question as sent: that case is answers' first test, taken here without a call.
+        question = found.question
+        if (
+            question
+            and data.startswith(question, 12)
+            and data[2] & QR_BYTE2
+            and data[4:6] == b"\x00\x01"
+        ) or answers(data, question):
             found.received(data)
         else:
             self.health.mismatched += 1
@@ -508,7 +518,16 @@ class Exchange:
 
     def received(self, reply: bytes) -> None:
         """The current attempt's reply came (its ID and question checked)."""
-        self._release()
+        # _release, inline: every answered exchange ends here (issue #18).
+        due = self.due
+        if due:
+            waiting = self.forwarder._due.get(due)
+            if waiting is not None:
+                waiting.discard(self)
+            self.due = 0.0
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            channel.forget(self.query_id)
         if self.finished:
             return
         if reply[2] & TC_BYTE2:
@@ -522,8 +541,12 @@ class Exchange:
             self.tcp = self.loop.create_task(retry)
             self.tcp.add_done_callback(self._tcp_done)
             return
-        self._health().succeeded()
-        self._end(reply)
+        self.forwarder.health[self.attempts[self.index]].succeeded()
+        # _end, inline.
+        self.finished = True
+        if self.tcp is not None:
+            self.tcp.cancel()
+        self.on_done(reply, None)
 
     def _tcp_done(self, task: asyncio.Task[bytes]) -> None:
         if self.finished or task.cancelled():
