@@ -38,7 +38,7 @@ import errno
 import math
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from blitzdns.config import Endpoint
 from blitzdns.dns import batchio
@@ -65,31 +65,40 @@ class RandomBits:
     """Unpredictable numbers from the operating system's CSPRNG (``os.urandom``, as
     ``secrets`` uses), read 4 KiB at a time: one ``getrandom`` call per 2048 IDs instead
     of one per ID. A forked child starts on a block of its own (:data:`RANDOM` forgets
-    its block at a fork), so parent and child never send the same IDs."""
+    its block at a fork), so parent and child never send the same IDs.
+
+    :attr:`stream` yields the block's 16-bit numbers (a C iterator: ``next(stream, -1)``
+    costs no Python call; -1 once it is used up): the forwarder takes two per query
+    (issue #18). Their byte order is the machine's, which changes nothing: every 16 bits
+    are uniformly random either way.
+    """
 
     _BLOCK = 4096
 
     def __init__(self) -> None:
-        self._block = b""
-        self._at = 0
+        self.stream: Iterator[int] = iter(())
 
     def forget(self) -> None:
         """Drop what is left of the block: the next number reads a new one."""
-        self._block, self._at = b"", 0
+        self.stream = iter(())
+
+    def refill(self) -> int:
+        """A number from a new block (the stream is used up)."""
+        self.stream = iter(memoryview(os.urandom(self._BLOCK)).cast("H"))
+        return next(self.stream)
 
     def u16(self) -> int:
         """A uniformly random 16-bit number."""
-        at = self._at
-        if at + 2 > len(self._block):
-            self._block, at = os.urandom(self._BLOCK), 0
-        self._at = at + 2
-        return self._block[at] << 8 | self._block[at + 1]
+        value = next(self.stream, -1)
+        return value if value >= 0 else self.refill()
 
     def below(self, n: int) -> int:
         """A uniformly random number in ``range(n)``, ``0 < n <= 65536`` (rejection sampling)."""
         limit = 65536 - 65536 % n
         while True:
-            value = self.u16()
+            value = next(self.stream, -1)
+            if value < 0:
+                value = self.refill()
             if value < limit:
                 return value % n
 
@@ -131,7 +140,9 @@ class _Channel:
         here has; the ID."""
         waiting = self.waiting
         while True:
-            query_id = RANDOM.u16()
+            query_id = next(RANDOM.stream, -1)  # RANDOM.u16(), without the call
+            if query_id < 0:
+                query_id = RANDOM.refill()
             if query_id not in waiting:
                 break
         message = query_id.to_bytes(2, "big") + query[2:]
@@ -233,6 +244,8 @@ class SocketPool:
         self.per_upstream = per_upstream
         self.uses = uses
         self._open: dict[Endpoint, list[_Channel]] = {}
+        #: The last endpoint taken and its list in ``_open`` (see :meth:`take`).
+        self._last: tuple[Endpoint, list[_Channel]] | None = None
         self._retired: set[_Channel] = set()
         #: Sockets made since the start (the tests read it).
         self.created = 0
@@ -244,7 +257,13 @@ class SocketPool:
 
     def take(self, endpoint: Endpoint, health: UpstreamHealth) -> _Channel:
         """A channel to ``endpoint``; OSError when no socket can be made."""
-        channels = self._open.setdefault(endpoint, [])
+        # The endpoint asked last, by identity: an Endpoint's hash is a Python call.
+        last = self._last
+        if last is not None and last[0] is endpoint:
+            channels = last[1]
+        else:
+            channels = self._open.setdefault(endpoint, [])
+            self._last = (endpoint, channels)
         if len(channels) < self.per_upstream:
             if self.drain is None and self._batch_io:
                 self.drain = batchio.Drain(MAX_MESSAGE)
@@ -279,6 +298,7 @@ class SocketPool:
         for channel in channels:
             channel.close()
         self._open.clear()
+        self._last = None
         self._retired.clear()
         for exchange in waiting:
             exchange.abandon()
@@ -452,7 +472,11 @@ class Exchange:
         self.on_done = on_done
         self.finished = False
         self.deadline = loop.time() + forwarder.timeout_s
-        self.attempts = forwarder._order()
+        health = forwarder.health
+        # _order's answer for one usable upstream, without the call.
+        self.attempts = (
+            _ONE_UPSTREAM if len(health) == 1 and not health[0].loops else forwarder._order()
+        )
         self.index = -1
         self.budget = 0.0
         self.channel: _Channel | None = None
