@@ -20,7 +20,9 @@ whichever path found it. Pure: the caller passes ``now`` in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple
 
 from blitzdns.dns import guard
@@ -175,6 +177,12 @@ class ForwardJob(NamedTuple):
     limit: int | None
     client: str
     table: Table
+
+
+#: A ``ForwardJob`` from the tuple of its fields (:meth:`Engine._forward`).
+_new_job: Callable[[tuple[bytes, bytes, bytes, int, int, int | None, str, Table]], ForwardJob] = (
+    partial(tuple.__new__, ForwardJob)
+)
 
 
 class Engine:
@@ -415,16 +423,19 @@ class Engine:
             self.stats.dropped += 1
             return None
         self.stats.forwarded += 1
-        # Positional: keywords would build a dict per forwarded query.
-        return ForwardJob(
-            key,
-            upstream_query(packet, qend, flags, edns),
-            packet,
-            qend,
-            edns,
-            udp_limit(edns) if udp else None,
-            client,
-            self.table,
+        # tuple.__new__, not ForwardJob(...): a named tuple's constructor is a Python
+        # function (one per forwarded query).
+        return _new_job(
+            (
+                key,
+                upstream_query(packet, qend, flags, edns),
+                packet,
+                qend,
+                edns,
+                udp_limit(edns) if udp else None,
+                client,
+                self.table,
+            )
         )
 
     def finish(self, job: ForwardJob, response: bytes | None, now: float) -> bytes:

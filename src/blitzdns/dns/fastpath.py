@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 from blitzdns.dns.decide import Local, Record, SoaData
@@ -333,6 +335,13 @@ class Scan(NamedTuple):
     question_end: int
 
 
+#: ``Scan`` made from a tuple of its fields by ``tuple.__new__`` (C), without the Python
+#: ``__new__`` a named tuple's constructor is.
+_new_scan: Callable[
+    [tuple[int, bool, int, tuple[int, ...], tuple[int, ...], int | None, int]], Scan
+] = partial(tuple.__new__, Scan)
+
+
 def scan_response(response: bytes, question_end: int = 0) -> Scan | None:
     """Walk every record of ``response``; None when it does not hold together.
 
@@ -379,15 +388,17 @@ def scan_response(response: bytes, question_end: int = 0) -> Scan | None:
         offset = rdata_end
     if offset != size:
         return None
-    # Positional: keywords would build a dict per forwarded reply.
-    return Scan(
-        response[3] & RCODE_BYTE3,
-        bool(response[2] & TC_BYTE2),
-        ancount,
-        tuple(offsets),
-        tuple(ttls),
-        negative_ttl,
-        question_end,
+    # tuple.__new__, not Scan(...): a named tuple's constructor is a Python function.
+    return _new_scan(
+        (
+            response[3] & RCODE_BYTE3,
+            bool(response[2] & TC_BYTE2),
+            ancount,
+            tuple(offsets),
+            tuple(ttls),
+            negative_ttl,
+            question_end,
+        )
     )
 
 
