@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from blitzdns.config import parse_config
 from blitzdns.dns import engine as engine_module
+from blitzdns.dns import fastpath
 from blitzdns.dns.cache import Cache, lifetime, new_entry
 from blitzdns.dns.engine import Engine, ForwardJob
 from blitzdns.dns.fastpath import (
@@ -517,3 +518,30 @@ def test_the_cache_stores_what_new_entry_describes(ttls: list[int], kind: str) -
     assert cache.put(b"key", response, scan, NOW) == (seconds > 0)
     if seconds > 0:
         assert cache.entries[b"key"] == new_entry(response, scan, NOW, seconds)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    query=queries(),
+    ttl=st.integers(0, 0xFFFFFFFF),
+    rtype=st.sampled_from([1, 5, 6, 28, 41]),
+    rdata=st.binary(max_size=40),
+    data=st.data(),
+)
+def test_a_one_answer_reply_scans_as_the_walk_of_its_records(
+    query: bytes, ttl: int, rtype: int, rdata: bytes, data: Any
+) -> None:
+    """scan_response reads a reply of one answer whose owner points at the question
+    without walking: the same Scan as the general walk, whatever the bytes."""
+    qn = name_end(query)
+    if qn < 0 or len(query) < qn + 4:
+        return
+    head = query[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00"
+    record = b"\xc0\x0c" + struct.pack(">HHIH", rtype, 1, ttl, len(rdata)) + rdata
+    response = mutations(head + query[12 : qn + 4] + record, data)
+    walked = None
+    if len(response) >= 12 and name_end(response) > 0:
+        counts = struct.unpack_from(">HHHH", response, 4)
+        if counts[0] == 1:
+            walked = fastpath._walk_records(response, name_end(response) + 4, *counts[1:])
+    assert scan_response(response) == walked

@@ -445,20 +445,19 @@ class Engine:
         while it was in flight: then the client gets the local answer instead. A reply that
         may name a protected host is looked into first (:meth:`_guard`).
         """
-        if job.table is not self.table and self.table.protects(
-            lower(wire_labels(job.packet[12 : job.qend]))
-        ):
-            redone = self.handle(job.packet, job.client, now, job.limit is not None)
+        # One unpacking: each field read by name is a descriptor call (once per miss).
+        key, query, packet, qend, edns, limit, client, table = job
+        if table is not self.table and self.table.protects(lower(wire_labels(packet[12:qend]))):
+            redone = self.handle(packet, client, now, limit is not None)
             if isinstance(redone, bytes):
                 return redone
         if response is None:
             self.stats.servfail += 1
-            return error_reply(job.packet, job.qend, SERVFAIL, job.edns)
+            return error_reply(packet, qend, SERVFAIL, edns)
         cacheable = True
         # Upstreams echo the question's bytes: then where it ends is known (the job's), and
         # the scan need not walk the name again.
-        qend = job.qend
-        known = qend if response.startswith(job.query[12:qend], 12) else 0
+        known = qend if response.startswith(query[12:qend], 12) else 0
         if self._screen(response) is not None:
             try:
                 guarded = self._guard(job, response)
@@ -466,22 +465,21 @@ class Engine:
                 guarded = None
             if guarded is None:
                 self.stats.servfail += 1
-                return error_reply(job.packet, job.qend, SERVFAIL, job.edns)
+                return error_reply(packet, qend, SERVFAIL, edns)
             response, cacheable = guarded
             known = 0
         scan = scan_response(response, known)
         if scan is None:  # records that run past the end, or bytes after them
             self.stats.servfail += 1
-            return error_reply(job.packet, job.qend, SERVFAIL, job.edns)
+            return error_reply(packet, qend, SERVFAIL, edns)
         if cacheable:
-            self.cache.put(job.key, response, scan, now)
+            self.cache.put(key, response, scan, now)
         # _deliver, inline (once per forwarded miss): the job's limit is udp_limit(edns)
         # for UDP, never below 512, so it alone says whether the reply fits.
-        limit, tail = job.limit, response[qend:]
+        tail = response[qend:]
         if limit is not None and qend + len(tail) > limit:
             self.stats.truncated += 1
-            return error_reply(job.packet, qend, 0, job.edns, truncated=True)
-        packet = job.packet
+            return error_reply(packet, qend, 0, edns, truncated=True)
         return b"".join((packet[:2], response[2:12], packet[12:qend], tail))
 
     def _guard(self, job: ForwardJob, response: bytes) -> tuple[bytes, bool]:

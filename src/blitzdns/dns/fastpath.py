@@ -362,6 +362,35 @@ def scan_response(response: bytes, question_end: int = 0) -> Scan | None:
             return None
         offset += 4
     question_end = offset
+    if ancount == 1 and not nscount and not arcount and offset < size and response[offset] >= 0xC0:
+        # The commonest reply: one answer, its owner a pointer to the question. What the
+        # walk finds for it, without its lists (a property test holds the two alike).
+        if offset + 12 > size:
+            return None
+        rtype, ttl, rdlength = _RECORD.unpack_from(response, offset + 2)
+        if offset + 12 + rdlength != size:
+            return None
+        found = ((offset + 6,), (ttl,)) if rtype != OPT else ((), ())
+        return _new_scan(
+            (
+                response[3] & RCODE_BYTE3,
+                bool(response[2] & TC_BYTE2),
+                1,
+                found[0],
+                found[1],
+                None,
+                question_end,
+            )
+        )
+    return _walk_records(response, question_end, ancount, nscount, arcount)
+
+
+def _walk_records(
+    response: bytes, question_end: int, ancount: int, nscount: int, arcount: int
+) -> Scan | None:
+    """:func:`scan_response` for any reply: every record walked from ``question_end``."""
+    size = len(response)
+    offset = question_end
     offsets: list[int] = []
     ttls: list[int] = []
     negative_ttl: int | None = None
