@@ -500,16 +500,16 @@ class Exchange:
 
     def next_attempt(self) -> None:
         """Send to the next upstream in order; the result is None when none is left."""
-        forwarder, attempts = self.forwarder, self.attempts
+        forwarder, attempts, loop = self.forwarder, self.attempts, self.loop
         while not self.finished:
-            self.index += 1
-            now = self.loop.time()
+            index = self.index = self.index + 1
+            now = loop.time()
             remaining = self.deadline - now
-            if self.index >= len(attempts) or remaining <= 0 or forwarder.pool.closed:
+            if index >= len(attempts) or remaining <= 0 or forwarder.pool.closed:
                 self._end(None)
                 return
-            self.budget = remaining / (len(attempts) - self.index)
-            upstream = attempts[self.index]
+            budget = self.budget = remaining / (len(attempts) - index)
+            upstream = attempts[index]
             endpoint, health = forwarder.upstreams[upstream], forwarder.health[upstream]
             try:
                 channel = forwarder.pool.take(endpoint, health)
@@ -519,7 +519,7 @@ class Exchange:
                     return
                 continue
             self.channel = channel
-            self.due = forwarder._watch(self, now + self.budget, self.loop)
+            self.due = forwarder._watch(self, now + budget, loop)
             return
 
     def _release(self) -> None:
