@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from blitzdns.config import parse_config
 from blitzdns.dns import engine as engine_module
-from blitzdns.dns.cache import Cache
+from blitzdns.dns import fastpath
+from blitzdns.dns.cache import Cache, lifetime, new_entry
 from blitzdns.dns.engine import Engine, ForwardJob
 from blitzdns.dns.fastpath import (
     answers,
@@ -476,3 +477,71 @@ def test_answers_is_answers_question_once_the_id_matched(query: bytes, data: Any
     response = mutations(reply, data) + data.draw(st.sampled_from([b"", b"\x00\x01rest"]))
     response = query[:2] + response[2:]  # the ID matched: the channel's key
     assert answers(response, question_of(query)) == answers_question(response, query)
+
+
+def _without_table(result: bytes | ForwardJob | None) -> object:
+    return result[:-1] if isinstance(result, ForwardJob) else result
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(packets=st.lists(queries(), min_size=1, max_size=6), data=st.data())
+def test_a_remembered_parent_decides_as_walking_the_name(packets: list[bytes], data: Any) -> None:
+    """Engine.handle remembers the parents of forwarded names (well formed, and whether
+    under a protected name): a query whose parent is remembered gets what an engine that
+    walks its name gets, whatever its bytes (a sibling is asked first, so it is)."""
+    engine = new_engine()
+    for query in packets:
+        packet = mutations(query, data)
+        first = packet[12] if len(packet) > 12 else 0
+        if 0 < first <= 63 and len(packet) > 12 + first + 1:
+            sibling = packet[:12] + b"\x01x" + packet[12 + first + 1 :]
+            assert _without_table(engine.handle(sibling, "127.0.0.1", NOW)) == _without_table(
+                new_engine().handle(sibling, "127.0.0.1", NOW)
+            )
+        fresh = new_engine().handle(packet, "127.0.0.1", NOW)
+        assert _without_table(engine.handle(packet, "127.0.0.1", NOW)) == _without_table(fresh)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ttls=st.lists(st.integers(0, 5000), min_size=1, max_size=4),
+    kind=st.sampled_from(["answer", "nxdomain"]),
+)
+def test_the_cache_stores_what_new_entry_describes(ttls: list[int], kind: str) -> None:
+    """Cache.put builds its entry inline (once per forwarded miss): the same as new_entry."""
+    query = bytes(DNSRecord.question("www.example.com", "A").pack())
+    response = upstream_reply(query, ttls, kind)
+    scan = scan_response(response)
+    assert scan is not None
+    cache = Cache(10)
+    seconds = lifetime(scan, max_ttl=cache.max_ttl, max_negative_ttl=cache.max_negative_ttl)
+    assert cache.put(b"key", response, scan, NOW) == (seconds > 0)
+    if seconds > 0:
+        assert cache.entries[b"key"] == new_entry(response, scan, NOW, seconds)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    query=queries(),
+    ttl=st.integers(0, 0xFFFFFFFF),
+    rtype=st.sampled_from([1, 5, 6, 28, 41]),
+    rdata=st.binary(max_size=40),
+    data=st.data(),
+)
+def test_a_one_answer_reply_scans_as_the_walk_of_its_records(
+    query: bytes, ttl: int, rtype: int, rdata: bytes, data: Any
+) -> None:
+    """scan_response reads a reply of one answer whose owner points at the question
+    without walking: the same Scan as the general walk, whatever the bytes."""
+    qn = name_end(query)
+    if qn < 0 or len(query) < qn + 4:
+        return
+    head = query[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00"
+    record = b"\xc0\x0c" + struct.pack(">HHIH", rtype, 1, ttl, len(rdata)) + rdata
+    response = mutations(head + query[12 : qn + 4] + record, data)
+    walked = None
+    if len(response) >= 12 and name_end(response) > 0:
+        counts = struct.unpack_from(">HHHH", response, 4)
+        if counts[0] == 1:
+            walked = fastpath._walk_records(response, name_end(response) + 4, *counts[1:])
+    assert scan_response(response) == walked

@@ -313,7 +313,7 @@ def test_a_bug_answering_one_waiter_leaves_the_others_answered(
     to the cap and every miss be refused)."""
     server = resolver_factory(make_config(), [dnsmasq.endpoint])
     resolver = server.resolver
-    finish = resolver._finish
+    finish = resolver.engine.finish
     calls: list[int] = []
 
     def first_fails(*args: Any) -> bytes | None:
@@ -322,7 +322,7 @@ def test_a_bug_answering_one_waiter_leaves_the_others_answered(
             raise RuntimeError("a bug")
         return finish(*args)
 
-    resolver._finish = first_fails  # type: ignore[method-assign]
+    resolver.engine.finish = first_fails  # type: ignore[method-assign]
     clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
     try:
         with loop_held(server):  # read in one wake-up: one exchange, three waiters

@@ -356,6 +356,8 @@ class BatchReader:
         self._loop = asyncio.get_running_loop()
         self.closed = False
         inb, out = self._in, self._out
+        #: What :meth:`sendto` needs (once per forwarded query's reply), in one tuple.
+        self._out_hot = (out.data, out.lengths, out.names, out.qwords, out.names_at)
         self._hot = (
             inb.words,
             inb.data,
@@ -489,14 +491,14 @@ class BatchReader:
         if size > _SEND_SLOT:
             self._send_one(data, address)
             return
-        out = self._out
+        slots, lengths, names, qwords, names_at = self._out_hot
         k = self._queued
         start = k * _SEND_SLOT
-        out.data[start : start + size] = data
-        out.lengths[k * 2 + 1] = size
+        slots[start : start + size] = data
+        lengths[k * 2 + 1] = size
         at = k * _NAME
-        out.names[at : at + len(address)] = address
-        out.qwords[k * _QWORDS + _NAME_QWORD] = out.names_at + at
+        names[at : at + len(address)] = address
+        qwords[k * _QWORDS + _NAME_QWORD] = names_at + at
         self._queued = k + 1
         if k + 1 == BATCH:
             self.flush()

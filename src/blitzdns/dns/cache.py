@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from blitzdns.dns.fastpath import Scan
 from blitzdns.dns.rfc import NOERROR, NXDOMAIN
@@ -73,7 +73,7 @@ def at_age(entry: Entry, age: int) -> Entry:
 
 
 _Shareable = TypeVar("_Shareable", bytes, tuple[int, ...])
-_SHARED: dict[object, object] = {}
+_SHARED: dict[Any, Any] = {}
 _SHARED_LIMIT = 4096
 
 
@@ -137,7 +137,26 @@ class Cache:
         entries.pop(key, None)
         while len(entries) >= self.size:
             entries.popitem(last=False)
-        entries[key] = new_entry(response, scan, now, seconds)
+        # new_entry, inline: one per forwarded miss, and its four calls cost more than
+        # the rest of it (issue #18). A value seen before is taken without a call.
+        qend = scan.question_end
+        offsets = scan.ttl_offsets
+        relative = (
+            (offsets[0] - qend,)
+            if len(offsets) == 1
+            else tuple([offset - qend for offset in offsets])
+        )
+        head = response[2:12]
+        shared = _SHARED
+        entries[key] = (
+            now + seconds,
+            now,
+            0,
+            shared.get(head) or _shared(head),
+            response[qend:],
+            shared.get(relative) or _shared(relative),
+            shared.get(scan.ttls) or _shared(scan.ttls),
+        )
         return True
 
     def at_age(self, key: bytes, entry: Entry, age: int) -> Entry:

@@ -20,7 +20,9 @@ whichever path found it. Pure: the caller passes ``now`` in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple
 
 from blitzdns.dns import guard
@@ -56,6 +58,8 @@ from blitzdns.dns.rfc import (
     CLASS_IN_WIRE,
     FORMERR,
     HEADER_SIZE,
+    MAX_LABEL,
+    MAX_NAME,
     NOTIMP,
     PTR,
     QR_BYTE2,
@@ -68,6 +72,8 @@ from blitzdns.dns.stats import ResolverStats
 from blitzdns.dns.table import Table, View, lower, to_wire, wire_labels
 
 _MEMO_LIMIT = 4096
+#: Parents of forwarded names remembered (:meth:`Engine.handle`); cleared when full.
+_PARENTS_LIMIT = 4096
 #: Remembered local replies per view (a client's own few questions, times its flag sets).
 _REPLY_MEMO_LIMIT = 1024
 
@@ -173,6 +179,12 @@ class ForwardJob(NamedTuple):
     table: Table
 
 
+#: A ``ForwardJob`` from the tuple of its fields (:meth:`Engine._forward`).
+_new_job: Callable[[tuple[bytes, bytes, bytes, int, int, int | None, str, Table]], ForwardJob] = (
+    partial(tuple.__new__, ForwardJob)
+)
+
+
 class Engine:
     """The resolver's core: one per :class:`~blitzdns.dns.server.Resolver`."""
 
@@ -185,6 +197,9 @@ class Engine:
         self._fast_by_view: dict[int, FastView] = {}
         self._screen = guard.screen(table.protected).search
         self._protected_wire = _protected_wire(table)
+        #: Parents of forwarded names (lower-case wire names, all well formed) and whether
+        #: each lies under a protected name, or is one (:meth:`handle`).
+        self._parents: dict[bytes, bool] = {}
         #: Loop probes in flight (lower wire name) and those our own listener received.
         self.probes: set[bytes] = set()
         self.probes_seen: set[bytes] = set()
@@ -198,6 +213,7 @@ class Engine:
         self.table = table
         self._fast = {}
         self._fast_by_view = {}
+        self._parents = {}
         self._screen = guard.screen(table.protected).search
         self._protected_wire = _protected_wire(table)
         return self.cache.drop_where(
@@ -287,7 +303,10 @@ class Engine:
         qn, edns = shape
         qend = qn + 4
         flags = packet[2] << 8 | packet[3]
-        which = variant(flags, edns)
+        # :func:`~blitzdns.dns.fastpath.variant`, inline (a call per query).
+        which = ((flags >> 8 & 1) | (flags >> 3 & 2)) * 3 + (
+            0 if edns < 0 else 2 if edns & 0x10000 else 1
+        )
         letters = packet[12:qn]
         name = letters.lower()
         # A name in mixed case is a 0x20-randomising client's: its letters never repeat,
@@ -318,7 +337,19 @@ class Engine:
                 memo,
                 fast.folded if memo is None else None,
             )
-        if name_end(packet) != qn or not name.isascii():
+        # The name's first label, and what is known of the rest (its parent): a parent
+        # seen before is a well-formed name, and whether it lies under a protected name
+        # is remembered (names under one parent are many; each miss walked its labels
+        # twice before, ~220 bytecodes, issue #18). Only the first label is read here.
+        first = name[0]
+        under = self._parents.get(name[first + 1 :]) if 0 < first <= MAX_LABEL else None
+        if under is None:
+            if name_end(packet) != qn or not name.isascii():
+                return self.handle_slow(packet, client, now, udp)
+            under = self._under_protected(name)
+            if first:
+                self._remember_parent(name[first + 1 :], under)
+        elif qn - 12 > MAX_NAME or not name.isascii():
             return self.handle_slow(packet, client, now, udp)
         nodata = fast.nodata.get(name)
         if nodata is not None:
@@ -326,9 +357,17 @@ class Engine:
                 return self.handle_slow(packet, client, now, udp)
             self.stats.answered_local += 1
             return nodata.reply(packet, qend, which)
-        if self._under_protected(name):
+        if under:
             return self.handle_slow(packet, client, now, udp)
         return self._forward(packet, client, key, qend, flags, edns, udp)
+
+    def _remember_parent(self, parent: bytes, under: bool) -> None:
+        """Remember that ``parent`` (lower case) is a well-formed wire name, and whether it
+        or a name above it is protected (bounded; forgotten with the table)."""
+        parents = self._parents
+        if len(parents) >= _PARENTS_LIMIT:
+            parents.clear()
+        parents[parent] = under
 
     def handle_slow(
         self, packet: bytes, client: str, now: float, udp: bool = True
@@ -384,16 +423,19 @@ class Engine:
             self.stats.dropped += 1
             return None
         self.stats.forwarded += 1
-        # Positional: keywords would build a dict per forwarded query.
-        return ForwardJob(
-            key,
-            upstream_query(packet, qend, flags, edns),
-            packet,
-            qend,
-            edns,
-            udp_limit(edns) if udp else None,
-            client,
-            self.table,
+        # tuple.__new__, not ForwardJob(...): a named tuple's constructor is a Python
+        # function (one per forwarded query).
+        return _new_job(
+            (
+                key,
+                upstream_query(packet, qend, flags, edns),
+                packet,
+                qend,
+                edns,
+                udp_limit(edns) if udp else None,
+                client,
+                self.table,
+            )
         )
 
     def finish(self, job: ForwardJob, response: bytes | None, now: float) -> bytes:
@@ -403,20 +445,19 @@ class Engine:
         while it was in flight: then the client gets the local answer instead. A reply that
         may name a protected host is looked into first (:meth:`_guard`).
         """
-        if job.table is not self.table and self.table.protects(
-            lower(wire_labels(job.packet[12 : job.qend]))
-        ):
-            redone = self.handle(job.packet, job.client, now, job.limit is not None)
+        # One unpacking: each field read by name is a descriptor call (once per miss).
+        key, query, packet, qend, edns, limit, client, table = job
+        if table is not self.table and self.table.protects(lower(wire_labels(packet[12:qend]))):
+            redone = self.handle(packet, client, now, limit is not None)
             if isinstance(redone, bytes):
                 return redone
         if response is None:
             self.stats.servfail += 1
-            return error_reply(job.packet, job.qend, SERVFAIL, job.edns)
+            return error_reply(packet, qend, SERVFAIL, edns)
         cacheable = True
         # Upstreams echo the question's bytes: then where it ends is known (the job's), and
         # the scan need not walk the name again.
-        qend = job.qend
-        known = qend if response.startswith(job.query[12:qend], 12) else 0
+        known = qend if response.startswith(query[12:qend], 12) else 0
         if self._screen(response) is not None:
             try:
                 guarded = self._guard(job, response)
@@ -424,17 +465,22 @@ class Engine:
                 guarded = None
             if guarded is None:
                 self.stats.servfail += 1
-                return error_reply(job.packet, job.qend, SERVFAIL, job.edns)
+                return error_reply(packet, qend, SERVFAIL, edns)
             response, cacheable = guarded
             known = 0
         scan = scan_response(response, known)
         if scan is None:  # records that run past the end, or bytes after them
             self.stats.servfail += 1
-            return error_reply(job.packet, job.qend, SERVFAIL, job.edns)
+            return error_reply(packet, qend, SERVFAIL, edns)
         if cacheable:
-            self.cache.put(job.key, response, scan, now)
-        head, tail = response[2:12], response[job.qend :]
-        return self._deliver(job.packet, job.qend, job.edns, head, tail, job.limit is not None)
+            self.cache.put(key, response, scan, now)
+        # _deliver, inline (once per forwarded miss): the job's limit is udp_limit(edns)
+        # for UDP, never below 512, so it alone says whether the reply fits.
+        tail = response[qend:]
+        if limit is not None and qend + len(tail) > limit:
+            self.stats.truncated += 1
+            return error_reply(packet, qend, 0, edns, truncated=True)
+        return b"".join((packet[:2], response[2:12], packet[12:qend], tail))
 
     def _guard(self, job: ForwardJob, response: bytes) -> tuple[bytes, bool]:
         """``response`` as it may reach the client, and whether it may be cached.

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 from blitzdns.dns.decide import Local, Record, SoaData
@@ -58,6 +60,8 @@ from blitzdns.dns.table import to_wire
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
+#: QDCOUNT, ANCOUNT, NSCOUNT, ARCOUNT.
+_COUNTS = struct.Struct(">HHHH")
 #: A record's type, class (skipped), TTL and RDLENGTH after its name.
 _RECORD = struct.Struct(">H2xIH")
 #: Reply variants: (RD, CD) × (no EDNS, EDNS, EDNS with DO) — see :func:`variant`.
@@ -331,16 +335,24 @@ class Scan(NamedTuple):
     question_end: int
 
 
+#: ``Scan`` made from a tuple of its fields by ``tuple.__new__`` (C), without the Python
+#: ``__new__`` a named tuple's constructor is.
+_new_scan: Callable[
+    [tuple[int, bool, int, tuple[int, ...], tuple[int, ...], int | None, int]], Scan
+] = partial(tuple.__new__, Scan)
+
+
 def scan_response(response: bytes, question_end: int = 0) -> Scan | None:
     """Walk every record of ``response``; None when it does not hold together.
 
     ``question_end``, when given, is where the question ends, known from a query whose
     question bytes ``response`` carries as they are (the name is then not walked again).
     """
-    if len(response) < 12:
+    size = len(response)
+    if size < 12:
         return None
-    counts = struct.unpack_from(">HHHH", response, 4)
-    if counts[0] != 1:
+    qdcount, ancount, nscount, arcount = _COUNTS.unpack_from(response, 4)
+    if qdcount != 1:
         return None
     if question_end:
         offset = question_end
@@ -350,35 +362,72 @@ def scan_response(response: bytes, question_end: int = 0) -> Scan | None:
             return None
         offset += 4
     question_end = offset
+    if ancount == 1 and not nscount and not arcount and offset < size and response[offset] >= 0xC0:
+        # The commonest reply: one answer, its owner a pointer to the question. What the
+        # walk finds for it, without its lists (a property test holds the two alike).
+        if offset + 12 > size:
+            return None
+        rtype, ttl, rdlength = _RECORD.unpack_from(response, offset + 2)
+        if offset + 12 + rdlength != size:
+            return None
+        found = ((offset + 6,), (ttl,)) if rtype != OPT else ((), ())
+        return _new_scan(
+            (
+                response[3] & RCODE_BYTE3,
+                bool(response[2] & TC_BYTE2),
+                1,
+                found[0],
+                found[1],
+                None,
+                question_end,
+            )
+        )
+    return _walk_records(response, question_end, ancount, nscount, arcount)
+
+
+def _walk_records(
+    response: bytes, question_end: int, ancount: int, nscount: int, arcount: int
+) -> Scan | None:
+    """:func:`scan_response` for any reply: every record walked from ``question_end``."""
+    size = len(response)
+    offset = question_end
     offsets: list[int] = []
     ttls: list[int] = []
     negative_ttl: int | None = None
-    for section in (1, 2, 3):
-        for _ in range(counts[section]):
+    # The authority section's records, by their index among all records.
+    authority = range(ancount, ancount + nscount)
+    for index in range(ancount + nscount + arcount):
+        # An owner name is most often a pointer to the question: skipped here without
+        # a call (what _skip_name does for it; a pointer cut short fails the next test).
+        if offset < size and response[offset] >= 0xC0:
+            offset += 2
+        else:
             offset = _skip_name(response, offset)
-            if offset < 0 or offset + 10 > len(response):
-                return None
-            rtype, ttl, rdlength = _RECORD.unpack_from(response, offset)
-            rdata_end = offset + 10 + rdlength
-            if rdata_end > len(response):
-                return None
-            if rtype != OPT:
-                offsets.append(offset + 4)
-                ttls.append(ttl)
-            if section == 2 and rtype == SOA and negative_ttl is None and rdlength >= 22:
-                negative_ttl = min(ttl, _U32.unpack_from(response, rdata_end - 4)[0])
-            offset = rdata_end
-    if offset != len(response):
+        if offset < 0 or offset + 10 > size:
+            return None
+        rtype, ttl, rdlength = _RECORD.unpack_from(response, offset)
+        rdata_end = offset + 10 + rdlength
+        if rdata_end > size:
+            return None
+        if rtype != OPT:
+            offsets.append(offset + 4)
+            ttls.append(ttl)
+        if rtype == SOA and negative_ttl is None and rdlength >= 22 and index in authority:
+            negative_ttl = min(ttl, _U32.unpack_from(response, rdata_end - 4)[0])
+        offset = rdata_end
+    if offset != size:
         return None
-    # Positional: keywords would build a dict per forwarded reply.
-    return Scan(
-        response[3] & RCODE_BYTE3,
-        bool(response[2] & TC_BYTE2),
-        counts[1],
-        tuple(offsets),
-        tuple(ttls),
-        negative_ttl,
-        question_end,
+    # tuple.__new__, not Scan(...): a named tuple's constructor is a Python function.
+    return _new_scan(
+        (
+            response[3] & RCODE_BYTE3,
+            bool(response[2] & TC_BYTE2),
+            ancount,
+            tuple(offsets),
+            tuple(ttls),
+            negative_ttl,
+            question_end,
+        )
     )
 
 

@@ -38,12 +38,12 @@ import errno
 import math
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from blitzdns.config import Endpoint
 from blitzdns.dns import batchio
 from blitzdns.dns.fastpath import answers, answers_question, question_of
-from blitzdns.dns.rfc import MAX_MESSAGE, TC_BYTE2
+from blitzdns.dns.rfc import MAX_MESSAGE, QR_BYTE2, TC_BYTE2
 from blitzdns.dns.stats import UpstreamHealth
 
 #: Random-port sockets kept open per upstream (dnsmasq keeps 64 over all servers).
@@ -65,31 +65,40 @@ class RandomBits:
     """Unpredictable numbers from the operating system's CSPRNG (``os.urandom``, as
     ``secrets`` uses), read 4 KiB at a time: one ``getrandom`` call per 2048 IDs instead
     of one per ID. A forked child starts on a block of its own (:data:`RANDOM` forgets
-    its block at a fork), so parent and child never send the same IDs."""
+    its block at a fork), so parent and child never send the same IDs.
+
+    :attr:`stream` yields the block's 16-bit numbers (a C iterator: ``next(stream, -1)``
+    costs no Python call; -1 once it is used up): the forwarder takes two per query
+    (issue #18). Their byte order is the machine's, which changes nothing: every 16 bits
+    are uniformly random either way.
+    """
 
     _BLOCK = 4096
 
     def __init__(self) -> None:
-        self._block = b""
-        self._at = 0
+        self.stream: Iterator[int] = iter(())
 
     def forget(self) -> None:
         """Drop what is left of the block: the next number reads a new one."""
-        self._block, self._at = b"", 0
+        self.stream = iter(())
+
+    def refill(self) -> int:
+        """A number from a new block (the stream is used up)."""
+        self.stream = iter(memoryview(os.urandom(self._BLOCK)).cast("H"))
+        return next(self.stream)
 
     def u16(self) -> int:
         """A uniformly random 16-bit number."""
-        at = self._at
-        if at + 2 > len(self._block):
-            self._block, at = os.urandom(self._BLOCK), 0
-        self._at = at + 2
-        return self._block[at] << 8 | self._block[at + 1]
+        value = next(self.stream, -1)
+        return value if value >= 0 else self.refill()
 
     def below(self, n: int) -> int:
         """A uniformly random number in ``range(n)``, ``0 < n <= 65536`` (rejection sampling)."""
         limit = 65536 - 65536 % n
         while True:
-            value = self.u16()
+            value = next(self.stream, -1)
+            if value < 0:
+                value = self.refill()
             if value < limit:
                 return value % n
 
@@ -131,7 +140,9 @@ class _Channel:
         here has; the ID."""
         waiting = self.waiting
         while True:
-            query_id = RANDOM.u16()
+            query_id = next(RANDOM.stream, -1)  # RANDOM.u16(), without the call
+            if query_id < 0:
+                query_id = RANDOM.refill()
             if query_id not in waiting:
                 break
         message = query_id.to_bytes(2, "big") + query[2:]
@@ -193,8 +204,18 @@ class _Channel:
     def _take(self, data: bytes) -> None:
         """Pass ``data`` to the exchange whose ID and question it carries, or count it."""
         found = self.waiting.get(data[0] << 8 | data[1]) if len(data) >= 2 else None
-        # The ID matched (the key): the rest of answers_question.
-        if found is not None and answers(data, found.question):
+        if found is None:
+            self.health.mismatched += 1
+            return
+        # The ID matched (the key): the rest of answers_question. Upstreams echo the
+        # question as sent: that case is answers' first test, taken here without a call.
+        question = found.question
+        if (
+            question
+            and data.startswith(question, 12)
+            and data[2] & QR_BYTE2
+            and data[4:6] == b"\x00\x01"
+        ) or answers(data, question):
             found.received(data)
         else:
             self.health.mismatched += 1
@@ -223,6 +244,8 @@ class SocketPool:
         self.per_upstream = per_upstream
         self.uses = uses
         self._open: dict[Endpoint, list[_Channel]] = {}
+        #: The last endpoint taken and its list in ``_open`` (see :meth:`take`).
+        self._last: tuple[Endpoint, list[_Channel]] | None = None
         self._retired: set[_Channel] = set()
         #: Sockets made since the start (the tests read it).
         self.created = 0
@@ -234,7 +257,13 @@ class SocketPool:
 
     def take(self, endpoint: Endpoint, health: UpstreamHealth) -> _Channel:
         """A channel to ``endpoint``; OSError when no socket can be made."""
-        channels = self._open.setdefault(endpoint, [])
+        # The endpoint asked last, by identity: an Endpoint's hash is a Python call.
+        last = self._last
+        if last is not None and last[0] is endpoint:
+            channels = last[1]
+        else:
+            channels = self._open.setdefault(endpoint, [])
+            self._last = (endpoint, channels)
         if len(channels) < self.per_upstream:
             if self.drain is None and self._batch_io:
                 self.drain = batchio.Drain(MAX_MESSAGE)
@@ -269,6 +298,7 @@ class SocketPool:
         for channel in channels:
             channel.close()
         self._open.clear()
+        self._last = None
         self._retired.clear()
         for exchange in waiting:
             exchange.abandon()
@@ -442,7 +472,11 @@ class Exchange:
         self.on_done = on_done
         self.finished = False
         self.deadline = loop.time() + forwarder.timeout_s
-        self.attempts = forwarder._order()
+        health = forwarder.health
+        # _order's answer for one usable upstream, without the call.
+        self.attempts = (
+            _ONE_UPSTREAM if len(health) == 1 and not health[0].loops else forwarder._order()
+        )
         self.index = -1
         self.budget = 0.0
         self.channel: _Channel | None = None
@@ -466,16 +500,16 @@ class Exchange:
 
     def next_attempt(self) -> None:
         """Send to the next upstream in order; the result is None when none is left."""
-        forwarder, attempts = self.forwarder, self.attempts
+        forwarder, attempts, loop = self.forwarder, self.attempts, self.loop
         while not self.finished:
-            self.index += 1
-            now = self.loop.time()
+            index = self.index = self.index + 1
+            now = loop.time()
             remaining = self.deadline - now
-            if self.index >= len(attempts) or remaining <= 0 or forwarder.pool.closed:
+            if index >= len(attempts) or remaining <= 0 or forwarder.pool.closed:
                 self._end(None)
                 return
-            self.budget = remaining / (len(attempts) - self.index)
-            upstream = attempts[self.index]
+            budget = self.budget = remaining / (len(attempts) - index)
+            upstream = attempts[index]
             endpoint, health = forwarder.upstreams[upstream], forwarder.health[upstream]
             try:
                 channel = forwarder.pool.take(endpoint, health)
@@ -485,7 +519,7 @@ class Exchange:
                     return
                 continue
             self.channel = channel
-            self.due = forwarder._watch(self, now + self.budget, self.loop)
+            self.due = forwarder._watch(self, now + budget, loop)
             return
 
     def _release(self) -> None:
@@ -508,7 +542,16 @@ class Exchange:
 
     def received(self, reply: bytes) -> None:
         """The current attempt's reply came (its ID and question checked)."""
-        self._release()
+        # _release, inline: every answered exchange ends here (issue #18).
+        due = self.due
+        if due:
+            waiting = self.forwarder._due.get(due)
+            if waiting is not None:
+                waiting.discard(self)
+            self.due = 0.0
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            channel.forget(self.query_id)
         if self.finished:
             return
         if reply[2] & TC_BYTE2:
@@ -522,8 +565,12 @@ class Exchange:
             self.tcp = self.loop.create_task(retry)
             self.tcp.add_done_callback(self._tcp_done)
             return
-        self._health().succeeded()
-        self._end(reply)
+        self.forwarder.health[self.attempts[self.index]].succeeded()
+        # _end, inline.
+        self.finished = True
+        if self.tcp is not None:
+            self.tcp.cancel()
+        self.on_done(reply, None)
 
     def _tcp_done(self, task: asyncio.Task[bytes]) -> None:
         if self.finished or task.cancelled():
