@@ -281,8 +281,11 @@ class _Channel(DirectTCPChannel):
 
     accepts_views = True
     """Data may come as a memoryview of a packet's plaintext (opened in place,
-    :mod:`tunnel.backends.asyncssh_patches`): it is only written to the client's transport
-    (held until the loop turns at most), and each packet has a plaintext of its own."""
+    :mod:`tunnel.backends.asyncssh_patches`), even of the SSH socket's read buffer (its
+    data decrypted over its ciphertext: ``gcm_run``, ``chacha_run``), which the next read
+    overwrites: it is only written to the client's transport, held until this read is
+    processed or the loop turns at most (both before the next read), and what the
+    socket does not take is copied (``queue``)."""
 
     def __init__(self, client: _ClientSide) -> None:
         link = client.link
