@@ -295,6 +295,8 @@ class _Channel(DirectTCPChannel):
         self.counters = client.counters
         #: Packets held until the loop turns; None: no write yet in this turn.
         self.held: list[bytes] | None = None
+        #: The read of the SSH socket (its READ_BATCH) ``held`` is for; None: a turn.
+        self.held_for: list[Any] | None = None
 
     def channel_opened(self) -> None:
         self.client.opened()
@@ -311,12 +313,18 @@ class _Channel(DirectTCPChannel):
             return
         self.counters.bytes_in += len(data)
         held = self.held
-        if held is not None:
-            held.append(data)
-            return
         batch = getattr(self._conn, asyncssh_patches.READ_BATCH, None)
+        if held is not None:
+            if self.held_for is batch:
+                held.append(data)
+                return
+            # Held for the turn, now a read's data (a view of the read buffer, which a
+            # second read in the same turn overwrites: libuv reads up to 32 times): what
+            # is held goes first, the read's data with the read.
+            self.release()
         if batch is not None:  # in a read of the SSH socket: written when it is done
             self.held = [data]
+            self.held_for = batch
             batch.append(self)
             return
         self.transport.write(data)
@@ -325,7 +333,7 @@ class _Channel(DirectTCPChannel):
 
     def release(self) -> None:
         """Write the held packets (also before an EOF or close, to keep the order)."""
-        held, self.held = self.held, None
+        held, self.held, self.held_for = self.held, None, None
         if held and not self.client.closed and not self.transport.is_closing():
             with contextlib.suppress(OSError, RuntimeError):  # called inside a read too
                 if len(held) == 1:
