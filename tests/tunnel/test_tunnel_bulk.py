@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import hashlib
 import os
+import random
 import socket
 from typing import Any
 
@@ -966,3 +967,131 @@ async def test_a_read_stops_at_the_packet_whose_session_closed_the_connection(
         finally:
             writer.close()
     assert seen["after"] == 0
+
+
+def gateway_packets(
+    conn: Any, channel: int, sizes: list[int], rng: random.Random
+) -> tuple[bytes, bytes]:
+    """Data packets of ``sizes`` for ``channel`` (a window adjust of 0 instead where a
+    size is 0), with random padding, sealed as the gateway seals its next packets to
+    ``conn``, and their data; the connection's sequence number and GCM IV are left as
+    they were."""
+    aead = conn._recv_encryption._cipher
+    seq, iv = conn._recv_seq, getattr(aead, "_iv", None)
+    wire = expected = b""
+    for size in sizes:
+        if not size:
+            body = bytes((93,)) + channel.to_bytes(4, "big") + bytes(4)
+        else:
+            data = rng.randbytes(size)
+            body = bytes((94,)) + channel.to_bytes(4, "big") + size.to_bytes(4, "big") + data
+            expected += data
+        block = conn._recv_blocksize
+        padding = -(1 + len(body)) % block + block * rng.randrange(0, 254 // block)
+        padding += block if padding < asyncssh_patches.MIN_PADDING else 0
+        wire += sealed_by_the_gateway(conn, bytes((padding,)) + body + rng.randbytes(padding))
+        conn._recv_seq += 1
+        if iv is not None:
+            asyncssh_patches._gcm_step_iv(aead)
+    conn._recv_seq = seq
+    if iv is not None:
+        aead._iv = iv
+    return wire, expected
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+async def test_data_opened_in_the_read_buffer_is_what_asyncssh_opens(
+    options: TunnelOptions, echo: Target, cipher: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runs of data packets (``gcm_run``, ``chacha_run``) open a data packet in place,
+    in the (writable) read buffer, and hand the channel a view of it; the twin: the same
+    packets handed over as ``bytes`` (read-only: each opened into a plaintext of its
+    own). Sizes from 1 byte to beyond 32 KiB, paddings from 4 to 254 bytes, a window
+    adjust between them (handled apart: dispatched), sealed with the live link's receive
+    keys for its open channel (seeded, so a failure repeats): the client gets the same
+    bytes both ways, every data packet of the writable read went as a view of that
+    read's buffer, none of the read-only one's did. The connection's receive sequence
+    number (and GCM IV) are put back afterwards: sshd's next packets still open."""
+    assert options.ssh_config is not None
+    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
+    rng = random.Random(18)
+    sources: list[Any] = []
+    delivered = asyncssh_link._Channel.data_received
+
+    def recording(self: Any, data: Any, datatype: Any) -> None:
+        sources.append(data.obj if isinstance(data, memoryview) else None)
+        delivered(self, data, datatype)
+
+    monkeypatch.setattr(asyncssh_link._Channel, "data_received", recording)
+    async with one_open_connection(options, echo) as (_, link, reader, writer):
+        (channel,) = link.conn._channels
+        conn = link.conn
+        await wait_until(lambda: not conn._inpbuf and asyncssh_patches.TAIL not in vars(conn))
+        aead = conn._recv_encryption._cipher
+        for kind in (bytearray, bytes):
+            seq, iv = conn._recv_seq, getattr(aead, "_iv", None)
+            sizes = [1, 5, 6, 100, 0, 4096, 4097, 32 * 1024, 33000, 77]
+            wire, expected = gateway_packets(conn, channel, sizes, rng)
+            sources.clear()
+            buffer = kind(wire)
+            conn.data_received(buffer)
+            assert await reader.readexactly(len(expected)) == expected
+            assert conn._recv_seq == (seq + len(sizes)) & 0xFFFFFFFF
+            in_buffer = [source is buffer for source in sources]
+            assert in_buffer == [kind is bytearray] * (len(sizes) - 1), kind
+            conn._recv_seq = seq  # sshd's next packet has the number (and IV) it had
+            if iv is not None:
+                aead._iv = iv
+        writer.write(b"still up\n")  # sshd's packets still open after the injected ones
+        assert await reader.readexactly(9) == b"still up\n"
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+async def test_reads_in_one_turn_hand_their_data_over_before_the_next(
+    options: TunnelOptions, echo: Target, cipher: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libuv reads a socket up to 32 times in one turn of the loop, each read into the
+    same buffer, whose data the runs hand over as views of it: each read's data must be
+    written (or copied) before the next read, even where the channel held data for the
+    turn from before (a paused channel's data that asyncssh let go of); and a packet cut
+    by the end of a read is kept in the buffer, moved to its start, and opened there
+    whole with the next read. Two reads are made by hand here (the link's own socket
+    idle, the packets sealed with its receive keys), the first ending inside a 32 KiB
+    packet, without the loop turning between them: the client gets every byte in
+    order, and every data packet, the cut one too, went as a view of the read buffer."""
+    assert options.ssh_config is not None
+    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
+    rng = random.Random(8)
+    sources: list[Any] = []
+    delivered = asyncssh_link._Channel.data_received
+
+    def recording(self: Any, data: Any, datatype: Any) -> None:
+        sources.append(data.obj if isinstance(data, memoryview) else None)
+        delivered(self, data, datatype)
+
+    monkeypatch.setattr(asyncssh_link._Channel, "data_received", recording)
+    async with one_open_connection(options, echo) as (_, link, reader, writer):
+        (channel,) = link.conn._channels
+        conn = link.conn
+        await wait_until(lambda: not conn._inpbuf and asyncssh_patches.TAIL not in vars(conn))
+        protocol = conn._transport.get_protocol()
+        assert isinstance(protocol, _BufferedReads)
+        aead = conn._recv_encryption._cipher
+        seq, iv = conn._recv_seq, getattr(aead, "_iv", None)
+        sizes = [32 * 1024, 1000, 32 * 1024, 32 * 1024, 5]
+        wire, expected = gateway_packets(conn, channel, sizes, rng)
+        session = conn._channels[channel]._session
+        session.held = []  # data written earlier in this turn: the rest held for it
+        sources.clear()
+        cut = 32 * 1024 + 1100 + 20 * 1024  # inside the third packet
+        for part in (wire[:cut], wire[cut:]):
+            buffer = protocol.get_buffer(-1)
+            buffer[: len(part)] = part
+            protocol.buffer_updated(len(part))
+        assert await reader.readexactly(len(expected)) == expected
+        assert sources == [protocol.view.obj] * len(sizes)
+        conn._recv_seq = seq  # sshd's next packet has the number (and IV) it had
+        if iv is not None:
+            aead._iv = iv
+        writer.write(b"still up\n")
+        assert await reader.readexactly(9) == b"still up\n"

@@ -281,8 +281,11 @@ class _Channel(DirectTCPChannel):
 
     accepts_views = True
     """Data may come as a memoryview of a packet's plaintext (opened in place,
-    :mod:`tunnel.backends.asyncssh_patches`): it is only written to the client's transport
-    (held until the loop turns at most), and each packet has a plaintext of its own."""
+    :mod:`tunnel.backends.asyncssh_patches`), even of the SSH socket's read buffer (its
+    data decrypted over its ciphertext: ``gcm_run``, ``chacha_run``), which the next read
+    overwrites: it is only written to the client's transport, held until this read is
+    processed or the loop turns at most (both before the next read), and what the
+    socket does not take is copied (``queue``)."""
 
     def __init__(self, client: _ClientSide) -> None:
         link = client.link
@@ -292,6 +295,8 @@ class _Channel(DirectTCPChannel):
         self.counters = client.counters
         #: Packets held until the loop turns; None: no write yet in this turn.
         self.held: list[bytes] | None = None
+        #: The read of the SSH socket (its READ_BATCH) ``held`` is for; None: a turn.
+        self.held_for: list[Any] | None = None
 
     def channel_opened(self) -> None:
         self.client.opened()
@@ -308,12 +313,18 @@ class _Channel(DirectTCPChannel):
             return
         self.counters.bytes_in += len(data)
         held = self.held
-        if held is not None:
-            held.append(data)
-            return
         batch = getattr(self._conn, asyncssh_patches.READ_BATCH, None)
+        if held is not None:
+            if self.held_for is batch:
+                held.append(data)
+                return
+            # Held for the turn, now a read's data (a view of the read buffer, which a
+            # second read in the same turn overwrites: libuv reads up to 32 times): what
+            # is held goes first, the read's data with the read.
+            self.release()
         if batch is not None:  # in a read of the SSH socket: written when it is done
             self.held = [data]
+            self.held_for = batch
             batch.append(self)
             return
         self.transport.write(data)
@@ -322,7 +333,7 @@ class _Channel(DirectTCPChannel):
 
     def release(self) -> None:
         """Write the held packets (also before an EOF or close, to keep the order)."""
-        held, self.held = self.held, None
+        held, self.held, self.held_for = self.held, None, None
         if held and not self.client.closed and not self.transport.is_closing():
             try:  # called inside a read too: nothing may escape (no contextlib: per packet)
                 if len(held) == 1:
