@@ -200,12 +200,13 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 #: The second peer, for the misses only: dnsmasq with no cache option (150 entries).
 DEFAULTS = "dnsmasq at its defaults"
 MISS_NOTE = (
-    "per miss (A/B at 3265463, load ~2.5): CPU 31.7 us vs dnsmasq 22.5, of which kernel "
-    "11.6 vs 18.0 (dnsmasq opens a socket per query) and user 20.1 vs 4.5: the gap is "
-    "Python, ~137k instructions per miss over ~20 steps, none above ~2.5 %; client side "
-    "and each upstream socket's replies read in batches (recvmmsg), one sendto per miss "
-    "on one of 16 random-port sockets (a client batch puts ~1.3 misses on each: nothing "
-    "for sendmmsg to share); see bench/notes/dns.md"
+    "per miss (same-run A/B at e38d41d, load ~4): CPU 34.4 us vs dnsmasq 25.0, of which "
+    "kernel 13.2 vs 19.7 (dnsmasq opens a socket per query) and user 21.2 vs 5.2 (28.5 "
+    "before session 8): the gap is Python, ~118k instructions per miss (151k before) "
+    "over ~20 steps, none above ~12 % of the bytecodes; client side and each upstream "
+    "socket's replies read in batches (recvmmsg), one sendto per miss on one of 16 "
+    "random-port sockets (a client batch puts ~1.3 misses on each: nothing for sendmmsg "
+    "to share); see bench/notes/dns.md"
 )
 #: At a fixed rate each query was a wake-up of its own (measured with dns_bench's set-up).
 FIXED_RATE_NOTE = (
