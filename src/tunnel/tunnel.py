@@ -496,9 +496,13 @@ class Tunnel:
         # (their commands hear the EOF); the link does not wait longer than the TCP mouths'
         # close and CLOSE_TIMEOUT_S for them: a gateway that stopped answering never
         # confirms a channel's end, and only the link's end ends those channels then.
+        # return_exceptions: that wait may outlive this close (cancelled, or past its
+        # bound), and a cancelled settle would be its exception, retrieved by no one.
         for udp in self._udp.values():
             udp.drop_link("closed")
-        relays = asyncio.gather(*(udp.settle() for udp in self._udp.values()))
+        relays = asyncio.gather(
+            *(udp.settle() for udp in self._udp.values()), return_exceptions=True
+        )
         await asyncio.gather(*(mouth.close() for mouth in self._mouths.values()))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_TIMEOUT_S):

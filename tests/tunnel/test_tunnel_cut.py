@@ -18,7 +18,7 @@ import pytest
 
 from tests.peers import Sshd, free_port, signal_existing, stopped, wait_until
 from tunnel import Forward, LinkStatus, Tunnel, TunnelOptions
-from tunnel.backends.asyncssh_link import SSHLink
+from tunnel.backends.asyncssh_link import PENDING_MAX, SSHLink
 from tunnel.backends.openssh.link import MuxLink
 from tunnel.link import Flow, Link
 
@@ -266,5 +266,47 @@ async def test_a_flow_whose_channel_open_went_unanswered_is_carried_by_the_next_
             assert tunnel.link is not link
             assert mouth.counters.cut == 0
             assert len(echo.peers) == 1  # the frozen sshd never reached the target
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("what", ["eof", "over-the-cap"])
+async def test_a_flow_given_back_keeps_its_end_and_every_byte(
+    any_options: TunnelOptions, sshd: Sshd, sink: Target, what: str
+) -> None:
+    """A flow given back (its CHANNEL_OPEN unanswered as the link died) that had already
+    seen the client's EOF, or whose bytes read meanwhile went past the pending cap (the
+    asyncssh backend stops reading there; the rest waits in the kernel): the next link
+    carries every byte once, in order, then the EOF, and the target's answer comes back.
+    The master (openssh backend) reads nothing before the channel is open."""
+    options = dataclasses.replace(any_options, wait_for_link_s=WAIT_S, keepalive_s=3600)
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", sink.port)
+    size = 6 if what == "eof" else 3 * PENDING_MAX + 12345
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    async with Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        mouth = tunnel._mouths[forward.mouth]
+        await wait_until(lambda: tcp_queues(sshd.port) == [(0, 0)])  # the link quiet
+        with stopped(sshd.session_pids()) as frozen:
+            assert frozen
+            reader, writer = await asyncio.open_connection(*forward.mouth)
+            writer.write(payload)
+            writer.write_eof()
+            await wait_until(lambda: tcp_queues(sshd.port)[0][1] > 0, WAIT_S)  # the OPEN
+            assert len(mouth.flows) == 1
+            if isinstance(link, SSHLink):
+                side = next(iter(mouth.flows)).stop.__self__  # type: ignore[union-attr]
+                if what == "eof":  # read, EOF and all
+                    await wait_until(lambda: side.eof, WAIT_S)
+                else:  # read up to the cap, then paused
+                    await wait_until(lambda: side.pending_len > PENDING_MAX, WAIT_S)
+                    assert not side.reading and not side.eof
+            signal_existing(frozen, signal.SIGKILL)
+        try:
+            async with asyncio.timeout(WAIT_S):
+                assert await reader.read() == f"{size}\n".encode()
+            assert tunnel.link is not link
+            assert mouth.counters.cut == 0
+            assert len(sink.peers) == 1 and sink.received == size
         finally:
             writer.close()

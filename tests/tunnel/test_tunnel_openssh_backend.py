@@ -719,3 +719,29 @@ async def test_a_stop_past_its_grace_ends_a_proxy_command_that_left_the_group(
         if proxy is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proxy, signal.SIGKILL)
+
+
+async def test_the_master_is_signalled_without_being_polled(
+    mux_options: TunnelOptions, sshd: Sshd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncio's child watcher is the master's only reaper: the link's close (SIGTERM),
+    the stop (SIGTERM again) and the SIGKILL past the grace never poll the master's
+    ``Popen``. ``Popen.send_signal`` and ``kill`` poll first (``waitpid(WNOHANG)``): a
+    master that had just exited (the stop's SIGTERM after the close's; 3 of 30 stops of
+    the bench's tunnel-mux forwarder) could be reaped there, before the watcher, which
+    then logged "Unknown child process pid …" and reported 255, not the master's status."""
+    tunnel = Tunnel(mux_options, [])
+    try:
+        await tunnel.start()
+        link = await up_mux_link(tunnel)
+        popen = link.master.process._transport._proc  # type: ignore[attr-defined]
+        polls: list[int] = []
+        poll = popen.poll
+        monkeypatch.setattr(popen, "poll", lambda: polls.append(1) or poll())
+        os.kill(link.pid, signal.SIGSTOP)  # deaf to SIGTERM: SIGKILLed after the grace
+        await tunnel.close()
+        assert polls == []
+        assert link.master.process.returncode == -signal.SIGKILL
+        assert link.master.handle is None  # the pidfd closed with the reap
+    finally:
+        await tunnel.close()

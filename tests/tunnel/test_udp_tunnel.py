@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -226,3 +227,56 @@ async def test_neither_python3_nor_socat_is_a_clear_report(
             lambda: tunnel.state.udp_forwards[0].dropped.get("relay unavailable") == 1, WAIT_S
         )
     assert echo.received == []
+
+
+async def test_a_close_cancelled_while_the_relays_end_leaves_no_unretrieved_error(
+    options: TunnelOptions, sshd: Sshd, echo: UdpTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tunnel.close waits for the UDP relays' ends shielded and bounded; a close cancelled
+    meanwhile (a caller's own timeout) leaves that wait running, and the loop's end
+    cancels it (``asyncio.run`` cancels what is left): no "exception was never retrieved"
+    from the wait's gather then (it had a cancelled child as its exception, and no one
+    left to look at it). The asyncssh backend only: the openssh backend's relay is a
+    local ``ssh -S`` process, ended at once, so that wait never outlives the close."""
+    monkeypatch.setattr(udp_mouth, "START_TIMEOUT_S", 3600.0)
+    forward = udp_forward(echo.address)
+    tunnel = Tunnel(dataclasses.replace(options, keepalive_s=3600), [forward])
+    loop = asyncio.get_running_loop()
+    errors: list[str] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context["message"]))
+    link = None
+    try:
+        await tunnel.start()
+        await carrying(tunnel)
+        link = tunnel.link
+        with stopped(sshd.session_pids()) as frozen:
+            assert frozen
+            closing = asyncio.create_task(tunnel.close())
+
+            def settles() -> list[asyncio.Task[object]]:
+                return [
+                    task
+                    for task in asyncio.all_tasks()
+                    if getattr(task.get_coro(), "__qualname__", "") == "UdpMouth.settle"
+                ]
+
+            await wait_until(lambda: bool(settles()), WAIT_S)
+            closing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await closing
+            left = settles()
+            assert left  # the relays' end still awaited, in the background
+            for task in left:  # as the loop's end does
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
+            await asyncio.sleep(0)  # the gather's callbacks
+            gc.collect()
+            assert errors == []
+    finally:
+        loop.set_exception_handler(None)
+        if link is not None:
+            await link.aclose(1)
+        for udp in tunnel._udp.values():
+            await udp.close()
+        await tunnel.close()
+    await wait_until(lambda: not relay_processes(), WAIT_S)

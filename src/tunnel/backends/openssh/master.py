@@ -230,6 +230,9 @@ class Master:
         self.process = process
         self.guard = guard
         """Our end of the watchdog's pipe (:data:`WATCHED`), closed once the master exited."""
+        self.handle = _pidfd(process.pid)
+        """A pidfd on the master (None where there are none), closed once it exited:
+        :meth:`send` signals through it."""
         self.reaped = asyncio.get_running_loop().create_task(process.wait(), name="tunnel-ssh-reap")
         """The master's exit, seen whoever waits for it and even when no one does (a
         waiter cancelled mid-wait): the pipe is closed then, by its callback."""
@@ -278,16 +281,39 @@ class Master:
 
     def release_guard(self) -> None:
         """Close our end of the watchdog's pipe: the watchdog SIGKILLs what is left of the
-        master's process group (a ProxyCommand that outlived the master) and itself."""
+        master's process group (a ProxyCommand that outlived the master) and itself; and
+        our pidfd on the master."""
         if self.guard is not None:
             os.close(self.guard)
             self.guard = None
+        if self.handle is not None and self.process.returncode is not None:
+            handle, self.handle = self.handle, None
+            os.close(handle)
+
+    def send(self, signum: int) -> None:
+        """Send ``signum`` to the master, unless the loop has seen it exit.
+
+        Not ``process.send_signal`` or ``kill``: on asyncio's loop those are ``Popen``'s,
+        which first poll the child (``waitpid(WNOHANG)``, bpo-38630) and so reap a master
+        that has just exited if they come before asyncio's child watcher; the watcher then
+        logs "Unknown child process pid …, will report returncode 255" and reports 255,
+        not the master's status (the tunnel bench, stopping a tunnel-mux forwarder: the
+        stop's SIGTERM after the one the link's close sent; 3 in 30 stops found the master
+        already gone). A pidfd names the process for good, and signalling through it reaps
+        nothing; without one, ``os.kill`` (asyncio's watcher reaps a moment before the loop
+        is told: a pid reused in that window could be hit; very unlikely, as for
+        :class:`tunnel.exec.SubprocessExec`)."""
+        if self.process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            if self.handle is not None:
+                signal.pidfd_send_signal(self.handle, signum)
+            else:
+                os.kill(self.process.pid, signum)
 
     def terminate(self) -> None:
         """Ask the master to exit (SIGTERM); it removes its control socket itself."""
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
+        self.send(signal.SIGTERM)
 
     async def stop(self, grace_s: float) -> None:
         """SIGTERM, SIGKILL after ``grace_s``, reap, let the watchdog end what is left of
@@ -302,8 +328,7 @@ class Master:
             # is still there to be one, and ended after it.
             strays = stray_descendants(self.process.pid)
             try:
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.kill()
+                self.send(signal.SIGKILL)
                 await asyncio.shield(self.reaped)
             finally:  # a cancelled stop ends them too (the master was killed already)
                 for handle in strays:
@@ -315,6 +340,16 @@ class Master:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.stderr_task
         shutil.rmtree(self.control_dir, ignore_errors=True)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd on ``pid`` (Linux 5.3+), or None."""
+    if not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
 
 
 def stray_descendants(pid: int) -> list[int]:
