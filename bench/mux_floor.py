@@ -6,11 +6,17 @@ Three forwarders to the same echo target through the same sshd, in one run, taki
 in batches of 50 sequential round trips (connect, send a line, read it back, close):
 
 * ``ssh -L`` (the peer);
-* ``floor``: a forked process, a blocking epoll loop in Python: accept, pop a mux connection
-  opened and helloed ahead (PROTOCOL.mux §1), send ``MUX_C_NEW_STDIO_FWD`` and the socket
-  twice in one ``sendmmsg`` (the backend's own code), close our copy at once; no counters,
-  no watch of the channel's end, no reset when the master dies: a lower bound for any
-  front that hands connections to the master;
+* ``floor``: a forked process, a blocking epoll loop in Python, with an ``ssh -M`` master
+  of its own: accept, pop a mux connection opened and helloed ahead (PROTOCOL.mux §1), send
+  ``MUX_C_NEW_STDIO_FWD`` and the socket twice in one ``sendmmsg`` (the backend's own
+  code), close our copy at once, top the spares up after hang-ups; no counters, no reset
+  when the master dies: a lower bound for any front that hands connections to the master;
+* ``floor-naive``: the same, but topping the spares up right after each hand-off and
+  waiting for the master's hello each time (this script's first version, which gave
+  "~1.5x"). Suspected of putting the master's accept and hello of a spare on every
+  connection's path; measured, it is not slower than ``floor`` (session 8: 1.33x vs
+  1.41x, 1.41x vs 1.45x, loaded machine): topping up at the hang-ups lands the master's
+  accepts in the next connection's exchange instead (bench/notes/mux.md);
 * ``tunnel-mux``: this package with ``backend="openssh"`` (uvloop).
 
 Prints p50 and the ratio to ``ssh -L``. Needs root (its own sshd, as tunnel_bench.py).
@@ -42,26 +48,39 @@ from tunnel.backends.openssh.mux import HELLO, stdio_fwd_packet  # noqa: E402
 SPARES = 8
 
 
-def floor_front(listener: socket.socket, control: str, target_port: int) -> None:
-    """The minimal front (runs until killed)."""
+def floor_front(listener: socket.socket, control: str, target_port: int, naive: bool) -> None:
+    """The minimal front (runs until killed). ``naive``: the pool is topped up right after
+    each hand-off, each spare waiting for the master's hello (this script's first version:
+    the master then accepts the spare and answers its hello just when it should be opening
+    the channel, on every connection); else (the default) as the backend does: spares are
+    topped up after the hang-ups are handled, and the master's hello is never waited for."""
     spares: list[socket.socket] = []
     pending: dict[int, socket.socket] = {}
     poller = select.epoll()
     poller.register(listener.fileno(), select.EPOLLIN)
     request_id = 0
-    while True:
+
+    def top_up() -> None:
         while len(spares) < SPARES:
             spare = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             spare.connect(control)
             spare.sendall(HELLO)
-            spare.recv(64)  # the master's hello
+            if naive:
+                spare.recv(64)  # the master's hello
             spare.setblocking(False)
             spares.append(spare)
+
+    top_up()
+    while True:
+        if naive:
+            top_up()
+        ended = False
         for fd, _ in poller.poll(1.0):
             if fd == listener.fileno():
                 conn, _ = listener.accept()
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                spare = spares.pop()
+                conn.setblocking(False)
+                spare = spares.pop(0)
                 request_id += 1
                 request = stdio_fwd_packet(request_id, "127.0.0.1", target_port)
                 send_request_and_fd(spare, request, conn.fileno())
@@ -71,6 +90,9 @@ def floor_front(listener: socket.socket, control: str, target_port: int) -> None
             else:
                 poller.unregister(fd)
                 pending.pop(fd).close()
+                ended = True
+        if ended and not naive:
+            top_up()
 
 
 def start_master(lab: tb.Lab, control: str) -> subprocess.Popen[bytes]:
@@ -93,27 +115,30 @@ def main() -> None:
     args = parser.parse_args()
     batches = max(1, min(args.round_trips, 10000) // tb.RT_BATCH)
     with bench_lock(1800), tb.lab() as lab, tempfile.TemporaryDirectory() as tmp:
-        control = os.path.join(tmp, "ctl")
-        master = start_master(lab, control)
+        masters = {}
         procs = []
-        front = 0
+        fronts: list[int] = []
         try:
             ports = {}
             for kind in ("openssh", "tunnel-mux+uvloop"):
                 mouths = (tb.free_port(), tb.free_port())
                 procs.append(tb.start_forwarder(kind, lab, tb.CIPHERS[0], mouths))
                 ports["ssh -L" if kind == "openssh" else "tunnel-mux"] = mouths[1]
-            listener = socket.socket()
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(128)
-            ports["floor"] = listener.getsockname()[1]
-            front = os.fork()
-            if front == 0:
-                try:
-                    floor_front(listener, control, lab.echo_port)
-                finally:
-                    os._exit(0)
-            listener.close()
+            for name, naive in (("floor", False), ("floor-naive", True)):
+                control = os.path.join(tmp, f"ctl-{name}")
+                masters[name] = start_master(lab, control)
+                listener = socket.socket()
+                listener.bind(("127.0.0.1", 0))
+                listener.listen(128)
+                ports[name] = listener.getsockname()[1]
+                front = os.fork()
+                if front == 0:
+                    try:
+                        floor_front(listener, control, lab.echo_port, naive)
+                    finally:
+                        os._exit(0)
+                fronts.append(front)
+                listener.close()
             for port in ports.values():
                 tb.round_trips(port, tb.RT_BATCH, 20)
             times: dict[str, list[float]] = {name: [] for name in ports}
@@ -130,13 +155,14 @@ def main() -> None:
                 p50 = statistics.median(times[name])
                 print(f"  {name:<11} p50 {p50:.3f} ms  {p50 / peer:.3f}x")
         finally:
-            if front:
+            for front in fronts:
                 os.kill(front, signal.SIGKILL)
                 os.waitpid(front, 0)
             for proc in procs:
                 tb.stop(proc)
-            master.terminate()
-            master.wait()
+            for master in masters.values():
+                master.terminate()
+                master.wait()
 
 
 if __name__ == "__main__":

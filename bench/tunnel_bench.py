@@ -692,9 +692,11 @@ NOTES = {  # where the time goes: bench/notes/aesbulk.md, bench/notes/roundtrip.
     "EOF and CLOSE skip asyncssh's parser (-16 % / -25 % instructions); four SSH writes "
     "per connection, each answering a different event (nothing to coalesce); "
     "bench/notes/roundtrip.md",
-    ("tunnel-mux", "p50"): "our process ~190 us CPU per connection (accept, hand-off, watch, "
-    "end) and the master ~60 us more than ssh -L (a fresh mux connection and hello per "
-    "connection, two descriptors received); a bare hand-off in Python already gives ~1.5x",
+    ("tunnel-mux", "p50"): "our process ~190-220 us CPU per connection (accept, hand-off, "
+    "watch, end; 106k instructions, the rest kernel) and the master ~60 us more than ssh -L "
+    "(per flow a mux connection, a request read in two reads, two descriptors received, "
+    "twice ssh -L's system calls); a minimal Python front (bench/mux_floor.py) gives "
+    "1.33-1.45x on a loaded machine, this backend 2-10 % above it; bench/notes/mux.md",
 }
 
 

@@ -17,8 +17,9 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -745,3 +746,69 @@ async def test_the_master_is_signalled_without_being_polled(
         assert link.master.handle is None  # the pidfd closed with the reap
     finally:
         await tunnel.close()
+
+
+@contextlib.contextmanager
+def threaded_echo() -> Iterator[int]:
+    """An echo target served by a thread, one connection at a time, each closed after the
+    client's end: flows end while the test holds the event loop. Yields its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(20)
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+async def test_a_connection_waiting_with_an_end_is_handed_over_before_the_end(
+    mux_options: TunnelOptions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flow's end (the master hung up its mux connection) and the next client's
+    connection found in one wake-up of the loop: the connection, which a client waits
+    for, is handed to the master first, the end read after it; both are counted, nothing
+    is cut."""
+    with threaded_echo() as port:
+        forward = Forward("127.0.0.1", free_port(), "127.0.0.1", port)
+        async with Tunnel(mux_options, [forward]) as tunnel:
+            assert await tunnel.wait_up(10)
+            link = await up_mux_link(tunnel)
+            order: list[str] = []
+            hand_off, end = link.hand_off, link.end
+            monkeypatch.setattr(link, "hand_off", lambda f: order.append("hand-off") or hand_off(f))
+            monkeypatch.setattr(link, "end", lambda s, c: order.append("end") or end(s, c))
+            first = socket.create_connection(forward.mouth, timeout=10)
+            with first:
+                first.sendall(b"one")
+                assert await asyncio.to_thread(first.recv, 16) == b"one"
+                (session,) = link._sessions.values()
+            # From here the loop is held (no await) until both wait for it.
+            watch = select.poll()
+            watch.register(session.channel.sock, select.POLLRDHUP)
+            deadline = time.monotonic() + 15
+            while not watch.poll(100):
+                assert time.monotonic() < deadline, "the master did not hang up"
+            with socket.create_connection(forward.mouth, timeout=10) as second:
+                second.sendall(b"two")
+                assert await asyncio.to_thread(second.recv, 16) == b"two"
+                assert order == ["hand-off", "hand-off", "end"]
+            mouth = tunnel._mouths[forward.mouth]
+            await wait_until(lambda: not mouth.flows)
+            assert order == ["hand-off", "hand-off", "end", "end"]
+            assert mouth.counters.total == 2 and mouth.counters.cut == 0

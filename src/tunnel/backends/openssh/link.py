@@ -83,10 +83,14 @@ class MuxLink:
         self.control_path = master.control_path
         self.gateway = master.label
         self._request_id = 0
-        self.spares = SparePool(self.control_path)
+        # Made in the loop that runs the link (open_mux_link); kept, since on Python 3.11
+        # asyncio.get_running_loop() is a getpid() system call, per connection here.
+        self._loop = asyncio.get_running_loop()
+        self.spares = SparePool(self.control_path, self._loop)
         self._sessions: dict[int, MuxSession] = {}
         self._hangups = select.epoll() if hasattr(select, "epoll") else None
         self._watching = False
+        self._reaping = False
         self._closed = False
 
     @property
@@ -168,7 +172,7 @@ class MuxLink:
         flow = session.flow
         flow.stop = lambda why: self.end(session, why)
         flow.meter = lambda: tcp_traffic(flow.sock)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if self._hangups is None:
             loop.add_reader(fd, self._read_one, session)
             return session
@@ -179,7 +183,19 @@ class MuxLink:
         return session
 
     def _hung_up(self) -> None:
-        assert self._hangups is not None
+        """The watch set is readable: its ends are read in the loop's next step, not now.
+        A master hangs up a flow's mux connection when the flow is already over for the
+        client, and the client's next connection often arrives in the same wake-up: its
+        accept and hand-off, which a client waits for, go first (the ends wait a few
+        microseconds). Level-triggered, so the loop may call this again meanwhile."""
+        if not self._reaping:
+            self._reaping = True
+            self._loop.call_soon(self._reap)
+
+    def _reap(self) -> None:
+        self._reaping = False
+        if self._closed or self._hangups is None:
+            return
         judged = False
         verdict: str | None = None
         for fd, _ in self._hangups.poll(0):

@@ -142,8 +142,9 @@ class SparePool:
     refill, within ``SPARES_MIN``..``SPARES_MAX`` (each spare is a channel the master visits
     on every turn of its loop, so not more)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
         self.path = str(path)
+        self._loop = loop
         self._spares: list[MuxChannel] = []
         self._used = 0
         self._refill: asyncio.TimerHandle | None = None
@@ -159,7 +160,7 @@ class SparePool:
             return None
         self._used += 1
         if self._refill is None:
-            self._refill = asyncio.get_running_loop().call_later(REFILL_DELAY_S, self.refill)
+            self._refill = self._loop.call_later(REFILL_DELAY_S, self.refill)
         return channel
 
     def refill(self) -> None:
