@@ -13,6 +13,7 @@ import struct
 from typing import Any
 from unittest import mock
 
+import pytest
 from dnslib import EDNS0, QTYPE, RR, SOA, TXT, A, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -148,6 +149,27 @@ def test_an_option_running_past_the_opt_record_is_formerr_on_both_paths() -> Non
     assert isinstance(fast, bytes)
     assert summary(fast)[0][-1] == 1  # FORMERR
     same_outcome(fast, new_engine().handle_slow(OVERLONG_OPTION, "127.0.0.1", NOW))
+
+
+#: A header with one additional record and no room for a question: its last 11 bytes read
+#: as an option-less OPT record, so the end-read shape puts the question's end at or before
+#: the header's (23 bytes; the 24-27 byte ones have 1-4 stray bytes before the OPT record).
+OPT_ONLY = bytes.fromhex("1234 0100 0001 0000 0000 0001") + bytes.fromhex(
+    "00 0029 1000 0000 0000 0000"
+)
+
+
+@pytest.mark.parametrize("stray", range(5))
+def test_a_header_and_an_opt_record_only_is_formerr_not_an_error(stray: int) -> None:
+    """No question name to read: FORMERR, as dnslib answers, and no engine error (the
+    remembered-parent lookup read the name's first byte before the name was checked)."""
+    packet = OPT_ONLY[:12] + bytes(stray) + OPT_ONLY[12:]
+    engine = new_engine()
+    fast = engine.handle(packet, "127.0.0.1", NOW)
+    assert isinstance(fast, bytes)
+    assert summary(fast)[0][-1] == 1  # FORMERR
+    assert engine.stats.errors == 0
+    same_outcome(fast, new_engine().handle_slow(packet, "127.0.0.1", NOW))
 
 
 def same_outcome(fast: object, slow: object) -> None:

@@ -341,6 +341,8 @@ class Engine:
         # seen before is a well-formed name, and whether it lies under a protected name
         # is remembered (names under one parent are many; each miss walked its labels
         # twice before, ~220 bytecodes, issue #18). Only the first label is read here.
+        if not name:  # a header and an OPT record only: no room for a question (FORMERR)
+            return self.handle_slow(packet, client, now, udp)
         first = name[0]
         under = self._parents.get(name[first + 1 :]) if 0 < first <= MAX_LABEL else None
         if under is None:
