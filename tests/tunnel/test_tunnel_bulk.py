@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import inspect
 import os
 import random
 import socket
@@ -22,6 +23,7 @@ from typing import Any
 
 import asyncssh.connection
 import pytest
+from asyncssh.encryption import GCMEncryption
 
 from tests.peers import Sshd, free_port, stopped, wait_until
 from tunnel import Forward, Tunnel, TunnelOptions
@@ -1093,5 +1095,27 @@ async def test_reads_in_one_turn_hand_their_data_over_before_the_next(
         conn._recv_seq = seq  # sshd's next packet has the number (and IV) it had
         if iv is not None:
             aead._iv = iv
+        writer.write(b"still up\n")
+        assert await reader.readexactly(9) == b"still up\n"
+
+
+async def test_gcm_opens_in_place_only_where_asyncssh_is_served_the_plaintext(
+    options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An asyncssh whose ``GCMEncryption`` the opened-once patch does not know (here: its
+    ``decrypt_packet`` put back without it): AES-GCM packets are not opened in the read
+    buffer, so a global request's reply (sshd's answer to a keepalive), which asyncssh
+    opens itself, still opens and the link carries on. Opened in place regardless,
+    asyncssh is handed plaintext, fails its tag and drops the link."""
+    assert options.ssh_config is not None
+    options.ssh_config.write_text("Host *\n  Ciphers aes128-gcm@openssh.com\n")
+    unserved = inspect.getclosurevars(GCMEncryption.decrypt_packet).nonlocals["gcm_packet"]
+    assert not getattr(unserved, "opened_once", False)
+    monkeypatch.setattr(GCMEncryption, "decrypt_packet", unserved)
+    monkeypatch.setattr(asyncssh_patches, "OPENS_INTO", asyncssh_patches.OPENS_INTO)
+    asyncssh_patches._gcm_opened_in_place_only_where_served()
+    assert not asyncssh_patches.OPENS_INTO
+    async with one_open_connection(options, echo) as (_, link, reader, writer):
+        await asyncio.wait_for(link.conn._make_global_request(b"keepalive@openssh.com"), 10)
         writer.write(b"still up\n")
         assert await reader.readexactly(9) == b"still up\n"

@@ -1177,6 +1177,21 @@ class _BufferedReads(asyncio.BufferedProtocol):
         self.conn.resume_writing()
 
 
+def _gcm_opened_in_place_only_where_served() -> None:
+    """``gcm_run`` opens every whole packet of a read over its ciphertext, key exchange
+    messages and global requests' replies too, and hands those to asyncssh as plaintext:
+    asyncssh can take them only from :func:`_opened_once`. Where that patch is not in
+    force (an asyncssh whose ``GCMEncryption`` internals it does not know, while the
+    in-place path's checks pass), AES-GCM packets are opened into new bytes as before:
+    else asyncssh would open plaintext, fail its tag and drop the link at the first
+    keepalive reply or rekey. (chacha20-poly1305 leaves such packets' ciphertext as it is.)"""
+    global OPENS_INTO  # noqa: PLW0603  (decided once, at install)
+    from asyncssh.encryption import GCMEncryption  # noqa: PLC0415
+
+    if not getattr(GCMEncryption.decrypt_packet, "opened_once", False):
+        OPENS_INTO = False
+
+
 READ_BUFFER = 256 * 1024
 """The most one read of the SSH socket takes (what uvloop and asyncio read at most)."""
 KEEP_MAX = 64 * 1024
@@ -1404,5 +1419,6 @@ def install() -> None:
     _data_packets_joined_once()
     _data_packets_opened_in_place()
     _opened_once()
+    _gcm_opened_in_place_only_where_served()
     _data_packets_sealed_in_place()
     _read_into_one_buffer()
