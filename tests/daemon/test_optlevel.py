@@ -21,6 +21,17 @@ from tests.peers import Sshd, free_port, wait_for
 from .conftest import BLITZDNS, ChildRunner
 
 
+def cached_env(prefix: Path) -> dict[str, str]:
+    """This environment with bytecode written (under ``prefix``) and no level of its own."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONOPTIMIZE")
+    }
+    env["PYTHONPYCACHEPREFIX"] = str(prefix)
+    return env
+
+
 def test_level_2_only_where_the_user_chose_no_level() -> None:
     assert optlevel.wanted(0, {}, posix=True)
     assert not optlevel.wanted(1, {}, posix=True)  # python -O: the user's choice stands
@@ -59,12 +70,7 @@ def test_modules_imported_after_it_load_as_at_OO(tmp_path: Path) -> None:
     source = tmp_path / "mods" / "probe_mod.py"
     source.write_text(MODULE.format(value=1))
     prefix = tmp_path / "pycache"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONOPTIMIZE")
-    }
-    env["PYTHONPYCACHEPREFIX"] = str(prefix)
+    env = cached_env(prefix)
 
     def probe(*options: str) -> list[str]:
         done = subprocess.run(
@@ -147,12 +153,7 @@ def test_the_daemon_runs_at_OO_and_reaches_link_up(sshd: Sshd, tmp_path: Path) -
         'remote = "127.0.0.1"\n'
     )
     prefix = tmp_path / "pycache"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONOPTIMIZE")
-    }
-    env["PYTHONPYCACHEPREFIX"] = str(prefix)
+    env = cached_env(prefix)
     log = tmp_path / "daemon.log"
     with log.open("wb") as out:
         daemon = subprocess.Popen(

@@ -37,6 +37,7 @@ from tunnel.backends.chaff import drop_needless_chaff
 
 from .tunnel_testlib import (
     Target,
+    digest_to_end,
     exchange,
     link_up,
     one_open_connection,
@@ -770,15 +771,11 @@ async def test_data_held_while_the_client_is_slow_arrives_whole(
         try:
             channels = link.conn._channels.values()
             await wait_until(lambda: any(chan._recv_buf for chan in channels), timeout_s=60)
-            digest = hashlib.sha256()
-            total = 0
-            while block := await reader.read(1 << 20):
-                digest.update(block)
-                total += len(block)
+            total, digest = await digest_to_end(reader)
         finally:
             writer.close()
         assert total == len(chunk) * repeat
-        assert digest.hexdigest() == hashlib.sha256(chunk * repeat).hexdigest()
+        assert digest == hashlib.sha256(chunk * repeat).hexdigest()
     opened.check(len(chunk) * repeat)
 
 
@@ -1001,6 +998,20 @@ def gateway_packets(
     return wire, expected
 
 
+def record_view_sources(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What each piece of data handed to a tunnel channel is a view of, in order (the
+    buffer a memoryview looks into; None for bytes)."""
+    sources: list[Any] = []
+    delivered = asyncssh_link._Channel.data_received
+
+    def recording(self: Any, data: Any, datatype: Any) -> None:
+        sources.append(data.obj if isinstance(data, memoryview) else None)
+        delivered(self, data, datatype)
+
+    monkeypatch.setattr(asyncssh_link._Channel, "data_received", recording)
+    return sources
+
+
 @pytest.mark.parametrize("cipher", CIPHERS)
 async def test_data_opened_in_the_read_buffer_is_what_asyncssh_opens(
     options: TunnelOptions, echo: Target, cipher: str, monkeypatch: pytest.MonkeyPatch
@@ -1017,14 +1028,7 @@ async def test_data_opened_in_the_read_buffer_is_what_asyncssh_opens(
     assert options.ssh_config is not None
     options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
     rng = random.Random(18)
-    sources: list[Any] = []
-    delivered = asyncssh_link._Channel.data_received
-
-    def recording(self: Any, data: Any, datatype: Any) -> None:
-        sources.append(data.obj if isinstance(data, memoryview) else None)
-        delivered(self, data, datatype)
-
-    monkeypatch.setattr(asyncssh_link._Channel, "data_received", recording)
+    sources = record_view_sources(monkeypatch)
     async with one_open_connection(options, echo) as (_, link, reader, writer):
         (channel,) = link.conn._channels
         conn = link.conn
@@ -1064,14 +1068,7 @@ async def test_reads_in_one_turn_hand_their_data_over_before_the_next(
     assert options.ssh_config is not None
     options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
     rng = random.Random(8)
-    sources: list[Any] = []
-    delivered = asyncssh_link._Channel.data_received
-
-    def recording(self: Any, data: Any, datatype: Any) -> None:
-        sources.append(data.obj if isinstance(data, memoryview) else None)
-        delivered(self, data, datatype)
-
-    monkeypatch.setattr(asyncssh_link._Channel, "data_received", recording)
+    sources = record_view_sources(monkeypatch)
     async with one_open_connection(options, echo) as (_, link, reader, writer):
         (channel,) = link.conn._channels
         conn = link.conn

@@ -24,7 +24,7 @@ from tunnel import Forward, Tunnel, TunnelOptions
 from tunnel.backends import asyncssh_link
 from tunnel.state import LinkStatus
 
-from .tunnel_testlib import Target, exchange, settled_fd_count, talking_target
+from .tunnel_testlib import Target, digest_to_end, exchange, settled_fd_count, talking_target
 
 LOOPS = ["asyncio", "uvloop"]
 
@@ -87,15 +87,11 @@ def test_a_slow_client_gets_every_byte_in_order_then_eof(
             reader, writer = await asyncio.open_connection(sock=sock)
             try:
                 await wait_until(lambda: queues.paused, timeout_s=60)
-                digest = hashlib.sha256()
-                total = 0
-                while block := await reader.read(1 << 20):  # ends at the EOF; a reset raises
-                    digest.update(block)
-                    total += len(block)
+                total, digest = await digest_to_end(reader)  # a reset raises
             finally:
                 writer.close()
             assert total == len(chunk) * repeat
-            assert digest.hexdigest() == hashlib.sha256(chunk * repeat).hexdigest()
+            assert digest == hashlib.sha256(chunk * repeat).hexdigest()
             await wait_until(lambda: tunnel.state.forwards[0].open == 0)
             assert tunnel.state.forwards[0].cut == 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -136,6 +137,16 @@ async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
             return await reader.read()
     except ConnectionResetError:
         return b""
+
+
+async def digest_to_end(reader: asyncio.StreamReader) -> tuple[int, str]:
+    """Read ``reader`` to its EOF (a reset raises): how many bytes, and their SHA-256."""
+    digest = hashlib.sha256()
+    total = 0
+    while block := await reader.read(1 << 20):
+        digest.update(block)
+        total += len(block)
+    return total, digest.hexdigest()
 
 
 @contextlib.asynccontextmanager

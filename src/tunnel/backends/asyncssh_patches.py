@@ -451,6 +451,22 @@ def _data_packets_opened_in_place() -> None:
         finally:
             held.pop(OPENED, None)
 
+    def takes_view(chan: Any, window: int, declared: int, datalen: int) -> bool:
+        """Whether a data packet of ``datalen`` bytes (``declared`` in it) for ``chan``,
+        leaving it ``window`` (negative: no such channel or beyond its window), is one
+        :func:`deliver` would count and hand to the session itself, as a view: no window
+        adjust due, not paused, not closing, no encoding, a session that takes views."""
+        return (
+            window >= 0
+            and declared == datalen
+            and chan._recv_state == "open"
+            and chan._encoding is None
+            and window >= chan._init_recv_window / 2
+            and not chan._recv_paused
+            and chan._send_state not in ("close_pending", "closed")
+            and getattr(chan._session, "accepts_views", False)
+        )
+
     gcm_steps = suites[GCMEncryption]
 
     def gcm_run(self: Any, view: memoryview, pos: int, end: int) -> int:
@@ -504,16 +520,7 @@ def _data_packets_opened_in_place() -> None:
                 chan = channels.get(int.from_bytes(plain[2:6], "big"))
                 datalen = stop - 10
                 window = chan._recv_window - datalen if chan is not None else -1
-                if (
-                    window >= 0
-                    and int.from_bytes(plain[6:10], "big") == datalen
-                    and chan._recv_state == "open"
-                    and chan._encoding is None
-                    and window >= chan._init_recv_window / 2
-                    and not chan._recv_paused
-                    and chan._send_state not in ("close_pending", "closed")
-                    and getattr(chan._session, "accepts_views", False)
-                ):
+                if takes_view(chan, window, int.from_bytes(plain[6:10], "big"), datalen):
                     fixed, counter = GCM_IV.unpack(iv)
                     cipher._iv = GCM_IV.pack(fixed, (counter + 1) & 0xFFFFFFFFFFFFFFFF)
                     chan._recv_window = window
@@ -570,16 +577,7 @@ def _data_packets_opened_in_place() -> None:
             if first[1] == MSG_CHANNEL_DATA and first[0] >= MIN_PADDING and datalen > 0:
                 chan = channels.get(int.from_bytes(first[2:6], "big"))
                 window = chan._recv_window - datalen if chan is not None else -1
-                if (
-                    window >= 0
-                    and int.from_bytes(first[6:10], "big") == datalen
-                    and chan._recv_state == "open"
-                    and chan._encoding is None
-                    and window >= chan._init_recv_window / 2
-                    and not chan._recv_paused
-                    and chan._send_state not in ("close_pending", "closed")
-                    and getattr(chan._session, "accepts_views", False)
-                ):
+                if takes_view(chan, window, int.from_bytes(first[6:10], "big"), datalen):
                     data = view[pos + 14 : pos + 4 + stop]
                     stream.update_into(data, data)
                     chan._recv_window = window
