@@ -344,7 +344,8 @@ async def test_control_packets_reach_their_handlers_as_through_asyncssh(
     """Twin check of the receiving side: the open confirmation, EOF and CLOSE of a fresh
     link's first connection reach the same handlers with the same numbers (and the
     connection's sequence number stepped alike) whether the in-place path hands them
-    over without asyncssh's packet object (``CONTROL_LEN``), through it
+    over without asyncssh's packet object (``CONTROL_LEN``; EOF and CLOSE to the
+    channel's lean end, ``eof_arrived`` and ``close_arrived``), through it
     (:data:`~tunnel.backends.asyncssh_patches.DISPATCHED`), or asyncssh's own parser does
     it all; the first way calls asyncssh's ``process_packet`` for none of them."""
     assert options.ssh_config is not None
@@ -373,10 +374,22 @@ async def test_control_packets_reach_their_handlers_as_through_asyncssh(
 
         return handler
 
+    def arrived_of(pkttype: int, name: str) -> Any:
+        original = getattr(direct.DirectTCPChannel, name)
+
+        def arrived(self: Any) -> None:
+            if direct.LEAN_END:  # asyncssh's handler (recorded above) otherwise
+                handled.append((pkttype, self._conn._recv_seq, b""))
+            original(self)
+
+        return arrived
+
     monkeypatch.setattr(asyncssh.packet.SSHPacketHandler, "process_packet", recorded)
     monkeypatch.setattr(direct.DirectTCPChannel, "confirmed", recorded_confirmed)
     monkeypatch.setitem(handlers, 96, handler_of(96))
     monkeypatch.setitem(handlers, 97, handler_of(97))
+    monkeypatch.setattr(direct.DirectTCPChannel, "eof_arrived", arrived_of(96, "eof_arrived"))
+    monkeypatch.setattr(direct.DirectTCPChannel, "close_arrived", arrived_of(97, "close_arrived"))
     runs = []
     ways = (
         (asyncssh_patches.DISPATCHED, asyncssh_patches.CONTROL_LEN),
@@ -521,7 +534,7 @@ def channel_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("level", ["DEBUG", "INFO", "WARNING"])
+@pytest.mark.parametrize("level", ["DEBUG2", "DEBUG", "INFO", "WARNING"])
 async def test_a_lean_channel_logs_what_asyncssh_s_logs(
     options: TunnelOptions,
     echo: Target,
@@ -529,10 +542,12 @@ async def test_a_lean_channel_logs_what_asyncssh_s_logs(
     caplog: pytest.LogCaptureFixture,
     level: str,
 ) -> None:
-    """Twin check: a connection carried on a channel made by the lean set-up writes the
-    same asyncssh channel messages, with the same channel context, as one on a channel
-    made by asyncssh's ``__init__``, at DEBUG, INFO and WARNING (nothing then; the
-    channel's own logger is not even made)."""
+    """Twin check: a connection carried on a channel made by the lean set-up and ended by
+    the lean end writes the same asyncssh channel messages, with the same channel context,
+    as one on a channel made by asyncssh's ``__init__`` and ended by asyncssh's code, at
+    DEBUG with asyncssh's debug level 2 (its ``debug2`` messages: the EOFs sent and
+    received), DEBUG, INFO and WARNING (nothing then; the channel's own logger is not
+    even made)."""
     forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
     made: list[Any] = []
     original = direct.DirectTCPChannel.__init__
@@ -542,13 +557,16 @@ async def test_a_lean_channel_logs_what_asyncssh_s_logs(
         made.append(self)
 
     monkeypatch.setattr(direct.DirectTCPChannel, "__init__", recorded)
+    if level == "DEBUG2":
+        monkeypatch.setattr(asyncssh.logging.SSHLogger, "_debug_level", 2)
     seen: list[list[str]] = []
     async with Tunnel(options, [forward]) as tunnel:
         link = await link_up(tunnel)
         assert isinstance(link, asyncssh_link.SSHLink)
-        caplog.set_level(level, logger="asyncssh")
+        caplog.set_level("DEBUG" if level == "DEBUG2" else level, logger="asyncssh")
         for lean in (True, False):
             monkeypatch.setattr(direct, "LEAN_INIT", lean)
+            monkeypatch.setattr(direct, "LEAN_END", lean)
             caplog.clear()
             assert await exchange("127.0.0.1", forward.mouth_port, b"ping\n") == b"ping\n"
             await wait_until(lambda: not link.conn._channels)
@@ -559,9 +577,64 @@ async def test_a_lean_channel_logs_what_asyncssh_s_logs(
         assert made[0]._logger is None
     else:
         assert any(message.endswith("chan=N] Channel closed") for message in seen[0])
+        assert any(message.endswith("chan=N] Received channel close") for message in seen[0])
         assert made[0]._logger is not None
-    if level == "DEBUG":
+    if level.startswith("DEBUG"):
         assert any("Set write buffer limits" in message for message in seen[0])
+    if level == "DEBUG2":
+        assert any(message.endswith("chan=N] Sending EOF") for message in seen[0])
+        assert any(message.endswith("chan=N] Received EOF") for message in seen[0])
+
+
+def test_the_lean_channel_end_fits_the_installed_asyncssh() -> None:
+    """The installed asyncssh's channel end (``write_eof``, ``_process_eof``,
+    ``_process_close``, ``_close_send``, ``_cleanup``) is the one the lean end repeats;
+    another asyncssh gets its own, and this says so."""
+    assert direct.LEAN_END
+
+
+@pytest.mark.parametrize("lean", [True, False])
+async def test_a_close_after_an_eof_held_back_tells_the_session_first(
+    options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch, lean: bool
+) -> None:
+    """The gateway's EOF held back (the channel's reading paused), then its CLOSE: the
+    session hears of the EOF (``eof_held``) before the channel ends, the held data is
+    delivered before ``connection_lost``, by the lean end as by asyncssh's own handler
+    with the patch (tunnel.backends.asyncssh_patches._keep_held_eof)."""
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    heard: list[Any] = []
+
+    class Session(direct.DirectTCPChannel):
+        def eof_held(self) -> None:
+            heard.append("eof_held")
+
+        def data_received(self, data: bytes, datatype: Any) -> None:
+            heard.append(bytes(data))
+
+        def eof_received(self) -> bool:
+            heard.append("eof")
+            return True
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            heard.append(("lost", exc))
+
+    monkeypatch.setattr(direct, "LEAN_END", lean)
+    async with Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        assert isinstance(link, asyncssh_link.SSHLink)
+        chan = Session(link.conn, link.window, link.max_packet)
+        chan._recv_state = "eof_pending"  # as after the gateway's EOF, while paused
+        chan._recv_paused = True
+        chan._recv_buf.append((b"held", None))
+        chan.close_arrived()
+        assert heard == ["eof_held"]
+        assert chan._recv_state == "close_pending"
+        assert chan._send_state == "closed"
+        chan.resume_reading()  # asyncssh's: the held data, then the end
+        await wait_until(lambda: len(heard) == 3)
+        assert heard == ["eof_held", b"held", ("lost", None)]
+        assert chan._recv_chan is None
+        assert not link.conn._channels
 
 
 def test_the_inline_channel_end_fits_the_installed_asyncssh() -> None:

@@ -271,7 +271,6 @@ def _data_packets_opened_in_place() -> None:
     if not _has(SSHChannel, channel_internals.split(), ["_accept_data", "_deliver_data"]):
         return
     header_step = SSHConnection._recv_pkthdr
-    empty = SSHPacket(b"")  # only read (check_end), never written
 
     def gcm_length(self: Any, head: memoryview) -> int:
         return int.from_bytes(head, "big")
@@ -395,8 +394,9 @@ def _data_packets_opened_in_place() -> None:
         """:func:`dispatch` for a tunnel channel's open confirmation, EOF or CLOSE
         (``takes_control``: :class:`tunnel.backends.direct.DirectTCPChannel`) of exactly
         their length: the same handler calls without asyncssh's packet object and parser
-        (the confirmation's numbers read here; an EOF or CLOSE carries nothing, so its
-        handler is given an empty packet), then what ``_finish_recv_packet`` does for a
+        (the confirmation's numbers read here; an EOF or CLOSE carries nothing: the
+        channel's ``eof_arrived`` or ``close_arrived``, asyncssh's handlers in fewer
+        calls), then what ``_finish_recv_packet`` does for a
         channel message in the steady state. A confirmation with a maximum packet size
         of 0 goes asyncssh's way (its error)."""
         if pkttype == MSG_CHANNEL_OPEN_CONFIRMATION:
@@ -412,7 +412,10 @@ def _data_packets_opened_in_place() -> None:
             step(self)
             seq = self._recv_seq
             try:
-                chan._packet_handlers[pkttype](chan, pkttype, seq, empty)
+                if pkttype == MSG_CHANNEL_EOF:
+                    chan.eof_arrived()
+                else:
+                    chan.close_arrived()
             except PacketDecodeError as exc:  # an asyncssh that reads more from them
                 raise ProtocolError(str(exc)) from None
         self._auth_final = True
@@ -966,7 +969,8 @@ PADDING_POOL = 4096
 
 
 MSG_CHANNEL_OPEN_CONFIRMATION = 91
-CONTROL_LEN = {MSG_CHANNEL_OPEN_CONFIRMATION: 18, 96: 6, 97: 6}
+MSG_CHANNEL_EOF = 96
+CONTROL_LEN = {MSG_CHANNEL_OPEN_CONFIRMATION: 18, MSG_CHANNEL_EOF: 6, 97: 6}
 """The payload length (type byte included) of a ``direct-tcpip`` open confirmation (RFC
 4254 §5.1, §7.2: four uint32s, nothing channel-specific after them), an EOF and a CLOSE
 (§5.3: the recipient channel only): what :func:`_data_packets_opened_in_place`'s

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import sys
 from typing import Any
 
 from tunnel.backends import asyncssh_patches
@@ -45,6 +46,9 @@ SSHLogger = asyncssh.logging.SSHLogger
 
 MSG_CHANNEL_OPEN = 90
 """RFC 4254 §5.1."""
+MSG_CHANNEL_EOF = 96
+MSG_CHANNEL_CLOSE = 97
+"""RFC 4254 §5.3."""
 DIRECT_TCPIP = b"direct-tcpip"
 OPEN_CONNECT_FAILED = 2
 """RFC 4254 §5.1: SSH_OPEN_CONNECT_FAILED."""
@@ -55,6 +59,9 @@ OPEN_TYPE = len(DIRECT_TCPIP).to_bytes(4, "big") + DIRECT_TCPIP
 OPEN_NUMBERS = struct.Struct(">III")
 """Sender channel, initial window size, maximum packet size (RFC 4254 §5.1)."""
 UINT32 = struct.Struct(">I")
+EMPTY = asyncssh.packet.SSHPacket(b"")
+"""What an EOF or CLOSE carries after its channel number (nothing): the packet asyncssh's
+handlers are given for it (only read: ``check_end``)."""
 
 
 def _string(value: bytes) -> bytes:
@@ -176,6 +183,51 @@ FLUSH_RECV_NAMES = frozenset(
 
 INLINE_CLEANUP = set(SSHChannel._flush_recv_buf.__code__.co_names) == FLUSH_RECV_NAMES
 
+LEAN_END_CODE: dict[str, tuple[str, str]] = {
+    "write_eof": ("_flush_send_buf _send_state debug2 logger", "Sending EOF|open|eof_pending"),
+    "_process_eof": (
+        "ProtocolError _flush_recv_buf _recv_state check_end debug2 logger",
+        "open|Channel not open for sending|Received EOF|eof_pending",
+    ),
+    "_process_close": (
+        "ProtocolError _close_send _flush_recv_buf _recv_state check_end info logger",
+        "Channel not open|Received channel close|close_pending",
+    ),
+    "_close_send": (
+        "MSG_CHANNEL_CLOSE _send_buf _send_buf_len _send_chan _send_state send_packet",
+        "closed",
+    ),
+    "_cleanup": (
+        "ChannelOpenError Exception OPEN_CONNECT_FAILED _close_event _conn _open_waiter"
+        " _recv_chan _request_waiters _send_chan _session cancelled connection_lost debug1"
+        " detach_x11_listener exc_info info logger remove_channel set set_exception"
+        " set_result str sys",
+        "Uncaught exception in session ignored|Channel closed%s|: ",
+    ),
+}
+"""asyncssh's channel end (2.24; another version is checked against this), as the lean end
+repeats it (:data:`LEAN_END`): per method, the names it uses and the strings it has."""
+
+
+def _lean_end_fits() -> bool:
+    """Whether the installed asyncssh's ``write_eof``, ``_process_eof``, ``_process_close``,
+    ``_close_send`` and ``_cleanup`` are the ones :class:`DirectTCPChannel`'s lean end
+    repeats (the same names used, the same messages and states); any other asyncssh: its own."""
+    from asyncssh.connection import SSHConnection  # noqa: PLC0415 (only the check needs it)
+
+    if SSHConnection.remove_channel.__code__.co_names != ("_channels",):
+        return False
+    for name, (names, strings) in LEAN_END_CODE.items():
+        code = getattr(SSHChannel, name).__code__
+        if set(code.co_names) != set(names.split()):
+            return False
+        if not set(strings.split("|")) <= {c for c in code.co_consts if isinstance(c, str)}:
+            return False
+    return True
+
+
+LEAN_END = _lean_end_fits()
+
 CHANNEL_LOG_MAX = logging.INFO
 """The highest level asyncssh's channel code writes its own messages at (``info``; the
 rest are ``debug1``, ``debug2`` and ``packet``, at DEBUG)."""
@@ -280,15 +332,15 @@ class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
         ``asyncssh`` logger writes nothing at the levels a channel writes at, a shared
         one that drops them unformatted (:class:`_Unwritten`)."""
         made: asyncssh.logging.SSHLogger | None = self._logger
-        if made is None:
-            parent = self._log_parent
-            base = parent.logger
-            enabled = base._cache.get(CHANNEL_LOG_MAX)  # isEnabledFor's own cache of it
-            if enabled is None:
-                enabled = base.isEnabledFor(CHANNEL_LOG_MAX)
-            if not enabled:
-                return UNWRITTEN
-            made = self._logger = parent.get_child(context=self._log_context)
+        if made is not None:
+            return made
+        parent = self._log_parent
+        # isEnabledFor's own cache of it (False, True, or None: not asked since a change)
+        if parent.logger._cache.get(CHANNEL_LOG_MAX) is False:
+            return UNWRITTEN
+        if not parent.logger.isEnabledFor(CHANNEL_LOG_MAX):
+            return UNWRITTEN
+        made = self._logger = parent.get_child(context=self._log_context)
         return made
 
     def _flush_recv_buf(self, exc: Exception | None = None) -> None:
@@ -318,6 +370,104 @@ class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
         if not recv_buf and self._recv_state == "close_pending":
             self._recv_state = "closed"
             self._cleanup(exc)
+
+    # -- the channel's end: asyncssh's, in fewer calls (LEAN_END) ----------------------
+    #
+    # A tunnel channel ends the same way every time: the client's EOF (write_eof), the
+    # gateway's EOF and CLOSE (_process_eof, _process_close, which sends ours), the end
+    # (_cleanup). asyncssh's code for it wrote five log messages through the channel's
+    # logger (each a property and a call, even with nothing to write), flushed an empty
+    # send buffer for the EOF through three calls, and closed through _close_send,
+    # detach_x11_listener and remove_channel: ~70 Python lines per connection
+    # (bench/notes/roundtrip.md). Here the same states, packets, messages and calls to
+    # the session, in that order; a message only formatted and written when the asyncssh
+    # logger would write it (as before).
+
+    def _logs(self) -> bool:
+        """Whether the channel's messages may be written (its logger made, or the
+        ``asyncssh`` logger not known to be off at :data:`CHANNEL_LOG_MAX`)."""
+        return (
+            self._logger is not None
+            or self._log_parent.logger._cache.get(CHANNEL_LOG_MAX) is not False
+        )
+
+    def write_eof(self) -> None:
+        """asyncssh's ``write_eof``; with nothing buffered nor paused, the EOF is sent
+        here (asyncssh's ``_flush_send_buf`` with an empty buffer: nothing to resume,
+        the EOF sent, the state ``eof``)."""
+        if not LEAN_END or self._send_buf or self._send_paused or self._send_state != "open":
+            super().write_eof()
+            return
+        if self._logs():
+            self.logger.debug2("Sending EOF")
+        self._send_state = "eof_pending"
+        self.send_packet(MSG_CHANNEL_EOF)
+        self._send_state = "eof"
+
+    def eof_arrived(self) -> None:
+        """The gateway's EOF (asyncssh's ``_process_eof`` for a packet with nothing more
+        in it: the in-place path hands it over so, ``takes_control``)."""
+        if not LEAN_END:
+            self._packet_handlers[MSG_CHANNEL_EOF](self, MSG_CHANNEL_EOF, 0, EMPTY)
+            return
+        if self._recv_state != "open":
+            raise asyncssh.ProtocolError("Channel not open for sending")
+        if self._logs():
+            self.logger.debug2("Received EOF")
+        self._recv_state = "eof_pending"
+        self._flush_recv_buf()
+
+    def close_arrived(self) -> None:
+        """The gateway's CLOSE (asyncssh's ``_process_close`` and ``_close_send`` for a
+        packet with nothing more in it, with the patch
+        :func:`tunnel.backends.asyncssh_patches._keep_held_eof`: an EOF held back is told
+        to the session first)."""
+        if not LEAN_END:
+            self._packet_handlers[MSG_CHANNEL_CLOSE](self, MSG_CHANNEL_CLOSE, 0, EMPTY)
+            return
+        state = self._recv_state
+        if state == "eof_pending":
+            held = getattr(self._session, "eof_held", None)
+            if held is not None:
+                held()
+        if state not in ("open", "eof_pending", "eof"):
+            raise asyncssh.ProtocolError("Channel not open")
+        if self._logs():
+            self.logger.info("Received channel close")
+        self._send_buf = []
+        self._send_buf_len = 0
+        if self._send_state != "closed":
+            self.send_packet(MSG_CHANNEL_CLOSE)
+            self._send_chan = None
+            self._send_state = "closed"
+        self._recv_state = "close_pending"
+        self._flush_recv_buf()
+
+    def _cleanup(self, exc: Exception | None = None) -> None:
+        """asyncssh's ``_cleanup`` for a channel with no open or request waiting (a
+        tunnel channel's end in the steady state): the session told, the close event
+        set, the channel's number given back."""
+        if not LEAN_END or self._open_waiter or self._request_waiters:
+            super()._cleanup(exc)
+            return
+        session = self._session
+        if session is not None:
+            try:
+                session.connection_lost(exc)
+            except Exception:
+                self.logger.debug1("Uncaught exception in session ignored", exc_info=sys.exc_info)
+            self._session = None
+        self._close_event.set()
+        conn = self._conn
+        if conn:
+            if self._logs():
+                self.logger.info("Channel closed%s", ": " + str(exc) if exc else "")
+            conn.detach_x11_listener(self)
+            assert self._recv_chan is not None
+            del conn._channels[self._recv_chan]  # asyncssh's remove_channel
+            self._send_chan = None
+            self._recv_chan = None
+            self._conn = None
 
     def open(self, host: str, port: int, orig_host: str, orig_port: int) -> None:
         """Send the CHANNEL_OPEN (RFC 4254 §7.2), now."""
