@@ -28,7 +28,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from tunnel.backends import asyncssh_patches, poly1305
+from tunnel.backends import asyncssh_patches, poly1305, watch
 from tunnel.backends.chaff import drop_needless_chaff
 from tunnel.backends.direct import DirectTCPChannel
 from tunnel.backends.lean import lazy_keepalive, skip_unlogged_packets
@@ -197,6 +197,9 @@ class SSHLink:
         #: resident only once written (a mapping, not a zero-filled bytearray).
         self.client_reads: memoryview | None = None
         self.loop = asyncio.get_running_loop()
+        #: The loop's add_reader and remove_reader for the client sockets (no transport
+        #: owns them: on asyncio's selector loop without its transport check, watch.py).
+        self.watch, self.unwatch = watch.reader_calls(self.loop)
 
     def carry(self, flow: Flow) -> None:
         """Send the flow's CHANNEL_OPEN and start reading its socket, now, in this turn
@@ -591,12 +594,12 @@ class _ClientSide:
     def pause_reading(self) -> None:
         if self.reading:
             self.reading = False
-            self.loop.remove_reader(self.fd)
+            self.link.unwatch(self.fd)
 
     def resume_reading(self) -> None:
         if not self.reading and not self.eof and not self.closing:
             self.reading = True
-            self.loop.add_reader(self.fd, self.readable)
+            self.link.watch(self.fd, self.readable)
 
     # -- channel → client: the channel's view of its client's transport ----------------
 
