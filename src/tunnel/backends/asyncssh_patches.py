@@ -437,9 +437,10 @@ def _data_packets_opened_in_place() -> None:
             # RFC 4253 §6: 4 bytes or more, and a payload (its type) left; OpenSSH drops
             # the connection too ("Corrupted padlen"). asyncssh itself does not check.
             raise ProtocolError(f"Invalid padding length {plain[0]}")
-        if deliver(self, plain, steps[2]):
-            return
-        if dispatch(self, plain, steps[2]):
+        if plain[1] == MSG_CHANNEL_DATA:
+            if deliver(self, plain, steps[2]):
+                return
+        elif dispatch(self, plain, steps[2]):  # a channel's control packet, or not here
             return
         held = self._recv_encryption.__dict__
         held[OPENED] = (

@@ -228,9 +228,11 @@ def _lean_end_fits() -> bool:
 
 LEAN_END = _lean_end_fits()
 
-CHANNEL_LOG_MAX = logging.INFO
+CHANNEL_LOG_MAX = LOG_MAX = logging.INFO
 """The highest level asyncssh's channel code writes its own messages at (``info``; the
-rest are ``debug1``, ``debug2`` and ``packet``, at DEBUG)."""
+rest are ``debug1``, ``debug2`` and ``packet``, at DEBUG). The lean end writes a message
+when the channel's logger is made or the ``asyncssh`` logger is not known to be off at
+this level (``isEnabledFor``'s own cache of it: False, True, or None)."""
 
 
 class _Unwritten(SSHLogger):
@@ -383,14 +385,6 @@ class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
     # the session, in that order; a message only formatted and written when the asyncssh
     # logger would write it (as before).
 
-    def _logs(self) -> bool:
-        """Whether the channel's messages may be written (its logger made, or the
-        ``asyncssh`` logger not known to be off at :data:`CHANNEL_LOG_MAX`)."""
-        return (
-            self._logger is not None
-            or self._log_parent.logger._cache.get(CHANNEL_LOG_MAX) is not False
-        )
-
     def write_eof(self) -> None:
         """asyncssh's ``write_eof``; with nothing buffered nor paused, the EOF is sent
         here (asyncssh's ``_flush_send_buf`` with an empty buffer: nothing to resume,
@@ -398,7 +392,7 @@ class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
         if not LEAN_END or self._send_buf or self._send_paused or self._send_state != "open":
             super().write_eof()
             return
-        if self._logs():
+        if self._logger is not None or self._log_parent.logger._cache.get(LOG_MAX) is not False:
             self.logger.debug2("Sending EOF")
         self._send_state = "eof_pending"
         self.send_packet(MSG_CHANNEL_EOF)
@@ -412,7 +406,7 @@ class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
             return
         if self._recv_state != "open":
             raise asyncssh.ProtocolError("Channel not open for sending")
-        if self._logs():
+        if self._logger is not None or self._log_parent.logger._cache.get(LOG_MAX) is not False:
             self.logger.debug2("Received EOF")
         self._recv_state = "eof_pending"
         self._flush_recv_buf()
@@ -432,7 +426,7 @@ class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
                 held()
         if state not in ("open", "eof_pending", "eof"):
             raise asyncssh.ProtocolError("Channel not open")
-        if self._logs():
+        if self._logger is not None or self._log_parent.logger._cache.get(LOG_MAX) is not False:
             self.logger.info("Received channel close")
         self._send_buf = []
         self._send_buf_len = 0
@@ -460,7 +454,7 @@ class DirectTCPChannel(SSHChannel[bytes], asyncssh.SSHTCPSession[bytes]):
         self._close_event.set()
         conn = self._conn
         if conn:
-            if self._logs():
+            if self._logger is not None or self._log_parent.logger._cache.get(LOG_MAX) is not False:
                 self.logger.info("Channel closed%s", ": " + str(exc) if exc else "")
             conn.detach_x11_listener(self)
             assert self._recv_chan is not None
