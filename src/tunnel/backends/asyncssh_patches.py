@@ -1119,7 +1119,9 @@ class _BufferedReads(asyncio.BufferedProtocol):
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.received = conn.data_received
-        self.view = memoryview(bytearray(READ_BUFFER))
+        # Anonymous memory, resident only where reads have written (an idle link's few
+        # pages); a bytearray is zeroed, all 256 KiB resident from the start.
+        self.view = memoryview(mmap.mmap(-1, READ_BUFFER, flags=mmap.MAP_PRIVATE))
         self.free = self.view  # where the next read goes
         self.kept = 0  # bytes of a cut packet at the buffer's start (once moved)
         self.moved = -1  # where that cut packet starts before it is moved there
