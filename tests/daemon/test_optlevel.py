@@ -185,10 +185,10 @@ def test_the_daemon_runs_at_OO_and_reaches_link_up(sshd: Sshd, tmp_path: Path) -
             str(tmp_path / "c"),
         ]  # fmt: skip  (one interpreter: no start again at -OO)
         assert Path(f"/proc/{daemon.pid}/comm").read_text() == "blitzdns\n"
-        # Nor ssl, nor libssl (tunnel.nossl).
+        # Nor ssl, nor libssl (tunnel.nossl), nor libcrypto (blitzdns.nohashlib).
         maps = Path(f"/proc/{daemon.pid}/maps").read_text()
-        assert "libssl" not in maps and "/_ssl." not in maps
-        assert "libcrypto" in maps  # the control: hashlib's, which stays
+        assert "libssl" not in maps and "/_ssl." not in maps and "libcrypto" not in maps
+        assert "_rust.abi3.so" in maps  # the control: cryptography's own OpenSSL
         assert list(prefix.rglob("asyncssh/connection.*.opt-2lines.pyc"))
         assert list(prefix.rglob("tunnel/tunnel.*.opt-2lines.pyc"))
         assert not list(prefix.rglob(f"asyncssh/connection.{sys.implementation.cache_tag}.pyc"))

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import tunnel.sshlib  # noqa: F401 (asyncssh is first imported there, cheaply)
-from tunnel.backends import poly1305
+from tunnel.backends import cryptohmac, poly1305
 
 __all__ = ["FEED_WHOLE_MAX", "GCM_TAG_LEN", "READ_BATCH", "install", "send_sealed", "write_parts"]
 
@@ -1422,3 +1422,4 @@ def install() -> None:
     _gcm_opened_in_place_only_where_served()
     _data_packets_sealed_in_place()
     _read_into_one_buffer()
+    cryptohmac.install()
