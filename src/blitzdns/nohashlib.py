@@ -7,8 +7,10 @@ startup.md, session 9). Since ``ssl`` left ``run`` (:mod:`tunnel.nossl`), ``_has
 was libcrypto's only user there: the SSH ciphers, key exchanges and signatures go through
 cryptography, which carries its own OpenSSL in its Rust library. Without ``_hashlib``,
 ``hashlib`` serves every algorithm the daemon asks for (MD5, SHA-1, the SHA-2 and SHA-3
-families, BLAKE2; ``pbkdf2_hmac`` in Python) from CPython's built-in modules with the same
-digests, and ``hmac`` computes in Python around them (tests/tunnel/test_nohashlib.py).
+families, BLAKE2) from CPython's built-in modules with the same digests, and ``hmac``
+computes in Python around them (tests/tunnel/test_nohashlib.py). ``hashlib.pbkdf2_hmac``
+is Python's own on 3.11 and absent from 3.12 on; nothing in ``run`` calls it (asyncssh
+derives keys from passphrases with cryptography and bcrypt).
 
 The daemon hashes little: a few kB per SSH handshake (the exchange hash, key derivation,
 hashed known_hosts lines), a name per mouth. The one per-packet use, asyncssh's HMAC MACs
