@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> None:
         # re-scan them. The daemon collects again once its start is over
         # (blitzdns.daemon.end_of_start), and freezes what the start made.
         gc.disable()
+        # Nor OpenSSL's hashes, and with them libcrypto (blitzdns.nohashlib); before
+        # classcode, the first to import hashlib.
+        from blitzdns import nohashlib  # noqa: PLC0415
+
+        nohashlib.start()
         # The methods dataclasses writes for the daemon's classes, compiled at an
         # earlier start (blitzdns.classcode); put back once the imports are done. Before
         # blitzdns.errors, which loads the tunnel package and its 13 dataclasses (78

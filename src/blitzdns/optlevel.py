@@ -7,10 +7,11 @@ given as arguments, and nothing on its path reads ``__doc__`` (its asserts, whic
 drops too, only narrow types for mypy). A console script cannot pass ``-OO`` to its
 interpreter (pip writes its ``#!`` line), so :func:`optimize_imports` makes the import
 system do what ``-OO`` does to every module loaded from then on, in this process: a
-module's code is its ``.opt-2.pyc`` (the very file ``python -OO`` reads and writes), or its
-source compiled at ``optimize=2`` and kept there. Nothing else changes: ``sys.flags`` stays
-as the interpreter was started, and ``compile``/``exec`` called at run time keep the
-interpreter's level (``dataclasses``' generated methods have no docstring or assert).
+module's code is its ``.opt-2lines.pyc`` (what ``python -OO`` compiles, with line-only
+location tables: :data:`CACHE_LEVEL`), or its source compiled so and kept there. Nothing
+else changes: ``sys.flags`` stays as the interpreter was started, and ``compile``/``exec``
+called at run time keep the interpreter's level (``dataclasses``' generated methods have no
+docstring or assert).
 
 Until session 7 ``run`` started itself again as ``python -OO`` (``os.execv``): a second
 interpreter start and the first one's imports, ~37 M instructions (callgrind), ~5 % of the
@@ -23,7 +24,7 @@ Only when it cannot make things worse (:func:`blitzdns.entry.main`: started as t
 
 * ``PYTHONOPTIMIZE`` not set and the interpreter not started with ``-O`` (the user's
   choice stands, even ``0``);
-* the ``.opt-2.pyc`` files are there or can be written, for each place the daemon's
+* the ``.opt-2lines.pyc`` files are there or can be written, for each place the daemon's
   modules come from (the standard library, its dependencies, this package;
   ``PYTHONPYCACHEPREFIX`` honoured): a daemon that would compile them all from source at
   every start (a read-only install run by a user, ``PYTHONDONTWRITEBYTECODE``) stays at
@@ -35,6 +36,8 @@ from __future__ import annotations
 import os
 import sys
 
+from blitzdns import linetable
+
 TYPE_CHECKING = False  # not typing's: the daemon's first lines import nothing they need not
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -43,6 +46,12 @@ if TYPE_CHECKING:
 
 OPTIMIZE = 2
 """``-OO``: asserts and docstrings left out."""
+
+CACHE_LEVEL = "2lines"
+"""The bytecode files' optimization tag: level 2 with line-only location tables
+(:func:`blitzdns.linetable.lines_only`: ~0.7 MB less idle heap), kept as
+``.opt-2lines.pyc`` beside, not in place of, the ``.opt-2.pyc`` that ``python -OO`` reads
+and writes."""
 
 #: One top-level module from each place the daemon's code comes from: the standard
 #: library, the dependencies (possibly split between system and user directories), this
@@ -72,7 +81,7 @@ def writable_or_present(cached: str, dont_write: bool) -> bool:
 
 
 def bytecode_cache_usable(modules: Sequence[str] = SOURCES) -> bool:
-    """Whether each of ``modules`` has its ``.opt-2.pyc`` or could write it (a module not
+    """Whether each of ``modules`` has its ``.opt-2lines.pyc`` or could write it (a module not
     found, or not from a source file, does not count)."""
     # importlib.util's own cache_from_source and importlib.machinery's PathFinder, from
     # the module they are defined in: loaded with the interpreter, where importlib.util
@@ -86,7 +95,7 @@ def bytecode_cache_usable(modules: Sequence[str] = SOURCES) -> bool:
         origin = spec.origin if spec is not None else None
         if origin is None or not origin.endswith(".py"):
             continue
-        cached = external.cache_from_source(origin, optimization=2)
+        cached = external.cache_from_source(origin, optimization=CACHE_LEVEL)
         if not writable_or_present(cached, bool(sys.dont_write_bytecode)):
             return False
     return True
@@ -94,7 +103,7 @@ def bytecode_cache_usable(modules: Sequence[str] = SOURCES) -> bool:
 
 def level2_loader() -> type[Any] | None:
     """A ``SourceFileLoader`` whose modules are compiled at ``optimize=2`` and cached as
-    ``.opt-2.pyc``, as ``python -OO``'s are; ``None`` where the import system is not
+    ``.opt-2lines.pyc`` (:data:`CACHE_LEVEL`); ``None`` where the import system is not
     CPython's (then nothing changes)."""
     external: Any = sys.modules.get("_frozen_importlib_external")  # loaded with the interpreter
     if external is None:  # not CPython
@@ -106,17 +115,17 @@ def level2_loader() -> type[Any] | None:
 
     class Level2Loader(external.SourceFileLoader):  # type: ignore[misc]
         """SourceLoader.get_code (CPython 3.11-3.13) for ``-OO``'s files: a timestamp
-        ``.opt-2.pyc`` that matches its source is loaded, anything else (absent, stale,
+        ``.opt-2lines.pyc`` that matches its source is loaded, anything else (absent, stale,
         hash-based) is compiled again from the source and written back."""
 
         def create_module(self, spec: Any) -> None:
             """The module's ``__cached__`` names the file its code comes from."""
             if spec.origin is not None:
-                spec.cached = external.cache_from_source(spec.origin, optimization=OPTIMIZE)
+                spec.cached = external.cache_from_source(spec.origin, optimization=CACHE_LEVEL)
 
         def get_code(self, fullname: str) -> CodeType:
             source_path = self.get_filename(fullname)
-            bytecode_path = external.cache_from_source(source_path, optimization=OPTIMIZE)
+            bytecode_path = external.cache_from_source(source_path, optimization=CACHE_LEVEL)
             try:
                 stats = self.path_stats(source_path)
             except OSError:
@@ -146,6 +155,7 @@ def level2_loader() -> type[Any] | None:
                         return code
             source = self.get_data(source_path)
             code = compile(source, source_path, "exec", dont_inherit=True, optimize=OPTIMIZE)
+            code = linetable.lines_only(code)
             if stats is not None and not sys.dont_write_bytecode:
                 data = external._code_to_timestamp_pyc(code, int(stats["mtime"]), len(source))
                 try:  # noqa: SIM105  (contextlib is not loaded yet)

@@ -7,7 +7,8 @@ their own import, for the ``ssl=`` arguments of ``create_connection`` and
 as plain UDP/TCP, and the control socket is a Unix socket. Yet ``ssl`` loads ``_ssl`` and
 with it libssl: ~1.3 MB of the idle daemon's RSS (the modules' ~850 kB of heap, libssl's
 and ``_ssl``'s resident pages; bench/notes/startup.md, session 8) and ~5 ms of its start
-(``-X importtime``). libcrypto stays mapped: ``hashlib`` links it too.
+(``-X importtime``). libcrypto, which ``hashlib`` links, is left out too
+(blitzdns.nohashlib).
 
 While :func:`start` is in force (``run``, :func:`blitzdns.entry.main`, before asyncio is
 imported) ``import ssl`` gives :class:`NoSSL`, which holds only what asyncio and uvloop

@@ -2,11 +2,13 @@
 
 The daemon's modules load as at ``python -OO`` (in the one process) when it was started as
 the script or ``-m blitzdns``, no level was chosen (``-O``, ``PYTHONOPTIMIZE``) and the
-``.opt-2.pyc`` files can be kept; else it goes on as it is.
+``.opt-2lines.pyc`` files (``-OO``'s code with line-only location tables) can be kept; else
+it goes on as it is.
 """
 
 from __future__ import annotations
 
+import marshal
 import os
 import shutil
 import signal
@@ -15,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from blitzdns import optlevel
+from blitzdns import linetable, optlevel
 from tests.peers import Sshd, free_port, wait_for
 
 from .conftest import BLITZDNS, ChildRunner
@@ -51,7 +53,7 @@ VALUE = {value}
 PROBE = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from blitzdns import optlevel
+from blitzdns import linetable, optlevel
 print(optlevel.optimize_imports())
 import probe_mod
 try:
@@ -64,8 +66,9 @@ print(probe_mod.__doc__, probe_mod.f.__doc__, value, probe_mod.__cached__, sep="
 
 def test_modules_imported_after_it_load_as_at_OO(tmp_path: Path) -> None:
     """In a fresh interpreter (no -O): a module imported after optimize_imports has no
-    docstrings nor asserts, its code is kept as the .opt-2.pyc python -OO reads, a stale
-    one is compiled again, and python -OO itself loads the file written."""
+    docstrings nor asserts, its code is python -OO's with line-only tables, kept as an
+    .opt-2lines.pyc (python -OO's own .opt-2.pyc left to it), a stale one is compiled
+    again."""
     (tmp_path / "mods").mkdir()
     source = tmp_path / "mods" / "probe_mod.py"
     source.write_text(MODULE.format(value=1))
@@ -79,17 +82,21 @@ def test_modules_imported_after_it_load_as_at_OO(tmp_path: Path) -> None:
         )  # fmt: skip
         return done.stdout.splitlines()
 
-    cached = str(prefix) + str(source.with_name("probe_mod.cpython-311.opt-2.pyc"))
+    cached = str(prefix) + str(source.with_name("probe_mod.cpython-311.opt-2lines.pyc"))
     cached = cached.replace("cpython-311", sys.implementation.cache_tag)
+    oo_cached = cached.replace(".opt-2lines.", ".opt-2.")
     assert probe() == ["True", f"None|None|1|{cached}"]
     assert Path(cached).exists()
     assert not list(prefix.rglob(f"probe_mod.{sys.implementation.cache_tag}.pyc"))  # no level 0
     written = Path(cached).read_bytes()
     assert probe() == ["True", f"None|None|1|{cached}"]  # loaded from it
     assert Path(cached).read_bytes() == written
-    # The very file -OO reads: the same bytes as -OO writes.
-    Path(cached).unlink()
-    assert probe("-OO")[1] == f"None|None|1|{cached}"
+    # python -OO's code with line-only tables; -OO's own file is its own.
+    assert not Path(oo_cached).exists()
+    assert probe("-OO")[1] == f"None|None|1|{oo_cached}"
+    oo_code, ours = (marshal.loads(data[16:]) for data in (Path(oo_cached).read_bytes(), written))
+    assert linetable.lines_only(oo_code) == ours  # code objects compare their tables too
+    assert oo_code != ours  # -OO's has the columns
     assert Path(cached).read_bytes() == written
     # A changed source is compiled again (the file's mtime and size are checked).
     source.write_text(MODULE.format(value=22))
@@ -136,7 +143,7 @@ def test_bytecode_is_usable_where_it_is_or_can_be_written(
 
 def test_the_daemon_runs_at_OO_and_reaches_link_up(sshd: Sshd, tmp_path: Path) -> None:
     """The real `blitzdns run` script against sshd: its modules loaded as at -OO in the one
-    process, their .opt-2.pyc kept beside the bytecode; the CLI's help still has its
+    process, their .opt-2lines.pyc kept beside the bytecode; the CLI's help still has its
     docstrings."""
     known = tmp_path / "known_hosts"
     known.write_text(sshd.known_hosts_line())
@@ -178,12 +185,12 @@ def test_the_daemon_runs_at_OO_and_reaches_link_up(sshd: Sshd, tmp_path: Path) -
             str(tmp_path / "c"),
         ]  # fmt: skip  (one interpreter: no start again at -OO)
         assert Path(f"/proc/{daemon.pid}/comm").read_text() == "blitzdns\n"
-        # Nor ssl, nor libssl (tunnel.nossl).
+        # Nor ssl, nor libssl (tunnel.nossl), nor libcrypto (blitzdns.nohashlib).
         maps = Path(f"/proc/{daemon.pid}/maps").read_text()
-        assert "libssl" not in maps and "/_ssl." not in maps
-        assert "libcrypto" in maps  # the control: hashlib's, which stays
-        assert list(prefix.rglob("asyncssh/connection.*.opt-2.pyc"))
-        assert list(prefix.rglob("tunnel/tunnel.*.opt-2.pyc"))
+        assert "libssl" not in maps and "/_ssl." not in maps and "libcrypto" not in maps
+        assert "_rust.abi3.so" in maps  # the control: cryptography's own OpenSSL
+        assert list(prefix.rglob("asyncssh/connection.*.opt-2lines.pyc"))
+        assert list(prefix.rglob("tunnel/tunnel.*.opt-2lines.pyc"))
         assert not list(prefix.rglob(f"asyncssh/connection.{sys.implementation.cache_tag}.pyc"))
     finally:
         daemon.send_signal(signal.SIGTERM)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import tunnel.sshlib  # noqa: F401 (asyncssh is first imported there, cheaply)
-from tunnel.backends import poly1305
+from tunnel.backends import cryptohmac, poly1305
 
 __all__ = ["FEED_WHOLE_MAX", "GCM_TAG_LEN", "READ_BATCH", "install", "send_sealed", "write_parts"]
 
@@ -1124,7 +1124,9 @@ class _BufferedReads(asyncio.BufferedProtocol):
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.received = conn.data_received
-        self.view = memoryview(bytearray(READ_BUFFER))
+        # Anonymous memory, resident only where reads have written (an idle link's few
+        # pages); a bytearray is zeroed, all 256 KiB resident from the start.
+        self.view = memoryview(mmap.mmap(-1, READ_BUFFER, flags=mmap.MAP_PRIVATE))
         self.free = self.view  # where the next read goes
         self.kept = 0  # bytes of a cut packet at the buffer's start (once moved)
         self.moved = -1  # where that cut packet starts before it is moved there
@@ -1425,3 +1427,4 @@ def install() -> None:
     _gcm_opened_in_place_only_where_served()
     _data_packets_sealed_in_place()
     _read_into_one_buffer()
+    cryptohmac.install()
