@@ -728,9 +728,12 @@ PATH_NOTE = (
     "at random per forwarder (the asyncio tunnel's 0.75x in 3e03561); bench/notes/path.md"
 )
 PATH_NOTES = {
-    "tunnel": "ours +0.4-0.5 ms of our own work over three steps (client's line -> "
-    "CHANNEL_OPEN, confirmation -> data, echo -> client; packet capture), the per-connection "
-    "CPU of the loopback rows (bench/notes/roundtrip.md); " + PATH_NOTE,
+    "tunnel": "ours +0.3-0.45 ms over our three steps (accept -> CHANNEL_OPEN, confirmation "
+    "-> data, echo -> client; every other hop equal to ssh -L's: nothing waits at the TCP "
+    "level; bench/path_steps.py): Python run between the wake-up and the step's write, "
+    "which already comes first in each step, ~2x as long as on loopback because each step "
+    "runs after 10 ms asleep (ftrace: 160-220 us after the poll vs ssh -L's 45-75); "
+    "the per-connection CPU of the loopback rows (bench/notes/roundtrip.md); " + PATH_NOTE,
 }
 
 

@@ -496,14 +496,11 @@ class _ClientSide:
         self.held_by_channel = False
 
     def start(self) -> None:
-        """Send the CHANNEL_OPEN, then start reading the client."""
-        sock = self.sock
-        try:
-            sock.setblocking(False)
-            self.fd = sock.fileno()
-        except OSError as exc:
-            self.cut(f"client socket unusable: {describe(exc)}")
-            return
+        """Send the CHANNEL_OPEN, then start reading the client. The OPEN goes first: it
+        is the first step of the connection's round trip over the path, and nothing reads
+        the client's socket before the loop turns (its blocking mode and descriptor are
+        set after; a socket unusable by then cuts the flow, its channel closed as soon as
+        the gateway confirms it: :meth:`DirectTCPChannel.abort`)."""
         forward = self.flow.forward
         try:
             channel = _Channel(self)
@@ -512,6 +509,13 @@ class _ClientSide:
             return
         self.channel = channel
         channel.open(forward.target_host, forward.target_port, self.flow.host, self.flow.port)
+        sock = self.sock
+        try:
+            sock.setblocking(False)
+            self.fd = sock.fileno()
+        except OSError as exc:
+            self.cut(f"client socket unusable: {describe(exc)}")
+            return
         if not self.closed and self.pending_len <= PENDING_MAX:
             self.resume_reading()
 

@@ -729,7 +729,7 @@ def _data_packets_sealed_in_place() -> None:
     if not _has(SSHChannel, channel_internals.split(), ["_flush_send_buf", "write"]):
         return
     monotonic = time.monotonic
-    padding = _Padding().take
+    padding = PADDING.take
 
     def gcm_seal(conn: Any, header: bytes, packet: bytes) -> tuple[Any, ...]:
         cipher = conn._send_encryption._cipher
@@ -845,7 +845,7 @@ def _data_packets_sealed_in_place() -> None:
         padlen = -(conn._send_enchdrlen + length) % conn._send_blocksize
         if padlen < 4:
             padlen += conn._send_blocksize
-        packet = b"".join((bytes((padlen, pkttype)), *args, os.urandom(padlen)))
+        packet = b"".join((bytes((padlen, pkttype)), *args, padding(padlen)))
         pktlen = len(packet)
         write_parts(conn._transport, seal(conn, pktlen.to_bytes(4, "big"), packet))
         conn._send_seq = (conn._send_seq + 1) & 0xFFFFFFFF
@@ -937,7 +937,7 @@ SEALED_INTO = "blitzdns_sealed_into"
 
 
 class _Padding:
-    """Random padding for the data packets sealed in place, cut from one ``os.urandom``
+    """Random padding for the packets sealed in place, cut from one ``os.urandom``
     call per :data:`PADDING_POOL` bytes (a 32 KiB packet takes 4 to 19): asyncssh, and
     this path before, made a ``getrandom`` system call per packet (0.4 us; about 1 % of
     the upload's CPU). Each byte is handed out once; the padding stays random, as RFC
@@ -967,6 +967,12 @@ class _Padding:
 
 PADDING_POOL = 4096
 """Bytes of padding one ``os.urandom`` call gives (about 350 data packets' worth)."""
+PADDING = _Padding()
+"""The padding of every packet the tunnel seals: data packets, and a connection's
+CHANNEL_OPEN, EOF, CLOSE and window adjusts (:func:`send_sealed`). Those drew their own
+``os.urandom`` each, a ``getrandom`` system call between a client's accept and its
+CHANNEL_OPEN leaving, the first step of the connection's round trip over the path
+(bench/notes/path.md)."""
 
 
 MSG_CHANNEL_OPEN_CONFIRMATION = 91
