@@ -17,10 +17,14 @@ in batches of 50 sequential round trips (connect, send a line, read it back, clo
   connection's path; measured, it is not slower than ``floor`` (session 8: 1.33x vs
   1.41x, 1.41x vs 1.45x, loaded machine): topping up at the hang-ups lands the master's
   accepts in the next connection's exchange instead (bench/notes/mux.md);
+* ``floor-c``: ``floor`` with no Python at all (bench/mux_floor.c, compiled with ``cc`` at
+  the start; left out where there is none): the cost of the hand-off itself, whatever the
+  front is written in (session 9: 1.22x where the backend was 1.36x, bench/notes/mux.md);
 * ``tunnel-mux``: this package with ``backend="openssh"`` (uvloop).
 
-Prints p50 and the ratio to ``ssh -L``. Needs root (its own sshd, as tunnel_bench.py).
-Usage: ``python bench/mux_floor.py [--round-trips 2000]``.
+``floor-naive`` runs only with ``--naive``. Prints p50 and the ratio to ``ssh -L``. Needs
+root (its own sshd, as tunnel_bench.py).
+Usage: ``python bench/mux_floor.py [--round-trips 2000] [--naive]``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import select
+import shutil
 import signal
 import socket
 import statistics
@@ -41,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 import tunnel_bench as tb  # noqa: E402
-from benchlock import bench_lock  # noqa: E402
+from roundtrip_ab import bench_lock  # noqa: E402
 from tunnel.backends.openssh.fdpass import send_request_and_fd  # noqa: E402
 from tunnel.backends.openssh.mux import HELLO, stdio_fwd_packet  # noqa: E402
 
@@ -109,14 +114,43 @@ def start_master(lab: tb.Lab, control: str) -> subprocess.Popen[bytes]:
     return master
 
 
+def compile_floor_c(tmp: str) -> str | None:
+    """bench/mux_floor.c built into ``tmp``; ``None`` without a C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    binary = os.path.join(tmp, "mux_floor_c")
+    subprocess.run([cc, "-O2", "-o", binary, str(HERE / "mux_floor.c")], check=True)
+    return binary
+
+
+def start_floor_c(
+    binary: str, lab: tb.Lab, control: str
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], int]:
+    """The C front with a master of its own: (master, front, port)."""
+    master = start_master(lab, control)
+    listener = socket.socket()
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited, as ours
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    fd = listener.fileno()
+    argv = [binary, str(fd), control, str(lab.echo_port)]
+    front = subprocess.Popen(argv, pass_fds=[fd])
+    port = listener.getsockname()[1]
+    listener.close()
+    return master, front, port
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--round-trips", type=int, default=2000)
+    parser.add_argument("--naive", action="store_true", help="run floor-naive too")
     args = parser.parse_args()
     batches = max(1, min(args.round_trips, 10000) // tb.RT_BATCH)
-    with bench_lock(1800), tb.lab() as lab, tempfile.TemporaryDirectory() as tmp:
+    with tb.lab() as lab, tempfile.TemporaryDirectory() as tmp:
         masters = {}
         procs = []
+        c_fronts: list[subprocess.Popen[bytes]] = []
         fronts: list[int] = []
         try:
             ports = {}
@@ -124,7 +158,8 @@ def main() -> None:
                 mouths = (tb.free_port(), tb.free_port())
                 procs.append(tb.start_forwarder(kind, lab, tb.CIPHERS[0], mouths))
                 ports["ssh -L" if kind == "openssh" else "tunnel-mux"] = mouths[1]
-            for name, naive in (("floor", False), ("floor-naive", True)):
+            floors = [("floor", False)] + ([("floor-naive", True)] if args.naive else [])
+            for name, naive in floors:
                 control = os.path.join(tmp, f"ctl-{name}")
                 masters[name] = start_master(lab, control)
                 listener = socket.socket()
@@ -139,15 +174,21 @@ def main() -> None:
                         os._exit(0)
                 fronts.append(front)
                 listener.close()
+            binary = compile_floor_c(tmp)
+            if binary is not None:
+                control = os.path.join(tmp, "ctl-floor-c")
+                masters["floor-c"], c_front, ports["floor-c"] = start_floor_c(binary, lab, control)
+                c_fronts.append(c_front)
             for port in ports.values():
                 tb.round_trips(port, tb.RT_BATCH, 20)
             times: dict[str, list[float]] = {name: [] for name in ports}
             names = list(ports)
-            load = os.getloadavg()[0]
-            for batch in range(batches):
-                shift = batch % len(names)
-                for name in names[shift:] + names[:shift]:
-                    times[name] += tb.round_trips(ports[name], tb.RT_BATCH, 60)
+            with bench_lock():  # the measuring only, waited for in the kernel
+                load = os.getloadavg()[0]
+                for batch in range(batches):
+                    shift = batch % len(names)
+                    for name in names[shift:] + names[:shift]:
+                        times[name] += tb.round_trips(ports[name], tb.RT_BATCH, 60)
             peer = statistics.median(times["ssh -L"])
             print(f"{len(times['ssh -L'])} round trips each, load {load:.2f} → ", end="")
             print(f"{os.getloadavg()[0]:.2f}")
@@ -155,6 +196,9 @@ def main() -> None:
                 p50 = statistics.median(times[name])
                 print(f"  {name:<11} p50 {p50:.3f} ms  {p50 / peer:.3f}x")
         finally:
+            for c_front in c_fronts:
+                c_front.kill()
+                c_front.wait()
             for front in fronts:
                 os.kill(front, signal.SIGKILL)
                 os.waitpid(front, 0)

@@ -692,11 +692,13 @@ NOTES = {  # where the time goes: bench/notes/aesbulk.md, bench/notes/roundtrip.
     "and ends in the CLOSE's callback (-6 % / -9 % instructions this session); four SSH "
     "writes per connection, each answering a different event (nothing to coalesce); "
     "bench/notes/roundtrip.md",
-    ("tunnel-mux", "p50"): "our process ~190-220 us CPU per connection (accept, hand-off, "
-    "watch, end; 106k instructions, the rest kernel) and the master ~60 us more than ssh -L "
-    "(per flow a mux connection, a request read in two reads, two descriptors received, "
-    "twice ssh -L's system calls); a minimal Python front (bench/mux_floor.py) gives "
-    "1.33-1.45x on a loaded machine, this backend 2-10 % above it; bench/notes/mux.md",
+    ("tunnel-mux", "p50"): "the hand-off to the ssh -M master alone costs ~95-145 us of "
+    "round trip: a front in C (bench/mux_floor.py floor-c: accept, one sendmmsg, close) "
+    "gives 1.15-1.22x, about the whole 1.2x budget; ours adds ~90-200 us above it (a "
+    "minimal Python loop 65-110 of them; our process 144-178 us CPU per connection, half "
+    "kernel: the client socket's last close, the wake-ups), the master costs about what "
+    "ssh -L does; the hop is ~140-200 us whatever the cipher, the ratio moving with ssh "
+    "-L's own p50 (0.41-0.85 ms over the stored runs); bench/notes/mux.md",
 }
 
 
