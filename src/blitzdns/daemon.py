@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import gc
 import getpass
+import importlib
 import logging
 import os
 import signal
@@ -65,6 +66,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("blitzdns")
 
 STOP_GRACE_S = 1.5
+
+STUB_MODULES = (
+    "blitzdns.dns.rfc",
+    "blitzdns.dns.batchio",
+    "blitzdns.dns.table",
+    "blitzdns.dns.steer",
+    "blitzdns.dns.decide",
+    "blitzdns.dns.fastpath",
+    "blitzdns.dns.cache",
+    "blitzdns.dns.guard",
+    "blitzdns.dns.engine",
+    "blitzdns.dns.upstream",
+    "blitzdns.dns.loops",
+    "blitzdns.dns.quiet",
+    "blitzdns.dns.server",
+    "blitzdns.control",
+)
+"""What a link-first start loads one by one in the link's waits (:meth:`Daemon.start`):
+the resolver's modules, in about the order they load, and the control socket's
+(tests/daemon/test_link_first.py checks that they are what those two load)."""
 LOCATION_EVENTS_POLL_S = 30.0
 """With network events, ``--location auto`` still re-reads the facts this often."""
 
@@ -394,6 +415,7 @@ class Daemon:
         self._started = True
         #: Whether the link's first attempt has ended (up, down or failed).
         self._first_attempt_over = False
+        self._attempt_over = asyncio.Event()
         self.secrets: TerminalSecrets | None = None
         #: The error the last "link down" log line named (a repeat is only counted).
         self._down_error: str | None = None
@@ -474,9 +496,7 @@ class Daemon:
                 connect_early(config)
         if link_first:
             await self._start_tunnel(config)
-            # One turn of the loop: the link's task loads its code and sends its first
-            # packets; it goes on whenever sshd answers and this start yields.
-            await asyncio.sleep(0)
+            await self._load_stub_beside_the_link()
             await self._bind_resolver(config)
         from blitzdns.control import ControlServer, default_socket_path  # noqa: PLC0415
 
@@ -514,6 +534,25 @@ class Daemon:
         if link_first:
             self._started = True
             self._after_start()
+
+    async def _load_stub_beside_the_link(self) -> None:
+        """Load the stub's modules (:data:`STUB_MODULES`) in the link's waits for the
+        gateway: once the link's connect has begun (its code loaded, its options read, the
+        early connection asked for; or its first attempt over), one module per turn of the
+        loop, so that each answer from sshd is handled after at most one module's import
+        (~1 ms) rather than after all of them."""
+        early_connection = early.pending()
+        if early_connection is not None:
+            asked = asyncio.ensure_future(early_connection.asked.wait())
+            over = asyncio.ensure_future(self._attempt_over.wait())
+            try:
+                await asyncio.wait((asked, over), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                asked.cancel()
+                over.cancel()
+        for name in STUB_MODULES:
+            await asyncio.sleep(0)
+            importlib.import_module(name)
 
     async def _bind_resolver(self, config: Config) -> None:
         from blitzdns.dns.server import Resolver  # noqa: PLC0415  (see start: link first)
@@ -588,6 +627,7 @@ class Daemon:
             log.log(*line)
         if state.status in (LinkStatus.UP, LinkStatus.DOWN, LinkStatus.FAILED):
             self._first_attempt_over = True
+            self._attempt_over.set()
             if self._started:
                 end_of_start()  # the first attempt has ended: its imports are done
         if state.status in (LinkStatus.UP, LinkStatus.DOWN):

@@ -46,6 +46,10 @@ class EarlyConnection:
         self.port = port
         #: Whether asyncssh took the socket (tests and the debug log look at it).
         self.used = False
+        #: Set once the link's connect has asked the loop for a connection (this one or
+        #: another) or has ended without: from then on the link's handshake runs step by
+        #: step as the gateway answers (``run`` loads the stub meanwhile).
+        self.asked = asyncio.Event()
 
     def fits(self, host: object, port: object, kwargs: dict[str, Any]) -> bool:
         """Whether a ``create_connection(factory, host, port, **kwargs)`` call asks for
@@ -146,6 +150,11 @@ def _connect(
     return sock
 
 
+def pending() -> EarlyConnection | None:
+    """The early connection not taken yet, left in place (``None``: there is none)."""
+    return _pending[0] if _pending else None
+
+
 def take() -> EarlyConnection | None:
     """The early connection, once (the first connect attempt takes it, or nobody)."""
     return _pending.pop() if _pending else None
@@ -173,6 +182,7 @@ def offered(loop: asyncio.AbstractEventLoop, early: EarlyConnection | None) -> I
         protocol_factory: Any, host: Any = None, port: Any = None, **kwargs: Any
     ) -> Any:
         nonlocal left
+        early.asked.set()
         if left is not None and left.fits(host, port, kwargs):
             mine, left = left, None
             try:
@@ -196,6 +206,7 @@ def offered(loop: asyncio.AbstractEventLoop, early: EarlyConnection | None) -> I
     try:
         yield
     finally:
+        early.asked.set()
         if before is None:
             del loop.create_connection
         else:

@@ -5,6 +5,9 @@ and come once."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -87,3 +90,21 @@ async def test_a_first_attempt_down_during_the_start_ends_it_at_its_end(
     daemon._after_start()
     assert recorded["end"] == [True]
     assert not daemon.ready_sent
+
+
+#: As `run` loads its modules before the stub's: what loading the resolver and the control
+#: socket then adds of blitzdns's own.
+LOADED = """
+import json, sys
+import blitzdns.errors, blitzdns.daemon, uvloop, tunnel.tunnel
+before = set(sys.modules)
+import blitzdns.dns.server, blitzdns.control
+print(json.dumps(sorted(m for m in set(sys.modules) - before if m.startswith("blitzdns"))))
+"""
+
+
+def test_the_stub_s_modules_are_those_loaded_in_the_link_s_waits() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", LOADED], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(out.stdout) == sorted(daemon_module.STUB_MODULES)
