@@ -112,3 +112,20 @@ def test_the_early_port_is_none_of_the_stub_s(
 def test_no_early_connection_when_every_port_is_avoided(listener: int) -> None:
     assert early.connect_early("127.0.0.1", listener, avoid=range(65536)) is None
     assert early.take() is None
+
+
+def test_a_stub_port_taken_ends_a_link_first_start_in_one_line(sshd: Sshd, tmp_path: Path) -> None:
+    """The stub binds after the link has started: its port taken ends the start as before
+    (one line naming the address, a failing status, no traceback), the link closed with it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        daemon = start_daemon(tmp_path, config_text(sshd, tmp_path, port, free_port(), ["a"]))
+        try:
+            status = daemon.process.wait(timeout=30)
+        finally:
+            daemon.stop()
+    text = daemon.log.read_text()
+    assert status != 0
+    assert f"blitzdns: 127.0.0.1:{port} (UDP) is already in use" in text
+    assert "Traceback" not in text
