@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import gc
 import getpass
+import importlib
 import logging
 import os
 import signal
@@ -36,9 +37,7 @@ from blitzdns import classcode
 from blitzdns.argv import OneLineErrors
 from blitzdns.blitzmail.atp import NotifyStep
 from blitzdns.config import Config, Endpoint, find_config_file, load_config
-from blitzdns.control import ControlServer, default_socket_path
 from blitzdns.dns.detect import detect_upstreams
-from blitzdns.dns.server import Resolver
 from blitzdns.dns.stats import ResolverStats
 from blitzdns.effective import Flags, layered
 from blitzdns.errors import BlitzdnsError, ConfigError, PermissionProblem, UsageError, explain
@@ -59,12 +58,34 @@ from tunnel import (
 )
 
 if TYPE_CHECKING:
+    from blitzdns.control import ControlServer
+    from blitzdns.dns.server import Resolver
     from blitzdns.guard_service import GuardService
     from tunnel import Tunnel, TunnelState
 
 log = logging.getLogger("blitzdns")
 
 STOP_GRACE_S = 1.5
+
+STUB_MODULES = (
+    "blitzdns.dns.rfc",
+    "blitzdns.dns.batchio",
+    "blitzdns.dns.table",
+    "blitzdns.dns.steer",
+    "blitzdns.dns.decide",
+    "blitzdns.dns.fastpath",
+    "blitzdns.dns.cache",
+    "blitzdns.dns.guard",
+    "blitzdns.dns.engine",
+    "blitzdns.dns.upstream",
+    "blitzdns.dns.loops",
+    "blitzdns.dns.quiet",
+    "blitzdns.dns.server",
+    "blitzdns.control",
+)
+"""What a link-first start loads one by one in the link's waits (:meth:`Daemon.start`):
+the resolver's modules, in about the order they load, and the control socket's
+(tests/daemon/test_link_first.py checks that they are what those two load)."""
 LOCATION_EVENTS_POLL_S = 30.0
 """With network events, ``--location auto`` still re-reads the facts this often."""
 
@@ -323,15 +344,16 @@ def connect_early(config: Config) -> None:
     """Start the TCP connect to the first gateway now, when it is an IP address and the
     link is asyncssh's: the gateway's sshd then starts its side of the connection while
     this process is still loading asyncssh (:mod:`tunnel.early`; asyncssh uses the socket
-    only where ``~/.ssh/config`` leaves that address and port as they are). A gateway that
-    does not parse is left for the tunnel to report, as always."""
+    only where ``~/.ssh/config`` leaves that address and port as they are). Its own port
+    is none of the stub's: a link-first start binds them after this. A gateway that does
+    not parse is left for the tunnel to report, as always."""
     if config.tunnel.backend != "asyncssh" or not config.tunnel.gateways:
         return
     try:
         gateway = Gateway.parse(config.tunnel.gateways[0])
     except Exception:
         return
-    early.connect_early(gateway.host, gateway.port)
+    early.connect_early(gateway.host, gateway.port, avoid={e.port for e in config.dns.listen})
 
 
 def run_daemon(config: Config, options: RunOptions) -> int:
@@ -389,6 +411,11 @@ class Daemon:
         self.reload_requested = asyncio.Event()
         self.reload_lock = asyncio.Lock()
         self.ready_sent = False
+        #: Whether start() is over (a link-first start: the link may come up before).
+        self._started = True
+        #: Whether the link's first attempt has ended (up, down or failed).
+        self._first_attempt_over = False
+        self._attempt_over = asyncio.Event()
         self.secrets: TerminalSecrets | None = None
         #: The error the last "link down" log line named (a repeat is only counted).
         self._down_error: str | None = None
@@ -447,24 +474,38 @@ class Daemon:
             raise PermissionProblem(privileges.explain_privileged(needed))
 
         self.upstreams = self._upstreams(config)
-        self.resolver = Resolver(config, self.upstreams, log=log, verbose=self.options.verbose)
-        await self.resolver.bind()
+        user = privileges.target_user(self.options.user) if self.options.drop_privileges else None
+        dropping = user is not None and os.geteuid() == 0
+        # `run` without a privilege drop starts its link before the resolver's code is even
+        # loaded: the link's handshake then waits for sshd (its key exchange, its answer to
+        # the signed key) while this start loads, binds and starts the DNS side, instead of
+        # after it (bench/notes/startup.md, session 9). READY waits for both. With a drop,
+        # everything binds and loads as root first, and the link starts after the drop.
+        link_first = self.options.connect_early and not self.options.no_tunnel and not dropping
+        self._started = not link_first
+        if not link_first:
+            await self._bind_resolver(config)
         if not self.options.no_tunnel:
             self.tunnel = self._make_tunnel(config)
             await self.tunnel.bind()
             if self.options.connect_early:
-                # After the binds: the connection's ephemeral port can no longer be one
-                # of the ports just bound. Before the link's code loads (preload or
-                # tunnel.start), so sshd's start overlaps that.
+                # After the mouths' binds, and with a port none of the stub's listeners
+                # takes: the connection's ephemeral port can no longer be one of theirs.
+                # Before the link's code loads (preload or tunnel.start), so sshd's start
+                # overlaps that.
                 connect_early(config)
-        user = privileges.target_user(self.options.user) if self.options.drop_privileges else None
+        if link_first:
+            await self._start_tunnel(config)
+            await self._load_stub_beside_the_link()
+            await self._bind_resolver(config)
+        from blitzdns.control import ControlServer, default_socket_path  # noqa: PLC0415
+
         path = self.options.control_socket or default_socket_path()
         self.control = ControlServer(
             path, self.snapshot, reload=self.reload, owner_uid=user.pw_uid if user else None
         )
         await self.control.start()
         # [guard]: installed now, as root; refreshed later through the warden (issue 14).
-        dropping = user is not None and os.geteuid() == 0
         if config.guard.enabled or resolver_installed(self.options.root):
             # The guard's machinery (rules, nft, the warden) loads only where it has work.
             from blitzdns.guard_service import start_guard  # noqa: PLC0415
@@ -479,21 +520,70 @@ class Daemon:
             privileges.drop_privileges(user)
             log.info("running as %s (kept CAP_NET_BIND_SERVICE only)", user.pw_name)
 
+        assert self.resolver is not None
         await self.resolver.start()  # logs what it listens on, its upstreams, its names
-        if self.tunnel is not None:
-            self.tunnel.on_state_change(self._on_link_change)
-            await self.tunnel.start()
-            log.info(
-                "%d forwards listening; connecting to %s",
-                len(config.forwards()),
-                ", ".join(config.tunnel.gateways),
-            )
-        else:
+        if self.tunnel is not None and not link_first:
+            self._started = True
+            await self._start_tunnel(config)
+        elif self.tunnel is None:
             self.ready_sent = True
             sdnotify.notify(ready=True, status="resolver only (--no-tunnel)")
             end_of_start()
         if self.guard is not None:
             self.guard.start()
+        if link_first:
+            self._started = True
+            self._after_start()
+
+    async def _load_stub_beside_the_link(self) -> None:
+        """Load the stub's modules (:data:`STUB_MODULES`) in the link's waits for the
+        gateway: once the link's connect has begun (its code loaded, its options read, the
+        early connection asked for; or its first attempt over), one module per turn of the
+        loop, so that each answer from sshd is handled after at most one module's import
+        (~1 ms) rather than after all of them."""
+        early_connection = early.pending()
+        if early_connection is not None:
+            asked = asyncio.ensure_future(early_connection.asked.wait())
+            over = asyncio.ensure_future(self._attempt_over.wait())
+            try:
+                await asyncio.wait((asked, over), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                asked.cancel()
+                over.cancel()
+        for name in STUB_MODULES:
+            await asyncio.sleep(0)
+            importlib.import_module(name)
+
+    async def _bind_resolver(self, config: Config) -> None:
+        from blitzdns.dns.server import Resolver  # noqa: PLC0415  (see start: link first)
+
+        self.resolver = Resolver(config, self.upstreams, log=log, verbose=self.options.verbose)
+        await self.resolver.bind()
+
+    async def _start_tunnel(self, config: Config) -> None:
+        assert self.tunnel is not None
+        self.tunnel.on_state_change(self._on_link_change)
+        await self.tunnel.start()
+        log.info(
+            "%d forwards listening; connecting to %s",
+            len(config.forwards()),
+            ", ".join(config.tunnel.gateways),
+        )
+
+    def _after_start(self) -> None:
+        """A link-first start is over: what the link's callback left for then (the end of
+        the start's imports, READY once the link is up and the stub serves)."""
+        if self._first_attempt_over:
+            end_of_start()
+        state = self.tunnel.state if self.tunnel is not None else None
+        if (
+            state is not None
+            and state.status == LinkStatus.UP
+            and not self.ready_sent
+            and not self.stopping.is_set()
+        ):
+            self.ready_sent = True
+            sdnotify.notify(ready=True, status=f"link up via {state.gateway}")
 
     def _upstreams(self, config: Config) -> tuple[Endpoint, ...]:
         if config.dns.upstreams:
@@ -536,11 +626,16 @@ class Daemon:
         if line is not None:
             log.log(*line)
         if state.status in (LinkStatus.UP, LinkStatus.DOWN, LinkStatus.FAILED):
-            end_of_start()  # the first attempt has ended: its imports are done
+            self._first_attempt_over = True
+            self._attempt_over.set()
+            if self._started:
+                end_of_start()  # the first attempt has ended: its imports are done
         if state.status in (LinkStatus.UP, LinkStatus.DOWN):
             self._down_error = state.last_error if state.status == LinkStatus.DOWN else None
         if state.status == LinkStatus.UP:
-            if not self.ready_sent and not self.stopping.is_set():
+            if not self._started:
+                pass  # a link-first start says READY once the stub serves (_after_start)
+            elif not self.ready_sent and not self.stopping.is_set():
                 self.ready_sent = True
                 sdnotify.notify(ready=True, status=f"link up via {state.gateway}")
             else:

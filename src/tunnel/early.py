@@ -26,7 +26,7 @@ import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 log = logging.getLogger("tunnel.link")
@@ -46,6 +46,10 @@ class EarlyConnection:
         self.port = port
         #: Whether asyncssh took the socket (tests and the debug log look at it).
         self.used = False
+        #: Set once the link's connect has asked the loop for a connection (this one or
+        #: another) or has ended without: from then on the link's handshake runs step by
+        #: step as the gateway answers (``run`` loads the stub meanwhile).
+        self.asked = asyncio.Event()
 
     def fits(self, host: object, port: object, kwargs: dict[str, Any]) -> bool:
         """Whether a ``create_connection(factory, host, port, **kwargs)`` call asks for
@@ -96,16 +100,37 @@ class EarlyConnection:
 _pending: list[EarlyConnection] = []
 
 
-def connect_early(host: str, port: int | None) -> EarlyConnection | None:
+def connect_early(
+    host: str, port: int | None, avoid: Collection[int] = ()
+) -> EarlyConnection | None:
     """Start connecting to ``host``:``port`` (an IP literal; ``None`` port: 22) and keep the
     socket for the first :func:`take`; ``None`` when this does not apply (a name) or the
-    connect could not even start."""
+    connect could not even start. The connection's own (ephemeral) port is none of
+    ``avoid``: ports this process is still to bind (a few tries, then no early connect)."""
     discard()
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return None
     port = SSH_PORT if port is None else port
+    for _ in range(AVOID_TRIES):
+        sock = _connect(host, ip, port)
+        if sock is None:
+            return None
+        if sock.getsockname()[1] not in avoid:
+            _pending.append(EarlyConnection(sock, ip, port))
+            return _pending[0]
+        sock.close()
+    return None
+
+
+AVOID_TRIES = 3
+"""Connects tried for a port outside ``avoid`` (each port is one of ~28,000)."""
+
+
+def _connect(
+    host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int
+) -> socket.socket | None:
     try:
         sock = socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET)
     except OSError:
@@ -122,8 +147,12 @@ def connect_early(host: str, port: int | None) -> EarlyConnection | None:
     if status not in (0, errno.EINPROGRESS):
         sock.close()
         return None
-    _pending.append(EarlyConnection(sock, ip, port))
-    return _pending[0]
+    return sock
+
+
+def pending() -> EarlyConnection | None:
+    """The early connection not taken yet, left in place (``None``: there is none)."""
+    return _pending[0] if _pending else None
 
 
 def take() -> EarlyConnection | None:
@@ -153,6 +182,7 @@ def offered(loop: asyncio.AbstractEventLoop, early: EarlyConnection | None) -> I
         protocol_factory: Any, host: Any = None, port: Any = None, **kwargs: Any
     ) -> Any:
         nonlocal left
+        early.asked.set()
         if left is not None and left.fits(host, port, kwargs):
             mine, left = left, None
             try:
@@ -176,6 +206,7 @@ def offered(loop: asyncio.AbstractEventLoop, early: EarlyConnection | None) -> I
     try:
         yield
     finally:
+        early.asked.set()
         if before is None:
             del loop.create_connection
         else:

@@ -68,3 +68,64 @@ def test_run_uses_the_early_connection(sshd: Sshd, tmp_path: Path) -> None:
         assert sshd.connections_logged() - before == 1
     finally:
         daemon.stop()
+
+
+def test_run_starts_its_link_before_the_stub(sshd: Sshd, tmp_path: Path) -> None:
+    """`run` without a privilege drop starts the link first (its handshake waits for sshd
+    while the stub's code loads and binds): the link's line comes before the stub's, and
+    the daemon says both ready as always."""
+    config = config_text(sshd, tmp_path, free_port(), free_port(), ["a"])
+    daemon = start_daemon(tmp_path, config)
+    try:
+        daemon.wait_status(link_up)
+        text = daemon.wait_log("DNS stub listening")
+        assert text.index("forwards listening; connecting") < text.index("DNS stub listening")
+    finally:
+        daemon.stop()
+
+
+def test_the_early_port_is_none_of_the_stub_s(
+    listener: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The early connection's own port is none of those the start still binds: a connect
+    that got one is closed and made again."""
+    avoid: set[int] = set()
+    ports: list[int] = []
+    real = early._connect
+
+    def spy(*args: object) -> socket.socket | None:
+        sock = real(*args)  # type: ignore[arg-type]
+        assert sock is not None
+        if not ports:
+            avoid.add(sock.getsockname()[1])  # as if the stub were to bind this one
+        ports.append(sock.getsockname()[1])
+        return sock
+
+    monkeypatch.setattr(early, "_connect", spy)
+    started = early.connect_early("127.0.0.1", listener, avoid=avoid)
+    assert started is not None
+    assert len(ports) == 2
+    assert started.sock.getsockname()[1] == ports[1] != ports[0]
+    started.close()
+
+
+def test_no_early_connection_when_every_port_is_avoided(listener: int) -> None:
+    assert early.connect_early("127.0.0.1", listener, avoid=range(65536)) is None
+    assert early.take() is None
+
+
+def test_a_stub_port_taken_ends_a_link_first_start_in_one_line(sshd: Sshd, tmp_path: Path) -> None:
+    """The stub binds after the link has started: its port taken ends the start as before
+    (one line naming the address, a failing status, no traceback), the link closed with it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        daemon = start_daemon(tmp_path, config_text(sshd, tmp_path, port, free_port(), ["a"]))
+        try:
+            status = daemon.process.wait(timeout=30)
+        finally:
+            daemon.stop()
+    text = daemon.log.read_text()
+    assert status != 0
+    assert f"blitzdns: 127.0.0.1:{port} (UDP) is already in use" in text
+    assert "Traceback" not in text

@@ -28,10 +28,11 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from tunnel.backends import asyncssh_patches, poly1305, quickauth, watch
+from tunnel.backends import asyncssh_patches, poly1305, watch
 from tunnel.backends.chaff import drop_needless_chaff
 from tunnel.backends.direct import DirectTCPChannel
 from tunnel.backends.lean import lazy_keepalive, skip_unlogged_packets
+from tunnel.backends.quickauth import install as install_quickauth
 from tunnel.early import offered, take
 from tunnel.errors import (
     AuthFailed,
@@ -262,7 +263,7 @@ class SSHLink:
 
 
 asyncssh_patches.install()
-quickauth.install()  # public-key auth in one round trip (tunnel/backends/quickauth.py)
+install_quickauth()  # public-key auth in one round trip (tunnel/backends/quickauth.py)
 skip_unlogged_packets()
 
 
