@@ -684,13 +684,13 @@ NOTES = {  # where the time goes: bench/notes/aesbulk.md, bench/notes/roundtrip.
     "Poly1305 from cryptography",
     ("tunnel", "cpu_per_gb"): "kernel (loopback TCP in read/write) about half, the rest "
     "asyncssh's per-packet Python and copies; bench/results/profiles/",
-    ("tunnel", "p50"): "about 360-440 us of CPU per connection against ssh -L's 160-200 "
-    "(loaded machine); callgrind 449k instructions per connection (uvloop, aes; 571k on "
-    "asyncio, 565k chacha), a third of it CPython's eval loop: ~990 Python lines spread "
-    "over the in-place packet path (4 packets each way), the client side and flow, and "
-    "asyncssh's channel close/EOF code; the channel is set up without asyncssh's logger "
-    "and ends in the CLOSE's callback (-6 % / -9 % instructions this session); four SSH "
-    "writes per connection, each answering a different event (nothing to coalesce); "
+    ("tunnel", "p50"): "about 380-440 us of CPU per connection against ssh -L's 180-200 "
+    "(loaded machine); callgrind 445k instructions per connection (uvloop, aes; 551k on "
+    "asyncio, 539k / 656k chacha), a third of it CPython's eval loop: ~980 Python lines "
+    "spread over the in-place packet path (4 packets each way), the client side and flow; "
+    "the channel's end now in fewer calls and asyncio's reader registration without its "
+    "transport check (-3.5 % uvloop, -5 to -10 % asyncio instructions this session); four "
+    "SSH writes per connection, each answering a different event (nothing to coalesce); "
     "bench/notes/roundtrip.md",
     ("tunnel-mux", "p50"): "the hand-off to the ssh -M master alone costs ~95-145 us of "
     "round trip: a front in C (bench/mux_floor.py floor-c: accept, one sendmmsg, close) "
