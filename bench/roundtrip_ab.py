@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
 import re
 import shutil
@@ -37,21 +36,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import benchlock  # noqa: E402
 import tunnel_bench  # noqa: E402
-from benchlock import LOCK_PATH  # noqa: E402
 from tunnel_bench import Lab, free_port, lab, round_trips, stop  # noqa: E402
 
 
 @contextlib.contextmanager
 def bench_lock() -> Iterator[None]:
-    """The machine-wide bench lock (benchlock.py's file), waited for in the kernel as
-    ``flock(1)`` waits: a waiter polling every half second loses it to those."""
-    with LOCK_PATH.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """The machine-wide bench lock (benchlock.py), waited for in line without a bound."""
+    with benchlock.bench_lock(24 * 3600.0):
+        yield
 
 
 TOTALS = re.compile(rb"^(?:summary|totals): (\d+)", re.MULTILINE)

@@ -6,8 +6,12 @@ path as before."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import asyncssh
 import pytest
@@ -102,3 +106,70 @@ def test_only_keys_signing_here_are_sent_signed(tmp_path: Path) -> None:
     security_key = asyncssh.load_keypairs([key])[0]
     security_key.algorithm = b"sk-ssh-ed25519@openssh.com"
     assert not quickauth.signs_here(security_key)
+
+
+async def test_a_preferred_order_with_another_method_first_is_kept(
+    sshd: Sshd, options: TunnelOptions, tmp_path: Path
+) -> None:
+    """The user's ``PreferredAuthentications`` puts keyboard-interactive before publickey:
+    the login starts as asyncssh's does (the ``none`` probe, then the methods in the
+    user's order), not with a signed public key."""
+    config = tmp_path / "ssh_config"
+    config.write_text("PreferredAuthentications keyboard-interactive,publickey\n")
+    await connect(sshd, dataclasses.replace(options, ssh_config=config))
+    assert requests(sshd)[:1] == ["none"]
+    assert "Accepted publickey" in sshd.log.read_text(errors="replace")
+
+
+def preferring(*methods: bytes, **switches: object) -> SimpleNamespace:
+    """A connection's auth state as asyncssh keeps it: its preferred order, every switch
+    off unless given."""
+    state: dict[str, object] = {
+        "_gss_kex_auth": False,
+        "_gss_mic_auth": False,
+        "_host_based_auth": True,  # asyncssh's default, with no host keys
+        "_client_host_keys": [],
+        "_kbdint_auth": True,
+        "_password_auth": True,
+    }
+    state.update(switches)
+    return SimpleNamespace(_preferred_auth=list(methods), **state)
+
+
+def test_publickey_goes_first_only_as_the_first_method_the_client_can_try() -> None:
+    default = (b"gssapi-keyex", b"gssapi-with-mic", b"hostbased", b"publickey", b"password")
+    assert quickauth.publickey_first(preferring(*default))
+    assert not quickauth.publickey_first(preferring(*default, _gss_mic_auth=True))
+    assert not quickauth.publickey_first(preferring(*default, _gss_kex_auth=True))
+    assert not quickauth.publickey_first(preferring(*default, _client_host_keys=["key"]))
+    assert not quickauth.publickey_first(preferring(b"password", b"publickey"))
+    assert quickauth.publickey_first(preferring(b"password", b"publickey", _password_auth=False))
+    assert not quickauth.publickey_first(preferring(b"something-new", b"publickey"))
+    assert not quickauth.publickey_first(preferring(b"password"))
+    assert not quickauth.publickey_first(preferring())
+
+
+def test_an_asyncssh_without_next_method_is_left_alone() -> None:
+    """asyncssh before 2.18 (pyproject allows 2.14 on) has ``try_next_auth(self)``, without
+    the ``next_method`` the patch passes on: the patch stays out (a fresh interpreter, as
+    the link's module installs it at import)."""
+    script = textwrap.dedent(
+        """
+        from asyncssh.connection import SSHClientConnection
+        from tunnel.backends import quickauth
+
+        def try_next_auth(self):
+            pass
+
+        SSHClientConnection.try_next_auth = try_next_auth
+        assert quickauth.install() is False
+        assert SSHClientConnection.try_next_auth is try_next_auth
+        assert not quickauth.installed()
+        print("left alone")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "left alone"

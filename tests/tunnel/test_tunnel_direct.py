@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from asyncssh.constants import MSG_CHANNEL_CLOSE
 
 from tests.peers import free_port, wait_until
 from tunnel import Forward, Tunnel, TunnelOptions
@@ -630,6 +631,24 @@ def test_the_lean_channel_end_fits_the_installed_asyncssh() -> None:
     assert direct.LEAN_END
 
 
+@pytest.mark.parametrize("method", ["_flush_send_buf", "_pause_resume_writing", "write_eof"])
+def test_another_send_side_turns_the_lean_end_off(
+    method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lean ``write_eof`` stands for asyncssh's ``_flush_send_buf`` and
+    ``_pause_resume_writing`` with an empty send buffer: an asyncssh whose send side reads
+    otherwise gets its own end (the check covers those two as well as the end's own)."""
+    from asyncssh.channel import SSHChannel
+
+    assert direct._lean_end_fits()
+
+    def other(self: Any) -> None:
+        self._send_state = "somewhere else"
+
+    monkeypatch.setattr(SSHChannel, method, other)
+    assert not direct._lean_end_fits()
+
+
 @pytest.mark.parametrize("lean", [True, False])
 async def test_a_close_after_an_eof_held_back_tells_the_session_first(
     options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch, lean: bool
@@ -663,10 +682,18 @@ async def test_a_close_after_an_eof_held_back_tells_the_session_first(
         chan._recv_state = "eof_pending"  # as after the gateway's EOF, while paused
         chan._recv_paused = True
         chan._recv_buf.append((b"held", None))
+        # As for a channel the gateway confirmed: our CLOSE goes out in answer to its
+        # CLOSE (recorded here, not sent: the gateway knows no such channel).
+        chan._send_state = "open"
+        chan._send_chan = 4242
+        sent: list[int] = []
+        chan.send_packet = lambda pkttype, *args: sent.append(pkttype)  # type: ignore[method-assign]
         chan.close_arrived()
         assert heard == ["eof_held"]
+        assert sent == [MSG_CHANNEL_CLOSE]
         assert chan._recv_state == "close_pending"
         assert chan._send_state == "closed"
+        assert chan._send_chan is None
         chan.resume_reading()  # asyncssh's: the held data, then the end
         await wait_until(lambda: len(heard) == 3)
         assert heard == ["eof_held", b"held", ("lost", None)]

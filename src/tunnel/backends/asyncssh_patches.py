@@ -903,6 +903,8 @@ def _data_packets_sealed_in_place() -> None:
         write_original(self, data, datatype)
 
     flush_send_buf.seals_in_place = True  # type: ignore[attr-defined]
+    # asyncssh's, which it ends in (direct.py checks that one for its lean end)
+    flush_send_buf.__wrapped__ = original  # type: ignore[attr-defined]
     SSHChannel._flush_send_buf = flush_send_buf  # type: ignore[method-assign]
     SSHChannel.write = write  # type: ignore[method-assign]
     global send_sealed  # noqa: PLW0603 (the entry point is this patch's, once installed)

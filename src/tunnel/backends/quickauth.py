@@ -12,10 +12,11 @@ failure came 6.7 ms after the request, ``PK_OK`` 3.9 ms after the query: ~10 ms 
 
 So, while installed (:func:`install`):
 
-- a client connection whose preferred methods include ``publickey`` tries it before
-  ``none`` (the methods asyncssh starts from are ``[none]``; they become
-  ``[publickey, none]``): with no key to offer, asyncssh goes on to ``none`` as before;
-  a refused key gets the server's list, and asyncssh goes on from it as always;
+- a client connection whose preferred order has ``publickey`` first among the methods
+  it can try (:func:`publickey_first`) tries it before ``none`` (the methods asyncssh
+  starts from are ``[none]``; they become ``[publickey, none]``): with no key to offer,
+  asyncssh goes on to ``none`` as before; a refused key gets the server's list, and
+  asyncssh goes on from it as always;
 - a key that signs here, without anyone's help (a private key loaded in this process, not
   a security key: ``sk-`` algorithms need a touch), is sent signed at once. Keys held by
   an agent or a PKCS#11 token are queried first as before, so that nothing is signed
@@ -47,6 +48,42 @@ def signs_here(keypair: Any) -> bool:
     )
 
 
+def takes_next_method(try_next_auth: Any) -> bool:
+    """Whether ``SSHClientConnection.try_next_auth`` takes the keyword ``next_method`` (the
+    patch passes it on: asyncssh 2.18 and later; before, it takes ``self`` alone)."""
+    code = getattr(try_next_auth, "__code__", None)
+    if code is None:
+        return False
+    names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+    return "next_method" in names[code.co_argcount :]
+
+
+USABLE_IF: dict[bytes, tuple[str, ...]] = {
+    b"gssapi-keyex": ("_gss_kex_auth",),
+    b"gssapi-with-mic": ("_gss_mic_auth",),
+    b"hostbased": ("_host_based_auth", "_client_host_keys"),
+    b"keyboard-interactive": ("_kbdint_auth",),
+    b"password": ("_password_auth",),
+}
+"""For each method that may come before ``publickey`` in the client's preferred order: the
+connection's attributes that must all be set for the client to try it (asyncssh's own
+switches and, for host-based, its host keys). A method not named here counts as one the
+client may try."""
+
+
+def publickey_first(conn: Any) -> bool:
+    """Whether ``publickey`` is the first method of the client's preferred order that it
+    can try: only then does it go before the ``none`` probe (a preferred order that puts
+    keyboard-interactive, GSS-API at a Kerberos site, or host-based first is kept)."""
+    for method in getattr(conn, "_preferred_auth", None) or ():
+        if method == b"publickey":
+            return True
+        needs = USABLE_IF.get(method)
+        if needs is None or all(getattr(conn, name, True) for name in needs):
+            return False
+    return False
+
+
 def install() -> bool:
     """Install both parts (once); whether they are in place."""
     from asyncssh import auth  # noqa: PLC0415 (only the patch needs it)
@@ -62,6 +99,8 @@ def install() -> bool:
         for name in ("try_next_auth", "public_key_auth_requested")
     ):
         return False
+    if not takes_next_method(SSHClientConnection.try_next_auth):
+        return False  # asyncssh before 2.18: try_next_auth(self), no next_method
     start: Any = public_key_auth._start
     if getattr(start, PATCHED, False):
         return True
@@ -96,7 +135,7 @@ def install() -> bool:
         if (
             not self.__dict__.get("_quickauth_started")
             and getattr(self, "_auth_methods", None) == [b"none"]
-            and b"publickey" in (getattr(self, "_preferred_auth", None) or ())
+            and publickey_first(self)
             and getattr(self, "_wait", None) != "auth_methods"
         ):
             self._auth_methods = [b"publickey", b"none"]
