@@ -33,6 +33,12 @@ if TYPE_CHECKING:
 FORMAT_KNOWN = (3, 11) <= sys.version_info[:2] <= (3, 13)
 """The versions whose location table is the one described above."""
 
+FORMAT = 1
+"""The version of what :func:`lines_only` writes, part of the bytecode cache's tag
+(:data:`blitzdns.optlevel.CACHE_LEVEL`): raise it with any change to the tables written,
+so that files written before (checked by their source's mtime and size only) are
+compiled again."""
+
 _NO_COLUMNS = 13
 _LONG = 14
 _NO_LOCATION = 15

@@ -30,10 +30,34 @@ import sys
 
 BLOCKED = "_hashlib"
 
+#: The built-in modules ``hashlib`` serves its algorithms from without ``_hashlib``
+#: (3.12 joined ``_sha256`` and ``_sha512`` into ``_sha2``). A CPython may be built with
+#: only some of them (``--with-builtin-hashlib-hashes``, as some distributions do, relying
+#: on OpenSSL): then ``_hashlib`` stays, else ``from hashlib import sha1`` would fail.
+BUILTINS = ("_md5", "_sha1", "_sha3", "_blake2") + (
+    ("_sha2",) if sys.version_info >= (3, 12) else ("_sha256", "_sha512")
+)
+
+
+def builtins_present() -> bool:
+    """Whether every one of :data:`BUILTINS` imports (``hashlib`` imports them all at its
+    own import anyway)."""
+    for name in BUILTINS:
+        try:
+            __import__(name)
+        except ImportError:
+            return False
+    return True
+
 
 def start() -> bool:
     """Leave OpenSSL's hashes out of this process; whether that is in force (nothing
-    changes where ``hashlib`` or ``hmac`` has already loaded them)."""
-    if BLOCKED not in sys.modules and not {"hashlib", "hmac"} & sys.modules.keys():
+    changes where ``hashlib`` or ``hmac`` has already loaded them, nor where the built-in
+    hash modules are not all there)."""
+    if (
+        BLOCKED not in sys.modules
+        and not {"hashlib", "hmac"} & sys.modules.keys()
+        and builtins_present()
+    ):
         sys.modules[BLOCKED] = None  # type: ignore[assignment]
     return BLOCKED in sys.modules and sys.modules[BLOCKED] is None

@@ -7,7 +7,7 @@ given as arguments, and nothing on its path reads ``__doc__`` (its asserts, whic
 drops too, only narrow types for mypy). A console script cannot pass ``-OO`` to its
 interpreter (pip writes its ``#!`` line), so :func:`optimize_imports` makes the import
 system do what ``-OO`` does to every module loaded from then on, in this process: a
-module's code is its ``.opt-2lines.pyc`` (what ``python -OO`` compiles, with line-only
+module's code is its ``.opt-2lines1.pyc`` (what ``python -OO`` compiles, with line-only
 location tables: :data:`CACHE_LEVEL`), or its source compiled so and kept there. Nothing
 else changes: ``sys.flags`` stays as the interpreter was started, and ``compile``/``exec``
 called at run time keep the interpreter's level (``dataclasses``' generated methods have no
@@ -24,7 +24,7 @@ Only when it cannot make things worse (:func:`blitzdns.entry.main`: started as t
 
 * ``PYTHONOPTIMIZE`` not set and the interpreter not started with ``-O`` (the user's
   choice stands, even ``0``);
-* the ``.opt-2lines.pyc`` files are there or can be written, for each place the daemon's
+* the ``.opt-2lines1.pyc`` files are there or can be written, for each place the daemon's
   modules come from (the standard library, its dependencies, this package;
   ``PYTHONPYCACHEPREFIX`` honoured): a daemon that would compile them all from source at
   every start (a read-only install run by a user, ``PYTHONDONTWRITEBYTECODE``) stays at
@@ -47,11 +47,11 @@ if TYPE_CHECKING:
 OPTIMIZE = 2
 """``-OO``: asserts and docstrings left out."""
 
-CACHE_LEVEL = "2lines"
+CACHE_LEVEL = f"2lines{linetable.FORMAT}"
 """The bytecode files' optimization tag: level 2 with line-only location tables
-(:func:`blitzdns.linetable.lines_only`: ~0.7 MB less idle heap), kept as
-``.opt-2lines.pyc`` beside, not in place of, the ``.opt-2.pyc`` that ``python -OO`` reads
-and writes."""
+(:func:`blitzdns.linetable.lines_only`: ~0.6 MB less idle heap) in their format's version,
+kept as ``.opt-2lines1.pyc`` beside, not in place of, the ``.opt-2.pyc`` that ``python
+-OO`` reads and writes."""
 
 #: One top-level module from each place the daemon's code comes from: the standard
 #: library, the dependencies (possibly split between system and user directories), this
@@ -81,7 +81,7 @@ def writable_or_present(cached: str, dont_write: bool) -> bool:
 
 
 def bytecode_cache_usable(modules: Sequence[str] = SOURCES) -> bool:
-    """Whether each of ``modules`` has its ``.opt-2lines.pyc`` or could write it (a module not
+    """Whether each of ``modules`` has its ``.opt-2lines1.pyc`` or could write it (a module not
     found, or not from a source file, does not count)."""
     # importlib.util's own cache_from_source and importlib.machinery's PathFinder, from
     # the module they are defined in: loaded with the interpreter, where importlib.util
@@ -103,7 +103,7 @@ def bytecode_cache_usable(modules: Sequence[str] = SOURCES) -> bool:
 
 def level2_loader() -> type[Any] | None:
     """A ``SourceFileLoader`` whose modules are compiled at ``optimize=2`` and cached as
-    ``.opt-2lines.pyc`` (:data:`CACHE_LEVEL`); ``None`` where the import system is not
+    ``.opt-2lines1.pyc`` (:data:`CACHE_LEVEL`); ``None`` where the import system is not
     CPython's (then nothing changes)."""
     external: Any = sys.modules.get("_frozen_importlib_external")  # loaded with the interpreter
     if external is None:  # not CPython
@@ -115,7 +115,7 @@ def level2_loader() -> type[Any] | None:
 
     class Level2Loader(external.SourceFileLoader):  # type: ignore[misc]
         """SourceLoader.get_code (CPython 3.11-3.13) for ``-OO``'s files: a timestamp
-        ``.opt-2lines.pyc`` that matches its source is loaded, anything else (absent, stale,
+        ``.opt-2lines1.pyc`` that matches its source is loaded, anything else (absent, stale,
         hash-based) is compiled again from the source and written back."""
 
         def create_module(self, spec: Any) -> None:

@@ -2,12 +2,13 @@
 
 The daemon's modules load as at ``python -OO`` (in the one process) when it was started as
 the script or ``-m blitzdns``, no level was chosen (``-O``, ``PYTHONOPTIMIZE``) and the
-``.opt-2lines.pyc`` files (``-OO``'s code with line-only location tables) can be kept; else
+``.opt-2lines1.pyc`` files (``-OO``'s code with line-only location tables) can be kept; else
 it goes on as it is.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import marshal
 import os
 import shutil
@@ -67,7 +68,7 @@ print(probe_mod.__doc__, probe_mod.f.__doc__, value, probe_mod.__cached__, sep="
 def test_modules_imported_after_it_load_as_at_OO(tmp_path: Path) -> None:
     """In a fresh interpreter (no -O): a module imported after optimize_imports has no
     docstrings nor asserts, its code is python -OO's with line-only tables, kept as an
-    .opt-2lines.pyc (python -OO's own .opt-2.pyc left to it), a stale one is compiled
+    .opt-2lines1.pyc (python -OO's own .opt-2.pyc left to it), a stale one is compiled
     again."""
     (tmp_path / "mods").mkdir()
     source = tmp_path / "mods" / "probe_mod.py"
@@ -82,9 +83,9 @@ def test_modules_imported_after_it_load_as_at_OO(tmp_path: Path) -> None:
         )  # fmt: skip
         return done.stdout.splitlines()
 
-    cached = str(prefix) + str(source.with_name("probe_mod.cpython-311.opt-2lines.pyc"))
-    cached = cached.replace("cpython-311", sys.implementation.cache_tag)
-    oo_cached = cached.replace(".opt-2lines.", ".opt-2.")
+    tag = f"{sys.implementation.cache_tag}.opt-{optlevel.CACHE_LEVEL}"
+    cached = str(prefix) + str(source.with_name(f"probe_mod.{tag}.pyc"))
+    oo_cached = cached.replace(f".opt-{optlevel.CACHE_LEVEL}.", ".opt-2.")
     assert probe() == ["True", f"None|None|1|{cached}"]
     assert Path(cached).exists()
     assert not list(prefix.rglob(f"probe_mod.{sys.implementation.cache_tag}.pyc"))  # no level 0
@@ -108,6 +109,14 @@ def test_modules_imported_after_it_load_as_at_OO(tmp_path: Path) -> None:
     assert shown[0] == "False" and shown[1].startswith(
         "The module's docstring.|f's docstring.|asserted|"
     )
+
+
+def test_the_cache_tag_carries_the_line_tables_format() -> None:
+    """Files written by an older rewriter (valid by their source's mtime and size) are
+    never read as this one's: the tag names the format."""
+    assert f"2lines{linetable.FORMAT}" == optlevel.CACHE_LEVEL
+    name = importlib.util.cache_from_source("/x/m.py", optimization=optlevel.CACHE_LEVEL)
+    assert name.endswith(f".opt-2lines{linetable.FORMAT}.pyc")
 
 
 def test_bytecode_is_usable_where_it_is_or_can_be_written(
@@ -143,7 +152,7 @@ def test_bytecode_is_usable_where_it_is_or_can_be_written(
 
 def test_the_daemon_runs_at_OO_and_reaches_link_up(sshd: Sshd, tmp_path: Path) -> None:
     """The real `blitzdns run` script against sshd: its modules loaded as at -OO in the one
-    process, their .opt-2lines.pyc kept beside the bytecode; the CLI's help still has its
+    process, their .opt-2lines1.pyc kept beside the bytecode; the CLI's help still has its
     docstrings."""
     known = tmp_path / "known_hosts"
     known.write_text(sshd.known_hosts_line())
@@ -189,8 +198,8 @@ def test_the_daemon_runs_at_OO_and_reaches_link_up(sshd: Sshd, tmp_path: Path) -
         maps = Path(f"/proc/{daemon.pid}/maps").read_text()
         assert "libssl" not in maps and "/_ssl." not in maps and "libcrypto" not in maps
         assert "_rust.abi3.so" in maps  # the control: cryptography's own OpenSSL
-        assert list(prefix.rglob("asyncssh/connection.*.opt-2lines.pyc"))
-        assert list(prefix.rglob("tunnel/tunnel.*.opt-2lines.pyc"))
+        assert list(prefix.rglob(f"asyncssh/connection.*.opt-{optlevel.CACHE_LEVEL}.pyc"))
+        assert list(prefix.rglob(f"tunnel/tunnel.*.opt-{optlevel.CACHE_LEVEL}.pyc"))
         assert not list(prefix.rglob(f"asyncssh/connection.{sys.implementation.cache_tag}.pyc"))
     finally:
         daemon.send_signal(signal.SIGTERM)

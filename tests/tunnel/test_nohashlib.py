@@ -38,6 +38,8 @@ import json, sys
 from blitzdns import nohashlib
 if sys.argv[1] == "late":
     import hashlib
+if sys.argv[1] == "no-sha1":  # a CPython built with only some of its own hashes
+    sys.modules["_sha1"] = None
 in_force = nohashlib.start()
 import hashlib, hmac
 try:
@@ -86,6 +88,13 @@ def test_too_late_it_changes_nothing() -> None:
     assert (in_force, openssl, libcrypto) == (False, True, True)
 
 
+def test_without_every_built_in_hash_openssl_stays() -> None:
+    inputs = [b"", b"abc" * 1000]
+    in_force, openssl, libcrypto, digests, *_ = child("no-sha1", inputs)
+    assert (in_force, openssl, libcrypto) == (False, True, True)
+    assert digests == {n: [hashlib.new(n, d).hexdigest() for d in inputs] for n in NAMES}
+
+
 def test_the_carried_hmac_signs_as_asyncssh_did() -> None:
     assert cryptohmac.install() and cryptohmac.install()  # once, then already
     handlers = [
@@ -109,6 +118,42 @@ def test_the_carried_hmac_signs_as_asyncssh_did() -> None:
             assert mac.sign(seq, memoryview(packet)) == wanted
             assert mac.verify(seq, packet, wanted)
             assert not mac.verify(seq + 1, packet, wanted)
+
+
+class OtherSignature(asyncssh.mac.MAC):
+    """An _HMAC of a changed asyncssh: its arguments in another order."""
+
+    def __init__(self, hash_alg: object, key: bytes, hash_size: int) -> None:
+        super().__init__(key, hash_size)
+        self._hash_alg = hash_alg
+
+    def sign(self, seq: int, packet: bytes) -> bytes:
+        data = UInt32(seq) + packet
+        return hmac.new(self._key, data, self._hash_alg).digest()[: self._hash_size]  # type: ignore[arg-type]
+
+    def verify(self, seq: int, packet: bytes, sig: bytes) -> bool:
+        return hmac.compare_digest(self.sign(seq, packet), sig)
+
+
+class OtherSign(OtherSignature):
+    """The same arguments as asyncssh's, but signing another way (no hmac.new)."""
+
+    def __init__(self, key: bytes, hash_size: int, hash_alg: object) -> None:
+        super().__init__(hash_alg, key, hash_size)
+
+    def sign(self, seq: int, packet: bytes) -> bytes:
+        return hmac.digest(self._key, UInt32(seq) + packet, "sha256")[: self._hash_size]
+
+
+@pytest.mark.parametrize("changed", [OtherSignature, OtherSign])
+def test_a_changed_hmac_class_keeps_its_own_way(
+    monkeypatch: pytest.MonkeyPatch, changed: type[asyncssh.mac.MAC]
+) -> None:
+    own_init, own_sign = changed.__init__, changed.sign
+    monkeypatch.setattr(asyncssh.mac, "_HMAC", changed)
+    assert not cryptohmac.install()
+    assert (changed.__init__, changed.sign) == (own_init, own_sign)
+    assert cryptohmac.as_carried(asyncssh.mac._HMAC, asyncssh.mac.MAC) is False
 
 
 @pytest.mark.parametrize("mac", ["hmac-sha2-256-etm@openssh.com", "hmac-sha1"])

@@ -21,6 +21,40 @@ from typing import Any
 HASHES = ("md5", "sha1", "sha224", "sha256", "sha384", "sha512")
 
 
+#: What the carried methods take the place of: asyncssh's ``_HMAC.__init__(self, key,
+#: hash_size, hash_alg)`` keeping ``_hash_alg`` (``MAC.__init__`` the key and
+#: ``_hash_size``), and ``sign(self, seq, packet)`` returning ``hmac.new(self._key,
+#: UInt32(seq) + packet, self._hash_alg).digest()[:self._hash_size]``; ``verify`` calls
+#: ``sign``.
+INIT_ARGS = ("self", "key", "hash_size", "hash_alg")
+SIGN_ARGS = ("self", "seq", "packet")
+SIGN_NAMES = frozenset({"UInt32", "hmac", "new", "_key", "_hash_alg", "digest", "_hash_size"})
+
+
+def _arguments(function: Any) -> tuple[str, ...]:
+    code = getattr(function, "__code__", None)
+    if code is None or code.co_kwonlyargcount or code.co_flags & 0x0C:  # *args, **kwargs
+        return ()
+    return tuple(code.co_varnames[: code.co_argcount])
+
+
+def as_carried(cls: Any, base: Any) -> bool:
+    """Whether asyncssh's ``cls`` (``_HMAC``) and ``base`` (``MAC``) are still what
+    :func:`install` replaces (:data:`INIT_ARGS`, :data:`SIGN_ARGS`, :data:`SIGN_NAMES`):
+    the same arguments, the same attributes kept and read, ``verify`` through ``sign``."""
+    try:
+        return (
+            _arguments(cls.__init__) == INIT_ARGS
+            and "_hash_alg" in cls.__init__.__code__.co_names
+            and {"_key", "_hash_size"} <= set(base.__init__.__code__.co_names)
+            and _arguments(cls.sign) == SIGN_ARGS
+            and set(cls.sign.__code__.co_names) >= SIGN_NAMES
+            and "sign" in cls.verify.__code__.co_names
+        )
+    except AttributeError:
+        return False
+
+
 def install() -> bool:
     """asyncssh's HMAC MAC (``asyncssh.mac._HMAC``, asyncssh 2.14-2.x) signs with
     cryptography's HMAC: one keyed context made with the MAC, copied per packet (the
@@ -36,8 +70,7 @@ def install() -> bool:
         return False
     if getattr(cls.sign, "from_cryptography", False):
         return True
-    init_names = cls.__init__.__code__.co_names
-    if "_hash_alg" not in init_names or "_hash_size" not in mac.MAC.__init__.__code__.co_names:
+    if not as_carried(cls, mac.MAC):
         return False  # asyncssh's internals moved: its own way stands
     algorithms = {name: getattr(hashes, name.upper()) for name in HASHES}
     original_init, original_sign = cls.__init__, cls.sign
