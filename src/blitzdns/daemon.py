@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from blitzdns.argv import OneLineErrors
 from blitzdns.blitzmail.atp import NotifyStep
 from blitzdns.config import Config, Endpoint, find_config_file, load_config
 from blitzdns.dns.detect import detect_upstreams
+from blitzdns.dns.listen import Listener, bind_listeners, close_listeners
 from blitzdns.dns.stats import ResolverStats
 from blitzdns.effective import Flags, layered
 from blitzdns.errors import BlitzdnsError, ConfigError, PermissionProblem, UsageError, explain
@@ -66,6 +68,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("blitzdns")
 
 STOP_GRACE_S = 1.5
+
+LINK_CONNECT_WAIT_S = 0.3
+"""How long a link-first start waits for the link's connect to begin before loading the
+stub's modules anyway (:meth:`Daemon._load_stub_beside_the_link`). On an idle machine the
+connect begins ~80 ms after the link's start (its code loaded, its options read:
+bench/notes/startup.md, session 9); a loaded machine that takes longer only loses part of
+the overlap. What it bounds: asyncssh loads the client keys before it connects, and an
+encrypted key's passphrase is asked on the terminal (:class:`TerminalSecrets`) for as long
+as the user takes; the stub (perhaps the system's resolver) must not wait for that."""
 
 STUB_MODULES = (
     "blitzdns.dns.rfc",
@@ -189,27 +200,108 @@ def raise_fd_limit(wanted: int = FD_LIMIT_WANTED) -> int:
     return soft
 
 
+class AskCancelled(Exception):
+    """A question on the terminal left unanswered: the daemon is stopping."""
+
+
 class TerminalSecrets:
     """Asks for a password or key passphrase on the terminal, once per prompt.
 
     The answer is kept in memory so that the supervisor's reconnects do not ask again
     (the classic ``ssh -L`` asked at every restart). Used only when stdin is a terminal.
+
+    Each question is asked in a thread of its own, so that a stop (:meth:`cancel`: Ctrl-C
+    or SIGTERM at the prompt) ends it at once: the asker (asyncssh's executor thread, which
+    the loop's end waits for) gets :class:`AskCancelled`, the terminal's echo is put back,
+    and the thread still reading the terminal does not hold the process's exit.
     """
 
     def __init__(self, ask: Callable[[str], str] | None = None):
         self.ask = ask or getpass.getpass
         self.answers: dict[str, str] = {}
+        self._cancelled = False
+        self._lock = threading.Lock()
+        self._pending: set[threading.Event] = set()
 
     async def password(self, prompt: str) -> str:
         if prompt not in self.answers:
-            self.answers[prompt] = await asyncio.to_thread(self.ask, prompt)
+            self.answers[prompt] = await asyncio.to_thread(self._asked, prompt)
         return self.answers[prompt]
 
     def passphrase(self, filename: str) -> str:
         prompt = f"Enter passphrase for key '{filename}': "
         if prompt not in self.answers:
-            self.answers[prompt] = self.ask(prompt)
+            self.answers[prompt] = self._asked(prompt)
         return self.answers[prompt]
+
+    def cancel(self) -> None:
+        """Questions being asked, and any later one, raise :class:`AskCancelled`."""
+        with self._lock:
+            self._cancelled = True
+            for done in self._pending:
+                done.set()
+
+    def _asked(self, prompt: str) -> str:
+        """``self.ask(prompt)``'s answer (from any thread): waited for, until :meth:`cancel`."""
+        answer: list[str] = []
+        failed: list[BaseException] = []
+        done = threading.Event()
+
+        def ask() -> None:
+            try:
+                answer.append(self.ask(prompt))
+            except BaseException as exc:  # handed to the asker below
+                failed.append(exc)
+            finally:
+                done.set()
+
+        with self._lock:
+            if self._cancelled:
+                raise AskCancelled(prompt)
+            self._pending.add(done)
+        terminal = _terminal_mode()
+        try:
+            threading.Thread(target=ask, name="blitzdns-ask", daemon=True).start()
+            done.wait()
+        finally:
+            with self._lock:
+                self._pending.discard(done)
+        _release_terminal(terminal, restore=not answer and not failed)
+        if answer:
+            return answer[0]
+        if failed:
+            raise failed[0]
+        raise AskCancelled(prompt)
+
+
+def _terminal_mode() -> tuple[int, list[Any]] | None:
+    """The controlling terminal's mode (what getpass changes and puts back), or None."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        import termios  # noqa: PLC0415  (a question on a terminal only)
+
+        return fd, termios.tcgetattr(fd)
+    except (ImportError, OSError):
+        os.close(fd)
+        return None
+
+
+def _release_terminal(terminal: tuple[int, list[Any]] | None, *, restore: bool) -> None:
+    """With ``restore``, put back the mode an abandoned getpass left (echo off) and end its
+    prompt's line."""
+    if terminal is None:
+        return
+    fd, mode = terminal
+    if restore:
+        with contextlib.suppress(OSError):
+            import termios  # noqa: PLC0415
+
+            termios.tcsetattr(fd, termios.TCSAFLUSH, mode)
+            os.write(fd, b"\n")
+    os.close(fd)
 
 
 def preload_modules(backend: str | None) -> None:
@@ -345,8 +437,9 @@ def connect_early(config: Config) -> None:
     link is asyncssh's: the gateway's sshd then starts its side of the connection while
     this process is still loading asyncssh (:mod:`tunnel.early`; asyncssh uses the socket
     only where ``~/.ssh/config`` leaves that address and port as they are). Its own port
-    is none of the stub's: a link-first start binds them after this. A gateway that does
-    not parse is left for the tunnel to report, as always."""
+    is none of the stub's (a link-first start has bound them already; the others bind
+    after this: ``avoid``). A gateway that does not parse is left for the tunnel to
+    report, as always."""
     if config.tunnel.backend != "asyncssh" or not config.tunnel.gateways:
         return
     try:
@@ -417,6 +510,8 @@ class Daemon:
         self._first_attempt_over = False
         self._attempt_over = asyncio.Event()
         self.secrets: TerminalSecrets | None = None
+        #: A link-first start's stub sockets, until the resolver takes them.
+        self._listeners: list[Listener] | None = None
         #: The error the last "link down" log line named (a repeat is only counted).
         self._down_error: str | None = None
 
@@ -426,7 +521,8 @@ class Daemon:
         # Handlers first: start() may say READY=1, and systemd may send SIGHUP (or SIGTERM)
         # the moment it reads that; with the default action the daemon would just die.
         # A signal during start() is acted on once it returns (it only binds; it never
-        # waits for the link).
+        # waits for the link: a link-first start waits for its connect to begin for
+        # LINK_CONNECT_WAIT_S at most, and not at all once stopping).
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
@@ -478,26 +574,34 @@ class Daemon:
         dropping = user is not None and os.geteuid() == 0
         # `run` without a privilege drop starts its link before the resolver's code is even
         # loaded: the link's handshake then waits for sshd (its key exchange, its answer to
-        # the signed key) while this start loads, binds and starts the DNS side, instead of
-        # after it (bench/notes/startup.md, session 9). READY waits for both. With a drop,
+        # the signed key) while this start loads and starts the DNS side (its sockets bound
+        # before the link starts), instead of after it (bench/notes/startup.md, session 9).
+        # READY waits for both. With a drop,
         # everything binds and loads as root first, and the link starts after the drop.
         link_first = self.options.connect_early and not self.options.no_tunnel and not dropping
         self._started = not link_first
         if not link_first:
             await self._bind_resolver(config)
+        else:
+            # Bound before the link makes any connection (the early one, a gateway given
+            # by name, a second gateway, a reconnect): none can get one of their ports as
+            # its own. Only the sockets: the resolver's code loads in the link's waits.
+            self._listeners = bind_listeners(config)
         if not self.options.no_tunnel:
             self.tunnel = self._make_tunnel(config)
             await self.tunnel.bind()
             if self.options.connect_early:
-                # After the mouths' binds, and with a port none of the stub's listeners
-                # takes: the connection's ephemeral port can no longer be one of theirs.
+                # After the mouths' binds (and a link-first start's stub sockets), and with
+                # a port none of the stub's listeners takes: the connection's ephemeral port
+                # can be none of theirs.
                 # Before the link's code loads (preload or tunnel.start), so sshd's start
                 # overlaps that.
                 connect_early(config)
         if link_first:
             await self._start_tunnel(config)
             await self._load_stub_beside_the_link()
-            await self._bind_resolver(config)
+            listeners, self._listeners = self._listeners, None
+            await self._bind_resolver(config, listeners)
         from blitzdns.control import ControlServer, default_socket_path  # noqa: PLC0415
 
         path = self.options.control_socket or default_socket_path()
@@ -540,25 +644,39 @@ class Daemon:
         gateway: once the link's connect has begun (its code loaded, its options read, the
         early connection asked for; or its first attempt over), one module per turn of the
         loop, so that each answer from sshd is handled after at most one module's import
-        (~1 ms) rather than after all of them."""
+        (~1 ms) rather than after all of them.
+
+        The wait for the connect is bounded (:data:`LINK_CONNECT_WAIT_S`: a key's passphrase
+        asked on the terminal holds the connect back) and ends at a stop: the stub then
+        starts all the same, and :meth:`main` acts on the stop once the start is over."""
         early_connection = early.pending()
         if early_connection is not None:
-            asked = asyncio.ensure_future(early_connection.asked.wait())
-            over = asyncio.ensure_future(self._attempt_over.wait())
+            waits = [
+                asyncio.ensure_future(early_connection.asked.wait()),
+                asyncio.ensure_future(self._attempt_over.wait()),
+                asyncio.ensure_future(self.stopping.wait()),
+            ]
             try:
-                await asyncio.wait((asked, over), return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    waits, timeout=LINK_CONNECT_WAIT_S, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
-                asked.cancel()
-                over.cancel()
+                for wait in waits:
+                    wait.cancel()
         for name in STUB_MODULES:
             await asyncio.sleep(0)
             importlib.import_module(name)
 
-    async def _bind_resolver(self, config: Config) -> None:
-        from blitzdns.dns.server import Resolver  # noqa: PLC0415  (see start: link first)
+    async def _bind_resolver(self, config: Config, listeners: list[Listener] | None = None) -> None:
+        """The resolver, bound (on ``listeners`` when the start bound them already)."""
+        try:
+            from blitzdns.dns.server import Resolver  # noqa: PLC0415  (see start: link first)
 
-        self.resolver = Resolver(config, self.upstreams, log=log, verbose=self.options.verbose)
-        await self.resolver.bind()
+            self.resolver = Resolver(config, self.upstreams, log=log, verbose=self.options.verbose)
+        except BaseException:
+            close_listeners(listeners or [])
+            raise
+        await self.resolver.bind(listeners)
 
     async def _start_tunnel(self, config: Config) -> None:
         assert self.tunnel is not None
@@ -805,6 +923,8 @@ class Daemon:
         """Close everything within the stop budget, in reverse order of start. What fails
         to close (an error, or the budget running out) is logged, and the rest is still
         closed."""
+        if self.secrets is not None:
+            self.secrets.cancel()  # a question still on the terminal would hold the exit
         closers: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self.guard is not None:
             # Its rules stay in force: fail closed.
@@ -830,3 +950,6 @@ class Daemon:
                     log.warning("closing %s failed: %s", what, told.line)
         self.control = self.tunnel = self.resolver = None
         self.guard = None
+        if self._listeners is not None:  # a start that failed before the resolver took them
+            close_listeners(self._listeners)
+            self._listeners = None

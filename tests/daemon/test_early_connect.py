@@ -4,6 +4,7 @@ only for an address with the asyncssh backend."""
 
 from __future__ import annotations
 
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from blitzdns.config import Config, load_config
 from blitzdns.daemon import connect_early
-from tests.peers import Sshd, free_port
+from tests.peers import Sshd, dig_short, free_port
 from tunnel import early
 
 from .conftest import start_daemon
@@ -115,8 +116,8 @@ def test_no_early_connection_when_every_port_is_avoided(listener: int) -> None:
 
 
 def test_a_stub_port_taken_ends_a_link_first_start_in_one_line(sshd: Sshd, tmp_path: Path) -> None:
-    """The stub binds after the link has started: its port taken ends the start as before
-    (one line naming the address, a failing status, no traceback), the link closed with it."""
+    """A link-first start binds the stub's sockets before the link starts: its port taken
+    ends the start as before (one line naming the address, a failing status, no traceback)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
@@ -129,3 +130,24 @@ def test_a_stub_port_taken_ends_a_link_first_start_in_one_line(sshd: Sshd, tmp_p
     assert status != 0
     assert f"blitzdns: 127.0.0.1:{port} (UDP) is already in use" in text
     assert "Traceback" not in text
+
+
+def test_a_connect_held_back_holds_neither_the_stub_nor_a_stop(sshd: Sshd, tmp_path: Path) -> None:
+    """A link-first start whose link's connect never begins (here a ProxyCommand from the
+    SSH config that never answers; asyncssh then never asks the loop for a connection):
+    the stub serves during that first attempt all the same (its line before any end of
+    the attempt), and SIGTERM ends the daemon, status 0."""
+    dns_port = free_port()
+    config = config_text(sshd, tmp_path, dns_port, free_port(), ["a"])
+    (tmp_path / "ssh_config").write_text("Host *\n  ProxyCommand sh -c 'exec cat >/dev/null'\n")
+    daemon = start_daemon(tmp_path, config)
+    try:
+        text = daemon.wait_log("DNS stub listening")
+        assert "link down" not in text
+        assert "link up" not in text
+        assert dig_short(dns_port, "a.example.test")[0].startswith("127.79.0.")
+        assert "link down" not in daemon.log.read_text()  # still the first attempt
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=20) == 0
+    finally:
+        daemon.stop()

@@ -5,7 +5,10 @@ and come once."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +21,10 @@ import pytest
 from blitzdns import daemon as daemon_module
 from blitzdns.config import load_config
 from blitzdns.daemon import Daemon, RunOptions
-from tunnel import LinkStatus, TunnelState
+from tests.peers import Sshd, free_port
+from tunnel import LinkStatus, Tunnel, TunnelState, early
+
+from .test_run_end_to_end import config_text
 
 
 def state(status: LinkStatus) -> TunnelState:
@@ -108,3 +114,90 @@ def test_the_stub_s_modules_are_those_loaded_in_the_link_s_waits() -> None:
         [sys.executable, "-c", LOADED], capture_output=True, text=True, timeout=60, check=True
     )
     assert json.loads(out.stdout) == sorted(daemon_module.STUB_MODULES)
+
+
+def bound(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port`` over UDP and over TCP."""
+    taken = []
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                taken.append(exc.errno == errno.EADDRINUSE)
+            else:
+                taken.append(False)
+    return all(taken)
+
+
+async def test_the_stub_s_sockets_are_bound_before_the_link_connects(
+    sshd: Sshd, tmp_path: Path, recorded: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link-first start binds the stub's UDP and TCP sockets before the link makes any
+    connection (the early one, and every connect of the link's: a gateway given by name,
+    a second gateway, a reconnect), so that none can get their port as its own."""
+    dns_port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(config_text(sshd, tmp_path, dns_port, free_port(), ["a"]))
+    seen: dict[str, bool] = {}
+    early_connect = early._connect
+    tunnel_start = Tunnel.start
+
+    def spy_early(*args: Any) -> socket.socket | None:
+        seen.setdefault("early connect", bound(dns_port))
+        return early_connect(*args)
+
+    async def spy_start(self: Tunnel) -> None:
+        seen.setdefault("link start", bound(dns_port))
+        await tunnel_start(self)
+
+    monkeypatch.setattr(early, "_connect", spy_early)
+    monkeypatch.setattr(Tunnel, "start", spy_start)
+    options = RunOptions(
+        config_path=config,
+        drop_privileges=False,
+        connect_early=True,
+        control_socket=tmp_path / "control",
+        root=tmp_path,
+    )
+    daemon = Daemon(load_config(config, search=False), options)
+    try:
+        async with asyncio.timeout(30):  # a bound, not a measurement
+            await daemon.start()
+        assert seen == {"early connect": True, "link start": True}
+        assert daemon.resolver is not None
+        assert [e.port for e in daemon.resolver.bound_endpoints] == [dns_port]
+    finally:
+        await daemon.close()
+        early.discard()
+    assert not bound(dns_port)
+
+
+class NeverAsked:
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+
+
+async def test_the_wait_for_the_link_s_connect_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connect that never begins holds the stub's loading for LINK_CONNECT_WAIT_S only."""
+    daemon = await make(tmp_path)
+    monkeypatch.setattr(early, "pending", NeverAsked)
+    monkeypatch.setattr(daemon_module, "LINK_CONNECT_WAIT_S", 0.01)
+    async with asyncio.timeout(30):  # a bound, not a measurement
+        await daemon._load_stub_beside_the_link()
+
+
+async def test_a_stop_ends_the_wait_for_the_link_s_connect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon = await make(tmp_path)
+    monkeypatch.setattr(early, "pending", NeverAsked)
+    monkeypatch.setattr(daemon_module, "LINK_CONNECT_WAIT_S", 3600)
+    loading = asyncio.create_task(daemon._load_stub_beside_the_link())
+    await asyncio.sleep(0)
+    assert not loading.done()
+    daemon.stopping.set()
+    async with asyncio.timeout(30):  # a bound, not a measurement
+        await loading

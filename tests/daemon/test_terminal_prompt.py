@@ -7,12 +7,14 @@ import pty
 import select
 import signal
 import subprocess
+import termios
 import time
 from pathlib import Path
 
-from tests.peers import Sshd, free_port
+from tests.peers import Sshd, dig_short, free_port, wait_for
 
 from .conftest import BLITZDNS
+from .test_run_end_to_end import config_text
 
 
 def read_until(fd: int, needle: bytes, timeout_s: float = 20) -> bytes:
@@ -75,4 +77,59 @@ keepalive_s = 1
     finally:
         os.kill(pid, signal.SIGTERM)
         os.waitpid(pid, 0)
+        os.close(fd)
+
+
+def test_a_stop_at_the_passphrase_prompt_ends_the_daemon(sshd: Sshd, tmp_path: Path) -> None:
+    """A key's passphrase asked on the terminal and never answered (asyncssh 2.24 asks when
+    it first signs with the key, after the connect): the stub serves meanwhile, and SIGTERM
+    at the prompt ends the daemon, status 0, with the terminal's echo put back. (The
+    question's thread would otherwise hold the loop's end, which waits for asyncssh's
+    executor thread, until the user pressed Enter.)"""
+    key = tmp_path / "locked_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "open sesame", "-f", str(key)], check=True
+    )
+    sshd.authorize(key.with_suffix(".pub"))
+    dns_port = free_port()
+    text = config_text(sshd, tmp_path, dns_port, free_port(), ["a"])
+    config = tmp_path / "config.toml"
+    config.write_text(text.replace(str(sshd.client_key), str(key)))
+    env = {k: v for k, v in os.environ.items() if k not in ("SUDO_USER", "SSH_AUTH_SOCK")}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: blitzdns on a terminal
+        os.execve(
+            BLITZDNS,
+            [BLITZDNS, "run", "--config", str(config), "--control-socket", str(tmp_path / "c")],
+            env,
+        )
+    exited: list[int] = []
+    try:
+        seen = read_until(fd, b"DNS stub listening")
+        assert b"Enter passphrase for key" in seen
+        assert b"DNS stub listening" in seen
+        before_stub = seen.split(b"DNS stub listening")[0]
+        assert b"link down" not in before_stub
+        assert b"link up" not in before_stub
+        answers = wait_for(
+            lambda: dig_short(dns_port, "a.example.test") or None, lambda: "the stub's answer", 30
+        )
+        assert answers[0].startswith("127.79.0.")
+        os.kill(pid, signal.SIGTERM)
+
+        def ended() -> tuple[int] | None:
+            read_until(fd, b"\0", timeout_s=0.2)  # keep the terminal drained
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                exited.append(status)
+                return (status,)
+            return None
+
+        (status,) = wait_for(ended, lambda: "the daemon to end after SIGTERM", 20)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert termios.tcgetattr(fd)[3] & termios.ECHO
+    finally:
+        if not exited:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
         os.close(fd)

@@ -38,6 +38,13 @@ from blitzdns.dns import batchio, steer
 from blitzdns.dns.cache import Cache
 from blitzdns.dns.engine import Engine, ForwardJob, question_end
 from blitzdns.dns.fastpath import error_reply
+from blitzdns.dns.listen import (
+    Listener,
+    bind_error,
+    bind_listeners,
+    bound_socket,
+    close_listeners,
+)
 from blitzdns.dns.loops import PROBE_WAIT_S, check_loops
 from blitzdns.dns.quiet import LogLimiter
 from blitzdns.dns.rfc import SERVFAIL
@@ -45,10 +52,6 @@ from blitzdns.dns.stats import ResolverStats, UpstreamHealth
 from blitzdns.dns.table import Table
 from blitzdns.dns.upstream import OUT_OF_DESCRIPTORS, Exchange, Forwarder
 from blitzdns.errors import (
-    AddressInUse,
-    BlitzdnsError,
-    ConfigError,
-    PermissionProblem,
     UpstreamLoop,
 )
 
@@ -56,7 +59,6 @@ __all__ = ["Resolver", "ResolverStats", "UpstreamHealth"]
 
 _ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
 
-_TCP_BACKLOG = 64
 #: Forwarded queries one TCP connection may have in flight (RFC 7766 §6.2.1.1 pipelining);
 #: past it the connection is not read until one is answered.
 TCP_PIPELINE_LIMIT = 32
@@ -155,34 +157,38 @@ class Resolver:
     def bound_endpoints(self) -> tuple[Endpoint, ...]:
         return tuple(endpoint for endpoint, _, _ in self._bound)
 
-    async def bind(self) -> None:
-        """Bind UDP and TCP on every listen endpoint (and DNS-serving shared addresses)."""
+    async def bind(self, listeners: Sequence[Listener] | None = None) -> None:
+        """Bind UDP and TCP on every listen endpoint (and DNS-serving shared addresses), or
+        serve on ``listeners`` already bound (:func:`~blitzdns.dns.listen.bind_listeners`,
+        which this takes over: closed here if this fails)."""
         if self._bound:
             return
-        code = None if self._steering_off else self._steering_program()
         try:
-            for i, endpoint in enumerate(self.config.dns.listen):
-                self._bind_listener(endpoint, f"dns.listen[{i}]", code)
-            port = self._bound[0][0].port
-            for i, shared in enumerate(self.config.shared):
-                if shared.dns:
-                    endpoint = Endpoint(str(shared.address), port)
-                    self._bind_listener(endpoint, f"shared[{i}].address", code)
+            if listeners is None:
+                listeners = bind_listeners(self.config)
+            code = None if self._steering_off else self._steering_program()
+            for bound, key, udp, tcp in listeners:
+                self._bind_listener(bound, key, udp, tcp, code)
         except BaseException:
+            close_listeners(list(listeners or ()))
             self._close_sockets()
             raise
 
     def _bind_listener(
-        self, endpoint: Endpoint, key: str, code: Sequence[steer.Instruction] | None
+        self,
+        bound: Endpoint,
+        key: str,
+        udp: socket.socket,
+        tcp: socket.socket,
+        code: Sequence[steer.Instruction] | None,
     ) -> None:
-        """Bind UDP and TCP on ``endpoint``; then make the UDP side a steered pair.
+        """Serve on ``bound``'s UDP and TCP sockets; make the UDP side a steered pair.
 
         The plain UDP bind comes first (no ``SO_REUSEPORT``), so a port another program
         holds is the usual one-line error even when that program allowed port sharing;
         it is then swapped for the :mod:`~blitzdns.dns.steer` pair on the same port.
         Where the kernel refuses the pair, the plain socket serves alone (logged once).
         """
-        bound, udp, tcp = _bind_pair(endpoint, key)
         self._bound.append((bound, udp, tcp))
         if code is None or self._steering_off or sys.platform != "linux":
             return
@@ -192,9 +198,9 @@ class Resolver:
             general, priority = steer.bind_group(family, (bound.host, bound.port), code)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise _bind_error(exc, bound, "UDP", key) from None
+                raise bind_error(exc, bound, "UDP", key) from None
             self._steering_refused(exc)
-            general = _bound_socket(bound, socket.SOCK_DGRAM, key)
+            general = bound_socket(bound, socket.SOCK_DGRAM, key)
         else:
             self._steered.append((general, priority))
         self._bound[-1] = (bound, general, tcp)
@@ -851,63 +857,3 @@ def _summary(stats: ResolverStats) -> str:
         f"{stats.answered_local} answered locally, {stats.forwarded} forwarded, "
         f"{stats.cache_hits} cache hits, {stats.servfail} SERVFAIL, {stats.refused} refused"
     )
-
-
-# ---------------------------------------------------------------------- binding
-
-
-def _bind_pair(endpoint: Endpoint, key: str) -> tuple[Endpoint, socket.socket, socket.socket]:
-    """UDP and TCP sockets on the same address and port (port 0: one the kernel picks)."""
-    attempts = 20 if endpoint.port == 0 else 1
-    for attempt in range(attempts):
-        udp = _bound_socket(endpoint, socket.SOCK_DGRAM, key)
-        port = udp.getsockname()[1]
-        try:
-            tcp = _bound_socket(Endpoint(endpoint.host, port), socket.SOCK_STREAM, key)
-        except AddressInUse:
-            udp.close()
-            if attempt + 1 < attempts:
-                continue
-            raise
-        return Endpoint(endpoint.host, port), udp, tcp
-    raise AssertionError("unreachable")
-
-
-def _bound_socket(endpoint: Endpoint, kind: socket.SocketKind, key: str) -> socket.socket:
-    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
-    sock = socket.socket(family, kind)
-    proto = "TCP" if kind == socket.SOCK_STREAM else "UDP"
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if kind == socket.SOCK_STREAM:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((endpoint.host, endpoint.port))
-        if kind == socket.SOCK_STREAM:
-            sock.listen(_TCP_BACKLOG)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise _bind_error(exc, endpoint, proto, key) from None
-    return sock
-
-
-def _bind_error(exc: OSError, endpoint: Endpoint, proto: str, key: str) -> BlitzdnsError:
-    if exc.errno == errno.EADDRINUSE:
-        return AddressInUse(
-            f"{endpoint} ({proto}) is already in use by another program: stop it "
-            f"(`ss -lunpt 'sport = :{endpoint.port}'` shows which; systemd-resolved and "
-            "dnsmasq are the usual ones) or listen elsewhere with --listen ADDR:PORT"
-        )
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return PermissionProblem(
-            f"not allowed to listen on {endpoint} ({proto}): ports below 1024 need root or "
-            "CAP_NET_BIND_SERVICE; run as root (blitzdns drops privileges after binding) "
-            "or use a port above 1023, e.g. --listen 127.0.0.1:5300"
-        )
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return ConfigError(
-            f"{endpoint.host} is not an address of this machine (cannot listen on {endpoint})",
-            key=key,
-        )
-    return ConfigError(f"cannot listen on {endpoint} ({proto}): {exc.strerror or exc}", key=key)
