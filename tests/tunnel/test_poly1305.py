@@ -73,6 +73,26 @@ def test_tags_are_cryptographys_for_every_kind_of_input(
         assert not poly1305.verify_tag(other, data, tag), length
 
 
+@pytest.mark.parametrize("library", ["found", "absent"])
+def test_a_kept_tag_buffer_gives_each_tag_its_own_bytes(
+    library: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One buffer for a cipher's tags (poly1305.tag_buffer): every tag is cryptography's,
+    and a tag returned before is not changed by the next one written into the buffer."""
+    monkeypatch.setattr(poly1305, "_lib", need_libsodium() if library == "found" else None)
+    rng = random.Random(9)
+    out = poly1305.tag_buffer()
+    given: list[tuple[bytes, bytes]] = []
+    for length in LENGTHS:
+        key = rng.randbytes(32)
+        data = rng.randbytes(length)
+        tag = poly1305.generate_tag(key, data, out)
+        assert type(tag) is bytes
+        assert tag == Poly1305.generate_tag(key, data), length
+        given.append((tag, Poly1305.generate_tag(key, data)))
+    assert all(tag == expected for tag, expected in given)
+
+
 class _Wrong:
     """libsodium that tags one bit wrong: the known-answer check must refuse it."""
 

@@ -27,7 +27,7 @@ from asyncssh.encryption import GCMEncryption
 
 from tests.peers import Sshd, free_port, stopped, wait_until
 from tunnel import Forward, Tunnel, TunnelOptions
-from tunnel.backends import asyncssh_link, asyncssh_patches
+from tunnel.backends import asyncssh_link, asyncssh_patches, poly1305
 from tunnel.backends.asyncssh_patches import (
     FEED_WHOLE_MAX,
     GCM_TAG_LEN,
@@ -150,13 +150,22 @@ def test_padding_comes_from_the_os_each_byte_handed_out_once(
     assert piece is None
 
 
-def test_the_chacha_patch_seals_and_opens_as_asyncssh_did() -> None:
+@pytest.mark.parametrize("library", ["libsodium", "cryptography"])
+def test_the_chacha_patch_seals_and_opens_as_asyncssh_did(
+    library: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The patched chacha20-poly1305 shim (its contexts kept per key, moved to each
-    packet's nonce) against asyncssh's own functions, packets of every size around the
-    64-byte block and interleaved nonces; a bad tag refused (asyncssh's MAC error)."""
+    packet's nonce; its tags written into the cipher's one buffer) against asyncssh's own
+    functions, packets of every size around the 64-byte block and interleaved nonces; a
+    bad tag refused (asyncssh's MAC error); the tags given out earlier unchanged."""
     from asyncssh.crypto import chacha
 
+    lib = poly1305.sodium() if library == "libsodium" else None
+    if library == "libsodium" and lib is None:
+        pytest.skip("libsodium (Debian: libsodium23) is not on this system")
+    monkeypatch.setattr(poly1305, "_lib", lib)
     assert getattr(chacha.ChachaCipher.encrypt_and_sign, "kept_streams", False)
+    tags: list[tuple[bytes, bytes]] = []
     key = os.urandom(64)
     main, adkey = key[:32], key[32:]
     sender, receiver = chacha.ChachaCipher(key), chacha.ChachaCipher(key)
@@ -168,10 +177,12 @@ def test_the_chacha_patch_seals_and_opens_as_asyncssh_did() -> None:
         assert packet[:4] == chacha.chacha20(adkey, header, nonce, 0)
         assert packet[4:] == chacha.chacha20(main, body, nonce, 1)
         assert tag == chacha.poly1305(main, packet, nonce)
+        tags.append((tag, chacha.poly1305(main, packet, nonce)))
         assert receiver.decrypt_header(packet[:4], nonce) == header
         assert receiver.verify_and_decrypt(packet[:4], packet[4:], nonce, tag) == body
     assert receiver.verify_and_decrypt(packet[:4], packet[4:], nonce, bytes(16)) is None
     assert receiver.verify_and_decrypt(packet[:4], packet[4:], bytes(8), tag) is None
+    assert all(tag == expected for tag, expected in tags)
 
 
 class Opened:

@@ -559,7 +559,7 @@ def _data_packets_opened_in_place() -> None:
         the general way). Returns where it stopped."""
         if view.readonly:  # a transport that reads into bytes: the general path
             return pos
-        head, stream = _chacha_streams(self._recv_encryption._cipher)
+        head, stream, _ = _chacha_streams(self._recv_encryption._cipher)
         channels = self._channels
         most = self._max_recv_pktlen
         verify = poly1305.verify_tag
@@ -763,7 +763,7 @@ def _data_packets_sealed_in_place() -> None:
             arena.pos = 0
 
     def chacha_seal(conn: Any, header: bytes, packet: bytes) -> tuple[bytes, ...]:
-        head, stream = _chacha_streams(conn._send_encryption._cipher)
+        head, stream, out = _chacha_streams(conn._send_encryption._cipher)
         nonce = CHACHA_CTR_0 + conn._send_seq.to_bytes(8, "big")
         head.reset_nonce(nonce)
         header = head.update(header)
@@ -776,7 +776,7 @@ def _data_packets_sealed_in_place() -> None:
             mac.update(sealed)
             return header, sealed, mac.finalize()
         sealed = header + sealed
-        return sealed, poly1305.generate_tag(key, sealed)
+        return sealed, poly1305.generate_tag(key, sealed, out)
 
     seals: dict[type, Any] = {GCMEncryption: gcm_seal}
     if _chacha_streams_reset():
@@ -787,7 +787,7 @@ def _data_packets_sealed_in_place() -> None:
         if (
             conn is None
             or conn._transport is None
-            or not writes_parts(conn._transport)
+            or not (_WRITES_PARTS.get(type(conn._transport)) or writes_parts(conn._transport))
             or conn._compressor is not None
             or not (conn._kex_complete and conn._auth_complete)
             or conn._rekey_bytes_sent >= conn._rekey_bytes
@@ -1249,12 +1249,14 @@ def _aead(cipher: Any) -> Any:
     return made[1]
 
 
-def _chacha_streams(cipher: Any) -> tuple[Any, Any]:
+def _chacha_streams(cipher: Any) -> tuple[Any, Any, Any]:
     """ChaCha20 streams under the header key and the main key of asyncssh's
     ``ChachaCipher`` ``cipher`` (a rekey makes a new one), made once and moved to each
     packet's nonce with ``reset_nonce``: building a context per use cost about 4 us here,
-    a reset 0.7 us, and asyncssh built three per packet."""
-    made: tuple[Any, Any] | None = cipher.__dict__.get(CHACHA_STREAMS)
+    a reset 0.7 us, and asyncssh built three per packet. Third: the cipher's buffer for
+    its packets' Poly1305 tags (:func:`poly1305.tag_buffer`; a cipher object is one
+    connection's, one direction's, used on that connection's loop only)."""
+    made: tuple[Any, Any, Any] | None = cipher.__dict__.get(CHACHA_STREAMS)
     if made is None:
         from cryptography.hazmat.primitives.ciphers import Cipher  # noqa: PLC0415
         from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20  # noqa: PLC0415
@@ -1263,7 +1265,7 @@ def _chacha_streams(cipher: Any) -> tuple[Any, Any]:
             Cipher(ChaCha20(key, bytes(16)), None).encryptor()
             for key in (cipher._adkey, cipher._key)
         )
-        made = cipher.__dict__[CHACHA_STREAMS] = (head, body)
+        made = cipher.__dict__[CHACHA_STREAMS] = (head, body, poly1305.tag_buffer())
     return made
 
 
@@ -1299,13 +1301,13 @@ def _chacha_kept_streams() -> None:
     def encrypt_and_sign(
         self: Any, header: bytes, data: bytes, nonce: bytes
     ) -> tuple[bytes, bytes]:
-        head, body = _chacha_streams(self)
+        head, body, out = _chacha_streams(self)
         nonce = CHACHA_CTR_0 + nonce
         head.reset_nonce(nonce)
         body.reset_nonce(nonce)
         key = body.update(CHACHA_BLOCK_ZERO)[:32]
         packet = head.update(header) + body.update(data)
-        return packet, poly1305.generate_tag(key, packet)
+        return packet, poly1305.generate_tag(key, packet, out)
 
     def decrypt_header(self: Any, header: bytes, nonce: bytes) -> bytes:
         head = _chacha_streams(self)[0]

@@ -90,14 +90,25 @@ def want() -> None:
         _lib = sodium()
 
 
-def generate_tag(key: bytes, data: bytes) -> bytes:
-    """The Poly1305 tag of ``data`` under the one-time ``key`` (32 bytes)."""
+def tag_buffer() -> Any:
+    """A buffer for :func:`generate_tag`'s ``out``: one per sending cipher (a connection's,
+    used on its own event loop's thread only), so a tag does not make one of its own."""
+    return ctypes.create_string_buffer(TAG_LEN)
+
+
+def generate_tag(key: bytes, data: bytes, out: Any = None) -> bytes:
+    """The Poly1305 tag of ``data`` under the one-time ``key`` (32 bytes). ``out``: a
+    :func:`tag_buffer` libsodium writes the tag into (its bytes are copied out before
+    returning; making a buffer per tag cost ~0.3 us of a short packet's ~0.8 us); None:
+    a new one. Not shared between threads: a tag is written, then read back."""
     lib = _lib
     if lib is None or len(data) > SHORT or len(key) != KEY_LEN:
         return _generate(key, data)
-    out = ctypes.create_string_buffer(TAG_LEN)
+    if out is None:
+        out = ctypes.create_string_buffer(TAG_LEN)
     lib.crypto_onetimeauth_poly1305(out, data, ctypes.c_ulonglong(len(data)), key)
-    return out.raw
+    tag: bytes = out.raw
+    return tag
 
 
 def verify_tag(key: bytes, data: bytes | memoryview, tag: bytes) -> bool:
