@@ -8,6 +8,7 @@ without steering it is dropped with the flood.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import select
@@ -259,3 +260,37 @@ def test_ipv4_and_ipv6_listeners_are_both_steered(
     for endpoint in stub.resolver.bound_endpoints:
         assert addresses(ask(endpoint, "Dasher")) == ["127.77.0.2"]
     assert stub.resolver.stats.steered == 2
+
+
+@pytest.mark.parametrize("steer_on", [True, False])
+async def test_queries_waiting_on_sockets_bound_ahead_are_answered(steer_on: bool) -> None:
+    """A link-first start binds the stub's sockets before the resolver takes them over
+    (blitzdns.dns.listen): queries that reach them meanwhile wait in the plain UDP socket's
+    queue. Swapping that socket for the steered pair must not drop them (the queue closes
+    with the socket): each is answered once the resolver serves, steered or not."""
+    from blitzdns.dns.listen import bind_listeners
+    from blitzdns.dns.server import Resolver
+
+    config = make_config()
+    listeners = bind_listeners(config)
+    port = listeners[0][0].port
+    ids = (4242, 4243, 4244)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        for qid in ids:
+            wire = dns.message.make_query("dnd.dartmouth.edu.", "A", id=qid).to_wire()
+            client.sendto(wire, ("127.0.0.1", port))
+        resolver = Resolver(config, [], loop_probe=False, steer=steer_on)
+        try:
+            await resolver.bind(listeners)
+            assert bool(resolver._steered) is steer_on  # the swap happened (or did not)
+            await resolver.start()
+            client.setblocking(False)
+            loop = asyncio.get_running_loop()
+            replies = []
+            async with asyncio.timeout(10):
+                for _ in ids:
+                    replies.append(dns.message.from_wire(await loop.sock_recv(client, 512)))
+        finally:
+            await resolver.close()
+    assert sorted(reply.id for reply in replies) == list(ids)
+    assert all(reply.rcode() == dns.rcode.NOERROR and reply.answer for reply in replies)

@@ -110,6 +110,9 @@ class Resolver:
         self._bound: list[tuple[Endpoint, socket.socket, socket.socket]] = []
         #: Per steered UDP listener: its general socket (in ``_bound``) and priority socket.
         self._steered: list[tuple[socket.socket, socket.socket]] = []
+        #: Queries read out of a plain UDP socket swapped for the steered pair (bound ahead,
+        #: :func:`~blitzdns.dns.listen.bind_listeners`), with the socket that answers them.
+        self._held: list[tuple[socket.socket, bytes, Any]] = []
         #: Off (``steer=False``, or refused by the kernel): one plain UDP socket per listener.
         self._steering_off = not steer
         self._transports: list[asyncio.DatagramTransport] = []
@@ -162,6 +165,8 @@ class Resolver:
         serve on ``listeners`` already bound (:func:`~blitzdns.dns.listen.bind_listeners`,
         which this takes over: closed here if this fails)."""
         if self._bound:
+            if listeners is not None:
+                close_listeners(list(listeners))  # taken over once; these would leak
             return
         try:
             if listeners is None:
@@ -193,6 +198,9 @@ class Resolver:
         if code is None or self._steering_off or sys.platform != "linux":
             return
         family = socket.AF_INET6 if ":" in bound.host else socket.AF_INET
+        # Bound ahead (a link-first start), the plain socket may hold queries already:
+        # read out before it closes (its queue goes with it), answered once serving.
+        held = _read_out(udp)
         udp.close()
         try:
             general, priority = steer.bind_group(family, (bound.host, bound.port), code)
@@ -204,6 +212,7 @@ class Resolver:
         else:
             self._steered.append((general, priority))
         self._bound[-1] = (bound, general, tcp)
+        self._held.extend((general, data, address) for data, address in held)
 
     def _steering_program(self) -> tuple[steer.Instruction, ...]:
         code, left_out = steer.fitting_program(self.engine.table.protected)
@@ -239,6 +248,9 @@ class Resolver:
             server = await asyncio.start_server(self._serve_tcp, sock=tcp)
             self._servers.append(server)
         self._started = True
+        held, self._held = self._held, []
+        for sock, data, address in held:
+            _HeldQuery(self, sock).datagram_received(data, address)
         upstreams = ", ".join(str(u) for u in self.forwarder.upstreams) or "none"
         self.log.info(
             "DNS stub listening on %s; forwarding to %s; answering %d protected names",
@@ -828,6 +840,45 @@ class _PriorityUdpProtocol(_UdpProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.resolver.stats.steered += 1
         super().datagram_received(data, addr)
+
+
+class _HeldQuery(_UdpProtocol):
+    """A query read out of a plain UDP socket before it was swapped for the steered pair
+    (:meth:`Resolver._bind_listener`): handled as any, answered from the pair's socket."""
+
+    def __init__(self, resolver: Resolver, sock: socket.socket) -> None:
+        super().__init__(resolver)
+        self.sock = sock
+        self.transport = cast(asyncio.DatagramTransport, self)
+        self.sendto = self._send
+
+    def _send(self, data: bytes, address: Any, /) -> None:
+        try:
+            self.sock.sendto(data, address)
+        except OSError as exc:
+            self.error_received(exc)
+
+    def is_closing(self) -> bool:
+        return self.sock.fileno() == -1
+
+
+HELD_MAX = 1024
+"""At most this many queries are read out of a plain UDP socket as it is swapped (its
+receive queue, a moment's worth at a start); the rest go with it, as queries past a full
+queue do, and the client asks again."""
+
+
+def _read_out(sock: socket.socket) -> list[tuple[bytes, Any]]:
+    """The datagrams waiting in ``sock`` (non-blocking), at most :data:`HELD_MAX`."""
+    held: list[tuple[bytes, Any]] = []
+    for _ in range(HELD_MAX):
+        try:
+            held.append(sock.recvfrom(65535))
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError:
+            continue  # an earlier reply's ICMP error, reported once: read on
+    return held
 
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
