@@ -58,6 +58,7 @@ from tunnel import (
     early,
     nosftp,
 )
+from tunnel.errors import RetryableError
 
 if TYPE_CHECKING:
     from blitzdns.control import ControlServer
@@ -200,8 +201,21 @@ def raise_fd_limit(wanted: int = FD_LIMIT_WANTED) -> int:
     return soft
 
 
-class AskCancelled(Exception):
-    """A question on the terminal left unanswered: the daemon is stopping."""
+class AskCancelled(RetryableError):
+    """A question on the terminal left unanswered: the daemon is stopping. Raised inside
+    asyncssh's connect, it reaches the link's supervisor as a retryable failure (a quiet
+    line at DEBUG), not as an unexpected error with its traceback."""
+
+
+class _Question:
+    """One question on the terminal, and whoever waits for its answer."""
+
+    __slots__ = ("answer", "done", "failed")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.answer: str | None = None
+        self.failed: BaseException | None = None
 
 
 class TerminalSecrets:
@@ -213,15 +227,19 @@ class TerminalSecrets:
     Each question is asked in a thread of its own, so that a stop (:meth:`cancel`: Ctrl-C
     or SIGTERM at the prompt) ends it at once: the asker (asyncssh's executor thread, which
     the loop's end waits for) gets :class:`AskCancelled`, the terminal's echo is put back,
-    and the thread still reading the terminal does not hold the process's exit.
+    and the thread still reading the terminal does not hold the process's exit. One
+    question at a time is on the terminal: the same question asked again meanwhile (a
+    reconnect after an attempt timed out at the prompt) waits for the first one's answer,
+    another question for its turn; so the terminal's mode is saved only while no prompt
+    has changed it, and put back once.
     """
 
     def __init__(self, ask: Callable[[str], str] | None = None):
         self.ask = ask or getpass.getpass
         self.answers: dict[str, str] = {}
         self._cancelled = False
-        self._lock = threading.Lock()
-        self._pending: set[threading.Event] = set()
+        self._turn = threading.Condition()
+        self._asking: dict[str, _Question] = {}
 
     async def password(self, prompt: str) -> str:
         if prompt not in self.answers:
@@ -235,43 +253,59 @@ class TerminalSecrets:
         return self.answers[prompt]
 
     def cancel(self) -> None:
-        """Questions being asked, and any later one, raise :class:`AskCancelled`."""
-        with self._lock:
+        """Questions being asked or waiting, and any later one, raise :class:`AskCancelled`."""
+        with self._turn:
             self._cancelled = True
-            for done in self._pending:
-                done.set()
+            for question in self._asking.values():
+                question.done.set()
+            self._turn.notify_all()
 
     def _asked(self, prompt: str) -> str:
         """``self.ask(prompt)``'s answer (from any thread): waited for, until :meth:`cancel`."""
-        answer: list[str] = []
-        failed: list[BaseException] = []
-        done = threading.Event()
+        with self._turn:
+            while True:
+                if self._cancelled:
+                    raise AskCancelled(prompt)
+                question = self._asking.get(prompt)
+                if question is not None:  # the same question, on the terminal now
+                    mine = False
+                    break
+                if not self._asking:
+                    question = self._asking[prompt] = _Question()
+                    mine = True
+                    break
+                self._turn.wait()  # another question on the terminal: its turn first
+        if mine:
+            self._put(prompt, question)
+        question.done.wait()
+        if question.answer is not None:
+            return question.answer
+        if question.failed is not None:
+            raise question.failed
+        raise AskCancelled(prompt)
+
+    def _put(self, prompt: str, question: _Question) -> None:
+        """Ask ``question`` on the terminal (a thread of its own), wait for its answer or a
+        cancel, then give the terminal to the next question."""
 
         def ask() -> None:
             try:
-                answer.append(self.ask(prompt))
-            except BaseException as exc:  # handed to the asker below
-                failed.append(exc)
+                question.answer = self.ask(prompt)
+            except BaseException as exc:  # handed to the askers
+                question.failed = exc
             finally:
-                done.set()
+                question.done.set()
 
-        with self._lock:
-            if self._cancelled:
-                raise AskCancelled(prompt)
-            self._pending.add(done)
         terminal = _terminal_mode()
         try:
             threading.Thread(target=ask, name="blitzdns-ask", daemon=True).start()
-            done.wait()
+            question.done.wait()
         finally:
-            with self._lock:
-                self._pending.discard(done)
-        _release_terminal(terminal, restore=not answer and not failed)
-        if answer:
-            return answer[0]
-        if failed:
-            raise failed[0]
-        raise AskCancelled(prompt)
+            answered = question.answer is not None or question.failed is not None
+            _release_terminal(terminal, restore=not answered)
+            with self._turn:
+                del self._asking[prompt]
+                self._turn.notify_all()
 
 
 def _terminal_mode() -> tuple[int, list[Any]] | None:

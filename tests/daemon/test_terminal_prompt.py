@@ -8,6 +8,7 @@ import select
 import signal
 import subprocess
 import termios
+import threading
 import time
 from pathlib import Path
 
@@ -17,10 +18,15 @@ from .conftest import BLITZDNS
 from .test_run_end_to_end import config_text
 
 
-def read_until(fd: int, needle: bytes, timeout_s: float = 20) -> bytes:
+def read_until(
+    fd: int, needle: bytes, timeout_s: float = 20, *, also: tuple[bytes, ...] = ()
+) -> bytes:
+    """What the terminal shows until ``needle`` (and each of ``also``, in any order) has
+    appeared, or ``timeout_s`` has passed."""
+    needles = (needle, *also)
     seen = b""
     deadline = time.monotonic() + timeout_s
-    while needle not in seen and time.monotonic() < deadline:
+    while not all(n in seen for n in needles) and time.monotonic() < deadline:
         ready, _, _ = select.select([fd], [], [], 0.2)
         if ready:
             try:
@@ -105,7 +111,9 @@ def test_a_stop_at_the_passphrase_prompt_ends_the_daemon(sshd: Sshd, tmp_path: P
         )
     exited: list[int] = []
     try:
-        seen = read_until(fd, b"DNS stub listening")
+        # The stub's line and the question, in whichever order they come (the question
+        # waits for the key exchange and the first signature, the stub for its modules).
+        seen = read_until(fd, b"DNS stub listening", also=(b"Enter passphrase for key",))
         assert b"Enter passphrase for key" in seen
         assert b"DNS stub listening" in seen
         before_stub = seen.split(b"DNS stub listening")[0]
@@ -117,8 +125,10 @@ def test_a_stop_at_the_passphrase_prompt_ends_the_daemon(sshd: Sshd, tmp_path: P
         assert answers[0].startswith("127.79.0.")
         os.kill(pid, signal.SIGTERM)
 
+        shown: list[bytes] = [seen]
+
         def ended() -> tuple[int] | None:
-            read_until(fd, b"\0", timeout_s=0.2)  # keep the terminal drained
+            shown.append(read_until(fd, b"\0", timeout_s=0.2))  # keep the terminal drained
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 exited.append(status)
@@ -128,8 +138,67 @@ def test_a_stop_at_the_passphrase_prompt_ends_the_daemon(sshd: Sshd, tmp_path: P
         (status,) = wait_for(ended, lambda: "the daemon to end after SIGTERM", 20)
         assert os.waitstatus_to_exitcode(status) == 0
         assert termios.tcgetattr(fd)[3] & termios.ECHO
+        everything = b"".join(shown)
+        assert b"Traceback" not in everything  # the cancelled question is a quiet stop
+        assert b"unexpected error" not in everything
     finally:
         if not exited:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         os.close(fd)
+
+
+def test_the_same_question_asked_twice_at_once_is_put_once() -> None:
+    """A reconnect after an attempt timed out at the prompt asks the same question again:
+    the second asker waits for the first one's answer (one getpass on the terminal, its
+    mode saved once), and a cancel then ends both."""
+    from blitzdns.daemon import AskCancelled, TerminalSecrets
+
+    asked: list[str] = []
+    release = threading.Event()
+
+    def ask(prompt: str) -> str:
+        asked.append(prompt)
+        release.wait(20)
+        return "open sesame"
+
+    secrets = TerminalSecrets(ask)
+    answers: list[str] = []
+    askers = [
+        threading.Thread(target=lambda: answers.append(secrets.passphrase("k"))) for _ in "ab"
+    ]
+    for asker in askers:
+        asker.start()
+    wait_for(lambda: asked or None, lambda: "the question on the terminal", 10)
+    release.set()
+    for asker in askers:
+        asker.join(10)
+    assert answers == ["open sesame", "open sesame"]
+    assert asked == ["Enter passphrase for key 'k': "]
+
+    never = threading.Event()
+
+    def ask_unanswered(prompt: str) -> str:
+        asked.append(prompt)
+        never.wait(20)
+        return "too late"
+
+    held = TerminalSecrets(ask_unanswered)
+    failures: list[BaseException] = []
+
+    def fails() -> None:
+        try:
+            held.passphrase("other")
+        except BaseException as exc:
+            failures.append(exc)
+
+    askers = [threading.Thread(target=fails) for _ in "ab"]
+    for asker in askers:
+        asker.start()
+    wait_for(lambda: len(asked) == 2 or None, lambda: "the second question on the terminal", 10)
+    held.cancel()
+    for asker in askers:
+        asker.join(10)
+    never.set()  # the abandoned getpass thread ends
+    assert len(asked) == 2  # once more, not twice
+    assert [type(failure) for failure in failures] == [AskCancelled, AskCancelled]
