@@ -18,9 +18,12 @@ false: no such object can exist), ``create_default_context`` that raises, and th
 error codes uvloop keeps as C ints, equal to ``_ssl``'s (tests/tunnel/test_nossl.py
 checks them against the real module). Any other name, or making or calling any of them,
 raises :class:`NotLoaded`: a TLS use added to ``run`` fails loudly at its first use (and
-its tests), never quietly otherwise. The placeholder stays for the process's life: the
-modules that took it keep it. Other processes (the CLI, tests run in-process) get the real
-``ssl``.
+its tests), never quietly otherwise. Reading another name raises :class:`AbsentName`, a
+``NotLoaded`` that is also an ``AttributeError``: a library that probes
+``hasattr(ssl, "X")`` or ``getattr(ssl, "X", None)`` at its import takes its no-ssl path
+instead of crashing, while a real use still fails with the message. The placeholder stays
+for the process's life: the modules that took it keep it. Other processes (the CLI, tests
+run in-process) get the real ``ssl``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ NAMES = (
 CONSTANTS = {"SSL_ERROR_WANT_READ": 2, "SSL_ERROR_WANT_WRITE": 3, "SSL_ERROR_SYSCALL": 5}
 
 
+class AbsentName(NotLoaded, AttributeError):
+    """A name of ``ssl`` that :class:`NoSSL` does not hold was read: ``hasattr`` is false."""
+
+
 def _create_default_context(*args: object, **kwargs: object) -> NoReturn:
     raise NotLoaded("ssl.create_default_context: ssl is not loaded in blitzdns run")
 
@@ -72,7 +79,9 @@ class NoSSL(types.ModuleType):
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        raise NotLoaded(f"ssl.{name}: ssl is not loaded in blitzdns run (tunnel.nossl)")
+        error = AbsentName(f"ssl.{name}: ssl is not loaded in blitzdns run (tunnel.nossl)")
+        error.name = name
+        raise error
 
 
 def start() -> bool:

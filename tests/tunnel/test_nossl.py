@@ -41,6 +41,17 @@ def test_a_placeholder_used_for_real_fails_loudly() -> None:
         _ = placeholder.__path__
 
 
+def test_a_library_probing_the_placeholder_takes_its_no_ssl_path() -> None:
+    placeholder = nossl.NoSSL()
+    # hasattr swallows only AttributeError: a probe must not crash the importer.
+    assert not hasattr(placeholder, "HAS_SNI")
+    assert getattr(placeholder, "OP_NO_TLSv1", None) is None
+    assert hasattr(placeholder, "SSLContext")  # what asyncio reads is still there
+    with pytest.raises(NotLoaded, match=r"ssl\.HAS_SNI: ssl is not loaded") as caught:
+        _ = placeholder.HAS_SNI  # a real use still fails with the clear message
+    assert isinstance(caught.value, AttributeError) and caught.value.name == "HAS_SNI"
+
+
 def test_the_real_module_is_left_where_it_is_loaded() -> None:
     assert "ssl" in sys.modules
     assert not nossl.start()

@@ -7,12 +7,15 @@ tested for every flow in the other tunnel tests, which all go through this chann
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import socket
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -622,6 +625,35 @@ async def test_a_lean_channel_logs_what_asyncssh_s_logs(
     if level == "DEBUG2":
         assert any(message.endswith("chan=N] Sending EOF") for message in seen[0])
         assert any(message.endswith("chan=N] Received EOF") for message in seen[0])
+
+
+#: Logger methods that write above INFO (:data:`direct.CHANNEL_LOG_MAX`).
+ABOVE_INFO = {"warning", "warn", "error", "exception", "critical", "fatal", "log"}
+
+
+def test_nothing_writes_above_info_to_a_channel_s_logger() -> None:
+    """The premise of the shared :class:`direct._Unwritten` (no ``chan=`` context): no
+    code of the installed asyncssh writes to a logger above INFO (its channel code writes
+    ``debug1``, ``debug2`` and ``info`` only), nor does the tunnel's own code through a
+    channel's logger. An asyncssh that starts to must give the lean channel its context
+    back (build the real child logger for such a message): this says so."""
+    roots = [Path(asyncssh.__file__).parent, Path(direct.__file__).parents[1]]
+    found = []
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            if path.name == "logging.py" and root == roots[0]:  # SSHLogger itself
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ABOVE_INFO
+                    and isinstance(node.func.value, ast.Attribute)
+                    and node.func.value.attr == "logger"
+                ):
+                    found.append(f"{path.name}:{node.lineno}")
+    assert found == []
+    assert direct.CHANNEL_LOG_MAX == logging.INFO
 
 
 def test_the_lean_channel_end_fits_the_installed_asyncssh() -> None:
