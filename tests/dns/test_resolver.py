@@ -84,6 +84,7 @@ def test_every_protected_name_in_every_case_via_dig(stub: ServerThread, dnsmasq:
     lines = [line.split() for line in output.splitlines() if line.strip()]
     assert len(lines) == len(variants), output
     for (text, mouth), fields in zip(variants, lines, strict=True):
+        assert len(fields) == 5, output
         owner, ttl, _, rtype, address = fields
         assert owner == text.rstrip(".") + ".", "the answer must echo the question's letters"
         assert (rtype, address) == ("A", mouth)
