@@ -16,7 +16,6 @@ Needs root (the lab starts sshd), like bench/tunnel_bench.py.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +23,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import tunnel_bench  # noqa: E402
-from roundtrip_ab import bench_lock, start  # noqa: E402
-from tunnel_bench import Lab, lab  # noqa: E402
+from roundtrip_ab import rounds_beside_ssh, start  # noqa: E402
+from tunnel_bench import Lab  # noqa: E402
 
 
 def command(script: Path, lab_: Lab, cipher: str, mouths: tuple[int, int], loop: str) -> list[str]:
@@ -61,23 +60,8 @@ def main() -> None:
 
     tunnel_bench.start_forwarder = start_forwarder  # type: ignore[assignment]
     kinds = ["openssh"] + [f"{n}+{loop}" for loop in args.loops.split(",") for n in trees]
-    targs = argparse.Namespace(rounds=args.rounds, round_trips=args.round_trips)
-    with lab() as lab_:
-        for cipher in args.cipher or [tunnel_bench.CIPHERS[0]]:
-            with bench_lock():
-                load = os.getloadavg()[0]
-                res = tunnel_bench.round_trip_rounds(kinds, lab_, cipher, targs)
-                load_end = os.getloadavg()[0]
-            base = res["openssh"]["p50"]
-            print(f"\n{cipher}: {args.rounds} rounds x {args.round_trips},", end=" ")
-            print(f"load {load:.2f}-{load_end:.2f}")
-            for kind in kinds:
-                r = res[kind]
-                print(
-                    f"  {kind:16} p50 {r['p50']:.3f} ms ({r['p50'] / base:.3f}x,"
-                    f" +{(r['p50'] - base) * 1000:.0f} us)  p99 {r['p99']:.3f}"
-                    f"  cpu/conn {r['cpu_per_conn_us']:.0f} us"
-                )
+    ciphers = args.cipher or [tunnel_bench.CIPHERS[0]]
+    rounds_beside_ssh(kinds, ciphers, args.rounds, args.round_trips)
 
 
 if __name__ == "__main__":

@@ -149,21 +149,30 @@ def ab(args: argparse.Namespace) -> None:
 
     tunnel_bench.start_forwarder = start_forwarder  # type: ignore[assignment]
     kinds = ["openssh", "old+uvloop", "new+uvloop", "old+asyncio", "new+asyncio"]
-    targs = argparse.Namespace(rounds=args.rounds, round_trips=args.round_trips)
+    rounds_beside_ssh(kinds, args.ciphers, args.rounds, args.round_trips)
+
+
+def rounds_beside_ssh(kinds: list[str], ciphers: list[str], rounds: int, round_trips: int) -> None:
+    """Interleaved round-trip rounds of ``kinds`` (``openssh``, ssh -L, first), per cipher
+    under the bench lock; each kind's p50 printed beside ssh -L's (ratio and difference),
+    its p99 and CPU per connection. The start of ``tunnel_bench.start_forwarder`` for the
+    kinds is the caller's (this script's trees, bench/mux_ab.py's)."""
+    targs = argparse.Namespace(rounds=rounds, round_trips=round_trips)
     with lab() as lab_:
-        for cipher in args.ciphers:
+        for cipher in ciphers:
             with bench_lock():
                 load = os.getloadavg()[0]
                 res = tunnel_bench.round_trip_rounds(kinds, lab_, cipher, targs)
                 load_end = os.getloadavg()[0]
             base = res["openssh"]["p50"]
-            print(f"\n{cipher}: {args.rounds} rounds x {args.round_trips},", end=" ")
+            print(f"\n{cipher}: {rounds} rounds x {round_trips},", end=" ")
             print(f"load {load:.2f}-{load_end:.2f}")
             for kind in kinds:
                 r = res[kind]
                 print(
-                    f"  {kind:12} p50 {r['p50']:.3f} ms ({r['p50'] / base:.2f}x)"
-                    f"  p99 {r['p99']:.3f}  cpu/conn {r['cpu_per_conn_us']:.0f} us"
+                    f"  {kind:16} p50 {r['p50']:.3f} ms ({r['p50'] / base:.3f}x,"
+                    f" +{(r['p50'] - base) * 1000:.0f} us)  p99 {r['p99']:.3f}"
+                    f"  cpu/conn {r['cpu_per_conn_us']:.0f} us"
                 )
 
 
