@@ -29,6 +29,22 @@ from tunnel.sshlib import asyncssh
 from .tunnel_testlib import Target, exchange, link_up, one_open_connection
 
 
+@contextlib.asynccontextmanager
+async def ssh_link_to(
+    options: TunnelOptions, target: Target, cipher: str | None = None
+) -> AsyncIterator[tuple[Forward, asyncssh_link.SSHLink]]:
+    """A tunnel with one forward to ``target`` (only ``cipher`` offered, when given) and its
+    asyncssh link up: the forward and the link."""
+    if cipher is not None:
+        assert options.ssh_config is not None
+        options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", target.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        link = await link_up(tunnel)
+        assert isinstance(link, asyncssh_link.SSHLink)
+        yield forward, link
+
+
 def test_the_direct_channel_fits_the_installed_asyncssh() -> None:
     assert direct.supported()
 
@@ -208,10 +224,7 @@ async def test_the_open_is_the_one_asyncssh_sends(
     """Twin check: the CHANNEL_OPEN of a :class:`DirectTCPChannel` is byte for byte the one
     asyncssh's own ``create_connection`` sends for the same target, origin, window and
     packet size (but for each channel's own number), and sshd confirms both."""
-    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
-    async with Tunnel(options, [forward]) as tunnel:
-        link = await link_up(tunnel)
-        assert isinstance(link, asyncssh_link.SSHLink)
+    async with ssh_link_to(options, echo) as (_, link):
         conn = link.conn
         opens: list[bytes] = []
         # Sealing off (the wrapper does not say it keeps the chaff filter): both opens go
@@ -259,12 +272,7 @@ async def test_a_flows_control_packets_are_sealed_by_the_tunnel(
     """In the steady state a connection's CHANNEL_OPEN, EOF and CLOSE are sealed and
     written by :func:`~tunnel.backends.asyncssh_patches.send_sealed`: none goes through
     asyncssh's ``send_packet`` (and the connections work)."""
-    assert options.ssh_config is not None
-    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
-    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
-    async with Tunnel(options, [forward]) as tunnel:
-        link = await link_up(tunnel)
-        assert isinstance(link, asyncssh_link.SSHLink)
+    async with ssh_link_to(options, echo, cipher) as (forward, link):
         conn = link.conn
         through_asyncssh: list[int] = []
         record_sends(
@@ -285,12 +293,7 @@ async def test_a_flows_control_packets_take_their_padding_from_the_pool(
     (:data:`~tunnel.backends.asyncssh_patches.PADDING`), as its data packets are: no
     ``os.urandom`` call (a ``getrandom`` system call) of a packet's own, which put one
     between a client's accept and its CHANNEL_OPEN leaving (bench/notes/path.md)."""
-    assert options.ssh_config is not None
-    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
-    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
-    async with Tunnel(options, [forward]) as tunnel:
-        link = await link_up(tunnel)
-        assert isinstance(link, asyncssh_link.SSHLink)
+    async with ssh_link_to(options, echo, cipher) as (forward, link):
         conn = link.conn
         assert await exchange(*forward.mouth, b"first\n") == b"first\n"
         await wait_until(lambda: not conn._channels)
@@ -320,12 +323,7 @@ async def test_a_sealed_packet_is_the_one_asyncssh_sends(
     ``os.urandom``), for every payload length over two cipher blocks (each padding case);
     both step the sequence number and rekey count alike. Nothing of it reaches sshd (the
     transport is a recorder meanwhile, the state put back): the link carries on."""
-    assert options.ssh_config is not None
-    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
-    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
-    async with Tunnel(options, [forward]) as tunnel:
-        link = await link_up(tunnel)
-        assert isinstance(link, asyncssh_link.SSHLink)
+    async with ssh_link_to(options, echo, cipher) as (forward, link):
         conn = link.conn
         assert await exchange(*forward.mouth, b"before\n") == b"before\n"
         wrote: list[bytes] = []
@@ -543,10 +541,7 @@ async def test_the_lean_channel_is_made_as_asyncssh_makes_it(
     asyncssh's ``SSHChannel.__init__`` gives it, with the same values (but its number and
     its logger, made when something is written), registered on the connection the same
     way; its close event is a fresh unset ``asyncio.Event``."""
-    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
-    async with Tunnel(options, [forward]) as tunnel:
-        link = await link_up(tunnel)
-        assert isinstance(link, asyncssh_link.SSHLink)
+    async with ssh_link_to(options, echo) as (_, link):
         conn = link.conn
         lean = direct.DirectTCPChannel(conn, link.window, link.max_packet)
         monkeypatch.setattr(direct, "LEAN_INIT", False)
