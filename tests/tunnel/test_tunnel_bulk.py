@@ -13,12 +13,14 @@ must leave every byte and every end as it was.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import inspect
 import os
 import random
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncssh.connection
@@ -1035,6 +1037,23 @@ def record_view_sources(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return sources
 
 
+@contextlib.asynccontextmanager
+async def idle_read_side(
+    options: TunnelOptions, echo: Target, cipher: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Any, int, asyncio.StreamReader, asyncio.StreamWriter, list[Any]]]:
+    """One open connection (only ``cipher`` offered) once its link's read side is idle
+    (nothing buffered, no packet cut): the link's connection, the channel's number, the
+    client's reader and writer, and the sources of the views handed on from then."""
+    assert options.ssh_config is not None
+    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
+    sources = record_view_sources(monkeypatch)
+    async with one_open_connection(options, echo) as (_, link, reader, writer):
+        (channel,) = link.conn._channels
+        conn = link.conn
+        await wait_until(lambda: not conn._inpbuf and asyncssh_patches.TAIL not in vars(conn))
+        yield conn, channel, reader, writer, sources
+
+
 @pytest.mark.parametrize("cipher", CIPHERS)
 async def test_data_opened_in_the_read_buffer_is_what_asyncssh_opens(
     options: TunnelOptions, echo: Target, cipher: str, monkeypatch: pytest.MonkeyPatch
@@ -1048,14 +1067,9 @@ async def test_data_opened_in_the_read_buffer_is_what_asyncssh_opens(
     bytes both ways, every data packet of the writable read went as a view of that
     read's buffer, none of the read-only one's did. The connection's receive sequence
     number (and GCM IV) are put back afterwards: sshd's next packets still open."""
-    assert options.ssh_config is not None
-    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
     rng = random.Random(18)
-    sources = record_view_sources(monkeypatch)
-    async with one_open_connection(options, echo) as (_, link, reader, writer):
-        (channel,) = link.conn._channels
-        conn = link.conn
-        await wait_until(lambda: not conn._inpbuf and asyncssh_patches.TAIL not in vars(conn))
+    async with idle_read_side(options, echo, cipher, monkeypatch) as opened:
+        conn, channel, reader, writer, sources = opened
         aead = conn._recv_encryption._cipher
         for kind in (bytearray, bytes):
             seq, iv = conn._recv_seq, getattr(aead, "_iv", None)
@@ -1088,14 +1102,9 @@ async def test_reads_in_one_turn_hand_their_data_over_before_the_next(
     idle, the packets sealed with its receive keys), the first ending inside a 32 KiB
     packet, without the loop turning between them: the client gets every byte in
     order, and every data packet, the cut one too, went as a view of the read buffer."""
-    assert options.ssh_config is not None
-    options.ssh_config.write_text(f"Host *\n  Ciphers {cipher}\n")
     rng = random.Random(8)
-    sources = record_view_sources(monkeypatch)
-    async with one_open_connection(options, echo) as (_, link, reader, writer):
-        (channel,) = link.conn._channels
-        conn = link.conn
-        await wait_until(lambda: not conn._inpbuf and asyncssh_patches.TAIL not in vars(conn))
+    async with idle_read_side(options, echo, cipher, monkeypatch) as opened:
+        conn, channel, reader, writer, sources = opened
         protocol = conn._transport.get_protocol()
         assert isinstance(protocol, _BufferedReads)
         aead = conn._recv_encryption._cipher
