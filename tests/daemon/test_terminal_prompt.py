@@ -10,6 +10,7 @@ import subprocess
 import termios
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.peers import Sshd, dig_short, free_port, wait_for
@@ -148,6 +149,20 @@ def test_a_stop_at_the_passphrase_prompt_ends_the_daemon(sshd: Sshd, tmp_path: P
         os.close(fd)
 
 
+def at_once(
+    asking: Callable[[], object], on_terminal: Callable[[], object], then: Callable[[], None]
+) -> None:
+    """``asking`` from two threads at once; once ``on_terminal`` holds, ``then``; both
+    threads waited for."""
+    askers = [threading.Thread(target=asking) for _ in "ab"]
+    for asker in askers:
+        asker.start()
+    wait_for(on_terminal, lambda: "the question on the terminal", 10)
+    then()
+    for asker in askers:
+        asker.join(10)
+
+
 def test_the_same_question_asked_twice_at_once_is_put_once() -> None:
     """A reconnect after an attempt timed out at the prompt asks the same question again:
     the second asker waits for the first one's answer (one getpass on the terminal, its
@@ -164,15 +179,11 @@ def test_the_same_question_asked_twice_at_once_is_put_once() -> None:
 
     secrets = TerminalSecrets(ask)
     answers: list[str] = []
-    askers = [
-        threading.Thread(target=lambda: answers.append(secrets.passphrase("k"))) for _ in "ab"
-    ]
-    for asker in askers:
-        asker.start()
-    wait_for(lambda: asked or None, lambda: "the question on the terminal", 10)
-    release.set()
-    for asker in askers:
-        asker.join(10)
+    at_once(
+        lambda: answers.append(secrets.passphrase("k")),
+        lambda: asked or None,
+        release.set,
+    )
     assert answers == ["open sesame", "open sesame"]
     assert asked == ["Enter passphrase for key 'k': "]
 
@@ -192,13 +203,7 @@ def test_the_same_question_asked_twice_at_once_is_put_once() -> None:
         except BaseException as exc:
             failures.append(exc)
 
-    askers = [threading.Thread(target=fails) for _ in "ab"]
-    for asker in askers:
-        asker.start()
-    wait_for(lambda: len(asked) == 2 or None, lambda: "the second question on the terminal", 10)
-    held.cancel()
-    for asker in askers:
-        asker.join(10)
+    at_once(fails, lambda: len(asked) == 2 or None, held.cancel)
     never.set()  # the abandoned getpass thread ends
     assert len(asked) == 2  # once more, not twice
     assert [type(failure) for failure in failures] == [AskCancelled, AskCancelled]
