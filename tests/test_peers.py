@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from tests.peers import (
     Sshd,
     _port_range,
     free_port,
+    port_guard,
     process_state,
     session_members,
     signal_existing,
@@ -76,6 +78,33 @@ def test_free_ports_are_outside_the_ephemeral_range_and_free() -> None:
         for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
             with socket.socket(socket.AF_INET, kind) as sock:
                 sock.bind(("127.0.0.1", port))
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def test_port_guard_keeps_a_reuseport_client_off_the_servers_port() -> None:
+    # A server like the stub's steered pair (SO_REUSEPORT, a kernel-picked port), and a
+    # client socket like dig 9.18's (SO_REUSEPORT, the wildcard address): the kernel lets
+    # the client share the port (so a bind to port 0 may land on it), unless guarded.
+    # The explicit bind is put through the conflict check the kernel's choice for port 0 is.
+    with reuseport_socket("127.0.0.1", 0) as server:
+        port = server.getsockname()[1]
+        with reuseport_socket("0.0.0.0", port):
+            pass  # the premise: shared
+        with port_guard("127.0.0.1", port) as guard, port_guard("127.0.0.1", port) as second:
+            assert guard is not None and second is not None  # two digs at once: both guard
+            with pytest.raises(OSError) as refused:
+                reuseport_socket("0.0.0.0", port)
+            assert refused.value.errno == errno.EADDRINUSE
+        with reuseport_socket("0.0.0.0", port):
+            pass  # the guard is gone with the block
+    with port_guard("::1", port) as none:
+        assert none is None
 
 
 def test_wait_for_returns_the_value_and_names_what_never_came() -> None:

@@ -93,6 +93,18 @@ def test_every_protected_name_in_every_case_via_dig(stub: ServerThread, dnsmasq:
     assert_never_reached(stub, dnsmasq, [name for name, _ in PROTECTED])
 
 
+def test_dig_never_reads_its_own_query_back(stub: ServerThread) -> None:
+    # dig 9.18 binds its query sockets with SO_REUSEPORT, and so may be handed the port of
+    # the stub's steered pair (tests.peers.port_guard): asking from that very port, it got
+    # its own query back as the answer (';; Warning: query response not set', no answer
+    # line; the all-cases test above failed so once in about 200 runs). Forced onto that
+    # port here, a guarded dig cannot bind it at all.
+    output = dig(stub.endpoint, "-b", f"0.0.0.0#{stub.port}", "+noall", "+answer", "dnd", "A")
+    assert "query response not set" not in output, output
+    assert "address in use" in output, output
+    assert stub.resolver.stats.answered_local == 0
+
+
 def test_exact_letters_echoed_to_dnspython(stub: ServerThread) -> None:
     response = ask(stub.endpoint, "dAsHeR.DartMouth.edu.")
     assert response.rcode() == dns.rcode.NOERROR
