@@ -471,16 +471,15 @@ def connect_early(config: Config) -> None:
     link is asyncssh's: the gateway's sshd then starts its side of the connection while
     this process is still loading asyncssh (:mod:`tunnel.early`; asyncssh uses the socket
     only where ``~/.ssh/config`` leaves that address and port as they are). Its own port
-    is none of the stub's (a link-first start has bound them already; the others bind
-    after this: ``avoid``). A gateway that does not parse is left for the tunnel to
-    report, as always."""
+    is none of the stub's: every start has bound them before this (:meth:`Daemon.start`).
+    A gateway that does not parse is left for the tunnel to report, as always."""
     if config.tunnel.backend != "asyncssh" or not config.tunnel.gateways:
         return
     try:
         gateway = Gateway.parse(config.tunnel.gateways[0])
     except Exception:
         return
-    early.connect_early(gateway.host, gateway.port, avoid={e.port for e in config.dns.listen})
+    early.connect_early(gateway.host, gateway.port)
 
 
 def run_daemon(config: Config, options: RunOptions) -> int:
@@ -625,9 +624,8 @@ class Daemon:
             self.tunnel = self._make_tunnel(config)
             await self.tunnel.bind()
             if self.options.connect_early:
-                # After the mouths' binds (and a link-first start's stub sockets), and with
-                # a port none of the stub's listeners takes: the connection's ephemeral port
-                # can be none of theirs.
+                # After the mouths' binds and the stub's (either branch above): the
+                # connection's ephemeral port can be none of theirs.
                 # Before the link's code loads (preload or tunnel.start), so sshd's start
                 # overlaps that.
                 connect_early(config)

@@ -26,7 +26,7 @@ import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger("tunnel.link")
@@ -100,32 +100,22 @@ class EarlyConnection:
 _pending: list[EarlyConnection] = []
 
 
-def connect_early(
-    host: str, port: int | None, avoid: Collection[int] = ()
-) -> EarlyConnection | None:
+def connect_early(host: str, port: int | None) -> EarlyConnection | None:
     """Start connecting to ``host``:``port`` (an IP literal; ``None`` port: 22) and keep the
     socket for the first :func:`take`; ``None`` when this does not apply (a name) or the
-    connect could not even start. The connection's own (ephemeral) port is none of
-    ``avoid``: ports this process is still to bind (a few tries, then no early connect)."""
+    connect could not even start. The caller binds its own ports first: the kernel gives
+    the connection (its ephemeral port) none that a socket is bound to."""
     discard()
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return None
     port = SSH_PORT if port is None else port
-    for _ in range(AVOID_TRIES):
-        sock = _connect(host, ip, port)
-        if sock is None:
-            return None
-        if sock.getsockname()[1] not in avoid:
-            _pending.append(EarlyConnection(sock, ip, port))
-            return _pending[0]
-        sock.close()
-    return None
-
-
-AVOID_TRIES = 3
-"""Connects tried for a port outside ``avoid`` (each port is one of ~28,000)."""
+    sock = _connect(host, ip, port)
+    if sock is None:
+        return None
+    _pending.append(EarlyConnection(sock, ip, port))
+    return _pending[0]
 
 
 def _connect(

@@ -85,36 +85,6 @@ def test_run_starts_its_link_before_the_stub(sshd: Sshd, tmp_path: Path) -> None
         daemon.stop()
 
 
-def test_the_early_port_is_none_of_the_stub_s(
-    listener: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The early connection's own port is none of those the start still binds: a connect
-    that got one is closed and made again."""
-    avoid: set[int] = set()
-    ports: list[int] = []
-    real = early._connect
-
-    def spy(*args: object) -> socket.socket | None:
-        sock = real(*args)  # type: ignore[arg-type]
-        assert sock is not None
-        if not ports:
-            avoid.add(sock.getsockname()[1])  # as if the stub were to bind this one
-        ports.append(sock.getsockname()[1])
-        return sock
-
-    monkeypatch.setattr(early, "_connect", spy)
-    started = early.connect_early("127.0.0.1", listener, avoid=avoid)
-    assert started is not None
-    assert len(ports) == 2
-    assert started.sock.getsockname()[1] == ports[1] != ports[0]
-    started.close()
-
-
-def test_no_early_connection_when_every_port_is_avoided(listener: int) -> None:
-    assert early.connect_early("127.0.0.1", listener, avoid=range(65536)) is None
-    assert early.take() is None
-
-
 def test_a_stub_port_taken_ends_a_link_first_start_in_one_line(sshd: Sshd, tmp_path: Path) -> None:
     """A link-first start binds the stub's sockets before the link starts: its port taken
     ends the start as before (one line naming the address, a failing status, no traceback)."""
