@@ -53,6 +53,12 @@ CACHE_LEVEL = f"2lines{linetable.FORMAT}"
 kept as ``.opt-2lines1.pyc`` beside, not in place of, the ``.opt-2.pyc`` that ``python
 -OO`` reads and writes."""
 
+#: The tags of the files earlier formats wrote (``.opt-2lines.pyc`` before the format was
+#: part of the tag): a module's are removed when its file of this format is written, since
+#: nothing reads them any more (each a module's size in bytecode, left behind in every cache
+#: the daemon's modules were ever compiled to).
+OLDER_LEVELS = ("2lines", *(f"2lines{k}" for k in range(1, linetable.FORMAT)))
+
 #: One top-level module from each place the daemon's code comes from: the standard
 #: library, the dependencies (possibly split between system and user directories), this
 #: package and its tunnel package (possibly an editable source tree).
@@ -162,6 +168,11 @@ def level2_loader() -> type[Any] | None:
                     self._cache_bytecode(source_path, bytecode_path, data)
                 except NotImplementedError:
                     pass
+                for level in OLDER_LEVELS:  # only where this format's file was just written
+                    try:  # noqa: SIM105
+                        os.unlink(external.cache_from_source(source_path, optimization=level))
+                    except OSError:
+                        pass
             return code
 
     return Level2Loader

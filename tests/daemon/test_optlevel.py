@@ -119,6 +119,30 @@ def test_the_cache_tag_carries_the_line_tables_format() -> None:
     assert name.endswith(f".opt-2lines{linetable.FORMAT}.pyc")
 
 
+def test_files_of_older_formats_go_when_this_one_is_written(tmp_path: Path) -> None:
+    """A module's .opt-2lines.pyc (the tag before the format was in it; nothing reads it
+    now) is removed once its file of this format is written; python -OO's is left alone."""
+    (tmp_path / "mods").mkdir()
+    source = tmp_path / "mods" / "probe_mod.py"
+    source.write_text(MODULE.format(value=1))
+    prefix = tmp_path / "pycache"
+    tag = f"{sys.implementation.cache_tag}.opt-{optlevel.CACHE_LEVEL}"
+    cached = Path(str(prefix) + str(source.with_name(f"probe_mod.{tag}.pyc")))
+    cached.parent.mkdir(parents=True)
+    older = [cached.with_name(cached.name.replace(optlevel.CACHE_LEVEL, level))
+             for level in (*optlevel.OLDER_LEVELS, "2")]  # fmt: skip
+    assert older[0].name.endswith(".opt-2lines.pyc")
+    for path in older:
+        path.write_bytes(b"old")
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(tmp_path / "mods")],
+        capture_output=True, text=True, env=cached_env(prefix), timeout=60, check=True,
+    )  # fmt: skip
+    assert done.stdout.splitlines()[0] == "True"
+    assert cached.exists()
+    assert [path.exists() for path in older] == [False] * len(optlevel.OLDER_LEVELS) + [True]
+
+
 def test_bytecode_is_usable_where_it_is_or_can_be_written(
     tmp_path: Path, in_child: ChildRunner
 ) -> None:
