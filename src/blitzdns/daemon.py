@@ -226,20 +226,28 @@ class TerminalSecrets:
 
     Each question is asked in a thread of its own, so that a stop (:meth:`cancel`: Ctrl-C
     or SIGTERM at the prompt) ends it at once: the asker (asyncssh's executor thread, which
-    the loop's end waits for) gets :class:`AskCancelled`, the terminal's echo is put back,
-    and the thread still reading the terminal does not hold the process's exit. One
+    the loop's end waits for) gets :class:`AskCancelled`, and the terminal's reader
+    (:func:`read_secret`, which watches a pipe that :meth:`cancel` writes to) puts the
+    echo back and ends, joined by the asker: no thread is left reading the terminal. An
+    ``ask`` given in its place (the tests') that does not end is abandoned as before, the
+    echo put back for it. One
     question at a time is on the terminal: the same question asked again meanwhile (a
     reconnect after an attempt timed out at the prompt) waits for the first one's answer,
     another question for its turn; so the terminal's mode is saved only while no prompt
     has changed it, and put back once.
     """
 
-    def __init__(self, ask: Callable[[str], str] | None = None):
-        self.ask = ask or getpass.getpass
+    def __init__(self, ask: Callable[[str], str] | None = None, terminal: str = "/dev/tty"):
+        self.ask = ask or self._read
+        #: The terminal asked on (the process's controlling one; a pty's in the tests).
+        self.terminal = terminal
+        self._own_reader = ask is None
         self.answers: dict[str, str] = {}
         self._cancelled = False
         self._turn = threading.Condition()
         self._asking: dict[str, _Question] = {}
+        #: A pipe made at the first question; :meth:`cancel` makes its read end readable.
+        self._wake: tuple[int, int] | None = None
 
     async def password(self, prompt: str) -> str:
         if prompt not in self.answers:
@@ -253,12 +261,24 @@ class TerminalSecrets:
         return self.answers[prompt]
 
     def cancel(self) -> None:
-        """Questions being asked or waiting, and any later one, raise :class:`AskCancelled`."""
+        """Questions being asked or waiting, and any later one, raise :class:`AskCancelled`;
+        the terminal's reader ends (its asker joins it)."""
         with self._turn:
             self._cancelled = True
+            if self._wake is not None:
+                os.write(self._wake[1], b"x")  # never read: stays readable
             for question in self._asking.values():
                 question.done.set()
             self._turn.notify_all()
+
+    def _read(self, prompt: str) -> str:
+        with self._turn:  # a cancel either sees the pipe (and writes) or comes first
+            if self._cancelled:
+                raise AskCancelled(prompt)
+            if self._wake is None:
+                self._wake = os.pipe()
+            wake = self._wake[0]
+        return read_secret(prompt, self.terminal, wake)
 
     def _asked(self, prompt: str) -> str:
         """``self.ask(prompt)``'s answer (from any thread): waited for, until :meth:`cancel`."""
@@ -296,22 +316,79 @@ class TerminalSecrets:
             finally:
                 question.done.set()
 
-        terminal = _terminal_mode()
+        terminal = _terminal_mode(self.terminal)
+        thread = threading.Thread(target=ask, name="blitzdns-ask", daemon=True)
         try:
-            threading.Thread(target=ask, name="blitzdns-ask", daemon=True).start()
+            thread.start()
             question.done.wait()
+            if self._own_reader:
+                # Answered, or cancelled: its reader ends at once either way (the bound
+                # is a safety net: a terminal whose output is stopped, ^S, holds a write).
+                thread.join(ASK_JOIN_S)
         finally:
-            answered = question.answer is not None or question.failed is not None
-            _release_terminal(terminal, restore=not answered)
+            if self._own_reader:
+                abandoned = thread.is_alive()  # else it put the terminal's mode back itself
+            else:
+                abandoned = question.answer is None and question.failed is None
+            _release_terminal(terminal, restore=abandoned)
             with self._turn:
                 del self._asking[prompt]
+                if self._cancelled and not abandoned and self._wake is not None:
+                    for fd in self._wake:  # its one reader is over; no other comes
+                        os.close(fd)
+                    self._wake = None
                 self._turn.notify_all()
 
 
-def _terminal_mode() -> tuple[int, list[Any]] | None:
-    """The controlling terminal's mode (what getpass changes and puts back), or None."""
+ASK_JOIN_S = 5.0
+"""How long a question's asker waits for the terminal's reader to end once answered or
+cancelled (it ends at once; the bound only keeps a stuck terminal from holding the stop)."""
+
+
+def read_secret(prompt: str, terminal: str, wake: int) -> str:
+    """What :func:`getpass.getpass` asks, on ``terminal``: the prompt, a line read with echo
+    off, the mode put back and the line ended; :class:`AskCancelled` as soon as ``wake``
+    is readable (the same, without the line). Without the terminal: getpass's own way."""
     try:
-        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+        fd = os.open(terminal, os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return getpass.getpass(prompt)
+    import locale  # noqa: PLC0415  (a question on a terminal only)
+    import select  # noqa: PLC0415
+    import termios  # noqa: PLC0415
+
+    encoding = locale.getpreferredencoding(False)  # as getpass's text stream's
+    try:
+        try:
+            mode = termios.tcgetattr(fd)
+        except termios.error:
+            return getpass.getpass(prompt)
+        quiet = list(mode)
+        quiet[3] &= ~termios.ECHO
+        termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
+        line = b""
+        try:
+            os.write(fd, prompt.encode(encoding, errors="replace"))
+            while not line.endswith(b"\n"):
+                ready, _, _ = select.select([fd, wake], [], [])
+                if wake in ready:
+                    raise AskCancelled(prompt)
+                chunk = os.read(fd, 1024)  # canonical mode: what was typed up to Enter
+                if not chunk:
+                    raise EOFError  # as getpass: ^D on an empty line
+                line += chunk
+        finally:
+            termios.tcsetattr(fd, termios.TCSAFLUSH, mode)
+            os.write(fd, b"\n")
+    finally:
+        os.close(fd)
+    return line[:-1].decode(encoding, errors="replace")
+
+
+def _terminal_mode(terminal: str) -> tuple[int, list[Any]] | None:
+    """``terminal``'s mode (what getpass changes and puts back), or None."""
+    try:
+        fd = os.open(terminal, os.O_RDWR | os.O_NOCTTY)
     except OSError:
         return None
     try:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.peers import Sshd, dig_short, free_port, wait_for
 
@@ -207,3 +208,53 @@ def test_the_same_question_asked_twice_at_once_is_put_once() -> None:
     never.set()  # the abandoned getpass thread ends
     assert len(asked) == 2  # once more, not twice
     assert [type(failure) for failure in failures] == [AskCancelled, AskCancelled]
+
+
+def asked_on_a_pty(then: Callable[[int, Any], None]) -> tuple[list[object], int]:
+    """A question put by TerminalSecrets on a pty of its own; ``then(master, secrets)`` once
+    it shows. What the asker got (an answer or an exception) and the pty's local modes
+    after, once the asker is over; no thread of the question's is left (asserted)."""
+    from blitzdns.daemon import TerminalSecrets
+
+    master, slave = pty.openpty()
+    try:
+        secrets = TerminalSecrets(terminal=os.ttyname(slave))
+        got: list[object] = []
+
+        def asker() -> None:
+            try:
+                got.append(secrets.passphrase("k"))
+            except BaseException as exc:
+                got.append(exc)
+
+        before = set(threading.enumerate())
+        thread = threading.Thread(target=asker)
+        thread.start()
+        assert b"Enter passphrase for key 'k': " in read_until(master, b"for key 'k': ")
+        assert not termios.tcgetattr(slave)[3] & termios.ECHO  # typing is not shown
+        then(master, secrets)
+        thread.join(20)
+        assert not thread.is_alive()
+        left = [t for t in threading.enumerate() if t not in before]
+        assert left == [], left  # the reader ended, joined by its asker
+        return got, termios.tcgetattr(slave)[3]
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_a_cancel_ends_the_reader_of_the_terminal() -> None:
+    """A stop at the prompt (cancel) ends the thread reading the terminal, not only its
+    asker: none is left behind reading it, and the echo is back (review of session 9:
+    getpass's thread was abandoned, still reading)."""
+    from blitzdns.daemon import AskCancelled
+
+    got, modes = asked_on_a_pty(lambda _, secrets: secrets.cancel())
+    assert [type(g) for g in got] == [AskCancelled]
+    assert modes & termios.ECHO
+
+
+def test_an_answer_on_the_terminal_is_read_as_getpass_reads_it() -> None:
+    got, modes = asked_on_a_pty(lambda master, _: os.write(master, b"open sesame\n") and None)
+    assert got == ["open sesame"]
+    assert modes & termios.ECHO
