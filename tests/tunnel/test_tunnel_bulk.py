@@ -171,8 +171,11 @@ def test_the_chacha_patch_seals_and_opens_as_asyncssh_did(
     key = os.urandom(64)
     main, adkey = key[:32], key[32:]
     sender, receiver = chacha.ChachaCipher(key), chacha.ChachaCipher(key)
-    sizes = (12, 28, 60, 64, 65, 128, 1000, 32 * 1024 + 12, 44)
-    for seq, size in zip((7, 3, 2**32 + 5, 0, 9, 9, 1, 2**64 - 1, 4), sizes, strict=True):
+    # around the block, and around CHACHA_SHORT (key and body in one call up to it)
+    sizes = (12, 28, 60, 64, 65, 128, 1000, 1024, 1025, 32 * 1024 + 12, 44)
+    seqs = (7, 3, 2**32 + 5, 0, 9, 9, 1, 11, 12, 2**64 - 1, 4)
+    assert asyncssh_patches.CHACHA_SHORT in sizes
+    for seq, size in zip(seqs, sizes, strict=True):
         nonce, body = seq.to_bytes(8, "big"), os.urandom(size)
         header = len(body).to_bytes(4, "big")
         packet, tag = sender.encrypt_and_sign(header, body, nonce)
@@ -1073,7 +1076,8 @@ async def test_data_opened_in_the_read_buffer_is_what_asyncssh_opens(
         aead = conn._recv_encryption._cipher
         for kind in (bytearray, bytes):
             seq, iv = conn._recv_seq, getattr(aead, "_iv", None)
-            sizes = [1, 5, 6, 100, 0, 4096, 4097, 32 * 1024, 33000, 77]
+            # 700 and 1100: chacha20's packets either side of CHACHA_SHORT, any padding
+            sizes = [1, 5, 6, 100, 0, 700, 1100, 4096, 4097, 32 * 1024, 33000, 77]
             wire, expected = gateway_packets(conn, channel, sizes, rng)
             sources.clear()
             buffer = kind(wire)

@@ -294,6 +294,11 @@ def _data_packets_opened_in_place() -> None:
     def chacha_open(self: Any, packet: memoryview) -> bytes | None:
         stream = _chacha_streams(self._recv_encryption._cipher)[1]
         stream.reset_nonce(CHACHA_CTR_0 + self._recv_seq.to_bytes(8, "big"))
+        if len(packet) - 4 - MAC_LEN <= CHACHA_SHORT:  # key and body in one call
+            both: bytes = stream.update(CHACHA_BLOCK_ZERO + packet[4:-MAC_LEN])
+            if not poly1305.verify_tag(both[:32], packet[:-MAC_LEN], bytes(packet[-MAC_LEN:])):
+                return None
+            return both[64:]
         key = stream.update(CHACHA_BLOCK_ZERO)[:32]  # block 0: the Poly1305 key
         if not poly1305.verify_tag(key, packet[:-MAC_LEN], bytes(packet[-MAC_LEN:])):
             return None
@@ -554,7 +559,11 @@ def _data_packets_opened_in_place() -> None:
         (padding length, type, channel, data length) are decrypted apart first; any
         packet that is not such a data packet gets a plaintext of its own as before
         (:func:`chacha_open`'s) and is handled as :func:`one` handles it, ciphertext
-        untouched, and the run ends. Stops before a packet cut by the end of ``view``,
+        untouched, and the run ends. A short packet (:data:`CHACHA_SHORT`) is decrypted
+        whole, with its key block, in one call, into a plaintext of its own, before its
+        tag is checked (nothing of it is used or written before the check): a data
+        packet's data is then copied over its ciphertext and handed over as a view of the
+        read buffer all the same. Stops before a packet cut by the end of ``view``,
         with a length outside asyncssh's bounds or a bad tag (:func:`opened` takes those
         the general way). Returns where it stopped."""
         if view.readonly:  # a transport that reads into bytes: the general path
@@ -571,11 +580,18 @@ def _data_packets_opened_in_place() -> None:
             if pktlen < MIN_PACKET_LEN or pktlen > most or end - pos < total:
                 break
             stream.reset_nonce(nonce)
-            key = stream.update(CHACHA_BLOCK_ZERO)[:32]  # block 0: the Poly1305 key
             tagged = pos + total - MAC_LEN
+            whole: bytes | None = None
+            if pktlen <= CHACHA_SHORT:  # key and body in one call (nothing written yet)
+                whole = stream.update(CHACHA_BLOCK_ZERO + view[pos + 4 : tagged])
+                key = whole[:32]
+                first = whole[64:74]
+            else:
+                key = stream.update(CHACHA_BLOCK_ZERO)[:32]  # block 0: the Poly1305 key
             if not verify(key, view[pos:tagged], bytes(view[tagged : pos + total])):
                 break
-            first = stream.update(view[pos + 4 : pos + 14])  # from block 1 on, as OpenSSH
+            if whole is None:
+                first = stream.update(view[pos + 4 : pos + 14])  # from block 1 on, as OpenSSH
             stop = pktlen - first[0]
             datalen = stop - 10
             if first[1] == MSG_CHANNEL_DATA and first[0] >= MIN_PADDING and datalen > 0:
@@ -583,14 +599,19 @@ def _data_packets_opened_in_place() -> None:
                 window = chan._recv_window - datalen if chan is not None else -1
                 if takes_view(chan, window, int.from_bytes(first[6:10], "big"), datalen):
                     data = view[pos + 14 : pos + 4 + stop]
-                    stream.update_into(data, data)
+                    if whole is None:
+                        stream.update_into(data, data)
+                    else:  # the plaintext written where its ciphertext was, as update_into
+                        data[:] = memoryview(whole)[74 : 64 + stop]
                     chan._recv_window = window
                     chan._session.data_received(data, None)
                     self._auth_final = True
                     self._recv_seq = (self._recv_seq + 1) & 0xFFFFFFFF
                     pos += total
                     continue
-            plain = first + stream.update(view[pos + 14 : tagged])
+            plain = (
+                whole[64:] if whole is not None else first + stream.update(view[pos + 14 : tagged])
+            )
             handle(self, view[pos : pos + total], plain, chacha_steps)
             return pos + total
         return pos
@@ -768,6 +789,10 @@ def _data_packets_sealed_in_place() -> None:
         head.reset_nonce(nonce)
         header = head.update(header)
         stream.reset_nonce(nonce)
+        if len(packet) <= CHACHA_SHORT:  # key and body in one call
+            both = stream.update(CHACHA_BLOCK_ZERO + packet)
+            sealed = header + both[64:]
+            return sealed, poly1305.generate_tag(both[:32], sealed, out)
         key = stream.update(CHACHA_BLOCK_ZERO)[:32]
         sealed = stream.update(packet)
         if len(sealed) > poly1305.SHORT:  # no join of a long packet: cryptography's tag
@@ -1002,6 +1027,13 @@ CHACHA_CTR_0 = bytes(8)
 """OpenSSH's chacha20 nonce: a 64-bit block counter (here 0), then the sequence number."""
 CHACHA_BLOCK_ZERO = bytes(64)
 """One ChaCha20 block: its key stream's first 32 bytes are the packet's Poly1305 key."""
+CHACHA_SHORT = 1024
+"""A chacha20-poly1305 packet up to this length (the length field's value) has its
+Poly1305 key (block 0) and its body (from block 1 on) run through the ChaCha20 context
+in one ``update``, of the zero block and the body joined: one call into cryptography
+fewer per packet (each ~1.6k instructions, the join and the slices a few hundred at this
+size; callgrind, bench/notes/roundtrip.md session 10). Longer packets keep their two
+calls: the join would copy all of a bulk packet."""
 
 
 def _opened_once() -> None:
@@ -1305,6 +1337,10 @@ def _chacha_kept_streams() -> None:
         nonce = CHACHA_CTR_0 + nonce
         head.reset_nonce(nonce)
         body.reset_nonce(nonce)
+        if len(data) <= CHACHA_SHORT:  # key and body in one call
+            both = body.update(CHACHA_BLOCK_ZERO + data)
+            packet = head.update(header) + both[64:]
+            return packet, poly1305.generate_tag(both[:32], packet, out)
         key = body.update(CHACHA_BLOCK_ZERO)[:32]
         packet = head.update(header) + body.update(data)
         return packet, poly1305.generate_tag(key, packet, out)
@@ -1320,6 +1356,11 @@ def _chacha_kept_streams() -> None:
     ) -> bytes | None:
         body = _chacha_streams(self)[1]
         body.reset_nonce(CHACHA_CTR_0 + nonce)
+        if len(data) <= CHACHA_SHORT:  # key and body in one call
+            both: bytes = body.update(CHACHA_BLOCK_ZERO + data)
+            if not poly1305.verify_tag(both[:32], header + data, tag):
+                return None
+            return both[64:]
         if not poly1305.verify_tag(body.update(CHACHA_BLOCK_ZERO)[:32], header + data, tag):
             return None
         clear: bytes = body.update(data)
