@@ -1093,6 +1093,42 @@ async def test_data_opened_in_the_read_buffer_is_what_asyncssh_opens(
         assert await reader.readexactly(9) == b"still up\n"
 
 
+@pytest.mark.parametrize("library", ["libsodium", "cryptography"])
+@pytest.mark.parametrize("size", [100, 2000])
+async def test_a_chacha_packet_with_a_bad_tag_is_refused_before_anything_is_written(
+    options: TunnelOptions,
+    echo: Target,
+    library: str,
+    size: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A chacha20-poly1305 data packet with one bit of its tag wrong, short (its key and
+    body opened in one call, its tag checked by libsodium called in line, or by
+    cryptography) or long (CHACHA_SHORT): the in-place run refuses it before writing
+    anything into the read buffer, nothing reaches the channel's session, and asyncssh's
+    own path fails the tag (its MAC error): the link is dropped."""
+    lib = poly1305.sodium() if library == "libsodium" else None
+    if library == "libsodium" and lib is None:
+        pytest.skip("libsodium (Debian: libsodium23) is not on this system")
+    assert asyncssh_patches.CHACHA_SHORT + 4 <= poly1305.SHORT  # the in-line call's bound
+    rng = random.Random(size)
+    async with idle_read_side(options, echo, CIPHERS[1], monkeypatch) as opened:
+        conn, channel, _, _, sources = opened
+        monkeypatch.setattr(poly1305, "_lib", lib)  # after the connection's want()
+        wire, _ = gateway_packets(conn, channel, [size], rng)
+        assert (len(wire) - 4 - asyncssh_patches.MAC_LEN <= asyncssh_patches.CHACHA_SHORT) == (
+            size < asyncssh_patches.CHACHA_SHORT
+        )
+        bad = bytearray(wire)
+        bad[-1] ^= 1
+        came = bytes(bad)
+        sources.clear()
+        conn.data_received(bad)
+        assert bytes(bad) == came
+        assert sources == []
+        await wait_until(lambda: conn._transport is None)
+
+
 @pytest.mark.parametrize("cipher", CIPHERS)
 async def test_reads_in_one_turn_hand_their_data_over_before_the_next(
     options: TunnelOptions, echo: Target, cipher: str, monkeypatch: pytest.MonkeyPatch

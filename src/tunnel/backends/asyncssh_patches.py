@@ -15,6 +15,7 @@ import os
 import struct
 import time
 from collections.abc import Sequence
+from ctypes import c_ulonglong
 from typing import Any
 
 import tunnel.sshlib  # noqa: F401 (asyncssh is first imported there, cheaply)
@@ -572,6 +573,7 @@ def _data_packets_opened_in_place() -> None:
         channels = self._channels
         most = self._max_recv_pktlen
         verify = poly1305.verify_tag
+        sodium = poly1305._lib  # libsodium, or None
         while end - pos >= 4 and self._transport is not None:  # a session may close it
             nonce = CHACHA_CTR_0 + self._recv_seq.to_bytes(8, "big")
             head.reset_nonce(nonce)
@@ -582,13 +584,22 @@ def _data_packets_opened_in_place() -> None:
             stream.reset_nonce(nonce)
             tagged = pos + total - MAC_LEN
             whole: bytes | None = None
+            tag = bytes(view[tagged : pos + total])
             if pktlen <= CHACHA_SHORT:  # key and body in one call (nothing written yet)
                 whole = stream.update(CHACHA_BLOCK_ZERO + view[pos + 4 : tagged])
                 key = whole[:32]
                 first = whole[64:74]
+                if sodium is None:
+                    good = verify(key, view[pos:tagged], tag)
+                else:  # verify_tag's libsodium call (32-byte key, 16-byte tag, short input)
+                    size = c_ulonglong(tagged - pos)
+                    good = not sodium.crypto_onetimeauth_poly1305_verify(
+                        tag, bytes(view[pos:tagged]), size, key
+                    )
             else:
                 key = stream.update(CHACHA_BLOCK_ZERO)[:32]  # block 0: the Poly1305 key
-            if not verify(key, view[pos:tagged], bytes(view[tagged : pos + total])):
+                good = verify(key, view[pos:tagged], tag)
+            if not good:
                 break
             if whole is None:
                 first = stream.update(view[pos + 4 : pos + 14])  # from block 1 on, as OpenSSH
@@ -792,7 +803,13 @@ def _data_packets_sealed_in_place() -> None:
         if len(packet) <= CHACHA_SHORT:  # key and body in one call
             both = stream.update(CHACHA_BLOCK_ZERO + packet)
             sealed = header + both[64:]
-            return sealed, poly1305.generate_tag(both[:32], sealed, out)
+            sodium = poly1305._lib  # libsodium, or None
+            if sodium is None:
+                return sealed, poly1305.generate_tag(both[:32], sealed, out)
+            # generate_tag's libsodium call (a 32-byte key, a short input, the tag buffer)
+            sodium.crypto_onetimeauth_poly1305(out, sealed, c_ulonglong(len(sealed)), both[:32])
+            tag: bytes = out.raw
+            return sealed, tag
         key = stream.update(CHACHA_BLOCK_ZERO)[:32]
         sealed = stream.update(packet)
         if len(sealed) > poly1305.SHORT:  # no join of a long packet: cryptography's tag
