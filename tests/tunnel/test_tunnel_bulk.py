@@ -694,6 +694,63 @@ async def test_data_across_key_exchanges(
         assert 0 < sent.by_asyncssh < len(payload)
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("cipher", CIPHERS)
+def test_the_kept_seal_follows_the_keys_and_the_debug_level(
+    options: TunnelOptions, sshd: Sshd, sent: Sent, loop: str, cipher: str
+) -> None:
+    """The seal kept with the connection (``SEALS_WITH``) for its send keys, against sshd:
+    a rekey every 256 KiB while 1 MiB goes up and back in 128 KiB pieces; after each
+    piece the kept seal belongs to the connection's current send encryption object once
+    it seals in place again (never to an earlier key's), and the link is up (a packet
+    sealed with old keys: sshd drops it). asyncssh's debug level 2 during one piece sends
+    that piece asyncssh's own way whole (checked each time, not kept); back at 1, in
+    place again."""
+    factory = asyncio.new_event_loop
+    if loop == "uvloop":
+        factory = pytest.importorskip("uvloop").new_event_loop
+    assert options.known_hosts is not None
+    kept_keys: list[Any] = []
+    by_asyncssh: list[int] = []
+
+    async def scenario() -> None:
+        echo = await Target("echo").start()
+        try:
+            async with asyncssh.connect(
+                "127.0.0.1",
+                port=sshd.port,
+                username=sshd.user,
+                known_hosts=str(options.known_hosts),
+                client_keys=[str(sshd.client_key)],
+                config=None,
+                encryption_algs=[cipher],
+                rekey_bytes=256 * 1024,
+            ) as conn:
+                drop_needless_chaff(conn)
+                reader, writer = await conn.open_connection("127.0.0.1", echo.port)
+                for piece in range(8):
+                    chunk = os.urandom(128 * 1024)
+                    asyncssh.set_debug_level(2 if piece == 5 else 1)
+                    before = sent.by_asyncssh
+                    writer.write(chunk)
+                    assert await reader.readexactly(len(chunk)) == chunk
+                    by_asyncssh.append(sent.by_asyncssh - before)
+                    kept = vars(conn).get(asyncssh_patches.SEALS_WITH)
+                    assert kept is not None
+                    if kept[0] is conn._send_encryption:
+                        kept_keys.append(kept[0])
+                assert conn.get_extra_info("send_cipher") == cipher
+        finally:
+            asyncssh.set_debug_level(1)
+            await echo.close()
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(scenario())
+    assert by_asyncssh[5] == 128 * 1024  # debug level 2: asyncssh's own path, all of it
+    assert by_asyncssh[0] < 128 * 1024 and by_asyncssh[7] < 128 * 1024  # in place again
+    assert len({id(key) for key in kept_keys}) >= 3  # kept anew for each new key
+
+
 def test_the_open_in_place_patch_is_in_place_on_the_installed_asyncssh() -> None:
     assert getattr(asyncssh.connection.SSHConnection.data_received, "opens_in_place", False)
 

@@ -824,21 +824,47 @@ def _data_packets_sealed_in_place() -> None:
     if _chacha_streams_reset():
         seals[ChachaEncryption] = chacha_seal
 
-    def sealer(conn: Any) -> Any:
-        """The fast seal for this connection now, or None: asyncssh's own path."""
+    def steady_seal(conn: Any) -> Any:
+        """The fast seal for ``conn``'s send keys as far as what holds for as long as they
+        do (its transport, whose class writes whole parts; no compression; the chaff
+        filter in place; a cipher sealed here), or None."""
         if (
-            conn is None
-            or conn._transport is None
-            or not (_WRITES_PARTS.get(type(conn._transport)) or writes_parts(conn._transport))
+            not (_WRITES_PARTS.get(type(conn._transport)) or writes_parts(conn._transport))
             or conn._compressor is not None
-            or not (conn._kex_complete and conn._auth_complete)
-            or conn._rekey_bytes_sent >= conn._rekey_bytes
-            or (conn._rekey_seconds and monotonic() >= conn._rekey_time)
-            or SSHLogger._debug_level >= 2
             or not getattr(conn.__dict__.get("send_packet"), "drops_chaff", False)
         ):
             return None
         return seals.get(type(conn._send_encryption))
+
+    def sealer(conn: Any) -> Any:
+        """The fast seal for this connection now, or None: asyncssh's own path.
+
+        What :func:`steady_seal` judges is kept with the connection (:data:`SEALS_WITH`)
+        for its send encryption object, once it says yes: asyncssh makes a new one, and
+        sets its compressor beside it, at each NEWKEYS (``_send_newkeys``: a rekey); the
+        transport only ever goes (None, checked here each time); the chaff filter,
+        once in place, stays (``drop_needless_chaff`` at the link's start). A no is not
+        kept (the filter may come after). What moves is checked each time, as before:
+        a key exchange running or not done, the rekey byte count and time, asyncssh's
+        debug level. One such check per packet cost ~6k instructions, ~2.5k of them the
+        part kept (callgrind; bench/notes/roundtrip.md session 10)."""
+        if conn is None or conn._transport is None:
+            return None
+        encryption = conn._send_encryption
+        kept = conn.__dict__.get(SEALS_WITH)
+        if kept is None or kept[0] is not encryption:
+            seal = steady_seal(conn)
+            if seal is None:
+                return None
+            kept = conn.__dict__[SEALS_WITH] = (encryption, seal)
+        if (
+            not (conn._kex_complete and conn._auth_complete)
+            or conn._rekey_bytes_sent >= conn._rekey_bytes
+            or (conn._rekey_seconds and monotonic() >= conn._rekey_time)
+            or SSHLogger._debug_level >= 2
+        ):
+            return None
+        return kept[1]
 
     def seal_run(self: Any, conn: Any, seal: Any, data: Any, end: int, out: list[Any]) -> int:
         """Seal ``data[:end]`` as packets from its start, as far as the window, the
@@ -976,6 +1002,9 @@ SEAL_ARENA = 1024 * 1024 + 64 * 1024
 """Bytes of an :class:`_Arena`: one read of a client (at most 1 MiB,
 :data:`tunnel.backends.asyncssh_link.CLIENT_READ`) sealed as 32 KiB packets, with their
 headers, padding and tags."""
+SEALS_WITH = "blitzdns_seals_with"
+"""Where asyncssh's connection keeps its send encryption object and the seal
+:func:`_data_packets_sealed_in_place`'s ``sealer`` judged for it."""
 SEALED_INTO = "blitzdns_sealed_into"
 """Where asyncssh's connection keeps its :class:`_Arena`."""
 
