@@ -171,8 +171,11 @@ def test_the_chacha_patch_seals_and_opens_as_asyncssh_did(
     key = os.urandom(64)
     main, adkey = key[:32], key[32:]
     sender, receiver = chacha.ChachaCipher(key), chacha.ChachaCipher(key)
-    sizes = (12, 28, 60, 64, 65, 128, 1000, 32 * 1024 + 12, 44)
-    for seq, size in zip((7, 3, 2**32 + 5, 0, 9, 9, 1, 2**64 - 1, 4), sizes, strict=True):
+    # around the block, and around CHACHA_SHORT (key and body in one call up to it)
+    sizes = (12, 28, 60, 64, 65, 128, 1000, 1024, 1025, 32 * 1024 + 12, 44)
+    seqs = (7, 3, 2**32 + 5, 0, 9, 9, 1, 11, 12, 2**64 - 1, 4)
+    assert asyncssh_patches.CHACHA_SHORT in sizes
+    for seq, size in zip(seqs, sizes, strict=True):
         nonce, body = seq.to_bytes(8, "big"), os.urandom(size)
         header = len(body).to_bytes(4, "big")
         packet, tag = sender.encrypt_and_sign(header, body, nonce)
@@ -691,6 +694,63 @@ async def test_data_across_key_exchanges(
         assert 0 < sent.by_asyncssh < len(payload)
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("cipher", CIPHERS)
+def test_the_kept_seal_follows_the_keys_and_the_debug_level(
+    options: TunnelOptions, sshd: Sshd, sent: Sent, loop: str, cipher: str
+) -> None:
+    """The seal kept with the connection (``SEALS_WITH``) for its send keys, against sshd:
+    a rekey every 256 KiB while 1 MiB goes up and back in 128 KiB pieces; after each
+    piece the kept seal belongs to the connection's current send encryption object once
+    it seals in place again (never to an earlier key's), and the link is up (a packet
+    sealed with old keys: sshd drops it). asyncssh's debug level 2 during one piece sends
+    that piece asyncssh's own way whole (checked each time, not kept); back at 1, in
+    place again."""
+    factory = asyncio.new_event_loop
+    if loop == "uvloop":
+        factory = pytest.importorskip("uvloop").new_event_loop
+    assert options.known_hosts is not None
+    kept_keys: list[Any] = []
+    by_asyncssh: list[int] = []
+
+    async def scenario() -> None:
+        echo = await Target("echo").start()
+        try:
+            async with asyncssh.connect(
+                "127.0.0.1",
+                port=sshd.port,
+                username=sshd.user,
+                known_hosts=str(options.known_hosts),
+                client_keys=[str(sshd.client_key)],
+                config=None,
+                encryption_algs=[cipher],
+                rekey_bytes=256 * 1024,
+            ) as conn:
+                drop_needless_chaff(conn)
+                reader, writer = await conn.open_connection("127.0.0.1", echo.port)
+                for piece in range(8):
+                    chunk = os.urandom(128 * 1024)
+                    asyncssh.set_debug_level(2 if piece == 5 else 1)
+                    before = sent.by_asyncssh
+                    writer.write(chunk)
+                    assert await reader.readexactly(len(chunk)) == chunk
+                    by_asyncssh.append(sent.by_asyncssh - before)
+                    kept = vars(conn).get(asyncssh_patches.SEALS_WITH)
+                    assert kept is not None
+                    if kept[0] is conn._send_encryption:
+                        kept_keys.append(kept[0])
+                assert conn.get_extra_info("send_cipher") == cipher
+        finally:
+            asyncssh.set_debug_level(1)
+            await echo.close()
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(scenario())
+    assert by_asyncssh[5] == 128 * 1024  # debug level 2: asyncssh's own path, all of it
+    assert by_asyncssh[0] < 128 * 1024 and by_asyncssh[7] < 128 * 1024  # in place again
+    assert len({id(key) for key in kept_keys}) >= 3  # kept anew for each new key
+
+
 def test_the_open_in_place_patch_is_in_place_on_the_installed_asyncssh() -> None:
     assert getattr(asyncssh.connection.SSHConnection.data_received, "opens_in_place", False)
 
@@ -1073,7 +1133,8 @@ async def test_data_opened_in_the_read_buffer_is_what_asyncssh_opens(
         aead = conn._recv_encryption._cipher
         for kind in (bytearray, bytes):
             seq, iv = conn._recv_seq, getattr(aead, "_iv", None)
-            sizes = [1, 5, 6, 100, 0, 4096, 4097, 32 * 1024, 33000, 77]
+            # 700 and 1100: chacha20's packets either side of CHACHA_SHORT, any padding
+            sizes = [1, 5, 6, 100, 0, 700, 1100, 4096, 4097, 32 * 1024, 33000, 77]
             wire, expected = gateway_packets(conn, channel, sizes, rng)
             sources.clear()
             buffer = kind(wire)
@@ -1087,6 +1148,42 @@ async def test_data_opened_in_the_read_buffer_is_what_asyncssh_opens(
                 aead._iv = iv
         writer.write(b"still up\n")  # sshd's packets still open after the injected ones
         assert await reader.readexactly(9) == b"still up\n"
+
+
+@pytest.mark.parametrize("library", ["libsodium", "cryptography"])
+@pytest.mark.parametrize("size", [100, 2000])
+async def test_a_chacha_packet_with_a_bad_tag_is_refused_before_anything_is_written(
+    options: TunnelOptions,
+    echo: Target,
+    library: str,
+    size: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A chacha20-poly1305 data packet with one bit of its tag wrong, short (its key and
+    body opened in one call, its tag checked by libsodium called in line, or by
+    cryptography) or long (CHACHA_SHORT): the in-place run refuses it before writing
+    anything into the read buffer, nothing reaches the channel's session, and asyncssh's
+    own path fails the tag (its MAC error): the link is dropped."""
+    lib = poly1305.sodium() if library == "libsodium" else None
+    if library == "libsodium" and lib is None:
+        pytest.skip("libsodium (Debian: libsodium23) is not on this system")
+    assert asyncssh_patches.CHACHA_SHORT + 4 <= poly1305.SHORT  # the in-line call's bound
+    rng = random.Random(size)
+    async with idle_read_side(options, echo, CIPHERS[1], monkeypatch) as opened:
+        conn, channel, _, _, sources = opened
+        monkeypatch.setattr(poly1305, "_lib", lib)  # after the connection's want()
+        wire, _ = gateway_packets(conn, channel, [size], rng)
+        assert (len(wire) - 4 - asyncssh_patches.MAC_LEN <= asyncssh_patches.CHACHA_SHORT) == (
+            size < asyncssh_patches.CHACHA_SHORT
+        )
+        bad = bytearray(wire)
+        bad[-1] ^= 1
+        came = bytes(bad)
+        sources.clear()
+        conn.data_received(bad)
+        assert bytes(bad) == came
+        assert sources == []
+        await wait_until(lambda: conn._transport is None)
 
 
 @pytest.mark.parametrize("cipher", CIPHERS)

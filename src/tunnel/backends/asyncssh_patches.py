@@ -15,6 +15,7 @@ import os
 import struct
 import time
 from collections.abc import Sequence
+from ctypes import c_ulonglong
 from typing import Any
 
 import tunnel.sshlib  # noqa: F401 (asyncssh is first imported there, cheaply)
@@ -294,6 +295,11 @@ def _data_packets_opened_in_place() -> None:
     def chacha_open(self: Any, packet: memoryview) -> bytes | None:
         stream = _chacha_streams(self._recv_encryption._cipher)[1]
         stream.reset_nonce(CHACHA_CTR_0 + self._recv_seq.to_bytes(8, "big"))
+        if len(packet) - 4 - MAC_LEN <= CHACHA_SHORT:  # key and body in one call
+            both: bytes = stream.update(CHACHA_BLOCK_ZERO + packet[4:-MAC_LEN])
+            if not poly1305.verify_tag(both[:32], packet[:-MAC_LEN], bytes(packet[-MAC_LEN:])):
+                return None
+            return both[64:]
         key = stream.update(CHACHA_BLOCK_ZERO)[:32]  # block 0: the Poly1305 key
         if not poly1305.verify_tag(key, packet[:-MAC_LEN], bytes(packet[-MAC_LEN:])):
             return None
@@ -554,7 +560,11 @@ def _data_packets_opened_in_place() -> None:
         (padding length, type, channel, data length) are decrypted apart first; any
         packet that is not such a data packet gets a plaintext of its own as before
         (:func:`chacha_open`'s) and is handled as :func:`one` handles it, ciphertext
-        untouched, and the run ends. Stops before a packet cut by the end of ``view``,
+        untouched, and the run ends. A short packet (:data:`CHACHA_SHORT`) is decrypted
+        whole, with its key block, in one call, into a plaintext of its own, before its
+        tag is checked (nothing of it is used or written before the check): a data
+        packet's data is then copied over its ciphertext and handed over as a view of the
+        read buffer all the same. Stops before a packet cut by the end of ``view``,
         with a length outside asyncssh's bounds or a bad tag (:func:`opened` takes those
         the general way). Returns where it stopped."""
         if view.readonly:  # a transport that reads into bytes: the general path
@@ -563,6 +573,7 @@ def _data_packets_opened_in_place() -> None:
         channels = self._channels
         most = self._max_recv_pktlen
         verify = poly1305.verify_tag
+        sodium = poly1305._lib  # libsodium, or None
         while end - pos >= 4 and self._transport is not None:  # a session may close it
             nonce = CHACHA_CTR_0 + self._recv_seq.to_bytes(8, "big")
             head.reset_nonce(nonce)
@@ -571,11 +582,27 @@ def _data_packets_opened_in_place() -> None:
             if pktlen < MIN_PACKET_LEN or pktlen > most or end - pos < total:
                 break
             stream.reset_nonce(nonce)
-            key = stream.update(CHACHA_BLOCK_ZERO)[:32]  # block 0: the Poly1305 key
             tagged = pos + total - MAC_LEN
-            if not verify(key, view[pos:tagged], bytes(view[tagged : pos + total])):
+            whole: bytes | None = None
+            tag = bytes(view[tagged : pos + total])
+            if pktlen <= CHACHA_SHORT:  # key and body in one call (nothing written yet)
+                whole = stream.update(CHACHA_BLOCK_ZERO + view[pos + 4 : tagged])
+                key = whole[:32]
+                first = whole[64:74]
+                if sodium is None:
+                    good = verify(key, view[pos:tagged], tag)
+                else:  # verify_tag's libsodium call (32-byte key, 16-byte tag, short input)
+                    size = c_ulonglong(tagged - pos)
+                    good = not sodium.crypto_onetimeauth_poly1305_verify(
+                        tag, bytes(view[pos:tagged]), size, key
+                    )
+            else:
+                key = stream.update(CHACHA_BLOCK_ZERO)[:32]  # block 0: the Poly1305 key
+                good = verify(key, view[pos:tagged], tag)
+            if not good:
                 break
-            first = stream.update(view[pos + 4 : pos + 14])  # from block 1 on, as OpenSSH
+            if whole is None:
+                first = stream.update(view[pos + 4 : pos + 14])  # from block 1 on, as OpenSSH
             stop = pktlen - first[0]
             datalen = stop - 10
             if first[1] == MSG_CHANNEL_DATA and first[0] >= MIN_PADDING and datalen > 0:
@@ -583,14 +610,19 @@ def _data_packets_opened_in_place() -> None:
                 window = chan._recv_window - datalen if chan is not None else -1
                 if takes_view(chan, window, int.from_bytes(first[6:10], "big"), datalen):
                     data = view[pos + 14 : pos + 4 + stop]
-                    stream.update_into(data, data)
+                    if whole is None:
+                        stream.update_into(data, data)
+                    else:  # the plaintext written where its ciphertext was, as update_into
+                        data[:] = memoryview(whole)[74 : 64 + stop]
                     chan._recv_window = window
                     chan._session.data_received(data, None)
                     self._auth_final = True
                     self._recv_seq = (self._recv_seq + 1) & 0xFFFFFFFF
                     pos += total
                     continue
-            plain = first + stream.update(view[pos + 14 : tagged])
+            plain = (
+                whole[64:] if whole is not None else first + stream.update(view[pos + 14 : tagged])
+            )
             handle(self, view[pos : pos + total], plain, chacha_steps)
             return pos + total
         return pos
@@ -768,6 +800,16 @@ def _data_packets_sealed_in_place() -> None:
         head.reset_nonce(nonce)
         header = head.update(header)
         stream.reset_nonce(nonce)
+        if len(packet) <= CHACHA_SHORT:  # key and body in one call
+            both = stream.update(CHACHA_BLOCK_ZERO + packet)
+            sealed = header + both[64:]
+            sodium = poly1305._lib  # libsodium, or None
+            if sodium is None:
+                return sealed, poly1305.generate_tag(both[:32], sealed, out)
+            # generate_tag's libsodium call (a 32-byte key, a short input, the tag buffer)
+            sodium.crypto_onetimeauth_poly1305(out, sealed, c_ulonglong(len(sealed)), both[:32])
+            tag: bytes = out.raw
+            return sealed, tag
         key = stream.update(CHACHA_BLOCK_ZERO)[:32]
         sealed = stream.update(packet)
         if len(sealed) > poly1305.SHORT:  # no join of a long packet: cryptography's tag
@@ -782,21 +824,47 @@ def _data_packets_sealed_in_place() -> None:
     if _chacha_streams_reset():
         seals[ChachaEncryption] = chacha_seal
 
-    def sealer(conn: Any) -> Any:
-        """The fast seal for this connection now, or None: asyncssh's own path."""
+    def steady_seal(conn: Any) -> Any:
+        """The fast seal for ``conn``'s send keys as far as what holds for as long as they
+        do (its transport, whose class writes whole parts; no compression; the chaff
+        filter in place; a cipher sealed here), or None."""
         if (
-            conn is None
-            or conn._transport is None
-            or not (_WRITES_PARTS.get(type(conn._transport)) or writes_parts(conn._transport))
+            not (_WRITES_PARTS.get(type(conn._transport)) or writes_parts(conn._transport))
             or conn._compressor is not None
-            or not (conn._kex_complete and conn._auth_complete)
-            or conn._rekey_bytes_sent >= conn._rekey_bytes
-            or (conn._rekey_seconds and monotonic() >= conn._rekey_time)
-            or SSHLogger._debug_level >= 2
             or not getattr(conn.__dict__.get("send_packet"), "drops_chaff", False)
         ):
             return None
         return seals.get(type(conn._send_encryption))
+
+    def sealer(conn: Any) -> Any:
+        """The fast seal for this connection now, or None: asyncssh's own path.
+
+        What :func:`steady_seal` judges is kept with the connection (:data:`SEALS_WITH`)
+        for its send encryption object, once it says yes: asyncssh makes a new one, and
+        sets its compressor beside it, at each NEWKEYS (``_send_newkeys``: a rekey); the
+        transport only ever goes (None, checked here each time); the chaff filter,
+        once in place, stays (``drop_needless_chaff`` at the link's start). A no is not
+        kept (the filter may come after). What moves is checked each time, as before:
+        a key exchange running or not done, the rekey byte count and time, asyncssh's
+        debug level. One such check per packet cost ~6k instructions, ~2.5k of them the
+        part kept (callgrind; bench/notes/roundtrip.md session 10)."""
+        if conn is None or conn._transport is None:
+            return None
+        encryption = conn._send_encryption
+        kept = conn.__dict__.get(SEALS_WITH)
+        if kept is None or kept[0] is not encryption:
+            seal = steady_seal(conn)
+            if seal is None:
+                return None
+            kept = conn.__dict__[SEALS_WITH] = (encryption, seal)
+        if (
+            not (conn._kex_complete and conn._auth_complete)
+            or conn._rekey_bytes_sent >= conn._rekey_bytes
+            or (conn._rekey_seconds and monotonic() >= conn._rekey_time)
+            or SSHLogger._debug_level >= 2
+        ):
+            return None
+        return kept[1]
 
     def seal_run(self: Any, conn: Any, seal: Any, data: Any, end: int, out: list[Any]) -> int:
         """Seal ``data[:end]`` as packets from its start, as far as the window, the
@@ -934,6 +1002,9 @@ SEAL_ARENA = 1024 * 1024 + 64 * 1024
 """Bytes of an :class:`_Arena`: one read of a client (at most 1 MiB,
 :data:`tunnel.backends.asyncssh_link.CLIENT_READ`) sealed as 32 KiB packets, with their
 headers, padding and tags."""
+SEALS_WITH = "blitzdns_seals_with"
+"""Where asyncssh's connection keeps its send encryption object and the seal
+:func:`_data_packets_sealed_in_place`'s ``sealer`` judged for it."""
 SEALED_INTO = "blitzdns_sealed_into"
 """Where asyncssh's connection keeps its :class:`_Arena`."""
 
@@ -1002,6 +1073,13 @@ CHACHA_CTR_0 = bytes(8)
 """OpenSSH's chacha20 nonce: a 64-bit block counter (here 0), then the sequence number."""
 CHACHA_BLOCK_ZERO = bytes(64)
 """One ChaCha20 block: its key stream's first 32 bytes are the packet's Poly1305 key."""
+CHACHA_SHORT = 1024
+"""A chacha20-poly1305 packet up to this length (the length field's value) has its
+Poly1305 key (block 0) and its body (from block 1 on) run through the ChaCha20 context
+in one ``update``, of the zero block and the body joined: one call into cryptography
+fewer per packet (each ~1.6k instructions, the join and the slices a few hundred at this
+size; callgrind, bench/notes/roundtrip.md session 10). Longer packets keep their two
+calls: the join would copy all of a bulk packet."""
 
 
 def _opened_once() -> None:
@@ -1305,6 +1383,10 @@ def _chacha_kept_streams() -> None:
         nonce = CHACHA_CTR_0 + nonce
         head.reset_nonce(nonce)
         body.reset_nonce(nonce)
+        if len(data) <= CHACHA_SHORT:  # key and body in one call
+            both = body.update(CHACHA_BLOCK_ZERO + data)
+            packet = head.update(header) + both[64:]
+            return packet, poly1305.generate_tag(both[:32], packet, out)
         key = body.update(CHACHA_BLOCK_ZERO)[:32]
         packet = head.update(header) + body.update(data)
         return packet, poly1305.generate_tag(key, packet, out)
@@ -1320,6 +1402,11 @@ def _chacha_kept_streams() -> None:
     ) -> bytes | None:
         body = _chacha_streams(self)[1]
         body.reset_nonce(CHACHA_CTR_0 + nonce)
+        if len(data) <= CHACHA_SHORT:  # key and body in one call
+            both: bytes = body.update(CHACHA_BLOCK_ZERO + data)
+            if not poly1305.verify_tag(both[:32], header + data, tag):
+                return None
+            return both[64:]
         if not poly1305.verify_tag(body.update(CHACHA_BLOCK_ZERO)[:32], header + data, tag):
             return None
         clear: bytes = body.update(data)
