@@ -339,9 +339,10 @@ def _release_terminal(terminal: tuple[int, list[Any]] | None, *, restore: bool) 
 
 def preload_modules(backend: str | None) -> None:
     """Import now what the link and the resolver would import lazily later: the link
-    ``backend``'s module (``None``: no tunnel), the IDNA codec and the resolver's slow
+    ``backend``'s module (``None``: no tunnel), the IDNA codec, json (the control socket's
+    first request), a UDP forward's code (a reload may add one) and the resolver's slow
     path (:mod:`blitzdns.dns.wire` with dnslib: a daemon that keeps its privileges loads
-    it at the first message that needs it, most never do).
+    these when it first needs them, most never do).
 
     After the switch to the target user, the interpreter's own files may be unreadable
     (a Python under /root/.pyenv, mode 0700): a lazy import would then fail mid-connect
@@ -353,6 +354,7 @@ def preload_modules(backend: str | None) -> None:
     cannot load without PyOpenSSL).
     """
     import encodings.idna  # noqa: F401, PLC0415  (socket.getaddrinfo of a name)
+    import json  # noqa: F401, PLC0415  (the control socket's first request; a record)
 
     import blitzdns.dns.wire  # noqa: PLC0415  (the resolver's slow path)
 
