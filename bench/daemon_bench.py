@@ -762,8 +762,10 @@ FIGURES = (  # (metric key, case, unit, target ratio, limit on ours) — issue 1
 #: imports one by one; bench/notes/startup.md has the figures).
 NOTES = {
     "daemon exec → ready": "nearly all before the SSH connect, and CPU-bound (so the load "
-    "stretches it; the peer's ssh needs ~0.08 s of CPU): ~0.2 s of CPU, nearly all imports "
-    "(callgrind, ~0.75 G instructions): asyncssh + cryptography ~45% (asyncssh's __init__ "
+    "stretches it; the peer's ssh needs ~0.08 s of CPU): ~0.16 s of CPU, nearly all imports "
+    "(callgrind, ~0.63 G instructions to ready; asyncssh's modules compile with their "
+    "annotations postponed, PEP 563: -5%, blitzdns/optlevel.py; UDP forwards' code and json "
+    "load on first use): asyncssh + cryptography ~45% (asyncssh's __init__ "
     "loads every submodule: process, channel, ...; sftp, scp, editor, server and subprocess "
     "are placeholders in run; dnslib loads only for the resolver's slow path), "
     "blitzdns/tunnel modules and "
