@@ -28,9 +28,15 @@ Measured per round, for each side (the order alternates between rounds; medians 
   as an installed package has its ``.pyc`` files; without it a shell with
   ``PYTHONDONTWRITEBYTECODE=1`` makes the daemon compile its own sources at every start).
   The table of the code dataclasses generates (``blitzdns/classcode.py``) is kept there too.
-* **CPU exec→ready**: user + system time the side's processes (with the children they
-  waited for) used until ready, read from /proc/<pid>/stat: less moved by the machine's
-  load than the wall time (blitzdns: the interpreter, its imports, the SSH handshake).
+* **CPU exec→ready**: the time the side's processes ran on a CPU until ready (each
+  thread's ``/proc/<pid>/task/<tid>/schedstat``, ns; with the children they waited for):
+  less moved by the machine's load than the wall time (blitzdns: the interpreter, its
+  imports, the SSH handshake). /proc/<pid>/stat's 10 ms ticks were too coarse for it.
+* **More starts**: after the full rounds, ``--start-rounds`` (10) rounds that measure the
+  start alone (each side in turn, the order alternating), so the start's medians are over
+  15 starts a side rather than 5: one slow start under a passing load moved a median of
+  five by ~30 % between two runs (session 9). The report's note gives each side's middle
+  half.
 * **RSS idle**: VmRSS of the process tree 1 s after ready (and Pss, which splits shared
   library pages between the processes that map them); and **with N connections**:
   N client connections spread over the mouths, each sends a line and gets its echo, all
@@ -95,6 +101,7 @@ NOFILE = 16384
 BYTECODE_CACHE = Path("/tmp/daemon-bench-pycache")
 POLL_S = 0.005
 PROBE_LINE = b"ready?\n"
+READY_KEY = "exec→ready (DNS + all mouths carrying)"
 
 #: The preset's shape (src/blitzdns/blitzmail/preset.py) with bench names and no UDP service.
 REINDEER = ("dasher", "dancer", "prancer", "vixen", "comet", "cupid", "donner", "blitzen")
@@ -193,13 +200,24 @@ def memory_kb(pids: Sequence[int]) -> tuple[int, int]:
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:
-    """CPU time (user + system, with the children waited for: ldconfig, ...) of ``pids``."""
-    ticks = 0
+    """CPU time of ``pids``: each live thread's time on a CPU (``/proc/<pid>/task/<tid>/
+    schedstat``, in ns), plus the children each waited for (``cutime`` + ``cstime``, in
+    ticks). ``/proc/<pid>/stat``'s own ``utime`` + ``stime`` count in 10 ms ticks, too
+    coarse for a start of ~0.1 s (the fallback where schedstat is not there). A thread
+    already gone would be missed: neither side's processes end one before ready."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
     for pid in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
+            threads = 0.0
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    with contextlib.suppress(OSError):
+                        threads += int((task / "schedstat").read_text().split()[0]) / 1e9
+            ticks = sum(int(f) for f in fields[11:13]) / tick  # utime stime
+            total += (threads or ticks) + sum(int(f) for f in fields[13:15]) / tick
+    return total
 
 
 def pss_kb(pids: Sequence[int]) -> int:
@@ -610,7 +628,9 @@ def measure(
     round_dir: Path,
     bytecode_cache: Path | None,
     peer_options: Sequence[str] = (),
+    start_only: bool = False,
 ) -> dict[str, float]:
+    """One side's start (and, unless ``start_only``, its idle and loaded memory)."""
     dns_port = free_port()
     sshd_mark = lab.sshd_log.mark()
     exec_at = time.monotonic()
@@ -645,6 +665,8 @@ def measure(
         if link is not None:
             values["exec→client's link-up line"] = link - exec_at
             values["client's link-up line→ready"] = startup.ready - link
+        if start_only:
+            return values
         time.sleep(1.0)
         rss, hwm = memory_kb(side.pids())
         values["RSS idle (MB)"] = rss / 1024
@@ -694,8 +716,11 @@ def print_table(rounds: list[dict[str, dict[str, float]]], connections: int) -> 
             keys += [k for k in r[side] if k not in keys]
     targets = {k.format(n=connections): v for k, v in TARGETS.items()}
     width = max(len(k) for k in keys) + 2
-    head = f"metric (median of {len(rounds)} rounds)"
-    columns = f"{'blitzdns':>12}{'openssh+dnsmasq':>18}{'ratio':>8}  {'range (blitzdns)':<20}"
+    head = "metric (medians)"
+    columns = (
+        f"{'n':>4}{'blitzdns':>12}{'openssh+dnsmasq':>18}{'ratio':>8}  "
+        f"{'range (blitzdns)':<20}{'range (peer)':<20}"
+    )
     print(f"\n{head:<{width}}{columns}target")
     for key in keys:
         medians = []
@@ -703,6 +728,8 @@ def print_table(rounds: list[dict[str, dict[str, float]]], connections: int) -> 
             series = [r[side][key] for r in rounds if key in r[side]]
             medians.append(statistics.median(series) if series else None)
         ours = [r["blitzdns"][key] for r in rounds if key in r["blitzdns"]]
+        peers = [r["openssh+dnsmasq"][key] for r in rounds if key in r["openssh+dnsmasq"]]
+        count = max(len(ours), len(peers))
         unit = "" if key.endswith(("(MB)", "(kB)", "(s)")) else " s"
         cells = [f"{m:.3f}{unit}" if m is not None else "—" for m in medians]
         ratio = (
@@ -711,11 +738,15 @@ def print_table(rounds: list[dict[str, dict[str, float]]], connections: int) -> 
             else "—"
         )
         spread = f"{min(ours):.3f}–{max(ours):.3f}" if ours else ""
+        peer_spread = f"{min(peers):.3f}–{max(peers):.3f}" if peers else ""
         target = ""
         if key in targets and medians[0] is not None:
             text, limit = targets[key]
             target = f"{text} {'met' if medians[0] < limit else 'MISSED'}"
-        print(f"{key:<{width}}{cells[0]:>12}{cells[1]:>18}{ratio:>8}  {spread:<20}{target}")
+        print(
+            f"{key:<{width}}{count:>4}{cells[0]:>12}{cells[1]:>18}{ratio:>8}  "
+            f"{spread:<20}{peer_spread:<20}{target}"
+        )
 
 
 FIGURES = (  # (metric key, case, unit, target ratio, limit on ours) — issue 18's bounds
@@ -731,8 +762,10 @@ FIGURES = (  # (metric key, case, unit, target ratio, limit on ours) — issue 1
 #: imports one by one; bench/notes/startup.md has the figures).
 NOTES = {
     "daemon exec → ready": "nearly all before the SSH connect, and CPU-bound (so the load "
-    "stretches it; the peer's ssh needs ~0.08 s of CPU): ~0.2 s of CPU, nearly all imports "
-    "(callgrind, ~0.75 G instructions): asyncssh + cryptography ~45% (asyncssh's __init__ "
+    "stretches it; the peer's ssh needs ~0.08 s of CPU): ~0.16 s of CPU, nearly all imports "
+    "(callgrind, ~0.63 G instructions to ready; asyncssh's modules compile with their "
+    "annotations postponed, PEP 563: -5%, blitzdns/optlevel.py; UDP forwards' code and json "
+    "load on first use): asyncssh + cryptography ~45% (asyncssh's __init__ "
     "loads every submodule: process, channel, ...; sftp, scp, editor, server and subprocess "
     "are placeholders in run; dnslib loads only for the resolver's slow path), "
     "blitzdns/tunnel modules and "
@@ -770,6 +803,20 @@ NOTES = {
 }
 
 
+def spread_text(rounds: list[dict[str, dict[str, float]]], key: str) -> str:
+    """Each side's interquartile range of ``key`` over the rounds, for a figure's note."""
+    parts = []
+    for side, name in (("blitzdns", "ours"), ("openssh+dnsmasq", "peer")):
+        series = sorted(r[side][key] for r in rounds if key in r[side])
+        if len(series) >= 4:
+            low, _, high = statistics.quantiles(series, n=4)
+            parts.append(f"{name} {low:.3f}–{high:.3f} s")
+    if not parts:
+        return ""
+    count = sum(1 for r in rounds if key in r["blitzdns"])
+    return f"median of {count} starts per side, interleaved (middle half: {', '.join(parts)}); "
+
+
 def figures_of(rounds: list[dict[str, dict[str, float]]], connections: int) -> list[Figure]:
     """Medians over the rounds, blitzdns beside ssh -L + dnsmasq, for the report."""
     out = []
@@ -779,6 +826,9 @@ def figures_of(rounds: list[dict[str, dict[str, float]]], connections: int) -> l
             wanted = key.format(n=connections)
             series = [r[side][wanted] for r in rounds if wanted in r[side]]
             medians.append(statistics.median(series) if series else None)
+        note = NOTES.get(case, "")
+        if key == READY_KEY:
+            note = spread_text(rounds, key) + note
         if medians[0] is not None:
             out.append(
                 Figure(
@@ -789,7 +839,7 @@ def figures_of(rounds: list[dict[str, dict[str, float]]], connections: int) -> l
                     target=target,
                     limit=limit,
                     peer_name="ssh -L + dnsmasq",
-                    note=NOTES.get(case, ""),
+                    note=note,
                 )
             )
     return out
@@ -801,6 +851,13 @@ def figures_of(rounds: list[dict[str, dict[str, float]]], connections: int) -> l
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--start-rounds",
+        type=int,
+        default=10,
+        help="more rounds that measure only the start (exec → ready, its CPU), each side in "
+        "turn, after the full rounds: the start's medians are over all rounds",
+    )
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=30.0, help="per phase, seconds")
     parser.add_argument("--max-sessions", type=int, default=10, help="sshd MaxSessions")
@@ -827,6 +884,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if not 1 <= args.rounds <= 50 or not 1 <= args.connections <= 10000:
         raise SystemExit("--rounds must be 1..50 and --connections 1..10000")
+    if not 0 <= args.start_rounds <= 100:
+        raise SystemExit("--start-rounds must be 0..100")
     raise_nofile()
     sys.setswitchinterval(0.001)
     peer_options = ("-o", f"KexAlgorithms={args.peer_kex}") if args.peer_kex else ()
@@ -866,12 +925,32 @@ def main(argv: Sequence[str] | None = None) -> None:
                         cache,
                         peer_options,
                     )
-                    ready = result[side]["exec→ready (DNS + all mouths carrying)"]
+                    ready = result[side][READY_KEY]
                     rss = result[side][f"RSS with {args.connections} conns (MB)"]
                     print(
                         f"round {index + 1} {side}: ready {ready:.3f} s, RSS loaded {rss:.1f} MB",
                         flush=True,
                     )
+                rounds.append(result)
+            for index in range(args.start_rounds):
+                order = sides if index % 2 == 0 else sides[::-1]
+                result = {s: {} for s in ("blitzdns", "openssh+dnsmasq")}
+                for side in order:
+                    round_dir = where.root / f"start{index}-{side}"
+                    round_dir.mkdir()
+                    result[side] = measure(
+                        side,
+                        where,
+                        job,
+                        args.connections,
+                        args.timeout,
+                        round_dir,
+                        cache,
+                        peer_options,
+                        start_only=True,
+                    )
+                line = ", ".join(f"{s} {result[s][READY_KEY]:.3f} s" for s in order)
+                print(f"start round {index + 1}: {line}", flush=True)
                 rounds.append(result)
         print_table(rounds, args.connections)
         emit("daemon", figures_of(rounds, args.connections))

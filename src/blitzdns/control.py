@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
 import os
 import socket as socketlib
@@ -258,6 +257,8 @@ class ControlServer:
             except (TimeoutError, ValueError, ConnectionError):
                 return
             reply = await self.answer(line)
+            import json  # noqa: PLC0415  (see answer)
+
             writer.write(json.dumps(reply, default=str).encode() + b"\n")
             async with asyncio.timeout(self.request_timeout):
                 await writer.drain()
@@ -269,6 +270,10 @@ class ControlServer:
 
     async def answer(self, line: bytes) -> dict[str, Any]:
         """The reply to one request line; never raises."""
+        # json loads at the first request (~1.3 ms of the start otherwise, and most daemons
+        # are never asked); before a privilege drop by blitzdns.daemon.preload_modules.
+        import json  # noqa: PLC0415
+
         try:
             request = json.loads(line)
         except (ValueError, UnicodeDecodeError):
@@ -340,6 +345,8 @@ def request(command: str, path: Path | None = None, *, timeout: float = 2.0) -> 
 
 
 def _exchange(path: Path, command: str, timeout: float) -> Any:
+    import json  # noqa: PLC0415  (the daemon's own modules load without it: see answer)
+
     deadline = time.monotonic() + timeout
     with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
@@ -674,6 +681,8 @@ def status_command(
     is shown and waited for. ``rounds`` bounds the watch (tests). Returns the exit status
     (:data:`STATUS_EXIT_CODES`) of the last snapshot shown.
     """
+    import json  # noqa: PLC0415  (see _exchange)
+
     stream = sys.stdout if out is None else out
     try:
         snapshot: Mapping[str, Any] | None = query_status(socket)

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 
 from blitzdns import classcode
 from blitzdns.argv import OneLineErrors
-from blitzdns.blitzmail.atp import NotifyStep
 from blitzdns.config import Config, Endpoint, find_config_file, load_config
 from blitzdns.dns.detect import detect_upstreams
 from blitzdns.dns.listen import Listener, bind_listeners, close_listeners
@@ -417,9 +416,10 @@ def _release_terminal(terminal: tuple[int, list[Any]] | None, *, restore: bool) 
 
 def preload_modules(backend: str | None) -> None:
     """Import now what the link and the resolver would import lazily later: the link
-    ``backend``'s module (``None``: no tunnel), the IDNA codec and the resolver's slow
+    ``backend``'s module (``None``: no tunnel), the IDNA codec, json (the control socket's
+    first request), a UDP forward's code (a reload may add one) and the resolver's slow
     path (:mod:`blitzdns.dns.wire` with dnslib: a daemon that keeps its privileges loads
-    it at the first message that needs it, most never do).
+    these when it first needs them, most never do).
 
     After the switch to the target user, the interpreter's own files may be unreadable
     (a Python under /root/.pyenv, mode 0700): a lazy import would then fail mid-connect
@@ -431,9 +431,15 @@ def preload_modules(backend: str | None) -> None:
     cannot load without PyOpenSSL).
     """
     import encodings.idna  # noqa: F401, PLC0415  (socket.getaddrinfo of a name)
+    import json  # noqa: F401, PLC0415  (the control socket's first request; a record)
 
-    import blitzdns.dns.wire  # noqa: F401, PLC0415  (the resolver's slow path)
+    import blitzdns.dns.wire  # noqa: PLC0415  (the resolver's slow path)
 
+    if backend is not None:
+        # A UDP forward's code and the notify step: loaded with the first such forward
+        # (tunnel.tunnel.udp_mouth, to_tunnel_forwards), which a reload may add.
+        import blitzdns.blitzmail.atp  # noqa: F401, PLC0415
+        import tunnel.udp_mouth  # noqa: PLC0415
     if backend == "openssh":
         import tunnel.backends.openssh.link  # noqa: PLC0415  (deliberate: the preload)
     elif backend is not None:
@@ -586,7 +592,14 @@ def to_tunnel_forwards(config: Config) -> tuple[Any, ...]:
             continue
         service = config.services[f.service]
         limits = RelayLimits(max_datagram=service.max_datagram, idle_s=service.idle_s)
-        step = NotifyStep() if service.step == "notify" else None
+        step = None
+        if service.step == "notify":
+            # The notify preset's step (BlitzMail's protocol): loaded for such a service
+            # only (~0.7 ms of every start otherwise); before a privilege drop by
+            # preload_modules.
+            from blitzdns.blitzmail.atp import NotifyStep  # noqa: PLC0415
+
+            step = NotifyStep()
         result.append(UdpForward(**common, limits=limits, step=step))
     return tuple(result)
 

@@ -8,7 +8,8 @@ drops too, only narrow types for mypy). A console script cannot pass ``-OO`` to 
 interpreter (pip writes its ``#!`` line), so :func:`optimize_imports` makes the import
 system do what ``-OO`` does to every module loaded from then on, in this process: a
 module's code is its ``.opt-2lines1.pyc`` (what ``python -OO`` compiles, with line-only
-location tables: :data:`CACHE_LEVEL`), or its source compiled so and kept there. Nothing
+location tables: :data:`CACHE_LEVEL`; asyncssh's with its annotations postponed as well:
+:data:`POSTPONED`), or its source compiled so and kept there. Nothing
 else changes: ``sys.flags`` stays as the interpreter was started, and ``compile``/``exec``
 called at run time keep the interpreter's level (``dataclasses``' generated methods have no
 docstring or assert).
@@ -59,6 +60,27 @@ kept as ``.opt-2lines1.pyc`` beside, not in place of, the ``.opt-2.pyc`` that ``
 #: the daemon's modules were ever compiled to).
 OLDER_LEVELS = ("2lines", *(f"2lines{k}" for k in range(1, linetable.FORMAT)))
 
+POSTPONED = frozenset({"asyncssh"})
+"""Packages whose modules are compiled with their annotations postponed (PEP 563: as if
+each began with ``from __future__ import annotations``). asyncssh annotates nearly every
+function with ``typing`` forms and has no such line, so each ``def`` built its annotations
+at import (``Optional[...]`` and the like: typing's cached ``__getitem__``, its hashing, a
+dict per function): ~35 M instructions, ~6 % of the start's import work (callgrind,
+bench/notes/startup.md session 10). Nothing on run's path evaluates them: asyncssh's own
+``Record`` takes only their names, and it uses no ``get_type_hints``, ``singledispatch``
+nor ``dataclass`` (tests/daemon/test_optlevel.py reads the installed asyncssh for any
+such use). The project's own modules postpone theirs already."""
+
+POSTPONED_LEVEL = f"{CACHE_LEVEL}pep563"
+"""Their bytecode files' tag: their code is not ``-OO``'s with line-only tables (the
+annotations are strings), so it is never read as, nor in place of, such a file."""
+
+
+def cache_level(fullname: str) -> str:
+    """The optimization tag of module ``fullname``'s bytecode file."""
+    return POSTPONED_LEVEL if fullname.partition(".")[0] in POSTPONED else CACHE_LEVEL
+
+
 #: One top-level module from each place the daemon's code comes from: the standard
 #: library, the dependencies (possibly split between system and user directories), this
 #: package and its tunnel package (possibly an editable source tree).
@@ -101,7 +123,7 @@ def bytecode_cache_usable(modules: Sequence[str] = SOURCES) -> bool:
         origin = spec.origin if spec is not None else None
         if origin is None or not origin.endswith(".py"):
             continue
-        cached = external.cache_from_source(origin, optimization=CACHE_LEVEL)
+        cached = external.cache_from_source(origin, optimization=cache_level(name))
         if not writable_or_present(cached, bool(sys.dont_write_bytecode)):
             return False
     return True
@@ -109,8 +131,9 @@ def bytecode_cache_usable(modules: Sequence[str] = SOURCES) -> bool:
 
 def level2_loader() -> type[Any] | None:
     """A ``SourceFileLoader`` whose modules are compiled at ``optimize=2`` and cached as
-    ``.opt-2lines1.pyc`` (:data:`CACHE_LEVEL`); ``None`` where the import system is not
-    CPython's (then nothing changes)."""
+    ``.opt-2lines1.pyc`` (:data:`CACHE_LEVEL`; those of :data:`POSTPONED` packages with
+    their annotations postponed, as ``.opt-2lines1pep563.pyc``); ``None`` where the import
+    system is not CPython's (then nothing changes)."""
     external: Any = sys.modules.get("_frozen_importlib_external")  # loaded with the interpreter
     if external is None:  # not CPython
         return None
@@ -127,11 +150,13 @@ def level2_loader() -> type[Any] | None:
         def create_module(self, spec: Any) -> None:
             """The module's ``__cached__`` names the file its code comes from."""
             if spec.origin is not None:
-                spec.cached = external.cache_from_source(spec.origin, optimization=CACHE_LEVEL)
+                level = cache_level(spec.name)
+                spec.cached = external.cache_from_source(spec.origin, optimization=level)
 
         def get_code(self, fullname: str) -> CodeType:
             source_path = self.get_filename(fullname)
-            bytecode_path = external.cache_from_source(source_path, optimization=CACHE_LEVEL)
+            level = cache_level(fullname)
+            bytecode_path = external.cache_from_source(source_path, optimization=level)
             try:
                 stats = self.path_stats(source_path)
             except OSError:
@@ -160,7 +185,14 @@ def level2_loader() -> type[Any] | None:
                         )
                         return code
             source = self.get_data(source_path)
-            code = compile(source, source_path, "exec", dont_inherit=True, optimize=OPTIMIZE)
+            flags = 0
+            if level == POSTPONED_LEVEL:
+                import __future__  # noqa: PLC0415  (only to compile: a cached start never)
+
+                flags = __future__.annotations.compiler_flag
+            code = compile(
+                source, source_path, "exec", flags=flags, dont_inherit=True, optimize=OPTIMIZE
+            )
             code = linetable.lines_only(code)
             if stats is not None and not sys.dont_write_bytecode:
                 data = external._code_to_timestamp_pyc(code, int(stats["mtime"]), len(source))
@@ -168,9 +200,12 @@ def level2_loader() -> type[Any] | None:
                     self._cache_bytecode(source_path, bytecode_path, data)
                 except NotImplementedError:
                     pass
-                for level in OLDER_LEVELS:  # only where this format's file was just written
+                # only where this format's file was just written; a postponed module's
+                # plain file of this format (written before it was postponed) goes too
+                older = OLDER_LEVELS if level == CACHE_LEVEL else (*OLDER_LEVELS, CACHE_LEVEL)
+                for old in older:
                     try:  # noqa: SIM105
-                        os.unlink(external.cache_from_source(source_path, optimization=level))
+                        os.unlink(external.cache_from_source(source_path, optimization=old))
                     except OSError:
                         pass
             return code

@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from tunnel.backends import open_link
 from tunnel.errors import FinalError, TunnelConfigError, TunnelError
@@ -22,9 +23,21 @@ from tunnel.roaming import Roaming
 from tunnel.state import LinkStatus, TunnelState
 from tunnel.supervisor import Supervisor
 from tunnel.udp import UdpForward
-from tunnel.udp_mouth import UdpMouth
+
+if TYPE_CHECKING:
+    from tunnel.udp_mouth import UdpMouth
 
 log = logging.getLogger("tunnel")
+
+
+def udp_mouth(forward: UdpForward) -> UdpMouth:
+    """A UDP forward's mouth. Its code (tunnel.udp_mouth, tunnel.udp_assoc: ~1 ms of a
+    daemon's start, bench/notes/startup.md session 10) loads with the first UDP forward;
+    a daemon that drops its privileges loads it before (blitzdns.daemon.preload_modules)."""
+    from tunnel.udp_mouth import UdpMouth  # noqa: PLC0415  (most tunnels forward no UDP)
+
+    return UdpMouth(forward)
+
 
 DEMAND_GAP_S = 1.0
 """A connection waiting for a down link may cut the backoff short, at most once per second."""
@@ -78,7 +91,7 @@ class Tunnel:
             f.mouth: Mouth(f, self) for f in checked if not isinstance(f, UdpForward)
         }
         self._udp: dict[tuple[str, int], UdpMouth] = {
-            f.mouth: UdpMouth(f) for f in checked if isinstance(f, UdpForward)
+            f.mouth: udp_mouth(f) for f in checked if isinstance(f, UdpForward)
         }
         self._bound = False
         self._closed = False
@@ -444,7 +457,7 @@ class Tunnel:
         """:meth:`update_forwards` for the UDP mouths: bind added ones (and attach them to
         the link that is up), close removed ones, retarget changed ones."""
         wanted = {f.mouth: f for f in forwards}
-        added = [UdpMouth(f) for key, f in wanted.items() if key not in self._udp]
+        added = [udp_mouth(f) for key, f in wanted.items() if key not in self._udp]
         if self._bound:
             await self._bind_all(added)
         for mouth in added:

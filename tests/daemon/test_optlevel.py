@@ -143,6 +143,79 @@ def test_files_of_older_formats_go_when_this_one_is_written(tmp_path: Path) -> N
     assert [path.exists() for path in older] == [False] * len(optlevel.OLDER_LEVELS) + [True]
 
 
+ANNOTATED = """
+import typing
+def f(x: typing.Optional[int]) -> typing.List[int]:
+    return [x or 0]
+"""
+
+POSTPONED_PROBE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from blitzdns import optlevel
+print(optlevel.optimize_imports())
+import asyncssh, asyncssh.connection, asyncssh.misc, annotated_mod
+init = asyncssh.connection.SSHClientConnection.__init__
+print(sorted({type(v).__name__ for v in init.__annotations__.values()}))
+print(repr(init.__annotations__["wait"]), asyncssh.connection.__cached__)
+print(annotated_mod.f.__annotations__)
+done = asyncssh.SSHCompletedProcess
+print(list(done().__slots__) == list(done.__annotations__), "exit_status" in done().__slots__)
+"""
+
+
+def test_asyncssh_loads_with_its_annotations_postponed(tmp_path: Path) -> None:
+    """After optimize_imports, asyncssh's functions keep their annotations as text (PEP
+    563), not evaluated at each def; its files carry their own tag; a module of any other
+    package keeps evaluated annotations (python -OO's code), and asyncssh's Record still
+    gets its fields from the names."""
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "annotated_mod.py").write_text(ANNOTATED)
+    prefix = tmp_path / "pycache"
+    import asyncssh.connection
+
+    tag = f"{sys.implementation.cache_tag}.opt-{optlevel.CACHE_LEVEL}"
+    source = Path(asyncssh.connection.__file__)
+    plain = Path(str(prefix) + str(source.with_name(f"connection.{tag}.pyc")))
+    plain.parent.mkdir(parents=True)
+    plain.write_bytes(b"written before asyncssh was postponed")
+    for _ in range(2):  # compiled, then loaded from the files written
+        done = subprocess.run(
+            [sys.executable, "-c", POSTPONED_PROBE, str(tmp_path / "mods")],
+            capture_output=True, text=True, env=cached_env(prefix), timeout=60, check=True,
+        )  # fmt: skip
+        shown = done.stdout.splitlines()
+        assert shown[:2] == ["True", "['str']"]
+        wait, cached = shown[2].split(" ")
+        assert wait == "'Optional[str]'"
+        assert cached.endswith(f".opt-{optlevel.POSTPONED_LEVEL}.pyc") and Path(cached).exists()
+        assert shown[3] == "{'x': typing.Optional[int], 'return': typing.List[int]}"
+        assert shown[4] == "True True"
+    assert not plain.exists()  # its plain file of this format went when this one was written
+    assert optlevel.cache_level("asyncssh") == optlevel.POSTPONED_LEVEL
+    assert optlevel.cache_level("asyncssh.connection") == optlevel.POSTPONED_LEVEL
+    assert optlevel.cache_level("asyncssh_other") == optlevel.CACHE_LEVEL
+    assert optlevel.cache_level("tunnel.backends.asyncssh_link") == optlevel.CACHE_LEVEL
+    assert optlevel.POSTPONED_LEVEL.isalnum() and optlevel.POSTPONED_LEVEL != "2"
+
+
+def test_nothing_in_asyncssh_evaluates_its_annotations() -> None:
+    """The tripwire for an asyncssh upgrade: postponed annotations are safe only while
+    asyncssh reads nothing of them but their names (misc.Record)."""
+    import asyncssh
+
+    root = Path(asyncssh.__file__).parent
+    uses: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if any(
+                word in line
+                for word in ("get_type_hints", "singledispatch", "dataclass", ".annotation")
+            ) or ("__annotations__" in line and "__annotations__.keys()" not in line):
+                uses.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+    assert uses == []
+
+
 def test_bytecode_is_usable_where_it_is_or_can_be_written(
     tmp_path: Path, in_child: ChildRunner
 ) -> None:
@@ -222,7 +295,7 @@ def test_the_daemon_runs_at_OO_and_reaches_link_up(sshd: Sshd, tmp_path: Path) -
         maps = Path(f"/proc/{daemon.pid}/maps").read_text()
         assert "libssl" not in maps and "/_ssl." not in maps and "libcrypto" not in maps
         assert "_rust.abi3.so" in maps  # the control: cryptography's own OpenSSL
-        assert list(prefix.rglob(f"asyncssh/connection.*.opt-{optlevel.CACHE_LEVEL}.pyc"))
+        assert list(prefix.rglob(f"asyncssh/connection.*.opt-{optlevel.POSTPONED_LEVEL}.pyc"))
         assert list(prefix.rglob(f"tunnel/tunnel.*.opt-{optlevel.CACHE_LEVEL}.pyc"))
         assert not list(prefix.rglob(f"asyncssh/connection.{sys.implementation.cache_tag}.pyc"))
     finally:

@@ -8,6 +8,7 @@ Measured with ``python -X importtime -m blitzdns run ...`` and bench/daemon_benc
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -39,6 +40,7 @@ NOT_FOR_RUN = (
     "blitzdns.system.guard_apply",
     "blitzdns.system.netfacts",
     "blitzdns.blitzmail.challenge",
+    "json",  # the control socket's first request, an install record (none here)
     "importlib.resources",
     "pkgutil",
 )
@@ -46,7 +48,7 @@ NOT_FOR_RUN = (
 #: Starts the daemon's whole start path in this process (as `run --no-tunnel` does, minus
 #: the privilege drop), then prints which of the named modules are loaded.
 START = """
-import asyncio, json, sys
+import asyncio, sys
 from pathlib import Path
 from blitzdns.daemon import Daemon, RunOptions, run_parser
 from blitzdns.config import load_config
@@ -67,7 +69,7 @@ async def main():
         await daemon.close()
 
 asyncio.run(main())
-print(json.dumps([name for name in sys.argv[4:] if name in sys.modules]))
+print(repr([name for name in sys.argv[4:] if name in sys.modules]))
 """
 
 
@@ -89,7 +91,7 @@ def test_a_started_daemon_has_not_loaded_what_it_does_not_use(tmp_path: Path) ->
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.splitlines()[-1]) == []
+    assert ast.literal_eval(out.stdout.splitlines()[-1]) == []
 
 
 def test_the_cli_help_does_not_load_rich() -> None:
@@ -113,19 +115,22 @@ def test_the_cli_help_does_not_load_rich() -> None:
 
 #: preload_modules(backend), then which of the named modules are loaded.
 PRELOAD = """
-import json, sys
+import sys
 from blitzdns.daemon import preload_modules
 preload_modules(None if sys.argv[1] == "none" else sys.argv[1])
-print(json.dumps([name for name in sys.argv[2:] if name in sys.modules]))
+print(repr([name for name in sys.argv[2:] if name in sys.modules]))
 """
 
 #: What a daemon that drops root imports before the drop: the link's lazy import, not
 #: asyncssh's every module (a Windows agent, email, X.509 without PyOpenSSL: ~2 MB).
 PRELOAD_PROBE = (
     "encodings.idna",
+    "json",
     "dnslib",
     "tunnel.backends.asyncssh_link",
     "tunnel.backends.openssh.link",
+    "tunnel.udp_mouth",
+    "blitzdns.blitzmail.atp",
     "asyncssh",
     "asyncssh.agent_win32",
     "email",
@@ -143,7 +148,7 @@ def preloaded(backend: str) -> list[str]:
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    loaded: list[str] = json.loads(out.stdout.splitlines()[-1])
+    loaded: list[str] = ast.literal_eval(out.stdout.splitlines()[-1])
     return loaded
 
 
@@ -152,9 +157,11 @@ def test_preload_before_the_privilege_drop_is_the_link_s_module() -> None:
     links = {"asyncssh": "tunnel.backends.asyncssh_link", "openssh": "tunnel.backends.openssh.link"}
     for backend, link in links.items():
         loaded = set(preloaded(backend))
-        assert {"encodings.idna", "dnslib", link, "asyncssh"} <= loaded
+        assert {"encodings.idna", "json", "dnslib", link, "asyncssh"} <= loaded
+        # A reload after the drop may add a UDP forward, with the notify step.
+        assert {"tunnel.udp_mouth", "blitzdns.blitzmail.atp"} <= loaded
         assert not loaded & unused
-    assert preloaded("none") == ["encodings.idna", "dnslib"]
+    assert preloaded("none") == ["encodings.idna", "json", "dnslib"]
 
 
 def test_status_does_not_load_typer_nor_pydantic(tmp_path: Path) -> None:
@@ -246,3 +253,53 @@ def test_the_slow_path_loads_dnslib_when_first_needed(tmp_path: Path) -> None:
     reply = dns.message.from_wire(bytes.fromhex(seen["reply"]))
     assert reply.id == 0x4242
     assert reply.rcode() == dns.rcode.BADVERS  # RFC 6891 §6.1.3: the slow path's answer
+
+
+#: A tunnel with TCP forwards only, then one with a UDP forward (with the notify step):
+#: which of the UDP code's modules each has loaded.
+UDP_ON_DEMAND = """
+import json, sys
+from blitzdns.config import parse_config
+from blitzdns.daemon import to_tunnel_forwards
+from tunnel import Forward, Gateway, Tunnel, TunnelOptions, UdpForward, udp
+probe = ("tunnel.udp_mouth", "tunnel.udp_assoc", "blitzdns.blitzmail.atp")
+options = TunnelOptions(gateways=(Gateway.parse("gw"),))
+Tunnel(options, [Forward("127.0.0.1", 2525, "127.0.0.1", 25)])
+print(json.dumps([name for name in probe if name in sys.modules]))
+print(udp._socat_patterns.cache_info().currsize)
+config = parse_config(sys.argv[1])
+forwards = to_tunnel_forwards(config)
+tunnel = Tunnel(options, [f for f in forwards if isinstance(f, UdpForward)])
+print(json.dumps([name for name in probe if name in sys.modules]))
+print(type(tunnel._udp[("127.79.0.1", 9999)]).__name__)
+print(udp.parse_socat_line(b"> 2026/01/01 00:00:00.0 length=12 from=0 to=11"))
+"""
+
+
+def test_udp_code_loads_with_the_first_udp_forward() -> None:
+    """A daemon with TCP forwards only does not load the UDP mouths' code (tunnel.udp_mouth,
+    tunnel.udp_assoc), the notify step (blitzdns.blitzmail.atp), nor compile socat's
+    patterns; the first UDP forward (here with the notify step) loads them."""
+    config = (
+        'preset = "none"\n[tunnel]\ngateways = ["gw"]\n'
+        '[services]\nnote = { port = 9999, proto = "udp", step = "notify" }\n'
+        '[hosts.alpha]\nnames = ["alpha.example.test"]\nservices = ["note"]\n'
+        'mouth = "127.79.0.1"\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", UDP_ON_DEMAND, config],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:2] == ["[]", "0"]
+    assert json.loads(lines[2]) == [
+        "tunnel.udp_mouth",
+        "tunnel.udp_assoc",
+        "blitzdns.blitzmail.atp",
+    ]
+    assert lines[3] == "UdpMouth"
+    assert lines[4] == "SocatTransfer(direction='up', length=12)"
