@@ -121,6 +121,9 @@ def hot_cases(
                 mine = statistics.median(cpu[(case, label)])
                 line += f"  {label} {mine:6.2f} ({mine / peer:.2f}x)"
             print(line, flush=True)
+            for server in servers:
+                each = " ".join(f"{v:.2f}" for v in cpu[(case, server)])
+                print(f"{'':18} {server} rounds: {each}")
     finally:
         for process, _ in servers.values():
             stop(process)
