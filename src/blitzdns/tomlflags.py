@@ -7,7 +7,7 @@ such objects, 21 MB at the parse's peak against 7 MB of parsed data, and the res
 RSS kept that peak for good (issue 18's growth row: its pages stay partly used by what is
 allocated after). :class:`CompactFlags` records the same flags per key as a list of two
 bit masks and the nested keys (~0.1 KB), and answers every question as ``Flags`` does
-(a property test runs both on the same operations).
+(a property test runs both on the same operations; bench/notes/growth.md).
 
 :func:`loads` uses it for the duration of one call, by putting it in place of ``Flags``
 in ``tomllib._parser`` (which ``loads`` reads when it starts). A private name of the

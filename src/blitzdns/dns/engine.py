@@ -138,7 +138,8 @@ class FastView:
     """A view's local answers, precomputed: by lower-case wire name, one per type (:data:`Answers`).
 
     One key per name (issue 18's growth row: five keys per name, each the name again,
-    were ~0.4 KB of the ~2.3 KB a name cost), and equal answers kept once.
+    were ~0.4 KB of the ~2.3 KB a name cost), and equal answers kept once
+    (bench/notes/growth.md).
 
     ``replies`` remembers whole replies by the query's bytes after its ID: clients repeat
     the same question with the same flags, and a reply depends on nothing else — a local
