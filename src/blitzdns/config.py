@@ -695,10 +695,20 @@ def load_config(path: Path | None = None, *, search: bool = True) -> Config:
     return parse_config(text, source=chosen)
 
 
+#: Documents longer than this (characters) are parsed with tomllib's key flags kept small
+#: (:mod:`blitzdns.tomlflags`: a 10,000-host table's parse peaked at 21 MB of them).
+_LARGE_TOML = 32_768
+
+
 def parse_config(text: str, *, source: Path | None = None) -> Config:
     """Parse TOML text into a :class:`Config` (``source`` only names the file in errors)."""
     try:
-        data = tomllib.loads(text)
+        if len(text) > _LARGE_TOML:
+            from blitzdns import tomlflags  # noqa: PLC0415  (large documents only)
+
+            data = tomlflags.loads(text)
+        else:
+            data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", file=str(source) if source else None) from None
     return build_config(data, source=source)

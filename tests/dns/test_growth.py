@@ -17,9 +17,11 @@ from typing import Any
 
 from blitzdns.config import parse_config
 from blitzdns.dns.cache import Cache
+from blitzdns.dns.decide import Local, Question, local_answer
 from blitzdns.dns.engine import Engine, ForwardJob
+from blitzdns.dns.fastpath import encode_local
 from blitzdns.dns.stats import ResolverStats
-from blitzdns.dns.table import Table
+from blitzdns.dns.table import Table, to_wire
 
 NOW = 1000.0
 CLIENT = "127.0.0.1"
@@ -147,3 +149,77 @@ def test_cached_entries_are_left_out_of_the_cyclic_collectors_work() -> None:
     gc.collect()
     tracked = [key for key, entry in engine.cache.entries.items() if gc.is_tracked(entry)]
     assert tracked == []
+
+
+def engine_with_mixed_hosts() -> Engine:
+    """Hosts with one name or two, one with an IPv6 mouth and offered at a shared address."""
+    lines = [
+        "[dns]",
+        'allow = ["127.0.0.1/32"]',
+        "[[shared]]",
+        'address = "127.0.0.5"',
+        'allow = ["127.0.0.64/26"]',
+        'hosts = ["h1"]',
+        "dns = true",
+        "[tunnel]",
+        'mouths = "127.80.0.0/16"',
+        "hosts = [" + ", ".join(f'"h{i}"' for i in range(12)) + "]",
+    ]
+    for i in range(12):
+        names = f'["h{i}.growth.test", "h{i}"]' if i % 3 == 0 else f'["h{i}.growth.test"]'
+        lines += [f"[hosts.h{i}]", f"names = {names}", 'services = ["dnd"]']
+        if i == 1:
+            lines.append('mouth6 = "::1"')
+    table = Table.from_config(parse_config("\n".join(lines) + "\n"))
+    return Engine(table, Cache(100), ResolverStats())
+
+
+def variants_of(wire_name: bytes, qtype: int) -> list[tuple[bytes, int]]:
+    """The query (class IN) in every variant (RD, CD; no EDNS, EDNS, EDNS with DO), each
+    with its :func:`~blitzdns.dns.fastpath.variant`."""
+    question = wire_name + qtype.to_bytes(2, "big") + b"\x00\x01"
+    out = []
+    for echoed, flags in enumerate((b"\x00\x00", b"\x01\x00", b"\x00\x10", b"\x01\x10")):
+        head = b"\xab\xcd" + flags + b"\x00\x01\x00\x00\x00\x00"
+        out.append((head + b"\x00\x00" + question, echoed * 3))
+        for edns, do in ((1, b"\x00"), (2, b"\x80")):
+            opt = b"\x00\x00\x29\x04\xd0\x00\x00" + do + b"\x00\x00\x00"
+            out.append((head + b"\x00\x01" + question + opt, echoed * 3 + edns))
+    return out
+
+
+def test_shared_answers_are_each_types_own_answer_byte_for_byte() -> None:
+    """A name's answers are kept once where equal (every NODATA alike, ANY the A or the
+    PTR) and found by one key per name: each reply is still the one ``decide`` computes
+    for that very type, encoded on its own, in every variant, in both letter cases (the
+    second a folded-memo entry), asked twice (the second from the memo), in each view;
+    and the general path (dnslib) gives the same header and question."""
+    engine = engine_with_mixed_hosts()
+    table = engine.table
+    for client in ("127.0.0.1", "127.0.0.70"):
+        view = table.view_for(client)
+        assert view is not None
+        for name in (*view.targets, *view.pointers):
+            wire_name = to_wire(name)
+            qend = 12 + len(wire_name) + 4
+            for qtype in (1, 28, 255, 12, 16, 5, 33, 65):
+                own = local_answer(view, table, Question(name, qtype, 1))
+                assert isinstance(own, Local)
+                expected = encode_local(own)
+                for packet, which in variants_of(wire_name, qtype):
+                    want = expected.reply(packet, qend, which)
+                    upper = packet[:12] + packet[12 : qend - 4].upper() + packet[qend - 4 :]
+                    for asked in (packet, upper):
+                        reply = want[:12] + asked[12:qend] + want[qend:]
+                        assert engine.handle(asked, client, NOW) == reply
+                        assert engine.handle(asked, client, NOW) == reply
+                        fresh = Engine(table, Cache(100), ResolverStats())
+                        slow = fresh.handle_slow(asked, client, NOW)
+                        assert isinstance(slow, bytes)
+                        assert slow[:qend] == reply[:qend]
+    names = engine._fast_view("127.0.0.1").names
+    kept = {id(answer) for answers in names.values() for answer in answers}
+    # One answer per host (the A its names share) and per mouth's reverse name (the PTR),
+    # plus the NODATA, and the AAAA of the host with an IPv6 mouth.
+    assert len(names) == 12 + 4 + 12
+    assert len(kept) == 12 + 12 + 2

@@ -122,9 +122,24 @@ def _remember_folded(
     folded[packet[2:].lower()] = (qend, compare, trailer, head, tail, entry, age)
 
 
+#: Which of a name's answers (:attr:`FastView.names`) a question's type and class take; any
+#: other type in class IN takes the NODATA (slot 4), any other class the general path.
+_SLOTS = {
+    qtype.to_bytes(2, "big") + CLASS_IN_WIRE: slot for slot, qtype in enumerate((A, AAAA, ANY, PTR))
+}
+_NODATA_SLOT = 4
+
+#: A name's local answers: to A, AAAA, ANY and PTR in class IN, then to any other type.
+Answers = tuple[FastAnswer, FastAnswer, FastAnswer, FastAnswer, FastAnswer]
+
+
 @dataclass(frozen=True, slots=True)
 class FastView:
-    """A view's local answers, precomputed: by (wire name, type, class), and NODATA by name.
+    """A view's local answers, precomputed: by lower-case wire name, one per type (:data:`Answers`).
+
+    One key per name (issue 18's growth row: five keys per name, each the name again,
+    were ~0.4 KB of the ~2.3 KB a name cost), and equal answers kept once
+    (bench/notes/growth.md).
 
     ``replies`` remembers whole replies by the query's bytes after its ID: clients repeat
     the same question with the same flags, and a reply depends on nothing else — a local
@@ -133,8 +148,7 @@ class FastView:
     one lookup. Bounded; rebuilt with the view on reload.
     """
 
-    local: dict[bytes, FastAnswer]
-    nodata: dict[bytes, FastAnswer]
+    names: dict[bytes, Answers]
     replies: dict[bytes, bytes | tuple[Entry, int, bytes]] = field(default_factory=dict)
     #: The same for questions in mixed letter case (0x20-randomising clients: the letters
     #: never repeat), keyed by the query's bytes after its ID lower-cased.
@@ -142,22 +156,25 @@ class FastView:
 
     @classmethod
     def build(cls, view: View, table: Table) -> FastView:
-        local: dict[bytes, FastAnswer] = {}
-        nodata: dict[bytes, FastAnswer] = {}
+        names: dict[bytes, Answers] = {}
+        # Equal answers are kept once: owner names are pointers to the question, so every
+        # NODATA is the same bytes whatever the name, and ANY is the A (or the PTR). A
+        # name then holds one answer of its own instead of five.
+        kept: dict[FastAnswer, FastAnswer] = {}
         for name in (*view.targets, *view.pointers):
-            wire_name = to_wire(name)
-            for qtype in (A, AAAA, ANY, PTR):
+            found = []
+            for qtype in (A, AAAA, ANY, PTR, TXT):
                 answer = local_answer(view, table, Question(name, qtype, CLASS_IN))
                 assert isinstance(answer, Local)
-                local[wire_name + qtype.to_bytes(2, "big") + CLASS_IN_WIRE] = encode_local(answer)
-            other = local_answer(view, table, Question(name, TXT, CLASS_IN))
-            assert isinstance(other, Local)
-            nodata[wire_name] = encode_local(other)
-        return cls(local, nodata)
+                encoded = encode_local(answer)
+                found.append(kept.setdefault(encoded, encoded))
+            a, aaaa, any_, ptr, other = found
+            names[to_wire(name)] = (a, aaaa, any_, ptr, other)
+        return cls(names)
 
 
 #: Clients that are refused: the fast path never answers them.
-_REFUSED = FastView({}, {})
+_REFUSED = FastView({})
 
 
 class ForwardJob(NamedTuple):
@@ -312,18 +329,24 @@ class Engine:
         # A name in mixed case is a 0x20-randomising client's: its letters never repeat,
         # so its reply is remembered by the folded question instead (``fast.folded``).
         memo = fast.replies if name == letters else None
-        qkey = name + packet[qn:qend]
-        answer = fast.local.get(qkey)
-        if answer is not None:
+        answers = fast.names.get(name)
+        if answers is not None:
+            # The name is a table key, so a well-formed wire name ending at ``qn``.
+            slot = _SLOTS.get(packet[qn:qend])
+            if slot is None:
+                if packet[qend - 2 : qend] != CLASS_IN_WIRE:
+                    return self.handle_slow(packet, client, now, udp)
+                slot = _NODATA_SLOT
+            answer = answers[slot]
             self.stats.answered_local += 1
             reply = answer.reply(packet, qend, which)
             if memo is not None:
                 _remember(memo, packet, reply[2:])
             else:
-                head, tail = answer.heads[which], answer.tails[which % 3]
+                head, tail = answer.heads[which], answer.tail(which)
                 _remember_folded(fast.folded, packet, qend, head, tail, None, 0)
             return reply
-        key = qkey + KEY_FLAG_BYTES[which]
+        key = name + packet[qn:qend] + KEY_FLAG_BYTES[which]
         entry = self._entries.get(key)
         if entry is not None and now < entry[0]:
             return self._cache_hit(
@@ -353,12 +376,6 @@ class Engine:
                 self._remember_parent(name[first + 1 :], under)
         elif qn - 12 > MAX_NAME or not name.isascii():
             return self.handle_slow(packet, client, now, udp)
-        nodata = fast.nodata.get(name)
-        if nodata is not None:
-            if packet[qend - 2 : qend] != CLASS_IN_WIRE:
-                return self.handle_slow(packet, client, now, udp)
-            self.stats.answered_local += 1
-            return nodata.reply(packet, qend, which)
         if under:
             return self.handle_slow(packet, client, now, udp)
         return self._forward(packet, client, key, qend, flags, edns, udp)

@@ -121,13 +121,20 @@ class Table:
         targets: dict[Name, Target] = {}
         pointers: dict[Name, Name] = {}
         hosts: dict[str, tuple[Name, tuple[Name, ...]]] = {}
+        # Labels many names share (their domain, ``in-addr``, ``arpa``, the mouths'
+        # numbers) are kept once: a label is a bytes object of its own (~40 bytes).
+        seen: dict[bytes, bytes] = {}
+
+        def shared(name: Name) -> Name:
+            return tuple([seen.setdefault(label, label) for label in name])
+
         for host in config.hosts:
-            names = tuple(labels_of(n) for n in host.names)
+            names = tuple(shared(labels_of(n)) for n in host.names)
             canonical = names[0]
             hosts[host.key] = (canonical, names)
             for name in names:
                 targets[name] = Target(host.key, canonical, host.mouth, host.mouth6)
-            pointers[reverse_name(host.mouth)] = canonical
+            pointers[shared(reverse_name(host.mouth))] = canonical
         loopback = View("loopback", targets, pointers)
         return cls(
             loopback=loopback,
