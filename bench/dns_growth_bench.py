@@ -105,7 +105,13 @@ def measure(pid: int, port: int, datafile: Path, seconds: float, rate: int) -> R
     used = cpu_seconds(pid) - before
     completed = re.search(r"Queries completed:\s+(\d+)", output)
     qps = re.search(r"Queries per second:\s+([\d.]+)", output)
-    latencies = sorted(float(line.split()[-1]) for line in output.splitlines() if line[:2] == "> ")
+    # An answered query's line ends with its latency; a lost one's (``> T name type``,
+    # timed out) does not, and has none to count (dnsperf counts it as lost).
+    latencies = sorted(
+        float(fields[-1])
+        for fields in (line.split() for line in output.splitlines() if line[:2] == "> ")
+        if fields[1] != "T"
+    )
     if not (completed and qps and latencies):
         raise RuntimeError(f"unexpected dnsperf output:\n{output[-2000:]}")
     answered = max(int(completed.group(1)), 1)

@@ -294,3 +294,38 @@ async def test_queries_waiting_on_sockets_bound_ahead_are_answered(steer_on: boo
             await resolver.close()
     assert sorted(reply.id for reply in replies) == list(ids)
     assert all(reply.rcode() == dns.rcode.NOERROR and reply.answer for reply in replies)
+
+
+def program_building_every_block(
+    names: list[Name], budget: int
+) -> tuple[tuple[steer.Instruction, ...], int]:
+    """:func:`steer.program` as it was: every name's block built, then kept if it fits."""
+    code = list(steer.program([], budget)[0][:-1])
+    ordered = sorted({to_wire(name) for name in names}, key=lambda w: (len(w), w))
+    left_out = 0
+    for wire in ordered:
+        block = steer._block(wire)
+        if len(code) + len(block) + 1 > budget:
+            left_out += 1
+            continue
+        code += block
+    code.append((steer._RET_K, 0, 0, steer.GENERAL))
+    return tuple(code), left_out
+
+
+def test_names_left_out_unbuilt_give_the_same_program() -> None:
+    """Leaving out, without building its block, a name whose shortest block cannot fit
+    changes nothing: the same instructions and the same count left out."""
+    rng = random.Random(7)
+    alphabet = "abcxyz0189-"
+    for _ in range(200):
+        names = [
+            tuple(
+                "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 20))).encode()
+                for _ in range(rng.randint(1, 4))
+            )
+            for _ in range(rng.randint(0, 60))
+        ]
+        budget = rng.choice([8, 20, 64, 100, 300, 1000])
+        names += names[: rng.randint(0, 3)]  # some twice
+        assert steer.program(names, budget) == program_building_every_block(names, budget)
