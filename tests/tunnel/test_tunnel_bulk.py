@@ -702,10 +702,12 @@ def test_the_kept_seal_follows_the_keys_and_the_debug_level(
     """The seal kept with the connection (``SEALS_WITH``) for its send keys, against sshd:
     a rekey every 256 KiB while 1 MiB goes up and back in 128 KiB pieces; after each
     piece the kept seal belongs to the connection's current send encryption object once
-    it seals in place again (never to an earlier key's), and the link is up (a packet
-    sealed with old keys: sshd drops it). asyncssh's debug level 2 during one piece sends
-    that piece asyncssh's own way whole (checked each time, not kept); back at 1, in
-    place again."""
+    it seals in place again (never to an earlier key's), and the link is up. The seal reads
+    the connection's current keys when it seals, so a stale kept seal would still reach
+    sshd intact: the identity check is what catches one. asyncssh's debug level 2 during
+    piece 1 (which starts with the seal kept for the current keys: asserted, else a kept
+    "in place" could not show) sends that piece asyncssh's own way whole (checked each
+    time, not kept); back at 1, in place again."""
     factory = asyncio.new_event_loop
     if loop == "uvloop":
         factory = pytest.importorskip("uvloop").new_event_loop
@@ -730,7 +732,10 @@ def test_the_kept_seal_follows_the_keys_and_the_debug_level(
                 reader, writer = await conn.open_connection("127.0.0.1", echo.port)
                 for piece in range(8):
                     chunk = os.urandom(128 * 1024)
-                    asyncssh.set_debug_level(2 if piece == 5 else 1)
+                    if piece == 1:  # the seal kept so far is for the keys in use now
+                        kept = vars(conn).get(asyncssh_patches.SEALS_WITH)
+                        assert kept is not None and kept[0] is conn._send_encryption
+                    asyncssh.set_debug_level(2 if piece == 1 else 1)
                     before = sent.by_asyncssh
                     writer.write(chunk)
                     assert await reader.readexactly(len(chunk)) == chunk
@@ -746,7 +751,7 @@ def test_the_kept_seal_follows_the_keys_and_the_debug_level(
 
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(scenario())
-    assert by_asyncssh[5] == 128 * 1024  # debug level 2: asyncssh's own path, all of it
+    assert by_asyncssh[1] == 128 * 1024  # debug level 2: asyncssh's own path, all of it
     assert by_asyncssh[0] < 128 * 1024 and by_asyncssh[7] < 128 * 1024  # in place again
     assert len({id(key) for key in kept_keys}) >= 3  # kept anew for each new key
 
