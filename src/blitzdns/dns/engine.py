@@ -478,6 +478,14 @@ class Engine:
             self.cache.put(key, response, scan, now)
         # _deliver, inline (once per forwarded miss): the job's limit is udp_limit(edns)
         # for UDP, never below 512, so it alone says whether the reply fits.
+        if known:
+            # The reply carries the question's bytes as the client sent them (the upstream
+            # query's are the client's), so it is as long as the join below would make it,
+            # and the join is this, with two slices less (a property test holds them alike).
+            if limit is not None and len(response) > limit:
+                self.stats.truncated += 1
+                return error_reply(packet, qend, 0, edns, truncated=True)
+            return packet[:2] + response[2:]
         tail = response[qend:]
         if limit is not None and qend + len(tail) > limit:
             self.stats.truncated += 1
