@@ -443,6 +443,28 @@ OPT_PAYLOADS = st.sampled_from([-1, 1232, 4096, 0x0241, 0x0261, 0x4141])
     opt_flags=0,
     flips=[True],
 )
+# Asked again all in lower case (its two capitals flipped): the engine skips the folded
+# memo for such a query (Engine.handle), and must still answer as a fresh one.
+@example(
+    name="www.example.com",
+    first_case=[False] * 8,
+    rd=1,
+    byte3=0,
+    qtype=1,
+    payload=-1,
+    opt_flags=0,
+    flips=[i in (11, 20) for i in range(64)],
+)
+@example(
+    name="dnd.dartmouth.edu",
+    first_case=[False] * 8,
+    rd=1,
+    byte3=0,
+    qtype=1,
+    payload=1232,
+    opt_flags=0,
+    flips=[i in (11, 20) for i in range(64)],
+)
 def test_a_folded_memo_hit_is_the_computed_reply_byte_for_byte(
     name: str,
     first_case: list[bool],

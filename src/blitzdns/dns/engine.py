@@ -286,7 +286,11 @@ class Engine:
         # Lower-casing keeps length bytes (at most 63) as they are, so a key equal to a
         # remembered one, with flags, counts, type, class and EDNS bytes exactly equal,
         # is the same question in other letters: its reply differs only in those letters.
-        folded = fast.folded.get(after_id.lower())
+        # Not for a query in lower case (the commonest, and every miss): the folded memo
+        # is filled by mixed-case ones, and such a query, when one was remembered, gets
+        # the same reply below (a property test holds them alike), without the lower-cased
+        # copy of the packet made and looked up here first.
+        folded = None if after_id.islower() else fast.folded.get(after_id.lower())
         if folded is not None:
             qend, fixed, trailer, head, tail, entry, entry_age = folded
             if fixed is None or (packet[2:12] == fixed and packet[qend - 4 :] == trailer):
