@@ -65,6 +65,8 @@ class Result:
     cpu_us: float
     errors: int = 0
     """Answers that were not NOERROR (at the forward cap: our SERVFAIL, dnsmasq's REFUSED)."""
+    busy: float = 0.0
+    """The server's CPU seconds per second of the run (near 1: the server was the limit)."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -161,6 +163,12 @@ def measure(pid: int, port: int, datafile: Path, seconds: float, rate: int, once
     result = run_dnsperf(port, datafile, seconds, rate, once=once)
     used = cpu_seconds(pid) - before
     result.cpu_us = used * 1e6 / max(result.completed, 1)
+    # Over dnsperf's run time (completed / its queries per second), not the wall time:
+    # after its time limit dnsperf waits out its timeout (-t 2) for lost queries (dnsmasq
+    # loses ~10-16 a run, we none), and the server has nothing to do then. (dnsperf spins
+    # through that wait, ~0.6 CPU seconds a second: its CPU time is no guide to the
+    # client side's load.)
+    result.busy = used / (result.completed / max(result.qps, 1e-9))
     return result
 
 
@@ -169,7 +177,14 @@ def median(results: list[Result]) -> Result:
     ordered = sorted(results, key=lambda r: r.cpu_us)
     middle = ordered[len(ordered) // 2]
     qps = sorted(r.qps for r in results)[len(results) // 2]
-    return Result(qps, middle.completed, middle.lost, middle.cpu_us, middle.errors)
+    return Result(
+        qps,
+        middle.completed,
+        middle.lost,
+        middle.cpu_us,
+        middle.errors,
+        middle.busy,
+    )
 
 
 def median_pair(ours: list[Result], peer: list[Result]) -> tuple[Result, Result, list[float]]:
@@ -361,22 +376,21 @@ def main() -> int:
     try:
         upstream_port, ours_port, theirs_port = free_port(), free_port(), free_port()
         upstream = f"127.0.0.1#{upstream_port}"
-        processes.append(
-            subprocess.Popen(
-                [
-                    "taskset",
-                    "-c",
-                    CLIENT_CPU,
-                    *dnsmasq_command(
-                        upstream_port,
-                        "--cache-size=0",
-                        "--local-ttl=3600",
-                        "--address=/bench.test/127.0.0.9",
-                        "--address=/cached.test/127.0.0.8",
-                    ),
-                ]
-            )
+        upstream_process = subprocess.Popen(
+            [
+                "taskset",
+                "-c",
+                CLIENT_CPU,
+                *dnsmasq_command(
+                    upstream_port,
+                    "--cache-size=0",
+                    "--local-ttl=3600",
+                    "--address=/bench.test/127.0.0.9",
+                    "--address=/cached.test/127.0.0.8",
+                ),
+            ]
         )
+        processes.append(upstream_process)
         wait_until_answering(upstream_port)
         theirs = subprocess.Popen(
             [
@@ -495,21 +509,27 @@ def main() -> int:
                     f"median of {len(ratios)} paired rounds vs {DEFAULTS}, round ratios "
                     f"{ratios[0]:.2f}-{ratios[-1]:.2f}x"
                 )
-                print(f"{label}: {miss_spread}: " + " ".join(f"{r:.2f}" for r in ratios))
+                print(f"{label}: {miss_spread}")
+                for i, (o, t) in enumerate(zip(runs["blitzdns"], runs[DEFAULTS], strict=True)):
+                    print(
+                        f"  round {i}: {o.qps:7.0f} vs {t.qps:7.0f} q/s ({o.qps / t.qps:.2f}x); "
+                        f"server busy {o.busy:.2f} vs {t.busy:.2f}"
+                    )
             cases.append((label, medians))
 
         rss_mib = peak_rss_kib(ours.pid) / 1024
         print(f"\nCPU {SERVER_CPU}: servers; CPU {CLIENT_CPU}: dnsperf and the upstream dnsmasq")
         print(f"blitzdns's event loop: {loop}; load average now {os.getloadavg()[0]:.1f}")
+        print("busy: the server's CPU seconds per second of its run (near 1: it was the limit)")
         print(
             f"{'case':28} {'server':23} {'queries/s':>10} {'lost':>7} {'CPU µs/q':>9} "
-            f"{'not NOERROR':>11}"
+            f"{'not NOERROR':>11} {'busy':>5}"
         )
         for label, results in cases:
             for server, r in results.items():
                 print(
                     f"{label:28} {server:23} {r.qps:10.0f} {r.lost:7d} {r.cpu_us:9.2f} "
-                    f"{r.errors:11d}"
+                    f"{r.errors:11d} {r.busy:5.2f}"
                 )
             ours_r = results["blitzdns"]
             for variant, r in results.items():
