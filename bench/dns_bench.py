@@ -241,8 +241,10 @@ DEFAULTS = "dnsmasq at its defaults"
 MISS_NOTE = (
     "per miss (same-run A/B at e38d41d, load ~4): CPU 34.4 us vs dnsmasq 25.0, of which "
     "kernel 13.2 vs 19.7 (dnsmasq opens a socket per query) and user 21.2 vs 5.2 (28.5 "
-    "before session 8): the gap is Python, ~118k instructions per miss (151k before) "
-    "over ~20 steps, none above ~12 % of the bytecodes; client side and each upstream "
+    "before session 8): the gap is Python, ~114k instructions per miss (151k in session "
+    "7, 118k in 9) over ~20 steps, none above ~12 % of the bytecodes; the server is "
+    "CPU-bound here, so other load on CPU 0 moves q/s (see the rounds' busy shares); "
+    "client side and each upstream "
     "socket's replies read in batches (recvmmsg), one sendto per miss on one of 16 "
     "random-port sockets (a client batch puts ~1.3 misses on each: nothing for sendmmsg "
     "to share); see bench/notes/dns.md"
@@ -349,7 +351,7 @@ def main() -> int:
     parser.add_argument(
         "--miss-rounds",
         type=int,
-        default=7,
+        default=5,
         help="rounds of the miss case (c): blitzdns and dnsmasq at its defaults back to back "
         "in each (which goes first alternating); the median round's ratio is the figure",
     )
