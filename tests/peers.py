@@ -555,11 +555,16 @@ def need_dig() -> str:
 #: Where :func:`port_guard` holds a server's port while dig runs: a loopback address no
 #: test serves on.
 GUARD_ADDRESS = "127.255.255.254"
+#: The same for an IPv6 server (on ::1, the one IPv6 loopback address): an address of no
+#: interface (a unique-local one), bound with ``IP_FREEBIND``; nothing is ever sent to it.
+GUARD_ADDRESS6 = "fd00:ffff::1"
+#: Linux's ``IP_FREEBIND`` (``<linux/in.h>``), which holds for IPv6 sockets too.
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
 
 @contextlib.contextmanager
 def port_guard(host: str, port: int) -> Iterator[socket.socket | None]:
-    """Keep dig off ``port`` (a server's, on IPv4 ``host``) while the block runs.
+    """Keep dig off ``port`` (a server's, on ``host``) while the block runs.
 
     dig 9.18 (Debian 12's) opens each query's UDP socket with ``SO_REUSEPORT`` and binds
     port 0, and Linux may then hand it a port that sockets of the same user hold with
@@ -574,16 +579,22 @@ def port_guard(host: str, port: int) -> Iterator[socket.socket | None]:
 
     A socket without ``SO_REUSEPORT`` on the same port at another address conflicts with
     dig's wildcard bind, so the kernel passes the port over, as for any port in use; with
-    ``SO_REUSEADDR`` two guards of one port (dig runs at once) share it. None when the port
-    cannot be held (another family, or a wildcard socket on it already): dig runs as before.
+    ``SO_REUSEADDR`` two guards of one port (dig runs at once) share it. dig's IPv6 query
+    socket (``SO_REUSEPORT``, ``IPV6_V6ONLY``, ``[::]``) is kept off an IPv6 server's port
+    the same way, by a guard at :data:`GUARD_ADDRESS6`. None when the port cannot be held
+    (a wildcard socket on it already): dig runs as before.
     """
-    if ":" in host or host == GUARD_ADDRESS:
+    if host in (GUARD_ADDRESS, GUARD_ADDRESS6):
         yield None
         return
-    guard = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    six = ":" in host
+    guard = socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_DGRAM)
     try:
         guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        guard.bind((GUARD_ADDRESS, port))
+        if six:
+            guard.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            guard.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)  # an address of no interface
+        guard.bind((GUARD_ADDRESS6 if six else GUARD_ADDRESS, port))
     except OSError:
         guard.close()
         yield None

@@ -81,8 +81,13 @@ def test_free_ports_are_outside_the_ephemeral_range_and_free() -> None:
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    """A socket like dig 9.18's query socket (or the stub's steered pair): SO_REUSEPORT,
+    and for IPv6 IPV6_V6ONLY."""
+    six = ":" in host
+    sock = socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if six:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     sock.bind((host, port))
     return sock
 
@@ -103,8 +108,22 @@ def test_port_guard_keeps_a_reuseport_client_off_the_servers_port() -> None:
             assert refused.value.errno == errno.EADDRINUSE
         with reuseport_socket("0.0.0.0", port):
             pass  # the guard is gone with the block
-    with port_guard("::1", port) as none:
-        assert none is None
+
+
+def test_port_guard_keeps_a_reuseport_client_off_an_ipv6_servers_port() -> None:
+    # The same for a server on [::1] and dig's IPv6 query socket ([::], SO_REUSEPORT,
+    # IPV6_V6ONLY): the gap a guard of IPv4 only left.
+    with reuseport_socket("::1", 0) as server:
+        port = server.getsockname()[1]
+        with reuseport_socket("::", port):
+            pass  # the premise: shared
+        with port_guard("::1", port) as guard, port_guard("::1", port) as second:
+            assert guard is not None and second is not None
+            with pytest.raises(OSError) as refused:
+                reuseport_socket("::", port)
+            assert refused.value.errno == errno.EADDRINUSE
+        with reuseport_socket("::", port):
+            pass
 
 
 def test_wait_for_returns_the_value_and_names_what_never_came() -> None:

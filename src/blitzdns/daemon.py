@@ -247,6 +247,9 @@ class TerminalSecrets:
         self._asking: dict[str, _Question] = {}
         #: A pipe made at the first question; :meth:`cancel` makes its read end readable.
         self._wake: tuple[int, int] | None = None
+        #: Readers of the terminal (:meth:`_read`) not yet over: the pipe is closed once
+        #: cancelled and none is left.
+        self._readers = 0
 
     async def password(self, prompt: str) -> str:
         if prompt not in self.answers:
@@ -266,6 +269,7 @@ class TerminalSecrets:
             self._cancelled = True
             if self._wake is not None:
                 os.write(self._wake[1], b"x")  # never read: stays readable
+                self._close_wake()
             for question in self._asking.values():
                 question.done.set()
             self._turn.notify_all()
@@ -277,7 +281,21 @@ class TerminalSecrets:
             if self._wake is None:
                 self._wake = os.pipe()
             wake = self._wake[0]
-        return read_secret(prompt, self.terminal, wake)
+            self._readers += 1
+        try:
+            return read_secret(prompt, self.terminal, wake)
+        finally:
+            with self._turn:
+                self._readers -= 1
+                self._close_wake()
+
+    def _close_wake(self) -> None:
+        """Close the pipe once cancelled and no reader is left (no other comes); under
+        ``self._turn``."""
+        if self._cancelled and not self._readers and self._wake is not None:
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = None
 
     def _asked(self, prompt: str) -> str:
         """``self.ask(prompt)``'s answer (from any thread): waited for, until :meth:`cancel`."""
@@ -332,10 +350,6 @@ class TerminalSecrets:
             _release_terminal(terminal, restore=abandoned)
             with self._turn:
                 del self._asking[prompt]
-                if self._cancelled and not abandoned and self._wake is not None:
-                    for fd in self._wake:  # its one reader is over; no other comes
-                        os.close(fd)
-                    self._wake = None
                 self._turn.notify_all()
 
 
@@ -347,13 +361,18 @@ cancelled (it ends at once; the bound only keeps a stuck terminal from holding t
 def read_secret(prompt: str, terminal: str, wake: int) -> str:
     """What :func:`getpass.getpass` asks, on ``terminal``: the prompt, a line read with echo
     off, the mode put back and the line ended; :class:`AskCancelled` as soon as ``wake``
-    is readable (the same, without the line). Without the terminal: getpass's own way."""
-    try:
-        fd = os.open(terminal, os.O_RDWR | os.O_NOCTTY)
-    except OSError:
+    is readable (the same, without the line). Without ``terminal``, on stdin's terminal
+    (as getpass); without either, getpass's own way.
+
+    Nothing here can block for good: the terminal is opened non-blocking and both the
+    prompt's write and the read wait in :func:`select.poll` (no fd limit, unlike
+    ``select.select``: a busy daemon's fds pass 1023) with ``wake``; the mode is set
+    without waiting for output to drain (a terminal whose output is stopped, ^S, never
+    drains); the line's end is dropped when it cannot be written at once."""
+    fd = _open_terminal(terminal)
+    if fd is None:
         return getpass.getpass(prompt)
     import locale  # noqa: PLC0415  (a question on a terminal only)
-    import select  # noqa: PLC0415
     import termios  # noqa: PLC0415
 
     encoding = locale.getpreferredencoding(False)  # as getpass's text stream's
@@ -364,53 +383,142 @@ def read_secret(prompt: str, terminal: str, wake: int) -> str:
             return getpass.getpass(prompt)
         quiet = list(mode)
         quiet[3] &= ~termios.ECHO
-        termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
-        line = b""
+        _set_mode(fd, quiet)
         try:
-            os.write(fd, prompt.encode(encoding, errors="replace"))
-            while not line.endswith(b"\n"):
-                ready, _, _ = select.select([fd, wake], [], [])
-                if wake in ready:
-                    raise AskCancelled(prompt)
-                chunk = os.read(fd, 1024)  # canonical mode: what was typed up to Enter
-                if not chunk:
-                    raise EOFError  # as getpass: ^D on an empty line
-                line += chunk
-        finally:
-            termios.tcsetattr(fd, termios.TCSAFLUSH, mode)
-            os.write(fd, b"\n")
+            _write_all(fd, prompt.encode(encoding, errors="replace"), wake, prompt)
+            line = _read_line(fd, wake, prompt)
+        except BaseException:
+            with contextlib.suppress(OSError, termios.error):  # the first error is the one
+                _set_mode(fd, mode)
+                _write_soon(fd, b"\n")
+            raise
+        _set_mode(fd, mode)
+        _write_soon(fd, b"\n")
     finally:
         os.close(fd)
-    return line[:-1].decode(encoding, errors="replace")
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    return line.decode(encoding)  # strict, as getpass's terminal stream: no altered answer
+
+
+def _open_terminal(terminal: str) -> int | None:
+    """``terminal`` opened for a question (non-blocking, a file description of its own);
+    failing that, stdin's terminal reopened (getpass's second way); else None."""
+    flags = os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK
+    try:
+        return os.open(terminal, flags)
+    except OSError:
+        pass
+    try:
+        stdin = sys.stdin.fileno()
+        if os.isatty(stdin):
+            return os.open(os.ttyname(stdin), flags)
+    except (AttributeError, ValueError, OSError):
+        pass
+    return None
+
+
+def _set_mode(fd: int, mode: list[Any]) -> None:
+    """``mode`` on ``fd`` now, typed-ahead input dropped (TCSAFLUSH without its wait for
+    the output to drain, which a stopped terminal never does)."""
+    import termios  # noqa: PLC0415
+
+    termios.tcflush(fd, termios.TCIFLUSH)
+    termios.tcsetattr(fd, termios.TCSANOW, mode)
+
+
+def _wait(fd: int, events: int, wake: int, prompt: str) -> None:
+    """Until ``fd`` has one of ``events`` (or an error, hang-up); :class:`AskCancelled` once
+    ``wake`` is readable."""
+    import select  # noqa: PLC0415
+
+    poller = select.poll()
+    poller.register(fd, events)
+    poller.register(wake, select.POLLIN)
+    while True:
+        ready = dict(poller.poll())
+        if wake in ready:
+            raise AskCancelled(prompt)
+        if fd in ready:
+            return
+
+
+def _write_all(fd: int, data: bytes, wake: int, prompt: str) -> None:
+    import select  # noqa: PLC0415
+
+    while data:
+        _wait(fd, select.POLLOUT, wake, prompt)
+        try:
+            data = data[os.write(fd, data) :]
+        except BlockingIOError:  # writable said, full found (output stopped)
+            _nap(wake, prompt)
+
+
+def _nap(wake: int, prompt: str) -> None:
+    """A short wait on ``wake`` alone: a terminal that says it is ready and is not would
+    otherwise spin."""
+    import select  # noqa: PLC0415
+
+    poller = select.poll()
+    poller.register(wake, select.POLLIN)
+    if poller.poll(50):
+        raise AskCancelled(prompt)
+
+
+def _read_line(fd: int, wake: int, prompt: str) -> bytes:
+    """A line as getpass's readline reads it: up to its newline included, or what was
+    typed before an end of file (^D); :class:`EOFError` at an end of file on an empty
+    line."""
+    import select  # noqa: PLC0415
+
+    line = b""
+    while not line.endswith(b"\n"):
+        _wait(fd, select.POLLIN, wake, prompt)
+        try:
+            chunk = os.read(fd, 1024)  # canonical mode: what was typed up to Enter
+        except BlockingIOError:
+            continue
+        if not chunk:
+            if not line:
+                raise EOFError  # as getpass: ^D on an empty line
+            break
+        line += chunk
+    return line
+
+
+def _write_soon(fd: int, data: bytes) -> None:
+    """``data`` on ``fd`` (non-blocking) if it can go at once; else dropped."""
+    with contextlib.suppress(BlockingIOError):
+        os.write(fd, data)
 
 
 def _terminal_mode(terminal: str) -> tuple[int, list[Any]] | None:
     """``terminal``'s mode (what getpass changes and puts back), or None."""
-    try:
-        fd = os.open(terminal, os.O_RDWR | os.O_NOCTTY)
-    except OSError:
+    fd = _open_terminal(terminal)
+    if fd is None:
         return None
-    try:
-        import termios  # noqa: PLC0415  (a question on a terminal only)
+    import termios  # noqa: PLC0415  (a question on a terminal only)
 
+    try:
         return fd, termios.tcgetattr(fd)
-    except (ImportError, OSError):
+    except (OSError, termios.error):
         os.close(fd)
         return None
 
 
 def _release_terminal(terminal: tuple[int, list[Any]] | None, *, restore: bool) -> None:
     """With ``restore``, put back the mode an abandoned getpass left (echo off) and end its
-    prompt's line."""
+    prompt's line; never blocking (the terminal was opened non-blocking; its output may
+    be stopped, ^S)."""
     if terminal is None:
         return
     fd, mode = terminal
     if restore:
-        with contextlib.suppress(OSError):
-            import termios  # noqa: PLC0415
+        import termios  # noqa: PLC0415
 
-            termios.tcsetattr(fd, termios.TCSAFLUSH, mode)
-            os.write(fd, b"\n")
+        with contextlib.suppress(OSError, termios.error):
+            _set_mode(fd, mode)
+            _write_soon(fd, b"\n")
     os.close(fd)
 
 

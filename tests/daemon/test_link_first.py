@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -165,6 +166,67 @@ async def test_the_stub_s_sockets_are_bound_before_the_link_connects(
         async with asyncio.timeout(30):  # a bound, not a measurement
             await daemon.start()
         assert seen == {"early connect": True, "link start": True}
+        assert daemon.resolver is not None
+        assert [e.port for e in daemon.resolver.bound_endpoints] == [dns_port]
+    finally:
+        await daemon.close()
+        early.discard()
+    assert not bound(dns_port)
+
+
+async def test_on_the_privilege_drop_path_the_stub_is_bound_before_the_early_connect(
+    sshd: Sshd, tmp_path: Path, recorded: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start with a privilege drop (not link-first: everything binds as root, the link
+    starts after the drop) binds the stub's UDP and TCP sockets before the early connect
+    too, and before the link starts; the drop comes between."""
+    import pwd
+
+    dns_port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(config_text(sshd, tmp_path, dns_port, free_port(), ["a"]))
+    seen: dict[str, bool] = {}
+    order: list[str] = []
+    early_connect = early._connect
+    tunnel_start = Tunnel.start
+    me = pwd.getpwuid(os.getuid())
+
+    def spy_early(*args: Any) -> socket.socket | None:
+        order.append("early connect")
+        seen.setdefault("early connect", bound(dns_port))
+        return early_connect(*args)
+
+    async def spy_start(self: Tunnel) -> None:
+        order.append("link start")
+        seen.setdefault("link start", bound(dns_port))
+        await tunnel_start(self)
+
+    def spy_drop(user: Any, **_: Any) -> bool:
+        order.append("drop")
+        assert user is me
+        return True
+
+    monkeypatch.setattr(early, "_connect", spy_early)
+    monkeypatch.setattr(Tunnel, "start", spy_start)
+    # The drop path as root through sudo would take it, as whoever runs the tests.
+    monkeypatch.setattr(daemon_module.privileges, "target_user", lambda explicit: me)
+    monkeypatch.setattr(daemon_module.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(daemon_module.privileges, "drop_privileges", spy_drop)
+    monkeypatch.setattr(daemon_module.classcode, "finish", lambda: None)
+    monkeypatch.setattr(daemon_module.nosftp, "finish", lambda: None)
+    options = RunOptions(
+        config_path=config,
+        drop_privileges=True,
+        connect_early=True,
+        control_socket=tmp_path / "control",
+        root=tmp_path,
+    )
+    daemon = Daemon(load_config(config, search=False), options)
+    try:
+        async with asyncio.timeout(30):  # a bound, not a measurement
+            await daemon.start()
+        assert seen == {"early connect": True, "link start": True}
+        assert order == ["early connect", "drop", "link start"]
         assert daemon.resolver is not None
         assert [e.port for e in daemon.resolver.bound_endpoints] == [dns_port]
     finally:

@@ -210,15 +210,21 @@ def test_the_same_question_asked_twice_at_once_is_put_once() -> None:
     assert [type(failure) for failure in failures] == [AskCancelled, AskCancelled]
 
 
-def asked_on_a_pty(then: Callable[[int, Any], None]) -> tuple[list[object], int]:
-    """A question put by TerminalSecrets on a pty of its own; ``then(master, secrets)`` once
-    it shows. What the asker got (an answer or an exception) and the pty's local modes
-    after, once the asker is over; no thread of the question's is left (asserted)."""
+def asked_on_a_pty(
+    then: Callable[[int, Any], None], *, terminal: str | None = None, fillers: int = 0
+) -> tuple[list[object], int]:
+    """A question put by TerminalSecrets on a pty of its own (or on ``terminal``);
+    ``then(master, secrets)`` once it shows. What the asker got (an answer or an
+    exception) and the pty's local modes after, once the asker is over; no thread of the
+    question's is left (asserted). ``fillers``: that many fds held open meanwhile, opened
+    after the pty's (so that the question's own fds come above them)."""
     from blitzdns.daemon import TerminalSecrets
 
     master, slave = pty.openpty()
+    held: list[int] = []
     try:
-        secrets = TerminalSecrets(terminal=os.ttyname(slave))
+        held.extend(os.open(os.devnull, os.O_RDONLY) for _ in range(fillers))
+        secrets = TerminalSecrets(terminal=terminal or os.ttyname(slave))
         got: list[object] = []
 
         def asker() -> None:
@@ -239,6 +245,8 @@ def asked_on_a_pty(then: Callable[[int, Any], None]) -> tuple[list[object], int]
         assert left == [], left  # the reader ended, joined by its asker
         return got, termios.tcgetattr(slave)[3]
     finally:
+        for fd in held:
+            os.close(fd)
         os.close(master)
         os.close(slave)
 
@@ -258,3 +266,216 @@ def test_an_answer_on_the_terminal_is_read_as_getpass_reads_it() -> None:
     got, modes = asked_on_a_pty(lambda master, _: os.write(master, b"open sesame\n") and None)
     assert got == ["open sesame"]
     assert modes & termios.ECHO
+
+
+def test_a_question_on_a_terminal_above_fd_1023() -> None:
+    """A busy daemon (its fd limit raised to 65536) asking at run time (a reconnect's
+    passphrase) can open the terminal above fd 1023: the reader still reads it (it
+    waited in select.select, whose fd limit is 1024: ValueError)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2048
+    if soft < wanted:
+        assert hard >= wanted, "the test needs an fd limit of 2048"
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    try:
+        got, modes = asked_on_a_pty(
+            lambda master, _: os.write(master, b"open sesame\n") and None, fillers=1100
+        )
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert got == ["open sesame"]
+    assert modes & termios.ECHO
+
+
+def test_a_stop_at_a_terminal_whose_output_is_stopped() -> None:
+    """Output stopped (^S) while asking: the prompt cannot be written, yet a stop (cancel)
+    ends the reader and its asker at once, the echo put back, nothing left blocked on the
+    terminal (the reader blocked in its prompt's write and never saw the cancel; the
+    asker's own putting back then blocked in its newline's write)."""
+    from blitzdns.daemon import ASK_JOIN_S, AskCancelled, TerminalSecrets
+
+    master, slave = pty.openpty()
+    probe = os.open(os.ttyname(slave), os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    got: list[object] = []
+    threads: list[threading.Thread] = []
+    try:
+        os.write(master, b"\x13")  # ^S: the terminal's output stops
+
+        def stopped() -> bool | None:
+            try:
+                os.write(probe, b".")  # shown while output still flows; refused once stopped
+            except BlockingIOError:
+                return True
+            return None
+
+        wait_for(stopped, lambda: "the terminal's output to stop", 10)
+        secrets = TerminalSecrets(terminal=os.ttyname(slave))
+
+        def asker() -> None:
+            try:
+                got.append(secrets.passphrase("k"))
+            except BaseException as exc:
+                got.append(exc)
+
+        before = set(threading.enumerate())
+        thread = threading.Thread(target=asker)
+        threads.append(thread)
+        thread.start()
+        wait_for(
+            lambda: [t for t in threading.enumerate() if t.name == "blitzdns-ask"] or None,
+            lambda: "the terminal's reader",
+            10,
+        )
+        threads.extend(t for t in threading.enumerate() if t.name == "blitzdns-ask")
+        wait_for(
+            lambda: not termios.tcgetattr(slave)[3] & termios.ECHO or None,
+            lambda: "the echo off",
+            10,
+        )
+        secrets.cancel()
+        wait_for(lambda: got or None, lambda: "the asker to end", ASK_JOIN_S + 1)
+        assert [type(g) for g in got] == [AskCancelled]
+        assert termios.tcgetattr(slave)[3] & termios.ECHO
+        left = [t for t in threading.enumerate() if t not in before and t is not thread]
+        assert left == [], left  # the reader ended by itself, not abandoned
+    finally:
+        os.write(master, b"\x11")  # ^Q: output again, so that nothing stays blocked
+        for t in threads:
+            while t.is_alive():
+                read_until(master, b"\0", timeout_s=0.2)
+                t.join(0.2)
+        os.close(probe)
+        os.close(master)
+        os.close(slave)
+
+
+def test_an_end_of_file_after_a_partial_line_gives_that_line() -> None:
+    """'abc' then ^D ^D: getpass returns 'abc' (its readline's line without a newline)."""
+    got, _ = asked_on_a_pty(lambda master, _: os.write(master, b"abc\x04\x04") and None)
+    assert got == ["abc"]
+
+
+def test_an_undecodable_answer_is_an_error_not_an_altered_answer() -> None:
+    """As getpass's terminal stream (strict): bytes the encoding cannot read give an
+    error, not an answer with replacement characters that would then be kept."""
+    got, modes = asked_on_a_pty(lambda master, _: os.write(master, b"\xff\xfe\n") and None)
+    assert [type(g) for g in got] == [UnicodeDecodeError]
+    assert modes & termios.ECHO
+
+
+def test_without_the_terminal_stdins_terminal_is_asked_on(monkeypatch: Any) -> None:
+    """No /dev/tty (no controlling terminal) but stdin a terminal: asked there, as getpass
+    does, and still a question a stop can end (getpass's own way could not be ended)."""
+    import sys
+
+    from blitzdns.daemon import AskCancelled
+
+    class Stdin:
+        def __init__(self, fd: int) -> None:
+            self.fd = fd
+
+        def fileno(self) -> int:
+            return self.fd
+
+    def on_stdin(master: int, secrets: Any) -> None:
+        secrets.cancel()
+
+    real_openpty = pty.openpty
+
+    def openpty() -> tuple[int, int]:
+        master, slave = real_openpty()
+        monkeypatch.setattr(sys, "stdin", Stdin(slave))
+        return master, slave
+
+    monkeypatch.setattr(pty, "openpty", openpty)
+    got, modes = asked_on_a_pty(on_stdin, terminal="/nonexistent/tty")
+    assert [type(g) for g in got] == [AskCancelled]
+    assert modes & termios.ECHO
+
+
+def test_an_error_putting_the_mode_back_keeps_the_first_one(monkeypatch: Any) -> None:
+    """A hang-up during the question fails the putting back of the mode too
+    (termios.error 5): the asker gets the first error, here the stop's AskCancelled."""
+    from blitzdns.daemon import AskCancelled
+
+    real = termios.tcsetattr
+
+    def tcsetattr(fd: int, when: int, mode: Any) -> None:
+        if mode[3] & termios.ECHO and threading.current_thread().name == "blitzdns-ask":
+            raise termios.error(5, "Input/output error")
+        real(fd, when, mode)
+
+    monkeypatch.setattr(termios, "tcsetattr", tcsetattr)
+    got, _ = asked_on_a_pty(lambda _, secrets: secrets.cancel())
+    assert [type(g) for g in got] == [AskCancelled]
+
+
+def test_a_cancel_after_the_last_answer_closes_the_wake_pipe() -> None:
+    kept: list[Any] = []
+
+    def answer(master: int, secrets: Any) -> None:
+        kept.append(secrets)
+        os.write(master, b"open sesame\n")
+
+    got, _ = asked_on_a_pty(answer)
+    assert got == ["open sesame"]
+    (secrets,) = kept
+    wake = secrets._wake
+    assert wake is not None  # made at the question, kept for the next one
+    secrets.cancel()
+    assert secrets._wake is None
+    for fd in wake:
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        raise AssertionError(f"fd {fd} still open")
+
+
+def test_putting_back_an_abandoned_readers_mode_does_not_block_on_a_stopped_terminal() -> None:
+    """The asker's own putting back (for a reader it abandoned) on a terminal whose output
+    is stopped (^S): done at once, the echo back (its newline's write blocked for good)."""
+    from blitzdns.daemon import _release_terminal, _terminal_mode
+
+    master, slave = pty.openpty()
+    threads: list[threading.Thread] = []
+    try:
+        terminal = _terminal_mode(os.ttyname(slave))
+        assert terminal is not None
+        quiet = list(terminal[1])
+        quiet[3] &= ~termios.ECHO
+        termios.tcsetattr(slave, termios.TCSANOW, quiet)  # as the abandoned reader left it
+        os.write(master, b"\x13")  # ^S
+        probe = os.open(os.ttyname(slave), os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+
+        def stopped() -> bool | None:
+            try:
+                os.write(probe, b".")
+            except BlockingIOError:
+                return True
+            return None
+
+        try:
+            wait_for(stopped, lambda: "the terminal's output to stop", 10)
+        finally:
+            os.close(probe)
+        done = threading.Event()
+
+        def release() -> None:
+            _release_terminal(terminal, restore=True)
+            done.set()
+
+        threads.append(threading.Thread(target=release))
+        threads[0].start()
+        wait_for(lambda: done.is_set() or None, lambda: "the mode put back", 10)
+        assert termios.tcgetattr(slave)[3] & termios.ECHO
+    finally:
+        os.write(master, b"\x11")  # ^Q
+        for t in threads:
+            while t.is_alive():
+                read_until(master, b"\0", timeout_s=0.2)
+                t.join(0.2)
+        os.close(master)
+        os.close(slave)

@@ -303,7 +303,11 @@ class Engine:
         # Lower-casing keeps length bytes (at most 63) as they are, so a key equal to a
         # remembered one, with flags, counts, type, class and EDNS bytes exactly equal,
         # is the same question in other letters: its reply differs only in those letters.
-        folded = fast.folded.get(after_id.lower())
+        # Not for a query in lower case (the commonest, and every miss): the folded memo
+        # is filled by mixed-case ones, and such a query, when one was remembered, gets
+        # the same reply below (a property test holds them alike), without the lower-cased
+        # copy of the packet made and looked up here first.
+        folded = None if after_id.islower() else fast.folded.get(after_id.lower())
         if folded is not None:
             qend, fixed, trailer, head, tail, entry, entry_age = folded
             if fixed is None or (packet[2:12] == fixed and packet[qend - 4 :] == trailer):
@@ -495,6 +499,14 @@ class Engine:
             self.cache.put(key, response, scan, now)
         # _deliver, inline (once per forwarded miss): the job's limit is udp_limit(edns)
         # for UDP, never below 512, so it alone says whether the reply fits.
+        if known:
+            # The reply carries the question's bytes as the client sent them (the upstream
+            # query's are the client's), so it is as long as the join below would make it,
+            # and the join is this, with two slices less (a property test holds them alike).
+            if limit is not None and len(response) > limit:
+                self.stats.truncated += 1
+                return error_reply(packet, qend, 0, edns, truncated=True)
+            return packet[:2] + response[2:]
         tail = response[qend:]
         if limit is not None and qend + len(tail) > limit:
             self.stats.truncated += 1

@@ -263,6 +263,21 @@ def error_reply(
     return packet[:2] + _U16.pack(reply_flags) + counts + packet[12:qend] + opt
 
 
+def _upstream_heads(additional: int) -> dict[int, bytes]:
+    """The upstream query's 12 header bytes (ID 0), by its flags (``FORWARDED_FLAGS`` only)."""
+    return {
+        kept: b"\x00\x00" + _U16.pack(kept) + b"\x00\x01\x00\x00\x00\x00" + _U16.pack(additional)
+        for kept in range(65536)
+        if kept & FORWARDED_FLAGS == kept
+    }
+
+
+#: Every header :func:`upstream_query` may put before the question, made once: without
+#: and with an OPT record (8 each). Looked up, not packed and joined per miss (issue #18).
+_HEAD_PLAIN = _upstream_heads(0)
+_HEAD_OPT = _upstream_heads(1)
+
+
 def upstream_query(packet: bytes, qend: int, flags: int, edns: int) -> bytes:
     """The query sent upstream, with ID 0 (the forwarder sets a random one per attempt).
 
@@ -270,21 +285,14 @@ def upstream_query(packet: bytes, qend: int, flags: int, edns: int) -> bytes:
     the payload we can take and the DO bit, without the client's options (its cookie is
     meant for us, RFC 7873 §5.1).
     """
-    upstream_flags = flags & FORWARDED_FLAGS
     if edns < 0:
-        return (
-            b"\x00\x00"
-            + _U16.pack(upstream_flags)
-            + b"\x00\x01\x00\x00\x00\x00\x00\x00"
-            + (packet[12:qend])
+        return _HEAD_PLAIN[flags & FORWARDED_FLAGS] + packet[12:qend]
+    return b"".join(
+        (
+            _HEAD_OPT[flags & FORWARDED_FLAGS],
+            packet[12:qend],
+            OPT_DO if edns & 0x10000 else OPT_PLAIN,
         )
-    opt = OPT_DO if edns & 0x10000 else OPT_PLAIN
-    return (
-        b"\x00\x00"
-        + _U16.pack(upstream_flags)
-        + b"\x00\x01\x00\x00\x00\x00\x00\x01"
-        + packet[12:qend]
-        + opt
     )
 
 

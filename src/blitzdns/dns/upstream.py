@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import math
 import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -271,7 +270,16 @@ class SocketPool:
             self.created += 1
             channels.append(channel)
         else:
-            channel = channels[RANDOM.below(len(channels))]
+            # RANDOM.below(n) without the call where n divides 65536 (the pool full, 16):
+            # then every 16-bit number modulo n is uniform, no draw is rejected.
+            n = len(channels)
+            if 65536 % n:
+                channel = channels[RANDOM.below(n)]
+            else:
+                value = next(RANDOM.stream, -1)
+                if value < 0:
+                    value = RANDOM.refill()
+                channel = channels[value % n]
         if channel.uses + 1 >= self.uses:
             channels.remove(channel)
             channel.retired = True
@@ -380,7 +388,9 @@ class Forwarder:
 
     def _watch(self, exchange: Exchange, at: float, loop: asyncio.AbstractEventLoop) -> float:
         """Time ``exchange``'s attempt out at ``at`` (rounded up to the tick); the key."""
-        due = math.ceil(at / DEADLINE_TICK) * DEADLINE_TICK
+        # math.ceil(at / DEADLINE_TICK) * DEADLINE_TICK, without the call: the tick is a
+        # binary fraction, so both are exact and equal.
+        due = -(-at // DEADLINE_TICK) * DEADLINE_TICK
         waiting = self._due.get(due)
         if waiting is None:
             waiting = self._due[due] = set()
