@@ -30,7 +30,7 @@ Measured per round, for each side (the order alternates between rounds; medians 
   ``PYTHONDONTWRITEBYTECODE=1`` makes the daemon compile its own sources at every start).
   The table of the code dataclasses generates (``blitzdns/classcode.py``) is kept there too.
 * **CPU exec→ready**: the time the side's processes ran on a CPU until ready (each
-  thread's ``/proc/<pid>/task/<tid>/schedstat``, ns; with the children they waited for):
+  process's CPU clock, ns, read first thing at ready; with the children they waited for):
   less moved by the machine's load than the wall time (blitzdns: the interpreter, its
   imports, the SSH handshake). /proc/<pid>/stat's 10 ms ticks were too coarse for it.
 * **More starts**: after the full rounds, ``--start-rounds`` (10) rounds that measure the
@@ -201,23 +201,21 @@ def memory_kb(pids: Sequence[int]) -> tuple[int, int]:
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:
-    """CPU time of ``pids``: each live thread's time on a CPU (``/proc/<pid>/task/<tid>/
-    schedstat``, in ns), plus the children each waited for (``cutime`` + ``cstime``, in
-    ticks). ``/proc/<pid>/stat``'s own ``utime`` + ``stime`` count in 10 ms ticks, too
-    coarse for a start of ~0.1 s (the fallback where schedstat is not there). A thread
-    already gone would be missed: neither side's processes end one before ready."""
+    """CPU time of ``pids``: each process's CPU clock (``clock_gettime`` of its
+    process-wide clock, ``CPUCLOCK_SCHED``: ns, every thread, gone ones too), plus the
+    children each waited for (``cutime`` + ``cstime``, in ticks). ``/proc/<pid>/stat``'s own
+    ``utime`` + ``stime`` count in 10 ms ticks, too coarse for a start of ~0.1 s (the
+    fallback where the clock cannot be read)."""
     total = 0.0
     tick = os.sysconf("SC_CLK_TCK")
     for pid in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            threads = 0.0
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                for task in Path(f"/proc/{pid}/task").iterdir():
-                    with contextlib.suppress(OSError):
-                        threads += int((task / "schedstat").read_text().split()[0]) / 1e9
-            ticks = sum(int(f) for f in fields[11:13]) / tick  # utime stime
-            total += (threads or ticks) + sum(int(f) for f in fields[13:15]) / tick
+            try:
+                own = time.clock_gettime(((~pid) << 3) | 2)  # the kernel's CPUCLOCK_SCHED
+            except OSError:
+                own = sum(int(f) for f in fields[11:13]) / tick  # utime stime
+            total += own + sum(int(f) for f in fields[13:15]) / tick
     return total
 
 
@@ -671,8 +669,11 @@ def measure(
         except Exception as exc:
             side.check_alive()
             raise RuntimeError(f"{side.name}: {exc}\n{side.log.text()[-3000:]}") from exc
+        # The side's own processes at once (ready is now), their children after the scan.
+        own = [proc.pid for proc in side.procs]
+        cpu_at_ready = cpu_seconds(own)
         side.check_alive()
-        cpu_at_ready = cpu_seconds(side.pids())
+        cpu_at_ready += cpu_seconds([pid for pid in side.pids() if pid not in own])
         link = side.log.first(side.link_needle)
         accepted = lab.sshd_log.first("Connection from 127.0.0.1", sshd_mark)
         authed = lab.sshd_log.first("Accepted publickey", sshd_mark)
@@ -958,7 +959,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     )
                 rounds.append(result)
             for index in range(args.start_rounds):
-                order = sides if index % 2 == 0 else sides[::-1]
+                # The alternation goes on from the full rounds' (no two rounds in a row in
+                # the same order).
+                order = sides if (args.rounds + index) % 2 == 0 else sides[::-1]
                 result = {s: {} for s in ("blitzdns", "openssh+dnsmasq")}
                 for side in order:
                     round_dir = where.root / f"start{index}-{side}"

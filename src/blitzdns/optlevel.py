@@ -81,6 +81,16 @@ def cache_level(fullname: str) -> str:
     return POSTPONED_LEVEL if fullname.partition(".")[0] in POSTPONED else CACHE_LEVEL
 
 
+def older_levels(level: str) -> tuple[str, ...]:
+    """The tags a module whose file is now tagged ``level`` may have been cached under
+    before, which nothing reads any more: :data:`OLDER_LEVELS`; for a postponed module
+    (:data:`POSTPONED_LEVEL`) also their postponed variants and this format's plain file
+    (written before its package was postponed)."""
+    if level != POSTPONED_LEVEL:
+        return OLDER_LEVELS
+    return (*OLDER_LEVELS, *(f"{old}pep563" for old in OLDER_LEVELS), CACHE_LEVEL)
+
+
 #: One top-level module from each place the daemon's code comes from: the standard
 #: library, the dependencies (possibly split between system and user directories), this
 #: package and its tunnel package (possibly an editable source tree).
@@ -200,10 +210,8 @@ def level2_loader() -> type[Any] | None:
                     self._cache_bytecode(source_path, bytecode_path, data)
                 except NotImplementedError:
                     pass
-                # only where this format's file was just written; a postponed module's
-                # plain file of this format (written before it was postponed) goes too
-                older = OLDER_LEVELS if level == CACHE_LEVEL else (*OLDER_LEVELS, CACHE_LEVEL)
-                for old in older:
+                # Only once this format's file is there (set_data swallows a failed write).
+                for old in older_levels(level) if os.path.exists(bytecode_path) else ():
                     try:  # noqa: SIM105
                         os.unlink(external.cache_from_source(source_path, optimization=old))
                     except OSError:

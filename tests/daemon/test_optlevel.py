@@ -8,6 +8,7 @@ it goes on as it is.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import marshal
 import os
@@ -119,6 +120,17 @@ def test_the_cache_tag_carries_the_line_tables_format() -> None:
     assert name.endswith(f".opt-2lines{linetable.FORMAT}.pyc")
 
 
+def test_the_older_levels_of_a_postponed_module_include_its_own_older_formats() -> None:
+    """At a format bump a postponed module's older files (plain and postponed) are
+    orphans too, and so is this format's plain file written before it was postponed."""
+    plain = optlevel.older_levels(optlevel.CACHE_LEVEL)
+    postponed = optlevel.older_levels(optlevel.POSTPONED_LEVEL)
+    assert plain == optlevel.OLDER_LEVELS and "2lines" in plain
+    assert optlevel.CACHE_LEVEL not in plain and optlevel.POSTPONED_LEVEL not in postponed
+    assert set(postponed) == {*plain, *(f"{old}pep563" for old in plain), optlevel.CACHE_LEVEL}
+    assert all(level.isalnum() for level in postponed)
+
+
 def test_files_of_older_formats_go_when_this_one_is_written(tmp_path: Path) -> None:
     """A module's .opt-2lines.pyc (the tag before the format was in it; nothing reads it
     now) is removed once its file of this format is written; python -OO's is left alone."""
@@ -199,6 +211,54 @@ def test_asyncssh_loads_with_its_annotations_postponed(tmp_path: Path) -> None:
     assert optlevel.POSTPONED_LEVEL.isalnum() and optlevel.POSTPONED_LEVEL != "2"
 
 
+#: Names through which code reads or evaluates annotations (or builds classes from them).
+READS_ANNOTATIONS = frozenset({
+    "get_type_hints", "get_annotations", "eval_str", "singledispatch", "singledispatchmethod",
+    "dataclass", "dataclasses", "TypedDict", "annotationlib", "__annotate__", "annotation",
+})  # fmt: skip
+
+
+def annotation_reads(source: str) -> list[int]:
+    """Lines of ``source`` that read annotations: a name or attribute of
+    :data:`READS_ANNOTATIONS`, or ``__annotations__`` (an attribute or a string) used for
+    anything but its keys (``X.__annotations__.keys()``,
+    ``ns.get('__annotations__', {}).keys()``: asyncssh's Record)."""
+    tree = ast.parse(source)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+
+    def keys_of(node: ast.AST) -> bool:
+        above = parents.get(node)
+        return isinstance(above, ast.Attribute) and above.attr == "keys"
+
+    lines = []
+    for node in ast.walk(tree):
+        if (
+            (isinstance(node, ast.Name) and node.id in READS_ANNOTATIONS)
+            or (isinstance(node, ast.Attribute) and node.attr in READS_ANNOTATIONS)
+            or (isinstance(node, ast.alias) and node.name.split(".")[-1] in READS_ANNOTATIONS)
+        ):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Attribute) and node.attr == "__annotations__":
+            if not keys_of(node):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Constant) and node.value == "__annotations__":
+            call = parents.get(node)
+            if not (isinstance(call, ast.Call) and keys_of(call)):
+                lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+def test_the_annotation_reads_scan() -> None:
+    assert annotation_reads("fields = cls.__annotations__.keys()\n") == []
+    assert annotation_reads("f = ns.get('__annotations__', {}).keys()\n") == []
+    assert annotation_reads("f = cls.__annotations__\n") == [1]
+    assert annotation_reads("x = 1\nf = ns.get('__annotations__', {})\n") == [2]
+    assert annotation_reads("import typing\nh = typing.get_type_hints(f)\n") == [2]
+    assert annotation_reads("from inspect import get_annotations\n") == [1]
+    assert annotation_reads("p = sig.parameters['x'].annotation\n") == [1]
+    assert annotation_reads("class T(TypedDict):\n    a: int\n") == [1]
+
+
 def test_nothing_in_asyncssh_evaluates_its_annotations() -> None:
     """The tripwire for an asyncssh upgrade: postponed annotations are safe only while
     asyncssh reads nothing of them but their names (misc.Record)."""
@@ -207,12 +267,10 @@ def test_nothing_in_asyncssh_evaluates_its_annotations() -> None:
     root = Path(asyncssh.__file__).parent
     uses: list[str] = []
     for path in sorted(root.rglob("*.py")):
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if any(
-                word in line
-                for word in ("get_type_hints", "singledispatch", "dataclass", ".annotation")
-            ) or ("__annotations__" in line and "__annotations__.keys()" not in line):
-                uses.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+        text = path.read_text()
+        found = annotation_reads(text)
+        lines = text.splitlines()
+        uses += [f"{path.relative_to(root)}:{n}: {lines[n - 1].strip()}" for n in found]
     assert uses == []
 
 
