@@ -206,6 +206,12 @@ class AskCancelled(RetryableError):
     line at DEBUG), not as an unexpected error with its traceback."""
 
 
+class AnswerUndecodable(RetryableError):
+    """An answer on the terminal that is not valid text in the locale's encoding: the next
+    attempt asks again. Carries neither the answer's bytes nor their position (a
+    UnicodeDecodeError would, and as a ValueError it became a final config error)."""
+
+
 class _Question:
     """One question on the terminal, and whoever waits for its answer."""
 
@@ -398,7 +404,12 @@ def read_secret(prompt: str, terminal: str, wake: int) -> str:
         os.close(fd)
     if line.endswith(b"\n"):
         line = line[:-1]
-    return line.decode(encoding)  # strict, as getpass's terminal stream: no altered answer
+    try:
+        return line.decode(encoding)  # strict, as getpass's terminal stream: no altered answer
+    except UnicodeDecodeError:
+        pass
+    del line  # raised outside the except block: no context, no frame holding the bytes
+    raise AnswerUndecodable(f"the answer is not valid {encoding} text")
 
 
 def _open_terminal(terminal: str) -> int | None:

@@ -357,11 +357,26 @@ def test_an_end_of_file_after_a_partial_line_gives_that_line() -> None:
     assert got == ["abc"]
 
 
-def test_an_undecodable_answer_is_an_error_not_an_altered_answer() -> None:
+def test_an_undecodable_answer_is_an_error_not_an_altered_answer(monkeypatch: Any) -> None:
     """As getpass's terminal stream (strict): bytes the encoding cannot read give an
-    error, not an answer with replacement characters that would then be kept."""
-    got, modes = asked_on_a_pty(lambda master, _: os.write(master, b"\xff\xfe\n") and None)
-    assert [type(g) for g in got] == [UnicodeDecodeError]
+    error, not an answer with replacement characters that would then be kept. The error
+    is a retryable one that carries none of the answer (a UnicodeDecodeError carried a
+    byte, its position and the whole answer, and became a final config error)."""
+    import locale
+
+    from blitzdns.daemon import AnswerUndecodable
+
+    monkeypatch.setattr(locale, "getpreferredencoding", lambda *_: "utf-8")
+    got, modes = asked_on_a_pty(lambda master, _: os.write(master, b"ab\xff\xfe\n") and None)
+    assert [type(g) for g in got] == [AnswerUndecodable]
+    error = got[0]
+    assert isinstance(error, BaseException)
+    for shown in (str(error), repr(error)):
+        assert "utf-8" in shown or shown.startswith("AnswerUndecodable")
+        for leak in ("\xff", "\\xff", "xff", "\xfe", "xfe", "position"):
+            assert leak not in shown, shown
+    assert error.__context__ is None
+    assert error.__cause__ is None
     assert modes & termios.ECHO
 
 
