@@ -422,8 +422,13 @@ def _open_terminal(terminal: str) -> int | None:
         pass
     try:
         stdin = sys.stdin.fileno()
-        if os.isatty(stdin):
-            return os.open(os.ttyname(stdin), flags)
+        # a pty master's name is /dev/ptmx: opening it makes a new pty, not this one (and
+        # a new master has ptmx's st_rdev too, so the name is checked, then the device)
+        if os.isatty(stdin) and os.path.basename(name := os.ttyname(stdin)) != "ptmx":
+            again = os.open(name, flags)
+            if os.fstat(again).st_rdev == os.fstat(stdin).st_rdev:
+                return again
+            os.close(again)
     except (AttributeError, ValueError, OSError):
         pass
     return None
@@ -434,7 +439,8 @@ def _set_mode(fd: int, mode: list[Any]) -> None:
     the output to drain, which a stopped terminal never does)."""
     import termios  # noqa: PLC0415
 
-    termios.tcflush(fd, termios.TCIFLUSH)
+    with contextlib.suppress(termios.error):  # the mode (echo back on) is set regardless
+        termios.tcflush(fd, termios.TCIFLUSH)
     termios.tcsetattr(fd, termios.TCSANOW, mode)
 
 

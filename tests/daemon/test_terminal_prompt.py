@@ -494,3 +494,48 @@ def test_putting_back_an_abandoned_readers_mode_does_not_block_on_a_stopped_term
                 t.join(0.2)
         os.close(master)
         os.close(slave)
+
+
+def test_an_error_dropping_typed_ahead_input_still_puts_the_echo_back(monkeypatch: Any) -> None:
+    """tcflush failing (a hang-up, say) does not skip the tcsetattr that turns echo back on."""
+    real = termios.tcflush
+
+    def tcflush(fd: int, queue: int) -> None:
+        if threading.current_thread().name == "blitzdns-ask":
+            raise termios.error(5, "Input/output error")
+        real(fd, queue)
+
+    monkeypatch.setattr(termios, "tcflush", tcflush)
+    got, modes = asked_on_a_pty(lambda master, _: os.write(master, b"x\n") and None)
+    assert got == ["x"]
+    assert modes & termios.ECHO
+
+
+def test_stdin_on_a_pty_master_is_not_reopened_by_name(monkeypatch: Any) -> None:
+    """A pty master's ttyname is /dev/ptmx: opening it would make a new pty, asked on by
+    nobody; stdin's terminal is used only when the reopened fd is the same terminal."""
+    import sys
+
+    from blitzdns.daemon import _open_terminal
+
+    class Stdin:
+        def __init__(self, fd: int) -> None:
+            self.fd = fd
+
+        def fileno(self) -> int:
+            return self.fd
+
+    master, slave = pty.openpty()
+    try:
+        monkeypatch.setattr(sys, "stdin", Stdin(master))
+        assert _open_terminal("/nonexistent/tty") is None
+        monkeypatch.setattr(sys, "stdin", Stdin(slave))
+        fd = _open_terminal("/nonexistent/tty")
+        assert fd is not None
+        try:
+            assert os.fstat(fd).st_rdev == os.fstat(slave).st_rdev
+        finally:
+            os.close(fd)
+    finally:
+        os.close(master)
+        os.close(slave)
