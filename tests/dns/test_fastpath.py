@@ -644,3 +644,11 @@ def test_upstream_query_is_its_header_packed_and_joined(
         opt = rfc.OPT_DO if edns & 0x10000 else rfc.OPT_PLAIN
         want = b"\x00\x00" + kept + b"\x00\x01\x00\x00\x00\x00\x00\x01" + packet[12:qend] + opt
     assert upstream_query(packet, qend, flags, edns) == want
+
+
+def test_upstream_heads_hold_one_header_per_forwarded_flags_subset() -> None:
+    from blitzdns.dns import fastpath
+
+    assert len(fastpath._HEAD_PLAIN) == len(fastpath._HEAD_OPT) == 8
+    assert set(fastpath._HEAD_PLAIN) == set(fastpath._HEAD_OPT)
+    assert all(k & ~(rfc.RD | rfc.AD | rfc.CD) == 0 for k in fastpath._HEAD_PLAIN)
