@@ -168,15 +168,17 @@ def measure(pid: int, port: int, datafile: Path, seconds: float, rate: int, once
     # loses ~10-16 a run, we none), and the server has nothing to do then. (dnsperf spins
     # through that wait, ~0.6 CPU seconds a second: its CPU time is no guide to the
     # client side's load.)
-    result.busy = used / (result.completed / max(result.qps, 1e-9))
+    run_s = result.completed / max(result.qps, 1e-9)
+    result.busy = used / run_s if run_s > 0 else 0.0  # nothing completed: no run time
     return result
 
 
 def median(results: list[Result]) -> Result:
-    """The run with the median CPU per query (its queries/s alongside)."""
+    """The run with the median CPU per query (its queries/s alongside); of an even count,
+    the lower middle for queries/s and the upper for CPU (never the side that favours us)."""
     ordered = sorted(results, key=lambda r: r.cpu_us)
     middle = ordered[len(ordered) // 2]
-    qps = sorted(r.qps for r in results)[len(results) // 2]
+    qps = sorted(r.qps for r in results)[(len(results) - 1) // 2]
     return Result(
         qps,
         middle.completed,
@@ -194,9 +196,10 @@ def median_pair(ours: list[Result], peer: list[Result]) -> tuple[Result, Result,
     saw about the same load from the rest of the machine; the ratio within a round moves
     far less than either figure across rounds (a shared 2-core machine moved dnsmasq
     between 22k and 41k/s in six rounds). The median of the rounds' ratios is the figure,
-    their spread is printed beside it."""
+    their spread is printed beside it. Of an even count of rounds, the lower middle (the
+    upper one would favour us)."""
     ratios = [o.qps / max(p.qps, 1e-9) for o, p in zip(ours, peer, strict=True)]
-    middle = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]
+    middle = sorted(range(len(ratios)), key=ratios.__getitem__)[(len(ratios) - 1) // 2]
     return ours[middle], peer[middle], ratios
 
 
@@ -514,7 +517,8 @@ def main() -> int:
                 print(f"{label}: {miss_spread}")
                 for i, (o, t) in enumerate(zip(runs["blitzdns"], runs[DEFAULTS], strict=True)):
                     print(
-                        f"  round {i}: {o.qps:7.0f} vs {t.qps:7.0f} q/s ({o.qps / t.qps:.2f}x); "
+                        f"  round {i}: {o.qps:7.0f} vs {t.qps:7.0f} q/s "
+                        f"({o.qps / max(t.qps, 1e-9):.2f}x); "
                         f"server busy {o.busy:.2f} vs {t.busy:.2f}"
                     )
             cases.append((label, medians))

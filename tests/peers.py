@@ -588,7 +588,11 @@ def port_guard(host: str, port: int) -> Iterator[socket.socket | None]:
         yield None
         return
     six = ":" in host
-    guard = socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_DGRAM)
+    try:  # made inside: a host without IPv6 cannot make the AF_INET6 socket (None then)
+        guard = socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError:
+        yield None
+        return
     try:
         guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if six:

@@ -206,6 +206,12 @@ class AskCancelled(RetryableError):
     line at DEBUG), not as an unexpected error with its traceback."""
 
 
+class AnswerUndecodable(RetryableError):
+    """An answer on the terminal that is not valid text in the locale's encoding: the next
+    attempt asks again. Carries neither the answer's bytes nor their position (a
+    UnicodeDecodeError would, and as a ValueError it became a final config error)."""
+
+
 class _Question:
     """One question on the terminal, and whoever waits for its answer."""
 
@@ -398,7 +404,12 @@ def read_secret(prompt: str, terminal: str, wake: int) -> str:
         os.close(fd)
     if line.endswith(b"\n"):
         line = line[:-1]
-    return line.decode(encoding)  # strict, as getpass's terminal stream: no altered answer
+    try:
+        return line.decode(encoding)  # strict, as getpass's terminal stream: no altered answer
+    except UnicodeDecodeError:
+        pass
+    del line  # raised outside the except block: no context, no frame holding the bytes
+    raise AnswerUndecodable(f"the answer is not valid {encoding} text")
 
 
 def _open_terminal(terminal: str) -> int | None:
@@ -411,8 +422,13 @@ def _open_terminal(terminal: str) -> int | None:
         pass
     try:
         stdin = sys.stdin.fileno()
-        if os.isatty(stdin):
-            return os.open(os.ttyname(stdin), flags)
+        # a pty master's name is /dev/ptmx: opening it makes a new pty, not this one (and
+        # a new master has ptmx's st_rdev too, so the name is checked, then the device)
+        if os.isatty(stdin) and os.path.basename(name := os.ttyname(stdin)) != "ptmx":
+            again = os.open(name, flags)
+            if os.fstat(again).st_rdev == os.fstat(stdin).st_rdev:
+                return again
+            os.close(again)
     except (AttributeError, ValueError, OSError):
         pass
     return None
@@ -423,7 +439,8 @@ def _set_mode(fd: int, mode: list[Any]) -> None:
     the output to drain, which a stopped terminal never does)."""
     import termios  # noqa: PLC0415
 
-    termios.tcflush(fd, termios.TCIFLUSH)
+    with contextlib.suppress(termios.error):  # the mode (echo back on) is set regardless
+        termios.tcflush(fd, termios.TCIFLUSH)
     termios.tcsetattr(fd, termios.TCSANOW, mode)
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.peers import Sshd, dig_short, free_port, wait_for
 
 from .conftest import BLITZDNS
@@ -268,6 +270,17 @@ def test_an_answer_on_the_terminal_is_read_as_getpass_reads_it() -> None:
     assert modes & termios.ECHO
 
 
+def drained(master: int, threads: list[threading.Thread]) -> list[threading.Thread]:
+    """``threads`` joined while the terminal's output is read (so no write stays blocked),
+    for at most 20 s: those still alive then (the caller fails on them, not hangs)."""
+    deadline = time.monotonic() + 20
+    for t in threads:
+        while t.is_alive() and time.monotonic() < deadline:
+            read_until(master, b"\0", timeout_s=0.2)
+            t.join(0.2)
+    return [t for t in threads if t.is_alive()]
+
+
 def test_a_question_on_a_terminal_above_fd_1023() -> None:
     """A busy daemon (its fd limit raised to 65536) asking at run time (a reconnect's
     passphrase) can open the terminal above fd 1023: the reader still reads it (it
@@ -276,8 +289,9 @@ def test_a_question_on_a_terminal_above_fd_1023() -> None:
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = 2048
+    if hard < wanted:
+        pytest.skip(f"the test needs an fd limit of {wanted} (hard limit {hard})")
     if soft < wanted:
-        assert hard >= wanted, "the test needs an fd limit of 2048"
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     try:
         got, modes = asked_on_a_pty(
@@ -342,13 +356,11 @@ def test_a_stop_at_a_terminal_whose_output_is_stopped() -> None:
         assert left == [], left  # the reader ended by itself, not abandoned
     finally:
         os.write(master, b"\x11")  # ^Q: output again, so that nothing stays blocked
-        for t in threads:
-            while t.is_alive():
-                read_until(master, b"\0", timeout_s=0.2)
-                t.join(0.2)
+        stuck = drained(master, threads)
         os.close(probe)
         os.close(master)
         os.close(slave)
+    assert stuck == [], stuck  # a thread still blocked: fail rather than hang
 
 
 def test_an_end_of_file_after_a_partial_line_gives_that_line() -> None:
@@ -357,11 +369,26 @@ def test_an_end_of_file_after_a_partial_line_gives_that_line() -> None:
     assert got == ["abc"]
 
 
-def test_an_undecodable_answer_is_an_error_not_an_altered_answer() -> None:
+def test_an_undecodable_answer_is_an_error_not_an_altered_answer(monkeypatch: Any) -> None:
     """As getpass's terminal stream (strict): bytes the encoding cannot read give an
-    error, not an answer with replacement characters that would then be kept."""
-    got, modes = asked_on_a_pty(lambda master, _: os.write(master, b"\xff\xfe\n") and None)
-    assert [type(g) for g in got] == [UnicodeDecodeError]
+    error, not an answer with replacement characters that would then be kept. The error
+    is a retryable one that carries none of the answer (a UnicodeDecodeError carried a
+    byte, its position and the whole answer, and became a final config error)."""
+    import locale
+
+    from blitzdns.daemon import AnswerUndecodable
+
+    monkeypatch.setattr(locale, "getpreferredencoding", lambda *_: "utf-8")
+    got, modes = asked_on_a_pty(lambda master, _: os.write(master, b"ab\xff\xfe\n") and None)
+    assert [type(g) for g in got] == [AnswerUndecodable]
+    error = got[0]
+    assert isinstance(error, BaseException)
+    for shown in (str(error), repr(error)):
+        assert "utf-8" in shown or shown.startswith("AnswerUndecodable")
+        for leak in ("\xff", "\\xff", "xff", "\xfe", "xfe", "position"):
+            assert leak not in shown, shown
+    assert error.__context__ is None
+    assert error.__cause__ is None
     assert modes & termios.ECHO
 
 
@@ -473,9 +500,52 @@ def test_putting_back_an_abandoned_readers_mode_does_not_block_on_a_stopped_term
         assert termios.tcgetattr(slave)[3] & termios.ECHO
     finally:
         os.write(master, b"\x11")  # ^Q
-        for t in threads:
-            while t.is_alive():
-                read_until(master, b"\0", timeout_s=0.2)
-                t.join(0.2)
+        stuck = drained(master, threads)
+        os.close(master)
+        os.close(slave)
+    assert stuck == [], stuck  # a thread still blocked: fail rather than hang
+
+
+def test_an_error_dropping_typed_ahead_input_still_puts_the_echo_back(monkeypatch: Any) -> None:
+    """tcflush failing (a hang-up, say) does not skip the tcsetattr that turns echo back on."""
+    real = termios.tcflush
+
+    def tcflush(fd: int, queue: int) -> None:
+        if threading.current_thread().name == "blitzdns-ask":
+            raise termios.error(5, "Input/output error")
+        real(fd, queue)
+
+    monkeypatch.setattr(termios, "tcflush", tcflush)
+    got, modes = asked_on_a_pty(lambda master, _: os.write(master, b"x\n") and None)
+    assert got == ["x"]
+    assert modes & termios.ECHO
+
+
+def test_stdin_on_a_pty_master_is_not_reopened_by_name(monkeypatch: Any) -> None:
+    """A pty master's ttyname is /dev/ptmx: opening it would make a new pty, asked on by
+    nobody; stdin's terminal is used only when the reopened fd is the same terminal."""
+    import sys
+
+    from blitzdns.daemon import _open_terminal
+
+    class Stdin:
+        def __init__(self, fd: int) -> None:
+            self.fd = fd
+
+        def fileno(self) -> int:
+            return self.fd
+
+    master, slave = pty.openpty()
+    try:
+        monkeypatch.setattr(sys, "stdin", Stdin(master))
+        assert _open_terminal("/nonexistent/tty") is None
+        monkeypatch.setattr(sys, "stdin", Stdin(slave))
+        fd = _open_terminal("/nonexistent/tty")
+        assert fd is not None
+        try:
+            assert os.fstat(fd).st_rdev == os.fstat(slave).st_rdev
+        finally:
+            os.close(fd)
+    finally:
         os.close(master)
         os.close(slave)

@@ -644,3 +644,63 @@ def test_upstream_query_is_its_header_packed_and_joined(
         opt = rfc.OPT_DO if edns & 0x10000 else rfc.OPT_PLAIN
         want = b"\x00\x00" + kept + b"\x00\x01\x00\x00\x00\x00\x00\x01" + packet[12:qend] + opt
     assert upstream_query(packet, qend, flags, edns) == want
+
+
+def test_upstream_heads_hold_one_header_per_forwarded_flags_subset() -> None:
+    from blitzdns.dns import fastpath
+
+    assert len(fastpath._HEAD_PLAIN) == len(fastpath._HEAD_OPT) == 8
+    assert set(fastpath._HEAD_PLAIN) == set(fastpath._HEAD_OPT)
+    assert all(k & ~(rfc.RD | rfc.AD | rfc.CD) == 0 for k in fastpath._HEAD_PLAIN)
+
+
+def _ask(name: str, qid: int) -> bytes:
+    record = DNSRecord(DNSHeader(id=qid, rd=1))
+    record.add_question(DNSQuestion(name, QTYPE.A))
+    return bytes(record.pack())
+
+
+def test_finish_echoes_each_clients_letters_whatever_the_reply_carries() -> None:
+    """Two clients asking one name in different cases each get their own letters back,
+    whichever letters the upstream's reply carries (a case-insensitive match must not take
+    the reply's bytes as the client's)."""
+    e = new_engine()
+    a, b = _ask("MiXeD.example.com", 0x1111), _ask("mIxEd.EXAMPLE.com", 0x2222)
+    j1, j2 = e.handle(a, "127.0.0.1", NOW), e.handle(b, "127.0.0.1", NOW)
+    assert isinstance(j1, ForwardJob) and isinstance(j2, ForwardJob)
+    assert j1.key == j2.key
+    reply = upstream_reply(j1.query, [300], "answer")
+    for job, resp in ((j2, reply), (j1, swap_name_case(reply))):
+        out = e.finish(job, resp, NOW)
+        assert out[:2] == job.packet[:2] and out[12 : job.qend] == job.packet[12 : job.qend]
+        assert out[2:12] == resp[2:12] and out[job.qend :] == resp[job.qend :]
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1])
+def test_finish_truncates_past_the_limit_and_no_sooner(extra: int) -> None:
+    """A UDP reply of exactly the limit goes whole; one byte more is truncated (TC)."""
+    e = new_engine()
+    job = e.handle(_ask("big.example.com", 0x3333), "127.0.0.1", NOW)
+    assert isinstance(job, ForwardJob)
+    assert job.limit == 512
+    req = DNSRecord.parse(job.query)
+
+    def sized(n: int) -> bytes:
+        r = req.reply()
+        t = b"x" * n
+        r.add_answer(
+            RR(
+                req.q.qname,
+                QTYPE.TXT,
+                ttl=60,
+                rdata=TXT([t[i : i + 255] for i in range(0, n, 255)]),
+            )
+        )
+        return bytes(r.pack())
+
+    resp = next(r for r in map(sized, range(400, 600)) if len(r) == 512 + extra)
+    out = e.finish(job, resp, NOW)
+    if len(resp) > 512:
+        assert out[2] & rfc.TC_BYTE2 and out[6:8] == b"\0\0"
+    else:
+        assert out == job.packet[:2] + resp[2:]

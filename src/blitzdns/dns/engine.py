@@ -469,7 +469,7 @@ class Engine:
         may name a protected host is looked into first (:meth:`_guard`).
         """
         # One unpacking: each field read by name is a descriptor call (once per miss).
-        key, query, packet, qend, edns, limit, client, table = job
+        key, _query, packet, qend, edns, limit, client, table = job
         if table is not self.table and self.table.protects(lower(wire_labels(packet[12:qend]))):
             redone = self.handle(packet, client, now, limit is not None)
             if isinstance(redone, bytes):
@@ -479,8 +479,10 @@ class Engine:
             return error_reply(packet, qend, SERVFAIL, edns)
         cacheable = True
         # Upstreams echo the question's bytes: then where it ends is known (the job's), and
+        # the reply carries the client's letters (compared with the client's packet, not the
+        # upstream query, so this stays right if the upstream query's case is ever randomised);
         # the scan need not walk the name again.
-        known = qend if response.startswith(query[12:qend], 12) else 0
+        known = qend if response.startswith(packet[12:qend], 12) else 0
         if self._screen(response) is not None:
             try:
                 guarded = self._guard(job, response)
