@@ -196,6 +196,12 @@ def test_bad_endpoints(text: str) -> None:
         Endpoint.parse(text)
 
 
+def test_a_label_ending_in_a_newline_is_not_a_name() -> None:
+    for name in ("a\n.example", "x.b\n.example"):  # (ends are stripped first)
+        with pytest.raises(ValueError):
+            normalise_name(name)
+
+
 def test_names_are_normalised() -> None:
     assert normalise_name("DaSheR.Dartmouth.EDU.") == "dasher.dartmouth.edu"
     with pytest.raises(ValueError):

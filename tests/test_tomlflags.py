@@ -97,3 +97,45 @@ def test_a_large_configuration_is_parsed_alike() -> None:
     assert len(text) > _LARGE_TOML
     assert tomlflags.loads(text) == tomllib.loads(text)
     assert len(parse_config(text).hosts) == hosts
+
+
+def test_the_compact_flags_are_used_for_the_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = []
+
+    class Spy(tomlflags.CompactFlags):
+        def __init__(self) -> None:
+            made.append(self)
+            super().__init__()
+
+    monkeypatch.setattr(tomlflags, "CompactFlags", Spy)
+    assert tomlflags.loads(DOCUMENTS[0]) == tomllib.loads(DOCUMENTS[0])
+    assert made  # (an inline table has flags of its own: two here)
+    assert importlib.import_module("tomllib._parser").Flags is Flags
+
+
+def test_a_flags_class_with_more_than_it_stands_in_for_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Larger(Flags):  # type: ignore[misc, valid-type]
+        def clear(self) -> None:
+            pass
+
+    parser = importlib.import_module("tomllib._parser")
+    monkeypatch.setattr(parser, "Flags", Larger)
+    assert not tomlflags.usable()
+    assert tomlflags.loads(DOCUMENTS[1]) == tomllib.loads(DOCUMENTS[1])
+    assert parser.Flags is Larger
+
+
+def test_a_parse_asking_the_flags_for_more_falls_back_to_tomllib(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Lacking(tomlflags.CompactFlags):
+        def is_(self, key: tomlflags.Key, flag: int) -> bool:
+            raise AttributeError("no such method")
+
+    monkeypatch.setattr(tomlflags, "CompactFlags", Lacking)
+    assert tomlflags.loads(DOCUMENTS[0]) == tomllib.loads(DOCUMENTS[0])
+    with pytest.raises(tomllib.TOMLDecodeError):
+        tomlflags.loads(DOCUMENTS[2])  # an error stays the error tomllib raises
+    assert importlib.import_module("tomllib._parser").Flags is Flags

@@ -37,7 +37,8 @@ DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128")
 RESOLVER_TARGETS = ("auto", "macos", "systemd-resolved", "networkmanager", "resolvconf", "nrpt")
 GUARD_TARGETS = ("auto", "nftables", "pf", "windows")
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+#: A whole label (``\Z``: ``$`` would also match before a final newline).
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
 
 
 # --------------------------------------------------------------------------- values

@@ -102,10 +102,14 @@ class CompactFlags:
 
 
 def usable() -> bool:
-    """Whether this Python's ``tomllib`` has the ``Flags`` :class:`CompactFlags` replaces."""
+    """Whether this Python's ``tomllib`` has the ``Flags`` :class:`CompactFlags` replaces:
+    its public names exactly the five methods and the two flags, with their values."""
     flags = getattr(_parser, "Flags", None)
+    if not isinstance(flags, type):
+        return False
+    public = {name for name in vars(flags) if not name.startswith("_")}
     return (
-        flags is not None
+        public == {"FROZEN", "EXPLICIT_NEST", *_METHODS}
         and all(callable(getattr(flags, name, None)) for name in _METHODS)
         and getattr(flags, "FROZEN", None) == CompactFlags.FROZEN
         and getattr(flags, "EXPLICIT_NEST", None) == CompactFlags.EXPLICIT_NEST
@@ -121,8 +125,11 @@ def loads(text: str) -> dict[str, Any]:
         return tomllib.loads(text)
     with _swap:
         original = _parser.Flags
-        setattr(_parser, "Flags", CompactFlags)  # noqa: B010  (a module's private name)
         try:
+            setattr(_parser, "Flags", CompactFlags)  # noqa: B010  (a module's private name)
             return tomllib.loads(text)
+        except (AttributeError, TypeError):
+            pass  # a parser that asks Flags for more than it is: parse as tomllib does
         finally:
             setattr(_parser, "Flags", original)  # noqa: B010
+    return tomllib.loads(text)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+import pytest
+
 from blitzdns.config import parse_config
 from blitzdns.dns.cache import Cache
 from blitzdns.dns.decide import Local, Question, local_answer
@@ -22,6 +24,9 @@ from blitzdns.dns.engine import Engine, ForwardJob
 from blitzdns.dns.fastpath import encode_local
 from blitzdns.dns.stats import ResolverStats
 from blitzdns.dns.table import Table, to_wire
+
+from .conftest import SHARED_TOML
+from .test_fastpath import same_outcome
 
 NOW = 1000.0
 CLIENT = "127.0.0.1"
@@ -174,10 +179,10 @@ def engine_with_mixed_hosts() -> Engine:
     return Engine(table, Cache(100), ResolverStats())
 
 
-def variants_of(wire_name: bytes, qtype: int) -> list[tuple[bytes, int]]:
-    """The query (class IN) in every variant (RD, CD; no EDNS, EDNS, EDNS with DO), each
-    with its :func:`~blitzdns.dns.fastpath.variant`."""
-    question = wire_name + qtype.to_bytes(2, "big") + b"\x00\x01"
+def variants_of(wire_name: bytes, qtype: int, qclass: int = 1) -> list[tuple[bytes, int]]:
+    """The query in every variant (RD, CD; no EDNS, EDNS, EDNS with DO), each with its
+    :func:`~blitzdns.dns.fastpath.variant`."""
+    question = wire_name + qtype.to_bytes(2, "big") + qclass.to_bytes(2, "big")
     out = []
     for echoed, flags in enumerate((b"\x00\x00", b"\x01\x00", b"\x00\x10", b"\x01\x10")):
         head = b"\xab\xcd" + flags + b"\x00\x01\x00\x00\x00\x00"
@@ -188,35 +193,56 @@ def variants_of(wire_name: bytes, qtype: int) -> list[tuple[bytes, int]]:
     return out
 
 
-def test_shared_answers_are_each_types_own_answer_byte_for_byte() -> None:
+#: Ordinary types, then meta types (ANY, AXFR, IXFR, OPT, 0, 65535).
+QTYPES = (1, 28, 12, 16, 5, 33, 65, 255, 252, 251, 41, 0, 65535)
+#: IN, CH, NONE, ANY.
+QCLASSES = (1, 3, 254, 255)
+
+
+@pytest.mark.parametrize("toml", ["mixed", "shared"])
+def test_shared_answers_are_each_types_own_answer_byte_for_byte(toml: str) -> None:
     """A name's answers are kept once where equal (every NODATA alike, ANY the A or the
-    PTR) and found by one key per name: each reply is still the one ``decide`` computes
-    for that very type, encoded on its own, in every variant, in both letter cases (the
-    second a folded-memo entry), asked twice (the second from the memo), in each view;
-    and the general path (dnslib) gives the same header and question."""
-    engine = engine_with_mixed_hosts()
+    PTR) and found by one key per name: each reply is the general path's (dnslib, then
+    ``decide``) for every type (meta types too) and class, in every variant, in both
+    letter cases (the second a folded-memo entry), asked twice (the second from the
+    memo), in each view; in class IN also byte for byte the answer ``decide`` computes
+    for that very type, encoded on its own."""
+    engine = (
+        engine_with_mixed_hosts()
+        if toml == "mixed"
+        else Engine(Table.from_config(parse_config(SHARED_TOML)), Cache(100), ResolverStats())
+    )
     table = engine.table
-    for client in ("127.0.0.1", "127.0.0.70"):
+    for client in ("127.0.0.1", "127.0.0.70", "fd00::9"):
         view = table.view_for(client)
-        assert view is not None
+        if view is None:
+            continue
         for name in (*view.targets, *view.pointers):
             wire_name = to_wire(name)
             qend = 12 + len(wire_name) + 4
-            for qtype in (1, 28, 255, 12, 16, 5, 33, 65):
-                own = local_answer(view, table, Question(name, qtype, 1))
-                assert isinstance(own, Local)
-                expected = encode_local(own)
-                for packet, which in variants_of(wire_name, qtype):
-                    want = expected.reply(packet, qend, which)
-                    upper = packet[:12] + packet[12 : qend - 4].upper() + packet[qend - 4 :]
-                    for asked in (packet, upper):
-                        reply = want[:12] + asked[12:qend] + want[qend:]
-                        assert engine.handle(asked, client, NOW) == reply
-                        assert engine.handle(asked, client, NOW) == reply
-                        fresh = Engine(table, Cache(100), ResolverStats())
-                        slow = fresh.handle_slow(asked, client, NOW)
-                        assert isinstance(slow, bytes)
-                        assert slow[:qend] == reply[:qend]
+            for qtype in QTYPES:
+                for qclass in QCLASSES:
+                    own = local_answer(view, table, Question(name, qtype, qclass))
+                    expected = encode_local(own) if isinstance(own, Local) else None
+                    variants = variants_of(wire_name, qtype, qclass)
+                    # Every variant in class IN for the ordinary types; for the rest, the
+                    # three EDNS kinds (RD and CD change only the header's echoed bits).
+                    if qclass != 1 or qtype not in QTYPES[:7]:
+                        variants = variants[:3]
+                    for packet, which in variants:
+                        upper = packet[:12] + packet[12 : qend - 4].upper() + packet[qend - 4 :]
+                        for asked in (packet, upper):
+                            fresh = Engine(table, Cache(100), ResolverStats())
+                            slow = fresh.handle_slow(asked, client, NOW)
+                            for _ in range(2):
+                                fast = engine.handle(asked, client, NOW)
+                                same_outcome(fast, slow)
+                                if qclass == 1 and qtype not in (252, 251, 41):
+                                    assert expected is not None
+                                    want = expected.reply(packet, qend, which)
+                                    assert fast == want[:12] + asked[12:qend] + want[qend:]
+    if toml != "mixed":
+        return
     names = engine._fast_view("127.0.0.1").names
     kept = {id(answer) for answers in names.values() for answer in answers}
     # One answer per host (the A its names share) and per mouth's reverse name (the PTR),
