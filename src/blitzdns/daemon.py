@@ -377,16 +377,20 @@ def read_secret(prompt: str, terminal: str, wake: int) -> str:
     drains); the line's end is dropped when it cannot be written at once."""
     fd = _open_terminal(terminal)
     if fd is None:
-        return getpass.getpass(prompt)
+        return _getpass(prompt)
     import locale  # noqa: PLC0415  (a question on a terminal only)
     import termios  # noqa: PLC0415
 
     encoding = locale.getpreferredencoding(False)  # as getpass's text stream's
+    mode: list[Any] | None
     try:
-        try:
-            mode = termios.tcgetattr(fd)
-        except termios.error:
-            return getpass.getpass(prompt)
+        mode = termios.tcgetattr(fd)
+    except termios.error:
+        mode = None
+    if mode is None:  # not a terminal after all: getpass's own way (outside the except)
+        os.close(fd)
+        return _getpass(prompt)
+    try:
         quiet = list(mode)
         quiet[3] &= ~termios.ECHO
         _set_mode(fd, quiet)
@@ -410,6 +414,17 @@ def read_secret(prompt: str, terminal: str, wake: int) -> str:
         pass
     del line  # raised outside the except block: no context, no frame holding the bytes
     raise AnswerUndecodable(f"the answer is not valid {encoding} text")
+
+
+def _getpass(prompt: str) -> str:
+    """:func:`getpass.getpass`'s answer; :class:`AnswerUndecodable` for one its stream
+    cannot decode (its UnicodeDecodeError carried the answer's bytes, a byte and its
+    position: raised outside the except block, with no context holding them)."""
+    try:
+        return getpass.getpass(prompt)
+    except UnicodeDecodeError:
+        pass
+    raise AnswerUndecodable("the answer is not valid text in the terminal's encoding")
 
 
 def _open_terminal(terminal: str) -> int | None:

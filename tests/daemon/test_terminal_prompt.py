@@ -549,3 +549,61 @@ def test_stdin_on_a_pty_master_is_not_reopened_by_name(monkeypatch: Any) -> None
     finally:
         os.close(master)
         os.close(slave)
+
+
+def secret_bytes_in_frames(error: BaseException, secret: bytes) -> list[str]:
+    """The locals, in the program's frames of ``error``'s traceback (this module's, the
+    test's own, left out), that hold ``secret`` (as bytes, or shown in their repr)."""
+    found: list[str] = []
+    shown = repr(secret)[2:-1]  # b'...' without the b and quotes
+    tb = error.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        tb = tb.tb_next
+        if frame.f_code.co_filename == __file__:
+            continue
+        for name, value in frame.f_locals.items():
+            if isinstance(value, (bytes, bytearray)) and secret in value:
+                found.append(f"{frame.f_code.co_name}: {name}")
+            elif shown in repr(value):
+                found.append(f"{frame.f_code.co_name}: {name} (repr)")
+    return found
+
+
+@pytest.mark.parametrize("way", ["no terminal", "not a terminal"])
+def test_an_answer_getpass_cannot_decode_is_answer_undecodable(monkeypatch: Any, way: str) -> None:
+    """getpass's own way (no terminal to open, or an fd tcgetattr refuses): its
+    UnicodeDecodeError (the answer's bytes as .object, a byte and its position in the
+    message) becomes AnswerUndecodable, retryable, carrying none of it."""
+    import getpass
+
+    from blitzdns import daemon
+    from blitzdns.daemon import AnswerUndecodable
+
+    secret = b"ab\xff\xfe"
+
+    def fake_getpass(prompt: str = "", stream: Any = None) -> str:
+        raise UnicodeDecodeError("utf-8", secret, 2, 3, "invalid start byte")
+
+    opened: list[int] = []
+
+    def open_terminal(terminal: str) -> int | None:
+        if way == "no terminal":
+            return None
+        opened.append(os.open(os.devnull, os.O_RDWR))  # tcgetattr: not a terminal
+        return opened[-1]
+
+    monkeypatch.setattr(getpass, "getpass", fake_getpass)
+    monkeypatch.setattr(daemon, "_open_terminal", open_terminal)
+    with pytest.raises(AnswerUndecodable) as caught:
+        daemon.read_secret("Passphrase: ", "/nonexistent/tty", -1)
+    error = caught.value
+    for shown in (str(error), repr(error)):
+        for leak in ("\xff", "\\xff", "xff", "\xfe", "xfe", "position"):
+            assert leak not in shown, shown
+    assert error.__context__ is None
+    assert error.__cause__ is None
+    assert secret_bytes_in_frames(error, secret) == []
+    for fd in opened:  # the fd that was not a terminal is closed
+        with pytest.raises(OSError):
+            os.fstat(fd)
