@@ -212,6 +212,11 @@ class AnswerUndecodable(RetryableError):
     UnicodeDecodeError would, and as a ValueError it became a final config error)."""
 
 
+class TerminalModeLost(RetryableError):
+    """The terminal's mode (its echo) could not be put back once the answer was read (a
+    hang-up, say): the answer is dropped and the next attempt asks again."""
+
+
 class _Question:
     """One question on the terminal, and whoever waits for its answer."""
 
@@ -402,18 +407,31 @@ def read_secret(prompt: str, terminal: str, wake: int) -> str:
                 _set_mode(fd, mode)
                 _write_soon(fd, b"\n")
             raise
-        _set_mode(fd, mode)
-        _write_soon(fd, b"\n")
+        if line.endswith(b"\n"):
+            line = line[:-1]
+        answer: str | None
+        try:
+            answer = line.decode(encoding)  # strict, as getpass's terminal stream
+        except UnicodeDecodeError:
+            answer = None  # an error, not an altered answer (raised below)
+        try:
+            _set_mode(fd, mode)
+            restored = True
+        except termios.error:  # a hang-up, say: raised below, without the answer
+            restored = False
+        with contextlib.suppress(OSError):  # as on the error path: the line's end may go
+            _write_soon(fd, b"\n")
     finally:
         os.close(fd)
-    if line.endswith(b"\n"):
-        line = line[:-1]
-    try:
-        return line.decode(encoding)  # strict, as getpass's terminal stream: no altered answer
-    except UnicodeDecodeError:
-        pass
-    del line  # raised outside the except block: no context, no frame holding the bytes
-    raise AnswerUndecodable(f"the answer is not valid {encoding} text")
+    # the errors below are raised outside any except block (no context) and from a frame
+    # that no longer holds the answer or its bytes (a traceback keeps the frame's locals)
+    del line
+    if not restored:
+        del answer
+        raise TerminalModeLost("the terminal's mode could not be put back after the answer")
+    if answer is None:
+        raise AnswerUndecodable(f"the answer is not valid {encoding} text")
+    return answer
 
 
 def _getpass(prompt: str) -> str:
@@ -441,9 +459,12 @@ def _open_terminal(terminal: str) -> int | None:
         # a new master has ptmx's st_rdev too, so the name is checked, then the device)
         if os.isatty(stdin) and os.path.basename(name := os.ttyname(stdin)) != "ptmx":
             again = os.open(name, flags)
-            if os.fstat(again).st_rdev == os.fstat(stdin).st_rdev:
-                return again
-            os.close(again)
+            try:
+                if os.fstat(again).st_rdev == os.fstat(stdin).st_rdev:
+                    return again
+            except OSError:
+                pass
+            os.close(again)  # not the same terminal, or not known to be: not leaked
     except (AttributeError, ValueError, OSError):
         pass
     return None
