@@ -99,6 +99,19 @@ def test_a_large_configuration_is_parsed_alike() -> None:
     assert len(parse_config(text).hosts) == hosts
 
 
+def counted_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The texts ``tomllib.loads`` is called with from now on (by tomlflags too)."""
+    calls: list[str] = []
+    real = tomllib.loads
+
+    def loads(text: str, **kwargs: Any) -> dict[str, Any]:
+        calls.append(text)
+        return real(text, **kwargs)
+
+    monkeypatch.setattr(tomllib, "loads", loads)
+    return calls
+
+
 def test_the_compact_flags_are_used_for_the_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     made = []
 
@@ -107,35 +120,63 @@ def test_the_compact_flags_are_used_for_the_parse(monkeypatch: pytest.MonkeyPatc
             made.append(self)
             super().__init__()
 
+    expected = tomllib.loads(DOCUMENTS[0])
     monkeypatch.setattr(tomlflags, "CompactFlags", Spy)
-    assert tomlflags.loads(DOCUMENTS[0]) == tomllib.loads(DOCUMENTS[0])
+    calls = counted_loads(monkeypatch)
+    assert tomlflags.loads(DOCUMENTS[0]) == expected
     assert made  # (an inline table has flags of its own: two here)
+    assert len(calls) == 1  # one parse, with the compact flags: not a fallback's second
+    assert not tomlflags._fell_back
     assert importlib.import_module("tomllib._parser").Flags is Flags
 
 
 def test_a_flags_class_with_more_than_it_stands_in_for_is_left_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    class Larger(Flags):  # type: ignore[misc, valid-type]
-        def clear(self) -> None:
-            pass
-
+    # Flags's own names (less the instance-dict descriptors, which are Flags's alone)
+    names = {k: v for k, v in vars(Flags).items() if k not in ("__dict__", "__weakref__")}
     parser = importlib.import_module("tomllib._parser")
-    monkeypatch.setattr(parser, "Flags", Larger)
+    monkeypatch.setattr(parser, "Flags", type("Same", (), dict(names)))
+    assert tomlflags.usable()  # the same names: stood in for
+    monkeypatch.setattr(parser, "Flags", type("Subclass", (parser.Flags,), {}))
+    assert tomlflags.usable()  # the same names, inherited: seen (vars() saw none)
+    larger = type("Larger", (), {**names, "clear": lambda self: None})
+    monkeypatch.setattr(parser, "Flags", larger)
     assert not tomlflags.usable()
+    monkeypatch.setattr(parser, "Flags", type("Inherited", (larger,), {}))
+    assert not tomlflags.usable()  # the added method inherited: still seen
     assert tomlflags.loads(DOCUMENTS[1]) == tomllib.loads(DOCUMENTS[1])
-    assert parser.Flags is Larger
+    assert parser.Flags.__name__ == "Inherited"
 
 
 def test_a_parse_asking_the_flags_for_more_falls_back_to_tomllib(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    made = []
+
     class Lacking(tomlflags.CompactFlags):
+        def __init__(self) -> None:
+            made.append(self)
+            super().__init__()
+
         def is_(self, key: tomlflags.Key, flag: int) -> bool:
             raise AttributeError("no such method")
 
+    monkeypatch.setattr(tomlflags, "_fell_back", False)  # put back as it was after
     monkeypatch.setattr(tomlflags, "CompactFlags", Lacking)
-    assert tomlflags.loads(DOCUMENTS[0]) == tomllib.loads(DOCUMENTS[0])
-    with pytest.raises(tomllib.TOMLDecodeError):
-        tomlflags.loads(DOCUMENTS[2])  # an error stays the error tomllib raises
+    expected = tomllib.loads(DOCUMENTS[0])
+    calls = counted_loads(monkeypatch)
+    with caplog.at_level("WARNING", logger="blitzdns.tomlflags"):
+        assert tomlflags.loads(DOCUMENTS[0]) == expected
+        assert len(calls) == 2  # the compact flags', then tomllib's own
+        assert tomlflags._fell_back
+        tried = len(made)
+        with pytest.raises(tomllib.TOMLDecodeError):
+            tomlflags.loads(DOCUMENTS[2])  # an error stays the error tomllib raises
+        assert tomlflags.loads(DOCUMENTS[1]) == tomllib.loads(DOCUMENTS[1])
+    assert len(made) == tried  # no swap after the fallback: tomllib's own flags
+    assert len(calls) == 2 + 1 + 2  # one parse each since
+    warnings = [r for r in caplog.records if r.name == "blitzdns.tomlflags"]
+    assert len(warnings) == 1, warnings
+    assert "AttributeError" in warnings[0].getMessage()
     assert importlib.import_module("tomllib._parser").Flags is Flags

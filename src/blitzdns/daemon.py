@@ -212,6 +212,11 @@ class AnswerUndecodable(RetryableError):
     UnicodeDecodeError would, and as a ValueError it became a final config error)."""
 
 
+class TerminalModeLost(RetryableError):
+    """The terminal's mode (its echo) could not be put back once the answer was read (a
+    hang-up, say): the answer is dropped and the next attempt asks again."""
+
+
 class _Question:
     """One question on the terminal, and whoever waits for its answer."""
 
@@ -377,16 +382,20 @@ def read_secret(prompt: str, terminal: str, wake: int) -> str:
     drains); the line's end is dropped when it cannot be written at once."""
     fd = _open_terminal(terminal)
     if fd is None:
-        return getpass.getpass(prompt)
+        return _getpass(prompt)
     import locale  # noqa: PLC0415  (a question on a terminal only)
     import termios  # noqa: PLC0415
 
     encoding = locale.getpreferredencoding(False)  # as getpass's text stream's
+    mode: list[Any] | None
     try:
-        try:
-            mode = termios.tcgetattr(fd)
-        except termios.error:
-            return getpass.getpass(prompt)
+        mode = termios.tcgetattr(fd)
+    except termios.error:
+        mode = None
+    if mode is None:  # not a terminal after all: getpass's own way (outside the except)
+        os.close(fd)
+        return _getpass(prompt)
+    try:
         quiet = list(mode)
         quiet[3] &= ~termios.ECHO
         _set_mode(fd, quiet)
@@ -398,18 +407,42 @@ def read_secret(prompt: str, terminal: str, wake: int) -> str:
                 _set_mode(fd, mode)
                 _write_soon(fd, b"\n")
             raise
-        _set_mode(fd, mode)
-        _write_soon(fd, b"\n")
+        if line.endswith(b"\n"):
+            line = line[:-1]
+        answer: str | None
+        try:
+            answer = line.decode(encoding)  # strict, as getpass's terminal stream
+        except UnicodeDecodeError:
+            answer = None  # an error, not an altered answer (raised below)
+        try:
+            _set_mode(fd, mode)
+            restored = True
+        except termios.error:  # a hang-up, say: raised below, without the answer
+            restored = False
+        with contextlib.suppress(OSError):  # as on the error path: the line's end may go
+            _write_soon(fd, b"\n")
     finally:
         os.close(fd)
-    if line.endswith(b"\n"):
-        line = line[:-1]
+    # the errors below are raised outside any except block (no context) and from a frame
+    # that no longer holds the answer or its bytes (a traceback keeps the frame's locals)
+    del line
+    if not restored:
+        del answer
+        raise TerminalModeLost("the terminal's mode could not be put back after the answer")
+    if answer is None:
+        raise AnswerUndecodable(f"the answer is not valid {encoding} text")
+    return answer
+
+
+def _getpass(prompt: str) -> str:
+    """:func:`getpass.getpass`'s answer; :class:`AnswerUndecodable` for one its stream
+    cannot decode (its UnicodeDecodeError carried the answer's bytes, a byte and its
+    position: raised outside the except block, with no context holding them)."""
     try:
-        return line.decode(encoding)  # strict, as getpass's terminal stream: no altered answer
+        return getpass.getpass(prompt)
     except UnicodeDecodeError:
         pass
-    del line  # raised outside the except block: no context, no frame holding the bytes
-    raise AnswerUndecodable(f"the answer is not valid {encoding} text")
+    raise AnswerUndecodable("the answer is not valid text in the terminal's encoding")
 
 
 def _open_terminal(terminal: str) -> int | None:
@@ -426,9 +459,12 @@ def _open_terminal(terminal: str) -> int | None:
         # a new master has ptmx's st_rdev too, so the name is checked, then the device)
         if os.isatty(stdin) and os.path.basename(name := os.ttyname(stdin)) != "ptmx":
             again = os.open(name, flags)
-            if os.fstat(again).st_rdev == os.fstat(stdin).st_rdev:
-                return again
-            os.close(again)
+            try:
+                if os.fstat(again).st_rdev == os.fstat(stdin).st_rdev:
+                    return again
+            except OSError:
+                pass
+            os.close(again)  # not the same terminal, or not known to be: not leaked
     except (AttributeError, ValueError, OSError):
         pass
     return None

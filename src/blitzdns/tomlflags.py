@@ -12,13 +12,16 @@ bit masks and the nested keys (~0.1 KB), and answers every question as ``Flags``
 :func:`loads` uses it for the duration of one call, by putting it in place of ``Flags``
 in ``tomllib._parser`` (which ``loads`` reads when it starts). A private name of the
 standard library: :func:`loads` checks that ``Flags`` is there with the methods and the
-two flags it stands in for, and otherwise leaves ``tomllib`` as it is. The result is
-``tomllib.loads``'s: the flags only decide which documents are errors, and the same ones are.
+two flags it stands in for, and otherwise leaves ``tomllib`` as it is; a parse that asks
+them for more than they are is parsed again by ``tomllib`` alone, as is every later one
+(a warning, once). The result is ``tomllib.loads``'s: the flags only decide which documents
+are errors, and the same ones are.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 import tomllib
 from types import ModuleType
@@ -107,7 +110,8 @@ def usable() -> bool:
     flags = getattr(_parser, "Flags", None)
     if not isinstance(flags, type):
         return False
-    public = {name for name in vars(flags) if not name.startswith("_")}
+    # dir(): inherited names too (a subclass's added method counts), object's left out
+    public = {name for name in set(dir(flags)) - set(dir(object)) if not name.startswith("_")}
     return (
         public == {"FROZEN", "EXPLICIT_NEST", *_METHODS}
         and all(callable(getattr(flags, name, None)) for name in _METHODS)
@@ -117,19 +121,33 @@ def usable() -> bool:
 
 
 _swap = threading.Lock()
+#: Set for good the first time a parse asked :class:`CompactFlags` for more than it is.
+_fell_back = False
+_log = logging.getLogger(__name__)
 
 
 def loads(text: str) -> dict[str, Any]:
-    """``tomllib.loads(text)``, its flags kept in :class:`CompactFlags` when it can be."""
-    if _parser is None or not usable():
-        return tomllib.loads(text)
+    """``tomllib.loads(text)``, its flags kept in :class:`CompactFlags` when it can be.
+
+    A parse that asks them for more than they are (AttributeError, TypeError) is parsed
+    again by ``tomllib`` alone, and so is every later one (a warning, once)."""
+    global _fell_back  # noqa: PLW0603  (one flag for the process)
+    if _parser is None or _fell_back or not isinstance(text, str) or not usable():
+        return tomllib.loads(text)  # (not a str: tomllib's own TypeError, not a fallback)
     with _swap:
-        original = _parser.Flags
-        try:
-            setattr(_parser, "Flags", CompactFlags)  # noqa: B010  (a module's private name)
-            return tomllib.loads(text)
-        except (AttributeError, TypeError):
-            pass  # a parser that asks Flags for more than it is: parse as tomllib does
-        finally:
-            setattr(_parser, "Flags", original)  # noqa: B010
-    return tomllib.loads(text)
+        if not _fell_back:  # another thread's parse may have fallen back meanwhile
+            original = _parser.Flags
+            try:
+                setattr(_parser, "Flags", CompactFlags)  # noqa: B010  (a module's private name)
+                return tomllib.loads(text)
+            except (AttributeError, TypeError) as exc:
+                _fell_back = True
+                _log.warning(
+                    "tomllib's parser asked its key flags for more than the compact record"
+                    " has (%s): configurations are parsed by tomllib's own from now on",
+                    type(exc).__name__,
+                )
+            finally:
+                setattr(_parser, "Flags", original)  # noqa: B010
+        # under the lock: no other parse has the compact flags in place meanwhile
+        return tomllib.loads(text)

@@ -20,8 +20,9 @@ from tunnel.errors import TunnelConfigError
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-_HOSTNAME = re.compile(r"^[A-Za-z0-9_.%:-]+$")
-_USERNAME = re.compile(r"^[^\s@:/\[\]]+$")
+# \Z, not $: $ also matches before a trailing newline ("host\n" would pass)
+_HOSTNAME = re.compile(r"^[A-Za-z0-9_.%:-]+\Z")
+_USERNAME = re.compile(r"^[^\s@:/\[\]]+\Z")
 
 
 def _check_port(value: object, what: str) -> int:

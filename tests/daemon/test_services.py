@@ -288,6 +288,9 @@ def test_choose_user(monkeypatch: pytest.MonkeyPatch) -> None:
         services.choose_user("no-such-user-xyz")
     with pytest.raises(UsageError, match="not a valid user name"):
         services.choose_user("bad name", check_exists=False)
+    with pytest.raises(UsageError, match="not a valid user name") as info:
+        services.choose_user("alice\n", check_exists=False)  # $ matched before the newline
+    assert "\n" not in str(info.value)
     monkeypatch.delenv("SUDO_USER")
     me = pwd.getpwuid(os.getuid()).pw_name
     assert services.choose_user(None) == (None if me == "root" else me)

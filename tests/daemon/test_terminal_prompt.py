@@ -389,6 +389,51 @@ def test_an_undecodable_answer_is_an_error_not_an_altered_answer(monkeypatch: An
             assert leak not in shown, shown
     assert error.__context__ is None
     assert error.__cause__ is None
+    assert secret_bytes_in_frames(error, b"ab\xff\xfe") == []  # the frames keep no bytes
+    assert modes & termios.ECHO
+
+
+def test_an_error_putting_the_mode_back_after_the_answer_drops_the_answer(
+    monkeypatch: Any,
+) -> None:
+    """The answer read, then the mode cannot be put back (a hang-up, termios.error 5): a
+    retryable error that asks again, neither it nor its traceback's frames holding the
+    answer (the termios.error's traceback kept the frame that held the line)."""
+    from blitzdns.daemon import TerminalModeLost
+
+    real = termios.tcsetattr
+
+    def tcsetattr(fd: int, when: int, mode: Any) -> None:
+        if mode[3] & termios.ECHO and threading.current_thread().name == "blitzdns-ask":
+            raise termios.error(5, "Input/output error")
+        real(fd, when, mode)
+
+    monkeypatch.setattr(termios, "tcsetattr", tcsetattr)
+    got, _ = asked_on_a_pty(lambda master, _: os.write(master, b"open sesame\n") and None)
+    assert [type(g) for g in got] == [TerminalModeLost]
+    error = got[0]
+    assert isinstance(error, BaseException)
+    assert "sesame" not in str(error) and "\n" not in str(error)
+    assert error.__context__ is None
+    assert error.__cause__ is None
+    assert secret_bytes_in_frames(error, b"open sesame") == []
+
+
+def test_an_error_writing_the_lines_end_keeps_the_answer(monkeypatch: Any) -> None:
+    """The newline after the answer cannot be written (EIO): as on the error path, it
+    is dropped; the answer stands and the echo is back."""
+    import errno
+
+    real = os.write
+
+    def write(fd: int, data: Any) -> int:
+        if data == b"\n" and threading.current_thread().name == "blitzdns-ask":
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    got, modes = asked_on_a_pty(lambda master, _: real(master, b"open sesame\n") and None)
+    assert got == ["open sesame"]
     assert modes & termios.ECHO
 
 
@@ -549,3 +594,107 @@ def test_stdin_on_a_pty_master_is_not_reopened_by_name(monkeypatch: Any) -> None
     finally:
         os.close(master)
         os.close(slave)
+
+
+def secret_bytes_in_frames(error: BaseException, secret: bytes) -> list[str]:
+    """The locals, in the program's frames of ``error``'s traceback (this module's, the
+    test's own, left out), that hold ``secret`` (as bytes, or shown in their repr)."""
+    found: list[str] = []
+    shown = repr(secret)[2:-1]  # b'...' without the b and quotes
+    tb = error.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        tb = tb.tb_next
+        if frame.f_code.co_filename == __file__:
+            continue
+        for name, value in frame.f_locals.items():
+            if isinstance(value, (bytes, bytearray)) and secret in value:
+                found.append(f"{frame.f_code.co_name}: {name}")
+            elif shown in repr(value):
+                found.append(f"{frame.f_code.co_name}: {name} (repr)")
+    return found
+
+
+@pytest.mark.parametrize("way", ["no terminal", "not a terminal"])
+def test_an_answer_getpass_cannot_decode_is_answer_undecodable(monkeypatch: Any, way: str) -> None:
+    """getpass's own way (no terminal to open, or an fd tcgetattr refuses): its
+    UnicodeDecodeError (the answer's bytes as .object, a byte and its position in the
+    message) becomes AnswerUndecodable, retryable, carrying none of it."""
+    import getpass
+
+    from blitzdns import daemon
+    from blitzdns.daemon import AnswerUndecodable
+
+    secret = b"ab\xff\xfe"
+
+    def fake_getpass(prompt: str = "", stream: Any = None) -> str:
+        raise UnicodeDecodeError("utf-8", secret, 2, 3, "invalid start byte")
+
+    opened: list[int] = []
+
+    def open_terminal(terminal: str) -> int | None:
+        if way == "no terminal":
+            return None
+        opened.append(os.open(os.devnull, os.O_RDWR))  # tcgetattr: not a terminal
+        return opened[-1]
+
+    monkeypatch.setattr(getpass, "getpass", fake_getpass)
+    monkeypatch.setattr(daemon, "_open_terminal", open_terminal)
+    with pytest.raises(AnswerUndecodable) as caught:
+        daemon.read_secret("Passphrase: ", "/nonexistent/tty", -1)
+    error = caught.value
+    for shown in (str(error), repr(error)):
+        for leak in ("\xff", "\\xff", "xff", "\xfe", "xfe", "position"):
+            assert leak not in shown, shown
+    assert error.__context__ is None
+    assert error.__cause__ is None
+    assert secret_bytes_in_frames(error, secret) == []
+    for fd in opened:  # the fd that was not a terminal is closed
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
+def test_stdins_terminal_reopened_is_closed_when_it_cannot_be_checked(monkeypatch: Any) -> None:
+    """The reopened terminal's fstat failing: the fd is closed, not leaked."""
+    import errno
+    import sys
+
+    from blitzdns.daemon import _open_terminal
+
+    class Stdin:
+        def __init__(self, fd: int) -> None:
+            self.fd = fd
+
+        def fileno(self) -> int:
+            return self.fd
+
+    master, slave = pty.openpty()
+    opened: list[int] = []
+    closed: list[int] = []
+    real_open, real_close, real_fstat = os.open, os.close, os.fstat
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        fd = real_open(path, flags, *args, **kwargs)
+        opened.append(fd)
+        return fd
+
+    def close(fd: int) -> None:
+        closed.append(fd)
+        real_close(fd)
+
+    def fstat(fd: Any) -> Any:
+        if fd in opened:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_fstat(fd)
+
+    try:
+        monkeypatch.setattr(sys, "stdin", Stdin(slave))
+        monkeypatch.setattr(os, "open", open_)
+        monkeypatch.setattr(os, "close", close)
+        monkeypatch.setattr(os, "fstat", fstat)
+        assert _open_terminal("/nonexistent/tty") is None
+    finally:
+        monkeypatch.undo()
+        os.close(master)
+        os.close(slave)
+    assert opened and closed == opened, (opened, closed)

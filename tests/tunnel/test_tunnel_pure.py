@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -76,6 +77,22 @@ def test_gateway_parse(text: str, host: str, port: int | None, user: str | None)
 def test_gateway_parse_rejects(text: str) -> None:
     with pytest.raises(TunnelConfigError):
         Gateway.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("make", "shown"),
+    [
+        (lambda: Gateway("host\n"), "gateway host: "),
+        (lambda: Gateway("host", user="alice\n"), "bad user name"),
+        (lambda: Forward("127.0.0.1", 1000, "host\n", 22), "target_host"),
+    ],
+)
+def test_a_name_ending_in_a_newline_is_rejected(make: Any, shown: str) -> None:
+    """A $-anchored pattern matched before a trailing newline: "host\\n" passed."""
+    with pytest.raises(TunnelConfigError) as info:
+        make()
+    assert shown in str(info.value)
+    assert "\n" not in str(info.value)  # one line: the newline shown as \\n
 
 
 def test_forward_validates_and_normalises() -> None:

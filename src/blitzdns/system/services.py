@@ -45,7 +45,7 @@ LAUNCHD_LOG = "/Library/Logs/blitzdns.log"
 SYSTEM_CONFIG = Path("/etc/blitzdns/config.toml")
 UNIT_MARKER = "# Written by `blitzdns service install`; `blitzdns service uninstall` removes it."
 
-_USER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
+_USER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?\Z")  # \Z: "alice\n" is not one
 
 
 class Target(enum.StrEnum):
