@@ -131,32 +131,37 @@ def bound(port: int) -> bool:
     return all(taken)
 
 
-async def test_the_stub_s_sockets_are_bound_before_the_link_connects(
-    sshd: Sshd, tmp_path: Path, recorded: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch
+async def start_watching_the_stub_port(
+    sshd: Sshd,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    steps: list[tuple[str, bool]],
+    *,
+    drop_privileges: bool,
 ) -> None:
-    """A link-first start binds the stub's UDP and TCP sockets before the link makes any
-    connection (the early one, and every connect of the link's: a gateway given by name,
-    a second gateway, a reconnect), so that none can get their port as its own."""
+    """Start a daemon (and close it) with its early connect and its link's start spied on:
+    each step in order, with whether the stub's UDP and TCP port was bound at that moment
+    recorded in ``steps`` (where a patched privilege drop records itself too). The stub
+    ends bound on its one port and is unbound after the close."""
     dns_port = free_port()
     config = tmp_path / "config.toml"
     config.write_text(config_text(sshd, tmp_path, dns_port, free_port(), ["a"]))
-    seen: dict[str, bool] = {}
     early_connect = early._connect
     tunnel_start = Tunnel.start
 
     def spy_early(*args: Any) -> socket.socket | None:
-        seen.setdefault("early connect", bound(dns_port))
+        steps.append(("early connect", bound(dns_port)))
         return early_connect(*args)
 
     async def spy_start(self: Tunnel) -> None:
-        seen.setdefault("link start", bound(dns_port))
+        steps.append(("link start", bound(dns_port)))
         await tunnel_start(self)
 
     monkeypatch.setattr(early, "_connect", spy_early)
     monkeypatch.setattr(Tunnel, "start", spy_start)
     options = RunOptions(
         config_path=config,
-        drop_privileges=False,
+        drop_privileges=drop_privileges,
         connect_early=True,
         control_socket=tmp_path / "control",
         root=tmp_path,
@@ -165,13 +170,32 @@ async def test_the_stub_s_sockets_are_bound_before_the_link_connects(
     try:
         async with asyncio.timeout(30):  # a bound, not a measurement
             await daemon.start()
-        assert seen == {"early connect": True, "link start": True}
         assert daemon.resolver is not None
         assert [e.port for e in daemon.resolver.bound_endpoints] == [dns_port]
     finally:
         await daemon.close()
         early.discard()
     assert not bound(dns_port)
+
+
+def first_seen(steps: list[tuple[str, bool]]) -> dict[str, bool]:
+    """Each spied step's first 'bound' (a reconnect may start the link again)."""
+    seen: dict[str, bool] = {}
+    for step, was_bound in steps:
+        if step != "drop":
+            seen.setdefault(step, was_bound)
+    return seen
+
+
+async def test_the_stub_s_sockets_are_bound_before_the_link_connects(
+    sshd: Sshd, tmp_path: Path, recorded: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link-first start binds the stub's UDP and TCP sockets before the link makes any
+    connection (the early one, and every connect of the link's: a gateway given by name,
+    a second gateway, a reconnect), so that none can get their port as its own."""
+    steps: list[tuple[str, bool]] = []
+    await start_watching_the_stub_port(sshd, tmp_path, monkeypatch, steps, drop_privileges=False)
+    assert first_seen(steps) == {"early connect": True, "link start": True}
 
 
 async def test_on_the_privilege_drop_path_the_stub_is_bound_before_the_early_connect(
@@ -182,57 +206,23 @@ async def test_on_the_privilege_drop_path_the_stub_is_bound_before_the_early_con
     too, and before the link starts; the drop comes between."""
     import pwd
 
-    dns_port = free_port()
-    config = tmp_path / "config.toml"
-    config.write_text(config_text(sshd, tmp_path, dns_port, free_port(), ["a"]))
-    seen: dict[str, bool] = {}
-    order: list[str] = []
-    early_connect = early._connect
-    tunnel_start = Tunnel.start
     me = pwd.getpwuid(os.getuid())
-
-    def spy_early(*args: Any) -> socket.socket | None:
-        order.append("early connect")
-        seen.setdefault("early connect", bound(dns_port))
-        return early_connect(*args)
-
-    async def spy_start(self: Tunnel) -> None:
-        order.append("link start")
-        seen.setdefault("link start", bound(dns_port))
-        await tunnel_start(self)
+    steps: list[tuple[str, bool]] = []
 
     def spy_drop(user: Any, **_: Any) -> bool:
-        order.append("drop")
+        steps.append(("drop", True))
         assert user is me
         return True
 
-    monkeypatch.setattr(early, "_connect", spy_early)
-    monkeypatch.setattr(Tunnel, "start", spy_start)
     # The drop path as root through sudo would take it, as whoever runs the tests.
     monkeypatch.setattr(daemon_module.privileges, "target_user", lambda explicit: me)
     monkeypatch.setattr(daemon_module.os, "geteuid", lambda: 0)
     monkeypatch.setattr(daemon_module.privileges, "drop_privileges", spy_drop)
     monkeypatch.setattr(daemon_module.classcode, "finish", lambda: None)
     monkeypatch.setattr(daemon_module.nosftp, "finish", lambda: None)
-    options = RunOptions(
-        config_path=config,
-        drop_privileges=True,
-        connect_early=True,
-        control_socket=tmp_path / "control",
-        root=tmp_path,
-    )
-    daemon = Daemon(load_config(config, search=False), options)
-    try:
-        async with asyncio.timeout(30):  # a bound, not a measurement
-            await daemon.start()
-        assert seen == {"early connect": True, "link start": True}
-        assert order == ["early connect", "drop", "link start"]
-        assert daemon.resolver is not None
-        assert [e.port for e in daemon.resolver.bound_endpoints] == [dns_port]
-    finally:
-        await daemon.close()
-        early.discard()
-    assert not bound(dns_port)
+    await start_watching_the_stub_port(sshd, tmp_path, monkeypatch, steps, drop_privileges=True)
+    assert first_seen(steps) == {"early connect": True, "link start": True}
+    assert [step for step, _ in steps] == ["early connect", "drop", "link start"]
 
 
 class NeverAsked:
