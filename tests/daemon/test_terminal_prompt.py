@@ -152,6 +152,30 @@ def test_a_stop_at_the_passphrase_prompt_ends_the_daemon(sshd: Sshd, tmp_path: P
         os.close(fd)
 
 
+def into(got: list[object], call: Callable[[], object]) -> Callable[[], None]:
+    """A thread's target: ``call``'s outcome (its answer, or what it raised) put in ``got``."""
+
+    def run() -> None:
+        try:
+            got.append(call())
+        except BaseException as exc:
+            got.append(exc)
+
+    return run
+
+
+def waiting_ask(asked: list[str], until: threading.Event, answer: str) -> Callable[[str], str]:
+    """An injected ask that records its prompt, then answers once ``until`` is set (or
+    after 20 s, a bound)."""
+
+    def ask(prompt: str) -> str:
+        asked.append(prompt)
+        until.wait(20)
+        return answer
+
+    return ask
+
+
 def at_once(
     asking: Callable[[], object], on_terminal: Callable[[], object], then: Callable[[], None]
 ) -> None:
@@ -175,12 +199,7 @@ def test_the_same_question_asked_twice_at_once_is_put_once() -> None:
     asked: list[str] = []
     release = threading.Event()
 
-    def ask(prompt: str) -> str:
-        asked.append(prompt)
-        release.wait(20)
-        return "open sesame"
-
-    secrets = TerminalSecrets(ask)
+    secrets = TerminalSecrets(waiting_ask(asked, release, "open sesame"))
     answers: list[str] = []
     at_once(
         lambda: answers.append(secrets.passphrase("k")),
@@ -192,21 +211,13 @@ def test_the_same_question_asked_twice_at_once_is_put_once() -> None:
 
     never = threading.Event()
 
-    def ask_unanswered(prompt: str) -> str:
-        asked.append(prompt)
-        never.wait(20)
-        return "too late"
-
-    held = TerminalSecrets(ask_unanswered)
-    failures: list[BaseException] = []
-
-    def fails() -> None:
-        try:
-            held.passphrase("other")
-        except BaseException as exc:
-            failures.append(exc)
-
-    at_once(fails, lambda: len(asked) == 2 or None, held.cancel)
+    held = TerminalSecrets(waiting_ask(asked, never, "too late"))
+    failures: list[object] = []
+    at_once(
+        into(failures, lambda: held.passphrase("other")),
+        lambda: len(asked) == 2 or None,
+        held.cancel,
+    )
     never.set()  # the abandoned getpass thread ends
     assert len(asked) == 2  # once more, not twice
     assert [type(failure) for failure in failures] == [AskCancelled, AskCancelled]
@@ -229,14 +240,8 @@ def asked_on_a_pty(
         secrets = TerminalSecrets(terminal=terminal or os.ttyname(slave))
         got: list[object] = []
 
-        def asker() -> None:
-            try:
-                got.append(secrets.passphrase("k"))
-            except BaseException as exc:
-                got.append(exc)
-
         before = set(threading.enumerate())
-        thread = threading.Thread(target=asker)
+        thread = threading.Thread(target=into(got, lambda: secrets.passphrase("k")))
         thread.start()
         assert b"Enter passphrase for key 'k': " in read_until(master, b"for key 'k': ")
         assert not termios.tcgetattr(slave)[3] & termios.ECHO  # typing is not shown
@@ -327,14 +332,8 @@ def test_a_stop_at_a_terminal_whose_output_is_stopped() -> None:
         wait_for(stopped, lambda: "the terminal's output to stop", 10)
         secrets = TerminalSecrets(terminal=os.ttyname(slave))
 
-        def asker() -> None:
-            try:
-                got.append(secrets.passphrase("k"))
-            except BaseException as exc:
-                got.append(exc)
-
         before = set(threading.enumerate())
-        thread = threading.Thread(target=asker)
+        thread = threading.Thread(target=into(got, lambda: secrets.passphrase("k")))
         threads.append(thread)
         thread.start()
         wait_for(
