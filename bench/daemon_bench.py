@@ -933,13 +933,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                 warm_dir.mkdir()
                 measure(side, where, job, 10, args.timeout, warm_dir, cache, peer_options)
             print("warm-up round done (page cache, bytecode cache); not counted", flush=True)
-            for index in range(args.rounds):
+            # Full rounds, then start-only rounds; the order alternates across both (no two
+            # rounds in a row in the same order).
+            for index in range(args.rounds + args.start_rounds):
+                start_only = index >= args.rounds
+                name = f"start{index - args.rounds}" if start_only else f"round{index}"
                 order = sides if index % 2 == 0 else sides[::-1]
                 result: dict[str, dict[str, float]] = {
                     s: {} for s in ("blitzdns", "openssh+dnsmasq")
                 }
                 for side in order:
-                    round_dir = where.root / f"round{index}-{side}"
+                    round_dir = where.root / f"{name}-{side}"
                     round_dir.mkdir()
                     result[side] = measure(
                         side,
@@ -950,35 +954,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                         round_dir,
                         cache,
                         peer_options,
+                        start_only=start_only,
                     )
-                    ready = result[side][READY_KEY]
-                    rss = result[side][f"RSS with {args.connections} conns (MB)"]
-                    print(
-                        f"round {index + 1} {side}: ready {ready:.3f} s, RSS loaded {rss:.1f} MB",
-                        flush=True,
-                    )
-                rounds.append(result)
-            for index in range(args.start_rounds):
-                # The alternation goes on from the full rounds' (no two rounds in a row in
-                # the same order).
-                order = sides if (args.rounds + index) % 2 == 0 else sides[::-1]
-                result = {s: {} for s in ("blitzdns", "openssh+dnsmasq")}
-                for side in order:
-                    round_dir = where.root / f"start{index}-{side}"
-                    round_dir.mkdir()
-                    result[side] = measure(
-                        side,
-                        where,
-                        job,
-                        args.connections,
-                        args.timeout,
-                        round_dir,
-                        cache,
-                        peer_options,
-                        start_only=True,
-                    )
-                line = ", ".join(f"{s} {result[s][READY_KEY]:.3f} s" for s in order)
-                print(f"start round {index + 1}: {line}", flush=True)
+                    if not start_only:
+                        ready = result[side][READY_KEY]
+                        rss = result[side][f"RSS with {args.connections} conns (MB)"]
+                        print(
+                            f"round {index + 1} {side}: ready {ready:.3f} s,"
+                            f" RSS loaded {rss:.1f} MB",
+                            flush=True,
+                        )
+                if start_only:
+                    line = ", ".join(f"{s} {result[s][READY_KEY]:.3f} s" for s in order)
+                    print(f"start round {index - args.rounds + 1}: {line}", flush=True)
                 rounds.append(result)
         print_table(rounds, args.connections)
         emit("daemon", figures_of(rounds, args.connections))
