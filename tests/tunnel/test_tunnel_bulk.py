@@ -638,6 +638,22 @@ async def test_a_short_reply_then_close_is_not_held(options: TunnelOptions) -> N
             writer.close()
 
 
+def rekeying_link(sshd: Sshd, options: TunnelOptions, cipher: str) -> Any:
+    """A plain asyncssh connection to ``sshd`` with ``cipher``, rekeying every 256 KiB it
+    sends (an async context manager)."""
+    assert options.known_hosts is not None
+    return asyncssh.connect(
+        "127.0.0.1",
+        port=sshd.port,
+        username=sshd.user,
+        known_hosts=str(options.known_hosts),
+        client_keys=[str(sshd.client_key)],
+        config=None,
+        encryption_algs=[cipher],
+        rekey_bytes=256 * 1024,
+    )
+
+
 def test_the_send_patch_is_in_place_on_the_installed_asyncssh() -> None:
     assert getattr(asyncssh.connection.SSHConnection.send_packet, "joins_once", False)
 
@@ -668,16 +684,7 @@ async def test_data_across_key_exchanges(
         send_kexinit(self)
 
     monkeypatch.setattr(connection, "_send_kexinit", counting)
-    async with asyncssh.connect(
-        "127.0.0.1",
-        port=sshd.port,
-        username=sshd.user,
-        known_hosts=str(options.known_hosts),
-        client_keys=[str(sshd.client_key)],
-        config=None,
-        encryption_algs=[cipher],
-        rekey_bytes=256 * 1024,
-    ) as conn:
+    async with rekeying_link(sshd, options, cipher) as conn:
         drop_needless_chaff(conn)
         reader, writer = await conn.open_connection("127.0.0.1", echo.port)
         writer.write(payload)
@@ -718,16 +725,7 @@ def test_the_kept_seal_follows_the_keys_and_the_debug_level(
     async def scenario() -> None:
         echo = await Target("echo").start()
         try:
-            async with asyncssh.connect(
-                "127.0.0.1",
-                port=sshd.port,
-                username=sshd.user,
-                known_hosts=str(options.known_hosts),
-                client_keys=[str(sshd.client_key)],
-                config=None,
-                encryption_algs=[cipher],
-                rekey_bytes=256 * 1024,
-            ) as conn:
+            async with rekeying_link(sshd, options, cipher) as conn:
                 drop_needless_chaff(conn)
                 reader, writer = await conn.open_connection("127.0.0.1", echo.port)
                 for piece in range(8):
