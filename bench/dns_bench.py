@@ -99,6 +99,35 @@ def dnsmasq_command(port: int, *options: str) -> list[str]:
     ]
 
 
+def start_upstream(port: int) -> subprocess.Popen[bytes]:
+    """The upstream every server under test forwards to: dnsmasq on ``port`` (the client
+    CPU), answering bench.test and cached.test names itself, caching nothing."""
+    return subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            CLIENT_CPU,
+            *dnsmasq_command(
+                port,
+                "--cache-size=0",
+                "--local-ttl=3600",
+                "--address=/bench.test/127.0.0.9",
+                "--address=/cached.test/127.0.0.8",
+            ),
+        ]
+    )
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """``process`` ended: asked to, then killed after 10 s."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def wait_until_answering(port: int, timeout: float = 10) -> None:
     query = (
         b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
@@ -381,20 +410,7 @@ def main() -> int:
     try:
         upstream_port, ours_port, theirs_port = free_port(), free_port(), free_port()
         upstream = f"127.0.0.1#{upstream_port}"
-        upstream_process = subprocess.Popen(
-            [
-                "taskset",
-                "-c",
-                CLIENT_CPU,
-                *dnsmasq_command(
-                    upstream_port,
-                    "--cache-size=0",
-                    "--local-ttl=3600",
-                    "--address=/bench.test/127.0.0.9",
-                    "--address=/cached.test/127.0.0.8",
-                ),
-            ]
-        )
+        upstream_process = start_upstream(upstream_port)
         processes.append(upstream_process)
         wait_until_answering(upstream_port)
         theirs = subprocess.Popen(

@@ -52,6 +52,7 @@ from dns_bench import (
     cpu_seconds,
     dnsmasq_command,
     resolver_loop,
+    stop_process,
     wait_until_answering,
     write_lines,
 )
@@ -196,12 +197,7 @@ class Servers:
         return process, port
 
     def stop(self, process: subprocess.Popen[bytes]) -> None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         self.processes.remove(process)
 
     def close(self) -> None:

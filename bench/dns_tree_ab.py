@@ -31,12 +31,13 @@ from pathlib import Path
 
 from blitzdns.demo import free_dns_port as free_port
 from dns_bench import (
-    CLIENT_CPU,
     ROOT,
     SERVER_CPU,
     dnsmasq_command,
     measure,
     run_dnsperf,
+    start_upstream,
+    stop_process,
     wait_until_answering,
     write_lines,
 )
@@ -53,15 +54,6 @@ def start(tree: Path, port: int, upstream: int, *extra: str) -> subprocess.Popen
         stderr=subprocess.DEVNULL,
         env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "PYTHONPATH": str(tree)},
     )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def hot_cases(
@@ -126,7 +118,7 @@ def hot_cases(
                 print(f"{'':18} {server} rounds: {each}")
     finally:
         for process, _ in servers.values():
-            stop(process)
+            stop_process(process)
 
 
 def growth(
@@ -164,7 +156,7 @@ def growth(
                     wait_until_answering(port, timeout=60)
                     row = measure_row(process.pid, port, queries, seconds, rate)
                 finally:
-                    stop(process)
+                    stop_process(process)
                 rows.setdefault(server, []).append((row.cpu_us, row.latency_ms, row.rss_mib))
         peer = [statistics.median(v) for v in zip(*rows["dnsmasq"], strict=True)]
         line = f"{hosts:6d} names: dnsmasq CPU {peer[0]:5.1f} µs p50 {peer[1]:.3f} ms"
@@ -192,20 +184,7 @@ def main() -> int:
     trees = {"old": args.old.resolve(), "new": args.new.resolve()}
     work = Path(tempfile.mkdtemp(prefix="dns_tree_ab-"))
     upstream_port = free_port()
-    upstream = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            CLIENT_CPU,
-            *dnsmasq_command(
-                upstream_port,
-                "--cache-size=0",
-                "--local-ttl=3600",
-                "--address=/bench.test/127.0.0.9",
-                "--address=/cached.test/127.0.0.8",
-            ),
-        ]
-    )
+    upstream = start_upstream(upstream_port)
     try:
         wait_until_answering(upstream_port)
         if args.rounds:
@@ -221,7 +200,7 @@ def main() -> int:
                 args.rate,
             )
     finally:
-        stop(upstream)
+        stop_process(upstream)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
