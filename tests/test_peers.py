@@ -92,38 +92,26 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def test_port_guard_keeps_a_reuseport_client_off_the_servers_port() -> None:
+@pytest.mark.parametrize(("server", "wildcard"), [("127.0.0.1", "0.0.0.0"), ("::1", "::")])
+def test_port_guard_keeps_a_reuseport_client_off_the_servers_port(
+    server: str, wildcard: str
+) -> None:
     # A server like the stub's steered pair (SO_REUSEPORT, a kernel-picked port), and a
-    # client socket like dig 9.18's (SO_REUSEPORT, the wildcard address): the kernel lets
-    # the client share the port (so a bind to port 0 may land on it), unless guarded.
-    # The explicit bind is put through the conflict check the kernel's choice for port 0 is.
-    with reuseport_socket("127.0.0.1", 0) as server:
-        port = server.getsockname()[1]
-        with reuseport_socket("0.0.0.0", port):
+    # client socket like dig 9.18's (SO_REUSEPORT, the wildcard address; for IPv6 also
+    # IPV6_V6ONLY, the gap a guard of IPv4 only left): the kernel lets the client share the
+    # port (so a bind to port 0 may land on it), unless guarded. The explicit bind is put
+    # through the conflict check the kernel's choice for port 0 is.
+    with reuseport_socket(server, 0) as listening:
+        port = listening.getsockname()[1]
+        with reuseport_socket(wildcard, port):
             pass  # the premise: shared
-        with port_guard("127.0.0.1", port) as guard, port_guard("127.0.0.1", port) as second:
+        with port_guard(server, port) as guard, port_guard(server, port) as second:
             assert guard is not None and second is not None  # two digs at once: both guard
             with pytest.raises(OSError) as refused:
-                reuseport_socket("0.0.0.0", port)
+                reuseport_socket(wildcard, port)
             assert refused.value.errno == errno.EADDRINUSE
-        with reuseport_socket("0.0.0.0", port):
+        with reuseport_socket(wildcard, port):
             pass  # the guard is gone with the block
-
-
-def test_port_guard_keeps_a_reuseport_client_off_an_ipv6_servers_port() -> None:
-    # The same for a server on [::1] and dig's IPv6 query socket ([::], SO_REUSEPORT,
-    # IPV6_V6ONLY): the gap a guard of IPv4 only left.
-    with reuseport_socket("::1", 0) as server:
-        port = server.getsockname()[1]
-        with reuseport_socket("::", port):
-            pass  # the premise: shared
-        with port_guard("::1", port) as guard, port_guard("::1", port) as second:
-            assert guard is not None and second is not None
-            with pytest.raises(OSError) as refused:
-                reuseport_socket("::", port)
-            assert refused.value.errno == errno.EADDRINUSE
-        with reuseport_socket("::", port):
-            pass
 
 
 def test_wait_for_returns_the_value_and_names_what_never_came() -> None:
