@@ -14,9 +14,15 @@ in interleaved rounds, a fresh forwarder process:
   per request p50 and p99 as the client sees it, forwarder CPU per request;
 * RSS (VmRSS of the forwarder's process tree) with the N held.
 
-The client is this process (uvloop when installed); it is the same for both forwarders. The
-medians over ``--rounds`` are printed and emitted as figures (group ``growth: connections``)
-for ``bench/report.py``. Every loop is bounded in count and in time.
+The client is this process (uvloop when installed); it is the same for both forwarders.
+sshd listens on an address of its own (:data:`SSHD_HOST`) whose loopback route acknowledges
+at once (``quickack 1``, for the run only): sshd sends toward a forwarder under Nagle (it
+sets ``TCP_NODELAY`` on that socket only for a session, and neither ``ssh -N -L`` nor the
+tunnel opens one), so with N echoes leaving at once its second one waited for the
+forwarder's kernel's delayed ACK, 40 ms, on every forwarder alike (bench/notes/growth.md,
+"Session 11"). The medians over ``--rounds`` are printed and emitted as figures (group
+``growth: connections``) for ``bench/report.py``. Every loop is bounded in count and in
+time.
 
 Usage: ``python bench/growth_bench.py [--counts 1 10 100 1000] [--rounds 3]``.
 """
@@ -25,10 +31,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -45,6 +54,24 @@ KINDS = ("tunnel+uvloop", "openssh")
 REQUESTS = 2000
 """About this many requests per count: rounds × N."""
 OPEN_AT_ONCE = 100
+SSHD_HOST = "127.0.91.1"
+"""sshd's address in this bench: no other bench or test uses it, so its ``quickack`` route
+changes nothing else on the machine."""
+
+
+@contextlib.contextmanager
+def quick_acks(host: str) -> Iterator[None]:
+    """A loopback route to ``host`` (a /32 in the local table, as the kernel's own
+    ``127.0.0.0/8``) with ``quickack 1`` while the block runs: a socket connected to
+    ``host`` acknowledges every segment at once, never by the delayed-ACK timer. Only the
+    forwarders' SSH sockets are connected to sshd's address; sshd's own side and every
+    other socket keep the kernel's defaults."""
+    route = ["local", f"{host}/32", "dev", "lo", "table", "local"]
+    subprocess.run(["ip", "route", "replace", *route, "quickack", "1"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["ip", "route", "del", *route], check=False)
 
 
 def rss_mb(pid: int) -> float:
@@ -170,10 +197,11 @@ def main() -> None:
     except ImportError:
         pass
     raise_nofile()
-    with bench_lock(1800), lab() as where:
+    with bench_lock(1800), quick_acks(SSHD_HOST), lab(SSHD_HOST) as where:
         print(
             f"growth benchmark: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
-            f"{CIPHER}; counts {args.counts}; median of {args.rounds} interleaved rounds"
+            f"{CIPHER}; counts {args.counts}; median of {args.rounds} interleaved rounds; "
+            f"sshd on {SSHD_HOST}, quick ACKs toward it"
         )
         results: dict[int, dict[str, dict[str, float]]] = {}
         for count in args.counts:

@@ -55,13 +55,18 @@ from tests.peers import descendants, free_port  # noqa: E402
 from figures import Figure, emit  # noqa: E402
 
 
-def wait_port(port: int, deadline_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Wait (bounded) until 127.0.0.1:port accepts."""
+def wait_port(
+    port: int,
+    deadline_s: float,
+    proc: subprocess.Popen[bytes] | None = None,
+    host: str = "127.0.0.1",
+) -> None:
+    """Wait (bounded) until host:port accepts."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 1):
             return
         time.sleep(0.02)
     raise RuntimeError(f"nothing listening on {port} after {deadline_s} s")
@@ -197,6 +202,8 @@ class Lab:
     known_hosts: Path
     iperf_port: int
     echo_port: int
+    sshd_host: str = "127.0.0.1"
+    """The address sshd listens on (the growth bench gives it one of its own)."""
 
     def ssh_config(self, cipher: str) -> Path:
         path = self.root / f"ssh_config.{cipher.split('@', maxsplit=1)[0]}"
@@ -205,8 +212,9 @@ class Lab:
 
 
 @contextlib.contextmanager
-def lab() -> Iterator[Lab]:
-    """sshd, an iperf3 server and an echo server on loopback, torn down afterwards."""
+def lab(sshd_host: str = "127.0.0.1") -> Iterator[Lab]:
+    """sshd (on ``sshd_host``), an iperf3 server and an echo server on loopback, torn
+    down afterwards."""
     for tool in ("ssh", "ssh-keygen", "iperf3"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed")
@@ -222,14 +230,14 @@ def lab() -> Iterator[Lab]:
         (root / "authorized_keys").write_text((root / "client.pub").read_text())
         port = free_port()
         (root / "sshd_config").write_text(
-            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host'}\n"
+            f"Port {port}\nListenAddress {sshd_host}\nHostKey {root / 'host'}\n"
             f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
             "StrictModes no\nUsePAM no\nAllowTcpForwarding yes\nPidFile none\n"
             f"Ciphers {','.join(CIPHERS)}\n"
         )
         kind, blob = (root / "host.pub").read_text().split()[:2]
         known_hosts = root / "known_hosts"
-        known_hosts.write_text(f"[127.0.0.1]:{port} {kind} {blob}\n")
+        known_hosts.write_text(f"[{sshd_host}]:{port} {kind} {blob}\n")
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         iperf_port, echo_port = free_port(), free_port()
         procs = [
@@ -245,9 +253,10 @@ def lab() -> Iterator[Lab]:
             subprocess.Popen([sys.executable, __file__, "--echo", str(echo_port)]),
         ]
         try:
-            for proc, wanted in zip(procs, (port, iperf_port, echo_port), strict=True):
-                wait_port(wanted, 10, proc)
-            yield Lab(root, port, root / "client", known_hosts, iperf_port, echo_port)
+            hosts = (sshd_host, "127.0.0.1", "127.0.0.1")
+            for proc, wanted, host in zip(procs, (port, iperf_port, echo_port), hosts, strict=True):
+                wait_port(wanted, 10, proc, host)
+            yield Lab(root, port, root / "client", known_hosts, iperf_port, echo_port, sshd_host)
         finally:
             for proc in procs:
                 stop(proc)
@@ -349,7 +358,7 @@ def start_forwarder(
     kind: str, lab_: Lab, cipher: str, mouths: tuple[int, int]
 ) -> subprocess.Popen[bytes]:
     config = lab_.ssh_config(cipher)
-    gateway = f"root@127.0.0.1:{lab_.sshd_port}"
+    gateway = f"root@{lab_.sshd_host}:{lab_.sshd_port}"
     forwards = [f"{mouths[0]}:{lab_.iperf_port}", f"{mouths[1]}:{lab_.echo_port}"]
     if kind == "openssh":
         command = ["ssh", "-F", str(config), "-N", "-p", str(lab_.sshd_port), "-i", str(lab_.key)]
@@ -358,7 +367,7 @@ def start_forwarder(
         for spec in forwards:
             mouth, target = spec.split(":")
             command += ["-L", f"127.0.0.1:{mouth}:127.0.0.1:{target}"]
-        command.append("root@127.0.0.1")
+        command.append(f"root@{lab_.sshd_host}")
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL)
         wait_port(mouths[1], 10, proc)
         time.sleep(0.2)
