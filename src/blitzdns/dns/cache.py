@@ -12,10 +12,12 @@ not at all without one; never SERVFAIL, REFUSED, other errors, or truncated repl
 ``max_ttl`` and ``max_negative_ttl`` cap how long anything stays.
 
 The key is the lower-case question (name, type, class) plus one byte for the query flags
-that change a reply's contents: EDNS present, DO, RD and CD. Eviction is first in, first
-out when ``size`` is reached: cheap, and the TTL bounds staleness anyway. The map is an
-``OrderedDict`` so that eviction is O(1): taking a plain dict's first key after many
-deletions from its front walks the deleted slots, O(size) per insert in a full cache.
+that change a reply's contents: EDNS present, DO, RD and CD, and AD when DO is not set (a
+validating upstream sets AD only in a reply to a query with AD or DO, RFC 6840 §5.7).
+Eviction is first in, first out when ``size`` is reached: cheap, and the TTL bounds
+staleness anyway. The map is an ``OrderedDict`` so that eviction is O(1): taking a plain
+dict's first key after many deletions from its front walks the deleted slots, O(size) per
+insert in a full cache.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ from blitzdns.dns.fastpath import (
 )
 from blitzdns.dns.rfc import (
     AAAA,
+    AD,
     ANY,
     CLASS_IN,
     CLASS_IN_WIRE,
@@ -350,7 +351,7 @@ class Engine:
                 head, tail = answer.heads[which], answer.tail(which)
                 _remember_folded(fast.folded, packet, qend, head, tail, None, 0)
             return reply
-        key = name + packet[qn:qend] + KEY_FLAG_BYTES[which]
+        key = name + packet[qn:qend] + KEY_FLAG_BYTES[which | flags & AD]
         entry = self._entries.get(key)
         if entry is not None and now < entry[0]:
             return self._cache_hit(
@@ -424,7 +425,11 @@ class Engine:
         qend = qn + 4
         edns = _edns_code(query)
         flags = packet[2] << 8 | packet[3]
-        key = packet[12:qn].lower() + packet[qn:qend] + KEY_FLAG_BYTES[variant(flags, edns)]
+        key = (
+            packet[12:qn].lower()
+            + packet[qn:qend]
+            + KEY_FLAG_BYTES[variant(flags, edns) | flags & AD]
+        )
         entry = self.cache.get(key, now)
         if entry is not None:
             return self._cache_hit(packet, qend, edns, key, entry, now, udp, None)

@@ -35,6 +35,7 @@ from typing import NamedTuple
 from blitzdns.dns.decide import Local, Record, SoaData
 from blitzdns.dns.rfc import (
     AA,
+    AD,
     DO_BYTE,
     ECHOED_FLAGS,
     FORWARDED_FLAGS,
@@ -66,8 +67,21 @@ _COUNTS = struct.Struct(">HHHH")
 _RECORD = struct.Struct(">H2xIH")
 #: Reply variants: (RD, CD) × (no EDNS, EDNS, EDNS with DO) — see :func:`variant`.
 VARIANTS = 12
-#: The cache key's last byte is the variant: each changes what a reply holds.
-KEY_FLAG_BYTES = tuple(bytes((i,)) for i in range(VARIANTS))
+
+
+def _key_flag_byte(index: int) -> bytes:
+    """The key byte for ``variant | (flags & AD)``: the variant, with AD kept only where DO
+    is not set (with DO an upstream sets AD as it would for an AD query)."""
+    which = index & ~AD
+    return bytes((which if which % 3 == 2 else index,))
+
+
+#: The cache key's last byte, indexed by ``variant(flags, edns) | flags & AD``: the variant
+#: (each changes what a reply holds) and the query's AD bit when it has no DO. A validating
+#: upstream sets AD in a reply only to a query with AD or DO (RFC 6840 §5.7), so a reply to
+#: an AD query must not reach a client that set neither: such queries are cached and shared
+#: in flight under keys of their own. (Indices 12..31 never occur.)
+KEY_FLAG_BYTES = tuple(_key_flag_byte(i) for i in range(AD + VARIANTS))
 #: The shortest plain query: header, root name, type and class.
 _SHORTEST_QUERY = HEADER_SIZE + 1 + 4
 
