@@ -708,8 +708,8 @@ def test_the_kept_seal_follows_the_keys_and_the_debug_level(
 ) -> None:
     """The seal kept with the connection (``SEALS_WITH``) for its send keys, against sshd:
     a rekey every 256 KiB while 1 MiB goes up and back in 128 KiB pieces; after each
-    piece the kept seal belongs to the connection's current send encryption object once
-    it seals in place again (never to an earlier key's), and the link is up. The seal reads
+    piece the kept seal, if any, belongs to the connection's current send encryption
+    object (never to an earlier key's: dropped at NEWKEYS), and the link is up. The seal reads
     the connection's current keys when it seals, so a stale kept seal would still reach
     sshd intact: the identity check is what catches one. asyncssh's debug level 2 during
     piece 1 (which starts with the seal kept for the current keys: asserted, else a kept
@@ -739,8 +739,8 @@ def test_the_kept_seal_follows_the_keys_and_the_debug_level(
                     assert await reader.readexactly(len(chunk)) == chunk
                     by_asyncssh.append(sent.by_asyncssh - before)
                     kept = vars(conn).get(asyncssh_patches.SEALS_WITH)
-                    assert kept is not None
-                    if kept[0] is conn._send_encryption:
+                    if kept is not None:  # none: a rekey came after the last send
+                        assert kept[0] is conn._send_encryption
                         kept_keys.append(kept[0])
                 assert conn.get_extra_info("send_cipher") == cipher
         finally:
@@ -752,6 +752,48 @@ def test_the_kept_seal_follows_the_keys_and_the_debug_level(
     assert by_asyncssh[1] == 128 * 1024  # debug level 2: asyncssh's own path, all of it
     assert by_asyncssh[0] < 128 * 1024 and by_asyncssh[7] < 128 * 1024  # in place again
     assert len({id(key) for key in kept_keys}) >= 3  # kept anew for each new key
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+async def test_the_kept_seal_goes_with_the_old_keys_at_newkeys(
+    options: TunnelOptions, sshd: Sshd, echo: Target, cipher: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncssh drops its send keys at each NEWKEYS (``send_newkeys`` replaces the send
+    encryption object); the seal kept for them (``SEALS_WITH``) goes there too, not at the
+    next send. Against sshd, a rekey every 256 KiB while 1 MiB goes up and back in 128 KiB
+    pieces: right after every NEWKEYS nothing is kept for an encryption object other than
+    the connection's new one; and before some of them the seal was kept for the keys
+    being replaced (else there would have been nothing to drop)."""
+    connection = asyncssh.connection.SSHConnection
+    patched = connection.send_newkeys
+    seen: list[tuple[bool, Any]] = []  # (kept for the old keys before, kept's keys after)
+
+    def recording(self: Any, k: bytes, h: bytes) -> None:
+        old = self._send_encryption
+        before = vars(self).get(asyncssh_patches.SEALS_WITH)
+        patched(self, k, h)
+        after = vars(self).get(asyncssh_patches.SEALS_WITH)
+        assert self._send_encryption is not old
+        seen.append(
+            (
+                before is not None and before[0] is old,
+                None if after is None or after[0] is self._send_encryption else after[0],
+            )
+        )
+
+    monkeypatch.setattr(connection, "send_newkeys", recording)
+    async with rekeying_link(sshd, options, cipher) as conn:
+        drop_needless_chaff(conn)
+        reader, writer = await conn.open_connection("127.0.0.1", echo.port)
+        for _ in range(8):
+            chunk = os.urandom(128 * 1024)
+            writer.write(chunk)
+            assert await reader.readexactly(len(chunk)) == chunk
+        assert conn.get_extra_info("send_cipher") == cipher
+    rekeys = seen[1:]  # the first NEWKEYS replaces no keys
+    assert len(rekeys) >= 3
+    assert [stale for _, stale in rekeys if stale is not None] == []
+    assert any(kept_for_old for kept_for_old, _ in rekeys)
 
 
 def test_the_open_in_place_patch_is_in_place_on_the_installed_asyncssh() -> None:

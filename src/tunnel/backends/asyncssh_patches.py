@@ -753,8 +753,9 @@ def _data_packets_sealed_in_place() -> None:
         " _rekey_bytes_sent _rekey_seconds _rekey_time _send_seq _send_blocksize"
         " _send_enchdrlen _transport"
     )
-    if not _has(SSHConnection, internals.split(), []):
+    if not _has(SSHConnection, internals.split(), ["send_newkeys"]):
         return
+    newkeys_original: Any = SSHConnection.send_newkeys
     channel_internals = (
         "_conn _send_buf _send_buf_len _send_window _send_pktsize _send_chan _send_state _encoding"
     )
@@ -841,7 +842,8 @@ def _data_packets_sealed_in_place() -> None:
 
         What :func:`steady_seal` judges is kept with the connection (:data:`SEALS_WITH`)
         for its send encryption object, once it says yes: asyncssh makes a new one, and
-        sets its compressor beside it, at each NEWKEYS (``_send_newkeys``: a rekey); the
+        sets its compressor beside it, at each NEWKEYS (``send_newkeys``: a rekey; the
+        kept seal for the old one is dropped there, as asyncssh drops the old keys); the
         transport only ever goes (None, checked here each time); the chaff filter,
         once in place, stays (``drop_needless_chaff`` at the link's start). A no is not
         kept (the filter may come after). What moves is checked each time, as before:
@@ -970,11 +972,22 @@ def _data_packets_sealed_in_place() -> None:
                 data = data[pos:]
         write_original(self, data, datatype)
 
+    def send_newkeys(self: Any, k: bytes, h: bytes) -> None:
+        """asyncssh's, which replaces the send keys and drops the old ones; then the seal
+        kept for those old keys (:data:`SEALS_WITH`) goes too, not at the next send."""
+        try:
+            newkeys_original(self, k, h)
+        finally:
+            kept = self.__dict__.get(SEALS_WITH)
+            if kept is not None and kept[0] is not self._send_encryption:
+                del self.__dict__[SEALS_WITH]
+
     flush_send_buf.seals_in_place = True  # type: ignore[attr-defined]
     # asyncssh's, which it ends in (direct.py checks that one for its lean end)
     flush_send_buf.__wrapped__ = original  # type: ignore[attr-defined]
     SSHChannel._flush_send_buf = flush_send_buf  # type: ignore[method-assign]
     SSHChannel.write = write  # type: ignore[method-assign]
+    SSHConnection.send_newkeys = send_newkeys  # type: ignore[method-assign]
     global send_sealed  # noqa: PLW0603 (the entry point is this patch's, once installed)
     send_sealed = seal_packet
 
