@@ -401,19 +401,22 @@ def read_secret(prompt: str, terminal: str, wake: int) -> str:
         _set_mode(fd, quiet)
         try:
             _write_all(fd, prompt.encode(encoding, errors="replace"), wake, prompt)
-            line = _read_line(fd, wake, prompt)
+            line, size = _read_line(fd, wake, prompt)
         except BaseException:
             with contextlib.suppress(OSError, termios.error):  # the first error is the one
                 _set_mode(fd, mode)
                 _write_soon(fd, b"\n")
             raise
-        if line.endswith(b"\n"):
-            line = line[:-1]
+        if line[size - 1] == NEWLINE:
+            size -= 1
         answer: str | None
         try:
-            answer = line.decode(encoding)  # strict, as getpass's terminal stream
+            with memoryview(line) as typed:
+                answer = str(typed[:size], encoding)  # strict, as getpass's terminal stream
         except UnicodeDecodeError:
             answer = None  # an error, not an altered answer (raised below)
+        finally:
+            _wipe(line)
         try:
             _set_mode(fd, mode)
             restored = True
@@ -518,25 +521,52 @@ def _nap(wake: int, prompt: str) -> None:
         raise AskCancelled(prompt)
 
 
-def _read_line(fd: int, wake: int, prompt: str) -> bytes:
+LINE_START = 1024
+"""Bytes :func:`_read_line` starts with (a canonical terminal line is at most 4095)."""
+NEWLINE = ord("\n")
+
+
+def _read_line(fd: int, wake: int, prompt: str) -> tuple[bytearray, int]:
     """A line as getpass's readline reads it: up to its newline included, or what was
     typed before an end of file (^D); :class:`EOFError` at an end of file on an empty
-    line."""
+    line. Returned as ``(buffer, size)``: the line is ``buffer[:size]``, and the caller
+    wipes ``buffer`` (:func:`_wipe`) once it has the answer.
+
+    The bytes are read into that one bytearray (``readv``: no ``bytes`` per read), never
+    copied elsewhere: on every way out but the line's (a stop, an error), it is zeroed
+    here, so a partial answer does not stay in this frame, which a traceback keeps; a
+    buffer outgrown is zeroed before it is let go."""
     import select  # noqa: PLC0415
 
-    line = b""
-    while not line.endswith(b"\n"):
-        _wait(fd, select.POLLIN, wake, prompt)
-        try:
-            chunk = os.read(fd, 1024)  # canonical mode: what was typed up to Enter
-        except BlockingIOError:
-            continue
-        if not chunk:
-            if not line:
-                raise EOFError  # as getpass: ^D on an empty line
-            break
-        line += chunk
-    return line
+    line = bytearray(LINE_START)
+    size = 0
+    try:
+        while not (size and line[size - 1] == NEWLINE):
+            _wait(fd, select.POLLIN, wake, prompt)
+            if size == len(line):
+                bigger = bytearray(2 * size)
+                bigger[:size] = line
+                _wipe(line)
+                line = bigger
+            try:
+                with memoryview(line) as free:
+                    got = os.readv(fd, [free[size:]])  # canonical mode: up to Enter
+            except BlockingIOError:
+                continue
+            if not got:
+                if not size:
+                    raise EOFError  # as getpass: ^D on an empty line
+                break
+            size += got
+    except BaseException:
+        _wipe(line)
+        raise
+    return line, size
+
+
+def _wipe(buffer: bytearray) -> None:
+    """Every byte of ``buffer`` zero, in place."""
+    buffer[:] = bytes(len(buffer))
 
 
 def _write_soon(fd: int, data: bytes) -> None:

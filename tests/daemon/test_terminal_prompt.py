@@ -697,3 +697,70 @@ def test_stdins_terminal_reopened_is_closed_when_it_cannot_be_checked(monkeypatc
         os.close(master)
         os.close(slave)
     assert opened and closed == opened, (opened, closed)
+
+
+def test_a_stop_after_a_partial_line_leaves_none_of_it_in_the_readers_frames(
+    monkeypatch: Any,
+) -> None:
+    """'partial' then one ^D: the reader has those bytes and waits for the rest of the line;
+    a stop then (cancel) raises AskCancelled, whose traceback keeps the reader's frames:
+    none of their locals holds the bytes typed (the line's buffer is zeroed on the way
+    out, and no read made a bytes object of them)."""
+    import select as select_module
+
+    from blitzdns import daemon
+    from blitzdns.daemon import AskCancelled
+
+    secret = b"partial-secret"
+    waits: list[int] = []
+    read_once = threading.Event()
+    original_wait = daemon._wait
+
+    def counting_wait(fd: int, events: int, wake: int, prompt: str) -> None:
+        if events == select_module.POLLIN:
+            waits.append(fd)
+            if len(waits) == 2:  # the line's second wait: its first part was read
+                read_once.set()
+        original_wait(fd, events, wake, prompt)
+
+    monkeypatch.setattr(daemon, "_wait", counting_wait)
+
+    def type_then_stop(master: int, secrets: Any) -> None:
+        os.write(master, secret + b"\x04")  # ^D after a partial line: read, no newline
+        assert read_once.wait(20)
+        secrets.cancel()
+
+    got, modes = asked_on_a_pty(type_then_stop)
+    assert [type(g) for g in got] == [AskCancelled]
+    error = got[0]
+    assert isinstance(error, AskCancelled)
+    frames = []
+    tb = error.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    assert "_read_line" in frames  # the reader's frame is there to look into
+    assert secret_bytes_in_frames(error, secret) == []
+    assert modes & termios.ECHO
+
+
+@pytest.mark.parametrize("size", [11, 3000])  # 3000: past the reader's first buffer
+def test_an_answer_leaves_its_bytes_in_no_buffer_of_the_reader(monkeypatch: Any, size: int) -> None:
+    """The answer is read into bytearrays only, and each is zeroed before it is let go:
+    the line's once decoded, an outgrown one when the line outgrew it."""
+    from blitzdns import daemon
+
+    answer = ("s3cret" * 600)[:size]
+    wiped: list[bytearray] = []
+    original_wipe = daemon._wipe
+
+    def recording_wipe(buffer: bytearray) -> None:
+        original_wipe(buffer)
+        wiped.append(buffer)
+
+    monkeypatch.setattr(daemon, "_wipe", recording_wipe)
+    got, _ = asked_on_a_pty(lambda master, _: os.write(master, answer.encode() + b"\n") and None)
+    assert got == [answer]
+    assert len(wiped) == (1 if size < daemon.LINE_START else 3)
+    assert all(not any(buffer) for buffer in wiped)
+    assert sum(map(len, wiped)) >= size
