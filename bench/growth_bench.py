@@ -197,7 +197,7 @@ def main() -> None:
     except ImportError:
         pass
     raise_nofile()
-    with bench_lock(1800), quick_acks(SSHD_HOST), lab(SSHD_HOST) as where:
+    with bench_lock(1800), lab(SSHD_HOST) as where, quick_acks(SSHD_HOST):
         print(
             f"growth benchmark: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
             f"{CIPHER}; counts {args.counts}; median of {args.rounds} interleaved rounds; "
