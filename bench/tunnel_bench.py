@@ -7,6 +7,9 @@ chacha20-poly1305@openssh.com) and each forwarder in turn:
 
 * bulk throughput with iperf3 through the mouth, both directions (client → target is
   "up", target → client is "down"), each forwarder running alone, in interleaved rounds;
+  the rows with issue 18's targets (``tunnel``, ``tunnel+uvloop``) paired: a fresh
+  ``ssh -L`` beside each, measured back to back direction by direction, each figure the
+  median of the rounds' ratios (:func:`measure_bulk`, :func:`paired_medians`);
 * round trip: 500 sequential connect, send a line, read it back, close; p50 and p99. All
   forwarders run at once and take turns in batches of 50, so the machine's other load
   (this is a shared VM) falls on each alike; repeated in as many rounds as the bulk
@@ -443,23 +446,48 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def measure_bulk(kind: str, lab_: Lab, cipher: str, args: argparse.Namespace) -> dict[str, float]:
-    """iperf3 both ways through one forwarder, running alone."""
-    mouths = (free_port(), free_port())
-    proc = start_forwarder(kind, lab_, cipher, mouths)
-    try:
-        round_trips(mouths[1], 20, 10)
-        cpu = cpu_seconds(proc.pid)
-        up, up_bytes = iperf(mouths[0], args.seconds, reverse=False)
-        down, down_bytes = iperf(mouths[0], args.seconds, reverse=True)
-        return {
-            "up": up,
-            "down": down,
-            "cpu_per_gb": (cpu_seconds(proc.pid) - cpu) / ((up_bytes + down_bytes) / 1e9),
-            "rss": peak_rss_mb(proc.pid),
-        }
-    finally:
-        stop(proc)
+def measure_bulk(
+    kind: str, lab_: Lab, cipher: str, args: argparse.Namespace, peer_first: bool | None = None
+) -> dict[str, float]:
+    """iperf3 both ways through one forwarder, running alone.
+
+    ``peer_first`` not None (:data:`PAIRED`): a fresh ``ssh -L`` is started beside it and
+    each direction is measured through both back to back, ``ssh -L`` first up and last down
+    when ``peer_first`` (else the other way round): ours and the peer's transfer of a
+    direction are never more than one transfer apart, so what the rest of the machine does
+    falls on both alike, where a round of every forwarder in turn put minutes between
+    them. Its figures come as ``up_peer``, ``down_peer``, ``cpu_per_gb_peer``."""
+    sides = {"": kind} if peer_first is None else {"": kind, PEER: "openssh"}
+    with contextlib.ExitStack() as started:
+        ports, pids = {}, {}
+        for side, who in sides.items():
+            mouths = (free_port(), free_port())
+            proc = start_forwarder(who, lab_, cipher, mouths)
+            started.callback(stop, proc)
+            round_trips(mouths[1], 20, 10)
+            ports[side], pids[side] = mouths[0], proc.pid
+        order = list(sides)[:: -1 if peer_first else 1]
+        cpu, nbytes = dict.fromkeys(sides, 0.0), dict.fromkeys(sides, 0.0)
+        out: dict[str, float] = {}
+        for way, reverse, turn in (("up", False, order), ("down", True, order[::-1])):
+            for side in turn:
+                before = cpu_seconds(pids[side])
+                out[way + side], got = iperf(ports[side], args.seconds, reverse)
+                cpu[side] += cpu_seconds(pids[side]) - before
+                nbytes[side] += got
+        for side in sides:
+            out["cpu_per_gb" + side] = cpu[side] / (nbytes[side] / 1e9)
+        out["rss"] = peak_rss_mb(pids[""])
+        return out
+
+
+PEER = "_peer"
+"""Suffix of a paired run's ``ssh -L`` figures (:func:`measure_bulk`)."""
+PAIRED = ("tunnel",)
+"""Forwarder families whose bulk rows carry issue 18's targets: measured paired with a
+fresh ``ssh -L``, transfer by transfer (:func:`measure_bulk`), each row's figure the
+round whose ratio is the median of the rounds' ratios (:func:`paired_medians`). Unpaired,
+a full bench's rounds had put these rows' per-round ratios between 0.71 and 1.18."""
 
 
 def measure_round_trips(
@@ -576,20 +604,56 @@ def aggregate(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 BULK = ("up", "down", "cpu_per_gb")
+BETTER_HIGHER = ("up", "down")
+
+
+def paired_medians(rounds: list[dict[str, float]], merged: dict[str, float]) -> None:
+    """A paired forwarder's bulk figures (:data:`PAIRED`): for each, the round whose ratio
+    to its own ``ssh -L``'s is the median of the rounds' ratios, that round's two figures
+    put in ``merged`` (``key`` and ``key_peer``, so ours / peer is that median), and the
+    lowest and highest ratio (``key_lo``, ``key_hi``). Of an even count, the middle that
+    does not favour us (the lower for throughput, the higher for CPU), as the DNS miss row
+    (bench/dns_bench.py ``median_pair``). A round whose iperf3 failed is left out."""
+    for key in BULK:
+        pairs = [(r[key] / r[key + PEER], r) for r in rounds if r[key + PEER]]
+        pairs = sorted((p for p in pairs if not math.isnan(p[0])), key=lambda p: p[0])
+        if not pairs:
+            continue
+        _, middle = pairs[(len(pairs) - (1 if key in BETTER_HIGHER else 0)) // 2]
+        merged[key], merged[key + PEER] = middle[key], middle[key + PEER]
+        merged[f"{key}_lo"], merged[f"{key}_hi"] = pairs[0][0], pairs[-1][0]
+        merged[f"{key}_rounds"] = len(pairs)
+
+
+def print_pairs(kind: str, rounds: list[dict[str, float]]) -> None:
+    """Each round of a paired forwarder: ours against its ``ssh -L``, both ways."""
+    print(f"{kind}, paired with ssh -L (Gbit/s, ratio):")
+    for number, r in enumerate(rounds):
+        print(
+            f"  round {number}: "
+            + "  ".join(
+                f"{way} {r[way]:.2f} vs {r[way + PEER]:.2f}"
+                f" ({r[way] / max(r[way + PEER], 1e-9):.2f}x)"
+                for way in ("up", "down")
+            )
+        )
 
 
 def spread_of_ratios(
     runs: dict[str, list[dict[str, float]]], merged: dict[str, dict[str, float]]
 ) -> None:
-    """Each forwarder's bulk figures over ``ssh -L``'s of the same round, lowest and
-    highest (``<key>_lo``, ``<key>_hi`` in ``merged``): how far one round strays from the
-    median. Throughput on this 2-core machine moves ±20 % from round to round (four busy
-    processes: iperf3 at both ends, sshd, the forwarder), CPU per GB about ±8 %."""
+    """Each unpaired forwarder's bulk figures over ``ssh -L``'s of the same round, lowest
+    and highest (``<key>_lo``, ``<key>_hi`` in ``merged``): how far one round strays from
+    the median. Throughput on this 2-core machine moves ±20 % from round to round (four
+    busy processes: iperf3 at both ends, sshd, the forwarder), CPU per GB about ±8 %.
+    (Paired forwarders have theirs from :func:`paired_medians`.)"""
     base = runs.get("openssh")
     if not base:
         return
     for kind, rounds in runs.items():
         for key in BULK:
+            if f"{key}_lo" in merged[kind]:
+                continue
             ratios = [r[key] / b[key] for r, b in zip(rounds, base, strict=True) if b[key]]
             ratios = [ratio for ratio in ratios if not math.isnan(ratio)]  # iperf3 failed
             if ratios and kind != "openssh":
@@ -612,10 +676,20 @@ def report(cipher: str, results: dict[str, dict[str, float]]) -> None:
     for kind, r in results.items():
         print("  " + f"{kind:<18}" + "".join(f"{fmt.format(r[k]):>13}" for k, _, fmt in columns))
         if base and kind != "openssh":
+            peers = [r.get(k + PEER, base[k]) for k, _, _ in columns]
             ratios = "".join(
-                f"{r[k] / base[k]:>12.2f}x" if base[k] else f"{'n/a':>13}" for k, _, _ in columns
+                f"{r[k] / peer:>12.2f}x" if peer else f"{'n/a':>13}"
+                for (k, _, _), peer in zip(columns, peers, strict=True)
             )
             print("  " + f"{'  ÷ openssh':<18}" + ratios)
+            if any(k + PEER in r for k in BULK):  # paired: ssh -L's own figures beside ours
+                print(
+                    "  "
+                    + f"{'  paired ssh -L':<18}"
+                    + "".join(
+                        f"{fmt.format(r.get(k + PEER, math.nan)):>13}" for k, _, fmt in columns
+                    )
+                )
 
 
 FIGURES = (  # (key, case, unit, better)
@@ -645,7 +719,7 @@ def figures_of(cipher: str, results: dict[str, dict[str, float]]) -> list[Figure
         Figure(
             f"tunnel {kind} {name} {case}",
             r[key],
-            base[key],
+            r.get(key + PEER, base[key]),
             unit,
             better=better,
             target=TARGETS.get((kind.partition("+")[0], key)),
@@ -667,7 +741,13 @@ def spread_note(figures: dict[str, float], key: str) -> str:
     """A bulk figure's per-round ratios (:func:`spread_of_ratios`), for its note."""
     if f"{key}_lo" not in figures:
         return ""
-    return f"per-round ratios {figures[f'{key}_lo']:.2f}-{figures[f'{key}_hi']:.2f}; "
+    spread = f"per-round ratios {figures[f'{key}_lo']:.2f}-{figures[f'{key}_hi']:.2f}; "
+    if f"{key}_rounds" in figures:  # paired_medians
+        return (
+            f"median of {figures[f'{key}_rounds']:.0f} rounds' ratios, each to a fresh ssh -L "
+            f"measured back to back; {spread}"
+        )
+    return spread
 
 
 PATH_TARGETS = {"tunnel": 1.02}
@@ -683,7 +763,9 @@ NOTES = {  # where the time goes: bench/notes/aesbulk.md, bench/notes/roundtrip.
     "(loopback TCP) ~48 %, Python ~31 % (opened in place, the channel's window count, one "
     "client write per read of the SSH socket), AES-GCM ~9 % (4 us), the zero-filled "
     "plaintext's allocation ~3 % (opening into a reused buffer cost more than it saved: a "
-    "full client socket keeps its views); "
+    "full client socket keeps its views); the loop thread runs SCHED_BATCH during a "
+    "download, so sshd is not preempted at each segment it writes (A/B, load 3.7: our "
+    "switches per GB 3.9k -> 1.9k uvloop, 4.1k -> 1.0k asyncio); "
     "bench/results/profiles/tunnel-bulk-down-aes128gcm-*.svg, bench/notes/aesbulk.md",
     ("tunnel", "up", "chacha20-poly1305"): "same path as aes128-gcm's (one join per packet, "
     "one writev per client read); ChaCha20 and Poly1305 from cryptography (libsodium's tags "
@@ -840,8 +922,14 @@ def run(args: argparse.Namespace, kinds: list[str]) -> dict[str, dict[str, dict[
             for round_number in range(args.rounds):
                 shift = round_number % len(kinds)
                 for kind in kinds[shift:] + kinds[:shift]:
-                    runs[kind].append(measure_bulk(kind, lab_, cipher, args))
+                    paired = "openssh" in kinds and kind.partition("+")[0] in PAIRED
+                    peer_first = round_number % 2 == 1 if paired else None
+                    runs[kind].append(measure_bulk(kind, lab_, cipher, args, peer_first))
             merged = {kind: aggregate(runs[kind]) for kind in kinds}
+            for kind in kinds:
+                if kind.partition("+")[0] in PAIRED and "openssh" in kinds:
+                    paired_medians(runs[kind], merged[kind])
+                    print_pairs(kind, runs[kind])
             for kind, figures in round_trip_rounds(kinds, lab_, cipher, args).items():
                 figures["rss"] = max(figures["rss"], merged[kind]["rss"])
                 merged[kind].update(figures)

@@ -1290,3 +1290,72 @@ async def test_gcm_opens_in_place_only_where_asyncssh_is_served_the_plaintext(
         await asyncio.wait_for(link.conn._make_global_request(b"keepalive@openssh.com"), 10)
         writer.write(b"still up\n")
         assert await reader.readexactly(9) == b"still up\n"
+
+
+def policies(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
+    """Each read of the SSH socket from now on: its size, the bytes of a cut packet kept
+    before it, and the loop thread's scheduling policy once it is handled."""
+    seen: list[tuple[int, int, int]] = []
+    updated = _BufferedReads.buffer_updated
+
+    def recording(self: _BufferedReads, nbytes: int) -> None:
+        kept = self.kept
+        updated(self, nbytes)
+        seen.append((nbytes, kept, os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK))
+
+    monkeypatch.setattr(_BufferedReads, "buffer_updated", recording)
+    return seen
+
+
+async def test_a_download_runs_the_loop_batched_and_small_reads_end_it(
+    options: TunnelOptions, echo: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk download puts the loop thread in SCHED_BATCH from a large read of the SSH
+    socket on (sshd, which woke us, is not preempted: it writes on and our next read
+    takes more); a small read that starts a packet (an echoed line) and the end of the
+    link put it back; the short rest of a cut packet does not."""
+    if asyncssh_patches.BATCH.state == asyncssh_patches.BATCH.NEVER:
+        pytest.skip("this system has no SCHED_BATCH or refuses it")
+    assert asyncssh_patches.BATCH.state == asyncssh_patches.BATCH.OFF
+    seen = policies(monkeypatch)
+    payload = os.urandom(8 * 1024 * 1024 + 5)
+    echoed = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with talking_target(payload) as forward, Tunnel(options, [forward, echoed]) as tunnel:
+        assert await tunnel.wait_up(10)
+        got = await exchange(*forward.mouth, b"")
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        assert await exchange(*echoed.mouth, b"line\n") == b"line\n"
+        after_line = len(seen)
+    assert any(size >= asyncssh_patches.BATCH_FROM for size, _, _ in seen)
+    for number, (size, kept, policy) in enumerate(seen):
+        if size >= asyncssh_patches.BATCH_FROM:
+            assert policy == os.SCHED_BATCH
+        elif size < asyncssh_patches.BATCH_UNTIL and not kept:
+            assert policy == os.SCHED_OTHER
+        elif number:  # anything else leaves the policy as it was
+            assert policy == seen[number - 1][2]
+    assert seen[after_line - 1][2] == os.SCHED_OTHER  # the echoed line's read
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the link closed
+    assert asyncssh_patches.BATCH.state == asyncssh_patches.BATCH.OFF
+
+
+async def test_the_last_bytes_of_a_burst_arrive_while_nothing_follows(
+    options: TunnelOptions, echo: Target
+) -> None:
+    """Bursts echoed back on one connection that stays open, each read back whole before
+    the next is sent: the last bytes of each come down with nothing after them on the
+    link, so anything that held received bytes back until more came (a read mark such as
+    SO_RCVLOWAT above what the framing proves is coming) would leave the read waiting for
+    ever (it would fail at the bound below, not by a measured time)."""
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        reader, writer = await asyncio.open_connection(*forward.mouth)
+        try:
+            for size in (3 * 1024 * 1024 + 7, 200 * 1024 + 1, 70 * 1024, 1):
+                burst = os.urandom(size)
+                writer.write(burst)
+                await writer.drain()
+                assert await asyncio.wait_for(reader.readexactly(size), 60) == burst
+        finally:
+            writer.close()
