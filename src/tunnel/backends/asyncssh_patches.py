@@ -569,7 +569,8 @@ def _data_packets_opened_in_place() -> None:
         the general way). Returns where it stopped."""
         if view.readonly:  # a transport that reads into bytes: the general path
             return pos
-        head, stream, _ = _chacha_streams(self._recv_encryption._cipher)
+        cipher = self._recv_encryption._cipher
+        head, stream, _ = cipher.__dict__.get(CHACHA_STREAMS) or _chacha_streams(cipher)
         channels = self._channels
         most = self._max_recv_pktlen
         verify = poly1305.verify_tag
@@ -795,7 +796,8 @@ def _data_packets_sealed_in_place() -> None:
             arena.pos = 0
 
     def chacha_seal(conn: Any, header: bytes, packet: bytes) -> tuple[bytes, ...]:
-        head, stream, out = _chacha_streams(conn._send_encryption._cipher)
+        cipher = conn._send_encryption._cipher
+        head, stream, out = cipher.__dict__.get(CHACHA_STREAMS) or _chacha_streams(cipher)
         nonce = CHACHA_CTR_0 + conn._send_seq.to_bytes(8, "big")
         head.reset_nonce(nonce)
         header = head.update(header)
