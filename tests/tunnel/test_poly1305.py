@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import platform
 import random
 from typing import Any
 
@@ -49,11 +50,24 @@ async def test_libsodium_is_loaded_at_the_first_connection_not_before(
         assert poly1305._lib is poly1305.sodium()
 
 
-@pytest.mark.parametrize("library", ["found", "absent"])
+def use_lengths(kind: str, lib: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give ``lib``'s tags their input lengths as ``kind`` says: "int" (a skip where
+    :func:`poly1305.int_lengths` does not hold here) or "c_ulonglong"."""
+    if kind == "int" and not poly1305.int_lengths(lib):
+        pytest.skip("ints are not passed as lengths on this machine")
+    monkeypatch.setattr(poly1305, "_length", int if kind == "int" else ctypes.c_ulonglong)
+
+
+@pytest.mark.parametrize("library", ["found, int lengths", "found, c_ulonglong", "absent"])
 def test_tags_are_cryptographys_for_every_kind_of_input(
     library: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(poly1305, "_lib", need_libsodium() if library == "found" else None)
+    if library == "absent":
+        monkeypatch.setattr(poly1305, "_lib", None)
+    else:
+        lib = need_libsodium()
+        monkeypatch.setattr(poly1305, "_lib", lib)
+        use_lengths(library.split(", ")[1].split(maxsplit=1)[0], lib, monkeypatch)
     rng = random.Random(18)
     for length in LENGTHS:
         key = rng.randbytes(32)
@@ -107,6 +121,30 @@ class _Wrong:
         return result
 
 
+def test_lengths_go_as_ints_only_where_libffi_widens_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The length of a tag's input goes to libsodium as a Python int on a 64-bit x86 or
+    ARM machine whose library gives the known answers that way, as a c_ulonglong
+    anywhere else (the machine unknown, a library that tags wrong); want() sets it."""
+    lib = need_libsodium()
+    here = (
+        platform.machine() in poly1305.INT_LENGTH_MACHINES and ctypes.sizeof(ctypes.c_void_p) == 8
+    )
+    assert poly1305.int_lengths(lib) == here
+    assert not poly1305.int_lengths(_Wrong(lib))
+    monkeypatch.setattr(poly1305, "_length", poly1305._length)  # put back after
+    monkeypatch.setattr(poly1305, "_lib", None)
+    poly1305.want()
+    assert poly1305._lib is lib
+    assert poly1305._length is (int if here else ctypes.c_ulonglong)
+    monkeypatch.setattr(platform, "machine", lambda: "i686")
+    assert not poly1305.int_lengths(lib)
+    monkeypatch.setattr(poly1305, "_lib", None)
+    poly1305.want()
+    assert poly1305._length is ctypes.c_ulonglong
+
+
 def test_a_library_that_fails_the_known_answer_is_not_used() -> None:
     assert not poly1305._checked(object())  # no such symbols at all
     lib = need_libsodium()
@@ -115,17 +153,23 @@ def test_a_library_that_fails_the_known_answer_is_not_used() -> None:
     assert not poly1305._checked(ctypes.CDLL(find_library("c") or None))  # no such symbols
 
 
-@pytest.mark.parametrize("library", ["found", "absent"])
+@pytest.mark.parametrize("library", ["found, int lengths", "found, c_ulonglong", "absent"])
 async def test_chacha_connections_carry_with_or_without_libsodium(
     options: TunnelOptions, echo: Target, library: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """sshd checks every tag we make and we check its: short lines (libsodium's tags where
-    found) and a 20 KiB line (packets over SHORT: cryptography's) both ways."""
+    found, their lengths given as ints or as c_ulonglong) and a 20 KiB line (packets over
+    SHORT: cryptography's) both ways."""
+    monkeypatch.setattr(poly1305, "_lib", None)  # want() decides again at the first one
+    monkeypatch.setattr(poly1305, "_length", poly1305._length)  # put back after
     if library == "absent":  # where libsodium is missing: cryptography's tags
         monkeypatch.setattr(poly1305, "sodium", lambda: None)
-        monkeypatch.setattr(poly1305, "_lib", None)
+    elif library == "found, int lengths":
+        if not poly1305.int_lengths(need_libsodium()):
+            pytest.skip("ints are not passed as lengths on this machine")
     else:
         need_libsodium()
+        monkeypatch.setattr(poly1305, "int_lengths", lambda lib: False)
     assert options.ssh_config is not None
     options.ssh_config.write_text("Host *\n  Ciphers chacha20-poly1305@openssh.com\n")
     forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
@@ -133,3 +177,5 @@ async def test_chacha_connections_carry_with_or_without_libsodium(
         await link_up(tunnel)
         for line in (b"short\n", b"x" * 20000 + b"\n", b"again\n"):
             assert await exchange(*forward.mouth, line) == line
+    ints = library == "found, int lengths"
+    assert poly1305._length is (int if ints else ctypes.c_ulonglong)

@@ -15,7 +15,6 @@ import os
 import struct
 import time
 from collections.abc import Sequence
-from ctypes import c_ulonglong
 from typing import Any
 
 import tunnel.sshlib  # noqa: F401 (asyncssh is first imported there, cheaply)
@@ -569,7 +568,8 @@ def _data_packets_opened_in_place() -> None:
         the general way). Returns where it stopped."""
         if view.readonly:  # a transport that reads into bytes: the general path
             return pos
-        head, stream, _ = _chacha_streams(self._recv_encryption._cipher)
+        cipher = self._recv_encryption._cipher
+        head, stream, _ = cipher.__dict__.get(CHACHA_STREAMS) or _chacha_streams(cipher)
         channels = self._channels
         most = self._max_recv_pktlen
         verify = poly1305.verify_tag
@@ -592,7 +592,7 @@ def _data_packets_opened_in_place() -> None:
                 if sodium is None:
                     good = verify(key, view[pos:tagged], tag)
                 else:  # verify_tag's libsodium call (32-byte key, 16-byte tag, short input)
-                    size = c_ulonglong(tagged - pos)
+                    size = poly1305._length(tagged - pos)  # an int where it may be
                     good = not sodium.crypto_onetimeauth_poly1305_verify(
                         tag, bytes(view[pos:tagged]), size, key
                     )
@@ -796,7 +796,8 @@ def _data_packets_sealed_in_place() -> None:
             arena.pos = 0
 
     def chacha_seal(conn: Any, header: bytes, packet: bytes) -> tuple[bytes, ...]:
-        head, stream, out = _chacha_streams(conn._send_encryption._cipher)
+        cipher = conn._send_encryption._cipher
+        head, stream, out = cipher.__dict__.get(CHACHA_STREAMS) or _chacha_streams(cipher)
         nonce = CHACHA_CTR_0 + conn._send_seq.to_bytes(8, "big")
         head.reset_nonce(nonce)
         header = head.update(header)
@@ -808,7 +809,8 @@ def _data_packets_sealed_in_place() -> None:
             if sodium is None:
                 return sealed, poly1305.generate_tag(both[:32], sealed, out)
             # generate_tag's libsodium call (a 32-byte key, a short input, the tag buffer)
-            sodium.crypto_onetimeauth_poly1305(out, sealed, c_ulonglong(len(sealed)), both[:32])
+            size = poly1305._length(len(sealed))  # an int where it may be
+            sodium.crypto_onetimeauth_poly1305(out, sealed, size, both[:32])
             tag: bytes = out.raw
             return sealed, tag
         key = stream.update(CHACHA_BLOCK_ZERO)[:32]

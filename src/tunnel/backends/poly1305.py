@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import platform
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -83,15 +84,58 @@ _lib: Any = None
 The chacha20-poly1305 packet paths of :mod:`tunnel.backends.asyncssh_patches` read it
 and call its two functions themselves for their short packets, as :func:`generate_tag`
 and :func:`verify_tag` call them (a 32-byte key, a 16-byte tag, input of :data:`SHORT`
-bytes at most): a Python call fewer per packet, ~1.5k of a tag's ~8k instructions."""
+bytes at most, its length made by :data:`_length`): a Python call fewer per packet,
+~1.5k of a tag's ~8k instructions."""
+
+_length: Any = ctypes.c_ulonglong
+"""What a tag's input length goes to libsodium as (its ``unsigned long long``): the
+Python ``int`` itself where :func:`int_lengths` holds for the loaded library (set by
+:func:`want`), else a ``ctypes.c_ulonglong`` made per call. A tag of a 60-byte packet
+took 0.76 us through ``ctypes`` with the ``c_ulonglong``, 0.37 us with the ``int``
+(timeit; bench/notes/roundtrip.md session 11)."""
+
+INT_LENGTH_MACHINES = frozenset({"x86_64", "amd64", "aarch64", "arm64"})
+"""Where ``ctypes`` (libffi) passes a Python ``int`` argument (a C ``int``) in a 64-bit
+register sign-extended, which is the ``unsigned long long`` of the same value when it is
+below 2**31 (a tag's input here is at most :data:`SHORT` bytes): libffi's x86-64 and
+AArch64 calls extend every integer argument to the register's width."""
 
 
 def want() -> None:
     """Tag with libsodium from now on, where it is there. The tunnel asks at its first
     carried connection, not before: an idle daemon does not map it (~270 kB of RSS)."""
-    global _lib  # noqa: PLW0603 (loaded once per process)
+    global _lib, _length  # noqa: PLW0603 (loaded once per process)
     if _lib is None:
-        _lib = sodium()
+        lib = sodium()
+        _length = int if lib is not None and int_lengths(lib) else ctypes.c_ulonglong
+        _lib = lib
+
+
+def int_lengths(lib: Any) -> bool:
+    """Whether ``lib`` (a checked libsodium: :func:`sodium`) may be given its tags' input
+    lengths as Python ints (see :data:`INT_LENGTH_MACHINES`): a 64-bit machine of those,
+    and the known answers given that way too (the RFC's tag made, the right tag taken and
+    a wrong one refused, with a short message and with the longest input tagged here)."""
+    if (
+        platform.machine() not in INT_LENGTH_MACHINES
+        or ctypes.sizeof(ctypes.c_void_p) != 8
+        or ctypes.sizeof(ctypes.c_ulonglong) != 8
+    ):
+        return False
+    long = bytes(range(256)) * (SHORT // 256)
+    long_tag = _generate(RFC8439_KEY, long)
+    out = ctypes.create_string_buffer(TAG_LEN)
+    verify = lib.crypto_onetimeauth_poly1305_verify
+    for message, tag in ((RFC8439_MESSAGE, RFC8439_TAG), (long, long_tag)):
+        lib.crypto_onetimeauth_poly1305(out, message, len(message), RFC8439_KEY)
+        wrong = bytes([tag[0] ^ 1]) + tag[1:]
+        if (
+            out.raw != tag
+            or verify(tag, message, len(message), RFC8439_KEY) != 0
+            or verify(wrong, message, len(message), RFC8439_KEY) == 0
+        ):
+            return False
+    return True
 
 
 def tag_buffer() -> Any:
@@ -110,7 +154,7 @@ def generate_tag(key: bytes, data: bytes, out: Any = None) -> bytes:
         return _generate(key, data)
     if out is None:
         out = ctypes.create_string_buffer(TAG_LEN)
-    lib.crypto_onetimeauth_poly1305(out, data, ctypes.c_ulonglong(len(data)), key)
+    lib.crypto_onetimeauth_poly1305(out, data, _length(len(data)), key)
     tag: bytes = out.raw
     return tag
 
@@ -126,5 +170,5 @@ def verify_tag(key: bytes, data: bytes | memoryview, tag: bytes) -> bool:
         return True
     if type(data) is not bytes:
         data = bytes(data)  # a short copy: cheaper than a ctypes view of the buffer
-    size = ctypes.c_ulonglong(len(data))
+    size = _length(len(data))
     return bool(lib.crypto_onetimeauth_poly1305_verify(tag, data, size, key) == 0)
