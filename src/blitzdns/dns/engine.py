@@ -20,6 +20,7 @@ whichever path found it. Pure: the caller passes ``now`` in.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -61,6 +62,7 @@ from blitzdns.dns.rfc import (
     MAX_LABEL,
     MAX_NAME,
     NOTIMP,
+    OPT,
     PTR,
     QR_BYTE2,
     REFUSED,
@@ -121,6 +123,11 @@ def _remember_folded(
     compare = fixed if exact.lower() != exact.upper() else None
     folded[packet[2:].lower()] = (qend, compare, trailer, head, tail, entry, age)
 
+
+#: QDCOUNT 1, ANCOUNT 1, no authority or additional records (:meth:`Engine.finish`).
+_ONE_ANSWER_COUNTS = b"\x00\x01\x00\x01\x00\x00\x00\x00"
+#: A record's type, class (skipped), TTL and RDLENGTH after its name.
+_RECORD = struct.Struct(">H2xIH")
 
 #: Which of a name's answers (:attr:`FastView.names`) a question's type and class take; any
 #: other type in class IN takes the NODATA (slot 4), any other class the general path.
@@ -493,6 +500,23 @@ class Engine:
                 return error_reply(packet, qend, SERVFAIL, edns)
             response, cacheable = guarded
             known = 0
+        elif (
+            known
+            and response[4:12] == _ONE_ANSWER_COUNTS
+            and len(response) >= qend + 12
+            and response[qend] >= 0xC0
+        ):
+            # The commonest reply (scan_response's first case): one answer whose owner
+            # points at the question. It holds together when its data ends the message;
+            # then it is cached and passed on without a Scan (Cache.put_answer; a
+            # property test holds both to the general steps).
+            rtype, ttl, rdlength = _RECORD.unpack_from(response, qend + 2)
+            if qend + 12 + rdlength == len(response) and rtype != OPT:
+                self.cache.put_answer(key, response, qend, ttl, now)
+                if limit is not None and len(response) > limit:
+                    self.stats.truncated += 1
+                    return error_reply(packet, qend, 0, edns, truncated=True)
+                return packet[:2] + response[2:]
         scan = scan_response(response, known)
         if scan is None:  # records that run past the end, or bytes after them
             self.stats.servfail += 1

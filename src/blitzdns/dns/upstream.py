@@ -561,7 +561,11 @@ class Exchange:
             self.due = 0.0
         channel, self.channel = self.channel, None
         if channel is not None:
-            channel.forget(self.query_id)
+            # channel.forget, inline.
+            on_channel = channel.waiting
+            on_channel.pop(self.query_id, None)
+            if channel.retired and not on_channel:
+                channel.close()
         if self.finished:
             return
         if reply[2] & TC_BYTE2:
@@ -575,7 +579,10 @@ class Exchange:
             self.tcp = self.loop.create_task(retry)
             self.tcp.add_done_callback(self._tcp_done)
             return
-        self.forwarder.health[self.attempts[self.index]].succeeded()
+        # UpstreamHealth.succeeded, inline.
+        health = self.forwarder.health[self.attempts[self.index]]
+        health.ok = True
+        health.answered += 1
         # _end, inline.
         self.finished = True
         if self.tcp is not None:
