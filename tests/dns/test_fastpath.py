@@ -722,7 +722,17 @@ def forwarded_queries(draw: st.DrawFn) -> bytes:
         ad=draw(st.integers(0, 1)),
     )
     record = DNSRecord(header)
-    name = draw(st.from_regex(r"[a-zA-Z0-9-]{1,20}\.(example\.com|Bench\.TEST)", fullmatch=True))
+    name = draw(
+        st.one_of(
+            st.from_regex(r"[a-zA-Z0-9-]{1,20}\.(example\.com|Bench\.TEST)", fullmatch=True),
+            # Names that hold a protected name's label (the guard's screen finds it).
+            st.builds(
+                lambda label, rest: f"{label}.{rest}",
+                st.sampled_from([n.split(".")[0] for n in PROTECTED]),
+                st.sampled_from(["example.com", "x.example.org", "Bench.TEST"]),
+            ),
+        )
+    )
     record.add_question(DNSQuestion(name, draw(st.sampled_from([1, 1, 28, 5, 16, 255]))))
     edns = draw(st.sampled_from(["none", "none", "plain", "do"]))
     if edns != "none":
@@ -735,8 +745,13 @@ def forwarded_queries(draw: st.DrawFn) -> bytes:
 @given(
     query=st.one_of(forwarded_queries(), forwarded_queries(), forwarded_queries(), queries()),
     ttl=st.one_of(st.integers(1, 5000), st.integers(0, 0xFFFFFFFF)),
-    rtype=st.sampled_from([1, 1, 5, 6, 28, 41]),
-    rdata=st.one_of(st.binary(max_size=40), st.binary(min_size=460, max_size=4100)),
+    rtype=st.sampled_from([1, 1, 28, 28, 5, 6, 41]),
+    rdata=st.one_of(
+        st.binary(min_size=4, max_size=4),
+        st.binary(min_size=16, max_size=16),
+        st.binary(max_size=40),
+        st.binary(min_size=460, max_size=4100),
+    ),
     rcode=st.sampled_from([0, 0, 0, 2, 3, 5]),
     truncated=st.sampled_from([False, False, True]),
     cache_size=st.sampled_from([100, 100, 2, 1, 0]),

@@ -62,7 +62,6 @@ from blitzdns.dns.rfc import (
     MAX_LABEL,
     MAX_NAME,
     NOTIMP,
-    OPT,
     PTR,
     QR_BYTE2,
     REFUSED,
@@ -490,6 +489,28 @@ class Engine:
         # upstream query, so this stays right if the upstream query's case is ever randomised);
         # the scan need not walk the name again.
         known = qend if response.startswith(packet[12:qend], 12) else 0
+        if (
+            known
+            and response[4:12] == _ONE_ANSWER_COUNTS
+            and response[qend : qend + 2] == b"\xc0\x0c"
+            and len(response) >= qend + 12
+            and table is self.table
+        ):
+            # The commonest reply: one address record owned by the question (a pointer to
+            # it). The question is the only name it holds, and ``handle`` forwarded it
+            # under this table (not protected, nor under a protected name): nothing for
+            # the guard's screen to find. Whole (its data ends the message), it is cached
+            # and passed on without a Scan (Cache.put_answer). A property test holds the
+            # client's reply, the cache and the counters to the general steps'.
+            rtype, ttl, rdlength = _RECORD.unpack_from(response, qend + 2)
+            if qend + 12 + rdlength == len(response) and (
+                (rtype == A and rdlength == 4) or (rtype == AAAA and rdlength == 16)
+            ):
+                self.cache.put_answer(key, response, qend, ttl, now)
+                if limit is not None and len(response) > limit:
+                    self.stats.truncated += 1
+                    return error_reply(packet, qend, 0, edns, truncated=True)
+                return packet[:2] + response[2:]
         if self._screen(response) is not None:
             try:
                 guarded = self._guard(job, response)
@@ -500,23 +521,6 @@ class Engine:
                 return error_reply(packet, qend, SERVFAIL, edns)
             response, cacheable = guarded
             known = 0
-        elif (
-            known
-            and response[4:12] == _ONE_ANSWER_COUNTS
-            and len(response) >= qend + 12
-            and response[qend] >= 0xC0
-        ):
-            # The commonest reply (scan_response's first case): one answer whose owner
-            # points at the question. It holds together when its data ends the message;
-            # then it is cached and passed on without a Scan (Cache.put_answer; a
-            # property test holds both to the general steps).
-            rtype, ttl, rdlength = _RECORD.unpack_from(response, qend + 2)
-            if qend + 12 + rdlength == len(response) and rtype != OPT:
-                self.cache.put_answer(key, response, qend, ttl, now)
-                if limit is not None and len(response) > limit:
-                    self.stats.truncated += 1
-                    return error_reply(packet, qend, 0, edns, truncated=True)
-                return packet[:2] + response[2:]
         scan = scan_response(response, known)
         if scan is None:  # records that run past the end, or bytes after them
             self.stats.servfail += 1

@@ -28,7 +28,7 @@ the resolver's most expensive case (issue #18): a task with a timeout context pe
 cost more than the rest of the exchange together, and a future with its done callbacks,
 or a loop timer per attempt, cost several microseconds each. So attempts' deadlines are
 rounded up to :data:`DEADLINE_TICK` and the attempts due alike share one loop timer
-(:meth:`Forwarder._watch`). Only the rare TCP retry runs as a task.
+(:meth:`Exchange.next_attempt`). Only the rare TCP retry runs as a task.
 """
 
 from __future__ import annotations
@@ -386,18 +386,6 @@ class Forwarder:
         result.add_done_callback(lambda _: exchange.cancel())
         return result
 
-    def _watch(self, exchange: Exchange, at: float, loop: asyncio.AbstractEventLoop) -> float:
-        """Time ``exchange``'s attempt out at ``at`` (rounded up to the tick); the key."""
-        # math.ceil(at / DEADLINE_TICK) * DEADLINE_TICK, without the call: the tick is a
-        # binary fraction, so both are exact and equal.
-        due = -(-at // DEADLINE_TICK) * DEADLINE_TICK
-        waiting = self._due.get(due)
-        if waiting is None:
-            waiting = self._due[due] = set()
-            loop.call_at(due, self._expire, due)
-        waiting.add(exchange)
-        return due
-
     def _unwatch(self, exchange: Exchange, due: float) -> None:
         waiting = self._due.get(due)
         if waiting is not None:
@@ -529,7 +517,17 @@ class Exchange:
                     return
                 continue
             self.channel = channel
-            self.due = forwarder._watch(self, now + budget, loop)
+            # The attempt times out at its deadline rounded up to the tick, with the others
+            # due then (one loop timer per tick). math.ceil(at / DEADLINE_TICK) *
+            # DEADLINE_TICK without the call: the tick is a binary fraction, so both are
+            # exact and equal. Inline: once per attempt, every miss (issue #18).
+            due = -(-(now + budget) // DEADLINE_TICK) * DEADLINE_TICK
+            waiting = forwarder._due.get(due)
+            if waiting is None:
+                waiting = forwarder._due[due] = set()
+                loop.call_at(due, forwarder._expire, due)
+            waiting.add(self)
+            self.due = due
             return
 
     def _release(self) -> None:
