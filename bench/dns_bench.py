@@ -552,7 +552,8 @@ def main() -> int:
                 if paired:
                     pair = ["blitzdns", peer][:: 1 if repeat % 2 == 0 else -1]
                     rest = [s for s in here_servers if s not in pair]
-                    order = pair + (rest[repeat % len(rest) :] + rest[: repeat % len(rest)])
+                    turn = repeat % len(rest) if rest else 0
+                    order = pair + rest[turn:] + rest[:turn]
                 else:
                     order = list(here_servers) if repeat % 2 == 0 else list(reversed(here_servers))
                 for server in order:
