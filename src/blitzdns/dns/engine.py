@@ -446,9 +446,10 @@ class Engine:
         edns: int,
         udp: bool,
     ) -> ForwardJob | None:
-        name = key[: qend - 16]
-        if name in self.probes:
-            self.probes_seen.add(name)
+        probes = self.probes
+        # Empty but while the loop check runs: the name is cut out of the key only then.
+        if probes and key[: qend - 16] in probes:
+            self.probes_seen.add(key[: qend - 16])
             self.stats.dropped += 1
             return None
         self.stats.forwarded += 1
