@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from blitzdns.demo import free_dns_port as free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 OUTSTANDING = 64
 WARM_UP = 500
@@ -55,13 +57,6 @@ sys.argv = ["blitzdns.dns", *sys.argv[1:]]
 sys.settrace(start)
 runpy.run_module("blitzdns.dns", run_name="__main__")
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def query(query_id: int, name: str) -> bytes:
