@@ -287,15 +287,15 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 #: The second peer, for the misses only: dnsmasq with no cache option (150 entries).
 DEFAULTS = "dnsmasq at its defaults"
 MISS_NOTE = (
-    "per miss (same-run A/B at e38d41d, load ~4): CPU 34.4 us vs dnsmasq 25.0, of which "
-    "kernel 13.2 vs 19.7 (dnsmasq opens a socket per query) and user 21.2 vs 5.2 (28.5 "
-    "before session 8): the gap is Python, ~114k instructions per miss (151k in session "
-    "7, 118k in 9) over ~20 steps, none above ~12 % of the bytecodes; the server is "
-    "CPU-bound here, so other load on CPU 0 moves q/s (see the rounds' busy shares); "
-    "client side and each upstream "
-    "socket's replies read in batches (recvmmsg), one sendto per miss on one of 16 "
-    "random-port sockets (a client batch puts ~1.3 misses on each: nothing for sendmmsg "
-    "to share); see bench/notes/dns.md"
+    "per miss (same-run A/B, session 11, load 2.5-5.5): CPU 22.6 / 25.3 us vs dnsmasq "
+    "22.1 / 25.4 (main before it: 24.9 / 29.8); kernel ~11-13 us vs dnsmasq's ~18-20 "
+    "(it opens a socket per query), the rest Python: ~95k instructions per miss (113k "
+    "before session 11, 151k in session 7), a reply of one A/AAAA record cached and "
+    "passed on without the guard's screen or a scan; the server is CPU-bound here, so "
+    "other load on CPU 0 moves q/s (see the rounds' busy shares); client side and each "
+    "upstream socket's replies read in batches (recvmmsg), one sendto per miss on one of "
+    "16 random-port sockets (a client batch puts ~1.3 misses on each: nothing for "
+    "sendmmsg to share); see bench/notes/dns.md"
 )
 #: At a fixed rate each query was a wake-up of its own (measured with dns_bench's set-up).
 FIXED_RATE_NOTE = (
