@@ -29,7 +29,10 @@ blitzdns/dnsmasq; then blitzdns's peak RSS (VmHWM). The event loop the resolver 
 figures. Each case runs ``--repeat`` times per server, alternating which goes first, and
 the medians are printed: the machine is shared.
 (a) and (b) also run at a fixed ``--rate``, so both servers carry the same load (a server
-that is idle between packets pays a wakeup per query). Every server listens on 127.0.0.1.
+that is idle between packets pays a wakeup per query), in ``--rate-rounds`` paired rounds
+as the misses: blitzdns and dnsmasq back to back in each (which goes first alternating),
+then the others; the figure is the round with the median CPU ratio, every round printed.
+Every server listens on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -232,6 +235,19 @@ def median_pair(ours: list[Result], peer: list[Result]) -> tuple[Result, Result,
     return ours[middle], peer[middle], ratios
 
 
+def median_pair_cpu(ours: list[Result], peer: list[Result]) -> tuple[Result, Result, list[float]]:
+    """:func:`median_pair` for CPU per query (lower is better): the round whose ratio
+    ours/peer is the median; of an even count, the upper middle (the lower would favour us).
+
+    The fixed-rate rows run ours and dnsmasq back to back in each round, as the misses do:
+    CPU per query at 20k/s moved 10.4-17.3 µs for ours and 13.8-18.5 for dnsmasq over the
+    stored full runs (a VM on a shared host), and medians taken apart (each server's over
+    its own rounds) compared moments up to a minute apart."""
+    ratios = [o.cpu_us / max(p.cpu_us, 1e-9) for o, p in zip(ours, peer, strict=True)]
+    middle = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]
+    return ours[middle], peer[middle], ratios
+
+
 def resolver_loop() -> str:
     """Which event loop ``python -m blitzdns.dns`` runs on with this interpreter."""
     probe = "import uvloop; print('uvloop', uvloop.__version__)"
@@ -271,15 +287,15 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 #: The second peer, for the misses only: dnsmasq with no cache option (150 entries).
 DEFAULTS = "dnsmasq at its defaults"
 MISS_NOTE = (
-    "per miss (same-run A/B at e38d41d, load ~4): CPU 34.4 us vs dnsmasq 25.0, of which "
-    "kernel 13.2 vs 19.7 (dnsmasq opens a socket per query) and user 21.2 vs 5.2 (28.5 "
-    "before session 8): the gap is Python, ~114k instructions per miss (151k in session "
-    "7, 118k in 9) over ~20 steps, none above ~12 % of the bytecodes; the server is "
-    "CPU-bound here, so other load on CPU 0 moves q/s (see the rounds' busy shares); "
-    "client side and each upstream "
-    "socket's replies read in batches (recvmmsg), one sendto per miss on one of 16 "
-    "random-port sockets (a client batch puts ~1.3 misses on each: nothing for sendmmsg "
-    "to share); see bench/notes/dns.md"
+    "per miss (same-run A/B, session 11, load 2.5-5.5): CPU 22.6 / 25.3 us vs dnsmasq "
+    "22.1 / 25.4 (main before it: 24.9 / 29.8); kernel ~11-13 us vs dnsmasq's ~18-20 "
+    "(it opens a socket per query), the rest Python: ~95k instructions per miss (113k "
+    "before session 11, 151k in session 7), a reply of one A/AAAA record cached and "
+    "passed on without the guard's screen or a scan; the server is CPU-bound here, so "
+    "other load on CPU 0 moves q/s (see the rounds' busy shares); client side and each "
+    "upstream socket's replies read in batches (recvmmsg), one sendto per miss on one of "
+    "16 random-port sockets (a client batch puts ~1.3 misses on each: nothing for "
+    "sendmmsg to share); see bench/notes/dns.md"
 )
 #: At a fixed rate each query was a wake-up of its own (measured with dns_bench's set-up).
 FIXED_RATE_NOTE = (
@@ -298,6 +314,7 @@ def figures_of(
     peer_rss_mib: float,
     loop: str = "",
     miss_spread: str = "",
+    spreads: dict[str, str] | None = None,
 ) -> list[Figure]:
     """The report's figures: CPU per query for (a) and (b), queries/s for (c), peak RSS."""
     out = []
@@ -346,7 +363,16 @@ def figures_of(
                     "µs/query",
                     target=target,
                     peer_name="dnsmasq",
-                    note="; ".join(filter(None, (on, FIXED_RATE_NOTE if "@" in label else ""))),
+                    note="; ".join(
+                        filter(
+                            None,
+                            (
+                                on,
+                                (spreads or {}).get(label, ""),
+                                FIXED_RATE_NOTE if "@" in label else "",
+                            ),
+                        )
+                    ),
                 )
             )
             # A blitzdns run with an extra flag (--also, e.g. --no-linger for the full
@@ -386,6 +412,13 @@ def main() -> int:
         default=5,
         help="rounds of the miss case (c): blitzdns and dnsmasq at its defaults back to back "
         "in each (which goes first alternating); the median round's ratio is the figure",
+    )
+    parser.add_argument(
+        "--rate-rounds",
+        type=int,
+        default=5,
+        help="rounds of the fixed-rate cases: blitzdns and dnsmasq back to back in each "
+        "(which goes first alternating); the median round's CPU ratio is the figure",
     )
     parser.add_argument(
         "--case", action="append", help="run only the cases whose label starts with this"
@@ -487,6 +520,8 @@ def main() -> int:
             plan = [step for step in plan if step[0].startswith(tuple(args.case))]
         cases: list[tuple[str, dict[str, Result]]] = []
         miss_spread = ""
+        #: Per fixed-rate case: its paired rounds' spread (for the figure's note).
+        spreads: dict[str, str] = {}
 
         def miss_file() -> Path:
             batch = next(miss_serial)
@@ -507,13 +542,18 @@ def main() -> int:
                 }
                 for _, port in here_servers.values():
                     run_dnsperf(port, miss_file(), 1, 0, once=True)
-            rounds = args.miss_rounds if datafile is None else args.repeat
+            paired = datafile is None or rate > 0
+            peer = DEFAULTS if datafile is None else "dnsmasq"
+            rounds = (
+                args.miss_rounds if datafile is None else args.rate_rounds if rate else args.repeat
+            )
             runs: dict[str, list[Result]] = {server: [] for server in here_servers}
             for repeat in range(rounds):
-                if datafile is None:
-                    pair = ["blitzdns", DEFAULTS][:: 1 if repeat % 2 == 0 else -1]
+                if paired:
+                    pair = ["blitzdns", peer][:: 1 if repeat % 2 == 0 else -1]
                     rest = [s for s in here_servers if s not in pair]
-                    order = pair + (rest[repeat % len(rest) :] + rest[: repeat % len(rest)])
+                    turn = repeat % len(rest) if rest else 0
+                    order = pair + rest[turn:] + rest[:turn]
                 else:
                     order = list(here_servers) if repeat % 2 == 0 else list(reversed(here_servers))
                 for server in order:
@@ -535,6 +575,21 @@ def main() -> int:
                     print(
                         f"  round {i}: {o.qps:7.0f} vs {t.qps:7.0f} q/s "
                         f"({o.qps / max(t.qps, 1e-9):.2f}x); "
+                        f"server busy {o.busy:.2f} vs {t.busy:.2f}"
+                    )
+            if rate:
+                ours_r, peer_r, ratios = median_pair_cpu(runs["blitzdns"], runs["dnsmasq"])
+                medians["blitzdns"], medians["dnsmasq"] = ours_r, peer_r
+                ratios.sort()
+                spreads[label] = (
+                    f"median of {len(ratios)} paired rounds, round ratios "
+                    f"{ratios[0]:.2f}-{ratios[-1]:.2f}x"
+                )
+                print(f"{label}: {spreads[label]}")
+                for i, (o, t) in enumerate(zip(runs["blitzdns"], runs["dnsmasq"], strict=True)):
+                    print(
+                        f"  round {i}: {o.cpu_us:6.2f} vs {t.cpu_us:6.2f} µs/query "
+                        f"({o.cpu_us / max(t.cpu_us, 1e-9):.2f}x); "
                         f"server busy {o.busy:.2f} vs {t.busy:.2f}"
                     )
             cases.append((label, medians))
@@ -584,7 +639,7 @@ def main() -> int:
         print(f"target RSS < 40 MiB: {'met' if rss_mib < 40 else 'MISSED'}")
         emit(
             "dns",
-            figures_of(cases, rss_mib, peak_rss_kib(theirs.pid) / 1024, loop, miss_spread),
+            figures_of(cases, rss_mib, peak_rss_kib(theirs.pid) / 1024, loop, miss_spread, spreads),
         )
     finally:
         for process in processes:

@@ -710,3 +710,94 @@ def test_finish_truncates_past_the_limit_and_no_sooner(extra: int) -> None:
         assert out[2] & rfc.TC_BYTE2 and out[6:8] == b"\0\0"
     else:
         assert out == job.packet[:2] + resp[2:]
+
+
+@st.composite
+def forwarded_queries(draw: st.DrawFn) -> bytes:
+    """A plain query for a name the engine forwards: flags, type, letters and EDNS drawn."""
+    header = DNSHeader(
+        id=draw(st.integers(0, 0xFFFF)),
+        rd=draw(st.integers(0, 1)),
+        cd=draw(st.integers(0, 1)),
+        ad=draw(st.integers(0, 1)),
+    )
+    record = DNSRecord(header)
+    name = draw(
+        st.one_of(
+            st.from_regex(r"[a-zA-Z0-9-]{1,20}\.(example\.com|Bench\.TEST)", fullmatch=True),
+            # Names that hold a protected name's label (the guard's screen finds it).
+            st.builds(
+                lambda label, rest: f"{label}.{rest}",
+                st.sampled_from([n.split(".")[0] for n in PROTECTED]),
+                st.sampled_from(["example.com", "x.example.org", "Bench.TEST"]),
+            ),
+        )
+    )
+    record.add_question(DNSQuestion(name, draw(st.sampled_from([1, 1, 28, 5, 16, 255]))))
+    edns = draw(st.sampled_from(["none", "none", "plain", "do"]))
+    if edns != "none":
+        payload = draw(st.sampled_from([0, 512, 1232, 4096]))
+        record.add_ar(EDNS0(udp_len=payload, flags="do" if edns == "do" else ""))
+    return bytes(record.pack())
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    query=st.one_of(forwarded_queries(), forwarded_queries(), forwarded_queries(), queries()),
+    ttl=st.one_of(st.integers(1, 5000), st.integers(0, 0xFFFFFFFF)),
+    rtype=st.sampled_from([1, 1, 28, 28, 5, 6, 41]),
+    rdata=st.one_of(
+        st.binary(min_size=4, max_size=4),
+        st.binary(min_size=16, max_size=16),
+        st.binary(max_size=40),
+        st.binary(min_size=460, max_size=4100),
+    ),
+    rcode=st.sampled_from([0, 0, 0, 2, 3, 5]),
+    truncated=st.sampled_from([False, False, True]),
+    cache_size=st.sampled_from([100, 100, 2, 1, 0]),
+    max_ttl=st.sampled_from([86400, 86400, 60, 0]),
+    data=st.data(),
+)
+def test_a_one_answer_reply_finishes_as_the_general_steps(
+    query: bytes,
+    ttl: int,
+    rtype: int,
+    rdata: bytes,
+    rcode: int,
+    truncated: bool,
+    cache_size: int,
+    max_ttl: int,
+    data: Any,
+) -> None:
+    """Engine.finish takes a reply of one answer whose owner points at the question, which
+    carries the question as sent, without a Scan (Cache.put_answer): the client's reply,
+    the cache's entries (in their order, evictions included) and the counters are what
+    the general steps (scan_response, Cache.put, the join) make, whatever the bytes."""
+    engines = []
+    for _ in range(2):
+        engine = new_engine(cache_size)
+        engine.cache.max_ttl = max_ttl
+        # Something cached before, so a small cache evicts.
+        old = upstream_reply(_ask("old.example.com", 1), [300], "answer")
+        old_scan = scan_response(old)
+        assert old_scan is not None
+        engine.cache.put(b"\x03old\x00\x00\x01\x00\x01\x03", old, old_scan, NOW - 1)
+        engines.append(engine)
+    fast, general = engines
+    job = fast.handle(query, "127.0.0.1", NOW)
+    same = general.handle(query, "127.0.0.1", NOW)
+    if not isinstance(job, ForwardJob) or not isinstance(same, ForwardJob):
+        return
+    qend = job.qend
+    flags = 0x8000 | (0x0200 if truncated else 0) | 0x0080 | rcode | (job.query[2] & 1) << 8
+    head = job.query[:2] + struct.pack(">HHHHH", flags, 1, 1, 0, 0)
+    record = b"\xc0\x0c" + struct.pack(">HHIH", rtype, 1, ttl, len(rdata)) + rdata
+    response = head + job.query[12:qend] + record
+    if data.draw(st.booleans()):
+        response = mutations(response, data)
+    out = fast.finish(job, response, NOW)
+    with mock.patch.object(engine_module, "_ONE_ANSWER_COUNTS", b"never"):
+        want = general.finish(same, response, NOW)
+    assert out == want
+    assert list(fast.cache.entries.items()) == list(general.cache.entries.items())
+    assert fast.stats == general.stats

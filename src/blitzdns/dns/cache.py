@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from blitzdns.dns.fastpath import Scan
-from blitzdns.dns.rfc import NOERROR, NXDOMAIN
+from blitzdns.dns.rfc import NOERROR, NXDOMAIN, RCODE_BYTE3, TC_BYTE2
 
 DEFAULT_MAX_TTL = 86400
 #: RFC 2308 §5 suggests one to three hours as the upper bound for negative caching.
@@ -87,6 +87,11 @@ def _shared(value: _Shareable) -> _Shareable:
     if len(_SHARED) < _SHARED_LIMIT:
         _SHARED[value] = value
     return value
+
+
+#: Where the TTL of a one-answer reply's record is, from the question's end (the owner's
+#: pointer, type and class before it): :meth:`Cache.put_answer`'s offsets, kept once.
+_ONE_TTL_AT = _shared((6,))
 
 
 def lifetime(scan: Scan, *, max_ttl: int, max_negative_ttl: int) -> int:
@@ -160,6 +165,38 @@ class Cache:
             shared.get(scan.ttls) or _shared(scan.ttls),
         )
         return True
+
+    def put_answer(self, key: bytes, response: bytes, qend: int, ttl: int, now: float) -> None:
+        """:meth:`put` for the commonest reply, seen by :meth:`Engine.finish
+        <blitzdns.dns.engine.Engine.finish>` without a :class:`~blitzdns.dns.fastpath.Scan`:
+        one question ending at ``qend``, one answer record (not OPT) whose owner is a
+        pointer and whose TTL is ``ttl``, nothing else. What ``put`` stores for the scan of
+        such a reply, its lifetime included (a property test holds them alike; issue #18:
+        the scan's tuple, ``lifetime`` and the general offsets cost ~140 bytecodes a miss).
+        """
+        # lifetime(): NOERROR with an answer, not truncated: min(ttl, max_ttl); an answer
+        # under any other rcode has no SOA to cache it by.
+        if self.size <= 0 or response[3] & RCODE_BYTE3 or response[2] & TC_BYTE2:
+            return
+        seconds = ttl if ttl < self.max_ttl else self.max_ttl
+        if seconds <= 0:
+            return
+        entries = self._entries
+        entries.pop(key, None)
+        while len(entries) >= self.size:
+            entries.popitem(last=False)
+        head = response[2:12]
+        ttls = (ttl,)
+        shared = _SHARED
+        entries[key] = (
+            now + seconds,
+            now,
+            0,
+            shared.get(head) or _shared(head),
+            response[qend:],
+            _ONE_TTL_AT,
+            shared.get(ttls) or _shared(ttls),
+        )
 
     def at_age(self, key: bytes, entry: Entry, age: int) -> Entry:
         """The live ``entry`` under ``key`` patched for ``age``, kept in its place when it

@@ -472,7 +472,8 @@ class Resolver:
                     out = self._crashed(job.packet, job.client)
             else:
                 out = self._crashed(job.packet, job.client, error)
-            if out is not None and not sink.is_closing():
+            # A batch reader's sendto drops a reply once it is closed (no is_closing call).
+            if out is not None and (sink.__class__ is batchio.BatchReader or not sink.is_closing()):
                 sink.sendto(out, address)
             if self.verbose:
                 self._trace(job.client, job.packet, out, True)

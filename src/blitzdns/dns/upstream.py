@@ -28,7 +28,7 @@ the resolver's most expensive case (issue #18): a task with a timeout context pe
 cost more than the rest of the exchange together, and a future with its done callbacks,
 or a loop timer per attempt, cost several microseconds each. So attempts' deadlines are
 rounded up to :data:`DEADLINE_TICK` and the attempts due alike share one loop timer
-(:meth:`Forwarder._watch`). Only the rare TCP retry runs as a task.
+(:meth:`Exchange.next_attempt`). Only the rare TCP retry runs as a task.
 """
 
 from __future__ import annotations
@@ -386,18 +386,6 @@ class Forwarder:
         result.add_done_callback(lambda _: exchange.cancel())
         return result
 
-    def _watch(self, exchange: Exchange, at: float, loop: asyncio.AbstractEventLoop) -> float:
-        """Time ``exchange``'s attempt out at ``at`` (rounded up to the tick); the key."""
-        # math.ceil(at / DEADLINE_TICK) * DEADLINE_TICK, without the call: the tick is a
-        # binary fraction, so both are exact and equal.
-        due = -(-at // DEADLINE_TICK) * DEADLINE_TICK
-        waiting = self._due.get(due)
-        if waiting is None:
-            waiting = self._due[due] = set()
-            loop.call_at(due, self._expire, due)
-        waiting.add(exchange)
-        return due
-
     def _unwatch(self, exchange: Exchange, due: float) -> None:
         waiting = self._due.get(due)
         if waiting is not None:
@@ -529,7 +517,17 @@ class Exchange:
                     return
                 continue
             self.channel = channel
-            self.due = forwarder._watch(self, now + budget, loop)
+            # The attempt times out at its deadline rounded up to the tick, with the others
+            # due then (one loop timer per tick). math.ceil(at / DEADLINE_TICK) *
+            # DEADLINE_TICK without the call: the tick is a binary fraction, so both are
+            # exact and equal. Inline: once per attempt, every miss (issue #18).
+            due = -(-(now + budget) // DEADLINE_TICK) * DEADLINE_TICK
+            waiting = forwarder._due.get(due)
+            if waiting is None:
+                waiting = forwarder._due[due] = set()
+                loop.call_at(due, forwarder._expire, due)
+            waiting.add(self)
+            self.due = due
             return
 
     def _release(self) -> None:
@@ -561,7 +559,11 @@ class Exchange:
             self.due = 0.0
         channel, self.channel = self.channel, None
         if channel is not None:
-            channel.forget(self.query_id)
+            # channel.forget, inline.
+            on_channel = channel.waiting
+            on_channel.pop(self.query_id, None)
+            if channel.retired and not on_channel:
+                channel.close()
         if self.finished:
             return
         if reply[2] & TC_BYTE2:
@@ -575,7 +577,10 @@ class Exchange:
             self.tcp = self.loop.create_task(retry)
             self.tcp.add_done_callback(self._tcp_done)
             return
-        self.forwarder.health[self.attempts[self.index]].succeeded()
+        # UpstreamHealth.succeeded, inline.
+        health = self.forwarder.health[self.attempts[self.index]]
+        health.ok = True
+        health.answered += 1
         # _end, inline.
         self.finished = True
         if self.tcp is not None:
