@@ -1242,11 +1242,6 @@ class _BufferedReads(asyncio.BufferedProtocol):
         return self.free
 
     def buffer_updated(self, nbytes: int) -> None:
-        if nbytes >= BATCH_FROM:
-            if BATCH.state == BATCH.OFF:
-                BATCH.switch(on=True)
-        elif nbytes < BATCH_UNTIL and not self.kept and BATCH.state == BATCH.ON:
-            BATCH.switch(on=False)
         conn = self.conn
         batch: list[Any] = []
         setattr(conn, READ_BATCH, batch)
@@ -1279,8 +1274,6 @@ class _BufferedReads(asyncio.BufferedProtocol):
         return keep_open
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if BATCH.state == BATCH.ON:
-            BATCH.switch(on=False)
         self.conn.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -1288,56 +1281,6 @@ class _BufferedReads(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.conn.resume_writing()
-
-
-class _Batch:
-    """The loop thread's scheduling policy while a bulk download comes through the SSH
-    socket: ``SCHED_BATCH`` from a read of :data:`BATCH_FROM` bytes on, back to
-    ``SCHED_OTHER`` at a read under :data:`BATCH_UNTIL` that starts a packet (a round
-    trip's, a window adjust's; not the ~125-byte rest of a packet cut by one of sshd's
-    65483-byte segments, which a download brings often) or when a link's socket is lost.
-
-    Why: on a download, sshd writes a segment (~64 KB) and our process, woken by that
-    write, preempted sshd at once on its core, read the segment, wrote it to the client and
-    slept again: both processes switched for every segment, and sshd's CPU per GB behind us
-    was 5-25 % above its figure behind ``ssh -L`` (bench/notes/aesbulk.md, sessions 7-10:
-    ``finish_task_switch``, wake-ups). A ``SCHED_BATCH`` thread woken by sshd does not
-    preempt it (Linux: batch tasks are not woken into preemption, their turn comes at
-    the tick or when the running task sleeps), so sshd runs on and writes its next
-    segments, and our next read takes them all. Unlike a read mark (``SO_RCVLOWAT``, tried
-    in session 10), nothing waits for bytes that may never come: when sshd has no more to
-    send it sleeps and we run at once; an idle core runs us at once; only a core busy with
-    another runnable task delays our turn, by at most the scheduler's slice, as for any
-    task on a busy machine. The policy is the loop thread's only (``sched_setscheduler``
-    on thread 0) and reset on fork (``SCHED_RESET_ON_FORK``); a thread started under
-    another policy (``chrt``, a service manager's setting) is left alone, as is a system
-    without the call or that refuses it."""
-
-    OFF, ON, NEVER = 0, 1, 2
-    __slots__ = ("state",)
-
-    def __init__(self) -> None:
-        self.state = self.OFF if hasattr(os, "SCHED_BATCH") else self.NEVER
-
-    def switch(self, *, on: bool) -> None:
-        try:
-            if on and os.sched_getscheduler(0) != os.SCHED_OTHER:
-                self.state = self.NEVER  # set from outside: not ours to change
-                return
-            policy = os.SCHED_BATCH | os.SCHED_RESET_ON_FORK if on else os.SCHED_OTHER
-            os.sched_setscheduler(0, policy, os.sched_param(0))
-        except OSError:  # refused (seccomp, a container's policy): reads as before
-            self.state = self.NEVER
-            return
-        self.state = self.ON if on else self.OFF
-
-
-BATCH = _Batch()
-BATCH_FROM = 48 * 1024
-"""A read of the SSH socket this large (more than one 32 KiB data packet) puts the loop
-thread in ``SCHED_BATCH`` (:class:`_Batch`)."""
-BATCH_UNTIL = 8 * 1024
-"""A read this small that starts a packet (no bulk data) puts it back to ``SCHED_OTHER``."""
 
 
 def _gcm_opened_in_place_only_where_served() -> None:
