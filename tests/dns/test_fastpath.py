@@ -128,7 +128,7 @@ def summary(reply: bytes) -> tuple[Any, ...]:
     """Everything a client can see in a reply, letters of names included."""
     record = DNSRecord.parse(reply)
     h = record.header
-    header = (h.id, h.qr, h.opcode, h.aa, h.tc, h.rd, h.ra, h.cd, h.rcode)
+    header = (h.id, h.qr, h.opcode, h.aa, h.tc, h.rd, h.ra, h.z, h.ad, h.cd, h.rcode)
 
     def rrs(section: list[Any]) -> list[tuple[Any, ...]]:
         return [
