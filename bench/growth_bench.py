@@ -64,10 +64,14 @@ def quick_acks(host: str) -> Iterator[None]:
     """A loopback route to ``host`` (a /32 in the local table, as the kernel's own
     ``127.0.0.0/8``) with ``quickack 1`` while the block runs: a socket connected to
     ``host`` acknowledges every segment at once, never by the delayed-ACK timer. Only the
-    forwarders' SSH sockets are connected to sshd's address; sshd's own side and every
-    other socket keep the kernel's defaults."""
+    forwarders' SSH sockets are connected to sshd's address. The route's ``src 127.0.0.1``
+    makes them connect from 127.0.0.1 (without it the kernel takes ``host`` itself as the
+    source), so sshd's accepted sockets, connected to 127.0.0.1, keep the kernel's
+    defaults, as does every other socket."""
     route = ["local", f"{host}/32", "dev", "lo", "table", "local"]
-    subprocess.run(["ip", "route", "replace", *route, "quickack", "1"], check=True)
+    subprocess.run(
+        ["ip", "route", "replace", *route, "src", "127.0.0.1", "quickack", "1"], check=True
+    )
     try:
         yield
     finally:

@@ -384,6 +384,7 @@ def read_secret(prompt: str, terminal: str, wake: int) -> str:
     if fd is None:
         return _getpass(prompt)
     import locale  # noqa: PLC0415  (a question on a terminal only)
+    import re  # noqa: PLC0415
     import termios  # noqa: PLC0415
 
     encoding = locale.getpreferredencoding(False)  # as getpass's text stream's
@@ -411,10 +412,16 @@ def read_secret(prompt: str, terminal: str, wake: int) -> str:
             size -= 1
         answer: str | None
         try:
+            # Undecodable bytes come as U+DC80..U+DCFF, not as a UnicodeDecodeError: its
+            # .object would be a bytes copy of the line, freed unzeroed. Any such character
+            # makes the answer an error (strict, as getpass's terminal stream), not an
+            # altered answer (raised below); a decoder never yields one for valid bytes.
             with memoryview(line) as typed:
-                answer = str(typed[:size], encoding)  # strict, as getpass's terminal stream
-        except UnicodeDecodeError:
-            answer = None  # an error, not an altered answer (raised below)
+                answer = str(typed[:size], encoding, "surrogateescape")
+            if re.search("[\udc80-\udcff]", answer) is not None:
+                answer = None
+        except UnicodeDecodeError:  # a byte below 128 a codec cannot read: none we know
+            answer = None
         finally:
             _wipe(line)
         try:

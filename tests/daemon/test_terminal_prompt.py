@@ -759,8 +759,60 @@ def test_an_answer_leaves_its_bytes_in_no_buffer_of_the_reader(monkeypatch: Any,
         wiped.append(buffer)
 
     monkeypatch.setattr(daemon, "_wipe", recording_wipe)
+    read: list[bytearray] = []
+    original_read_line = daemon._read_line
+
+    def recording_read_line(fd: int, wake: int, prompt: str) -> tuple[bytearray, int]:
+        line, size = original_read_line(fd, wake, prompt)
+        assert answer.encode() + b"\n" == line[:size]  # the line is this buffer's
+        read.append(line)
+        return line, size
+
+    monkeypatch.setattr(daemon, "_read_line", recording_read_line)
     got, _ = asked_on_a_pty(lambda master, _: os.write(master, answer.encode() + b"\n") and None)
     assert got == [answer]
     assert len(wiped) == (1 if size < daemon.LINE_START else 3)
-    assert all(not any(buffer) for buffer in wiped)
+    # the buffer the line was read into is among those wiped (not another one, a copy)
+    # and, once the question is over, holds none of it: nor does any other wiped one
+    assert len(read) == 1 and any(buffer is read[0] for buffer in wiped)
+    assert all(not any(buffer) for buffer in wiped + read)
     assert sum(map(len, wiped)) >= size
+
+
+def test_an_undecodable_answer_raises_no_exception_holding_its_bytes(monkeypatch: Any) -> None:
+    """The decode raises nothing (no UnicodeDecodeError, whose .object was a bytes copy of
+    the whole line, freed unzeroed): every exception raised in the reader's threads while
+    it asks is traced, and none holds the answer's bytes; the error's frames keep none."""
+    import locale
+
+    from blitzdns.daemon import AnswerUndecodable
+
+    secret = b"ab\xff\xfe"
+    raised: list[BaseException] = []
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if event == "exception":
+            raised.append(arg[1])
+        return tracer
+
+    monkeypatch.setattr(locale, "getpreferredencoding", lambda *_: "utf-8")
+    threading.settrace(tracer)
+    try:
+        got, modes = asked_on_a_pty(lambda master, _: os.write(master, secret + b"\n") and None)
+    finally:
+        threading.settrace(None)  # type: ignore[arg-type]
+    assert [type(g) for g in got] == [AnswerUndecodable]
+    assert any(isinstance(error, AnswerUndecodable) for error in raised)  # traced
+    holding = [
+        error
+        for error in raised
+        if any(
+            isinstance(value, (bytes, bytearray)) and secret in value
+            for value in (*error.args, getattr(error, "object", None))
+        )
+    ]
+    assert holding == [], holding
+    error = got[0]
+    assert isinstance(error, BaseException)
+    assert secret_bytes_in_frames(error, secret) == []
+    assert modes & termios.ECHO

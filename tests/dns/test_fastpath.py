@@ -128,7 +128,7 @@ def summary(reply: bytes) -> tuple[Any, ...]:
     """Everything a client can see in a reply, letters of names included."""
     record = DNSRecord.parse(reply)
     h = record.header
-    header = (h.id, h.qr, h.opcode, h.aa, h.tc, h.rd, h.ra, h.cd, h.rcode)
+    header = (h.id, h.qr, h.opcode, h.aa, h.tc, h.rd, h.ra, h.z, h.ad, h.cd, h.rcode)
 
     def rrs(section: list[Any]) -> list[tuple[Any, ...]]:
         return [
@@ -625,7 +625,10 @@ def test_a_reply_carrying_the_question_as_sent_is_the_general_join(
     out = engine.finish(job, response, NOW)
     if not response.startswith(packet[12:qend], 12) or scan_response(response, qend) is None:
         return
-    general = b"".join((packet[:2], response[2:12], packet[12:qend], response[qend:]))
+    header = response[2:12]
+    if not (packet[3] & 0x20 or job.edns > 0xFFFF):  # AD only to a query with AD or DO
+        header = header[:1] + bytes((header[1] & ~0x20,)) + header[2:]
+    general = b"".join((packet[:2], header, packet[12:qend], response[qend:]))
     if job.limit is not None and len(general) > job.limit:
         assert out == error_reply(packet, qend, 0, job.edns, truncated=True)
     elif engine._screen(response) is None:

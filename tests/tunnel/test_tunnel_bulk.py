@@ -21,13 +21,14 @@ import os
 import random
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncssh.connection
 import pytest
 from asyncssh.encryption import GCMEncryption
 
-from tests.peers import Sshd, free_port, stopped, wait_until
+from tests.peers import Sshd, free_port, start_sshd, stopped, wait_until
 from tunnel import Forward, Tunnel, TunnelOptions
 from tunnel.backends import asyncssh_link, asyncssh_patches, poly1305
 from tunnel.backends.asyncssh_patches import (
@@ -638,9 +639,10 @@ async def test_a_short_reply_then_close_is_not_held(options: TunnelOptions) -> N
             writer.close()
 
 
-def rekeying_link(sshd: Sshd, options: TunnelOptions, cipher: str) -> Any:
+def rekeying_link(sshd: Sshd, options: TunnelOptions, cipher: str, rekeys: bool = True) -> Any:
     """A plain asyncssh connection to ``sshd`` with ``cipher``, rekeying every 256 KiB it
-    sends (an async context manager)."""
+    sends (an async context manager); with ``rekeys`` false, at asyncssh's default (1 GiB:
+    the rekeys are sshd's)."""
     assert options.known_hosts is not None
     return asyncssh.connect(
         "127.0.0.1",
@@ -650,7 +652,7 @@ def rekeying_link(sshd: Sshd, options: TunnelOptions, cipher: str) -> Any:
         client_keys=[str(sshd.client_key)],
         config=None,
         encryption_algs=[cipher],
-        rekey_bytes=256 * 1024,
+        rekey_bytes=256 * 1024 if rekeys else 1 << 30,
     )
 
 
@@ -754,46 +756,68 @@ def test_the_kept_seal_follows_the_keys_and_the_debug_level(
     assert len({id(key) for key in kept_keys}) >= 3  # kept anew for each new key
 
 
+@pytest.mark.parametrize("by", ["client", "server"])
 @pytest.mark.parametrize("cipher", CIPHERS)
 async def test_the_kept_seal_goes_with_the_old_keys_at_newkeys(
-    options: TunnelOptions, sshd: Sshd, echo: Target, cipher: str, monkeypatch: pytest.MonkeyPatch
+    options: TunnelOptions,
+    sshd: Sshd,
+    echo: Target,
+    cipher: str,
+    by: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """asyncssh drops its send keys at each NEWKEYS (``send_newkeys`` replaces the send
     encryption object); the seal kept for them (``SEALS_WITH``) goes there too, not at the
-    next send. Against sshd, a rekey every 256 KiB while 1 MiB goes up and back in 128 KiB
-    pieces: right after every NEWKEYS nothing is kept for an encryption object other than
-    the connection's new one; and before some of them the seal was kept for the keys
-    being replaced (else there would have been nothing to drop)."""
+    next send. Against sshd, a rekey every 256 KiB (asked by the client, or by sshd's
+    ``RekeyLimit``) while 1 MiB goes up and back in 128 KiB pieces: right after every
+    NEWKEYS nothing is kept for an encryption object other than the connection's new one;
+    and before some of them the seal was kept for the keys being replaced (else there
+    would have been nothing to drop). What each NEWKEYS saw is recorded and asserted after
+    the link (an assert inside asyncssh's packet handler would end the link instead)."""
     connection = asyncssh.connection.SSHConnection
     patched = connection.send_newkeys
-    seen: list[tuple[bool, Any]] = []  # (kept for the old keys before, kept's keys after)
+    # (keys replaced, kept for the old keys before, kept's keys after when not the new ones)
+    seen: list[tuple[bool, bool, Any]] = []
 
     def recording(self: Any, k: bytes, h: bytes) -> None:
         old = self._send_encryption
         before = vars(self).get(asyncssh_patches.SEALS_WITH)
         patched(self, k, h)
         after = vars(self).get(asyncssh_patches.SEALS_WITH)
-        assert self._send_encryption is not old
         seen.append(
             (
+                self._send_encryption is not old,
                 before is not None and before[0] is old,
                 None if after is None or after[0] is self._send_encryption else after[0],
             )
         )
 
     monkeypatch.setattr(connection, "send_newkeys", recording)
-    async with rekeying_link(sshd, options, cipher) as conn:
-        drop_needless_chaff(conn)
-        reader, writer = await conn.open_connection("127.0.0.1", echo.port)
-        for _ in range(8):
-            chunk = os.urandom(128 * 1024)
-            writer.write(chunk)
-            assert await reader.readexactly(len(chunk)) == chunk
-        assert conn.get_extra_info("send_cipher") == cipher
+    server = sshd
+    if by == "server":
+        server = start_sshd(tmp_path / "rekeying-sshd", extra_config="RekeyLimit 256K\n")
+        known_hosts = tmp_path / "rekeying_known_hosts"
+        known_hosts.write_text(server.known_hosts_line())
+        options = dataclasses.replace(options, known_hosts=known_hosts)
+    try:
+        link = rekeying_link(server, options, cipher, by == "client")
+        async with link as conn:
+            drop_needless_chaff(conn)
+            reader, writer = await conn.open_connection("127.0.0.1", echo.port)
+            for _ in range(8):
+                chunk = os.urandom(128 * 1024)
+                writer.write(chunk)
+                assert await reader.readexactly(len(chunk)) == chunk
+            assert conn.get_extra_info("send_cipher") == cipher
+    finally:
+        if server is not sshd:
+            server.kill()
+    assert all(replaced for replaced, _, _ in seen)
     rekeys = seen[1:]  # the first NEWKEYS replaces no keys
     assert len(rekeys) >= 3
-    assert [stale for _, stale in rekeys if stale is not None] == []
-    assert any(kept_for_old for kept_for_old, _ in rekeys)
+    assert [stale for _, _, stale in rekeys if stale is not None] == []
+    assert any(kept_for_old for _, kept_for_old, _ in rekeys)
 
 
 def test_the_open_in_place_patch_is_in_place_on_the_installed_asyncssh() -> None:

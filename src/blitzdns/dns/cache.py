@@ -13,7 +13,7 @@ not at all without one; never SERVFAIL, REFUSED, other errors, or truncated repl
 
 The key is the lower-case question (name, type, class) plus one byte for the query flags
 that change a reply's contents: EDNS present, DO, RD and CD, and AD when DO is not set (a
-validating upstream sets AD only in a reply to a query with AD or DO, RFC 6840 §5.7).
+validating upstream sets AD only in a reply to a query with AD or DO, RFC 6840 §5.8).
 Eviction is first in, first out when ``size`` is reached: cheap, and the TTL bounds
 staleness anyway. The map is an ``OrderedDict`` so that eviction is O(1): taking a plain
 dict's first key after many deletions from its front walks the deleted slots, O(size) per

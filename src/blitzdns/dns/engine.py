@@ -489,6 +489,12 @@ class Engine:
         if response is None:
             self.stats.servfail += 1
             return error_reply(packet, qend, SERVFAIL, edns)
+        # AD only to a query with AD or DO (RFC 6840 §5.8), whatever the upstream sent: the
+        # reply is cached under this query's key, so it is cleared before the put too. (DO
+        # is set iff ``edns`` >= 1 << 16: it is -1 without EDNS. A reply too short to have
+        # the byte is a SERVFAIL below.)
+        if len(response) > 3 and response[3] & 0x20 and not (packet[3] & 0x20 or edns > 0xFFFF):
+            response = b"".join((response[:3], bytes((response[3] & 0xDF,)), response[4:]))
         cacheable = True
         # Upstreams echo the question's bytes: then where it ends is known (the job's), and
         # the reply carries the client's letters (compared with the client's packet, not the

@@ -78,7 +78,7 @@ def _key_flag_byte(index: int) -> bytes:
 
 #: The cache key's last byte, indexed by ``variant(flags, edns) | flags & AD``: the variant
 #: (each changes what a reply holds) and the query's AD bit when it has no DO. A validating
-#: upstream sets AD in a reply only to a query with AD or DO (RFC 6840 §5.7), so a reply to
+#: upstream sets AD in a reply only to a query with AD or DO (RFC 6840 §5.8), so a reply to
 #: an AD query must not reach a client that set neither: such queries are cached and shared
 #: in flight under keys of their own. (Indices 12..31 never occur.)
 KEY_FLAG_BYTES = tuple(_key_flag_byte(i) for i in range(AD + VARIANTS))
