@@ -177,7 +177,7 @@ def _compile_pattern(pattern: Any, flags: int = 0) -> Any:
     key = hashlib.blake2b(b"re\0" + text, digest_size=DIGEST_SIZE).digest()
     arguments = _load_arguments(_index.get(key))
     if arguments is not None and arguments[:1] == (pattern,):
-        return _sre.compile(*arguments)
+        return _sre.compile(pattern, *arguments[1:])  # the caller's text, not a copy
     recorded = _Recorded()
     _re_compiler._sre = recorded
     try:
