@@ -37,6 +37,11 @@ opcode list, group count and names), and calls ``_sre.compile`` with them: the s
 usual and its arguments kept. Keyed by the pattern, its flags and ``_sre.MAGIC`` (the
 opcodes' version).
 
+And ``typing``'s one ``compile``, of each string annotation a ``ForwardRef`` is made of (a
+``TypedDict``'s or ``NamedTuple``'s fields under postponed annotations, ``"Name"`` in a
+subscript: ~60 at each start), takes its code from the table as ``dataclasses``'s ``exec``
+does (the text compiled in ``"eval"`` mode, as ``typing`` compiles it).
+
 The table is a marshal file beside this module's bytecode (``__pycache__``, or under
 ``PYTHONPYCACHEPREFIX``), named with the interpreter's cache tag and optimisation level and
 holding its magic number; not written with ``PYTHONDONTWRITEBYTECODE`` or where the
@@ -57,6 +62,7 @@ import marshal
 import os
 import re
 import sys
+import typing
 from types import CodeType
 from typing import Any
 
@@ -121,6 +127,8 @@ def start() -> None:
         dataclasses.inspect = _INSPECT  # type: ignore[attr-defined]
     if _re_compile is not None and _re_compiler.compile is _re_compile:
         _re_compiler.compile = _compile_pattern
+    if "compile" not in vars(typing):
+        typing.compile = _compile_annotation  # type: ignore[attr-defined]
 
 
 def _exec(source: Any, globals: Any = None, locals: Any = None, /) -> None:
@@ -129,6 +137,24 @@ def _exec(source: Any, globals: Any = None, locals: Any = None, /) -> None:
         key = hashlib.blake2b(source.encode(), digest_size=DIGEST_SIZE).digest()
         source = _load(_index.get(key)) or _compile(key, source)
     builtins.exec(source, globals, locals)
+
+
+def _compile_annotation(source: Any, filename: Any, mode: Any, *more: Any, **options: Any) -> Any:
+    """``compile`` for ``typing`` (a ``ForwardRef``'s text): from the table, else compiled
+    as ``typing`` compiles it (nothing inherited: ``typing`` has no ``__future__`` import)
+    and kept."""
+    if type(source) is str and (filename, mode, more, options) == ("<string>", "eval", (), {}):
+        if _index is not None:
+            key = hashlib.blake2b(b"eval\0" + source.encode(), digest_size=DIGEST_SIZE).digest()
+            code = _load(_index.get(key))
+            if code is not None:
+                return code
+            code = compile(source, filename, mode, dont_inherit=True)
+            with contextlib.suppress(ValueError):
+                _compiled[key] = marshal.dumps(code)
+            return code
+        return compile(source, filename, mode, dont_inherit=True)
+    return compile(source, filename, mode, *more, **options)
 
 
 def _load(span: tuple[int, int] | None) -> CodeType | None:
@@ -227,6 +253,8 @@ def finish() -> None:
         dataclasses.inspect = inspect  # type: ignore[attr-defined]
     if _re_compiler is not None and _re_compiler.compile is _compile_pattern:
         _re_compiler.compile = _re_compile
+    if vars(typing).get("compile") is _compile_annotation:
+        del typing.compile  # type: ignore[attr-defined]
     if index is None or sys.dont_write_bytecode or (not compiled and len(hits) == len(index)):
         return
     kept = {key: blob[span[0] : span[1]] for key, span in index.items() if span in hits}

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import types
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,62 @@ def test_what_re_compiles_otherwise_is_left_to_re(table: Path) -> None:
     compiled = len(classcode._compiled)
     classcode.finish()
     assert compiled == 0
+
+
+ANNOTATED = """
+from __future__ import annotations
+from typing import NamedTuple, TypedDict
+
+class Status(TypedDict):
+    name: str
+    count: int | None
+    tags: list[str]
+
+class Pair(NamedTuple):
+    left: dict[str, tuple[int, ...]]
+    right: Status
+"""
+
+
+def annotated() -> dict[str, Any]:
+    module = types.ModuleType("classcode_annotated")
+    sys.modules[module.__name__] = module
+    try:
+        exec(compile(ANNOTATED, "<annotated>", "exec", dont_inherit=True), module.__dict__)
+    finally:
+        del sys.modules[module.__name__]
+    return module.__dict__
+
+
+def test_typing_s_forward_references_come_from_the_table(table: Path) -> None:
+    """The code of each string annotation typing compiles (a TypedDict's, a NamedTuple's
+    fields) is kept; at the next start it is typing's own compile's, and the hints resolve
+    the same. typing's compile is the builtin again after."""
+    classcode.start()
+    annotated()
+    compiled = len(classcode._compiled)
+    classcode.finish()
+    assert compiled == 5 and "compile" not in vars(typing)
+    classcode.start()
+    namespace = annotated()
+    compiled, hits = len(classcode._compiled), len(classcode._hits)
+    classcode.finish()
+    assert compiled == 0 and hits == 5
+    reference = annotated()
+    for name in ("Status", "Pair"):
+        ours, theirs = namespace[name], reference[name]
+        for field, ref in ours.__annotations__.items():
+            want = theirs.__annotations__[field].__forward_code__
+            code = ref.__forward_code__
+            assert (code.co_code, code.co_consts, code.co_names, code.co_filename) == (
+                want.co_code,
+                want.co_consts,
+                want.co_names,
+                want.co_filename,
+            )
+            assert code.co_flags == want.co_flags
+    hints = typing.get_type_hints(namespace["Status"])
+    assert hints == {"name": str, "count": int | None, "tags": list[str]}
 
 
 def test_run_keeps_the_table_beside_its_bytecode(tmp_path: Path) -> None:
