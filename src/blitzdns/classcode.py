@@ -26,6 +26,22 @@ signatures at each start, ~11 M instructions (callgrind), more than ``-OO``'s sm
 bytecode saves. Such a class gets its name as its docstring (``dataclasses``'s own
 fallback); the daemon never reads one.
 
+The regular expressions compiled at import (~30 for ``run``: gettext's plural forms,
+tomllib's grammar, logging's and textwrap's, asyncssh's; ~3 % of the start's CPU, as ``re``'s
+parser and compiler are Python) go the same way: while :func:`start` is in force,
+``re._compiler.compile`` (what ``re.compile`` and the module functions call on a miss of
+``re``'s own cache) takes a pattern's compiled form from the table, the arguments the
+compiler gave ``_sre.compile`` for exactly that pattern and flags at an earlier start (the
+opcode list, group count and names), and calls ``_sre.compile`` with them: the same
+``Pattern`` (``==`` compares the opcodes). A pattern not found is compiled by ``re`` as
+usual and its arguments kept. Keyed by the pattern, its flags and ``_sre.MAGIC`` (the
+opcodes' version).
+
+And ``typing``'s one ``compile``, of each string annotation a ``ForwardRef`` is made of (a
+``TypedDict``'s or ``NamedTuple``'s fields under postponed annotations, ``"Name"`` in a
+subscript: ~60 at each start), takes its code from the table as ``dataclasses``'s ``exec``
+does (the text compiled in ``"eval"`` mode, as ``typing`` compiles it).
+
 The table is a marshal file beside this module's bytecode (``__pycache__``, or under
 ``PYTHONPYCACHEPREFIX``), named with the interpreter's cache tag and optimisation level and
 holding its magic number; not written with ``PYTHONDONTWRITEBYTECODE`` or where the
@@ -44,9 +60,15 @@ import importlib.util
 import inspect
 import marshal
 import os
+import re
 import sys
+import typing
 from types import CodeType
 from typing import Any
+
+_re_compiler: Any = getattr(re, "_compiler", None)  # re's own compiler (3.11+), else None
+_sre: Any = getattr(_re_compiler, "_sre", None)
+_re_compile = getattr(_re_compiler, "compile", None) if _sre is not None else None
 
 DIGEST_SIZE = 20
 """The table is keyed by a BLAKE2b digest of each text (160 bits: two of a few hundred
@@ -103,6 +125,10 @@ def start() -> None:
     dataclasses.exec = _exec  # type: ignore[attr-defined]
     if dataclasses.__dict__.get("inspect") is inspect:
         dataclasses.inspect = _INSPECT  # type: ignore[attr-defined]
+    if _re_compile is not None and _re_compiler.compile is _re_compile:
+        _re_compiler.compile = _compile_pattern
+    if "compile" not in vars(typing):
+        typing.compile = _compile_annotation  # type: ignore[attr-defined]
 
 
 def _exec(source: Any, globals: Any = None, locals: Any = None, /) -> None:
@@ -111,6 +137,24 @@ def _exec(source: Any, globals: Any = None, locals: Any = None, /) -> None:
         key = hashlib.blake2b(source.encode(), digest_size=DIGEST_SIZE).digest()
         source = _load(_index.get(key)) or _compile(key, source)
     builtins.exec(source, globals, locals)
+
+
+def _compile_annotation(source: Any, filename: Any, mode: Any, *more: Any, **options: Any) -> Any:
+    """``compile`` for ``typing`` (a ``ForwardRef``'s text): from the table, else compiled
+    as ``typing`` compiles it (nothing inherited: ``typing`` has no ``__future__`` import)
+    and kept."""
+    if type(source) is str and (filename, mode, more, options) == ("<string>", "eval", (), {}):
+        if _index is not None:
+            key = hashlib.blake2b(b"eval\0" + source.encode(), digest_size=DIGEST_SIZE).digest()
+            code = _load(_index.get(key))
+            if code is not None:
+                return code
+            code = compile(source, filename, mode, dont_inherit=True)
+            with contextlib.suppress(ValueError):
+                _compiled[key] = marshal.dumps(code)
+            return code
+        return compile(source, filename, mode, dont_inherit=True)
+    return compile(source, filename, mode, *more, **options)
 
 
 def _load(span: tuple[int, int] | None) -> CodeType | None:
@@ -132,6 +176,68 @@ def _compile(key: bytes, source: str) -> CodeType:
     return code
 
 
+class _Recorded:
+    """``_sre`` for ``re``'s compiler while it compiles a pattern not in the table: records
+    the arguments of each ``_sre.compile`` call (anything else is ``_sre``'s own)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_sre, name)
+
+    def compile(self, *args: Any) -> Any:
+        self.calls.append(args)
+        return _sre.compile(*args)
+
+
+def _compile_pattern(pattern: Any, flags: int = 0) -> Any:
+    """``re._compiler.compile`` while :func:`start` is in force (see the module's text)."""
+    assert _re_compile is not None
+    if _index is None or type(pattern) not in (str, bytes) or flags & re.DEBUG:
+        return _re_compile(pattern, flags)
+    try:
+        text = marshal.dumps((_sre.MAGIC, pattern, int(flags)))
+    except ValueError:
+        return _re_compile(pattern, flags)
+    key = hashlib.blake2b(b"re\0" + text, digest_size=DIGEST_SIZE).digest()
+    arguments = _load_arguments(_index.get(key))
+    if arguments is not None and arguments[:1] == (pattern,):
+        return _sre.compile(pattern, *arguments[1:])  # the caller's text, not a copy
+    recorded = _Recorded()
+    _re_compiler._sre = recorded
+    try:
+        compiled = _re_compile(pattern, flags)
+    finally:
+        _re_compiler._sre = _sre
+    if len(recorded.calls) == 1 and recorded.calls[0][0] is pattern:  # not another thread's
+        # The opcodes are re's named int constants, the flags perhaps a RegexFlag: kept as
+        # the ints they are.
+        plain = tuple(_plain(argument) for argument in recorded.calls[0])
+        with contextlib.suppress(ValueError, TypeError):
+            _compiled[key] = marshal.dumps(plain)
+    return compiled
+
+
+def _plain(argument: Any) -> Any:
+    if type(argument) is list:
+        return [int(op) for op in argument]
+    return int(argument) if isinstance(argument, int) else argument
+
+
+def _load_arguments(span: tuple[int, int] | None) -> tuple[Any, ...] | None:
+    if span is None:
+        return None
+    try:
+        arguments = marshal.loads(memoryview(_blob)[span[0] : span[1]])
+    except (ValueError, EOFError, TypeError):
+        return None
+    if type(arguments) is not tuple:
+        return None
+    _hits.append(span)
+    return arguments
+
+
 def finish() -> None:
     """Put ``dataclasses``'s ``exec`` and ``inspect`` back; write the table when it is not
     the one this start used (something compiled, or something kept but unused: an older
@@ -145,6 +251,10 @@ def finish() -> None:
         del dataclasses.exec  # type: ignore[attr-defined]
     if dataclasses.__dict__.get("inspect") is _INSPECT:
         dataclasses.inspect = inspect  # type: ignore[attr-defined]
+    if _re_compiler is not None and _re_compiler.compile is _compile_pattern:
+        _re_compiler.compile = _re_compile
+    if vars(typing).get("compile") is _compile_annotation:
+        del typing.compile  # type: ignore[attr-defined]
     if index is None or sys.dont_write_bytecode or (not compiled and len(hits) == len(index)):
         return
     kept = {key: blob[span[0] : span[1]] for key, span in index.items() if span in hits}

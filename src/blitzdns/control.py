@@ -31,11 +31,17 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from blitzdns.argv import OneLineErrors
 from blitzdns.errors import AddressInUse, BlitzdnsError, NotRunning, PermissionProblem, UsageError
-from blitzdns.snapshot import SCHEMA, Snapshot
+
+if TYPE_CHECKING:
+    # The status contract loads at the daemon's first status request (Daemon.snapshot),
+    # not with the control socket's code at every start; the client reads SCHEMA.
+    from blitzdns.snapshot import Snapshot
+
+    SnapshotSource = Callable[[], Snapshot]
 
 log = logging.getLogger("blitzdns.control")
 
@@ -96,7 +102,6 @@ def default_socket_path(env: Mapping[str, str] | None = None) -> Path:
 
 # --------------------------------------------------------------------------- server
 
-SnapshotSource = Callable[[], Snapshot]
 ReloadHook = Callable[[], Awaitable[Any] | Any]
 
 
@@ -728,6 +733,8 @@ def _readable(snapshot: Mapping[str, Any]) -> str:
     """The status table, or :class:`StatusUnknown` (one line, exit 4) when the reply is not
     of the shape this blitzdns reads: another ``schema`` (a daemon of another version still
     running after an upgrade) or a reply the renderer cannot walk."""
+    from blitzdns.snapshot import SCHEMA  # noqa: PLC0415  (the client side only)
+
     schema = snapshot.get("schema", SCHEMA)
     if schema != SCHEMA:
         raise StatusUnknown(

@@ -12,10 +12,12 @@ import dataclasses
 import inspect
 import marshal
 import os
+import re
 import signal
 import subprocess
 import sys
 import types
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -189,6 +191,125 @@ def test_another_interpreters_table_is_not_used(table: Path) -> None:
     table.write_bytes(marshal.dumps((b"\x00\x00\r\n", index, blob)))
     _, compiled, hits = one_start()
     assert compiled == len(index) and hits == 0
+
+
+#: Regular expressions of every kind re compiles: named groups, bytes, flags, classes,
+#: lookarounds, repeats, backreferences, a verbose one, non-ASCII.
+PATTERNS: tuple[tuple[str | bytes, int], ...] = (
+    (r"(?P<key>[A-Za-z_][\w.-]*)\s*=\s*(?P<value>.*)$", 0),
+    (rb"^([<>]) \S+ \S+\s+length=(\d+) from=\d+ to=-?\d+", 0),
+    (r"(?i)(?<=\d)x{2,5}?(?!y)|[^\W\d]+", re.MULTILINE),
+    (
+        r"""(\s*)  # leading space
+         ([a-z]+)(?:-\2)*""",
+        re.VERBOSE | re.DOTALL,
+    ),
+    (r"straße|ÄÖÜ\u20ac", re.IGNORECASE),
+    (r"(a)|b(?(1)c|d)", re.ASCII),
+)
+
+
+def compile_patterns() -> list[re.Pattern[Any]]:
+    """Each of PATTERNS through re's compiler (as re.compile does on a miss of its cache)."""
+    return [re._compiler.compile(pattern, flags) for pattern, flags in PATTERNS]  # type: ignore[attr-defined]
+
+
+def test_regular_expressions_come_from_the_table_as_re_compiles_them(table: Path) -> None:
+    """A pattern compiled while the table is in force is kept; at the next start it is made
+    from the table (nothing parsed or compiled) and is the pattern re makes: equal
+    (opcodes included), same groups, flags and matches. Back to re's own compiler after."""
+    original = re._compiler.compile  # type: ignore[attr-defined]
+    classcode.start()
+    first = compile_patterns()
+    compiled = len(classcode._compiled)
+    classcode.finish()
+    assert compiled == len(PATTERNS)
+    assert re._compiler.compile is original  # type: ignore[attr-defined]
+    classcode.start()
+    again = compile_patterns()
+    compiled, hits = len(classcode._compiled), len(classcode._hits)
+    classcode.finish()
+    assert compiled == 0 and hits == len(PATTERNS)
+    reference = compile_patterns()  # re's own compiler
+    samples = ("key.x = 1 2", "> a b   length=7 from=1 to=-1", "12xxxz abc", "  ab-ab", "STRASSE")
+    for ours, before, theirs in zip(again, first, reference, strict=True):
+        assert ours == theirs and before == theirs
+        assert (ours.pattern, ours.flags, ours.groups) == (
+            theirs.pattern,
+            theirs.flags,
+            theirs.groups,
+        )
+        assert ours.groupindex == theirs.groupindex
+        for sample in samples:
+            text: str | bytes = sample.encode() if isinstance(ours.pattern, bytes) else sample
+            want = [m.span() for m in theirs.finditer(text)]  # type: ignore[arg-type]
+            assert [m.span() for m in ours.finditer(text)] == want  # type: ignore[arg-type]
+
+
+def test_what_re_compiles_otherwise_is_left_to_re(table: Path) -> None:
+    """A parsed pattern (re.Scanner) goes to re's compiler untouched: nothing kept."""
+    classcode.start()
+    scanner = re.Scanner([(r"\d+", lambda s, t: int(t)), (r"\s+", None)])
+    assert scanner.scan("1 22 333") == ([1, 22, 333], "")
+    compiled = len(classcode._compiled)
+    classcode.finish()
+    assert compiled == 0
+
+
+ANNOTATED = """
+from __future__ import annotations
+from typing import NamedTuple, TypedDict
+
+class Status(TypedDict):
+    name: str
+    count: int | None
+    tags: list[str]
+
+class Pair(NamedTuple):
+    left: dict[str, tuple[int, ...]]
+    right: Status
+"""
+
+
+def annotated() -> dict[str, Any]:
+    module = types.ModuleType("classcode_annotated")
+    sys.modules[module.__name__] = module
+    try:
+        exec(compile(ANNOTATED, "<annotated>", "exec", dont_inherit=True), module.__dict__)
+    finally:
+        del sys.modules[module.__name__]
+    return module.__dict__
+
+
+def test_typing_s_forward_references_come_from_the_table(table: Path) -> None:
+    """The code of each string annotation typing compiles (a TypedDict's, a NamedTuple's
+    fields) is kept; at the next start it is typing's own compile's, and the hints resolve
+    the same. typing's compile is the builtin again after."""
+    classcode.start()
+    annotated()
+    compiled = len(classcode._compiled)
+    classcode.finish()
+    assert compiled == 5 and "compile" not in vars(typing)
+    classcode.start()
+    namespace = annotated()
+    compiled, hits = len(classcode._compiled), len(classcode._hits)
+    classcode.finish()
+    assert compiled == 0 and hits == 5
+    reference = annotated()
+    for name in ("Status", "Pair"):
+        ours, theirs = namespace[name], reference[name]
+        for field, ref in ours.__annotations__.items():
+            want = theirs.__annotations__[field].__forward_code__
+            code = ref.__forward_code__
+            assert (code.co_code, code.co_consts, code.co_names, code.co_filename) == (
+                want.co_code,
+                want.co_consts,
+                want.co_names,
+                want.co_filename,
+            )
+            assert code.co_flags == want.co_flags
+    hints = typing.get_type_hints(namespace["Status"])
+    assert hints == {"name": str, "count": int | None, "tags": list[str]}
 
 
 def test_run_keeps_the_table_beside_its_bytecode(tmp_path: Path) -> None:

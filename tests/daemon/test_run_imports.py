@@ -41,6 +41,7 @@ NOT_FOR_RUN = (
     "blitzdns.system.netfacts",
     "blitzdns.blitzmail.challenge",
     "json",  # the control socket's first request, an install record (none here)
+    "blitzdns.snapshot",  # the status contract: the first status request
     "importlib.resources",
     "pkgutil",
 )
@@ -126,6 +127,7 @@ print(repr([name for name in sys.argv[2:] if name in sys.modules]))
 PRELOAD_PROBE = (
     "encodings.idna",
     "json",
+    "blitzdns.snapshot",
     "dnslib",
     "tunnel.backends.asyncssh_link",
     "tunnel.backends.openssh.link",
@@ -157,11 +159,11 @@ def test_preload_before_the_privilege_drop_is_the_link_s_module() -> None:
     links = {"asyncssh": "tunnel.backends.asyncssh_link", "openssh": "tunnel.backends.openssh.link"}
     for backend, link in links.items():
         loaded = set(preloaded(backend))
-        assert {"encodings.idna", "json", "dnslib", link, "asyncssh"} <= loaded
+        assert {"encodings.idna", "json", "blitzdns.snapshot", "dnslib", link, "asyncssh"} <= loaded
         # A reload after the drop may add a UDP forward, with the notify step.
         assert {"tunnel.udp_mouth", "blitzdns.blitzmail.atp"} <= loaded
         assert not loaded & unused
-    assert preloaded("none") == ["encodings.idna", "json", "dnslib"]
+    assert preloaded("none") == ["encodings.idna", "json", "blitzdns.snapshot", "dnslib"]
 
 
 def test_status_does_not_load_typer_nor_pydantic(tmp_path: Path) -> None:
