@@ -447,17 +447,20 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def measure_bulk(
-    kind: str, lab_: Lab, cipher: str, args: argparse.Namespace, peer_first: bool | None = None
+    kind: str, lab_: Lab, cipher: str, args: argparse.Namespace, lead: str | None = None
 ) -> dict[str, float]:
     """iperf3 both ways through one forwarder, running alone.
 
-    ``peer_first`` not None (:data:`PAIRED`): a fresh ``ssh -L`` is started beside it and
-    each direction is measured through both back to back, ``ssh -L`` first up and last down
-    when ``peer_first`` (else the other way round): ours and the peer's transfer of a
-    direction are never more than one transfer apart, so what the rest of the machine does
-    falls on both alike, where a round of every forwarder in turn put minutes between
-    them. Its figures come as ``up_peer``, ``down_peer``, ``cpu_per_gb_peer``."""
-    sides = {"": kind} if peer_first is None else {"": kind, PEER: "openssh"}
+    ``lead`` not None (:data:`PAIRED`): a fresh ``ssh -L`` is started beside it and each
+    direction is measured through both back to back: ``"ours"``: ours first up and last
+    down, ``"peer"``: the other way round, ``"both"``: each direction twice through each,
+    in both orders (ours, peer, peer, ours up; peer, ours, ours, peer down), each side's
+    figure the mean of its two, for a last round of an odd count, so that over the rounds
+    each side leads each direction equally often. Ours and the peer's transfers of a
+    direction are adjacent, so what the rest of the machine does falls on both alike,
+    where a round of every forwarder in turn put half a minute between them. The peer's
+    figures come as ``up_peer``, ``down_peer``, ``cpu_per_gb_peer``."""
+    sides = {"": kind} if lead is None else {"": kind, PEER: "openssh"}
     with contextlib.ExitStack() as started:
         ports, pids = {}, {}
         for side, who in sides.items():
@@ -466,19 +469,35 @@ def measure_bulk(
             started.callback(stop, proc)
             round_trips(mouths[1], 20, 10)
             ports[side], pids[side] = mouths[0], proc.pid
-        order = list(sides)[:: -1 if peer_first else 1]
+        order = list(sides)[:: -1 if lead == "peer" else 1]
+        if lead == "both":
+            order += order[::-1]
         cpu, nbytes = dict.fromkeys(sides, 0.0), dict.fromkeys(sides, 0.0)
         out: dict[str, float] = {}
         for way, reverse, turn in (("up", False, order), ("down", True, order[::-1])):
+            speeds: dict[str, list[float]] = {side: [] for side in sides}
             for side in turn:
                 before = cpu_seconds(pids[side])
-                out[way + side], got = iperf(ports[side], args.seconds, reverse)
+                gbps, got = iperf(ports[side], args.seconds, reverse)
                 cpu[side] += cpu_seconds(pids[side]) - before
                 nbytes[side] += got
+                speeds[side].append(gbps)
+            for side in sides:
+                out[way + side] = statistics.fmean(speeds[side])
         for side in sides:
             out["cpu_per_gb" + side] = cpu[side] / (nbytes[side] / 1e9)
         out["rss"] = peak_rss_mb(pids[""])
         return out
+
+
+def paired_lead(paired: bool, number: int, rounds: int) -> str | None:
+    """Who goes first up in round ``number`` of ``rounds`` (:func:`measure_bulk`'s
+    ``lead``): alternating, the last round of an odd count both ways."""
+    if not paired:
+        return None
+    if rounds % 2 and number == rounds - 1:
+        return "both"
+    return "peer" if number % 2 else "ours"
 
 
 PEER = "_peer"
@@ -763,9 +782,11 @@ NOTES = {  # where the time goes: bench/notes/aesbulk.md, bench/notes/roundtrip.
     "(loopback TCP) ~48 %, Python ~31 % (opened in place, the channel's window count, one "
     "client write per read of the SSH socket), AES-GCM ~9 % (4 us), the zero-filled "
     "plaintext's allocation ~3 % (opening into a reused buffer cost more than it saved: a "
-    "full client socket keeps its views); the loop thread runs SCHED_BATCH during a "
-    "download, so sshd is not preempted at each segment it writes (A/B, load 3.7: our "
-    "switches per GB 3.9k -> 1.9k uvloop, 4.1k -> 1.0k asyncio); "
+    "full client socket keeps its views); behind us sshd is woken out and preempted at "
+    "each ~64 KB segment (the loop thread in SCHED_BATCH during downloads halved our "
+    "switches and CPU per GB on the loopback bench but was not landed: it would delay "
+    "DNS and other connections on the same thread, and a remote gateway's wake-ups do "
+    "not come from sshd on our machine); "
     "bench/results/profiles/tunnel-bulk-down-aes128gcm-*.svg, bench/notes/aesbulk.md",
     ("tunnel", "up", "chacha20-poly1305"): "same path as aes128-gcm's (one join per packet, "
     "one writev per client read); ChaCha20 and Poly1305 from cryptography (libsodium's tags "
@@ -923,8 +944,11 @@ def run(args: argparse.Namespace, kinds: list[str]) -> dict[str, dict[str, dict[
                 shift = round_number % len(kinds)
                 for kind in kinds[shift:] + kinds[:shift]:
                     paired = "openssh" in kinds and kind.partition("+")[0] in PAIRED
-                    peer_first = round_number % 2 == 1 if paired else None
-                    runs[kind].append(measure_bulk(kind, lab_, cipher, args, peer_first))
+                    runs[kind].append(
+                        measure_bulk(
+                            kind, lab_, cipher, args, paired_lead(paired, round_number, args.rounds)
+                        )
+                    )
             merged = {kind: aggregate(runs[kind]) for kind in kinds}
             for kind in kinds:
                 if kind.partition("+")[0] in PAIRED and "openssh" in kinds:

@@ -1314,3 +1314,25 @@ async def test_gcm_opens_in_place_only_where_asyncssh_is_served_the_plaintext(
         await asyncio.wait_for(link.conn._make_global_request(b"keepalive@openssh.com"), 10)
         writer.write(b"still up\n")
         assert await reader.readexactly(9) == b"still up\n"
+
+
+async def test_the_last_bytes_of_a_burst_arrive_while_nothing_follows(
+    options: TunnelOptions, echo: Target
+) -> None:
+    """Bursts echoed back on one connection that stays open, each read back whole before
+    the next is sent: the last bytes of each come down with nothing after them on the
+    link, so anything that held received bytes back until more came (a read mark such as
+    SO_RCVLOWAT above what the framing proves is coming) would leave the read waiting for
+    ever (it would fail at the bound below, not by a measured time)."""
+    forward = Forward("127.0.0.1", free_port(), "127.0.0.1", echo.port)
+    async with Tunnel(options, [forward]) as tunnel:
+        assert await tunnel.wait_up(10)
+        reader, writer = await asyncio.open_connection(*forward.mouth)
+        try:
+            for size in (3 * 1024 * 1024 + 7, 200 * 1024 + 1, 70 * 1024, 1):
+                burst = os.urandom(size)
+                writer.write(burst)
+                await writer.drain()
+                assert await asyncio.wait_for(reader.readexactly(size), 60) == burst
+        finally:
+            writer.close()
