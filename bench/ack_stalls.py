@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -74,6 +75,8 @@ def one(kind: str, lab_: Lab, old: Path | None, connections: int, requests: int)
 
 
 def main() -> None:
+    # A SIGTERM ends the run through the lab's clean-up (sshd and the targets stopped).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", help="a checkout of the tree to compare with")
     parser.add_argument("--connections", type=int, default=10)

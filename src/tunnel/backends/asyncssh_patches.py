@@ -1250,7 +1250,7 @@ class _BufferedReads(asyncio.BufferedProtocol):
         conn.__dict__[KEEP] = self.keep
         size = self.kept + nbytes
         self.kept, self.free = 0, self.view
-        if nbytes < QUICK_ACK_BELOW and self.ack is not None:
+        if nbytes < QUICK_ACK_BELOW and size == nbytes and self.ack is not None:
             self.ack()  # before the read is handled: sshd may hold a reply for it
         try:
             self.received(self.view[:size])
@@ -1329,8 +1329,9 @@ _ONE = c_int(1)
 def quick_ack(transport: asyncio.BaseTransport) -> Callable[[], object] | None:
     """A call that sets ``TCP_QUICKACK`` on ``transport``'s TCP socket (Linux): the
     :class:`_BufferedReads` of the SSH socket makes it after every read under
-    :data:`QUICK_ACK_BELOW`, before handling the read. None where there is no such
-    option, socket or C library (the reads go on as before).
+    :data:`QUICK_ACK_BELOW` that does not complete a packet the last read cut, before
+    handling the read. None where there is no such option, socket or C library (the
+    reads go on as before).
 
     Why: sshd runs Nagle on its socket toward us (it sets ``TCP_NODELAY`` only for a
     session channel; the tunnel, like ``ssh -N -L``, opens none), so while one small packet
@@ -1346,7 +1347,11 @@ def quick_ack(transport: asyncio.BaseTransport) -> Callable[[], object] | None:
     queue of a small pushed segment); the kernel goes back to pingpong at our next send, so
     it is set again at every small read (about a microsecond: one system call). Large
     reads are bulk, acknowledged at arrival anyway: left to the kernel's own pace
-    (bench/notes/aesbulk.md, session 10: ``TCP_QUICKACK`` 0 per read cost bulk CPU). A
+    (bench/notes/aesbulk.md, session 10: ``TCP_QUICKACK`` 0 per read cost bulk CPU), and
+    so are the small reads that finish a packet one of sshd's full-size segments cut
+    (a download's; already more than a segment to acknowledge at their arrival): quick
+    ACKs on those made sshd cut its stream finer (bulk down, asyncio: 5.2k calls per GB,
+    reads 15.7k -> 23.2k per GB, one loaded run; bench/notes/growth.md). A
     call through the C library on the socket's descriptor: nothing to own or close
     (reads end before the transport closes it); uvloop's socket object would make a new
     Python socket at each call."""
