@@ -16,8 +16,8 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Sequence
-from ctypes import byref, c_int, c_ulonglong, sizeof
+from collections.abc import Sequence
+from ctypes import c_ulonglong
 from typing import Any
 
 import tunnel.sshlib  # noqa: F401 (asyncssh is first imported there, cheaply)
@@ -1323,10 +1323,9 @@ otherwise."""
 QUICK_ACK_BELOW = 16 * 1024
 """A read of the SSH socket smaller than this (not bulk) sends its ACK at once
 (:func:`quick_ack`)."""
-_ONE = c_int(1)
 
 
-def quick_ack(transport: asyncio.BaseTransport) -> Callable[[], object] | None:
+def quick_ack(transport: asyncio.BaseTransport) -> functools.partial[object] | None:
     """A call that sets ``TCP_QUICKACK`` on ``transport``'s TCP socket (Linux): the
     :class:`_BufferedReads` of the SSH socket makes it after every read under
     :data:`QUICK_ACK_BELOW` that does not complete a packet the last read cut, before
@@ -1364,8 +1363,11 @@ def quick_ack(transport: asyncio.BaseTransport) -> Callable[[], object] | None:
     lib = libc()
     if lib is None:
         return None
+    from ctypes import byref, c_int, sizeof  # noqa: PLC0415 (only here)
+
+    one = c_int(1)  # kept alive by its byref
     fd, level = sock.fileno(), socket.IPPROTO_TCP
-    return functools.partial(lib.setsockopt, fd, level, option, byref(_ONE), sizeof(_ONE))
+    return functools.partial(lib.setsockopt, fd, level, option, byref(one), sizeof(one))
 
 
 def _gcm_step_iv(cipher: Any) -> None:
