@@ -10,8 +10,10 @@ the installed asyncssh. :func:`install` applies them all, once; importing
 from __future__ import annotations
 
 import asyncio
+import functools
 import mmap
 import os
+import socket
 import struct
 import time
 from collections.abc import Sequence
@@ -19,6 +21,7 @@ from typing import Any
 
 import tunnel.sshlib  # noqa: F401 (asyncssh is first imported there, cheaply)
 from tunnel.backends import cryptohmac, poly1305
+from tunnel.libc import libc
 
 __all__ = ["FEED_WHOLE_MAX", "GCM_TAG_LEN", "READ_BATCH", "install", "send_sealed", "write_parts"]
 
@@ -1220,10 +1223,11 @@ class _BufferedReads(asyncio.BufferedProtocol):
     the rest appended (a copy and a reallocation), and the packet opened into a new
     plaintext the general way: about one packet in eight under callgrind."""
 
-    __slots__ = ("conn", "free", "kept", "moved", "received", "view")
+    __slots__ = ("ack", "conn", "free", "kept", "moved", "received", "view")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
+        self.ack = quick_ack(conn._transport)
         self.received = conn.data_received
         # Anonymous memory, resident only where reads have written (an idle link's few
         # pages); a bytearray is zeroed, all 256 KiB resident from the start.
@@ -1248,6 +1252,8 @@ class _BufferedReads(asyncio.BufferedProtocol):
         conn.__dict__[KEEP] = self.keep
         size = self.kept + nbytes
         self.kept, self.free = 0, self.view
+        if nbytes < QUICK_ACK_BELOW and size == nbytes and self.ack is not None:
+            self.ack()  # before the read is handled: sshd may hold a reply for it
         try:
             self.received(self.view[:size])
         finally:
@@ -1316,6 +1322,54 @@ channel session that holds this read's data until the read is done puts itself o
 have its ``release()`` called then (the tunnel's channel side: one write of every packet
 of the read; ``ssh -L`` writes its channel buffer once per poll). None or unset
 otherwise."""
+QUICK_ACK_BELOW = 16 * 1024
+"""A read of the SSH socket smaller than this (not bulk) sends its ACK at once
+(:func:`quick_ack`)."""
+
+
+def quick_ack(transport: asyncio.BaseTransport) -> functools.partial[object] | None:
+    """A call that sets ``TCP_QUICKACK`` on ``transport``'s TCP socket (Linux): the
+    :class:`_BufferedReads` of the SSH socket makes it after every read under
+    :data:`QUICK_ACK_BELOW` that does not complete a packet the last read cut, before
+    handling the read. None where there is no such option, socket or C library (the
+    reads go on as before).
+
+    Why: sshd runs Nagle on its socket toward us (it sets ``TCP_NODELAY`` only for a
+    session channel; the tunnel, like ``ssh -N -L``, opens none), so while one small packet
+    of its is unacknowledged it holds the next (another connection's reply, a window
+    adjust) until our ACK comes. Linux decides that ACK when the segment arrives: at once
+    when more than a full-size segment is unacknowledged (bulk), else by the delayed-ACK
+    timer (40 ms) when the socket is in its interactive ("pingpong") mode, which it enters
+    whenever it sends soon after receiving: any request/response link. Reading the segment
+    does not send it either in that mode. So with several connections getting replies at
+    once, the second reply waited 40 ms, in 20-70 % of the rounds (bench/notes/growth.md,
+    "Session 11"; ``ssh -L`` the same). ``TCP_QUICKACK`` set after the read leaves pingpong
+    mode and sends the pending ACK at once (``tcp_cleanup_rbuf``: the read emptied the
+    queue of a small pushed segment); the kernel goes back to pingpong at our next send, so
+    it is set again at every small read (about a microsecond: one system call). Large
+    reads are bulk, acknowledged at arrival anyway: left to the kernel's own pace
+    (bench/notes/aesbulk.md, session 10: ``TCP_QUICKACK`` 0 per read cost bulk CPU), and
+    so are the small reads that finish a packet one of sshd's full-size segments cut
+    (a download's; already more than a segment to acknowledge at their arrival): quick
+    ACKs on those made sshd cut its stream finer (bulk down, asyncio: 5.2k calls per GB,
+    reads 15.7k -> 23.2k per GB, one loaded run; bench/notes/growth.md). A
+    call through the C library on the socket's descriptor: nothing to own or close
+    (reads end before the transport closes it); uvloop's socket object would make a new
+    Python socket at each call."""
+    sock = transport.get_extra_info("socket")
+    option = getattr(socket, "TCP_QUICKACK", None)
+    if sock is None or option is None or sock.type != socket.SOCK_STREAM:
+        return None
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    lib = libc()
+    if lib is None:
+        return None
+    from ctypes import byref, c_int, sizeof  # noqa: PLC0415 (only here)
+
+    one = c_int(1)  # kept alive by its byref
+    fd, level = sock.fileno(), socket.IPPROTO_TCP
+    return functools.partial(lib.setsockopt, fd, level, option, byref(one), sizeof(one))
 
 
 def _gcm_step_iv(cipher: Any) -> None:
