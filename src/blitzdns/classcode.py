@@ -34,8 +34,16 @@ parser and compiler are Python) go the same way: while :func:`start` is in force
 compiler gave ``_sre.compile`` for exactly that pattern and flags at an earlier start (the
 opcode list, group count and names), and calls ``_sre.compile`` with them: the same
 ``Pattern`` (``==`` compares the opcodes). A pattern not found is compiled by ``re`` as
-usual and its arguments kept. Keyed by the pattern, its flags and ``_sre.MAGIC`` (the
-opcodes' version).
+usual and its arguments kept. Keyed by the pattern (as its type and its UTF-8 text, lone
+surrogates passed: never marshal's bytes, which depend on interning), its flags and a stamp
+of the compiler: ``sys.version`` exactly (``_sre.MAGIC`` and the bytecode's magic number
+stay the same across patch releases whose ``re`` compiles differently: gh-106052, 3.11.5),
+``sys.byteorder``, ``_sre.CODESIZE``, ``_sre.MAGIC`` and the sizes and times of ``re``'s
+own ``_compiler.py``, ``_parser.py`` and ``_constants.py``; another stamp's entries are
+never found, so the next table drops them. An entry of the wrong shape, or one
+``_sre.compile`` refuses, is compiled again as a pattern not found. Only the thread that
+started is served and recorded (``re``'s compiler is swapped module-wide while it
+records), and patterns over :data:`MAX_PATTERN` characters are left to ``re``.
 
 And ``typing``'s one ``compile``, of each string annotation a ``ForwardRef`` is made of (a
 ``TypedDict``'s or ``NamedTuple``'s fields under postponed annotations, ``"Name"`` in a
@@ -62,6 +70,7 @@ import marshal
 import os
 import re
 import sys
+import threading
 import typing
 from types import CodeType
 from typing import Any
@@ -73,6 +82,16 @@ _re_compile = getattr(_re_compiler, "compile", None) if _sre is not None else No
 DIGEST_SIZE = 20
 """The table is keyed by a BLAKE2b digest of each text (160 bits: two of a few hundred
 texts never share one)."""
+
+MAX_PATTERN = 4096
+"""Patterns longer than this (the guard's trie of up to 10k names) are not kept: the table
+is read at every start."""
+
+_re_stamp: bytes | None = None
+"""While :func:`start` is in force: the stamp of ``re``'s compiler (see the module's
+text), or ``None`` when it cannot be read (patterns are then left to ``re``)."""
+_owner: int | None = None
+"""The thread that called :func:`start`: the only one whose patterns are served."""
 
 _index: dict[bytes, tuple[int, int]] | None = None
 """While :func:`start` is in force: a text's digest → where its marshalled code is in
@@ -108,10 +127,26 @@ def table_path() -> str:
     return pyc[: -len(".pyc")] + ".dataclasses"
 
 
+def compiler_stamp() -> bytes | None:
+    """What ``re``'s compiled output depends on (see the module's text)."""
+    if _re_compiler is None or _sre is None:
+        return None
+    parts = [sys.version, sys.byteorder, str(_sre.CODESIZE), str(_sre.MAGIC)]
+    try:
+        folder = os.path.dirname(_re_compiler.__file__)
+        for name in ("_compiler.py", "_parser.py", "_constants.py"):
+            info = os.stat(os.path.join(folder, name))
+            parts += [name, str(info.st_size), str(info.st_mtime_ns)]
+    except (OSError, TypeError, AttributeError):
+        return None
+    return "\0".join(parts).encode("utf-8", "surrogatepass") + b"\0"
+
+
 def start() -> None:
     """Load the table (if any) and let ``dataclasses`` run its texts through it."""
-    global _index, _blob
+    global _index, _blob, _re_stamp, _owner
     _index, _blob = {}, b""
+    _re_stamp, _owner = compiler_stamp(), threading.get_ident()
     _compiled.clear()
     _hits.clear()
     try:
@@ -145,7 +180,11 @@ def _compile_annotation(source: Any, filename: Any, mode: Any, *more: Any, **opt
     and kept."""
     if type(source) is str and (filename, mode, more, options) == ("<string>", "eval", (), {}):
         if _index is not None:
-            key = hashlib.blake2b(b"eval\0" + source.encode(), digest_size=DIGEST_SIZE).digest()
+            try:
+                text = source.encode()
+            except UnicodeEncodeError:  # a lone surrogate: typing's own compile says what
+                return compile(source, filename, mode, dont_inherit=True)
+            key = hashlib.blake2b(b"eval\0" + text, digest_size=DIGEST_SIZE).digest()
             code = _load(_index.get(key))
             if code is not None:
                 return code
@@ -180,37 +219,67 @@ class _Recorded:
     """``_sre`` for ``re``'s compiler while it compiles a pattern not in the table: records
     the arguments of each ``_sre.compile`` call (anything else is ``_sre``'s own)."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: int) -> None:
+        self.owner = owner
         self.calls: list[tuple[Any, ...]] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(_sre, name)
 
     def compile(self, *args: Any) -> Any:
-        self.calls.append(args)
+        if threading.get_ident() == self.owner:  # not another thread's, meanwhile
+            self.calls.append(args)
         return _sre.compile(*args)
+
+
+def pattern_key(stamp: bytes, pattern: str | bytes, flags: int) -> bytes:
+    """A pattern's key in the table: the same bytes for the same pattern, flags and
+    compiler, whatever the objects (interned or not)."""
+    if isinstance(pattern, str):
+        text = b"s" + pattern.encode("utf-8", "surrogatepass")
+    else:
+        text = b"b" + bytes(pattern)
+    head = b"re\0" + stamp + str(int(flags)).encode() + b"\0"
+    return hashlib.blake2b(head + text, digest_size=DIGEST_SIZE).digest()
 
 
 def _compile_pattern(pattern: Any, flags: int = 0) -> Any:
     """``re._compiler.compile`` while :func:`start` is in force (see the module's text)."""
     assert _re_compile is not None
-    if _index is None or type(pattern) not in (str, bytes) or flags & re.DEBUG:
+    stamp, owner = _re_stamp, _owner
+    if (
+        _index is None
+        or stamp is None
+        or owner != threading.get_ident()
+        or type(pattern) not in (str, bytes)
+        or len(pattern) > MAX_PATTERN
+        or flags & re.DEBUG
+    ):
         return _re_compile(pattern, flags)
-    try:
-        text = marshal.dumps((_sre.MAGIC, pattern, int(flags)))
-    except ValueError:
-        return _re_compile(pattern, flags)
-    key = hashlib.blake2b(b"re\0" + text, digest_size=DIGEST_SIZE).digest()
-    arguments = _load_arguments(_index.get(key))
-    if arguments is not None and arguments[:1] == (pattern,):
-        return _sre.compile(pattern, *arguments[1:])  # the caller's text, not a copy
-    recorded = _Recorded()
+    key = pattern_key(stamp, pattern, flags)
+    span = _index.get(key)
+    arguments = _load_arguments(span)
+    if arguments is not None and arguments[0] == pattern:
+        try:
+            compiled = _sre.compile(pattern, *arguments[1:])  # the caller's text, not a copy
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            pass  # damaged, yet loaded: compiled again below
+        else:
+            assert span is not None
+            _hits.append(span)
+            return compiled
+    recorded = _Recorded(owner)
     _re_compiler._sre = recorded
     try:
         compiled = _re_compile(pattern, flags)
     finally:
         _re_compiler._sre = _sre
-    if len(recorded.calls) == 1 and recorded.calls[0][0] is pattern:  # not another thread's
+    if (
+        len(recorded.calls) == 1
+        and len(recorded.calls[0]) == 6
+        and recorded.calls[0][0] is pattern
+        and recorded.calls[0][1] == compiled.flags
+    ):
         # The opcodes are re's named int constants, the flags perhaps a RegexFlag: kept as
         # the ints they are.
         plain = tuple(_plain(argument) for argument in recorded.calls[0])
@@ -232,9 +301,20 @@ def _load_arguments(span: tuple[int, int] | None) -> tuple[Any, ...] | None:
         arguments = marshal.loads(memoryview(_blob)[span[0] : span[1]])
     except (ValueError, EOFError, TypeError):
         return None
-    if type(arguments) is not tuple:
+    # (pattern, flags, code, groups, groupindex, indexgroup), as re's compiler calls
+    # _sre.compile on 3.11 to 3.13; counted as a hit once _sre.compile took them (it
+    # checks each opcode itself: a non-int raises, caught by the caller).
+    if type(arguments) is not tuple or len(arguments) != 6:
         return None
-    _hits.append(span)
+    _pattern, flags, code, groups, groupindex, indexgroup = arguments
+    if not (
+        type(flags) is int
+        and type(code) is list
+        and type(groups) is int
+        and type(groupindex) is dict
+        and type(indexgroup) is tuple
+    ):
+        return None
     return arguments
 
 

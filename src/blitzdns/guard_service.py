@@ -26,17 +26,19 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from blitzdns.config import Config, Endpoint
 from blitzdns.errors import BlitzdnsError
 from blitzdns.guard_refresh import RETRY_TTL_S, resolve_all
-from blitzdns.snapshot import GuardStatus
 from blitzdns.system import guard_apply, record
 from blitzdns.system.guard import AddressBook, GuardRules, build_guard_plan, guard_rules
 from blitzdns.system.guard_apply import detect_guard_target
 from blitzdns.system.inotify import DirectoryWatch
 from blitzdns.warden import Warden, rules_to_json, spawn
+
+if TYPE_CHECKING:  # the status contract: loaded with the first status request, not here
+    from blitzdns.snapshot import GuardStatus
 
 log = logging.getLogger("blitzdns.guard")
 

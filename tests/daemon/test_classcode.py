@@ -16,9 +16,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -339,3 +340,133 @@ def test_run_keeps_the_table_beside_its_bytecode(tmp_path: Path) -> None:
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
+
+
+def regex_start(patterns: Iterable[tuple[str | bytes, int]] = PATTERNS) -> tuple[int, int]:
+    """A start compiling `patterns` only: (compiled, hits)."""
+    classcode.start()
+    try:
+        for pattern, flags in patterns:
+            assert re._compiler.compile(pattern, flags) == reference_pattern(pattern, flags)  # type: ignore[attr-defined]
+        return len(classcode._compiled), len(classcode._hits)
+    finally:
+        classcode.finish()
+
+
+def reference_pattern(pattern: str | bytes, flags: int) -> re.Pattern[Any]:
+    return classcode._re_compile(pattern, flags)  # type: ignore[misc,no-any-return]
+
+
+def test_another_python_release_s_patterns_are_not_replayed(
+    table: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """re's compiled form may change in a patch release with the same _sre.MAGIC and
+    bytecode magic (gh-106052, 3.11.5): a table written by another sys.version is not
+    replayed, and its patterns are dropped from the next table."""
+    assert regex_start() == (len(PATTERNS), 0)
+    assert regex_start() == (0, len(PATTERNS))
+    release = sys.version
+    monkeypatch.setattr(sys, "version", release.replace(".", ".9", 1))
+    assert regex_start() == (len(PATTERNS), 0)
+    monkeypatch.setattr(sys, "version", release)
+    assert regex_start() == (len(PATTERNS), 0)  # this release's entries were dropped
+    _magic, index, _ = marshal.loads(table.read_bytes())
+    assert len(index) == len(PATTERNS)
+
+
+def test_the_compiler_stamp_follows_the_byte_order_code_size_and_re_s_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "re"
+    folder.mkdir()
+    for name in ("_compiler.py", "_parser.py", "_constants.py"):
+        (folder / name).write_text(f"# {name}\n")
+    fake = types.SimpleNamespace(__file__=str(folder / "_compiler.py"))
+    monkeypatch.setattr(classcode, "_re_compiler", fake)
+    stamp = classcode.compiler_stamp()
+    assert stamp is not None and stamp == classcode.compiler_stamp()
+    os.utime(folder / "_parser.py", ns=(1, 1))
+    assert classcode.compiler_stamp() not in (stamp, None)
+    stamp = classcode.compiler_stamp()
+    (folder / "_constants.py").write_text("# another size\n")
+    assert classcode.compiler_stamp() not in (stamp, None)
+    stamp = classcode.compiler_stamp()
+    monkeypatch.setattr(sys, "byteorder", "big" if sys.byteorder == "little" else "little")
+    assert classcode.compiler_stamp() not in (stamp, None)
+    stamp = classcode.compiler_stamp()
+    monkeypatch.setattr(classcode, "_sre", types.SimpleNamespace(CODESIZE=2, MAGIC=0))
+    assert classcode.compiler_stamp() not in (stamp, None)
+    (folder / "_parser.py").unlink()
+    assert classcode.compiler_stamp() is None  # unreadable: patterns are left to re
+
+
+def test_a_damaged_pattern_entry_is_compiled_again(table: Path) -> None:
+    """An entry that loads but that _sre.compile refuses (a wrong arity, an invalid code
+    list) or of the wrong shape is compiled again, not a hit, and replaced."""
+    regex_start()
+    magic, index, blob = marshal.loads(table.read_bytes())
+    entries = {key: marshal.loads(blob[start:end]) for key, (start, end) in index.items()}
+    keys = list(entries)
+    pattern, flags, code, groups, groupindex, indexgroup = entries[keys[0]]
+    entries[keys[0]] = (pattern, flags, code)  # wrong arity
+    pattern, flags, code, groups, groupindex, indexgroup = entries[keys[1]]
+    entries[keys[1]] = (pattern, flags, [999999, 1, 2], groups, groupindex, indexgroup)
+    pattern, flags, code, groups, groupindex, indexgroup = entries[keys[2]]
+    entries[keys[2]] = (pattern, flags, code, groups, groupindex, 7)  # wrong type
+    pattern, flags, code, groups, groupindex, indexgroup = entries[keys[3]]
+    entries[keys[3]] = (pattern, flags, code, 2**70, groupindex, indexgroup)
+    parts = {key: marshal.dumps(value) for key, value in entries.items()}
+    spans, at = {}, 0
+    for key, part in parts.items():
+        spans[key] = (at, at + len(part))
+        at += len(part)
+    table.write_bytes(marshal.dumps((magic, spans, b"".join(parts.values()))))
+    assert regex_start() == (4, len(PATTERNS) - 4)
+    assert regex_start() == (0, len(PATTERNS))  # replaced
+
+
+def test_only_the_starting_thread_s_patterns_are_recorded(table: Path) -> None:
+    """re's compiler is swapped module-wide while a pattern is recorded: another thread's
+    _sre.compile calls meanwhile are not taken for the pattern's, and another thread's
+    patterns are left to re."""
+    recorder = classcode._Recorded(threading.get_ident())
+    other = threading.Thread(target=lambda: re._compiler.compile("b+(c)", 0))  # type: ignore[attr-defined]
+    classcode.start()
+    try:
+        classcode._re_compiler._sre = recorder
+        try:
+            other.start()
+            other.join()
+        finally:
+            classcode._re_compiler._sre = classcode._sre
+        assert recorder.calls == [] and classcode._compiled == {}
+    finally:
+        classcode.finish()
+
+
+def test_a_pattern_s_key_does_not_depend_on_interning(table: Path) -> None:
+    """The same text is the same entry, interned or not, and a lone surrogate is kept too."""
+    interned = sys.intern("x[0-9]+y\ud800?")
+    built = "".join(["x[0-9]", "+y\ud800?"])
+    assert built is not interned
+    assert regex_start([(interned, 0)]) == (1, 0)
+    assert regex_start([(built, 0)]) == (0, 1)
+    assert regex_start([(built.encode("utf-8", "surrogatepass"), 0)]) == (1, 0)
+
+
+def test_a_long_pattern_is_left_to_re(table: Path) -> None:
+    """The guard's trie of up to 10k names is not kept (the table is read at every start)."""
+    longest = "a" * classcode.MAX_PATTERN
+    assert regex_start([(longest, 0), (longest + "b", 0)]) == (1, 0)
+
+
+def test_an_annotation_with_a_lone_surrogate_fails_as_typing_s_own(table: Path) -> None:
+    with pytest.raises(UnicodeEncodeError) as theirs:
+        typing.ForwardRef("x\ud800")
+    classcode.start()
+    try:
+        with pytest.raises(UnicodeEncodeError) as ours:
+            typing.ForwardRef("x\ud800")
+    finally:
+        classcode.finish()
+    assert str(ours.value) == str(theirs.value)

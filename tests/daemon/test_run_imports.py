@@ -305,3 +305,15 @@ def test_udp_code_loads_with_the_first_udp_forward() -> None:
     ]
     assert lines[3] == "UdpMouth"
     assert lines[4] == "SocatTransfer(direction='up', length=12)"
+
+
+def test_the_guard_s_service_does_not_load_the_status_contract() -> None:
+    """A daemon with the guard on imports blitzdns.guard_service at every start; the status
+    contract (blitzdns.snapshot) it names in an annotation waits for the first status
+    request all the same."""
+    code = "import sys, blitzdns.guard_service\nprint('blitzdns.snapshot' in sys.modules)\n"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "False"
