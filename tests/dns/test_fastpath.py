@@ -734,6 +734,15 @@ def forwarded_queries(draw: st.DrawFn) -> bytes:
                 st.sampled_from([n.split(".")[0] for n in PROTECTED]),
                 st.sampled_from(["example.com", "x.example.org", "Bench.TEST"]),
             ),
+            # Labels of any bytes (UTF-8 letters, bytes above 0x7F, dots and NULs in a label).
+            st.builds(
+                lambda label, rest: DNSLabel([label, *rest]),
+                st.one_of(
+                    st.text(min_size=1, max_size=12).map(lambda t: t.encode()[:63] or b"x"),
+                    st.binary(min_size=1, max_size=20),
+                ),
+                st.sampled_from([[b"example", b"com"], [b"Bench", b"TEST"], [b"\xc3\xa9x"]]),
+            ),
         )
     )
     record.add_question(DNSQuestion(name, draw(st.sampled_from([1, 1, 28, 5, 16, 255]))))
@@ -747,16 +756,28 @@ def forwarded_queries(draw: st.DrawFn) -> bytes:
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     query=st.one_of(forwarded_queries(), forwarded_queries(), forwarded_queries(), queries()),
-    ttl=st.one_of(st.integers(1, 5000), st.integers(0, 0xFFFFFFFF)),
+    ttl=st.one_of(
+        st.integers(1, 5000),
+        st.integers(0, 0xFFFFFFFF),
+        # Around the top bit (RFC 2181 §8: set, the TTL counts as zero).
+        st.integers(0x7FFFFFF0, 0x8000000F),
+        st.sampled_from([0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]),
+    ),
     rtype=st.sampled_from([1, 1, 28, 28, 5, 6, 41]),
     rdata=st.one_of(
         st.binary(min_size=4, max_size=4),
+        st.binary(min_size=4, max_size=4),
+        st.binary(min_size=16, max_size=16),
         st.binary(min_size=16, max_size=16),
         st.binary(max_size=40),
         st.binary(min_size=460, max_size=4100),
     ),
     rcode=st.sampled_from([0, 0, 0, 2, 3, 5]),
     truncated=st.sampled_from([False, False, True]),
+    # The whole flags word (AD, CD, QR, opcode, any rcode) drawn at times, and the class.
+    flags_word=st.one_of(st.none(), st.none(), st.integers(0, 0xFFFF)),
+    ad=st.booleans(),
+    rclass=st.one_of(st.just(1), st.just(1), st.integers(0, 0xFFFF)),
     cache_size=st.sampled_from([100, 100, 2, 1, 0]),
     max_ttl=st.sampled_from([86400, 86400, 60, 0]),
     data=st.data(),
@@ -768,6 +789,9 @@ def test_a_one_answer_reply_finishes_as_the_general_steps(
     rdata: bytes,
     rcode: int,
     truncated: bool,
+    flags_word: int | None,
+    ad: bool,
+    rclass: int,
     cache_size: int,
     max_ttl: int,
     data: Any,
@@ -793,8 +817,11 @@ def test_a_one_answer_reply_finishes_as_the_general_steps(
         return
     qend = job.qend
     flags = 0x8000 | (0x0200 if truncated else 0) | 0x0080 | rcode | (job.query[2] & 1) << 8
+    flags |= 0x0020 if ad else 0
+    if flags_word is not None:
+        flags = flags_word
     head = job.query[:2] + struct.pack(">HHHHH", flags, 1, 1, 0, 0)
-    record = b"\xc0\x0c" + struct.pack(">HHIH", rtype, 1, ttl, len(rdata)) + rdata
+    record = b"\xc0\x0c" + struct.pack(">HHIH", rtype, rclass, ttl, len(rdata)) + rdata
     response = head + job.query[12:qend] + record
     if data.draw(st.booleans()):
         response = mutations(response, data)
@@ -804,3 +831,69 @@ def test_a_one_answer_reply_finishes_as_the_general_steps(
     assert out == want
     assert list(fast.cache.entries.items()) == list(general.cache.entries.items())
     assert fast.stats == general.stats
+
+
+def _one_answer(job: ForwardJob, qtype: int, ttl: int) -> bytes:
+    """A plain NOERROR reply to ``job``: one A or AAAA record owned by the question."""
+    rdata = bytes(4) if qtype == 1 else bytes(16)
+    return (
+        job.query[:2]
+        + struct.pack(">HHHHH", 0x8180, 1, 1, 0, 0)
+        + job.query[12 : job.qend]
+        + b"\xc0\x0c"
+        + struct.pack(">HHIH", qtype, 1, ttl, len(rdata))
+        + rdata
+    )
+
+
+@pytest.mark.parametrize("qtype", [1, 28])
+def test_a_plain_one_answer_reply_takes_the_branch_without_a_scan(qtype: int) -> None:
+    """The property test above only compares: this holds that the one-answer branch is
+    taken at all. A plain A (AAAA) reply to a forwarded query is cached and passed on with
+    scan_response and Cache.put made to fail (the general steps would call both)."""
+    engine = new_engine()
+    record = DNSRecord(DNSHeader(id=0x4242, rd=1))
+    record.add_question(DNSQuestion("Plain.Example.com", qtype))
+    packet = bytes(record.pack())
+    job = engine.handle(packet, "127.0.0.1", NOW)
+    assert isinstance(job, ForwardJob)
+    response = _one_answer(job, qtype, 300)
+    failing = mock.Mock(side_effect=AssertionError("the general steps ran"))
+    with (
+        mock.patch.object(engine_module, "scan_response", failing),
+        mock.patch.object(Cache, "put", failing),
+    ):
+        out = engine.finish(job, response, NOW)
+    assert out == packet[:2] + response[2:]
+    assert failing.call_count == 0
+    (entry,) = engine.cache.entries.values()
+    assert entry[0] == NOW + 300 and entry[6] == (300,)
+
+
+@pytest.mark.parametrize("ttl", [0x80000000, 0xFFFFFFFF])
+@pytest.mark.parametrize("kind", ["one answer", "answers", "nxdomain minimum", "nxdomain ttl"])
+def test_a_ttl_with_its_top_bit_set_counts_as_zero(ttl: int, kind: str) -> None:
+    """RFC 2181 §8: such a TTL is treated as zero, so the reply is not cached, in the
+    one-answer branch and the general steps alike (the reply itself passes unchanged)."""
+    engine = new_engine()
+    packet = _ask("top.example.com", 0x5151)
+    job = engine.handle(packet, "127.0.0.1", NOW)
+    assert isinstance(job, ForwardJob)
+    if kind == "one answer":
+        response = _one_answer(job, 1, ttl)
+    elif kind == "answers":
+        response = upstream_reply(job.query, [300, ttl, 60], "answer")
+    elif kind == "nxdomain minimum":
+        response = upstream_reply(job.query, [300, ttl], "nxdomain")
+    else:
+        response = upstream_reply(job.query, [ttl, 300], "nxdomain")
+    scan = scan_response(response)
+    assert scan is not None
+    assert lifetime(scan, max_ttl=86400, max_negative_ttl=10800) == 0
+    general = new_engine()
+    same = general.handle(packet, "127.0.0.1", NOW)
+    assert isinstance(same, ForwardJob)
+    with mock.patch.object(engine_module, "_ONE_ANSWER_COUNTS", b"never"):
+        assert general.finish(same, response, NOW) == packet[:2] + response[2:]
+    assert engine.finish(job, response, NOW) == packet[:2] + response[2:]
+    assert not engine.cache.entries and not general.cache.entries

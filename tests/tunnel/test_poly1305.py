@@ -58,7 +58,9 @@ def use_lengths(kind: str, lib: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(poly1305, "_length", int if kind == "int" else ctypes.c_ulonglong)
 
 
-@pytest.mark.parametrize("library", ["found, int lengths", "found, c_ulonglong", "absent"])
+@pytest.mark.parametrize(
+    "library", ["found, int lengths", "found, c_ulonglong", "found, gate raises", "absent"]
+)
 def test_tags_are_cryptographys_for_every_kind_of_input(
     library: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -121,6 +123,28 @@ class _Wrong:
         return result
 
 
+class _Raising(_Wrong):
+    """libsodium whose tag call raises (as a missing symbol or a refused argument would)."""
+
+    def crypto_onetimeauth_poly1305(self, out: Any, *args: Any) -> int:
+        raise ctypes.ArgumentError("argument 3: wrong type")
+
+
+def test_a_gate_that_raises_means_c_ulonglong_lengths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """int_lengths() answers False, not an exception, for a library whose calls raise:
+    want() runs inside the first connection and must not fail it."""
+    lib = need_libsodium()
+    assert not poly1305.int_lengths(_Raising(lib))
+    assert not poly1305.int_lengths(object())  # no such symbols at all
+    real = poly1305.int_lengths
+    monkeypatch.setattr(poly1305, "int_lengths", lambda lib: real(_Raising(lib)))
+    monkeypatch.setattr(poly1305, "_length", poly1305._length)  # put back after
+    monkeypatch.setattr(poly1305, "_lib", None)
+    poly1305.want()
+    assert poly1305._lib is lib
+    assert poly1305._length is ctypes.c_ulonglong
+
+
 def test_lengths_go_as_ints_only_where_libffi_widens_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -153,7 +177,9 @@ def test_a_library_that_fails_the_known_answer_is_not_used() -> None:
     assert not poly1305._checked(ctypes.CDLL(find_library("c") or None))  # no such symbols
 
 
-@pytest.mark.parametrize("library", ["found, int lengths", "found, c_ulonglong", "absent"])
+@pytest.mark.parametrize(
+    "library", ["found, int lengths", "found, c_ulonglong", "found, gate raises", "absent"]
+)
 async def test_chacha_connections_carry_with_or_without_libsodium(
     options: TunnelOptions, echo: Target, library: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -167,6 +193,10 @@ async def test_chacha_connections_carry_with_or_without_libsodium(
     elif library == "found, int lengths":
         if not poly1305.int_lengths(need_libsodium()):
             pytest.skip("ints are not passed as lengths on this machine")
+    elif library == "found, gate raises":  # int_lengths' own calls raise: c_ulonglong
+        need_libsodium()
+        real = poly1305.int_lengths
+        monkeypatch.setattr(poly1305, "int_lengths", lambda lib: real(_Raising(lib)))
     else:
         need_libsodium()
         monkeypatch.setattr(poly1305, "int_lengths", lambda lib: False)

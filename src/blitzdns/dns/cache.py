@@ -8,7 +8,8 @@ hits within a second cost four slices and a join.
 
 What is cached (RFC 2308 §5): positive replies for min(TTL of every record); NXDOMAIN and
 NODATA replies for min(SOA TTL, SOA MINIMUM) when the authority section holds an SOA, and
-not at all without one; never SERVFAIL, REFUSED, other errors, or truncated replies.
+not at all without one; never SERVFAIL, REFUSED, other errors, or truncated replies, nor a
+reply holding a TTL with its top bit set (RFC 2181 §8: treated as zero).
 ``max_ttl`` and ``max_negative_ttl`` cap how long anything stays.
 
 The key is the lower-case question (name, type, class) plus one byte for the query flags
@@ -94,12 +95,19 @@ def _shared(value: _Shareable) -> _Shareable:
 _ONE_TTL_AT = _shared((6,))
 
 
+#: RFC 2181 §8: a TTL with its most significant bit set is to be treated as zero. A reply
+#: holding one (in any record, or as its SOA's MINIMUM) is not cached: its TTLs lowered by
+#: an age on a hit would read as huge positive ones.
+TTL_TOP_BIT = 0x80000000
+
+
 def lifetime(scan: Scan, *, max_ttl: int, max_negative_ttl: int) -> int:
     """How many seconds a reply may be cached; 0 means not at all."""
-    if scan.truncated:
+    ttls = scan.ttls
+    if scan.truncated or (ttls and max(ttls) >= TTL_TOP_BIT):
         return 0
     if scan.rcode == NOERROR and scan.ancount > 0:
-        return min(min(scan.ttls, default=0), max_ttl)
+        return min(min(ttls, default=0), max_ttl)
     if scan.rcode in (NOERROR, NXDOMAIN) and scan.negative_ttl is not None:
         return min(scan.negative_ttl, max_negative_ttl)
     return 0
@@ -175,8 +183,14 @@ class Cache:
         the scan's tuple, ``lifetime`` and the general offsets cost ~140 bytecodes a miss).
         """
         # lifetime(): NOERROR with an answer, not truncated: min(ttl, max_ttl); an answer
-        # under any other rcode has no SOA to cache it by.
-        if self.size <= 0 or response[3] & RCODE_BYTE3 or response[2] & TC_BYTE2:
+        # under any other rcode has no SOA to cache it by; a TTL of TTL_TOP_BIT or more
+        # counts as zero.
+        if (
+            self.size <= 0
+            or ttl >= TTL_TOP_BIT
+            or response[3] & RCODE_BYTE3
+            or response[2] & TC_BYTE2
+        ):
             return
         seconds = ttl if ttl < self.max_ttl else self.max_ttl
         if seconds <= 0:

@@ -367,7 +367,8 @@ class Scan(NamedTuple):
     #: Offsets of the 32-bit TTL fields (every record but OPT), and their values.
     ttl_offsets: tuple[int, ...]
     ttls: tuple[int, ...]
-    #: RFC 2308 §5: min(SOA TTL, SOA MINIMUM) of the first SOA in the authority section.
+    #: RFC 2308 §5: min(SOA TTL, SOA MINIMUM) of the first SOA in the authority section
+    #: (0 when either has its top bit set, RFC 2181 §8).
     negative_ttl: int | None
     #: Where the (uncompressed) question ends.
     question_end: int
@@ -451,7 +452,9 @@ def _walk_records(
             offsets.append(offset + 4)
             ttls.append(ttl)
         if rtype == SOA and negative_ttl is None and rdlength >= 22 and index in authority:
-            negative_ttl = min(ttl, _U32.unpack_from(response, rdata_end - 4)[0])
+            minimum = _U32.unpack_from(response, rdata_end - 4)[0]
+            # Either with its top bit set is treated as zero (RFC 2181 §8).
+            negative_ttl = 0 if (ttl | minimum) & 0x80000000 else min(ttl, minimum)
         offset = rdata_end
     if offset != size:
         return None

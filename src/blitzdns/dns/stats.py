@@ -23,6 +23,8 @@ class UpstreamHealth:
     loops: bool = False
 
     def succeeded(self) -> None:
+        # Copied inline in upstream.Exchange.received (an answered UDP exchange's end):
+        # change both together.
         self.ok = True
         self.answered += 1
 

@@ -155,6 +155,7 @@ class _Channel:
         return query_id
 
     def forget(self, query_id: int) -> None:
+        # Copied inline in Exchange.received (every answered exchange's end): change both.
         self.waiting.pop(query_id, None)
         if self.retired and not self.waiting:
             self.close()
@@ -532,6 +533,7 @@ class Exchange:
 
     def _release(self) -> None:
         """Stop waiting on the current attempt's socket and deadline."""
+        # Copied inline (with _unwatch and _Channel.forget) in received: change both.
         if self.due:
             self.forwarder._unwatch(self, self.due)
             self.due = 0.0
