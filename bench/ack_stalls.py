@@ -104,14 +104,16 @@ def main() -> None:
             dump = subprocess.Popen(
                 [*command, f"tcp port {lab_.sshd_port}"], stderr=subprocess.DEVNULL
             )
-        for number in range(args.rounds):
-            shift = number % len(kinds)
-            for kind in kinds[shift:] + kinds[:shift]:
-                times[kind].append(one(kind, lab_, old, args.connections, args.requests))
+        try:
+            for number in range(args.rounds):
+                shift = number % len(kinds)
+                for kind in kinds[shift:] + kinds[:shift]:
+                    times[kind].append(one(kind, lab_, old, args.connections, args.requests))
+        finally:  # a failed round or a SIGTERM (sys.exit) stops tcpdump too
+            if dump is not None:
+                dump.terminate()
+                dump.wait()
         load_end = os.getloadavg()[0]
-        if dump is not None:
-            dump.terminate()
-            dump.wait()
     print(
         f"{args.connections} connections x {args.requests} requests, {args.rounds} rounds,"
         f" sshd on 127.0.0.1 (no quickack route), load {load:.2f}-{load_end:.2f}"

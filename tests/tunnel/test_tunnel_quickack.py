@@ -17,12 +17,14 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
+from typing import Any
 
 import pytest
 
 from tests.peers import Sshd, free_port
 from tunnel import Forward, Tunnel, TunnelOptions
-from tunnel.backends import asyncssh_link
+from tunnel.backends import asyncssh_link, asyncssh_patches
 
 from .tunnel_testlib import Target, link_up
 
@@ -88,7 +90,88 @@ def test_sshds_replies_are_acknowledged_by_the_time_the_client_has_them(
     options: TunnelOptions, sshd: Sshd, loop: str
 ) -> None:
     """A few rounds of slack: an ACK the kernel processes later than its send, under
-    load. Without ``quick_ack``'s call, 37 and 40 of 40 rounds waited (unloaded machine);
-    under load fewer are seen (``ss`` itself can take longer than the 40 ms timer), so
-    that side is not a test of its own."""
+    load; without ``quick_ack`` most rounds wait (the test below)."""
     assert rounds_with_unacked(options, sshd, loop) <= ROUNDS // 10
+
+
+@NEEDS_SS
+def test_without_quick_acks_sshd_waits_in_more_rounds_than_the_slack(
+    options: TunnelOptions, sshd: Sshd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same rounds with no read small enough for ``quick_ack``'s call: the call is
+    what makes the test above pass (if this fails, the kernel acknowledges these packets
+    at once by itself, and the call costs a system call per read for nothing). 37 and 40
+    of 40 rounds waited unloaded, 18 of 40 at load 6 (``ss`` itself can then outlast the
+    40 ms timer): the bound is the other test's slack, not "most"."""
+    monkeypatch.setattr(asyncssh_patches, "QUICK_ACK_BELOW", 0)
+    assert rounds_with_unacked(options, sshd, "asyncio") > ROUNDS // 10
+
+
+class Transport:
+    """What ``quick_ack`` asks of a transport: its socket."""
+
+    def __init__(self, sock: socket.socket | None) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> Any:
+        return self.sock if name == "socket" else None
+
+
+def test_quick_ack_is_linux_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.14 has ``socket.TCP_QUICKACK`` on Windows, where there is no C library to
+    load by ``CDLL(None)`` (a TypeError): no call there, and nothing raised."""
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(socket, "TCP_QUICKACK", 12, raising=False)
+    with socket.socket() as sock:
+        assert asyncssh_patches.quick_ack(Transport(sock)) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's TCP_QUICKACK")
+def test_quick_ack_without_setsockopt_or_libc_or_tcp_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as sock:
+        ack = asyncssh_patches.quick_ack(Transport(sock))  # type: ignore[arg-type]
+        assert ack is not None
+        assert ack() == 0  # setsockopt's return: done
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+        with socket.socket(type=socket.SOCK_DGRAM) as udp:
+            assert asyncssh_patches.quick_ack(Transport(udp)) is None  # type: ignore[arg-type]
+        assert asyncssh_patches.quick_ack(Transport(None)) is None  # type: ignore[arg-type]
+        monkeypatch.setattr(asyncssh_patches, "libc", object)  # no setsockopt
+        assert asyncssh_patches.quick_ack(Transport(sock)) is None  # type: ignore[arg-type]
+        monkeypatch.setattr(asyncssh_patches, "libc", lambda: None)
+        assert asyncssh_patches.quick_ack(Transport(sock)) is None  # type: ignore[arg-type]
+
+        def broken() -> None:
+            raise TypeError("CDLL(None)")
+
+        monkeypatch.setattr(asyncssh_patches, "libc", broken)
+        assert asyncssh_patches.quick_ack(Transport(sock)) is None  # type: ignore[arg-type]
+
+
+class Conn:
+    """What :class:`_BufferedReads` asks of asyncssh's connection: a transport, and
+    ``data_received``."""
+
+    def __init__(self) -> None:
+        self._transport = Transport(None)
+
+    def data_received(self, data: Any) -> None:
+        pass
+
+
+def test_quick_ack_after_every_small_read_except_one_right_after_a_large_one() -> None:
+    """By read size, not by packets: a small reply cut over two small reads gets both
+    calls; a download's small tail after a large read gets none."""
+    reads = asyncssh_patches._BufferedReads(Conn())
+    calls: list[int] = []
+    reads.ack = lambda: calls.append(1)  # type: ignore[assignment]
+    big = asyncssh_patches.QUICK_ACK_BELOW
+    made = []
+    for nbytes in (100, 200, big, 300, 400, big, big, 50, big * 4, 10):
+        before = len(calls)
+        reads.get_buffer(-1)
+        reads.buffer_updated(nbytes)
+        made.append(len(calls) - before)
+    assert made == [1, 1, 0, 0, 1, 0, 0, 0, 0, 0]

@@ -10,11 +10,13 @@ the installed asyncssh. :func:`install` applies them all, once; importing
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import mmap
 import os
 import socket
 import struct
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -1223,11 +1225,12 @@ class _BufferedReads(asyncio.BufferedProtocol):
     the rest appended (a copy and a reallocation), and the packet opened into a new
     plaintext the general way: about one packet in eight under callgrind."""
 
-    __slots__ = ("ack", "conn", "free", "kept", "moved", "received", "view")
+    __slots__ = ("ack", "after_big", "conn", "free", "kept", "moved", "received", "view")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.ack = quick_ack(conn._transport)
+        self.after_big = False  # the last read was QUICK_ACK_BELOW or more (bulk)
         self.received = conn.data_received
         # Anonymous memory, resident only where reads have written (an idle link's few
         # pages); a bytearray is zeroed, all 256 KiB resident from the start.
@@ -1252,8 +1255,10 @@ class _BufferedReads(asyncio.BufferedProtocol):
         conn.__dict__[KEEP] = self.keep
         size = self.kept + nbytes
         self.kept, self.free = 0, self.view
-        if nbytes < QUICK_ACK_BELOW and size == nbytes and self.ack is not None:
+        small = nbytes < QUICK_ACK_BELOW
+        if small and not self.after_big and self.ack is not None:
             self.ack()  # before the read is handled: sshd may hold a reply for it
+        self.after_big = not small
         try:
             self.received(self.view[:size])
         finally:
@@ -1330,9 +1335,10 @@ QUICK_ACK_BELOW = 16 * 1024
 def quick_ack(transport: asyncio.BaseTransport) -> functools.partial[object] | None:
     """A call that sets ``TCP_QUICKACK`` on ``transport``'s TCP socket (Linux): the
     :class:`_BufferedReads` of the SSH socket makes it after every read under
-    :data:`QUICK_ACK_BELOW` that does not complete a packet the last read cut, before
-    handling the read. None where there is no such option, socket or C library (the
-    reads go on as before).
+    :data:`QUICK_ACK_BELOW` that does not follow a larger one, before handling the read.
+    None off Linux (Python 3.14 has ``socket.TCP_QUICKACK`` on Windows too) and where
+    there is no such option, TCP socket or C library ``setsockopt`` (the reads go on as
+    before, without it).
 
     Why: sshd runs Nagle on its socket toward us (it sets ``TCP_NODELAY`` only for a
     session channel; the tunnel, like ``ssh -N -L``, opens none), so while one small packet
@@ -1349,27 +1355,33 @@ def quick_ack(transport: asyncio.BaseTransport) -> functools.partial[object] | N
     it is set again at every small read (about a microsecond: one system call). Large
     reads are bulk, acknowledged at arrival anyway: left to the kernel's own pace
     (bench/notes/aesbulk.md, session 10: ``TCP_QUICKACK`` 0 per read cost bulk CPU), and
-    so are the small reads that finish a packet one of sshd's full-size segments cut
-    (a download's; already more than a segment to acknowledge at their arrival): quick
-    ACKs on those made sshd cut its stream finer (bulk down, asyncio: 5.2k calls per GB,
-    reads 15.7k -> 23.2k per GB, one loaded run; bench/notes/growth.md). A
+    so is a small read right after a large one (a download's tail; already more than a
+    segment to acknowledge at its arrival): quick ACKs on those made sshd cut its stream
+    finer (bulk down, asyncio: 5.2k calls per GB, reads 15.7k -> 23.2k per GB, one loaded
+    run; bench/notes/growth.md). Judged by the read's size, not by the packets in it: a
+    small reply cut over two small reads keeps its quick ACK, whatever the cipher. A
     call through the C library on the socket's descriptor: nothing to own or close
     (reads end before the transport closes it); uvloop's socket object would make a new
     Python socket at each call."""
-    sock = transport.get_extra_info("socket")
-    option = getattr(socket, "TCP_QUICKACK", None)
-    if sock is None or option is None or sock.type != socket.SOCK_STREAM:
+    if not sys.platform.startswith("linux"):
         return None
-    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+    try:
+        sock = transport.get_extra_info("socket")
+        option = getattr(socket, "TCP_QUICKACK", None)
+        if sock is None or option is None or sock.type != socket.SOCK_STREAM:
+            return None
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        setsockopt = getattr(libc(), "setsockopt", None)
+        if setsockopt is None:
+            return None
+        one = ctypes.c_int(1)  # kept alive by its byref
+        fd, level = sock.fileno(), socket.IPPROTO_TCP
+        return functools.partial(
+            setsockopt, fd, level, option, ctypes.byref(one), ctypes.sizeof(one)
+        )
+    except Exception:  # an optimisation: the link goes on without it
         return None
-    lib = libc()
-    if lib is None:
-        return None
-    from ctypes import byref, c_int, sizeof  # noqa: PLC0415 (only here)
-
-    one = c_int(1)  # kept alive by its byref
-    fd, level = sock.fileno(), socket.IPPROTO_TCP
-    return functools.partial(lib.setsockopt, fd, level, option, byref(one), sizeof(one))
 
 
 def _gcm_step_iv(cipher: Any) -> None:
