@@ -94,6 +94,8 @@ def parse_reply(packet: bytes, query_id: int) -> Reply:
             owner = _read_name(packet, offset)
             offset = _skip_name(packet, offset)
             rtype, _cls, ttl, length = struct.unpack_from("!HHIH", packet, offset)
+            if ttl & 0x80000000:
+                ttl = 0  # RFC 2181 §8: a TTL with the top bit set is to be treated as zero
             offset += 10
             rdata = packet[offset : offset + length]
             target = _read_name(packet, offset) if rtype == CNAME else None

@@ -21,6 +21,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from blitzdns import lookup
 from tests.dns.conftest import FakeUpstream, ServerThread, make_config
 
 #: A marker TTL dnspython writes, patched to the drawn one in the reply's bytes.
@@ -75,3 +76,16 @@ def test_a_reply_with_a_top_bit_ttl_is_not_served_from_the_cache(
             assert {r.to_text() for r in got.answer[0]} >= {ADDRESS}
             if not cached:  # passed on as it came: dnspython reads the TTL as zero too
                 assert got.answer[0].ttl == 0
+
+
+@pytest.mark.parametrize(
+    ("ttl", "seen"), [(0x80000000, 0), (0xFFFFFFFF, 0), (0x7FFFFFFF, 0x7FFFFFFF)]
+)
+def test_the_guards_lookups_read_a_top_bit_ttl_as_zero(ttl: int, seen: int) -> None:
+    """The guard's own lookups (:func:`blitzdns.lookup.parse_reply`, whose TTLs say how long
+    an address stays refused): a top-bit TTL would keep an address for decades."""
+    query = dns.message.make_query("mail.ttl.test.", "A")
+    query.id = 4242
+    reply = reply_with(query.to_wire(), "one answer", ttl)
+    (record,) = lookup.parse_reply(reply, 4242).answers
+    assert (record.value, record.ttl) == (ADDRESS, seen)

@@ -45,9 +45,12 @@ def unacked(sshd: Sshd) -> int:
     return sum(int(found) for found in UNACKED.findall(out))
 
 
-def rounds_with_unacked(options: TunnelOptions, sshd: Sshd, loop: str) -> int:
-    """Of ``ROUNDS`` back-to-back round trips of a line through the tunnel, the number at
-    whose end (the echo in the client's hands) sshd still waited for an ACK."""
+def rounds_with_unacked(
+    options: TunnelOptions, sshd: Sshd, loop: str, rounds: int = ROUNDS, enough: int = -1
+) -> int:
+    """Of ``rounds`` back-to-back round trips of a line through the tunnel, the number at
+    whose end (the echo in the client's hands) sshd still waited for an ACK; the rounds
+    stop early once more than ``enough`` (if given) did."""
     factory = asyncio.new_event_loop
     if loop == "uvloop":
         factory = pytest.importorskip("uvloop").new_event_loop
@@ -62,7 +65,7 @@ def rounds_with_unacked(options: TunnelOptions, sshd: Sshd, loop: str) -> int:
                 reader, writer = await asyncio.open_connection(*forward.mouth)
                 waiting = 0
                 try:
-                    for number in range(ROUNDS + 1):
+                    for number in range(rounds + 1):
                         line = b"LOOKUP blitzdns,NAME %d\r\n" % number
                         writer.write(line)
                         assert await asyncio.wait_for(reader.readline(), 30) == line
@@ -70,6 +73,8 @@ def rounds_with_unacked(options: TunnelOptions, sshd: Sshd, loop: str) -> int:
                         # request of the next round carrying an ACK along).
                         if number and unacked(sshd):  # the first: warming up
                             waiting += 1
+                            if 0 <= enough < waiting:
+                                break
                 finally:
                     writer.close()
                 return waiting
@@ -102,9 +107,13 @@ def test_without_quick_acks_sshd_waits_in_more_rounds_than_the_slack(
     what makes the test above pass (if this fails, the kernel acknowledges these packets
     at once by itself, and the call costs a system call per read for nothing). 37 and 40
     of 40 rounds waited unloaded, 18 of 40 at load 6 (``ss`` itself can then outlast the
-    40 ms timer): the bound is the other test's slack, not "most"."""
+    40 ms timer): the bound is the other test's slack, not "most", and up to five times
+    the rounds are run (stopping once the bound is passed), so a loaded machine that
+    catches fewer of them still gets there."""
     monkeypatch.setattr(asyncssh_patches, "QUICK_ACK_BELOW", 0)
-    assert rounds_with_unacked(options, sshd, "asyncio") > ROUNDS // 10
+    slack = ROUNDS // 10
+    waited = rounds_with_unacked(options, sshd, "asyncio", rounds=5 * ROUNDS, enough=slack)
+    assert waited > slack
 
 
 class Transport:
@@ -133,8 +142,8 @@ def test_quick_ack_without_setsockopt_or_libc_or_tcp_socket(
     with socket.socket() as sock:
         ack = asyncssh_patches.quick_ack(Transport(sock))  # type: ignore[arg-type]
         assert ack is not None
-        assert ack() == 0  # setsockopt's return: done
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+        assert ack() == 0  # setsockopt's return: done (reading the option back proves
+        # nothing: Linux reports 1 for a fresh socket whether or not it was set)
         with socket.socket(type=socket.SOCK_DGRAM) as udp:
             assert asyncssh_patches.quick_ack(Transport(udp)) is None  # type: ignore[arg-type]
         assert asyncssh_patches.quick_ack(Transport(None)) is None  # type: ignore[arg-type]
@@ -161,17 +170,33 @@ class Conn:
         pass
 
 
-def test_quick_ack_after_every_small_read_except_one_right_after_a_large_one() -> None:
-    """By read size, not by packets: a small reply cut over two small reads gets both
-    calls; a download's small tail after a large read gets none."""
+def test_quick_ack_after_every_small_read_but_a_downloads_tail() -> None:
+    """By read size and the packet a read leaves cut: a small reply cut over two small
+    reads gets both calls; the small read completing a packet a large read cut (a
+    download's tail) gets none; a small read after a large one that completes nothing (a
+    new connection's channel open confirmation after a download) gets its call."""
     reads = asyncssh_patches._BufferedReads(Conn())
     calls: list[int] = []
     reads.ack = lambda: calls.append(1)  # type: ignore[assignment]
     big = asyncssh_patches.QUICK_ACK_BELOW
     made = []
-    for nbytes in (100, 200, big, 300, 400, big, big, 50, big * 4, 10):
+    # (bytes read, whether the read ends inside a packet, kept for the next read)
+    steps = [
+        (100, True),
+        (200, False),
+        (big, True),
+        (300, False),
+        (400, False),
+        (big, False),
+        (50, False),
+        (big * 4, True),
+        (10, False),
+    ]
+    for nbytes, cut in steps:
         before = len(calls)
         reads.get_buffer(-1)
         reads.buffer_updated(nbytes)
+        if cut:
+            assert reads.keep(0, 16, 100)
         made.append(len(calls) - before)
-    assert made == [1, 1, 0, 0, 1, 0, 0, 0, 0, 0]
+    assert made == [1, 1, 0, 0, 1, 0, 1, 0, 0]

@@ -1256,7 +1256,11 @@ class _BufferedReads(asyncio.BufferedProtocol):
         size = self.kept + nbytes
         self.kept, self.free = 0, self.view
         small = nbytes < QUICK_ACK_BELOW
-        if small and not self.after_big and self.ack is not None:
+        # A download's tail: the small read that completes a packet a large read cut.
+        # Only that one: a small read after a large one that starts afresh (the channel
+        # open confirmation of a new connection after a download, minutes later) is a
+        # reply sshd may hold the next one behind.
+        if small and not (self.after_big and size != nbytes) and self.ack is not None:
             self.ack()  # before the read is handled: sshd may hold a reply for it
         self.after_big = not small
         try:
@@ -1335,7 +1339,8 @@ QUICK_ACK_BELOW = 16 * 1024
 def quick_ack(transport: asyncio.BaseTransport) -> functools.partial[object] | None:
     """A call that sets ``TCP_QUICKACK`` on ``transport``'s TCP socket (Linux): the
     :class:`_BufferedReads` of the SSH socket makes it after every read under
-    :data:`QUICK_ACK_BELOW` that does not follow a larger one, before handling the read.
+    :data:`QUICK_ACK_BELOW` but the one that completes a packet a larger read cut (a
+    download's tail), before handling the read.
     None off Linux (Python 3.14 has ``socket.TCP_QUICKACK`` on Windows too) and where
     there is no such option, TCP socket or C library ``setsockopt`` (the reads go on as
     before, without it).
@@ -1355,11 +1360,15 @@ def quick_ack(transport: asyncio.BaseTransport) -> functools.partial[object] | N
     it is set again at every small read (about a microsecond: one system call). Large
     reads are bulk, acknowledged at arrival anyway: left to the kernel's own pace
     (bench/notes/aesbulk.md, session 10: ``TCP_QUICKACK`` 0 per read cost bulk CPU), and
-    so is a small read right after a large one (a download's tail; already more than a
-    segment to acknowledge at its arrival): quick ACKs on those made sshd cut its stream
-    finer (bulk down, asyncio: 5.2k calls per GB, reads 15.7k -> 23.2k per GB, one loaded
-    run; bench/notes/growth.md). Judged by the read's size, not by the packets in it: a
-    small reply cut over two small reads keeps its quick ACK, whatever the cipher. A
+    so is the small read that completes a packet a large read cut (a download's tail;
+    already more than a segment to acknowledge at its arrival): quick ACKs on those made
+    sshd cut its stream finer (bulk down, asyncio: 5.2k calls per GB, reads 15.7k -> 23.2k
+    per GB, one loaded run; bench/notes/growth.md). A small read after a large one that
+    completes nothing keeps its call, however long after: a new connection's channel open
+    confirmation after a download is exactly the reply sshd would hold a greeting behind.
+    A small reply cut over two small reads keeps both calls. Tails are told by the packet
+    kept across reads, which only the in-place ciphers (AES-GCM, chacha20-poly1305) keep:
+    with others a download's tail gets its call too (one system call per tail). A
     call through the C library on the socket's descriptor: nothing to own or close
     (reads end before the transport closes it); uvloop's socket object would make a new
     Python socket at each call."""
