@@ -209,3 +209,17 @@ async def test_chacha_connections_carry_with_or_without_libsodium(
             assert await exchange(*forward.mouth, line) == line
     ints = library == "found, int lengths"
     assert poly1305._length is (int if ints else ctypes.c_ulonglong)
+
+
+def test_the_gate_does_not_ask_cryptography(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where OpenSSL's FIPS provider is in force cryptography's Poly1305 raises: the gate,
+    asked at every link's first connection whatever the cipher, takes the long message's
+    answer from libsodium (its length as the checked c_ulonglong), so it answers the same."""
+    lib = need_libsodium()
+    here = poly1305.int_lengths(lib)
+
+    def unsupported(key: bytes, data: bytes) -> bytes:
+        raise RuntimeError("poly1305 is not supported by this backend (FIPS)")
+
+    monkeypatch.setattr(poly1305, "_generate", unsupported)
+    assert poly1305.int_lengths(lib) == here
