@@ -392,14 +392,9 @@ def test_an_undecodable_answer_is_an_error_not_an_altered_answer(monkeypatch: An
     assert modes & termios.ECHO
 
 
-def test_an_error_putting_the_mode_back_after_the_answer_drops_the_answer(
-    monkeypatch: Any,
-) -> None:
-    """The answer read, then the mode cannot be put back (a hang-up, termios.error 5): a
-    retryable error that asks again, neither it nor its traceback's frames holding the
-    answer (the termios.error's traceback kept the frame that held the line)."""
-    from blitzdns.daemon import TerminalModeLost
-
+def putting_echo_back_fails(monkeypatch: Any) -> None:
+    """The asker thread's tcsetattr that turns echo back on fails as on a hang-up
+    (termios.error 5); every other tcsetattr is the real one."""
     real = termios.tcsetattr
 
     def tcsetattr(fd: int, when: int, mode: Any) -> None:
@@ -408,6 +403,17 @@ def test_an_error_putting_the_mode_back_after_the_answer_drops_the_answer(
         real(fd, when, mode)
 
     monkeypatch.setattr(termios, "tcsetattr", tcsetattr)
+
+
+def test_an_error_putting_the_mode_back_after_the_answer_drops_the_answer(
+    monkeypatch: Any,
+) -> None:
+    """The answer read, then the mode cannot be put back (a hang-up, termios.error 5): a
+    retryable error that asks again, neither it nor its traceback's frames holding the
+    answer (the termios.error's traceback kept the frame that held the line)."""
+    from blitzdns.daemon import TerminalModeLost
+
+    putting_echo_back_fails(monkeypatch)
     got, _ = asked_on_a_pty(lambda master, _: os.write(master, b"open sesame\n") and None)
     assert [type(g) for g in got] == [TerminalModeLost]
     error = got[0]
@@ -471,14 +477,7 @@ def test_an_error_putting_the_mode_back_keeps_the_first_one(monkeypatch: Any) ->
     (termios.error 5): the asker gets the first error, here the stop's AskCancelled."""
     from blitzdns.daemon import AskCancelled
 
-    real = termios.tcsetattr
-
-    def tcsetattr(fd: int, when: int, mode: Any) -> None:
-        if mode[3] & termios.ECHO and threading.current_thread().name == "blitzdns-ask":
-            raise termios.error(5, "Input/output error")
-        real(fd, when, mode)
-
-    monkeypatch.setattr(termios, "tcsetattr", tcsetattr)
+    putting_echo_back_fails(monkeypatch)
     got, _ = asked_on_a_pty(lambda _, secrets: secrets.cancel())
     assert [type(g) for g in got] == [AskCancelled]
 
