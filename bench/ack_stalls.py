@@ -37,7 +37,7 @@ from tests.peers import free_port  # noqa: E402
 
 import tunnel_bench  # noqa: E402
 from benchlock import bench_lock  # noqa: E402
-from growth_bench import open_held, request_rounds  # noqa: E402
+from growth_bench import held_open, request_rounds  # noqa: E402
 from roundtrip_ab import forwarder_command, start  # noqa: E402
 from tunnel_bench import Lab, lab, percentile, stop  # noqa: E402
 
@@ -61,12 +61,8 @@ def one(kind: str, lab_: Lab, old: Path | None, connections: int, requests: int)
 
     async def run() -> list[float]:
         deadline = time.monotonic() + 120
-        held = await open_held(mouths[1], connections, deadline)
-        try:
+        async with held_open(mouths[1], connections, deadline) as held:
             return await request_rounds(held, requests, deadline)
-        finally:
-            for _, writer in held:
-                writer.close()
 
     try:
         return asyncio.run(run())

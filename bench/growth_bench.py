@@ -37,7 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -86,8 +86,10 @@ def rss_mb(pid: int) -> float:
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
-async def open_held(port: int, count: int, deadline: float) -> list[Stream]:
-    """``count`` connections through the mouth, each echoing one line, all kept open."""
+@contextlib.asynccontextmanager
+async def held_open(port: int, count: int, deadline: float) -> AsyncIterator[list[Stream]]:
+    """``count`` connections through the mouth, each echoing one line, kept open for the
+    block and closed after it."""
     limit = asyncio.Semaphore(OPEN_AT_ONCE)
     held: list[Stream] = []
 
@@ -107,7 +109,11 @@ async def open_held(port: int, count: int, deadline: float) -> list[Stream]:
         for _, writer in held:
             writer.close()
         raise RuntimeError(f"{len(failures)} of {count} connections failed: {failures[0]!r}")
-    return held
+    try:
+        yield held
+    finally:
+        for _, writer in held:
+            writer.close()
 
 
 async def request_rounds(held: list[Stream], rounds: int, deadline: float) -> list[float]:
@@ -139,8 +145,7 @@ def measure(kind: str, where: Lab, count: int, budget_s: float) -> dict[str, flo
     async def run() -> dict[str, float]:
         deadline = time.monotonic() + budget_s
         before = cpu_seconds(proc.pid)
-        held = await open_held(mouths[1], count, deadline)
-        try:
+        async with held_open(mouths[1], count, deadline) as held:
             opened = cpu_seconds(proc.pid)
             times = await request_rounds(held, rounds, deadline)
             used = cpu_seconds(proc.pid) - opened
@@ -151,9 +156,6 @@ def measure(kind: str, where: Lab, count: int, budget_s: float) -> dict[str, flo
                 "p99": percentile(times, 0.99),
                 "rss": rss_mb(proc.pid),
             }
-        finally:
-            for _, writer in held:
-                writer.close()
 
     try:
         return asyncio.run(run())
