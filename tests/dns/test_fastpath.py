@@ -81,14 +81,19 @@ qtypes = st.sampled_from([1, 2, 5, 6, 12, 15, 16, 28, 33, 65, 255, 99, 65535, 25
 qclasses = st.sampled_from([1, 1, 1, 3, 255, 254])
 
 
-@st.composite
-def queries(draw: st.DrawFn) -> bytes:
-    header = DNSHeader(
+def drawn_header(draw: st.DrawFn) -> DNSHeader:
+    """A query header: ID and the RD, CD and AD flags drawn."""
+    return DNSHeader(
         id=draw(st.integers(0, 0xFFFF)),
         rd=draw(st.integers(0, 1)),
         cd=draw(st.integers(0, 1)),
         ad=draw(st.integers(0, 1)),
     )
+
+
+@st.composite
+def queries(draw: st.DrawFn) -> bytes:
+    header = drawn_header(draw)
     header.opcode = draw(st.sampled_from([0, 0, 0, 0, 1, 2, 4, 5]))
     header.qr = draw(st.sampled_from([0, 0, 0, 0, 1]))
     record = DNSRecord(header)
@@ -718,12 +723,7 @@ def test_finish_truncates_past_the_limit_and_no_sooner(extra: int) -> None:
 @st.composite
 def forwarded_queries(draw: st.DrawFn) -> bytes:
     """A plain query for a name the engine forwards: flags, type, letters and EDNS drawn."""
-    header = DNSHeader(
-        id=draw(st.integers(0, 0xFFFF)),
-        rd=draw(st.integers(0, 1)),
-        cd=draw(st.integers(0, 1)),
-        ad=draw(st.integers(0, 1)),
-    )
+    header = drawn_header(draw)
     record = DNSRecord(header)
     name = draw(
         st.one_of(
